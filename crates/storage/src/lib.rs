@@ -1,0 +1,91 @@
+//! Where repository bytes live.
+//!
+//! This crate owns the [`Storage`] trait — a narrow, contract-documented store of
+//! named immutable objects — and its backends: [`MemoryStorage`] (tests and
+//! simulations), [`LocalStorage`] (a directory on a local filesystem) and
+//! [`OpendalStorage`] (S3-compatible object storage and SFTP through OpenDAL).
+//! Cross-cutting behaviour (retries with backoff) is a wrapper, [`RetryStorage`],
+//! not a flag on a backend. It knows nothing about the repository format: objects
+//! are opaque bytes.
+
+mod error;
+mod key;
+mod local;
+mod memory;
+mod remote;
+mod retry;
+mod url;
+
+pub use error::{Error, ErrorKind, Result};
+pub use key::{Kind, ObjectKey};
+pub use local::LocalStorage;
+pub use memory::MemoryStorage;
+pub use remote::OpendalStorage;
+pub use retry::{RetryPolicy, RetryStorage};
+pub use url::{Location, open_location};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// An object as seen by [`Storage::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: ObjectKey,
+    pub size_bytes: u64,
+}
+
+/// What a backend can do, declared up front so callers choose a strategy
+/// instead of discovering a limitation by failing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// How many requests are worth running at once against this backend.
+    pub max_connections: usize,
+    /// `put` of an existing key is refused by the backend itself, atomically
+    /// (no check-then-write race between two writers).
+    pub atomic_create: bool,
+    /// A `list` right after a successful `put` is guaranteed to show the object.
+    pub list_after_write: bool,
+}
+
+/// A store of named, immutable objects.
+///
+/// # Contract
+///
+/// Every backend passes the conformance suite in `lifeboat-testkit`, which
+/// checks each of these points.
+///
+/// - **`put` is atomic.** A reader sees either no object or the whole object,
+///   never a prefix, even if the writer crashes mid-way.
+/// - **`put` never silently overwrites.** If `key` already exists, `put` fails
+///   with [`ErrorKind::AlreadyExists`] and the stored object is unchanged.
+///   Repository objects are named by their content hash, so callers treat
+///   `AlreadyExists` as success after an (optional) comparison.
+/// - **`put` is durable on return.** `Ok(())` means the object survives a crash
+///   of this process and (for local disks) of the machine.
+/// - **`get` of a missing key** fails with [`ErrorKind::NotFound`].
+/// - **`get_range(key, offset, len)`** returns exactly `len` bytes starting at
+///   `offset`, or fails with [`ErrorKind::InvalidRange`] if the range is not
+///   inside the object (a short read is never returned as success).
+/// - **`list(kind)`** returns every object of that kind whose `put` returned
+///   before `list` was called (when [`Capabilities::list_after_write`]), in no
+///   particular order.
+/// - **`delete`** of a missing key succeeds (deletes are idempotent).
+/// - **Errors are classified.** [`Error::is_retryable`] is true only for
+///   transient failures (timeouts, 5xx, connection resets) that the
+///   [`RetryStorage`] wrapper retries; everything else is permanent.
+#[async_trait]
+pub trait Storage: Send + Sync + std::fmt::Debug {
+    /// Human-readable location, for messages (never contains secrets).
+    fn location(&self) -> String;
+    fn capabilities(&self) -> Capabilities;
+    async fn put(&self, key: &ObjectKey, data: Bytes) -> Result<()>;
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes>;
+    async fn get_range(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Bytes>;
+    /// Size of the object, or `None` if it does not exist.
+    async fn stat(&self, key: &ObjectKey) -> Result<Option<u64>>;
+    async fn list(&self, kind: Kind) -> Result<Vec<ObjectInfo>>;
+    async fn delete(&self, key: &ObjectKey) -> Result<()>;
+}
+
+/// Shared handle to any backend.
+pub type DynStorage = std::sync::Arc<dyn Storage>;

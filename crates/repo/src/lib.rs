@@ -1,1 +1,39 @@
-//! placeholder
+//! The lifeboat repository format.
+//!
+//! This crate owns everything that defines what is stored and how: keys and
+//! encryption ([`MasterKey`], [`KeyFile`]), the [`Config`], chunking
+//! ([`Chunker`]), packs, the [`Index`], directory [`Tree`]s and
+//! [`SnapshotRecord`]s, plus the operations that need nothing but the
+//! repository: write sessions, `check`, `repair index` and key management.
+//! It does not know about files on disk (that is `lifeboat-snapshot`).
+//! The byte-level format is specified in `docs/format.md`.
+
+mod check;
+mod chunker;
+mod config;
+mod crypto;
+mod error;
+mod id;
+mod index;
+pub mod keys;
+mod keyfile;
+mod pack;
+mod record;
+pub mod repair;
+mod repository;
+mod tree;
+mod writer;
+
+pub use check::{CheckOptions, CheckProblem, CheckReport, check};
+pub use chunker::Chunker;
+pub use config::{ChunkerParams, Config, FORMAT_VERSION};
+pub use crypto::MasterKey;
+pub use error::{Error, Result};
+pub use id::Id;
+pub use index::{BlobLocation, Index, IndexFile, IndexPack};
+pub use keyfile::{KdfParams, KeyFile};
+pub use pack::{BlobType, PackEntry, open_blob, parse_pack};
+pub use record::{BackupMode, BackupSummary, Snapshot, SnapshotRecord};
+pub use repository::{InitOptions, Repository, pack_key, resolve_snapshot};
+pub use tree::{Node, NodeKind, Time, Tree};
+pub use writer::{AddedBlob, WriteOptions, WriteSession, WriteStats};

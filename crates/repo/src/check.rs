@@ -1,0 +1,387 @@
+//! `check`: proves the repository is restorable, or names what is not.
+//!
+//! Structure (always): every index object decodes; every indexed pack exists
+//! and is large enough for its blobs; every snapshot record decodes; every
+//! snapshot's trees decode and every blob they reference is indexed.
+//! Data (`read_data`): every (or a random subset of) pack is downloaded, its
+//! name checked against its BLAKE3, and every blob decrypted and verified.
+//! Damage is reported with the pack, and the snapshots and file paths that
+//! lose data because of it.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use lifeboat_storage::Kind;
+use serde::Serialize;
+
+use crate::index::{Index, IndexFile};
+use crate::pack::{BlobType, open_blob};
+use crate::record::{Snapshot, SnapshotRecord};
+use crate::repository::{Repository, blocking, pack_key};
+use crate::tree::{NodeKind, Tree};
+use crate::{Error, Id, Result};
+
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    pub read_data: bool,
+    /// With `read_data`, read only this percentage (0 < p <= 100) of packs,
+    /// chosen at random.
+    pub read_data_subset_percent: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CheckProblem {
+    /// The damaged or missing object (`pack <id>`, `index/<id>`, ...).
+    pub object: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AffectedFile {
+    pub snapshot: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    pub snapshots: usize,
+    pub index_files: usize,
+    pub packs: usize,
+    pub blobs: usize,
+    pub trees_checked: usize,
+    pub packs_read: usize,
+    pub read_bytes: u64,
+    pub errors: Vec<CheckProblem>,
+    pub warnings: Vec<String>,
+    /// Packs with missing or damaged blobs.
+    pub damaged_packs: Vec<String>,
+    /// Snapshots that cannot be fully restored.
+    pub damaged_snapshots: Vec<String>,
+    /// Files that lose data because of damaged or missing blobs.
+    pub affected_files: Vec<AffectedFile>,
+}
+
+impl CheckReport {
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Progress callback: (packs read so far, packs to read).
+pub type CheckProgress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
+
+pub async fn check(repo: &Repository, options: &CheckOptions, progress: CheckProgress<'_>) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    let storage = repo.storage();
+
+    // Packs present.
+    let mut pack_sizes: HashMap<Id, u64> = HashMap::new();
+    for info in storage.list(Kind::Packs).await? {
+        match Id::from_hex(info.key.name()) {
+            Some(id) => {
+                pack_sizes.insert(id, info.size_bytes);
+            }
+            None => report.warnings.push(format!("stray object {} ignored", info.key)),
+        }
+    }
+    report.packs = pack_sizes.len();
+
+    // Index objects, one by one so one bad object does not hide the others.
+    let mut index = Index::default();
+    for info in storage.list(Kind::Index).await? {
+        report.index_files += 1;
+        let file = match storage.get(&info.key).await {
+            Ok(bytes) => IndexFile::decode(repo.key(), &info.key.to_string(), &bytes),
+            Err(e) => Err(e.into()),
+        };
+        match file {
+            Ok(f) => f.packs.iter().for_each(|p| index.add_pack(p)),
+            Err(e) => report.errors.push(problem(&info.key.to_string(), &e)),
+        }
+    }
+    report.blobs = index.blob_count();
+
+    let mut damaged_blobs: HashSet<Id> = HashSet::new();
+    let mut damaged_packs: BTreeSet<Id> = BTreeSet::new();
+    for (id, loc) in index.blobs() {
+        match pack_sizes.get(&loc.pack) {
+            None => {
+                damaged_blobs.insert(*id);
+                if damaged_packs.insert(loc.pack) {
+                    report.errors.push(CheckProblem {
+                        object: format!("pack {}", loc.pack),
+                        message: "missing, but the index lists blobs in it".into(),
+                    });
+                }
+            }
+            Some(size) if loc.entry.offset as u64 + loc.entry.length as u64 + 4 > *size => {
+                damaged_blobs.insert(*id);
+                if damaged_packs.insert(loc.pack) {
+                    report.errors.push(CheckProblem {
+                        object: format!("pack {}", loc.pack),
+                        message: "truncated: shorter than its indexed blobs".into(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    for pack in pack_sizes.keys() {
+        if !index.has_pack(pack) {
+            report.warnings.push(format!(
+                "pack {pack} is not in the index (left by an interrupted backup; `lifeboat repair index` adds it, prune will remove it)"
+            ));
+        }
+    }
+
+    if options.read_data {
+        read_data(repo, options, &index, &pack_sizes, &mut report, &mut damaged_blobs, &mut damaged_packs, progress).await;
+    }
+    report.damaged_packs = damaged_packs.iter().map(|p| p.to_hex()).collect();
+
+    // Snapshots and their trees.
+    let mut snapshots: Vec<Snapshot> = Vec::new();
+    for info in storage.list(Kind::Snapshots).await? {
+        let r = async {
+            let bytes = storage.get(&info.key).await?;
+            if Id::of_bytes(&bytes).to_hex() != info.key.name() {
+                return Err(Error::corrupt(&info.key, "content does not match its name"));
+            }
+            let record = SnapshotRecord::decode(repo.key(), &info.key.to_string(), &bytes)?;
+            let id = Id::from_hex(info.key.name()).expect("checked above");
+            Ok(Snapshot { id, record })
+        }
+        .await;
+        match r {
+            Ok(s) => snapshots.push(s),
+            Err(e) => {
+                report.errors.push(problem(&info.key.to_string(), &e));
+                report.damaged_snapshots.push(info.key.name().to_string());
+            }
+        }
+    }
+    report.snapshots = snapshots.len();
+    let mut walker = TreeWalker {
+        repo,
+        index: &index,
+        damaged_blobs: &damaged_blobs,
+        memo: HashMap::new(),
+        problems: BTreeSet::new(),
+    };
+    for snap in &snapshots {
+        let lost = walker.walk(snap.record.tree).await;
+        if !lost.is_empty() {
+            report.damaged_snapshots.push(snap.id.to_hex());
+        }
+        for path in lost.iter() {
+            report.affected_files.push(AffectedFile {
+                snapshot: snap.id.short(),
+                path: path.clone(),
+            });
+        }
+    }
+    report.trees_checked = walker.memo.len();
+    report.errors.extend(walker.problems);
+    report.errors.sort();
+    report.errors.dedup();
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_data(
+    repo: &Repository,
+    options: &CheckOptions,
+    index: &Index,
+    pack_sizes: &HashMap<Id, u64>,
+    report: &mut CheckReport,
+    damaged_blobs: &mut HashSet<Id>,
+    damaged_packs: &mut BTreeSet<Id>,
+    progress: CheckProgress<'_>,
+) {
+    let mut by_pack: HashMap<Id, Vec<crate::PackEntry>> = HashMap::new();
+    for (_, loc) in index.blobs() {
+        by_pack.entry(loc.pack).or_default().push(loc.entry);
+    }
+    let fraction = options
+        .read_data_subset_percent
+        .map(|p| (p / 100.0).clamp(0.0, 1.0))
+        .unwrap_or(1.0);
+    let mut packs: Vec<Id> = by_pack
+        .keys()
+        .filter(|p| pack_sizes.contains_key(p))
+        .copied()
+        .collect();
+    packs.sort();
+    if fraction < 1.0 {
+        let keep = ((packs.len() as f64 * fraction).ceil() as usize).max(1).min(packs.len());
+        let mut rng = rand::rng();
+        packs = rand::seq::IndexedRandom::choose_multiple(&packs[..], &mut rng, keep)
+            .copied()
+            .collect();
+    }
+    let total = packs.len() as u64;
+    let done = AtomicU64::new(0);
+    let by_pack = Arc::new(by_pack);
+    let results: Vec<(Id, u64, std::result::Result<(bool, Vec<Id>), String>)> =
+        futures::stream::iter(packs)
+            .map(|pack| {
+                let by_pack = by_pack.clone();
+                let key = repo.key().clone();
+                let done = &done;
+                async move {
+                    let r = match repo.storage().get(&pack_key(&pack)).await {
+                        Err(e) => (pack, 0, Err(format!("cannot be read: {e}"))),
+                        Ok(bytes) => {
+                            let len = bytes.len() as u64;
+                            let verdict = blocking(move || verify_pack(&key, &pack, &bytes, &by_pack[&pack])).await;
+                            (pack, len, verdict.map_err(|e| e.to_string()))
+                        }
+                    };
+                    progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+                    r
+                }
+            })
+            .buffer_unordered(repo.concurrency())
+            .collect()
+            .await;
+    for (pack, len, r) in results {
+        report.packs_read += 1;
+        report.read_bytes += len;
+        let message = match r {
+            Ok((true, bad)) if bad.is_empty() => continue,
+            Ok((name_ok, bad)) => {
+                let n = bad.len();
+                damaged_blobs.extend(bad);
+                if name_ok {
+                    format!("{n} damaged blob(s): decryption or verification failed")
+                } else {
+                    format!("content does not match its name; {n} damaged blob(s)")
+                }
+            }
+            Err(msg) => {
+                // The whole pack is unreadable: all its blobs are lost.
+                damaged_blobs.extend(by_pack[&pack].iter().map(|e| e.id));
+                msg
+            }
+        };
+        damaged_packs.insert(pack);
+        report.errors.push(CheckProblem {
+            object: format!("pack {pack}"),
+            message,
+        });
+    }
+}
+
+/// Checks a downloaded pack: does it match its name, and which of its
+/// indexed blobs fail to decrypt or verify.
+fn verify_pack(key: &crate::MasterKey, pack: &Id, bytes: &[u8], entries: &[crate::PackEntry]) -> (bool, Vec<Id>) {
+    let name_ok = Id::of_bytes(bytes) == *pack;
+    let bad = entries
+        .iter()
+        .filter(|e| {
+            let end = e.offset as usize + e.length as usize;
+            end > bytes.len() || open_blob(key, e, &bytes[e.offset as usize..end]).is_err()
+        })
+        .map(|e| e.id)
+        .collect();
+    (name_ok, bad)
+}
+
+struct TreeWalker<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    damaged_blobs: &'a HashSet<Id>,
+    /// Per tree: paths (relative to it) of files that lose data.
+    memo: HashMap<Id, Arc<Vec<String>>>,
+    problems: BTreeSet<CheckProblem>,
+}
+
+impl<'a> TreeWalker<'a> {
+    fn walk(&mut self, tree_id: Id) -> BoxFuture<'_, Arc<Vec<String>>> {
+        Box::pin(async move {
+            if let Some(m) = self.memo.get(&tree_id) {
+                return m.clone();
+            }
+            let tree = self.load(tree_id).await;
+            let mut lost = Vec::new();
+            match tree {
+                Err(e) => {
+                    self.problems.insert(problem(&format!("tree {tree_id}"), &e));
+                    lost.push(String::new());
+                }
+                Ok(tree) => {
+                    for node in &tree.nodes {
+                        let name = node.name_lossy();
+                        match node.kind {
+                            NodeKind::Dir => match node.subtree {
+                                Some(sub) => {
+                                    for p in self.walk(sub).await.iter() {
+                                        lost.push(join(&name, p));
+                                    }
+                                }
+                                None => {
+                                    self.problems.insert(CheckProblem {
+                                        object: format!("tree {tree_id}"),
+                                        message: format!("directory {name:?} has no subtree"),
+                                    });
+                                }
+                            },
+                            NodeKind::File => {
+                                let mut bad = false;
+                                for blob in &node.content {
+                                    if self.damaged_blobs.contains(blob) {
+                                        bad = true;
+                                    } else if !self.index.contains(blob) {
+                                        bad = true;
+                                        self.problems.insert(CheckProblem {
+                                            object: format!("blob {blob}"),
+                                            message: "referenced by a file but not in the index".into(),
+                                        });
+                                    }
+                                }
+                                if bad {
+                                    lost.push(name);
+                                }
+                            }
+                            NodeKind::Symlink => {}
+                        }
+                    }
+                }
+            }
+            let lost = Arc::new(lost);
+            self.memo.insert(tree_id, lost.clone());
+            lost
+        })
+    }
+
+    async fn load(&self, id: Id) -> Result<Tree> {
+        let Some(loc) = self.index.get(&id) else {
+            return Err(Error::BlobNotIndexed { id: id.to_hex() });
+        };
+        if loc.entry.blob_type != BlobType::Tree {
+            return Err(Error::corrupt(format!("tree {id}"), "blob is not a tree"));
+        }
+        if self.damaged_blobs.contains(&id) {
+            return Err(Error::corrupt(format!("tree {id}"), format!("stored in damaged pack {}", loc.pack)));
+        }
+        self.repo.read_tree(&id).await
+    }
+}
+
+fn join(name: &str, rest: &str) -> String {
+    if rest.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}/{rest}")
+    }
+}
+
+fn problem(object: &str, e: &Error) -> CheckProblem {
+    CheckProblem {
+        object: object.to_string(),
+        message: e.to_string(),
+    }
+}

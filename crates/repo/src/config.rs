@@ -1,0 +1,158 @@
+//! The repository config object: a plaintext version header followed by the
+//! sealed parameters that must never change for the life of the repository.
+//!
+//! Layout: `b"LIFEBOAT"` (8) || format version (u32 LE) || sealed JSON body,
+//! with the 12 header bytes as associated data so the version cannot be
+//! altered without detection.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::MasterKey;
+use crate::{Error, Id, Result};
+
+pub const MAGIC: &[u8; 8] = b"LIFEBOAT";
+/// The format version this build writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = 12;
+
+/// FastCDC parameters, fixed at init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkerParams {
+    pub min_size: u32,
+    pub avg_size: u32,
+    pub max_size: u32,
+    /// XORed into FastCDC's gear table so that chunk boundaries (and thus
+    /// blob sizes visible in pack trailers' lengths) differ per repository.
+    pub seed: u64,
+}
+
+impl ChunkerParams {
+    /// 512 KiB / 1 MiB / 8 MiB: large enough that per-blob overhead (index
+    /// entry, AEAD tag) is negligible, small enough that a one-byte change in a
+    /// large file rewrites about one MiB.
+    pub fn generate() -> Self {
+        ChunkerParams {
+            min_size: 512 * 1024,
+            avg_size: 1024 * 1024,
+            max_size: 8 * 1024 * 1024,
+            seed: rand::random(),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        use fastcdc::v2020::*;
+        let ok = (MINIMUM_MIN as u32..=MINIMUM_MAX as u32).contains(&self.min_size)
+            && (AVERAGE_MIN as u32..=AVERAGE_MAX as u32).contains(&self.avg_size)
+            && (MAXIMUM_MIN as u32..=MAXIMUM_MAX as u32).contains(&self.max_size)
+            && self.min_size <= self.avg_size
+            && self.avg_size <= self.max_size
+            && self.min_size % 2 == 0
+            && self.avg_size % 2 == 0
+            && self.max_size % 2 == 0;
+        if ok {
+            Ok(())
+        } else {
+            Err(crate::Error::corrupt("config", "chunker parameters out of range"))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Random id of this repository (distinguishes repositories in messages,
+    /// caches and copies).
+    pub repository_id: Id,
+    pub chunker: ChunkerParams,
+    /// zstd level used when a backup does not override it.
+    pub compression_level: i32,
+    /// Target pack size in bytes.
+    pub pack_size: u32,
+    pub created: jiff::Timestamp,
+}
+
+impl Config {
+    pub fn encode(&self, key: &MasterKey) -> Vec<u8> {
+        let header = header(FORMAT_VERSION);
+        let body = serde_json::to_vec(self).expect("config serializes");
+        let mut out = header.to_vec();
+        out.extend_from_slice(&key.seal(&body, &header));
+        out
+    }
+
+    /// Reads only the plaintext header; refuses unknown versions.
+    pub fn check_version(bytes: &[u8]) -> Result<u32> {
+        if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+            return Err(Error::corrupt("config", "not a lifeboat repository config"));
+        }
+        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if version > FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if version == 0 {
+            return Err(Error::corrupt("config", "format version 0"));
+        }
+        Ok(version)
+    }
+
+    pub fn decode(bytes: &[u8], key: &MasterKey) -> Result<Self> {
+        Self::check_version(bytes)?;
+        let (header, sealed) = bytes.split_at(HEADER_LEN);
+        let body = key
+            .open(sealed, header)
+            .ok_or_else(|| Error::corrupt("config", "authentication failed"))?;
+        let config: Config =
+            serde_json::from_slice(&body).map_err(|e| Error::corrupt("config", e))?;
+        config.chunker.validate()?;
+        if !(1..=22).contains(&config.compression_level) && config.compression_level != 0 {
+            return Err(Error::corrupt("config", "compression level out of range"));
+        }
+        if config.pack_size < 1024 * 1024 || config.pack_size > 1024 * 1024 * 1024 {
+            return Err(Error::corrupt("config", "pack size out of range"));
+        }
+        Ok(config)
+    }
+}
+
+fn header(version: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..].copy_from_slice(&version.to_le_bytes());
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Config {
+        Config {
+            repository_id: Id([7; 32]),
+            chunker: ChunkerParams::generate(),
+            compression_level: 3,
+            pack_size: 16 << 20,
+            created: jiff::Timestamp::now(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_newer_version_refused() {
+        let k = MasterKey::generate();
+        let bytes = sample().encode(&k);
+        assert_eq!(Config::decode(&bytes, &k).unwrap().pack_size, 16 << 20);
+        let mut newer = bytes.clone();
+        newer[8] = 2;
+        assert!(matches!(
+            Config::decode(&newer, &k),
+            Err(Error::UnsupportedVersion { found: 2, .. })
+        ));
+        let mut damaged = bytes;
+        let n = damaged.len() - 1;
+        damaged[n] ^= 1;
+        assert!(matches!(Config::decode(&damaged, &k), Err(Error::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,66 @@
+//! Repository errors.
+//!
+//! Rules: one enum for the crate, each variant precise enough that the CLI can
+//! map it to an exit code and a next step without parsing messages. Decoding
+//! untrusted bytes always yields [`Error::Corrupt`] naming the object, never a
+//! panic. Storage errors are carried unchanged so their retryable/permanent
+//! classification survives.
+
+use lifeboat_storage::ErrorKind as StorageErrorKind;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Storage(#[from] lifeboat_storage::Error),
+
+    #[error("no repository at {location} (no config object found)")]
+    NoRepository { location: String },
+
+    #[error("a repository already exists at {location}")]
+    AlreadyInitialized { location: String },
+
+    #[error("wrong password: no key file in the repository opens with it")]
+    WrongPassword,
+
+    #[error(
+        "repository format version {found} is newer than this lifeboat understands (up to {supported}); upgrade lifeboat"
+    )]
+    UnsupportedVersion { found: u32, supported: u32 },
+
+    #[error("{object} is corrupt: {reason}")]
+    Corrupt { object: String, reason: String },
+
+    #[error("blob {id} is not in the index")]
+    BlobNotIndexed { id: String },
+
+    #[error("no snapshot matches {query:?}")]
+    SnapshotNotFound { query: String },
+
+    #[error("snapshot prefix {query:?} is ambiguous ({count} snapshots match)")]
+    AmbiguousSnapshot { query: String, count: usize },
+
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+impl Error {
+    pub(crate) fn corrupt(object: impl std::fmt::Display, reason: impl std::fmt::Display) -> Self {
+        Error::Corrupt {
+            object: object.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The storage error kind behind this error, if it came from storage.
+    pub fn storage_kind(&self) -> Option<StorageErrorKind> {
+        match self {
+            Error::Storage(e) => Some(e.kind()),
+            _ => None,
+        }
+    }
+}

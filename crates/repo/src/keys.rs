@@ -1,0 +1,71 @@
+//! Key management: several key files may wrap the one master key.
+
+use lifeboat_storage::{Kind, ObjectKey};
+use serde::Serialize;
+
+use crate::keyfile::{KdfParams, KeyFile};
+use crate::repository::{Repository, blocking, write_key_file};
+use crate::{Error, Id, Result};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub current: bool,
+    pub created: jiff::Timestamp,
+    pub host: String,
+    pub user: String,
+}
+
+/// Wraps the master key under a new password; returns the new key file's id.
+pub async fn add(repo: &Repository, new_password: &[u8], kdf: KdfParams) -> Result<Id> {
+    let key = repo.key().clone();
+    let pw = new_password.to_vec();
+    let kf = blocking(move || KeyFile::create(&key, &pw, kdf)).await??;
+    write_key_file(repo.storage(), &kf).await
+}
+
+pub async fn list(repo: &Repository) -> Result<Vec<KeyInfo>> {
+    let mut out = Vec::new();
+    for info in repo.storage().list(Kind::Keys).await? {
+        let bytes = repo.storage().get(&info.key).await?;
+        let kf = KeyFile::decode(&info.key.to_string(), &bytes)?;
+        out.push(KeyInfo {
+            id: info.key.name().to_string(),
+            current: info.key.name() == repo.key_id().to_hex(),
+            created: kf.created,
+            host: kf.host,
+            user: kf.user,
+        });
+    }
+    out.sort_by(|a, b| a.created.cmp(&b.created));
+    Ok(out)
+}
+
+/// Removes a key file by id or unique prefix. Refuses to remove the key this
+/// handle was opened with (so the last usable key can never be removed).
+pub async fn remove(repo: &Repository, query: &str) -> Result<Id> {
+    let keys = list(repo).await?;
+    let matches: Vec<&KeyInfo> = keys.iter().filter(|k| k.id.starts_with(query)).collect();
+    let k = match matches.as_slice() {
+        [k] => *k,
+        [] => return Err(Error::Invalid(format!("no key matches {query:?}; see `lifeboat key list`"))),
+        _ => return Err(Error::Invalid(format!("key prefix {query:?} is ambiguous"))),
+    };
+    if k.current {
+        return Err(Error::Invalid(
+            "refusing to remove the key in use; open the repository with another key to remove this one".into(),
+        ));
+    }
+    repo.storage().delete(&ObjectKey::new(Kind::Keys, k.id.clone())).await?;
+    Ok(Id::from_hex(&k.id).expect("key ids are hex"))
+}
+
+/// Changes the password of the key in use: adds a new key file, then removes
+/// the old one (in that order, so a crash leaves two working keys, never none).
+pub async fn change_password(repo: &Repository, new_password: &[u8], kdf: KdfParams) -> Result<Id> {
+    let new = add(repo, new_password, kdf).await?;
+    repo.storage()
+        .delete(&ObjectKey::new(Kind::Keys, repo.key_id().to_hex()))
+        .await?;
+    Ok(new)
+}

@@ -1,0 +1,224 @@
+//! Packs: many encrypted blobs in one object, with an encrypted trailer listing
+//! them so the index can always be rebuilt from packs alone.
+//!
+//! Layout: `blob_0 || blob_1 || ... || sealed trailer || trailer length (u32 LE)`.
+//! Each blob is `seal(payload, aad = type || compressed || blob id)` where the
+//! payload is the zstd-compressed plaintext, or the plaintext itself when
+//! compression would not make it smaller. The trailer is the postcard
+//! encoding of `Vec<PackEntry>`, sealed with [`TRAILER_AAD`]. A pack is named
+//! by the BLAKE3 of all its bytes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{MasterKey, SEAL_OVERHEAD};
+use crate::{Error, Id, Result};
+
+pub(crate) const TRAILER_AAD: &[u8] = b"lifeboat pack trailer v1";
+/// Largest trailer accepted when reading: bounds the allocation a damaged or
+/// hostile length field can cause (≈ 600k entries).
+pub(crate) const MAX_TRAILER_LEN: u32 = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BlobType {
+    Data,
+    Tree,
+}
+
+impl BlobType {
+    fn tag(self) -> u8 {
+        match self {
+            BlobType::Data => 0,
+            BlobType::Tree => 1,
+        }
+    }
+}
+
+/// One blob's place in a pack, as recorded in the trailer and the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackEntry {
+    pub blob_type: BlobType,
+    pub id: Id,
+    pub offset: u32,
+    /// Stored (sealed) length.
+    pub length: u32,
+    /// Plaintext length.
+    pub raw_length: u32,
+    pub compressed: bool,
+}
+
+pub(crate) fn blob_aad(blob_type: BlobType, compressed: bool, id: &Id) -> [u8; 34] {
+    let mut aad = [0u8; 34];
+    aad[0] = blob_type.tag();
+    aad[1] = compressed as u8;
+    aad[2..].copy_from_slice(&id.0);
+    aad
+}
+
+/// A blob compressed and sealed, ready to be appended to a pack.
+#[derive(Debug)]
+pub struct SealedBlob {
+    pub blob_type: BlobType,
+    pub id: Id,
+    pub raw_length: u32,
+    pub compressed: bool,
+    pub bytes: Vec<u8>,
+}
+
+/// Compresses (if it helps) and seals one blob. `level` 0 disables compression.
+pub fn seal_blob(key: &MasterKey, blob_type: BlobType, id: Id, data: &[u8], level: i32) -> SealedBlob {
+    let compressed = if level > 0 {
+        zstd::bulk::compress(data, level)
+            .ok()
+            .filter(|c| c.len() < data.len())
+    } else {
+        None
+    };
+    let is_compressed = compressed.is_some();
+    let payload = compressed.as_deref().unwrap_or(data);
+    let bytes = key.seal(payload, &blob_aad(blob_type, is_compressed, &id));
+    SealedBlob {
+        blob_type,
+        id,
+        raw_length: data.len() as u32,
+        compressed: is_compressed,
+        bytes,
+    }
+}
+
+/// Opens one sealed blob and checks that its plaintext hashes to its id.
+pub fn open_blob(key: &MasterKey, entry: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {
+    let what = || format!("blob {}", entry.id);
+    let payload = key
+        .open(sealed, &blob_aad(entry.blob_type, entry.compressed, &entry.id))
+        .ok_or_else(|| Error::corrupt(what(), "authentication failed"))?;
+    let plain = if entry.compressed {
+        let mut out = Vec::with_capacity(entry.raw_length as usize);
+        zstd::stream::copy_decode(&payload[..], &mut out)
+            .map_err(|e| Error::corrupt(what(), format!("decompression failed: {e}")))?;
+        out
+    } else {
+        payload
+    };
+    if plain.len() != entry.raw_length as usize || key.blob_id(&plain) != entry.id {
+        return Err(Error::corrupt(what(), "content does not match its id"));
+    }
+    Ok(plain)
+}
+
+/// Accumulates sealed blobs into one pack.
+#[derive(Debug, Default)]
+pub struct PackBuilder {
+    bytes: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+/// A complete pack, named and ready to upload.
+#[derive(Debug)]
+pub struct FinishedPack {
+    pub id: Id,
+    pub bytes: Vec<u8>,
+    pub entries: Vec<PackEntry>,
+}
+
+impl PackBuilder {
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn push(&mut self, blob: SealedBlob) {
+        self.entries.push(PackEntry {
+            blob_type: blob.blob_type,
+            id: blob.id,
+            offset: self.bytes.len() as u32,
+            length: blob.bytes.len() as u32,
+            raw_length: blob.raw_length,
+            compressed: blob.compressed,
+        });
+        self.bytes.extend_from_slice(&blob.bytes);
+    }
+
+    pub fn finish(mut self, key: &MasterKey) -> FinishedPack {
+        let trailer = postcard::to_allocvec(&self.entries).expect("entries serialize");
+        let sealed = key.seal(&trailer, TRAILER_AAD);
+        self.bytes.extend_from_slice(&sealed);
+        self.bytes
+            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        FinishedPack {
+            id: Id::of_bytes(&self.bytes),
+            bytes: self.bytes,
+            entries: self.entries,
+        }
+    }
+}
+
+/// Where the trailer lies, given the pack size and its last four bytes.
+pub fn trailer_range(pack: &Id, pack_size: u64, len_bytes: &[u8]) -> Result<(u64, u64)> {
+    let len = u32::from_le_bytes(
+        len_bytes
+            .try_into()
+            .map_err(|_| Error::corrupt(format!("pack {pack}"), "short trailer length"))?,
+    );
+    if len > MAX_TRAILER_LEN || (len as u64) + 4 > pack_size || (len as usize) < SEAL_OVERHEAD {
+        return Err(Error::corrupt(format!("pack {pack}"), "trailer length out of range"));
+    }
+    Ok((pack_size - 4 - len as u64, len as u64))
+}
+
+/// Decrypts and decodes a trailer, checking every entry lies before it.
+pub fn decode_trailer(key: &MasterKey, pack: &Id, trailer_offset: u64, sealed: &[u8]) -> Result<Vec<PackEntry>> {
+    let what = || format!("pack {pack}");
+    let plain = key
+        .open(sealed, TRAILER_AAD)
+        .ok_or_else(|| Error::corrupt(what(), "trailer authentication failed"))?;
+    let entries: Vec<PackEntry> =
+        postcard::from_bytes(&plain).map_err(|e| Error::corrupt(what(), format!("trailer: {e}")))?;
+    for e in &entries {
+        if e.offset as u64 + e.length as u64 > trailer_offset {
+            return Err(Error::corrupt(what(), "trailer entry outside the pack"));
+        }
+    }
+    Ok(entries)
+}
+
+/// Reads a whole pack's trailer from its bytes.
+pub fn parse_pack(key: &MasterKey, pack: &Id, bytes: &[u8]) -> Result<Vec<PackEntry>> {
+    if bytes.len() < 4 {
+        return Err(Error::corrupt(format!("pack {pack}"), "too short"));
+    }
+    let (off, len) = trailer_range(pack, bytes.len() as u64, &bytes[bytes.len() - 4..])?;
+    decode_trailer(key, pack, off, &bytes[off as usize..(off + len) as usize])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_round_trip_and_damage() {
+        let k = MasterKey::generate();
+        let mut b = PackBuilder::default();
+        let datas: Vec<Vec<u8>> = vec![vec![0u8; 10000], b"hello".to_vec(), (0..255u8).collect()];
+        for d in &datas {
+            b.push(seal_blob(&k, BlobType::Data, k.blob_id(d), d, 3));
+        }
+        let p = b.finish(&k);
+        let entries = parse_pack(&k, &p.id, &p.bytes).unwrap();
+        assert_eq!(entries, p.entries);
+        assert!(entries[0].compressed && !entries[1].compressed);
+        for (e, d) in entries.iter().zip(&datas) {
+            let s = &p.bytes[e.offset as usize..(e.offset + e.length) as usize];
+            assert_eq!(&open_blob(&k, e, s).unwrap(), d);
+            let mut bad = s.to_vec();
+            bad[SEAL_OVERHEAD] ^= 0x10;
+            assert!(open_blob(&k, e, &bad).is_err());
+        }
+        // Any truncation is an error, not a panic.
+        for n in 0..p.bytes.len().min(64) {
+            assert!(parse_pack(&k, &p.id, &p.bytes[..n]).is_err());
+        }
+    }
+}

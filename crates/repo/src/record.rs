@@ -1,0 +1,112 @@
+//! Snapshot records: the last object a backup writes, naming the root tree
+//! and describing the backup. Stored as `seal(JSON, SNAPSHOT_AAD)`, named by
+//! the BLAKE3 of the sealed bytes; JSON so later fields (a database recovery
+//! point, say) can be added without a format break.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::MasterKey;
+use crate::{Error, Id, Result};
+
+pub(crate) const SNAPSHOT_AAD: &[u8] = b"lifeboat snapshot v1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupMode {
+    /// Read everything.
+    Full,
+    /// Compare with the latest snapshot of the same source.
+    #[default]
+    Incremental,
+    /// Compare with the latest full snapshot of the same source.
+    Differential,
+}
+
+impl std::fmt::Display for BackupMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackupMode::Full => "full",
+            BackupMode::Incremental => "incremental",
+            BackupMode::Differential => "differential",
+        })
+    }
+}
+
+/// Counters of one backup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BackupSummary {
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub files_unchanged: u64,
+    pub dirs: u64,
+    pub files_skipped: u64,
+    pub errors: u64,
+    /// Plaintext bytes read from the source.
+    pub read_bytes: u64,
+    /// Total size of the files in the snapshot.
+    pub total_bytes: u64,
+    pub total_files: u64,
+    pub blobs_added: u64,
+    /// Plaintext bytes of the new blobs.
+    pub added_raw_bytes: u64,
+    /// Bytes of new packs written to the repository.
+    pub added_bytes: u64,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub time: jiff::Timestamp,
+    pub host: String,
+    pub user: String,
+    /// What was backed up: absolute paths, or the stream name for `--stdin`.
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub tree: Id,
+    pub mode: BackupMode,
+    pub parent: Option<Id>,
+    /// Some files could not be read; the snapshot holds everything else.
+    #[serde(default)]
+    pub partial: bool,
+    pub summary: BackupSummary,
+    pub program_version: String,
+    /// Connector-specific data (a database recovery point, for example).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl SnapshotRecord {
+    pub fn encode(&self, key: &MasterKey) -> Vec<u8> {
+        key.seal(
+            &serde_json::to_vec(self).expect("snapshot serializes"),
+            SNAPSHOT_AAD,
+        )
+    }
+
+    pub fn decode(key: &MasterKey, object: &str, sealed: &[u8]) -> Result<Self> {
+        let plain = key
+            .open(sealed, SNAPSHOT_AAD)
+            .ok_or_else(|| Error::corrupt(object, "authentication failed"))?;
+        serde_json::from_slice(&plain).map_err(|e| Error::corrupt(object, e))
+    }
+
+    /// Same source: same host and same set of paths.
+    pub fn same_source(&self, host: &str, paths: &[String]) -> bool {
+        let mut a = self.paths.clone();
+        let mut b = paths.to_vec();
+        a.sort();
+        b.sort();
+        self.host == host && a == b
+    }
+}
+
+/// A snapshot record with its id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub id: Id,
+    pub record: SnapshotRecord,
+}

@@ -1,0 +1,91 @@
+//! `repair index`: rebuilds the index from the packs' own trailers.
+//!
+//! Every pack carries an encrypted list of its blobs, so the index is a cache
+//! that can always be recomputed. The new index objects are written first and
+//! name the old ones in `supersedes`; the old ones are deleted only after the
+//! new ones are durable, so a crash mid-repair leaves a usable index.
+
+use futures::StreamExt;
+use lifeboat_storage::{Kind, ObjectKey};
+use serde::Serialize;
+
+use crate::index::{IndexFile, IndexPack};
+use crate::pack::{decode_trailer, trailer_range};
+use crate::repository::{Repository, pack_key};
+use crate::{Id, Result};
+
+/// Packs per rebuilt index object.
+const PACKS_PER_INDEX: usize = 256;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RepairStats {
+    pub packs_indexed: usize,
+    pub blobs_indexed: usize,
+    /// Packs whose trailer could not be read (left in place, not indexed).
+    pub unreadable_packs: Vec<String>,
+    pub old_index_files_removed: usize,
+}
+
+pub async fn repair_index(repo: &Repository) -> Result<RepairStats> {
+    let storage = repo.storage();
+    let old: Vec<Id> = storage
+        .list(Kind::Index)
+        .await?
+        .iter()
+        .filter_map(|i| Id::from_hex(i.key.name()))
+        .collect();
+    let packs = storage.list(Kind::Packs).await?;
+    let results: Vec<(Id, Result<Vec<crate::PackEntry>>)> = futures::stream::iter(packs)
+        .filter_map(|info| async move { Id::from_hex(info.key.name()).map(|id| (id, info.size_bytes)) })
+        .map(|(id, size)| async move {
+            let r = async {
+                let key = pack_key(&id);
+                if size < 4 {
+                    return Err(crate::Error::corrupt(format!("pack {id}"), "too short"));
+                }
+                let len = storage.get_range(&key, size - 4, 4).await?;
+                let (off, tlen) = trailer_range(&id, size, &len)?;
+                let sealed = storage.get_range(&key, off, tlen).await?;
+                decode_trailer(repo.key(), &id, off, &sealed)
+            }
+            .await;
+            (id, r)
+        })
+        .buffer_unordered(repo.concurrency())
+        .collect()
+        .await;
+    let mut stats = RepairStats::default();
+    let mut good = Vec::new();
+    for (id, r) in results {
+        match r {
+            Ok(entries) => {
+                stats.packs_indexed += 1;
+                stats.blobs_indexed += entries.len();
+                good.push(IndexPack { id, entries });
+            }
+            Err(e) => stats.unreadable_packs.push(format!("{id}: {e}")),
+        }
+    }
+    good.sort_by_key(|p| p.id);
+    let mut chunks: Vec<Vec<IndexPack>> = good.chunks(PACKS_PER_INDEX).map(|c| c.to_vec()).collect();
+    if chunks.is_empty() {
+        chunks.push(Vec::new());
+    }
+    let mut written = Vec::new();
+    for packs in chunks {
+        written.push(
+            repo.write_index(&IndexFile {
+                packs,
+                supersedes: old.clone(),
+            })
+            .await?,
+        );
+    }
+    for id in old {
+        if !written.contains(&id) {
+            storage.delete(&ObjectKey::new(Kind::Index, id.to_hex())).await?;
+            stats.old_index_files_removed += 1;
+        }
+    }
+    Ok(stats)
+}

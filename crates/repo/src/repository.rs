@@ -1,0 +1,341 @@
+//! Opening and creating a repository, and reading from it.
+//!
+//! [`Repository`] is the read handle: it holds the storage, the master key and
+//! the config, and loads the index on first use. Writing goes through a
+//! [`crate::WriteSession`]; key management, check and repair are free
+//! functions in their own modules that take the handle.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use lifeboat_storage::{DynStorage, ErrorKind, Kind, ObjectKey};
+use tokio::sync::OnceCell;
+
+use crate::config::{ChunkerParams, Config};
+use crate::crypto::MasterKey;
+use crate::index::{BlobLocation, Index, IndexFile};
+use crate::keyfile::{KdfParams, KeyFile};
+use crate::pack::{BlobType, open_blob};
+use crate::record::{Snapshot, SnapshotRecord};
+use crate::tree::Tree;
+use crate::{Error, Id, Result};
+
+/// Parameters of a new repository.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub kdf: KdfParams,
+    pub compression_level: i32,
+    /// Target pack size in bytes. 16 MiB: few enough objects for object
+    /// storage listing and request costs, small enough to keep upload buffers
+    /// (and restore range reads) modest.
+    pub pack_size: u32,
+    /// Reuse another repository's chunker parameters so both chunk alike.
+    pub chunker: Option<ChunkerParams>,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            kdf: KdfParams::DEFAULT,
+            compression_level: 3,
+            pack_size: 16 * 1024 * 1024,
+            chunker: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Repository {
+    storage: DynStorage,
+    key: MasterKey,
+    config: Config,
+    key_id: Id,
+    index: OnceCell<Arc<Index>>,
+}
+
+impl Repository {
+    /// Creates a repository in empty storage, wrapping a new master key under
+    /// `password`.
+    pub async fn init(storage: DynStorage, password: &[u8], options: InitOptions) -> Result<Self> {
+        if storage.stat(&ObjectKey::config()).await?.is_some() {
+            return Err(Error::AlreadyInitialized {
+                location: storage.location(),
+            });
+        }
+        let key = MasterKey::generate();
+        let config = Config {
+            repository_id: Id(rand::random()),
+            chunker: options.chunker.unwrap_or_else(ChunkerParams::generate),
+            compression_level: options.compression_level,
+            pack_size: options.pack_size,
+            created: jiff::Timestamp::now(),
+        };
+        let key_id = {
+            let key = key.clone();
+            let password = password.to_vec();
+            let kf = blocking(move || KeyFile::create(&key, &password, options.kdf)).await??;
+            write_key_file(&storage, &kf).await?
+        };
+        // The config goes last: a crash before it leaves no repository, just a
+        // stray key file, and a second init succeeds.
+        match storage.put(&ObjectKey::config(), config.encode(&key).into()).await {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                return Err(Error::AlreadyInitialized {
+                    location: storage.location(),
+                });
+            }
+            r => r?,
+        }
+        Ok(Repository {
+            storage,
+            key,
+            config,
+            key_id,
+            index: OnceCell::new(),
+        })
+    }
+
+    /// Opens a repository: checks the format version, then tries every key
+    /// file with `password`.
+    pub async fn open(storage: DynStorage, password: &[u8]) -> Result<Self> {
+        let config_bytes = match storage.get(&ObjectKey::config()).await {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::NoRepository {
+                    location: storage.location(),
+                });
+            }
+            r => r?,
+        };
+        Config::check_version(&config_bytes)?;
+        let mut keys = storage.list(Kind::Keys).await?;
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut last_corrupt = None;
+        for info in keys {
+            let bytes = storage.get(&info.key).await?;
+            let kf = match KeyFile::decode(&info.key.to_string(), &bytes) {
+                Ok(kf) => kf,
+                Err(e) => {
+                    last_corrupt = Some(e);
+                    continue;
+                }
+            };
+            let password = password.to_vec();
+            if let Some(key) = blocking(move || kf.unwrap_key(&password)).await?? {
+                let config = Config::decode(&config_bytes, &key)?;
+                let key_id = Id::from_hex(info.key.name())
+                    .ok_or_else(|| Error::corrupt(&info.key, "key file name is not an id"))?;
+                return Ok(Repository {
+                    storage,
+                    key,
+                    config,
+                    key_id,
+                    index: OnceCell::new(),
+                });
+            }
+        }
+        Err(last_corrupt.unwrap_or(Error::WrongPassword))
+    }
+
+    pub fn storage(&self) -> &DynStorage {
+        &self.storage
+    }
+
+    pub fn key(&self) -> &MasterKey {
+        &self.key
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The key file this handle was opened with.
+    pub fn key_id(&self) -> Id {
+        self.key_id
+    }
+
+    /// The merged index, loaded from storage on first call.
+    pub async fn index(&self) -> Result<Arc<Index>> {
+        self.index
+            .get_or_try_init(|| async { self.load_index().await.map(Arc::new) })
+            .await
+            .cloned()
+    }
+
+    /// Reads every index object (in parallel) and merges them.
+    pub async fn load_index(&self) -> Result<Index> {
+        let files = self.read_index_files().await?;
+        let mut index = Index::default();
+        for (_, file) in &files {
+            for p in &file.packs {
+                index.add_pack(p);
+            }
+        }
+        Ok(index)
+    }
+
+    /// Every index object, decoded, with its id.
+    pub async fn read_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
+        let list = self.storage.list(Kind::Index).await?;
+        futures::stream::iter(list)
+            .map(|info| async move {
+                let bytes = self.storage.get(&info.key).await?;
+                let id = Id::from_hex(info.key.name())
+                    .ok_or_else(|| Error::corrupt(&info.key, "index name is not an id"))?;
+                let key = self.key.clone();
+                let name = info.key.to_string();
+                let file = blocking(move || IndexFile::decode(&key, &name, &bytes)).await??;
+                Ok::<_, Error>((id, file))
+            })
+            .buffer_unordered(self.concurrency())
+            .try_collect()
+            .await
+    }
+
+    pub fn concurrency(&self) -> usize {
+        self.storage.capabilities().max_connections.max(1)
+    }
+
+    pub async fn locate(&self, id: &Id) -> Result<BlobLocation> {
+        self.index()
+            .await?
+            .get(id)
+            .copied()
+            .ok_or_else(|| Error::BlobNotIndexed { id: id.to_hex() })
+    }
+
+    /// Reads, decrypts and verifies one blob.
+    pub async fn read_blob(&self, id: &Id) -> Result<Bytes> {
+        let loc = self.locate(id).await?;
+        let sealed = self
+            .storage
+            .get_range(&pack_key(&loc.pack), loc.entry.offset as u64, loc.entry.length as u64)
+            .await
+            .map_err(|e| match e.kind() {
+                ErrorKind::NotFound => Error::corrupt(
+                    format!("pack {}", loc.pack),
+                    format!("missing (needed for blob {id})"),
+                ),
+                ErrorKind::InvalidRange => Error::corrupt(
+                    format!("pack {}", loc.pack),
+                    format!("truncated (needed for blob {id})"),
+                ),
+                _ => e.into(),
+            })?;
+        let key = self.key.clone();
+        let plain = blocking(move || open_blob(&key, &loc.entry, &sealed))
+            .await?
+            .map_err(|e| match e {
+                Error::Corrupt { object, reason } => Error::Corrupt {
+                    object: format!("{object} in pack {}", loc.pack),
+                    reason,
+                },
+                e => e,
+            })?;
+        Ok(Bytes::from(plain))
+    }
+
+    pub async fn read_tree(&self, id: &Id) -> Result<Tree> {
+        let loc = self.locate(id).await?;
+        if loc.entry.blob_type != BlobType::Tree {
+            return Err(Error::corrupt(format!("tree {id}"), "blob is not a tree"));
+        }
+        let bytes = self.read_blob(id).await?;
+        Tree::decode(id, &bytes)
+    }
+
+    /// Every snapshot, oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let list = self.storage.list(Kind::Snapshots).await?;
+        let mut out: Vec<Snapshot> = futures::stream::iter(list)
+            .map(|info| async move { self.read_snapshot_key(&info.key).await })
+            .buffer_unordered(self.concurrency())
+            .try_collect()
+            .await?;
+        out.sort_by(|a, b| a.record.time.cmp(&b.record.time).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    async fn read_snapshot_key(&self, key: &ObjectKey) -> Result<Snapshot> {
+        let bytes = self.storage.get(key).await?;
+        let id = Id::from_hex(key.name()).ok_or_else(|| Error::corrupt(key, "name is not an id"))?;
+        if Id::of_bytes(&bytes) != id {
+            return Err(Error::corrupt(key, "content does not match its name"));
+        }
+        let record = SnapshotRecord::decode(&self.key, &key.to_string(), &bytes)?;
+        Ok(Snapshot { id, record })
+    }
+
+    /// Resolves `latest`, a full id or a unique id prefix (at least 4 hex
+    /// digits) among `candidates`, or among all snapshots if `None`.
+    pub async fn find_snapshot(&self, query: &str) -> Result<Snapshot> {
+        let all = self.snapshots().await?;
+        resolve_snapshot(&all, query).cloned()
+    }
+
+    /// Writes a snapshot record; returns its id.
+    pub async fn write_snapshot(&self, record: &SnapshotRecord) -> Result<Id> {
+        let bytes = record.encode(&self.key);
+        let id = Id::of_bytes(&bytes);
+        put_idempotent(&self.storage, &ObjectKey::new(Kind::Snapshots, id.to_hex()), bytes).await?;
+        Ok(id)
+    }
+
+    pub async fn write_index(&self, file: &IndexFile) -> Result<Id> {
+        let bytes = file.encode(&self.key);
+        let id = Id::of_bytes(&bytes);
+        put_idempotent(&self.storage, &ObjectKey::new(Kind::Index, id.to_hex()), bytes).await?;
+        Ok(id)
+    }
+}
+
+/// Picks a snapshot by `latest`, full id or unique prefix.
+pub fn resolve_snapshot<'a>(all: &'a [Snapshot], query: &str) -> Result<&'a Snapshot> {
+    if query == "latest" {
+        return all.last().ok_or_else(|| Error::SnapshotNotFound {
+            query: query.into(),
+        });
+    }
+    let q = query.to_ascii_lowercase();
+    let matches: Vec<&Snapshot> = all
+        .iter()
+        .filter(|s| !q.is_empty() && s.id.to_hex().starts_with(&q))
+        .collect();
+    match matches.len() {
+        1 => Ok(matches[0]),
+        0 => Err(Error::SnapshotNotFound {
+            query: query.into(),
+        }),
+        n => Err(Error::AmbiguousSnapshot {
+            query: query.into(),
+            count: n,
+        }),
+    }
+}
+
+pub fn pack_key(id: &Id) -> ObjectKey {
+    ObjectKey::new(Kind::Packs, id.to_hex())
+}
+
+/// Puts a content-addressed object; an existing object with the same name is
+/// success (same name, same bytes).
+pub(crate) async fn put_idempotent(storage: &DynStorage, key: &ObjectKey, bytes: Vec<u8>) -> Result<()> {
+    match storage.put(key, bytes.into()).await {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+pub(crate) async fn write_key_file(storage: &DynStorage, kf: &KeyFile) -> Result<Id> {
+    let bytes = kf.encode();
+    let id = Id::of_bytes(&bytes);
+    put_idempotent(storage, &ObjectKey::new(Kind::Keys, id.to_hex()), bytes).await?;
+    Ok(id)
+}
+
+/// Runs CPU-bound work (KDF, decryption, decompression) on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))
+}

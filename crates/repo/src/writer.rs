@@ -1,0 +1,267 @@
+//! Write sessions: adding blobs, packing and uploading them, and finally
+//! writing the index and the snapshot record.
+//!
+//! Concurrency: callers (the archiver's worker threads) call
+//! [`WriteSession::add_blob_blocking`] from blocking threads, or
+//! [`WriteSession::add_blob`] from async code. Compression and encryption
+//! happen in the caller's thread; only appending to the open pack takes the
+//! session lock. Full packs go through a bounded channel to one uploader task
+//! that runs up to `max_connections` uploads at once — the bound is what keeps
+//! memory flat: at most `upload_concurrency + 1` packs are buffered.
+//!
+//! Durability order: a pack is put (durable) before any index object names
+//! it, and [`WriteSession::finish`] writes the snapshot record after the
+//! index. A crash at any point leaves only unreferenced packs (garbage for
+//! prune, recoverable by `repair index`), never a snapshot with missing data.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::index::{Index, IndexFile, IndexPack};
+use crate::pack::{BlobType, FinishedPack, PackBuilder, seal_blob};
+use crate::record::SnapshotRecord;
+use crate::repository::{Repository, pack_key, put_idempotent};
+use crate::{Error, Id, Result};
+
+/// Packs per index object written during a session: bounds what a crash in a
+/// long backup forces the next run to re-upload (the packs are still there
+/// but unindexed until `repair index`).
+const PACKS_PER_INDEX: usize = 32;
+
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// zstd level for this session (defaults to the repository's).
+    pub compression_level: Option<i32>,
+}
+
+/// Counters of what a session added.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    pub blobs_added: AtomicU64,
+    pub added_raw_bytes: AtomicU64,
+    pub added_bytes: AtomicU64,
+    pub packs_written: AtomicU64,
+}
+
+/// Result of adding one blob.
+#[derive(Debug, Clone, Copy)]
+pub struct AddedBlob {
+    pub id: Id,
+    /// False when the repository (or this session) already had it.
+    pub new: bool,
+}
+
+struct State {
+    pack: PackBuilder,
+    /// Blobs added in this session (in the open pack or already uploaded).
+    seen: HashSet<Id>,
+}
+
+struct Shared {
+    repo: Arc<Repository>,
+    index: Arc<Index>,
+    level: i32,
+    state: Mutex<State>,
+    stats: WriteStats,
+    /// Packs uploaded but not yet in an index object.
+    unindexed: Mutex<Vec<IndexPack>>,
+}
+
+pub struct WriteSession {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<FinishedPack>,
+    uploader: JoinHandle<Result<()>>,
+}
+
+impl std::fmt::Debug for WriteSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteSession")
+    }
+}
+
+impl WriteSession {
+    /// Starts a session. Must be called inside a Tokio runtime.
+    pub async fn start(repo: Arc<Repository>, options: WriteOptions) -> Result<Self> {
+        let index = repo.index().await?;
+        let level = options
+            .compression_level
+            .unwrap_or(repo.config().compression_level);
+        let shared = Arc::new(Shared {
+            repo,
+            index,
+            level,
+            state: Mutex::new(State {
+                pack: PackBuilder::default(),
+                seen: HashSet::new(),
+            }),
+            stats: WriteStats::default(),
+            unindexed: Mutex::new(Vec::new()),
+        });
+        let concurrency = shared.repo.concurrency();
+        let (tx, rx) = mpsc::channel::<FinishedPack>(concurrency);
+        let uploader = tokio::spawn(upload_loop(shared.clone(), rx, concurrency));
+        Ok(WriteSession {
+            shared,
+            tx,
+            uploader,
+        })
+    }
+
+    pub fn repository(&self) -> &Arc<Repository> {
+        &self.shared.repo
+    }
+
+    pub fn stats(&self) -> &WriteStats {
+        &self.shared.stats
+    }
+
+    /// Id a blob with this content would get (no storage access).
+    pub fn blob_id(&self, data: &[u8]) -> Id {
+        self.shared.repo.key().blob_id(data)
+    }
+
+    /// True if the repository or this session already holds the blob.
+    pub fn has_blob(&self, id: &Id) -> bool {
+        self.shared.index.contains(id) || self.shared.state.lock().unwrap().seen.contains(id)
+    }
+
+    /// Adds a blob from a blocking thread (never from async code: it blocks
+    /// when the upload queue is full, which is the backpressure).
+    pub fn add_blob_blocking(&self, blob_type: BlobType, data: &[u8]) -> Result<AddedBlob> {
+        let (added, full) = self.add_inner(blob_type, data)?;
+        if let Some(pack) = full {
+            self.tx
+                .blocking_send(pack)
+                .map_err(|_| Error::Task("pack upload stopped (see the earlier error)".into()))?;
+        }
+        Ok(added)
+    }
+
+    /// Adds a blob from async code.
+    pub async fn add_blob(&self, blob_type: BlobType, data: &[u8]) -> Result<AddedBlob> {
+        let (added, full) = self.add_inner(blob_type, data)?;
+        if let Some(pack) = full {
+            self.tx
+                .send(pack)
+                .await
+                .map_err(|_| Error::Task("pack upload stopped (see the earlier error)".into()))?;
+        }
+        Ok(added)
+    }
+
+    fn add_inner(&self, blob_type: BlobType, data: &[u8]) -> Result<(AddedBlob, Option<FinishedPack>)> {
+        if self.uploader.is_finished() {
+            return Err(Error::Task("pack upload stopped (see the earlier error)".into()));
+        }
+        let id = self.blob_id(data);
+        if self.has_blob(&id) {
+            return Ok((AddedBlob { id, new: false }, None));
+        }
+        let sealed = seal_blob(self.shared.repo.key(), blob_type, id, data, self.shared.level);
+        let stored = sealed.bytes.len() as u64;
+        let full = {
+            let mut st = self.shared.state.lock().unwrap();
+            // Re-check under the lock: another thread may have added the same
+            // blob while we were compressing.
+            if !st.seen.insert(id) {
+                return Ok((AddedBlob { id, new: false }, None));
+            }
+            st.pack.push(sealed);
+            if st.pack.len() >= self.shared.repo.config().pack_size as usize {
+                Some(std::mem::take(&mut st.pack))
+            } else {
+                None
+            }
+        };
+        let s = &self.shared.stats;
+        s.blobs_added.fetch_add(1, Ordering::Relaxed);
+        s.added_raw_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        s.added_bytes.fetch_add(stored, Ordering::Relaxed);
+        let finished = full.map(|p| p.finish(self.shared.repo.key()));
+        Ok((AddedBlob { id, new: true }, finished))
+    }
+
+    /// Uploads what is buffered and writes the index, without a snapshot.
+    pub async fn flush(self) -> Result<()> {
+        let WriteSession {
+            shared,
+            tx,
+            uploader,
+        } = self;
+        let last = std::mem::take(&mut shared.state.lock().unwrap().pack);
+        if !last.is_empty() {
+            let pack = last.finish(shared.repo.key());
+            // If the uploader died, its error is reported below.
+            let _ = tx.send(pack).await;
+        }
+        drop(tx);
+        uploader
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        write_pending_index(&shared, true).await
+    }
+
+    /// Finishes the session: uploads the last pack, writes the index, then the
+    /// snapshot record (last, so a snapshot is visible only when complete).
+    pub async fn finish(self, mut record: SnapshotRecord) -> Result<Id> {
+        let repo = self.shared.repo.clone();
+        let shared = self.shared.clone();
+        self.flush().await?;
+        let s = &shared.stats;
+        record.summary.blobs_added = s.blobs_added.load(Ordering::Relaxed);
+        record.summary.added_raw_bytes = s.added_raw_bytes.load(Ordering::Relaxed);
+        record.summary.added_bytes = s.added_bytes.load(Ordering::Relaxed);
+        repo.write_snapshot(&record).await
+    }
+}
+
+async fn upload_loop(shared: Arc<Shared>, rx: mpsc::Receiver<FinishedPack>, concurrency: usize) -> Result<()> {
+    let mut uploads = tokio_stream_of(rx)
+        .map(|pack| {
+            let shared = shared.clone();
+            async move {
+                let key = pack_key(&pack.id);
+                put_idempotent(shared.repo.storage(), &key, pack.bytes).await?;
+                shared.stats.packs_written.fetch_add(1, Ordering::Relaxed);
+                shared.unindexed.lock().unwrap().push(IndexPack {
+                    id: pack.id,
+                    entries: pack.entries,
+                });
+                write_pending_index(&shared, false).await
+            }
+        })
+        .buffer_unordered(concurrency);
+    while let Some(r) = uploads.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+fn tokio_stream_of<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Writes an index object for uploaded packs once enough have gathered (or
+/// always, when `all`).
+async fn write_pending_index(shared: &Shared, all: bool) -> Result<()> {
+    let batch = {
+        let mut pending = shared.unindexed.lock().unwrap();
+        if pending.is_empty() || (!all && pending.len() < PACKS_PER_INDEX) {
+            return Ok(());
+        }
+        std::mem::take(&mut *pending)
+    };
+    shared
+        .repo
+        .write_index(&IndexFile {
+            packs: batch,
+            supersedes: vec![],
+        })
+        .await?;
+    Ok(())
+}

@@ -1,1 +1,20 @@
-//! placeholder
+//! Files and streams to and from snapshots.
+//!
+//! This crate turns a source (file trees, a byte stream) into a snapshot
+//! ([`backup`]), and a snapshot back into files ([`restore`], [`dump`]). It
+//! also answers questions about snapshots' contents ([`ls`], [`diff`],
+//! [`find`]). It knows the repository only through `lifeboat-repo`'s public
+//! API (trees, blobs, write sessions) and never prints: progress goes through
+//! the [`progress`] traits, results come back as values.
+
+pub mod backup;
+pub mod diff;
+pub mod dump;
+mod error;
+pub mod find;
+pub mod ls;
+pub mod nav;
+pub mod progress;
+pub mod restore;
+
+pub use error::{Error, Result};

@@ -20,7 +20,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use key::{Kind, ObjectKey};
 pub use local::LocalStorage;
 pub use memory::MemoryStorage;
-pub use remote::OpendalStorage;
+pub use remote::{KnownHosts, OpendalStorage, S3Options, SftpOptions};
 pub use retry::{RetryPolicy, RetryStorage};
 pub use url::{Location, open_location};
 

@@ -1,9 +1,730 @@
-//! OpenDAL-backed remote storage (S3-compatible object storage, SFTP).
-//! TODO(storage helper): implement.
+//! OpenDAL-backed remote storage: S3-compatible object storage and SFTP.
+//!
+//! This module owns [`OpendalStorage`], one [`Storage`] implementation over an
+//! [`opendal::Operator`], plus the inputs that build one ([`S3Options`],
+//! [`SftpOptions`], [`KnownHosts`]). OpenDAL does the protocol work (signing,
+//! multipart, SSH sessions); this module adds what the [`Storage`] contract
+//! needs on top: no silent overwrites, exact ranges, error classification and
+//! listing in the repository layout. Retries are not done here; wrap the
+//! storage in [`crate::RetryStorage`] (as [`crate::open_location`] does).
+//!
+//! How `put` avoids overwrites depends on what the server really does, which
+//! is probed once when the storage is opened (OpenDAL claims support for
+//! conditional writes on every S3 endpoint, but some servers ignore them):
+//!
+//! - **S3**: `PutObject` with `If-None-Match: *`. If the probe shows the server
+//!   ignores the header, `put` falls back to stat-then-write, which has a race
+//!   between two writers of the same key; [`Capabilities::atomic_create`] says
+//!   which mode is in use.
+//! - **SFTP**: the object is written under a temporary name (`.tmp-…`, which
+//!   listings ignore) in its final directory and then renamed into place, so a
+//!   reader never sees a partial object. Whether rename refuses to replace an
+//!   existing name is server-specific: OpenSSH's server advertises the
+//!   `posix-rename` extension, which OpenDAL's client uses and which replaces.
+//!   The probe detects this; when rename replaces, `put` checks that the name
+//!   is free just before renaming, so two writers racing on the same key can
+//!   both succeed and the last rename wins (`atomic_create` is then false).
+//!   Repository objects are named by their content hash, so such a race
+//!   replaces an object with identical bytes. SFTP has no portable fsync: an
+//!   acknowledged `put` is as durable as the server's page cache.
 
-use crate::{Capabilities, DynStorage, Result};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
 
-#[derive(Debug)]
+use async_trait::async_trait;
+use bytes::Bytes;
+use opendal::layers::TimeoutLayer;
+use opendal::{ErrorKind as OdErrorKind, Operator};
+
+use crate::{Capabilities, Error, ErrorKind, Kind, ObjectInfo, ObjectKey, Result, Storage};
+
+/// Region used when neither the options nor `AWS_REGION` name one. AWS itself
+/// needs the bucket's real region, but S3-compatible servers (MinIO, Garage,
+/// s3s, Ceph) accept any, and this is the one they document.
+const DEFAULT_S3_REGION: &str = "us-east-1";
+
+/// Requests worth running at once against S3: object stores scale out per
+/// request, so the limit is our own memory and sockets, not the server.
+const S3_MAX_CONNECTIONS: usize = 16;
+
+/// Requests worth running at once over SFTP: every connection is an `ssh`
+/// process and a server-side session, and OpenSSH's default `MaxStartups`
+/// (10) starts refusing new sessions beyond a handful.
+const SFTP_MAX_CONNECTIONS: usize = 4;
+
+/// Deadline for requests that move no body (stat, list, delete, rename). A
+/// healthy server answers in milliseconds; a minute covers a congested link
+/// while still turning a hung connection into a retryable error.
+const OP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Deadline for each chunk of a body read or written. Large objects are fine
+/// (the clock restarts per chunk); a stalled transfer is not.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where an S3-compatible repository lives and how to sign requests to it.
+///
+/// Fields left `None` are taken from the environment when the storage is
+/// opened (see [`S3Options::with_env_defaults`]). Secrets never appear in
+/// `Debug` output or in [`Storage::location`].
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct S3Options {
+    /// `http(s)://host:port` of an S3-compatible server; `None` means AWS
+    /// (or `AWS_ENDPOINT_URL`).
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    /// Key prefix inside the bucket under which the repository lives, without
+    /// leading or trailing `/`; empty for the bucket root.
+    pub root: String,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redact = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("S3Options")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("root", &self.root)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &redact(&self.secret_access_key))
+            .field("session_token", &redact(&self.session_token))
+            .finish()
+    }
+}
+
+impl S3Options {
+    pub fn new(bucket: impl Into<String>) -> Self {
+        Self {
+            bucket: bucket.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Fills every unset field from `AWS_ENDPOINT_URL`, `AWS_REGION`,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`;
+    /// explicit values win. The session token is only taken from the
+    /// environment together with keys taken from the environment, since a
+    /// token belongs to one key pair.
+    pub fn with_env_defaults(self) -> Self {
+        self.with_defaults_from(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// [`S3Options::with_env_defaults`] with an explicit variable lookup.
+    pub fn with_defaults_from(mut self, var: impl Fn(&str) -> Option<String>) -> Self {
+        if self.endpoint.is_none() {
+            self.endpoint = var("AWS_ENDPOINT_URL");
+        }
+        if self.region.is_none() {
+            self.region = var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION"));
+        }
+        if self.access_key_id.is_none() && self.secret_access_key.is_none() {
+            self.access_key_id = var("AWS_ACCESS_KEY_ID");
+            self.secret_access_key = var("AWS_SECRET_ACCESS_KEY");
+            if self.session_token.is_none() {
+                self.session_token = var("AWS_SESSION_TOKEN");
+            }
+        }
+        self
+    }
+
+    fn display(&self) -> String {
+        let mut s = format!("s3://{}", self.bucket);
+        if !self.root.is_empty() {
+            s.push('/');
+            s.push_str(&self.root);
+        }
+        if let Some(endpoint) = &self.endpoint {
+            s.push_str(&format!(" at {endpoint}"));
+        }
+        s
+    }
+}
+
+/// How to treat the server's SSH host key (OpenSSH's `StrictHostKeyChecking`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KnownHosts {
+    /// The host must already be in `~/.ssh/known_hosts`.
+    Strict,
+    /// Trust a host seen for the first time and remember it; refuse a changed
+    /// key. The default: it works on first use without trusting an impostor
+    /// later.
+    #[default]
+    Add,
+    /// Accept any host key (test servers whose keys change every run).
+    Accept,
+}
+
+impl KnownHosts {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "strict" => Some(Self::Strict),
+            "add" => Some(Self::Add),
+            "accept" => Some(Self::Accept),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Strict => "strict",
+            Self::Add => "add",
+            Self::Accept => "accept",
+        }
+    }
+}
+
+/// Where an SFTP repository lives. Authentication is by key only (the system
+/// `ssh` client runs non-interactively).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SftpOptions {
+    /// Login name; `None` lets `ssh` decide (its config, then the local user).
+    pub user: Option<String>,
+    pub host: String,
+    /// `None` means 22 or whatever `~/.ssh/config` says.
+    pub port: Option<u16>,
+    /// Absolute path of the repository directory on the server (created if
+    /// missing). OpenDAL resolves every root from `/`, so a path relative to
+    /// the login directory cannot be expressed.
+    pub root: String,
+    /// Private key file; `None` uses the agent and `ssh`'s defaults.
+    pub key_file: Option<PathBuf>,
+    pub known_hosts: KnownHosts,
+}
+
+impl SftpOptions {
+    fn endpoint(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let mut s = String::from("ssh://");
+        if let Some(user) = &self.user {
+            s.push_str(user);
+            s.push('@');
+        }
+        s.push_str(&host);
+        if let Some(port) = self.port {
+            s.push_str(&format!(":{port}"));
+        }
+        s
+    }
+
+    fn display(&self) -> String {
+        let mut s = self.endpoint().replacen("ssh://", "sftp://", 1);
+        if !self.root.starts_with('/') {
+            s.push('/');
+        }
+        s.push_str(&self.root);
+        s
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    S3,
+    Sftp,
+}
+
+/// A [`Storage`] over an OpenDAL operator (S3-compatible or SFTP); see the
+/// module documentation for how each protocol keeps `put` from overwriting.
+#[derive(Clone)]
 pub struct OpendalStorage {
-    _op: opendal::Operator,
+    op: Operator,
+    protocol: Protocol,
+    location: String,
+    /// Result of the probe at open: the server itself refuses to replace an
+    /// existing object (conditional write for S3, rename for SFTP).
+    atomic_create: bool,
+}
+
+impl fmt::Debug for OpendalStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpendalStorage")
+            .field("location", &self.location)
+            .field("atomic_create", &self.atomic_create)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpendalStorage {
+    /// Opens an S3-compatible bucket (unset options come from the
+    /// environment) and probes whether it enforces conditional writes. The
+    /// probe writes and deletes one object under `locks/` with a name that
+    /// listings ignore, so it needs write access; with read-only credentials
+    /// the storage still opens, reporting `atomic_create: false`.
+    pub async fn s3(options: S3Options) -> Result<Self> {
+        let options = options.with_env_defaults();
+        if options.bucket.is_empty() {
+            return Err(Error::new(ErrorKind::Config, "S3 bucket name is empty"));
+        }
+        let region = options.region.as_deref().unwrap_or(DEFAULT_S3_REGION);
+        let mut builder = opendal::services::S3::default()
+            .bucket(&options.bucket)
+            .root(&format!("/{}", options.root.trim_matches('/')))
+            .region(region);
+        if let Some(endpoint) = &options.endpoint {
+            builder = builder
+                .endpoint(endpoint.trim_end_matches('/'))
+                // Instance metadata only exists on AWS; asking for it
+                // elsewhere costs a timeout before every credential lookup.
+                .disable_ec2_metadata();
+        }
+        if let (Some(id), Some(secret)) = (&options.access_key_id, &options.secret_access_key) {
+            builder = builder.access_key_id(id).secret_access_key(secret);
+            if let Some(token) = &options.session_token {
+                builder = builder.session_token(token);
+            }
+        }
+        let location = options.display();
+        let op = Operator::new(builder)
+            .map_err(|e| map_err(e, format!("configuring {location}"), None))?;
+        let mut storage = Self::from_operator(op, Protocol::S3, location);
+        storage.atomic_create = storage.probe_conditional_write().await?;
+        Ok(storage)
+    }
+
+    /// Opens a directory over SFTP (creating it if needed) and probes whether
+    /// the server's rename refuses to replace an existing file.
+    pub async fn sftp(options: SftpOptions) -> Result<Self> {
+        if options.host.is_empty() {
+            return Err(Error::new(ErrorKind::Config, "SFTP host is empty"));
+        }
+        if !options.root.starts_with('/') {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("SFTP path {:?} must be absolute", options.root),
+            ));
+        }
+        let mut builder = opendal::services::Sftp::default()
+            .endpoint(&options.endpoint())
+            .root(&options.root)
+            .known_hosts_strategy(options.known_hosts.as_str());
+        if let Some(user) = &options.user {
+            builder = builder.user(user);
+        }
+        if let Some(key) = &options.key_file {
+            let key = key.to_str().ok_or_else(|| {
+                Error::new(ErrorKind::Config, format!("key file {} is not UTF-8", key.display()))
+            })?;
+            builder = builder.key(key);
+        }
+        let location = options.display();
+        let op = Operator::new(builder)
+            .map_err(|e| map_err(e, format!("configuring {location}"), None))?;
+        let mut storage = Self::from_operator(op, Protocol::Sftp, location);
+        storage.atomic_create = storage.probe_exclusive_rename().await?;
+        Ok(storage)
+    }
+
+    fn from_operator(op: Operator, protocol: Protocol, location: String) -> Self {
+        let op = op.layer(
+            TimeoutLayer::new()
+                .with_timeout(OP_TIMEOUT)
+                .with_io_timeout(IO_TIMEOUT),
+        );
+        Self {
+            op,
+            protocol,
+            location,
+            atomic_create: false,
+        }
+    }
+
+    /// Writes a probe object twice with `If-None-Match: *`: a server that
+    /// enforces the condition refuses the second write.
+    async fn probe_conditional_write(&self) -> Result<bool> {
+        let path = probe_path();
+        let first = self.op.write_with(&path, probe_bytes()).if_not_exists(true).await;
+        if let Err(e) = first {
+            return self.probe_failed(e, &path).await;
+        }
+        let second = self.op.write_with(&path, probe_bytes()).if_not_exists(true).await;
+        let cleanup = self.op.delete(&path).await;
+        let enforced = match second {
+            Err(e) if is_exists(&e) => true,
+            Ok(_) => false,
+            Err(e) => return Err(self.open_error(e)),
+        };
+        cleanup.map_err(|e| self.open_error(e))?;
+        if !enforced {
+            tracing::warn!(
+                location = %self.location,
+                "server ignores conditional writes; falling back to stat-then-write"
+            );
+        }
+        Ok(enforced)
+    }
+
+    /// Renames two probe files onto the same name: a server whose rename
+    /// refuses to replace refuses the second.
+    async fn probe_exclusive_rename(&self) -> Result<bool> {
+        let target = probe_path();
+        let (a, b) = (format!("{target}-a"), format!("{target}-b"));
+        if let Err(e) = self.op.write(&a, probe_bytes()).await {
+            return self.probe_failed(e, &a).await;
+        }
+        let result = async {
+            self.op.write(&b, probe_bytes()).await?;
+            self.op.rename(&a, &target).await?;
+            Ok::<_, opendal::Error>(self.op.rename(&b, &target).await.is_err())
+        }
+        .await;
+        for path in [&a, &b, &target] {
+            let _ = self.op.delete(path).await;
+        }
+        let exclusive = result.map_err(|e| self.open_error(e))?;
+        tracing::debug!(location = %self.location, exclusive, "probed SFTP rename");
+        Ok(exclusive)
+    }
+
+    /// A probe's first write failed: read-only credentials still open the
+    /// storage (puts will fail on their own); anything else fails the open.
+    async fn probe_failed(&self, e: opendal::Error, path: &str) -> Result<bool> {
+        if e.kind() == OdErrorKind::PermissionDenied {
+            tracing::warn!(location = %self.location, "no write access; opened read-only");
+            let _ = self.op.delete(path).await;
+            return Ok(false);
+        }
+        Err(self.open_error(e))
+    }
+
+    /// Classifies a failure while opening: the storage could not be used at
+    /// all, so anything not clearly permission or configuration is reported
+    /// as unreachable rather than as a failure of some object.
+    fn open_error(&self, e: opendal::Error) -> Error {
+        let err = map_err(e, format!("opening {}", self.location), None);
+        match err.kind() {
+            ErrorKind::PermissionDenied | ErrorKind::Config | ErrorKind::StorageFull => err,
+            _ => Error::new(ErrorKind::Unreachable, err.to_string()),
+        }
+    }
+
+    async fn stat_path(&self, key: &ObjectKey, path: &str) -> Result<Option<u64>> {
+        match self.op.stat(path).await {
+            Ok(meta) if meta.is_file() => Ok(Some(meta.content_length())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == OdErrorKind::NotFound => Ok(None),
+            Err(e) => Err(map_err(e, format!("stat {key} in {}", self.location), None)),
+        }
+    }
+
+    async fn put_s3(&self, key: &ObjectKey, path: &str, data: Bytes) -> Result<()> {
+        let context = || format!("writing {key} to {}", self.location);
+        if self.atomic_create {
+            return self
+                .op
+                .write_with(path, data)
+                .if_not_exists(true)
+                .await
+                .map(drop)
+                .map_err(|e| map_err(e, context(), Some(key)));
+        }
+        // Racy fallback for servers that ignore If-None-Match (see module doc).
+        if self.stat_path(key, path).await?.is_some() {
+            return Err(Error::already_exists(key));
+        }
+        self.op
+            .write(path, data)
+            .await
+            .map(drop)
+            .map_err(|e| map_err(e, context(), Some(key)))
+    }
+
+    async fn put_sftp(&self, key: &ObjectKey, path: &str, data: Bytes) -> Result<()> {
+        let context = || format!("writing {key} to {}", self.location);
+        if !self.atomic_create && self.stat_path(key, path).await?.is_some() {
+            return Err(Error::already_exists(key));
+        }
+        let tmp = temp_path(path);
+        if let Err(e) = self.op.write(&tmp, data).await {
+            let _ = self.op.delete(&tmp).await;
+            return Err(map_err(e, context(), Some(key)));
+        }
+        if !self.atomic_create && self.stat_path(key, path).await?.is_some() {
+            // Someone else finished first while we uploaded.
+            let _ = self.op.delete(&tmp).await;
+            return Err(Error::already_exists(key));
+        }
+        match self.op.rename(&tmp, path).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = self.op.delete(&tmp).await;
+                // An exclusive rename reports an existing target as a generic
+                // failure; look before blaming the connection.
+                if self.stat_path(key, path).await?.is_some() {
+                    Err(Error::already_exists(key))
+                } else {
+                    Err(map_err(e, context(), Some(key)))
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for OpendalStorage {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_connections: match self.protocol {
+                Protocol::S3 => S3_MAX_CONNECTIONS,
+                Protocol::Sftp => SFTP_MAX_CONNECTIONS,
+            },
+            atomic_create: self.atomic_create,
+            // AWS S3 has been strongly consistent since December 2020, as are
+            // the compatible servers we test against; SFTP is a filesystem.
+            list_after_write: true,
+        }
+    }
+
+    async fn put(&self, key: &ObjectKey, data: Bytes) -> Result<()> {
+        let path = key.path();
+        match self.protocol {
+            Protocol::S3 => self.put_s3(key, &path, data).await,
+            Protocol::Sftp => self.put_sftp(key, &path, data).await,
+        }
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
+        self.op
+            .read(&key.path())
+            .await
+            .map(|buf| buf.to_bytes())
+            .map_err(|e| map_err(e, format!("reading {key} from {}", self.location), Some(key)))
+    }
+
+    async fn get_range(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Bytes> {
+        let invalid = |size: Option<u64>| {
+            let size = size.map_or_else(String::new, |s| format!(" of {s} bytes"));
+            Error::new(
+                ErrorKind::InvalidRange,
+                format!("range {offset}+{len} is outside object {key}{size}"),
+            )
+        };
+        let path = key.path();
+        let Some(end) = offset.checked_add(len) else {
+            return Err(invalid(None));
+        };
+        if len == 0 {
+            // An empty range means "whole object" to HTTP; answer it locally.
+            let size = self
+                .stat_path(key, &path)
+                .await?
+                .ok_or_else(|| Error::not_found(key))?;
+            return if offset <= size {
+                Ok(Bytes::new())
+            } else {
+                Err(invalid(Some(size)))
+            };
+        }
+        match self.op.read_with(&path).range(offset..end).await {
+            // Servers answer a range that runs past the end with the bytes
+            // that exist; the contract forbids passing a short read on.
+            Ok(buf) if buf.len() as u64 == len => Ok(buf.to_bytes()),
+            Ok(_) => Err(invalid(self.stat_path(key, &path).await?)),
+            Err(e) if e.kind() == OdErrorKind::RangeNotSatisfied => Err(invalid(None)),
+            Err(e) => Err(map_err(
+                e,
+                format!("reading {key} from {}", self.location),
+                Some(key),
+            )),
+        }
+    }
+
+    async fn stat(&self, key: &ObjectKey) -> Result<Option<u64>> {
+        self.stat_path(key, &key.path()).await
+    }
+
+    async fn list(&self, kind: Kind) -> Result<Vec<ObjectInfo>> {
+        if kind == Kind::Config {
+            let key = ObjectKey::config();
+            let size = self.stat_path(&key, &key.path()).await?;
+            return Ok(size
+                .map(|size_bytes| ObjectInfo { key, size_bytes })
+                .into_iter()
+                .collect());
+        }
+        let dir = format!("{}/", kind.dir());
+        let entries = match self
+            .op
+            .list_with(&dir)
+            // Packs live one level down, in their two-hex fan-out directory.
+            .recursive(kind == Kind::Packs)
+            .await
+        {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == OdErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(map_err(
+                    e,
+                    format!("listing {dir} in {}", self.location),
+                    None,
+                ));
+            }
+        };
+        Ok(entries
+            .into_iter()
+            .filter(|entry| entry.metadata().is_file())
+            .filter_map(|entry| {
+                let path = entry.path().trim_start_matches('/');
+                let name = path.rsplit('/').next()?;
+                // Temporaries and strays fail to parse or sit in the wrong
+                // place; neither is an object of this kind.
+                let key = ObjectKey::parse(kind, name)?;
+                (key.path() == path).then(|| ObjectInfo {
+                    key,
+                    size_bytes: entry.metadata().content_length(),
+                })
+            })
+            .collect())
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<()> {
+        match self.op.delete(&key.path()).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == OdErrorKind::NotFound => Ok(()),
+            Err(e) => Err(map_err(
+                e,
+                format!("deleting {key} from {}", self.location),
+                Some(key),
+            )),
+        }
+    }
+}
+
+fn is_exists(e: &opendal::Error) -> bool {
+    matches!(
+        e.kind(),
+        OdErrorKind::AlreadyExists | OdErrorKind::ConditionNotMatch
+    )
+}
+
+/// Maps an OpenDAL error onto our kinds. OpenDAL marks errors worth replaying
+/// (5xx, throttling, timeouts, broken connections) as temporary; those, and
+/// only those, become [`ErrorKind::Transient`].
+fn map_err(e: opendal::Error, context: String, key: Option<&ObjectKey>) -> Error {
+    if let Some(key) = key {
+        match e.kind() {
+            OdErrorKind::NotFound => return Error::not_found(key),
+            _ if is_exists(&e) => return Error::already_exists(key),
+            _ => {}
+        }
+    }
+    let kind = match e.kind() {
+        _ if e.is_temporary() => ErrorKind::Transient,
+        OdErrorKind::RateLimited => ErrorKind::Transient,
+        OdErrorKind::NotFound => ErrorKind::NotFound,
+        OdErrorKind::AlreadyExists | OdErrorKind::ConditionNotMatch => ErrorKind::AlreadyExists,
+        OdErrorKind::RangeNotSatisfied => ErrorKind::InvalidRange,
+        OdErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+        OdErrorKind::ConfigInvalid => ErrorKind::Config,
+        _ => ErrorKind::Other,
+    };
+    Error::new(kind, format!("{context}: {e}"))
+}
+
+/// A name next to `path` that [`ObjectKey::parse`] rejects (leading dot), so
+/// a leftover from a crash never shows up in a listing.
+fn temp_path(path: &str) -> String {
+    let suffix = hex::encode(rand::random::<[u8; 8]>());
+    match path.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/.tmp-{suffix}"),
+        None => format!(".tmp-{suffix}"),
+    }
+}
+
+fn probe_path() -> String {
+    format!(
+        "{}/.probe-{}",
+        Kind::Locks.dir(),
+        hex::encode(rand::random::<[u8; 8]>())
+    )
+}
+
+fn probe_bytes() -> Bytes {
+    Bytes::from_static(b"lifeboat write probe")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_defaults_fill_only_unset_fields() {
+        let env = |name: &str| {
+            Some(match name {
+                "AWS_ENDPOINT_URL" => "http://env:9000".to_string(),
+                "AWS_REGION" => "eu-west-1".to_string(),
+                "AWS_ACCESS_KEY_ID" => "envkey".to_string(),
+                "AWS_SECRET_ACCESS_KEY" => "envsecret".to_string(),
+                "AWS_SESSION_TOKEN" => "envtoken".to_string(),
+                _ => return None,
+            })
+        };
+        let o = S3Options::new("b").with_defaults_from(env);
+        assert_eq!(o.endpoint.as_deref(), Some("http://env:9000"));
+        assert_eq!(o.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(o.access_key_id.as_deref(), Some("envkey"));
+        assert_eq!(o.session_token.as_deref(), Some("envtoken"));
+
+        let explicit = S3Options {
+            endpoint: Some("http://mine".into()),
+            access_key_id: Some("k".into()),
+            secret_access_key: Some("s".into()),
+            ..S3Options::new("b")
+        }
+        .with_defaults_from(env);
+        assert_eq!(explicit.endpoint.as_deref(), Some("http://mine"));
+        assert_eq!(explicit.access_key_id.as_deref(), Some("k"));
+        assert_eq!(explicit.session_token, None, "token belongs to env keys");
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let o = S3Options {
+            secret_access_key: Some("hunter2".into()),
+            session_token: Some("tok".into()),
+            ..S3Options::new("b")
+        };
+        let s = format!("{o:?}");
+        assert!(!s.contains("hunter2") && !s.contains("tok\""), "{s}");
+    }
+
+    #[test]
+    fn temp_names_are_rejected_by_parse() {
+        let tmp = temp_path("data/ab/abcdef");
+        let (dir, name) = tmp.rsplit_once('/').unwrap();
+        assert_eq!(dir, "data/ab");
+        assert!(ObjectKey::parse(Kind::Packs, name).is_none());
+        let probe = probe_path();
+        assert!(ObjectKey::parse(Kind::Locks, probe.rsplit('/').next().unwrap()).is_none());
+    }
+
+    #[test]
+    fn sftp_endpoint_and_display() {
+        let o = SftpOptions {
+            user: Some("bob".into()),
+            host: "example.org".into(),
+            port: Some(2222),
+            root: "/srv/repo".into(),
+            ..SftpOptions::default()
+        };
+        assert_eq!(o.endpoint(), "ssh://bob@example.org:2222");
+        assert_eq!(o.display(), "sftp://bob@example.org:2222/srv/repo");
+        let rel = SftpOptions {
+            host: "h".into(),
+            root: "backups".into(),
+            ..SftpOptions::default()
+        };
+        assert_eq!(rel.display(), "sftp://h/backups");
+    }
 }

@@ -1,1 +1,226 @@
-//! TODO
+//! Listing a snapshot's contents (`lifeboat ls`).
+//!
+//! [`ls`] returns [`LsEntry`] values for one directory (or one file), or for
+//! a whole subtree when `recursive`. This module also holds the read-side
+//! helpers the other query modules share: [`EntryKind`], the bulk tree
+//! loader (`load_trees`, which reads every tree of a subtree once, in
+//! parallel) and snapshot path formatting. It does not restore or compare;
+//! see [`crate::restore`] and [`crate::diff`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use lifeboat_repo::{Id, Node, NodeKind, Repository, Snapshot, Time, Tree};
+use serde::Serialize;
+
+use crate::Result;
+use crate::nav::{self, Found};
+
+/// What a snapshot entry is, as shown to users (`"file"`, `"dir"`, `"symlink"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl From<&NodeKind> for EntryKind {
+    fn from(k: &NodeKind) -> Self {
+        match k {
+            NodeKind::File => EntryKind::File,
+            NodeKind::Dir => EntryKind::Dir,
+            NodeKind::Symlink => EntryKind::Symlink,
+        }
+    }
+}
+
+/// One listed entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LsEntry {
+    /// Full snapshot path (`/home/ann/doc.txt`); names that are not UTF-8
+    /// are shown with replacement characters.
+    pub path: String,
+    pub kind: EntryKind,
+    /// File size in bytes (0 for directories and symlinks).
+    pub size: u64,
+    /// Permission and special bits (`mode & 0o7777`).
+    pub mode: u32,
+    /// Serialized as RFC 3339 with nanoseconds.
+    pub mtime: jiff::Timestamp,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<String>,
+}
+
+impl LsEntry {
+    pub(crate) fn new(path: &[u8], node: &Node) -> Self {
+        LsEntry {
+            path: lossy(path),
+            kind: EntryKind::from(&node.kind),
+            size: node.size,
+            mode: node.mode,
+            mtime: timestamp(node.mtime),
+            uid: node.uid,
+            gid: node.gid,
+            user: node.user.clone(),
+            group: node.group.clone(),
+            link_target: node.link_target.as_deref().map(lossy),
+        }
+    }
+}
+
+/// Lists `path` in `snapshot`: a directory's entries (and, when `recursive`,
+/// everything below them, each directory followed by its contents), or the
+/// single entry a file or symlink path names. `/` or an empty path is the
+/// snapshot root.
+pub async fn ls(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    path: &[u8],
+    recursive: bool,
+) -> Result<Vec<LsEntry>> {
+    let base = normalize(path);
+    let tree_id = match nav::lookup(repo, &snapshot.id.short(), snapshot.record.tree, path).await? {
+        Found::Root(id) => id,
+        Found::Node(node) => match (&node.kind, node.subtree) {
+            (NodeKind::Dir, Some(id)) => id,
+            _ => return Ok(vec![LsEntry::new(&base, &node)]),
+        },
+    };
+    let trees = if recursive {
+        load_trees(repo, vec![(base.clone(), tree_id)], None).await?
+    } else {
+        let mut m = HashMap::new();
+        m.insert(tree_id, Arc::new(repo.read_tree(&tree_id).await?));
+        m
+    };
+    let mut out = Vec::new();
+    walk_loaded(&trees, tree_id, &base, &mut |p, n| {
+        out.push(LsEntry::new(p, n));
+        recursive
+    });
+    Ok(out)
+}
+
+/// Trees loaded by [`load_trees`], by id.
+pub(crate) type TreeMap = HashMap<Id, Arc<Tree>>;
+
+/// Decides, from a directory's full snapshot path, whether to descend into it.
+pub(crate) type DescendFilter<'a> = &'a (dyn Fn(&[u8]) -> bool + Sync);
+
+/// Reads every tree reachable from `roots` (each a snapshot path and the tree
+/// id found there), level by level with up to `repo.concurrency()` reads in
+/// flight. Each distinct tree id is read once, however many places share it.
+/// `descend`, when given, prunes directories by path (their trees are not
+/// read).
+pub(crate) async fn load_trees(
+    repo: &Repository,
+    roots: Vec<(Vec<u8>, Id)>,
+    descend: Option<DescendFilter<'_>>,
+) -> Result<TreeMap> {
+    let mut trees: TreeMap = HashMap::new();
+    // Without a path filter, a tree's children are the same wherever it
+    // appears, so expanding it once is enough.
+    let mut expanded: HashSet<Id> = HashSet::new();
+    let mut frontier = roots;
+    while !frontier.is_empty() {
+        let mut wanted: Vec<Id> = frontier
+            .iter()
+            .map(|(_, id)| *id)
+            .filter(|id| !trees.contains_key(id))
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        let loaded: Vec<(Id, Tree)> = futures::stream::iter(wanted)
+            .map(|id| async move { Ok::<_, crate::Error>((id, repo.read_tree(&id).await?)) })
+            .buffer_unordered(repo.concurrency())
+            .try_collect()
+            .await?;
+        for (id, tree) in loaded {
+            trees.insert(id, Arc::new(tree));
+        }
+        let mut next = Vec::new();
+        for (path, id) in frontier {
+            if descend.is_none() && !expanded.insert(id) {
+                continue;
+            }
+            for node in &trees[&id].nodes {
+                if let (NodeKind::Dir, Some(sub)) = (&node.kind, node.subtree) {
+                    let child = join(&path, &node.name);
+                    if descend.is_none_or(|f| f(&child)) {
+                        next.push((child, sub));
+                    }
+                }
+            }
+        }
+        frontier = next;
+    }
+    Ok(trees)
+}
+
+/// Depth-first walk over loaded trees in name order, calling `visit` with
+/// each entry's full path; `visit` returns whether to descend into a
+/// directory. Subtrees missing from `trees` (pruned while loading) are
+/// skipped.
+pub(crate) fn walk_loaded(
+    trees: &TreeMap,
+    tree_id: Id,
+    path: &[u8],
+    visit: &mut dyn FnMut(&[u8], &Node) -> bool,
+) {
+    let Some(tree) = trees.get(&tree_id) else {
+        return;
+    };
+    for node in &tree.nodes {
+        let child = join(path, &node.name);
+        let descend = visit(&child, node);
+        if let (true, NodeKind::Dir, Some(sub)) = (descend, &node.kind, node.subtree) {
+            walk_loaded(trees, sub, &child, visit);
+        }
+    }
+}
+
+/// `parent/name` as a snapshot path (the root is the empty path).
+pub(crate) fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
+    p.extend_from_slice(parent);
+    p.push(b'/');
+    p.extend_from_slice(name);
+    p
+}
+
+/// A user-given snapshot path in canonical form: `/a/b`, or empty for the root.
+pub(crate) fn normalize(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in nav::components(path) {
+        out.push(b'/');
+        out.extend_from_slice(c);
+    }
+    out
+}
+
+/// A snapshot path for display; the root shows as `/`.
+pub(crate) fn lossy(path: &[u8]) -> String {
+    if path.is_empty() {
+        "/".into()
+    } else {
+        String::from_utf8_lossy(path).into_owned()
+    }
+}
+
+/// A tree time as a timestamp; times outside jiff's range (only a damaged or
+/// odd source produces them) clamp to its limits.
+pub(crate) fn timestamp(t: Time) -> jiff::Timestamp {
+    jiff::Timestamp::new(t.secs, t.nanos.min(999_999_999) as i32).unwrap_or(if t.secs < 0 {
+        jiff::Timestamp::MIN
+    } else {
+        jiff::Timestamp::MAX
+    })
+}

@@ -161,6 +161,8 @@ struct Hit {
 }
 
 type MemoKey = (Id, Option<Vec<u8>>);
+/// Matches below one tree, computed once by whichever walker gets there first.
+type MemoCell = Arc<OnceCell<Arc<Vec<Hit>>>>;
 
 struct Walk<'a> {
     repo: &'a Repository,
@@ -168,7 +170,7 @@ struct Walk<'a> {
     /// Full-path patterns depend on where a tree sits, so their memo is keyed
     /// by tree id and path; name patterns by tree id alone.
     keyed_by_path: bool,
-    memo: Mutex<HashMap<MemoKey, Arc<OnceCell<Arc<Vec<Hit>>>>>>,
+    memo: Mutex<HashMap<MemoKey, MemoCell>>,
     /// Bounds tree reads in flight (the walk itself fans out freely).
     reads: Semaphore,
 }

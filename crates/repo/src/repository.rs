@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use lifeboat_storage::{DynStorage, ErrorKind, Kind, ObjectKey};
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex as AsyncMutex;
 
 use crate::config::{ChunkerParams, Config};
 use crate::crypto::MasterKey;
@@ -51,7 +51,9 @@ pub struct Repository {
     key: MasterKey,
     config: Config,
     key_id: Id,
-    index: OnceCell<Arc<Index>>,
+    /// The merged index, loaded on first use and dropped by
+    /// [`Repository::invalidate_index`] when a write session adds to it.
+    index: AsyncMutex<Option<Arc<Index>>>,
 }
 
 impl Repository {
@@ -92,7 +94,7 @@ impl Repository {
             key,
             config,
             key_id,
-            index: OnceCell::new(),
+            index: AsyncMutex::new(None),
         })
     }
 
@@ -130,7 +132,7 @@ impl Repository {
                     key,
                     config,
                     key_id,
-                    index: OnceCell::new(),
+                    index: AsyncMutex::new(None),
                 });
             }
         }
@@ -156,10 +158,19 @@ impl Repository {
 
     /// The merged index, loaded from storage on first call.
     pub async fn index(&self) -> Result<Arc<Index>> {
-        self.index
-            .get_or_try_init(|| async { self.load_index().await.map(Arc::new) })
-            .await
-            .cloned()
+        let mut cached = self.index.lock().await;
+        if let Some(index) = &*cached {
+            return Ok(index.clone());
+        }
+        let index = Arc::new(self.load_index().await?);
+        *cached = Some(index.clone());
+        Ok(index)
+    }
+
+    /// Forgets the cached index so the next [`Repository::index`] call reads
+    /// what has been written since.
+    pub async fn invalidate_index(&self) {
+        *self.index.lock().await = None;
     }
 
     /// Reads every index object (in parallel) and merges them.

@@ -203,7 +203,9 @@ impl WriteSession {
         uploader
             .await
             .map_err(|e| Error::Task(e.to_string()))??;
-        write_pending_index(&shared, true).await
+        write_pending_index(&shared, true).await?;
+        shared.repo.invalidate_index().await;
+        Ok(())
     }
 
     /// Finishes the session: uploads the last pack, writes the index, then the

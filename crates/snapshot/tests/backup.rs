@@ -1,0 +1,241 @@
+//! Backup behaviour against in-memory storage: modes, dedup, confidentiality,
+//! per-file failures.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use lifeboat_repo::{BackupMode, InitOptions, KdfParams, Repository};
+use lifeboat_snapshot::backup::{BackupOptions, StdinOptions, backup, backup_stream};
+use lifeboat_snapshot::progress::NoProgress;
+use lifeboat_storage::{DynStorage, Kind, MemoryStorage};
+
+async fn memory_repo() -> (MemoryStorage, Arc<Repository>) {
+    let mem = MemoryStorage::new();
+    let storage: DynStorage = Arc::new(mem.clone());
+    let repo = Repository::init(
+        storage,
+        b"pw",
+        InitOptions {
+            kdf: KdfParams::INSECURE_TEST,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    (mem, Arc::new(repo))
+}
+
+fn opts(path: &Path, mode: BackupMode) -> BackupOptions {
+    BackupOptions {
+        paths: vec![path.to_path_buf()],
+        mode,
+        ..Default::default()
+    }
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    // xorshift: incompressible, reproducible test data.
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn pack_bytes(mem: &MemoryStorage) -> u64 {
+    use lifeboat_storage::Storage;
+    mem.list(Kind::Packs).await.unwrap().iter().map(|p| p.size_bytes).sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unchanged_second_backup_adds_no_pack_bytes_and_reads_nothing() {
+    let (mem, repo) = memory_repo().await;
+    // Not under /tmp: snapshots record ancestor directories' metadata, and
+    // /tmp's mtime changes whenever another test creates a temp dir there.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    for i in 0..20 {
+        fs::write(dir.path().join(format!("f{i}")), pseudo_random(10_000 + i * 1000, i as u64)).unwrap();
+    }
+    fs::create_dir(dir.path().join("sub")).unwrap();
+    fs::write(dir.path().join("sub/big"), pseudo_random(3 << 20, 99)).unwrap();
+    let first = backup(repo.clone(), &opts(dir.path(), BackupMode::Incremental), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert_eq!(first.snapshot.record.summary.files_new, 21);
+    let before = pack_bytes(&mem).await;
+    assert!(before > 3 << 20);
+    let second = backup(repo.clone(), &opts(dir.path(), BackupMode::Incremental), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let s = &second.snapshot.record.summary;
+    assert_eq!(pack_bytes(&mem).await, before, "no new pack bytes");
+    assert_eq!(s.added_bytes, 0);
+    assert_eq!(s.files_unchanged, 21);
+    assert_eq!(s.read_bytes, 0, "unchanged files are not read");
+    assert_eq!(second.snapshot.record.parent, Some(first.snapshot.id));
+    assert_eq!(second.snapshot.record.tree, first.snapshot.record.tree);
+
+    // A full backup reads everything but still stores nothing new.
+    let full = backup(repo.clone(), &opts(dir.path(), BackupMode::Full), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert_eq!(full.snapshot.record.summary.read_bytes, first.snapshot.record.summary.read_bytes);
+    assert_eq!(full.snapshot.record.parent, None);
+    assert_eq!(pack_bytes(&mem).await, before);
+
+    // Differential compares with the latest full snapshot.
+    fs::write(dir.path().join("f0"), b"changed").unwrap();
+    let inc = backup(repo.clone(), &opts(dir.path(), BackupMode::Incremental), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let diff = backup(repo.clone(), &opts(dir.path(), BackupMode::Differential), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert_eq!(inc.snapshot.record.parent, Some(full.snapshot.id));
+    assert_eq!(diff.snapshot.record.parent, Some(full.snapshot.id));
+    assert_eq!(diff.snapshot.record.mode, BackupMode::Differential);
+    assert_eq!(inc.snapshot.record.summary.files_changed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_byte_change_in_64_mib_file_adds_few_chunks() {
+    let (mem, repo) = memory_repo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.bin");
+    let mut data = pseudo_random(64 << 20, 7);
+    fs::write(&path, &data).unwrap();
+    backup(repo.clone(), &opts(dir.path(), BackupMode::Incremental), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let before = pack_bytes(&mem).await;
+    data[40 << 20] ^= 0xff;
+    fs::write(&path, &data).unwrap();
+    let second = backup(repo.clone(), &opts(dir.path(), BackupMode::Incremental), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let s = &second.snapshot.record.summary;
+    // The changed chunk, maybe its neighbour, and the trees on the path.
+    assert!(s.blobs_added <= 3 + 4, "added {} blobs", s.blobs_added);
+    let grown = pack_bytes(&mem).await - before;
+    assert!(grown < 20 << 20, "grew by {grown} bytes");
+    assert_eq!(s.files_changed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn marker_appears_in_no_repository_object() {
+    let (mem, repo) = memory_repo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = b"MARKER-7f3a9c-lifeboat-confidential";
+    let mut content = pseudo_random(100_000, 3);
+    content[5000..5000 + marker.len()].copy_from_slice(marker);
+    let name = String::from_utf8(marker.to_vec()).unwrap();
+    fs::write(dir.path().join(&name), &content).unwrap();
+    fs::create_dir(dir.path().join(format!("dir-{name}"))).unwrap();
+    std::os::unix::fs::symlink(&name, dir.path().join("link")).unwrap();
+    let mut o = opts(dir.path(), BackupMode::Incremental);
+    o.compression_level = Some(0); // no compression to hide behind
+    o.tags = vec![name.clone()];
+    backup(repo.clone(), &o, Arc::new(NoProgress)).await.unwrap();
+    let so = StdinOptions {
+        filename: "stream".into(),
+        compression_level: Some(0),
+        ..Default::default()
+    };
+    backup_stream(repo.clone(), std::io::Cursor::new(content.clone()), &so, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let objects = mem.snapshot();
+    assert!(objects.len() > 4);
+    for (key, bytes) in objects {
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker),
+            "marker found in {key}"
+        );
+        let prefix = &marker[..16];
+        assert!(!bytes.windows(prefix.len()).any(|w| w == prefix), "marker prefix found in {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreadable_file_is_skipped_and_snapshot_is_partial() {
+    let (_mem, repo) = memory_repo().await;
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("ok"), b"fine").unwrap();
+    // /proc/self/mem is a regular file whose read at offset 0 fails (EIO),
+    // even for root, which chmod 000 would not achieve.
+    let o = BackupOptions {
+        paths: vec![dir.path().to_path_buf(), "/proc/self/mem".into()],
+        ..Default::default()
+    };
+    let out = backup(repo.clone(), &o, Arc::new(NoProgress)).await.unwrap();
+    assert!(out.snapshot.record.partial);
+    assert_eq!(out.snapshot.record.summary.errors, 1);
+    assert!(out.warnings.iter().any(|w| w.contains("/proc/self/mem")), "{:?}", out.warnings);
+    assert_eq!(out.snapshot.record.summary.files_new, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_source_path_fails_before_writing_a_snapshot() {
+    let (mem, repo) = memory_repo().await;
+    let o = BackupOptions {
+        paths: vec!["/nonexistent/lifeboat-test-path".into()],
+        ..Default::default()
+    };
+    let err = backup(repo.clone(), &o, Arc::new(NoProgress)).await.unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/lifeboat-test-path"), "{err}");
+    use lifeboat_storage::Storage;
+    assert!(mem.list(Kind::Snapshots).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn excludes_and_cache_dirs() {
+    let (_mem, repo) = memory_repo().await;
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("keep.txt"), b"k").unwrap();
+    fs::write(dir.path().join("drop.log"), b"d").unwrap();
+    fs::create_dir(dir.path().join("cache")).unwrap();
+    fs::write(
+        dir.path().join("cache/CACHEDIR.TAG"),
+        b"Signature: 8a477f597d28d172789f06886806bc55\n",
+    )
+    .unwrap();
+    fs::write(dir.path().join("cache/blob"), b"c").unwrap();
+    let mut o = opts(dir.path(), BackupMode::Incremental);
+    o.excludes = vec!["*.log".into()];
+    o.exclude_caches = true;
+    let out = backup(repo.clone(), &o, Arc::new(NoProgress)).await.unwrap();
+    assert_eq!(out.snapshot.record.summary.total_files, 1, "only keep.txt");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_backups_into_one_repository_both_succeed() {
+    let (_mem, repo) = memory_repo().await;
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    fs::write(a.path().join("x"), pseudo_random(2 << 20, 1)).unwrap();
+    fs::write(b.path().join("y"), pseudo_random(2 << 20, 1)).unwrap(); // same content
+    let spawn = |p: &Path| {
+        let (repo, o) = (repo.clone(), opts(p, BackupMode::Incremental));
+        tokio::spawn(async move { backup(repo, &o, Arc::new(NoProgress)).await })
+    };
+    let (ta, tb) = (spawn(a.path()), spawn(b.path()));
+    ta.await.unwrap().unwrap();
+    tb.await.unwrap().unwrap();
+    assert_eq!(repo.snapshots().await.unwrap().len(), 2);
+    let report = lifeboat_repo::check(
+        &repo,
+        &lifeboat_repo::CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+        &|_, _| {},
+    )
+    .await
+    .unwrap();
+    assert!(report.is_ok(), "{:?}", report.errors);
+}

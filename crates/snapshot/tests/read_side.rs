@@ -1,0 +1,781 @@
+//! API tests of the read side (restore, dump, ls, diff, find) against memory
+//! storage, with snapshots built by hand so every expected value is known.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use lifeboat_repo::{
+    BackupMode, BlobType, Id, InitOptions, KdfParams, Node, NodeKind, Repository, Snapshot,
+    SnapshotRecord, Time, Tree, WriteOptions, WriteSession, pack_key,
+};
+use lifeboat_snapshot::Error;
+use lifeboat_snapshot::diff::{Change, diff};
+use lifeboat_snapshot::dump::dump;
+use lifeboat_snapshot::find::{FindChange, find};
+use lifeboat_snapshot::ls::{EntryKind, ls};
+use lifeboat_snapshot::progress::NoProgress;
+use lifeboat_snapshot::restore::{RestoreOptions, RestoreStats, restore};
+use lifeboat_storage::{DynStorage, MemoryStorage};
+
+// ---------------------------------------------------------------- fixtures
+
+const MTIME: Time = Time {
+    secs: 1_700_000_000,
+    nanos: 123_456_789,
+};
+
+/// A file, directory or symlink to store, with its data and children.
+#[derive(Clone)]
+struct Spec {
+    node: Node,
+    data: Vec<u8>,
+    /// Fixed chunk size used to cut `data` into blobs.
+    chunk: usize,
+    children: Vec<Spec>,
+}
+
+fn node(name: &[u8], kind: NodeKind, mode: u32) -> Node {
+    // The test process's own ids, so restoring owners works unprivileged.
+    let (uid, gid) = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
+    Node {
+        name: name.to_vec(),
+        kind,
+        mode,
+        uid,
+        gid,
+        user: None,
+        group: None,
+        mtime: MTIME,
+        ctime: MTIME,
+        dev: 0,
+        inode: 0,
+        links: 1,
+        size: 0,
+        content: vec![],
+        subtree: None,
+        link_target: None,
+        xattrs: vec![],
+    }
+}
+
+fn file(name: &[u8], data: &[u8]) -> Spec {
+    Spec {
+        node: node(name, NodeKind::File, 0o644),
+        data: data.to_vec(),
+        chunk: 4096,
+        children: vec![],
+    }
+}
+
+fn dir(name: &[u8], children: Vec<Spec>) -> Spec {
+    Spec {
+        node: node(name, NodeKind::Dir, 0o755),
+        data: vec![],
+        chunk: 0,
+        children,
+    }
+}
+
+fn symlink(name: &[u8], target: &[u8]) -> Spec {
+    let mut n = node(name, NodeKind::Symlink, 0o777);
+    n.link_target = Some(target.to_vec());
+    Spec {
+        node: n,
+        data: vec![],
+        chunk: 0,
+        children: vec![],
+    }
+}
+
+impl Spec {
+    fn mode(mut self, mode: u32) -> Self {
+        self.node.mode = mode;
+        self
+    }
+    fn mtime(mut self, secs: i64, nanos: u32) -> Self {
+        self.node.mtime = Time { secs, nanos };
+        self
+    }
+    fn chunk(mut self, size: usize) -> Self {
+        self.chunk = size;
+        self
+    }
+    fn hard_link(mut self, inode: u64) -> Self {
+        self.node.dev = 7;
+        self.node.inode = inode;
+        self.node.links = 2;
+        self
+    }
+}
+
+/// Deterministic incompressible bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Stores a spec's blobs and returns its node (content or subtree filled in).
+fn store<'a>(session: &'a WriteSession, spec: &'a Spec) -> BoxFuture<'a, Node> {
+    Box::pin(async move {
+        let mut n = spec.node.clone();
+        match n.kind {
+            NodeKind::File => {
+                n.size = spec.data.len() as u64;
+                for piece in spec.data.chunks(spec.chunk) {
+                    n.content
+                        .push(session.add_blob(BlobType::Data, piece).await.unwrap().id);
+                }
+            }
+            NodeKind::Dir => n.subtree = Some(store_tree(session, &spec.children).await),
+            NodeKind::Symlink => {}
+        }
+        n
+    })
+}
+
+async fn store_tree(session: &WriteSession, children: &[Spec]) -> Id {
+    let mut nodes = Vec::new();
+    for c in children {
+        nodes.push(store(session, c).await);
+    }
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let tree = Tree { nodes };
+    session
+        .add_blob(BlobType::Tree, &tree.encode())
+        .await
+        .unwrap()
+        .id
+}
+
+struct Fixture {
+    mem: MemoryStorage,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let mem = MemoryStorage::new();
+        let storage: DynStorage = Arc::new(mem.clone());
+        let options = InitOptions {
+            kdf: KdfParams::INSECURE_TEST,
+            // The smallest pack size a repository accepts, so big.bin spans
+            // several packs and packs hold blobs of several files.
+            pack_size: 1024 * 1024,
+            ..Default::default()
+        };
+        Repository::init(storage, b"pw", options).await.unwrap();
+        Fixture { mem }
+    }
+
+    /// A fresh handle: the index is loaded once per handle, so reads after
+    /// writes need a new one.
+    async fn open(&self) -> Arc<Repository> {
+        let storage: DynStorage = Arc::new(self.mem.clone());
+        Arc::new(Repository::open(storage, b"pw").await.unwrap())
+    }
+
+    /// Writes a snapshot whose root holds `children`, taken at `secs`.
+    async fn snapshot(&self, secs: i64, children: Vec<Spec>) -> Snapshot {
+        let repo = self.open().await;
+        let session = WriteSession::start(repo.clone(), WriteOptions::default())
+            .await
+            .unwrap();
+        let tree = store_tree(&session, &children).await;
+        let record = SnapshotRecord {
+            time: jiff::Timestamp::from_second(secs).unwrap(),
+            host: "test".into(),
+            user: "test".into(),
+            paths: vec!["/data".into()],
+            tags: vec![],
+            tree,
+            mode: BackupMode::Full,
+            parent: None,
+            partial: false,
+            summary: Default::default(),
+            program_version: "test".into(),
+            extra: Default::default(),
+        };
+        let id = session.finish(record).await.unwrap();
+        self.open().await.find_snapshot(&id.to_hex()).await.unwrap()
+    }
+}
+
+/// big.bin: 2.5 MB in 64 KiB blobs, spread over three 1 MiB packs.
+const BIG_LEN: usize = 2_500_000;
+const BIG_CHUNK: usize = 64 * 1024;
+
+fn big() -> Vec<u8> {
+    noise(BIG_LEN, 2)
+}
+
+const ODD_NAME: &[u8] = b"caf\xe9 \n*?name";
+
+fn chunk_a() -> Vec<u8> {
+    noise(4096, 1)
+}
+
+/// The main test tree, under `/data`.
+fn sample() -> Vec<Spec> {
+    let a = chunk_a();
+    let repeat = [a.clone(), a.clone(), b"tail of repeat".to_vec()].concat();
+    let zeros = [vec![0u8; 3 * 8192], b"end".to_vec()].concat();
+    vec![
+        dir(
+            b"data",
+            vec![
+                file(b"big.bin", &big())
+                    .chunk(BIG_CHUNK)
+                    .mode(0o640)
+                    .mtime(1_600_000_000, 987_654_321),
+                file(b"repeat.bin", &repeat),
+                file(b"copy.bin", &a),
+                file(b"zeros.bin", &zeros).chunk(8192),
+                file(b"empty", b"").mode(0o600).mtime(1_500_000_000, 1),
+                file(ODD_NAME, b"odd bytes in the name"),
+                symlink(b"link", b"big.bin").mtime(1_400_000_000, 42),
+                file(b"hard1", b"two names, one file").hard_link(42),
+                file(b"hard2", b"two names, one file").hard_link(42),
+                dir(b"sub", vec![file(b"inner.txt", b"inside a read-only dir")])
+                    .mode(0o555)
+                    .mtime(1_300_000_000, 5),
+            ],
+        )
+        .mode(0o750)
+        .mtime(1_200_000_000, 500_000_000),
+    ]
+}
+
+fn options(target: &Path) -> RestoreOptions {
+    RestoreOptions {
+        target: target.to_path_buf(),
+        ..Default::default()
+    }
+}
+
+fn mtime_of(path: &Path) -> (i64, i64) {
+    let m = fs::symlink_metadata(path).unwrap();
+    (m.mtime(), m.mtime_nsec())
+}
+
+/// Makes a restored tree removable again (a read-only directory inside).
+fn unlock(root: &Path) {
+    let sub = root.join("data/sub");
+    if sub.exists() {
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+// ---------------------------------------------------------------- restore
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_round_trip_restores_content_and_metadata() {
+    let fx = Fixture::new().await;
+    let snap = fx.snapshot(1000, sample()).await;
+    let repo = fx.open().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("target");
+    let stats = restore(&repo, &snap, &options(&t), &NoProgress)
+        .await
+        .unwrap();
+    unlock(&t);
+
+    assert_eq!(stats.errors, Vec::<String>::new());
+    let d = t.join("data");
+    let a = chunk_a();
+    assert_eq!(fs::read(d.join("big.bin")).unwrap(), big());
+    assert_eq!(
+        fs::read(d.join("repeat.bin")).unwrap(),
+        [a.clone(), a.clone(), b"tail of repeat".to_vec()].concat()
+    );
+    assert_eq!(fs::read(d.join("copy.bin")).unwrap(), a);
+    assert_eq!(
+        fs::read(d.join("zeros.bin")).unwrap(),
+        [vec![0u8; 3 * 8192], b"end".to_vec()].concat()
+    );
+    assert_eq!(fs::read(d.join("empty")).unwrap(), b"");
+    let odd = d.join(std::ffi::OsStr::from_bytes(ODD_NAME));
+    assert_eq!(fs::read(&odd).unwrap(), b"odd bytes in the name");
+
+    let mode = |p: &Path| fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(mode(&d.join("big.bin")), 0o640);
+    assert_eq!(mode(&d.join("empty")), 0o600);
+    assert_eq!(mode(&d.join("copy.bin")), 0o644);
+    assert_eq!(mode(&d), 0o750);
+    assert_eq!(mtime_of(&d.join("big.bin")), (1_600_000_000, 987_654_321));
+    assert_eq!(mtime_of(&d.join("empty")), (1_500_000_000, 1));
+    assert_eq!(
+        mtime_of(&d.join("copy.bin")),
+        (MTIME.secs, MTIME.nanos as i64)
+    );
+    // Directory metadata is set after the contents are written.
+    assert_eq!(mtime_of(&d), (1_200_000_000, 500_000_000));
+    assert_eq!(mtime_of(&d.join("sub")), (1_300_000_000, 5));
+    assert_eq!(
+        fs::read(d.join("sub/inner.txt")).unwrap(),
+        b"inside a read-only dir"
+    );
+
+    assert_eq!(fs::read_link(d.join("link")).unwrap(), Path::new("big.bin"));
+    assert_eq!(mtime_of(&d.join("link")), (1_400_000_000, 42));
+
+    let h1 = fs::metadata(d.join("hard1")).unwrap();
+    let h2 = fs::metadata(d.join("hard2")).unwrap();
+    assert_eq!(h1.ino(), h2.ino());
+    assert_eq!(h1.nlink(), 2);
+    assert_eq!(fs::read(d.join("hard2")).unwrap(), b"two names, one file");
+
+    let expected_bytes = (BIG_LEN + 2 * 4096 + 14 + 4096 + 3 * 8192 + 3 + 21 + 19 + 22) as u64;
+    assert_eq!(
+        RestoreStats {
+            elapsed_ms: 0,
+            ..stats
+        },
+        RestoreStats {
+            files_restored: 8,
+            files_skipped_identical: 0,
+            dirs: 2,
+            symlinks: 1,
+            hardlinks: 1,
+            bytes_written: expected_bytes,
+            errors: vec![],
+            elapsed_ms: 0,
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_refuses_existing_files_before_writing_anything() {
+    let fx = Fixture::new().await;
+    let snap = fx.snapshot(1000, sample()).await;
+    let repo = fx.open().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("target");
+    fs::create_dir_all(t.join("data")).unwrap();
+    fs::write(t.join("data/zeros.bin"), b"mine").unwrap();
+
+    let err = restore(&repo, &snap, &options(&t), &NoProgress)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    assert!(msg.contains("data/zeros.bin"), "{msg}");
+    assert!(
+        msg.contains("--overwrite") && msg.contains("--delta"),
+        "{msg}"
+    );
+    assert!(!t.join("data/big.bin").exists(), "nothing may be written");
+    assert_eq!(fs::read(t.join("data/zeros.bin")).unwrap(), b"mine");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_overwrite_replaces_files_and_never_writes_through_symlinks() {
+    let fx = Fixture::new().await;
+    let snap = fx.snapshot(1000, sample()).await;
+    let repo = fx.open().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("target");
+    fs::create_dir_all(t.join("data")).unwrap();
+    fs::write(t.join("data/zeros.bin"), b"mine").unwrap();
+    let victim = tmp.path().join("victim");
+    fs::write(&victim, b"keep me").unwrap();
+    std::os::unix::fs::symlink(&victim, t.join("data/copy.bin")).unwrap();
+
+    let o = RestoreOptions {
+        overwrite: true,
+        ..options(&t)
+    };
+    let stats = restore(&repo, &snap, &o, &NoProgress).await.unwrap();
+    unlock(&t);
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    assert_eq!(stats.files_restored, 8);
+    assert_eq!(
+        fs::read(t.join("data/zeros.bin")).unwrap(),
+        [vec![0u8; 3 * 8192], b"end".to_vec()].concat()
+    );
+    assert!(
+        fs::symlink_metadata(t.join("data/copy.bin"))
+            .unwrap()
+            .is_file()
+    );
+    assert_eq!(fs::read(t.join("data/copy.bin")).unwrap(), chunk_a());
+    assert_eq!(fs::read(&victim).unwrap(), b"keep me");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_delta_skips_identical_files_and_fixes_the_others() {
+    let fx = Fixture::new().await;
+    let snap = fx.snapshot(1000, sample()).await;
+    let repo = fx.open().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("target");
+    restore(&repo, &snap, &options(&t), &NoProgress)
+        .await
+        .unwrap();
+    let d = t.join("data");
+    // Same size, one byte different; and a shorter file.
+    let mut changed = fs::read(d.join("big.bin")).unwrap();
+    changed[BIG_LEN / 2] ^= 0xff;
+    fs::set_permissions(d.join("big.bin"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(d.join("big.bin"), &changed).unwrap();
+    fs::write(d.join("repeat.bin"), b"short").unwrap();
+    let copy_ino = fs::metadata(d.join("copy.bin")).unwrap().ino();
+    // Metadata of a skipped file is still brought back.
+    fs::set_permissions(d.join("copy.bin"), fs::Permissions::from_mode(0o600)).unwrap();
+
+    let o = RestoreOptions {
+        delta: true,
+        ..options(&t)
+    };
+    let stats = restore(&repo, &snap, &o, &NoProgress).await.unwrap();
+    unlock(&t);
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    assert_eq!(stats.files_restored, 2);
+    assert_eq!(stats.files_skipped_identical, 6);
+    assert_eq!(stats.bytes_written, BIG_LEN as u64 + 2 * 4096 + 14);
+    assert_eq!(fs::read(d.join("big.bin")).unwrap(), big());
+    assert_eq!(fs::read(d.join("repeat.bin")).unwrap().len(), 2 * 4096 + 14);
+    let copy = fs::metadata(d.join("copy.bin")).unwrap();
+    assert_eq!(copy.ino(), copy_ino, "an identical file is left in place");
+    assert_eq!(copy.mode() & 0o7777, 0o644);
+    assert_eq!(mtime_of(&d.join("big.bin")), (1_600_000_000, 987_654_321));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_include_and_exclude_select_entries() {
+    let fx = Fixture::new().await;
+    let snap = fx.snapshot(1000, sample()).await;
+    let repo = fx.open().await;
+    let tmp = tempfile::tempdir().unwrap();
+
+    // A snapshot path: the directory, its contents and the parents needed.
+    let t1 = tmp.path().join("one");
+    let o = RestoreOptions {
+        include: vec!["/data/sub".into()],
+        ..options(&t1)
+    };
+    let stats = restore(&repo, &snap, &o, &NoProgress).await.unwrap();
+    unlock(&t1);
+    assert_eq!(
+        (stats.files_restored, stats.dirs, stats.symlinks),
+        (1, 2, 0)
+    );
+    assert!(t1.join("data/sub/inner.txt").exists());
+    assert!(!t1.join("data/big.bin").exists());
+
+    // A name glob excluded everywhere.
+    let t2 = tmp.path().join("two");
+    let o = RestoreOptions {
+        exclude: vec!["*.bin".into(), "sub".into()],
+        ..options(&t2)
+    };
+    let stats = restore(&repo, &snap, &o, &NoProgress).await.unwrap();
+    assert!(stats.errors.is_empty());
+    let mut names: Vec<_> = fs::read_dir(t2.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+        .collect();
+    names.sort();
+    let expected: Vec<&[u8]> = vec![ODD_NAME, b"empty", b"hard1", b"hard2", b"link"];
+    assert_eq!(names, expected);
+
+    // Include by glob, exclude by full path: exclusion wins.
+    let t3 = tmp.path().join("three");
+    let o = RestoreOptions {
+        include: vec!["/data/*.bin".into()],
+        exclude: vec!["/data/zeros.bin".into()],
+        ..options(&t3)
+    };
+    let stats = restore(&repo, &snap, &o, &NoProgress).await.unwrap();
+    assert_eq!(stats.files_restored, 3);
+    assert!(t3.join("data/repeat.bin").exists() && !t3.join("data/zeros.bin").exists());
+    assert!(!t3.join("data/empty").exists() && !t3.join("data/sub").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_reports_damaged_blob_with_file_and_pack_and_restores_the_rest() {
+    let fx = Fixture::new().await;
+    let snap = fx.snapshot(1000, sample()).await;
+    let repo = fx.open().await;
+    // Damage the third chunk of big.bin, and only it.
+    let third = &big()[2 * BIG_CHUNK..3 * BIG_CHUNK];
+    let loc = repo.locate(&repo.key().blob_id(third)).await.unwrap();
+    let key = pack_key(&loc.pack);
+    let mut bytes = fx.mem.snapshot()[&key].to_vec();
+    bytes[loc.entry.offset as usize + 30] ^= 0x01;
+    fx.mem.tamper(&key, Bytes::from(bytes));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("target");
+    let stats = restore(&repo, &snap, &options(&t), &NoProgress)
+        .await
+        .unwrap();
+    unlock(&t);
+    assert_eq!(stats.errors.len(), 1, "{:?}", stats.errors);
+    let e = &stats.errors[0];
+    assert!(e.contains("data/big.bin"), "{e}");
+    assert!(e.contains(&loc.pack.to_hex()), "{e}");
+    assert_eq!(stats.files_restored, 7);
+    assert_eq!(fs::read(t.join("data/copy.bin")).unwrap(), chunk_a());
+    assert_eq!(
+        fs::read(t.join("data/sub/inner.txt")).unwrap(),
+        b"inside a read-only dir"
+    );
+}
+
+// ---------------------------------------------------------------- dump, ls
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dump_writes_file_content_and_refuses_directories() {
+    let fx = Fixture::new().await;
+    let snap = fx.snapshot(1000, sample()).await;
+    let repo = fx.open().await;
+    let mut out = Vec::new();
+    let n = dump(&repo, &snap, b"/data/big.bin", &mut out)
+        .await
+        .unwrap();
+    assert_eq!(n, BIG_LEN as u64);
+    assert_eq!(out, big());
+
+    let mut out = Vec::new();
+    dump(&repo, &snap, b"data/empty", &mut out).await.unwrap();
+    assert!(out.is_empty());
+
+    let err = dump(&repo, &snap, b"/data", &mut Vec::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Invalid(m) if m.contains("restore")),
+        "{err:?}"
+    );
+    let err = dump(&repo, &snap, b"/", &mut Vec::new()).await.unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    let err = dump(&repo, &snap, b"/data/nope", &mut Vec::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PathNotFound { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ls_lists_directories_files_and_subtrees() {
+    let fx = Fixture::new().await;
+    let snap = fx.snapshot(1000, sample()).await;
+    let repo = fx.open().await;
+
+    let root = ls(&repo, &snap, b"/", false).await.unwrap();
+    assert_eq!(root.len(), 1);
+    assert_eq!(
+        (root[0].path.as_str(), root[0].kind, root[0].mode),
+        ("/data", EntryKind::Dir, 0o750)
+    );
+
+    let data = ls(&repo, &snap, b"/data", false).await.unwrap();
+    let paths: Vec<&str> = data.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/data/big.bin",
+            "/data/caf\u{fffd} \n*?name",
+            "/data/copy.bin",
+            "/data/empty",
+            "/data/hard1",
+            "/data/hard2",
+            "/data/link",
+            "/data/repeat.bin",
+            "/data/sub",
+            "/data/zeros.bin",
+        ]
+    );
+    let big = &data[0];
+    assert_eq!(
+        (big.kind, big.size, big.mode),
+        (EntryKind::File, BIG_LEN as u64, 0o640)
+    );
+    assert_eq!(big.mtime.to_string(), "2020-09-13T12:26:40.987654321Z");
+    assert_eq!(data[6].link_target.as_deref(), Some("big.bin"));
+    let json = serde_json::to_string(big).unwrap();
+    assert!(
+        json.contains(r#""kind":"file""#) && json.contains("2020-09-13T12:26:40.987654321Z"),
+        "{json}"
+    );
+
+    let all = ls(&repo, &snap, b"", true).await.unwrap();
+    assert_eq!(all.len(), 12);
+    let pos = |p: &str| all.iter().position(|e| e.path == p).unwrap();
+    assert_eq!(pos("/data/sub/inner.txt"), pos("/data/sub") + 1);
+
+    let one = ls(&repo, &snap, b"/data/sub/inner.txt", true)
+        .await
+        .unwrap();
+    assert_eq!((one.len(), one[0].size), (1, 22));
+    assert!(matches!(
+        ls(&repo, &snap, b"/data/missing", false).await,
+        Err(Error::PathNotFound { .. })
+    ));
+}
+
+// ---------------------------------------------------------------- diff
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diff_reports_changes_and_skips_identical_subtrees() {
+    let fx = Fixture::new().await;
+    let same = || dir(b"same", vec![file(b"x", b"unchanged")]);
+    let a = fx
+        .snapshot(
+            1000,
+            vec![dir(
+                b"data",
+                vec![
+                    file(b"a.txt", b"old content"),
+                    file(b"b.txt", b"to be removed"),
+                    file(b"meta.txt", b"same bytes"),
+                    file(b"kind", b"a file that becomes a directory"),
+                    same(),
+                ],
+            )],
+        )
+        .await;
+    let b = fx
+        .snapshot(
+            2000,
+            vec![dir(
+                b"data",
+                vec![
+                    file(b"a.txt", b"new content, longer"),
+                    file(b"c.txt", b"added"),
+                    file(b"meta.txt", b"same bytes").mode(0o600),
+                    dir(b"kind", vec![]),
+                    dir(b"newdir", vec![file(b"f", b"1234")]),
+                    same(),
+                ],
+            )],
+        )
+        .await;
+    let repo = fx.open().await;
+    // Damage the shared subtree: a diff that read it would fail.
+    let data_id = repo.read_tree(&b.record.tree).await.unwrap().nodes[0]
+        .subtree
+        .unwrap();
+    let data = repo.read_tree(&data_id).await.unwrap();
+    let same_id = data.find(b"same").unwrap().subtree.unwrap();
+    let loc = repo.locate(&same_id).await.unwrap();
+    let key = pack_key(&loc.pack);
+    let mut bytes = fx.mem.snapshot()[&key].to_vec();
+    bytes[loc.entry.offset as usize + 30] ^= 0x01;
+    fx.mem.tamper(&key, Bytes::from(bytes));
+
+    let report = diff(&repo, &a, &b).await.unwrap();
+    let got: Vec<(&str, Change, bool, Vec<&str>)> = report
+        .entries
+        .iter()
+        .map(|e| (e.path.as_str(), e.change, e.content, e.metadata.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("/data/a.txt", Change::Changed, true, vec![]),
+            ("/data/b.txt", Change::Removed, false, vec![]),
+            ("/data/c.txt", Change::Added, false, vec![]),
+            ("/data/kind", Change::Removed, false, vec![]),
+            ("/data/kind", Change::Added, false, vec![]),
+            ("/data/meta.txt", Change::Changed, false, vec!["mode"]),
+            ("/data/newdir", Change::Added, false, vec![]),
+            ("/data/newdir/f", Change::Added, false, vec![]),
+        ]
+    );
+    let a_txt = &report.entries[0];
+    assert_eq!((a_txt.old_size, a_txt.new_size), (Some(11), Some(19)));
+    let t = &report.totals;
+    assert_eq!((t.added, t.removed, t.changed), (4, 2, 2));
+    assert_eq!((t.content_changed, t.metadata_changed), (1, 1));
+    assert_eq!((t.added_bytes, t.removed_bytes), (5 + 4, 13 + 31));
+    assert_eq!(t.size_change_bytes, (19 - 11) + 5 + 4 - 13 - 31);
+
+    let none = diff(&repo, &a, &a).await.unwrap();
+    assert!(none.entries.is_empty() && none.totals.changed == 0);
+}
+
+// ---------------------------------------------------------------- find
+
+#[tokio::test(flavor = "multi_thread")]
+async fn find_tells_each_paths_history() {
+    let fx = Fixture::new().await;
+    let keep = || file(b"keep.txt", b"constant");
+    let s1 = fx
+        .snapshot(
+            1000,
+            vec![dir(b"data", vec![file(b"notes.txt", b"v1"), keep()])],
+        )
+        .await;
+    let s2 = fx
+        .snapshot(
+            2000,
+            vec![dir(b"data", vec![file(b"notes.txt", b"version 2"), keep()])],
+        )
+        .await;
+    let s3 = fx.snapshot(3000, vec![dir(b"data", vec![keep()])]).await;
+    let s4 = fx
+        .snapshot(
+            4000,
+            vec![dir(
+                b"data",
+                vec![
+                    // Same content, new mtime: not a change.
+                    file(b"notes.txt", b"version 2").mtime(5, 0),
+                    keep(),
+                ],
+            )],
+        )
+        .await;
+    let repo = fx.open().await;
+    // Any order in, oldest first out.
+    let all = vec![s3.clone(), s1.clone(), s4.clone(), s2.clone()];
+
+    let found = find(&repo, "notes.txt", &all).await.unwrap();
+    assert_eq!(found.len(), 1);
+    let h = &found[0];
+    assert_eq!(h.path, "/data/notes.txt");
+    let events: Vec<(FindChange, String, Option<u64>)> = h
+        .events
+        .iter()
+        .map(|e| (e.change, e.snapshot.clone(), e.size))
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            (FindChange::Appeared, s1.id.to_hex(), Some(2)),
+            (FindChange::Changed, s2.id.to_hex(), Some(9)),
+            (FindChange::Disappeared, s3.id.to_hex(), None),
+            (FindChange::Appeared, s4.id.to_hex(), Some(9)),
+        ]
+    );
+    let seen: Vec<&str> = h.matches.iter().map(|m| m.snapshot.as_str()).collect();
+    assert_eq!(seen, [s1.id.to_hex(), s2.id.to_hex(), s4.id.to_hex()]);
+
+    let found = find(&repo, "/data/*.txt", &all).await.unwrap();
+    let paths: Vec<&str> = found.iter().map(|h| h.path.as_str()).collect();
+    assert_eq!(paths, ["/data/keep.txt", "/data/notes.txt"]);
+    assert_eq!(found[0].events.len(), 1);
+    assert_eq!(found[0].matches.len(), 4);
+
+    // `*` does not cross directories in a full-path pattern.
+    assert!(find(&repo, "/*.txt", &all).await.unwrap().is_empty());
+    assert_eq!(find(&repo, "**/keep.*", &all).await.unwrap().len(), 1);
+    assert!(matches!(
+        find(&repo, "[", &all).await,
+        Err(Error::Invalid(_))
+    ));
+}

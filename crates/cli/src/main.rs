@@ -1,1 +1,62 @@
-fn main() {}
+//! The `lifeboat` binary: parses the command line, opens the repository,
+//! calls one library function per command and renders its result. All the
+//! work is in the library crates; this crate is glue, progress bars and
+//! exit codes.
+
+mod args;
+mod backup;
+mod exit;
+mod keys;
+mod maintenance;
+mod output;
+mod progress;
+mod read;
+mod restore;
+mod session;
+
+use clap::Parser;
+
+fn main() {
+    let args = args::Cli::parse();
+    let filter = if args.global.verbose { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lifeboat: cannot start: {e}");
+            std::process::exit(exit::GENERIC);
+        }
+    };
+    let code = runtime.block_on(run(args));
+    // Do not wait for lingering blocking tasks (a stalled storage request).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    std::process::exit(code);
+}
+
+async fn run(cli: args::Cli) -> i32 {
+    let g = &cli.global;
+    let result = match cli.command {
+        args::Command::Init(a) => session::init(g, a).await,
+        args::Command::Backup(a) => backup::run(g, a).await,
+        args::Command::Restore(a) => restore::restore(g, a).await,
+        args::Command::Dump(a) => restore::dump(g, a).await,
+        args::Command::Snapshots(a) => read::snapshots(g, a).await,
+        args::Command::Ls(a) => read::ls(g, a).await,
+        args::Command::Diff(a) => read::diff(g, a).await,
+        args::Command::Find(a) => read::find(g, a).await,
+        args::Command::Stats(a) => read::stats(g, a).await,
+        args::Command::Check(a) => maintenance::check(g, a).await,
+        args::Command::Repair(a) => maintenance::repair(g, a).await,
+        args::Command::Key(a) => keys::run(g, a).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => exit::report(&e),
+    }
+}

@@ -40,16 +40,16 @@ impl ChunkerParams {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         use fastcdc::v2020::*;
         let ok = (MINIMUM_MIN as u32..=MINIMUM_MAX as u32).contains(&self.min_size)
             && (AVERAGE_MIN as u32..=AVERAGE_MAX as u32).contains(&self.avg_size)
             && (MAXIMUM_MIN as u32..=MAXIMUM_MAX as u32).contains(&self.max_size)
             && self.min_size <= self.avg_size
             && self.avg_size <= self.max_size
-            && self.min_size % 2 == 0
-            && self.avg_size % 2 == 0
-            && self.max_size % 2 == 0;
+            && self.min_size.is_multiple_of(2)
+            && self.avg_size.is_multiple_of(2)
+            && self.max_size.is_multiple_of(2);
         if ok {
             Ok(())
         } else {

@@ -7,8 +7,31 @@ use serde::{Deserialize, Serialize};
 /// A 32-byte identifier. Blob ids are keyed BLAKE3 of the plaintext; object
 /// names (packs, indexes, snapshots, key files) are plain BLAKE3 of the stored
 /// bytes, so anyone can verify an object against its name without the key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// In human-readable encodings (JSON) an id is a 64-digit hex string; in
+/// binary ones (postcard) it is its 32 raw bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Id(pub [u8; 32]);
+
+impl Serialize for Id {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_hex())
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            Id::from_hex(&s).ok_or_else(|| serde::de::Error::custom("an id is 64 hex digits"))
+        } else {
+            <[u8; 32]>::deserialize(d).map(Id)
+        }
+    }
+}
 
 impl Id {
     /// Plain BLAKE3 of stored bytes: the name of a content-addressed object.

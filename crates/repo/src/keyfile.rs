@@ -31,7 +31,9 @@ pub struct KdfParams {
 
 impl KdfParams {
     /// The default: 64 MiB, 3 passes, 1 lane — RFC 9106's second recommended
-    /// option, about a quarter of a second on a current core.
+    /// memory and pass counts (with one lane instead of four, so the cost
+    /// does not depend on the cores of the machine that opens the
+    /// repository), about a quarter of a second on a current core.
     pub const DEFAULT: KdfParams = KdfParams {
         memory_kib: 64 * 1024,
         iterations: 3,

@@ -37,7 +37,7 @@ pub async fn list(repo: &Repository) -> Result<Vec<KeyInfo>> {
             user: kf.user,
         });
     }
-    out.sort_by(|a, b| a.created.cmp(&b.created));
+    out.sort_by_key(|a| a.created);
     Ok(out)
 }
 

@@ -15,8 +15,13 @@ use crate::{Error, Id, Result};
 
 pub(crate) const TRAILER_AAD: &[u8] = b"lifeboat pack trailer v1";
 /// Largest trailer accepted when reading: bounds the allocation a damaged or
-/// hostile length field can cause (≈ 600k entries).
+/// hostile length field can cause (≈ 1.4M entries of 37-49 bytes; the
+/// writer closes a pack at [`MAX_PACK_ENTRIES`] so it never comes close).
 pub(crate) const MAX_TRAILER_LEN: u32 = 64 * 1024 * 1024;
+
+/// Most blobs the writer puts in one pack (keeps trailers far below
+/// [`MAX_TRAILER_LEN`] even for packs of tiny blobs).
+pub const MAX_PACK_ENTRIES: usize = 200_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BlobType {
@@ -127,6 +132,10 @@ impl PackBuilder {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
     }
 
     pub fn push(&mut self, blob: SealedBlob) {

@@ -52,7 +52,8 @@ pub struct BackupSummary {
     pub blobs_added: u64,
     /// Plaintext bytes of the new blobs.
     pub added_raw_bytes: u64,
-    /// Bytes of new packs written to the repository.
+    /// Stored (compressed, encrypted) bytes of the new blobs, without pack
+    /// trailers.
     pub added_bytes: u64,
     pub elapsed_ms: u64,
 }

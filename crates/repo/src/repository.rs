@@ -65,6 +65,12 @@ impl Repository {
                 location: storage.location(),
             });
         }
+        if !(0..=22).contains(&options.compression_level) {
+            return Err(Error::Invalid("compression level must be 0 (off) to 22".into()));
+        }
+        if !(1024 * 1024..=1024 * 1024 * 1024).contains(&options.pack_size) {
+            return Err(Error::Invalid("pack size must be between 1 MiB and 1 GiB".into()));
+        }
         let key = MasterKey::generate();
         let config = Config {
             repository_id: Id(rand::random()),
@@ -73,6 +79,7 @@ impl Repository {
             pack_size: options.pack_size,
             created: jiff::Timestamp::now(),
         };
+        config.chunker.validate()?;
         let key_id = {
             let key = key.clone();
             let password = password.to_vec();
@@ -113,6 +120,7 @@ impl Repository {
         let mut keys = storage.list(Kind::Keys).await?;
         keys.sort_by(|a, b| a.key.cmp(&b.key));
         let mut last_corrupt = None;
+        let mut readable = 0;
         for info in keys {
             let bytes = storage.get(&info.key).await?;
             let kf = match KeyFile::decode(&info.key.to_string(), &bytes) {
@@ -122,6 +130,7 @@ impl Repository {
                     continue;
                 }
             };
+            readable += 1;
             let password = password.to_vec();
             if let Some(key) = blocking(move || kf.unwrap_key(&password)).await?? {
                 let config = Config::decode(&config_bytes, &key)?;
@@ -136,7 +145,11 @@ impl Repository {
                 });
             }
         }
-        Err(last_corrupt.unwrap_or(Error::WrongPassword))
+        // A wrong password, unless no key file could even be read.
+        match last_corrupt {
+            Some(e) if readable == 0 => Err(e),
+            _ => Err(Error::WrongPassword),
+        }
     }
 
     pub fn storage(&self) -> &DynStorage {
@@ -218,6 +231,12 @@ impl Repository {
     /// Reads, decrypts and verifies one blob.
     pub async fn read_blob(&self, id: &Id) -> Result<Bytes> {
         let loc = self.locate(id).await?;
+        self.read_blob_at(id, &loc).await
+    }
+
+    /// Reads, decrypts and verifies one blob at a known location.
+    pub async fn read_blob_at(&self, id: &Id, loc: &BlobLocation) -> Result<Bytes> {
+        let loc = *loc;
         let sealed = self
             .storage
             .get_range(&pack_key(&loc.pack), loc.entry.offset as u64, loc.entry.length as u64)
@@ -277,8 +296,7 @@ impl Repository {
         Ok(Snapshot { id, record })
     }
 
-    /// Resolves `latest`, a full id or a unique id prefix (at least 4 hex
-    /// digits) among `candidates`, or among all snapshots if `None`.
+    /// Resolves `latest`, a full id or a unique id prefix among all snapshots.
     pub async fn find_snapshot(&self, query: &str) -> Result<Snapshot> {
         let all = self.snapshots().await?;
         resolve_snapshot(&all, query).cloned()

@@ -74,6 +74,10 @@ impl Tree {
         if tree.nodes.iter().any(bad_name) {
             return Err(Error::corrupt(format!("tree {id}"), "invalid entry name"));
         }
+        // Lookups binary-search by name.
+        if tree.nodes.windows(2).any(|w| w[0].name >= w[1].name) {
+            return Err(Error::corrupt(format!("tree {id}"), "entries not sorted and unique"));
+        }
         Ok(tree)
     }
 

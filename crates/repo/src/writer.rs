@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::index::{Index, IndexFile, IndexPack};
-use crate::pack::{BlobType, FinishedPack, PackBuilder, seal_blob};
+use crate::pack::{BlobType, FinishedPack, MAX_PACK_ENTRIES, PackBuilder, seal_blob};
 use crate::record::SnapshotRecord;
 use crate::repository::{Repository, pack_key, put_idempotent};
 use crate::{Error, Id, Result};
@@ -172,7 +172,9 @@ impl WriteSession {
                 return Ok((AddedBlob { id, new: false }, None));
             }
             st.pack.push(sealed);
-            if st.pack.len() >= self.shared.repo.config().pack_size as usize {
+            if st.pack.len() >= self.shared.repo.config().pack_size as usize
+                || st.pack.entry_count() >= MAX_PACK_ENTRIES
+            {
                 Some(std::mem::take(&mut st.pack))
             } else {
                 None

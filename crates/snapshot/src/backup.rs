@@ -73,12 +73,19 @@ pub struct BackupOutcome {
 
 /// Picks the parent snapshot a backup compares with, per its mode.
 pub fn choose_parent<'a>(all: &'a [Snapshot], host: &str, paths: &[String], mode: BackupMode) -> Option<&'a Snapshot> {
-    let same = all.iter().filter(|s| s.record.same_source(host, paths));
+    let mut same = all.iter().filter(|s| s.record.same_source(host, paths));
     match mode {
         BackupMode::Full => None,
-        BackupMode::Incremental => same.last(),
-        BackupMode::Differential => same.filter(|s| s.record.mode == BackupMode::Full).last(),
+        BackupMode::Incremental => same.next_back(),
+        BackupMode::Differential => same.rfind(|s| s.record.mode == BackupMode::Full),
     }
+}
+
+/// The mode a snapshot records: an incremental or differential backup that
+/// found no parent read everything, so it is recorded as full (as
+/// pgBackRest does), and later differential backups can use it.
+fn recorded_mode(requested: BackupMode, has_parent: bool) -> BackupMode {
+    if has_parent { requested } else { BackupMode::Full }
 }
 
 /// Backs up file trees into a new snapshot.
@@ -102,6 +109,7 @@ pub async fn backup(repo: Arc<Repository>, options: &BackupOptions, progress: Ar
 
     let all = repo.snapshots().await?;
     let parent = choose_parent(&all, &host, &paths, options.mode).cloned();
+    let mode = recorded_mode(options.mode, parent.is_some());
     let parent_tree = match &parent {
         Some(p) => Some(repo.read_tree(&p.record.tree).await?),
         None => None,
@@ -128,7 +136,7 @@ pub async fn backup(repo: Arc<Repository>, options: &BackupOptions, progress: Ar
         excludes,
         exclude_caches: options.exclude_caches,
         one_file_system: options.one_file_system,
-        full: options.mode == BackupMode::Full,
+        full: mode == BackupMode::Full,
         progress: progress.clone(),
         counters: Counters::default(),
         warnings: Mutex::new(Vec::new()),
@@ -159,7 +167,7 @@ pub async fn backup(repo: Arc<Repository>, options: &BackupOptions, progress: Ar
         paths,
         tags: options.tags.clone(),
         tree: root_id,
-        mode: options.mode,
+        mode,
         parent: parent.as_ref().map(|p| p.id),
         partial: summary.errors > 0,
         summary,
@@ -205,6 +213,7 @@ pub async fn backup_stream<R: Read + Send + 'static>(repo: Arc<Repository>, read
     let paths = vec![name.clone()];
     let all = repo.snapshots().await?;
     let parent = choose_parent(&all, &host, &paths, options.mode).map(|s| s.id);
+    let mode = recorded_mode(options.mode, parent.is_some());
     let session = WriteSession::start(
         repo.clone(),
         WriteOptions {
@@ -277,7 +286,7 @@ pub async fn backup_stream<R: Read + Send + 'static>(repo: Arc<Repository>, read
         paths,
         tags: options.tags.clone(),
         tree: root,
-        mode: options.mode,
+        mode,
         parent,
         partial: false,
         summary,

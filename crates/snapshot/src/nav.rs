@@ -17,6 +17,7 @@ pub fn components(path: &[u8]) -> Vec<&[u8]> {
 
 /// What a path in a snapshot names.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // built once per lookup
 pub enum Found {
     /// The snapshot root (no node of its own).
     Root(Id),

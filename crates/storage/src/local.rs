@@ -51,7 +51,16 @@ fn put_sync(path: &Path, key: &ObjectKey, data: &[u8]) -> Result<()> {
     if path.exists() {
         return Err(Error::already_exists(key));
     }
-    fs::create_dir_all(dir).map_err(|e| Error::from_io(e, format!("creating {}", dir.display())))?;
+    if !dir.is_dir() {
+        fs::create_dir_all(dir)
+            .map_err(|e| Error::from_io(e, format!("creating {}", dir.display())))?;
+        // Make the new directory's own entry durable too.
+        if let Some(parent) = dir.parent() {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::from_io(e, format!("syncing directory {}", parent.display())))?;
+        }
+    }
     let tmp = dir.join(format!(".tmp-{}", hex::encode(rand::random::<[u8; 8]>())));
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -177,8 +186,8 @@ impl Storage for LocalStorage {
                     Err(e) => return Err(Error::from_io(e, format!("listing {}", dir.display()))),
                 };
                 for entry in entries {
-                    let entry =
-                        entry.map_err(|e| Error::from_io(e, format!("listing {}", dir.display())))?;
+                    let entry = entry
+                        .map_err(|e| Error::from_io(e, format!("listing {}", dir.display())))?;
                     let ft = entry
                         .file_type()
                         .map_err(|e| Error::from_io(e, format!("listing {}", dir.display())))?;
@@ -186,14 +195,14 @@ impl Storage for LocalStorage {
                     let Some(name) = name.to_str() else { continue };
                     if ft.is_dir() && kind == Kind::Packs {
                         dirs.push(entry.path());
-                    } else if ft.is_file() {
-                        if let Some(key) = ObjectKey::parse(kind, name) {
-                            let size_bytes = entry
-                                .metadata()
-                                .map_err(|e| Error::from_io(e, format!("listing {}", dir.display())))?
-                                .len();
-                            out.push(ObjectInfo { key, size_bytes });
-                        }
+                    } else if ft.is_file()
+                        && let Some(key) = ObjectKey::parse(kind, name)
+                    {
+                        let size_bytes = entry
+                            .metadata()
+                            .map_err(|e| Error::from_io(e, format!("listing {}", dir.display())))?
+                            .len();
+                        out.push(ObjectInfo { key, size_bytes });
                     }
                 }
             }

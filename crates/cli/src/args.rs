@@ -1,0 +1,238 @@
+//! Command-line definitions (clap). Option structs of the libraries never
+//! carry clap attributes; commands translate these into them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lifeboat",
+    version,
+    about = "Encrypted, deduplicated backups you can prove you can restore",
+    after_help = "Repository locations: a local path, s3://BUCKET/PREFIX?endpoint=URL&region=R \
+(credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), or sftp://USER@HOST:PORT/PATH?key=KEYFILE.\n\
+Without -r and LIFEBOAT_REPO, a default local repository in your data directory is used."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Repository location (path or URL).
+    #[arg(short = 'r', long = "repo", env = "LIFEBOAT_REPO", global = true)]
+    pub repo: Option<String>,
+    /// Read the password from this file (first line).
+    #[arg(long, env = "LIFEBOAT_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Run this command and use the first line of its output as the password.
+    #[arg(long, env = "LIFEBOAT_PASSWORD_COMMAND", global = true)]
+    pub password_command: Option<String>,
+    /// Print results as JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress display.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More logging on stderr.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a repository.
+    Init(InitArgs),
+    /// Back up files and directories (or a stream with --stdin).
+    Backup(BackupArgs),
+    /// Restore a snapshot (or part of it) into a directory.
+    Restore(RestoreArgs),
+    /// Write one file of a snapshot to stdout.
+    Dump(DumpArgs),
+    /// List snapshots.
+    Snapshots(SnapshotsArgs),
+    /// List files in a snapshot.
+    Ls(LsArgs),
+    /// Show what changed between two snapshots.
+    Diff(DiffArgs),
+    /// Find files by name across all snapshots: when they appeared, changed, disappeared.
+    Find(FindArgs),
+    /// Repository statistics.
+    Stats(StatsArgs),
+    /// Verify the repository; with --read-data also every blob's content.
+    Check(CheckArgs),
+    /// Repair repository metadata.
+    Repair(RepairArgs),
+    /// Manage the passwords (key files) that open the repository.
+    Key(KeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// zstd compression level for new data (0 disables compression).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=22))]
+    pub compression: i32,
+    /// Target pack size in MiB.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub pack_size_mib: u32,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Default)]
+pub enum ModeArg {
+    Full,
+    #[default]
+    Incremental,
+    Differential,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Files and directories to back up.
+    #[arg(required_unless_present = "stdin")]
+    pub paths: Vec<PathBuf>,
+    /// Back up standard input as one file.
+    #[arg(long, conflicts_with = "paths")]
+    pub stdin: bool,
+    /// File name for --stdin.
+    #[arg(long, default_value = "stdin", requires = "stdin")]
+    pub stdin_filename: String,
+    /// full: read everything; incremental: compare with the latest snapshot of
+    /// the same source; differential: compare with the latest full one.
+    #[arg(long, value_enum, default_value_t = ModeArg::Incremental)]
+    pub mode: ModeArg,
+    /// Exclude paths matching this glob (a pattern without / matches names anywhere).
+    #[arg(long = "exclude", short = 'e')]
+    pub excludes: Vec<String>,
+    /// Read exclude patterns from a file (one per line, # comments).
+    #[arg(long)]
+    pub exclude_file: Vec<PathBuf>,
+    /// Skip the contents of directories holding a valid CACHEDIR.TAG.
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Do not cross filesystem boundaries.
+    #[arg(long, short = 'x')]
+    pub one_file_system: bool,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Host name to record (default: this machine's).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// zstd level for this backup (overrides the repository default).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..=22))]
+    pub compression: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Snapshot id (or unique prefix), or `latest`.
+    pub snapshot: String,
+    /// Directory to restore into.
+    #[arg(long, short = 't')]
+    pub target: PathBuf,
+    /// Restore only these snapshot paths or globs (repeatable).
+    #[arg(long)]
+    pub include: Vec<String>,
+    /// Skip these snapshot paths or globs (repeatable).
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// Replace existing files in the target.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Skip files already identical in the target; rewrite the others.
+    #[arg(long)]
+    pub delta: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    pub snapshot: String,
+    /// Path of the file inside the snapshot (as backed up, e.g. /etc/hosts).
+    pub path: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    /// Only snapshots of this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only snapshots with this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    pub snapshot: String,
+    /// Directory inside the snapshot (default: everything).
+    pub path: Option<String>,
+    /// Only the directory itself, not its subdirectories.
+    #[arg(long)]
+    pub no_recursive: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    pub first: String,
+    pub second: String,
+}
+
+#[derive(Debug, Args)]
+pub struct FindArgs {
+    /// Glob on the file name, or on the full path if it contains `/`.
+    pub pattern: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also download, decrypt and verify every blob.
+    #[arg(long)]
+    pub read_data: bool,
+    /// Like --read-data, for a random subset of packs, e.g. 10%.
+    #[arg(long, value_name = "PERCENT")]
+    pub read_data_subset: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    #[command(subcommand)]
+    pub what: RepairWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepairWhat {
+    /// Rebuild the index from the packs' own trailers.
+    Index,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    #[command(subcommand)]
+    pub action: KeyAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Add a password (new key file wrapping the same master key).
+    Add {
+        /// Read the new password from this file instead of a prompt / LIFEBOAT_NEW_PASSWORD.
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+    },
+    /// List key files.
+    List,
+    /// Remove a key file by id (prefix).
+    Remove { id: String },
+    /// Change the password of the key in use.
+    Passwd {
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+    },
+}

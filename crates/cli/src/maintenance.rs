@@ -1,0 +1,101 @@
+//! `check` and `repair index`.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use lifeboat_repo::CheckOptions;
+
+use crate::args::{CheckArgs, Global, RepairArgs, RepairWhat};
+use crate::exit::{self, cli_error};
+use crate::progress::Bar;
+use crate::session;
+
+pub async fn check(g: &Global, a: CheckArgs) -> Result<i32> {
+    let repo = session::open(g).await?;
+    let subset = match &a.read_data_subset {
+        None => None,
+        Some(s) => {
+            let p: f64 = s.trim_end_matches('%').parse().map_err(|_| {
+                cli_error(exit::GENERIC, format!("--read-data-subset takes a percentage like 10%, not {s:?}"))
+            })?;
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(cli_error(exit::GENERIC, "--read-data-subset must be between 0% and 100%"));
+            }
+            Some(p)
+        }
+    };
+    let options = CheckOptions {
+        read_data: a.read_data || subset.is_some(),
+        read_data_subset_percent: subset,
+    };
+    let bar = Arc::new(Bar::new(!g.quiet && !g.json && options.read_data, "check"));
+    let b = bar.clone();
+    let progress = move |done: u64, total: u64| {
+        use lifeboat_snapshot::progress::RestoreProgress;
+        if done == 1 {
+            b.planned(total, total);
+        }
+        b.restored(1, 1);
+    };
+    let report = lifeboat_repo::check(&repo, &options, &progress).await;
+    bar.finish();
+    let report = report?;
+    if g.json {
+        crate::output::json(&report)?;
+    } else {
+        for w in &report.warnings {
+            eprintln!("lifeboat: warning: {w}");
+        }
+        for e in &report.errors {
+            println!("error: {}: {}", e.object, e.message);
+        }
+        if !report.damaged_snapshots.is_empty() {
+            println!("damaged snapshots: {}", report.damaged_snapshots.join(", "));
+        }
+        for f in report.affected_files.iter().take(100) {
+            println!("affected file: snapshot {} {}", f.snapshot, f.path);
+        }
+        if report.affected_files.len() > 100 {
+            println!("... and {} more affected files (see --json)", report.affected_files.len() - 100);
+        }
+        println!(
+            "checked {} snapshots, {} trees, {} packs, {} blobs{}",
+            report.snapshots,
+            report.trees_checked,
+            report.packs,
+            report.blobs,
+            if options.read_data {
+                format!("; read {} packs ({})", report.packs_read, crate::output::bytes(report.read_bytes))
+            } else {
+                String::new()
+            }
+        );
+        if report.is_ok() {
+            println!("no errors found");
+        } else {
+            println!("{} errors found", report.errors.len());
+        }
+    }
+    Ok(if report.is_ok() { exit::OK } else { exit::DAMAGED })
+}
+
+pub async fn repair(g: &Global, a: RepairArgs) -> Result<i32> {
+    let repo = session::open(g).await?;
+    match a.what {
+        RepairWhat::Index => {
+            let stats = lifeboat_repo::repair::repair_index(&repo).await?;
+            if g.json {
+                crate::output::json(&stats)?;
+            } else {
+                println!(
+                    "index rebuilt: {} packs, {} blobs; {} old index objects removed",
+                    stats.packs_indexed, stats.blobs_indexed, stats.old_index_files_removed
+                );
+                for p in &stats.unreadable_packs {
+                    println!("unreadable pack (not indexed): {p}");
+                }
+            }
+            Ok(if stats.unreadable_packs.is_empty() { exit::OK } else { exit::DAMAGED })
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Read commands: `snapshots`, `ls`, `diff`, `find`, `stats`. Each has `--json`.
+
+use anyhow::Result;
+use lifeboat_repo::{BlobType, Snapshot, resolve_snapshot};
+use lifeboat_snapshot::diff::{Change, diff as diff_snapshots};
+use lifeboat_snapshot::find::find as find_files;
+use lifeboat_snapshot::ls::ls as ls_snapshot;
+use serde::Serialize;
+
+use crate::args::{DiffArgs, FindArgs, Global, LsArgs, SnapshotsArgs, StatsArgs};
+use crate::exit;
+use crate::output::{bytes, json};
+use crate::session;
+
+#[derive(Serialize)]
+struct SnapshotRow<'a> {
+    id: String,
+    short_id: String,
+    #[serde(flatten)]
+    record: &'a lifeboat_repo::SnapshotRecord,
+}
+
+pub async fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<i32> {
+    let repo = session::open(g).await?;
+    let all: Vec<Snapshot> = repo
+        .snapshots()
+        .await?
+        .into_iter()
+        .filter(|s| a.host.as_ref().is_none_or(|h| &s.record.host == h))
+        .filter(|s| a.tag.as_ref().is_none_or(|t| s.record.tags.contains(t)))
+        .collect();
+    if g.json {
+        let rows: Vec<SnapshotRow> = all
+            .iter()
+            .map(|s| SnapshotRow {
+                id: s.id.to_hex(),
+                short_id: s.id.short(),
+                record: &s.record,
+            })
+            .collect();
+        return json(&rows).map(|_| exit::OK);
+    }
+    println!(
+        "{:<8}  {:<20}  {:<12}  {:<8}  {:<12}  {:>10}  {:>10}  paths",
+        "id", "time", "host", "parent", "mode", "size", "added"
+    );
+    for s in &all {
+        let r = &s.record;
+        let time = r.time.strftime("%Y-%m-%d %H:%M:%S").to_string();
+        println!(
+            "{:<8}  {:<20}  {:<12}  {:<8}  {:<12}  {:>10}  {:>10}  {}{}{}",
+            s.id.short(),
+            time,
+            r.host,
+            r.parent.map(|p| p.short()).unwrap_or_else(|| "-".into()),
+            r.mode.to_string(),
+            bytes(r.summary.total_bytes),
+            bytes(r.summary.added_bytes),
+            r.paths.join(" "),
+            if r.tags.is_empty() { String::new() } else { format!(" [{}]", r.tags.join(",")) },
+            if r.partial { " (partial)" } else { "" },
+        );
+    }
+    println!("{} snapshots", all.len());
+    Ok(exit::OK)
+}
+
+pub async fn ls(g: &Global, a: LsArgs) -> Result<i32> {
+    let repo = session::open(g).await?;
+    let snap = repo.find_snapshot(&a.snapshot).await?;
+    let path = a.path.unwrap_or_else(|| "/".into());
+    let entries = ls_snapshot(&repo, &snap, path.as_bytes(), !a.no_recursive).await?;
+    if g.json {
+        return json(&entries).map(|_| exit::OK);
+    }
+    for e in &entries {
+        let kind = match e.kind {
+            lifeboat_snapshot::ls::EntryKind::Dir => 'd',
+            lifeboat_snapshot::ls::EntryKind::Symlink => 'l',
+            lifeboat_snapshot::ls::EntryKind::File => '-',
+        };
+        println!(
+            "{kind}{:04o} {:>8} {:>8} {:>12} {} {}{}",
+            e.mode,
+            e.user.clone().unwrap_or_else(|| e.uid.to_string()),
+            e.group.clone().unwrap_or_else(|| e.gid.to_string()),
+            e.size,
+            e.mtime.strftime("%Y-%m-%d %H:%M:%S"),
+            e.path,
+            e.link_target.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default()
+        );
+    }
+    Ok(exit::OK)
+}
+
+pub async fn diff(g: &Global, a: DiffArgs) -> Result<i32> {
+    let repo = session::open(g).await?;
+    let all = repo.snapshots().await?;
+    let first = resolve_snapshot(&all, &a.first)?;
+    let second = resolve_snapshot(&all, &a.second)?;
+    let report = diff_snapshots(&repo, first, second).await?;
+    if g.json {
+        return json(&report).map(|_| exit::OK);
+    }
+    for e in &report.entries {
+        let sign = match e.change {
+            Change::Added => '+',
+            Change::Removed => '-',
+            Change::Changed => 'M',
+        };
+        let size = match (e.old_size, e.new_size) {
+            (Some(o), Some(n)) if o != n => format!(" ({} -> {})", bytes(o), bytes(n)),
+            (_, Some(n)) => format!(" ({})", bytes(n)),
+            (Some(o), None) => format!(" ({})", bytes(o)),
+            _ => String::new(),
+        };
+        let what = if e.change == Change::Changed && !e.content {
+            format!(" [metadata: {}]", e.metadata.join(","))
+        } else {
+            String::new()
+        };
+        println!("{sign} {}{size}{what}", e.path);
+    }
+    let t = &report.totals;
+    println!(
+        "{} added ({}), {} removed ({}), {} changed",
+        t.added,
+        bytes(t.added_bytes),
+        t.removed,
+        bytes(t.removed_bytes),
+        t.changed
+    );
+    Ok(exit::OK)
+}
+
+pub async fn find(g: &Global, a: FindArgs) -> Result<i32> {
+    let repo = session::open(g).await?;
+    let all = repo.snapshots().await?;
+    let found = find_files(&repo, &a.pattern, &all).await?;
+    if g.json {
+        return json(&found).map(|_| exit::OK);
+    }
+    if found.is_empty() {
+        println!("no file matches {:?} in {} snapshots", a.pattern, all.len());
+        return Ok(exit::NOT_FOUND);
+    }
+    for h in &found {
+        println!("{}", h.path);
+        for ev in &h.events {
+            println!(
+                "  {:?} in snapshot {} at {}{}",
+                ev.change,
+                ev.snapshot,
+                ev.time.strftime("%Y-%m-%d %H:%M:%S"),
+                ev.size.map(|s| format!(" ({})", bytes(s))).unwrap_or_default()
+            );
+        }
+    }
+    Ok(exit::OK)
+}
+
+#[derive(Serialize)]
+struct Stats {
+    snapshots: usize,
+    packs: usize,
+    pack_bytes: u64,
+    index_files: usize,
+    blobs: usize,
+    data_blobs: usize,
+    tree_blobs: usize,
+    /// Plaintext bytes of all distinct blobs.
+    raw_bytes: u64,
+    /// Bytes the snapshots describe (sum of file sizes of every snapshot).
+    snapshot_bytes: u64,
+    compression_ratio: f64,
+    dedup_ratio: f64,
+}
+
+pub async fn stats(g: &Global, _a: StatsArgs) -> Result<i32> {
+    let repo = session::open(g).await?;
+    let index = repo.index().await?;
+    let packs = repo.storage().list(lifeboat_storage::Kind::Packs).await?;
+    let index_files = repo.storage().list(lifeboat_storage::Kind::Index).await?.len();
+    let snaps = repo.snapshots().await?;
+    let mut raw = 0u64;
+    let mut stored = 0u64;
+    for (_, loc) in index.blobs() {
+        raw += loc.entry.raw_length as u64;
+        stored += loc.entry.length as u64;
+    }
+    let snapshot_bytes: u64 = snaps.iter().map(|s| s.record.summary.total_bytes).sum();
+    let s = Stats {
+        snapshots: snaps.len(),
+        packs: packs.len(),
+        pack_bytes: packs.iter().map(|p| p.size_bytes).sum(),
+        index_files,
+        blobs: index.blob_count(),
+        data_blobs: index.blob_count_of(BlobType::Data),
+        tree_blobs: index.blob_count_of(BlobType::Tree),
+        raw_bytes: raw,
+        snapshot_bytes,
+        compression_ratio: if stored > 0 { raw as f64 / stored as f64 } else { 1.0 },
+        dedup_ratio: if raw > 0 { snapshot_bytes as f64 / raw as f64 } else { 1.0 },
+    };
+    if g.json {
+        return json(&s).map(|_| exit::OK);
+    }
+    println!("snapshots:          {}", s.snapshots);
+    println!("packs:              {} ({})", s.packs, bytes(s.pack_bytes));
+    println!("blobs:              {} ({} data, {} tree)", s.blobs, s.data_blobs, s.tree_blobs);
+    println!("unique data:        {}", bytes(s.raw_bytes));
+    println!("data in snapshots:  {}", bytes(s.snapshot_bytes));
+    println!("compression ratio:  {:.2}x", s.compression_ratio);
+    println!("dedup ratio:        {:.2}x", s.dedup_ratio);
+    Ok(exit::OK)
+}

@@ -45,7 +45,10 @@ impl Error {
     }
 
     pub fn already_exists(key: &ObjectKey) -> Self {
-        Self::new(ErrorKind::AlreadyExists, format!("object {key} already exists"))
+        Self::new(
+            ErrorKind::AlreadyExists,
+            format!("object {key} already exists"),
+        )
     }
 
     pub fn kind(&self) -> ErrorKind {

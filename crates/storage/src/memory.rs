@@ -68,7 +68,12 @@ impl Storage for MemoryStorage {
     }
 
     async fn stat(&self, key: &ObjectKey) -> Result<Option<u64>> {
-        Ok(self.objects.lock().unwrap().get(key).map(|d| d.len() as u64))
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|d| d.len() as u64))
     }
 
     async fn list(&self, kind: Kind) -> Result<Vec<ObjectInfo>> {

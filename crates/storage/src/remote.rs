@@ -12,10 +12,14 @@
 //! is probed once when the storage is opened (OpenDAL claims support for
 //! conditional writes on every S3 endpoint, but some servers ignore them):
 //!
-//! - **S3**: `PutObject` with `If-None-Match: *`. If the probe shows the server
-//!   ignores the header, `put` falls back to stat-then-write, which has a race
-//!   between two writers of the same key; [`Capabilities::atomic_create`] says
-//!   which mode is in use.
+//! - **S3**: `PutObject` with `If-None-Match: *`. The probe first writes one
+//!   object twice: a server that accepts the second write ignores the header,
+//!   and `put` falls back to stat-then-write. It then races a few writers for
+//!   fresh names: a server that lets more than one win checks the condition
+//!   before writing instead of atomically (s3s-fs does this), and `put` keeps
+//!   the header but reports [`Capabilities::atomic_create`] as false. A probe
+//!   can catch a racy server, never prove an atomic one; AWS S3 documents
+//!   conditional writes as atomic.
 //! - **SFTP**: the object is written under a temporary name (`.tmp-…`, which
 //!   listings ignore) in its final directory and then renamed into place, so a
 //!   reader never sees a partial object. Whether rename refuses to replace an
@@ -47,6 +51,17 @@ const DEFAULT_S3_REGION: &str = "us-east-1";
 /// Requests worth running at once against S3: object stores scale out per
 /// request, so the limit is our own memory and sockets, not the server.
 const S3_MAX_CONNECTIONS: usize = 16;
+
+/// Writers racing for one probe name, and rounds of that race, when probing
+/// whether an S3 server's conditional writes are atomic. A racy server let
+/// two to three of eight writers through per round in our tests; three
+/// rounds make missing it unlikely while costing ~30 small requests per open.
+const PROBE_RACERS: usize = 8;
+const PROBE_ROUNDS: usize = 3;
+
+/// Probe bodies are big enough that a check-then-write server spends time
+/// between its check and its write, small enough to be cheap on slow links.
+const PROBE_RACE_BYTES: usize = 16 * 1024;
 
 /// Requests worth running at once over SFTP: every connection is an `ssh`
 /// process and a server-side session, and OpenSSH's default `MaxStartups`
@@ -225,6 +240,17 @@ impl SftpOptions {
     }
 }
 
+/// What an S3 server does with `If-None-Match: *`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum S3Probe {
+    /// Refuses existing objects, also under concurrent writers.
+    Atomic,
+    /// Refuses existing objects, but racing writers can all get through.
+    Racy,
+    /// Overwrites anyway.
+    Ignored,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Protocol {
     S3,
@@ -238,8 +264,12 @@ pub struct OpendalStorage {
     op: Operator,
     protocol: Protocol,
     location: String,
+    /// S3 only: the server refuses `If-None-Match: *` writes over existing
+    /// objects (at least when they do not race).
+    conditional_write: bool,
     /// Result of the probe at open: the server itself refuses to replace an
-    /// existing object (conditional write for S3, rename for SFTP).
+    /// existing object, atomically (conditional write for S3, rename for
+    /// SFTP).
     atomic_create: bool,
 }
 
@@ -285,7 +315,9 @@ impl OpendalStorage {
         let op = Operator::new(builder)
             .map_err(|e| map_err(e, format!("configuring {location}"), None))?;
         let mut storage = Self::from_operator(op, Protocol::S3, location);
-        storage.atomic_create = storage.probe_conditional_write().await?;
+        let probe = storage.probe_conditional_write().await?;
+        storage.conditional_write = probe != S3Probe::Ignored;
+        storage.atomic_create = probe == S3Probe::Atomic;
         Ok(storage)
     }
 
@@ -310,7 +342,10 @@ impl OpendalStorage {
         }
         if let Some(key) = &options.key_file {
             let key = key.to_str().ok_or_else(|| {
-                Error::new(ErrorKind::Config, format!("key file {} is not UTF-8", key.display()))
+                Error::new(
+                    ErrorKind::Config,
+                    format!("key file {} is not UTF-8", key.display()),
+                )
             })?;
             builder = builder.key(key);
         }
@@ -332,33 +367,81 @@ impl OpendalStorage {
             op,
             protocol,
             location,
+            conditional_write: false,
             atomic_create: false,
         }
     }
 
-    /// Writes a probe object twice with `If-None-Match: *`: a server that
-    /// enforces the condition refuses the second write.
-    async fn probe_conditional_write(&self) -> Result<bool> {
+    /// Finds out what the server does with `If-None-Match: *` (see the module
+    /// documentation).
+    async fn probe_conditional_write(&self) -> Result<S3Probe> {
         let path = probe_path();
-        let first = self.op.write_with(&path, probe_bytes()).if_not_exists(true).await;
-        if let Err(e) = first {
-            return self.probe_failed(e, &path).await;
-        }
-        let second = self.op.write_with(&path, probe_bytes()).if_not_exists(true).await;
-        let cleanup = self.op.delete(&path).await;
-        let enforced = match second {
-            Err(e) if is_exists(&e) => true,
-            Ok(_) => false,
-            Err(e) => return Err(self.open_error(e)),
+        let write = |path: String, data: Bytes| async move {
+            self.op.write_with(&path, data).if_not_exists(true).await
         };
-        cleanup.map_err(|e| self.open_error(e))?;
-        if !enforced {
-            tracing::warn!(
-                location = %self.location,
-                "server ignores conditional writes; falling back to stat-then-write"
-            );
+        if let Err(e) = write(path.clone(), probe_bytes()).await {
+            self.probe_failed(e, &path).await?;
+            return Ok(S3Probe::Ignored);
         }
-        Ok(enforced)
+        let second = write(path.clone(), probe_bytes()).await;
+        let cleanup = self.op.delete(&path).await;
+        match second {
+            Err(e) if is_exists(&e) => {}
+            Ok(_) => {
+                cleanup.map_err(|e| self.open_error(e))?;
+                tracing::warn!(
+                    location = %self.location,
+                    "server ignores conditional writes; falling back to stat-then-write"
+                );
+                return Ok(S3Probe::Ignored);
+            }
+            Err(e) => return Err(self.open_error(e)),
+        }
+        cleanup.map_err(|e| self.open_error(e))?;
+
+        let body = Bytes::from(vec![0x5a; PROBE_RACE_BYTES]);
+        for _ in 0..PROBE_ROUNDS {
+            let path = probe_path();
+            // Open one connection per racer first: writers that each wait
+            // for a new connection arrive too staggered to race at all.
+            for result in
+                futures::future::join_all((0..PROBE_RACERS).map(|_| self.op.stat(&path))).await
+            {
+                match result {
+                    Err(e) if e.kind() != OdErrorKind::NotFound => {
+                        return Err(self.open_error(e));
+                    }
+                    _ => {}
+                }
+            }
+            let results = futures::future::join_all(
+                (0..PROBE_RACERS).map(|_| write(path.clone(), body.clone())),
+            )
+            .await;
+            let cleanup = self.op.delete(&path).await;
+            let mut winners = 0;
+            for result in results {
+                match result {
+                    Ok(_) => winners += 1,
+                    Err(e) if is_exists(&e) => {}
+                    // Conflict replies are how an atomic server may turn
+                    // away concurrent conditional writers.
+                    Err(e) if e.kind() == OdErrorKind::Conflict => {}
+                    Err(e) => return Err(self.open_error(e)),
+                }
+            }
+            cleanup.map_err(|e| self.open_error(e))?;
+            if winners > 1 {
+                tracing::warn!(
+                    location = %self.location,
+                    winners,
+                    "server checks conditional writes non-atomically; \
+                     concurrent puts of one key may both succeed"
+                );
+                return Ok(S3Probe::Racy);
+            }
+        }
+        Ok(S3Probe::Atomic)
     }
 
     /// Renames two probe files onto the same name: a server whose rename
@@ -367,7 +450,8 @@ impl OpendalStorage {
         let target = probe_path();
         let (a, b) = (format!("{target}-a"), format!("{target}-b"));
         if let Err(e) = self.op.write(&a, probe_bytes()).await {
-            return self.probe_failed(e, &a).await;
+            self.probe_failed(e, &a).await?;
+            return Ok(false);
         }
         let result = async {
             self.op.write(&b, probe_bytes()).await?;
@@ -384,12 +468,13 @@ impl OpendalStorage {
     }
 
     /// A probe's first write failed: read-only credentials still open the
-    /// storage (puts will fail on their own); anything else fails the open.
-    async fn probe_failed(&self, e: opendal::Error, path: &str) -> Result<bool> {
+    /// storage (puts will fail on their own, so the probe result does not
+    /// matter); anything else fails the open.
+    async fn probe_failed(&self, e: opendal::Error, path: &str) -> Result<()> {
         if e.kind() == OdErrorKind::PermissionDenied {
             tracing::warn!(location = %self.location, "no write access; opened read-only");
             let _ = self.op.delete(path).await;
-            return Ok(false);
+            return Ok(());
         }
         Err(self.open_error(e))
     }
@@ -416,7 +501,7 @@ impl OpendalStorage {
 
     async fn put_s3(&self, key: &ObjectKey, path: &str, data: Bytes) -> Result<()> {
         let context = || format!("writing {key} to {}", self.location);
-        if self.atomic_create {
+        if self.conditional_write {
             return self
                 .op
                 .write_with(path, data)
@@ -499,7 +584,13 @@ impl Storage for OpendalStorage {
             .read(&key.path())
             .await
             .map(|buf| buf.to_bytes())
-            .map_err(|e| map_err(e, format!("reading {key} from {}", self.location), Some(key)))
+            .map_err(|e| {
+                map_err(
+                    e,
+                    format!("reading {key} from {}", self.location),
+                    Some(key),
+                )
+            })
     }
 
     async fn get_range(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Bytes> {
@@ -527,16 +618,26 @@ impl Storage for OpendalStorage {
             };
         }
         match self.op.read_with(&path).range(offset..end).await {
+            Ok(buf) if buf.len() as u64 == len => Ok(buf.to_bytes()),
             // Servers answer a range that runs past the end with the bytes
             // that exist; the contract forbids passing a short read on.
-            Ok(buf) if buf.len() as u64 == len => Ok(buf.to_bytes()),
             Ok(_) => Err(invalid(self.stat_path(key, &path).await?)),
             Err(e) if e.kind() == OdErrorKind::RangeNotSatisfied => Err(invalid(None)),
-            Err(e) => Err(map_err(
-                e,
-                format!("reading {key} from {}", self.location),
-                Some(key),
-            )),
+            Err(e) if e.kind() == OdErrorKind::NotFound => Err(Error::not_found(key)),
+            Err(e) => {
+                // OpenDAL reports that short answer as an unclassified error
+                // ("reader got too little data"); the object's size tells
+                // a bad range from a broken transfer.
+                match self.stat_path(key, &path).await {
+                    Ok(Some(size)) if end > size => Err(invalid(Some(size))),
+                    Ok(None) => Err(Error::not_found(key)),
+                    _ => Err(map_err(
+                        e,
+                        format!("reading {key} from {}", self.location),
+                        Some(key),
+                    )),
+                }
+            }
         }
     }
 

@@ -131,10 +131,7 @@ impl RetryStorage {
 
     /// After a retried `put` met `AlreadyExists`: is the stored object ours?
     async fn landed_earlier(&self, key: &ObjectKey, data: &Bytes) -> Result<bool> {
-        let size = self
-            .policy
-            .run("stat", || self.inner.stat(key))
-            .await?;
+        let size = self.policy.run("stat", || self.inner.stat(key)).await?;
         if size != Some(data.len() as u64) {
             return Ok(false);
         }
@@ -172,7 +169,8 @@ impl Storage for RetryStorage {
             .await;
         match result {
             Err(e)
-                if e.kind() == ErrorKind::AlreadyExists && failed_transiently.load(Ordering::Relaxed) =>
+                if e.kind() == ErrorKind::AlreadyExists
+                    && failed_transiently.load(Ordering::Relaxed) =>
             {
                 if self.landed_earlier(key, &data).await? {
                     tracing::debug!(%key, "put landed before a transient failure");
@@ -350,7 +348,10 @@ mod tests {
             let flaky = Arc::new(Flaky::new(1, false));
             flaky.inner.tamper(&key(), Bytes::from_static(b"theirs"));
             let s = RetryStorage::new(flaky.clone(), fast(5));
-            let err = s.put(&key(), Bytes::copy_from_slice(mine)).await.unwrap_err();
+            let err = s
+                .put(&key(), Bytes::copy_from_slice(mine))
+                .await
+                .unwrap_err();
             assert_eq!(err.kind(), ErrorKind::AlreadyExists);
             assert_eq!(flaky.inner.get(&key()).await.unwrap(), "theirs");
         }
@@ -361,7 +362,10 @@ mod tests {
         let mem = MemoryStorage::new();
         mem.tamper(&key(), Bytes::from_static(b"same"));
         let s = RetryStorage::new(Arc::new(mem), fast(5));
-        let err = s.put(&key(), Bytes::from_static(b"same")).await.unwrap_err();
+        let err = s
+            .put(&key(), Bytes::from_static(b"same"))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::AlreadyExists);
     }
 }

@@ -147,8 +147,14 @@ fn parse_file(s: &str) -> Result<Location> {
     if url.query().is_some() {
         return Err(config_error(s, "file URLs take no `?` options"));
     }
-    if url.host_str().is_some_and(|h| !h.is_empty() && h != "localhost") {
-        return Err(config_error(s, "file URLs must name a local path (file:///path)"));
+    if url
+        .host_str()
+        .is_some_and(|h| !h.is_empty() && h != "localhost")
+    {
+        return Err(config_error(
+            s,
+            "file URLs must name a local path (file:///path)",
+        ));
     }
     let path = url
         .to_file_path()
@@ -186,11 +192,14 @@ fn parse_s3(s: &str) -> Result<Location> {
     for (name, value) in url.query_pairs() {
         match name.as_ref() {
             "endpoint" => {
-                let endpoint = Url::parse(&value).ok().filter(|u| {
-                    matches!(u.scheme(), "http" | "https") && u.host_str().is_some()
-                });
+                let endpoint = Url::parse(&value)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
                 if endpoint.is_none() {
-                    return Err(config_error(s, "endpoint must be an http:// or https:// URL"));
+                    return Err(config_error(
+                        s,
+                        "endpoint must be an http:// or https:// URL",
+                    ));
                 }
                 options.endpoint = Some(value.trim_end_matches('/').to_string());
             }
@@ -232,9 +241,8 @@ fn parse_sftp(s: &str) -> Result<Location> {
         match name.as_ref() {
             "key" if !value.is_empty() => options.key_file = Some(PathBuf::from(value.as_ref())),
             "known-hosts" => {
-                options.known_hosts = KnownHosts::parse(&value).ok_or_else(|| {
-                    config_error(s, "known-hosts must be strict, add or accept")
-                })?;
+                options.known_hosts = KnownHosts::parse(&value)
+                    .ok_or_else(|| config_error(s, "known-hosts must be strict, add or accept"))?;
             }
             other => return Err(config_error(s, &unknown_option(other, "key, known-hosts"))),
         }
@@ -318,7 +326,10 @@ mod tests {
         assert_eq!(o.root, "some/prefix");
         assert_eq!(o.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
         assert_eq!(o.region.as_deref(), Some("us-east-1"));
-        assert_eq!(o.access_key_id, None, "keys come from the environment at open");
+        assert_eq!(
+            o.access_key_id, None,
+            "keys come from the environment at open"
+        );
         assert_eq!(
             loc.to_string(),
             "s3://my-bucket/some/prefix?endpoint=http://127.0.0.1:9000&region=us-east-1"
@@ -352,7 +363,10 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((o.host.as_str(), o.user.as_deref(), o.port), ("::1", None, None));
+        assert_eq!(
+            (o.host.as_str(), o.user.as_deref(), o.port),
+            ("::1", None, None)
+        );
         assert_eq!(o.known_hosts, KnownHosts::Accept);
         let again = Location::Sftp(o.clone());
         assert_eq!(Location::parse(&again.to_string()).unwrap(), again);

@@ -1,0 +1,179 @@
+//! The storage conformance suite against every backend, plus the
+//! backend-specific promises the generic suite cannot reach (leftover
+//! temporaries in listings, probed capabilities, URL round trips).
+
+use std::fs;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use lifeboat_storage::{
+    DynStorage, ErrorKind, Kind, LocalStorage, Location, ObjectKey, OpendalStorage, Storage,
+    open_location,
+};
+use lifeboat_testkit::MemoryStorage;
+use lifeboat_testkit::conformance::{self, run_all};
+use lifeboat_testkit::services::{S3Server, SshServer};
+
+fn pack_key() -> ObjectKey {
+    conformance::key(Kind::Packs, 0xab00_0000_0000_0001)
+}
+
+/// Plants files that are not objects next to a real pack and checks that
+/// `list` shows only the pack.
+async fn assert_strays_not_listed(storage: &dyn Storage, pack_dir: &std::path::Path) {
+    let pack = pack_key();
+    storage
+        .put(&pack, Bytes::from_static(b"pack"))
+        .await
+        .unwrap();
+    fs::create_dir_all(pack_dir).unwrap();
+    // A crashed put's temporary, and a name that is not a valid object name.
+    fs::write(pack_dir.join(".tmp-0123456789abcdef"), b"partial").unwrap();
+    fs::write(pack_dir.join("UPPER-case"), b"stray").unwrap();
+    let listed = storage.list(Kind::Packs).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|o| &o.key).collect::<Vec<_>>(),
+        vec![&pack],
+        "{}",
+        storage.location()
+    );
+    storage.delete(&pack).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_storage_conforms() {
+    run_all(Arc::new(MemoryStorage::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_storage_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    run_all(Arc::new(LocalStorage::new(dir.path().join("repo")))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_storage_via_file_url_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/repo", dir.path().display());
+    run_all(
+        open_location(&Location::parse(&url).unwrap())
+            .await
+            .unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn local_storage_ignores_temporaries_in_listings() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = LocalStorage::new(dir.path());
+    assert_strays_not_listed(&storage, &dir.path().join("data/ab")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_storage_conforms() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let storage = OpendalStorage::s3(server.s3_options("repo")).await.unwrap();
+    // s3s-fs refuses If-None-Match writes over existing objects but checks
+    // before writing, so racing writers all win; the probe must notice.
+    assert!(!storage.capabilities().atomic_create, "{storage:?}");
+    run_all(Arc::new(storage)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_storage_via_url_conforms() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let storage: DynStorage = open_location(&server.location()).await.unwrap();
+    assert!(storage.location().starts_with("s3://lifeboat-test/repo"));
+    run_all(storage).await;
+}
+
+#[tokio::test]
+async fn s3_storage_ignores_temporaries_in_listings() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let storage = OpendalStorage::s3(server.s3_options("repo")).await.unwrap();
+    let pack_dir = server.object_path("repo", &pack_key());
+    assert_strays_not_listed(&storage, pack_dir.parent().unwrap()).await;
+}
+
+#[tokio::test]
+async fn s3_objects_are_files_that_tests_can_damage() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let storage = OpendalStorage::s3(server.s3_options("repo")).await.unwrap();
+    let key = pack_key();
+    storage
+        .put(&key, Bytes::from_static(b"original"))
+        .await
+        .unwrap();
+    let path = server.object_path("repo", &key);
+    assert_eq!(fs::read(&path).unwrap(), b"original");
+    fs::write(&path, b"damaged!").unwrap();
+    assert_eq!(storage.get(&key).await.unwrap(), "damaged!");
+}
+
+#[tokio::test]
+async fn s3_wrong_credentials_are_permission_denied() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let mut options = server.s3_options("repo");
+    options.secret_access_key = Some("wrong".into());
+    // Opening survives (read-only credentials are allowed to open) but no
+    // operation goes through.
+    let storage = OpendalStorage::s3(options).await.unwrap();
+    assert!(!storage.capabilities().atomic_create);
+    let err = storage.list(Kind::Snapshots).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+}
+
+#[tokio::test]
+async fn s3_server_that_is_down_is_unreachable() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let options = server.s3_options("repo");
+    drop(server);
+    let err = OpendalStorage::s3(options).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unreachable, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_storage_conforms() {
+    let Some(server) = SshServer::start() else {
+        return;
+    };
+    let storage = OpendalStorage::sftp(server.sftp_options("repo"))
+        .await
+        .unwrap();
+    run_all(Arc::new(storage)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_storage_via_url_conforms() {
+    let Some(server) = SshServer::start() else {
+        return;
+    };
+    let location = Location::parse(&server.location_url()).unwrap();
+    run_all(open_location(&location).await.unwrap()).await;
+    assert!(server.data_dir().join("repo").is_dir());
+}
+
+#[tokio::test]
+async fn sftp_storage_ignores_temporaries_in_listings() {
+    let Some(server) = SshServer::start() else {
+        return;
+    };
+    let storage = OpendalStorage::sftp(server.sftp_options("repo"))
+        .await
+        .unwrap();
+    let pack_dir = server.data_dir().join("repo").join(pack_key().path());
+    assert_strays_not_listed(&storage, pack_dir.parent().unwrap()).await;
+}

@@ -56,9 +56,9 @@ fn put_sync(path: &Path, key: &ObjectKey, data: &[u8]) -> Result<()> {
             .map_err(|e| Error::from_io(e, format!("creating {}", dir.display())))?;
         // Make the new directory's own entry durable too.
         if let Some(parent) = dir.parent() {
-            File::open(parent)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| Error::from_io(e, format!("syncing directory {}", parent.display())))?;
+            File::open(parent).and_then(|d| d.sync_all()).map_err(|e| {
+                Error::from_io(e, format!("syncing directory {}", parent.display()))
+            })?;
         }
     }
     let tmp = dir.join(format!(".tmp-{}", hex::encode(rand::random::<[u8; 8]>())));

@@ -54,8 +54,9 @@ const S3_MAX_CONNECTIONS: usize = 16;
 
 /// Writers racing for one probe name, and rounds of that race, when probing
 /// whether an S3 server's conditional writes are atomic. A racy server let
-/// two to three of eight writers through per round in our tests; three
-/// rounds make missing it unlikely while costing ~30 small requests per open.
+/// two to eight of eight writers through per round in our tests; three
+/// rounds make missing it unlikely, at ~50 small requests (a few round trips)
+/// per open.
 const PROBE_RACERS: usize = 8;
 const PROBE_ROUNDS: usize = 3;
 

@@ -153,6 +153,8 @@ async fn sftp_storage_conforms() {
     let storage = OpendalStorage::sftp(server.sftp_options("repo"))
         .await
         .unwrap();
+    // OpenSSH offers posix-rename, which replaces: no atomic create.
+    assert!(!storage.capabilities().atomic_create, "{storage:?}");
     run_all(Arc::new(storage)).await;
 }
 

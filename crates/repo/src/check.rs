@@ -73,7 +73,11 @@ impl CheckReport {
 /// Progress callback: (packs read so far, packs to read).
 pub type CheckProgress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
 
-pub async fn check(repo: &Repository, options: &CheckOptions, progress: CheckProgress<'_>) -> Result<CheckReport> {
+pub async fn check(
+    repo: &Repository,
+    options: &CheckOptions,
+    progress: CheckProgress<'_>,
+) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     let storage = repo.storage();
 
@@ -84,7 +88,9 @@ pub async fn check(repo: &Repository, options: &CheckOptions, progress: CheckPro
             Some(id) => {
                 pack_sizes.insert(id, info.size_bytes);
             }
-            None => report.warnings.push(format!("stray object {} ignored", info.key)),
+            None => report
+                .warnings
+                .push(format!("stray object {} ignored", info.key)),
         }
     }
     report.packs = pack_sizes.len();
@@ -138,7 +144,17 @@ pub async fn check(repo: &Repository, options: &CheckOptions, progress: CheckPro
     }
 
     if options.read_data {
-        read_data(repo, options, &index, &pack_sizes, &mut report, &mut damaged_blobs, &mut damaged_packs, progress).await;
+        read_data(
+            repo,
+            options,
+            &index,
+            &pack_sizes,
+            &mut report,
+            &mut damaged_blobs,
+            &mut damaged_packs,
+            progress,
+        )
+        .await;
     }
     report.damaged_packs = damaged_packs.iter().map(|p| p.to_hex()).collect();
 
@@ -216,7 +232,9 @@ async fn read_data(
         .collect();
     packs.sort();
     if fraction < 1.0 {
-        let keep = ((packs.len() as f64 * fraction).ceil() as usize).max(1).min(packs.len());
+        let keep = ((packs.len() as f64 * fraction).ceil() as usize)
+            .max(1)
+            .min(packs.len());
         let mut rng = rand::rng();
         packs = rand::seq::IndexedRandom::choose_multiple(&packs[..], &mut rng, keep)
             .copied()
@@ -225,28 +243,29 @@ async fn read_data(
     let total = packs.len() as u64;
     let done = AtomicU64::new(0);
     let by_pack = Arc::new(by_pack);
-    let results: Vec<PackVerdict> =
-        futures::stream::iter(packs)
-            .map(|pack| {
-                let by_pack = by_pack.clone();
-                let key = repo.key().clone();
-                let done = &done;
-                async move {
-                    let r = match repo.storage().get(&pack_key(&pack)).await {
-                        Err(e) => (pack, 0, Err(format!("cannot be read: {e}"))),
-                        Ok(bytes) => {
-                            let len = bytes.len() as u64;
-                            let verdict = blocking(move || verify_pack(&key, &pack, &bytes, &by_pack[&pack])).await;
-                            (pack, len, verdict.map_err(|e| e.to_string()))
-                        }
-                    };
-                    progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
-                    r
-                }
-            })
-            .buffer_unordered(repo.concurrency())
-            .collect()
-            .await;
+    let results: Vec<PackVerdict> = futures::stream::iter(packs)
+        .map(|pack| {
+            let by_pack = by_pack.clone();
+            let key = repo.key().clone();
+            let done = &done;
+            async move {
+                let r = match repo.storage().get(&pack_key(&pack)).await {
+                    Err(e) => (pack, 0, Err(format!("cannot be read: {e}"))),
+                    Ok(bytes) => {
+                        let len = bytes.len() as u64;
+                        let verdict =
+                            blocking(move || verify_pack(&key, &pack, &bytes, &by_pack[&pack]))
+                                .await;
+                        (pack, len, verdict.map_err(|e| e.to_string()))
+                    }
+                };
+                progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+                r
+            }
+        })
+        .buffer_unordered(repo.concurrency())
+        .collect()
+        .await;
     for (pack, len, r) in results {
         report.packs_read += 1;
         report.read_bytes += len;
@@ -281,7 +300,12 @@ type PackVerdict = (Id, u64, std::result::Result<(bool, Vec<Id>), String>);
 
 /// Checks a downloaded pack: does it match its name, and which of its
 /// indexed blobs fail to decrypt or verify.
-fn verify_pack(key: &crate::MasterKey, pack: &Id, bytes: &[u8], entries: &[crate::PackEntry]) -> (bool, Vec<Id>) {
+fn verify_pack(
+    key: &crate::MasterKey,
+    pack: &Id,
+    bytes: &[u8],
+    entries: &[crate::PackEntry],
+) -> (bool, Vec<Id>) {
     let name_ok = Id::of_bytes(bytes) == *pack;
     let bad = entries
         .iter()
@@ -313,7 +337,8 @@ impl<'a> TreeWalker<'a> {
             let mut lost = Vec::new();
             match tree {
                 Err(e) => {
-                    self.problems.insert(problem(&format!("tree {tree_id}"), &e));
+                    self.problems
+                        .insert(problem(&format!("tree {tree_id}"), &e));
                     lost.push(String::new());
                 }
                 Ok(tree) => {
@@ -342,7 +367,8 @@ impl<'a> TreeWalker<'a> {
                                         bad = true;
                                         self.problems.insert(CheckProblem {
                                             object: format!("blob {blob}"),
-                                            message: "referenced by a file but not in the index".into(),
+                                            message: "referenced by a file but not in the index"
+                                                .into(),
                                         });
                                     }
                                 }
@@ -369,7 +395,10 @@ impl<'a> TreeWalker<'a> {
             return Err(Error::corrupt(format!("tree {id}"), "blob is not a tree"));
         }
         if self.damaged_blobs.contains(&id) {
-            return Err(Error::corrupt(format!("tree {id}"), format!("stored in damaged pack {}", loc.pack)));
+            return Err(Error::corrupt(
+                format!("tree {id}"),
+                format!("stored in damaged pack {}", loc.pack),
+            ));
         }
         // Read through the check's own index (built skipping damaged index
         // objects), not the repository's, which refuses to load at all then.

@@ -53,7 +53,10 @@ impl ChunkerParams {
         if ok {
             Ok(())
         } else {
-            Err(crate::Error::corrupt("config", "chunker parameters out of range"))
+            Err(crate::Error::corrupt(
+                "config",
+                "chunker parameters out of range",
+            ))
         }
     }
 }
@@ -153,6 +156,9 @@ mod tests {
         let mut damaged = bytes;
         let n = damaged.len() - 1;
         damaged[n] ^= 1;
-        assert!(matches!(Config::decode(&damaged, &k), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            Config::decode(&damaged, &k),
+            Err(Error::Corrupt { .. })
+        ));
     }
 }

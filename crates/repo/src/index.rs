@@ -31,7 +31,10 @@ pub struct IndexFile {
 
 impl IndexFile {
     pub fn encode(&self, key: &MasterKey) -> Vec<u8> {
-        key.seal(&postcard::to_allocvec(self).expect("index serializes"), INDEX_AAD)
+        key.seal(
+            &postcard::to_allocvec(self).expect("index serializes"),
+            INDEX_AAD,
+        )
     }
 
     pub fn decode(key: &MasterKey, object: &str, sealed: &[u8]) -> Result<Self> {
@@ -93,6 +96,9 @@ impl Index {
     }
 
     pub fn blob_count_of(&self, t: BlobType) -> usize {
-        self.blobs.values().filter(|l| l.entry.blob_type == t).count()
+        self.blobs
+            .values()
+            .filter(|l| l.entry.blob_type == t)
+            .count()
     }
 }

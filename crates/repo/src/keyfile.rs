@@ -93,8 +93,7 @@ impl KeyFile {
     }
 
     pub fn decode(object: &str, bytes: &[u8]) -> Result<Self> {
-        let kf: KeyFile =
-            serde_json::from_slice(bytes).map_err(|e| Error::corrupt(object, e))?;
+        let kf: KeyFile = serde_json::from_slice(bytes).map_err(|e| Error::corrupt(object, e))?;
         if kf.lifeboat_key_version != 1 || kf.kdf.algorithm != "argon2id" {
             return Err(Error::corrupt(object, "unknown key file version or KDF"));
         }

@@ -48,7 +48,11 @@ pub async fn remove(repo: &Repository, query: &str) -> Result<Id> {
     let matches: Vec<&KeyInfo> = keys.iter().filter(|k| k.id.starts_with(query)).collect();
     let k = match matches.as_slice() {
         [k] => *k,
-        [] => return Err(Error::Invalid(format!("no key matches {query:?}; see `lifeboat key list`"))),
+        [] => {
+            return Err(Error::Invalid(format!(
+                "no key matches {query:?}; see `lifeboat key list`"
+            )));
+        }
         _ => return Err(Error::Invalid(format!("key prefix {query:?} is ambiguous"))),
     };
     if k.current {
@@ -56,7 +60,9 @@ pub async fn remove(repo: &Repository, query: &str) -> Result<Id> {
             "refusing to remove the key in use; open the repository with another key to remove this one".into(),
         ));
     }
-    repo.storage().delete(&ObjectKey::new(Kind::Keys, k.id.clone())).await?;
+    repo.storage()
+        .delete(&ObjectKey::new(Kind::Keys, k.id.clone()))
+        .await?;
     Ok(Id::from_hex(&k.id).expect("key ids are hex"))
 }
 

@@ -70,7 +70,13 @@ pub struct SealedBlob {
 }
 
 /// Compresses (if it helps) and seals one blob. `level` 0 disables compression.
-pub fn seal_blob(key: &MasterKey, blob_type: BlobType, id: Id, data: &[u8], level: i32) -> SealedBlob {
+pub fn seal_blob(
+    key: &MasterKey,
+    blob_type: BlobType,
+    id: Id,
+    data: &[u8],
+    level: i32,
+) -> SealedBlob {
     let compressed = if level > 0 {
         zstd::bulk::compress(data, level)
             .ok()
@@ -94,7 +100,10 @@ pub fn seal_blob(key: &MasterKey, blob_type: BlobType, id: Id, data: &[u8], leve
 pub fn open_blob(key: &MasterKey, entry: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {
     let what = || format!("blob {}", entry.id);
     let payload = key
-        .open(sealed, &blob_aad(entry.blob_type, entry.compressed, &entry.id))
+        .open(
+            sealed,
+            &blob_aad(entry.blob_type, entry.compressed, &entry.id),
+        )
         .ok_or_else(|| Error::corrupt(what(), "authentication failed"))?;
     let plain = if entry.compressed {
         let mut out = Vec::with_capacity(entry.raw_length as usize);
@@ -172,19 +181,27 @@ pub fn trailer_range(pack: &Id, pack_size: u64, len_bytes: &[u8]) -> Result<(u64
             .map_err(|_| Error::corrupt(format!("pack {pack}"), "short trailer length"))?,
     );
     if len > MAX_TRAILER_LEN || (len as u64) + 4 > pack_size || (len as usize) < SEAL_OVERHEAD {
-        return Err(Error::corrupt(format!("pack {pack}"), "trailer length out of range"));
+        return Err(Error::corrupt(
+            format!("pack {pack}"),
+            "trailer length out of range",
+        ));
     }
     Ok((pack_size - 4 - len as u64, len as u64))
 }
 
 /// Decrypts and decodes a trailer, checking every entry lies before it.
-pub fn decode_trailer(key: &MasterKey, pack: &Id, trailer_offset: u64, sealed: &[u8]) -> Result<Vec<PackEntry>> {
+pub fn decode_trailer(
+    key: &MasterKey,
+    pack: &Id,
+    trailer_offset: u64,
+    sealed: &[u8],
+) -> Result<Vec<PackEntry>> {
     let what = || format!("pack {pack}");
     let plain = key
         .open(sealed, TRAILER_AAD)
         .ok_or_else(|| Error::corrupt(what(), "trailer authentication failed"))?;
-    let entries: Vec<PackEntry> =
-        postcard::from_bytes(&plain).map_err(|e| Error::corrupt(what(), format!("trailer: {e}")))?;
+    let entries: Vec<PackEntry> = postcard::from_bytes(&plain)
+        .map_err(|e| Error::corrupt(what(), format!("trailer: {e}")))?;
     for e in &entries {
         if e.offset as u64 + e.length as u64 > trailer_offset {
             return Err(Error::corrupt(what(), "trailer entry outside the pack"));

@@ -3,7 +3,10 @@
 //! Every pack carries an encrypted list of its blobs, so the index is a cache
 //! that can always be recomputed. The new index objects are written first and
 //! name the old ones in `supersedes`; the old ones are deleted only after the
-//! new ones are durable, so a crash mid-repair leaves a usable index.
+//! new ones are durable, so a crash mid-repair leaves a usable index. A pack
+//! whose trailer cannot be read keeps the entries the old index had for it.
+
+use std::collections::HashMap;
 
 use futures::StreamExt;
 use lifeboat_storage::{Kind, ObjectKey};
@@ -24,6 +27,8 @@ pub struct RepairStats {
     /// Packs whose trailer could not be read (left in place, not indexed).
     pub unreadable_packs: Vec<String>,
     pub old_index_files_removed: usize,
+    /// Index entries kept from the old index for unreadable packs.
+    pub entries_carried_over: usize,
 }
 
 pub async fn repair_index(repo: &Repository) -> Result<RepairStats> {
@@ -36,7 +41,9 @@ pub async fn repair_index(repo: &Repository) -> Result<RepairStats> {
         .collect();
     let packs = storage.list(Kind::Packs).await?;
     let results: Vec<(Id, Result<Vec<crate::PackEntry>>)> = futures::stream::iter(packs)
-        .filter_map(|info| async move { Id::from_hex(info.key.name()).map(|id| (id, info.size_bytes)) })
+        .filter_map(
+            |info| async move { Id::from_hex(info.key.name()).map(|id| (id, info.size_bytes)) },
+        )
         .map(|(id, size)| async move {
             let r = async {
                 let key = pack_key(&id);
@@ -54,6 +61,18 @@ pub async fn repair_index(repo: &Repository) -> Result<RepairStats> {
         .buffer_unordered(repo.concurrency())
         .collect()
         .await;
+    // What the old index said, for packs whose trailer is unreadable now:
+    // their blobs may still be intact, so their entries are carried over
+    // rather than dropped with the old index objects.
+    let mut previous: HashMap<Id, IndexPack> = HashMap::new();
+    for id in &old {
+        let key = ObjectKey::new(Kind::Index, id.to_hex());
+        if let Ok(bytes) = storage.get(&key).await
+            && let Ok(file) = IndexFile::decode(repo.key(), &key.to_string(), &bytes)
+        {
+            previous.extend(file.packs.into_iter().map(|p| (p.id, p)));
+        }
+    }
     let mut stats = RepairStats::default();
     let mut good = Vec::new();
     for (id, r) in results {
@@ -63,11 +82,18 @@ pub async fn repair_index(repo: &Repository) -> Result<RepairStats> {
                 stats.blobs_indexed += entries.len();
                 good.push(IndexPack { id, entries });
             }
-            Err(e) => stats.unreadable_packs.push(format!("{id}: {e}")),
+            Err(e) => {
+                stats.unreadable_packs.push(format!("{id}: {e}"));
+                if let Some(p) = previous.remove(&id) {
+                    stats.entries_carried_over += p.entries.len();
+                    good.push(p);
+                }
+            }
         }
     }
     good.sort_by_key(|p| p.id);
-    let mut chunks: Vec<Vec<IndexPack>> = good.chunks(PACKS_PER_INDEX).map(|c| c.to_vec()).collect();
+    let mut chunks: Vec<Vec<IndexPack>> =
+        good.chunks(PACKS_PER_INDEX).map(|c| c.to_vec()).collect();
     if chunks.is_empty() {
         chunks.push(Vec::new());
     }
@@ -83,7 +109,9 @@ pub async fn repair_index(repo: &Repository) -> Result<RepairStats> {
     }
     for id in old {
         if !written.contains(&id) {
-            storage.delete(&ObjectKey::new(Kind::Index, id.to_hex())).await?;
+            storage
+                .delete(&ObjectKey::new(Kind::Index, id.to_hex()))
+                .await?;
             stats.old_index_files_removed += 1;
         }
     }

@@ -66,10 +66,14 @@ impl Repository {
             });
         }
         if !(0..=22).contains(&options.compression_level) {
-            return Err(Error::Invalid("compression level must be 0 (off) to 22".into()));
+            return Err(Error::Invalid(
+                "compression level must be 0 (off) to 22".into(),
+            ));
         }
         if !(1024 * 1024..=1024 * 1024 * 1024).contains(&options.pack_size) {
-            return Err(Error::Invalid("pack size must be between 1 MiB and 1 GiB".into()));
+            return Err(Error::Invalid(
+                "pack size must be between 1 MiB and 1 GiB".into(),
+            ));
         }
         let key = MasterKey::generate();
         let config = Config {
@@ -88,7 +92,10 @@ impl Repository {
         };
         // The config goes last: a crash before it leaves no repository, just a
         // stray key file, and a second init succeeds.
-        match storage.put(&ObjectKey::config(), config.encode(&key).into()).await {
+        match storage
+            .put(&ObjectKey::config(), config.encode(&key).into())
+            .await
+        {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 return Err(Error::AlreadyInitialized {
                     location: storage.location(),
@@ -239,7 +246,11 @@ impl Repository {
         let loc = *loc;
         let sealed = self
             .storage
-            .get_range(&pack_key(&loc.pack), loc.entry.offset as u64, loc.entry.length as u64)
+            .get_range(
+                &pack_key(&loc.pack),
+                loc.entry.offset as u64,
+                loc.entry.length as u64,
+            )
             .await
             .map_err(|e| match e.kind() {
                 ErrorKind::NotFound => Error::corrupt(
@@ -288,7 +299,8 @@ impl Repository {
 
     async fn read_snapshot_key(&self, key: &ObjectKey) -> Result<Snapshot> {
         let bytes = self.storage.get(key).await?;
-        let id = Id::from_hex(key.name()).ok_or_else(|| Error::corrupt(key, "name is not an id"))?;
+        let id =
+            Id::from_hex(key.name()).ok_or_else(|| Error::corrupt(key, "name is not an id"))?;
         if Id::of_bytes(&bytes) != id {
             return Err(Error::corrupt(key, "content does not match its name"));
         }
@@ -306,14 +318,24 @@ impl Repository {
     pub async fn write_snapshot(&self, record: &SnapshotRecord) -> Result<Id> {
         let bytes = record.encode(&self.key);
         let id = Id::of_bytes(&bytes);
-        put_idempotent(&self.storage, &ObjectKey::new(Kind::Snapshots, id.to_hex()), bytes).await?;
+        put_idempotent(
+            &self.storage,
+            &ObjectKey::new(Kind::Snapshots, id.to_hex()),
+            bytes,
+        )
+        .await?;
         Ok(id)
     }
 
     pub async fn write_index(&self, file: &IndexFile) -> Result<Id> {
         let bytes = file.encode(&self.key);
         let id = Id::of_bytes(&bytes);
-        put_idempotent(&self.storage, &ObjectKey::new(Kind::Index, id.to_hex()), bytes).await?;
+        put_idempotent(
+            &self.storage,
+            &ObjectKey::new(Kind::Index, id.to_hex()),
+            bytes,
+        )
+        .await?;
         Ok(id)
     }
 }
@@ -348,7 +370,11 @@ pub fn pack_key(id: &Id) -> ObjectKey {
 
 /// Puts a content-addressed object; an existing object with the same name is
 /// success (same name, same bytes).
-pub(crate) async fn put_idempotent(storage: &DynStorage, key: &ObjectKey, bytes: Vec<u8>) -> Result<()> {
+pub(crate) async fn put_idempotent(
+    storage: &DynStorage,
+    key: &ObjectKey,
+    bytes: Vec<u8>,
+) -> Result<()> {
     match storage.put(key, bytes.into()).await {
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
         r => Ok(r?),
@@ -363,7 +389,9 @@ pub(crate) async fn write_key_file(storage: &DynStorage, kf: &KeyFile) -> Result
 }
 
 /// Runs CPU-bound work (KDF, decryption, decompression) on the blocking pool.
-pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Task(e.to_string()))

@@ -70,13 +70,18 @@ impl Tree {
     pub fn decode(id: &Id, bytes: &[u8]) -> Result<Self> {
         let tree: Tree =
             postcard::from_bytes(bytes).map_err(|e| Error::corrupt(format!("tree {id}"), e))?;
-        let bad_name = |n: &Node| n.name.is_empty() || n.name.contains(&b'/') || n.name == b"." || n.name == b"..";
+        let bad_name = |n: &Node| {
+            n.name.is_empty() || n.name.contains(&b'/') || n.name == b"." || n.name == b".."
+        };
         if tree.nodes.iter().any(bad_name) {
             return Err(Error::corrupt(format!("tree {id}"), "invalid entry name"));
         }
         // Lookups binary-search by name.
         if tree.nodes.windows(2).any(|w| w[0].name >= w[1].name) {
-            return Err(Error::corrupt(format!("tree {id}"), "entries not sorted and unique"));
+            return Err(Error::corrupt(
+                format!("tree {id}"),
+                "entries not sorted and unique",
+            ));
         }
         Ok(tree)
     }

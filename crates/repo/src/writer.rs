@@ -154,15 +154,27 @@ impl WriteSession {
         Ok(added)
     }
 
-    fn add_inner(&self, blob_type: BlobType, data: &[u8]) -> Result<(AddedBlob, Option<FinishedPack>)> {
+    fn add_inner(
+        &self,
+        blob_type: BlobType,
+        data: &[u8],
+    ) -> Result<(AddedBlob, Option<FinishedPack>)> {
         if self.uploader.is_finished() {
-            return Err(Error::Task("pack upload stopped (see the earlier error)".into()));
+            return Err(Error::Task(
+                "pack upload stopped (see the earlier error)".into(),
+            ));
         }
         let id = self.blob_id(data);
         if self.has_blob(&id) {
             return Ok((AddedBlob { id, new: false }, None));
         }
-        let sealed = seal_blob(self.shared.repo.key(), blob_type, id, data, self.shared.level);
+        let sealed = seal_blob(
+            self.shared.repo.key(),
+            blob_type,
+            id,
+            data,
+            self.shared.level,
+        );
         let stored = sealed.bytes.len() as u64;
         let full = {
             let mut st = self.shared.state.lock().unwrap();
@@ -182,7 +194,8 @@ impl WriteSession {
         };
         let s = &self.shared.stats;
         s.blobs_added.fetch_add(1, Ordering::Relaxed);
-        s.added_raw_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        s.added_raw_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         s.added_bytes.fetch_add(stored, Ordering::Relaxed);
         let finished = full.map(|p| p.finish(self.shared.repo.key()));
         Ok((AddedBlob { id, new: true }, finished))
@@ -202,9 +215,7 @@ impl WriteSession {
             let _ = tx.send(pack).await;
         }
         drop(tx);
-        uploader
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??;
+        uploader.await.map_err(|e| Error::Task(e.to_string()))??;
         write_pending_index(&shared, true).await?;
         shared.repo.invalidate_index().await;
         Ok(())
@@ -224,7 +235,11 @@ impl WriteSession {
     }
 }
 
-async fn upload_loop(shared: Arc<Shared>, rx: mpsc::Receiver<FinishedPack>, concurrency: usize) -> Result<()> {
+async fn upload_loop(
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<FinishedPack>,
+    concurrency: usize,
+) -> Result<()> {
     let mut uploads = tokio_stream_of(rx)
         .map(|pack| {
             let shared = shared.clone();

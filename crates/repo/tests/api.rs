@@ -1,0 +1,226 @@
+//! Repository API tests against in-memory storage: open/init, keys, write
+//! sessions, check and repair index.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use lifeboat_repo::{
+    BackupMode, BlobType, CheckOptions, Error, InitOptions, KdfParams, Repository, SnapshotRecord,
+    Tree, WriteOptions, WriteSession, check, keys, repair,
+};
+use lifeboat_storage::{DynStorage, Kind, MemoryStorage, ObjectKey, Storage};
+
+fn init_options() -> InitOptions {
+    InitOptions {
+        kdf: KdfParams::INSECURE_TEST,
+        pack_size: 1024 * 1024,
+        ..Default::default()
+    }
+}
+
+async fn new_repo() -> (MemoryStorage, Arc<Repository>) {
+    let mem = MemoryStorage::new();
+    let storage: DynStorage = Arc::new(mem.clone());
+    let repo = Repository::init(storage, b"pw", init_options())
+        .await
+        .unwrap();
+    (mem, Arc::new(repo))
+}
+
+fn record(tree: lifeboat_repo::Id) -> SnapshotRecord {
+    SnapshotRecord {
+        time: jiff::Timestamp::now(),
+        host: "h".into(),
+        user: "u".into(),
+        paths: vec!["/x".into()],
+        tags: vec![],
+        tree,
+        mode: BackupMode::Full,
+        parent: None,
+        partial: false,
+        summary: Default::default(),
+        program_version: "test".into(),
+        extra: Default::default(),
+    }
+}
+
+/// Writes `n` distinct data blobs of `size` bytes and an empty tree, then a
+/// snapshot record; returns the blob contents.
+async fn write_snapshot(repo: &Arc<Repository>, n: usize, size: usize, seed: u8) -> Vec<Vec<u8>> {
+    let session = WriteSession::start(repo.clone(), WriteOptions::default())
+        .await
+        .unwrap();
+    let mut blobs = Vec::new();
+    for i in 0..n {
+        // xorshift: incompressible, so pack sizes are predictable.
+        let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed as u64;
+        let data: Vec<u8> = (0..size)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let added = session.add_blob(BlobType::Data, &data).await.unwrap();
+        assert!(added.new);
+        blobs.push(data);
+    }
+    let tree = session
+        .add_blob(BlobType::Tree, &Tree::default().encode())
+        .await
+        .unwrap()
+        .id;
+    session.finish(record(tree)).await.unwrap();
+    blobs
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_checks_password_and_refuses_second_init() {
+    let (mem, _repo) = new_repo().await;
+    let storage: DynStorage = Arc::new(mem.clone());
+    assert!(Repository::open(storage.clone(), b"pw").await.is_ok());
+    assert!(matches!(
+        Repository::open(storage.clone(), b"nope").await,
+        Err(Error::WrongPassword)
+    ));
+    assert!(matches!(
+        Repository::init(storage, b"pw", init_options()).await,
+        Err(Error::AlreadyInitialized { .. })
+    ));
+    let empty: DynStorage = Arc::new(MemoryStorage::new());
+    assert!(matches!(
+        Repository::open(empty, b"pw").await,
+        Err(Error::NoRepository { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn newer_format_version_is_refused_before_any_key_is_tried() {
+    let (mem, _repo) = new_repo().await;
+    let key = ObjectKey::config();
+    let mut config = mem.snapshot()[&key].to_vec();
+    config[8] = 9;
+    mem.tamper(&key, Bytes::from(config));
+    let storage: DynStorage = Arc::new(mem);
+    match Repository::open(storage, b"pw").await {
+        Err(Error::UnsupportedVersion {
+            found: 9,
+            supported: 1,
+        }) => {}
+        other => panic!("expected UnsupportedVersion, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blobs_round_trip_and_dedup_within_and_across_sessions() {
+    let (_mem, repo) = new_repo().await;
+    let blobs = write_snapshot(&repo, 40, 100_000, 1).await;
+    for b in &blobs {
+        let id = repo.key().blob_id(b);
+        assert_eq!(&repo.read_blob(&id).await.unwrap()[..], &b[..]);
+    }
+    let session = WriteSession::start(repo.clone(), WriteOptions::default())
+        .await
+        .unwrap();
+    for b in &blobs {
+        assert!(!session.add_blob(BlobType::Data, b).await.unwrap().new);
+    }
+    session.flush().await.unwrap();
+    // 40 x 100 KB with 1 MiB packs: several packs, all indexed.
+    let index = repo.index().await.unwrap();
+    assert_eq!(index.blob_count(), 41);
+    assert!(index.packs().count() >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_names_missing_pack_and_repair_index_rebuilds_from_trailers() {
+    let (mem, repo) = new_repo().await;
+    write_snapshot(&repo, 30, 100_000, 2).await;
+    let ok = check(
+        &repo,
+        &CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+        &|_, _| {},
+    )
+    .await
+    .unwrap();
+    assert!(ok.is_ok(), "{:?}", ok.errors);
+
+    // Drop every index object: repair rebuilds the same index from packs.
+    let before = repo.index().await.unwrap();
+    for info in mem.list(Kind::Index).await.unwrap() {
+        mem.delete(&info.key).await.unwrap();
+    }
+    let stats = repair::repair_index(&repo).await.unwrap();
+    assert_eq!(stats.blobs_indexed, before.blob_count());
+    let reopened = Repository::open(Arc::new(mem.clone()), b"pw")
+        .await
+        .unwrap();
+    let after = reopened.load_index().await.unwrap();
+    assert_eq!(after.blob_count(), before.blob_count());
+    for (id, loc) in before.blobs() {
+        assert_eq!(after.get(id), Some(loc));
+    }
+
+    // Remove one pack: check names it.
+    let pack = mem.list(Kind::Packs).await.unwrap()[0].key.clone();
+    mem.delete(&pack).await.unwrap();
+    let report = check(&reopened, &CheckOptions::default(), &|_, _| {})
+        .await
+        .unwrap();
+    assert!(!report.is_ok());
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.object.contains(pack.name()) && e.message.contains("missing")),
+        "{:?}",
+        report.errors
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repair_keeps_old_entries_of_a_pack_with_a_damaged_trailer() {
+    let (mem, repo) = new_repo().await;
+    write_snapshot(&repo, 5, 50_000, 3).await;
+    let pack = mem.list(Kind::Packs).await.unwrap()[0].key.clone();
+    let mut bytes = mem.snapshot()[&pack].to_vec();
+    let n = bytes.len();
+    bytes[n - 10] ^= 1; // inside the sealed trailer
+    mem.tamper(&pack, Bytes::from(bytes));
+    let stats = repair::repair_index(&repo).await.unwrap();
+    assert_eq!(stats.unreadable_packs.len(), 1);
+    assert_eq!(stats.entries_carried_over, 6);
+    let reopened = Repository::open(Arc::new(mem.clone()), b"pw")
+        .await
+        .unwrap();
+    assert_eq!(reopened.load_index().await.unwrap().blob_count(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_add_list_remove_and_change_password() {
+    let (mem, repo) = new_repo().await;
+    let storage: DynStorage = Arc::new(mem.clone());
+    keys::add(&repo, b"second", KdfParams::INSECURE_TEST)
+        .await
+        .unwrap();
+    assert_eq!(keys::list(&repo).await.unwrap().len(), 2);
+    let second = Repository::open(storage.clone(), b"second").await.unwrap();
+    assert_eq!(second.config().repository_id, repo.config().repository_id);
+    // The key in use cannot be removed; the other one can.
+    let current = repo.key_id().to_hex();
+    assert!(keys::remove(&repo, &current).await.is_err());
+    keys::remove(&second, &current).await.unwrap();
+    assert!(matches!(
+        Repository::open(storage.clone(), b"pw").await,
+        Err(Error::WrongPassword)
+    ));
+    keys::change_password(&second, b"third", KdfParams::INSECURE_TEST)
+        .await
+        .unwrap();
+    assert!(Repository::open(storage.clone(), b"second").await.is_err());
+    assert!(Repository::open(storage, b"third").await.is_ok());
+}

@@ -51,7 +51,9 @@ const RANGE_GAP_BYTES: u64 = 256 * 1024;
 const RANGE_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// Sealed bytes held at once (fetched and not yet written), in KiB: four
 /// default-size packs, enough to keep a remote backend busy while keeping a
-/// restore's memory flat whatever the snapshot's size.
+/// restore's memory flat whatever the snapshot's size. A range's plaintext
+/// is held too while it is written, so the peak is this plus the
+/// decompressed size of the ranges in flight.
 const MEMORY_BUDGET_KIB: u32 = 64 * 1024;
 
 /// What to restore and how.

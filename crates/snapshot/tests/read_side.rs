@@ -288,9 +288,20 @@ async fn restore_round_trip_restores_content_and_metadata() {
     let repo = fx.open().await;
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path().join("target");
-    let stats = restore(&repo, &snap, &options(&t), &NoProgress)
-        .await
-        .unwrap();
+    // The fixture must exercise reads from several packs.
+    let mut packs = Vec::new();
+    for piece in big().chunks(BIG_CHUNK) {
+        packs.push(repo.locate(&repo.key().blob_id(piece)).await.unwrap().pack);
+    }
+    packs.sort();
+    packs.dedup();
+    assert!(packs.len() >= 2, "big.bin lies in {} pack(s)", packs.len());
+
+    let o = RestoreOptions {
+        owner: true,
+        ..options(&t)
+    };
+    let stats = restore(&repo, &snap, &o, &NoProgress).await.unwrap();
     unlock(&t);
 
     assert_eq!(stats.errors, Vec::<String>::new());
@@ -332,6 +343,14 @@ async fn restore_round_trip_restores_content_and_metadata() {
     assert_eq!(fs::read_link(d.join("link")).unwrap(), Path::new("big.bin"));
     assert_eq!(mtime_of(&d.join("link")), (1_400_000_000, 42));
 
+    let owner = fs::metadata(d.join("big.bin")).unwrap();
+    assert_eq!(
+        (owner.uid(), owner.gid()),
+        (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw()
+        )
+    );
     let h1 = fs::metadata(d.join("hard1")).unwrap();
     let h2 = fs::metadata(d.join("hard2")).unwrap();
     assert_eq!(h1.ino(), h2.ino());

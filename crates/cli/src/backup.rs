@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use lifeboat_repo::BackupMode;
-use lifeboat_snapshot::backup::{BackupOptions, BackupOutcome, StdinOptions, backup, backup_stream};
+use lifeboat_snapshot::backup::{
+    BackupOptions, BackupOutcome, StdinOptions, backup, backup_stream,
+};
 
 use crate::args::{BackupArgs, Global, ModeArg};
 use crate::exit;
@@ -32,7 +34,8 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<i32> {
     } else {
         let mut excludes = a.excludes;
         for f in &a.exclude_file {
-            let text = std::fs::read_to_string(f).with_context(|| format!("reading exclude file {}", f.display()))?;
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading exclude file {}", f.display()))?;
             excludes.extend(
                 text.lines()
                     .map(str::trim)
@@ -57,7 +60,11 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<i32> {
     bar.finish();
     let outcome = outcome?;
     render(g, &outcome)?;
-    Ok(if outcome.snapshot.record.partial { exit::PARTIAL } else { exit::OK })
+    Ok(if outcome.snapshot.record.partial {
+        exit::PARTIAL
+    } else {
+        exit::OK
+    })
 }
 
 fn render(g: &Global, o: &BackupOutcome) -> Result<()> {
@@ -78,8 +85,14 @@ fn render(g: &Global, o: &BackupOutcome) -> Result<()> {
         "snapshot {} saved ({} backup{}{})",
         o.snapshot.id.short(),
         r.mode,
-        r.parent.map(|p| format!(", parent {}", p.short())).unwrap_or_default(),
-        if r.partial { ", PARTIAL: some files could not be read" } else { "" }
+        r.parent
+            .map(|p| format!(", parent {}", p.short()))
+            .unwrap_or_default(),
+        if r.partial {
+            ", PARTIAL: some files could not be read"
+        } else {
+            ""
+        }
     );
     println!(
         "files: {} new, {} changed, {} unchanged, {} skipped, {} errors; {} directories",

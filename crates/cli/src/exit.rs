@@ -79,14 +79,23 @@ fn classify(e: &anyhow::Error) -> (i32, Option<&'static str>) {
     if let Some(r) = repo {
         match r {
             RepoError::NoRepository { .. } => {
-                return (NO_REPOSITORY, Some("check -r/--repo or LIFEBOAT_REPO, or create one with `lifeboat init`"));
+                return (
+                    NO_REPOSITORY,
+                    Some("check -r/--repo or LIFEBOAT_REPO, or create one with `lifeboat init`"),
+                );
             }
             RepoError::WrongPassword => {
-                return (WRONG_PASSWORD, Some("check LIFEBOAT_PASSWORD, --password-file or --password-command"));
+                return (
+                    WRONG_PASSWORD,
+                    Some("check LIFEBOAT_PASSWORD, --password-file or --password-command"),
+                );
             }
             RepoError::UnsupportedVersion { .. } => return (UNSUPPORTED_VERSION, None),
             RepoError::Corrupt { .. } | RepoError::BlobNotIndexed { .. } => {
-                return (DAMAGED, Some("run `lifeboat check --read-data` to see what is affected"));
+                return (
+                    DAMAGED,
+                    Some("run `lifeboat check --read-data` to see what is affected"),
+                );
             }
             RepoError::SnapshotNotFound { .. } | RepoError::AmbiguousSnapshot { .. } => {
                 return (NOT_FOUND, Some("list them with `lifeboat snapshots`"));
@@ -95,27 +104,48 @@ fn classify(e: &anyhow::Error) -> (i32, Option<&'static str>) {
         }
     }
     if let Some(SnapError::PathNotFound { .. }) = e.downcast_ref::<SnapError>() {
-        return (NOT_FOUND, Some("list the snapshot with `lifeboat ls SNAPSHOT`"));
+        return (
+            NOT_FOUND,
+            Some("list the snapshot with `lifeboat ls SNAPSHOT`"),
+        );
     }
     match storage_kind(e) {
-        Some(ErrorKind::StorageFull) => (STORAGE_FULL, Some("free space on the repository storage, then run the command again; nothing already stored was lost")),
-        Some(ErrorKind::Unreachable) | Some(ErrorKind::Transient) => {
-            (UNREACHABLE, Some("check the repository location and network, then retry"))
-        }
-        Some(ErrorKind::PermissionDenied) => (UNREACHABLE, Some("check permissions or credentials for the repository")),
-        Some(ErrorKind::Config) => (GENERIC, Some("see `lifeboat --help` for repository URL forms")),
+        Some(ErrorKind::StorageFull) => (
+            STORAGE_FULL,
+            Some(
+                "free space on the repository storage, then run the command again; nothing already stored was lost",
+            ),
+        ),
+        Some(ErrorKind::Unreachable) | Some(ErrorKind::Transient) => (
+            UNREACHABLE,
+            Some("check the repository location and network, then retry"),
+        ),
+        Some(ErrorKind::PermissionDenied) => (
+            UNREACHABLE,
+            Some("check permissions or credentials for the repository"),
+        ),
+        Some(ErrorKind::Config) => (
+            GENERIC,
+            Some("see `lifeboat --help` for repository URL forms"),
+        ),
         _ => {
             // Disk full while restoring/writing local files.
             for cause in e.chain() {
                 if let Some(io) = cause.downcast_ref::<std::io::Error>()
                     && io.kind() == std::io::ErrorKind::StorageFull
                 {
-                    return (STORAGE_FULL, Some("free space on the target, then run the command again"));
+                    return (
+                        STORAGE_FULL,
+                        Some("free space on the target, then run the command again"),
+                    );
                 }
                 if let Some(SnapError::Io { source, .. }) = cause.downcast_ref::<SnapError>()
                     && source.kind() == std::io::ErrorKind::StorageFull
                 {
-                    return (STORAGE_FULL, Some("free space on the target, then run the command again"));
+                    return (
+                        STORAGE_FULL,
+                        Some("free space on the target, then run the command again"),
+                    );
                 }
             }
             (GENERIC, None)

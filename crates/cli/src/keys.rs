@@ -12,8 +12,13 @@ use crate::session;
 
 fn new_password(file: Option<&Path>) -> Result<Vec<u8>> {
     if let Some(f) = file {
-        let bytes = std::fs::read(f).map_err(|e| cli_error(exit::GENERIC, format!("cannot read {}: {e}", f.display())))?;
-        let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default().to_vec();
+        let bytes = std::fs::read(f)
+            .map_err(|e| cli_error(exit::GENERIC, format!("cannot read {}: {e}", f.display())))?;
+        let line = bytes
+            .split(|b| *b == b'\n')
+            .next()
+            .unwrap_or_default()
+            .to_vec();
         return Ok(line);
     }
     if let Ok(p) = std::env::var("LIFEBOAT_NEW_PASSWORD") {
@@ -27,7 +32,10 @@ fn new_password(file: Option<&Path>) -> Result<Vec<u8>> {
         }
         return Ok(p.into_bytes());
     }
-    Err(cli_error(exit::GENERIC, "no new password: use --new-password-file or LIFEBOAT_NEW_PASSWORD"))
+    Err(cli_error(
+        exit::GENERIC,
+        "no new password: use --new-password-file or LIFEBOAT_NEW_PASSWORD",
+    ))
 }
 
 pub async fn run(g: &Global, a: KeyArgs) -> Result<i32> {

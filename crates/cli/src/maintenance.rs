@@ -16,10 +16,16 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<i32> {
         None => None,
         Some(s) => {
             let p: f64 = s.trim_end_matches('%').parse().map_err(|_| {
-                cli_error(exit::GENERIC, format!("--read-data-subset takes a percentage like 10%, not {s:?}"))
+                cli_error(
+                    exit::GENERIC,
+                    format!("--read-data-subset takes a percentage like 10%, not {s:?}"),
+                )
             })?;
             if !(p > 0.0 && p <= 100.0) {
-                return Err(cli_error(exit::GENERIC, "--read-data-subset must be between 0% and 100%"));
+                return Err(cli_error(
+                    exit::GENERIC,
+                    "--read-data-subset must be between 0% and 100%",
+                ));
             }
             Some(p)
         }
@@ -56,7 +62,10 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<i32> {
             println!("affected file: snapshot {} {}", f.snapshot, f.path);
         }
         if report.affected_files.len() > 100 {
-            println!("... and {} more affected files (see --json)", report.affected_files.len() - 100);
+            println!(
+                "... and {} more affected files (see --json)",
+                report.affected_files.len() - 100
+            );
         }
         println!(
             "checked {} snapshots, {} trees, {} packs, {} blobs{}",
@@ -65,7 +74,11 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<i32> {
             report.packs,
             report.blobs,
             if options.read_data {
-                format!("; read {} packs ({})", report.packs_read, crate::output::bytes(report.read_bytes))
+                format!(
+                    "; read {} packs ({})",
+                    report.packs_read,
+                    crate::output::bytes(report.read_bytes)
+                )
             } else {
                 String::new()
             }
@@ -76,7 +89,11 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<i32> {
             println!("{} errors found", report.errors.len());
         }
     }
-    Ok(if report.is_ok() { exit::OK } else { exit::DAMAGED })
+    Ok(if report.is_ok() {
+        exit::OK
+    } else {
+        exit::DAMAGED
+    })
 }
 
 pub async fn repair(g: &Global, a: RepairArgs) -> Result<i32> {
@@ -95,7 +112,11 @@ pub async fn repair(g: &Global, a: RepairArgs) -> Result<i32> {
                     println!("unreadable pack (not indexed): {p}");
                 }
             }
-            Ok(if stats.unreadable_packs.is_empty() { exit::OK } else { exit::DAMAGED })
+            Ok(if stats.unreadable_packs.is_empty() {
+                exit::OK
+            } else {
+                exit::DAMAGED
+            })
         }
     }
 }

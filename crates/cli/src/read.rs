@@ -57,7 +57,11 @@ pub async fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<i32> {
             bytes(r.summary.total_bytes),
             bytes(r.summary.added_bytes),
             r.paths.join(" "),
-            if r.tags.is_empty() { String::new() } else { format!(" [{}]", r.tags.join(",")) },
+            if r.tags.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", r.tags.join(","))
+            },
             if r.partial { " (partial)" } else { "" },
         );
     }
@@ -87,7 +91,10 @@ pub async fn ls(g: &Global, a: LsArgs) -> Result<i32> {
             e.size,
             e.mtime.strftime("%Y-%m-%d %H:%M:%S"),
             e.path,
-            e.link_target.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default()
+            e.link_target
+                .as_ref()
+                .map(|t| format!(" -> {t}"))
+                .unwrap_or_default()
         );
     }
     Ok(exit::OK)
@@ -152,7 +159,9 @@ pub async fn find(g: &Global, a: FindArgs) -> Result<i32> {
                 ev.change,
                 ev.snapshot,
                 ev.time.strftime("%Y-%m-%d %H:%M:%S"),
-                ev.size.map(|s| format!(" ({})", bytes(s))).unwrap_or_default()
+                ev.size
+                    .map(|s| format!(" ({})", bytes(s)))
+                    .unwrap_or_default()
             );
         }
     }
@@ -180,7 +189,11 @@ pub async fn stats(g: &Global, _a: StatsArgs) -> Result<i32> {
     let repo = session::open(g).await?;
     let index = repo.index().await?;
     let packs = repo.storage().list(lifeboat_storage::Kind::Packs).await?;
-    let index_files = repo.storage().list(lifeboat_storage::Kind::Index).await?.len();
+    let index_files = repo
+        .storage()
+        .list(lifeboat_storage::Kind::Index)
+        .await?
+        .len();
     let snaps = repo.snapshots().await?;
     let mut raw = 0u64;
     let mut stored = 0u64;
@@ -199,15 +212,26 @@ pub async fn stats(g: &Global, _a: StatsArgs) -> Result<i32> {
         tree_blobs: index.blob_count_of(BlobType::Tree),
         raw_bytes: raw,
         snapshot_bytes,
-        compression_ratio: if stored > 0 { raw as f64 / stored as f64 } else { 1.0 },
-        dedup_ratio: if raw > 0 { snapshot_bytes as f64 / raw as f64 } else { 1.0 },
+        compression_ratio: if stored > 0 {
+            raw as f64 / stored as f64
+        } else {
+            1.0
+        },
+        dedup_ratio: if raw > 0 {
+            snapshot_bytes as f64 / raw as f64
+        } else {
+            1.0
+        },
     };
     if g.json {
         return json(&s).map(|_| exit::OK);
     }
     println!("snapshots:          {}", s.snapshots);
     println!("packs:              {} ({})", s.packs, bytes(s.pack_bytes));
-    println!("blobs:              {} ({} data, {} tree)", s.blobs, s.data_blobs, s.tree_blobs);
+    println!(
+        "blobs:              {} ({} data, {} tree)",
+        s.blobs, s.data_blobs, s.tree_blobs
+    );
     println!("unique data:        {}", bytes(s.raw_bytes));
     println!("data in snapshots:  {}", bytes(s.snapshot_bytes));
     println!("compression ratio:  {:.2}x", s.compression_ratio);

@@ -43,7 +43,11 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<i32> {
             duration_ms(stats.elapsed_ms)
         );
     }
-    Ok(if stats.errors.is_empty() { exit::OK } else { exit::PARTIAL })
+    Ok(if stats.errors.is_empty() {
+        exit::OK
+    } else {
+        exit::PARTIAL
+    })
 }
 
 pub async fn dump(g: &Global, a: DumpArgs) -> Result<i32> {

@@ -31,8 +31,10 @@ pub struct DefaultRepo {
 
 impl DefaultRepo {
     fn get() -> Result<Self> {
-        let data = dirs::data_dir().context("cannot find a data directory; set -r/--repo or LIFEBOAT_REPO")?;
-        let config = dirs::config_dir().context("cannot find a config directory; set -r/--repo or LIFEBOAT_REPO")?;
+        let data = dirs::data_dir()
+            .context("cannot find a data directory; set -r/--repo or LIFEBOAT_REPO")?;
+        let config = dirs::config_dir()
+            .context("cannot find a config directory; set -r/--repo or LIFEBOAT_REPO")?;
         Ok(DefaultRepo {
             path: data.join("lifeboat").join("repository"),
             password_file: config.join("lifeboat").join("repository.password"),
@@ -75,7 +77,10 @@ pub fn password(g: &Global, t: &Target, confirm: bool) -> Result<Vec<u8>> {
             .output()
             .with_context(|| format!("running password command {cmd:?}"))?;
         if !out.status.success() {
-            return Err(cli_error(exit::WRONG_PASSWORD, format!("password command {cmd:?} failed ({})", out.status)));
+            return Err(cli_error(
+                exit::WRONG_PASSWORD,
+                format!("password command {cmd:?} failed ({})", out.status),
+            ));
         }
         return Ok(first_line(&out.stdout));
     }
@@ -105,7 +110,10 @@ pub fn password(g: &Global, t: &Target, confirm: bool) -> Result<Vec<u8>> {
 
 fn read_password_file(file: &std::path::Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(file).map_err(|e| {
-        cli_error(exit::WRONG_PASSWORD, format!("cannot read password file {}: {e}", file.display()))
+        cli_error(
+            exit::WRONG_PASSWORD,
+            format!("cannot read password file {}: {e}", file.display()),
+        )
     })?;
     Ok(first_line(&bytes))
 }

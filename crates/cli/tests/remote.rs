@@ -59,7 +59,11 @@ fn round_trip(repo: &str, env: &[(&'static str, String)]) {
     assert_eq!(snaps.as_array().unwrap().len(), 2);
 
     let target = tempfile::tempdir().unwrap();
-    run_ok(lifeboat(repo, env).args(["restore", "latest", "--target"]).arg(target.path()));
+    run_ok(
+        lifeboat(repo, env)
+            .args(["restore", "latest", "--target"])
+            .arg(target.path()),
+    );
     let restored = target.path().join(src.path().strip_prefix("/").unwrap());
     for f in ["hello.txt", "sub/big.bin"] {
         assert_eq!(
@@ -68,7 +72,10 @@ fn round_trip(repo: &str, env: &[(&'static str, String)]) {
             "{f} differs after restore from {repo}"
         );
     }
-    assert_eq!(std::fs::read_link(restored.join("link")).unwrap(), Path::new("hello.txt"));
+    assert_eq!(
+        std::fs::read_link(restored.join("link")).unwrap(),
+        Path::new("hello.txt")
+    );
 
     let first = snaps[0]["short_id"].as_str().unwrap().to_string();
     let dumped = run_ok(
@@ -103,8 +110,16 @@ fn s3_damaged_pack_is_named_by_check() {
     let mut bytes = std::fs::read(&pack).unwrap();
     bytes[100] ^= 0x40;
     std::fs::write(&pack, bytes).unwrap();
-    let out = lifeboat(&repo, &env).args(["check", "--read-data"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(14), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lifeboat(&repo, &env)
+        .args(["check", "--read-data"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(14),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let name = pack.file_name().unwrap().to_str().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(name));
 }
@@ -124,6 +139,8 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn sftp_backup_restore_check() {
-    let Some(ssh) = SshServer::start() else { return };
+    let Some(ssh) = SshServer::start() else {
+        return;
+    };
     round_trip(&ssh.location_url_for("e2e-repo"), &[]);
 }

@@ -72,7 +72,12 @@ pub struct BackupOutcome {
 }
 
 /// Picks the parent snapshot a backup compares with, per its mode.
-pub fn choose_parent<'a>(all: &'a [Snapshot], host: &str, paths: &[String], mode: BackupMode) -> Option<&'a Snapshot> {
+pub fn choose_parent<'a>(
+    all: &'a [Snapshot],
+    host: &str,
+    paths: &[String],
+    mode: BackupMode,
+) -> Option<&'a Snapshot> {
     let mut same = all.iter().filter(|s| s.record.same_source(host, paths));
     match mode {
         BackupMode::Full => None,
@@ -85,15 +90,25 @@ pub fn choose_parent<'a>(all: &'a [Snapshot], host: &str, paths: &[String], mode
 /// found no parent read everything, so it is recorded as full (as
 /// pgBackRest does), and later differential backups can use it.
 fn recorded_mode(requested: BackupMode, has_parent: bool) -> BackupMode {
-    if has_parent { requested } else { BackupMode::Full }
+    if has_parent {
+        requested
+    } else {
+        BackupMode::Full
+    }
 }
 
 /// Backs up file trees into a new snapshot.
-pub async fn backup(repo: Arc<Repository>, options: &BackupOptions, progress: Arc<dyn BackupProgress>) -> Result<BackupOutcome> {
+pub async fn backup(
+    repo: Arc<Repository>,
+    options: &BackupOptions,
+    progress: Arc<dyn BackupProgress>,
+) -> Result<BackupOutcome> {
     let started = Instant::now();
     let time = jiff::Timestamp::now();
     if options.paths.is_empty() {
-        return Err(Error::Invalid("nothing to back up: give at least one path".into()));
+        return Err(Error::Invalid(
+            "nothing to back up: give at least one path".into(),
+        ));
     }
     let mut roots = Vec::new();
     for p in &options.paths {
@@ -104,7 +119,10 @@ pub async fn backup(repo: Arc<Repository>, options: &BackupOptions, progress: Ar
     }
     roots.sort();
     roots.dedup();
-    let paths: Vec<String> = roots.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    let paths: Vec<String> = roots
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
     let host = options.host.clone().unwrap_or_else(hostname);
 
     let all = repo.snapshots().await?;
@@ -127,7 +145,11 @@ pub async fn backup(repo: Arc<Repository>, options: &BackupOptions, progress: Ar
     let excludes = build_excludes(&options.excludes)?;
     let threads = options
         .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
         .max(1);
     let ctx = Arc::new(Ctx {
         session: session.clone(),
@@ -159,7 +181,8 @@ pub async fn backup(repo: Arc<Repository>, options: &BackupOptions, progress: Ar
     let summary = ctx.counters.summary(started);
     let warnings = std::mem::take(&mut *ctx.warnings.lock().unwrap());
     drop(ctx);
-    let session = Arc::try_unwrap(session).map_err(|_| Error::Invalid("write session still in use".into()))?;
+    let session = Arc::try_unwrap(session)
+        .map_err(|_| Error::Invalid("write session still in use".into()))?;
     let record = SnapshotRecord {
         time,
         host,
@@ -177,7 +200,12 @@ pub async fn backup(repo: Arc<Repository>, options: &BackupOptions, progress: Ar
     finish(session, record, started, warnings).await
 }
 
-async fn finish(session: WriteSession, mut record: SnapshotRecord, started: Instant, warnings: Vec<String>) -> Result<BackupOutcome> {
+async fn finish(
+    session: WriteSession,
+    mut record: SnapshotRecord,
+    started: Instant,
+    warnings: Vec<String>,
+) -> Result<BackupOutcome> {
     let repo = session.repository().clone();
     record.summary.elapsed_ms = started.elapsed().as_millis() as u64;
     let id = session.finish(record).await?;
@@ -199,7 +227,12 @@ pub struct StdinOptions {
 
 /// Backs up a byte stream (stdin, a dump command's output) as a snapshot
 /// holding one file.
-pub async fn backup_stream<R: Read + Send + 'static>(repo: Arc<Repository>, reader: R, options: &StdinOptions, progress: Arc<dyn BackupProgress>) -> Result<BackupOutcome> {
+pub async fn backup_stream<R: Read + Send + 'static>(
+    repo: Arc<Repository>,
+    reader: R,
+    options: &StdinOptions,
+    progress: Arc<dyn BackupProgress>,
+) -> Result<BackupOutcome> {
     let started = Instant::now();
     let time = jiff::Timestamp::now();
     let name = options.filename.trim_matches('/').to_string();
@@ -269,7 +302,8 @@ pub async fn backup_stream<R: Read + Send + 'static>(repo: Arc<Repository>, read
     };
     let tree = Tree { nodes: vec![node] };
     let root = session.add_blob(BlobType::Tree, &tree.encode()).await?.id;
-    let session = Arc::try_unwrap(session).map_err(|_| Error::Invalid("write session still in use".into()))?;
+    let session = Arc::try_unwrap(session)
+        .map_err(|_| Error::Invalid("write session still in use".into()))?;
     let summary = BackupSummary {
         files_new: (parent.is_none()) as u64,
         files_changed: (parent.is_some() && new_bytes) as u64,
@@ -453,7 +487,10 @@ fn complete(ctx: &Ctx, dir: &DirRef, slot: Option<usize>, node: Option<Node>, ro
     };
     let (nodes, own, parent) = finished;
     let tree = Tree { nodes };
-    let id = match ctx.session.add_blob_blocking(BlobType::Tree, &tree.encode()) {
+    let id = match ctx
+        .session
+        .add_blob_blocking(BlobType::Tree, &tree.encode())
+    {
         Ok(a) => a.id,
         Err(e) => return ctx.fail(e.into()),
     };
@@ -484,7 +521,12 @@ enum Entry {
     Virtual(PathBuf, BTreeMap<Vec<u8>, Entry>),
 }
 
-fn run_walk(ctx: &Arc<Ctx>, roots: Vec<PathBuf>, parent_tree: Option<Tree>, threads: usize) -> Result<Id> {
+fn run_walk(
+    ctx: &Arc<Ctx>,
+    roots: Vec<PathBuf>,
+    parent_tree: Option<Tree>,
+    threads: usize,
+) -> Result<Id> {
     let root_slot: RootSlot = Arc::new(Mutex::new(None));
     let (tx, rx) = crossbeam_channel::bounded::<FileJob>(threads * 4);
     std::thread::scope(|scope| {
@@ -594,7 +636,12 @@ impl Walker<'_> {
     }
 
     /// Visits a directory's entries, then releases the walker's hold on it.
-    fn visit_entries(&self, dir: &DirRef, entries: BTreeMap<Vec<u8>, Entry>, parent_tree: Option<&Tree>) {
+    fn visit_entries(
+        &self,
+        dir: &DirRef,
+        entries: BTreeMap<Vec<u8>, Entry>,
+        parent_tree: Option<&Tree>,
+    ) {
         for (slot, (name, entry)) in entries.into_iter().enumerate() {
             if self.ctx.cancelled() {
                 break;
@@ -630,8 +677,10 @@ impl Walker<'_> {
         match self.ctx.handle.block_on(repo.read_tree(&id)) {
             Ok(t) => Some(t),
             Err(e) => {
-                self.ctx
-                    .warn(Path::new("<parent snapshot>"), format!("cannot read tree {id}: {e}; reading files again"));
+                self.ctx.warn(
+                    Path::new("<parent snapshot>"),
+                    format!("cannot read tree {id}: {e}; reading files again"),
+                );
                 None
             }
         }
@@ -639,7 +688,14 @@ impl Walker<'_> {
 
     /// Visits one real entry. Returns `Some(node_or_none)` when the entry is
     /// complete now, `None` when a worker or a subdirectory will complete it.
-    fn visit(&self, dir: &DirRef, slot: usize, name: &[u8], path: &Path, parent_node: Option<&Node>) -> Option<Option<Node>> {
+    fn visit(
+        &self,
+        dir: &DirRef,
+        slot: usize,
+        name: &[u8],
+        path: &Path,
+        parent_node: Option<&Node>,
+    ) -> Option<Option<Node>> {
         let ctx = self.ctx;
         if ctx.excluded(path) {
             return Some(None);
@@ -681,7 +737,9 @@ impl Walker<'_> {
             Some(Some(node))
         } else if ft.is_file() {
             ctx.counters.total_files.fetch_add(1, Ordering::Relaxed);
-            ctx.counters.total_bytes.fetch_add(meta.len(), Ordering::Relaxed);
+            ctx.counters
+                .total_bytes
+                .fetch_add(meta.len(), Ordering::Relaxed);
             let mut node = self.base_node(name, path, &meta, NodeKind::File);
             if let Some(p) = parent_node.filter(|_| !ctx.full)
                 && p.kind == NodeKind::File
@@ -753,7 +811,11 @@ impl Walker<'_> {
             dev: meta.dev(),
             inode: meta.ino(),
             links: meta.nlink(),
-            size: if kind == NodeKind::File { meta.len() } else { 0 },
+            size: if kind == NodeKind::File {
+                meta.len()
+            } else {
+                0
+            },
             content: vec![],
             subtree: None,
             link_target: None,
@@ -823,9 +885,15 @@ fn read_file(ctx: &Ctx, job: FileJob) -> Option<Node> {
     }
     ctx.counters.read_bytes.fetch_add(size, Ordering::Relaxed);
     if let Ok(after) = file.metadata()
-        && (after.len() != meta.len() || after.mtime() != meta.mtime() || after.mtime_nsec() != meta.mtime_nsec() || size != meta.len())
+        && (after.len() != meta.len()
+            || after.mtime() != meta.mtime()
+            || after.mtime_nsec() != meta.mtime_nsec()
+            || size != meta.len())
     {
-        ctx.warn(&path, "changed while being read; the snapshot holds what was read");
+        ctx.warn(
+            &path,
+            "changed while being read; the snapshot holds what was read",
+        );
     }
     node.size = size;
     node.content = content;
@@ -858,7 +926,8 @@ fn build_excludes(patterns: &[String]) -> Result<Option<GlobSet>> {
     }
     let mut b = GlobSetBuilder::new();
     for p in patterns {
-        let g = Glob::new(p).map_err(|e| Error::Invalid(format!("bad exclude pattern {p:?}: {e}")))?;
+        let g =
+            Glob::new(p).map_err(|e| Error::Invalid(format!("bad exclude pattern {p:?}: {e}")))?;
         b.add(g);
     }
     b.build()
@@ -873,7 +942,9 @@ fn scan_totals(roots: &[PathBuf], ctx: &Ctx) {
         if ctx.cancelled() || ctx.excluded(&p) {
             continue;
         }
-        let Ok(meta) = fs::symlink_metadata(&p) else { continue };
+        let Ok(meta) = fs::symlink_metadata(&p) else {
+            continue;
+        };
         if meta.is_dir() {
             if let Ok(rd) = fs::read_dir(&p) {
                 stack.extend(rd.flatten().map(|e| e.path()));

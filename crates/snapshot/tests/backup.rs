@@ -49,7 +49,12 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 
 async fn pack_bytes(mem: &MemoryStorage) -> u64 {
     use lifeboat_storage::Storage;
-    mem.list(Kind::Packs).await.unwrap().iter().map(|p| p.size_bytes).sum()
+    mem.list(Kind::Packs)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.size_bytes)
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -59,19 +64,31 @@ async fn unchanged_second_backup_adds_no_pack_bytes_and_reads_nothing() {
     // /tmp's mtime changes whenever another test creates a temp dir there.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     for i in 0..20 {
-        fs::write(dir.path().join(format!("f{i}")), pseudo_random(10_000 + i * 1000, i as u64)).unwrap();
+        fs::write(
+            dir.path().join(format!("f{i}")),
+            pseudo_random(10_000 + i * 1000, i as u64),
+        )
+        .unwrap();
     }
     fs::create_dir(dir.path().join("sub")).unwrap();
     fs::write(dir.path().join("sub/big"), pseudo_random(3 << 20, 99)).unwrap();
-    let first = backup(repo.clone(), &opts(dir.path(), BackupMode::Incremental), Arc::new(NoProgress))
-        .await
-        .unwrap();
+    let first = backup(
+        repo.clone(),
+        &opts(dir.path(), BackupMode::Incremental),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
     assert_eq!(first.snapshot.record.summary.files_new, 21);
     let before = pack_bytes(&mem).await;
     assert!(before > 3 << 20);
-    let second = backup(repo.clone(), &opts(dir.path(), BackupMode::Incremental), Arc::new(NoProgress))
-        .await
-        .unwrap();
+    let second = backup(
+        repo.clone(),
+        &opts(dir.path(), BackupMode::Incremental),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
     let s = &second.snapshot.record.summary;
     assert_eq!(pack_bytes(&mem).await, before, "no new pack bytes");
     assert_eq!(s.added_bytes, 0);
@@ -81,21 +98,36 @@ async fn unchanged_second_backup_adds_no_pack_bytes_and_reads_nothing() {
     assert_eq!(second.snapshot.record.tree, first.snapshot.record.tree);
 
     // A full backup reads everything but still stores nothing new.
-    let full = backup(repo.clone(), &opts(dir.path(), BackupMode::Full), Arc::new(NoProgress))
-        .await
-        .unwrap();
-    assert_eq!(full.snapshot.record.summary.read_bytes, first.snapshot.record.summary.read_bytes);
+    let full = backup(
+        repo.clone(),
+        &opts(dir.path(), BackupMode::Full),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        full.snapshot.record.summary.read_bytes,
+        first.snapshot.record.summary.read_bytes
+    );
     assert_eq!(full.snapshot.record.parent, None);
     assert_eq!(pack_bytes(&mem).await, before);
 
     // Differential compares with the latest full snapshot.
     fs::write(dir.path().join("f0"), b"changed").unwrap();
-    let inc = backup(repo.clone(), &opts(dir.path(), BackupMode::Incremental), Arc::new(NoProgress))
-        .await
-        .unwrap();
-    let diff = backup(repo.clone(), &opts(dir.path(), BackupMode::Differential), Arc::new(NoProgress))
-        .await
-        .unwrap();
+    let inc = backup(
+        repo.clone(),
+        &opts(dir.path(), BackupMode::Incremental),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    let diff = backup(
+        repo.clone(),
+        &opts(dir.path(), BackupMode::Differential),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
     assert_eq!(inc.snapshot.record.parent, Some(full.snapshot.id));
     assert_eq!(diff.snapshot.record.parent, Some(full.snapshot.id));
     assert_eq!(diff.snapshot.record.mode, BackupMode::Differential);
@@ -109,15 +141,23 @@ async fn one_byte_change_in_64_mib_file_adds_few_chunks() {
     let path = dir.path().join("big.bin");
     let mut data = pseudo_random(64 << 20, 7);
     fs::write(&path, &data).unwrap();
-    backup(repo.clone(), &opts(dir.path(), BackupMode::Incremental), Arc::new(NoProgress))
-        .await
-        .unwrap();
+    backup(
+        repo.clone(),
+        &opts(dir.path(), BackupMode::Incremental),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
     let before = pack_bytes(&mem).await;
     data[40 << 20] ^= 0xff;
     fs::write(&path, &data).unwrap();
-    let second = backup(repo.clone(), &opts(dir.path(), BackupMode::Incremental), Arc::new(NoProgress))
-        .await
-        .unwrap();
+    let second = backup(
+        repo.clone(),
+        &opts(dir.path(), BackupMode::Incremental),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
     let s = &second.snapshot.record.summary;
     // The changed chunk, maybe its neighbour, and the trees on the path.
     assert!(s.blobs_added <= 3 + 4, "added {} blobs", s.blobs_added);
@@ -140,15 +180,22 @@ async fn marker_appears_in_no_repository_object() {
     let mut o = opts(dir.path(), BackupMode::Incremental);
     o.compression_level = Some(0); // no compression to hide behind
     o.tags = vec![name.clone()];
-    backup(repo.clone(), &o, Arc::new(NoProgress)).await.unwrap();
+    backup(repo.clone(), &o, Arc::new(NoProgress))
+        .await
+        .unwrap();
     let so = StdinOptions {
         filename: "stream".into(),
         compression_level: Some(0),
         ..Default::default()
     };
-    backup_stream(repo.clone(), std::io::Cursor::new(content.clone()), &so, Arc::new(NoProgress))
-        .await
-        .unwrap();
+    backup_stream(
+        repo.clone(),
+        std::io::Cursor::new(content.clone()),
+        &so,
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
     let objects = mem.snapshot();
     assert!(objects.len() > 4);
     for (key, bytes) in objects {
@@ -157,7 +204,10 @@ async fn marker_appears_in_no_repository_object() {
             "marker found in {key}"
         );
         let prefix = &marker[..16];
-        assert!(!bytes.windows(prefix.len()).any(|w| w == prefix), "marker prefix found in {key}");
+        assert!(
+            !bytes.windows(prefix.len()).any(|w| w == prefix),
+            "marker prefix found in {key}"
+        );
     }
 }
 
@@ -172,10 +222,16 @@ async fn unreadable_file_is_skipped_and_snapshot_is_partial() {
         paths: vec![dir.path().to_path_buf(), "/proc/self/mem".into()],
         ..Default::default()
     };
-    let out = backup(repo.clone(), &o, Arc::new(NoProgress)).await.unwrap();
+    let out = backup(repo.clone(), &o, Arc::new(NoProgress))
+        .await
+        .unwrap();
     assert!(out.snapshot.record.partial);
     assert_eq!(out.snapshot.record.summary.errors, 1);
-    assert!(out.warnings.iter().any(|w| w.contains("/proc/self/mem")), "{:?}", out.warnings);
+    assert!(
+        out.warnings.iter().any(|w| w.contains("/proc/self/mem")),
+        "{:?}",
+        out.warnings
+    );
     assert_eq!(out.snapshot.record.summary.files_new, 1);
 }
 
@@ -186,8 +242,13 @@ async fn missing_source_path_fails_before_writing_a_snapshot() {
         paths: vec!["/nonexistent/lifeboat-test-path".into()],
         ..Default::default()
     };
-    let err = backup(repo.clone(), &o, Arc::new(NoProgress)).await.unwrap_err();
-    assert!(err.to_string().contains("/nonexistent/lifeboat-test-path"), "{err}");
+    let err = backup(repo.clone(), &o, Arc::new(NoProgress))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("/nonexistent/lifeboat-test-path"),
+        "{err}"
+    );
     use lifeboat_storage::Storage;
     assert!(mem.list(Kind::Snapshots).await.unwrap().is_empty());
 }
@@ -208,7 +269,9 @@ async fn excludes_and_cache_dirs() {
     let mut o = opts(dir.path(), BackupMode::Incremental);
     o.excludes = vec!["*.log".into()];
     o.exclude_caches = true;
-    let out = backup(repo.clone(), &o, Arc::new(NoProgress)).await.unwrap();
+    let out = backup(repo.clone(), &o, Arc::new(NoProgress))
+        .await
+        .unwrap();
     assert_eq!(out.snapshot.record.summary.total_files, 1, "only keep.txt");
 }
 

@@ -78,9 +78,7 @@ pub fn seal_blob(
     level: i32,
 ) -> SealedBlob {
     let compressed = if level > 0 {
-        zstd::bulk::compress(data, level)
-            .ok()
-            .filter(|c| c.len() < data.len())
+        compress(data, level).filter(|c| c.len() < data.len())
     } else {
         None
     };
@@ -106,10 +104,8 @@ pub fn open_blob(key: &MasterKey, entry: &PackEntry, sealed: &[u8]) -> Result<Ve
         )
         .ok_or_else(|| Error::corrupt(what(), "authentication failed"))?;
     let plain = if entry.compressed {
-        let mut out = Vec::with_capacity(entry.raw_length as usize);
-        zstd::stream::copy_decode(&payload[..], &mut out)
-            .map_err(|e| Error::corrupt(what(), format!("decompression failed: {e}")))?;
-        out
+        decompress(&payload, entry.raw_length as usize)
+            .map_err(|e| Error::corrupt(what(), format!("decompression failed: {e}")))?
     } else {
         payload
     };
@@ -117,6 +113,40 @@ pub fn open_blob(key: &MasterKey, entry: &PackEntry, sealed: &[u8]) -> Result<Ve
         return Err(Error::corrupt(what(), "content does not match its id"));
     }
     Ok(plain)
+}
+
+thread_local! {
+    // zstd contexts are costly to set up (hundreds of KiB of tables); reusing
+    // one per thread makes small blobs cheap. Keyed by level for compressors.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, c) = slot.as_mut().expect("set above");
+        c.compress(data).ok()
+    })
+}
+
+/// Decompresses into exactly `raw_length` bytes (more is an error: the
+/// trailer said how long the plaintext is).
+fn decompress(payload: &[u8], raw_length: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        slot.as_mut()
+            .expect("set above")
+            .decompress(payload, raw_length)
+    })
 }
 
 /// Accumulates sealed blobs into one pack.

@@ -71,6 +71,18 @@ pub async fn run(g: &Global, a: KeyArgs) -> Result<i32> {
             }
         }
         KeyAction::Remove { id } => {
+            // A key that does not exist is "not found" (exit 16), like a
+            // snapshot; the library reports it as a generic invalid request.
+            if !keys::list(&repo)
+                .await?
+                .iter()
+                .any(|k| k.id.starts_with(&id))
+            {
+                return Err(cli_error(
+                    exit::NOT_FOUND,
+                    format!("no key matches {id:?} (list them with `lifeboat key list`)"),
+                ));
+            }
             let removed = keys::remove(&repo, &id).await?;
             println!("removed key {}", removed.short());
         }

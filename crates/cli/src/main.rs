@@ -16,6 +16,15 @@ mod session;
 
 use clap::Parser;
 
+
+
+/// Threads for blocking work (file I/O, decryption, local storage calls).
+/// Bounded because glibc gives each thread its own heap arena and keeps
+/// freed buffers in it, so more threads than useful work cost resident
+/// memory. Backups run their readers on their own scoped threads, so this
+/// does not limit backup parallelism.
+const MAX_BLOCKING_THREADS: usize = 8;
+
 fn main() {
     let args = args::Cli::parse();
     let filter = if args.global.verbose { "info" } else { "warn" };

@@ -1,5 +1,6 @@
 //! `lifeboat backup`.
 
+use crate::output::outln;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -81,7 +82,7 @@ fn render(g: &Global, o: &BackupOutcome) -> Result<()> {
             "warnings": o.warnings,
         }));
     }
-    println!(
+    outln!(
         "snapshot {} saved ({} backup{}{})",
         o.snapshot.id.short(),
         r.mode,
@@ -94,17 +95,22 @@ fn render(g: &Global, o: &BackupOutcome) -> Result<()> {
             ""
         }
     );
-    println!(
+    outln!(
         "files: {} new, {} changed, {} unchanged, {} skipped, {} errors; {} directories",
-        s.files_new, s.files_changed, s.files_unchanged, s.files_skipped, s.errors, s.dirs
+        s.files_new,
+        s.files_changed,
+        s.files_unchanged,
+        s.files_skipped,
+        s.errors,
+        s.dirs
     );
-    println!(
+    outln!(
         "data: {} read, {} added to the repository ({} before compression), {} in the snapshot",
         bytes(s.read_bytes),
         bytes(s.added_bytes),
         bytes(s.added_raw_bytes),
         bytes(s.total_bytes)
     );
-    println!("took {}", duration_ms(s.elapsed_ms));
+    outln!("took {}", duration_ms(s.elapsed_ms));
     Ok(())
 }

@@ -57,10 +57,18 @@ pub fn report(e: &anyhow::Error) -> i32 {
     code
 }
 
+/// The storage error kind behind `e`, looking through the library error
+/// wrappers (they are `transparent`, so they do not show in `chain()`).
 fn storage_kind(e: &anyhow::Error) -> Option<ErrorKind> {
     for cause in e.chain() {
         if let Some(s) = cause.downcast_ref::<lifeboat_storage::Error>() {
             return Some(s.kind());
+        }
+        if let Some(r) = cause.downcast_ref::<RepoError>() {
+            return r.storage_kind();
+        }
+        if let Some(SnapError::Repo(r)) = cause.downcast_ref::<SnapError>() {
+            return r.storage_kind();
         }
     }
     None

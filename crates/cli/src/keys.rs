@@ -1,5 +1,6 @@
 //! `key add|list|remove|passwd`.
 
+use crate::output::outln;
 use std::io::IsTerminal;
 use std::path::Path;
 
@@ -50,7 +51,7 @@ pub async fn run(g: &Global, a: KeyArgs) -> Result<i32> {
             if g.json {
                 crate::output::json(&serde_json::json!({ "added": id.to_hex() }))?;
             } else {
-                println!("added key {}", id.short());
+                outln!("added key {}", id.short());
             }
         }
         KeyAction::List => {
@@ -59,7 +60,7 @@ pub async fn run(g: &Global, a: KeyArgs) -> Result<i32> {
                 crate::output::json(&list)?;
             } else {
                 for k in list {
-                    println!(
+                    outln!(
                         "{} {} {}@{} created {}",
                         if k.current { "*" } else { " " },
                         &k.id[..8],
@@ -84,7 +85,7 @@ pub async fn run(g: &Global, a: KeyArgs) -> Result<i32> {
                 ));
             }
             let removed = keys::remove(&repo, &id).await?;
-            println!("removed key {}", removed.short());
+            outln!("removed key {}", removed.short());
         }
         KeyAction::Passwd { new_password_file } => {
             let pw = new_password(new_password_file.as_deref())?;
@@ -92,7 +93,7 @@ pub async fn run(g: &Global, a: KeyArgs) -> Result<i32> {
                 return Err(cli_error(exit::GENERIC, "refusing an empty password"));
             }
             let id = keys::change_password(&repo, &pw, session::kdf_params()).await?;
-            println!("password changed (new key {})", id.short());
+            outln!("password changed (new key {})", id.short());
         }
     }
     Ok(exit::OK)

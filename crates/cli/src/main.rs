@@ -16,8 +16,6 @@ mod session;
 
 use clap::Parser;
 
-
-
 /// Threads for blocking work (file I/O, decryption, local storage calls).
 /// Bounded because glibc gives each thread its own heap arena and keeps
 /// freed buffers in it, so more threads than useful work cost resident
@@ -38,6 +36,7 @@ fn main() {
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,

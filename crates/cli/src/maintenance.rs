@@ -1,5 +1,6 @@
 //! `check` and `repair index`.
 
+use crate::output::outln;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -53,21 +54,21 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<i32> {
             eprintln!("lifeboat: warning: {w}");
         }
         for e in &report.errors {
-            println!("error: {}: {}", e.object, e.message);
+            outln!("error: {}: {}", e.object, e.message);
         }
         if !report.damaged_snapshots.is_empty() {
-            println!("damaged snapshots: {}", report.damaged_snapshots.join(", "));
+            outln!("damaged snapshots: {}", report.damaged_snapshots.join(", "));
         }
         for f in report.affected_files.iter().take(100) {
-            println!("affected file: snapshot {} {}", f.snapshot, f.path);
+            outln!("affected file: snapshot {} {}", f.snapshot, f.path);
         }
         if report.affected_files.len() > 100 {
-            println!(
+            outln!(
                 "... and {} more affected files (see --json)",
                 report.affected_files.len() - 100
             );
         }
-        println!(
+        outln!(
             "checked {} snapshots, {} trees, {} packs, {} blobs{}",
             report.snapshots,
             report.trees_checked,
@@ -84,9 +85,9 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<i32> {
             }
         );
         if report.is_ok() {
-            println!("no errors found");
+            outln!("no errors found");
         } else {
-            println!("{} errors found", report.errors.len());
+            outln!("{} errors found", report.errors.len());
         }
     }
     Ok(if report.is_ok() {
@@ -104,12 +105,14 @@ pub async fn repair(g: &Global, a: RepairArgs) -> Result<i32> {
             if g.json {
                 crate::output::json(&stats)?;
             } else {
-                println!(
+                outln!(
                     "index rebuilt: {} packs, {} blobs; {} old index objects removed",
-                    stats.packs_indexed, stats.blobs_indexed, stats.old_index_files_removed
+                    stats.packs_indexed,
+                    stats.blobs_indexed,
+                    stats.old_index_files_removed
                 );
                 for p in &stats.unreadable_packs {
-                    println!("unreadable pack (not indexed): {p}");
+                    outln!("unreadable pack (not indexed): {p}");
                 }
             }
             Ok(if stats.unreadable_packs.is_empty() {

@@ -1,9 +1,32 @@
 //! Rendering helpers: JSON to stdout, human sizes and durations.
 
+use std::io::Write;
+
 use serde::Serialize;
 
+/// `println!` for command output. A closed stdout (`lifeboat snapshots |
+/// head`) ends the process quietly, as for other Unix tools, instead of
+/// panicking the way `println!` does.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
+pub fn write_line(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|_| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(crate::exit::OK);
+        }
+        eprintln!("lifeboat: error: cannot write output: {e}");
+        std::process::exit(crate::exit::GENERIC);
+    }
+}
+
 pub fn json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! Read commands: `snapshots`, `ls`, `diff`, `find`, `stats`. Each has `--json`.
 
+use crate::output::outln;
 use anyhow::Result;
 use lifeboat_repo::{BlobType, Snapshot, resolve_snapshot};
 use lifeboat_snapshot::diff::{Change, diff as diff_snapshots};
@@ -40,14 +41,20 @@ pub async fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<i32> {
             .collect();
         return json(&rows).map(|_| exit::OK);
     }
-    println!(
+    outln!(
         "{:<8}  {:<20}  {:<12}  {:<8}  {:<12}  {:>10}  {:>10}  paths",
-        "id", "time", "host", "parent", "mode", "size", "added"
+        "id",
+        "time",
+        "host",
+        "parent",
+        "mode",
+        "size",
+        "added"
     );
     for s in &all {
         let r = &s.record;
         let time = r.time.strftime("%Y-%m-%d %H:%M:%S").to_string();
-        println!(
+        outln!(
             "{:<8}  {:<20}  {:<12}  {:<8}  {:<12}  {:>10}  {:>10}  {}{}{}",
             s.id.short(),
             time,
@@ -65,7 +72,7 @@ pub async fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<i32> {
             if r.partial { " (partial)" } else { "" },
         );
     }
-    println!("{} snapshots", all.len());
+    outln!("{} snapshots", all.len());
     Ok(exit::OK)
 }
 
@@ -83,7 +90,7 @@ pub async fn ls(g: &Global, a: LsArgs) -> Result<i32> {
             lifeboat_snapshot::ls::EntryKind::Symlink => 'l',
             lifeboat_snapshot::ls::EntryKind::File => '-',
         };
-        println!(
+        outln!(
             "{kind}{:04o} {:>8} {:>8} {:>12} {} {}{}",
             e.mode,
             e.user.clone().unwrap_or_else(|| e.uid.to_string()),
@@ -126,10 +133,10 @@ pub async fn diff(g: &Global, a: DiffArgs) -> Result<i32> {
         } else {
             String::new()
         };
-        println!("{sign} {}{size}{what}", e.path);
+        outln!("{sign} {}{size}{what}", e.path);
     }
     let t = &report.totals;
-    println!(
+    outln!(
         "{} added ({}), {} removed ({}), {} changed",
         t.added,
         bytes(t.added_bytes),
@@ -148,13 +155,13 @@ pub async fn find(g: &Global, a: FindArgs) -> Result<i32> {
         return json(&found).map(|_| exit::OK);
     }
     if found.is_empty() {
-        println!("no file matches {:?} in {} snapshots", a.pattern, all.len());
+        outln!("no file matches {:?} in {} snapshots", a.pattern, all.len());
         return Ok(exit::NOT_FOUND);
     }
     for h in &found {
-        println!("{}", h.path);
+        outln!("{}", h.path);
         for ev in &h.events {
-            println!(
+            outln!(
                 "  {:?} in snapshot {} at {}{}",
                 ev.change,
                 ev.snapshot,
@@ -226,15 +233,17 @@ pub async fn stats(g: &Global, _a: StatsArgs) -> Result<i32> {
     if g.json {
         return json(&s).map(|_| exit::OK);
     }
-    println!("snapshots:          {}", s.snapshots);
-    println!("packs:              {} ({})", s.packs, bytes(s.pack_bytes));
-    println!(
+    outln!("snapshots:          {}", s.snapshots);
+    outln!("packs:              {} ({})", s.packs, bytes(s.pack_bytes));
+    outln!(
         "blobs:              {} ({} data, {} tree)",
-        s.blobs, s.data_blobs, s.tree_blobs
+        s.blobs,
+        s.data_blobs,
+        s.tree_blobs
     );
-    println!("unique data:        {}", bytes(s.raw_bytes));
-    println!("data in snapshots:  {}", bytes(s.snapshot_bytes));
-    println!("compression ratio:  {:.2}x", s.compression_ratio);
-    println!("dedup ratio:        {:.2}x", s.dedup_ratio);
+    outln!("unique data:        {}", bytes(s.raw_bytes));
+    outln!("data in snapshots:  {}", bytes(s.snapshot_bytes));
+    outln!("compression ratio:  {:.2}x", s.compression_ratio);
+    outln!("dedup ratio:        {:.2}x", s.dedup_ratio);
     Ok(exit::OK)
 }

@@ -1,5 +1,6 @@
 //! `restore` and `dump`.
 
+use crate::output::outln;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -32,7 +33,7 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<i32> {
         for e in &stats.errors {
             eprintln!("lifeboat: error: {e}");
         }
-        println!(
+        outln!(
             "restored snapshot {} to {}: {} files ({}), {} unchanged files skipped, {} errors, took {}",
             snap.id.short(),
             options.target.display(),

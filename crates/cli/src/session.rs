@@ -5,6 +5,7 @@
 //! `LIFEBOAT_PASSWORD_COMMAND`; `LIFEBOAT_PASSWORD` is read here), then the
 //! default repository, then a prompt on a terminal.
 
+use crate::output::outln;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -219,7 +220,7 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<i32> {
             "key_id": repo.key_id().to_hex(),
         }))?;
     } else {
-        println!(
+        outln!(
             "created repository {} at {}\nkeep the password safe: without it the data cannot be read",
             repo.config().repository_id.short(),
             t.display

@@ -195,7 +195,7 @@ pub async fn check(
         for path in lost.iter() {
             report.affected_files.push(AffectedFile {
                 snapshot: snap.id.short(),
-                path: path.clone(),
+                path: format!("/{path}"),
             });
         }
     }

@@ -130,7 +130,12 @@ impl Repository {
         let mut readable = 0;
         for info in keys {
             let bytes = storage.get(&info.key).await?;
-            let kf = match KeyFile::decode(&info.key.to_string(), &bytes) {
+            let decoded = if Id::of_bytes(&bytes).to_hex() != info.key.name() {
+                Err(Error::corrupt(&info.key, "content does not match its name"))
+            } else {
+                KeyFile::decode(&info.key.to_string(), &bytes)
+            };
+            let kf = match decoded {
                 Ok(kf) => kf,
                 Err(e) => {
                     last_corrupt = Some(e);

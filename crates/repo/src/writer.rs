@@ -70,6 +70,19 @@ struct Shared {
     stats: WriteStats,
     /// Packs uploaded but not yet in an index object.
     unindexed: Mutex<Vec<IndexPack>>,
+    /// The error that stopped the uploader, handed to the first caller that
+    /// notices (so "storage full" reaches the user, not "task stopped").
+    upload_failure: Mutex<Option<Error>>,
+}
+
+impl Shared {
+    fn upload_error(&self) -> Error {
+        self.upload_failure
+            .lock()
+            .unwrap()
+            .take()
+            .unwrap_or_else(|| Error::Task("pack upload stopped (see the earlier error)".into()))
+    }
 }
 
 pub struct WriteSession {
@@ -101,6 +114,7 @@ impl WriteSession {
             }),
             stats: WriteStats::default(),
             unindexed: Mutex::new(Vec::new()),
+            upload_failure: Mutex::new(None),
         });
         let concurrency = shared.repo.concurrency();
         let (tx, rx) = mpsc::channel::<FinishedPack>(concurrency);
@@ -137,7 +151,7 @@ impl WriteSession {
         if let Some(pack) = full {
             self.tx
                 .blocking_send(pack)
-                .map_err(|_| Error::Task("pack upload stopped (see the earlier error)".into()))?;
+                .map_err(|_| self.shared.upload_error())?;
         }
         Ok(added)
     }
@@ -149,7 +163,7 @@ impl WriteSession {
             self.tx
                 .send(pack)
                 .await
-                .map_err(|_| Error::Task("pack upload stopped (see the earlier error)".into()))?;
+                .map_err(|_| self.shared.upload_error())?;
         }
         Ok(added)
     }
@@ -160,9 +174,7 @@ impl WriteSession {
         data: &[u8],
     ) -> Result<(AddedBlob, Option<FinishedPack>)> {
         if self.uploader.is_finished() {
-            return Err(Error::Task(
-                "pack upload stopped (see the earlier error)".into(),
-            ));
+            return Err(self.shared.upload_error());
         }
         let id = self.blob_id(data);
         if self.has_blob(&id) {
@@ -215,7 +227,11 @@ impl WriteSession {
             let _ = tx.send(pack).await;
         }
         drop(tx);
-        uploader.await.map_err(|e| Error::Task(e.to_string()))??;
+        match uploader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(shared.upload_error()),
+            Err(e) => return Err(Error::Task(e.to_string())),
+        }
         write_pending_index(&shared, true).await?;
         shared.repo.invalidate_index().await;
         Ok(())
@@ -256,7 +272,10 @@ async fn upload_loop(
         })
         .buffer_unordered(concurrency);
     while let Some(r) = uploads.next().await {
-        r?;
+        if let Err(e) = r {
+            *shared.upload_failure.lock().unwrap() = Some(e);
+            return Err(Error::Task("pack upload failed".into()));
+        }
     }
     Ok(())
 }

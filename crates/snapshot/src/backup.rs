@@ -401,7 +401,10 @@ impl Ctx {
 
     fn fail(&self, e: Error) {
         let mut f = self.fatal.lock().unwrap();
-        if f.is_none() {
+        // Keep the first real cause: "upload task stopped" errors from other
+        // threads only echo it.
+        let echo = |e: &Error| matches!(e, Error::Repo(lifeboat_repo::Error::Task(_)));
+        if f.as_ref().is_none_or(|old| echo(old) && !echo(&e)) {
             *f = Some(e);
         }
         self.cancelled.store(true, Ordering::SeqCst);

@@ -24,6 +24,11 @@ use crate::repository::{Repository, blocking, pack_key};
 use crate::tree::{NodeKind, Tree};
 use crate::{Error, Id, Result};
 
+/// Pack bytes held at once by `--read-data`, in KiB: two default-size
+/// packs. Whole packs are downloaded (their name is the hash of all their
+/// bytes), so this, not the number of parallel reads, bounds memory.
+const READ_DATA_BUDGET_KIB: u32 = 32 * 1024;
+
 #[derive(Debug, Clone, Default)]
 pub struct CheckOptions {
     pub read_data: bool,
@@ -243,12 +248,21 @@ async fn read_data(
     let total = packs.len() as u64;
     let done = AtomicU64::new(0);
     let by_pack = Arc::new(by_pack);
+    let budget = tokio::sync::Semaphore::new(READ_DATA_BUDGET_KIB as usize);
     let results: Vec<PackVerdict> = futures::stream::iter(packs)
         .map(|pack| {
             let by_pack = by_pack.clone();
             let key = repo.key().clone();
             let done = &done;
+            let budget = &budget;
+            let size_kib = pack_sizes[&pack]
+                .div_ceil(1024)
+                .min(READ_DATA_BUDGET_KIB as u64) as u32;
             async move {
+                let _permit = budget
+                    .acquire_many(size_kib)
+                    .await
+                    .expect("the budget semaphore is never closed");
                 let r = match repo.storage().get(&pack_key(&pack)).await {
                     Err(e) => (pack, 0, Err(format!("cannot be read: {e}"))),
                     Ok(bytes) => {

@@ -165,7 +165,10 @@ pub async fn backup(
         fatal: Mutex::new(None),
         cancelled: AtomicBool::new(false),
         names: Mutex::new(NameCache::default()),
-        root_dev: Mutex::new(None),
+        root_devs: roots
+            .iter()
+            .filter_map(|r| fs::symlink_metadata(r).ok().map(|m| m.dev()))
+            .collect(),
     });
     if options.scan_totals {
         let roots = roots.clone();
@@ -386,7 +389,9 @@ struct Ctx {
     fatal: Mutex<Option<Error>>,
     cancelled: AtomicBool,
     names: Mutex<NameCache>,
-    root_dev: Mutex<Option<u64>>,
+    /// Devices of the backup roots: with `one_file_system`, directories on
+    /// any other device are stored empty.
+    root_devs: std::collections::HashSet<u64>,
 }
 
 impl Ctx {
@@ -752,8 +757,7 @@ impl Walker<'_> {
         if ft.is_dir() {
             ctx.counters.dirs.fetch_add(1, Ordering::Relaxed);
             let node = self.base_node(name, path, &meta, NodeKind::Dir, parent_node);
-            let root_dev = *ctx.root_dev.lock().unwrap().get_or_insert(meta.dev());
-            let skip_contents = (ctx.one_file_system && meta.dev() != root_dev)
+            let skip_contents = (ctx.one_file_system && !ctx.root_devs.contains(&meta.dev()))
                 || (ctx.exclude_caches && is_cache_dir(path));
             let entries = if skip_contents {
                 BTreeMap::new()

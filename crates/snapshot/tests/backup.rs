@@ -302,3 +302,38 @@ async fn concurrent_backups_into_one_repository_both_succeed() {
     .unwrap();
     assert!(report.is_ok(), "{:?}", report.errors);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_file_system_keeps_mount_points_empty() {
+    let (_mem, repo) = memory_repo().await;
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("top"), b"t").unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must be able to mount a tmpfs"
+        );
+        eprintln!("SKIP one_file_system_keeps_mount_points_empty: cannot mount a tmpfs here");
+        return;
+    }
+    fs::write(mnt.join("inner"), b"i").unwrap();
+    let mut o = opts(dir.path(), BackupMode::Full);
+    o.one_file_system = true;
+    let one = backup(repo.clone(), &o, Arc::new(NoProgress)).await;
+    o.one_file_system = false;
+    let all = backup(repo.clone(), &o, Arc::new(NoProgress)).await;
+    let _ = std::process::Command::new("umount").arg(&mnt).status();
+    assert_eq!(
+        one.unwrap().snapshot.record.summary.total_files,
+        1,
+        "only `top`"
+    );
+    assert_eq!(all.unwrap().snapshot.record.summary.total_files, 2);
+}

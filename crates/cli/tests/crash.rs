@@ -20,6 +20,7 @@
 //!   earlier snapshot (quadratic; by default the first snapshot and the
 //!   new ones are restored each trial, and `check` covers all of them).
 
+use lifeboat_testkit::data::pseudo_random;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
@@ -75,19 +76,9 @@ fn run_ok(cmd: &mut Command, what: &str) -> String {
     text
 }
 
-/// Deterministic file content: `len` bytes from `seed` (xorshift, 8 bytes
-/// per step: incompressible and fast even in a debug build).
+/// Deterministic file content: `len` bytes from `seed`.
 fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    pseudo_random(len, seed)
 }
 
 /// The source tree as a list of files: relative path -> (seed, length).

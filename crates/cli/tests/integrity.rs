@@ -9,6 +9,7 @@
 //! object, plus the edges between a pack's blobs and its trailer) in a fresh
 //! copy of the repository.
 
+use lifeboat_testkit::data::pseudo_random;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -50,18 +51,6 @@ fn run(cmd: &mut Command) -> Run {
             String::from_utf8_lossy(&out.stderr)
         ),
     }
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// What a restored tree holds: per relative path, a kind tag and the file

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use lifeboat_testkit::data::pseudo_random;
 use lifeboat_testkit::services::{S3Server, SshServer};
 
 fn lifeboat(repo: &str, env: &[(&'static str, String)]) -> Command {
@@ -33,15 +34,7 @@ fn run_ok(cmd: &mut Command) -> String {
 fn make_source(dir: &Path) {
     std::fs::create_dir_all(dir.join("sub")).unwrap();
     std::fs::write(dir.join("hello.txt"), b"hello remote\n").unwrap();
-    let mut x = 0x1234_5678_9abc_def0u64;
-    let big: Vec<u8> = (0..5_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let big = pseudo_random(5_000_000, 0x1234_5678);
     std::fs::write(dir.join("sub/big.bin"), &big).unwrap();
     std::os::unix::fs::symlink("hello.txt", dir.join("link")).unwrap();
 }

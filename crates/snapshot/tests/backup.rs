@@ -1,6 +1,7 @@
 //! Backup behaviour against in-memory storage: modes, dedup, confidentiality,
 //! per-file failures.
 
+use lifeboat_testkit::data::pseudo_random;
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
@@ -32,19 +33,6 @@ fn opts(path: &Path, mode: BackupMode) -> BackupOptions {
         mode,
         ..Default::default()
     }
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    // xorshift: incompressible, reproducible test data.
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 async fn pack_bytes(mem: &MemoryStorage) -> u64 {

@@ -1,6 +1,7 @@
 //! API tests of the read side (restore, dump, ls, diff, find) against memory
 //! storage, with snapshots built by hand so every expected value is known.
 
+use lifeboat_testkit::data::pseudo_random;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -117,17 +118,6 @@ impl Spec {
 }
 
 /// Deterministic incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Stores a spec's blobs and returns its node (content or subtree filled in).
 fn store<'a>(session: &'a WriteSession, spec: &'a Spec) -> BoxFuture<'a, Node> {
@@ -219,13 +209,13 @@ const BIG_LEN: usize = 2_500_000;
 const BIG_CHUNK: usize = 64 * 1024;
 
 fn big() -> Vec<u8> {
-    noise(BIG_LEN, 2)
+    pseudo_random(BIG_LEN, 2)
 }
 
 const ODD_NAME: &[u8] = b"caf\xe9 \n*?name";
 
 fn chunk_a() -> Vec<u8> {
-    noise(4096, 1)
+    pseudo_random(4096, 1)
 }
 
 /// The main test tree, under `/data`.

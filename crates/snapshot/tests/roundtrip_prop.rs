@@ -11,6 +11,7 @@
 //! few and heavy (a few contain multi-MiB sparse files): 16 by default,
 //! `PROPTEST_CASES` overrides.
 
+use lifeboat_testkit::data::pseudo_random;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -77,18 +78,6 @@ struct Op {
     name: Vec<u8>,
     what: What,
     meta: Meta,
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn name_strategy() -> impl Strategy<Value = Vec<u8>> {

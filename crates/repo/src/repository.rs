@@ -142,9 +142,18 @@ impl Repository {
                     continue;
                 }
             };
-            readable += 1;
             let password = password.to_vec();
-            if let Some(key) = blocking(move || kf.unwrap_key(&password)).await?? {
+            // A key file whose KDF parameters or wrapped key are unusable is
+            // damaged (or planted): skip it and try the others.
+            let unwrapped = match blocking(move || kf.unwrap_key(&password)).await? {
+                Ok(k) => k,
+                Err(e) => {
+                    last_corrupt = Some(e);
+                    continue;
+                }
+            };
+            readable += 1;
+            if let Some(key) = unwrapped {
                 let config = Config::decode(&config_bytes, &key)?;
                 let key_id = Id::from_hex(info.key.name())
                     .ok_or_else(|| Error::corrupt(&info.key, "key file name is not an id"))?;
@@ -291,13 +300,26 @@ impl Repository {
     }
 
     /// Every snapshot, oldest first.
+    /// A damaged snapshot record is skipped with a warning (logged), so one
+    /// bad record does not hide every other snapshot; `check` reports it.
+    /// Storage errors still fail the call.
     pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let list = self.storage.list(Kind::Snapshots).await?;
-        let mut out: Vec<Snapshot> = futures::stream::iter(list)
+        let read: Vec<Result<Snapshot>> = futures::stream::iter(list)
             .map(|info| async move { self.read_snapshot_key(&info.key).await })
             .buffer_unordered(self.concurrency())
-            .try_collect()
-            .await?;
+            .collect()
+            .await;
+        let mut out = Vec::with_capacity(read.len());
+        for r in read {
+            match r {
+                Ok(s) => out.push(s),
+                Err(e @ Error::Corrupt { .. }) => {
+                    tracing::warn!("skipping damaged snapshot record: {e} (run `lifeboat check`)");
+                }
+                Err(e) => return Err(e),
+            }
+        }
         out.sort_by(|a, b| a.record.time.cmp(&b.record.time).then(a.id.cmp(&b.id)));
         Ok(out)
     }
@@ -315,6 +337,14 @@ impl Repository {
 
     /// Resolves `latest`, a full id or a unique id prefix among all snapshots.
     pub async fn find_snapshot(&self, query: &str) -> Result<Snapshot> {
+        // A full id is read directly, so a damaged record is reported as
+        // damaged rather than as missing.
+        if let Some(id) = Id::from_hex(query) {
+            let key = ObjectKey::new(Kind::Snapshots, id.to_hex());
+            if self.storage.stat(&key).await?.is_some() {
+                return self.read_snapshot_key(&key).await;
+            }
+        }
         let all = self.snapshots().await?;
         resolve_snapshot(&all, query).cloned()
     }

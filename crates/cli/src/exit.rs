@@ -22,6 +22,9 @@ pub const DAMAGED: i32 = 14;
 pub const UNSUPPORTED_VERSION: i32 = 15;
 /// A snapshot, path or key that the command names does not exist.
 pub const NOT_FOUND: i32 = 16;
+/// Another process holds the repository lock (a prune while backups run, a
+/// backup while prune runs); retrying later succeeds.
+pub const LOCKED: i32 = 17;
 
 /// An error the CLI itself raises, with its code and advice.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +102,7 @@ fn classify(e: &anyhow::Error) -> (i32, Option<&'static str>) {
                 );
             }
             RepoError::UnsupportedVersion { .. } => return (UNSUPPORTED_VERSION, None),
+            RepoError::Locked { .. } | RepoError::LockLost { .. } => return (LOCKED, None),
             RepoError::Corrupt { .. } | RepoError::BlobNotIndexed { .. } => {
                 return (
                     DAMAGED,

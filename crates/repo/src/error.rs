@@ -44,6 +44,15 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    /// Another process holds an incompatible repository lock.
+    #[error("repository is in use by {holder}; try again later")]
+    Locked { holder: String },
+
+    /// A write session's lock can no longer be trusted (not refreshed in
+    /// time, or removed): a prune may have run, so nothing is committed.
+    #[error("lost the repository lock: {reason}; nothing was committed, run the command again")]
+    LockLost { reason: String },
+
     #[error("internal task failed: {0}")]
     Task(String),
 }

@@ -13,6 +13,11 @@
 //! it, and [`WriteSession::finish`] writes the snapshot record after the
 //! index. A crash at any point leaves only unreferenced packs (garbage for
 //! prune, recoverable by `repair index`), never a snapshot with missing data.
+//!
+//! Locking: [`WriteSession::start`] takes a shared repository lock *before*
+//! loading the index and holds it until the snapshot record is written (or
+//! `flush` returns), so prune (exclusive) never runs while a session may
+//! reference blobs it found in the index.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::index::{Index, IndexFile, IndexPack};
+use crate::lock::{LockKind, LockOptions, RepositoryLock};
 use crate::pack::{BlobType, FinishedPack, MAX_PACK_ENTRIES, PackBuilder, seal_blob};
 use crate::record::SnapshotRecord;
 use crate::repository::{Repository, pack_key, put_idempotent};
@@ -89,6 +95,9 @@ pub struct WriteSession {
     shared: Arc<Shared>,
     tx: mpsc::Sender<FinishedPack>,
     uploader: JoinHandle<Result<()>>,
+    /// The shared lock; `None` for prune's own session, which runs under
+    /// the exclusive lock.
+    lock: Option<RepositoryLock>,
 }
 
 impl std::fmt::Debug for WriteSession {
@@ -98,8 +107,32 @@ impl std::fmt::Debug for WriteSession {
 }
 
 impl WriteSession {
-    /// Starts a session. Must be called inside a Tokio runtime.
+    /// Starts a session under a shared lock. Must be called inside a Tokio
+    /// runtime. Fails with [`Error::Locked`] while a prune runs.
     pub async fn start(repo: Arc<Repository>, options: WriteOptions) -> Result<Self> {
+        let lock =
+            RepositoryLock::acquire(&repo, LockKind::Shared, &LockOptions::default()).await?;
+        // An index cached before the lock was taken may predate a prune and
+        // name blobs that are gone: read it again now that prune is excluded.
+        repo.invalidate_index().await;
+        match Self::start_unlocked(repo, options).await {
+            Ok(mut s) => {
+                s.lock = Some(lock);
+                Ok(s)
+            }
+            Err(e) => {
+                let _ = lock.release().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a session without taking a lock: only for a caller that holds
+    /// the exclusive lock (prune's repacking).
+    pub(crate) async fn start_unlocked(
+        repo: Arc<Repository>,
+        options: WriteOptions,
+    ) -> Result<Self> {
         let index = repo.index().await?;
         let level = options
             .compression_level
@@ -123,6 +156,7 @@ impl WriteSession {
             shared,
             tx,
             uploader,
+            lock: None,
         })
     }
 
@@ -213,12 +247,22 @@ impl WriteSession {
         Ok((AddedBlob { id, new: true }, finished))
     }
 
-    /// Uploads what is buffered and writes the index, without a snapshot.
+    /// Uploads what is buffered and writes the index, without a snapshot,
+    /// then releases the lock.
     pub async fn flush(self) -> Result<()> {
+        let (_, lock) = self.upload_all().await?;
+        release(lock).await;
+        Ok(())
+    }
+
+    /// Uploads the open pack, waits for the uploader and writes the index;
+    /// hands back the lock, still held.
+    async fn upload_all(self) -> Result<(Arc<Shared>, Option<RepositoryLock>)> {
         let WriteSession {
             shared,
             tx,
             uploader,
+            lock,
         } = self;
         let last = std::mem::take(&mut shared.state.lock().unwrap().pack);
         if !last.is_empty() {
@@ -234,20 +278,35 @@ impl WriteSession {
         }
         write_pending_index(&shared, true).await?;
         shared.repo.invalidate_index().await;
-        Ok(())
+        Ok((shared, lock))
     }
 
     /// Finishes the session: uploads the last pack, writes the index, then the
     /// snapshot record (last, so a snapshot is visible only when complete).
+    /// The lock is held until the record is durable: a prune that ran
+    /// between the index and the record would see the new blobs unused.
     pub async fn finish(self, mut record: SnapshotRecord) -> Result<Id> {
-        let repo = self.shared.repo.clone();
-        let shared = self.shared.clone();
-        self.flush().await?;
+        let (shared, lock) = self.upload_all().await?;
         let s = &shared.stats;
         record.summary.blobs_added = s.blobs_added.load(Ordering::Relaxed);
         record.summary.added_raw_bytes = s.added_raw_bytes.load(Ordering::Relaxed);
         record.summary.added_bytes = s.added_bytes.load(Ordering::Relaxed);
-        repo.write_snapshot(&record).await
+        if let Some(lock) = &lock {
+            lock.verify().await?;
+        }
+        let id = shared.repo.write_snapshot(&record).await?;
+        release(lock).await;
+        Ok(id)
+    }
+}
+
+/// Releases a session's lock. A failure only leaves a lock object behind,
+/// which goes stale and is removed by prune, so it does not fail the session.
+async fn release(lock: Option<RepositoryLock>) {
+    if let Some(lock) = lock
+        && let Err(e) = lock.release().await
+    {
+        tracing::warn!("cannot remove the repository lock: {e}");
     }
 }
 

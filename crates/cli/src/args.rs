@@ -69,6 +69,8 @@ pub enum Command {
     Repair(RepairArgs),
     /// Manage the passwords (key files) that open the repository.
     Key(KeyArgs),
+    /// Copy snapshots to another repository (re-encrypted under its key).
+    Copy(CopyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +81,32 @@ pub struct InitArgs {
     /// Target pack size in MiB.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub pack_size_mib: u32,
+    /// Use the chunker parameters (sizes and seed) of this repository, so both
+    /// chunk alike and `copy` between them deduplicates well.
+    #[arg(long, value_name = "REPO")]
+    pub copy_chunker_params_from: Option<String>,
+    /// Password file of the --copy-chunker-params-from repository (default:
+    /// LIFEBOAT_FROM_PASSWORD, else this repository's password).
+    #[arg(long, env = "LIFEBOAT_FROM_PASSWORD_FILE")]
+    pub from_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Repository to copy from (path or URL).
+    #[arg(long, value_name = "REPO")]
+    pub from: String,
+    /// Repository to copy to (default: -r/--repo or LIFEBOAT_REPO); it is
+    /// opened with the main password options.
+    #[arg(long, value_name = "REPO")]
+    pub to: Option<String>,
+    /// Password file of the source repository (default:
+    /// LIFEBOAT_FROM_PASSWORD, else the main password).
+    #[arg(long, env = "LIFEBOAT_FROM_PASSWORD_FILE")]
+    pub from_password_file: Option<PathBuf>,
+    /// Snapshots to copy (id, unique prefix or `latest`); default: every
+    /// snapshot of the source not yet in the target.
+    pub snapshots: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Default)]

@@ -5,6 +5,7 @@
 
 mod args;
 mod backup;
+mod copy;
 mod exit;
 mod keys;
 mod maintenance;
@@ -66,6 +67,7 @@ async fn run(cli: args::Cli) -> i32 {
         args::Command::Check(a) => maintenance::check(g, a).await,
         args::Command::Repair(a) => maintenance::repair(g, a).await,
         args::Command::Key(a) => keys::run(g, a).await,
+        args::Command::Copy(a) => copy::run(g, a).await,
     };
     match result {
         Ok(code) => code,

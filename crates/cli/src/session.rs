@@ -109,7 +109,7 @@ pub fn password(g: &Global, t: &Target, confirm: bool) -> Result<Vec<u8>> {
     ))
 }
 
-fn read_password_file(file: &std::path::Path) -> Result<Vec<u8>> {
+pub fn read_password_file(file: &std::path::Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(file).map_err(|e| {
         cli_error(
             exit::WRONG_PASSWORD,
@@ -198,6 +198,13 @@ fn rand_bytes() -> [u8; 32] {
 pub async fn init(g: &Global, a: InitArgs) -> Result<i32> {
     let t = target(g)?;
     let storage = storage(&t).await?;
+    let chunker = match &a.copy_chunker_params_from {
+        Some(from) => {
+            let from = crate::copy::open_source(g, from, a.from_password_file.as_deref()).await?;
+            Some(from.config().chunker)
+        }
+        None => None,
+    };
     let password = password(g, &t, true)?;
     if password.is_empty() {
         return Err(cli_error(exit::GENERIC, "refusing an empty password"));
@@ -209,7 +216,7 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<i32> {
             kdf: kdf_params(),
             compression_level: a.compression,
             pack_size: a.pack_size_mib * 1024 * 1024,
-            chunker: None,
+            chunker,
         },
     )
     .await?;

@@ -11,6 +11,7 @@
 mod check;
 mod chunker;
 mod config;
+mod copy;
 mod crypto;
 mod error;
 mod id;
@@ -28,6 +29,9 @@ mod writer;
 pub use check::{CheckOptions, CheckProblem, CheckReport, check};
 pub use chunker::Chunker;
 pub use config::{ChunkerParams, Config, FORMAT_VERSION};
+pub use copy::{
+    COPIED_FROM, CopiedSnapshot, CopyOptions, CopyProgress, CopyStats, copied_from, copy,
+};
 pub use crypto::MasterKey;
 pub use error::{Error, Result};
 pub use id::Id;

@@ -1,0 +1,102 @@
+//! `copy --from A --to B`: opens both repositories and calls
+//! [`lifeboat_repo::copy`]; also opens the source repository for
+//! `init --copy-chunker-params-from`.
+//!
+//! The source password comes from `--from-password-file` /
+//! `LIFEBOAT_FROM_PASSWORD_FILE`, then `LIFEBOAT_FROM_PASSWORD`, then the
+//! main password options; the target uses the main password options.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use lifeboat_repo::{CopyOptions, CopyProgress, Repository};
+use lifeboat_snapshot::progress::BackupProgress;
+use lifeboat_storage::Location;
+
+use crate::args::{CopyArgs, Global};
+use crate::exit;
+use crate::output::outln;
+use crate::progress::Bar;
+use crate::session::{self, Target};
+
+fn target_at(location: &str) -> Result<Target> {
+    Ok(Target {
+        location: Location::parse(location)?,
+        display: location.to_string(),
+        default: None,
+    })
+}
+
+/// Opens the repository to copy (or take chunker parameters) from.
+pub async fn open_source(
+    g: &Global,
+    location: &str,
+    password_file: Option<&Path>,
+) -> Result<Arc<Repository>> {
+    let t = target_at(location)?;
+    let password = match (password_file, std::env::var("LIFEBOAT_FROM_PASSWORD")) {
+        (Some(file), _) => session::read_password_file(file)?,
+        (None, Ok(p)) => p.into_bytes(),
+        (None, Err(_)) => session::password(g, &t, false)?,
+    };
+    let storage = session::storage(&t).await?;
+    let repo = Repository::open(storage, &password)
+        .await
+        .with_context(|| format!("opening the source repository {location}"))?;
+    Ok(Arc::new(repo))
+}
+
+/// The progress bar counts data blobs as its "files" and their plaintext as
+/// its bytes.
+struct CopyBar(Bar);
+
+impl CopyProgress for CopyBar {
+    fn planned(&self, blobs: u64, bytes: u64) {
+        self.0.scanned(blobs, bytes);
+    }
+    fn blob_copied(&self, bytes: u64) {
+        self.0.processed(1, bytes);
+    }
+}
+
+pub async fn run(g: &Global, a: CopyArgs) -> Result<i32> {
+    let source = open_source(g, &a.from, a.from_password_file.as_deref()).await?;
+    let t = match &a.to {
+        Some(to) => target_at(to)?,
+        None => session::target(g)?,
+    };
+    let password = session::password(g, &t, false)?;
+    let storage = session::storage(&t).await?;
+    let target = Arc::new(
+        Repository::open(storage, &password)
+            .await
+            .with_context(|| format!("opening the target repository {}", t.display))?,
+    );
+    let bar = CopyBar(Bar::new(!g.quiet && !g.json, "copy"));
+    let options = CopyOptions {
+        snapshots: a.snapshots,
+    };
+    let stats = lifeboat_repo::copy(&source, &target, &options, &bar).await;
+    bar.0.finish();
+    let stats = stats?;
+    if g.json {
+        crate::output::json(&stats)?;
+    } else {
+        for c in &stats.copied {
+            outln!("copied snapshot {} -> {}", &c.source[..8], &c.target[..8]);
+        }
+        outln!(
+            "{} snapshots copied, {} already in {}; {} blobs added ({} stored), {} read from {} in {}",
+            stats.snapshots_copied,
+            stats.snapshots_skipped,
+            t.display,
+            stats.blobs_added,
+            crate::output::bytes(stats.added_bytes),
+            crate::output::bytes(stats.read_bytes),
+            a.from,
+            crate::output::duration_ms(stats.elapsed_ms)
+        );
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,418 @@
+//! `copy` between two in-memory repositories with different keys (and
+//! different chunker parameters): real directories are backed up into the
+//! source, copied, and restored from the target byte for byte.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use lifeboat_repo::{
+    COPIED_FROM, CheckOptions, ChunkerParams, CopyOptions, CopyStats, InitOptions, KdfParams,
+    Repository, Snapshot, check, copied_from, copy,
+};
+use lifeboat_snapshot::backup::{BackupOptions, backup};
+use lifeboat_snapshot::progress::NoProgress;
+use lifeboat_snapshot::restore::{RestoreOptions, restore};
+use lifeboat_storage::{
+    Capabilities, DynStorage, Error as StorageError, ErrorKind, Kind, MemoryStorage, ObjectInfo,
+    ObjectKey, Storage,
+};
+
+/// Small chunks so a few MiB of test data make many blobs.
+fn options(seed: u64) -> InitOptions {
+    InitOptions {
+        kdf: KdfParams::INSECURE_TEST,
+        pack_size: 1024 * 1024,
+        chunker: Some(ChunkerParams {
+            min_size: 16 * 1024,
+            avg_size: 64 * 1024,
+            max_size: 256 * 1024,
+            seed,
+        }),
+        ..Default::default()
+    }
+}
+
+async fn new_repo(storage: DynStorage, password: &[u8], seed: u64) -> Arc<Repository> {
+    Arc::new(
+        Repository::init(storage, password, options(seed))
+            .await
+            .unwrap(),
+    )
+}
+
+fn pseudo_random(len: usize, mut x: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn make_source(dir: &Path) {
+    std::fs::create_dir_all(dir.join("a/b")).unwrap();
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    std::fs::write(dir.join("hello.txt"), b"hello copy\n").unwrap();
+    std::fs::write(dir.join("a/big.bin"), pseudo_random(3_000_000, 1)).unwrap();
+    std::fs::write(dir.join("a/b/other.bin"), pseudo_random(1_500_000, 2)).unwrap();
+    // The same content twice: one blob list, deduplicated in both repos.
+    std::fs::write(dir.join("a/b/dup.bin"), pseudo_random(1_500_000, 2)).unwrap();
+    std::fs::write(dir.join("zero"), b"").unwrap();
+    std::os::unix::fs::symlink("hello.txt", dir.join("link")).unwrap();
+}
+
+async fn backup_dir(repo: &Arc<Repository>, dir: &Path) -> Snapshot {
+    let opts = BackupOptions {
+        paths: vec![dir.to_path_buf()],
+        tags: vec!["nightly".into()],
+        host: Some("db1".into()),
+        ..Default::default()
+    };
+    backup(repo.clone(), &opts, Arc::new(NoProgress))
+        .await
+        .unwrap()
+        .snapshot
+}
+
+/// Restores `snap` from `repo` and compares it with `source`.
+async fn assert_restores(repo: &Arc<Repository>, snap: &Snapshot, source: &Path) {
+    let target = tempfile::tempdir().unwrap();
+    let opts = RestoreOptions {
+        target: target.path().to_path_buf(),
+        ..Default::default()
+    };
+    let stats = restore(repo, snap, &opts, &NoProgress).await.unwrap();
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    let restored = target.path().join(source.strip_prefix("/").unwrap());
+    assert_same_tree(source, &restored);
+}
+
+fn assert_same_tree(a: &Path, b: &Path) {
+    let mut names_a: Vec<_> = std::fs::read_dir(a)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let mut names_b: Vec<_> = std::fs::read_dir(b)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names_a.sort();
+    names_b.sort();
+    assert_eq!(names_a, names_b, "entries of {}", b.display());
+    for n in names_a {
+        let (pa, pb) = (a.join(&n), b.join(&n));
+        let ma = std::fs::symlink_metadata(&pa).unwrap();
+        if ma.file_type().is_symlink() {
+            assert_eq!(
+                std::fs::read_link(&pa).unwrap(),
+                std::fs::read_link(&pb).unwrap()
+            );
+        } else if ma.is_dir() {
+            assert_same_tree(&pa, &pb);
+        } else {
+            assert!(
+                std::fs::read(&pa).unwrap() == std::fs::read(&pb).unwrap(),
+                "{} differs",
+                pb.display()
+            );
+        }
+    }
+}
+
+async fn copy_all(a: &Arc<Repository>, b: &Arc<Repository>) -> CopyStats {
+    copy(a, b, &CopyOptions::default(), &()).await.unwrap()
+}
+
+async fn assert_check_ok(repo: &Repository) {
+    let report = check(
+        repo,
+        &CheckOptions {
+            read_data: true,
+            read_data_subset_percent: None,
+        },
+        &|_, _| {},
+    )
+    .await
+    .unwrap();
+    assert!(report.is_ok(), "{:?}", report.errors);
+}
+
+/// Reopens a repository so nothing cached in the handle hides what storage holds.
+async fn reopen(storage: DynStorage, password: &[u8]) -> Arc<Repository> {
+    Arc::new(Repository::open(storage, password).await.unwrap())
+}
+
+#[tokio::test]
+async fn copy_restores_byte_for_byte_and_rerun_copies_nothing() {
+    let src = tempfile::tempdir().unwrap();
+    make_source(src.path());
+    let a = new_repo(Arc::new(MemoryStorage::new()), b"pw-a", 11).await;
+    let mem_b = MemoryStorage::new();
+    let b = new_repo(Arc::new(mem_b.clone()), b"pw-b", 22).await;
+    let snap = backup_dir(&a, src.path()).await;
+
+    let stats = copy_all(&a, &b).await;
+    assert_eq!(stats.snapshots_copied, 1);
+    assert_eq!(stats.snapshots_skipped, 0);
+    assert!(stats.blobs_added > 0 && stats.added_bytes > 0);
+
+    let b = reopen(b.storage().clone(), b"pw-b").await;
+    let copies = b.snapshots().await.unwrap();
+    assert_eq!(copies.len(), 1);
+    let c = &copies[0];
+    // Everything describing the backup is kept; ids are the target's own.
+    assert_eq!(c.record.time, snap.record.time);
+    assert_eq!(c.record.host, "db1");
+    assert_eq!(c.record.paths, snap.record.paths);
+    assert_eq!(c.record.tags, vec!["nightly".to_string()]);
+    assert_eq!(c.record.mode, snap.record.mode);
+    assert_eq!(c.record.summary, snap.record.summary);
+    assert_ne!(
+        c.record.tree, snap.record.tree,
+        "tree ids are keyed per repository"
+    );
+    assert_eq!(
+        copied_from(&c.record),
+        Some((a.config().repository_id, snap.id))
+    );
+    assert!(c.record.extra.contains_key(COPIED_FROM));
+    assert_eq!(stats.copied[0].target, c.id.to_hex());
+    assert_restores(&b, c, src.path()).await;
+    assert_check_ok(&b).await;
+
+    let before = mem_b.snapshot();
+    let again = copy_all(&a, &b).await;
+    assert_eq!(again.snapshots_copied, 0);
+    assert_eq!(again.snapshots_skipped, 1);
+    assert_eq!(again.blobs_read, 0);
+    assert_eq!(
+        mem_b.snapshot().keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>(),
+        "a rerun writes nothing"
+    );
+
+    // Naming the snapshot explicitly is skipped as well.
+    let named = copy(
+        &a,
+        &b,
+        &CopyOptions {
+            snapshots: vec![snap.id.to_hex()[..8].to_string()],
+        },
+        &(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((named.snapshots_copied, named.snapshots_skipped), (0, 1));
+}
+
+#[tokio::test]
+async fn copy_of_a_new_snapshot_copies_only_it_and_its_new_blobs() {
+    let src = tempfile::tempdir().unwrap();
+    make_source(src.path());
+    let a = new_repo(Arc::new(MemoryStorage::new()), b"pw-a", 11).await;
+    let b = new_repo(Arc::new(MemoryStorage::new()), b"pw-b", 22).await;
+    let first = backup_dir(&a, src.path()).await;
+    let full = copy_all(&a, &b).await;
+
+    std::fs::write(src.path().join("hello.txt"), b"changed\n").unwrap();
+    std::fs::write(src.path().join("a/b/new.txt"), b"new file\n").unwrap();
+    let second = backup_dir(&a, src.path()).await;
+    assert_eq!(second.record.parent, Some(first.id));
+
+    // A fresh handle: nothing learnt in the first run is remembered.
+    let b = reopen(b.storage().clone(), b"pw-b").await;
+    let stats = copy_all(&a, &b).await;
+    assert_eq!((stats.snapshots_copied, stats.snapshots_skipped), (1, 1));
+    // Only the two new small files are read from the source: unchanged
+    // directories and files are mapped through the first copy.
+    assert_eq!(stats.blobs_read, 2, "{stats:?}");
+    // Two data blobs, plus the trees on the changed paths (root .. src dir,
+    // and a/b for the new file, a for its new subtree id).
+    assert!(stats.blobs_added <= 2 + 12, "{stats:?}");
+    assert!(
+        stats.added_raw_bytes * 20 < full.added_raw_bytes,
+        "{stats:?}"
+    );
+
+    let copies = b.snapshots().await.unwrap();
+    assert_eq!(copies.len(), 2);
+    let (c1, c2) = (&copies[0], &copies[1]);
+    assert_eq!(copied_from(&c2.record).unwrap().1, second.id);
+    assert_eq!(
+        c2.record.parent,
+        Some(c1.id),
+        "parent maps to the target's copy"
+    );
+    assert_restores(&b, c2, src.path()).await;
+    assert_check_ok(&b).await;
+}
+
+#[tokio::test]
+async fn copying_back_does_not_duplicate() {
+    let src = tempfile::tempdir().unwrap();
+    make_source(src.path());
+    let a = new_repo(Arc::new(MemoryStorage::new()), b"pw-a", 11).await;
+    let b = new_repo(Arc::new(MemoryStorage::new()), b"pw-b", 22).await;
+    backup_dir(&a, src.path()).await;
+    copy_all(&a, &b).await;
+    let back = copy_all(&b, &a).await;
+    assert_eq!((back.snapshots_copied, back.snapshots_skipped), (0, 1));
+    assert_eq!(a.snapshots().await.unwrap().len(), 1);
+}
+
+/// Memory storage whose pack uploads fail after a budget is spent, like a
+/// disk filling up or a connection dropping in the middle of a copy.
+#[derive(Debug)]
+struct FailingPacks {
+    inner: MemoryStorage,
+    packs_left: AtomicUsize,
+}
+
+#[async_trait]
+impl Storage for FailingPacks {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn put(&self, key: &ObjectKey, data: Bytes) -> lifeboat_storage::Result<()> {
+        if key.kind() == Kind::Packs
+            && self
+                .packs_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+        {
+            return Err(StorageError::new(ErrorKind::StorageFull, "test: disk full"));
+        }
+        self.inner.put(key, data).await
+    }
+    async fn get(&self, key: &ObjectKey) -> lifeboat_storage::Result<Bytes> {
+        self.inner.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+        len: u64,
+    ) -> lifeboat_storage::Result<Bytes> {
+        self.inner.get_range(key, offset, len).await
+    }
+    async fn stat(&self, key: &ObjectKey) -> lifeboat_storage::Result<Option<u64>> {
+        self.inner.stat(key).await
+    }
+    async fn list(&self, kind: Kind) -> lifeboat_storage::Result<Vec<ObjectInfo>> {
+        self.inner.list(kind).await
+    }
+    async fn delete(&self, key: &ObjectKey) -> lifeboat_storage::Result<()> {
+        self.inner.delete(key).await
+    }
+}
+
+#[tokio::test]
+async fn interrupted_copy_resumes_and_everything_restores() {
+    let src = tempfile::tempdir().unwrap();
+    make_source(src.path());
+    let a = new_repo(Arc::new(MemoryStorage::new()), b"pw-a", 11).await;
+    let first = backup_dir(&a, src.path()).await;
+    std::fs::write(src.path().join("a/more.bin"), pseudo_random(2_000_000, 3)).unwrap();
+    let second = backup_dir(&a, src.path()).await;
+
+    // Reference: how much an uninterrupted copy uploads, and how many packs
+    // the first snapshot takes.
+    let mem_clean = MemoryStorage::new();
+    let clean = new_repo(Arc::new(mem_clean.clone()), b"pw-b", 22).await;
+    let only_first = CopyOptions {
+        snapshots: vec![first.id.to_hex()],
+    };
+    let clean_first = copy(&a, &clean, &only_first, &()).await.unwrap();
+    let first_packs = mem_clean
+        .snapshot()
+        .keys()
+        .filter(|k| k.kind() == Kind::Packs)
+        .count();
+    let clean_rest = copy_all(&a, &clean).await;
+    let clean_added = clean_first.blobs_added + clean_rest.blobs_added;
+
+    let mem_b = MemoryStorage::new();
+    new_repo(Arc::new(mem_b.clone()), b"pw-b", 22).await;
+    let failing: DynStorage = Arc::new(FailingPacks {
+        inner: mem_b.clone(),
+        // The first snapshot completes; the second fails on its second pack.
+        packs_left: AtomicUsize::new(first_packs + 1),
+    });
+    let b = reopen(failing, b"pw-b").await;
+    let err = copy(&a, &b, &CopyOptions::default(), &())
+        .await
+        .expect_err("a pack upload fails");
+    assert_eq!(err.storage_kind(), Some(ErrorKind::StorageFull), "{err}");
+    let packs_before = mem_b
+        .snapshot()
+        .keys()
+        .filter(|k| k.kind() == Kind::Packs)
+        .count();
+    assert_eq!(packs_before, first_packs + 1);
+    assert_eq!(b.snapshots().await.unwrap().len(), 1);
+
+    let b = reopen(Arc::new(mem_b.clone()), b"pw-b").await;
+    let resumed = copy_all(&a, &b).await;
+    assert_eq!(
+        (resumed.snapshots_copied, resumed.snapshots_skipped),
+        (1, 1)
+    );
+    // The completed snapshot's blobs are not uploaded again.
+    assert!(
+        resumed.blobs_added < clean_added,
+        "resumed {resumed:?} vs clean {clean_added}"
+    );
+    let copies = b.snapshots().await.unwrap();
+    assert_eq!(copies.len(), 2);
+    assert_eq!(copied_from(&copies[0].record).unwrap().1, first.id);
+    assert_eq!(copied_from(&copies[1].record).unwrap().1, second.id);
+    assert_restores(&b, &copies[1], src.path()).await;
+    assert_check_ok(&b).await;
+    let again = copy_all(&a, &b).await;
+    assert_eq!((again.snapshots_copied, again.snapshots_skipped), (0, 2));
+}
+
+#[tokio::test]
+async fn copied_chunker_params_chunk_alike() {
+    let src = tempfile::tempdir().unwrap();
+    make_source(src.path());
+    let a = new_repo(Arc::new(MemoryStorage::new()), b"pw-a", 11).await;
+    let b = Arc::new(
+        Repository::init(
+            Arc::new(MemoryStorage::new()),
+            b"pw-b",
+            InitOptions {
+                chunker: Some(a.config().chunker),
+                ..options(0)
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let other = new_repo(Arc::new(MemoryStorage::new()), b"pw-c", 99).await;
+    backup_dir(&a, src.path()).await;
+    backup_dir(&b, src.path()).await;
+    backup_dir(&other, src.path()).await;
+    let sizes = |r: Arc<Repository>| async move {
+        let index = r.index().await.unwrap();
+        let mut v: Vec<u32> = index
+            .blobs()
+            .filter(|(_, l)| l.entry.blob_type == lifeboat_repo::BlobType::Data)
+            .map(|(_, l)| l.entry.raw_length)
+            .collect();
+        v.sort();
+        v
+    };
+    let (sa, sb, so) = (sizes(a).await, sizes(b).await, sizes(other).await);
+    assert!(sa.len() > 10);
+    assert_eq!(sa, sb, "same chunker parameters, same boundaries");
+    assert_ne!(sa, so, "a different seed cuts elsewhere");
+}

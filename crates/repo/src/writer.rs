@@ -115,7 +115,14 @@ impl WriteSession {
         // An index cached before the lock was taken may predate a prune and
         // name blobs that are gone: read it again now that prune is excluded.
         repo.invalidate_index().await;
-        match Self::start_unlocked(repo, options).await {
+        let index = match repo.index().await {
+            Ok(index) => index,
+            Err(e) => {
+                let _ = lock.release().await;
+                return Err(e);
+            }
+        };
+        match Self::start_unlocked(repo, options, index).await {
             Ok(mut s) => {
                 s.lock = Some(lock);
                 Ok(s)
@@ -129,11 +136,13 @@ impl WriteSession {
 
     /// Starts a session without taking a lock: only for a caller that holds
     /// the exclusive lock (prune's repacking).
+    /// Blobs in `index` are taken as present (prune passes the index of the
+    /// packs it keeps, so blobs of packs it drops are written again).
     pub(crate) async fn start_unlocked(
         repo: Arc<Repository>,
         options: WriteOptions,
+        index: Arc<Index>,
     ) -> Result<Self> {
-        let index = repo.index().await?;
         let level = options
             .compression_level
             .unwrap_or(repo.config().compression_level);

@@ -1,0 +1,439 @@
+//! `prune`: removes data no snapshot references and repacks packs that are
+//! mostly unused, under the exclusive repository lock.
+//!
+//! Steps: take the exclusive lock (fails while any backup holds a shared
+//! one); read every index object and every snapshot record (any failure
+//! aborts: a record or tree that cannot be read might reference anything);
+//! walk all trees to collect the used blobs; classify packs as kept,
+//! deleted (no used blob), repacked (unused share above `max_unused`, up to
+//! `max_repack` bytes) or unindexed leftovers of crashed backups. Then, in
+//! this order, each step durable before the next: write new packs holding
+//! the live blobs of repacked packs (and their index objects) → write index
+//! objects covering every kept pack, with `supersedes` naming all old index
+//! objects → delete the old index objects → delete dropped, repacked and
+//! unindexed packs → delete stale locks → release the lock. No object is
+//! rewritten in place. The argument that a crash anywhere is harmless is in
+//! `docs/format.md` ("Prune").
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use lifeboat_storage::{Kind, ObjectKey};
+use serde::Serialize;
+
+use crate::index::{Index, IndexFile, IndexPack};
+use crate::lock::{LockKind, LockOptions, RepositoryLock, remove_stale_locks};
+use crate::pack::{BlobType, open_blob};
+use crate::record::SnapshotRecord;
+use crate::repository::{Repository, blocking, pack_key};
+use crate::tree::{NodeKind, Tree};
+use crate::writer::{WriteOptions, WriteSession};
+use crate::{Error, Id, Result};
+
+/// Packs per index object written by prune (as `repair index`): large
+/// enough for few objects, small enough that one object stays a few MiB.
+const PACKS_PER_INDEX: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    pub dry_run: bool,
+    /// Repack a pack when more than this percentage of its bytes is unused.
+    /// 10 %: rewriting a pack costs its used bytes in upload, so only packs
+    /// with a real share of garbage are worth it.
+    pub max_unused_percent: f64,
+    /// Most bytes of packs to repack in one run (`None`: no limit).
+    pub max_repack_bytes: Option<u64>,
+    pub lock: LockOptions,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            dry_run: false,
+            max_unused_percent: 10.0,
+            max_repack_bytes: None,
+            lock: LockOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneStats {
+    pub dry_run: bool,
+    pub snapshots: usize,
+    pub trees_read: usize,
+    pub packs_before: usize,
+    pub blobs_used: usize,
+    pub blobs_unused: usize,
+    /// Packs with no used blob, deleted.
+    pub packs_deleted: usize,
+    /// Packs in no index object (left by interrupted backups), deleted.
+    pub packs_unindexed_deleted: usize,
+    /// Packs whose live blobs were copied to new packs, then deleted.
+    pub packs_repacked: usize,
+    /// Stored bytes of the blobs copied into new packs (estimated by a dry
+    /// run).
+    pub rewritten_bytes: u64,
+    /// Pack bytes before minus pack bytes after (estimated by a dry run).
+    pub freed_bytes: u64,
+    /// Bytes of unused blobs left in kept packs (below the threshold or
+    /// beyond `max_repack`).
+    pub unused_bytes_kept: u64,
+    pub index_files_written: usize,
+    pub index_files_deleted: usize,
+    pub stale_locks_removed: usize,
+    pub elapsed_ms: u64,
+}
+
+/// Runs prune. Fails with [`Error::Locked`] while a backup runs.
+pub async fn prune(repo: &Arc<Repository>, options: &PruneOptions) -> Result<PruneStats> {
+    let lock = RepositoryLock::acquire(repo, LockKind::Exclusive, &options.lock).await?;
+    let r = prune_locked(repo, options).await;
+    repo.invalidate_index().await;
+    let released = lock.release().await;
+    let stats = r?;
+    released?;
+    Ok(stats)
+}
+
+/// One indexed pack as prune sees it.
+struct PackInfo {
+    entries: Vec<crate::PackEntry>,
+    size: u64,
+    used_bytes: u64,
+    used_blobs: usize,
+}
+
+async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<PruneStats> {
+    let started = Instant::now();
+    let storage = repo.storage();
+    let mut stats = PruneStats {
+        dry_run: options.dry_run,
+        ..Default::default()
+    };
+
+    // Everything the repository holds. Index objects are read strictly: an
+    // undecodable one could hide where used blobs live.
+    let index_files = repo.read_index_files().await.map_err(|e| {
+        Error::Invalid(format!(
+            "cannot read the index ({e}); run `lifeboat repair index` first"
+        ))
+    })?;
+    let old_index_ids: Vec<Id> = index_files.iter().map(|(id, _)| *id).collect();
+    let mut present: HashMap<Id, u64> = HashMap::new();
+    for info in storage.list(Kind::Packs).await? {
+        if let Some(id) = Id::from_hex(info.key.name()) {
+            present.insert(id, info.size_bytes);
+        }
+    }
+    stats.packs_before = present.len();
+    // Packs by id (sorted, so the choice of a duplicated blob's copy is
+    // deterministic); a pack listed by several index objects counts once.
+    let mut packs: BTreeMap<Id, PackInfo> = BTreeMap::new();
+    for (_, file) in &index_files {
+        for p in &file.packs {
+            packs.entry(p.id).or_insert_with(|| PackInfo {
+                entries: p.entries.clone(),
+                size: 0,
+                used_bytes: 0,
+                used_blobs: 0,
+            });
+        }
+    }
+    // A pack the index names but storage lacks cannot serve any blob.
+    packs.retain(|id, p| match present.get(id) {
+        Some(size) => {
+            p.size = *size;
+            true
+        }
+        None => false,
+    });
+    let mut index = Index::default();
+    for (id, p) in &packs {
+        index.add_pack(&IndexPack {
+            id: *id,
+            entries: p.entries.clone(),
+        });
+    }
+
+    let used = used_blobs(repo, &index, &mut stats).await?;
+    stats.blobs_used = used.len();
+
+    // Count each used blob once, in the pack the merged index chose for it.
+    for (blob, loc) in index.blobs() {
+        if used.contains(blob) {
+            let p = packs.get_mut(&loc.pack).expect("indexed pack");
+            p.used_bytes += loc.entry.length as u64;
+            p.used_blobs += 1;
+        }
+    }
+    stats.blobs_unused = index.blob_count() - used.len();
+
+    let mut delete: Vec<Id> = Vec::new();
+    let mut candidates: Vec<(Id, u64, u64)> = Vec::new(); // (pack, size, unused)
+    for (id, p) in &packs {
+        if p.used_blobs == 0 {
+            delete.push(*id);
+            continue;
+        }
+        // Blob bytes only: the trailer is overhead every pack has, and
+        // counting it would repack small packs again and again.
+        let blob_bytes: u64 = p.entries.iter().map(|e| e.length as u64).sum();
+        let unused = blob_bytes.saturating_sub(p.used_bytes);
+        if unused as f64 > blob_bytes as f64 * options.max_unused_percent / 100.0 {
+            candidates.push((*id, p.size, unused));
+        } else {
+            stats.unused_bytes_kept += unused;
+        }
+    }
+    // Most garbage first: the best return for the bytes rewritten.
+    candidates.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    let mut repack: Vec<Id> = Vec::new();
+    let mut budget = options.max_repack_bytes.unwrap_or(u64::MAX);
+    for (id, size, unused) in candidates {
+        if size <= budget {
+            budget -= size;
+            repack.push(id);
+        } else {
+            stats.unused_bytes_kept += unused;
+        }
+    }
+    let unindexed: Vec<Id> = present
+        .keys()
+        .filter(|id| !packs.contains_key(id))
+        .copied()
+        .collect();
+    stats.packs_deleted = delete.len();
+    stats.packs_repacked = repack.len();
+    stats.packs_unindexed_deleted = unindexed.len();
+    let removed_bytes: u64 = delete
+        .iter()
+        .chain(&repack)
+        .chain(&unindexed)
+        .map(|id| present[id])
+        .sum();
+    stats.rewritten_bytes = repack.iter().map(|id| packs[id].used_bytes).sum();
+    stats.freed_bytes = removed_bytes.saturating_sub(stats.rewritten_bytes);
+    let nothing_to_do = delete.is_empty() && repack.is_empty() && unindexed.is_empty();
+    if options.dry_run || nothing_to_do {
+        if !options.dry_run {
+            stats.stale_locks_removed =
+                remove_stale_locks(storage, repo.key(), &options.lock).await?;
+        }
+        stats.elapsed_ms = started.elapsed().as_millis() as u64;
+        return Ok(stats);
+    }
+
+    // 1. New packs with the live blobs of the packs being repacked. The
+    //    session sees only the kept packs' blobs as present, so each live
+    //    blob of a repacked pack is written again exactly once.
+    let dropped: HashSet<Id> = delete.iter().chain(&repack).copied().collect();
+    let mut kept_index = Index::default();
+    let mut kept_packs: Vec<IndexPack> = Vec::new();
+    for (id, p) in &packs {
+        if !dropped.contains(id) {
+            let ip = IndexPack {
+                id: *id,
+                entries: p.entries.clone(),
+            };
+            kept_index.add_pack(&ip);
+            kept_packs.push(ip);
+        }
+    }
+    if !repack.is_empty() {
+        let session = WriteSession::start_unlocked(
+            repo.clone(),
+            WriteOptions::default(),
+            Arc::new(kept_index),
+        )
+        .await?;
+        let used = Arc::new(used);
+        let results = futures::stream::iter(repack.iter().copied())
+            .map(|pack| {
+                let used = used.clone();
+                let entries: Vec<crate::PackEntry> = packs[&pack]
+                    .entries
+                    .iter()
+                    .filter(|e| {
+                        used.contains(&e.id) && index.get(&e.id).map(|l| l.pack) == Some(pack)
+                    })
+                    .copied()
+                    .collect();
+                async move {
+                    let bytes = storage.get(&pack_key(&pack)).await?;
+                    let key = repo.key().clone();
+                    blocking(move || {
+                        entries
+                            .iter()
+                            .map(|e| {
+                                let end = e.offset as usize + e.length as usize;
+                                let sealed =
+                                    bytes.get(e.offset as usize..end).ok_or_else(|| {
+                                        Error::corrupt(
+                                            format!("pack {pack}"),
+                                            "shorter than its index says",
+                                        )
+                                    })?;
+                                let plain = open_blob(&key, e, sealed).map_err(|err| {
+                                    Error::corrupt(
+                                        format!("pack {pack}"),
+                                        format!("blob {} cannot be repacked: {err}", e.id),
+                                    )
+                                })?;
+                                Ok((e.blob_type, plain))
+                            })
+                            .collect::<Result<Vec<(BlobType, Vec<u8>)>>>()
+                    })
+                    .await?
+                }
+            })
+            // Two whole packs in memory at a time.
+            .buffered(2);
+        futures::pin_mut!(results);
+        while let Some(blobs) = results.next().await {
+            for (t, data) in blobs? {
+                session.add_blob(t, &data).await?;
+            }
+        }
+        let written = session
+            .stats()
+            .added_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        session.flush().await?;
+        stats.rewritten_bytes = written;
+    }
+
+    // 2. Index objects for every kept old pack, superseding all old ones.
+    //    (The repack session has written its own for the new packs.)
+    let mut written = Vec::new();
+    for chunk in kept_packs.chunks(PACKS_PER_INDEX) {
+        written.push(
+            repo.write_index(&IndexFile {
+                packs: chunk.to_vec(),
+                supersedes: old_index_ids.clone(),
+            })
+            .await?,
+        );
+    }
+    stats.index_files_written = written.len();
+
+    // 3. Old index objects; only then 4. the packs nothing indexes any more.
+    for id in &old_index_ids {
+        if !written.contains(id) {
+            storage
+                .delete(&ObjectKey::new(Kind::Index, id.to_hex()))
+                .await?;
+            stats.index_files_deleted += 1;
+        }
+    }
+    let doomed: Vec<Id> = delete
+        .iter()
+        .chain(&repack)
+        .chain(&unindexed)
+        .copied()
+        .collect();
+    futures::stream::iter(doomed)
+        .map(|id| async move { storage.delete(&pack_key(&id)).await })
+        .buffer_unordered(repo.concurrency())
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    let before: u64 = present.values().sum();
+    let after: u64 = storage
+        .list(Kind::Packs)
+        .await?
+        .iter()
+        .map(|o| o.size_bytes)
+        .sum();
+    stats.freed_bytes = before.saturating_sub(after);
+
+    // 5. Locks of crashed processes.
+    stats.stale_locks_removed = remove_stale_locks(storage, repo.key(), &options.lock).await?;
+    stats.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(stats)
+}
+
+/// Every blob some snapshot needs: its trees and the data of its files.
+/// Strict: a snapshot record or tree that cannot be read aborts prune,
+/// because the blobs it references are unknown.
+async fn used_blobs(
+    repo: &Repository,
+    index: &Index,
+    stats: &mut PruneStats,
+) -> Result<HashSet<Id>> {
+    let storage = repo.storage();
+    let list = storage.list(Kind::Snapshots).await?;
+    let records: Vec<SnapshotRecord> = futures::stream::iter(list)
+        .map(|info| async move {
+            let bytes = storage.get(&info.key).await?;
+            if Id::of_bytes(&bytes).to_hex() != info.key.name() {
+                return Err(Error::corrupt(&info.key, "content does not match its name"));
+            }
+            SnapshotRecord::decode(repo.key(), &info.key.to_string(), &bytes)
+        })
+        .buffer_unordered(repo.concurrency())
+        .try_collect()
+        .await
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "prune needs every snapshot record ({e}); run `lifeboat check`, then forget the damaged snapshot"
+            ))
+        })?;
+    stats.snapshots = records.len();
+    let mut used: HashSet<Id> = HashSet::new();
+    let mut level: Vec<Id> = Vec::new();
+    for r in &records {
+        if used.insert(r.tree) {
+            level.push(r.tree);
+        }
+    }
+    // Breadth first, one level of directories read in parallel at a time.
+    while !level.is_empty() {
+        stats.trees_read += level.len();
+        let trees: Vec<Tree> = futures::stream::iter(level)
+            .map(|id| async move {
+                let loc = index.get(&id).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "tree {id} is not in the index; run `lifeboat check` (prune changed nothing)"
+                    ))
+                })?;
+                if loc.entry.blob_type != BlobType::Tree {
+                    return Err(Error::corrupt(format!("tree {id}"), "blob is not a tree"));
+                }
+                let bytes = repo.read_blob_at(&id, loc).await?;
+                Tree::decode(&id, &bytes)
+            })
+            .buffer_unordered(repo.concurrency())
+            .try_collect()
+            .await?;
+        let mut next = Vec::new();
+        for tree in trees {
+            for node in tree.nodes {
+                match node.kind {
+                    NodeKind::Dir => {
+                        if let Some(sub) = node.subtree
+                            && used.insert(sub)
+                        {
+                            next.push(sub);
+                        }
+                    }
+                    NodeKind::File => {
+                        for blob in node.content {
+                            if !index.contains(&blob) {
+                                return Err(Error::Invalid(format!(
+                                    "blob {blob} of a file is not in the index; run `lifeboat check` (prune changed nothing)"
+                                )));
+                            }
+                            used.insert(blob);
+                        }
+                    }
+                    NodeKind::Symlink => {}
+                }
+            }
+        }
+        level = next;
+    }
+    Ok(used)
+}

@@ -16,6 +16,10 @@
 //! are flushed, the new snapshot's trees are read back from the target and
 //! every blob they name must be indexed there before the record is written.
 //!
+//! Locking: the run holds a shared lock on the target (besides each write
+//! session's own), so a prune cannot delete blobs between a session's flush
+//! and the record that names them.
+//!
 //! Incremental cost: the source→target id map is learnt from an earlier copy
 //! (the copy of the parent, else the latest copy of the same source) by
 //! walking both trees side by side, so unchanged directories are reused
@@ -31,6 +35,7 @@ use std::time::Instant;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
+use crate::lock::{LockKind, LockOptions, RepositoryLock};
 use crate::pack::BlobType;
 use crate::record::{Snapshot, SnapshotRecord};
 use crate::repository::{Repository, resolve_snapshot};
@@ -138,6 +143,27 @@ pub async fn copy(
             "source and target are the same repository".into(),
         ));
     }
+    // A shared lock on the target for the whole run: prune (exclusive) must
+    // not run between a session's flush and the record naming its blobs,
+    // nor invalidate the ids learnt from earlier copies.
+    let lock = RepositoryLock::acquire(target, LockKind::Shared, &LockOptions::default()).await?;
+    let result = copy_locked(source, target, options, progress, &lock).await;
+    let released = lock.release().await;
+    let mut stats = result?;
+    released?;
+    stats.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(stats)
+}
+
+async fn copy_locked(
+    source: &Arc<Repository>,
+    target: &Arc<Repository>,
+    options: &CopyOptions,
+    progress: &dyn CopyProgress,
+    lock: &RepositoryLock,
+) -> Result<CopyStats> {
+    let source_repo = source.config().repository_id;
+    let target_repo = target.config().repository_id;
     let all = source.snapshots().await?;
     let mut selected: Vec<Snapshot> = if options.snapshots.is_empty() {
         all.clone()
@@ -194,8 +220,10 @@ pub async fn copy(
             .parent
             .and_then(|p| copies.get(&p))
             .map(|s| s.id);
-        let copy =
-            copy_snapshot(source, target, snap, parent, &mut map, &mut stats, progress).await?;
+        let copy = copy_snapshot(
+            source, target, snap, parent, &mut map, &mut stats, progress, lock,
+        )
+        .await?;
         progress.snapshot_finished(snap, &copy.id);
         stats.snapshots_copied += 1;
         stats.copied.push(CopiedSnapshot {
@@ -204,13 +232,12 @@ pub async fn copy(
         });
         copies.insert(snap.id, copy);
     }
-    stats.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(stats)
 }
 
 /// Root trees (source, target) of an earlier copy that probably shares most
 /// directories with `snap`: its parent's copy, else the latest copy of a
-/// snapshot of the same source taken before it.
+/// snapshot of the same source taken before it, else the latest earlier copy.
 fn related_copy(
     snap: &Snapshot,
     all: &[Snapshot],
@@ -223,14 +250,16 @@ fn related_copy(
     {
         return Some(pair);
     }
-    all.iter()
-        .filter(|s| {
-            s.id != snap.id
-                && s.record.time <= snap.record.time
-                && s.record.same_source(&snap.record.host, &snap.record.paths)
-        })
-        .rev()
+    let earlier = || {
+        all.iter()
+            .filter(|s| s.id != snap.id && s.record.time <= snap.record.time)
+            .rev()
+    };
+    // Any copy pairs ids correctly; one of the same source shares the most.
+    earlier()
+        .filter(|s| s.record.same_source(&snap.record.host, &snap.record.paths))
         .find_map(pair)
+        .or_else(|| earlier().find_map(pair))
 }
 
 /// Walks a source tree and its copy side by side, recording which target id
@@ -296,6 +325,7 @@ async fn read_trees(repo: &Repository, ids: Vec<Id>) -> Result<Vec<(Id, Tree)>> 
 
 /// Copies one snapshot's blobs and trees, verifies them in the target and
 /// writes the record. Returns the target's snapshot.
+#[allow(clippy::too_many_arguments)]
 async fn copy_snapshot(
     source: &Arc<Repository>,
     target: &Arc<Repository>,
@@ -304,6 +334,7 @@ async fn copy_snapshot(
     map: &mut IdMap,
     stats: &mut CopyStats,
     progress: &dyn CopyProgress,
+    lock: &RepositoryLock,
 ) -> Result<Snapshot> {
     let session = Arc::new(WriteSession::start(target.clone(), WriteOptions::default()).await?);
     // A mapping is usable only while the target still holds the blob.
@@ -429,6 +460,7 @@ async fn copy_snapshot(
         })
         .expect("serializes"),
     );
+    lock.verify().await?;
     let id = target.write_snapshot(&record).await?;
     Ok(Snapshot { id, record })
 }

@@ -71,6 +71,10 @@ pub enum Command {
     Key(KeyArgs),
     /// Copy snapshots to another repository (re-encrypted under its key).
     Copy(CopyArgs),
+    /// Remove snapshots (their records only) by a retention policy, per source.
+    Forget(ForgetArgs),
+    /// Delete data no snapshot uses; repack mostly-unused packs.
+    Prune(PruneArgs),
 }
 
 #[derive(Debug, Args)]
@@ -263,4 +267,55 @@ pub enum KeyAction {
         #[arg(long)]
         new_password_file: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<usize>,
+    /// Keep the newest snapshot of each of the N newest hours (UTC).
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<usize>,
+    /// Keep the newest snapshot of each of the N newest days (UTC).
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<usize>,
+    /// Keep the newest snapshot of each of the N newest ISO weeks (UTC).
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<usize>,
+    /// Keep the newest snapshot of each of the N newest months (UTC).
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<usize>,
+    /// Keep the newest snapshot of each of the N newest years (UTC).
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<usize>,
+    /// Keep snapshots this recent, counted back from the source's newest
+    /// (e.g. 12h, 7d, 2w, 6m, 1y; m = 30 days).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Keep snapshots with this tag (repeatable).
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    pub keep_tags: Vec<String>,
+    /// Show what would be forgotten and why the rest is kept; change nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Allow the policy to forget every snapshot of a source.
+    #[arg(long)]
+    pub allow_empty_source: bool,
+    /// Run prune afterwards.
+    #[arg(long)]
+    pub prune: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Repack packs whose unused share is above this, e.g. 10%.
+    #[arg(long, default_value = "10%", value_name = "PERCENT")]
+    pub max_unused: String,
+    /// Repack at most this many bytes of packs, e.g. 2G or 500M (default: no limit).
+    #[arg(long, value_name = "SIZE")]
+    pub max_repack: Option<String>,
+    /// Show what would be deleted and rewritten; change nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
 }

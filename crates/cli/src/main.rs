@@ -13,6 +13,7 @@ mod output;
 mod progress;
 mod read;
 mod restore;
+mod retention;
 mod session;
 
 use clap::Parser;
@@ -68,6 +69,8 @@ async fn run(cli: args::Cli) -> i32 {
         args::Command::Repair(a) => maintenance::repair(g, a).await,
         args::Command::Key(a) => keys::run(g, a).await,
         args::Command::Copy(a) => copy::run(g, a).await,
+        args::Command::Forget(a) => retention::forget(g, a).await,
+        args::Command::Prune(a) => retention::prune(g, a).await,
     };
     match result {
         Ok(code) => code,

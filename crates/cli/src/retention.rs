@@ -1,0 +1,196 @@
+//! `forget` and `prune`: parse the policy and limits, call
+//! `lifeboat_repo::retention::forget` / `lifeboat_repo::prune::prune`, render.
+
+use anyhow::Result;
+use lifeboat_repo::prune::{PruneOptions, PruneStats, prune as run_prune};
+use lifeboat_repo::retention::{
+    ForgetOptions, ForgetReport, RetentionPolicy, forget as run_forget, parse_duration,
+};
+
+use crate::args::{ForgetArgs, Global, PruneArgs};
+use crate::exit::{self, cli_error};
+use crate::output::{bytes, duration_ms, outln};
+use crate::session;
+
+pub async fn forget(g: &Global, a: ForgetArgs) -> Result<i32> {
+    let keep_within = match &a.keep_within {
+        Some(d) => Some(parse_duration(d).map_err(|e| cli_error(exit::GENERIC, e.to_string()))?),
+        None => None,
+    };
+    let policy = RetentionPolicy {
+        keep_last: a.keep_last,
+        keep_hourly: a.keep_hourly,
+        keep_daily: a.keep_daily,
+        keep_weekly: a.keep_weekly,
+        keep_monthly: a.keep_monthly,
+        keep_yearly: a.keep_yearly,
+        keep_within,
+        keep_tags: a.keep_tags,
+    };
+    if policy.is_empty() {
+        return Err(cli_error(
+            exit::GENERIC,
+            "give at least one --keep-* rule (forget never removes everything by default)",
+        ));
+    }
+    let repo = session::open(g).await?;
+    let report = run_forget(
+        &repo,
+        &policy,
+        &ForgetOptions {
+            dry_run: a.dry_run,
+            allow_empty_source: a.allow_empty_source,
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        lifeboat_repo::Error::Invalid(m) => cli_error(exit::GENERIC, m),
+        e => e.into(),
+    })?;
+    let pruned = if a.prune && !a.dry_run {
+        Some(run_prune(&repo, &PruneOptions::default()).await?)
+    } else {
+        None
+    };
+    if g.json {
+        crate::output::json(&serde_json::json!({ "forget": report, "prune": pruned }))?;
+    } else {
+        render_forget(&report);
+        if let Some(p) = &pruned {
+            render_prune(p);
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn render_forget(r: &ForgetReport) {
+    for g in &r.groups {
+        outln!("source {} {}:", g.host, g.paths.join(" "));
+        for d in &g.snapshots {
+            let time = d.time.strftime("%Y-%m-%d %H:%M:%S");
+            if d.keep {
+                outln!(
+                    "  keep    {}  {}  ({})",
+                    d.short_id,
+                    time,
+                    d.reasons.join(", ")
+                );
+            } else {
+                outln!("  forget  {}  {}", d.short_id, time);
+            }
+        }
+    }
+    outln!(
+        "{} {} snapshots, kept {}{}",
+        if r.dry_run { "would forget" } else { "forgot" },
+        r.removed,
+        r.kept,
+        if r.removed > 0 && !r.dry_run {
+            "; run `lifeboat prune` to free their data"
+        } else {
+            ""
+        }
+    );
+}
+
+pub async fn prune(g: &Global, a: PruneArgs) -> Result<i32> {
+    let max_unused: f64 = a
+        .max_unused
+        .trim_end_matches('%')
+        .parse()
+        .ok()
+        .filter(|p: &f64| (0.0..=100.0).contains(p))
+        .ok_or_else(|| {
+            cli_error(
+                exit::GENERIC,
+                format!(
+                    "--max-unused takes a percentage like 10%, not {:?}",
+                    a.max_unused
+                ),
+            )
+        })?;
+    let max_repack = match &a.max_repack {
+        Some(s) => Some(parse_size(s).ok_or_else(|| {
+            cli_error(
+                exit::GENERIC,
+                format!("--max-repack takes a size like 500M or 2G, not {s:?}"),
+            )
+        })?),
+        None => None,
+    };
+    let repo = session::open(g).await?;
+    let stats = run_prune(
+        &repo,
+        &PruneOptions {
+            dry_run: a.dry_run,
+            max_unused_percent: max_unused,
+            max_repack_bytes: max_repack,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        lifeboat_repo::Error::Invalid(m) => cli_error(exit::DAMAGED, m),
+        e => e.into(),
+    })?;
+    if g.json {
+        crate::output::json(&stats)?;
+    } else {
+        render_prune(&stats);
+    }
+    Ok(exit::OK)
+}
+
+fn render_prune(s: &PruneStats) {
+    let would = if s.dry_run { "would " } else { "" };
+    outln!(
+        "{} snapshots, {} packs; {} blobs used, {} unused",
+        s.snapshots,
+        s.packs_before,
+        s.blobs_used,
+        s.blobs_unused
+    );
+    outln!(
+        "{would}delete {} unused packs and {} packs left by interrupted backups; {would}repack {} packs ({} rewritten)",
+        s.packs_deleted,
+        s.packs_unindexed_deleted,
+        s.packs_repacked,
+        bytes(s.rewritten_bytes)
+    );
+    outln!(
+        "{}freed {}; {} of unused blobs left in kept packs{}; took {}",
+        if s.dry_run { "would have " } else { "" },
+        bytes(s.freed_bytes),
+        bytes(s.unused_bytes_kept),
+        if s.stale_locks_removed > 0 {
+            format!("; removed {} stale locks", s.stale_locks_removed)
+        } else {
+            String::new()
+        },
+        duration_ms(s.elapsed_ms)
+    );
+}
+
+/// `500M`, `2G`, `1.5GiB`, `1048576`: binary units.
+fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: u64 = match unit
+        .trim()
+        .to_ascii_lowercase()
+        .trim_end_matches("ib")
+        .trim_end_matches('b')
+    {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return None,
+    };
+    Some((n * mult as f64) as u64)
+}

@@ -13,6 +13,7 @@ use lifeboat_storage::{Kind, ObjectKey};
 use serde::Serialize;
 
 use crate::index::{IndexFile, IndexPack};
+use crate::lock::{LockKind, LockOptions, RepositoryLock};
 use crate::pack::{decode_trailer, trailer_range};
 use crate::repository::{Repository, pack_key};
 use crate::{Id, Result};
@@ -31,7 +32,19 @@ pub struct RepairStats {
     pub entries_carried_over: usize,
 }
 
+/// Runs under the exclusive lock: a prune deleting packs, or a backup
+/// adding them, would make the rebuilt index wrong.
 pub async fn repair_index(repo: &Repository) -> Result<RepairStats> {
+    let lock = RepositoryLock::acquire(repo, LockKind::Exclusive, &LockOptions::default()).await?;
+    let r = repair_locked(repo).await;
+    repo.invalidate_index().await;
+    let released = lock.release().await;
+    let stats = r?;
+    released?;
+    Ok(stats)
+}
+
+async fn repair_locked(repo: &Repository) -> Result<RepairStats> {
     let storage = repo.storage();
     let old: Vec<Id> = storage
         .list(Kind::Index)

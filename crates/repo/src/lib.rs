@@ -23,8 +23,8 @@ mod pack;
 pub mod prune;
 mod record;
 pub mod repair;
-pub mod retention;
 mod repository;
+pub mod retention;
 mod tree;
 mod writer;
 

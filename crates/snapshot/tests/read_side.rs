@@ -117,8 +117,6 @@ impl Spec {
     }
 }
 
-/// Deterministic incompressible bytes.
-
 /// Stores a spec's blobs and returns its node (content or subtree filled in).
 fn store<'a>(session: &'a WriteSession, spec: &'a Spec) -> BoxFuture<'a, Node> {
     Box::pin(async move {

@@ -1,45 +1,59 @@
 //! Restoring a snapshot (or part of it) into a directory.
 //!
 //! [`restore`] works in four steps. It *selects* entries by the
-//! include/exclude patterns of [`RestoreOptions`]; *prepares* the target —
-//! refusing, before anything is written, to replace existing files unless
-//! asked to, skipping files already identical (`delta`), creating
-//! directories, empty files of the right length, symlinks and hard links;
-//! *fetches* data grouped by pack, each pack's needed blobs read with as few
-//! ranged reads as possible, several packs in parallel under a memory budget,
-//! every blob verified before its bytes are written at their offsets in every
-//! file that uses them; and sets *directory metadata last*, deepest first, so
-//! creating entries does not disturb a directory's mtime and a read-only
-//! directory can still be filled. A file's own metadata is set when its last
-//! blob has been written; one `syncfs` of the target at the end makes the
-//! whole restore durable before it is reported done. Problems with one file (a
-//! damaged blob, a permission error) are recorded in
-//! [`RestoreStats::errors`] and the others are restored anyway; an
-//! [`crate::Error`] means nothing sensible could be done at all. Restoring
-//! into a database data directory is the connectors' business, not this
-//! module's.
+//! include/exclude patterns of [`RestoreOptions`], reading the snapshot's
+//! trees breadth first (several in flight) and keeping of each entry only
+//! what restoring it needs, so a tree is dropped as soon as it has been
+//! read; it *prepares* the target — refusing, before anything is written, to
+//! replace existing files unless asked to, skipping files already identical
+//! (`delta`), creating directories, empty files of the right length,
+//! symlinks and hard links; it *fetches* data grouped by pack, each pack's
+//! needed blobs read with as few ranged reads as possible, several ranges in
+//! parallel under a memory budget, every blob verified before its bytes are
+//! written at their offsets in every file that uses them; and it sets
+//! *directory metadata last*, deepest first, so creating entries does not
+//! disturb a directory's mtime and a read-only directory can still be
+//! filled. A file's own metadata is set when its last blob has been written;
+//! one `syncfs` of the target at the end makes the whole restore durable
+//! before it is reported done.
+//!
+//! Memory stays flat whatever the snapshot's size: the plan holds a few
+//! dozen bytes per file and per blob (no tree nodes), and the data path
+//! holds at most [`MEMORY_BUDGET_KIB`] of sealed bytes and plaintext.
+//!
+//! Problems with one file (a damaged blob, a permission error) are recorded
+//! in [`RestoreStats::errors`] and the others are restored anyway; a file
+//! whose data could not be written is removed rather than left at its real
+//! name with holes in it. An [`crate::Error`] means nothing sensible could
+//! be done at all — including a full target filesystem (an
+//! [`Error::Io`] whose source is of kind [`io::ErrorKind::StorageFull`]),
+//! after which the files not finished are removed. Restoring into a
+//! database data directory is the connectors' business, not this module's.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{self, File, FileType, OpenOptions, Permissions};
 use std::io::{self, Read};
+use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use lifeboat_repo::{
-    Id, Index, MasterKey, Node, NodeKind, PackEntry, Repository, Snapshot, open_blob, pack_key,
+    Id, Index, MasterKey, NodeKind, PackEntry, Repository, Snapshot, open_blob, pack_key,
 };
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::find::PathMatcher;
-use crate::ls::{TreeMap, join, load_trees};
+use crate::ls::join;
 use crate::progress::RestoreProgress;
 use crate::{Error, Result};
 
@@ -47,17 +61,16 @@ use crate::{Error, Result};
 /// the bytes between them read and dropped: on object storage a request's
 /// latency costs more than reading a quarter mebibyte.
 const RANGE_GAP_BYTES: u64 = 256 * 1024;
-/// Largest single ranged read: the default pack size, so a wholly needed
-/// pack is one request, while one range never takes the whole memory budget.
-const RANGE_MAX_BYTES: u64 = 16 * 1024 * 1024;
-/// Largest plaintext of one range: a range's blobs are all decrypted and
-/// decompressed before they are written, and source code compresses 4-5x,
-/// so a cap on sealed bytes alone let one range hold ~70 MiB.
-const RANGE_MAX_RAW_BYTES: u64 = 16 * 1024 * 1024;
-/// Bytes held at once by ranges in flight (sealed plus plaintext), in KiB:
-/// enough for a few ranges to keep a remote backend busy while keeping a
-/// restore's memory flat whatever the snapshot's size.
-const MEMORY_BUDGET_KIB: u32 = 64 * 1024;
+/// Largest single ranged read (unless one blob is larger). Several MiB keep
+/// a remote backend's requests few and long; a range's sealed bytes are
+/// held until its last blob is written, so it is also what one range in
+/// flight costs.
+const RANGE_MAX_BYTES: u64 = 8 * 1024 * 1024;
+/// Bytes held at once by ranges in flight, in KiB: each range's sealed
+/// bytes plus the plaintext of the one blob being written (blobs are opened
+/// one at a time). Enough for several ranges to keep a remote backend busy
+/// while keeping a restore's memory flat whatever the snapshot's size.
+const MEMORY_BUDGET_KIB: u32 = 48 * 1024;
 
 /// What to restore and how.
 #[derive(Debug, Clone, Default)]
@@ -104,7 +117,9 @@ pub struct RestoreStats {
 /// Restores `snapshot` into `options.target`. Returns an error before
 /// writing anything if a selected file already exists in the target and
 /// neither `overwrite` nor `delta` is set; per-entry problems go to
-/// [`RestoreStats::errors`] (and to `progress` as warnings).
+/// [`RestoreStats::errors`] (and to `progress` as warnings). A full target
+/// filesystem stops the restore with an [`Error::Io`] of kind
+/// [`io::ErrorKind::StorageFull`].
 pub async fn restore(
     repo: &Arc<Repository>,
     snapshot: &Snapshot,
@@ -114,32 +129,31 @@ pub async fn restore(
     let started = Instant::now();
     let include = PathMatcher::new(&options.include)?;
     let exclude = PathMatcher::new(&options.exclude)?;
-    let root = snapshot.record.tree;
-    let descend = |p: &[u8]| !exclude.is_match(p);
-    let trees = load_trees(repo, vec![(Vec::new(), root)], Some(&descend)).await?;
-    let mut entries = Vec::new();
-    let select = Select {
-        trees: &trees,
-        include: &include,
-        exclude: &exclude,
-        target: &options.target,
-    };
-    select.walk(root, b"", include.is_empty(), &mut entries);
-    drop(trees);
-    link_hard_links(&mut entries);
+    let selection = select(
+        repo,
+        snapshot.record.tree,
+        &include,
+        &exclude,
+        &options.target,
+    )
+    .await?;
 
     let index = repo.index().await?;
     let key = repo.key().clone();
     let opts = options.clone();
-    let prepared = blocking(move || prepare(entries, &opts, &index, &key)).await??;
+    let prepared = blocking(move || prepare(selection, &opts, &index, &key)).await??;
     let Prepared {
         files,
-        jobs,
+        mut writes,
+        packs,
+        links,
+        dir_paths,
+        names,
         dirs,
+        planned_bytes,
         mut stats,
         mut problems,
     } = prepared;
-    let planned_bytes: u64 = files.iter().map(|f| f.node.size).sum();
     progress.planned(
         files.len() as u64 + stats.files_restored,
         planned_bytes + stats.bytes_written,
@@ -147,49 +161,82 @@ pub async fn restore(
     report(progress, &mut stats, &mut problems);
     progress.restored(stats.files_restored, stats.bytes_written);
 
+    let ranges = build_ranges(&mut writes);
     let exec = Arc::new(Exec {
         files,
+        writes,
+        packs,
+        links,
+        dir_paths: dir_paths.clone(),
+        names,
         key: repo.key().clone(),
         owner: options.owner,
+        abort: AtomicBool::new(false),
     });
     let budget = Arc::new(Semaphore::new(MEMORY_BUDGET_KIB as usize));
-    let mut results = futures::stream::iter(build_ranges(jobs))
+    let writers = Writers::start()?;
+    let mut results = futures::stream::iter(ranges)
         .map(|range| {
             let exec = exec.clone();
             let budget = budget.clone();
+            let writers = &writers;
             async move {
-                let kib = (range.len + range.raw)
+                if exec.abort.load(Ordering::Acquire) {
+                    return Ok(RangeOutcome::default());
+                }
+                let kib = (range.len + range.blob_mem)
                     .div_ceil(1024)
                     .min(MEMORY_BUDGET_KIB as u64) as u32;
                 let permit = budget
                     .acquire_many_owned(kib)
                     .await
                     .expect("the budget semaphore is never closed");
+                if exec.abort.load(Ordering::Acquire) {
+                    return Ok(RangeOutcome::default());
+                }
                 let fetched = repo
                     .storage()
-                    .get_range(&pack_key(&range.pack), range.start, range.len)
+                    .get_range(
+                        &pack_key(&exec.packs[range.pack as usize]),
+                        range.start,
+                        range.len,
+                    )
                     .await
                     .map_err(|e| e.to_string());
-                blocking(move || {
-                    let out = write_range(&exec, &range, fetched);
-                    drop(permit);
-                    out
-                })
-                .await
+                writers
+                    .run(move || {
+                        let out = write_range(&exec, &range, fetched);
+                        drop(permit);
+                        out
+                    })
+                    .await
             }
         })
         .buffer_unordered(repo.concurrency());
+    let mut fatal = None;
     while let Some(out) = results.next().await {
         let mut out = out?;
+        if fatal.is_none() {
+            fatal = out.fatal.take();
+        }
         stats.files_restored += out.files_done;
         stats.bytes_written += out.bytes;
         report(progress, &mut stats, &mut out.problems);
         progress.restored(stats.files_restored, stats.bytes_written);
     }
     drop(results);
+    drop(writers);
+    if let Some(err) = fatal {
+        // Every range has returned: what is unfinished stays unfinished.
+        let mut left = blocking(move || remove_unfinished(&exec)).await?;
+        report(progress, &mut stats, &mut left);
+        return Err(err);
+    }
+    drop(exec);
 
     let owner = options.owner;
-    let (dir_count, mut dir_problems) = blocking(move || finish_dirs(&dirs, owner)).await?;
+    let (dir_count, mut dir_problems) =
+        blocking(move || finish_dirs(&dir_paths, &dirs, owner)).await?;
     stats.dirs = dir_count;
     report(progress, &mut stats, &mut dir_problems);
     let target = options.target.clone();
@@ -200,95 +247,329 @@ pub async fn restore(
     Ok(stats)
 }
 
-/// One selected snapshot entry and where it goes.
-struct Entry {
-    path: PathBuf,
-    node: Node,
-    /// For a file: the entry (earlier in the list) holding the first name of
-    /// its hard-link group, when this is another name for it.
-    link_to: Option<usize>,
+// ---------------------------------------------------------------- selection
+
+/// Bytes in a shared buffer (names and link targets in
+/// [`Selection::names`], blob ids in [`Selection::content`]): one buffer
+/// instead of an allocation per entry keeps the plan small and lets the
+/// allocator give it back whole.
+#[derive(Clone, Copy)]
+struct Span {
+    start: u32,
+    len: u32,
 }
 
-struct Select<'a> {
-    trees: &'a TreeMap,
-    include: &'a PathMatcher,
-    exclude: &'a PathMatcher,
-    target: &'a Path,
+impl Span {
+    fn of<T>(self, buf: &[T]) -> &[T] {
+        &buf[self.start as usize..][..self.len as usize]
+    }
 }
 
-impl Select<'_> {
-    /// Appends the selected entries below tree `id` (at snapshot path
-    /// `path`) in depth-first order, each directory before its contents.
-    /// A directory is kept when it is selected itself or holds something
-    /// selected (it is then needed as a parent). Returns whether anything
-    /// was appended.
-    fn walk(&self, id: Id, path: &[u8], included: bool, out: &mut Vec<Entry>) -> bool {
-        let Some(tree) = self.trees.get(&id) else {
-            return false;
+/// Appends `items` to `buf` and returns where they are.
+fn append<T: Clone>(buf: &mut Vec<T>, items: &[T]) -> Result<Span> {
+    let span = Span {
+        start: fits(buf.len())?,
+        len: fits(items.len())?,
+    };
+    fits(buf.len() + items.len())?;
+    buf.extend_from_slice(items);
+    Ok(span)
+}
+
+/// A count or position of the plan as a `u32`: the plan is kept compact,
+/// and no real snapshot comes near four billion entries, names or blobs.
+fn fits(n: usize) -> Result<u32> {
+    u32::try_from(n).map_err(|_| {
+        Error::Invalid(
+            "the snapshot is too large to restore at once; restore it in parts with --include"
+                .into(),
+        )
+    })
+}
+
+/// What setting an entry's metadata needs.
+#[derive(Clone)]
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime_nanos: u32,
+    mtime_secs: i64,
+    /// Boxed: almost every entry has none.
+    xattrs: Option<Box<Vec<(Vec<u8>, Vec<u8>)>>>,
+}
+
+impl Meta {
+    fn xattrs(&self) -> &[(Vec<u8>, Vec<u8>)] {
+        self.xattrs.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    fn mtime(&self) -> filetime::FileTime {
+        filetime::FileTime::from_unix_time(self.mtime_secs, self.mtime_nanos)
+    }
+}
+
+/// A selected snapshot entry, with only what restoring it needs.
+struct Item {
+    meta: Meta,
+    name: Span,
+    /// Number of the parent directory (an index into
+    /// [`Selection::dirs`]; 0 is the target itself).
+    parent: u32,
+    kind: ItemKind,
+    /// Selected itself, or a directory holding something selected (it is
+    /// then needed as a parent). Entries not kept are skipped.
+    keep: bool,
+}
+
+enum ItemKind {
+    /// The directory's own number.
+    Dir(u32),
+    File {
+        size: u64,
+        content: Span,
+        /// For another name of a hard-linked file: the item holding the
+        /// first selected name, which is restored and linked to.
+        link_to: Option<u32>,
+        /// Whether this is the first selected name of a hard-linked file.
+        linked: bool,
+    },
+    /// The link target.
+    Symlink(Span),
+}
+
+struct Selection {
+    /// Breadth first: every directory before its contents.
+    items: Vec<Item>,
+    /// Target path of every directory, by number; 0 is the target.
+    dirs: Vec<PathBuf>,
+    names: Vec<u8>,
+    content: Vec<Id>,
+}
+
+impl Selection {
+    fn path(&self, item: &Item) -> PathBuf {
+        self.dirs[item.parent as usize].join(OsStr::from_bytes(item.name.of(&self.names)))
+    }
+}
+
+/// A directory whose tree is still to be read.
+struct Pending {
+    /// Its directory number.
+    dir: u32,
+    /// Its snapshot path.
+    path: Vec<u8>,
+    /// Whether it is selected (so everything below it is).
+    included: bool,
+}
+
+/// Reads the snapshot's trees breadth first, up to `repo.concurrency()` in
+/// flight and in a fixed order, and turns each tree's nodes into [`Item`]s
+/// as it arrives, so no more than a few trees are held at once. Excluded
+/// directories are not read.
+async fn select(
+    repo: &Repository,
+    root: Id,
+    include: &PathMatcher,
+    exclude: &PathMatcher,
+    target: &Path,
+) -> Result<Selection> {
+    let mut sel = Selection {
+        items: Vec::new(),
+        dirs: vec![target.to_path_buf()],
+        names: Vec::new(),
+        content: Vec::new(),
+    };
+    // Directory number -> its item (none for the target).
+    let mut dir_items: Vec<u32> = vec![u32::MAX];
+    // Files with more than one link, by device and inode at backup time:
+    // files sharing both were one file. The first selected name is
+    // restored, the others link to it.
+    let mut first_names: HashMap<(u64, u64), u32> = HashMap::new();
+    let first = Pending {
+        dir: 0,
+        path: Vec::new(),
+        included: include.is_empty(),
+    };
+    let mut queue = VecDeque::from([(first, root)]);
+    let mut reading = FuturesOrdered::new();
+    loop {
+        while reading.len() < repo.concurrency()
+            && let Some((pending, id)) = queue.pop_front()
+        {
+            reading.push_back(async move { (pending, repo.read_tree(&id).await) });
+        }
+        let Some((pending, tree)) = reading.next().await else {
+            break;
         };
-        let mut any = false;
-        for node in &tree.nodes {
-            let child = join(path, &node.name);
-            if self.exclude.is_match(&child) {
+        for node in tree?.nodes {
+            let child = join(&pending.path, &node.name);
+            if exclude.is_match(&child) {
                 continue;
             }
-            let inc = included || self.include.is_match(&child);
-            let mark = out.len();
-            if inc || node.kind == NodeKind::Dir {
-                out.push(Entry {
-                    path: self.target.join(OsStr::from_bytes(&child[1..])),
-                    node: node.clone(),
-                    link_to: None,
-                });
-            }
-            if node.kind == NodeKind::Dir {
-                let below = node
-                    .subtree
-                    .is_some_and(|sub| self.walk(sub, &child, inc, out));
-                if !inc && !below {
-                    out.truncate(mark);
-                    continue;
+            let included = pending.included || include.is_match(&child);
+            let i = fits(sel.items.len())?;
+            let kind = match node.kind {
+                NodeKind::Dir => {
+                    let d = fits(sel.dirs.len())?;
+                    let path = sel.dirs[pending.dir as usize].join(OsStr::from_bytes(&node.name));
+                    sel.dirs.push(path);
+                    dir_items.push(i);
+                    if let Some(sub) = node.subtree {
+                        let below = Pending {
+                            dir: d,
+                            path: child,
+                            included,
+                        };
+                        queue.push_back((below, sub));
+                    }
+                    ItemKind::Dir(d)
                 }
+                _ if !included => continue,
+                NodeKind::File => {
+                    let (link_to, linked) = if node.links > 1 {
+                        match first_names.entry((node.dev, node.inode)) {
+                            Entry::Occupied(e) => (Some(*e.get()), false),
+                            Entry::Vacant(e) => {
+                                e.insert(i);
+                                (None, true)
+                            }
+                        }
+                    } else {
+                        (None, false)
+                    };
+                    ItemKind::File {
+                        size: node.size,
+                        content: append(&mut sel.content, &node.content)?,
+                        link_to,
+                        linked,
+                    }
+                }
+                NodeKind::Symlink => {
+                    let target = node.link_target.as_deref().unwrap_or_default();
+                    ItemKind::Symlink(append(&mut sel.names, target)?)
+                }
+            };
+            let xattrs = (!node.xattrs.is_empty()).then(|| Box::new(node.xattrs));
+            sel.items.push(Item {
+                meta: Meta {
+                    mode: node.mode,
+                    uid: node.uid,
+                    gid: node.gid,
+                    mtime_nanos: node.mtime.nanos,
+                    mtime_secs: node.mtime.secs,
+                    xattrs,
+                },
+                name: append(&mut sel.names, &node.name)?,
+                parent: pending.dir,
+                kind,
+                keep: false,
+            });
+            if included {
+                keep(&mut sel.items, &dir_items, i as usize);
             }
-            any |= inc || out.len() > mark;
         }
-        any
+    }
+    Ok(sel)
+}
+
+/// Keeps item `i` and every directory above it.
+fn keep(items: &mut [Item], dir_items: &[u32], mut i: usize) {
+    while !items[i].keep {
+        items[i].keep = true;
+        match items[i].parent {
+            0 => break,
+            d => i = dir_items[d as usize] as usize,
+        }
     }
 }
 
-/// Files sharing device and inode (with more than one link) were one file
-/// at backup time: the first selected name is restored, the others link to it.
-fn link_hard_links(entries: &mut [Entry]) {
-    let mut first: HashMap<(u64, u64), usize> = HashMap::new();
-    for (i, e) in entries.iter_mut().enumerate() {
-        let n = &e.node;
-        if n.kind == NodeKind::File && n.links > 1 {
-            match first.get(&(n.dev, n.inode)) {
-                Some(&j) => e.link_to = Some(j),
-                None => {
-                    first.insert((n.dev, n.inode), i);
-                }
-            }
+// ---------------------------------------------------------------- preparation
+
+/// What is already at an entry's place in the target.
+#[derive(Clone, Copy)]
+struct Existing {
+    kind: FileType,
+    len: u64,
+    dev: u64,
+    ino: u64,
+}
+
+impl From<fs::Metadata> for Existing {
+    fn from(m: fs::Metadata) -> Self {
+        Existing {
+            kind: m.file_type(),
+            len: m.len(),
+            dev: m.dev(),
+            ino: m.ino(),
         }
     }
 }
 
-/// A file whose content is being written.
+/// Looks at each kept item's place in the target. Nothing is below a
+/// directory that does not exist (or is not a directory), so a restore into
+/// a new directory costs no lookups.
+fn scan_target(sel: &Selection) -> Result<Vec<Option<Existing>>> {
+    let lookup = |path: &Path, follow: bool| {
+        let m = if follow {
+            fs::metadata(path)
+        } else {
+            fs::symlink_metadata(path)
+        };
+        match m {
+            Ok(m) => Ok(Some(Existing::from(m))),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(Error::io(path, err)),
+        }
+    };
+    // Directory number -> whether it is a directory in the target now.
+    let mut present = vec![false; sel.dirs.len()];
+    present[0] = lookup(&sel.dirs[0], true)?.is_some_and(|m| m.kind.is_dir());
+    let mut out = Vec::with_capacity(sel.items.len());
+    for item in &sel.items {
+        if !item.keep || !present[item.parent as usize] {
+            out.push(None);
+            continue;
+        }
+        let old = lookup(&sel.path(item), false)?;
+        if let (ItemKind::Dir(d), Some(m)) = (&item.kind, &old) {
+            present[*d as usize] = m.kind.is_dir();
+        }
+        out.push(old);
+    }
+    Ok(out)
+}
+
+/// A file whose content is being written: what finishing it needs.
 struct FileState {
-    path: PathBuf,
-    node: Node,
-    /// Blob writes still to do; whoever brings it to zero finishes the file.
-    remaining: AtomicUsize,
+    meta: Meta,
+    /// Its name in [`Prepared::names`].
+    name: Span,
+    /// Number of the directory it is in.
+    dir: u32,
+    /// Blob writes still to do; whoever brings it to zero finishes the file
+    /// (or removes it, if it failed).
+    remaining: AtomicU32,
     /// Set on the first problem; later writes to the file are skipped.
     failed: AtomicBool,
 }
 
-/// One blob to fetch and every place it goes.
-struct BlobJob {
-    pack: Id,
+/// One blob write: a blob of a pack, and where it goes in which file.
+struct Write {
     entry: PackEntry,
-    /// (index into the file list, byte offset in that file).
-    targets: Vec<(usize, u64)>,
+    /// Index into the pack list.
+    pack: u32,
+    /// Index into the file list.
+    file: u32,
+    /// Byte offset in the file.
+    at: u64,
 }
 
 /// A per-entry problem: the entry's target path and what went wrong.
@@ -313,221 +594,354 @@ impl Problem {
 #[derive(Default)]
 struct Prepared {
     files: Vec<FileState>,
-    jobs: HashMap<Id, BlobJob>,
-    /// Directories in depth-first order, for metadata at the end.
-    dirs: Vec<(PathBuf, Node)>,
+    writes: Vec<Write>,
+    packs: Vec<Id>,
+    /// File number -> the other names of a hard-linked file, removed with it
+    /// if its data cannot be written.
+    links: HashMap<u32, Vec<PathBuf>>,
+    /// Directory paths by number (0 is the target).
+    dir_paths: Arc<Vec<PathBuf>>,
+    /// File names (see [`FileState::name`]).
+    names: Vec<u8>,
+    /// Directories (number and metadata), parents first.
+    dirs: Vec<(u32, Meta)>,
+    /// Bytes of the files in `files`.
+    planned_bytes: u64,
     stats: RestoreStats,
     problems: Vec<Problem>,
+}
+
+impl Prepared {
+    fn file_path(&self, st: &FileState) -> PathBuf {
+        file_path(&self.dir_paths, &self.names, st)
+    }
+}
+
+fn file_path(dirs: &[PathBuf], names: &[u8], st: &FileState) -> PathBuf {
+    dirs[st.dir as usize].join(OsStr::from_bytes(st.name.of(names)))
+}
+
+/// A hard-linked file's first name, as the other names find it.
+struct FirstName {
+    path: PathBuf,
+    ok: bool,
+    /// Its number in the file list, while its data is being written.
+    file: Option<u32>,
 }
 
 /// Checks the target for conflicts, then creates everything but file
 /// content, and plans the blob writes. Runs on a blocking thread.
 fn prepare(
-    entries: Vec<Entry>,
+    sel: Selection,
     options: &RestoreOptions,
     index: &Index,
     key: &MasterKey,
 ) -> Result<Prepared> {
-    let existing = entries
-        .iter()
-        .map(|e| match fs::symlink_metadata(&e.path) {
-            Ok(m) => Ok(Some(m)),
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(err) => Err(Error::io(&e.path, err)),
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let existing = scan_target(&sel)?;
     if !(options.overwrite || options.delta) {
-        let conflict = entries.iter().zip(&existing).find(|(e, m)| match m {
-            None => false,
-            Some(m) => e.node.kind != NodeKind::Dir || !m.is_dir(),
-        });
-        if let Some((e, _)) = conflict {
+        let conflict = sel
+            .items
+            .iter()
+            .zip(&existing)
+            .find(|(item, old)| match old {
+                None => false,
+                Some(m) => !(matches!(item.kind, ItemKind::Dir(_)) && m.kind.is_dir()),
+            });
+        if let Some((item, _)) = conflict {
             return Err(Error::Invalid(format!(
                 "{} already exists in the restore target; nothing was written. Use --overwrite to replace \
                  existing files, or --delta to keep identical files and replace the others",
-                e.path.display()
+                sel.path(item).display()
             )));
         }
     }
     let identical = if options.delta {
-        find_identical(&entries, &existing, index, key)
+        find_identical(&sel, &existing, index, key)
     } else {
-        vec![false; entries.len()]
+        Vec::new()
     };
     fs::create_dir_all(&options.target).map_err(|e| Error::io(&options.target, e))?;
 
-    let mut p = Prepared::default();
-    // Entry index -> whether it was created (hard links need their first name).
-    let mut ok = vec![false; entries.len()];
-    for (i, e) in entries.iter().enumerate() {
-        let fail = |p: &mut Prepared, msg: String| p.problems.push(Problem::error(&e.path, msg));
-        let old = existing[i].as_ref();
-        match e.node.kind {
-            NodeKind::Dir => {
-                let made = if old.is_some_and(|m| m.is_dir()) {
-                    Ok(())
-                } else {
-                    clear(&e.path, old).and_then(|_| fs::create_dir(&e.path))
-                };
-                if let Err(err) = made {
-                    fail(&mut p, format!("cannot create directory: {err}"));
-                    continue;
-                }
-                p.dirs.push((e.path.clone(), e.node.clone()));
-                ok[i] = true;
-            }
-            NodeKind::Symlink => {
-                let target = OsStr::from_bytes(e.node.link_target.as_deref().unwrap_or_default());
-                let same = options.delta
-                    && old.is_some_and(|m| m.file_type().is_symlink())
-                    && fs::read_link(&e.path).is_ok_and(|t| t.as_os_str() == target);
-                let made = if same {
-                    Ok(())
-                } else {
-                    clear(&e.path, old).and_then(|_| std::os::unix::fs::symlink(target, &e.path))
-                };
-                match made.and_then(|_| {
-                    set_symlink_metadata(&e.path, &e.node, options.owner, &mut p.problems)
-                }) {
-                    Ok(()) => {
-                        p.stats.symlinks += 1;
-                        ok[i] = true;
-                    }
-                    Err(err) => fail(&mut p, format!("cannot restore symlink: {err}")),
-                }
-            }
-            NodeKind::File => {
-                if let Some(j) = e.link_to {
-                    if !ok[j] {
-                        let first = entries[j].path.display();
-                        fail(
-                            &mut p,
-                            format!("not linked: its other name {first} could not be restored"),
-                        );
-                        continue;
-                    }
-                    let first = &entries[j].path;
-                    let same = options.delta
-                        && old.is_some_and(|m| {
-                            fs::symlink_metadata(first)
-                                .is_ok_and(|f| (f.dev(), f.ino()) == (m.dev(), m.ino()))
-                        });
-                    let made = if same {
-                        Ok(())
-                    } else {
-                        clear(&e.path, old).and_then(|_| fs::hard_link(first, &e.path))
-                    };
-                    match made {
-                        Ok(()) => p.stats.hardlinks += 1,
-                        Err(err) => fail(
-                            &mut p,
-                            format!("cannot create hard link to {}: {err}", first.display()),
-                        ),
-                    }
-                    continue;
-                }
-                if identical[i] {
-                    let done = File::open(&e.path).and_then(|f| {
-                        set_file_metadata(&f, &e.path, &e.node, options.owner, &mut p.problems)
-                    });
-                    match done {
-                        Ok(()) => {
-                            p.stats.files_skipped_identical += 1;
-                            ok[i] = true;
-                        }
-                        Err(err) => fail(&mut p, format!("cannot set metadata: {err}")),
-                    }
-                    continue;
-                }
-                match plan_file(&mut p, e, old, index, options.owner) {
-                    Ok(()) => ok[i] = true,
-                    Err(msg) => fail(&mut p, msg),
-                }
-            }
+    // Sized up front: the plan's vectors are its largest part, and growing
+    // them by doubling would hold up to twice that.
+    let (mut files, mut blobs) = (0, 0);
+    for item in &sel.items {
+        if let ItemKind::File {
+            content,
+            link_to: None,
+            ..
+        } = item.kind
+        {
+            files += 1;
+            blobs += content.len as usize;
         }
+    }
+    let mut p = Prepared {
+        files: Vec::with_capacity(files),
+        writes: Vec::with_capacity(blobs),
+        ..Prepared::default()
+    };
+    let created = create_all(&mut p, &sel, existing, &identical, options, index);
+    p.dir_paths = Arc::new(sel.dirs);
+    p.names = sel.names;
+    if let Err(err) = created {
+        // Only a full target stops here: the files created for data are
+        // all unfinished.
+        let mut problems = Vec::new();
+        for (f, st) in p.files.iter().enumerate() {
+            let others = p.links.get(&(f as u32)).map_or(&[][..], Vec::as_slice);
+            remove_partial(&p.file_path(st), others, &mut problems);
+        }
+        return Err(err);
     }
     Ok(p)
 }
 
+/// An I/O error that stops the whole restore (a full target) as an
+/// [`Error`]; any other is given back, to be reported for its entry.
+fn storage_full(path: &Path, err: io::Error) -> Result<io::Error> {
+    if err.kind() == io::ErrorKind::StorageFull {
+        Err(Error::io(path, err))
+    } else {
+        Ok(err)
+    }
+}
+
+/// Creates every kept item but file content, in order (parents first).
+/// Item metadata moves into the plan (the items are left without it).
+fn create_all(
+    p: &mut Prepared,
+    sel: &Selection,
+    existing: Vec<Option<Existing>>,
+    identical: &[bool],
+    options: &RestoreOptions,
+    index: &Index,
+) -> Result<()> {
+    let mut packs: HashMap<Id, u32> = HashMap::new();
+    let mut firsts: HashMap<u32, FirstName> = HashMap::new();
+    for (i, (item, old)) in sel.items.iter().zip(existing).enumerate() {
+        if !item.keep {
+            continue;
+        }
+        let path = sel.path(item);
+        let old = old.as_ref();
+        match item.kind {
+            ItemKind::Dir(d) => {
+                let made = if old.is_some_and(|m| m.kind.is_dir()) {
+                    Ok(())
+                } else {
+                    clear(&path, old).and_then(|_| fs::create_dir(&path))
+                };
+                match made {
+                    Ok(()) => p.dirs.push((d, item.meta.clone())),
+                    Err(err) => {
+                        let err = storage_full(&path, err)?;
+                        p.problems.push(Problem::error(
+                            &path,
+                            format!("cannot create directory: {err}"),
+                        ));
+                    }
+                }
+            }
+            ItemKind::Symlink(target) => {
+                let target = OsStr::from_bytes(target.of(&sel.names));
+                let same = options.delta
+                    && old.is_some_and(|m| m.kind.is_symlink())
+                    && fs::read_link(&path).is_ok_and(|t| t.as_os_str() == target);
+                let made = if same {
+                    Ok(())
+                } else {
+                    clear(&path, old).and_then(|_| std::os::unix::fs::symlink(target, &path))
+                };
+                let made = made.and_then(|_| {
+                    set_symlink_metadata(&path, &item.meta, options.owner, &mut p.problems)
+                });
+                match made {
+                    Ok(()) => p.stats.symlinks += 1,
+                    Err(err) => {
+                        let err = storage_full(&path, err)?;
+                        p.problems.push(Problem::error(
+                            &path,
+                            format!("cannot restore symlink: {err}"),
+                        ));
+                    }
+                }
+            }
+            ItemKind::File {
+                link_to: Some(j), ..
+            } => {
+                let first = &firsts[&j];
+                if !first.ok {
+                    let first = first.path.display();
+                    p.problems.push(Problem::error(
+                        &path,
+                        format!("not linked: its other name {first} could not be restored"),
+                    ));
+                    continue;
+                }
+                let same = options.delta
+                    && old.is_some_and(|m| {
+                        fs::symlink_metadata(&first.path)
+                            .is_ok_and(|f| (f.dev(), f.ino()) == (m.dev, m.ino))
+                    });
+                let made = if same {
+                    Ok(())
+                } else {
+                    clear(&path, old).and_then(|_| fs::hard_link(&first.path, &path))
+                };
+                match made {
+                    Ok(()) => {
+                        p.stats.hardlinks += 1;
+                        if let Some(file) = first.file {
+                            p.links.entry(file).or_default().push(path);
+                        }
+                    }
+                    Err(err) => {
+                        let err = storage_full(&path, err)?;
+                        let first = first.path.display();
+                        p.problems.push(Problem::error(
+                            &path,
+                            format!("cannot create hard link to {first}: {err}"),
+                        ));
+                    }
+                }
+            }
+            ItemKind::File {
+                size,
+                content,
+                link_to: None,
+                linked,
+            } => {
+                let outcome = if identical.get(i).copied().unwrap_or(false) {
+                    let done = File::open(&path).and_then(|file| {
+                        set_file_metadata(&file, &path, &item.meta, options.owner, &mut p.problems)
+                    });
+                    match done {
+                        Ok(()) => {
+                            p.stats.files_skipped_identical += 1;
+                            Ok(None)
+                        }
+                        Err(err) => Err(format!("cannot set metadata: {err}")),
+                    }
+                } else {
+                    let new = NewFile {
+                        path: &path,
+                        item,
+                        size,
+                        content: content.of(&sel.content),
+                        old,
+                    };
+                    plan_file(p, &mut packs, new, index, options.owner)?
+                };
+                let (ok, file) = match outcome {
+                    Ok(file) => (true, file),
+                    Err(msg) => {
+                        p.problems.push(Problem::error(&path, msg));
+                        (false, None)
+                    }
+                };
+                if linked {
+                    firsts.insert(i as u32, FirstName { path, ok, file });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A file about to be created.
+struct NewFile<'a> {
+    path: &'a Path,
+    item: &'a Item,
+    size: u64,
+    content: &'a [Id],
+    old: Option<&'a Existing>,
+}
+
 /// Creates one file (empty, at its final length, so runs of zeros can be
 /// left as holes) and adds its blobs to the plan. An empty file is finished
-/// at once.
+/// at once. Returns the file's number in the plan (none if finished), or
+/// why it was not created; a full target is an error.
 fn plan_file(
     p: &mut Prepared,
-    e: &Entry,
-    old: Option<&fs::Metadata>,
+    packs: &mut HashMap<Id, u32>,
+    new: NewFile<'_>,
     index: &Index,
     owner: bool,
-) -> Result<(), String> {
-    // Locate every blob first, so a file with a missing blob is not created
-    // half-planned.
-    let mut located = Vec::with_capacity(e.node.content.len());
-    for id in &e.node.content {
-        let loc = index.get(id).ok_or_else(|| {
-            format!(
-                "blob {id} is not in the repository index (run `lifeboat check`); file not restored"
-            )
-        })?;
-        located.push(*loc);
+) -> Result<std::result::Result<Option<u32>, String>> {
+    // Check every blob is indexed first, so a file with a missing blob is
+    // not created half-planned.
+    if let Some(id) = new.content.iter().find(|id| !index.contains(id)) {
+        return Ok(Err(format!(
+            "blob {id} is not in the repository index (run `lifeboat check`); file not restored"
+        )));
     }
     // A fresh file (never one opened through an existing name) so a symlink
     // or another hard link in the target is never written through.
-    let file = clear(&e.path, old)
+    let created = clear(new.path, new.old)
         .and_then(|_| {
             OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&e.path)
+                .open(new.path)
         })
-        .and_then(|f| f.set_len(e.node.size).map(|_| f))
-        .map_err(|err| format!("cannot create file: {err}"))?;
-    if located.is_empty() {
-        set_file_metadata(&file, &e.path, &e.node, owner, &mut p.problems)
-            .map_err(|err| format!("cannot set metadata: {err}"))?;
-        p.stats.files_restored += 1;
-        return Ok(());
+        .and_then(|file| file.set_len(new.size).map(|_| file));
+    let file = match created {
+        Ok(file) => file,
+        Err(err) => {
+            let err = storage_full(new.path, err)?;
+            return Ok(Err(format!("cannot create file: {err}")));
+        }
+    };
+    if new.content.is_empty() {
+        let done = set_file_metadata(&file, new.path, &new.item.meta, owner, &mut p.problems);
+        return Ok(match done {
+            Ok(()) => {
+                p.stats.files_restored += 1;
+                Ok(None)
+            }
+            Err(err) => Err(format!("cannot set metadata: {err}")),
+        });
     }
-    let f = p.files.len();
-    let mut offset = 0u64;
-    for loc in &located {
-        p.jobs
-            .entry(loc.entry.id)
-            .or_insert_with(|| BlobJob {
-                pack: loc.pack,
-                entry: loc.entry,
-                targets: Vec::new(),
-            })
-            .targets
-            .push((f, offset));
-        offset += loc.entry.raw_length as u64;
+    drop(file);
+    let number = fits(p.files.len())?;
+    let mut at = 0u64;
+    for id in new.content {
+        let loc = index.get(id).expect("checked above");
+        let pack = match packs.entry(loc.pack) {
+            Entry::Occupied(e) => *e.get(),
+            Entry::Vacant(e) => {
+                p.packs.push(loc.pack);
+                *e.insert(fits(p.packs.len() - 1)?)
+            }
+        };
+        p.writes.push(Write {
+            entry: loc.entry,
+            pack,
+            file: number,
+            at,
+        });
+        at += loc.entry.raw_length as u64;
     }
+    p.planned_bytes += new.size;
     p.files.push(FileState {
-        path: e.path.clone(),
-        node: Node {
-            content: Vec::new(),
-            ..e.node.clone()
-        },
-        remaining: AtomicUsize::new(located.len()),
+        meta: new.item.meta.clone(),
+        name: new.item.name,
+        dir: new.item.parent,
+        remaining: AtomicU32::new(fits(new.content.len())?),
         failed: AtomicBool::new(false),
     });
-    Ok(())
+    Ok(Ok(Some(number)))
 }
 
 /// Removes a non-directory in the way of a new entry. A directory in the
 /// way is an error: replacing it would delete a whole tree the user did
 /// not ask about.
-fn clear(path: &Path, old: Option<&fs::Metadata>) -> io::Result<()> {
+fn clear(path: &Path, old: Option<&Existing>) -> io::Result<()> {
     match old {
         None => Ok(()),
-        Some(m) if m.is_dir() => Err(io::Error::new(
+        Some(m) if m.kind.is_dir() => Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             "a directory is in the way (remove it to restore this entry)",
         )),
@@ -538,25 +952,33 @@ fn clear(path: &Path, old: Option<&fs::Metadata>) -> io::Result<()> {
     }
 }
 
-/// For `delta`: which entries are regular files already in the target with
+/// For `delta`: which items are regular files already in the target with
 /// the snapshot's content, checked in parallel (hashing is CPU-bound).
 fn find_identical(
-    entries: &[Entry],
-    existing: &[Option<fs::Metadata>],
+    sel: &Selection,
+    existing: &[Option<Existing>],
     index: &Index,
     key: &MasterKey,
 ) -> Vec<bool> {
-    let candidates: Vec<usize> = (0..entries.len())
-        .filter(|&i| {
-            let e = &entries[i];
-            e.node.kind == NodeKind::File
-                && e.link_to.is_none()
-                && existing[i]
-                    .as_ref()
-                    .is_some_and(|m| m.file_type().is_file() && m.len() == e.node.size)
+    let candidates: Vec<(usize, Span)> = sel
+        .items
+        .iter()
+        .zip(existing)
+        .enumerate()
+        .filter_map(|(i, (item, old))| match (&item.kind, old) {
+            (
+                ItemKind::File {
+                    size,
+                    content,
+                    link_to: None,
+                    ..
+                },
+                Some(m),
+            ) if item.keep && m.kind.is_file() && m.len == *size => Some((i, *content)),
+            _ => None,
         })
         .collect();
-    let mut out = vec![false; entries.len()];
+    let mut out = vec![false; sel.items.len()];
     let results: Vec<AtomicBool> = candidates.iter().map(|_| AtomicBool::new(false)).collect();
     let next = AtomicUsize::new(0);
     let threads = std::thread::available_parallelism()
@@ -567,15 +989,18 @@ fn find_identical(
             s.spawn(|| {
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&i) = candidates.get(k) else { break };
-                    let same = same_content(&entries[i].path, &entries[i].node, index, key)
-                        .unwrap_or(false);
+                    let Some(&(i, content)) = candidates.get(k) else {
+                        break;
+                    };
+                    let path = sel.path(&sel.items[i]);
+                    let same =
+                        same_content(&path, content.of(&sel.content), index, key).unwrap_or(false);
                     results[k].store(same, Ordering::Relaxed);
                 }
             });
         }
     });
-    for (k, &i) in candidates.iter().enumerate() {
+    for (k, &(i, _)) in candidates.iter().enumerate() {
         out[i] = results[k].load(Ordering::Relaxed);
     }
     out
@@ -583,10 +1008,10 @@ fn find_identical(
 
 /// Cuts the existing file at the snapshot's blob boundaries and compares
 /// each piece's keyed id with the snapshot's blob id.
-fn same_content(path: &Path, node: &Node, index: &Index, key: &MasterKey) -> io::Result<bool> {
+fn same_content(path: &Path, content: &[Id], index: &Index, key: &MasterKey) -> io::Result<bool> {
     let mut file = File::open(path)?;
     let mut buf = Vec::new();
-    for id in &node.content {
+    for id in content {
         let Some(loc) = index.get(id) else {
             return Ok(false);
         };
@@ -602,63 +1027,75 @@ fn same_content(path: &Path, node: &Node, index: &Index, key: &MasterKey) -> io:
     Ok(file.read(&mut [0u8; 1])? == 0)
 }
 
+// ---------------------------------------------------------------- data
+
 /// A run of blobs of one pack fetched with one ranged read.
-struct Range {
-    pack: Id,
+struct PackRange {
+    /// Index into the pack list.
+    pack: u32,
     start: u64,
     len: u64,
-    /// Plaintext bytes of the range's blobs.
-    raw: u64,
-    jobs: Vec<BlobJob>,
+    /// Most memory opening one of its blobs takes (sealed payload plus
+    /// plaintext): blobs are opened one at a time.
+    blob_mem: u64,
+    /// Its writes: a slice of the sorted write list.
+    writes: Range<usize>,
 }
 
-/// Groups blob jobs by pack and merges neighbours into ranged reads.
-fn build_ranges(jobs: HashMap<Id, BlobJob>) -> Vec<Range> {
-    let mut by_pack: HashMap<Id, Vec<BlobJob>> = HashMap::new();
-    for job in jobs.into_values() {
-        by_pack.entry(job.pack).or_default().push(job);
-    }
-    let mut packs: Vec<(Id, Vec<BlobJob>)> = by_pack.into_iter().collect();
-    packs.sort_by_key(|(id, _)| *id);
-    let mut out = Vec::new();
-    for (pack, mut jobs) in packs {
-        jobs.sort_by_key(|j| j.entry.offset);
-        let mut current: Option<Range> = None;
-        for job in jobs {
-            let start = job.entry.offset as u64;
-            let end = start + job.entry.length as u64;
-            match current.as_mut() {
-                Some(r)
-                    if start <= r.start + r.len + RANGE_GAP_BYTES
-                        && end - r.start <= RANGE_MAX_BYTES
-                        && r.raw + job.entry.raw_length as u64 <= RANGE_MAX_RAW_BYTES =>
-                {
-                    r.len = r.len.max(end - r.start);
-                    r.raw += job.entry.raw_length as u64;
-                    r.jobs.push(job);
-                }
-                _ => {
-                    out.extend(current.take());
-                    current = Some(Range {
-                        pack,
-                        start,
-                        len: end - start,
-                        raw: job.entry.raw_length as u64,
-                        jobs: vec![job],
-                    });
-                }
+/// Sorts the writes by pack and offset (the writes of one blob, however
+/// many places use it, end up next to each other) and cuts them into
+/// ranged reads, merging neighbouring blobs.
+fn build_ranges(writes: &mut [Write]) -> Vec<PackRange> {
+    writes.sort_unstable_by_key(|w| (w.pack, w.entry.offset, w.entry.id, w.file, w.at));
+    let mut out: Vec<PackRange> = Vec::new();
+    let mut i = 0;
+    for blob in writes.chunk_by(same_blob) {
+        let w = &blob[0];
+        let start = w.entry.offset as u64;
+        let end = start + w.entry.length as u64;
+        let mem = w.entry.length as u64 + w.entry.raw_length as u64;
+        let next = i + blob.len();
+        match out.last_mut() {
+            Some(r)
+                if r.pack == w.pack
+                    && start <= r.start + r.len + RANGE_GAP_BYTES
+                    && end - r.start <= RANGE_MAX_BYTES =>
+            {
+                r.len = r.len.max(end - r.start);
+                r.blob_mem = r.blob_mem.max(mem);
+                r.writes.end = next;
             }
+            _ => out.push(PackRange {
+                pack: w.pack,
+                start,
+                len: end - start,
+                blob_mem: mem,
+                writes: i..next,
+            }),
         }
-        out.extend(current);
+        i = next;
     }
     out
+}
+
+fn same_blob(a: &Write, b: &Write) -> bool {
+    a.pack == b.pack && a.entry.offset == b.entry.offset && a.entry.id == b.entry.id
 }
 
 /// State shared by the range writers.
 struct Exec {
     files: Vec<FileState>,
+    /// Sorted by [`build_ranges`].
+    writes: Vec<Write>,
+    packs: Vec<Id>,
+    links: HashMap<u32, Vec<PathBuf>>,
+    dir_paths: Arc<Vec<PathBuf>>,
+    names: Vec<u8>,
     key: MasterKey,
     owner: bool,
+    /// Set when the target is full: writers stop where they are, and what
+    /// is unfinished is removed.
+    abort: AtomicBool,
 }
 
 #[derive(Default)]
@@ -666,96 +1103,201 @@ struct RangeOutcome {
     bytes: u64,
     files_done: u64,
     problems: Vec<Problem>,
+    /// What stops the whole restore (a full target).
+    fatal: Option<Error>,
 }
+
+/// An open file of a range writer, with its number.
+type Handle = Option<(u32, File)>;
 
 impl Exec {
-    /// Marks a file failed; only its first problem is reported.
-    fn fail(&self, f: usize, msg: impl FnOnce() -> String, out: &mut RangeOutcome) {
-        let st = &self.files[f];
-        if !st.failed.swap(true, Ordering::AcqRel) {
-            out.problems.push(Problem::error(&st.path, msg()));
+    fn path(&self, f: u32) -> PathBuf {
+        file_path(&self.dir_paths, &self.names, &self.files[f as usize])
+    }
+
+    /// Marks a file failed; only its first problem is reported. The file is
+    /// removed once no write to it is left.
+    fn fail(&self, f: u32, msg: impl FnOnce() -> String, out: &mut RangeOutcome) {
+        if !self.files[f as usize].failed.swap(true, Ordering::AcqRel) {
+            out.problems.push(Problem::error(&self.path(f), msg()));
+        }
+    }
+
+    fn open<'a>(&self, handle: &'a mut Handle, f: u32) -> io::Result<&'a File> {
+        if handle.as_ref().is_none_or(|(g, _)| *g != f) {
+            *handle = None;
+            let file = OpenOptions::new().write(true).open(self.path(f))?;
+            *handle = Some((f, file));
+        }
+        Ok(&handle.as_ref().expect("just opened").1)
+    }
+
+    /// Called by whoever did the file's last write: sets its metadata, or
+    /// removes it (and its other names) if some data could not be written.
+    fn finish(&self, f: u32, handle: &mut Handle, out: &mut RangeOutcome) {
+        let st = &self.files[f as usize];
+        if st.failed.load(Ordering::Acquire) {
+            *handle = None;
+            let others = self.links.get(&f).map_or(&[][..], Vec::as_slice);
+            remove_partial(&self.path(f), others, &mut out.problems);
+            return;
+        }
+        let path = self.path(f);
+        let done = self.open(handle, f).and_then(|file| {
+            set_file_metadata(file, &path, &st.meta, self.owner, &mut out.problems)
+        });
+        *handle = None;
+        match done {
+            Ok(()) => out.files_done += 1,
+            Err(err) => self.fail(f, || format!("cannot set metadata: {err}"), out),
         }
     }
 }
 
-/// Opens every blob of a fetched range and writes it wherever it goes, one
-/// file at a time (so at most one file handle is open per range whatever
-/// the number of small files in a pack). Runs on a blocking thread.
-fn write_range(exec: &Exec, range: &Range, fetched: Result<Bytes, String>) -> RangeOutcome {
+/// Removes a file whose data could not all be written, and its other names,
+/// so no file is left at its real name with missing data.
+fn remove_partial(path: &Path, others: &[PathBuf], problems: &mut Vec<Problem>) {
+    for p in std::iter::once(path).chain(others.iter().map(PathBuf::as_path)) {
+        match fs::remove_file(p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => problems.push(Problem::error(
+                p,
+                format!("cannot remove the partially restored file: {e}"),
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// After the restore was stopped: removes every file not finished.
+fn remove_unfinished(exec: &Exec) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (f, st) in exec.files.iter().enumerate() {
+        if st.remaining.load(Ordering::Acquire) > 0 {
+            let f = f as u32;
+            let others = exec.links.get(&f).map_or(&[][..], Vec::as_slice);
+            remove_partial(&exec.path(f), others, &mut problems);
+        }
+    }
+    problems
+}
+
+/// The threads that open fetched blobs and write them. A few dedicated
+/// threads rather than the shared blocking pool: glibc gives each thread
+/// that allocates its own heap arena and keeps freed buffers there, so
+/// plaintext passing through every pool thread in turn cost several times
+/// the memory budget in resident memory. Writes are mostly page-cache
+/// copies and syscalls, so a few threads keep up with the fetches.
+struct Writers {
+    jobs: crossbeam_channel::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Writers {
+    fn start() -> Result<Self> {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+        let (jobs, queue) = crossbeam_channel::unbounded::<Box<dyn FnOnce() + Send>>();
+        for _ in 0..n {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name("lifeboat-restore".into())
+                .spawn(move || {
+                    // Ends when the restore drops its sender and the queue
+                    // is empty.
+                    while let Ok(job) = queue.recv() {
+                        job();
+                    }
+                })
+                .map_err(|e| Error::Repo(lifeboat_repo::Error::Task(e.to_string())))?;
+        }
+        Ok(Writers { jobs })
+    }
+
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Box::new(move || {
+            // The receiver is gone only if the restore was dropped.
+            let _ = tx.send(f());
+        });
+        let lost = || {
+            Error::Repo(lifeboat_repo::Error::Task(
+                "a restore writer thread failed".into(),
+            ))
+        };
+        self.jobs.send(job).map_err(|_| lost())?;
+        rx.await.map_err(|_| lost())
+    }
+}
+
+/// Opens the blobs of a fetched range one at a time, in pack order, and
+/// writes each wherever it goes (a file's blobs are mostly neighbours in a
+/// pack, so it is opened once per range). Runs on a blocking thread.
+fn write_range(exec: &Exec, range: &PackRange, fetched: Result<Bytes, String>) -> RangeOutcome {
     let mut out = RangeOutcome::default();
-    // Decrypt and verify each blob once, however many places use it.
-    let plains: Vec<Result<(Vec<u8>, bool), String>> = range
-        .jobs
-        .iter()
-        .map(|job| {
+    let pack = exec.packs[range.pack as usize];
+    let mut handle: Handle = None;
+    for blob in exec.writes[range.writes.clone()].chunk_by(same_blob) {
+        if exec.abort.load(Ordering::Acquire) {
+            return out;
+        }
+        let entry = &blob[0].entry;
+        let live = blob
+            .iter()
+            .any(|w| !exec.files[w.file as usize].failed.load(Ordering::Acquire));
+        // Decrypt and verify each blob once, however many places use it.
+        let plain = live.then(|| {
             let bytes = fetched
                 .as_ref()
-                .map_err(|e| format!("cannot read pack {}: {e}", range.pack))?;
-            let at = (job.entry.offset as u64 - range.start) as usize;
-            let sealed = &bytes[at..at + job.entry.length as usize];
-            let plain = open_blob(&exec.key, &job.entry, sealed)
-                .map_err(|e| format!("damaged data in pack {}: {e}", range.pack))?;
+                .map_err(|e| format!("not restored: cannot read pack {pack}: {e}"))?;
+            let at = (entry.offset as u64 - range.start) as usize;
+            let sealed = &bytes[at..at + entry.length as usize];
+            let plain = open_blob(&exec.key, entry, sealed)
+                .map_err(|e| format!("not restored: damaged data in pack {pack}: {e}"))?;
             let zero = plain.iter().all(|b| *b == 0);
-            Ok((plain, zero))
-        })
-        .collect();
-    let mut writes: Vec<(usize, u64, usize)> = Vec::new();
-    for (j, job) in range.jobs.iter().enumerate() {
-        writes.extend(job.targets.iter().map(|&(f, off)| (f, off, j)));
-    }
-    writes.sort_unstable();
-    for group in writes.chunk_by(|a, b| a.0 == b.0) {
-        let f = group[0].0;
-        let st = &exec.files[f];
-        let mut handle: Option<File> = None;
-        for &(_, offset, j) in group {
-            if st.failed.load(Ordering::Acquire) {
-                break;
-            }
-            let (data, zero) = match &plains[j] {
-                Ok(p) => p,
-                Err(msg) => {
-                    exec.fail(f, || msg.clone(), &mut out);
-                    break;
+            Ok::<_, String>((plain, zero))
+        });
+        for w in blob {
+            let st = &exec.files[w.file as usize];
+            match &plain {
+                _ if st.failed.load(Ordering::Acquire) => {}
+                None => {}
+                Some(Err(msg)) => exec.fail(w.file, || msg.clone(), &mut out),
+                Some(Ok((data, zero))) => {
+                    out.bytes += data.len() as u64;
+                    // The file was created empty at its final length, so
+                    // zeros are already there (as a hole, where the
+                    // filesystem supports it).
+                    let written = if *zero {
+                        Ok(())
+                    } else {
+                        exec.open(&mut handle, w.file)
+                            .and_then(|file| file.write_all_at(data, w.at))
+                    };
+                    if let Err(err) = written {
+                        match storage_full(&exec.path(w.file), err) {
+                            Err(fatal) => {
+                                // Stop before counting this write: the file
+                                // stays unfinished and is removed.
+                                exec.abort.store(true, Ordering::Release);
+                                out.fatal = Some(fatal);
+                                return out;
+                            }
+                            Ok(err) => exec.fail(
+                                w.file,
+                                || format!("not restored: cannot write: {err}"),
+                                &mut out,
+                            ),
+                        }
+                    }
                 }
-            };
-            out.bytes += data.len() as u64;
-            // The file was created empty at its final length, so zeros are
-            // already there (as a hole, where the filesystem supports it).
-            if *zero {
-                continue;
             }
-            let written =
-                open_for_write(&mut handle, &st.path).and_then(|h| h.write_all_at(data, offset));
-            if let Err(err) = written {
-                exec.fail(f, || format!("cannot write: {err}"), &mut out);
-                break;
-            }
-        }
-        let before = st.remaining.fetch_sub(group.len(), Ordering::AcqRel);
-        if before == group.len() && !st.failed.load(Ordering::Acquire) {
-            let finished = open_for_write(&mut handle, &st.path).and_then(|h| {
-                set_file_metadata(h, &st.path, &st.node, exec.owner, &mut out.problems)
-            });
-            match finished {
-                Ok(()) => out.files_done += 1,
-                Err(err) => exec.fail(f, || format!("cannot set metadata: {err}"), &mut out),
+            if st.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                exec.finish(w.file, &mut handle, &mut out);
             }
         }
     }
     out
 }
 
-fn open_for_write<'a>(handle: &'a mut Option<File>, path: &Path) -> io::Result<&'a File> {
-    if handle.is_none() {
-        *handle = Some(OpenOptions::new().write(true).open(path)?);
-    }
-    Ok(handle.as_ref().expect("just opened"))
-}
-
-fn file_time(node: &Node) -> filetime::FileTime {
-    filetime::FileTime::from_unix_time(node.mtime.secs, node.mtime.nanos)
-}
+// ---------------------------------------------------------------- metadata
 
 /// Sets a file's metadata through its handle. Order
 /// matters: chown first (it clears set-id bits), xattrs before chmod (a
@@ -764,38 +1306,38 @@ fn file_time(node: &Node) -> filetime::FileTime {
 fn set_file_metadata(
     file: &File,
     path: &Path,
-    node: &Node,
+    meta: &Meta,
     owner: bool,
     problems: &mut Vec<Problem>,
 ) -> io::Result<()> {
     if owner {
-        std::os::unix::fs::fchown(file, Some(node.uid), Some(node.gid))?;
+        std::os::unix::fs::fchown(file, Some(meta.uid), Some(meta.gid))?;
     }
-    for (name, value) in &node.xattrs {
+    for (name, value) in meta.xattrs() {
         if let Err(e) = xattr::FileExt::set_xattr(file, OsStr::from_bytes(name), value) {
             problems.push(xattr_warning(path, name, e));
         }
     }
-    file.set_permissions(Permissions::from_mode(node.mode & 0o7777))?;
-    let t = file_time(node);
+    file.set_permissions(Permissions::from_mode(meta.mode & 0o7777))?;
+    let t = meta.mtime();
     filetime::set_file_handle_times(file, Some(t), Some(t))
 }
 
 fn set_symlink_metadata(
     path: &Path,
-    node: &Node,
+    meta: &Meta,
     owner: bool,
     problems: &mut Vec<Problem>,
 ) -> io::Result<()> {
     if owner {
-        std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))?;
+        std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid))?;
     }
-    for (name, value) in &node.xattrs {
+    for (name, value) in meta.xattrs() {
         if let Err(e) = xattr::set(path, OsStr::from_bytes(name), value) {
             problems.push(xattr_warning(path, name, e));
         }
     }
-    let t = file_time(node);
+    let t = meta.mtime();
     filetime::set_symlink_file_times(path, t, t)
 }
 
@@ -812,24 +1354,25 @@ fn xattr_warning(path: &Path, name: &[u8], e: io::Error) -> Problem {
     }
 }
 
-/// Sets directories' metadata, deepest first. Returns how many were done.
-/// Durability comes from one `syncfs` of the target at the end of the
-/// restore (see [`sync_target`]).
-fn finish_dirs(dirs: &[(PathBuf, Node)], owner: bool) -> (u64, Vec<Problem>) {
+/// Sets directories' metadata, deepest first (`dirs` lists parents before
+/// their contents). Returns how many were done. Durability comes from one
+/// `syncfs` of the target at the end of the restore (see [`sync_target`]).
+fn finish_dirs(paths: &[PathBuf], dirs: &[(u32, Meta)], owner: bool) -> (u64, Vec<Problem>) {
     let mut problems = Vec::new();
     let mut done = 0;
-    for (path, node) in dirs.iter().rev() {
+    for (d, meta) in dirs.iter().rev() {
+        let path = &paths[*d as usize];
         let r = (|| {
             if owner {
-                std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))?;
+                std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid))?;
             }
-            for (name, value) in &node.xattrs {
+            for (name, value) in meta.xattrs() {
                 if let Err(e) = xattr::set(path, OsStr::from_bytes(name), value) {
                     problems.push(xattr_warning(path, name, e));
                 }
             }
-            fs::set_permissions(path, Permissions::from_mode(node.mode & 0o7777))?;
-            let t = file_time(node);
+            fs::set_permissions(path, Permissions::from_mode(meta.mode & 0o7777))?;
+            let t = meta.mtime();
             filetime::set_file_times(path, t, t)
         })();
         match r {

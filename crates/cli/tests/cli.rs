@@ -536,7 +536,6 @@ fn full_repository_disk_exits_13_and_keeps_earlier_snapshots() {
 }
 
 #[test]
-#[ignore = "known bug: a full restore target exits 3 (per-file errors are strings), README documents 13"]
 fn full_restore_target_exits_13() {
     let lb = Lifeboat::init();
     let src = lb.path("src");

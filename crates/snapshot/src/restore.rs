@@ -287,6 +287,9 @@ fn fits(n: usize) -> Result<u32> {
     })
 }
 
+/// Extended attributes as (name, value) pairs.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// What setting an entry's metadata needs.
 #[derive(Clone)]
 struct Meta {
@@ -296,7 +299,7 @@ struct Meta {
     mtime_nanos: u32,
     mtime_secs: i64,
     /// Boxed: almost every entry has none.
-    xattrs: Option<Box<Vec<(Vec<u8>, Vec<u8>)>>>,
+    xattrs: Option<Box<Xattrs>>,
 }
 
 impl Meta {

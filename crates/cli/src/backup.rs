@@ -54,7 +54,7 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<i32> {
             mode,
             compression_level: a.compression,
             threads: None,
-            scan_totals: !g.quiet && !g.json,
+            scan_totals: bar.is_drawing(),
         };
         backup(repo, &options, bar.clone()).await
     };

@@ -63,6 +63,11 @@ impl Bar {
         }
     }
 
+    /// True when a bar is drawn (stderr is a terminal and output is wanted).
+    pub fn is_drawing(&self) -> bool {
+        self.bar.is_some()
+    }
+
     pub fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();

@@ -170,17 +170,26 @@ pub async fn backup(
             .filter_map(|r| fs::symlink_metadata(r).ok().map(|m| m.dev()))
             .collect(),
     });
-    if options.scan_totals {
+    let scanner = if options.scan_totals {
         let roots = roots.clone();
         let ctx = ctx.clone();
-        std::thread::spawn(move || scan_totals(&roots, &ctx));
-    }
-    let root_id = {
+        Some(std::thread::spawn(move || scan_totals(&roots, &ctx)))
+    } else {
+        None
+    };
+    let walked = {
         let ctx = ctx.clone();
         tokio::task::spawn_blocking(move || run_walk(&ctx, roots, parent_tree, threads))
             .await
-            .map_err(|e| Error::Invalid(format!("backup task failed: {e}")))??
+            .map_err(|e| Error::Invalid(format!("backup task failed: {e}")))
     };
+    // The scanner only feeds the progress display: stop it (it checks the
+    // flag at every entry) and wait, so it no longer shares the session.
+    if let Some(scanner) = scanner {
+        ctx.cancelled.store(true, Ordering::SeqCst);
+        let _ = scanner.join();
+    }
+    let root_id = walked??;
     let summary = ctx.counters.summary(started);
     let warnings = std::mem::take(&mut *ctx.warnings.lock().unwrap());
     drop(ctx);

@@ -9,8 +9,9 @@
 //! (`delta`), creating directories, empty files of the right length,
 //! symlinks and hard links; it *fetches* data grouped by pack, each pack's
 //! needed blobs read with as few ranged reads as possible, several ranges in
-//! parallel under a memory budget, every blob verified before its bytes are
-//! written at their offsets in every file that uses them; and it sets
+//! parallel under a memory budget, every blob verified (on a few dedicated
+//! writer threads) before its bytes are written at their offsets in every
+//! file that uses them; and it sets
 //! *directory metadata last*, deepest first, so creating entries does not
 //! disturb a directory's mtime and a read-only directory can still be
 //! filled. A file's own metadata is set when its last blob has been written;
@@ -18,8 +19,9 @@
 //! before it is reported done.
 //!
 //! Memory stays flat whatever the snapshot's size: the plan holds a few
-//! dozen bytes per file and per blob (no tree nodes), and the data path
-//! holds at most [`MEMORY_BUDGET_KIB`] of sealed bytes and plaintext.
+//! dozen bytes per file and per blob in a handful of large buffers (no tree
+//! nodes, no allocation per entry), and the data path holds at most
+//! [`MEMORY_BUDGET_KIB`] of sealed bytes and plaintext.
 //!
 //! Problems with one file (a damaged blob, a permission error) are recorded
 //! in [`RestoreStats::errors`] and the others are restored anyway; a file
@@ -61,16 +63,17 @@ use crate::{Error, Result};
 /// the bytes between them read and dropped: on object storage a request's
 /// latency costs more than reading a quarter mebibyte.
 const RANGE_GAP_BYTES: u64 = 256 * 1024;
-/// Largest single ranged read (unless one blob is larger). Several MiB keep
-/// a remote backend's requests few and long; a range's sealed bytes are
-/// held until its last blob is written, so it is also what one range in
-/// flight costs.
-const RANGE_MAX_BYTES: u64 = 8 * 1024 * 1024;
+/// Largest single ranged read (unless one blob is larger). A few MiB keep
+/// requests to a remote backend long enough that their latency does not
+/// matter, and several of them fit in the memory budget at once, which is
+/// what keeps a remote backend busy. Bigger ranges cost resident memory
+/// beyond their own size: each is allocated by whichever blocking thread
+/// reads it, and glibc keeps that much free in every such thread's arena.
+const RANGE_MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// Bytes held at once by ranges in flight, in KiB: each range's sealed
-/// bytes plus the plaintext of the one blob being written (blobs are opened
-/// one at a time). Enough for several ranges to keep a remote backend busy
-/// while keeping a restore's memory flat whatever the snapshot's size.
-const MEMORY_BUDGET_KIB: u32 = 48 * 1024;
+/// bytes plus what opening its largest blob takes (blobs are opened one at
+/// a time). Keeps a restore's memory flat whatever the snapshot's size.
+const MEMORY_BUDGET_KIB: u32 = 24 * 1024;
 
 /// What to restore and how.
 #[derive(Debug, Clone, Default)]
@@ -1139,13 +1142,20 @@ impl Exec {
     /// removes it (and its other names) if some data could not be written.
     fn finish(&self, f: u32, handle: &mut Handle, out: &mut RangeOutcome) {
         let st = &self.files[f as usize];
+        let path = self.path(f);
         if st.failed.load(Ordering::Acquire) {
             *handle = None;
             let others = self.links.get(&f).map_or(&[][..], Vec::as_slice);
-            remove_partial(&self.path(f), others, &mut out.problems);
+            remove_partial(&path, others, &mut out.problems);
+            for other in others {
+                let message = format!(
+                    "not restored: another name of {}, whose data could not be restored",
+                    path.display()
+                );
+                out.problems.push(Problem::error(other, message));
+            }
             return;
         }
-        let path = self.path(f);
         let done = self.open(handle, f).and_then(|file| {
             set_file_metadata(file, &path, &st.meta, self.owner, &mut out.problems)
         });

@@ -543,6 +543,139 @@ async fn restore_reports_damaged_blob_with_file_and_pack_and_restores_the_rest()
     );
 }
 
+/// Flips the last byte of a blob's sealed form in its pack.
+async fn damage(fx: &Fixture, repo: &Repository, plaintext: &[u8]) -> Id {
+    let loc = repo.locate(&repo.key().blob_id(plaintext)).await.unwrap();
+    let key = pack_key(&loc.pack);
+    let mut bytes = fx.mem.snapshot()[&key].to_vec();
+    bytes[(loc.entry.offset + loc.entry.length - 1) as usize] ^= 0x01;
+    fx.mem.tamper(&key, Bytes::from(bytes));
+    loc.pack
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_removes_files_whose_data_is_damaged() {
+    let fx = Fixture::new().await;
+    let snap = fx.snapshot(1000, sample()).await;
+    let repo = fx.open().await;
+    let big_pack = damage(&fx, &repo, &big()[2 * BIG_CHUNK..3 * BIG_CHUNK]).await;
+    // hard1 and hard2 are one file: both names go.
+    let hard_pack = damage(&fx, &repo, b"two names, one file").await;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("target");
+    let stats = restore(&repo, &snap, &options(&t), &NoProgress)
+        .await
+        .unwrap();
+    unlock(&t);
+    let d = t.join("data");
+    for name in ["big.bin", "hard1", "hard2"] {
+        assert!(
+            fs::symlink_metadata(d.join(name)).is_err(),
+            "{name} is left in the target"
+        );
+    }
+    let mut errors = stats.errors.clone();
+    errors.sort();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    let (big, hard1, hard2) = (&errors[0], &errors[1], &errors[2]);
+    assert!(
+        big.contains("data/big.bin: not restored: damaged data in pack"),
+        "{big}"
+    );
+    assert!(big.contains(&big_pack.to_hex()), "{big}");
+    assert!(
+        hard1.contains("data/hard1: not restored: damaged data in pack"),
+        "{hard1}"
+    );
+    assert!(hard1.contains(&hard_pack.to_hex()), "{hard1}");
+    assert!(hard2.contains("data/hard2: not restored"), "{hard2}");
+    assert!(hard2.contains("data/hard1"), "{hard2}");
+    assert_eq!(stats.files_restored, 6);
+    assert_eq!(fs::read(d.join("copy.bin")).unwrap(), chunk_a());
+    assert_eq!(
+        fs::read(d.join("sub/inner.txt")).unwrap(),
+        b"inside a read-only dir"
+    );
+}
+
+/// A tmpfs mounted for a test's life, so a full filesystem can be tested.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None` (the test is skipped) where mounting is not permitted, except
+    /// under CI, which must run the test.
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        fs::create_dir_all(dir).unwrap();
+        let mounted = nix::unistd::geteuid().is_root()
+            && std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir)
+                .status()
+                .is_ok_and(|s| s.success());
+        if mounted {
+            return Some(Tmpfs(dir.to_path_buf()));
+        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "cannot mount a tmpfs at {}, and CI must run this test",
+            dir.display()
+        );
+        eprintln!("SKIP: cannot mount a tmpfs (needs root)");
+        None
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmount = |lazy: bool| {
+            let mut cmd = std::process::Command::new("umount");
+            if lazy {
+                cmd.arg("-l");
+            }
+            cmd.arg(&self.0).status().is_ok_and(|s| s.success())
+        };
+        if !unmount(false) {
+            unmount(true);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_onto_a_full_target_stops_with_storage_full() {
+    let fx = Fixture::new().await;
+    let huge = pseudo_random(8_000_000, 5);
+    let children = vec![dir(
+        b"data",
+        vec![
+            file(b"huge.bin", &huge).chunk(BIG_CHUNK),
+            file(b"small.txt", b"small"),
+        ],
+    )];
+    let snap = fx.snapshot(1000, children).await;
+    let repo = fx.open().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(mnt) = Tmpfs::mount(&tmp.path().join("mnt"), "4m") else {
+        return;
+    };
+    let t = mnt.0.join("target");
+    let err = restore(&repo, &snap, &options(&t), &NoProgress)
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Io { path, source } => {
+            assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{err}");
+            assert!(path.ends_with("data/huge.bin"), "{err}");
+        }
+        other => panic!("expected a typed I/O error, got {other:?}"),
+    }
+    assert!(
+        fs::symlink_metadata(t.join("data/huge.bin")).is_err(),
+        "the unfinished file is left in the target"
+    );
+    drop(mnt);
+}
+
 // ---------------------------------------------------------------- dump, ls
 
 #[tokio::test(flavor = "multi_thread")]

@@ -23,13 +23,16 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct Global {
-    /// Repository location (path or URL).
+    /// Repository location (path or URL). `backup` takes it several times
+    /// and writes one snapshot to each, reading the source once.
     #[arg(short = 'r', long = "repo", env = "LIFEBOAT_REPO", global = true)]
-    pub repo: Option<String>,
-    /// Read the password from this file (first line).
+    pub repo: Vec<String>,
+    /// Read the password from this file (first line). With several --repo:
+    /// once for all of them, or once per repository in the same order.
     #[arg(long, env = "LIFEBOAT_PASSWORD_FILE", global = true)]
-    pub password_file: Option<PathBuf>,
-    /// Run this command and use the first line of its output as the password.
+    pub password_file: Vec<PathBuf>,
+    /// Run this command and use the first line of its output as the
+    /// password (it sees the repository in LIFEBOAT_PASSWORD_FOR).
     #[arg(long, env = "LIFEBOAT_PASSWORD_COMMAND", global = true)]
     pub password_command: Option<String>,
     /// Print results as JSON on stdout.

@@ -305,6 +305,17 @@ pub struct ForgetArgs {
     /// Allow the policy to forget every snapshot of a source.
     #[arg(long)]
     pub allow_empty_source: bool,
+    /// Only consider snapshots of this host (repeatable: any of them).
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Only consider snapshots with these tags (comma-separated: all of
+    /// them; repeatable: any of the lists).
+    #[arg(long = "tag", value_name = "TAG[,TAG...]")]
+    pub tags: Vec<String>,
+    /// Only consider snapshots whose paths include this one (repeatable:
+    /// all of them).
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<String>,
     /// Run prune afterwards.
     #[arg(long)]
     pub prune: bool,

@@ -7,8 +7,12 @@
 //! staged on disk). With archiving on (`archive_mode`), `-X none`: the
 //! server waits until the WAL the backup needs is archived before
 //! `pg_basebackup` exits, so a successful backup is restorable from the
-//! archive. Without archiving, `-X fetch` puts that WAL inside the tar, so
-//! the backup restores on its own (but without point-in-time recovery).
+//! archive. The positions (start and stop LSN, timeline) are read from the
+//! backup history file the server archives at the end of the backup, which
+//! also proves that `archive_command` writes to this repository. Without
+//! archiving, `-X fetch` puts the WAL inside the tar, so the backup
+//! restores on its own (but without point-in-time recovery), and the
+//! positions come from `pg_basebackup -v`'s report.
 //!
 //! The snapshot holds one file, `base.tar`; its record's `extra["postgresql"]`
 //! is a [`BaseBackupInfo`] (positions, timeline, WAL range, server version,
@@ -25,6 +29,7 @@ use lifeboat_repo::{BackupMode, Repository, Snapshot};
 use serde::{Deserialize, Serialize};
 
 use super::conn::{self, ConnOptions, server_facts};
+use super::wal::{get_wal, list_wal};
 use super::walname::{Segment, format_lsn, parse_lsn};
 use super::EXTRA_KEY;
 use crate::stream::{StreamOptions, stream_file, stream_reader, write_stream};
@@ -131,6 +136,11 @@ pub async fn base_backup(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // With -X none the server archives a backup history file
+    // (`<segment>.<offset>.backup`) before pg_basebackup returns; the new
+    // one is this backup's, and its presence proves archive_command writes
+    // to this repository.
+    let history_before = backup_history_files(&repo, facts.system_identifier).await?;
     let start_time = jiff::Timestamp::now();
     let mut child = cmd
         .spawn()
@@ -175,11 +185,29 @@ pub async fn base_backup(
     }
     let written = written?;
     let stop_time = jiff::Timestamp::now();
-    let (start_lsn, timeline, stop_lsn) = parse_report(&stderr).ok_or_else(|| Error::Tool {
-        tool: "pg_basebackup".into(),
-        status: "no start/end point in its report".into(),
-        stderr: conn::tail(&stderr),
-    })?;
+    let (start_lsn, timeline, stop_lsn) = if archiving {
+        let after = backup_history_files(&repo, facts.system_identifier).await?;
+        let ours = after.difference(&history_before).last().ok_or_else(|| {
+            Error::Invalid(format!(
+                "the base backup finished but its backup history file did not arrive in this \
+                 repository: archive_command ({:?}) must run `lifeboat pg wal-push %p` into the \
+                 same repository, or WAL needed to restore this backup is elsewhere",
+                facts.archive_command
+            ))
+        })?;
+        let text = get_wal(&repo, facts.system_identifier, ours)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("backup history file {ours} vanished")))?;
+        parse_history(&String::from_utf8_lossy(&text)).ok_or_else(|| {
+            Error::Invalid(format!("backup history file {ours} has no start/stop location"))
+        })?
+    } else {
+        parse_report(&stderr).ok_or_else(|| Error::Tool {
+            tool: "pg_basebackup".into(),
+            status: "no start/end point in its report".into(),
+            stderr: conn::tail(&stderr),
+        })?
+    };
     let seg = facts.wal_segment_size;
     let info = BaseBackupInfo {
         kind: "base-backup".into(),
@@ -224,6 +252,36 @@ fn parse_report(stderr: &str) -> Option<(u64, u32, u64)> {
     }
     let (s, tl) = start?;
     Some((s, tl, end?))
+}
+
+/// The backup history files (`*.backup`) archived for a cluster.
+async fn backup_history_files(
+    repo: &Repository,
+    system_identifier: u64,
+) -> Result<std::collections::BTreeSet<String>> {
+    Ok(list_wal(repo)
+        .await?
+        .remove(&system_identifier)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.ends_with(".backup"))
+        .collect())
+}
+
+/// Start LSN, timeline and stop LSN from a backup history file
+/// (`START WAL LOCATION: 0/2000028 (file ...)`, `STOP WAL LOCATION: ...`,
+/// `START TIMELINE: 1`).
+fn parse_history(text: &str) -> Option<(u64, u32, u64)> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    let lsn = |v: String| parse_lsn(v.split_whitespace().next()?);
+    let start = lsn(field("START WAL LOCATION:")?)?;
+    let stop = lsn(field("STOP WAL LOCATION:")?)?;
+    let tl = field("START TIMELINE:")?.parse().ok()?;
+    Some((start, tl, stop))
 }
 
 /// Unpacks a base backup snapshot into `dir` (which must be empty or
@@ -298,5 +356,15 @@ mod tests {
                  pg_basebackup: base backup completed\n";
         assert_eq!(parse_report(s), Some((0x2000028, 1, 0x2000100)));
         assert_eq!(parse_report("pg_basebackup: error"), None);
+    }
+
+    #[test]
+    fn history_file_parses() {
+        let s = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n\
+                 STOP WAL LOCATION: 0/3000100 (file 000000010000000000000003)\n\
+                 CHECKPOINT LOCATION: 0/2000060\n\
+                 START TIMELINE: 1\n";
+        assert_eq!(parse_history(s), Some((0x2000028, 1, 0x3000100)));
+        assert_eq!(parse_history("START TIMELINE: 1"), None);
     }
 }

@@ -394,8 +394,8 @@ async fn wal_push(g: &Global, path: &Path, batch: usize, parallel: usize) -> Res
         .and_then(|n| n.to_str())
         .unwrap_or_default()
         .to_string();
-    let data =
-        std::fs::read(path).map_err(|e| cli_error(exit::NOT_FOUND, format!("{}: {e}", path.display())))?;
+    let data = std::fs::read(path)
+        .map_err(|e| cli_error(exit::NOT_FOUND, format!("{}: {e}", path.display())))?;
     // Fast path: an earlier invocation already archived this exact file.
     if wal::marker(&paths, &file, &data) == wal::Marker::Matches {
         return Ok(exit::OK);
@@ -452,7 +452,10 @@ fn restore_command(g: &Global, read_ahead: usize) -> Result<String> {
     );
     if let Some(f) = &g.password_file {
         let f = std::path::absolute(f)?;
-        cmd.push_str(&format!(" --password-file {}", shell_quote(&f.to_string_lossy())));
+        cmd.push_str(&format!(
+            " --password-file {}",
+            shell_quote(&f.to_string_lossy())
+        ));
     } else if let Some(c) = &g.password_command {
         cmd.push_str(&format!(" --password-command {}", shell_quote(c)));
     } else if t.default.is_none() {
@@ -485,7 +488,10 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<i32> {
     let mut settings = Vec::new();
     for s in &a.settings {
         let (k, v) = s.split_once('=').ok_or_else(|| {
-            cli_error(exit::GENERIC, format!("bad --set {s:?}: expected NAME=VALUE"))
+            cli_error(
+                exit::GENERIC,
+                format!("bad --set {s:?}: expected NAME=VALUE"),
+            )
         })?;
         settings.push((k.trim().to_string(), v.trim().to_string()));
     }

@@ -134,7 +134,15 @@ impl Env {
 }
 
 fn base_backup(env: &Env, pg: &PgCluster, mode: &str) -> serde_json::Value {
-    let out = env.ok(&["--json", "pg", "backup", "--db", &pg.url("postgres"), "--mode", mode]);
+    let out = env.ok(&[
+        "--json",
+        "pg",
+        "backup",
+        "--db",
+        &pg.url("postgres"),
+        "--mode",
+        mode,
+    ]);
     serde_json::from_str(&out).expect("backup json")
 }
 
@@ -172,13 +180,19 @@ fn bad_migration_is_undone_by_restoring_to_the_time_before_it() {
     let t = pg.now_utc();
     std::thread::sleep(Duration::from_millis(300));
     // The bad migration: 40% of the rows corrupted.
-    pg.psql("postgres", "UPDATE accounts SET balance = -1 WHERE id % 5 < 2");
+    pg.psql(
+        "postgres",
+        "UPDATE accounts SET balance = -1 WHERE id % 5 < 2",
+    );
     pg.psql(
         "postgres",
         "INSERT INTO accounts SELECT g, 300 FROM generate_series(2001, 2010) g",
     );
     assert_eq!(
-        pg.psql("postgres", "SELECT count(*) FROM accounts WHERE balance = -1"),
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM accounts WHERE balance = -1"
+        ),
         "440"
     );
     pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
@@ -191,7 +205,10 @@ fn bad_migration_is_undone_by_restoring_to_the_time_before_it() {
         "the good writes are there, the later ones are not"
     );
     assert_eq!(
-        restored.psql("postgres", "SELECT count(*) FROM accounts WHERE balance = -1"),
+        restored.psql(
+            "postgres",
+            "SELECT count(*) FROM accounts WHERE balance = -1"
+        ),
         "0",
         "the corruption is not"
     );
@@ -216,7 +233,10 @@ fn dropped_table_is_recovered_to_just_before_the_drop() {
         "postgres",
         "INSERT INTO important SELECT g, 'after backup' FROM generate_series(501, 600) g",
     );
-    let sum_before = pg.psql("postgres", "SELECT md5(string_agg(note, ',' ORDER BY id)) FROM important");
+    let sum_before = pg.psql(
+        "postgres",
+        "SELECT md5(string_agg(note, ',' ORDER BY id)) FROM important",
+    );
     std::thread::sleep(Duration::from_millis(300));
     let t = pg.now_utc();
     std::thread::sleep(Duration::from_millis(300));
@@ -225,7 +245,10 @@ fn dropped_table_is_recovered_to_just_before_the_drop() {
 
     let (restored, _) = env.restore_and_start("r", &["--target-time", &t]);
     assert_eq!(
-        restored.psql("postgres", "SELECT md5(string_agg(note, ',' ORDER BY id)) FROM important"),
+        restored.psql(
+            "postgres",
+            "SELECT md5(string_agg(note, ',' ORDER BY id)) FROM important"
+        ),
         sum_before
     );
 }
@@ -254,7 +277,10 @@ fn missing_wal_segment_refuses_the_restore_and_names_it() {
     let out = env.run(&["pg", "restore", "--to", target.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(16), "{stderr}");
-    assert!(stderr.contains(victim.as_str()), "names the segment: {stderr}");
+    assert!(
+        stderr.contains(victim.as_str()),
+        "names the segment: {stderr}"
+    );
     assert!(!target.exists(), "nothing was written");
 }
 
@@ -279,7 +305,7 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
             x ^= x >> 7;
             x ^= x << 17;
             // Half the bytes repeat so zstd has something to do.
-            if x % 2 == 0 { 0 } else { x as u8 }
+            if x.is_multiple_of(2) { 0 } else { x as u8 }
         })
         .collect()
 }
@@ -317,7 +343,11 @@ fn wal_push_is_idempotent_and_refuses_other_content_under_the_same_name() {
         .current_dir(&data)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(std::fs::read(&fetched).unwrap() == content);
 
     // Same name, different content: a loud failure, the archive unchanged.
@@ -339,7 +369,12 @@ fn wal_push_is_idempotent_and_refuses_other_content_under_the_same_name() {
 
     // A file not in the archive: exit 1 (PostgreSQL reads it as "no more WAL").
     let out = env
-        .command(&["pg", "wal-fetch", "000000010000000000000099", "pg_wal/RECOVERYXLOG"])
+        .command(&[
+            "pg",
+            "wal-fetch",
+            "000000010000000000000099",
+            "pg_wal/RECOVERYXLOG",
+        ])
         .current_dir(&data)
         .output()
         .unwrap();
@@ -357,7 +392,10 @@ fn wal_push_killed_with_sigkill_leaves_nothing_wal_fetch_would_serve() {
     let mut absent = 0;
     // Kill at increasing delays: during start, the KDF, compression and the
     // write of the object.
-    for (i, delay_ms) in [0u64, 20, 60, 120, 200, 300, 450, 650, 900].into_iter().enumerate() {
+    for (i, delay_ms) in [0u64, 20, 60, 120, 200, 300, 450, 650, 900]
+        .into_iter()
+        .enumerate()
+    {
         let name = format!("0000000100000000000000{:02X}", i + 1);
         let seg = data.join("pg_wal").join(&name);
         let content = pseudo_random(16 << 20, i as u64 + 7);
@@ -377,13 +415,23 @@ fn wal_push_killed_with_sigkill_leaves_nothing_wal_fetch_would_serve() {
         let dest = data.join("pg_wal/RECOVERYXLOG");
         let _ = std::fs::remove_file(&dest);
         let out = env
-            .command(&["pg", "wal-fetch", &name, "pg_wal/RECOVERYXLOG", "--read-ahead", "0"])
+            .command(&[
+                "pg",
+                "wal-fetch",
+                &name,
+                "pg_wal/RECOVERYXLOG",
+                "--read-ahead",
+                "0",
+            ])
             .current_dir(&data)
             .output()
             .unwrap();
         match out.status.code() {
             Some(0) => {
-                assert!(std::fs::read(&dest).unwrap() == content, "served {name} must be whole");
+                assert!(
+                    std::fs::read(&dest).unwrap() == content,
+                    "served {name} must be whole"
+                );
                 served += 1;
             }
             Some(1) => absent += 1,
@@ -394,7 +442,10 @@ fn wal_push_killed_with_sigkill_leaves_nothing_wal_fetch_would_serve() {
         }
     }
     eprintln!("after kill -9: {served} segments complete, {absent} absent");
-    assert!(absent > 0, "some kills must land before the object is written");
+    assert!(
+        absent > 0,
+        "some kills must land before the object is written"
+    );
 }
 
 /// Sends SIGKILL to `lifeboat` processes whose parent is `pid` (the
@@ -437,7 +488,10 @@ fn incremental_base_backup_stores_far_less_after_a_small_change() {
     pg.psql("postgres", "VACUUM FREEZE big");
     pg.psql("postgres", "CHECKPOINT");
     let full = base_backup(&env, &pg, "full");
-    pg.psql("postgres", "UPDATE big SET payload = 'changed' WHERE id <= 20");
+    pg.psql(
+        "postgres",
+        "UPDATE big SET payload = 'changed' WHERE id <= 20",
+    );
     let inc = base_backup(&env, &pg, "incremental");
     assert_eq!(inc["mode"], "incremental");
     let full_added = full["summary"]["added_bytes"].as_u64().unwrap();
@@ -484,8 +538,18 @@ fn pg_dump_round_trip_keeps_table_checksums() {
     env.ok(&["pg", "restore-dump", &snap, "--db", &pg.url("shop2")]);
     assert_eq!(table_checksum(&pg, "shop2"), before);
     // Again over the restored tables, with --clean.
-    let out = env.run(&["pg", "restore-dump", &snap[..8], "--db", &pg.url("shop2"), "--clean"]);
-    assert!(out.status.success(), "--clean restores over existing objects");
+    let out = env.run(&[
+        "pg",
+        "restore-dump",
+        &snap[..8],
+        "--db",
+        &pg.url("shop2"),
+        "--clean",
+    ]);
+    assert!(
+        out.status.success(),
+        "--clean restores over existing objects"
+    );
     assert_eq!(table_checksum(&pg, "shop2"), before);
 }
 
@@ -495,14 +559,21 @@ fn standby_follows_archived_wal_and_serves_the_latest_data_when_promoted() {
     let pg = primary_or_skip!(env);
     pg.psql("postgres", "CREATE TABLE events (id int)");
     base_backup(&env, &pg, "full");
-    pg.psql("postgres", "INSERT INTO events SELECT generate_series(1, 100)");
+    pg.psql(
+        "postgres",
+        "INSERT INTO events SELECT generate_series(1, 100)",
+    );
     pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
     let (standby, out) = env.restore_and_start("sb", &["--standby"]);
     assert!(out.contains("standby running"), "{out}");
     let wait_count = |want: &str| {
         let started = Instant::now();
         loop {
-            if standby.try_psql("postgres", "SELECT count(*) FROM events").as_deref() == Some(want) {
+            if standby
+                .try_psql("postgres", "SELECT count(*) FROM events")
+                .as_deref()
+                == Some(want)
+            {
                 return;
             }
             assert!(
@@ -515,13 +586,19 @@ fn standby_follows_archived_wal_and_serves_the_latest_data_when_promoted() {
     wait_count("100");
     assert_eq!(standby.psql("postgres", "SELECT pg_is_in_recovery()"), "t");
     // New WAL arrives in the repository; the standby follows.
-    pg.psql("postgres", "INSERT INTO events SELECT generate_series(101, 250)");
+    pg.psql(
+        "postgres",
+        "INSERT INTO events SELECT generate_series(101, 250)",
+    );
     pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
     wait_count("250");
     standby.pg_ctl(&["-w", "promote"]);
     assert_eq!(standby.psql("postgres", "SELECT pg_is_in_recovery()"), "f");
     standby.psql("postgres", "INSERT INTO events VALUES (251)");
-    assert_eq!(standby.psql("postgres", "SELECT max(id) FROM events"), "251");
+    assert_eq!(
+        standby.psql("postgres", "SELECT max(id) FROM events"),
+        "251"
+    );
 }
 
 #[test]
@@ -532,9 +609,19 @@ fn pg_check_reports_the_window_and_names_broken_settings() {
     pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
     let out = env.run(&["pg", "check", "--db", &pg.url("postgres")]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("point-in-time recovery window: 2"), "{stdout}");
-    assert!(stdout.contains("archive_timeout"), "warns about archive_timeout: {stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("point-in-time recovery window: 2"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("archive_timeout"),
+        "warns about archive_timeout: {stdout}"
+    );
 
     // A server without archiving: named with the fix, nonzero exit.
     let Some(plain) = PgCluster::start(&PgOptions::default()) else {
@@ -552,7 +639,10 @@ fn expire_wal_deletes_only_wal_no_retained_backup_needs() {
     let pg = primary_or_skip!(env);
     pg.psql("postgres", "CREATE TABLE t (x int)");
     let first = base_backup(&env, &pg, "full");
-    let first_start = first["postgresql"]["start_wal"].as_str().unwrap().to_string();
+    let first_start = first["postgresql"]["start_wal"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut old = Vec::new();
     for i in 0..3 {
         pg.psql("postgres", &format!("INSERT INTO t VALUES ({i})"));
@@ -561,17 +651,27 @@ fn expire_wal_deletes_only_wal_no_retained_backup_needs() {
     let second = base_backup(&env, &pg, "full");
     pg.psql("postgres", "INSERT INTO t VALUES (100)");
     pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
-    let keep_from = second["postgresql"]["start_wal"].as_str().unwrap().to_string();
+    let keep_from = second["postgresql"]["start_wal"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // With both backups retained only WAL from before the first is expired.
     let out = env.ok(&["--json", "pg", "expire-wal"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v[0]["keep_from"].as_str().unwrap(), &first_start[8..24], "{out}");
+    assert_eq!(
+        v[0]["keep_from"].as_str().unwrap(),
+        &first_start[8..24],
+        "{out}"
+    );
     for d in v[0]["deleted"].as_array().unwrap() {
         assert!(d.as_str().unwrap()[8..24] < first_start[8..24], "{out}");
     }
     for seg in &old {
-        assert!(!out.contains(seg.as_str()), "{seg} is needed by the first backup: {out}");
+        assert!(
+            !out.contains(seg.as_str()),
+            "{seg} is needed by the first backup: {out}"
+        );
     }
 
     env.ok(&["forget", "--keep-last", "1"]);

@@ -41,9 +41,8 @@ pub fn bin_dir() -> Option<PathBuf> {
             return Some(d);
         }
     }
-    require_or_skip("initdb", "PostgreSQL tests (apt-get install postgresql)").map(|p| {
-        p.parent().expect("binary has a directory").to_path_buf()
-    })
+    require_or_skip("initdb", "PostgreSQL tests (apt-get install postgresql)")
+        .map(|p| p.parent().expect("binary has a directory").to_path_buf())
 }
 
 fn running_as_root() -> bool {
@@ -120,10 +119,13 @@ impl PgCluster {
         let dir = pg_tempdir();
         let data = dir.path().join("d");
         run_ok(
-            as_postgres(bin.join("initdb"))
-                .arg("-D")
-                .arg(&data)
-                .args(["-U", "postgres", "-A", "trust", "--no-sync"]),
+            as_postgres(bin.join("initdb")).arg("-D").arg(&data).args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ]),
             "initdb",
         );
         let port = free_port();
@@ -246,9 +248,12 @@ impl PgCluster {
 
     /// The system identifier.
     pub fn system_identifier(&self) -> u64 {
-        self.psql("postgres", "SELECT system_identifier FROM pg_control_system()")
-            .parse()
-            .expect("system identifier")
+        self.psql(
+            "postgres",
+            "SELECT system_identifier FROM pg_control_system()",
+        )
+        .parse()
+        .expect("system identifier")
     }
 }
 

@@ -28,10 +28,10 @@ use std::sync::Arc;
 use lifeboat_repo::{BackupMode, Repository, Snapshot};
 use serde::{Deserialize, Serialize};
 
+use super::EXTRA_KEY;
 use super::conn::{self, ConnOptions, server_facts};
 use super::wal::{get_wal, list_wal};
 use super::walname::{Segment, format_lsn, parse_lsn};
-use super::EXTRA_KEY;
 use crate::stream::{StreamOptions, stream_file, stream_reader, write_stream};
 use crate::{Error, Result};
 
@@ -199,7 +199,9 @@ pub async fn base_backup(
             .await?
             .ok_or_else(|| Error::NotFound(format!("backup history file {ours} vanished")))?;
         parse_history(&String::from_utf8_lossy(&text)).ok_or_else(|| {
-            Error::Invalid(format!("backup history file {ours} has no start/stop location"))
+            Error::Invalid(format!(
+                "backup history file {ours} has no start/stop location"
+            ))
         })?
     } else {
         parse_report(&stderr).ok_or_else(|| Error::Tool {
@@ -302,7 +304,10 @@ pub async fn unpack(repo: Arc<Repository>, snapshot: &Snapshot, dir: &Path) -> R
     let reader = stream_reader(repo, &node);
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<u64> {
-        let mut counting = Counting { inner: reader, n: 0 };
+        let mut counting = Counting {
+            inner: reader,
+            n: 0,
+        };
         let mut archive = tar::Archive::new(&mut counting);
         archive.set_preserve_permissions(true);
         archive.set_preserve_mtime(true);

@@ -53,7 +53,9 @@ pub async fn check(repo: &Repository, conn: &ConnOptions) -> Result<CheckReport>
         })
     };
     if facts.wal_level == "minimal" {
-        error("wal_level is minimal: set wal_level = replica in postgresql.conf and restart".into());
+        error(
+            "wal_level is minimal: set wal_level = replica in postgresql.conf and restart".into(),
+        );
     }
     if facts.archive_mode == "off" {
         error("archive_mode is off: set archive_mode = on and restart PostgreSQL".into());

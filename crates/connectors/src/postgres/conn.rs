@@ -64,9 +64,15 @@ fn env_conninfo() -> String {
             "host={}",
             quote(&get("PGHOST").unwrap_or_else(|| "/var/run/postgresql".into()))
         ),
-        format!("port={}", quote(&get("PGPORT").unwrap_or_else(|| "5432".into()))),
+        format!(
+            "port={}",
+            quote(&get("PGPORT").unwrap_or_else(|| "5432".into()))
+        ),
         format!("user={}", quote(&user)),
-        format!("dbname={}", quote(&get("PGDATABASE").unwrap_or(user.clone()))),
+        format!(
+            "dbname={}",
+            quote(&get("PGDATABASE").unwrap_or(user.clone()))
+        ),
     ];
     if let Some(p) = get("PGPASSWORD") {
         parts.push(format!("password={}", quote(&p)));
@@ -162,10 +168,7 @@ pub fn system_identifier_of(pgdata: &Path) -> Result<u64> {
 /// Runs a tool to completion; a failure carries the tail of its stderr.
 pub async fn run_tool(mut cmd: tokio::process::Command, what: &str) -> Result<String> {
     cmd.env("LC_ALL", "C");
-    let out = cmd
-        .output()
-        .await
-        .map_err(|e| Error::io(what, e))?;
+    let out = cmd.output().await.map_err(|e| Error::io(what, e))?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
         return Err(Error::Tool {

@@ -50,7 +50,10 @@ pub async fn dump(
 ) -> Result<(Snapshot, DumpInfo)> {
     let client = options.conn.connect().await?;
     let facts = server_facts(&client).await?;
-    let database: String = client.query_one("SELECT current_database()", &[]).await?.get(0);
+    let database: String = client
+        .query_one("SELECT current_database()", &[])
+        .await?
+        .get(0);
     drop(client);
     let major = facts.server_version_num / 10000;
     let mut cmd = tokio::process::Command::new(conn::tool("pg_dump", Some(major)));
@@ -75,7 +78,13 @@ pub async fn dump(
         .map_err(|e| Error::io("pg_dump stdout", e))?;
     let safe_name: String = database
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let written = write_stream(
         repo,
@@ -111,7 +120,10 @@ pub async fn dump(
         stop_time: jiff::Timestamp::now(),
     };
     let mut extra = BTreeMap::new();
-    extra.insert(EXTRA_KEY.to_string(), serde_json::to_value(&info).expect("serializes"));
+    extra.insert(
+        EXTRA_KEY.to_string(),
+        serde_json::to_value(&info).expect("serializes"),
+    );
     Ok((written.commit(extra).await?, info))
 }
 
@@ -156,7 +168,10 @@ pub async fn restore_dump(
     }
     match &options.conn.url {
         Some(u) => cmd.args(["-d", u]),
-        None => cmd.args(["-d", &std::env::var("PGDATABASE").unwrap_or_else(|_| "postgres".into())]),
+        None => cmd.args([
+            "-d",
+            &std::env::var("PGDATABASE").unwrap_or_else(|_| "postgres".into()),
+        ]),
     };
     cmd.env("LC_ALL", "C")
         .stdin(Stdio::piped())

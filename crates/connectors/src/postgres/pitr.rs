@@ -93,14 +93,16 @@ pub async fn plan(repo: &Repository, options: &RestoreOptions) -> Result<Restore
     let mut backups = base_backups(repo).await?;
     if backups.is_empty() {
         return Err(Error::NotFound(
-            "the repository holds no PostgreSQL base backup; run `lifeboat pg backup` first"
-                .into(),
+            "the repository holds no PostgreSQL base backup; run `lifeboat pg backup` first".into(),
         ));
     }
     let (backup, info) = if let Some(q) = &options.snapshot {
         let s = repo.find_snapshot(q).await?;
         let info = BaseBackupInfo::of(&s).ok_or_else(|| {
-            Error::Invalid(format!("snapshot {} is not a PostgreSQL base backup", s.id.short()))
+            Error::Invalid(format!(
+                "snapshot {} is not a PostgreSQL base backup",
+                s.id.short()
+            ))
         })?;
         (s, info)
     } else {
@@ -111,7 +113,11 @@ pub async fn plan(repo: &Repository, options: &RestoreOptions) -> Result<Restore
             None => {
                 return Err(Error::Invalid(format!(
                     "the repository holds base backups of several clusters ({}); choose one with --system-id",
-                    systems.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+                    systems
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
         };
@@ -144,7 +150,10 @@ pub async fn plan(repo: &Repository, options: &RestoreOptions) -> Result<Restore
 }
 
 /// Segments present per timeline, as numbers.
-pub fn segments_by_timeline(have: &BTreeSet<String>, seg_size: u64) -> BTreeMap<u32, BTreeSet<u64>> {
+pub fn segments_by_timeline(
+    have: &BTreeSet<String>,
+    seg_size: u64,
+) -> BTreeMap<u32, BTreeSet<u64>> {
     let mut out: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
     for n in have.iter().filter(|n| is_segment_name(n)) {
         if let Some(s) = Segment::parse(n, seg_size) {
@@ -185,11 +194,7 @@ pub fn check_continuity(
         info.start().number
     };
     let newest = on_tl.last().copied();
-    let mut to = if info.wal_included {
-        newest.unwrap_or(0).max(info.stop().number)
-    } else {
-        newest.unwrap_or(0).max(info.stop().number)
-    };
+    let mut to = newest.unwrap_or(0).max(info.stop().number);
     if let Some(cap) = lsn_cap {
         to = to.min(cap.max(info.stop().number));
     }
@@ -390,7 +395,10 @@ pub async fn start_and_wait(
     options: &RestoreOptions,
 ) -> Result<RecoveryOutcome> {
     let major = info.server_version_num / 10000;
-    let log = dir.join("pg_wal").join(super::wal::SPOOL_DIR).join("server-start.log");
+    let log = dir
+        .join("pg_wal")
+        .join(super::wal::SPOOL_DIR)
+        .join("server-start.log");
     std::fs::create_dir_all(log.parent().expect("has parent")).map_err(|e| Error::io(&log, e))?;
     let mut cmd = tokio::process::Command::new(conn::tool("pg_ctl", Some(major)));
     cmd.arg("-D")
@@ -400,7 +408,10 @@ pub async fn start_and_wait(
         .args(["-w", "-t", "86400", "start"]);
     let log_tail = |log: &Path| conn::tail(&std::fs::read_to_string(log).unwrap_or_default());
     if let Err(e) = conn::run_tool(cmd, "pg_ctl start").await {
-        return Err(Error::Invalid(format!("{e}; server log: {}", log_tail(&log))));
+        return Err(Error::Invalid(format!(
+            "{e}; server log: {}",
+            log_tail(&log)
+        )));
     }
     if options.standby {
         return Ok(RecoveryOutcome::StandbyRunning);
@@ -445,7 +456,12 @@ async fn query_state(dir: &Path) -> Result<(bool, bool)> {
     let port = lines.get(3).copied().unwrap_or("5432").trim();
     let socket = lines.get(4).copied().unwrap_or("").trim();
     let host = if socket.is_empty() {
-        lines.get(5).copied().unwrap_or("127.0.0.1").trim().to_string()
+        lines
+            .get(5)
+            .copied()
+            .unwrap_or("127.0.0.1")
+            .trim()
+            .to_string()
     } else {
         socket.to_string()
     };
@@ -471,7 +487,8 @@ async fn query_state(dir: &Path) -> Result<(bool, bool)> {
 
 /// Parses `--target-lsn`.
 pub fn lsn_arg(s: &str) -> Result<u64> {
-    parse_lsn(s).ok_or_else(|| Error::Invalid(format!("bad LSN {s:?}: expected the form 0/3000060")))
+    parse_lsn(s)
+        .ok_or_else(|| Error::Invalid(format!("bad LSN {s:?}: expected the form 0/3000060")))
 }
 
 #[cfg(test)]
@@ -504,7 +521,11 @@ mod tests {
 
     #[test]
     fn continuity_names_the_first_gap() {
-        let i = info("000000010000000000000002", "000000010000000000000002", false);
+        let i = info(
+            "000000010000000000000002",
+            "000000010000000000000002",
+            false,
+        );
         let have = names(&[
             "000000010000000000000002",
             "000000010000000000000003",
@@ -529,7 +550,11 @@ mod tests {
 
     #[test]
     fn later_timelines_are_checked() {
-        let i = info("000000010000000000000002", "000000010000000000000002", false);
+        let i = info(
+            "000000010000000000000002",
+            "000000010000000000000002",
+            false,
+        );
         let have = names(&[
             "000000010000000000000002",
             "000000010000000000000003",

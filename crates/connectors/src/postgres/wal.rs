@@ -322,11 +322,7 @@ pub async fn push(
             async move {
                 let p = paths.pg_wal.join(&name);
                 let r = async {
-                    let data = Arc::new(
-                        tokio::fs::read(&p)
-                            .await
-                            .map_err(|e| Error::io(&p, e))?,
-                    );
+                    let data = Arc::new(tokio::fs::read(&p).await.map_err(|e| Error::io(&p, e))?);
                     if marker(&paths, &name, &data) == Marker::Matches {
                         return Ok(PutOutcome::AlreadyPresent);
                     }
@@ -484,10 +480,7 @@ fn clean_spool(paths: &WalPaths, current: &str) {
 fn write_atomically(target: &Path, data: &[u8]) -> Result<()> {
     let dir = target.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let name = target
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("wal");
+    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("wal");
     let tmp = dir.join(format!(".tmp-{name}"));
     std::fs::write(&tmp, data).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, target).map_err(|e| Error::io(target, e))
@@ -519,7 +512,10 @@ mod tests {
         let a = object_name(1, "000000010000000000000001");
         let b = object_name(1, "000000010000000000000002");
         let sealed = encode(&key, &a, &data);
-        assert!(sealed.len() < data.len() / 10, "compressible data is compressed");
+        assert!(
+            sealed.len() < data.len() / 10,
+            "compressible data is compressed"
+        );
         assert_eq!(decode(&key, &a, &sealed).unwrap(), data);
         assert!(decode(&key, &b, &sealed).is_err());
         let mut bad = sealed.clone();

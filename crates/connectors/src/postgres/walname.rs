@@ -79,11 +79,16 @@ fn per_log(segment_size: u64) -> u64 {
 }
 
 pub fn is_segment_name(name: &str) -> bool {
-    name.len() == 24 && name.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    name.len() == 24
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
 }
 
 fn is_upper_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
 }
 
 /// Whether `name` is a file PostgreSQL archives: a segment, a `.partial`
@@ -99,7 +104,9 @@ pub fn is_archivable(name: &str) -> bool {
         return is_upper_hex(tl, 8);
     }
     if let Some(rest) = name.strip_suffix(".backup") {
-        return rest.len() == 33 && is_segment_name(&rest[..24]) && rest.as_bytes()[24] == b'.'
+        return rest.len() == 33
+            && is_segment_name(&rest[..24])
+            && rest.as_bytes()[24] == b'.'
             && is_upper_hex(&rest[25..], 8);
     }
     false

@@ -511,6 +511,14 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<i32> {
         settings,
     };
     pitr::check_empty(&options.to).map_err(map)?;
+    if a.start && nix::unistd::geteuid().is_root() {
+        // pg_ctl refuses root; say so before anything is written.
+        return Err(cli_error(
+            exit::GENERIC,
+            "--start cannot run PostgreSQL as root: run the restore as the database owner \
+             (e.g. runuser -u postgres -- lifeboat ...)",
+        ));
+    }
     let repo = session::open(g).await?;
     let plan = pitr::plan(&repo, &options).await.map_err(map)?;
     let wal_desc = match (&plan.wal_first, &plan.wal_last) {

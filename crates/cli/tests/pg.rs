@@ -675,7 +675,7 @@ fn expire_wal_deletes_only_wal_no_retained_backup_needs() {
     }
 
     env.ok(&["forget", "--keep-last", "1"]);
-    let out = env.ok(&["--json", "pg", "expire-wal"]);
+    let out = env.ok(&["--json", "pg", "expire-wal", "--dry-run"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let deleted: Vec<String> = v[0]["deleted"]
         .as_array()
@@ -690,6 +690,17 @@ fn expire_wal_deletes_only_wal_no_retained_backup_needs() {
         deleted.iter().all(|d| d[8..24] < keep_from[8..24]),
         "nothing at or after {keep_from} deleted: {deleted:?}"
     );
+    // prune deletes them (forgetting base backups frees their WAL).
+    let out = env.ok(&["--json", "prune"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["wal_files_deleted"].as_u64().unwrap() as usize,
+        deleted.len(),
+        "{out}"
+    );
+    let out = env.ok(&["--json", "pg", "expire-wal"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["deleted"].as_array().unwrap().len(), 0, "{out}");
     // The retained backup still restores to the latest WAL.
     let (restored, _) = env.restore_and_start("r", &[]);
     assert_eq!(restored.psql("postgres", "SELECT max(x) FROM t"), "100");

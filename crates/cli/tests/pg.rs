@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use lifeboat_testkit::postgres::{
@@ -18,26 +17,16 @@ use tempfile::TempDir;
 const PASSWORD: &str = "pg test password";
 const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The binary under test, copied once per test process to a directory the
-/// `postgres` user can read.
-fn binary() -> &'static Path {
-    static BIN: OnceLock<(TempDir, PathBuf)> = OnceLock::new();
-    let (_, p) = BIN.get_or_init(|| {
-        let dir = pg_tempdir();
-        let p = dir.path().join("lifeboat");
-        std::fs::copy(env!("CARGO_BIN_EXE_lifeboat"), &p).expect("copy binary");
-        chown_postgres(dir.path());
-        (dir, p)
-    });
-    p
-}
-
 /// A repository and password file owned by `postgres`, plus room for
 /// restored data directories.
 struct Env {
     dir: TempDir,
     repo: PathBuf,
     pw: PathBuf,
+    /// The binary under test, copied into the test's directory so the
+    /// `postgres` user can run it wherever the build lives (and removed
+    /// with the directory).
+    bin: PathBuf,
 }
 
 impl Env {
@@ -46,8 +35,10 @@ impl Env {
         let repo = dir.path().join("repo");
         let pw = dir.path().join("pw");
         std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+        let bin = dir.path().join("lifeboat");
+        std::fs::copy(env!("CARGO_BIN_EXE_lifeboat"), &bin).expect("copy binary");
         chown_postgres(dir.path());
-        let env = Env { dir, repo, pw };
+        let env = Env { dir, repo, pw, bin };
         env.ok(&["init"]);
         env
     }
@@ -57,7 +48,7 @@ impl Env {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = as_postgres(binary());
+        let mut c = as_postgres(&self.bin);
         c.env("LIFEBOAT_INSECURE_TEST_KDF", "1")
             .env_remove("LIFEBOAT_PASSWORD")
             .env_remove("LIFEBOAT_REPO")
@@ -90,7 +81,7 @@ impl Env {
     fn archive_command(&self) -> String {
         format!(
             "{} -r {} --password-file {} pg wal-push %p",
-            binary().display(),
+            self.bin.display(),
             self.repo.display(),
             self.pw.display()
         )

@@ -19,6 +19,12 @@ mod session;
 
 use clap::Parser;
 
+/// jemalloc instead of glibc malloc: large buffers (packs, chunks) are
+/// allocated on one thread and freed on another, which leaves glibc's
+/// per-thread arenas holding hundreds of MiB after a prune.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Threads for blocking work (file I/O, decryption, local storage calls).
 /// Bounded because glibc gives each thread its own heap arena and keeps
 /// freed buffers in it, so more threads than useful work cost resident

@@ -6,12 +6,16 @@
 //!   [`services::SshServer`] on a private sshd), started in temp dirs and
 //!   killed on drop, plus [`services::require_or_skip`] for missing binaries.
 //! - [`data`]: reproducible pseudo-random test data.
+//! - [`faulty::FaultyStorage`]: injects errors (scheduled or at a seeded
+//!   rate), latency, short reads, hangs and lagging listings.
+//! - [`crash::CrashStorage`]: models a power cut in the middle of an
+//!   operation, per the storage contract's durability promises.
 //! - [`MemoryStorage`], re-exported so API tests need only this crate.
-//!
-//! Fixture builders and faulty/crash storages belong here too as they grow.
 
 pub mod conformance;
+pub mod crash;
 pub mod data;
+pub mod faulty;
 pub mod services;
 
 pub use lifeboat_storage::MemoryStorage;

@@ -103,6 +103,7 @@ pub struct FaultPlan {
     seed: u64,
     latency: Duration,
     short_reads: f64,
+    short_read_min_len: u64,
     hang: Vec<(Op, u64)>,
     hang_for: Duration,
     list_lag: usize,
@@ -146,6 +147,13 @@ impl FaultPlan {
     /// A `get_range` returns fewer bytes than asked with probability `p`.
     pub fn short_reads(mut self, p: f64) -> Self {
         self.short_reads = p;
+        self
+    }
+
+    /// Only `get_range` calls of at least `len` bytes are cut short (so a
+    /// test can spare small reads such as trees and hit file data).
+    pub fn short_reads_from_len(mut self, len: u64) -> Self {
+        self.short_read_min_len = len;
         self
     }
 
@@ -346,7 +354,7 @@ impl Storage for FaultyStorage {
     async fn get_range(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Bytes> {
         self.before(Op::GetRange, Some(key)).await?;
         let data = self.inner.get_range(key, offset, len).await?;
-        if self.plan.short_reads > 0.0 && len > 0 {
+        if self.plan.short_reads > 0.0 && len > 0 && len >= self.plan.short_read_min_len {
             let mut s = self.state.lock().unwrap();
             let draw: f64 = s.rng.random();
             if s.enabled && draw < self.plan.short_reads {

@@ -10,6 +10,8 @@
 //!   rate), latency, short reads, hangs and lagging listings.
 //! - [`crash::CrashStorage`]: models a power cut in the middle of an
 //!   operation, per the storage contract's durability promises.
+//! - [`sim::Scheduler`]: runs several actors' storage calls one at a time
+//!   in a seeded order, to explore interleavings deterministically.
 //! - [`MemoryStorage`], re-exported so API tests need only this crate.
 
 pub mod conformance;
@@ -17,5 +19,6 @@ pub mod crash;
 pub mod data;
 pub mod faulty;
 pub mod services;
+pub mod sim;
 
 pub use lifeboat_storage::MemoryStorage;

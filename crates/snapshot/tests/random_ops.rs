@@ -667,6 +667,12 @@ async fn damage_and_check(w: &World, seed: u64, rng: &mut StdRng) {
             "{label}: {broken:?} broke, check saw no damage"
         );
     }
+    eprintln!(
+        "{label}: check named packs {:?}, snapshots {:?}; {} snapshots do not restore",
+        report.damaged_packs,
+        report.damaged_snapshots,
+        broken.len()
+    );
     let named: BTreeSet<String> = report.damaged_snapshots.iter().cloned().collect();
     assert_eq!(
         named, broken,

@@ -168,6 +168,15 @@ fn classify(e: &anyhow::Error) -> (i32, Option<&'static str>) {
                         Some("free space on the target, then run the command again"),
                     );
                 }
+                // A path the command names (a backup source) does not exist.
+                if let Some(SnapError::Io { source, .. }) = cause.downcast_ref::<SnapError>()
+                    && source.kind() == std::io::ErrorKind::NotFound
+                {
+                    return (
+                        NOT_FOUND,
+                        Some("check the path, then run the command again"),
+                    );
+                }
             }
             (GENERIC, None)
         }

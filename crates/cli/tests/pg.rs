@@ -5,7 +5,7 @@
 //! copy, so a concurrent rebuild of the shared target directory cannot swap
 //! it under a running test.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 

@@ -205,7 +205,21 @@ pub async fn restore(
                         range.len,
                     )
                     .await
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| e.to_string())
+                    // The storage contract rules out short reads, but a
+                    // backend that breaks it must not make the slicing below
+                    // panic (found by crates/snapshot/tests/random_ops.rs).
+                    .and_then(|b| {
+                        if b.len() as u64 == range.len {
+                            Ok(b)
+                        } else {
+                            Err(format!(
+                                "storage returned {} of the {} bytes asked for (short read)",
+                                b.len(),
+                                range.len
+                            ))
+                        }
+                    });
                 writers
                     .run(move || {
                         let out = write_range(&exec, &range, fetched);

@@ -69,7 +69,8 @@ pub struct Capabilities {
 /// - **`list(kind)`** returns every object of that kind whose `put` returned
 ///   before `list` was called (when [`Capabilities::list_after_write`]), in no
 ///   particular order.
-/// - **`delete`** of a missing key succeeds (deletes are idempotent).
+/// - **`delete`** of a missing key succeeds (deletes are idempotent), and a
+///   delete is durable on return: a crash never brings the object back.
 /// - **Errors are classified.** [`Error::is_retryable`] is true only for
 ///   transient failures (timeouts, 5xx, connection resets) that the
 ///   [`RetryStorage`] wrapper retries; everything else is permanent.

@@ -4,7 +4,8 @@
 //! then hard-links it to the final name — `link(2)` fails if the name exists,
 //! which gives an atomic create that never overwrites — and fsyncs the
 //! directory so the new name survives a power cut. Leftover temporaries from a
-//! crash start with `.tmp-` and are ignored by `list`.
+//! crash start with `.tmp-` and are ignored by `list`. `delete` fsyncs the
+//! directory too, so a removal that returned survives a power cut.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -216,10 +217,18 @@ impl Storage for LocalStorage {
         self.blocking(move |s| {
             let path = s.path(&key);
             match fs::remove_file(&path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(Error::from_io(e, format!("deleting {}", path.display()))),
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(Error::from_io(e, format!("deleting {}", path.display()))),
             }
+            // Make the removal durable: prune deletes snapshot records and
+            // packs in an order its crash argument relies on (docs/format.md
+            // §12.6), so a power cut must not bring back an object whose
+            // delete returned.
+            let dir = path.parent().expect("object path has a parent");
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::from_io(e, format!("syncing directory {}", dir.display())))
         })
         .await
     }

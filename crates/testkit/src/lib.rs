@@ -7,13 +7,20 @@
 //!   killed on drop, plus [`services::require_or_skip`] for missing binaries.
 //! - [`postgres`]: throwaway PostgreSQL clusters ([`postgres::PgCluster`]).
 //! - [`data`]: reproducible pseudo-random test data.
+//! - [`faulty::FaultyStorage`]: injects errors (scheduled or at a seeded
+//!   rate), latency, short reads, hangs and lagging listings.
+//! - [`crash::CrashStorage`]: models a power cut in the middle of an
+//!   operation, per the storage contract's durability promises.
+//! - [`sim::Scheduler`]: runs several actors' storage calls one at a time
+//!   in a seeded order, to explore interleavings deterministically.
 //! - [`MemoryStorage`], re-exported so API tests need only this crate.
-//!
-//! Fixture builders and faulty/crash storages belong here too as they grow.
 
 pub mod conformance;
+pub mod crash;
 pub mod data;
 pub mod postgres;
+pub mod faulty;
 pub mod services;
+pub mod sim;
 
 pub use lifeboat_storage::MemoryStorage;

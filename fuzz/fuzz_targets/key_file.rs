@@ -1,0 +1,20 @@
+//! Key files are plaintext JSON read before any password is checked.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use lifeboat_repo::KeyFile;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(kf) = KeyFile::decode("keys/fuzz", data) {
+        let p = kf.kdf_params();
+        // Unwrapping runs Argon2 with the file's parameters; the decoder
+        // bounds them (4 GiB, 64 passes), which is too slow for a fuzzer, so
+        // only cheap ones are unwrapped here.
+        if p.memory_kib <= 256 && p.iterations <= 2 && p.parallelism <= 2 {
+            let _ = kf.unwrap_key(b"password");
+        }
+        let again =
+            KeyFile::decode("keys/fuzz", &kf.encode()).expect("re-encoded key file decodes");
+        assert_eq!(again.kdf_params(), p);
+    }
+});

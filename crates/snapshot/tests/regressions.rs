@@ -70,3 +70,48 @@ async fn regression_restore_panicked_on_short_range_read() {
         assert!(!under.join(format!("f{i}")).exists());
     }
 }
+
+/// Found by `crates/cli/tests/prune.rs` (backups and prunes in a loop): a
+/// backup read the index (to read its parent snapshot) while a prune was
+/// replacing it; an index object listed a moment before was gone when read,
+/// and the backup failed with "object index/… not found". Now the backup
+/// takes its lock before reading anything, and an index object that
+/// vanishes between the listing and the read makes the listing be read
+/// again (prune writes the new index objects before deleting the old).
+#[tokio::test(flavor = "multi_thread")]
+async fn regression_backup_racing_prune_failed_on_a_vanished_index_object() {
+    use lifeboat_storage::{ErrorKind, Kind};
+    use lifeboat_testkit::faulty::Op;
+    let mem = MemoryStorage::new();
+    let storage: DynStorage = Arc::new(mem.clone());
+    let options = InitOptions {
+        kdf: KdfParams::INSECURE_TEST,
+        ..Default::default()
+    };
+    let repo = Arc::new(Repository::init(storage, b"pw", options).await.unwrap());
+    let src = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    fs::write(src.path().join("f"), pseudo_random(50_000, 1)).unwrap();
+    let opts = BackupOptions {
+        paths: vec![src.path().to_path_buf()],
+        ..Default::default()
+    };
+    backup(repo, &opts, Arc::new(NoProgress)).await.unwrap();
+
+    // The first index object read "vanishes" after the listing.
+    let faulty = Arc::new(FaultyStorage::new(
+        Arc::new(mem.clone()),
+        FaultPlan::new(1).fail_nth_of_kind(Op::Get, Kind::Index, 1, ErrorKind::NotFound),
+    ));
+    let repo = Arc::new(Repository::open(faulty.clone(), b"pw").await.unwrap());
+    let out = backup(repo.clone(), &opts, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let injected = faulty.injected();
+    assert_eq!(injected.len(), 1, "{injected:?}");
+    assert_eq!(
+        injected[0].key.as_ref().map(|k| k.kind()),
+        Some(Kind::Index),
+        "{injected:?}"
+    );
+    assert_eq!(out.snapshot.record.summary.files_unchanged, 1);
+}

@@ -97,6 +97,9 @@ pub enum InjectedKind {
 pub struct FaultPlan {
     /// (operation, n): the n-th call (from 1) of that operation fails.
     nth: Vec<(Op, u64, ErrorKind)>,
+    /// (operation, object kind, n): the n-th call of that operation on an
+    /// object of that kind fails.
+    nth_of_kind: Vec<(Op, Kind, u64, ErrorKind)>,
     /// From this global call number on, every call fails.
     from: Option<(u64, ErrorKind)>,
     rates: BTreeMap<Op, (f64, ErrorKind)>,
@@ -121,6 +124,13 @@ impl FaultPlan {
     /// The `n`-th call (from 1) of `op` fails with `kind`.
     pub fn fail_nth(mut self, op: Op, n: u64, kind: ErrorKind) -> Self {
         self.nth.push((op, n, kind));
+        self
+    }
+
+    /// The `n`-th call (from 1) of `op` on an object of kind `object` fails
+    /// with `kind` (for example the first read of an index object).
+    pub fn fail_nth_of_kind(mut self, op: Op, object: Kind, n: u64, kind: ErrorKind) -> Self {
+        self.nth_of_kind.push((op, object, n, kind));
         self
     }
 
@@ -183,6 +193,7 @@ struct State {
     rng: StdRng,
     calls: u64,
     per_op: BTreeMap<Op, u64>,
+    per_op_kind: BTreeMap<(Op, Kind), u64>,
     recent_puts: VecDeque<ObjectKey>,
     injected: Vec<Injected>,
     enabled: bool,
@@ -209,6 +220,7 @@ impl FaultyStorage {
             rng: StdRng::seed_from_u64(plan.seed),
             calls: 0,
             per_op: BTreeMap::new(),
+            per_op_kind: BTreeMap::new(),
             recent_puts: VecDeque::new(),
             injected: Vec::new(),
             enabled: true,
@@ -244,6 +256,11 @@ impl FaultyStorage {
             *c += 1;
             *c
         };
+        let n_of_kind = key.map(|k| {
+            let c = s.per_op_kind.entry((op, k.kind())).or_insert(0);
+            *c += 1;
+            *c
+        });
         // The generator advances on every call, enabled or not, so a seed
         // gives the same draws for the same call sequence.
         let draw: f64 = s.rng.random();
@@ -258,6 +275,11 @@ impl FaultyStorage {
         }
         for &(o, nth, kind) in &self.plan.nth {
             if o == op && nth == n {
+                fail = Some(kind);
+            }
+        }
+        for &(o, object, nth, kind) in &self.plan.nth_of_kind {
+            if o == op && key.map(|k| k.kind()) == Some(object) && n_of_kind == Some(nth) {
                 fail = Some(kind);
             }
         }

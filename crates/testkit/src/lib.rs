@@ -18,8 +18,8 @@
 pub mod conformance;
 pub mod crash;
 pub mod data;
-pub mod postgres;
 pub mod faulty;
+pub mod postgres;
 pub mod services;
 pub mod sim;
 

@@ -273,7 +273,7 @@ async fn backup_history_files(
 /// Start LSN, timeline and stop LSN from a backup history file
 /// (`START WAL LOCATION: 0/2000028 (file ...)`, `STOP WAL LOCATION: ...`,
 /// `START TIMELINE: 1`).
-fn parse_history(text: &str) -> Option<(u64, u32, u64)> {
+pub fn parse_history(text: &str) -> Option<(u64, u32, u64)> {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))

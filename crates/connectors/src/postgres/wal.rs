@@ -116,8 +116,20 @@ pub fn decode(key: &MasterKey, object: &str, sealed: &[u8]) -> Result<Vec<u8>> {
         .ok_or_else(|| corrupt("authentication failed"))?;
     match payload.split_first() {
         Some((0, raw)) => Ok(raw.to_vec()),
-        // WAL segments are at most 1 GiB; refuse to inflate past that.
-        Some((1, c)) => zstd::bulk::decompress(c, 1 << 30).map_err(|_| corrupt("bad zstd data")),
+        // WAL segments are at most 1 GiB; refuse to inflate past that
+        // (streamed, so a small object never reserves the whole limit).
+        Some((1, c)) => {
+            use std::io::Read;
+            const LIMIT: u64 = 1 << 30;
+            let mut out = Vec::new();
+            zstd::stream::read::Decoder::new(c)
+                .and_then(|d| d.take(LIMIT + 1).read_to_end(&mut out))
+                .map_err(|_| corrupt("bad zstd data"))?;
+            if out.len() as u64 > LIMIT {
+                return Err(corrupt("inflates past 1 GiB"));
+            }
+            Ok(out)
+        }
         _ => Err(corrupt("unknown payload flag")),
     }
 }

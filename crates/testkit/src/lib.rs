@@ -6,12 +6,16 @@
 //!   [`services::SshServer`] on a private sshd), started in temp dirs and
 //!   killed on drop, plus [`services::require_or_skip`] for missing binaries.
 //! - [`data`]: reproducible pseudo-random test data.
+//! - [`CountingStorage`]: counts the calls made to a storage (which tier an
+//!   operation touched).
 //! - [`MemoryStorage`], re-exported so API tests need only this crate.
 //!
 //! Fixture builders and faulty/crash storages belong here too as they grow.
 
 pub mod conformance;
+mod counting;
 pub mod data;
 pub mod services;
 
+pub use counting::{CountingStorage, Counts};
 pub use lifeboat_storage::MemoryStorage;

@@ -204,8 +204,12 @@ mod tests {
         let k = MasterKey::generate();
         let plain = sample().encode(&k);
         assert_eq!(Config::check_version(&plain).unwrap(), 1);
-        let body = String::from_utf8_lossy(&k.open(&plain[12..], &plain[..12]).unwrap()).to_string();
-        assert!(!body.contains("cold"), "no cold field without a tier: {body}");
+        let body =
+            String::from_utf8_lossy(&k.open(&plain[12..], &plain[..12]).unwrap()).to_string();
+        assert!(
+            !body.contains("cold"),
+            "no cold field without a tier: {body}"
+        );
 
         let cold = Config {
             cold: Some(ColdTierConfig {

@@ -144,7 +144,10 @@ async fn a_write_session_never_mixes_tree_and_data_blobs_in_a_pack() {
         } else {
             BlobType::Tree
         };
-        session.add_blob(t, &pseudo_random(100_000, i + 1)).await.unwrap();
+        session
+            .add_blob(t, &pseudo_random(100_000, i + 1))
+            .await
+            .unwrap();
     }
     session.flush().await.unwrap();
     let types = pack_types(&repo, &mem).await;
@@ -190,12 +193,17 @@ async fn data_packs_go_cold_and_everything_else_stays_hot() {
     );
     // Config, key, index and the snapshot record are hot.
     for kind in [Kind::Config, Kind::Keys, Kind::Index, Kind::Snapshots] {
-        assert!(!tiers.hot_mem.list(kind).await.unwrap().is_empty(), "{kind:?}");
+        assert!(
+            !tiers.hot_mem.list(kind).await.unwrap().is_empty(),
+            "{kind:?}"
+        );
     }
-    assert!(check(&repo, &CheckOptions::default(), &|_, _| {})
-        .await
-        .unwrap()
-        .is_ok());
+    assert!(
+        check(&repo, &CheckOptions::default(), &|_, _| {})
+            .await
+            .unwrap()
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -256,8 +264,15 @@ async fn listing_ls_find_diff_forget_check_and_planning_never_read_the_cold_tier
     assert!(planned.cold_packs >= 3, "{planned:?}");
     assert_eq!(planned.hot_packs, 0);
     assert_eq!(planned.files, 4);
-    assert_eq!(tiers.cold.counts().total(), 0, "planning touched the cold tier");
-    assert!(!target.path().join("out").exists(), "planning wrote to the target");
+    assert_eq!(
+        tiers.cold.counts().total(),
+        0,
+        "planning touched the cold tier"
+    );
+    assert!(
+        !target.path().join("out").exists(),
+        "planning wrote to the target"
+    );
 
     // Check without --read-data lists the cold tier but reads no pack.
     let report = check(&repo, &CheckOptions::default(), &|_, _| {})
@@ -266,7 +281,10 @@ async fn listing_ls_find_diff_forget_check_and_planning_never_read_the_cold_tier
     assert!(report.is_ok(), "{report:?}");
     let c = tiers.cold.counts();
     assert_eq!((c.reads, c.put, c.delete), (0, 0, 0), "{c:?}");
-    assert!(c.list > 0, "check lists the cold tier to find missing packs");
+    assert!(
+        c.list > 0,
+        "check lists the cold tier to find missing packs"
+    );
 }
 
 #[tokio::test]
@@ -289,7 +307,10 @@ async fn restore_reads_exactly_the_planned_cold_packs() {
     };
     let planned = plan(&repo, &snap, &opts).await.unwrap();
     let all_cold = tiers.cold_mem.list(Kind::Packs).await.unwrap().len() as u64;
-    assert!(planned.cold_packs >= 1 && planned.cold_packs < all_cold, "{planned:?}");
+    assert!(
+        planned.cold_packs >= 1 && planned.cold_packs < all_cold,
+        "{planned:?}"
+    );
     assert_eq!(planned.files, 1);
     assert_eq!(planned.file_bytes, 1_500_000);
 
@@ -488,7 +509,10 @@ async fn prune_reports_the_cold_bytes_it_downloads_to_repack() {
     let stats = prune(&repo, &PruneOptions::default()).await.unwrap();
     assert_eq!(stats.cold_read_bytes, cold_pack_bytes);
     assert_eq!(tiers.cold.counts().read_bytes, cold_pack_bytes);
-    assert_eq!(repo.read_blob(&used.id).await.unwrap(), pseudo_random(200_000, 1));
+    assert_eq!(
+        repo.read_blob(&used.id).await.unwrap(),
+        pseudo_random(200_000, 1)
+    );
 }
 
 #[tokio::test]
@@ -564,10 +588,19 @@ async fn init_refuses_a_cold_tier_that_is_not_its_own_empty_place() {
     )
     .await
     .unwrap_err();
-    assert!(err.to_string().contains("holds a lifeboat repository"), "{err}");
+    assert!(
+        err.to_string().contains("holds a lifeboat repository"),
+        "{err}"
+    );
     // Nothing was written to the refused repository's storage.
     assert!(mem.list(Kind::Config).await.unwrap().is_empty());
     // A hot-only repository has no cold tier to attach.
-    let plain = Repository::open(Arc::new(other.clone()), b"pw").await.unwrap();
-    assert!(plain.with_cold_storage(Arc::new(MemoryStorage::new())).is_err());
+    let plain = Repository::open(Arc::new(other.clone()), b"pw")
+        .await
+        .unwrap();
+    assert!(
+        plain
+            .with_cold_storage(Arc::new(MemoryStorage::new()))
+            .is_err()
+    );
 }

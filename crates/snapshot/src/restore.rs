@@ -386,7 +386,8 @@ pub async fn plan(
             read_bytes: bytes,
         });
     }
-    out.packs.sort_by(|a, b| (a.tier, &a.pack).cmp(&(b.tier, &b.pack)));
+    out.packs
+        .sort_by(|a, b| (a.tier, &a.pack).cmp(&(b.tier, &b.pack)));
     Ok(out)
 }
 

@@ -76,14 +76,7 @@ impl CountingStorage {
     /// Starts counting from zero again.
     pub fn reset(&self) {
         let c = &self.counters;
-        for n in [
-            &c.put,
-            &c.reads,
-            &c.read_bytes,
-            &c.stat,
-            &c.list,
-            &c.delete,
-        ] {
+        for n in [&c.put, &c.reads, &c.read_bytes, &c.stat, &c.list, &c.delete] {
             n.store(0, Ordering::SeqCst);
         }
         self.read_keys.lock().unwrap().clear();

@@ -604,3 +604,125 @@ async fn init_refuses_a_cold_tier_that_is_not_its_own_empty_place() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn copy_into_and_out_of_a_cold_repository_keeps_the_tiers() {
+    let tiers = Tiers::new();
+    let cold_repo = tiers.init().await;
+    let hot_mem = MemoryStorage::new();
+    let hot_repo = Arc::new(
+        Repository::init(Arc::new(hot_mem.clone()), b"pw", options())
+            .await
+            .unwrap(),
+    );
+    let src = tempfile::tempdir().unwrap();
+    make_source(src.path());
+    backup_dir(&hot_repo, src.path()).await;
+
+    // Into the cold repository: its data packs land in the cold tier.
+    let stats = lifeboat_repo::copy(
+        &hot_repo,
+        &cold_repo,
+        &lifeboat_repo::CopyOptions::default(),
+        &(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stats.snapshots_copied, 1);
+    let cold_types = pack_types(&cold_repo, &tiers.cold_mem).await;
+    assert!(cold_types.len() >= 3, "{cold_types:?}");
+    assert!(
+        cold_types
+            .iter()
+            .all(|t| t.len() == 1 && t.contains("Data"))
+    );
+    let hot_types = pack_types(&cold_repo, &tiers.hot_mem).await;
+    assert!(hot_types.iter().all(|t| t.len() == 1 && t.contains("Tree")));
+
+    // Out of it again, into a fresh hot-only repository: reads cold data.
+    let back = Arc::new(
+        Repository::init(Arc::new(MemoryStorage::new()), b"pw", options())
+            .await
+            .unwrap(),
+    );
+    tiers.cold.reset();
+    let stats = lifeboat_repo::copy(
+        &cold_repo,
+        &back,
+        &lifeboat_repo::CopyOptions::default(),
+        &(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stats.snapshots_copied, 1);
+    assert!(tiers.cold.counts().read_bytes > 4_000_000);
+    let snap = back.find_snapshot("latest").await.unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let r = restore(
+        &back,
+        &snap,
+        &RestoreOptions {
+            target: target.path().to_path_buf(),
+            ..Default::default()
+        },
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    assert!(r.errors.is_empty(), "{r:?}");
+    let big = target
+        .path()
+        .join(src.path().strip_prefix("/").unwrap())
+        .join("a/big.bin");
+    assert_eq!(std::fs::read(big).unwrap(), pseudo_random(2_500_000, 1));
+}
+
+#[tokio::test]
+async fn repair_index_reads_both_tiers_and_check_names_a_pack_in_the_wrong_tier() {
+    let tiers = Tiers::new();
+    let repo = tiers.init().await;
+    let src = tempfile::tempdir().unwrap();
+    make_source(src.path());
+    backup_dir(&repo, src.path()).await;
+    let before = repo.load_index().await.unwrap();
+
+    // Index lost: repair rebuilds it from the trailers of both tiers.
+    for info in tiers.hot_mem.list(Kind::Index).await.unwrap() {
+        tiers.hot_mem.delete(&info.key).await.unwrap();
+    }
+    tiers.cold.reset();
+    let stats = lifeboat_repo::repair::repair_index(&repo).await.unwrap();
+    assert_eq!(stats.blobs_indexed, before.blob_count(), "{stats:?}");
+    assert!(tiers.cold.counts().reads > 0, "repair reads cold trailers");
+    assert_eq!(
+        repo.load_index().await.unwrap().blob_count(),
+        before.blob_count()
+    );
+    assert!(
+        check(&repo, &CheckOptions::default(), &|_, _| {})
+            .await
+            .unwrap()
+            .is_ok()
+    );
+
+    // A data pack moved into the hot tier cannot be read where readers
+    // look for it: check says so.
+    let moved = tiers.cold_mem.list(Kind::Packs).await.unwrap()[0]
+        .key
+        .clone();
+    let bytes = tiers.cold_mem.get(&moved).await.unwrap();
+    tiers.hot_mem.put(&moved, bytes).await.unwrap();
+    tiers.cold_mem.delete(&moved).await.unwrap();
+    let report = check(&repo, &CheckOptions::default(), &|_, _| {})
+        .await
+        .unwrap();
+    assert!(!report.is_ok());
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.object.contains(moved.name()) && e.message.contains("hot tier")),
+        "{:?}",
+        report.errors
+    );
+}

@@ -23,13 +23,16 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct Global {
-    /// Repository location (path or URL).
+    /// Repository location (path or URL). `backup` takes it several times
+    /// and writes one snapshot to each, reading the source once.
     #[arg(short = 'r', long = "repo", env = "LIFEBOAT_REPO", global = true)]
-    pub repo: Option<String>,
-    /// Read the password from this file (first line).
+    pub repo: Vec<String>,
+    /// Read the password from this file (first line). With several --repo:
+    /// once for all of them, or once per repository in the same order.
     #[arg(long, env = "LIFEBOAT_PASSWORD_FILE", global = true)]
-    pub password_file: Option<PathBuf>,
-    /// Run this command and use the first line of its output as the password.
+    pub password_file: Vec<PathBuf>,
+    /// Run this command and use the first line of its output as the
+    /// password (it sees the repository in LIFEBOAT_PASSWORD_FOR).
     #[arg(long, env = "LIFEBOAT_PASSWORD_COMMAND", global = true)]
     pub password_command: Option<String>,
     /// Print results as JSON on stdout.
@@ -321,6 +324,17 @@ pub struct ForgetArgs {
     /// Allow the policy to forget every snapshot of a source.
     #[arg(long)]
     pub allow_empty_source: bool,
+    /// Only consider snapshots of this host (repeatable: any of them).
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Only consider snapshots with these tags (comma-separated: all of
+    /// them; repeatable: any of the lists).
+    #[arg(long = "tag", value_name = "TAG[,TAG...]")]
+    pub tags: Vec<String>,
+    /// Only consider snapshots whose paths include this one (repeatable:
+    /// all of them).
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<String>,
     /// Run prune afterwards.
     #[arg(long)]
     pub prune: bool,

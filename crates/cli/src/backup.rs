@@ -6,7 +6,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use lifeboat_repo::BackupMode;
 use lifeboat_snapshot::backup::{
-    BackupOptions, BackupOutcome, StdinOptions, backup, backup_stream,
+    BackupOptions, BackupOutcome, StdinOptions, backup, backup_many, backup_stream,
+    backup_stream_many,
 };
 
 use crate::args::{BackupArgs, Global, ModeArg};
@@ -15,75 +16,202 @@ use crate::output::{bytes, duration_ms};
 use crate::progress::Bar;
 use crate::session;
 
-pub async fn run(g: &Global, a: BackupArgs) -> Result<i32> {
-    let repo = session::open_or_create_default(g).await?;
+/// What to back up, as the library takes it.
+enum Source {
+    Stdin(StdinOptions),
+    Files(BackupOptions),
+}
+
+fn source(a: BackupArgs, draw: bool) -> Result<Source> {
     let mode = match a.mode {
         ModeArg::Full => BackupMode::Full,
         ModeArg::Incremental => BackupMode::Incremental,
         ModeArg::Differential => BackupMode::Differential,
     };
-    let bar = Arc::new(Bar::new(!g.quiet && !g.json, "backup"));
-    let outcome = if a.stdin {
-        let options = StdinOptions {
+    if a.stdin {
+        return Ok(Source::Stdin(StdinOptions {
             filename: a.stdin_filename,
             tags: a.tags,
             host: a.host,
             mode,
             compression_level: a.compression,
-        };
-        backup_stream(repo, std::io::stdin(), &options, bar.clone()).await
-    } else {
-        let mut excludes = a.excludes;
-        for f in &a.exclude_file {
-            let text = std::fs::read_to_string(f)
-                .with_context(|| format!("reading exclude file {}", f.display()))?;
-            excludes.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(String::from),
-            );
-        }
-        let options = BackupOptions {
-            paths: a.paths,
-            excludes,
-            exclude_caches: a.exclude_caches,
-            one_file_system: a.one_file_system,
-            tags: a.tags,
-            host: a.host,
-            mode,
-            compression_level: a.compression,
-            threads: None,
-            scan_totals: bar.is_drawing(),
-        };
-        backup(repo, &options, bar.clone()).await
+        }));
+    }
+    let mut excludes = a.excludes;
+    for f in &a.exclude_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading exclude file {}", f.display()))?;
+        excludes.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+    }
+    Ok(Source::Files(BackupOptions {
+        paths: a.paths,
+        excludes,
+        exclude_caches: a.exclude_caches,
+        one_file_system: a.one_file_system,
+        tags: a.tags,
+        host: a.host,
+        mode,
+        compression_level: a.compression,
+        threads: None,
+        scan_totals: draw,
+    }))
+}
+
+pub async fn run(g: &Global, a: BackupArgs) -> Result<i32> {
+    if g.repo.len() > 1 {
+        return run_many(g, a).await;
+    }
+    let repo = session::open_or_create_default(g).await?;
+    let bar = Arc::new(Bar::new(!g.quiet && !g.json, "backup"));
+    let outcome = match source(a, bar.is_drawing())? {
+        Source::Stdin(o) => backup_stream(repo, std::io::stdin(), &o, bar.clone()).await,
+        Source::Files(o) => backup(repo, &o, bar.clone()).await,
     };
     bar.finish();
     let outcome = outcome?;
     render(g, &outcome)?;
-    Ok(if outcome.snapshot.record.partial {
+    Ok(exit_code(&outcome))
+}
+
+fn exit_code(o: &BackupOutcome) -> i32 {
+    if o.snapshot.record.partial {
+        exit::PARTIAL
+    } else {
+        exit::OK
+    }
+}
+
+/// `backup -r A -r B ...`: one read of the source, one snapshot in each
+/// repository. A repository that cannot be opened or fails during the
+/// backup is reported; the others keep their snapshot.
+async fn run_many(g: &Global, a: BackupArgs) -> Result<i32> {
+    let targets = session::targets(g)?;
+    let opened =
+        futures::future::join_all(targets.iter().map(|t| session::open_target(g, t))).await;
+    let mut results: Vec<Option<Result<BackupOutcome>>> = Vec::new();
+    let mut repos = Vec::new();
+    let mut positions = Vec::new();
+    for (i, r) in opened.into_iter().enumerate() {
+        match r {
+            Ok(repo) => {
+                repos.push(repo);
+                positions.push(i);
+                results.push(None);
+            }
+            Err(e) => results.push(Some(Err(e))),
+        }
+    }
+    if !repos.is_empty() {
+        let bar = Arc::new(Bar::new(!g.quiet && !g.json, "backup"));
+        let outcomes = match source(a, bar.is_drawing())? {
+            Source::Stdin(o) => backup_stream_many(repos, std::io::stdin(), &o, bar.clone()).await,
+            Source::Files(o) => backup_many(repos, &o, bar.clone()).await,
+        };
+        bar.finish();
+        for (i, outcome) in positions.into_iter().zip(outcomes?) {
+            results[i] = Some(outcome.map_err(anyhow::Error::from));
+        }
+    }
+    let results: Vec<Result<BackupOutcome>> = results.into_iter().map(Option::unwrap).collect();
+    render_many(g, &targets, &results)?;
+    let failed: Vec<(i32, String)> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(exit::describe))
+        .collect();
+    Ok(if failed.len() == results.len() {
+        failed[0].0
+    } else if !failed.is_empty() {
+        exit::SOME_FAILED
+    } else if results.iter().flatten().any(|o| o.snapshot.record.partial) {
         exit::PARTIAL
     } else {
         exit::OK
     })
 }
 
+fn render_many(
+    g: &Global,
+    targets: &[session::Target],
+    results: &[Result<BackupOutcome>],
+) -> Result<()> {
+    if g.json {
+        let repos: Vec<serde_json::Value> = targets
+            .iter()
+            .zip(results)
+            .map(|(t, r)| match r {
+                Ok(o) => {
+                    let mut v = outcome_json(o);
+                    v["repository"] = t.display.clone().into();
+                    v["ok"] = true.into();
+                    v
+                }
+                Err(e) => {
+                    let (code, message) = exit::describe(e);
+                    serde_json::json!({
+                        "repository": t.display,
+                        "ok": false,
+                        "error": message,
+                        "exit_code": code,
+                    })
+                }
+            })
+            .collect();
+        return crate::output::json(&serde_json::json!({ "repositories": repos }));
+    }
+    let mut failed = Vec::new();
+    for (t, r) in targets.iter().zip(results) {
+        outln!("repository {}:", t.display);
+        match r {
+            Ok(o) => render_text(o, "  "),
+            Err(e) => {
+                let (_, message) = exit::describe(e);
+                outln!("  FAILED: {message}");
+                failed.push(t.display.as_str());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        eprintln!(
+            "lifeboat: backup failed in {} of {} repositories: {}; their earlier snapshots are untouched",
+            failed.len(),
+            results.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
 fn render(g: &Global, o: &BackupOutcome) -> Result<()> {
+    if g.json {
+        return crate::output::json(&outcome_json(o));
+    }
+    render_text(o, "");
+    Ok(())
+}
+
+fn outcome_json(o: &BackupOutcome) -> serde_json::Value {
+    let r = &o.snapshot.record;
+    serde_json::json!({
+        "snapshot": o.snapshot.id.to_hex(),
+        "short_id": o.snapshot.id.short(),
+        "mode": r.mode,
+        "parent": r.parent.map(|p| p.to_hex()),
+        "partial": r.partial,
+        "summary": r.summary,
+        "warnings": o.warnings,
+    })
+}
+
+fn render_text(o: &BackupOutcome, indent: &str) {
     let r = &o.snapshot.record;
     let s = &r.summary;
-    if g.json {
-        return crate::output::json(&serde_json::json!({
-            "snapshot": o.snapshot.id.to_hex(),
-            "short_id": o.snapshot.id.short(),
-            "mode": r.mode,
-            "parent": r.parent.map(|p| p.to_hex()),
-            "partial": r.partial,
-            "summary": s,
-            "warnings": o.warnings,
-        }));
-    }
     outln!(
-        "snapshot {} saved ({} backup{}{})",
+        "{indent}snapshot {} saved ({} backup{}{})",
         o.snapshot.id.short(),
         r.mode,
         r.parent
@@ -96,7 +224,7 @@ fn render(g: &Global, o: &BackupOutcome) -> Result<()> {
         }
     );
     outln!(
-        "files: {} new, {} changed, {} unchanged, {} skipped, {} errors; {} directories",
+        "{indent}files: {} new, {} changed, {} unchanged, {} skipped, {} errors; {} directories",
         s.files_new,
         s.files_changed,
         s.files_unchanged,
@@ -105,12 +233,11 @@ fn render(g: &Global, o: &BackupOutcome) -> Result<()> {
         s.dirs
     );
     outln!(
-        "data: {} read, {} added to the repository ({} before compression), {} in the snapshot",
+        "{indent}data: {} read, {} added to the repository ({} before compression), {} in the snapshot",
         bytes(s.read_bytes),
         bytes(s.added_bytes),
         bytes(s.added_raw_bytes),
         bytes(s.total_bytes)
     );
-    outln!("took {}", duration_ms(s.elapsed_ms));
-    Ok(())
+    outln!("{indent}took {}", duration_ms(s.elapsed_ms));
 }

@@ -12,21 +12,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use lifeboat_repo::{CopyOptions, CopyProgress, Repository};
 use lifeboat_snapshot::progress::BackupProgress;
-use lifeboat_storage::Location;
 
 use crate::args::{CopyArgs, Global};
 use crate::exit;
 use crate::output::outln;
 use crate::progress::Bar;
-use crate::session::{self, Target};
-
-fn target_at(location: &str) -> Result<Target> {
-    Ok(Target {
-        location: Location::parse(location)?,
-        display: location.to_string(),
-        default: None,
-    })
-}
+use crate::session;
 
 /// Opens the repository to copy (or take chunker parameters) from.
 pub async fn open_source(
@@ -34,7 +25,7 @@ pub async fn open_source(
     location: &str,
     password_file: Option<&Path>,
 ) -> Result<Arc<Repository>> {
-    let t = target_at(location)?;
+    let t = session::target_at(location, 0)?;
     let password = match (password_file, std::env::var("LIFEBOAT_FROM_PASSWORD")) {
         (Some(file), _) => session::read_password_file(file)?,
         (None, Ok(p)) => p.into_bytes(),
@@ -63,7 +54,7 @@ impl CopyProgress for CopyBar {
 pub async fn run(g: &Global, a: CopyArgs) -> Result<i32> {
     let source = open_source(g, &a.from, a.from_password_file.as_deref()).await?;
     let t = match &a.to {
-        Some(to) => target_at(to)?,
+        Some(to) => session::target_at(to, 0)?,
         None => session::target(g)?,
     };
     let password = session::password(g, &t, false)?;

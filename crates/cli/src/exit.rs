@@ -25,6 +25,9 @@ pub const NOT_FOUND: i32 = 16;
 /// Another process holds the repository lock (a prune while backups run, a
 /// backup while prune runs); retrying later succeeds.
 pub const LOCKED: i32 = 17;
+/// A backup to several repositories failed in some of them; the others
+/// have their snapshot (the output names which failed and why).
+pub const SOME_FAILED: i32 = 18;
 
 /// An error the CLI itself raises, with its code and advice.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +47,15 @@ pub fn cli_error(code: i32, message: impl Into<String>) -> anyhow::Error {
 
 /// Prints the error as one line with what to do next; returns the exit code.
 pub fn report(e: &anyhow::Error) -> i32 {
+    let (code, msg) = describe(e);
+    eprintln!("lifeboat: error: {msg}");
+    code
+}
+
+/// The exit code for `e` and its one-line message with advice.
+pub fn describe(e: &anyhow::Error) -> (i32, String) {
     let (code, hint) = classify(e);
-    let mut msg = format!("lifeboat: error: {e}");
+    let mut msg = e.to_string();
     // anyhow's context chain, on one line.
     for cause in e.chain().skip(1) {
         let c = cause.to_string();
@@ -56,8 +66,7 @@ pub fn report(e: &anyhow::Error) -> i32 {
     if let Some(h) = hint {
         msg.push_str(&format!(" ({h})"));
     }
-    eprintln!("{msg}");
-    code
+    (code, msg)
 }
 
 /// The storage error kind behind `e`, looking through the library error

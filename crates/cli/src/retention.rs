@@ -4,7 +4,8 @@
 use anyhow::Result;
 use lifeboat_repo::prune::{PruneOptions, PruneStats, prune as run_prune};
 use lifeboat_repo::retention::{
-    ForgetOptions, ForgetReport, RetentionPolicy, forget as run_forget, parse_duration,
+    ForgetOptions, ForgetReport, RetentionPolicy, SnapshotFilter, forget as run_forget,
+    parse_duration,
 };
 
 use crate::args::{ForgetArgs, Global, PruneArgs};
@@ -40,6 +41,11 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<i32> {
         &ForgetOptions {
             dry_run: a.dry_run,
             allow_empty_source: a.allow_empty_source,
+            filter: SnapshotFilter {
+                hosts: a.hosts,
+                tags: a.tags,
+                paths: a.paths,
+            },
         },
     )
     .await

@@ -22,6 +22,8 @@ pub struct Target {
     pub location: Location,
     pub display: String,
     pub default: Option<DefaultRepo>,
+    /// Position among the -r/--repo options (selects its --password-file).
+    pub index: usize,
 }
 
 /// The zero-configuration repository used when none is named.
@@ -43,22 +45,64 @@ impl DefaultRepo {
     }
 }
 
+/// The one repository a command works on.
 pub fn target(g: &Global) -> Result<Target> {
-    match &g.repo {
-        Some(r) => Ok(Target {
-            location: Location::parse(r)?,
-            display: r.clone(),
-            default: None,
-        }),
-        None => {
+    match g.repo.as_slice() {
+        [] => {
             let d = DefaultRepo::get()?;
             Ok(Target {
                 location: Location::Local(d.path.clone()),
                 display: d.path.display().to_string(),
                 default: Some(d),
+                index: 0,
             })
         }
+        [r] => target_at(r, 0),
+        _ => Err(cli_error(
+            exit::GENERIC,
+            "this command works on one repository: give -r/--repo once (only `backup` writes to several)",
+        )),
     }
+}
+
+/// Every repository named with -r/--repo (or the default one).
+pub fn targets(g: &Global) -> Result<Vec<Target>> {
+    if g.repo.len() <= 1 {
+        return Ok(vec![target(g)?]);
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (i, r) in g.repo.iter().enumerate() {
+        if !seen.insert(r) {
+            return Err(cli_error(
+                exit::GENERIC,
+                format!("repository {r} is named twice"),
+            ));
+        }
+        out.push(target_at(r, i)?);
+    }
+    if g.password_file.len() > 1 && g.password_file.len() != out.len() {
+        return Err(cli_error(
+            exit::GENERIC,
+            format!(
+                "{} password files for {} repositories: give one for all, or one per repository in the order of -r/--repo",
+                g.password_file.len(),
+                out.len()
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// A repository named on the command line; `index` is its position among
+/// the -r/--repo options.
+pub fn target_at(location: &str, index: usize) -> Result<Target> {
+    Ok(Target {
+        location: Location::parse(location)?,
+        display: location.to_string(),
+        default: None,
+        index,
+    })
 }
 
 pub async fn storage(t: &Target) -> Result<DynStorage> {
@@ -67,13 +111,19 @@ pub async fn storage(t: &Target) -> Result<DynStorage> {
 
 /// Reads the password from the configured source.
 pub fn password(g: &Global, t: &Target, confirm: bool) -> Result<Vec<u8>> {
-    if let Some(file) = &g.password_file {
+    let file = match g.password_file.as_slice() {
+        [] => None,
+        [one] => Some(one),
+        several => several.get(t.index),
+    };
+    if let Some(file) = file {
         return read_password_file(file);
     }
     if let Some(cmd) = &g.password_command {
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(cmd)
+            .env("LIFEBOAT_PASSWORD_FOR", &t.display)
             .stderr(std::process::Stdio::inherit())
             .output()
             .with_context(|| format!("running password command {cmd:?}"))?;
@@ -137,10 +187,22 @@ pub fn kdf_params() -> KdfParams {
 
 /// Opens the repository named by the global options.
 pub async fn open(g: &Global) -> Result<Arc<Repository>> {
-    let t = target(g)?;
-    let storage = storage(&t).await?;
-    let password = password(g, &t, false)?;
+    open_target(g, &target(g)?).await
+}
+
+/// Opens one repository with its password. `--cold-location` applies when
+/// the command names one repository (it is that repository's cold tier).
+pub async fn open_target(g: &Global, t: &Target) -> Result<Arc<Repository>> {
+    let storage = storage(t).await?;
+    let password = password(g, t, false)?;
     let repo = Repository::open(storage, &password).await?;
+    if g.cold_location.is_some() && g.repo.len() > 1 {
+        return Err(cli_error(
+            exit::GENERIC,
+            "--cold-location (or LIFEBOAT_COLD_LOCATION) names the cold tier of one repository; \
+             it cannot be used with several -r/--repo",
+        ));
+    }
     Ok(Arc::new(with_cold_location(
         repo,
         g.cold_location.as_deref(),

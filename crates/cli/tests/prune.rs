@@ -316,3 +316,64 @@ fn prune_killed_at_random_instants_leaves_a_checkable_repository() {
     );
     verify_all(&lb, &expected.lock().unwrap());
 }
+
+#[test]
+fn forget_filters_by_host_tag_and_path_and_leaves_the_rest_alone() {
+    let lb = new_repo();
+    let a = lb.path("a");
+    let b = lb.path("b");
+    write(a.join("f"), b"a");
+    write(b.join("f"), b"b");
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    for (host, tags, path) in [
+        ("web", "daily,db", a),
+        ("web", "daily", a),
+        ("web", "daily,db", a),
+        ("mail", "daily,db", a),
+        ("mail", "daily,db", a),
+        ("web", "daily,db", b),
+        ("web", "daily,db", b),
+    ] {
+        let mut args = vec!["backup", "--host", host, path];
+        for t in tags.split(',') {
+            args.extend(["--tag", t]);
+        }
+        lb.ok(&args);
+    }
+    let ids_of = |lb: &Lifeboat, host: &str| -> usize {
+        lb.snapshots().iter().filter(|s| s["host"] == host).count()
+    };
+
+    // Host web, tags daily AND db, path a: two snapshots, keep the last.
+    let v = lb.json([
+        "forget",
+        "--keep-last",
+        "1",
+        "--host",
+        "web",
+        "--tag",
+        "daily,db",
+        "--path",
+        a,
+    ]);
+    assert_eq!(v["forget"]["removed"], 1, "{v}");
+    assert_eq!(v["forget"]["kept"], 1, "{v}");
+    let groups = v["forget"]["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "only the filtered source: {v}");
+    assert_eq!(groups[0]["snapshots"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(lb.snapshots().len(), 6);
+    // The other hosts were not touched.
+    assert_eq!(ids_of(&lb, "mail"), 2);
+
+    // A tag list that no snapshot has all of selects nothing.
+    let v = lb.json(["forget", "--keep-last", "1", "--tag", "db,weekly"]);
+    assert_eq!(v["forget"]["removed"], 0, "{v}");
+    assert_eq!(lb.snapshots().len(), 6);
+
+    // Host mail only.
+    let v = lb.json(["forget", "--keep-last", "1", "--host", "mail"]);
+    assert_eq!(v["forget"]["removed"], 1, "{v}");
+    assert_eq!(ids_of(&lb, "mail"), 1);
+    assert_eq!(ids_of(&lb, "web"), 4);
+    check_clean(&lb, false);
+}

@@ -230,6 +230,36 @@ pub struct ForgetOptions {
     pub dry_run: bool,
     /// Allow a policy to remove every snapshot of a source.
     pub allow_empty_source: bool,
+    /// Only snapshots matching this are considered; the others are left
+    /// alone (and do not count for the policy).
+    pub filter: SnapshotFilter,
+}
+
+/// Selects snapshots by host, tags and paths (an empty field matches all).
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotFilter {
+    /// The snapshot's host is one of these.
+    pub hosts: Vec<String>,
+    /// Each entry is a comma-separated tag list the snapshot must all have;
+    /// the snapshot matches if any entry does.
+    pub tags: Vec<String>,
+    /// The snapshot's paths include every one of these.
+    pub paths: Vec<String>,
+}
+
+impl SnapshotFilter {
+    pub fn matches(&self, s: &Snapshot) -> bool {
+        let r = &s.record;
+        (self.hosts.is_empty() || self.hosts.contains(&r.host))
+            && (self.tags.is_empty()
+                || self.tags.iter().any(|set| {
+                    set.split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .all(|t| r.tags.iter().any(|have| have == t))
+                }))
+            && self.paths.iter().all(|p| r.paths.contains(p))
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -257,7 +287,8 @@ pub async fn forget(
                 .into(),
         ));
     }
-    let snapshots = repo.snapshots().await?;
+    let mut snapshots = repo.snapshots().await?;
+    snapshots.retain(|s| options.filter.matches(s));
     let groups = apply_policy(&snapshots, policy);
     if !options.allow_empty_source
         && let Some(g) = groups.iter().find(|g| g.kept() == 0)

@@ -1,4 +1,5 @@
-//! The archiver: file trees and streams into snapshots.
+//! The archiver: file trees and streams into snapshots, in one repository or
+//! in several at once.
 //!
 //! Data flow: one walker thread visits the source depth-first in name order
 //! and compares each file with the parent snapshot (size, mtime, ctime and
@@ -15,10 +16,20 @@
 //! thread waits for a directory, and only directories with unfinished
 //! entries are held in memory.
 //!
+//! Several repositories ([`backup_many`]): the source is walked and read
+//! once; each repository is a *target* with its own write session, parent
+//! snapshot, chunker, blob ids and trees. Every directory entry carries one
+//! node per target. Targets whose chunker parameters are equal form a group
+//! and share one chunking of each file; when groups differ, a file's bytes
+//! are read once and fanned out to one chunker thread per group. A target
+//! whose repository fails (unreachable, full) is dropped from the backup
+//! and reported in its own result; the others carry on. Backpressure is
+//! shared: the slowest repository sets the pace.
+//!
 //! Per-file problems (unreadable, vanished, changed while read) are reported
 //! through [`BackupProgress::warning`] and counted; an unreadable file makes
 //! the snapshot `partial`. Repository errors (storage full, unreachable)
-//! stop the backup, and no snapshot record is written.
+//! stop that repository's backup, and no snapshot record is written there.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -43,6 +54,9 @@ use crate::{Error, Result};
 /// The tag file that marks a cache directory (https://bford.info/cachedir/).
 const CACHEDIR_TAG: &str = "CACHEDIR.TAG";
 const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+
+/// Block size of the fan-out to chunker groups.
+const TEE_BLOCK: usize = 1 << 20;
 
 #[derive(Debug, Clone, Default)]
 pub struct BackupOptions {
@@ -103,6 +117,21 @@ pub async fn backup(
     options: &BackupOptions,
     progress: Arc<dyn BackupProgress>,
 ) -> Result<BackupOutcome> {
+    only(backup_many(vec![repo], options, progress).await?)
+}
+
+/// Backs up file trees into every repository given, reading the source
+/// once. Each repository gets its own snapshot (its own parent, key, blob
+/// ids and packs). The result holds one outcome per repository, in the
+/// order given: a repository that fails (unreachable, full, locked) has its
+/// error there and the others still get their snapshot. The outer error is
+/// for a request no repository could run (no paths, a bad exclude pattern,
+/// a source path that does not exist).
+pub async fn backup_many(
+    repos: Vec<Arc<Repository>>,
+    options: &BackupOptions,
+    progress: Arc<dyn BackupProgress>,
+) -> Result<Vec<Result<BackupOutcome>>> {
     let started = Instant::now();
     let time = jiff::Timestamp::now();
     if options.paths.is_empty() {
@@ -124,25 +153,20 @@ pub async fn backup(
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
     let host = options.host.clone().unwrap_or_else(hostname);
-
-    let all = repo.snapshots().await?;
-    let parent = choose_parent(&all, &host, &paths, options.mode).cloned();
-    let mode = recorded_mode(options.mode, parent.is_some());
-    let parent_tree = match &parent {
-        Some(p) => Some(repo.read_tree(&p.record.tree).await?),
-        None => None,
-    };
-
-    let session = Arc::new(
-        WriteSession::start(
-            repo.clone(),
-            WriteOptions {
-                compression_level: options.compression_level,
-            },
-        )
-        .await?,
-    );
     let excludes = build_excludes(&options.excludes)?;
+
+    let (live, parent_trees, mut results) = prepare_all(
+        &repos,
+        &host,
+        &paths,
+        options.mode,
+        options.compression_level,
+        true,
+    )
+    .await;
+    if live.is_empty() {
+        return Ok(results.into_iter().map(Option::unwrap).collect());
+    }
     let threads = options
         .threads
         .unwrap_or_else(|| {
@@ -151,25 +175,17 @@ pub async fn backup(
                 .unwrap_or(2)
         })
         .max(1);
-    let ctx = Arc::new(Ctx {
-        session: session.clone(),
-        handle: tokio::runtime::Handle::current(),
-        chunker: Chunker::new(repo.config().chunker),
-        excludes,
-        exclude_caches: options.exclude_caches,
-        one_file_system: options.one_file_system,
-        full: mode == BackupMode::Full,
-        progress: progress.clone(),
-        counters: Counters::default(),
-        warnings: Mutex::new(Vec::new()),
-        fatal: Mutex::new(None),
-        cancelled: AtomicBool::new(false),
-        names: Mutex::new(NameCache::default()),
-        root_devs: roots
-            .iter()
-            .filter_map(|r| fs::symlink_metadata(r).ok().map(|m| m.dev()))
-            .collect(),
+    let root_devs = roots
+        .iter()
+        .filter_map(|r| fs::symlink_metadata(r).ok().map(|m| m.dev()))
+        .collect();
+    let (ctx, meta) = Ctx::new(live, progress.clone(), |ctx| {
+        ctx.excludes = excludes;
+        ctx.exclude_caches = options.exclude_caches;
+        ctx.one_file_system = options.one_file_system;
+        ctx.root_devs = root_devs;
     });
+    let ctx = Arc::new(ctx);
     let scanner = if options.scan_totals {
         let roots = roots.clone();
         let ctx = ctx.clone();
@@ -179,37 +195,179 @@ pub async fn backup(
     };
     let walked = {
         let ctx = ctx.clone();
-        tokio::task::spawn_blocking(move || run_walk(&ctx, roots, parent_tree, threads))
+        tokio::task::spawn_blocking(move || run_walk(&ctx, roots, parent_trees, threads))
             .await
             .map_err(|e| Error::Invalid(format!("backup task failed: {e}")))
     };
     // The scanner only feeds the progress display: stop it (it checks the
-    // flag at every entry) and wait, so it no longer shares the session.
+    // flag at every entry) and wait, so it no longer shares the sessions.
     if let Some(scanner) = scanner {
         ctx.cancelled.store(true, Ordering::SeqCst);
         let _ = scanner.join();
     }
-    let root_id = walked??;
-    let summary = ctx.counters.summary(started);
-    let warnings = std::mem::take(&mut *ctx.warnings.lock().unwrap());
-    drop(ctx);
-    let session = Arc::try_unwrap(session)
-        .map_err(|_| Error::Invalid("write session still in use".into()))?;
-    let record = SnapshotRecord {
+    let roots = walked?;
+    let base = RecordBase {
         time,
         host,
-        user: std::env::var("USER").unwrap_or_default(),
         paths,
         tags: options.tags.clone(),
-        tree: root_id,
-        mode,
-        parent: parent.as_ref().map(|p| p.id),
-        partial: summary.errors > 0,
-        summary,
-        program_version: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
-        extra: Default::default(),
     };
-    finish(session, record, started, warnings).await
+    finish_all(ctx, meta, roots, &base, started, &mut results).await?;
+    Ok(results.into_iter().map(Option::unwrap).collect())
+}
+
+fn only(mut results: Vec<Result<BackupOutcome>>) -> Result<BackupOutcome> {
+    results.pop().expect("one repository gives one result")
+}
+
+/// A repository ready to take a backup.
+struct Prepared {
+    /// Position in the caller's list of repositories.
+    index: usize,
+    session: WriteSession,
+    parent: Option<Snapshot>,
+    mode: BackupMode,
+}
+
+/// What a target's snapshot record needs besides the session.
+struct TargetMeta {
+    index: usize,
+    parent: Option<Snapshot>,
+    mode: BackupMode,
+}
+
+type Results = Vec<Option<Result<BackupOutcome>>>;
+
+/// Opens a write session in every repository (concurrently) and reads each
+/// one's parent snapshot. Repositories that fail here get their error in
+/// the results and take no part in the backup.
+async fn prepare_all(
+    repos: &[Arc<Repository>],
+    host: &str,
+    paths: &[String],
+    mode: BackupMode,
+    compression_level: Option<i32>,
+    with_trees: bool,
+) -> (Vec<Prepared>, Vec<Option<Tree>>, Results) {
+    let prepared = futures::future::join_all(repos.iter().enumerate().map(|(index, repo)| {
+        prepare(
+            index,
+            repo.clone(),
+            host,
+            paths,
+            mode,
+            compression_level,
+            with_trees,
+        )
+    }))
+    .await;
+    let mut results: Results = repos.iter().map(|_| None).collect();
+    let mut live = Vec::new();
+    let mut trees = Vec::new();
+    for (index, p) in prepared.into_iter().enumerate() {
+        match p {
+            Ok((p, tree)) => {
+                live.push(p);
+                trees.push(tree);
+            }
+            Err(e) => results[index] = Some(Err(e)),
+        }
+    }
+    (live, trees, results)
+}
+
+async fn prepare(
+    index: usize,
+    repo: Arc<Repository>,
+    host: &str,
+    paths: &[String],
+    mode: BackupMode,
+    compression_level: Option<i32>,
+    with_tree: bool,
+) -> Result<(Prepared, Option<Tree>)> {
+    let all = repo.snapshots().await?;
+    let parent = choose_parent(&all, host, paths, mode).cloned();
+    let mode = recorded_mode(mode, parent.is_some());
+    let tree = match &parent {
+        Some(p) if with_tree => Some(repo.read_tree(&p.record.tree).await?),
+        _ => None,
+    };
+    let session = WriteSession::start(repo, WriteOptions { compression_level }).await?;
+    Ok((
+        Prepared {
+            index,
+            session,
+            parent,
+            mode,
+        },
+        tree,
+    ))
+}
+
+/// The fields every target's snapshot record shares.
+struct RecordBase {
+    time: jiff::Timestamp,
+    host: String,
+    paths: Vec<String>,
+    tags: Vec<String>,
+}
+
+/// Writes each surviving target's snapshot record (concurrently) and fills
+/// in every target's result.
+async fn finish_all(
+    ctx: Arc<Ctx>,
+    meta: Vec<TargetMeta>,
+    roots: Vec<Option<Id>>,
+    base: &RecordBase,
+    started: Instant,
+    results: &mut Results,
+) -> Result<()> {
+    let ctx =
+        Arc::try_unwrap(ctx).map_err(|_| Error::Invalid("write session still in use".into()))?;
+    let warnings = std::mem::take(&mut *ctx.warnings.lock().unwrap());
+    let mut finishing = Vec::new();
+    for ((target, meta), root) in ctx.targets.into_iter().zip(meta).zip(roots) {
+        let failure = target.failure.lock().unwrap().take();
+        let root = match (failure, root) {
+            (Some(e), _) => {
+                results[meta.index] = Some(Err(e));
+                continue;
+            }
+            (None, Some(root)) => root,
+            (None, None) => {
+                results[meta.index] = Some(Err(Error::Invalid(
+                    "backup did not complete its root tree".into(),
+                )));
+                continue;
+            }
+        };
+        let summary = ctx.counters.summary(started, &target.files);
+        let record = SnapshotRecord {
+            time: base.time,
+            host: base.host.clone(),
+            user: std::env::var("USER").unwrap_or_default(),
+            paths: base.paths.clone(),
+            tags: base.tags.clone(),
+            tree: root,
+            mode: meta.mode,
+            parent: meta.parent.as_ref().map(|p| p.id),
+            partial: summary.errors > 0,
+            summary,
+            program_version: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
+            extra: Default::default(),
+        };
+        let warnings = warnings.clone();
+        finishing.push(async move {
+            (
+                meta.index,
+                finish(target.session, record, started, warnings).await,
+            )
+        });
+    }
+    for (index, outcome) in futures::future::join_all(finishing).await {
+        results[index] = Some(outcome);
+    }
+    Ok(())
 }
 
 async fn finish(
@@ -245,6 +403,17 @@ pub async fn backup_stream<R: Read + Send + 'static>(
     options: &StdinOptions,
     progress: Arc<dyn BackupProgress>,
 ) -> Result<BackupOutcome> {
+    only(backup_stream_many(vec![repo], reader, options, progress).await?)
+}
+
+/// Backs up a byte stream into every repository given, reading it once;
+/// results as for [`backup_many`].
+pub async fn backup_stream_many<R: Read + Send + 'static>(
+    repos: Vec<Arc<Repository>>,
+    mut reader: R,
+    options: &StdinOptions,
+    progress: Arc<dyn BackupProgress>,
+) -> Result<Vec<Result<BackupOutcome>>> {
     let started = Instant::now();
     let time = jiff::Timestamp::now();
     let name = options.filename.trim_matches('/').to_string();
@@ -256,100 +425,110 @@ pub async fn backup_stream<R: Read + Send + 'static>(
     }
     let host = options.host.clone().unwrap_or_else(hostname);
     let paths = vec![name.clone()];
-    let all = repo.snapshots().await?;
-    let parent = choose_parent(&all, &host, &paths, options.mode).map(|s| s.id);
-    let mode = recorded_mode(options.mode, parent.is_some());
-    let session = WriteSession::start(
-        repo.clone(),
-        WriteOptions {
-            compression_level: options.compression_level,
-        },
+    let (live, _, mut results) = prepare_all(
+        &repos,
+        &host,
+        &paths,
+        options.mode,
+        options.compression_level,
+        false,
     )
-    .await?;
-    let session = Arc::new(session);
-    let chunker = Chunker::new(repo.config().chunker);
-    let (content, size, new_bytes) = {
-        let session = session.clone();
-        let progress = progress.clone();
-        tokio::task::spawn_blocking(move || -> Result<(Vec<Id>, u64, bool)> {
-            let mut content = Vec::new();
-            let mut size = 0u64;
-            let mut any_new = false;
-            for chunk in chunker.chunks(reader) {
-                let chunk = chunk.map_err(|e| Error::io("<stream>", e))?;
-                size += chunk.len() as u64;
-                let added = session.add_blob_blocking(BlobType::Data, &chunk)?;
-                any_new |= added.new;
-                content.push(added.id);
-                progress.processed(0, chunk.len() as u64);
-            }
-            Ok((content, size, any_new))
+    .await;
+    if live.is_empty() {
+        return Ok(results.into_iter().map(Option::unwrap).collect());
+    }
+    let (ctx, meta) = Ctx::new(live, progress, |_| {});
+    let ctx = Arc::new(ctx);
+    let roots = {
+        let ctx = ctx.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<Option<Id>>> {
+            let need = vec![true; ctx.targets.len()];
+            let (contents, size) = match store_content(&ctx, &mut reader, &need) {
+                Ok(stored) => stored,
+                Err(ReadFail::Io(e)) => return Err(Error::io("<stream>", e)),
+                Err(ReadFail::Stopped) => (vec![Vec::new(); ctx.targets.len()], 0),
+            };
+            let c = &ctx.counters;
+            c.read_bytes.store(size, Ordering::Relaxed);
+            c.total_bytes.store(size, Ordering::Relaxed);
+            c.total_files.store(1, Ordering::Relaxed);
+            Ok(stream_trees(&ctx, &name, size, contents))
         })
         .await
         .map_err(|e| Error::Invalid(format!("backup task failed: {e}")))??
     };
+    let base = RecordBase {
+        time,
+        host,
+        paths,
+        tags: options.tags.clone(),
+    };
+    finish_all(ctx, meta, roots, &base, started, &mut results).await?;
+    Ok(results.into_iter().map(Option::unwrap).collect())
+}
+
+/// Stores, in each live target, the one-file tree of a stream backup, and
+/// counts the file as new, changed or unchanged there.
+fn stream_trees(ctx: &Ctx, name: &str, size: u64, contents: Vec<Vec<Id>>) -> Vec<Option<Id>> {
     let now = jiff::Timestamp::now();
     let t = Time {
         secs: now.as_second(),
         nanos: now.subsec_nanosecond() as u32,
     };
-    let node = Node {
-        name: name.as_bytes().to_vec(),
-        kind: NodeKind::File,
-        mode: 0o600,
-        uid: nix::unistd::getuid().as_raw(),
-        gid: nix::unistd::getgid().as_raw(),
-        user: None,
-        group: None,
-        mtime: t,
-        ctime: t,
-        dev: 0,
-        inode: 0,
-        links: 1,
-        size,
-        content,
-        subtree: None,
-        link_target: None,
-        xattrs: vec![],
-    };
-    let tree = Tree { nodes: vec![node] };
-    let root = session.add_blob(BlobType::Tree, &tree.encode()).await?.id;
-    let session = Arc::try_unwrap(session)
-        .map_err(|_| Error::Invalid("write session still in use".into()))?;
-    let summary = BackupSummary {
-        files_new: (parent.is_none()) as u64,
-        files_changed: (parent.is_some() && new_bytes) as u64,
-        files_unchanged: (parent.is_some() && !new_bytes) as u64,
-        read_bytes: size,
-        total_bytes: size,
-        total_files: 1,
-        ..Default::default()
-    };
-    let record = SnapshotRecord {
-        time,
-        host,
-        user: std::env::var("USER").unwrap_or_default(),
-        paths,
-        tags: options.tags.clone(),
-        tree: root,
-        mode,
-        parent,
-        partial: false,
-        summary,
-        program_version: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
-        extra: Default::default(),
-    };
-    finish(session, record, started, vec![]).await
+    let mut roots = Vec::new();
+    for (i, (target, content)) in ctx.targets.iter().zip(contents).enumerate() {
+        if !ctx.live(i) {
+            roots.push(None);
+            continue;
+        }
+        let files = &target.files;
+        if !target.has_parent {
+            files.new.fetch_add(1, Ordering::Relaxed);
+        } else if files.new_blobs.load(Ordering::Relaxed) > 0 {
+            files.changed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            files.unchanged.fetch_add(1, Ordering::Relaxed);
+        }
+        let node = Node {
+            name: name.as_bytes().to_vec(),
+            kind: NodeKind::File,
+            mode: 0o600,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            user: None,
+            group: None,
+            mtime: t,
+            ctime: t,
+            dev: 0,
+            inode: 0,
+            links: 1,
+            size,
+            content,
+            subtree: None,
+            link_target: None,
+            xattrs: vec![],
+        };
+        let tree = Tree { nodes: vec![node] };
+        match target
+            .session
+            .add_blob_blocking(BlobType::Tree, &tree.encode())
+        {
+            Ok(added) => roots.push(Some(added.id)),
+            Err(e) => {
+                ctx.fail(i, e.into());
+                roots.push(None);
+            }
+        }
+    }
+    roots
 }
 
 // ---------------------------------------------------------------------------
-// The walk.
+// Targets and the shared context.
 
+/// Counters every target shares (they describe the source).
 #[derive(Default)]
 struct Counters {
-    files_new: AtomicU64,
-    files_changed: AtomicU64,
-    files_unchanged: AtomicU64,
     dirs: AtomicU64,
     files_skipped: AtomicU64,
     errors: AtomicU64,
@@ -358,13 +537,23 @@ struct Counters {
     total_files: AtomicU64,
 }
 
+/// Counters that depend on a target's parent snapshot.
+#[derive(Default)]
+struct FileCounters {
+    new: AtomicU64,
+    changed: AtomicU64,
+    unchanged: AtomicU64,
+    /// Data blobs this target did not have yet.
+    new_blobs: AtomicU64,
+}
+
 impl Counters {
-    fn summary(&self, started: Instant) -> BackupSummary {
+    fn summary(&self, started: Instant, files: &FileCounters) -> BackupSummary {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         BackupSummary {
-            files_new: g(&self.files_new),
-            files_changed: g(&self.files_changed),
-            files_unchanged: g(&self.files_unchanged),
+            files_new: g(&files.new),
+            files_changed: g(&files.changed),
+            files_unchanged: g(&files.unchanged),
             dirs: g(&self.dirs),
             files_skipped: g(&self.files_skipped),
             errors: g(&self.errors),
@@ -377,25 +566,42 @@ impl Counters {
     }
 }
 
+/// One repository the backup writes to.
+struct Target {
+    session: WriteSession,
+    chunker: Chunker,
+    /// Read every file (a full backup, or no parent snapshot).
+    full: bool,
+    has_parent: bool,
+    files: FileCounters,
+    /// The error that stopped this target.
+    failure: Mutex<Option<Error>>,
+    dead: AtomicBool,
+}
+
 #[derive(Default)]
 struct NameCache {
     users: HashMap<u32, Option<String>>,
     groups: HashMap<u32, Option<String>>,
 }
 
+#[derive(Default)]
 struct Ctx {
-    session: Arc<WriteSession>,
-    handle: tokio::runtime::Handle,
-    chunker: Chunker,
+    targets: Vec<Target>,
+    /// Targets with equal chunker parameters: each group chunks a file once.
+    groups: Vec<Vec<usize>>,
+    /// The smallest chunk any group makes: files below it are one chunk
+    /// everywhere and are read whole.
+    min_chunk: usize,
+    handle: Option<tokio::runtime::Handle>,
     excludes: Option<GlobSet>,
     exclude_caches: bool,
     one_file_system: bool,
-    full: bool,
-    progress: Arc<dyn BackupProgress>,
+    progress: Option<Arc<dyn BackupProgress>>,
     counters: Counters,
     warnings: Mutex<Vec<String>>,
-    /// The first repository error; set once, stops the walk and the workers.
-    fatal: Mutex<Option<Error>>,
+    /// Set when every target has failed (or the progress scan must stop):
+    /// the walk and the workers stop.
     cancelled: AtomicBool,
     names: Mutex<NameCache>,
     /// Devices of the backup roots: with `one_file_system`, directories on
@@ -404,28 +610,113 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// The context for the prepared targets, plus what each target's record
+    /// needs at the end; `set` fills in the walk options.
+    fn new(
+        prepared: Vec<Prepared>,
+        progress: Arc<dyn BackupProgress>,
+        set: impl FnOnce(&mut Ctx),
+    ) -> (Ctx, Vec<TargetMeta>) {
+        let mut ctx = Ctx {
+            handle: Some(tokio::runtime::Handle::current()),
+            progress: Some(progress),
+            ..Default::default()
+        };
+        let mut params = Vec::new();
+        let mut meta = Vec::new();
+        for p in prepared {
+            let chunker_params = p.session.repository().config().chunker;
+            let group = match params.iter().position(|q| *q == chunker_params) {
+                Some(g) => g,
+                None => {
+                    params.push(chunker_params);
+                    ctx.groups.push(Vec::new());
+                    params.len() - 1
+                }
+            };
+            ctx.groups[group].push(ctx.targets.len());
+            ctx.targets.push(Target {
+                chunker: Chunker::new(chunker_params),
+                full: p.mode == BackupMode::Full,
+                has_parent: p.parent.is_some(),
+                session: p.session,
+                files: FileCounters::default(),
+                failure: Mutex::new(None),
+                dead: AtomicBool::new(false),
+            });
+            meta.push(TargetMeta {
+                index: p.index,
+                parent: p.parent,
+                mode: p.mode,
+            });
+        }
+        ctx.min_chunk = ctx
+            .targets
+            .iter()
+            .map(|t| t.chunker.min_size())
+            .min()
+            .unwrap_or(0);
+        set(&mut ctx);
+        (ctx, meta)
+    }
+
+    fn progress(&self) -> &dyn BackupProgress {
+        self.progress.as_deref().expect("set by Ctx::new")
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.handle.as_ref().expect("set by Ctx::new")
+    }
+
     fn warn(&self, path: &Path, message: impl Into<String>) {
         let message = message.into();
-        self.progress.warning(path, &message);
+        self.progress().warning(path, &message);
         self.warnings
             .lock()
             .unwrap()
             .push(format!("{}: {message}", path.display()));
     }
 
-    fn fail(&self, e: Error) {
-        let mut f = self.fatal.lock().unwrap();
-        // Keep the first real cause: "upload task stopped" errors from other
-        // threads only echo it.
-        let echo = |e: &Error| matches!(e, Error::Repo(lifeboat_repo::Error::Task(_)));
-        if f.as_ref().is_none_or(|old| echo(old) && !echo(&e)) {
-            *f = Some(e);
+    /// Drops target `t` from the backup with its error; stops everything
+    /// when no target is left.
+    fn fail(&self, t: usize, e: Error) {
+        let target = &self.targets[t];
+        {
+            let mut f = target.failure.lock().unwrap();
+            // Keep the first real cause: "upload task stopped" errors from
+            // other threads only echo it.
+            let echo = |e: &Error| matches!(e, Error::Repo(lifeboat_repo::Error::Task(_)));
+            if f.as_ref().is_none_or(|old| echo(old) && !echo(&e)) {
+                *f = Some(e);
+            }
         }
-        self.cancelled.store(true, Ordering::SeqCst);
+        target.dead.store(true, Ordering::SeqCst);
+        if self.targets.iter().all(|t| t.dead.load(Ordering::SeqCst)) {
+            self.cancelled.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn live(&self, t: usize) -> bool {
+        !self.targets[t].dead.load(Ordering::Relaxed)
     }
 
     fn cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// One copy of `node` per target, each adjusted by `set`.
+    fn per_target(&self, node: Node, mut set: impl FnMut(usize, &mut Node)) -> Vec<Node> {
+        let n = self.targets.len();
+        let mut out = Vec::with_capacity(n);
+        for t in 0..n - 1 {
+            let mut copy = node.clone();
+            set(t, &mut copy);
+            out.push(copy);
+        }
+        let mut last = node;
+        set(n - 1, &mut last);
+        out.push(last);
+        out
     }
 
     fn excluded(&self, path: &Path) -> bool {
@@ -462,9 +753,214 @@ impl Ctx {
     }
 }
 
-/// A directory whose tree is not written yet.
+// ---------------------------------------------------------------------------
+// Storing content: one read, every target.
+
+enum ReadFail {
+    /// Reading the source failed.
+    Io(std::io::Error),
+    /// Every target that needed the content has failed (or the backup was
+    /// cancelled).
+    Stopped,
+}
+
+/// Reads `reader` to its end once and stores its chunks in every target
+/// marked in `need`. Returns each target's chunk list (empty for targets
+/// not needed or failed) and the number of bytes read.
+fn store_content(
+    ctx: &Ctx,
+    reader: &mut (dyn Read + Send),
+    need: &[bool],
+) -> std::result::Result<(Vec<Vec<Id>>, u64), ReadFail> {
+    let groups: Vec<usize> = (0..ctx.groups.len())
+        .filter(|g| ctx.groups[*g].iter().any(|t| need[*t]))
+        .collect();
+    let mut contents = vec![Vec::new(); ctx.targets.len()];
+    match groups.as_slice() {
+        [] => Err(ReadFail::Stopped),
+        [g] => {
+            let (stored, size) = chunk_group(ctx, *g, reader, need, true)?;
+            for (t, c) in stored {
+                contents[t] = c;
+            }
+            Ok((contents, size))
+        }
+        _ => {
+            let (stored, size) = tee(ctx, &groups, reader, need)?;
+            for (t, c) in stored {
+                contents[t] = c;
+            }
+            Ok((contents, size))
+        }
+    }
+}
+
+type GroupContent = Vec<(usize, Vec<Id>)>;
+
+/// Chunks `reader` with group `g`'s chunker and stores each chunk in the
+/// group's targets that need it.
+fn chunk_group(
+    ctx: &Ctx,
+    g: usize,
+    reader: impl Read,
+    need: &[bool],
+    count_progress: bool,
+) -> std::result::Result<(GroupContent, u64), ReadFail> {
+    let members: Vec<usize> = ctx.groups[g].iter().copied().filter(|t| need[*t]).collect();
+    let mut stored: GroupContent = members.iter().map(|t| (*t, Vec::new())).collect();
+    let mut size = 0u64;
+    for chunk in ctx.targets[members[0]].chunker.chunks(reader) {
+        if ctx.cancelled() {
+            return Err(ReadFail::Stopped);
+        }
+        let chunk = chunk.map_err(ReadFail::Io)?;
+        size += chunk.len() as u64;
+        if !store_chunk(ctx, &mut stored, &chunk) {
+            return Err(ReadFail::Stopped);
+        }
+        if count_progress {
+            ctx.progress().processed(0, chunk.len() as u64);
+        }
+    }
+    Ok((stored, size))
+}
+
+/// Stores one chunk in each live target of `stored`; false when none is
+/// left alive.
+fn store_chunk(ctx: &Ctx, stored: &mut GroupContent, chunk: &[u8]) -> bool {
+    let mut any = false;
+    for (t, content) in stored.iter_mut() {
+        if !ctx.live(*t) {
+            continue;
+        }
+        match ctx.targets[*t]
+            .session
+            .add_blob_blocking(BlobType::Data, chunk)
+        {
+            Ok(added) => {
+                if added.new {
+                    ctx.targets[*t]
+                        .files
+                        .new_blobs
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                content.push(added.id);
+                any = true;
+            }
+            Err(e) => ctx.fail(*t, e.into()),
+        }
+    }
+    any
+}
+
+/// Reads `reader` once and feeds every block to one chunker thread per
+/// group (the groups chunk differently, so they cannot share chunks).
+fn tee(
+    ctx: &Ctx,
+    groups: &[usize],
+    reader: &mut (dyn Read + Send),
+    need: &[bool],
+) -> std::result::Result<(GroupContent, u64), ReadFail> {
+    std::thread::scope(|scope| {
+        let mut senders = Vec::new();
+        let mut workers = Vec::new();
+        for (k, g) in groups.iter().enumerate() {
+            let (tx, rx) = crossbeam_channel::bounded::<std::io::Result<Arc<[u8]>>>(4);
+            senders.push(tx);
+            let g = *g;
+            workers.push(
+                scope.spawn(move || chunk_group(ctx, g, ChannelReader::new(rx), need, k == 0)),
+            );
+        }
+        let mut buf = vec![0u8; TEE_BLOCK];
+        let mut read_error = None;
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let block: Arc<[u8]> = Arc::from(&buf[..n]);
+                    // A group whose targets all failed stops receiving.
+                    senders.retain(|tx| tx.send(Ok(block.clone())).is_ok());
+                    if senders.is_empty() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    for tx in &senders {
+                        let _ = tx.send(Err(std::io::Error::new(e.kind(), e.to_string())));
+                    }
+                    read_error = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(senders);
+        let mut stored = Vec::new();
+        let mut size = None;
+        for w in workers {
+            match w.join() {
+                Ok(Ok((content, n))) => {
+                    stored.extend(content);
+                    size = Some(n);
+                }
+                Ok(Err(ReadFail::Stopped)) => {}
+                Ok(Err(ReadFail::Io(e))) => read_error = read_error.or(Some(e)),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        if let Some(e) = read_error {
+            return Err(ReadFail::Io(e));
+        }
+        size.map(|n| (stored, n)).ok_or(ReadFail::Stopped)
+    })
+}
+
+/// The reading end of the fan-out: blocks from a channel as a `Read`.
+struct ChannelReader {
+    rx: crossbeam_channel::Receiver<std::io::Result<Arc<[u8]>>>,
+    block: Arc<[u8]>,
+    pos: usize,
+}
+
+impl ChannelReader {
+    fn new(rx: crossbeam_channel::Receiver<std::io::Result<Arc<[u8]>>>) -> Self {
+        ChannelReader {
+            rx,
+            block: Arc::from(&[][..]),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.block.len() {
+            match self.rx.recv() {
+                Ok(Ok(block)) => {
+                    self.block = block;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The sender is gone: end of input.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.block.len() - self.pos);
+        out[..n].copy_from_slice(&self.block[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The walk.
+
+/// A directory whose trees are not written yet.
 struct DirState {
-    nodes: Vec<Option<Node>>,
+    /// Per entry, its node in each target (in target order); `None` once
+    /// the entry turned out to be skipped.
+    nodes: Vec<Option<Vec<Node>>>,
     /// Entries not yet complete, plus one held by the walker until it has
     /// enumerated the directory.
     remaining: usize,
@@ -475,8 +971,9 @@ struct DirState {
 
 type DirRef = Arc<Mutex<DirState>>;
 
-/// Where a tree's result goes when the root completes.
-type RootSlot = Arc<Mutex<Option<Id>>>;
+/// Where the root trees' ids go (one per target; `None` for a target that
+/// failed) when the root completes.
+type RootSlot = Arc<Mutex<Option<Vec<Option<Id>>>>>;
 
 fn new_dir(node: Option<Node>, parent: Option<(DirRef, usize)>, entries: usize) -> DirRef {
     Arc::new(Mutex::new(DirState {
@@ -487,37 +984,65 @@ fn new_dir(node: Option<Node>, parent: Option<(DirRef, usize)>, entries: usize) 
     }))
 }
 
-/// Records one entry's node (or `None` if skipped) and finishes the
+/// Records one entry's nodes (or `None` if skipped) and finishes the
 /// directory if it was the last one outstanding.
-fn complete(ctx: &Ctx, dir: &DirRef, slot: Option<usize>, node: Option<Node>, root: &RootSlot) {
+fn complete(
+    ctx: &Ctx,
+    dir: &DirRef,
+    slot: Option<usize>,
+    nodes: Option<Vec<Node>>,
+    root: &RootSlot,
+) {
     let finished = {
         let mut d = dir.lock().unwrap();
         if let Some(slot) = slot {
-            d.nodes[slot] = node;
+            d.nodes[slot] = nodes;
         }
         d.remaining -= 1;
         if d.remaining > 0 {
             return;
         }
-        let nodes: Vec<Node> = std::mem::take(&mut d.nodes).into_iter().flatten().collect();
-        (nodes, d.node.take(), d.parent.take())
+        let entries: Vec<Vec<Node>> = std::mem::take(&mut d.nodes).into_iter().flatten().collect();
+        (entries, d.node.take(), d.parent.take())
     };
-    let (nodes, own, parent) = finished;
-    let tree = Tree { nodes };
-    let id = match ctx
-        .session
-        .add_blob_blocking(BlobType::Tree, &tree.encode())
-    {
-        Ok(a) => a.id,
-        Err(e) => return ctx.fail(e.into()),
-    };
+    let (entries, own, parent) = finished;
+    let mut per_target: Vec<Vec<Node>> = ctx
+        .targets
+        .iter()
+        .map(|_| Vec::with_capacity(entries.len()))
+        .collect();
+    for nodes in entries {
+        for (t, node) in nodes.into_iter().enumerate() {
+            per_target[t].push(node);
+        }
+    }
+    let ids: Vec<Option<Id>> = per_target
+        .into_iter()
+        .enumerate()
+        .map(|(t, nodes)| {
+            if !ctx.live(t) {
+                return None;
+            }
+            let tree = Tree { nodes };
+            match ctx.targets[t]
+                .session
+                .add_blob_blocking(BlobType::Tree, &tree.encode())
+            {
+                Ok(a) => Some(a.id),
+                Err(e) => {
+                    ctx.fail(t, e.into());
+                    None
+                }
+            }
+        })
+        .collect();
     match parent {
         Some((parent, slot)) => {
-            let mut own = own.expect("a non-root directory has a node");
-            own.subtree = Some(id);
-            complete(ctx, &parent, Some(slot), Some(own), root);
+            let own = own.expect("a non-root directory has a node");
+            let nodes = ctx.per_target(own, |t, n| n.subtree = ids[t]);
+            complete(ctx, &parent, Some(slot), Some(nodes), root);
         }
-        None => *root.lock().unwrap() = Some(id),
+        None => *root.lock().unwrap() = Some(ids),
     }
 }
 
@@ -526,7 +1051,11 @@ struct FileJob {
     path: PathBuf,
     node: Node,
     meta: Metadata,
-    is_new: bool,
+    /// Per target, the parent snapshot's chunk list when the file is
+    /// unchanged there.
+    reuse: Vec<Option<Vec<Id>>>,
+    /// Per target, whether the parent snapshot has this file.
+    had_parent: Vec<bool>,
     dir: DirRef,
     slot: usize,
 }
@@ -541,9 +1070,9 @@ enum Entry {
 fn run_walk(
     ctx: &Arc<Ctx>,
     roots: Vec<PathBuf>,
-    parent_tree: Option<Tree>,
+    parent_trees: Vec<Option<Tree>>,
     threads: usize,
-) -> Result<Id> {
+) -> Vec<Option<Id>> {
     let root_slot: RootSlot = Arc::new(Mutex::new(None));
     let (tx, rx) = crossbeam_channel::bounded::<FileJob>(threads * 4);
     std::thread::scope(|scope| {
@@ -556,8 +1085,8 @@ fn run_walk(
                         continue;
                     }
                     let (dir, slot) = (job.dir.clone(), job.slot);
-                    let node = read_file(ctx, job);
-                    complete(ctx, &dir, Some(slot), node, &root_slot);
+                    let nodes = read_file(ctx, job);
+                    complete(ctx, &dir, Some(slot), nodes, &root_slot);
                 }
             });
         }
@@ -568,32 +1097,32 @@ fn run_walk(
             root: root_slot.clone(),
             prefetch: Mutex::new(HashMap::new()),
         };
-        walker.walk_roots(roots, parent_tree);
+        walker.walk_roots(roots, parent_trees);
         // Dropping the walker closes the queue; the scope joins the workers.
     });
-    if let Some(e) = ctx.fatal.lock().unwrap().take() {
-        return Err(e);
-    }
-    let id = root_slot.lock().unwrap().take();
-    id.ok_or_else(|| Error::Invalid("backup did not complete its root tree".into()))
+    let roots = root_slot.lock().unwrap().take();
+    roots.unwrap_or_else(|| vec![None; ctx.targets.len()])
 }
+
+/// A parent-snapshot tree being read ahead of the walk.
+type Prefetch = tokio::task::JoinHandle<lifeboat_repo::Result<Tree>>;
 
 struct Walker<'a> {
     ctx: &'a Arc<Ctx>,
     tx: crossbeam_channel::Sender<FileJob>,
     root: RootSlot,
-    /// Parent-snapshot trees being fetched ahead of the walk: when a
-    /// directory is entered, its subdirectories' old trees are requested
-    /// at once, so the walk does not wait for one tree read at a time.
-    /// Holds at most the subdirectories of the directories on the current
-    /// path.
-    prefetch: Mutex<HashMap<Id, tokio::task::JoinHandle<lifeboat_repo::Result<Tree>>>>,
+    /// Parent-snapshot trees being fetched ahead of the walk, per target:
+    /// when a directory is entered, its subdirectories' old trees are
+    /// requested at once, so the walk does not wait for one tree read at a
+    /// time. Holds at most the subdirectories of the directories on the
+    /// current path.
+    prefetch: Mutex<HashMap<(usize, Id), Prefetch>>,
 }
 
 impl Walker<'_> {
-    fn walk_roots(&self, roots: Vec<PathBuf>, parent_tree: Option<Tree>) {
+    fn walk_roots(&self, roots: Vec<PathBuf>, parent_trees: Vec<Option<Tree>>) {
         if roots.iter().any(|r| r == Path::new("/")) {
-            self.walk_root_dir(Path::new("/"), parent_tree);
+            self.walk_root_dir(Path::new("/"), parent_trees);
             return;
         }
         // Nest the roots under their ancestors; a root inside another is
@@ -626,13 +1155,13 @@ impl Walker<'_> {
             }
         }
         let dir = new_dir(None, None, top.len());
-        self.visit_entries(&dir, top, parent_tree.as_ref());
+        self.visit_entries(&dir, top, &parent_trees);
     }
 
-    fn walk_root_dir(&self, path: &Path, parent_tree: Option<Tree>) {
+    fn walk_root_dir(&self, path: &Path, parent_trees: Vec<Option<Tree>>) {
         let entries = self.read_dir(path);
         let dir = new_dir(None, None, entries.len());
-        self.visit_entries(&dir, entries, parent_tree.as_ref());
+        self.visit_entries(&dir, entries, &parent_trees);
     }
 
     fn read_dir(&self, path: &Path) -> BTreeMap<Vec<u8>, Entry> {
@@ -660,73 +1189,95 @@ impl Walker<'_> {
     }
 
     /// Visits a directory's entries, then releases the walker's hold on it.
+    /// `parent_trees` holds, per target, the directory's tree in that
+    /// target's parent snapshot.
     fn visit_entries(
         &self,
         dir: &DirRef,
         entries: BTreeMap<Vec<u8>, Entry>,
-        parent_tree: Option<&Tree>,
+        parent_trees: &[Option<Tree>],
     ) {
-        if let Some(tree) = parent_tree {
-            self.prefetch_subtrees(tree, &entries);
+        for (t, tree) in parent_trees.iter().enumerate() {
+            if let Some(tree) = tree {
+                self.prefetch_subtrees(t, tree, &entries);
+            }
         }
         for (slot, (name, entry)) in entries.into_iter().enumerate() {
             if self.ctx.cancelled() {
                 break;
             }
-            let parent_node = parent_tree.and_then(|t| t.find(&name));
-            let node = match entry {
-                Entry::Real(path) => self.visit(dir, slot, &name, &path, parent_node),
+            let parents: Vec<Option<&Node>> = parent_trees
+                .iter()
+                .map(|t| t.as_ref().and_then(|t| t.find(&name)))
+                .collect();
+            let nodes = match entry {
+                Entry::Real(path) => self.visit(dir, slot, &name, &path, &parents),
                 Entry::Virtual(path, children) => match fs::symlink_metadata(&path) {
                     Ok(meta) => {
-                        let node = self.base_node(&name, &path, &meta, NodeKind::Dir, parent_node);
+                        let node = self.base_node(&name, &path, &meta, NodeKind::Dir, &parents);
                         let child = new_dir(Some(node), Some((dir.clone(), slot)), children.len());
-                        let sub = self.parent_subtree(parent_node);
-                        self.visit_entries(&child, children, sub.as_ref());
+                        let subs = self.parent_subtrees(&parents);
+                        self.visit_entries(&child, children, &subs);
                         continue;
                     }
                     Err(e) => {
                         self.ctx.warn(&path, format!("cannot read: {e}"));
-                        None
+                        Some(None)
                     }
                 },
             };
-            if let Some(node) = node {
-                complete(self.ctx, dir, Some(slot), node, &self.root);
+            if let Some(nodes) = nodes {
+                complete(self.ctx, dir, Some(slot), nodes, &self.root);
             }
         }
         complete(self.ctx, dir, None, None, &self.root);
     }
 
-    /// Loads the parent snapshot's tree for a directory, if it has one.
-    fn prefetch_subtrees(&self, tree: &Tree, entries: &BTreeMap<Vec<u8>, Entry>) {
+    /// Starts reading, for target `t`, the parent trees of the directory's
+    /// subdirectories that still exist.
+    fn prefetch_subtrees(&self, t: usize, tree: &Tree, entries: &BTreeMap<Vec<u8>, Entry>) {
+        if !self.ctx.live(t) {
+            return;
+        }
         let mut prefetch = self.prefetch.lock().unwrap();
         for node in &tree.nodes {
             if node.kind == NodeKind::Dir
                 && let Some(id) = node.subtree
                 && entries.contains_key(&node.name)
-                && !prefetch.contains_key(&id)
+                && !prefetch.contains_key(&(t, id))
             {
-                let repo = self.ctx.session.repository().clone();
+                let repo = self.ctx.targets[t].session.repository().clone();
                 let task = self
                     .ctx
-                    .handle
+                    .handle()
                     .spawn(async move { repo.read_tree(&id).await });
-                prefetch.insert(id, task);
+                prefetch.insert((t, id), task);
             }
         }
     }
 
-    fn parent_subtree(&self, parent_node: Option<&Node>) -> Option<Tree> {
+    /// Per target, the parent snapshot's tree of a directory.
+    fn parent_subtrees(&self, parents: &[Option<&Node>]) -> Vec<Option<Tree>> {
+        parents
+            .iter()
+            .enumerate()
+            .map(|(t, p)| self.parent_subtree(t, *p))
+            .collect()
+    }
+
+    fn parent_subtree(&self, t: usize, parent_node: Option<&Node>) -> Option<Tree> {
         let id = parent_node.filter(|n| n.kind == NodeKind::Dir)?.subtree?;
-        let repo = self.ctx.session.repository().clone();
-        let pending = self.prefetch.lock().unwrap().remove(&id);
+        let pending = self.prefetch.lock().unwrap().remove(&(t, id));
+        if !self.ctx.live(t) {
+            return None;
+        }
+        let repo = self.ctx.targets[t].session.repository().clone();
+        let handle = self.ctx.handle();
         let read = match pending {
-            Some(task) => self
-                .ctx
-                .handle
+            Some(task) => handle
                 .block_on(task)
                 .unwrap_or_else(|e| Err(lifeboat_repo::Error::Task(e.to_string()))),
-            None => self.ctx.handle.block_on(repo.read_tree(&id)),
+            None => handle.block_on(repo.read_tree(&id)),
         };
         match read {
             Ok(t) => Some(t),
@@ -740,16 +1291,17 @@ impl Walker<'_> {
         }
     }
 
-    /// Visits one real entry. Returns `Some(node_or_none)` when the entry is
-    /// complete now, `None` when a worker or a subdirectory will complete it.
+    /// Visits one real entry. Returns `Some(nodes_or_none)` when the entry
+    /// is complete now, `None` when a worker or a subdirectory will complete
+    /// it.
     fn visit(
         &self,
         dir: &DirRef,
         slot: usize,
         name: &[u8],
         path: &Path,
-        parent_node: Option<&Node>,
-    ) -> Option<Option<Node>> {
+        parents: &[Option<&Node>],
+    ) -> Option<Option<Vec<Node>>> {
         let ctx = self.ctx;
         if ctx.excluded(path) {
             return Some(None);
@@ -765,7 +1317,7 @@ impl Walker<'_> {
         let ft = meta.file_type();
         if ft.is_dir() {
             ctx.counters.dirs.fetch_add(1, Ordering::Relaxed);
-            let node = self.base_node(name, path, &meta, NodeKind::Dir, parent_node);
+            let node = self.base_node(name, path, &meta, NodeKind::Dir, parents);
             let skip_contents = (ctx.one_file_system && !ctx.root_devs.contains(&meta.dev()))
                 || (ctx.exclude_caches && is_cache_dir(path));
             let entries = if skip_contents {
@@ -774,11 +1326,11 @@ impl Walker<'_> {
                 self.read_dir(path)
             };
             let child = new_dir(Some(node), Some((dir.clone(), slot)), entries.len());
-            let sub = self.parent_subtree(parent_node);
-            self.visit_entries(&child, entries, sub.as_ref());
+            let subs = self.parent_subtrees(parents);
+            self.visit_entries(&child, entries, &subs);
             None
         } else if ft.is_symlink() {
-            let mut node = self.base_node(name, path, &meta, NodeKind::Symlink, parent_node);
+            let mut node = self.base_node(name, path, &meta, NodeKind::Symlink, parents);
             match fs::read_link(path) {
                 Ok(t) => node.link_target = Some(t.as_os_str().as_bytes().to_vec()),
                 Err(e) => {
@@ -787,31 +1339,53 @@ impl Walker<'_> {
                     return Some(None);
                 }
             }
-            Some(Some(node))
+            Some(Some(ctx.per_target(node, |_, _| {})))
         } else if ft.is_file() {
             ctx.counters.total_files.fetch_add(1, Ordering::Relaxed);
             ctx.counters
                 .total_bytes
                 .fetch_add(meta.len(), Ordering::Relaxed);
-            let mut node = self.base_node(name, path, &meta, NodeKind::File, parent_node);
-            if let Some(p) = parent_node.filter(|_| !ctx.full)
-                && p.kind == NodeKind::File
-                && p.size == node.size
-                && p.mtime == node.mtime
-                && p.ctime == node.ctime
-                && p.inode == node.inode
-                && p.content.iter().all(|id| ctx.session.has_blob(id))
-            {
-                node.content = p.content.clone();
-                ctx.counters.files_unchanged.fetch_add(1, Ordering::Relaxed);
-                ctx.progress.processed(1, node.size);
-                return Some(Some(node));
+            let node = self.base_node(name, path, &meta, NodeKind::File, parents);
+            let mut reuse: Vec<Option<Vec<Id>>> = ctx
+                .targets
+                .iter()
+                .zip(parents)
+                .map(|(target, p)| {
+                    let p = p.filter(|_| !target.full)?;
+                    let same = p.kind == NodeKind::File
+                        && p.size == node.size
+                        && p.mtime == node.mtime
+                        && p.ctime == node.ctime
+                        && p.inode == node.inode
+                        && p.content.iter().all(|id| target.session.has_blob(id));
+                    same.then(|| p.content.clone())
+                })
+                .collect();
+            let unchanged_everywhere = reuse
+                .iter()
+                .enumerate()
+                .all(|(t, r)| r.is_some() || !ctx.live(t));
+            if unchanged_everywhere {
+                for (t, r) in reuse.iter().enumerate() {
+                    if r.is_some() {
+                        ctx.targets[t]
+                            .files
+                            .unchanged
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                ctx.progress().processed(1, node.size);
+                let nodes = ctx.per_target(node, |t, n| {
+                    n.content = reuse[t].take().unwrap_or_default();
+                });
+                return Some(Some(nodes));
             }
             let job = FileJob {
                 path: path.to_path_buf(),
                 node,
                 meta,
-                is_new: parent_node.is_none(),
+                reuse,
+                had_parent: parents.iter().map(Option::is_some).collect(),
                 dir: dir.clone(),
                 slot,
             };
@@ -836,25 +1410,32 @@ impl Walker<'_> {
     }
 
     /// The node for an entry, from its metadata. Extended attributes are
-    /// read only if the entry's ctime or inode differs from the parent
-    /// snapshot's node: setting an xattr updates the ctime, so an
-    /// unchanged ctime means unchanged xattrs (and one syscall saved per
-    /// entry on an unchanged tree).
+    /// read only if the entry's ctime or inode differs from a parent
+    /// snapshot's node: setting an xattr updates the ctime, so an unchanged
+    /// ctime means unchanged xattrs (and one syscall saved per entry on an
+    /// unchanged tree).
     fn base_node(
         &self,
         name: &[u8],
         path: &Path,
         meta: &Metadata,
         kind: NodeKind,
-        parent_node: Option<&Node>,
+        parents: &[Option<&Node>],
     ) -> Node {
         let ctime = Time {
             secs: meta.ctime(),
             nanos: meta.ctime_nsec() as u32,
         };
-        let reuse = parent_node.filter(|p| {
-            !self.ctx.full && p.kind == kind && p.ctime == ctime && p.inode == meta.ino()
-        });
+        let reuse = self
+            .ctx
+            .targets
+            .iter()
+            .zip(parents)
+            .find_map(|(target, p)| {
+                p.filter(|p| {
+                    !target.full && p.kind == kind && p.ctime == ctime && p.inode == meta.ino()
+                })
+            });
         let xattrs = match reuse {
             Some(p) => p.xattrs.clone(),
             None => read_xattrs(path),
@@ -871,10 +1452,7 @@ impl Walker<'_> {
                 secs: meta.mtime(),
                 nanos: meta.mtime_nsec() as u32,
             },
-            ctime: Time {
-                secs: meta.ctime(),
-                nanos: meta.ctime_nsec() as u32,
-            },
+            ctime,
             dev: meta.dev(),
             inode: meta.ino(),
             links: meta.nlink(),
@@ -891,13 +1469,15 @@ impl Walker<'_> {
     }
 }
 
-/// Reads and stores one file; `None` if it could not be read.
-fn read_file(ctx: &Ctx, job: FileJob) -> Option<Node> {
+/// Reads one file once and stores it in every target that does not have it
+/// unchanged; `None` if it could not be read.
+fn read_file(ctx: &Ctx, job: FileJob) -> Option<Vec<Node>> {
     let FileJob {
         path,
-        mut node,
+        node,
         meta,
-        is_new,
+        mut reuse,
+        had_parent,
         ..
     } = job;
     let fail = |what: &str, e: &dyn std::fmt::Display| {
@@ -905,72 +1485,95 @@ fn read_file(ctx: &Ctx, job: FileJob) -> Option<Node> {
         ctx.warn(&path, format!("{what}: {e}"));
         None
     };
-    let mut file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) => return fail("cannot open", &e),
+    let need: Vec<bool> = (0..ctx.targets.len())
+        .map(|t| reuse[t].is_none() && ctx.live(t))
+        .collect();
+    let stored = if !need.contains(&true) {
+        Err(ReadFail::Stopped)
+    } else {
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => return fail("cannot open", &e),
+        };
+        let stored = if meta.len() < ctx.min_chunk as u64 {
+            read_small(ctx, &mut file, &meta, &need)
+        } else {
+            store_content(ctx, &mut file, &need)
+        };
+        if let Ok((_, size)) = &stored
+            && let Ok(after) = file.metadata()
+            && (after.len() != meta.len()
+                || after.mtime() != meta.mtime()
+                || after.mtime_nsec() != meta.mtime_nsec()
+                || *size != meta.len())
+        {
+            ctx.warn(
+                &path,
+                "changed while being read; the snapshot holds what was read",
+            );
+        }
+        stored
     };
-    let mut content = Vec::new();
-    let mut size = 0u64;
-    // Small files are one chunk: read them whole instead of setting up the
-    // chunker's max-size buffer.
-    if meta.len() < ctx.chunker.min_size() as u64 {
-        let mut buf = Vec::with_capacity(meta.len() as usize);
-        if let Err(e) = file.read_to_end(&mut buf) {
-            return fail("cannot read", &e);
+    let (mut contents, size) = match stored {
+        Ok(s) => {
+            ctx.counters.read_bytes.fetch_add(s.1, Ordering::Relaxed);
+            s
         }
-        if !buf.is_empty() || meta.len() > 0 {
-            match store_chunk(ctx, &buf) {
-                Ok(id) => content.push(id),
-                Err(e) => {
-                    ctx.fail(e);
-                    return None;
-                }
-            }
+        Err(ReadFail::Io(e)) => return fail("cannot read", &e),
+        // The targets that needed the content failed; those that have it
+        // unchanged still record the file.
+        Err(ReadFail::Stopped) if !ctx.cancelled() => (vec![Vec::new(); need.len()], meta.len()),
+        Err(ReadFail::Stopped) => return None,
+    };
+    for (t, target) in ctx.targets.iter().enumerate() {
+        let files = &target.files;
+        if reuse[t].is_some() {
+            files.unchanged.fetch_add(1, Ordering::Relaxed);
+        } else if !ctx.live(t) {
+            // A failed target records nothing.
+        } else if had_parent[t] {
+            files.changed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            files.new.fetch_add(1, Ordering::Relaxed);
         }
-        size = buf.len() as u64;
-    } else {
-        for chunk in ctx.chunker.chunks(&mut file) {
-            if ctx.cancelled() {
-                return None;
-            }
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => return fail("cannot read", &e),
+    }
+    ctx.progress().processed(1, 0);
+    Some(ctx.per_target(node, |t, n| match reuse[t].take() {
+        Some(content) => n.content = content,
+        None => {
+            n.size = size;
+            n.content = if size == 0 {
+                Vec::new()
+            } else {
+                std::mem::take(&mut contents[t])
             };
-            size += chunk.len() as u64;
-            match store_chunk(ctx, &chunk) {
-                Ok(id) => content.push(id),
-                Err(e) => {
-                    ctx.fail(e);
-                    return None;
-                }
-            }
         }
+    }))
+}
+
+/// Reads a file smaller than every chunker's minimum whole and stores it as
+/// one chunk in each target that needs it.
+fn read_small(
+    ctx: &Ctx,
+    file: &mut File,
+    meta: &Metadata,
+    need: &[bool],
+) -> std::result::Result<(Vec<Vec<Id>>, u64), ReadFail> {
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut buf).map_err(ReadFail::Io)?;
+    let mut stored: GroupContent = (0..need.len())
+        .filter(|t| need[*t])
+        .map(|t| (t, Vec::new()))
+        .collect();
+    if !buf.is_empty() && !store_chunk(ctx, &mut stored, &buf) {
+        return Err(ReadFail::Stopped);
     }
-    if size == 0 {
-        content.clear();
+    ctx.progress().processed(0, buf.len() as u64);
+    let mut contents = vec![Vec::new(); need.len()];
+    for (t, c) in stored {
+        contents[t] = c;
     }
-    ctx.counters.read_bytes.fetch_add(size, Ordering::Relaxed);
-    if let Ok(after) = file.metadata()
-        && (after.len() != meta.len()
-            || after.mtime() != meta.mtime()
-            || after.mtime_nsec() != meta.mtime_nsec()
-            || size != meta.len())
-    {
-        ctx.warn(
-            &path,
-            "changed while being read; the snapshot holds what was read",
-        );
-    }
-    node.size = size;
-    node.content = content;
-    if is_new {
-        ctx.counters.files_new.fetch_add(1, Ordering::Relaxed);
-    } else {
-        ctx.counters.files_changed.fetch_add(1, Ordering::Relaxed);
-    }
-    ctx.progress.processed(1, 0);
-    Some(node)
+    Ok((contents, buf.len() as u64))
 }
 
 fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -983,12 +1586,6 @@ fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
             .collect(),
         Err(_) => vec![],
     }
-}
-
-fn store_chunk(ctx: &Ctx, data: &[u8]) -> Result<Id> {
-    let added = ctx.session.add_blob_blocking(BlobType::Data, data)?;
-    ctx.progress.processed(0, data.len() as u64);
-    Ok(added.id)
 }
 
 fn is_cache_dir(path: &Path) -> bool {
@@ -1029,7 +1626,7 @@ fn scan_totals(roots: &[PathBuf], ctx: &Ctx) {
                 stack.extend(rd.flatten().map(|e| e.path()));
             }
         } else if meta.is_file() {
-            ctx.progress.scanned(1, meta.len());
+            ctx.progress().scanned(1, meta.len());
         }
     }
 }

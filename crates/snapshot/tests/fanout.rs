@@ -1,0 +1,352 @@
+//! One read of the source, several repositories: `backup_many` and
+//! `backup_stream_many`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use lifeboat_repo::{BackupMode, ChunkerParams, InitOptions, KdfParams, Repository};
+use lifeboat_snapshot::backup::{BackupOptions, StdinOptions, backup_many, backup_stream_many};
+use lifeboat_snapshot::dump::dump;
+use lifeboat_snapshot::progress::NoProgress;
+use lifeboat_snapshot::restore::{RestoreOptions, restore};
+use lifeboat_storage::{
+    Capabilities, DynStorage, Error as StorageError, ErrorKind, Kind, MemoryStorage, ObjectInfo,
+    ObjectKey, Storage,
+};
+use lifeboat_testkit::data::pseudo_random;
+
+/// Storage that answers "disk full" to every pack upload once `full` is set.
+#[derive(Debug)]
+struct FillingUp {
+    inner: MemoryStorage,
+    full: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Storage for FillingUp {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn put(&self, key: &ObjectKey, data: Bytes) -> lifeboat_storage::Result<()> {
+        if key.kind() == Kind::Packs && self.full.load(Ordering::SeqCst) {
+            return Err(StorageError::new(
+                ErrorKind::StorageFull,
+                "no space left on device",
+            ));
+        }
+        self.inner.put(key, data).await
+    }
+    async fn get(&self, key: &ObjectKey) -> lifeboat_storage::Result<Bytes> {
+        self.inner.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+        len: u64,
+    ) -> lifeboat_storage::Result<Bytes> {
+        self.inner.get_range(key, offset, len).await
+    }
+    async fn stat(&self, key: &ObjectKey) -> lifeboat_storage::Result<Option<u64>> {
+        self.inner.stat(key).await
+    }
+    async fn list(&self, kind: Kind) -> lifeboat_storage::Result<Vec<ObjectInfo>> {
+        self.inner.list(kind).await
+    }
+    async fn delete(&self, key: &ObjectKey) -> lifeboat_storage::Result<()> {
+        self.inner.delete(key).await
+    }
+}
+
+async fn repo_on(storage: DynStorage, chunker: Option<ChunkerParams>) -> Arc<Repository> {
+    let repo = Repository::init(
+        storage,
+        b"pw",
+        InitOptions {
+            kdf: KdfParams::INSECURE_TEST,
+            // Small packs, so a backup uploads packs while it runs.
+            pack_size: 1 << 20,
+            chunker,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    Arc::new(repo)
+}
+
+async fn memory_repo(chunker: Option<ChunkerParams>) -> Arc<Repository> {
+    repo_on(Arc::new(MemoryStorage::new()), chunker).await
+}
+
+/// A source with small files (one chunk), large files (several chunks)
+/// and an empty file.
+fn source() -> tempfile::TempDir {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    fs::create_dir_all(dir.path().join("sub/deeper")).unwrap();
+    for i in 0..6u64 {
+        fs::write(
+            dir.path().join(format!("small{i}")),
+            pseudo_random(1000 + i as usize * 500, i),
+        )
+        .unwrap();
+    }
+    fs::write(
+        dir.path().join("sub/big"),
+        pseudo_random(5 * 1024 * 1024 + 17, 40),
+    )
+    .unwrap();
+    fs::write(
+        dir.path().join("sub/deeper/big2"),
+        pseudo_random(3 * 1024 * 1024, 41),
+    )
+    .unwrap();
+    fs::write(dir.path().join("sub/empty"), b"").unwrap();
+    dir
+}
+
+fn opts(path: &Path) -> BackupOptions {
+    BackupOptions {
+        paths: vec![path.to_path_buf()],
+        mode: BackupMode::Incremental,
+        threads: Some(2),
+        ..Default::default()
+    }
+}
+
+fn read_tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in fs::read_dir(&p).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.insert(
+                    e.path().strip_prefix(root).unwrap().to_path_buf(),
+                    fs::read(e.path()).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Restores the latest snapshot of `repo` and compares it with `src`.
+async fn assert_restores(repo: &Arc<Repository>, src: &Path) {
+    let snaps = repo.snapshots().await.unwrap();
+    let snap = snaps.last().unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let stats = restore(
+        repo,
+        snap,
+        &RestoreOptions {
+            target: target.path().to_path_buf(),
+            ..Default::default()
+        },
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    let restored = target.path().join(src.strip_prefix("/").unwrap());
+    assert_eq!(read_tree(&restored), read_tree(src));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_read_fills_repositories_with_equal_and_different_chunkers() {
+    let a = memory_repo(None).await;
+    // B chunks like A; C has its own parameters (a different seed and
+    // smaller chunks), so the file bytes are fanned out to two chunkers.
+    let b = memory_repo(Some(a.config().chunker)).await;
+    let c = memory_repo(Some(ChunkerParams {
+        min_size: 256 * 1024,
+        avg_size: 512 * 1024,
+        max_size: 2 * 1024 * 1024,
+        seed: 7,
+    }))
+    .await;
+    let src = source();
+    let results = backup_many(
+        vec![a.clone(), b.clone(), c.clone()],
+        &opts(src.path()),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    assert_eq!(results.len(), 3);
+    let outcomes: Vec<_> = results.into_iter().map(|r| r.unwrap()).collect();
+    for o in &outcomes {
+        let r = &o.snapshot.record;
+        assert_eq!(r.mode, BackupMode::Full);
+        assert_eq!(r.summary.files_new, 9);
+        assert_eq!(r.summary.total_files, 9);
+        assert!(r.summary.added_bytes > 8 * 1024 * 1024, "{:?}", r.summary);
+    }
+    // Each repository has its own key, so its own blob and tree ids.
+    assert_ne!(
+        outcomes[0].snapshot.record.tree,
+        outcomes[1].snapshot.record.tree
+    );
+    assert_ne!(
+        outcomes[0].snapshot.record.tree,
+        outcomes[2].snapshot.record.tree
+    );
+    // C's smaller chunks: more blobs for the same data.
+    assert!(
+        outcomes[2].snapshot.record.summary.blobs_added
+            > outcomes[0].snapshot.record.summary.blobs_added
+    );
+    for repo in [&a, &b, &c] {
+        assert_restores(repo, src.path()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_repository_compares_with_its_own_parent() {
+    let a = memory_repo(None).await;
+    let b = memory_repo(None).await;
+    let src = source();
+    // A first backup into A only.
+    let first = backup_many(vec![a.clone()], &opts(src.path()), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let a_parent = first.into_iter().next().unwrap().unwrap().snapshot.id;
+    fs::write(src.path().join("small0"), b"changed").unwrap();
+    let results = backup_many(
+        vec![a.clone(), b.clone()],
+        &opts(src.path()),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    let (ra, rb) = {
+        let mut it = results.into_iter().map(|r| r.unwrap().snapshot.record);
+        (it.next().unwrap(), it.next().unwrap())
+    };
+    // A: incremental against its parent, one file changed.
+    assert_eq!(ra.mode, BackupMode::Incremental);
+    assert_eq!(ra.parent, Some(a_parent));
+    assert_eq!(ra.summary.files_changed, 1);
+    assert_eq!(ra.summary.files_unchanged, 8);
+    // B had nothing: everything new, recorded as full.
+    assert_eq!(rb.mode, BackupMode::Full);
+    assert_eq!(rb.parent, None);
+    assert_eq!(rb.summary.files_new, 9);
+    assert_restores(&a, src.path()).await;
+    assert_restores(&b, src.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_repository_fails_alone_and_the_others_get_their_snapshot() {
+    let good = memory_repo(None).await;
+    let full = Arc::new(AtomicBool::new(false));
+    let bad_storage = FillingUp {
+        inner: MemoryStorage::new(),
+        full: full.clone(),
+    };
+    let bad = repo_on(Arc::new(bad_storage), None).await;
+    let other = memory_repo(None).await;
+    let src = source();
+    full.store(true, Ordering::SeqCst);
+    let results = backup_many(
+        vec![good.clone(), bad.clone(), other.clone()],
+        &opts(src.path()),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    let mut it = results.into_iter();
+    let ok1 = it.next().unwrap();
+    let failed = it.next().unwrap();
+    let ok2 = it.next().unwrap();
+    assert!(ok1.is_ok() && ok2.is_ok());
+    let err = failed.unwrap_err();
+    assert!(
+        err.to_string().contains("no space left"),
+        "the real cause is reported: {err}"
+    );
+    // No snapshot record in the failed repository; the others restore.
+    assert!(bad.snapshots().await.unwrap().is_empty());
+    assert_restores(&good, src.path()).await;
+    assert_restores(&other, src.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_every_repository_fails_each_reports_its_error() {
+    let full = Arc::new(AtomicBool::new(true));
+    let mut repos = Vec::new();
+    for _ in 0..2 {
+        repos.push(
+            repo_on(
+                Arc::new(FillingUp {
+                    inner: MemoryStorage::new(),
+                    full: full.clone(),
+                }),
+                None,
+            )
+            .await,
+        );
+    }
+    let src = source();
+    let results = backup_many(repos.clone(), &opts(src.path()), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    for r in results {
+        let e = r.unwrap_err();
+        assert!(e.to_string().contains("no space left"), "{e}");
+    }
+    for repo in repos {
+        assert!(repo.snapshots().await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_is_read_once_into_every_repository() {
+    let a = memory_repo(None).await;
+    let b = memory_repo(None).await;
+    let data = pseudo_random(4 * 1024 * 1024 + 3, 9);
+    let options = StdinOptions {
+        filename: "db.sql".into(),
+        ..Default::default()
+    };
+    let results = backup_stream_many(
+        vec![a.clone(), b.clone()],
+        std::io::Cursor::new(data.clone()),
+        &options,
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    for (repo, r) in [&a, &b].into_iter().zip(results) {
+        let snap = r.unwrap().snapshot;
+        assert_eq!(snap.record.summary.files_new, 1);
+        let mut out = Vec::new();
+        dump(repo, &snap, b"/db.sql", &mut out).await.unwrap();
+        assert_eq!(out, data);
+    }
+    // The same stream again: unchanged in both; the only new blob is the
+    // one-file tree (it records the time of the backup).
+    let results = backup_stream_many(
+        vec![a.clone(), b.clone()],
+        std::io::Cursor::new(data.clone()),
+        &options,
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    for r in results {
+        let s = r.unwrap().snapshot.record.summary;
+        assert_eq!((s.files_unchanged, s.blobs_added), (1, 1), "{s:?}");
+        assert!(s.added_raw_bytes < 1000, "{s:?}");
+    }
+}

@@ -266,10 +266,9 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
             Arc::new(kept_index),
         )
         .await?;
-        let used = Arc::new(used);
-        let results = futures::stream::iter(repack.iter().copied())
+        let session = Arc::new(session);
+        let fetched = futures::stream::iter(repack.iter().copied())
             .map(|pack| {
-                let used = used.clone();
                 let entries: Vec<crate::PackEntry> = packs[&pack]
                     .entries
                     .iter()
@@ -281,40 +280,37 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
                 let tier = tiers[&pack];
                 async move {
                     let bytes = repo.tier_storage(tier).await?.get(&pack_key(&pack)).await?;
-                    let key = repo.key().clone();
-                    blocking(move || {
-                        entries
-                            .iter()
-                            .map(|e| {
-                                let end = e.offset as usize + e.length as usize;
-                                let sealed =
-                                    bytes.get(e.offset as usize..end).ok_or_else(|| {
-                                        Error::corrupt(
-                                            format!("pack {pack}"),
-                                            "shorter than its index says",
-                                        )
-                                    })?;
-                                let plain = open_blob(&key, e, sealed).map_err(|err| {
-                                    Error::corrupt(
-                                        format!("pack {pack}"),
-                                        format!("blob {} cannot be repacked: {err}", e.id),
-                                    )
-                                })?;
-                                Ok((e.blob_type, plain))
-                            })
-                            .collect::<Result<Vec<(BlobType, Vec<u8>)>>>()
-                    })
-                    .await?
+                    Ok::<_, Error>((pack, entries, bytes))
                 }
             })
-            // Two whole packs in memory at a time.
+            // The next pack downloads while this one is rewritten: at most
+            // two old packs in memory, and one blob's plaintext at a time.
             .buffered(2);
-        futures::pin_mut!(results);
-        while let Some(blobs) = results.next().await {
-            for (t, data) in blobs? {
-                session.add_blob(t, &data).await?;
-            }
+        futures::pin_mut!(fetched);
+        while let Some(next) = fetched.next().await {
+            let (pack, entries, bytes) = next?;
+            let key = repo.key().clone();
+            let session = session.clone();
+            blocking(move || -> Result<()> {
+                for e in &entries {
+                    let end = e.offset as usize + e.length as usize;
+                    let sealed = bytes.get(e.offset as usize..end).ok_or_else(|| {
+                        Error::corrupt(format!("pack {pack}"), "shorter than its index says")
+                    })?;
+                    let plain = open_blob(&key, e, sealed).map_err(|err| {
+                        Error::corrupt(
+                            format!("pack {pack}"),
+                            format!("blob {} cannot be repacked: {err}", e.id),
+                        )
+                    })?;
+                    session.add_blob_blocking(e.blob_type, &plain)?;
+                }
+                Ok(())
+            })
+            .await??;
         }
+        let session = Arc::try_unwrap(session)
+            .map_err(|_| Error::Task("the repack session is still in use".into()))?;
         let written = session
             .stats()
             .added_bytes

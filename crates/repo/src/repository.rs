@@ -370,8 +370,26 @@ impl Repository {
         Ok(index)
     }
 
-    /// Every index object, decoded, with its id.
+    /// Every index object, decoded, with its id. An object that vanishes
+    /// between the listing and its read was superseded by a prune (which
+    /// writes the new index objects before deleting the old ones), so the
+    /// listing is read again.
     pub async fn read_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
+        let mut attempt = 0;
+        loop {
+            match self.read_index_files_once().await {
+                Err(e)
+                    if attempt < 3
+                        && e.storage_kind() == Some(lifeboat_storage::ErrorKind::NotFound) =>
+                {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn read_index_files_once(&self) -> Result<Vec<(Id, IndexFile)>> {
         let list = self.storage.list(Kind::Index).await?;
         futures::stream::iter(list)
             .map(|info| async move {

@@ -285,14 +285,28 @@ async fn prepare(
     compression_level: Option<i32>,
     with_tree: bool,
 ) -> Result<(Prepared, Option<Tree>)> {
-    let all = repo.snapshots().await?;
-    let parent = choose_parent(&all, host, paths, mode).cloned();
-    let mode = recorded_mode(mode, parent.is_some());
-    let tree = match &parent {
-        Some(p) if with_tree => Some(repo.read_tree(&p.record.tree).await?),
-        _ => None,
+    // The session's shared lock first: a prune cannot then repack the
+    // parent's trees away between choosing the parent and reading it.
+    let session = WriteSession::start(repo.clone(), WriteOptions { compression_level }).await?;
+    let parent = async {
+        let all = repo.snapshots().await?;
+        let parent = choose_parent(&all, host, paths, mode).cloned();
+        let tree = match &parent {
+            Some(p) if with_tree => Some(repo.read_tree(&p.record.tree).await?),
+            _ => None,
+        };
+        Ok::<_, lifeboat_repo::Error>((parent, tree))
+    }
+    .await;
+    let (parent, tree) = match parent {
+        Ok(found) => found,
+        Err(e) => {
+            // Nothing was written: this only releases the lock.
+            let _ = session.flush().await;
+            return Err(e.into());
+        }
     };
-    let session = WriteSession::start(repo, WriteOptions { compression_level }).await?;
+    let mode = recorded_mode(mode, parent.is_some());
     Ok((
         Prepared {
             index,

@@ -88,6 +88,8 @@ pub enum Command {
     Forget(ForgetArgs),
     /// Delete data no snapshot uses; repack mostly-unused packs.
     Prune(PruneArgs),
+    /// PostgreSQL: base backups, WAL archive, point-in-time restore, dumps.
+    Pg(crate::pg::PgArgs),
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,7 @@ mod exit;
 mod keys;
 mod maintenance;
 mod output;
+mod pg;
 mod progress;
 mod read;
 mod restore;
@@ -71,6 +72,7 @@ async fn run(cli: args::Cli) -> i32 {
         args::Command::Copy(a) => copy::run(g, a).await,
         args::Command::Forget(a) => retention::forget(g, a).await,
         args::Command::Prune(a) => retention::prune(g, a).await,
+        args::Command::Pg(a) => pg::run(g, a).await,
     };
     match result {
         Ok(code) => code,

@@ -54,16 +54,17 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<i32> {
         e => e.into(),
     })?;
     let pruned = if a.prune && !a.dry_run {
-        Some(run_prune(&repo, &PruneOptions::default()).await?)
+        Some(prune_and_expire_wal(&repo, &PruneOptions::default()).await?)
     } else {
         None
     };
     if g.json {
-        crate::output::json(&serde_json::json!({ "forget": report, "prune": pruned }))?;
+        let prune = pruned.as_ref().map(|(stats, wal)| prune_json(stats, *wal));
+        crate::output::json(&serde_json::json!({ "forget": report, "prune": prune }))?;
     } else {
         render_forget(&report);
-        if let Some(p) = &pruned {
-            render_prune(p);
+        if let Some((p, wal)) = &pruned {
+            render_prune(p, *wal);
         }
     }
     Ok(exit::OK)
@@ -125,7 +126,7 @@ pub async fn prune(g: &Global, a: PruneArgs) -> Result<i32> {
         None => None,
     };
     let repo = session::open(g).await?;
-    let stats = run_prune(
+    let (stats, wal) = prune_and_expire_wal(
         &repo,
         &PruneOptions {
             dry_run: a.dry_run,
@@ -134,20 +135,38 @@ pub async fn prune(g: &Global, a: PruneArgs) -> Result<i32> {
             ..Default::default()
         },
     )
-    .await
-    .map_err(|e| match e {
-        lifeboat_repo::Error::Invalid(m) => cli_error(exit::DAMAGED, m),
-        e => e.into(),
-    })?;
+    .await?;
     if g.json {
-        crate::output::json(&stats)?;
+        crate::output::json(&prune_json(&stats, wal))?;
     } else {
-        render_prune(&stats);
+        render_prune(&stats, wal);
     }
     Ok(exit::OK)
 }
 
-fn render_prune(s: &PruneStats) {
+/// Prune, then delete archived PostgreSQL WAL that no remaining base
+/// backup needs (so forgetting base backups frees their WAL too). Returns
+/// the number of WAL files deleted (or that would be, in a dry run).
+async fn prune_and_expire_wal(
+    repo: &std::sync::Arc<lifeboat_repo::Repository>,
+    options: &PruneOptions,
+) -> Result<(PruneStats, usize)> {
+    let stats = run_prune(repo, options).await.map_err(|e| match e {
+        lifeboat_repo::Error::Invalid(m) => cli_error(exit::DAMAGED, m),
+        e => e.into(),
+    })?;
+    let wal = lifeboat_connectors::postgres::retention::expire_wal(repo, options.dry_run).await?;
+    let deleted = wal.clusters.values().map(|c| c.deleted.len()).sum();
+    Ok((stats, deleted))
+}
+
+fn prune_json(stats: &PruneStats, wal_deleted: usize) -> serde_json::Value {
+    let mut v = serde_json::to_value(stats).expect("prune stats serialize");
+    v["wal_files_deleted"] = wal_deleted.into();
+    v
+}
+
+fn render_prune(s: &PruneStats, wal_deleted: usize) {
     let would = if s.dry_run { "would " } else { "" };
     outln!(
         "{} snapshots, {} packs; {} blobs used, {} unused",
@@ -187,6 +206,12 @@ fn render_prune(s: &PruneStats) {
         },
         duration_ms(s.elapsed_ms)
     );
+    if wal_deleted > 0 {
+        outln!(
+            "{}deleted {wal_deleted} archived WAL files that no remaining PostgreSQL base backup needs",
+            if s.dry_run { "would have " } else { "" },
+        );
+    }
 }
 
 /// `500M`, `2G`, `1.5GiB`, `1048576`: binary units.

@@ -14,16 +14,19 @@ pub enum Kind {
     Index,
     Snapshots,
     Locks,
+    /// Archived database log files (PostgreSQL WAL), one object per file.
+    Wal,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Config,
         Kind::Keys,
         Kind::Packs,
         Kind::Index,
         Kind::Snapshots,
         Kind::Locks,
+        Kind::Wal,
     ];
 
     /// Directory (prefix) of this namespace, relative to the repository root.
@@ -35,6 +38,7 @@ impl Kind {
             Kind::Index => "index",
             Kind::Snapshots => "snapshots",
             Kind::Locks => "locks",
+            Kind::Wal => "wal",
         }
     }
 }

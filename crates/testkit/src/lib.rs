@@ -5,6 +5,7 @@
 //! - [`services`]: real servers for tests ([`services::S3Server`] on s3s-fs,
 //!   [`services::SshServer`] on a private sshd), started in temp dirs and
 //!   killed on drop, plus [`services::require_or_skip`] for missing binaries.
+//! - [`postgres`]: throwaway PostgreSQL clusters ([`postgres::PgCluster`]).
 //! - [`data`]: reproducible pseudo-random test data.
 //! - [`CountingStorage`]: counts the calls made to a storage (which tier an
 //!   operation touched).
@@ -15,6 +16,7 @@
 pub mod conformance;
 mod counting;
 pub mod data;
+pub mod postgres;
 pub mod services;
 
 pub use counting::{CountingStorage, Counts};

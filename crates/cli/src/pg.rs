@@ -1,0 +1,595 @@
+//! `lifeboat pg ...`: PostgreSQL base backups, WAL archive, point-in-time
+//! restore, standby, checks, WAL retention and logical dumps. The work is in
+//! `lifeboat_connectors::postgres`; this module parses, calls and renders.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::{Args, Subcommand, ValueEnum};
+use lifeboat_connectors::Error as ConnError;
+use lifeboat_connectors::postgres::{
+    base, check, conn::ConnOptions, conn::system_identifier_of, dump, pitr, retention, wal,
+};
+use lifeboat_repo::BackupMode;
+
+use crate::args::{Global, ModeArg};
+use crate::exit::{self, cli_error};
+use crate::output::{bytes, duration_ms, outln};
+use crate::session;
+
+#[derive(Debug, Args)]
+pub struct PgArgs {
+    #[command(subcommand)]
+    pub command: PgCommand,
+}
+
+#[derive(Debug, Args)]
+pub struct DbArg {
+    /// Connection URL (postgresql://user@host:port/db); default: the PG*
+    /// environment variables.
+    #[arg(long = "db", env = "LIFEBOAT_PG_URL")]
+    pub url: Option<String>,
+}
+
+impl DbArg {
+    fn conn(&self) -> ConnOptions {
+        ConnOptions {
+            url: self.url.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ActionArg {
+    Promote,
+    Pause,
+    Shutdown,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PgCommand {
+    /// Take a physical base backup (pg_basebackup) into a snapshot.
+    Backup {
+        #[command(flatten)]
+        db: DbArg,
+        /// full, incremental or differential (recorded; the repository
+        /// stores only chunks it does not have in every mode).
+        #[arg(long, value_enum, default_value_t = ModeArg::Incremental)]
+        mode: ModeArg,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long, value_parser = clap::value_parser!(i32).range(0..=22))]
+        compression: Option<i32>,
+        /// Wait for a spread checkpoint instead of an immediate one.
+        #[arg(long)]
+        spread_checkpoint: bool,
+    },
+    /// archive_command: store a WAL file (and other ready ones) in the repository.
+    WalPush {
+        /// PostgreSQL's %p.
+        path: PathBuf,
+        /// Most WAL files pushed per invocation (the ready ones after %p).
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// WAL files compressed and uploaded at once.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
+    },
+    /// restore_command: fetch a WAL file from the repository.
+    WalFetch {
+        /// PostgreSQL's %f.
+        file: String,
+        /// PostgreSQL's %p.
+        path: PathBuf,
+        /// Segments fetched ahead into pg_wal/lifeboat/fetched.
+        #[arg(long, default_value_t = 8)]
+        read_ahead: usize,
+    },
+    /// Restore a base backup and set up recovery to a point in time (or a standby).
+    Restore(PgRestoreArgs),
+    /// Check archiving settings, archiver health, WAL continuity and the PITR window.
+    Check {
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Delete archived WAL that no base backup in the repository needs.
+    ExpireWal {
+        /// Show what would be deleted.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+    },
+    /// Logical dump (pg_dump, custom format, uncompressed so it deduplicates).
+    Dump {
+        #[command(flatten)]
+        db: DbArg,
+        #[arg(long, value_enum, default_value_t = ModeArg::Incremental)]
+        mode: ModeArg,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Restore a logical dump into a database with pg_restore.
+    RestoreDump {
+        /// Dump snapshot id, prefix or `latest`.
+        snapshot: String,
+        #[command(flatten)]
+        db: DbArg,
+        /// Drop objects before recreating them.
+        #[arg(long)]
+        clean: bool,
+        /// Do not restore object ownership.
+        #[arg(long)]
+        no_owner: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PgRestoreArgs {
+    /// New (or empty) data directory.
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Recover to this time (RFC 3339, e.g. 2026-01-31T12:00:00Z).
+    #[arg(long, group = "target")]
+    pub target_time: Option<String>,
+    /// Recover to this LSN (e.g. 0/3000060).
+    #[arg(long, group = "target")]
+    pub target_lsn: Option<String>,
+    /// Recover to this restore point (pg_create_restore_point).
+    #[arg(long, group = "target")]
+    pub target_name: Option<String>,
+    /// Recover to this transaction id.
+    #[arg(long, group = "target")]
+    pub target_xid: Option<String>,
+    /// What the server does at the target.
+    #[arg(long, value_enum, default_value_t = ActionArg::Promote)]
+    pub target_action: ActionArg,
+    /// Stop just before the target instead of just after it.
+    #[arg(long)]
+    pub exclusive: bool,
+    /// A warm standby that keeps replaying WAL from the repository.
+    #[arg(long, conflicts_with = "target")]
+    pub standby: bool,
+    /// Use this base backup instead of the newest before the target.
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// The cluster, when the repository holds base backups of several.
+    #[arg(long)]
+    pub system_id: Option<u64>,
+    /// Extra setting for postgresql.auto.conf, e.g. --set port=5433 (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub settings: Vec<String>,
+    /// Start the server (pg_ctl) and wait until recovery has finished.
+    #[arg(long)]
+    pub start: bool,
+    /// Read-ahead of the restore_command written (segments).
+    #[arg(long, default_value_t = 8)]
+    pub read_ahead: usize,
+}
+
+/// Maps connector errors to the CLI's exit codes.
+fn map(e: ConnError) -> anyhow::Error {
+    match e {
+        ConnError::Repo(e) => e.into(),
+        ConnError::Snapshot(e) => e.into(),
+        ConnError::Storage(e) => e.into(),
+        e @ ConnError::MissingWal { .. } => cli_error(exit::NOT_FOUND, e.to_string()),
+        e @ ConnError::NotFound(_) => cli_error(exit::NOT_FOUND, e.to_string()),
+        e @ ConnError::WalConflict { .. } => cli_error(exit::DAMAGED, e.to_string()),
+        e => cli_error(exit::GENERIC, e.to_string()),
+    }
+}
+
+fn mode(m: ModeArg) -> BackupMode {
+    match m {
+        ModeArg::Full => BackupMode::Full,
+        ModeArg::Incremental => BackupMode::Incremental,
+        ModeArg::Differential => BackupMode::Differential,
+    }
+}
+
+pub async fn run(g: &Global, a: PgArgs) -> Result<i32> {
+    match a.command {
+        PgCommand::Backup {
+            db,
+            mode: m,
+            tags,
+            host,
+            compression,
+            spread_checkpoint,
+        } => {
+            let repo = session::open(g).await?;
+            let options = base::BaseBackupOptions {
+                conn: db.conn(),
+                mode: mode(m),
+                tags,
+                host,
+                compression_level: compression,
+                spread_checkpoint,
+            };
+            let (snap, info) = base::base_backup(repo, &options, Arc::new(|_| {}))
+                .await
+                .map_err(map)?;
+            let s = &snap.record.summary;
+            if g.json {
+                crate::output::json(&serde_json::json!({
+                    "snapshot": snap.id.to_hex(),
+                    "mode": snap.record.mode,
+                    "postgresql": info,
+                    "summary": s,
+                }))?;
+            } else {
+                outln!(
+                    "base backup {} saved ({} backup) of cluster {} (PostgreSQL {})",
+                    snap.id.short(),
+                    snap.record.mode,
+                    info.system_identifier,
+                    info.server_version
+                );
+                outln!(
+                    "WAL {} .. {} (LSN {} .. {}, timeline {}){}",
+                    info.start_wal,
+                    info.stop_wal,
+                    info.start_lsn,
+                    info.stop_lsn,
+                    info.timeline,
+                    if info.wal_included {
+                        "; archiving is off, so that WAL is inside the backup (no point-in-time recovery)"
+                    } else {
+                        ""
+                    }
+                );
+                outln!(
+                    "data: {} read, {} added to the repository, took {}",
+                    bytes(s.read_bytes),
+                    bytes(s.added_bytes),
+                    duration_ms(s.elapsed_ms)
+                );
+            }
+            Ok(exit::OK)
+        }
+        PgCommand::WalPush {
+            path,
+            batch,
+            parallel,
+        } => wal_push(g, &path, batch, parallel).await,
+        PgCommand::WalFetch {
+            file,
+            path,
+            read_ahead,
+        } => wal_fetch(g, &file, &path, read_ahead).await,
+        PgCommand::Restore(a) => restore(g, a).await,
+        PgCommand::Check { db } => {
+            let repo = session::open(g).await?;
+            let report = check::check(&repo, &db.conn()).await.map_err(map)?;
+            if g.json {
+                crate::output::json(&report)?;
+            } else {
+                outln!(
+                    "cluster {}: {} base backups, {} archived WAL files, newest segment {}",
+                    report.system_identifier,
+                    report.base_backups,
+                    report.wal_files,
+                    report.newest_segment.as_deref().unwrap_or("none")
+                );
+                match (&report.window_start, &report.window_end) {
+                    (Some(s), Some(e)) => outln!("point-in-time recovery window: {s} .. {e}"),
+                    _ => outln!("point-in-time recovery window: none"),
+                }
+                for f in &report.findings {
+                    outln!("{}: {}", f.severity, f.message);
+                }
+                if report.findings.is_empty() {
+                    outln!("no problems found");
+                }
+            }
+            Ok(if report.ok() { exit::OK } else { exit::DAMAGED })
+        }
+        PgCommand::ExpireWal { dry_run } => {
+            let repo = session::open(g).await?;
+            let report = retention::expire_wal(&repo, dry_run).await.map_err(map)?;
+            if g.json {
+                let v: Vec<_> = report
+                    .clusters
+                    .iter()
+                    .map(|(id, c)| {
+                        serde_json::json!({
+                            "system_identifier": id.to_string(),
+                            "keep_from": c.keep_from,
+                            "deleted": c.deleted,
+                            "kept": c.kept,
+                        })
+                    })
+                    .collect();
+                crate::output::json(&v)?;
+            } else {
+                for (id, c) in &report.clusters {
+                    match &c.keep_from {
+                        Some(from) => outln!(
+                            "cluster {id}: {} {} WAL files before {from}, {} kept",
+                            if dry_run { "would delete" } else { "deleted" },
+                            c.deleted.len(),
+                            c.kept
+                        ),
+                        None => outln!(
+                            "cluster {id}: no base backup in the repository, all {} WAL files kept",
+                            c.kept
+                        ),
+                    }
+                }
+            }
+            Ok(exit::OK)
+        }
+        PgCommand::Dump {
+            db,
+            mode: m,
+            tags,
+            host,
+        } => {
+            let repo = session::open(g).await?;
+            let options = dump::DumpOptions {
+                conn: db.conn(),
+                tags,
+                host,
+                mode: mode(m),
+            };
+            let (snap, info) = dump::dump(repo, &options, Arc::new(|_| {}))
+                .await
+                .map_err(map)?;
+            let s = &snap.record.summary;
+            if g.json {
+                crate::output::json(&serde_json::json!({
+                    "snapshot": snap.id.to_hex(),
+                    "postgresql": info,
+                    "summary": s,
+                }))?;
+            } else {
+                outln!(
+                    "dump {} of database {} saved: {} read, {} added to the repository, took {}",
+                    snap.id.short(),
+                    info.database,
+                    bytes(s.read_bytes),
+                    bytes(s.added_bytes),
+                    duration_ms(s.elapsed_ms)
+                );
+            }
+            Ok(exit::OK)
+        }
+        PgCommand::RestoreDump {
+            snapshot,
+            db,
+            clean,
+            no_owner,
+        } => {
+            let repo = session::open(g).await?;
+            let snap = repo.find_snapshot(&snapshot).await?;
+            let options = dump::RestoreDumpOptions {
+                conn: db.conn(),
+                clean,
+                no_owner,
+            };
+            let started = Instant::now();
+            let n = dump::restore_dump(repo, &snap, &options)
+                .await
+                .map_err(map)?;
+            outln!(
+                "restored dump {} ({}) in {}",
+                snap.id.short(),
+                bytes(n),
+                duration_ms(started.elapsed().as_millis() as u64)
+            );
+            Ok(exit::OK)
+        }
+    }
+}
+
+async fn wal_push(g: &Global, path: &Path, batch: usize, parallel: usize) -> Result<i32> {
+    let paths = wal::WalPaths::from_percent_p(path);
+    let file = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    let data = std::fs::read(path)
+        .map_err(|e| cli_error(exit::NOT_FOUND, format!("{}: {e}", path.display())))?;
+    // Fast path: an earlier invocation already archived this exact file.
+    if wal::marker(&paths, &file, &data) == wal::Marker::Matches {
+        return Ok(exit::OK);
+    }
+    drop(data);
+    let sysid = system_identifier_of(&paths.pgdata).map_err(map)?;
+    let repo = session::open(g).await?;
+    let options = wal::PushOptions { batch, parallel };
+    let report = wal::push(repo, sysid, path, &options).await.map_err(map)?;
+    for (name, e) in &report.deferred {
+        eprintln!("lifeboat: warning: {name} not pushed ahead (PostgreSQL will retry it): {e}");
+    }
+    tracing::info!(
+        "pushed {} WAL files, {} already archived",
+        report.stored.len(),
+        report.already_present.len()
+    );
+    Ok(exit::OK)
+}
+
+async fn wal_fetch(g: &Global, file: &str, dest: &Path, read_ahead: usize) -> Result<i32> {
+    if wal::fetch_from_spool(file, dest).map_err(map)? {
+        return Ok(exit::OK);
+    }
+    let paths = wal::WalPaths::from_percent_p(dest);
+    let sysid = system_identifier_of(&paths.pgdata).map_err(map)?;
+    let repo = session::open(g).await?;
+    if wal::fetch(repo, sysid, file, dest, read_ahead)
+        .await
+        .map_err(map)?
+    {
+        Ok(exit::OK)
+    } else {
+        // PostgreSQL asks for files past the end of the archive; a nonzero
+        // status (below 126) tells it there is none.
+        eprintln!("lifeboat: {file} is not in the repository");
+        Ok(1)
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The restore_command the restored server runs: this binary, with the
+/// repository and password source of this invocation.
+fn restore_command(g: &Global, read_ahead: usize) -> Result<String> {
+    let exe = std::env::current_exe()?;
+    let t = session::target(g)?;
+    let mut cmd = format!(
+        "{} -r {}",
+        shell_quote(&exe.to_string_lossy()),
+        shell_quote(&t.display)
+    );
+    if let Some(f) = g.password_file.first() {
+        let f = std::path::absolute(f)?;
+        cmd.push_str(&format!(
+            " --password-file {}",
+            shell_quote(&f.to_string_lossy())
+        ));
+    } else if let Some(c) = &g.password_command {
+        cmd.push_str(&format!(" --password-command {}", shell_quote(c)));
+    } else if t.default.is_none() {
+        eprintln!(
+            "lifeboat: warning: no --password-file or --password-command given: the restored server's restore_command needs LIFEBOAT_PASSWORD in its environment"
+        );
+    }
+    cmd.push_str(&format!(" pg wal-fetch --read-ahead {read_ahead} %f %p"));
+    Ok(cmd)
+}
+
+async fn restore(g: &Global, a: PgRestoreArgs) -> Result<i32> {
+    let started = Instant::now();
+    let target = if let Some(t) = &a.target_time {
+        Some(pitr::RecoveryTarget::Time(t.parse().map_err(|e| {
+            cli_error(
+                exit::GENERIC,
+                format!("bad --target-time {t:?}: {e} (use RFC 3339, e.g. 2026-01-31T12:00:00Z)"),
+            )
+        })?))
+    } else if let Some(l) = &a.target_lsn {
+        Some(pitr::RecoveryTarget::Lsn(pitr::lsn_arg(l).map_err(map)?))
+    } else if let Some(n) = &a.target_name {
+        Some(pitr::RecoveryTarget::Name(n.clone()))
+    } else {
+        a.target_xid
+            .as_ref()
+            .map(|x| pitr::RecoveryTarget::Xid(x.clone()))
+    };
+    let mut settings = Vec::new();
+    for s in &a.settings {
+        let (k, v) = s.split_once('=').ok_or_else(|| {
+            cli_error(
+                exit::GENERIC,
+                format!("bad --set {s:?}: expected NAME=VALUE"),
+            )
+        })?;
+        settings.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let options = pitr::RestoreOptions {
+        to: std::path::absolute(&a.to)?,
+        target,
+        snapshot: a.snapshot,
+        system_identifier: a.system_id,
+        action: match a.target_action {
+            ActionArg::Promote => pitr::TargetAction::Promote,
+            ActionArg::Pause => pitr::TargetAction::Pause,
+            ActionArg::Shutdown => pitr::TargetAction::Shutdown,
+        },
+        exclusive: a.exclusive,
+        standby: a.standby,
+        restore_command: restore_command(g, a.read_ahead)?,
+        settings,
+    };
+    pitr::check_empty(&options.to).map_err(map)?;
+    if a.start && nix::unistd::geteuid().is_root() {
+        // pg_ctl refuses root; say so before anything is written.
+        return Err(cli_error(
+            exit::GENERIC,
+            "--start cannot run PostgreSQL as root: run the restore as the database owner \
+             (e.g. runuser -u postgres -- lifeboat ...)",
+        ));
+    }
+    let repo = session::open(g).await?;
+    let plan = pitr::plan(&repo, &options).await.map_err(map)?;
+    let wal_desc = match (&plan.wal_first, &plan.wal_last) {
+        (Some(f), Some(l)) => format!("{} WAL segments {f} .. {l} present", plan.wal_segments),
+        _ => "no archived WAL needed".into(),
+    };
+    if !g.json {
+        outln!(
+            "restoring base backup {} (consistent at {}, LSN {}); {wal_desc}",
+            plan.backup.id.short(),
+            plan.info.stop_time,
+            plan.info.stop_lsn
+        );
+    }
+    let report = pitr::restore(repo, &plan, &options).await.map_err(map)?;
+    let unpacked_ms = started.elapsed().as_millis() as u64;
+    let outcome = if a.start {
+        Some(
+            pitr::start_and_wait(&options.to, &plan.info, &options)
+                .await
+                .map_err(map)?,
+        )
+    } else {
+        None
+    };
+    let total_ms = started.elapsed().as_millis() as u64;
+    if g.json {
+        crate::output::json(&serde_json::json!({
+            "snapshot": plan.backup.id.to_hex(),
+            "data_dir": report.data_dir,
+            "restored_bytes": report.restored_bytes,
+            "wal_first": plan.wal_first,
+            "wal_last": plan.wal_last,
+            "outcome": outcome.as_ref().map(|o| format!("{o:?}").to_lowercase()),
+            "unpacked_ms": unpacked_ms,
+            "total_ms": total_ms,
+        }))?;
+    } else {
+        outln!(
+            "restored {} into {} in {}; recovery settings written ({})",
+            bytes(report.restored_bytes),
+            report.data_dir.display(),
+            duration_ms(unpacked_ms),
+            if options.standby {
+                "standby.signal"
+            } else {
+                "recovery.signal"
+            }
+        );
+        match outcome {
+            Some(pitr::RecoveryOutcome::Promoted) => outln!(
+                "recovery finished, server promoted and accepting writes; whole restore took {}",
+                duration_ms(total_ms)
+            ),
+            Some(pitr::RecoveryOutcome::Paused) => outln!(
+                "target reached, replay paused (inspect, then SELECT pg_wal_replay_resume()); whole restore took {}",
+                duration_ms(total_ms)
+            ),
+            Some(pitr::RecoveryOutcome::ShutDown) => outln!(
+                "target reached, server shut down; whole restore took {}",
+                duration_ms(total_ms)
+            ),
+            Some(pitr::RecoveryOutcome::StandbyRunning) => outln!(
+                "standby running, replaying WAL from the repository (promote with pg_ctl promote); took {}",
+                duration_ms(total_ms)
+            ),
+            None => outln!(
+                "start it with: pg_ctl -D {} start",
+                report.data_dir.display()
+            ),
+        }
+    }
+    Ok(exit::OK)
+}

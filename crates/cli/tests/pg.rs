@@ -1,0 +1,707 @@
+//! PostgreSQL: base backups, WAL archive, point-in-time restore, standby,
+//! checks, WAL expiry and logical dumps, against real throwaway clusters
+//! (`lifeboat_testkit::postgres`). The binary runs as the `postgres` user
+//! (as PostgreSQL's archive_command and restore_command do), from a private
+//! copy, so a concurrent rebuild of the shared target directory cannot swap
+//! it under a running test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use lifeboat_testkit::postgres::{
+    PgCluster, PgOptions, as_postgres, chown_postgres, free_port, pg_tempdir,
+};
+use tempfile::TempDir;
+
+const PASSWORD: &str = "pg test password";
+const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The binary under test, copied once per test process to a directory the
+/// `postgres` user can read.
+fn binary() -> &'static Path {
+    static BIN: OnceLock<(TempDir, PathBuf)> = OnceLock::new();
+    let (_, p) = BIN.get_or_init(|| {
+        let dir = pg_tempdir();
+        let p = dir.path().join("lifeboat");
+        std::fs::copy(env!("CARGO_BIN_EXE_lifeboat"), &p).expect("copy binary");
+        chown_postgres(dir.path());
+        (dir, p)
+    });
+    p
+}
+
+/// A repository and password file owned by `postgres`, plus room for
+/// restored data directories.
+struct Env {
+    dir: TempDir,
+    repo: PathBuf,
+    pw: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = pg_tempdir();
+        let repo = dir.path().join("repo");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+        chown_postgres(dir.path());
+        let env = Env { dir, repo, pw };
+        env.ok(&["init"]);
+        env
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = as_postgres(binary());
+        c.env("LIFEBOAT_INSECURE_TEST_KDF", "1")
+            .env_remove("LIFEBOAT_PASSWORD")
+            .env_remove("LIFEBOAT_REPO")
+            .env("HOME", self.dir.path())
+            .current_dir(self.dir.path())
+            .arg("-r")
+            .arg(&self.repo)
+            .arg("--password-file")
+            .arg(&self.pw)
+            .args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run lifeboat")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "lifeboat {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn archive_command(&self) -> String {
+        format!(
+            "{} -r {} --password-file {} pg wal-push %p",
+            binary().display(),
+            self.repo.display(),
+            self.pw.display()
+        )
+    }
+
+    /// A primary archiving into this repository.
+    fn primary(&self) -> Option<PgCluster> {
+        PgCluster::start(&PgOptions {
+            archive_command: Some(self.archive_command()),
+            extra_conf: vec![],
+        })
+    }
+
+    /// `pg restore --to DIR ... --start` into a new directory with its own
+    /// port and socket; returns the running restored server.
+    fn restore_and_start(&self, name: &str, extra: &[&str]) -> (PgCluster, String) {
+        let data = self.path(name);
+        let sock = self.path(&format!("{name}-s"));
+        std::fs::create_dir(&sock).unwrap();
+        chown_postgres(&sock);
+        let port = free_port();
+        let port_set = format!("port={port}");
+        let sock_set = format!("unix_socket_directories={}", sock.display());
+        let mut args = vec![
+            "pg",
+            "restore",
+            "--to",
+            data.to_str().unwrap(),
+            "--set",
+            &port_set,
+            "--set",
+            &sock_set,
+            "--set",
+            "archive_mode=off",
+            "--start",
+        ];
+        args.extend_from_slice(extra);
+        let out = self.ok(&args);
+        (PgCluster::adopt(data, sock, port), out)
+    }
+}
+
+fn base_backup(env: &Env, pg: &PgCluster, mode: &str) -> serde_json::Value {
+    let out = env.ok(&[
+        "--json",
+        "pg",
+        "backup",
+        "--db",
+        &pg.url("postgres"),
+        "--mode",
+        mode,
+    ]);
+    serde_json::from_str(&out).expect("backup json")
+}
+
+macro_rules! primary_or_skip {
+    ($env:expr) => {
+        match $env.primary() {
+            Some(p) => p,
+            None => return,
+        }
+    };
+}
+
+#[test]
+fn bad_migration_is_undone_by_restoring_to_the_time_before_it() {
+    let env = Env::new();
+    let pg = primary_or_skip!(env);
+    pg.psql(
+        "postgres",
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL); \
+         INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 1000) g",
+    );
+    let b = base_backup(&env, &pg, "full");
+    assert_eq!(b["postgresql"]["kind"], "base-backup");
+    assert!(b["postgresql"]["start_lsn"].as_str().unwrap().contains('/'));
+    assert_eq!(
+        b["postgresql"]["system_identifier"].as_str().unwrap(),
+        pg.system_identifier().to_string()
+    );
+    // Good writes after the backup.
+    pg.psql(
+        "postgres",
+        "INSERT INTO accounts SELECT g, 200 FROM generate_series(1001, 1100) g",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let t = pg.now_utc();
+    std::thread::sleep(Duration::from_millis(300));
+    // The bad migration: 40% of the rows corrupted.
+    pg.psql(
+        "postgres",
+        "UPDATE accounts SET balance = -1 WHERE id % 5 < 2",
+    );
+    pg.psql(
+        "postgres",
+        "INSERT INTO accounts SELECT g, 300 FROM generate_series(2001, 2010) g",
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM accounts WHERE balance = -1"
+        ),
+        "440"
+    );
+    pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
+
+    let (restored, out) = env.restore_and_start("r", &["--target-time", &t]);
+    assert!(out.contains("whole restore took"), "{out}");
+    assert_eq!(
+        restored.psql("postgres", "SELECT count(*) FROM accounts"),
+        "1100",
+        "the good writes are there, the later ones are not"
+    );
+    assert_eq!(
+        restored.psql(
+            "postgres",
+            "SELECT count(*) FROM accounts WHERE balance = -1"
+        ),
+        "0",
+        "the corruption is not"
+    );
+    assert_eq!(
+        restored.psql("postgres", "SELECT pg_is_in_recovery()"),
+        "f",
+        "promoted"
+    );
+}
+
+#[test]
+fn dropped_table_is_recovered_to_just_before_the_drop() {
+    let env = Env::new();
+    let pg = primary_or_skip!(env);
+    pg.psql(
+        "postgres",
+        "CREATE TABLE important (id int, note text); \
+         INSERT INTO important SELECT g, md5(g::text) FROM generate_series(1, 500) g",
+    );
+    base_backup(&env, &pg, "full");
+    pg.psql(
+        "postgres",
+        "INSERT INTO important SELECT g, 'after backup' FROM generate_series(501, 600) g",
+    );
+    let sum_before = pg.psql(
+        "postgres",
+        "SELECT md5(string_agg(note, ',' ORDER BY id)) FROM important",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let t = pg.now_utc();
+    std::thread::sleep(Duration::from_millis(300));
+    pg.psql("postgres", "DROP TABLE important");
+    pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
+
+    let (restored, _) = env.restore_and_start("r", &["--target-time", &t]);
+    assert_eq!(
+        restored.psql(
+            "postgres",
+            "SELECT md5(string_agg(note, ',' ORDER BY id)) FROM important"
+        ),
+        sum_before
+    );
+}
+
+#[test]
+fn missing_wal_segment_refuses_the_restore_and_names_it() {
+    let env = Env::new();
+    let pg = primary_or_skip!(env);
+    pg.psql("postgres", "CREATE TABLE t (x int)");
+    base_backup(&env, &pg, "full");
+    let mut segments = Vec::new();
+    for i in 0..3 {
+        pg.psql("postgres", &format!("INSERT INTO t VALUES ({i})"));
+        segments.push(pg.switch_and_wait_archived(ARCHIVE_TIMEOUT));
+    }
+    // Lose the middle one from the repository.
+    let victim = &segments[1];
+    let object = env.repo.join("wal").join(format!(
+        "{:016x}-{}",
+        pg.system_identifier(),
+        victim.to_ascii_lowercase()
+    ));
+    std::fs::remove_file(&object).unwrap_or_else(|e| panic!("{}: {e}", object.display()));
+
+    let target = env.path("r");
+    let out = env.run(&["pg", "restore", "--to", target.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(16), "{stderr}");
+    assert!(
+        stderr.contains(victim.as_str()),
+        "names the segment: {stderr}"
+    );
+    assert!(!target.exists(), "nothing was written");
+}
+
+/// A fake data directory holding what wal-push and wal-fetch read: the
+/// control file (for the system identifier) and `pg_wal`.
+fn fake_pgdata(env: &Env, sysid: u64) -> PathBuf {
+    let d = env.path("data");
+    std::fs::create_dir_all(d.join("global")).unwrap();
+    std::fs::create_dir_all(d.join("pg_wal/archive_status")).unwrap();
+    let mut control = sysid.to_ne_bytes().to_vec();
+    control.resize(8192, 0);
+    std::fs::write(d.join("global/pg_control"), control).unwrap();
+    chown_postgres(&d);
+    d
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Half the bytes repeat so zstd has something to do.
+            if x.is_multiple_of(2) { 0 } else { x as u8 }
+        })
+        .collect()
+}
+
+#[test]
+fn wal_push_is_idempotent_and_refuses_other_content_under_the_same_name() {
+    if !lifeboat_testkit::postgres::available() {
+        return;
+    }
+    let env = Env::new();
+    let data = fake_pgdata(&env, 0x5eed);
+    let name = "000000010000000000000042";
+    let seg = data.join("pg_wal").join(name);
+    let content = pseudo_random(16 << 20, 1);
+    std::fs::write(&seg, &content).unwrap();
+    chown_postgres(&seg);
+    let p = format!("pg_wal/{name}");
+    let push = |env: &Env| {
+        env.command(&["pg", "wal-push", &p])
+            .current_dir(&data)
+            .output()
+            .unwrap()
+    };
+    assert!(push(&env).status.success());
+    // Again (PostgreSQL retries when it missed the exit status): success.
+    assert!(push(&env).status.success());
+    // Without the local marker too (the slow path compares with the repository).
+    std::fs::remove_dir_all(data.join("pg_wal/lifeboat")).unwrap();
+    assert!(push(&env).status.success());
+
+    // Fetch returns the same bytes.
+    let fetched = data.join("pg_wal/RECOVERYXLOG");
+    let out = env
+        .command(&["pg", "wal-fetch", name, "pg_wal/RECOVERYXLOG"])
+        .current_dir(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&fetched).unwrap() == content);
+
+    // Same name, different content: a loud failure, the archive unchanged.
+    let mut other = content.clone();
+    other[1000] ^= 0xff;
+    std::fs::write(&seg, &other).unwrap();
+    let out = push(&env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("DIFFERENT"), "{stderr}");
+    std::fs::remove_file(&fetched).unwrap();
+    let out = env
+        .command(&["pg", "wal-fetch", name, "pg_wal/RECOVERYXLOG"])
+        .current_dir(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(std::fs::read(&fetched).unwrap() == content, "original kept");
+
+    // A file not in the archive: exit 1 (PostgreSQL reads it as "no more WAL").
+    let out = env
+        .command(&[
+            "pg",
+            "wal-fetch",
+            "000000010000000000000099",
+            "pg_wal/RECOVERYXLOG",
+        ])
+        .current_dir(&data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn wal_push_killed_with_sigkill_leaves_nothing_wal_fetch_would_serve() {
+    if !lifeboat_testkit::postgres::available() {
+        return;
+    }
+    let env = Env::new();
+    let data = fake_pgdata(&env, 0xdead);
+    let mut served = 0;
+    let mut absent = 0;
+    // Kill at increasing delays: during start, the KDF, compression and the
+    // write of the object.
+    for (i, delay_ms) in [0u64, 20, 60, 120, 200, 300, 450, 650, 900]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("0000000100000000000000{:02X}", i + 1);
+        let seg = data.join("pg_wal").join(&name);
+        let content = pseudo_random(16 << 20, i as u64 + 7);
+        std::fs::write(&seg, &content).unwrap();
+        chown_postgres(&seg);
+        let mut child = env
+            .command(&["pg", "wal-push", &format!("pg_wal/{name}")])
+            .current_dir(&data)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // runuser forwards SIGKILL? It cannot: kill the whole process group
+        // member that is lifeboat itself.
+        kill_lifeboat_children(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        let dest = data.join("pg_wal/RECOVERYXLOG");
+        let _ = std::fs::remove_file(&dest);
+        let out = env
+            .command(&[
+                "pg",
+                "wal-fetch",
+                &name,
+                "pg_wal/RECOVERYXLOG",
+                "--read-ahead",
+                "0",
+            ])
+            .current_dir(&data)
+            .output()
+            .unwrap();
+        match out.status.code() {
+            Some(0) => {
+                assert!(
+                    std::fs::read(&dest).unwrap() == content,
+                    "served {name} must be whole"
+                );
+                served += 1;
+            }
+            Some(1) => absent += 1,
+            other => panic!(
+                "wal-fetch of {name} after a kill: {other:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+    eprintln!("after kill -9: {served} segments complete, {absent} absent");
+    assert!(
+        absent > 0,
+        "some kills must land before the object is written"
+    );
+}
+
+/// Sends SIGKILL to `lifeboat` processes whose parent is `pid` (the
+/// runuser wrapper), or to `pid` itself when it is lifeboat.
+fn kill_lifeboat_children(pid: u32) {
+    let mut targets = vec![pid];
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            // Field 4 (after the parenthesised name) is the parent pid.
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().nth(1))
+                .and_then(|s| s.parse::<u32>().ok());
+            if ppid == Some(pid) {
+                targets.push(p);
+            }
+        }
+    }
+    for p in targets.into_iter().rev() {
+        let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+    }
+}
+
+#[test]
+fn incremental_base_backup_stores_far_less_after_a_small_change() {
+    let env = Env::new();
+    let pg = primary_or_skip!(env);
+    pg.psql(
+        "postgres",
+        "CREATE TABLE big (id int, payload text); \
+         INSERT INTO big SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 200000) g",
+    );
+    // Set hint bits and freeze now: otherwise the first scan after the
+    // backup rewrites every page, and a backup of that is not a small change.
+    pg.psql("postgres", "VACUUM FREEZE big");
+    pg.psql("postgres", "CHECKPOINT");
+    let full = base_backup(&env, &pg, "full");
+    pg.psql(
+        "postgres",
+        "UPDATE big SET payload = 'changed' WHERE id <= 20",
+    );
+    let inc = base_backup(&env, &pg, "incremental");
+    assert_eq!(inc["mode"], "incremental");
+    let full_added = full["summary"]["added_bytes"].as_u64().unwrap();
+    let inc_added = inc["summary"]["added_bytes"].as_u64().unwrap();
+    let inc_read = inc["summary"]["read_bytes"].as_u64().unwrap();
+    eprintln!("full added {full_added} B, incremental added {inc_added} B of {inc_read} B read");
+    assert!(full_added > 5 << 20, "the full backup stores the table");
+    assert!(
+        inc_added * 5 < full_added,
+        "incremental stored {inc_added} B, full {full_added} B"
+    );
+}
+
+fn table_checksum(pg: &PgCluster, db: &str) -> String {
+    pg.psql(
+        db,
+        "SELECT md5(string_agg(t::text, ',' ORDER BY t.id)) FROM customers t",
+    ) + &pg.psql(
+        db,
+        "SELECT md5(string_agg(t::text, ',' ORDER BY t.id)) FROM orders t",
+    )
+}
+
+#[test]
+fn pg_dump_round_trip_keeps_table_checksums() {
+    let env = Env::new();
+    let Some(pg) = PgCluster::start(&PgOptions::default()) else {
+        return;
+    };
+    pg.psql("postgres", "CREATE DATABASE shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE customers (id int PRIMARY KEY, name text, joined date); \
+         CREATE TABLE orders (id int PRIMARY KEY, customer int REFERENCES customers, total numeric); \
+         INSERT INTO customers SELECT g, 'name ' || g, date '2020-01-01' + g FROM generate_series(1, 5000) g; \
+         INSERT INTO orders SELECT g, 1 + g % 5000, g * 1.5 FROM generate_series(1, 20000) g",
+    );
+    let before = table_checksum(&pg, "shop");
+    let out = env.ok(&["--json", "pg", "dump", "--db", &pg.url("shop")]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["postgresql"]["database"], "shop");
+    let snap = v["snapshot"].as_str().unwrap().to_string();
+    pg.psql("postgres", "CREATE DATABASE shop2");
+    env.ok(&["pg", "restore-dump", &snap, "--db", &pg.url("shop2")]);
+    assert_eq!(table_checksum(&pg, "shop2"), before);
+    // Again over the restored tables, with --clean.
+    let out = env.run(&[
+        "pg",
+        "restore-dump",
+        &snap[..8],
+        "--db",
+        &pg.url("shop2"),
+        "--clean",
+    ]);
+    assert!(
+        out.status.success(),
+        "--clean restores over existing objects"
+    );
+    assert_eq!(table_checksum(&pg, "shop2"), before);
+}
+
+#[test]
+fn standby_follows_archived_wal_and_serves_the_latest_data_when_promoted() {
+    let env = Env::new();
+    let pg = primary_or_skip!(env);
+    pg.psql("postgres", "CREATE TABLE events (id int)");
+    base_backup(&env, &pg, "full");
+    pg.psql(
+        "postgres",
+        "INSERT INTO events SELECT generate_series(1, 100)",
+    );
+    pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
+    let (standby, out) = env.restore_and_start("sb", &["--standby"]);
+    assert!(out.contains("standby running"), "{out}");
+    let wait_count = |want: &str| {
+        let started = Instant::now();
+        loop {
+            if standby
+                .try_psql("postgres", "SELECT count(*) FROM events")
+                .as_deref()
+                == Some(want)
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "standby did not reach {want} rows"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    wait_count("100");
+    assert_eq!(standby.psql("postgres", "SELECT pg_is_in_recovery()"), "t");
+    // New WAL arrives in the repository; the standby follows.
+    pg.psql(
+        "postgres",
+        "INSERT INTO events SELECT generate_series(101, 250)",
+    );
+    pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
+    wait_count("250");
+    standby.pg_ctl(&["-w", "promote"]);
+    assert_eq!(standby.psql("postgres", "SELECT pg_is_in_recovery()"), "f");
+    standby.psql("postgres", "INSERT INTO events VALUES (251)");
+    assert_eq!(
+        standby.psql("postgres", "SELECT max(id) FROM events"),
+        "251"
+    );
+}
+
+#[test]
+fn pg_check_reports_the_window_and_names_broken_settings() {
+    let env = Env::new();
+    let pg = primary_or_skip!(env);
+    base_backup(&env, &pg, "full");
+    pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
+    let out = env.run(&["pg", "check", "--db", &pg.url("postgres")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("point-in-time recovery window: 2"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("archive_timeout"),
+        "warns about archive_timeout: {stdout}"
+    );
+
+    // A server without archiving: named with the fix, nonzero exit.
+    let Some(plain) = PgCluster::start(&PgOptions::default()) else {
+        return;
+    };
+    let out = env.run(&["pg", "check", "--db", &plain.url("postgres")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(14), "{stdout}");
+    assert!(stdout.contains("set archive_mode = on"), "{stdout}");
+}
+
+#[test]
+fn expire_wal_deletes_only_wal_no_retained_backup_needs() {
+    let env = Env::new();
+    let pg = primary_or_skip!(env);
+    pg.psql("postgres", "CREATE TABLE t (x int)");
+    let first = base_backup(&env, &pg, "full");
+    let first_start = first["postgresql"]["start_wal"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut old = Vec::new();
+    for i in 0..3 {
+        pg.psql("postgres", &format!("INSERT INTO t VALUES ({i})"));
+        old.push(pg.switch_and_wait_archived(ARCHIVE_TIMEOUT));
+    }
+    let second = base_backup(&env, &pg, "full");
+    pg.psql("postgres", "INSERT INTO t VALUES (100)");
+    pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
+    let keep_from = second["postgresql"]["start_wal"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // With both backups retained only WAL from before the first is expired.
+    let out = env.ok(&["--json", "pg", "expire-wal"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v[0]["keep_from"].as_str().unwrap(),
+        &first_start[8..24],
+        "{out}"
+    );
+    for d in v[0]["deleted"].as_array().unwrap() {
+        assert!(d.as_str().unwrap()[8..24] < first_start[8..24], "{out}");
+    }
+    for seg in &old {
+        assert!(
+            !out.contains(seg.as_str()),
+            "{seg} is needed by the first backup: {out}"
+        );
+    }
+
+    env.ok(&["forget", "--keep-last", "1"]);
+    let out = env.ok(&["--json", "pg", "expire-wal", "--dry-run"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let deleted: Vec<String> = v[0]["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect();
+    for seg in &old {
+        assert!(deleted.contains(seg), "{seg} expired: {deleted:?}");
+    }
+    assert!(
+        deleted.iter().all(|d| d[8..24] < keep_from[8..24]),
+        "nothing at or after {keep_from} deleted: {deleted:?}"
+    );
+    // prune deletes them (forgetting base backups frees their WAL).
+    let out = env.ok(&["--json", "prune"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["wal_files_deleted"].as_u64().unwrap() as usize,
+        deleted.len(),
+        "{out}"
+    );
+    let out = env.ok(&["--json", "pg", "expire-wal"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["deleted"].as_array().unwrap().len(), 0, "{out}");
+    // The retained backup still restores to the latest WAL.
+    let (restored, _) = env.restore_and_start("r", &[]);
+    assert_eq!(restored.psql("postgres", "SELECT max(x) FROM t"), "100");
+}

@@ -1,0 +1,72 @@
+//! Connector errors.
+//!
+//! Rules: repository, snapshot and storage errors are carried unchanged (the
+//! CLI maps them to exit codes); a failed vendor tool is reported with its
+//! exit status and the tail of its stderr, because that is where the cause
+//! is; WAL problems name the WAL file.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Repo(#[from] lifeboat_repo::Error),
+
+    #[error(transparent)]
+    Snapshot(#[from] lifeboat_snapshot::Error),
+
+    #[error(transparent)]
+    Storage(#[from] lifeboat_storage::Error),
+
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A vendor tool (pg_basebackup, pg_dump, pg_ctl...) failed.
+    #[error("{tool} failed ({status}): {stderr}")]
+    Tool {
+        tool: String,
+        status: String,
+        stderr: String,
+    },
+
+    /// The repository holds a WAL file of this name with other content.
+    #[error(
+        "WAL file {name} is already archived with DIFFERENT content: refusing to overwrite it. \
+         Two clusters with the same system identifier archive into this repository, or the \
+         cluster was restored and promoted without a new timeline; check archive_command \
+         settings before anything else"
+    )]
+    WalConflict { name: String },
+
+    /// A WAL segment needed for a restore is not in the repository.
+    #[error(
+        "WAL segment {segment} is missing from the repository (needed to replay from base backup \
+         {backup} to the target); nothing was written. Restore to a target before the gap, or \
+         pick an earlier base backup with --snapshot"
+    )]
+    MissingWal { segment: String, backup: String },
+
+    #[error("{0}")]
+    NotFound(String),
+
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

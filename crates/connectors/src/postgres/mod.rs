@@ -1,0 +1,36 @@
+//! PostgreSQL: physical base backups, the continuous WAL archive,
+//! point-in-time restore, warm standbys, archive checks, WAL retention and
+//! logical dumps.
+//!
+//! The vendor tools do the database work (`pg_basebackup`, `pg_dump`,
+//! `pg_restore`, `pg_ctl`), run as child processes with their output
+//! streamed, never staged on disk; `tokio-postgres` reads positions and
+//! settings. Modules:
+//!
+//! - [`walname`]: WAL file names, segment arithmetic, LSNs.
+//! - [`wal`]: WAL files as repository objects (`wal-push`, `wal-fetch`,
+//!   listing, expiry), with the local spool that batches pushes and reads
+//!   ahead on fetches.
+//! - [`base`]: `pg backup` (a base backup into a snapshot) and unpacking one
+//!   into a data directory.
+//! - [`pitr`]: `pg restore`: choosing the base backup, checking WAL
+//!   continuity, writing the recovery settings, starting and waiting.
+//! - [`retention`]: expiring WAL that no retained base backup needs.
+//! - [`check`]: `pg check`.
+//! - [`dump`]: `pg dump` / `pg restore-dump`.
+//!
+//! The design and the guarantees are in `docs/pitr.md`; the object format
+//! in `docs/format.md` ("PostgreSQL WAL archive").
+
+pub mod base;
+pub mod check;
+pub mod conn;
+pub mod dump;
+pub mod pitr;
+pub mod retention;
+pub mod wal;
+pub mod walname;
+
+/// Key of [`lifeboat_repo::SnapshotRecord::extra`] holding the PostgreSQL
+/// data of a snapshot (a [`base::BaseBackupInfo`] or a [`dump::DumpInfo`]).
+pub const EXTRA_KEY: &str = "postgresql";

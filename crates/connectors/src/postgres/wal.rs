@@ -1,0 +1,525 @@
+//! The WAL archive: WAL files as repository objects, plus the local spool
+//! that makes `archive_command` and `restore_command` fast.
+//!
+//! # Objects
+//!
+//! Each archived file is one object of kind `wal`, named
+//! `<system identifier, 16 hex digits>-<file name in lower case>` (object
+//! names are lower case; PostgreSQL's are upper-case hex, so the mapping is
+//! exact). The content is `seal(flag || payload, aad)`: `flag` 1 means
+//! `payload` is zstd-compressed, 0 that it is stored as is, and the
+//! associated data `"lifeboat wal v1\0" || object name` binds the
+//! ciphertext to its name, so a file cannot be served under another name.
+//!
+//! # Durability and idempotence
+//!
+//! `Storage::put` is atomic, durable on return and refuses to overwrite. A
+//! push whose object already exists reads it back and compares plaintexts:
+//! equal is success (PostgreSQL retries a push whose exit status it did not
+//! see), different is [`Error::WalConflict`]. A push killed at any point
+//! leaves either no object or the whole object, never a prefix that
+//! `wal-fetch` would serve.
+//!
+//! # Spool
+//!
+//! Opening a repository runs the password KDF (Argon2id, 64 MiB), a few
+//! hundred milliseconds, once per process. PostgreSQL starts one process
+//! per WAL file, so a push opens the repository once and also pushes the
+//! other files waiting in `pg_wal/archive_status/*.ready`, recording each
+//! stored file as a marker `pg_wal/lifeboat/pushed/<name>` holding the
+//! BLAKE3 of its content. The next invocations find their marker, check the
+//! hash against the file and return without opening the repository. A
+//! marker is written only after the object is durable, and a marker whose
+//! hash differs sends the push down the slow path (which compares with the
+//! repository), so a stale or torn marker can never hide a file that is not
+//! archived. Fetches read ahead the same way into `pg_wal/lifeboat/fetched`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use lifeboat_repo::{MasterKey, Repository};
+use lifeboat_storage::{ErrorKind, Kind, ObjectKey};
+
+use super::walname::{is_archivable, is_segment_name};
+use crate::{Error, Result};
+
+const WAL_AAD: &[u8] = b"lifeboat wal v1\0";
+/// zstd level for WAL: 3 compresses a 16 MiB segment in a few tens of
+/// milliseconds on one core, well inside the time PostgreSQL takes to fill
+/// one under heavy load; higher levels cost more time than they save bytes.
+const WAL_ZSTD_LEVEL: i32 = 3;
+/// Name of the spool directory inside `pg_wal`. PostgreSQL ignores
+/// directories in `pg_wal` other than its own, and `pg_basebackup` does not
+/// copy `pg_wal`'s contents, so the spool never lands in a base backup.
+pub const SPOOL_DIR: &str = "lifeboat";
+
+/// The object name of a WAL file of a cluster.
+pub fn object_name(system_identifier: u64, file: &str) -> String {
+    format!("{system_identifier:016x}-{}", file.to_ascii_lowercase())
+}
+
+/// Inverse of [`object_name`]: the system identifier and PostgreSQL's file
+/// name.
+pub fn parse_object_name(name: &str) -> Option<(u64, String)> {
+    let (sys, file) = name.split_once('-')?;
+    if sys.len() != 16 {
+        return None;
+    }
+    let sysid = u64::from_str_radix(sys, 16).ok()?;
+    let mut pg = file.to_ascii_uppercase();
+    for suffix in [".history", ".backup", ".partial"] {
+        let upper = suffix.to_ascii_uppercase();
+        if pg.ends_with(&upper) {
+            pg.truncate(pg.len() - upper.len());
+            pg.push_str(suffix);
+        }
+    }
+    is_archivable(&pg).then_some((sysid, pg))
+}
+
+fn aad(object: &str) -> Vec<u8> {
+    let mut a = WAL_AAD.to_vec();
+    a.extend_from_slice(object.as_bytes());
+    a
+}
+
+/// Compresses and seals a WAL file for storage under `object`.
+pub fn encode(key: &MasterKey, object: &str, data: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(data.len() / 2 + 1);
+    match zstd::bulk::compress(data, WAL_ZSTD_LEVEL) {
+        Ok(c) if c.len() < data.len() => {
+            payload.push(1);
+            payload.extend_from_slice(&c);
+        }
+        _ => {
+            payload.push(0);
+            payload.extend_from_slice(data);
+        }
+    }
+    key.seal(&payload, &aad(object))
+}
+
+/// Opens and decompresses a stored WAL file; a damaged or misplaced object
+/// is an error naming it.
+pub fn decode(key: &MasterKey, object: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+    let corrupt = |why: &str| {
+        Error::Repo(lifeboat_repo::Error::Corrupt {
+            object: format!("wal/{object}"),
+            reason: why.into(),
+        })
+    };
+    let payload = key
+        .open(sealed, &aad(object))
+        .ok_or_else(|| corrupt("authentication failed"))?;
+    match payload.split_first() {
+        Some((0, raw)) => Ok(raw.to_vec()),
+        // WAL segments are at most 1 GiB; refuse to inflate past that.
+        Some((1, c)) => zstd::bulk::decompress(c, 1 << 30).map_err(|_| corrupt("bad zstd data")),
+        _ => Err(corrupt("unknown payload flag")),
+    }
+}
+
+/// How a push ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Stored,
+    /// The same content was already archived.
+    AlreadyPresent,
+}
+
+/// Stores one WAL file; durable when this returns `Ok`.
+pub async fn put_wal(
+    repo: &Repository,
+    system_identifier: u64,
+    file: &str,
+    data: Arc<Vec<u8>>,
+) -> Result<PutOutcome> {
+    if !is_archivable(file) {
+        return Err(Error::Invalid(format!(
+            "{file:?} is not a WAL file name; archive_command must pass %p"
+        )));
+    }
+    let object = object_name(system_identifier, file);
+    let key = repo.key().clone();
+    let sealed = {
+        let (object, data) = (object.clone(), data.clone());
+        tokio::task::spawn_blocking(move || encode(&key, &object, &data))
+            .await
+            .map_err(|e| Error::Invalid(format!("compression task failed: {e}")))?
+    };
+    let okey = ObjectKey::new(Kind::Wal, object.clone());
+    match repo.storage().put(&okey, Bytes::from(sealed)).await {
+        Ok(()) => Ok(PutOutcome::Stored),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            let stored = repo.storage().get(&okey).await?;
+            let plain = decode(repo.key(), &object, &stored)?;
+            if plain == *data {
+                Ok(PutOutcome::AlreadyPresent)
+            } else {
+                Err(Error::WalConflict { name: file.into() })
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads one WAL file; `None` if it is not archived.
+pub async fn get_wal(
+    repo: &Repository,
+    system_identifier: u64,
+    file: &str,
+) -> Result<Option<Vec<u8>>> {
+    let object = object_name(system_identifier, file);
+    let okey = ObjectKey::new(Kind::Wal, object.clone());
+    let sealed = match repo.storage().get(&okey).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let key = repo.key().clone();
+    tokio::task::spawn_blocking(move || decode(&key, &object, &sealed).map(Some))
+        .await
+        .map_err(|e| Error::Invalid(format!("decompression task failed: {e}")))?
+}
+
+/// Every archived WAL file, per system identifier (PostgreSQL names,
+/// sorted). Objects whose names do not parse are skipped.
+pub async fn list_wal(repo: &Repository) -> Result<BTreeMap<u64, BTreeSet<String>>> {
+    let mut out: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for o in repo.storage().list(Kind::Wal).await? {
+        if let Some((sys, file)) = parse_object_name(o.key.name()) {
+            out.entry(sys).or_default().insert(file);
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes one archived WAL file (retention).
+pub async fn delete_wal(repo: &Repository, system_identifier: u64, file: &str) -> Result<()> {
+    let okey = ObjectKey::new(Kind::Wal, object_name(system_identifier, file));
+    Ok(repo.storage().delete(&okey).await?)
+}
+
+// ---------------------------------------------------------------------------
+// archive_command
+
+/// The paths a push or fetch works with, derived from PostgreSQL's `%p`
+/// (which is relative to the data directory, its working directory).
+#[derive(Debug, Clone)]
+pub struct WalPaths {
+    pub pg_wal: PathBuf,
+    pub pgdata: PathBuf,
+}
+
+impl WalPaths {
+    pub fn from_percent_p(p: &Path) -> Self {
+        let pg_wal = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let pgdata = match pg_wal.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        WalPaths { pg_wal, pgdata }
+    }
+
+    fn pushed_dir(&self) -> PathBuf {
+        self.pg_wal.join(SPOOL_DIR).join("pushed")
+    }
+
+    fn fetched_dir(&self) -> PathBuf {
+        self.pg_wal.join(SPOOL_DIR).join("fetched")
+    }
+}
+
+/// What the local marker says about a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// Archived earlier with exactly this content.
+    Matches,
+    /// No marker (or one for other content): ask the repository.
+    Unknown,
+}
+
+/// Checks the push marker of `file` against its content.
+pub fn marker(paths: &WalPaths, file: &str, data: &[u8]) -> Marker {
+    match std::fs::read_to_string(paths.pushed_dir().join(file)) {
+        Ok(s) if s.trim() == blake3::hash(data).to_hex().as_str() => Marker::Matches,
+        _ => Marker::Unknown,
+    }
+}
+
+fn write_marker(paths: &WalPaths, file: &str, data: &[u8]) -> std::io::Result<()> {
+    let dir = paths.pushed_dir();
+    std::fs::create_dir_all(&dir)?;
+    let tmp = dir.join(format!(".tmp-{file}"));
+    std::fs::write(&tmp, blake3::hash(data).to_hex().as_bytes())?;
+    std::fs::rename(&tmp, dir.join(file))
+}
+
+/// Options of [`push`].
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    /// Most files pushed by one invocation (the asked one included).
+    pub batch: usize,
+    /// Files compressed and uploaded at once.
+    pub parallel: usize,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        // 32 segments is 512 MiB of WAL per repository open: at a few
+        // hundred ms per open, archiving keeps up with far more WAL than a
+        // 2-core machine writes; 4 in parallel fills 2 cores with zstd.
+        PushOptions {
+            batch: 32,
+            parallel: 4,
+        }
+    }
+}
+
+/// What one push invocation did.
+#[derive(Debug, Clone, Default)]
+pub struct PushReport {
+    pub stored: Vec<String>,
+    pub already_present: Vec<String>,
+    /// Other ready files that could not be pushed now (they are retried
+    /// when PostgreSQL asks for them).
+    pub deferred: Vec<(String, String)>,
+}
+
+/// Pushes the file at `path` (PostgreSQL's `%p`) and up to
+/// `options.batch - 1` other files waiting in `archive_status`. Succeeds
+/// only if `path` itself is durably archived.
+pub async fn push(
+    repo: Arc<Repository>,
+    system_identifier: u64,
+    path: &Path,
+    options: &PushOptions,
+) -> Result<PushReport> {
+    let paths = WalPaths::from_percent_p(path);
+    let file = file_name(path)?;
+    let mut names = vec![file.clone()];
+    if let Ok(rd) = std::fs::read_dir(paths.pg_wal.join("archive_status")) {
+        let mut ready: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_str()?.strip_suffix(".ready")?.to_string();
+                (n != file && is_archivable(&n)).then_some(n)
+            })
+            .collect();
+        ready.sort();
+        names.extend(ready.into_iter().take(options.batch.saturating_sub(1)));
+    }
+    let results: Vec<(String, Result<PutOutcome>)> = futures::stream::iter(names)
+        .map(|name| {
+            let repo = repo.clone();
+            let paths = paths.clone();
+            async move {
+                let p = paths.pg_wal.join(&name);
+                let r = async {
+                    let data = Arc::new(tokio::fs::read(&p).await.map_err(|e| Error::io(&p, e))?);
+                    if marker(&paths, &name, &data) == Marker::Matches {
+                        return Ok(PutOutcome::AlreadyPresent);
+                    }
+                    let out = put_wal(&repo, system_identifier, &name, data.clone()).await?;
+                    // The object is durable: now the marker may say so.
+                    if let Err(e) = write_marker(&paths, &name, &data) {
+                        tracing::warn!("cannot write push marker for {name}: {e}");
+                    }
+                    Ok(out)
+                }
+                .await;
+                (name, r)
+            }
+        })
+        .buffer_unordered(options.parallel.max(1))
+        .collect()
+        .await;
+    let mut report = PushReport::default();
+    let mut own = None;
+    for (name, r) in results {
+        match r {
+            Ok(PutOutcome::Stored) => report.stored.push(name.clone()),
+            Ok(PutOutcome::AlreadyPresent) => report.already_present.push(name.clone()),
+            Err(e) if name != file => report.deferred.push((name.clone(), e.to_string())),
+            Err(e) => own = Some(e),
+        }
+    }
+    if let Some(e) = own {
+        return Err(e);
+    }
+    clean_markers(&paths);
+    report.stored.sort();
+    report.already_present.sort();
+    Ok(report)
+}
+
+/// Removes markers of files PostgreSQL has removed or recycled.
+fn clean_markers(paths: &WalPaths) {
+    let Ok(rd) = std::fs::read_dir(paths.pushed_dir()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(n) = name.to_str() else { continue };
+        if n.starts_with(".tmp-") || !paths.pg_wal.join(n).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+fn file_name(path: &Path) -> Result<String> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::Invalid(format!("{} has no file name", path.display())))?;
+    if !is_archivable(name) {
+        return Err(Error::Invalid(format!(
+            "{name:?} is not a WAL file name; use archive_command = 'lifeboat pg wal-push %p'"
+        )));
+    }
+    Ok(name.to_string())
+}
+
+// ---------------------------------------------------------------------------
+// restore_command
+
+/// Serves `file` from the read-ahead spool if it is there: moves it to
+/// `dest` (PostgreSQL's `%p`). Needs no repository.
+pub fn fetch_from_spool(file: &str, dest: &Path) -> Result<bool> {
+    let paths = WalPaths::from_percent_p(dest);
+    let spooled = paths.fetched_dir().join(file);
+    match std::fs::rename(&spooled, dest) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(&spooled, e)),
+    }
+}
+
+/// Fetches `file` into `dest`, and up to `read_ahead` archived segments
+/// after it (same timeline) into the spool for the next calls. Returns
+/// `false` if `file` is not archived (PostgreSQL then ends or waits).
+pub async fn fetch(
+    repo: Arc<Repository>,
+    system_identifier: u64,
+    file: &str,
+    dest: &Path,
+    read_ahead: usize,
+) -> Result<bool> {
+    let paths = WalPaths::from_percent_p(dest);
+    let mut next = Vec::new();
+    if is_segment_name(file) && read_ahead > 0 {
+        let all = list_wal(&repo).await?;
+        let have = all.get(&system_identifier).cloned().unwrap_or_default();
+        if !have.contains(file) {
+            return Ok(false);
+        }
+        next = have
+            .range::<str, _>((std::ops::Bound::Excluded(file), std::ops::Bound::Unbounded))
+            .filter(|n| is_segment_name(n) && n[..8] == file[..8])
+            .take(read_ahead)
+            .filter(|n| !paths.fetched_dir().join(n).exists())
+            .cloned()
+            .collect();
+    }
+    clean_spool(&paths, file);
+    let wanted = std::iter::once((file.to_string(), dest.to_path_buf())).chain(
+        next.into_iter()
+            .map(|n| (n.clone(), paths.fetched_dir().join(n))),
+    );
+    let results: Vec<(String, Result<bool>)> = futures::stream::iter(wanted)
+        .map(|(name, target)| {
+            let repo = repo.clone();
+            async move {
+                let r = async {
+                    let Some(data) = get_wal(&repo, system_identifier, &name).await? else {
+                        return Ok(false);
+                    };
+                    write_atomically(&target, &data)?;
+                    Ok(true)
+                }
+                .await;
+                (name, r)
+            }
+        })
+        .buffered(4)
+        .collect()
+        .await;
+    let mut found = false;
+    for (name, r) in results {
+        if name == file {
+            found = r?;
+        } else if let Err(e) = r {
+            tracing::warn!("read-ahead of {name} failed: {e}");
+        }
+    }
+    Ok(found)
+}
+
+/// Removes spooled files recovery has gone past.
+fn clean_spool(paths: &WalPaths, current: &str) {
+    let Ok(rd) = std::fs::read_dir(paths.fetched_dir()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(n) = name.to_str() else { continue };
+        if n.starts_with(".tmp-") || n <= current {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Writes through a temporary file and a rename, so PostgreSQL (or the
+/// spool) never sees a partial file.
+fn write_atomically(target: &Path, data: &[u8]) -> Result<()> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("wal");
+    let tmp = dir.join(format!(".tmp-{name}"));
+    std::fs::write(&tmp, data).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, target).map_err(|e| Error::io(target, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_round_trip() {
+        for f in [
+            "000000010000000A000000FF",
+            "00000002.history",
+            "000000010000000000000002.00000028.backup",
+            "000000020000000000000005.partial",
+        ] {
+            let o = object_name(0x1234, f);
+            assert!(ObjectKey::parse(Kind::Wal, &o).is_some(), "{o}");
+            assert_eq!(parse_object_name(&o), Some((0x1234, f.to_string())));
+        }
+        assert_eq!(parse_object_name("0000000000001234-notwal"), None);
+    }
+
+    #[test]
+    fn sealed_wal_is_bound_to_its_name() {
+        let key = MasterKey::generate();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 7) as u8).collect();
+        let a = object_name(1, "000000010000000000000001");
+        let b = object_name(1, "000000010000000000000002");
+        let sealed = encode(&key, &a, &data);
+        assert!(
+            sealed.len() < data.len() / 10,
+            "compressible data is compressed"
+        );
+        assert_eq!(decode(&key, &a, &sealed).unwrap(), data);
+        assert!(decode(&key, &b, &sealed).is_err());
+        let mut bad = sealed.clone();
+        bad[40] ^= 1;
+        assert!(decode(&key, &a, &bad).is_err());
+    }
+}

@@ -44,6 +44,16 @@ pub struct Global {
     /// More logging on stderr.
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// Where the repository's cold tier is, when not where `init --cold`
+    /// recorded it (the same data reached another way, e.g. from another
+    /// machine).
+    #[arg(
+        long,
+        env = "LIFEBOAT_COLD_LOCATION",
+        global = true,
+        value_name = "LOCATION"
+    )]
+    pub cold_location: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +108,11 @@ pub struct InitArgs {
     /// LIFEBOAT_FROM_PASSWORD, else this repository's password).
     #[arg(long, env = "LIFEBOAT_FROM_PASSWORD_FILE")]
     pub from_password_file: Option<PathBuf>,
+    /// Keep data packs in this cold tier (path or URL, e.g. a second bucket
+    /// or s3://BUCKET/PREFIX?storage-class=GLACIER_IR); config, keys, index,
+    /// snapshot records and directory trees stay in the repository.
+    #[arg(long, value_name = "LOCATION")]
+    pub cold: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +198,10 @@ pub struct RestoreArgs {
     /// Skip files already identical in the target; rewrite the others.
     #[arg(long)]
     pub delta: bool,
+    /// Print which packs the restore would read (and from which tier, how
+    /// many bytes), then stop: nothing is read from packs or written.
+    #[arg(long)]
+    pub plan_only: bool,
 }
 
 #[derive(Debug, Args)]

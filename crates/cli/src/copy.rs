@@ -59,11 +59,14 @@ pub async fn run(g: &Global, a: CopyArgs) -> Result<i32> {
     };
     let password = session::password(g, &t, false)?;
     let storage = session::storage(&t).await?;
-    let target = Arc::new(
-        Repository::open(storage, &password)
-            .await
-            .with_context(|| format!("opening the target repository {}", t.display))?,
-    );
+    let target = Repository::open(storage, &password)
+        .await
+        .with_context(|| format!("opening the target repository {}", t.display))?;
+    // --cold-location names the main repository's cold tier: the target.
+    let target = Arc::new(session::with_cold_location(
+        target,
+        g.cold_location.as_deref(),
+    )?);
     let bar = CopyBar(Bar::new(!g.quiet && !g.json, "copy"));
     let options = CopyOptions {
         snapshots: a.snapshots,

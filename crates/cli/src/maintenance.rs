@@ -76,9 +76,17 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<i32> {
             report.blobs,
             if options.read_data {
                 format!(
-                    "; read {} packs ({})",
+                    "; read {} packs ({}{})",
                     report.packs_read,
-                    crate::output::bytes(report.read_bytes)
+                    crate::output::bytes(report.read_bytes),
+                    if repo.has_cold_tier() {
+                        format!(
+                            ", {} of them from the cold tier",
+                            crate::output::bytes(report.cold_read_bytes)
+                        )
+                    } else {
+                        String::new()
+                    }
                 )
             } else {
                 String::new()

@@ -178,8 +178,13 @@ pub async fn find(g: &Global, a: FindArgs) -> Result<i32> {
 #[derive(Serialize)]
 struct Stats {
     snapshots: usize,
+    /// Packs in all tiers.
     packs: usize,
     pack_bytes: u64,
+    /// The cold tier's location, if the repository has one.
+    cold_tier: Option<String>,
+    cold_packs: usize,
+    cold_pack_bytes: u64,
     index_files: usize,
     blobs: usize,
     data_blobs: usize,
@@ -195,7 +200,13 @@ struct Stats {
 pub async fn stats(g: &Global, _a: StatsArgs) -> Result<i32> {
     let repo = session::open(g).await?;
     let index = repo.index().await?;
-    let packs = repo.storage().list(lifeboat_storage::Kind::Packs).await?;
+    // Lists the cold tier too (a listing reads no pack content).
+    let packs = repo.list_packs().await?;
+    let cold: Vec<u64> = packs
+        .iter()
+        .filter(|(t, _)| *t == lifeboat_repo::Tier::Cold)
+        .map(|(_, o)| o.size_bytes)
+        .collect();
     let index_files = repo
         .storage()
         .list(lifeboat_storage::Kind::Index)
@@ -212,7 +223,10 @@ pub async fn stats(g: &Global, _a: StatsArgs) -> Result<i32> {
     let s = Stats {
         snapshots: snaps.len(),
         packs: packs.len(),
-        pack_bytes: packs.iter().map(|p| p.size_bytes).sum(),
+        pack_bytes: packs.iter().map(|(_, p)| p.size_bytes).sum(),
+        cold_tier: repo.cold_location().map(str::to_string),
+        cold_packs: cold.len(),
+        cold_pack_bytes: cold.iter().sum(),
         index_files,
         blobs: index.blob_count(),
         data_blobs: index.blob_count_of(BlobType::Data),
@@ -235,6 +249,13 @@ pub async fn stats(g: &Global, _a: StatsArgs) -> Result<i32> {
     }
     outln!("snapshots:          {}", s.snapshots);
     outln!("packs:              {} ({})", s.packs, bytes(s.pack_bytes));
+    if let Some(cold) = &s.cold_tier {
+        outln!(
+            "  in the cold tier:  {} ({}) at {cold}",
+            s.cold_packs,
+            bytes(s.cold_pack_bytes)
+        );
+    }
     outln!(
         "blobs:              {} ({} data, {} tree)",
         s.blobs,

@@ -4,7 +4,8 @@ use crate::output::outln;
 use std::sync::Arc;
 
 use anyhow::Result;
-use lifeboat_snapshot::restore::{RestoreOptions, restore as restore_snapshot};
+use lifeboat_repo::{Repository, Snapshot, Tier};
+use lifeboat_snapshot::restore::{RestoreOptions, RestorePlan, plan, restore as restore_snapshot};
 
 use crate::args::{DumpArgs, Global, RestoreArgs};
 use crate::exit;
@@ -23,6 +24,21 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<i32> {
         delta: a.delta,
         owner: nix::unistd::geteuid().is_root(),
     };
+    // With a cold tier, say what will be fetched before fetching it: the
+    // plan reads only trees and the index.
+    if a.plan_only || repo.has_cold_tier() {
+        let planned = plan(&repo, &snap, &options).await?;
+        if a.plan_only {
+            if g.json {
+                crate::output::json(&planned)?;
+            } else {
+                print_plan(&repo, &snap, &planned, usize::MAX, false);
+            }
+            return Ok(exit::OK);
+        }
+        // stdout carries the restore's JSON: the plan goes to stderr.
+        print_plan(&repo, &snap, &planned, PLAN_PACKS_SHOWN, g.json);
+    }
     let bar = Bar::new(!g.quiet && !g.json, "restore");
     let stats = restore_snapshot(&repo, &snap, &options, &bar).await;
     bar.finish();
@@ -49,6 +65,59 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<i32> {
     } else {
         exit::PARTIAL
     })
+}
+
+/// Cold packs listed before a restore proceeds (`--plan-only` lists all).
+const PLAN_PACKS_SHOWN: usize = 20;
+
+fn print_plan(repo: &Repository, snap: &Snapshot, p: &RestorePlan, shown: usize, stderr: bool) {
+    let say = |line: String| {
+        if stderr {
+            eprintln!("lifeboat: {line}");
+        } else {
+            outln!("{line}");
+        }
+    };
+    say(format!(
+        "restore plan for snapshot {}: {} files ({})",
+        snap.id.short(),
+        p.files,
+        bytes(p.file_bytes)
+    ));
+    if let Some(cold) = repo.cold_location() {
+        say(format!(
+            "  cold tier {cold}: {} packs, {} to read",
+            p.cold_packs,
+            bytes(p.cold_read_bytes)
+        ));
+    }
+    say(format!(
+        "  hot tier: {} packs, {} to read",
+        p.hot_packs,
+        bytes(p.hot_read_bytes)
+    ));
+    if p.missing_blobs > 0 {
+        say(format!(
+            "  {} blobs are not in the index: their files will not be restored (run `lifeboat check`)",
+            p.missing_blobs
+        ));
+    }
+    let cold: Vec<_> = p.packs.iter().filter(|k| k.tier == Tier::Cold).collect();
+    for k in cold.iter().take(shown) {
+        say(format!(
+            "  cold pack {} ({}, {} in {} reads)",
+            k.pack,
+            k.object,
+            bytes(k.read_bytes),
+            k.reads
+        ));
+    }
+    if cold.len() > shown {
+        say(format!(
+            "  ... and {} more cold packs (`restore --plan-only --json` lists them all)",
+            cold.len() - shown
+        ));
+    }
 }
 
 pub async fn dump(g: &Global, a: DumpArgs) -> Result<i32> {

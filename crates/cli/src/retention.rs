@@ -182,6 +182,18 @@ fn render_prune(s: &PruneStats, wal_deleted: usize) {
         s.packs_repacked,
         bytes(s.rewritten_bytes)
     );
+    if s.cold_read_bytes > 0 {
+        outln!(
+            "repacking {} {} from the cold tier (an archive storage class may charge for \
+             retrieval; --max-repack bounds it)",
+            if s.dry_run {
+                "would download"
+            } else {
+                "downloaded"
+            },
+            bytes(s.cold_read_bytes)
+        );
+    }
     outln!(
         "{}freed {}; {} of unused blobs left in kept packs{}; took {}",
         if s.dry_run { "would have " } else { "" },

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use lifeboat_repo::{InitOptions, KdfParams, Repository};
-use lifeboat_storage::{DynStorage, Location, open_location};
+use lifeboat_repo::{ColdInit, InitOptions, KdfParams, Repository};
+use lifeboat_storage::{DynStorage, Location, S3Options, open_location};
 
 use crate::args::{Global, InitArgs};
 use crate::exit::{self, cli_error};
@@ -190,11 +190,65 @@ pub async fn open(g: &Global) -> Result<Arc<Repository>> {
     open_target(g, &target(g)?).await
 }
 
-/// Opens one repository with its password.
+/// Opens one repository with its password. `--cold-location` applies when
+/// the command names one repository (it is that repository's cold tier).
 pub async fn open_target(g: &Global, t: &Target) -> Result<Arc<Repository>> {
     let storage = storage(t).await?;
     let password = password(g, t, false)?;
-    Ok(Arc::new(Repository::open(storage, &password).await?))
+    let repo = Repository::open(storage, &password).await?;
+    if g.cold_location.is_some() && g.repo.len() > 1 {
+        return Err(cli_error(
+            exit::GENERIC,
+            "--cold-location (or LIFEBOAT_COLD_LOCATION) names the cold tier of one repository; \
+             it cannot be used with several -r/--repo",
+        ));
+    }
+    Ok(Arc::new(with_cold_location(
+        repo,
+        g.cold_location.as_deref(),
+    )?))
+}
+
+/// Applies `--cold-location` to a repository with a cold tier. The cold
+/// tier itself is opened only when a command first needs a data pack.
+pub fn with_cold_location(repo: Repository, location: Option<&str>) -> Result<Repository> {
+    match location {
+        None => Ok(repo),
+        Some(_) if !repo.has_cold_tier() => Err(cli_error(
+            exit::GENERIC,
+            "--cold-location (or LIFEBOAT_COLD_LOCATION) was given, but this repository has no cold tier",
+        )),
+        Some(l) => Ok(repo.with_cold_location(l.to_string())?),
+    }
+}
+
+/// Opens the cold tier named at `init --cold`, refusing the repository's
+/// own location (the packs of both tiers would mix).
+async fn cold_init(t: &Target, cold: &str) -> Result<ColdInit> {
+    let location = Location::parse(cold)?;
+    let base = |l: &Location| match l {
+        Location::S3(o) => Location::S3(S3Options {
+            storage_class: None,
+            ..o.clone()
+        }),
+        other => other.clone(),
+    };
+    let same = match (&base(&location), &base(&t.location)) {
+        (Location::Local(a), Location::Local(b)) => {
+            std::path::absolute(a).ok() == std::path::absolute(b).ok()
+        }
+        (a, b) => a == b,
+    };
+    if same {
+        return Err(cli_error(
+            exit::GENERIC,
+            "--cold must name another location than the repository (another directory, bucket or prefix)",
+        ));
+    }
+    Ok(ColdInit {
+        location: location.to_string(),
+        storage: open_location(&location).await?,
+    })
 }
 
 /// Opens the repository, creating the default one on first use.
@@ -259,6 +313,10 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<i32> {
         }
         None => None,
     };
+    let cold = match &a.cold {
+        Some(c) => Some(cold_init(&t, c).await?),
+        None => None,
+    };
     let password = password(g, &t, true)?;
     if password.is_empty() {
         return Err(cli_error(exit::GENERIC, "refusing an empty password"));
@@ -271,6 +329,7 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<i32> {
             compression_level: a.compression,
             pack_size: a.pack_size_mib * 1024 * 1024,
             chunker,
+            cold,
         },
     )
     .await?;
@@ -279,6 +338,7 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<i32> {
             "repository": t.display,
             "repository_id": repo.config().repository_id.to_hex(),
             "key_id": repo.key_id().to_hex(),
+            "cold_tier": repo.cold_location(),
         }))?;
     } else {
         outln!(
@@ -286,6 +346,13 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<i32> {
             repo.config().repository_id.short(),
             t.display
         );
+        if let Some(cold) = repo.cold_location() {
+            outln!(
+                "data packs go to the cold tier at {cold}; everything else (config, keys, index, \
+                 snapshots, directory trees) stays at {}",
+                t.display
+            );
+        }
     }
     Ok(exit::OK)
 }

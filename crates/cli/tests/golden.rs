@@ -207,12 +207,13 @@ fn golden_v1_reading_never_writes_and_new_backups_append() {
 }
 
 #[test]
-fn golden_v1_with_version_byte_2_is_refused() {
+fn golden_v1_with_a_newer_version_byte_is_refused() {
     let lb = golden();
     let config = lb.repo.join("config");
     let mut bytes = fs::read(&config).unwrap();
     assert_eq!(&bytes[..12], b"LIFEBOAT\x01\x00\x00\x00");
-    bytes[8] = 2;
+    // 2 is the cold-tier version this build reads; 3 is beyond it.
+    bytes[8] = 3;
     fs::write(&config, bytes).unwrap();
     for args in [
         vec!["snapshots"],

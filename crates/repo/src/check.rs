@@ -3,6 +3,9 @@
 //! Structure (always): every index object decodes; every indexed pack exists
 //! and is large enough for its blobs; every snapshot record decodes; every
 //! snapshot's trees decode and every blob they reference is indexed.
+//! In a repository with a cold tier, both tiers are listed (a listing reads
+//! no pack content) and each pack must be in the tier its blob type belongs
+//! to; only `read_data` downloads cold packs.
 //! Data (`read_data`): every (or a random subset of) pack is downloaded, its
 //! name checked against its BLAKE3, and every blob decrypted and verified.
 //! Damage is reported with the pack, and the snapshots and file paths that
@@ -20,7 +23,7 @@ use serde::Serialize;
 use crate::index::{Index, IndexFile};
 use crate::pack::{BlobType, open_blob};
 use crate::record::{Snapshot, SnapshotRecord};
-use crate::repository::{Repository, blocking, pack_key};
+use crate::repository::{Repository, Tier, blocking, pack_key};
 use crate::tree::{NodeKind, Tree};
 use crate::{Error, Id, Result};
 
@@ -59,6 +62,8 @@ pub struct CheckReport {
     pub trees_checked: usize,
     pub packs_read: usize,
     pub read_bytes: u64,
+    /// Of `read_bytes`, those read from the cold tier.
+    pub cold_read_bytes: u64,
     pub errors: Vec<CheckProblem>,
     pub warnings: Vec<String>,
     /// Packs with missing or damaged blobs.
@@ -88,10 +93,12 @@ pub async fn check(
 
     // Packs present.
     let mut pack_sizes: HashMap<Id, u64> = HashMap::new();
-    for info in storage.list(Kind::Packs).await? {
+    let mut tiers: HashMap<Id, Tier> = HashMap::new();
+    for (tier, info) in repo.list_packs().await? {
         match Id::from_hex(info.key.name()) {
             Some(id) => {
                 pack_sizes.insert(id, info.size_bytes);
+                tiers.insert(id, tier);
             }
             None => report
                 .warnings
@@ -117,7 +124,25 @@ pub async fn check(
 
     let mut damaged_blobs: HashSet<Id> = HashSet::new();
     let mut damaged_packs: BTreeSet<Id> = BTreeSet::new();
+    let tiered = repo.has_cold_tier();
     for (id, loc) in index.blobs() {
+        if tiered
+            && let Some(&found) = tiers.get(&loc.pack)
+            && found != repo.tier_of(loc.entry.blob_type)
+        {
+            damaged_blobs.insert(*id);
+            if damaged_packs.insert(loc.pack) {
+                report.errors.push(CheckProblem {
+                    object: format!("pack {}", loc.pack),
+                    message: format!(
+                        "in the {found:?} tier, but its {:?} blobs are read from the other tier",
+                        loc.entry.blob_type
+                    )
+                    .to_lowercase(),
+                });
+            }
+            continue;
+        }
         match pack_sizes.get(&loc.pack) {
             None => {
                 damaged_blobs.insert(*id);
@@ -154,6 +179,7 @@ pub async fn check(
             options,
             &index,
             &pack_sizes,
+            &tiers,
             &mut report,
             &mut damaged_blobs,
             &mut damaged_packs,
@@ -217,6 +243,7 @@ async fn read_data(
     options: &CheckOptions,
     index: &Index,
     pack_sizes: &HashMap<Id, u64>,
+    tiers: &HashMap<Id, Tier>,
     report: &mut CheckReport,
     damaged_blobs: &mut HashSet<Id>,
     damaged_packs: &mut BTreeSet<Id>,
@@ -263,7 +290,12 @@ async fn read_data(
                     .acquire_many(size_kib)
                     .await
                     .expect("the budget semaphore is never closed");
-                let r = match repo.storage().get(&pack_key(&pack)).await {
+                let storage = repo.tier_storage(tiers[&pack]).await;
+                let got = match storage {
+                    Ok(storage) => storage.get(&pack_key(&pack)).await.map_err(Error::from),
+                    Err(e) => Err(e),
+                };
+                let r = match got {
                     Err(e) => (pack, 0, Err(format!("cannot be read: {e}"))),
                     Ok(bytes) => {
                         let len = bytes.len() as u64;
@@ -283,6 +315,9 @@ async fn read_data(
     for (pack, len, r) in results {
         report.packs_read += 1;
         report.read_bytes += len;
+        if tiers[&pack] == Tier::Cold {
+            report.cold_read_bytes += len;
+        }
         let message = match r {
             Ok((true, bad)) if bad.is_empty() => continue,
             Ok((name_ok, bad)) => {

@@ -11,8 +11,15 @@ use crate::crypto::MasterKey;
 use crate::{Error, Id, Result};
 
 pub const MAGIC: &[u8; 8] = b"LIFEBOAT";
-/// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format version this build reads. Version 2 differs from 1
+/// only by the config's `cold` field, and a config is written as version 2
+/// only when it has one: a repository without a cold tier stays version 1
+/// (readable by older builds), and an older build refuses a repository with
+/// a cold tier ("upgrade lifeboat") instead of looking for its data packs in
+/// the wrong place.
+pub const FORMAT_VERSION: u32 = 2;
+/// Version of a config without a cold tier.
+const BASE_VERSION: u32 = 1;
 const HEADER_LEN: usize = 12;
 
 /// FastCDC parameters, fixed at init.
@@ -73,11 +80,34 @@ pub struct Config {
     /// Target pack size in bytes.
     pub pack_size: u32,
     pub created: jiff::Timestamp,
+    /// Where the data packs live when they are not in the repository's own
+    /// storage (format version 2); absent for a single-tier repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold: Option<ColdTierConfig>,
+}
+
+/// A repository's cold tier, fixed at init.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColdTierConfig {
+    /// The location as the user gave it at init (a path or URL without
+    /// secrets); used to open the cold tier unless the user names another
+    /// at open time (the same data, reached from another machine).
+    pub location: String,
 }
 
 impl Config {
+    /// The version this config is written as.
+    pub fn version(&self) -> u32 {
+        if self.cold.is_some() {
+            FORMAT_VERSION
+        } else {
+            BASE_VERSION
+        }
+    }
+
     pub fn encode(&self, key: &MasterKey) -> Vec<u8> {
-        let header = header(FORMAT_VERSION);
+        let header = header(self.version());
         let body = serde_json::to_vec(self).expect("config serializes");
         let mut out = header.to_vec();
         out.extend_from_slice(&key.seal(&body, &header));
@@ -103,7 +133,7 @@ impl Config {
     }
 
     pub fn decode(bytes: &[u8], key: &MasterKey) -> Result<Self> {
-        Self::check_version(bytes)?;
+        let version = Self::check_version(bytes)?;
         let (header, sealed) = bytes.split_at(HEADER_LEN);
         let body = key
             .open(sealed, header)
@@ -116,6 +146,12 @@ impl Config {
         }
         if config.pack_size < 1024 * 1024 || config.pack_size > 1024 * 1024 * 1024 {
             return Err(Error::corrupt("config", "pack size out of range"));
+        }
+        if config.version() != version {
+            return Err(Error::corrupt(
+                "config",
+                "format version does not match the cold tier setting",
+            ));
         }
         Ok(config)
     }
@@ -139,6 +175,7 @@ mod tests {
             compression_level: 3,
             pack_size: 16 << 20,
             created: jiff::Timestamp::now(),
+            cold: None,
         }
     }
 
@@ -148,10 +185,10 @@ mod tests {
         let bytes = sample().encode(&k);
         assert_eq!(Config::decode(&bytes, &k).unwrap().pack_size, 16 << 20);
         let mut newer = bytes.clone();
-        newer[8] = 2;
+        newer[8] = 3;
         assert!(matches!(
             Config::decode(&newer, &k),
-            Err(Error::UnsupportedVersion { found: 2, .. })
+            Err(Error::UnsupportedVersion { found: 3, .. })
         ));
         let mut damaged = bytes;
         let n = damaged.len() - 1;
@@ -160,5 +197,28 @@ mod tests {
             Config::decode(&damaged, &k),
             Err(Error::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn cold_tier_is_version_2_and_single_tier_stays_version_1() {
+        let k = MasterKey::generate();
+        let plain = sample().encode(&k);
+        assert_eq!(Config::check_version(&plain).unwrap(), 1);
+        let body =
+            String::from_utf8_lossy(&k.open(&plain[12..], &plain[..12]).unwrap()).to_string();
+        assert!(
+            !body.contains("cold"),
+            "no cold field without a tier: {body}"
+        );
+
+        let cold = Config {
+            cold: Some(ColdTierConfig {
+                location: "/mnt/archive/repo".into(),
+            }),
+            ..sample()
+        };
+        let bytes = cold.encode(&k);
+        assert_eq!(Config::check_version(&bytes).unwrap(), 2);
+        assert_eq!(Config::decode(&bytes, &k).unwrap().cold, cold.cold);
     }
 }

@@ -30,7 +30,7 @@ mod writer;
 
 pub use check::{CheckOptions, CheckProblem, CheckReport, check};
 pub use chunker::Chunker;
-pub use config::{ChunkerParams, Config, FORMAT_VERSION};
+pub use config::{ChunkerParams, ColdTierConfig, Config, FORMAT_VERSION};
 pub use copy::{
     COPIED_FROM, CopiedSnapshot, CopyOptions, CopyProgress, CopyStats, copied_from, copy,
 };
@@ -42,6 +42,6 @@ pub use keyfile::{KdfParams, KeyFile};
 pub use lock::{LockKind, LockOptions, RepositoryLock};
 pub use pack::{BlobType, PackEntry, open_blob, parse_pack};
 pub use record::{BackupMode, BackupSummary, Snapshot, SnapshotRecord};
-pub use repository::{InitOptions, Repository, pack_key, resolve_snapshot};
+pub use repository::{ColdInit, InitOptions, Repository, Tier, pack_key, resolve_snapshot};
 pub use tree::{Node, NodeKind, Time, Tree};
 pub use writer::{AddedBlob, WriteOptions, WriteSession, WriteStats};

@@ -14,6 +14,13 @@
 //! unindexed packs → delete stale locks → release the lock. No object is
 //! rewritten in place. The argument that a crash anywhere is harmless is in
 //! `docs/format.md` ("Prune").
+//!
+//! With a cold tier, packs are listed in both tiers and deleted from the one
+//! they are in; repacking a data pack downloads it from the cold tier (whole,
+//! like any repacked pack) and uploads its live blobs there again, which on
+//! an archive storage class costs retrieval fees and time:
+//! [`PruneStats::cold_read_bytes`] says how much, and `max_repack_bytes`
+//! bounds it. Deleting whole unused packs reads nothing.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -27,7 +34,7 @@ use crate::index::{Index, IndexFile, IndexPack};
 use crate::lock::{LockKind, LockOptions, RepositoryLock, remove_stale_locks};
 use crate::pack::{BlobType, open_blob};
 use crate::record::SnapshotRecord;
-use crate::repository::{Repository, blocking, pack_key};
+use crate::repository::{Repository, Tier, blocking, pack_key};
 use crate::tree::{NodeKind, Tree};
 use crate::writer::{WriteOptions, WriteSession};
 use crate::{Error, Id, Result};
@@ -78,6 +85,9 @@ pub struct PruneStats {
     pub rewritten_bytes: u64,
     /// Pack bytes before minus pack bytes after (estimated by a dry run).
     pub freed_bytes: u64,
+    /// Bytes of cold-tier packs downloaded to repack them (what a dry run
+    /// would download): retrieval an archive storage class may charge for.
+    pub cold_read_bytes: u64,
     /// Bytes of unused blobs left in kept packs (below the threshold or
     /// beyond `max_repack`).
     pub unused_bytes_kept: u64,
@@ -123,9 +133,11 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
     })?;
     let old_index_ids: Vec<Id> = index_files.iter().map(|(id, _)| *id).collect();
     let mut present: HashMap<Id, u64> = HashMap::new();
-    for info in storage.list(Kind::Packs).await? {
+    let mut tiers: HashMap<Id, Tier> = HashMap::new();
+    for (tier, info) in repo.list_packs().await? {
         if let Some(id) = Id::from_hex(info.key.name()) {
             present.insert(id, info.size_bytes);
+            tiers.insert(id, tier);
         }
     }
     stats.packs_before = present.len();
@@ -215,6 +227,11 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
         .map(|id| present[id])
         .sum();
     stats.rewritten_bytes = repack.iter().map(|id| packs[id].used_bytes).sum();
+    stats.cold_read_bytes = repack
+        .iter()
+        .filter(|id| tiers[id] == Tier::Cold)
+        .map(|id| present[id])
+        .sum();
     stats.freed_bytes = removed_bytes.saturating_sub(stats.rewritten_bytes);
     let nothing_to_do = delete.is_empty() && repack.is_empty() && unindexed.is_empty();
     if options.dry_run || nothing_to_do {
@@ -260,8 +277,9 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
                     })
                     .copied()
                     .collect();
+                let tier = tiers[&pack];
                 async move {
-                    let bytes = storage.get(&pack_key(&pack)).await?;
+                    let bytes = repo.tier_storage(tier).await?.get(&pack_key(&pack)).await?;
                     Ok::<_, Error>((pack, entries, bytes))
                 }
             })
@@ -330,18 +348,25 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
         .chain(&unindexed)
         .copied()
         .collect();
+    let tiers = &tiers;
     futures::stream::iter(doomed)
-        .map(|id| async move { storage.delete(&pack_key(&id)).await })
+        .map(|id| async move {
+            repo.tier_storage(tiers[&id])
+                .await?
+                .delete(&pack_key(&id))
+                .await
+                .map_err(Error::from)
+        })
         .buffer_unordered(repo.concurrency())
         .try_collect::<Vec<()>>()
         .await?;
 
     let before: u64 = present.values().sum();
-    let after: u64 = storage
-        .list(Kind::Packs)
+    let after: u64 = repo
+        .list_packs()
         .await?
         .iter()
-        .map(|o| o.size_bytes)
+        .map(|(_, o)| o.size_bytes)
         .sum();
     stats.freed_bytes = before.saturating_sub(after);
 

@@ -5,6 +5,9 @@
 //! name the old ones in `supersedes`; the old ones are deleted only after the
 //! new ones are durable, so a crash mid-repair leaves a usable index. A pack
 //! whose trailer cannot be read keeps the entries the old index had for it.
+//! With a cold tier, the packs of both tiers are read (two small ranged
+//! reads per pack: the trailer length and the trailer), so repair does read
+//! from the cold tier.
 
 use std::collections::HashMap;
 
@@ -52,13 +55,14 @@ async fn repair_locked(repo: &Repository) -> Result<RepairStats> {
         .iter()
         .filter_map(|i| Id::from_hex(i.key.name()))
         .collect();
-    let packs = storage.list(Kind::Packs).await?;
+    let packs = repo.list_packs().await?;
     let results: Vec<(Id, Result<Vec<crate::PackEntry>>)> = futures::stream::iter(packs)
-        .filter_map(
-            |info| async move { Id::from_hex(info.key.name()).map(|id| (id, info.size_bytes)) },
-        )
-        .map(|(id, size)| async move {
+        .filter_map(|(tier, info)| async move {
+            Id::from_hex(info.key.name()).map(|id| (id, info.size_bytes, tier))
+        })
+        .map(|(id, size, tier)| async move {
             let r = async {
+                let storage = repo.tier_storage(tier).await?;
                 let key = pack_key(&id);
                 if size < 4 {
                     return Err(crate::Error::corrupt(format!("pack {id}"), "too short"));

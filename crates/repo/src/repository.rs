@@ -4,15 +4,27 @@
 //! the config, and loads the index on first use. Writing goes through a
 //! [`crate::WriteSession`]; key management, check and repair are free
 //! functions in their own modules that take the handle.
+//!
+//! Tiers: a repository created with a cold tier keeps its *data* packs in a
+//! second storage (the cold tier) and everything else — config, keys, index,
+//! snapshot records, locks and the packs of tree blobs — in its own storage
+//! (the hot tier). Packs never mix blob types, so a pack's tier follows from
+//! the type of its blobs as the index records them ([`Repository::tier_of`]):
+//! no per-pack table, no extra lookup. The cold storage is opened on first
+//! use, so commands that only read trees (listing, `ls`, `find`, `diff`,
+//! `forget`) never contact it at all.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use lifeboat_storage::{DynStorage, ErrorKind, Kind, ObjectKey};
+use lifeboat_storage::{Location, ObjectInfo, open_location};
+use serde::Serialize;
 use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::OnceCell;
 
-use crate::config::{ChunkerParams, Config};
+use crate::config::{ChunkerParams, ColdTierConfig, Config};
 use crate::crypto::MasterKey;
 use crate::index::{BlobLocation, Index, IndexFile};
 use crate::keyfile::{KdfParams, KeyFile};
@@ -32,6 +44,34 @@ pub struct InitOptions {
     pub pack_size: u32,
     /// Reuse another repository's chunker parameters so both chunk alike.
     pub chunker: Option<ChunkerParams>,
+    /// Keep data packs in this cold tier (recorded in the config).
+    pub cold: Option<ColdInit>,
+}
+
+/// The cold tier of a new repository: the location to record and the
+/// storage it opens to.
+#[derive(Debug, Clone)]
+pub struct ColdInit {
+    /// Path or URL (no secrets) written into the config.
+    pub location: String,
+    pub storage: DynStorage,
+}
+
+/// Which storage a pack lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// The repository's own storage.
+    Hot,
+    /// The cold tier: data packs of a repository that has one.
+    Cold,
+}
+
+/// The cold tier of an open repository, opened on first use.
+#[derive(Debug)]
+struct ColdTier {
+    location: String,
+    storage: OnceCell<DynStorage>,
 }
 
 impl Default for InitOptions {
@@ -41,6 +81,7 @@ impl Default for InitOptions {
             compression_level: 3,
             pack_size: 16 * 1024 * 1024,
             chunker: None,
+            cold: None,
         }
     }
 }
@@ -54,6 +95,8 @@ pub struct Repository {
     /// The merged index, loaded on first use and dropped by
     /// [`Repository::invalidate_index`] when a write session adds to it.
     index: AsyncMutex<Option<Arc<Index>>>,
+    /// Set exactly when the config names a cold tier.
+    cold: Option<ColdTier>,
 }
 
 impl Repository {
@@ -75,6 +118,9 @@ impl Repository {
                 "pack size must be between 1 MiB and 1 GiB".into(),
             ));
         }
+        if let Some(cold) = &options.cold {
+            check_cold_storage(&storage, &cold.storage).await?;
+        }
         let key = MasterKey::generate();
         let config = Config {
             repository_id: Id(rand::random()),
@@ -82,6 +128,9 @@ impl Repository {
             compression_level: options.compression_level,
             pack_size: options.pack_size,
             created: jiff::Timestamp::now(),
+            cold: options.cold.as_ref().map(|c| ColdTierConfig {
+                location: c.location.clone(),
+            }),
         };
         config.chunker.validate()?;
         let key_id = {
@@ -103,12 +152,17 @@ impl Repository {
             }
             r => r?,
         }
+        let cold = options.cold.map(|c| ColdTier {
+            location: c.location,
+            storage: OnceCell::new_with(Some(c.storage)),
+        });
         Ok(Repository {
             storage,
             key,
             config,
             key_id,
             index: AsyncMutex::new(None),
+            cold,
         })
     }
 
@@ -157,12 +211,17 @@ impl Repository {
                 let config = Config::decode(&config_bytes, &key)?;
                 let key_id = Id::from_hex(info.key.name())
                     .ok_or_else(|| Error::corrupt(&info.key, "key file name is not an id"))?;
+                let cold = config.cold.as_ref().map(|c| ColdTier {
+                    location: c.location.clone(),
+                    storage: OnceCell::new(),
+                });
                 return Ok(Repository {
                     storage,
                     key,
                     config,
                     key_id,
                     index: AsyncMutex::new(None),
+                    cold,
                 });
             }
         }
@@ -173,8 +232,100 @@ impl Repository {
         }
     }
 
+    /// The hot storage: everything but the data packs of a repository with a
+    /// cold tier.
     pub fn storage(&self) -> &DynStorage {
         &self.storage
+    }
+
+    /// Uses `storage` as the cold tier instead of opening the recorded
+    /// location (tests, or a caller that opened it itself). Fails if the
+    /// repository has no cold tier.
+    pub fn with_cold_storage(mut self, storage: DynStorage) -> Result<Self> {
+        let cold = self.cold.as_mut().ok_or_else(no_cold_tier)?;
+        cold.storage = OnceCell::new_with(Some(storage));
+        Ok(self)
+    }
+
+    /// Opens the cold tier at `location` instead of the one recorded at init
+    /// (the same data reached another way, e.g. from another machine).
+    pub fn with_cold_location(mut self, location: String) -> Result<Self> {
+        Location::parse(&location)?;
+        let cold = self.cold.as_mut().ok_or_else(no_cold_tier)?;
+        cold.location = location;
+        cold.storage = OnceCell::new();
+        Ok(self)
+    }
+
+    /// The cold tier's location (as it will be or was opened), if any.
+    pub fn cold_location(&self) -> Option<&str> {
+        self.cold.as_ref().map(|c| c.location.as_str())
+    }
+
+    pub fn has_cold_tier(&self) -> bool {
+        self.cold.is_some()
+    }
+
+    /// The tiers packs may live in: `[Hot]`, or `[Hot, Cold]`.
+    pub fn tiers(&self) -> &'static [Tier] {
+        if self.cold.is_some() {
+            &[Tier::Hot, Tier::Cold]
+        } else {
+            &[Tier::Hot]
+        }
+    }
+
+    /// The tier of a pack holding blobs of this type.
+    pub fn tier_of(&self, blob_type: BlobType) -> Tier {
+        if self.cold.is_some() && blob_type == BlobType::Data {
+            Tier::Cold
+        } else {
+            Tier::Hot
+        }
+    }
+
+    /// The storage of a tier; the cold one is opened on first use.
+    pub async fn tier_storage(&self, tier: Tier) -> Result<&DynStorage> {
+        let cold = match (tier, &self.cold) {
+            (Tier::Hot, _) => return Ok(&self.storage),
+            (Tier::Cold, None) => return Err(no_cold_tier()),
+            (Tier::Cold, Some(cold)) => cold,
+        };
+        cold.storage
+            .get_or_try_init(|| async {
+                let opened = match Location::parse(&cold.location) {
+                    Ok(location) => open_location(&location).await,
+                    Err(e) => Err(e),
+                };
+                opened.map_err(|e| {
+                    Error::Storage(lifeboat_storage::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot open the cold tier at {}: {e}; if it moved, name it with \
+                             --cold-location (or LIFEBOAT_COLD_LOCATION)",
+                            cold.location
+                        ),
+                    ))
+                })
+            })
+            .await
+    }
+
+    /// Every pack object in every tier, with its tier (listing only: no
+    /// pack content is read).
+    pub async fn list_packs(&self) -> Result<Vec<(Tier, ObjectInfo)>> {
+        let mut out = Vec::new();
+        for &tier in self.tiers() {
+            let storage = self.tier_storage(tier).await?;
+            out.extend(
+                storage
+                    .list(Kind::Packs)
+                    .await?
+                    .into_iter()
+                    .map(|info| (tier, info)),
+            );
+        }
+        Ok(out)
     }
 
     pub fn key(&self) -> &MasterKey {
@@ -273,11 +424,13 @@ impl Repository {
         self.read_blob_at(id, &loc).await
     }
 
-    /// Reads, decrypts and verifies one blob at a known location.
+    /// Reads, decrypts and verifies one blob at a known location (from the
+    /// cold tier for a data blob of a repository that has one).
     pub async fn read_blob_at(&self, id: &Id, loc: &BlobLocation) -> Result<Bytes> {
         let loc = *loc;
         let sealed = self
-            .storage
+            .tier_storage(self.tier_of(loc.entry.blob_type))
+            .await?
             .get_range(
                 &pack_key(&loc.pack),
                 loc.entry.offset as u64,
@@ -415,6 +568,35 @@ pub fn resolve_snapshot<'a>(all: &'a [Snapshot], query: &str) -> Result<&'a Snap
             count: n,
         }),
     }
+}
+
+fn no_cold_tier() -> Error {
+    Error::Invalid("this repository has no cold tier".into())
+}
+
+/// Refuses a cold tier that is the repository's own storage, or that already
+/// holds a repository or packs: a tier's packs belong to one repository,
+/// and prune deletes what its index does not name.
+async fn check_cold_storage(hot: &DynStorage, cold: &DynStorage) -> Result<()> {
+    if Arc::ptr_eq(hot, cold) {
+        return Err(Error::Invalid(format!(
+            "the cold tier must be another location than the repository itself ({})",
+            cold.location()
+        )));
+    }
+    if cold.stat(&ObjectKey::config()).await?.is_some() {
+        return Err(Error::Invalid(format!(
+            "the cold tier {} holds a lifeboat repository; give an empty location",
+            cold.location()
+        )));
+    }
+    if !cold.list(Kind::Packs).await?.is_empty() {
+        return Err(Error::Invalid(format!(
+            "the cold tier {} already holds packs; give an empty location (each repository needs its own)",
+            cold.location()
+        )));
+    }
+    Ok(())
 }
 
 pub fn pack_key(id: &Id) -> ObjectKey {

@@ -9,6 +9,13 @@
 //! that runs up to `max_connections` uploads at once — the bound is what keeps
 //! memory flat: at most `upload_concurrency + 1` packs are buffered.
 //!
+//! Packs never mix blob types: the session keeps one open pack for data
+//! blobs and one for tree blobs (as restic does), so a repository with a
+//! cold tier can send data packs there and keep tree packs hot, and a pack's
+//! tier follows from the type of its blobs. A hot-only repository gets the
+//! same separation (tree packs are small and read together, which helps
+//! listing too); its data path is unchanged.
+//!
 //! Durability order: a pack is put (durable) before any index object names
 //! it, and [`WriteSession::finish`] writes the snapshot record after the
 //! index. A crash at any point leaves only unreferenced packs (garbage for
@@ -63,7 +70,8 @@ pub struct AddedBlob {
 }
 
 struct State {
-    pack: PackBuilder,
+    /// The open packs, one per blob type (see [`slot`]).
+    packs: [PackBuilder; 2],
     /// Blobs added in this session (in the open pack or already uploaded).
     seen: HashSet<Id>,
 }
@@ -151,7 +159,7 @@ impl WriteSession {
             index,
             level,
             state: Mutex::new(State {
-                pack: PackBuilder::default(),
+                packs: Default::default(),
                 seen: HashSet::new(),
             }),
             stats: WriteStats::default(),
@@ -238,11 +246,12 @@ impl WriteSession {
             if !st.seen.insert(id) {
                 return Ok((AddedBlob { id, new: false }, None));
             }
-            st.pack.push(sealed);
-            if st.pack.len() >= self.shared.repo.config().pack_size as usize
-                || st.pack.entry_count() >= MAX_PACK_ENTRIES
+            let pack = &mut st.packs[slot(blob_type)];
+            pack.push(sealed);
+            if pack.len() >= self.shared.repo.config().pack_size as usize
+                || pack.entry_count() >= MAX_PACK_ENTRIES
             {
-                Some(std::mem::take(&mut st.pack))
+                Some(std::mem::take(pack))
             } else {
                 None
             }
@@ -273,11 +282,13 @@ impl WriteSession {
             uploader,
             lock,
         } = self;
-        let last = std::mem::take(&mut shared.state.lock().unwrap().pack);
-        if !last.is_empty() {
-            let pack = last.finish(shared.repo.key());
-            // If the uploader died, its error is reported below.
-            let _ = tx.send(pack).await;
+        let open = std::mem::take(&mut shared.state.lock().unwrap().packs);
+        for last in open {
+            if !last.is_empty() {
+                let pack = last.finish(shared.repo.key());
+                // If the uploader died, its error is reported below.
+                let _ = tx.send(pack).await;
+            }
         }
         drop(tx);
         match uploader.await {
@@ -329,7 +340,13 @@ async fn upload_loop(
             let shared = shared.clone();
             async move {
                 let key = pack_key(&pack.id);
-                put_idempotent(shared.repo.storage(), &key, pack.bytes).await?;
+                // Packs hold one blob type, so the first entry decides.
+                let blob_type = pack.entries.first().map_or(BlobType::Data, |e| e.blob_type);
+                let storage = shared
+                    .repo
+                    .tier_storage(shared.repo.tier_of(blob_type))
+                    .await?;
+                put_idempotent(storage, &key, pack.bytes).await?;
                 shared.stats.packs_written.fetch_add(1, Ordering::Relaxed);
                 shared.unindexed.lock().unwrap().push(IndexPack {
                     id: pack.id,
@@ -346,6 +363,14 @@ async fn upload_loop(
         }
     }
     Ok(())
+}
+
+/// Which open pack of [`State::packs`] takes a blob of this type.
+fn slot(blob_type: BlobType) -> usize {
+    match blob_type {
+        BlobType::Data => 0,
+        BlobType::Tree => 1,
+    }
 }
 
 fn tokio_stream_of<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {

@@ -428,6 +428,18 @@ async fn repack_follows_max_unused_and_max_repack() {
         mem.delete(&ObjectKey::new(Kind::Snapshots, all[0].id.to_hex()))
             .await
             .unwrap();
+        // Tree and data blobs have separate packs: the first snapshot's
+        // tree pack is now wholly unused. Delete it without repacking, so
+        // only the data pack is left to decide on.
+        let s = run_prune(
+            &repo,
+            PruneOptions {
+                max_unused_percent: 100.0,
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!((s.packs_deleted, s.packs_repacked), (1, 0), "{s:?}");
         (mem, repo)
     }
     let packs = |mem: &MemoryStorage| {

@@ -18,6 +18,11 @@
 //! one `syncfs` of the target at the end makes the whole restore durable
 //! before it is reported done.
 //!
+//! [`plan`] answers, before any of that, what a restore will read: which
+//! packs, in which tier, how many bytes. It reads only trees and the index
+//! (never pack data, so never the cold tier) and writes nothing, which is
+//! what `restore --plan-only` prints for a repository with a cold tier.
+//!
 //! Memory stays flat whatever the snapshot's size: the plan holds a few
 //! dozen bytes per file and per blob in a handful of large buffers (no tree
 //! nodes, no allocation per entry), and the data path holds at most
@@ -49,7 +54,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use lifeboat_repo::{
-    Id, Index, MasterKey, NodeKind, PackEntry, Repository, Snapshot, open_blob, pack_key,
+    BlobType, Id, Index, MasterKey, NodeKind, PackEntry, Repository, Snapshot, Tier, open_blob,
+    pack_key,
 };
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -165,6 +171,13 @@ pub async fn restore(
     progress.restored(stats.files_restored, stats.bytes_written);
 
     let ranges = build_ranges(&mut writes);
+    // Every range is of data blobs, so all come from the data packs' tier
+    // (opened here, only when there is something to fetch).
+    let data_storage = if ranges.is_empty() {
+        repo.storage()
+    } else {
+        repo.tier_storage(repo.tier_of(BlobType::Data)).await?
+    };
     let exec = Arc::new(Exec {
         files,
         writes,
@@ -197,8 +210,7 @@ pub async fn restore(
                 if exec.abort.load(Ordering::Acquire) {
                     return Ok(RangeOutcome::default());
                 }
-                let fetched = repo
-                    .storage()
+                let fetched = data_storage
                     .get_range(
                         &pack_key(&exec.packs[range.pack as usize]),
                         range.start,
@@ -262,6 +274,135 @@ pub async fn restore(
         .map_err(|e| Error::io(&options.target, e))?;
     stats.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(stats)
+}
+
+// ---------------------------------------------------------------- plan
+
+/// What restoring a snapshot (with the same include/exclude patterns) will
+/// read, pack by pack. Files a `delta` restore finds identical are counted
+/// too: the plan is what a restore into an empty target reads, at most.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RestorePlan {
+    /// Regular files with content (each hard-linked file once).
+    pub files: u64,
+    pub file_bytes: u64,
+    pub hot_packs: u64,
+    /// Bytes of the ranged reads from hot packs.
+    pub hot_read_bytes: u64,
+    pub cold_packs: u64,
+    /// Bytes of the ranged reads from cold packs.
+    pub cold_read_bytes: u64,
+    /// Blobs the index does not know (their files will not be restored;
+    /// `lifeboat check` says more).
+    pub missing_blobs: u64,
+    /// Every pack to read, sorted by tier then id.
+    pub packs: Vec<PlannedPack>,
+}
+
+/// One pack a restore reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedPack {
+    /// Pack id (hex).
+    pub pack: String,
+    pub tier: Tier,
+    /// Object path inside its tier (`data/ab/ab12…`), for restoring it from
+    /// an archive storage class with the provider's own tools.
+    pub object: String,
+    /// Ranged reads and their bytes.
+    pub reads: u64,
+    pub read_bytes: u64,
+}
+
+/// Works out the [`RestorePlan`] of restoring `snapshot` with `options`'
+/// include and exclude patterns. Reads trees and the index only; writes
+/// nothing and never touches the target or the cold tier.
+pub async fn plan(
+    repo: &Arc<Repository>,
+    snapshot: &Snapshot,
+    options: &RestoreOptions,
+) -> Result<RestorePlan> {
+    let include = PathMatcher::new(&options.include)?;
+    let exclude = PathMatcher::new(&options.exclude)?;
+    let sel = select(
+        repo,
+        snapshot.record.tree,
+        &include,
+        &exclude,
+        &options.target,
+    )
+    .await?;
+    let index = repo.index().await?;
+    let mut out = RestorePlan::default();
+    let mut packs: Vec<Id> = Vec::new();
+    let mut numbers: HashMap<Id, u32> = HashMap::new();
+    let mut writes: Vec<Write> = Vec::new();
+    for item in sel.items.iter().filter(|i| i.keep) {
+        let ItemKind::File {
+            size,
+            content,
+            link_to: None,
+            ..
+        } = item.kind
+        else {
+            continue;
+        };
+        if content.len == 0 {
+            continue;
+        }
+        out.files += 1;
+        out.file_bytes += size;
+        for id in content.of(&sel.content) {
+            let Some(loc) = index.get(id) else {
+                out.missing_blobs += 1;
+                continue;
+            };
+            let pack = match numbers.entry(loc.pack) {
+                Entry::Occupied(e) => *e.get(),
+                Entry::Vacant(e) => {
+                    packs.push(loc.pack);
+                    *e.insert(fits(packs.len() - 1)?)
+                }
+            };
+            writes.push(Write {
+                entry: loc.entry,
+                pack,
+                file: 0,
+                at: 0,
+            });
+        }
+    }
+    drop(sel);
+    // The same ranges the restore will fetch.
+    let ranges = build_ranges(&mut writes);
+    let tier = repo.tier_of(BlobType::Data);
+    let mut per_pack: Vec<(u64, u64)> = vec![(0, 0); packs.len()];
+    for r in &ranges {
+        let p = &mut per_pack[r.pack as usize];
+        p.0 += 1;
+        p.1 += r.len;
+    }
+    for (i, (reads, bytes)) in per_pack.into_iter().enumerate() {
+        match tier {
+            Tier::Hot => {
+                out.hot_packs += 1;
+                out.hot_read_bytes += bytes;
+            }
+            Tier::Cold => {
+                out.cold_packs += 1;
+                out.cold_read_bytes += bytes;
+            }
+        }
+        out.packs.push(PlannedPack {
+            pack: packs[i].to_hex(),
+            tier,
+            object: pack_key(&packs[i]).to_string(),
+            reads,
+            read_bytes: bytes,
+        });
+    }
+    out.packs
+        .sort_by(|a, b| (a.tier, &a.pack).cmp(&(b.tier, &b.pack)));
+    Ok(out)
 }
 
 // ---------------------------------------------------------------- selection

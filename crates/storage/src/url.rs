@@ -22,7 +22,7 @@ use crate::{
 
 /// Printed with every rejected location so the user sees what would work.
 const ACCEPTED_FORMS: &str = "accepted forms: /local/path, file:///local/path, \
-s3://bucket[/prefix][?endpoint=http://host:port][&region=us-east-1], \
+s3://bucket[/prefix][?endpoint=http://host:port][&region=us-east-1][&storage-class=CLASS], \
 sftp://[user@]host[:port]/absolute/path[?key=/path/to/private-key][&known-hosts=strict|add|accept]";
 
 /// Where a repository lives.
@@ -69,7 +69,11 @@ impl fmt::Display for Location {
                     write!(f, "/{}", o.root)?;
                 }
                 let mut sep = '?';
-                for (name, value) in [("endpoint", &o.endpoint), ("region", &o.region)] {
+                for (name, value) in [
+                    ("endpoint", &o.endpoint),
+                    ("region", &o.region),
+                    ("storage-class", &o.storage_class),
+                ] {
                     if let Some(value) = value {
                         write!(f, "{sep}{name}={value}")?;
                         sep = '&';
@@ -204,7 +208,27 @@ fn parse_s3(s: &str) -> Result<Location> {
                 options.endpoint = Some(value.trim_end_matches('/').to_string());
             }
             "region" if !value.is_empty() => options.region = Some(value.into_owned()),
-            other => return Err(config_error(s, &unknown_option(other, "endpoint, region"))),
+            "storage-class" => {
+                // S3 class names are upper-case words with `_`; anything
+                // else would only fail later, at the first upload.
+                let ok = !value.is_empty()
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+                if !ok {
+                    return Err(config_error(
+                        s,
+                        "storage-class must be an S3 class name such as STANDARD_IA, GLACIER_IR or DEEP_ARCHIVE",
+                    ));
+                }
+                options.storage_class = Some(value.into_owned());
+            }
+            other => {
+                return Err(config_error(
+                    s,
+                    &unknown_option(other, "endpoint, region, storage-class"),
+                ));
+            }
         }
     }
     Ok(Location::S3(options))
@@ -336,6 +360,14 @@ mod tests {
         );
         assert_eq!(Location::parse(&loc.to_string()).unwrap(), loc);
 
+        let classed = Location::parse("s3://cold/p?storage-class=GLACIER_IR").unwrap();
+        let Location::S3(o) = &classed else {
+            panic!("{classed:?}")
+        };
+        assert_eq!(o.storage_class.as_deref(), Some("GLACIER_IR"));
+        assert_eq!(classed.to_string(), "s3://cold/p?storage-class=GLACIER_IR");
+        assert_eq!(Location::parse(&classed.to_string()).unwrap(), classed);
+
         let bare = Location::parse("s3://bucket").unwrap();
         assert_eq!(bare, Location::S3(S3Options::new("bucket")));
         assert_eq!(bare.to_string(), "s3://bucket");
@@ -384,6 +416,8 @@ mod tests {
         assert!(config_err("s3://bucket?endpoint=127.0.0.1:9000").contains("http://"));
         assert!(config_err("s3://bucket?colour=blue").contains("colour"));
         config_err("s3://bucket#frag");
+        config_err("s3://bucket?storage-class=");
+        config_err("s3://bucket?storage-class=glacier; rm");
         config_err("sftp://host");
         config_err("sftp://host/");
         config_err("sftp://user:pw@host/srv");

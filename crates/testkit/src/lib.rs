@@ -13,14 +13,18 @@
 //!   operation, per the storage contract's durability promises.
 //! - [`sim::Scheduler`]: runs several actors' storage calls one at a time
 //!   in a seeded order, to explore interleavings deterministically.
+//! - [`CountingStorage`]: counts the calls made to a storage (which tier an
+//!   operation touched).
 //! - [`MemoryStorage`], re-exported so API tests need only this crate.
 
 pub mod conformance;
 pub mod crash;
+mod counting;
 pub mod data;
 pub mod faulty;
 pub mod postgres;
 pub mod services;
 pub mod sim;
 
+pub use counting::{CountingStorage, Counts};
 pub use lifeboat_storage::MemoryStorage;

@@ -1,0 +1,133 @@
+//! [`CountingStorage`]: a wrapper that counts every call to the storage it
+//! wraps and remembers which objects were read, so a test can prove that an
+//! operation never touched a storage (the cold tier of a repository).
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use lifeboat_storage::{Capabilities, DynStorage, Kind, ObjectInfo, ObjectKey, Result, Storage};
+
+/// Calls seen so far, by operation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub put: u64,
+    /// `get` plus `get_range`: the calls that read object content.
+    pub reads: u64,
+    pub read_bytes: u64,
+    pub stat: u64,
+    pub list: u64,
+    pub delete: u64,
+}
+
+impl Counts {
+    /// Every call, of any kind.
+    pub fn total(&self) -> u64 {
+        self.put + self.reads + self.stat + self.list + self.delete
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    put: AtomicU64,
+    reads: AtomicU64,
+    read_bytes: AtomicU64,
+    stat: AtomicU64,
+    list: AtomicU64,
+    delete: AtomicU64,
+}
+
+/// Forwards every call to the inner storage and counts it.
+#[derive(Debug)]
+pub struct CountingStorage {
+    inner: DynStorage,
+    counters: Counters,
+    read_keys: Mutex<BTreeSet<ObjectKey>>,
+}
+
+impl CountingStorage {
+    pub fn new(inner: DynStorage) -> Self {
+        CountingStorage {
+            inner,
+            counters: Counters::default(),
+            read_keys: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    pub fn counts(&self) -> Counts {
+        let c = &self.counters;
+        Counts {
+            put: c.put.load(Ordering::SeqCst),
+            reads: c.reads.load(Ordering::SeqCst),
+            read_bytes: c.read_bytes.load(Ordering::SeqCst),
+            stat: c.stat.load(Ordering::SeqCst),
+            list: c.list.load(Ordering::SeqCst),
+            delete: c.delete.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Objects whose content was read (by `get` or `get_range`).
+    pub fn read_keys(&self) -> BTreeSet<ObjectKey> {
+        self.read_keys.lock().unwrap().clone()
+    }
+
+    /// Starts counting from zero again.
+    pub fn reset(&self) {
+        let c = &self.counters;
+        for n in [&c.put, &c.reads, &c.read_bytes, &c.stat, &c.list, &c.delete] {
+            n.store(0, Ordering::SeqCst);
+        }
+        self.read_keys.lock().unwrap().clear();
+    }
+
+    fn read(&self, key: &ObjectKey, bytes: u64) {
+        self.counters.reads.fetch_add(1, Ordering::SeqCst);
+        self.counters.read_bytes.fetch_add(bytes, Ordering::SeqCst);
+        self.read_keys.lock().unwrap().insert(key.clone());
+    }
+}
+
+#[async_trait]
+impl Storage for CountingStorage {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn put(&self, key: &ObjectKey, data: Bytes) -> Result<()> {
+        self.counters.put.fetch_add(1, Ordering::SeqCst);
+        self.inner.put(key, data).await
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
+        let r = self.inner.get(key).await;
+        self.read(key, r.as_ref().map_or(0, |b| b.len() as u64));
+        r
+    }
+
+    async fn get_range(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Bytes> {
+        let r = self.inner.get_range(key, offset, len).await;
+        self.read(key, r.as_ref().map_or(0, |b| b.len() as u64));
+        r
+    }
+
+    async fn stat(&self, key: &ObjectKey) -> Result<Option<u64>> {
+        self.counters.stat.fetch_add(1, Ordering::SeqCst);
+        self.inner.stat(key).await
+    }
+
+    async fn list(&self, kind: Kind) -> Result<Vec<ObjectInfo>> {
+        self.counters.list.fetch_add(1, Ordering::SeqCst);
+        self.inner.list(kind).await
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<()> {
+        self.counters.delete.fetch_add(1, Ordering::SeqCst);
+        self.inner.delete(key).await
+    }
+}

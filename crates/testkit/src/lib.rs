@@ -18,8 +18,8 @@
 //! - [`MemoryStorage`], re-exported so API tests need only this crate.
 
 pub mod conformance;
-pub mod crash;
 mod counting;
+pub mod crash;
 pub mod data;
 pub mod faulty;
 pub mod postgres;

@@ -131,6 +131,12 @@ pub struct CopyArgs {
     /// Snapshots to copy (id, unique prefix or `latest`); default: every
     /// snapshot of the source not yet in the target.
     pub snapshots: Vec<String>,
+    /// Do not copy the PostgreSQL WAL archive. By default, after the
+    /// snapshots, every archived WAL file the target's base backups need
+    /// and the target lacks is copied too, so the copy supports
+    /// point-in-time recovery on its own.
+    #[arg(long)]
+    pub no_wal: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Default)]

@@ -74,8 +74,26 @@ pub async fn run(g: &Global, a: CopyArgs) -> Result<i32> {
     let stats = lifeboat_repo::copy(&source, &target, &options, &bar).await;
     bar.0.finish();
     let stats = stats?;
+    let wal = if a.no_wal {
+        None
+    } else {
+        Some(
+            lifeboat_connectors::postgres::retention::copy_wal(&source, &target)
+                .await
+                .context("copying the PostgreSQL WAL archive (the snapshots were copied)")?,
+        )
+    };
     if g.json {
-        crate::output::json(&stats)?;
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            #[serde(flatten)]
+            stats: &'a lifeboat_repo::CopyStats,
+            wal: Option<&'a lifeboat_connectors::postgres::retention::WalCopyReport>,
+        }
+        crate::output::json(&Out {
+            stats: &stats,
+            wal: wal.as_ref(),
+        })?;
     } else {
         for c in &stats.copied {
             outln!("copied snapshot {} -> {}", &c.source[..8], &c.target[..8]);
@@ -91,6 +109,15 @@ pub async fn run(g: &Global, a: CopyArgs) -> Result<i32> {
             a.from,
             crate::output::duration_ms(stats.elapsed_ms)
         );
+        if let Some(w) = wal.filter(|w| w.copied + w.present + w.not_needed > 0) {
+            outln!(
+                "WAL archive: {} files copied ({}), {} already there, {} older than the target's oldest base backup skipped",
+                w.copied,
+                crate::output::bytes(w.bytes),
+                w.present,
+                w.not_needed
+            );
+        }
     }
     Ok(exit::OK)
 }

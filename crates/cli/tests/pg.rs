@@ -696,3 +696,59 @@ fn expire_wal_deletes_only_wal_no_retained_backup_needs() {
     let (restored, _) = env.restore_and_start("r", &[]);
     assert_eq!(restored.psql("postgres", "SELECT max(x) FROM t"), "100");
 }
+
+#[test]
+fn copy_carries_the_wal_archive_so_the_offsite_copy_recovers_to_a_point_in_time() {
+    let env = Env::new();
+    let pg = primary_or_skip!(env);
+    pg.psql(
+        "postgres",
+        "CREATE TABLE ledger (id int, amount int); \
+         INSERT INTO ledger SELECT g, g FROM generate_series(1, 1000) g",
+    );
+    base_backup(&env, &pg, "full");
+    pg.psql(
+        "postgres",
+        "INSERT INTO ledger SELECT g, g FROM generate_series(1001, 1200) g",
+    );
+    let good = pg.psql("postgres", "SELECT sum(amount) FROM ledger");
+    std::thread::sleep(Duration::from_millis(300));
+    let t = pg.now_utc();
+    std::thread::sleep(Duration::from_millis(300));
+    pg.psql("postgres", "UPDATE ledger SET amount = 0 WHERE id % 3 = 0");
+    pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
+
+    // The off-site repository: its own directory, binary and password.
+    let off = Env::new();
+    let (from, from_pw) = (env.repo.to_str().unwrap(), env.pw.to_str().unwrap());
+    let copy = |off: &Env| -> serde_json::Value {
+        let out = off.ok(&[
+            "--json",
+            "copy",
+            "--from",
+            from,
+            "--from-password-file",
+            from_pw,
+        ]);
+        serde_json::from_str(&out).expect("copy json")
+    };
+    let first = copy(&off);
+    let copied = first["wal"]["copied"].as_u64().unwrap();
+    assert!(
+        copied >= 2,
+        "the WAL since the base backup is copied: {first}"
+    );
+    assert_eq!(first["wal"]["present"].as_u64().unwrap(), 0, "{first}");
+    // A rerun copies nothing and finds every file already there.
+    let again = copy(&off);
+    assert_eq!(again["wal"]["copied"].as_u64().unwrap(), 0, "{again}");
+    assert_eq!(again["wal"]["present"].as_u64().unwrap(), copied, "{again}");
+    assert_eq!(again["snapshots_copied"].as_u64().unwrap(), 0, "{again}");
+
+    // Recovery from the copy alone (its restore_command reads the copy).
+    let (restored, _) = off.restore_and_start("r", &["--target-time", &t]);
+    assert_eq!(
+        restored.psql("postgres", "SELECT sum(amount) FROM ledger"),
+        good
+    );
+}

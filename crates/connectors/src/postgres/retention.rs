@@ -14,13 +14,16 @@
 //! every retained one, so its WAL is never before the cut.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use lifeboat_repo::Repository;
+use futures::{StreamExt, TryStreamExt};
+use lifeboat_repo::{Repository, Snapshot};
+use serde::Serialize;
 
-use super::base::base_backups;
-use super::wal::{delete_wal, list_wal};
+use super::base::{BaseBackupInfo, base_backups};
+use super::wal::{PutOutcome, delete_wal, get_wal, list_wal, put_wal};
 use super::walname::position_part;
-use crate::Result;
+use crate::{Error, Result};
 
 /// What expiry did (or would do, with `dry_run`), per cluster.
 #[derive(Debug, Clone, Default)]
@@ -38,27 +41,37 @@ pub struct ExpiredCluster {
     pub kept: usize,
 }
 
+/// The position part of the oldest start segment among a cluster's base
+/// backups: WAL before it is not needed. `None` if it has none.
+fn cut_for(backups: &[(Snapshot, BaseBackupInfo)], sysid: u64) -> Option<String> {
+    backups
+        .iter()
+        .filter(|(_, i)| i.system_id() == sysid)
+        .filter_map(|(_, i)| position_part(&i.start_wal).map(str::to_string))
+        .min()
+}
+
+/// Whether the WAL file `file` is needed given the cut of its cluster.
+fn needed(cut: Option<&str>, file: &str) -> bool {
+    match (cut, position_part(file)) {
+        (Some(cut), Some(pos)) => file.ends_with(".history") || pos >= cut,
+        _ => true,
+    }
+}
+
 /// Deletes archived WAL no retained base backup needs.
 pub async fn expire_wal(repo: &Repository, dry_run: bool) -> Result<ExpireReport> {
     let backups = base_backups(repo).await?;
     let wal = list_wal(repo).await?;
     let mut report = ExpireReport::default();
     for (sysid, files) in wal {
-        let oldest = backups
-            .iter()
-            .filter(|(_, i)| i.system_id() == sysid)
-            .filter_map(|(_, i)| position_part(&i.start_wal).map(str::to_string))
-            .min();
+        let oldest = cut_for(&backups, sysid);
         let mut entry = ExpiredCluster {
             keep_from: oldest.clone(),
             ..Default::default()
         };
         for f in files {
-            let expired = match (&oldest, position_part(&f)) {
-                (Some(cut), Some(pos)) => !f.ends_with(".history") && pos < cut.as_str(),
-                _ => false,
-            };
-            if expired {
+            if !needed(oldest.as_deref(), &f) {
                 if !dry_run {
                     delete_wal(repo, sysid, &f).await?;
                 }
@@ -68,6 +81,76 @@ pub async fn expire_wal(repo: &Repository, dry_run: bool) -> Result<ExpireReport
             }
         }
         report.clusters.insert(sysid, entry);
+    }
+    Ok(report)
+}
+
+/// What [`copy_wal`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WalCopyReport {
+    /// WAL files stored in the target (re-encrypted, read back and
+    /// compared).
+    pub copied: u64,
+    /// Files the target already held with the same content.
+    pub present: u64,
+    /// Files the target's base backups do not need (before the oldest one's
+    /// start, by the rule of [`expire_wal`]), not copied.
+    pub not_needed: u64,
+    /// Plaintext bytes of the copied files.
+    pub bytes: u64,
+}
+
+/// Brings the target's WAL archive up to what its base backups need: every
+/// archived WAL file of the source that the target lacks and that the
+/// target's retention would keep (for a cluster with no base backup in the
+/// target, all of them). Each file is decrypted with the source's key,
+/// stored under the target's with the same idempotent, conflict-checked
+/// put as `wal-push`, then read back and compared, so an interrupted copy
+/// leaves whole files only and a rerun copies the rest. Run it after the
+/// snapshots are copied, so the cut is that of the copied base backups.
+pub async fn copy_wal(source: &Repository, target: &Repository) -> Result<WalCopyReport> {
+    let backups = base_backups(target).await?;
+    let have = list_wal(target).await?;
+    let mut todo = Vec::new();
+    let mut report = WalCopyReport::default();
+    for (sysid, files) in list_wal(source).await? {
+        let cut = cut_for(&backups, sysid);
+        for f in files {
+            if have.get(&sysid).is_some_and(|h| h.contains(&f)) {
+                report.present += 1;
+            } else if !needed(cut.as_deref(), &f) {
+                report.not_needed += 1;
+            } else {
+                todo.push((sysid, f));
+            }
+        }
+    }
+    // A few files in flight: WAL segments are up to 16 MiB (or more) each.
+    let done: Vec<(PutOutcome, u64)> = futures::stream::iter(todo)
+        .map(|(sysid, f)| async move {
+            let data = get_wal(source, sysid, &f)
+                .await?
+                .ok_or_else(|| Error::Invalid(format!("WAL file {f} vanished from the source")))?;
+            let data = Arc::new(data);
+            let outcome = put_wal(target, sysid, &f, data.clone()).await?;
+            match get_wal(target, sysid, &f).await? {
+                Some(back) if back == *data => Ok((outcome, data.len() as u64)),
+                _ => Err(Error::Invalid(format!(
+                    "WAL file {f} does not read back from the target as written"
+                ))),
+            }
+        })
+        .buffer_unordered(4)
+        .try_collect()
+        .await?;
+    for (outcome, bytes) in done {
+        match outcome {
+            PutOutcome::Stored => {
+                report.copied += 1;
+                report.bytes += bytes;
+            }
+            PutOutcome::AlreadyPresent => report.present += 1,
+        }
     }
     Ok(report)
 }

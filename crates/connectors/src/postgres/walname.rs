@@ -104,10 +104,12 @@ pub fn is_archivable(name: &str) -> bool {
         return is_upper_hex(tl, 8);
     }
     if let Some(rest) = name.strip_suffix(".backup") {
-        return rest.len() == 33
-            && is_segment_name(&rest[..24])
-            && rest.as_bytes()[24] == b'.'
-            && is_upper_hex(&rest[25..], 8);
+        // `get`, not indexing: a name of the right length in bytes may hold
+        // multi-byte characters, and a byte index inside one panics.
+        return match (rest.get(..24), rest.get(24..25), rest.get(25..)) {
+            (Some(seg), Some("."), Some(offset)) => is_segment_name(seg) && is_upper_hex(offset, 8),
+            _ => false,
+        };
     }
     false
 }
@@ -165,5 +167,19 @@ mod tests {
             position_part("000000020000000100000003.partial"),
             Some("0000000100000003")
         );
+    }
+
+    /// Found by the `wal` fuzz target: a `.backup` name 33 bytes long before
+    /// the suffix but with a multi-byte character across byte 24 made
+    /// `is_archivable` slice inside the character and panic. Such a name can
+    /// come from `%p` or from a storage listing (`parse_object_name`), so a
+    /// hostile bucket could crash `pg check` or `prune`.
+    #[test]
+    fn regression_backup_history_name_with_multibyte_character_panicked() {
+        let name = "00000001000000000000000\u{e9}00000028.backup";
+        assert_eq!(name.strip_suffix(".backup").unwrap().len(), 33);
+        assert!(!is_archivable(name));
+        let object = format!("{:016x}-{}", 7, name.to_lowercase());
+        assert_eq!(super::super::wal::parse_object_name(&object), None);
     }
 }

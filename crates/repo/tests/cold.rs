@@ -18,6 +18,7 @@ use lifeboat_snapshot::progress::NoProgress;
 use lifeboat_snapshot::restore::{RestoreOptions, plan, restore};
 use lifeboat_storage::{DynStorage, Kind, MemoryStorage, Storage};
 use lifeboat_testkit::CountingStorage;
+use lifeboat_testkit::data::pseudo_random;
 
 /// Small chunks and packs so a few MiB make several data packs.
 fn options() -> InitOptions {
@@ -79,15 +80,29 @@ impl Tiers {
     }
 }
 
-fn pseudo_random(len: usize, mut x: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+/// Restores all of `snap` into a new directory and returns the bytes of
+/// the file at `rel` under the backed-up `src`.
+async fn restore_and_read(
+    repo: &Arc<Repository>,
+    snap: &Snapshot,
+    src: &Path,
+    rel: &str,
+) -> Vec<u8> {
+    let target = tempfile::tempdir().unwrap();
+    let stats = restore(
+        repo,
+        snap,
+        &RestoreOptions {
+            target: target.path().to_path_buf(),
+            ..Default::default()
+        },
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    assert!(stats.errors.is_empty(), "{stats:?}");
+    let path = target.path().join(src.strip_prefix("/").unwrap()).join(rel);
+    std::fs::read(path).unwrap()
 }
 
 fn make_source(dir: &Path) {
@@ -406,24 +421,10 @@ async fn check_read_data_and_prune_work_across_tiers() {
     .await
     .unwrap();
     assert!(report.is_ok(), "{report:?}");
-    let target = tempfile::tempdir().unwrap();
-    let stats = restore(
-        &repo,
-        &kept,
-        &RestoreOptions {
-            target: target.path().to_path_buf(),
-            ..Default::default()
-        },
-        &NoProgress,
-    )
-    .await
-    .unwrap();
-    assert!(stats.errors.is_empty(), "{stats:?}");
-    let other = target
-        .path()
-        .join(src.path().strip_prefix("/").unwrap())
-        .join("a/b/other.bin");
-    assert_eq!(std::fs::read(other).unwrap(), pseudo_random(1_500_000, 2));
+    assert_eq!(
+        restore_and_read(&repo, &kept, src.path(), "a/b/other.bin").await,
+        pseudo_random(1_500_000, 2)
+    );
 }
 
 #[tokio::test]
@@ -657,24 +658,10 @@ async fn copy_into_and_out_of_a_cold_repository_keeps_the_tiers() {
     assert_eq!(stats.snapshots_copied, 1);
     assert!(tiers.cold.counts().read_bytes > 4_000_000);
     let snap = back.find_snapshot("latest").await.unwrap();
-    let target = tempfile::tempdir().unwrap();
-    let r = restore(
-        &back,
-        &snap,
-        &RestoreOptions {
-            target: target.path().to_path_buf(),
-            ..Default::default()
-        },
-        &NoProgress,
-    )
-    .await
-    .unwrap();
-    assert!(r.errors.is_empty(), "{r:?}");
-    let big = target
-        .path()
-        .join(src.path().strip_prefix("/").unwrap())
-        .join("a/big.bin");
-    assert_eq!(std::fs::read(big).unwrap(), pseudo_random(2_500_000, 1));
+    assert_eq!(
+        restore_and_read(&back, &snap, src.path(), "a/big.bin").await,
+        pseudo_random(2_500_000, 1)
+    );
 }
 
 #[tokio::test]

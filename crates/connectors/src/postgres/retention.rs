@@ -128,9 +128,12 @@ pub async fn copy_wal(source: &Repository, target: &Repository) -> Result<WalCop
     // A few files in flight: WAL segments are up to 16 MiB (or more) each.
     let done: Vec<(PutOutcome, u64)> = futures::stream::iter(todo)
         .map(|(sysid, f)| async move {
-            let data = get_wal(source, sysid, &f)
-                .await?
-                .ok_or_else(|| Error::Invalid(format!("WAL file {f} vanished from the source")))?;
+            let data = get_wal(source, sysid, &f).await?.ok_or_else(|| {
+                Error::Invalid(format!(
+                    "WAL file {f} vanished from the source while copying (expired by a prune \
+                         there?); run the copy again"
+                ))
+            })?;
             let data = Arc::new(data);
             let outcome = put_wal(target, sysid, &f, data.clone()).await?;
             match get_wal(target, sysid, &f).await? {

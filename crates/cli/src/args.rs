@@ -24,7 +24,8 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// Repository location (path or URL). `backup` takes it several times
-    /// and writes one snapshot to each, reading the source once.
+    /// and writes one snapshot to each, reading the source once; `pg
+    /// wal-push` archives into each.
     #[arg(short = 'r', long = "repo", env = "LIFEBOAT_REPO", global = true)]
     pub repo: Vec<String>,
     /// Read the password from this file (first line). With several --repo:

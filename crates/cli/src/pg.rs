@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use lifeboat_connectors::Error as ConnError;
 use lifeboat_connectors::postgres::{
@@ -397,14 +397,36 @@ async fn wal_push(g: &Global, path: &Path, batch: usize, parallel: usize) -> Res
     let data = std::fs::read(path)
         .map_err(|e| cli_error(exit::NOT_FOUND, format!("{}: {e}", path.display())))?;
     // Fast path: an earlier invocation already archived this exact file.
-    if wal::marker(&paths, &file, &data) == wal::Marker::Matches {
+    // Several -r/--repo: the file is archived into each (3-2-1 with an
+    // off-site copy as current as the local one).
+    let targets = session::targets(g)?;
+    let locations: Vec<String> = targets.iter().map(|t| t.display.clone()).collect();
+    let set_tag = wal::repository_set_tag(&locations);
+    if wal::marker(&paths, &file, &data, &set_tag) == wal::Marker::Matches {
         return Ok(exit::OK);
     }
     drop(data);
     let sysid = system_identifier_of(&paths.pgdata).map_err(map)?;
-    let repo = session::open(g).await?;
+    let opened =
+        futures::future::join_all(targets.iter().map(|t| session::open_target(g, t))).await;
+    let mut repos = Vec::with_capacity(opened.len());
+    for (t, r) in targets.iter().zip(opened) {
+        repos.push(r.with_context(|| format!("repository {}", t.display))?);
+    }
     let options = wal::PushOptions { batch, parallel };
-    let report = wal::push(repo, sysid, path, &options).await.map_err(map)?;
+    let report = wal::push(&repos, &set_tag, sysid, path, &options)
+        .await
+        .map_err(|f| {
+            let e = map(f.error);
+            if targets.len() > 1 {
+                e.context(format!(
+                    "archiving {file} into repository {}",
+                    targets[f.repository].display
+                ))
+            } else {
+                e
+            }
+        })?;
     for (name, e) in &report.deferred {
         eprintln!("lifeboat: warning: {name} not pushed ahead (PostgreSQL will retry it): {e}");
     }

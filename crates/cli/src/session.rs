@@ -60,7 +60,7 @@ pub fn target(g: &Global) -> Result<Target> {
         [r] => target_at(r, 0),
         _ => Err(cli_error(
             exit::GENERIC,
-            "this command works on one repository: give -r/--repo once (only `backup` writes to several)",
+            "this command works on one repository: give -r/--repo once (only `backup` and `pg wal-push` write to several)",
         )),
     }
 }

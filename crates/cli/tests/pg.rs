@@ -752,3 +752,146 @@ fn copy_carries_the_wal_archive_so_the_offsite_copy_recovers_to_a_point_in_time(
         good
     );
 }
+
+/// WAL object names in a local repository.
+fn wal_objects(repo: &std::path::Path) -> std::collections::BTreeSet<String> {
+    match std::fs::read_dir(repo.join("wal")) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect(),
+        Err(_) => Default::default(),
+    }
+}
+
+#[test]
+fn wal_push_into_two_repositories_keeps_the_offsite_one_current_for_recovery() {
+    let env = Env::new();
+    let off = Env::new();
+    let archive_command = format!(
+        "{} -r {} --password-file {} -r {} --password-file {} pg wal-push %p",
+        env.bin.display(),
+        env.repo.display(),
+        env.pw.display(),
+        off.repo.display(),
+        off.pw.display()
+    );
+    let Some(pg) = PgCluster::start(&PgOptions {
+        archive_command: Some(archive_command),
+        extra_conf: vec![],
+    }) else {
+        return;
+    };
+    pg.psql(
+        "postgres",
+        "CREATE TABLE ledger (id int, amount int); \
+         INSERT INTO ledger SELECT g, g FROM generate_series(1, 1000) g",
+    );
+    base_backup(&env, &pg, "full");
+    // The base backup reaches the off-site repository by copy, without
+    // its WAL: the WAL is already there, pushed by archive_command.
+    let out = off.ok(&[
+        "--json",
+        "copy",
+        "--no-wal",
+        "--from",
+        env.repo.to_str().unwrap(),
+        "--from-password-file",
+        env.pw.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["wal"].is_null(), "--no-wal copies no WAL: {out}");
+    pg.psql(
+        "postgres",
+        "INSERT INTO ledger SELECT g, g FROM generate_series(1001, 1300) g",
+    );
+    let good = pg.psql("postgres", "SELECT sum(amount) FROM ledger");
+    std::thread::sleep(Duration::from_millis(300));
+    let t = pg.now_utc();
+    std::thread::sleep(Duration::from_millis(300));
+    pg.psql("postgres", "DELETE FROM ledger WHERE id % 2 = 0");
+    pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
+
+    let (here, there) = (wal_objects(&env.repo), wal_objects(&off.repo));
+    assert!(here.len() >= 3, "{here:?}");
+    assert_eq!(here, there, "every archived file is in both repositories");
+
+    let (restored, _) = off.restore_and_start("r", &["--target-time", &t]);
+    assert_eq!(
+        restored.psql("postgres", "SELECT sum(amount) FROM ledger"),
+        good
+    );
+}
+
+#[test]
+fn wal_push_into_several_repositories_fails_until_every_one_has_the_file() {
+    if !lifeboat_testkit::postgres::available() {
+        return;
+    }
+    let env = Env::new();
+    let off = Env::new();
+    let data = fake_pgdata(&env, 0x0ff5);
+    let name = "000000010000000000000007";
+    let seg = data.join("pg_wal").join(name);
+    let content = pseudo_random(1 << 20, 7);
+    std::fs::write(&seg, &content).unwrap();
+    chown_postgres(&seg);
+    let p = format!("pg_wal/{name}");
+    let push = |second: &std::path::Path| {
+        let mut c = as_postgres(&env.bin);
+        c.env("LIFEBOAT_INSECURE_TEST_KDF", "1")
+            .env_remove("LIFEBOAT_PASSWORD")
+            .env_remove("LIFEBOAT_REPO")
+            .current_dir(&data)
+            .arg("-r")
+            .arg(&env.repo)
+            .arg("--password-file")
+            .arg(&env.pw)
+            .arg("-r")
+            .arg(second)
+            .arg("--password-file")
+            .arg(&off.pw)
+            .args(["pg", "wal-push", &p]);
+        c.output().unwrap()
+    };
+
+    // The second repository does not exist: the push fails, names it, and
+    // leaves no marker, so PostgreSQL keeps the file and retries.
+    let missing = off.path("not-a-repo");
+    let out = push(&missing);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(10), "{stderr}");
+    assert!(stderr.contains("not-a-repo"), "{stderr}");
+    assert!(!data.join("pg_wal/lifeboat/pushed").join(name).exists());
+
+    // Pushed into the first repository alone: its marker does not stand for
+    // the pair, so the next push with both still stores it in the second.
+    let out = env.run(&["pg", "wal-push", seg.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(wal_objects(&off.repo).is_empty());
+    let out = push(&off.repo);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(wal_objects(&off.repo).len(), 1);
+    assert_eq!(wal_objects(&off.repo), wal_objects(&env.repo));
+
+    let fetched = data.join("pg_wal/RECOVERYXLOG");
+    let out = off
+        .command(&["pg", "wal-fetch", name, "pg_wal/RECOVERYXLOG"])
+        .current_dir(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&fetched).unwrap() == content);
+}

@@ -33,6 +33,14 @@
 //! hash differs sends the push down the slow path (which compares with the
 //! repository), so a stale or torn marker can never hide a file that is not
 //! archived. Fetches read ahead the same way into `pg_wal/lifeboat/fetched`.
+//!
+//! # Several repositories
+//!
+//! A push can archive into several repositories at once (3-2-1 with an
+//! off-site copy that is as current as the local one). A file counts as
+//! pushed only when every repository holds it; the marker then also holds a
+//! tag of the repository set, so a marker written for another set (a
+//! repository added to `archive_command`) does not skip the new one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -257,19 +265,44 @@ pub enum Marker {
     Unknown,
 }
 
-/// Checks the push marker of `file` against its content.
-pub fn marker(paths: &WalPaths, file: &str, data: &[u8]) -> Marker {
+/// The tag of a set of repositories in push markers: empty for one
+/// repository (markers then hold the content hash alone), else a hash of
+/// their locations as given, in order.
+pub fn repository_set_tag(locations: &[String]) -> String {
+    if locations.len() <= 1 {
+        return String::new();
+    }
+    let mut h = blake3::Hasher::new();
+    for l in locations {
+        h.update(l.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().to_hex()[..16].to_string()
+}
+
+fn marker_text(data: &[u8], set_tag: &str) -> String {
+    let hash = blake3::hash(data).to_hex();
+    if set_tag.is_empty() {
+        hash.to_string()
+    } else {
+        format!("{hash} {set_tag}")
+    }
+}
+
+/// Checks the push marker of `file` against its content and the
+/// repository set (see [`repository_set_tag`]).
+pub fn marker(paths: &WalPaths, file: &str, data: &[u8], set_tag: &str) -> Marker {
     match std::fs::read_to_string(paths.pushed_dir().join(file)) {
-        Ok(s) if s.trim() == blake3::hash(data).to_hex().as_str() => Marker::Matches,
+        Ok(s) if s.trim() == marker_text(data, set_tag) => Marker::Matches,
         _ => Marker::Unknown,
     }
 }
 
-fn write_marker(paths: &WalPaths, file: &str, data: &[u8]) -> std::io::Result<()> {
+fn write_marker(paths: &WalPaths, file: &str, data: &[u8], set_tag: &str) -> std::io::Result<()> {
     let dir = paths.pushed_dir();
     std::fs::create_dir_all(&dir)?;
     let tmp = dir.join(format!(".tmp-{file}"));
-    std::fs::write(&tmp, blake3::hash(data).to_hex().as_bytes())?;
+    std::fs::write(&tmp, marker_text(data, set_tag).as_bytes())?;
     std::fs::rename(&tmp, dir.join(file))
 }
 
@@ -304,17 +337,31 @@ pub struct PushReport {
     pub deferred: Vec<(String, String)>,
 }
 
+/// The asked file could not be archived into `repositories[repository]`.
+#[derive(Debug)]
+pub struct PushFailure {
+    pub repository: usize,
+    pub error: Error,
+}
+
 /// Pushes the file at `path` (PostgreSQL's `%p`) and up to
-/// `options.batch - 1` other files waiting in `archive_status`. Succeeds
-/// only if `path` itself is durably archived.
+/// `options.batch - 1` other files waiting in `archive_status` into every
+/// repository of `repos`. Succeeds only if `path` itself is durably
+/// archived in all of them; `set_tag` is [`repository_set_tag`] of their
+/// locations.
 pub async fn push(
-    repo: Arc<Repository>,
+    repos: &[Arc<Repository>],
+    set_tag: &str,
     system_identifier: u64,
     path: &Path,
     options: &PushOptions,
-) -> Result<PushReport> {
+) -> std::result::Result<PushReport, PushFailure> {
+    let failure = |error| PushFailure {
+        repository: 0,
+        error,
+    };
     let paths = WalPaths::from_percent_p(path);
-    let file = file_name(path)?;
+    let file = file_name(path).map_err(failure)?;
     let mut names = vec![file.clone()];
     if let Ok(rd) = std::fs::read_dir(paths.pg_wal.join("archive_status")) {
         let mut ready: Vec<String> = rd
@@ -327,20 +374,39 @@ pub async fn push(
         ready.sort();
         names.extend(ready.into_iter().take(options.batch.saturating_sub(1)));
     }
-    let results: Vec<(String, Result<PutOutcome>)> = futures::stream::iter(names)
+    type Pushed = std::result::Result<PutOutcome, PushFailure>;
+    let results: Vec<(String, Pushed)> = futures::stream::iter(names)
         .map(|name| {
-            let repo = repo.clone();
             let paths = paths.clone();
             async move {
                 let p = paths.pg_wal.join(&name);
                 let r = async {
-                    let data = Arc::new(tokio::fs::read(&p).await.map_err(|e| Error::io(&p, e))?);
-                    if marker(&paths, &name, &data) == Marker::Matches {
+                    let data = Arc::new(
+                        tokio::fs::read(&p)
+                            .await
+                            .map_err(|e| failure(Error::io(&p, e)))?,
+                    );
+                    if marker(&paths, &name, &data, set_tag) == Marker::Matches {
                         return Ok(PutOutcome::AlreadyPresent);
                     }
-                    let out = put_wal(&repo, system_identifier, &name, data.clone()).await?;
-                    // The object is durable: now the marker may say so.
-                    if let Err(e) = write_marker(&paths, &name, &data) {
+                    // Into every repository at once (an off-site one is
+                    // slower; the others do not wait for it in turn).
+                    let outcomes = futures::future::join_all(
+                        repos
+                            .iter()
+                            .map(|repo| put_wal(repo, system_identifier, &name, data.clone())),
+                    )
+                    .await;
+                    let mut out = PutOutcome::AlreadyPresent;
+                    for (repository, o) in outcomes.into_iter().enumerate() {
+                        match o {
+                            Ok(PutOutcome::Stored) => out = PutOutcome::Stored,
+                            Ok(PutOutcome::AlreadyPresent) => {}
+                            Err(error) => return Err(PushFailure { repository, error }),
+                        }
+                    }
+                    // Durable in every repository: now the marker may say so.
+                    if let Err(e) = write_marker(&paths, &name, &data, set_tag) {
                         tracing::warn!("cannot write push marker for {name}: {e}");
                     }
                     Ok(out)
@@ -358,12 +424,12 @@ pub async fn push(
         match r {
             Ok(PutOutcome::Stored) => report.stored.push(name.clone()),
             Ok(PutOutcome::AlreadyPresent) => report.already_present.push(name.clone()),
-            Err(e) if name != file => report.deferred.push((name.clone(), e.to_string())),
-            Err(e) => own = Some(e),
+            Err(f) if name != file => report.deferred.push((name.clone(), f.error.to_string())),
+            Err(f) => own = Some(f),
         }
     }
-    if let Some(e) = own {
-        return Err(e);
+    if let Some(f) = own {
+        return Err(f);
     }
     clean_markers(&paths);
     report.stored.sort();

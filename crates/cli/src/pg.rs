@@ -418,13 +418,12 @@ async fn wal_push(g: &Global, path: &Path, batch: usize, parallel: usize) -> Res
         .await
         .map_err(|f| {
             let e = map(f.error);
-            if targets.len() > 1 {
-                e.context(format!(
+            match f.repository {
+                Some(i) if targets.len() > 1 => e.context(format!(
                     "archiving {file} into repository {}",
-                    targets[f.repository].display
-                ))
-            } else {
-                e
+                    targets[i].display
+                )),
+                _ => e,
             }
         })?;
     for (name, e) in &report.deferred {

@@ -337,10 +337,11 @@ pub struct PushReport {
     pub deferred: Vec<(String, String)>,
 }
 
-/// The asked file could not be archived into `repositories[repository]`.
+/// The asked file could not be archived: into `repos[i]` for
+/// `repository: Some(i)`, or for a local reason (`None`).
 #[derive(Debug)]
 pub struct PushFailure {
-    pub repository: usize,
+    pub repository: Option<usize>,
     pub error: Error,
 }
 
@@ -357,7 +358,7 @@ pub async fn push(
     options: &PushOptions,
 ) -> std::result::Result<PushReport, PushFailure> {
     let failure = |error| PushFailure {
-        repository: 0,
+        repository: None,
         error,
     };
     let paths = WalPaths::from_percent_p(path);
@@ -402,7 +403,12 @@ pub async fn push(
                         match o {
                             Ok(PutOutcome::Stored) => out = PutOutcome::Stored,
                             Ok(PutOutcome::AlreadyPresent) => {}
-                            Err(error) => return Err(PushFailure { repository, error }),
+                            Err(error) => {
+                                return Err(PushFailure {
+                                    repository: Some(repository),
+                                    error,
+                                });
+                            }
                         }
                     }
                     // Durable in every repository: now the marker may say so.

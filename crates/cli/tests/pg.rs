@@ -78,6 +78,15 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `pg wal-fetch NAME pg_wal/RECOVERYXLOG` in the data directory `data`,
+    /// as PostgreSQL's restore_command runs it.
+    fn wal_fetch(&self, data: &std::path::Path, name: &str) -> Output {
+        self.command(&["pg", "wal-fetch", name, "pg_wal/RECOVERYXLOG"])
+            .current_dir(data)
+            .output()
+            .expect("run wal-fetch")
+    }
+
     fn archive_command(&self) -> String {
         format!(
             "{} -r {} --password-file {} pg wal-push %p",
@@ -329,11 +338,7 @@ fn wal_push_is_idempotent_and_refuses_other_content_under_the_same_name() {
 
     // Fetch returns the same bytes.
     let fetched = data.join("pg_wal/RECOVERYXLOG");
-    let out = env
-        .command(&["pg", "wal-fetch", name, "pg_wal/RECOVERYXLOG"])
-        .current_dir(&data)
-        .output()
-        .unwrap();
+    let out = env.wal_fetch(&data, name);
     assert!(
         out.status.success(),
         "{}",
@@ -350,25 +355,12 @@ fn wal_push_is_idempotent_and_refuses_other_content_under_the_same_name() {
     assert!(!out.status.success());
     assert!(stderr.contains("DIFFERENT"), "{stderr}");
     std::fs::remove_file(&fetched).unwrap();
-    let out = env
-        .command(&["pg", "wal-fetch", name, "pg_wal/RECOVERYXLOG"])
-        .current_dir(&data)
-        .output()
-        .unwrap();
+    let out = env.wal_fetch(&data, name);
     assert!(out.status.success());
     assert!(std::fs::read(&fetched).unwrap() == content, "original kept");
 
     // A file not in the archive: exit 1 (PostgreSQL reads it as "no more WAL").
-    let out = env
-        .command(&[
-            "pg",
-            "wal-fetch",
-            "000000010000000000000099",
-            "pg_wal/RECOVERYXLOG",
-        ])
-        .current_dir(&data)
-        .output()
-        .unwrap();
+    let out = env.wal_fetch(&data, "000000010000000000000099");
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -883,11 +875,7 @@ fn wal_push_into_several_repositories_fails_until_every_one_has_the_file() {
     assert_eq!(wal_objects(&off.repo), wal_objects(&env.repo));
 
     let fetched = data.join("pg_wal/RECOVERYXLOG");
-    let out = off
-        .command(&["pg", "wal-fetch", name, "pg_wal/RECOVERYXLOG"])
-        .current_dir(&data)
-        .output()
-        .unwrap();
+    let out = off.wal_fetch(&data, name);
     assert!(
         out.status.success(),
         "{}",

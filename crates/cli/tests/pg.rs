@@ -146,6 +146,17 @@ fn base_backup(env: &Env, pg: &PgCluster, mode: &str) -> serde_json::Value {
     serde_json::from_str(&out).expect("backup json")
 }
 
+/// Remembers the server's time T (with a margin on both sides), then runs
+/// `damage` and waits until the WAL holding it is archived; returns T.
+fn time_before_damage(pg: &PgCluster, damage: &str) -> String {
+    std::thread::sleep(Duration::from_millis(300));
+    let t = pg.now_utc();
+    std::thread::sleep(Duration::from_millis(300));
+    pg.psql("postgres", damage);
+    pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
+    t
+}
+
 macro_rules! primary_or_skip {
     ($env:expr) => {
         match $env.primary() {
@@ -237,11 +248,7 @@ fn dropped_table_is_recovered_to_just_before_the_drop() {
         "postgres",
         "SELECT md5(string_agg(note, ',' ORDER BY id)) FROM important",
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let t = pg.now_utc();
-    std::thread::sleep(Duration::from_millis(300));
-    pg.psql("postgres", "DROP TABLE important");
-    pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
+    let t = time_before_damage(&pg, "DROP TABLE important");
 
     let (restored, _) = env.restore_and_start("r", &["--target-time", &t]);
     assert_eq!(
@@ -704,11 +711,7 @@ fn copy_carries_the_wal_archive_so_the_offsite_copy_recovers_to_a_point_in_time(
         "INSERT INTO ledger SELECT g, g FROM generate_series(1001, 1200) g",
     );
     let good = pg.psql("postgres", "SELECT sum(amount) FROM ledger");
-    std::thread::sleep(Duration::from_millis(300));
-    let t = pg.now_utc();
-    std::thread::sleep(Duration::from_millis(300));
-    pg.psql("postgres", "UPDATE ledger SET amount = 0 WHERE id % 3 = 0");
-    pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
+    let t = time_before_damage(&pg, "UPDATE ledger SET amount = 0 WHERE id % 3 = 0");
 
     // The off-site repository: its own directory, binary and password.
     let off = Env::new();
@@ -798,11 +801,7 @@ fn wal_push_into_two_repositories_keeps_the_offsite_one_current_for_recovery() {
         "INSERT INTO ledger SELECT g, g FROM generate_series(1001, 1300) g",
     );
     let good = pg.psql("postgres", "SELECT sum(amount) FROM ledger");
-    std::thread::sleep(Duration::from_millis(300));
-    let t = pg.now_utc();
-    std::thread::sleep(Duration::from_millis(300));
-    pg.psql("postgres", "DELETE FROM ledger WHERE id % 2 = 0");
-    pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
+    let t = time_before_damage(&pg, "DELETE FROM ledger WHERE id % 2 = 0");
 
     let (here, there) = (wal_objects(&env.repo), wal_objects(&off.repo));
     assert!(here.len() >= 3, "{here:?}");

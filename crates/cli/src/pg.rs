@@ -396,12 +396,13 @@ async fn wal_push(g: &Global, path: &Path, batch: usize, parallel: usize) -> Res
         .to_string();
     let data = std::fs::read(path)
         .map_err(|e| cli_error(exit::NOT_FOUND, format!("{}: {e}", path.display())))?;
-    // Fast path: an earlier invocation already archived this exact file.
     // Several -r/--repo: the file is archived into each (3-2-1 with an
     // off-site copy as current as the local one).
     let targets = session::targets(g)?;
     let locations: Vec<String> = targets.iter().map(|t| t.display.clone()).collect();
     let set_tag = wal::repository_set_tag(&locations);
+    // Fast path: an earlier invocation already archived this exact file
+    // into this set of repositories.
     if wal::marker(&paths, &file, &data, &set_tag) == wal::Marker::Matches {
         return Ok(exit::OK);
     }

@@ -57,8 +57,8 @@ fn source(a: BackupArgs, draw: bool) -> Result<Source> {
         host: a.host,
         mode,
         compression_level: a.compression,
-        threads: None,
         scan_totals: draw,
+        ..Default::default()
     }))
 }
 

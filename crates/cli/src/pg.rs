@@ -42,6 +42,18 @@ impl DbArg {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum MethodArg {
+    /// files when the server's data directory is on this machine and
+    /// readable and archiving is on; stream otherwise.
+    Auto,
+    /// Read the data directory directly, in parallel, between
+    /// pg_backup_start and pg_backup_stop.
+    Files,
+    /// pg_basebackup's tar stream (works against a remote server).
+    Stream,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ActionArg {
     Promote,
     Pause,
@@ -50,7 +62,7 @@ pub enum ActionArg {
 
 #[derive(Debug, Subcommand)]
 pub enum PgCommand {
-    /// Take a physical base backup (pg_basebackup) into a snapshot.
+    /// Take a physical base backup into a snapshot.
     Backup {
         #[command(flatten)]
         db: DbArg,
@@ -67,6 +79,9 @@ pub enum PgCommand {
         /// Wait for a spread checkpoint instead of an immediate one.
         #[arg(long)]
         spread_checkpoint: bool,
+        /// How to read the cluster.
+        #[arg(long, value_enum, default_value_t = MethodArg::Auto)]
+        method: MethodArg,
     },
     /// archive_command: store a WAL file (and other ready ones) in the repository.
     WalPush {
@@ -201,6 +216,7 @@ pub async fn run(g: &Global, a: PgArgs) -> Result<i32> {
             host,
             compression,
             spread_checkpoint,
+            method,
         } => {
             let repo = session::open(g).await?;
             let options = base::BaseBackupOptions {
@@ -210,6 +226,11 @@ pub async fn run(g: &Global, a: PgArgs) -> Result<i32> {
                 host,
                 compression_level: compression,
                 spread_checkpoint,
+                method: match method {
+                    MethodArg::Auto => base::BackupMethod::Auto,
+                    MethodArg::Files => base::BackupMethod::Files,
+                    MethodArg::Stream => base::BackupMethod::Stream,
+                },
             };
             let (snap, info) = base::base_backup(repo, &options, Arc::new(|_| {}))
                 .await
@@ -224,9 +245,13 @@ pub async fn run(g: &Global, a: PgArgs) -> Result<i32> {
                 }))?;
             } else {
                 outln!(
-                    "base backup {} saved ({} backup) of cluster {} (PostgreSQL {})",
+                    "base backup {} saved ({} backup, {}) of cluster {} (PostgreSQL {})",
                     snap.id.short(),
                     snap.record.mode,
+                    match info.layout {
+                        base::Layout::Files => "data directory files read directly",
+                        base::Layout::Tar => "pg_basebackup stream",
+                    },
                     info.system_identifier,
                     info.server_version
                 );

@@ -75,7 +75,28 @@ pub struct BackupOptions {
     pub threads: Option<usize>,
     /// Walk the source once up front to report totals (for an ETA).
     pub scan_totals: bool,
+    /// Record the snapshot under this source name (its `paths`) instead of
+    /// the absolute paths read; the parent snapshot is chosen by it too. For
+    /// connectors whose series is a database, not a path.
+    pub source: Option<String>,
+    /// With exactly one path, a directory: its entries are the snapshot's
+    /// root, so a restore puts them straight into the target (a database's
+    /// data directory, wherever it lives).
+    pub contents_as_root: bool,
+    /// The source is a live database directory whose own log repairs what
+    /// changes while it is read (PostgreSQL between `pg_backup_start` and
+    /// `pg_backup_stop`). Files that vanish are left out and files that
+    /// change are kept as read, both without a warning; and a file is
+    /// taken unread from the parent snapshot only if it was last modified
+    /// more than [`LIVE_REUSE_MARGIN_SECS`] before that snapshot began: a
+    /// write in the same clock tick as the parent's read leaves mtime and
+    /// size as the parent saw them, and its log record lies before this
+    /// backup's start, so nothing would repair it.
+    pub live: bool,
 }
+
+/// See [`BackupOptions::live`].
+pub const LIVE_REUSE_MARGIN_SECS: i64 = 1;
 
 /// What a finished backup produced.
 #[derive(Debug, Clone)]
@@ -120,6 +141,19 @@ pub async fn backup(
     only(backup_many(vec![repo], options, progress).await?)
 }
 
+/// Backs up file trees like [`backup`] but does not make the snapshot
+/// visible: the caller may add files to its root (what is known only
+/// after the read, such as a database's backup label) and then
+/// [`PendingBackup::commit`]s it with its own connector data. Dropped
+/// uncommitted, it leaves only unreferenced blobs, which prune removes.
+pub async fn backup_pending(
+    repo: Arc<Repository>,
+    options: &BackupOptions,
+    progress: Arc<dyn BackupProgress>,
+) -> Result<PendingBackup> {
+    only(pending_many(vec![repo], options, progress).await?)
+}
+
 /// Backs up file trees into every repository given, reading the source
 /// once. Each repository gets its own snapshot (its own parent, key, blob
 /// ids and packs). The result holds one outcome per repository, in the
@@ -132,6 +166,14 @@ pub async fn backup_many(
     options: &BackupOptions,
     progress: Arc<dyn BackupProgress>,
 ) -> Result<Vec<Result<BackupOutcome>>> {
+    Ok(commit_all(pending_many(repos, options, progress).await?).await)
+}
+
+async fn pending_many(
+    repos: Vec<Arc<Repository>>,
+    options: &BackupOptions,
+    progress: Arc<dyn BackupProgress>,
+) -> Result<Vec<Result<PendingBackup>>> {
     let started = Instant::now();
     let time = jiff::Timestamp::now();
     if options.paths.is_empty() {
@@ -148,10 +190,20 @@ pub async fn backup_many(
     }
     roots.sort();
     roots.dedup();
-    let paths: Vec<String> = roots
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
+    if options.contents_as_root
+        && (roots.len() != 1 || !fs::metadata(&roots[0]).is_ok_and(|m| m.is_dir()))
+    {
+        return Err(Error::Invalid(
+            "a backup whose root is a directory's contents takes exactly one directory".into(),
+        ));
+    }
+    let paths: Vec<String> = match &options.source {
+        Some(source) => vec![source.clone()],
+        None => roots
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect(),
+    };
     let host = options.host.clone().unwrap_or_else(hostname);
     let excludes = build_excludes(&options.excludes)?;
 
@@ -184,6 +236,7 @@ pub async fn backup_many(
         ctx.exclude_caches = options.exclude_caches;
         ctx.one_file_system = options.one_file_system;
         ctx.root_devs = root_devs;
+        ctx.live_source = options.live;
     });
     let ctx = Arc::new(ctx);
     let scanner = if options.scan_totals {
@@ -195,7 +248,10 @@ pub async fn backup_many(
     };
     let walked = {
         let ctx = ctx.clone();
-        tokio::task::spawn_blocking(move || run_walk(&ctx, roots, parent_trees, threads))
+        let contents_as_root = options.contents_as_root;
+        tokio::task::spawn_blocking(move || {
+            run_walk(&ctx, roots, parent_trees, threads, contents_as_root)
+        })
             .await
             .map_err(|e| Error::Invalid(format!("backup task failed: {e}")))
     };
@@ -212,12 +268,20 @@ pub async fn backup_many(
         paths,
         tags: options.tags.clone(),
     };
-    finish_all(ctx, meta, roots, &base, started, &mut results).await?;
+    finish_all(ctx, meta, roots, &base, started, &mut results)?;
     Ok(results.into_iter().map(Option::unwrap).collect())
 }
 
-fn only(mut results: Vec<Result<BackupOutcome>>) -> Result<BackupOutcome> {
+fn only<T>(mut results: Vec<Result<T>>) -> Result<T> {
     results.pop().expect("one repository gives one result")
+}
+
+/// Commits every pending snapshot (concurrently).
+async fn commit_all(pending: Vec<Result<PendingBackup>>) -> Vec<Result<BackupOutcome>> {
+    futures::future::join_all(pending.into_iter().map(|p| async move {
+        p?.commit(Default::default()).await
+    }))
+    .await
 }
 
 /// A repository ready to take a backup.
@@ -236,7 +300,7 @@ struct TargetMeta {
     mode: BackupMode,
 }
 
-type Results = Vec<Option<Result<BackupOutcome>>>;
+type Results = Vec<Option<Result<PendingBackup>>>;
 
 /// Opens a write session in every repository (concurrently) and reads each
 /// one's parent snapshot. Repositories that fail here get their error in
@@ -326,9 +390,9 @@ struct RecordBase {
     tags: Vec<String>,
 }
 
-/// Writes each surviving target's snapshot record (concurrently) and fills
-/// in every target's result.
-async fn finish_all(
+/// Fills in every target's result: for each surviving target, its
+/// snapshot record ready to be committed.
+fn finish_all(
     ctx: Arc<Ctx>,
     meta: Vec<TargetMeta>,
     roots: Vec<Option<Id>>,
@@ -339,7 +403,6 @@ async fn finish_all(
     let ctx =
         Arc::try_unwrap(ctx).map_err(|_| Error::Invalid("write session still in use".into()))?;
     let warnings = std::mem::take(&mut *ctx.warnings.lock().unwrap());
-    let mut finishing = Vec::new();
     for ((target, meta), root) in ctx.targets.into_iter().zip(meta).zip(roots) {
         let failure = target.failure.lock().unwrap().take();
         let root = match (failure, root) {
@@ -370,32 +433,115 @@ async fn finish_all(
             program_version: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
             extra: Default::default(),
         };
-        let warnings = warnings.clone();
-        finishing.push(async move {
-            (
-                meta.index,
-                finish(target.session, record, started, warnings).await,
-            )
-        });
-    }
-    for (index, outcome) in futures::future::join_all(finishing).await {
-        results[index] = Some(outcome);
+        results[meta.index] = Some(Ok(PendingBackup {
+            session: target.session,
+            root: target.root_tree.into_inner().unwrap(),
+            record,
+            started,
+            warnings: warnings.clone(),
+        }));
     }
     Ok(())
 }
 
-async fn finish(
+/// A backup whose data and trees are stored but whose snapshot record is
+/// not written yet (see [`backup_pending`]).
+pub struct PendingBackup {
     session: WriteSession,
-    mut record: SnapshotRecord,
+    /// The tree `record.tree` names.
+    root: Option<Tree>,
+    record: SnapshotRecord,
     started: Instant,
     warnings: Vec<String>,
-) -> Result<BackupOutcome> {
-    let repo = session.repository().clone();
-    record.summary.elapsed_ms = started.elapsed().as_millis() as u64;
-    let id = session.finish(record).await?;
-    // Read back the record as stored (finish fills in the added-bytes counters).
-    let snapshot = repo.find_snapshot(&id.to_hex()).await?;
-    Ok(BackupOutcome { snapshot, warnings })
+}
+
+impl PendingBackup {
+    /// The record [`commit`](Self::commit) will write (its `extra` empty).
+    pub fn record(&self) -> &SnapshotRecord {
+        &self.record
+    }
+
+    /// Per-item problems so far.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Adds a regular file to the snapshot's root directory (replacing an
+    /// entry of the same name), stored like any other file's content.
+    pub async fn add_root_file(&mut self, name: &str, data: &[u8], mode: u32) -> Result<()> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(Error::Invalid(format!("invalid file name {name:?}")));
+        }
+        let Some(root) = self.root.as_mut() else {
+            return Err(Error::Invalid("the backup's root tree is not at hand".into()));
+        };
+        let content = if data.is_empty() {
+            Vec::new()
+        } else {
+            vec![self.session.add_blob(BlobType::Data, data).await?.id]
+        };
+        let now = jiff::Timestamp::now();
+        let t = Time {
+            secs: now.as_second(),
+            nanos: now.subsec_nanosecond() as u32,
+        };
+        let node = Node {
+            name: name.as_bytes().to_vec(),
+            kind: NodeKind::File,
+            mode: mode & 0o7777,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            user: None,
+            group: None,
+            mtime: t,
+            ctime: t,
+            dev: 0,
+            inode: 0,
+            links: 1,
+            size: data.len() as u64,
+            content,
+            subtree: None,
+            link_target: None,
+            xattrs: vec![],
+        };
+        root.nodes.retain(|n| n.name != node.name);
+        let at = root.nodes.partition_point(|n| n.name < node.name);
+        root.nodes.insert(at, node);
+        let root = root.encode();
+        self.record.tree = self
+            .session
+            .add_blob(BlobType::Tree, &root)
+            .await?
+            .id;
+        let s = &mut self.record.summary;
+        s.files_new += 1;
+        s.total_files += 1;
+        s.total_bytes += data.len() as u64;
+        s.read_bytes += data.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the snapshot record, with `extra` as its connector data, and
+    /// returns the stored snapshot.
+    pub async fn commit(
+        self,
+        extra: BTreeMap<String, serde_json::Value>,
+    ) -> Result<BackupOutcome> {
+        let PendingBackup {
+            session,
+            root: _,
+            mut record,
+            started,
+            warnings,
+        } = self;
+        let repo = session.repository().clone();
+        record.extra = extra;
+        record.summary.elapsed_ms = started.elapsed().as_millis() as u64;
+        let id = session.finish(record).await?;
+        // Read back the record as stored (finish fills in the added-bytes counters).
+        let snapshot = repo.find_snapshot(&id.to_hex()).await?;
+        Ok(BackupOutcome { snapshot, warnings })
+    }
 }
 
 /// Options of a stream backup.
@@ -449,7 +595,7 @@ pub async fn backup_stream_many<R: Read + Send + 'static>(
     )
     .await;
     if live.is_empty() {
-        return Ok(results.into_iter().map(Option::unwrap).collect());
+        return Ok(commit_all(results.into_iter().map(Option::unwrap).collect()).await);
     }
     let (ctx, meta) = Ctx::new(live, progress, |_| {});
     let ctx = Arc::new(ctx);
@@ -477,8 +623,8 @@ pub async fn backup_stream_many<R: Read + Send + 'static>(
         paths,
         tags: options.tags.clone(),
     };
-    finish_all(ctx, meta, roots, &base, started, &mut results).await?;
-    Ok(results.into_iter().map(Option::unwrap).collect())
+    finish_all(ctx, meta, roots, &base, started, &mut results)?;
+    Ok(commit_all(results.into_iter().map(Option::unwrap).collect()).await)
 }
 
 /// Stores, in each live target, the one-file tree of a stream backup, and
@@ -527,7 +673,10 @@ fn stream_trees(ctx: &Ctx, name: &str, size: u64, contents: Vec<Vec<Id>>) -> Vec
             .session
             .add_blob_blocking(BlobType::Tree, &tree.encode())
         {
-            Ok(added) => roots.push(Some(added.id)),
+            Ok(added) => {
+                *target.root_tree.lock().unwrap() = Some(tree);
+                roots.push(Some(added.id));
+            }
             Err(e) => {
                 ctx.fail(i, e.into());
                 roots.push(None);
@@ -586,8 +735,14 @@ struct Target {
     chunker: Chunker,
     /// Read every file (a full backup, or no parent snapshot).
     full: bool,
+    /// With a live source: files modified at or after this time are read
+    /// even when the parent snapshot has them unchanged.
+    reuse_before: Option<Time>,
     has_parent: bool,
     files: FileCounters,
+    /// The root tree as stored, for [`PendingBackup::add_root_file`]: the
+    /// session's blobs cannot be read back before it is finished.
+    root_tree: Mutex<Option<Tree>>,
     /// The error that stopped this target.
     failure: Mutex<Option<Error>>,
     dead: AtomicBool,
@@ -621,6 +776,8 @@ struct Ctx {
     /// Devices of the backup roots: with `one_file_system`, directories on
     /// any other device are stored empty.
     root_devs: std::collections::HashSet<u64>,
+    /// See [`BackupOptions::live`].
+    live_source: bool,
 }
 
 impl Ctx {
@@ -652,9 +809,14 @@ impl Ctx {
             ctx.targets.push(Target {
                 chunker: Chunker::new(chunker_params),
                 full: p.mode == BackupMode::Full,
+                reuse_before: p.parent.as_ref().map(|parent| Time {
+                    secs: parent.record.time.as_second() - LIVE_REUSE_MARGIN_SECS,
+                    nanos: 0,
+                }),
                 has_parent: p.parent.is_some(),
                 session: p.session,
                 files: FileCounters::default(),
+                root_tree: Mutex::new(None),
                 failure: Mutex::new(None),
                 dead: AtomicBool::new(false),
             });
@@ -671,6 +833,11 @@ impl Ctx {
             .min()
             .unwrap_or(0);
         set(&mut ctx);
+        if !ctx.live_source {
+            for t in &mut ctx.targets {
+                t.reuse_before = None;
+            }
+        }
         (ctx, meta)
     }
 
@@ -731,6 +898,12 @@ impl Ctx {
         set(n - 1, &mut last);
         out.push(last);
         out
+    }
+
+    /// A file or directory that vanished while a live source was read: left
+    /// out without a warning (the database removed it; its log says so).
+    fn vanished(&self, e: &std::io::Error) -> bool {
+        self.live_source && e.kind() == std::io::ErrorKind::NotFound
     }
 
     fn excluded(&self, path: &Path) -> bool {
@@ -1038,11 +1211,17 @@ fn complete(
                 return None;
             }
             let tree = Tree { nodes };
-            match ctx.targets[t]
+            let target = &ctx.targets[t];
+            match target
                 .session
                 .add_blob_blocking(BlobType::Tree, &tree.encode())
             {
-                Ok(a) => Some(a.id),
+                Ok(a) => {
+                    if parent.is_none() {
+                        *target.root_tree.lock().unwrap() = Some(tree);
+                    }
+                    Some(a.id)
+                }
                 Err(e) => {
                     ctx.fail(t, e.into());
                     None
@@ -1086,6 +1265,7 @@ fn run_walk(
     roots: Vec<PathBuf>,
     parent_trees: Vec<Option<Tree>>,
     threads: usize,
+    contents_as_root: bool,
 ) -> Vec<Option<Id>> {
     let root_slot: RootSlot = Arc::new(Mutex::new(None));
     let (tx, rx) = crossbeam_channel::bounded::<FileJob>(threads * 4);
@@ -1111,7 +1291,11 @@ fn run_walk(
             root: root_slot.clone(),
             prefetch: Mutex::new(HashMap::new()),
         };
-        walker.walk_roots(roots, parent_trees);
+        if contents_as_root {
+            walker.walk_root_dir(&roots[0], parent_trees);
+        } else {
+            walker.walk_roots(roots, parent_trees);
+        }
         // Dropping the walker closes the queue; the scope joins the workers.
     });
     let roots = root_slot.lock().unwrap().take();
@@ -1182,6 +1366,7 @@ impl Walker<'_> {
         let mut out = BTreeMap::new();
         let rd = match fs::read_dir(path) {
             Ok(rd) => rd,
+            Err(e) if self.ctx.vanished(&e) => return out,
             Err(e) => {
                 self.ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
                 self.ctx.warn(path, format!("cannot list directory: {e}"));
@@ -1322,6 +1507,7 @@ impl Walker<'_> {
         }
         let meta = match fs::symlink_metadata(path) {
             Ok(m) => m,
+            Err(e) if ctx.vanished(&e) => return Some(None),
             Err(e) => {
                 ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
                 ctx.warn(path, format!("cannot read metadata: {e}"));
@@ -1371,6 +1557,9 @@ impl Walker<'_> {
                         && p.mtime == node.mtime
                         && p.ctime == node.ctime
                         && p.inode == node.inode
+                        && target
+                            .reuse_before
+                            .is_none_or(|cut| p.mtime < cut && p.ctime < cut)
                         && p.content.iter().all(|id| target.session.has_blob(id));
                     same.then(|| p.content.clone())
                 })
@@ -1507,6 +1696,7 @@ fn read_file(ctx: &Ctx, job: FileJob) -> Option<Vec<Node>> {
     } else {
         let mut file = match File::open(&path) {
             Ok(f) => f,
+            Err(e) if ctx.vanished(&e) => return None,
             Err(e) => return fail("cannot open", &e),
         };
         let stored = if meta.len() < ctx.min_chunk as u64 {
@@ -1515,6 +1705,7 @@ fn read_file(ctx: &Ctx, job: FileJob) -> Option<Vec<Node>> {
             store_content(ctx, &mut file, &need)
         };
         if let Ok((_, size)) = &stored
+            && !ctx.live_source
             && let Ok(after) = file.metadata()
             && (after.len() != meta.len()
                 || after.mtime() != meta.mtime()

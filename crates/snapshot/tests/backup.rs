@@ -7,8 +7,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use lifeboat_repo::{BackupMode, InitOptions, KdfParams, Repository};
-use lifeboat_snapshot::backup::{BackupOptions, StdinOptions, backup, backup_stream};
+use lifeboat_snapshot::backup::{
+    BackupOptions, LIVE_REUSE_MARGIN_SECS, StdinOptions, backup, backup_pending, backup_stream,
+};
 use lifeboat_snapshot::progress::NoProgress;
+use lifeboat_snapshot::restore::{RestoreOptions, restore};
 use lifeboat_storage::{DynStorage, Kind, MemoryStorage};
 
 async fn memory_repo() -> (MemoryStorage, Arc<Repository>) {
@@ -324,4 +327,99 @@ async fn one_file_system_keeps_mount_points_empty() {
         "only `top`"
     );
     assert_eq!(all.unwrap().snapshot.record.summary.total_files, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pending_backup_of_a_directory_as_root_gains_a_late_file_and_restores_into_the_target() {
+    let (_mem, repo) = memory_repo().await;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    fs::create_dir(dir.path().join("base")).unwrap();
+    fs::write(dir.path().join("base/rel"), pseudo_random(300_000, 5)).unwrap();
+    fs::write(dir.path().join("conf"), b"setting = 1\n").unwrap();
+    let o = BackupOptions {
+        paths: vec![dir.path().to_path_buf()],
+        source: Some("db:42".into()),
+        contents_as_root: true,
+        ..Default::default()
+    };
+    let mut pending = backup_pending(repo.clone(), &o, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert!(
+        repo.snapshots().await.unwrap().is_empty(),
+        "nothing is visible before the commit"
+    );
+    pending
+        .add_root_file("label", b"START 0/2000028\n", 0o600)
+        .await
+        .unwrap();
+    let mut extra = std::collections::BTreeMap::new();
+    extra.insert("db".to_string(), serde_json::json!({"lsn": "0/2000028"}));
+    let done = pending.commit(extra).await.unwrap();
+    let record = &done.snapshot.record;
+    assert_eq!(record.paths, vec!["db:42".to_string()]);
+    assert_eq!(record.extra["db"]["lsn"], "0/2000028");
+    assert_eq!(record.summary.total_files, 3);
+
+    let target = tempfile::tempdir().unwrap();
+    let stats = restore(
+        &repo,
+        &done.snapshot,
+        &RestoreOptions {
+            target: target.path().to_path_buf(),
+            ..Default::default()
+        },
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    let t = target.path();
+    assert_eq!(fs::read(t.join("label")).unwrap(), b"START 0/2000028\n");
+    assert_eq!(fs::read(t.join("conf")).unwrap(), b"setting = 1\n");
+    assert_eq!(fs::read(t.join("base/rel")).unwrap(), pseudo_random(300_000, 5));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(t.join("label")).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // A second backup of the same source finds the first as its parent.
+    let again = backup(repo.clone(), &o, Arc::new(NoProgress)).await.unwrap();
+    assert_eq!(again.snapshot.record.parent, Some(done.snapshot.id));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_source_rereads_files_modified_near_the_parent_backup() {
+    let (_mem, repo) = memory_repo().await;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    fs::write(dir.path().join("old"), pseudo_random(200_000, 1)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(
+        (LIVE_REUSE_MARGIN_SECS as u64 + 1) * 1000 + 100,
+    ));
+    // Written within the margin before the first backup starts: a write in
+    // the same clock tick as that backup's read would leave its mtime and
+    // size unchanged, so a live source must not trust them.
+    fs::write(dir.path().join("fresh"), pseudo_random(100_000, 2)).unwrap();
+    let read_twice = |live: bool| {
+        let repo = repo.clone();
+        let o = BackupOptions {
+            paths: vec![dir.path().to_path_buf()],
+            source: Some(format!("live={live}")),
+            contents_as_root: true,
+            live,
+            ..Default::default()
+        };
+        async move {
+            backup(repo.clone(), &o, Arc::new(NoProgress)).await.unwrap();
+            let second = backup(repo, &o, Arc::new(NoProgress)).await.unwrap();
+            second.snapshot.record.summary.read_bytes
+        }
+    };
+    assert_eq!(read_twice(false).await, 0, "an ordinary source trusts mtimes");
+    assert_eq!(
+        read_twice(true).await,
+        100_000,
+        "a live source reads `fresh` again and reuses `old`"
+    );
 }

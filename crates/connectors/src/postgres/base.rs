@@ -1,5 +1,12 @@
-//! `pg backup`: a physical base backup streamed into a snapshot, and
-//! unpacking one into a data directory.
+//! `pg backup`: a physical base backup into a snapshot, and unpacking one
+//! into a data directory.
+//!
+//! Two methods. When the server runs on this machine and its data
+//! directory is readable here, the files are read directly and in
+//! parallel between `pg_backup_start` and `pg_backup_stop` ([`super::files`],
+//! the snapshot is the data directory itself). Otherwise (a remote server,
+//! or archiving off) `pg_basebackup` streams the cluster as a tar, as
+//! described next; `--method` chooses explicitly.
 //!
 //! `pg_basebackup -D - -F tar` writes the whole cluster as one tar stream on
 //! its stdout; it is chunked straight into the repository (content-defined
@@ -14,10 +21,13 @@
 //! restores on its own (but without point-in-time recovery), and the
 //! positions come from `pg_basebackup -v`'s report.
 //!
-//! The snapshot holds one file, `base.tar`; its record's `extra["postgresql"]`
+//! A stream snapshot holds one file, `base.tar`; a files snapshot holds the
+//! data directory's tree ([`Layout`]). Either record's `extra["postgresql"]`
 //! is a [`BaseBackupInfo`] (positions, timeline, WAL range, server version,
-//! system identifier, times). The backup only supports clusters without
-//! extra tablespaces (`pg_basebackup` cannot stream those to stdout).
+//! system identifier, times, layout). Only clusters without extra
+//! tablespaces are supported (`pg_basebackup` cannot stream those to
+//! stdout, and the files method refuses them rather than store a symlink
+//! to data it did not read).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -37,6 +47,32 @@ use crate::{Error, Result};
 
 /// The name of the tar file inside a base backup snapshot.
 pub const BASE_TAR: &str = "base.tar";
+
+/// How a base backup snapshot holds the data directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// One file, [`BASE_TAR`], as `pg_basebackup` streamed it (the default,
+    /// for snapshots written before the files method existed).
+    #[default]
+    Tar,
+    /// The data directory's files at the snapshot's root, `backup_label`
+    /// among them.
+    Files,
+}
+
+/// How `pg backup` reads the cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BackupMethod {
+    /// Files when the data directory is local and readable and archiving is
+    /// on, else stream.
+    #[default]
+    Auto,
+    /// Read the data directory's files directly, in parallel.
+    Files,
+    /// `pg_basebackup`'s tar stream (works against a remote server).
+    Stream,
+}
 
 /// What a base backup snapshot records about the cluster and the backup.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +96,8 @@ pub struct BaseBackupInfo {
     /// After this time the backup is consistent: a recovery target must be
     /// later.
     pub stop_time: jiff::Timestamp,
+    #[serde(default)]
+    pub layout: Layout,
 }
 
 impl BaseBackupInfo {
@@ -106,6 +144,13 @@ pub struct BaseBackupOptions {
     pub compression_level: Option<i32>,
     /// Wait for a spread checkpoint instead of forcing an immediate one.
     pub spread_checkpoint: bool,
+    pub method: BackupMethod,
+}
+
+impl BaseBackupOptions {
+    pub(super) fn host_name(&self) -> String {
+        self.host.clone().unwrap_or_else(hostname)
+    }
 }
 
 /// Runs a base backup into a new snapshot.
@@ -116,6 +161,15 @@ pub async fn base_backup(
 ) -> Result<(Snapshot, BaseBackupInfo)> {
     let client = options.conn.connect().await?;
     let facts = server_facts(&client).await?;
+    refuse_tablespaces(&client).await?;
+    let local = match options.method {
+        BackupMethod::Stream => None,
+        BackupMethod::Files => Some(super::files::local_data_dir(&client, &facts).await?),
+        BackupMethod::Auto => super::files::local_data_dir(&client, &facts).await.ok(),
+    };
+    if let Some(data_dir) = local {
+        return super::files::backup(repo, options, client, facts, &data_dir, on_bytes).await;
+    }
     drop(client);
     let archiving = facts.archive_mode != "off";
     let major = facts.server_version_num / 10000;
@@ -163,7 +217,7 @@ pub async fn base_backup(
         StreamOptions {
             file_name: BASE_TAR.into(),
             source: source_name(facts.system_identifier),
-            host: options.host.clone().unwrap_or_else(hostname),
+            host: options.host_name(),
             tags: options.tags.clone(),
             mode: options.mode,
             compression_level: options.compression_level,
@@ -185,24 +239,8 @@ pub async fn base_backup(
     }
     let written = written?;
     let stop_time = jiff::Timestamp::now();
-    let (start_lsn, timeline, stop_lsn) = if archiving {
-        let after = backup_history_files(&repo, facts.system_identifier).await?;
-        let ours = after.difference(&history_before).last().ok_or_else(|| {
-            Error::Invalid(format!(
-                "the base backup finished but its backup history file did not arrive in this \
-                 repository: archive_command ({:?}) must run `lifeboat pg wal-push %p` into the \
-                 same repository, or WAL needed to restore this backup is elsewhere",
-                facts.archive_command
-            ))
-        })?;
-        let text = get_wal(&repo, facts.system_identifier, ours)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("backup history file {ours} vanished")))?;
-        parse_history(&String::from_utf8_lossy(&text)).ok_or_else(|| {
-            Error::Invalid(format!(
-                "backup history file {ours} has no start/stop location"
-            ))
-        })?
+    let positions = if archiving {
+        archived_positions(&repo, &facts, &history_before).await?
     } else {
         parse_report(&stderr).ok_or_else(|| Error::Tool {
             tool: "pg_basebackup".into(),
@@ -210,29 +248,97 @@ pub async fn base_backup(
             stderr: conn::tail(&stderr),
         })?
     };
-    let seg = facts.wal_segment_size;
-    let info = BaseBackupInfo {
-        kind: "base-backup".into(),
-        system_identifier: facts.system_identifier.to_string(),
-        server_version: facts.server_version.clone(),
-        server_version_num: facts.server_version_num,
-        timeline,
-        start_lsn: format_lsn(start_lsn),
-        stop_lsn: format_lsn(stop_lsn),
-        start_wal: Segment::of_lsn(timeline, start_lsn, seg).name(seg),
-        stop_wal: Segment::before_lsn(timeline, stop_lsn.max(start_lsn + 1), seg).name(seg),
-        wal_segment_size: seg,
-        wal_included: !archiving,
-        start_time,
-        stop_time,
-    };
-    let mut extra = BTreeMap::new();
-    extra.insert(
-        EXTRA_KEY.to_string(),
-        serde_json::to_value(&info).expect("serializes"),
-    );
-    let snapshot = written.commit(extra).await?;
+    let mut info = BaseBackupInfo::new(&facts, positions, start_time, stop_time);
+    info.wal_included = !archiving;
+    let snapshot = written.commit(info.extra()).await?;
     Ok((snapshot, info))
+}
+
+impl BaseBackupInfo {
+    /// The record of a backup of the server `facts` describes, with WAL
+    /// positions (start LSN, timeline, stop LSN); WAL not included, tar layout.
+    pub(super) fn new(
+        facts: &conn::ServerFacts,
+        (start_lsn, timeline, stop_lsn): (u64, u32, u64),
+        start_time: jiff::Timestamp,
+        stop_time: jiff::Timestamp,
+    ) -> Self {
+        let seg = facts.wal_segment_size;
+        BaseBackupInfo {
+            kind: "base-backup".into(),
+            system_identifier: facts.system_identifier.to_string(),
+            server_version: facts.server_version.clone(),
+            server_version_num: facts.server_version_num,
+            timeline,
+            start_lsn: format_lsn(start_lsn),
+            stop_lsn: format_lsn(stop_lsn),
+            start_wal: Segment::of_lsn(timeline, start_lsn, seg).name(seg),
+            stop_wal: Segment::before_lsn(timeline, stop_lsn.max(start_lsn + 1), seg).name(seg),
+            wal_segment_size: seg,
+            wal_included: false,
+            start_time,
+            stop_time,
+            layout: Layout::Tar,
+        }
+    }
+
+    /// The snapshot record's `extra` holding this info.
+    pub(super) fn extra(&self) -> BTreeMap<String, serde_json::Value> {
+        let mut extra = BTreeMap::new();
+        extra.insert(
+            EXTRA_KEY.to_string(),
+            serde_json::to_value(self).expect("serializes"),
+        );
+        extra
+    }
+}
+
+/// Refuses clusters with tablespaces besides the default ones: neither
+/// method can back them up yet, and saying so beats a backup that restores
+/// without them.
+async fn refuse_tablespaces(client: &tokio_postgres::Client) -> Result<()> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')",
+            &[],
+        )
+        .await?;
+    let n: i64 = row.get(0);
+    if n > 0 {
+        return Err(Error::Invalid(format!(
+            "the cluster has {n} tablespace(s) besides pg_default and pg_global; lifeboat pg \
+             backup does not support tablespaces yet (back up with pg_basebackup -F plain, or \
+             move the tables into pg_default)"
+        )));
+    }
+    Ok(())
+}
+
+/// Start LSN, timeline and stop LSN from the backup history file the
+/// server archived for this backup (the one not in `before`). Its arrival
+/// proves that archive_command writes to this repository.
+pub(super) async fn archived_positions(
+    repo: &Repository,
+    facts: &conn::ServerFacts,
+    before: &std::collections::BTreeSet<String>,
+) -> Result<(u64, u32, u64)> {
+    let after = backup_history_files(repo, facts.system_identifier).await?;
+    let ours = after.difference(before).last().ok_or_else(|| {
+        Error::Invalid(format!(
+            "the base backup finished but its backup history file did not arrive in this \
+             repository: archive_command ({:?}) must run `lifeboat pg wal-push %p` into the \
+             same repository, or WAL needed to restore this backup is elsewhere",
+            facts.archive_command
+        ))
+    })?;
+    let text = get_wal(repo, facts.system_identifier, ours)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("backup history file {ours} vanished")))?;
+    parse_history(&String::from_utf8_lossy(&text)).ok_or_else(|| {
+        Error::Invalid(format!(
+            "backup history file {ours} has no start/stop location"
+        ))
+    })
 }
 
 /// Start LSN, timeline and end LSN from `pg_basebackup -v`'s report
@@ -257,7 +363,7 @@ fn parse_report(stderr: &str) -> Option<(u64, u32, u64)> {
 }
 
 /// The backup history files (`*.backup`) archived for a cluster.
-async fn backup_history_files(
+pub(super) async fn backup_history_files(
     repo: &Repository,
     system_identifier: u64,
 ) -> Result<std::collections::BTreeSet<String>> {
@@ -287,10 +393,13 @@ pub fn parse_history(text: &str) -> Option<(u64, u32, u64)> {
 }
 
 /// Unpacks a base backup snapshot into `dir` (which must be empty or
-/// absent; it is created with mode 0700 as PostgreSQL requires). The tar
-/// stream is read straight from the repository.
+/// absent; it is created with mode 0700 as PostgreSQL requires). A tar is
+/// read straight from the repository; a files snapshot is restored with
+/// parallel writes.
 pub async fn unpack(repo: Arc<Repository>, snapshot: &Snapshot, dir: &Path) -> Result<u64> {
-    use std::os::unix::fs::PermissionsExt;
+    if BaseBackupInfo::of(snapshot).is_some_and(|i| i.layout == Layout::Files) {
+        return super::files::restore(&repo, snapshot, dir).await;
+    }
     let node = stream_file(&repo, snapshot).await?;
     if node.name != BASE_TAR.as_bytes() {
         return Err(Error::Invalid(format!(
@@ -298,9 +407,7 @@ pub async fn unpack(repo: Arc<Repository>, snapshot: &Snapshot, dir: &Path) -> R
             snapshot.id.short()
         )));
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| Error::io(dir, e))?;
+    create_data_dir(dir)?;
     let reader = stream_reader(repo, &node);
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<u64> {
@@ -317,6 +424,15 @@ pub async fn unpack(repo: Arc<Repository>, snapshot: &Snapshot, dir: &Path) -> R
     })
     .await
     .map_err(|e| Error::Invalid(format!("unpack task failed: {e}")))?
+}
+
+/// Creates `dir` (and its parents) with mode 0700, as PostgreSQL requires
+/// of a data directory.
+pub(super) fn create_data_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(dir, e))
 }
 
 struct Counting<R> {

@@ -5,7 +5,8 @@
 //! The vendor tools do the database work (`pg_basebackup`, `pg_dump`,
 //! `pg_restore`, `pg_ctl`), run as child processes with their output
 //! streamed, never staged on disk; `tokio-postgres` reads positions and
-//! settings. Modules:
+//! settings and drives the low-level backup API when the data directory is
+//! local. Modules:
 //!
 //! - [`walname`]: WAL file names, segment arithmetic, LSNs.
 //! - [`wal`]: WAL files as repository objects (`wal-push`, `wal-fetch`,
@@ -13,6 +14,8 @@
 //!   ahead on fetches.
 //! - [`base`]: `pg backup` (a base backup into a snapshot) and unpacking one
 //!   into a data directory.
+//! - [`files`]: the files method of `pg backup`: the data directory read
+//!   directly and in parallel between `pg_backup_start` and `pg_backup_stop`.
 //! - [`pitr`]: `pg restore`: choosing the base backup, checking WAL
 //!   continuity, writing the recovery settings, starting and waiting.
 //! - [`retention`]: expiring WAL that no retained base backup needs.
@@ -26,6 +29,7 @@ pub mod base;
 pub mod check;
 pub mod conn;
 pub mod dump;
+pub mod files;
 pub mod pitr;
 pub mod retention;
 pub mod wal;

@@ -512,6 +512,7 @@ mod tests {
             wal_included: included,
             start_time: jiff::Timestamp::UNIX_EPOCH,
             stop_time: jiff::Timestamp::UNIX_EPOCH,
+            layout: Default::default(),
         }
     }
 

@@ -1,0 +1,295 @@
+//! The files method of `pg backup`: the data directory read directly, in
+//! parallel, between `pg_backup_start` and `pg_backup_stop`.
+//!
+//! This is PostgreSQL's low-level (non-exclusive) backup API, the one
+//! pgBackRest builds on (PostgreSQL documentation, "Continuous Archiving
+//! and Point-in-Time Recovery", section "Making a Base Backup Using the Low
+//! Level API"). One connection stays open from start to stop: closing it
+//! aborts the backup on the server. In between, `lifeboat-snapshot`'s file
+//! archiver reads the data directory with one reader per core and with its
+//! `live` rule (files that vanish are left out, files that change are kept
+//! as read: replaying WAL from the backup's start repairs both, which is
+//! why a base backup is only restorable with that WAL). `pg_backup_stop`
+//! waits until the WAL the backup needs is archived and returns the
+//! `backup_label` (and `tablespace_map`), which go into the snapshot's root
+//! before it is committed: restoring the snapshot gives a data directory
+//! PostgreSQL recovers from, with either `lifeboat pg restore` or a plain
+//! `lifeboat restore`.
+//!
+//! Left out, as `pg_basebackup` leaves them out (the same documentation
+//! section lists them): the contents of `pg_wal`, `pg_replslot`,
+//! `pg_dynshmem`, `pg_notify`, `pg_serial`, `pg_snapshots`, `pg_stat_tmp`
+//! and `pg_subtrans` (the directories themselves are kept, empty);
+//! `postmaster.pid`, `postmaster.opts`, `pg_internal.init` files, temporary
+//! files (`pgsql_tmp*`) and the `.tmp` files of settings being rewritten.
+//! Also left out: a `backup_label`, `tablespace_map` or signal file lying
+//! in the directory, because the restore writes its own.
+//!
+//! The method needs the server on this machine (its `postmaster.pid` in the
+//! data directory it reports must match the server connected to: same
+//! start time and port) and archiving on (without it, only `pg_basebackup
+//! -X fetch` can put the needed WAL inside the backup).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lifeboat_repo::{Repository, Snapshot};
+use lifeboat_snapshot::backup::{BackupOptions, backup_pending};
+use lifeboat_snapshot::progress::{BackupProgress, NoProgress};
+use lifeboat_snapshot::restore::RestoreOptions;
+use tokio_postgres::Client;
+
+use super::base::{
+    BaseBackupInfo, BaseBackupOptions, Layout, archived_positions, backup_history_files,
+    create_data_dir, source_name,
+};
+use super::conn::ServerFacts;
+use crate::{Error, Result};
+
+/// Directories whose contents a base backup leaves out (relative to the
+/// data directory).
+const EMPTY_DIRS: &[&str] = &[
+    "pg_wal",
+    "pg_replslot",
+    "pg_dynshmem",
+    "pg_notify",
+    "pg_serial",
+    "pg_snapshots",
+    "pg_stat_tmp",
+    "pg_subtrans",
+];
+
+/// Files at the data directory's top that a base backup leaves out.
+const TOP_FILES: &[&str] = &[
+    "postmaster.pid",
+    "postmaster.opts",
+    "backup_label",
+    "backup_label.old",
+    "tablespace_map",
+    "tablespace_map.old",
+    "recovery.signal",
+    "standby.signal",
+    "postgresql.auto.conf.tmp",
+    "current_logfiles.tmp",
+];
+
+/// Names left out wherever they are.
+const ANYWHERE: &[&str] = &["pg_internal.init", "pgsql_tmp*"];
+
+/// The exclude patterns of a files backup of `data_dir`.
+fn excludes(data_dir: &str) -> Vec<String> {
+    let dir = globset::escape(data_dir.trim_end_matches('/'));
+    EMPTY_DIRS
+        .iter()
+        .map(|d| format!("{dir}/{d}/*"))
+        .chain(TOP_FILES.iter().map(|f| format!("{dir}/{f}")))
+        .chain(ANYWHERE.iter().map(|n| n.to_string()))
+        .collect()
+}
+
+/// The data directory of the server `client` is connected to, when it is
+/// on this machine and readable; otherwise an error that says why and what
+/// to do.
+pub(super) async fn local_data_dir(client: &Client, facts: &ServerFacts) -> Result<PathBuf> {
+    let use_stream = "or use --method stream";
+    if facts.archive_mode == "off" {
+        return Err(Error::Invalid(format!(
+            "the files method needs WAL archiving (archive_mode = on, archive_command = \
+             'lifeboat pg wal-push %p'): without it only pg_basebackup can put the WAL a backup \
+             needs inside it; turn archiving on {use_stream}"
+        )));
+    }
+    let row = client
+        .query_one(
+            "SELECT current_setting('data_directory'), \
+                    extract(epoch FROM pg_postmaster_start_time())::bigint, \
+                    current_setting('port')",
+            &[],
+        )
+        .await
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "cannot read the server's data_directory setting ({e}): the files method needs \
+                 a superuser or a member of pg_read_all_settings, {use_stream}"
+            ))
+        })?;
+    let dir: String = row.get(0);
+    let started: i64 = row.get(1);
+    let port: String = row.get(2);
+    let pid_file = Path::new(&dir).join("postmaster.pid");
+    let text = std::fs::read_to_string(&pid_file).map_err(|e| {
+        Error::Invalid(format!(
+            "the server's data directory {dir} is not readable here ({e}): the server runs on \
+             another machine, or this user cannot read its files; run lifeboat as the \
+             server's OS user on its machine, {use_stream}"
+        ))
+    })?;
+    if !postmaster_matches(&text, &dir, started, &port) {
+        return Err(Error::Invalid(format!(
+            "{} belongs to another server than the one connected to (its start time or port \
+             differs): the server connected to runs elsewhere; {use_stream}",
+            pid_file.display()
+        )));
+    }
+    let control = Path::new(&dir).join("global").join("pg_control");
+    std::fs::File::open(&control).map_err(|e| {
+        Error::Invalid(format!(
+            "cannot read {} ({e}): run lifeboat as the server's OS user, {use_stream}",
+            control.display()
+        ))
+    })?;
+    Ok(PathBuf::from(dir))
+}
+
+/// Whether `postmaster.pid` (lines: pid, data directory, start time in
+/// seconds, port, ...) describes the server that reports `dir`, `started`
+/// and `port`. The start times come from two clock readings a moment apart,
+/// so they may differ by a second or two.
+fn postmaster_matches(text: &str, dir: &str, started: i64, port: &str) -> bool {
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let file_started = lines.get(2).and_then(|l| l.parse::<i64>().ok());
+    lines.get(1) == Some(&dir)
+        && file_started.is_some_and(|t| (t - started).abs() <= 2)
+        && lines.get(3) == Some(&port.trim())
+}
+
+/// Reports bytes read to the caller's counter.
+struct Bytes(Arc<dyn Fn(u64) + Send + Sync>);
+
+impl BackupProgress for Bytes {
+    fn processed(&self, _files: u64, bytes: u64) {
+        (self.0)(bytes)
+    }
+}
+
+/// Runs a files backup of `data_dir` (found by [`local_data_dir`]) on the
+/// open connection `client`.
+pub(super) async fn backup(
+    repo: Arc<Repository>,
+    options: &BaseBackupOptions,
+    client: Client,
+    facts: ServerFacts,
+    data_dir: &Path,
+    on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<(Snapshot, BaseBackupInfo)> {
+    let dir = data_dir
+        .to_str()
+        .ok_or_else(|| Error::Invalid(format!("data directory {data_dir:?} is not UTF-8")))?;
+    let history_before = backup_history_files(&repo, facts.system_identifier).await?;
+    let modern = facts.server_version_num >= 150000;
+    let fast = !options.spread_checkpoint;
+    let label = format!("lifeboat {}", jiff::Timestamp::now());
+    let start_time = jiff::Timestamp::now();
+    let start = if modern {
+        "SELECT pg_backup_start($1, $2)::text"
+    } else {
+        "SELECT pg_start_backup($1, $2, false)::text"
+    };
+    client.query_one(start, &[&label, &fast]).await?;
+    let read = BackupOptions {
+        paths: vec![data_dir.to_path_buf()],
+        excludes: excludes(dir),
+        tags: options.tags.clone(),
+        host: Some(options.host_name()),
+        mode: options.mode,
+        compression_level: options.compression_level,
+        source: Some(source_name(facts.system_identifier)),
+        contents_as_root: true,
+        live: true,
+        ..Default::default()
+    };
+    // On any error from here the connection is dropped with the pending
+    // snapshot, which ends the backup on the server and leaves only
+    // unreferenced blobs in the repository.
+    let mut pending = backup_pending(repo.clone(), &read, Arc::new(Bytes(on_bytes))).await?;
+    if pending.record().partial {
+        let first: Vec<&str> = pending.warnings().iter().take(3).map(String::as_str).collect();
+        return Err(Error::Invalid(format!(
+            "could not read every file of the data directory, so no backup was recorded: {}",
+            first.join("; ")
+        )));
+    }
+    let stop = if modern {
+        "SELECT labelfile, spcmapfile FROM pg_backup_stop(true)"
+    } else {
+        "SELECT labelfile, spcmapfile FROM pg_stop_backup(false, true)"
+    };
+    let row = client.query_one(stop, &[]).await?;
+    drop(client);
+    let stop_time = jiff::Timestamp::now();
+    let backup_label: String = row.get(0);
+    let tablespace_map: Option<String> = row.get(1);
+    pending
+        .add_root_file("backup_label", backup_label.as_bytes(), 0o600)
+        .await?;
+    if let Some(map) = tablespace_map.filter(|m| !m.is_empty()) {
+        pending
+            .add_root_file("tablespace_map", map.as_bytes(), 0o600)
+            .await?;
+    }
+    let positions = archived_positions(&repo, &facts, &history_before).await?;
+    let mut info = BaseBackupInfo::new(&facts, positions, start_time, stop_time);
+    info.layout = Layout::Files;
+    let outcome = pending.commit(info.extra()).await?;
+    Ok((outcome.snapshot, info))
+}
+
+/// Restores a files base backup into `dir` (absent or empty): the files in
+/// parallel, then the directories PostgreSQL needs that a backup leaves
+/// empty. A file that could not be restored fails the whole restore: a
+/// data directory missing a file must not be started.
+pub(super) async fn restore(repo: &Arc<Repository>, snapshot: &Snapshot, dir: &Path) -> Result<u64> {
+    create_data_dir(dir)?;
+    let options = RestoreOptions {
+        target: dir.to_path_buf(),
+        ..Default::default()
+    };
+    let stats = lifeboat_snapshot::restore::restore(repo, snapshot, &options, &NoProgress).await?;
+    if !stats.errors.is_empty() {
+        let first: Vec<&str> = stats.errors.iter().take(3).map(String::as_str).collect();
+        return Err(Error::Invalid(format!(
+            "{} file(s) of the base backup could not be restored, so {} is incomplete and must \
+             not be started: {}",
+            stats.errors.len(),
+            dir.display(),
+            first.join("; ")
+        )));
+    }
+    for d in EMPTY_DIRS.iter().copied().chain(["pg_wal/archive_status"]) {
+        let path = dir.join(d);
+        std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(stats.bytes_written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postmaster_pid_must_describe_the_connected_server() {
+        let pid = "4242\n/srv/pg/data\n1700000000\n5432\n/var/run/postgresql\n*\n  1 2\nready\n";
+        assert!(postmaster_matches(pid, "/srv/pg/data", 1700000001, "5432"));
+        assert!(!postmaster_matches(pid, "/srv/pg/other", 1700000000, "5432"));
+        assert!(!postmaster_matches(pid, "/srv/pg/data", 1700000100, "5432"));
+        assert!(!postmaster_matches(pid, "/srv/pg/data", 1700000000, "5433"));
+        assert!(!postmaster_matches("", "/srv/pg/data", 1700000000, "5432"));
+    }
+
+    #[test]
+    fn excludes_escape_the_data_directory() {
+        let ex = excludes("/srv/pg[1]/data/");
+        let set = {
+            let mut b = globset::GlobSetBuilder::new();
+            for p in &ex {
+                b.add(globset::Glob::new(p).unwrap());
+            }
+            b.build().unwrap()
+        };
+        assert!(set.is_match("/srv/pg[1]/data/pg_wal/000000010000000000000001"));
+        assert!(set.is_match("/srv/pg[1]/data/postmaster.pid"));
+        assert!(!set.is_match("/srv/pg1/data/postmaster.pid"));
+        assert!(!set.is_match("/srv/pg[1]/data/base/1/1259"));
+        assert!(set.is_match("pgsql_tmp1234.0"));
+    }
+}

@@ -492,10 +492,18 @@ fn shell_quote(s: &str) -> String {
 fn restore_command(g: &Global, read_ahead: usize) -> Result<String> {
     let exe = std::env::current_exe()?;
     let t = session::target(g)?;
+    // The server runs the command in its data directory: a repository
+    // given by a relative path is named absolutely.
+    let repo = match &t.location {
+        lifeboat_storage::Location::Local(p) if p.is_relative() => {
+            std::path::absolute(p)?.to_string_lossy().into_owned()
+        }
+        _ => t.display.clone(),
+    };
     let mut cmd = format!(
         "{} -r {}",
         shell_quote(&exe.to_string_lossy()),
-        shell_quote(&t.display)
+        shell_quote(&repo)
     );
     if let Some(f) = g.password_file.first() {
         let f = std::path::absolute(f)?;

@@ -5,7 +5,7 @@
 //! copy, so a concurrent rebuild of the shared target directory cannot swap
 //! it under a running test.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -47,7 +47,22 @@ impl Env {
         self.dir.path().join(name)
     }
 
+    /// The repository is named by a path relative to the test's directory
+    /// (the working directory), as a user typing `-r ./repo` would: the
+    /// restore_command a restore writes must not depend on it.
     fn command(&self, args: &[&str]) -> Command {
+        self.command_with_repo(Path::new("repo"), args)
+    }
+
+    /// A command run in `cwd` (as PostgreSQL runs archive and restore
+    /// commands in its data directory), with the repository's absolute path.
+    fn command_in(&self, cwd: &Path, args: &[&str]) -> Command {
+        let mut c = self.command_with_repo(&self.repo, args);
+        c.current_dir(cwd);
+        c
+    }
+
+    fn command_with_repo(&self, repo: &Path, args: &[&str]) -> Command {
         let mut c = as_postgres(&self.bin);
         c.env("LIFEBOAT_INSECURE_TEST_KDF", "1")
             .env_remove("LIFEBOAT_PASSWORD")
@@ -55,7 +70,7 @@ impl Env {
             .env("HOME", self.dir.path())
             .current_dir(self.dir.path())
             .arg("-r")
-            .arg(&self.repo)
+            .arg(repo)
             .arg("--password-file")
             .arg(&self.pw)
             .args(args);
@@ -81,8 +96,7 @@ impl Env {
     /// `pg wal-fetch NAME pg_wal/RECOVERYXLOG` in the data directory `data`,
     /// as PostgreSQL's restore_command runs it.
     fn wal_fetch(&self, data: &std::path::Path, name: &str) -> Output {
-        self.command(&["pg", "wal-fetch", name, "pg_wal/RECOVERYXLOG"])
-            .current_dir(data)
+        self.command_in(data, &["pg", "wal-fetch", name, "pg_wal/RECOVERYXLOG"])
             .output()
             .expect("run wal-fetch")
     }
@@ -416,8 +430,7 @@ fn wal_push_is_idempotent_and_refuses_other_content_under_the_same_name() {
     chown_postgres(&seg);
     let p = format!("pg_wal/{name}");
     let push = |env: &Env| {
-        env.command(&["pg", "wal-push", &p])
-            .current_dir(&data)
+        env.command_in(&data, &["pg", "wal-push", &p])
             .output()
             .unwrap()
     };
@@ -477,8 +490,7 @@ fn wal_push_killed_with_sigkill_leaves_nothing_wal_fetch_would_serve() {
         std::fs::write(&seg, &content).unwrap();
         chown_postgres(&seg);
         let mut child = env
-            .command(&["pg", "wal-push", &format!("pg_wal/{name}")])
-            .current_dir(&data)
+            .command_in(&data, &["pg", "wal-push", &format!("pg_wal/{name}")])
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
@@ -490,15 +502,17 @@ fn wal_push_killed_with_sigkill_leaves_nothing_wal_fetch_would_serve() {
         let dest = data.join("pg_wal/RECOVERYXLOG");
         let _ = std::fs::remove_file(&dest);
         let out = env
-            .command(&[
-                "pg",
-                "wal-fetch",
-                &name,
-                "pg_wal/RECOVERYXLOG",
-                "--read-ahead",
-                "0",
-            ])
-            .current_dir(&data)
+            .command_in(
+                &data,
+                &[
+                    "pg",
+                    "wal-fetch",
+                    &name,
+                    "pg_wal/RECOVERYXLOG",
+                    "--read-ahead",
+                    "0",
+                ],
+            )
             .output()
             .unwrap();
         match out.status.code() {

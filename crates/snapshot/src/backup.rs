@@ -252,8 +252,8 @@ async fn pending_many(
         tokio::task::spawn_blocking(move || {
             run_walk(&ctx, roots, parent_trees, threads, contents_as_root)
         })
-            .await
-            .map_err(|e| Error::Invalid(format!("backup task failed: {e}")))
+        .await
+        .map_err(|e| Error::Invalid(format!("backup task failed: {e}")))
     };
     // The scanner only feeds the progress display: stop it (it checks the
     // flag at every entry) and wait, so it no longer shares the sessions.
@@ -278,9 +278,11 @@ fn only<T>(mut results: Vec<Result<T>>) -> Result<T> {
 
 /// Commits every pending snapshot (concurrently).
 async fn commit_all(pending: Vec<Result<PendingBackup>>) -> Vec<Result<BackupOutcome>> {
-    futures::future::join_all(pending.into_iter().map(|p| async move {
-        p?.commit(Default::default()).await
-    }))
+    futures::future::join_all(
+        pending
+            .into_iter()
+            .map(|p| async move { p?.commit(Default::default()).await }),
+    )
     .await
 }
 
@@ -473,7 +475,9 @@ impl PendingBackup {
             return Err(Error::Invalid(format!("invalid file name {name:?}")));
         }
         let Some(root) = self.root.as_mut() else {
-            return Err(Error::Invalid("the backup's root tree is not at hand".into()));
+            return Err(Error::Invalid(
+                "the backup's root tree is not at hand".into(),
+            ));
         };
         let content = if data.is_empty() {
             Vec::new()
@@ -508,11 +512,7 @@ impl PendingBackup {
         let at = root.nodes.partition_point(|n| n.name < node.name);
         root.nodes.insert(at, node);
         let root = root.encode();
-        self.record.tree = self
-            .session
-            .add_blob(BlobType::Tree, &root)
-            .await?
-            .id;
+        self.record.tree = self.session.add_blob(BlobType::Tree, &root).await?.id;
         let s = &mut self.record.summary;
         s.files_new += 1;
         s.total_files += 1;
@@ -523,10 +523,7 @@ impl PendingBackup {
 
     /// Writes the snapshot record, with `extra` as its connector data, and
     /// returns the stored snapshot.
-    pub async fn commit(
-        self,
-        extra: BTreeMap<String, serde_json::Value>,
-    ) -> Result<BackupOutcome> {
+    pub async fn commit(self, extra: BTreeMap<String, serde_json::Value>) -> Result<BackupOutcome> {
         let PendingBackup {
             session,
             root: _,

@@ -377,7 +377,10 @@ async fn pending_backup_of_a_directory_as_root_gains_a_late_file_and_restores_in
     let t = target.path();
     assert_eq!(fs::read(t.join("label")).unwrap(), b"START 0/2000028\n");
     assert_eq!(fs::read(t.join("conf")).unwrap(), b"setting = 1\n");
-    assert_eq!(fs::read(t.join("base/rel")).unwrap(), pseudo_random(300_000, 5));
+    assert_eq!(
+        fs::read(t.join("base/rel")).unwrap(),
+        pseudo_random(300_000, 5)
+    );
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         fs::metadata(t.join("label")).unwrap().permissions().mode() & 0o777,
@@ -385,7 +388,9 @@ async fn pending_backup_of_a_directory_as_root_gains_a_late_file_and_restores_in
     );
 
     // A second backup of the same source finds the first as its parent.
-    let again = backup(repo.clone(), &o, Arc::new(NoProgress)).await.unwrap();
+    let again = backup(repo.clone(), &o, Arc::new(NoProgress))
+        .await
+        .unwrap();
     assert_eq!(again.snapshot.record.parent, Some(done.snapshot.id));
 }
 
@@ -411,12 +416,18 @@ async fn live_source_rereads_files_modified_near_the_parent_backup() {
             ..Default::default()
         };
         async move {
-            backup(repo.clone(), &o, Arc::new(NoProgress)).await.unwrap();
+            backup(repo.clone(), &o, Arc::new(NoProgress))
+                .await
+                .unwrap();
             let second = backup(repo, &o, Arc::new(NoProgress)).await.unwrap();
             second.snapshot.record.summary.read_bytes
         }
     };
-    assert_eq!(read_twice(false).await, 0, "an ordinary source trusts mtimes");
+    assert_eq!(
+        read_twice(false).await,
+        0,
+        "an ordinary source trusts mtimes"
+    );
     assert_eq!(
         read_twice(true).await,
         100_000,

@@ -203,7 +203,12 @@ pub(super) async fn backup(
     // unreferenced blobs in the repository.
     let mut pending = backup_pending(repo.clone(), &read, Arc::new(Bytes(on_bytes))).await?;
     if pending.record().partial {
-        let first: Vec<&str> = pending.warnings().iter().take(3).map(String::as_str).collect();
+        let first: Vec<&str> = pending
+            .warnings()
+            .iter()
+            .take(3)
+            .map(String::as_str)
+            .collect();
         return Err(Error::Invalid(format!(
             "could not read every file of the data directory, so no backup was recorded: {}",
             first.join("; ")
@@ -238,7 +243,11 @@ pub(super) async fn backup(
 /// parallel, then the directories PostgreSQL needs that a backup leaves
 /// empty. A file that could not be restored fails the whole restore: a
 /// data directory missing a file must not be started.
-pub(super) async fn restore(repo: &Arc<Repository>, snapshot: &Snapshot, dir: &Path) -> Result<u64> {
+pub(super) async fn restore(
+    repo: &Arc<Repository>,
+    snapshot: &Snapshot,
+    dir: &Path,
+) -> Result<u64> {
     create_data_dir(dir)?;
     let options = RestoreOptions {
         target: dir.to_path_buf(),
@@ -270,7 +279,12 @@ mod tests {
     fn postmaster_pid_must_describe_the_connected_server() {
         let pid = "4242\n/srv/pg/data\n1700000000\n5432\n/var/run/postgresql\n*\n  1 2\nready\n";
         assert!(postmaster_matches(pid, "/srv/pg/data", 1700000001, "5432"));
-        assert!(!postmaster_matches(pid, "/srv/pg/other", 1700000000, "5432"));
+        assert!(!postmaster_matches(
+            pid,
+            "/srv/pg/other",
+            1700000000,
+            "5432"
+        ));
         assert!(!postmaster_matches(pid, "/srv/pg/data", 1700000100, "5432"));
         assert!(!postmaster_matches(pid, "/srv/pg/data", 1700000000, "5433"));
         assert!(!postmaster_matches("", "/srv/pg/data", 1700000000, "5432"));

@@ -563,6 +563,7 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<i32> {
         exclusive: a.exclusive,
         standby: a.standby,
         restore_command: restore_command(g, a.read_ahead)?,
+        read_ahead: a.read_ahead,
         settings,
     };
     pitr::check_empty(&options.to).map_err(map)?;

@@ -23,6 +23,7 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<i32> {
         overwrite: a.overwrite,
         delta: a.delta,
         owner: nix::unistd::geteuid().is_root(),
+        sync_each_file: false,
     };
     // With a cold tier, say what will be fetched before fetching it: the
     // plan reads only trees and the index.

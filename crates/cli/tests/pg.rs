@@ -357,6 +357,17 @@ fn files_backup_taken_during_heavy_writes_restores_exactly_the_committed_data() 
         "20000",
         "the table created last is whole"
     );
+
+    // Without --start: the restore itself has spooled the WAL the backup
+    // needs, so the server's first restore_command need not open the
+    // repository.
+    let again = env.path("r2");
+    env.ok(&["pg", "restore", "--to", again.to_str().unwrap()]);
+    let start_wal = b["postgresql"]["start_wal"].as_str().unwrap();
+    let spooled = again.join("pg_wal/lifeboat/fetched").join(start_wal);
+    assert!(spooled.is_file(), "{} is spooled", spooled.display());
+    assert!(again.join("backup_label").is_file());
+    assert!(again.join("pg_wal/archive_status").is_dir());
 }
 
 #[test]

@@ -367,6 +367,7 @@ async fn pending_backup_of_a_directory_as_root_gains_a_late_file_and_restores_in
         &done.snapshot,
         &RestoreOptions {
             target: target.path().to_path_buf(),
+            sync_each_file: true,
             ..Default::default()
         },
         &NoProgress,

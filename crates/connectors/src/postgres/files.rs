@@ -249,8 +249,12 @@ pub(super) async fn restore(
     dir: &Path,
 ) -> Result<u64> {
     create_data_dir(dir)?;
+    // fsync per file: a data directory is a few hundred mostly large files,
+    // and it is often restored beside a running server whose dirty pages a
+    // syncfs would wait for too.
     let options = RestoreOptions {
         target: dir.to_path_buf(),
+        sync_each_file: true,
         ..Default::default()
     };
     let stats = lifeboat_snapshot::restore::restore(repo, snapshot, &options, &NoProgress).await?;

@@ -71,6 +71,9 @@ pub struct RestoreOptions {
     pub standby: bool,
     /// The `restore_command` to write.
     pub restore_command: String,
+    /// Segments put in the read-ahead spool by the restore itself (those
+    /// the backup needs to become consistent, plus this many more).
+    pub read_ahead: usize,
     /// Extra settings appended to `postgresql.auto.conf` (port, paths).
     pub settings: Vec<(String, String)>,
 }
@@ -263,7 +266,20 @@ pub async fn restore(
     options: &RestoreOptions,
 ) -> Result<RestoreReport> {
     check_empty(&options.to)?;
-    let restored_bytes = unpack(repo, &plan.backup, &options.to).await?;
+    let restored_bytes = unpack(repo.clone(), &plan.backup, &options.to).await?;
+    if let Some(first) = &plan.wal_first {
+        // The repository is open here: fetching the first segments now
+        // spares the server's first restore_command opening it (the
+        // password KDF and a listing) while recovery waits.
+        let count = (plan.info.stop().number + 1).saturating_sub(plan.info.start().number) as usize
+            + options.read_ahead;
+        let pg_wal = options.to.join("pg_wal");
+        if let Err(e) =
+            super::wal::prefetch(repo, plan.info.system_id(), &pg_wal, first, count).await
+        {
+            tracing::warn!("prefetching WAL failed ({e}); restore_command will fetch it");
+        }
+    }
     write_recovery_settings(&options.to, options)?;
     Ok(RestoreReport {
         restored_bytes,

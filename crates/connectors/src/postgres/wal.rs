@@ -545,6 +545,51 @@ pub async fn fetch(
     Ok(found)
 }
 
+/// Fills the read-ahead spool of the data directory whose `pg_wal` is
+/// given with up to `count` archived segments from `first` on (same
+/// timeline), so the restored server's first restore_command calls are
+/// served without opening the repository. Returns how many were spooled.
+pub async fn prefetch(
+    repo: Arc<Repository>,
+    system_identifier: u64,
+    pg_wal: &Path,
+    first: &str,
+    count: usize,
+) -> Result<usize> {
+    let all = list_wal(&repo).await?;
+    let have = all.get(&system_identifier).cloned().unwrap_or_default();
+    let spool = WalPaths {
+        pg_wal: pg_wal.to_path_buf(),
+        pgdata: pg_wal.parent().unwrap_or(Path::new(".")).to_path_buf(),
+    }
+    .fetched_dir();
+    let names: Vec<String> = have
+        .range::<str, _>((std::ops::Bound::Included(first), std::ops::Bound::Unbounded))
+        .filter(|n| is_segment_name(n) && n[..8] == first[..8.min(first.len())])
+        .take(count)
+        .cloned()
+        .collect();
+    let fetched: Vec<Result<bool>> = futures::stream::iter(names)
+        .map(|name| {
+            let (repo, target) = (repo.clone(), spool.join(&name));
+            async move {
+                let Some(data) = get_wal(&repo, system_identifier, &name).await? else {
+                    return Ok(false);
+                };
+                write_atomically(&target, &data)?;
+                Ok(true)
+            }
+        })
+        .buffered(4)
+        .collect()
+        .await;
+    let mut n = 0;
+    for r in fetched {
+        n += r? as usize;
+    }
+    Ok(n)
+}
+
 /// Removes spooled files recovery has gone past.
 fn clean_spool(paths: &WalPaths, current: &str) {
     let Ok(rd) = std::fs::read_dir(paths.fetched_dir()) else {

@@ -469,6 +469,19 @@ async fn wal_fetch(g: &Global, file: &str, dest: &Path, read_ahead: usize) -> Re
     }
     let paths = wal::WalPaths::from_percent_p(dest);
     let sysid = system_identifier_of(&paths.pgdata).map_err(map)?;
+    // PostgreSQL asks for files past the end of the archive; a nonzero
+    // status (below 126) tells it there is none.
+    let absent = || {
+        eprintln!("lifeboat: {file} is not in the repository");
+        Ok(1)
+    };
+    let storage = session::storage(&session::target(g)?).await?;
+    if !wal::is_archived(storage.as_ref(), sysid, file)
+        .await
+        .map_err(map)?
+    {
+        return absent();
+    }
     let repo = session::open(g).await?;
     if wal::fetch(repo, sysid, file, dest, read_ahead)
         .await
@@ -476,10 +489,7 @@ async fn wal_fetch(g: &Global, file: &str, dest: &Path, read_ahead: usize) -> Re
     {
         Ok(exit::OK)
     } else {
-        // PostgreSQL asks for files past the end of the archive; a nonzero
-        // status (below 126) tells it there is none.
-        eprintln!("lifeboat: {file} is not in the repository");
-        Ok(1)
+        absent()
     }
 }
 

@@ -478,6 +478,34 @@ fn wal_push_is_idempotent_and_refuses_other_content_under_the_same_name() {
     // A file not in the archive: exit 1 (PostgreSQL reads it as "no more WAL").
     let out = env.wal_fetch(&data, "000000010000000000000099");
     assert_eq!(out.status.code(), Some(1));
+    // Answered from the storage alone, without the password (so without
+    // its KDF): a wrong one does not matter for a file that is not there,
+    // and is refused for one that is.
+    let wrong_pw = env.path("wrong-pw");
+    std::fs::write(&wrong_pw, "not the password\n").unwrap();
+    chown_postgres(&wrong_pw);
+    let fetch_with_wrong_pw = |file: &str| {
+        let mut c = as_postgres(&env.bin);
+        c.env("LIFEBOAT_INSECURE_TEST_KDF", "1")
+            .env_remove("LIFEBOAT_PASSWORD")
+            .current_dir(&data)
+            .arg("-r")
+            .arg(&env.repo)
+            .arg("--password-file")
+            .arg(&wrong_pw)
+            .args(["pg", "wal-fetch", file, "pg_wal/RECOVERYXLOG"]);
+        c.output().unwrap()
+    };
+    let out = fetch_with_wrong_pw("00000002.history");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(&fetched).unwrap();
+    assert_ne!(fetch_with_wrong_pw(name).status.code(), Some(0));
+    assert!(!fetched.exists());
 }
 
 #[test]

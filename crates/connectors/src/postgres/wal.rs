@@ -186,6 +186,20 @@ pub async fn put_wal(
     }
 }
 
+/// Whether a WAL file is archived, asked of the storage alone: object
+/// names are not secret, so this needs no password. A restore_command
+/// answers PostgreSQL's many probes for files that do not exist (newer
+/// timelines' history files, the segment past the end of the archive)
+/// without paying for the password KDF.
+pub async fn is_archived(
+    storage: &dyn lifeboat_storage::Storage,
+    system_identifier: u64,
+    file: &str,
+) -> Result<bool> {
+    let okey = ObjectKey::new(Kind::Wal, object_name(system_identifier, file));
+    Ok(storage.stat(&okey).await?.is_some())
+}
+
 /// Reads one WAL file; `None` if it is not archived.
 pub async fn get_wal(
     repo: &Repository,

@@ -17,9 +17,9 @@ use std::time::Instant;
 
 use lifeboat_repo::{
     BackupMode, BackupSummary, BlobType, Chunker, Id, Node, NodeKind, Repository, Snapshot,
-    SnapshotRecord, Time, Tree, WriteOptions, WriteSession,
+    SnapshotRecord, Tree, WriteOptions, WriteSession,
 };
-use lifeboat_snapshot::backup::choose_parent;
+use lifeboat_snapshot::backup::{choose_parent, generated_file_node};
 
 use crate::{Error, Result};
 
@@ -213,30 +213,7 @@ impl WrittenStream {
     /// Writes the tree and the snapshot record (last) and returns the stored
     /// snapshot.
     pub async fn commit(self, extra: BTreeMap<String, serde_json::Value>) -> Result<Snapshot> {
-        let now = jiff::Timestamp::now();
-        let t = Time {
-            secs: now.as_second(),
-            nanos: now.subsec_nanosecond() as u32,
-        };
-        let node = Node {
-            name: self.options.file_name.as_bytes().to_vec(),
-            kind: NodeKind::File,
-            mode: 0o600,
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-            user: None,
-            group: None,
-            mtime: t,
-            ctime: t,
-            dev: 0,
-            inode: 0,
-            links: 1,
-            size: self.size,
-            content: self.content,
-            subtree: None,
-            link_target: None,
-            xattrs: vec![],
-        };
+        let node = generated_file_node(&self.options.file_name, 0o600, self.size, self.content);
         let tree = Tree { nodes: vec![node] };
         let root = self
             .session

@@ -484,30 +484,7 @@ impl PendingBackup {
         } else {
             vec![self.session.add_blob(BlobType::Data, data).await?.id]
         };
-        let now = jiff::Timestamp::now();
-        let t = Time {
-            secs: now.as_second(),
-            nanos: now.subsec_nanosecond() as u32,
-        };
-        let node = Node {
-            name: name.as_bytes().to_vec(),
-            kind: NodeKind::File,
-            mode: mode & 0o7777,
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-            user: None,
-            group: None,
-            mtime: t,
-            ctime: t,
-            dev: 0,
-            inode: 0,
-            links: 1,
-            size: data.len() as u64,
-            content,
-            subtree: None,
-            link_target: None,
-            xattrs: vec![],
-        };
+        let node = generated_file_node(name, mode, data.len() as u64, content);
         root.nodes.retain(|n| n.name != node.name);
         let at = root.nodes.partition_point(|n| n.name < node.name);
         root.nodes.insert(at, node);
@@ -624,14 +601,39 @@ pub async fn backup_stream_many<R: Read + Send + 'static>(
     Ok(commit_all(results.into_iter().map(Option::unwrap).collect()).await)
 }
 
-/// Stores, in each live target, the one-file tree of a stream backup, and
-/// counts the file as new, changed or unchanged there.
-fn stream_trees(ctx: &Ctx, name: &str, size: u64, contents: Vec<Vec<Id>>) -> Vec<Option<Id>> {
+/// The node of a file whose content did not come from a file on disk (a
+/// stream, a database's backup label): this process's user, mode `mode`,
+/// times now.
+pub fn generated_file_node(name: &str, mode: u32, size: u64, content: Vec<Id>) -> Node {
     let now = jiff::Timestamp::now();
     let t = Time {
         secs: now.as_second(),
         nanos: now.subsec_nanosecond() as u32,
     };
+    Node {
+        name: name.as_bytes().to_vec(),
+        kind: NodeKind::File,
+        mode: mode & 0o7777,
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+        user: None,
+        group: None,
+        mtime: t,
+        ctime: t,
+        dev: 0,
+        inode: 0,
+        links: 1,
+        size,
+        content,
+        subtree: None,
+        link_target: None,
+        xattrs: vec![],
+    }
+}
+
+/// Stores, in each live target, the one-file tree of a stream backup, and
+/// counts the file as new, changed or unchanged there.
+fn stream_trees(ctx: &Ctx, name: &str, size: u64, contents: Vec<Vec<Id>>) -> Vec<Option<Id>> {
     let mut roots = Vec::new();
     for (i, (target, content)) in ctx.targets.iter().zip(contents).enumerate() {
         if !ctx.live(i) {
@@ -646,25 +648,7 @@ fn stream_trees(ctx: &Ctx, name: &str, size: u64, contents: Vec<Vec<Id>>) -> Vec
         } else {
             files.unchanged.fetch_add(1, Ordering::Relaxed);
         }
-        let node = Node {
-            name: name.as_bytes().to_vec(),
-            kind: NodeKind::File,
-            mode: 0o600,
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-            user: None,
-            group: None,
-            mtime: t,
-            ctime: t,
-            dev: 0,
-            inode: 0,
-            links: 1,
-            size,
-            content,
-            subtree: None,
-            link_target: None,
-            xattrs: vec![],
-        };
+        let node = generated_file_node(name, 0o600, size, content);
         let tree = Tree { nodes: vec![node] };
         match target
             .session

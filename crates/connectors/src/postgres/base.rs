@@ -165,7 +165,13 @@ pub async fn base_backup(
     let local = match options.method {
         BackupMethod::Stream => None,
         BackupMethod::Files => Some(super::files::local_data_dir(&client, &facts).await?),
-        BackupMethod::Auto => super::files::local_data_dir(&client, &facts).await.ok(),
+        BackupMethod::Auto => match super::files::local_data_dir(&client, &facts).await {
+            Ok(dir) => Some(dir),
+            Err(why) => {
+                tracing::info!("using the pg_basebackup stream: {why}");
+                None
+            }
+        },
     };
     if let Some(data_dir) = local {
         return super::files::backup(repo, options, client, facts, &data_dir, on_bytes).await;

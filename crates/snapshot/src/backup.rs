@@ -469,7 +469,8 @@ impl PendingBackup {
     }
 
     /// Adds a regular file to the snapshot's root directory (replacing an
-    /// entry of the same name), stored like any other file's content.
+    /// entry of the same name), its content stored as one blob: meant for
+    /// small files such as a database's backup label.
     pub async fn add_root_file(&mut self, name: &str, data: &[u8], mode: u32) -> Result<()> {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             return Err(Error::Invalid(format!("invalid file name {name:?}")));

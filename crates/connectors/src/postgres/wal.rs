@@ -43,6 +43,7 @@
 //! repository added to `archive_command`) does not skip the new one.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -517,12 +518,8 @@ pub async fn fetch(
         if !have.contains(file) {
             return Ok(false);
         }
-        next = have
-            .range::<str, _>((std::ops::Bound::Excluded(file), std::ops::Bound::Unbounded))
-            .filter(|n| is_segment_name(n) && n[..8] == file[..8])
-            .take(read_ahead)
+        next = segments_from(&have, Bound::Excluded(file), read_ahead)
             .filter(|n| !paths.fetched_dir().join(n).exists())
-            .cloned()
             .collect();
     }
     clean_spool(&paths, file);
@@ -530,24 +527,7 @@ pub async fn fetch(
         next.into_iter()
             .map(|n| (n.clone(), paths.fetched_dir().join(n))),
     );
-    let results: Vec<(String, Result<bool>)> = futures::stream::iter(wanted)
-        .map(|(name, target)| {
-            let repo = repo.clone();
-            async move {
-                let r = async {
-                    let Some(data) = get_wal(&repo, system_identifier, &name).await? else {
-                        return Ok(false);
-                    };
-                    write_atomically(&target, &data)?;
-                    Ok(true)
-                }
-                .await;
-                (name, r)
-            }
-        })
-        .buffered(4)
-        .collect()
-        .await;
+    let results = fetch_into(&repo, system_identifier, wanted).await;
     let mut found = false;
     for (name, r) in results {
         if name == file {
@@ -577,31 +557,57 @@ pub async fn prefetch(
         pgdata: pg_wal.parent().unwrap_or(Path::new(".")).to_path_buf(),
     }
     .fetched_dir();
-    let names: Vec<String> = have
-        .range::<str, _>((std::ops::Bound::Included(first), std::ops::Bound::Unbounded))
-        .filter(|n| is_segment_name(n) && n[..8] == first[..8.min(first.len())])
+    let wanted: Vec<(String, PathBuf)> = segments_from(&have, Bound::Included(first), count)
+        .map(|n| (n.clone(), spool.join(n)))
+        .collect();
+    let mut n = 0;
+    for (_, r) in fetch_into(&repo, system_identifier, wanted).await {
+        n += r? as usize;
+    }
+    Ok(n)
+}
+
+/// Up to `count` archived segments from `from` on, on `from`'s timeline.
+fn segments_from<'a>(
+    have: &'a BTreeSet<String>,
+    from: Bound<&'a str>,
+    count: usize,
+) -> impl Iterator<Item = String> + 'a {
+    let timeline = match from {
+        Bound::Included(n) | Bound::Excluded(n) => n.get(..8).unwrap_or(n),
+        Bound::Unbounded => "",
+    };
+    have.range::<str, _>((from, Bound::Unbounded))
+        .filter(move |n| is_segment_name(n) && n.starts_with(timeline))
         .take(count)
         .cloned()
-        .collect();
-    let fetched: Vec<Result<bool>> = futures::stream::iter(names)
-        .map(|name| {
-            let (repo, target) = (repo.clone(), spool.join(&name));
+}
+
+/// Fetches each named WAL file into its path (through a temporary name),
+/// four at a time; per file, whether it was archived.
+async fn fetch_into(
+    repo: &Arc<Repository>,
+    system_identifier: u64,
+    wanted: impl IntoIterator<Item = (String, PathBuf)>,
+) -> Vec<(String, Result<bool>)> {
+    futures::stream::iter(wanted)
+        .map(|(name, target)| {
+            let repo = repo.clone();
             async move {
-                let Some(data) = get_wal(&repo, system_identifier, &name).await? else {
-                    return Ok(false);
-                };
-                write_atomically(&target, &data)?;
-                Ok(true)
+                let r = async {
+                    let Some(data) = get_wal(&repo, system_identifier, &name).await? else {
+                        return Ok(false);
+                    };
+                    write_atomically(&target, &data)?;
+                    Ok(true)
+                }
+                .await;
+                (name, r)
             }
         })
         .buffered(4)
         .collect()
-        .await;
-    let mut n = 0;
-    for r in fetched {
-        n += r? as usize;
-    }
-    Ok(n)
+        .await
 }
 
 /// Removes spooled files recovery has gone past.

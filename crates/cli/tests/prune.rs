@@ -204,10 +204,16 @@ fn backups_and_prunes_running_concurrently_lose_nothing() {
                 std::thread::sleep(Duration::from_millis(30));
             }
         });
-        for b in backups {
-            b.join().unwrap();
-        }
+        // Stop the prune loop whatever the backups did; a backup thread's
+        // panic is passed on only after that, or the scope would wait on
+        // the loop for ever.
+        let results: Vec<_> = backups.into_iter().map(|b| b.join()).collect();
         done.store(true, Ordering::Relaxed);
+        for r in results {
+            if let Err(panic) = r {
+                std::panic::resume_unwind(panic);
+            }
+        }
     });
     eprintln!(
         "prunes completed during backups: {}, refused: {}; backups refused: {}",

@@ -204,6 +204,8 @@ pub async fn check(
         .await;
         match r {
             Ok(s) => snapshots.push(s),
+            // Forgotten by a `forget` running at the same time.
+            Err(e) if e.storage_kind() == Some(lifeboat_storage::ErrorKind::NotFound) => {}
             Err(e) => {
                 report.errors.push(problem(&info.key.to_string(), &e));
                 report.damaged_snapshots.push(info.key.name().to_string());

@@ -473,7 +473,8 @@ impl Repository {
     /// Every snapshot, oldest first.
     /// A damaged snapshot record is skipped with a warning (logged), so one
     /// bad record does not hide every other snapshot; `check` reports it.
-    /// Storage errors still fail the call.
+    /// A record deleted between the listing and its read (a concurrent
+    /// `forget`) is left out. Other storage errors fail the call.
     pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let list = self.storage.list(Kind::Snapshots).await?;
         let read: Vec<Result<Snapshot>> = futures::stream::iter(list)
@@ -487,6 +488,11 @@ impl Repository {
                 Ok(s) => out.push(s),
                 Err(e @ Error::Corrupt { .. }) => {
                     tracing::warn!("skipping damaged snapshot record: {e} (run `lifeboat check`)");
+                }
+                // Listed, then gone before it was read: a `forget` running
+                // at the same time deleted it. It is no longer a snapshot.
+                Err(e) if e.storage_kind() == Some(lifeboat_storage::ErrorKind::NotFound) => {
+                    tracing::debug!("snapshot record vanished while listing: {e}");
                 }
                 Err(e) => return Err(e),
             }

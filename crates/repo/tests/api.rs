@@ -232,3 +232,69 @@ async fn keys_add_list_remove_and_change_password() {
     assert!(Repository::open(storage.clone(), b"second").await.is_err());
     assert!(Repository::open(storage, b"third").await.is_ok());
 }
+
+/// Memory storage on which a `forget` deletes every snapshot record right
+/// after it was listed, before the lister gets to read it.
+#[derive(Debug)]
+struct ForgetDuringListing(MemoryStorage);
+
+#[async_trait::async_trait]
+impl Storage for ForgetDuringListing {
+    fn location(&self) -> String {
+        self.0.location()
+    }
+    fn capabilities(&self) -> lifeboat_storage::Capabilities {
+        self.0.capabilities()
+    }
+    async fn put(&self, key: &ObjectKey, data: Bytes) -> lifeboat_storage::Result<()> {
+        self.0.put(key, data).await
+    }
+    async fn get(&self, key: &ObjectKey) -> lifeboat_storage::Result<Bytes> {
+        self.0.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+        len: u64,
+    ) -> lifeboat_storage::Result<Bytes> {
+        self.0.get_range(key, offset, len).await
+    }
+    async fn stat(&self, key: &ObjectKey) -> lifeboat_storage::Result<Option<u64>> {
+        self.0.stat(key).await
+    }
+    async fn list(
+        &self,
+        kind: Kind,
+    ) -> lifeboat_storage::Result<Vec<lifeboat_storage::ObjectInfo>> {
+        let listed = self.0.list(kind).await?;
+        if kind == Kind::Snapshots {
+            for info in &listed {
+                self.0.delete(&info.key).await?;
+            }
+        }
+        Ok(listed)
+    }
+    async fn delete(&self, key: &ObjectKey) -> lifeboat_storage::Result<()> {
+        self.0.delete(key).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_forgotten_while_listing_is_left_out_not_an_error() {
+    let (mem, repo) = new_repo().await;
+    write_snapshot(&repo, 3, 10_000, 4).await;
+    assert_eq!(repo.snapshots().await.unwrap().len(), 1);
+    let racing: DynStorage = Arc::new(ForgetDuringListing(mem.clone()));
+    let repo = Repository::open(racing, b"pw").await.unwrap();
+    // Listed, then gone before the read: the snapshot no longer exists.
+    assert_eq!(repo.snapshots().await.unwrap().len(), 0);
+    write_snapshot(&Arc::new(repo), 3, 10_000, 5).await;
+    let racing: DynStorage = Arc::new(ForgetDuringListing(mem));
+    let repo = Repository::open(racing, b"pw").await.unwrap();
+    let report = check(&repo, &CheckOptions::default(), &|_, _| {})
+        .await
+        .unwrap();
+    assert!(report.damaged_snapshots.is_empty(), "{report:?}");
+    assert_eq!(report.snapshots, 0);
+}

@@ -117,6 +117,11 @@ async fn backup_dir(repo: &Arc<Repository>, dir: &Path) -> Snapshot {
     let opts = BackupOptions {
         paths: vec![dir.to_path_buf()],
         host: Some("h".into()),
+        // One reader, so each file's chunks land in packs of their own
+        // (apart from where two files meet) and a one-file restore plans
+        // fewer packs than the whole snapshot has. Several readers
+        // interleave the files' chunks and that held only by luck.
+        threads: Some(1),
         ..Default::default()
     };
     backup(repo.clone(), &opts, Arc::new(NoProgress))

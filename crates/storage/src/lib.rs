@@ -68,7 +68,10 @@ pub struct Capabilities {
 ///   inside the object (a short read is never returned as success).
 /// - **`list(kind)`** returns every object of that kind whose `put` returned
 ///   before `list` was called (when [`Capabilities::list_after_write`]), in no
-///   particular order.
+///   particular order. An object deleted while the listing runs may or may
+///   not be in it, and a `delete` running beside it never makes `list` fail;
+///   callers that then `get` a listed object treat `NotFound` as "deleted
+///   since".
 /// - **`delete`** of a missing key succeeds (deletes are idempotent), and a
 ///   delete is durable on return: a crash never brings the object back.
 /// - **Errors are classified.** [`Error::is_retryable`] is true only for

@@ -199,10 +199,18 @@ impl Storage for LocalStorage {
                     } else if ft.is_file()
                         && let Some(key) = ObjectKey::parse(kind, name)
                     {
-                        let size_bytes = entry
-                            .metadata()
-                            .map_err(|e| Error::from_io(e, format!("listing {}", dir.display())))?
-                            .len();
+                        let size_bytes = match entry.metadata() {
+                            Ok(m) => m.len(),
+                            // Deleted since the directory was read (a lock
+                            // released, a snapshot forgotten): not listed.
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                            Err(e) => {
+                                return Err(Error::from_io(
+                                    e,
+                                    format!("listing {}", dir.display()),
+                                ));
+                            }
+                        };
                         out.push(ObjectInfo { key, size_bytes });
                     }
                 }

@@ -47,8 +47,8 @@ use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -77,6 +77,12 @@ const RANGE_GAP_BYTES: u64 = 256 * 1024;
 /// beyond their own size: each is allocated by whichever blocking thread
 /// reads it, and glibc keeps that much free in every such thread's arena.
 const RANGE_MAX_BYTES: u64 = 4 * 1024 * 1024;
+/// Most plaintext one ranged read is cut to carry: a range is also the unit
+/// of work of the writer threads, and a range of very compressible data (a
+/// database's pages, 20:1 and more) under `RANGE_MAX_BYTES` alone would
+/// hold some 80 MiB of writing, so a handful of ranges would make up the
+/// whole restore and leave writers idle while the last ones finish.
+const RANGE_MAX_RAW_BYTES: u64 = 16 * 1024 * 1024;
 /// Bytes held at once by ranges in flight, in KiB: each range's sealed
 /// bytes plus what opening its largest blob takes (blobs are opened one at
 /// a time). Keeps a restore's memory flat whatever the snapshot's size.
@@ -154,11 +160,17 @@ pub async fn restore(
         &options.target,
     )
     .await?;
+    tracing::debug!("restore: selected in {:?}", started.elapsed());
 
     let index = repo.index().await?;
     let key = repo.key().clone();
     let opts = options.clone();
     let prepared = blocking(move || prepare(selection, &opts, &index, &key)).await??;
+    tracing::debug!(
+        "restore: {} files to write, created by {:?}",
+        prepared.files.len(),
+        started.elapsed()
+    );
     let Prepared {
         files,
         mut writes,
@@ -271,6 +283,7 @@ pub async fn restore(
         return Err(err);
     }
     drop(exec);
+    tracing::debug!("restore: file data written by {:?}", started.elapsed());
 
     let owner = options.owner;
     let synced_dirs = options.sync_each_file.then(|| dir_paths.clone());
@@ -293,6 +306,10 @@ pub async fn restore(
     .await?
     .map_err(|e| Error::io(&options.target, e))?;
     stats.elapsed_ms = started.elapsed().as_millis() as u64;
+    tracing::debug!(
+        "restore: directories finished and synced by {:?}",
+        started.elapsed()
+    );
     Ok(stats)
 }
 
@@ -740,6 +757,14 @@ struct FileState {
     remaining: AtomicU32,
     /// Set on the first problem; later writes to the file are skipped.
     failed: AtomicBool,
+    /// Its length, which a lazily created file is created at.
+    size: u64,
+    /// Whether the file exists yet. A file is created by the first writer
+    /// that needs it (see [`Exec::open`]), so creating hundreds of files
+    /// (which a filesystem serializes per directory) overlaps with writing
+    /// data instead of preceding it. A file with other names is created
+    /// while planning, for the links to point at; so is an empty one.
+    created: OnceLock<std::result::Result<(), (io::ErrorKind, String)>>,
 }
 
 /// One blob write: a blob of a pack, and where it goes in which file.
@@ -1011,6 +1036,7 @@ fn create_all(
                         size,
                         content: content.of(&sel.content),
                         old,
+                        linked,
                     };
                     plan_file(p, &mut packs, new, index, options.owner)?
                 };
@@ -1037,12 +1063,16 @@ struct NewFile<'a> {
     size: u64,
     content: &'a [Id],
     old: Option<&'a Existing>,
+    /// Other names will be hard links to it: it must exist before they do.
+    linked: bool,
 }
 
-/// Creates one file (empty, at its final length, so runs of zeros can be
-/// left as holes) and adds its blobs to the plan. An empty file is finished
-/// at once. Returns the file's number in the plan (none if finished), or
-/// why it was not created; a full target is an error.
+/// Adds one file's blobs to the plan, after removing what is in its way.
+/// The file is created (empty, at its final length, so runs of zeros can be
+/// left as holes) here if it is empty (and then finished at once) or has
+/// other names; otherwise by the first writer that needs it. Returns the
+/// file's number in the plan (none if finished), or why it was not
+/// created; a full target is an error.
 fn plan_file(
     p: &mut Prepared,
     packs: &mut HashMap<Id, u32>,
@@ -1057,17 +1087,14 @@ fn plan_file(
             "blob {id} is not in the repository index (run `lifeboat check`); file not restored"
         )));
     }
-    // A fresh file (never one opened through an existing name) so a symlink
-    // or another hard link in the target is never written through.
-    let created = clear(new.path, new.old)
-        .and_then(|_| {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(new.path)
-        })
-        .and_then(|file| file.set_len(new.size).map(|_| file));
+    let now = new.content.is_empty() || new.linked;
+    let created = clear(new.path, new.old).and_then(|_| {
+        if now {
+            create_sized(new.path, new.size).map(Some)
+        } else {
+            Ok(None)
+        }
+    });
     let file = match created {
         Ok(file) => file,
         Err(err) => {
@@ -1075,8 +1102,8 @@ fn plan_file(
             return Ok(Err(format!("cannot create file: {err}")));
         }
     };
-    if new.content.is_empty() {
-        let done = set_file_metadata(&file, new.path, &new.item.meta, owner, &mut p.problems);
+    if let (Some(file), true) = (&file, new.content.is_empty()) {
+        let done = set_file_metadata(file, new.path, &new.item.meta, owner, &mut p.problems);
         return Ok(match done {
             Ok(()) => {
                 p.stats.files_restored += 1;
@@ -1085,7 +1112,6 @@ fn plan_file(
             Err(err) => Err(format!("cannot set metadata: {err}")),
         });
     }
-    drop(file);
     let number = fits(p.files.len())?;
     let mut at = 0u64;
     for id in new.content {
@@ -1112,8 +1138,26 @@ fn plan_file(
         dir: new.item.parent,
         remaining: AtomicU32::new(fits(new.content.len())?),
         failed: AtomicBool::new(false),
+        size: new.size,
+        created: match file {
+            Some(_) => OnceLock::from(Ok(())),
+            None => OnceLock::new(),
+        },
     });
     Ok(Ok(Some(number)))
+}
+
+/// Creates a file at its final length. Always a fresh file (never one
+/// opened through an existing name) so a symlink or another hard link put
+/// in the target is never written through.
+fn create_sized(path: &Path, size: u64) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_len(size)?;
+    Ok(file)
 }
 
 /// Removes a non-directory in the way of a new entry. A directory in the
@@ -1219,6 +1263,8 @@ struct PackRange {
     /// Most memory opening one of its blobs takes (sealed payload plus
     /// plaintext): blobs are opened one at a time.
     blob_mem: u64,
+    /// Plaintext of its blobs (each counted once, however many writes).
+    raw: u64,
     /// Its writes: a slice of the sorted write list.
     writes: Range<usize>,
 }
@@ -1234,16 +1280,19 @@ fn build_ranges(writes: &mut [Write]) -> Vec<PackRange> {
         let w = &blob[0];
         let start = w.entry.offset as u64;
         let end = start + w.entry.length as u64;
-        let mem = w.entry.length as u64 + w.entry.raw_length as u64;
+        let raw = w.entry.raw_length as u64;
+        let mem = w.entry.length as u64 + raw;
         let next = i + blob.len();
         match out.last_mut() {
             Some(r)
                 if r.pack == w.pack
                     && start <= r.start + r.len + RANGE_GAP_BYTES
-                    && end - r.start <= RANGE_MAX_BYTES =>
+                    && end - r.start <= RANGE_MAX_BYTES
+                    && r.raw + raw <= RANGE_MAX_RAW_BYTES =>
             {
                 r.len = r.len.max(end - r.start);
                 r.blob_mem = r.blob_mem.max(mem);
+                r.raw += raw;
                 r.writes.end = next;
             }
             _ => out.push(PackRange {
@@ -1251,6 +1300,7 @@ fn build_ranges(writes: &mut [Write]) -> Vec<PackRange> {
                 start,
                 len: end - start,
                 blob_mem: mem,
+                raw,
                 writes: i..next,
             }),
         }
@@ -1306,10 +1356,30 @@ impl Exec {
         }
     }
 
+    /// The file's handle, creating the file if no writer has yet (writers
+    /// that need it meanwhile wait for that).
     fn open<'a>(&self, handle: &'a mut Handle, f: u32) -> io::Result<&'a File> {
         if handle.as_ref().is_none_or(|(g, _)| *g != f) {
             *handle = None;
-            let file = OpenOptions::new().write(true).open(self.path(f))?;
+            let st = &self.files[f as usize];
+            let path = self.path(f);
+            let mut fresh = None;
+            let created = st
+                .created
+                .get_or_init(|| match create_sized(&path, st.size) {
+                    Ok(file) => {
+                        fresh = Some(file);
+                        Ok(())
+                    }
+                    Err(e) => Err((e.kind(), format!("cannot create file: {e}"))),
+                });
+            if let Err((kind, msg)) = created {
+                return Err(io::Error::new(*kind, msg.clone()));
+            }
+            let file = match fresh {
+                Some(file) => file,
+                None => OpenOptions::new().write(true).open(&path)?,
+            };
             *handle = Some((f, file));
         }
         Ok(&handle.as_ref().expect("just opened").1)

@@ -51,9 +51,15 @@ async fn pack_bytes(mem: &MemoryStorage) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn unchanged_second_backup_adds_no_pack_bytes_and_reads_nothing() {
     let (mem, repo) = memory_repo().await;
-    // Not under /tmp: snapshots record ancestor directories' metadata, and
-    // /tmp's mtime changes whenever another test creates a temp dir there.
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // The directory is the snapshot's root: snapshots of a path record its
+    // ancestors' metadata too, and the temp directories' parent changes
+    // whenever a test running alongside makes or removes a directory there,
+    // which made the second snapshot's tree differ now and then.
+    let dir = tempfile::tempdir().unwrap();
+    let opts = |path: &Path, mode| BackupOptions {
+        contents_as_root: true,
+        ..opts(path, mode)
+    };
     for i in 0..20 {
         fs::write(
             dir.path().join(format!("f{i}")),

@@ -266,20 +266,41 @@ pub async fn restore(
     options: &RestoreOptions,
 ) -> Result<RestoreReport> {
     check_empty(&options.to)?;
-    let restored_bytes = unpack(repo.clone(), &plan.backup, &options.to).await?;
-    if let Some(first) = &plan.wal_first {
-        // The repository is open here: fetching the first segments now
-        // spares the server's first restore_command opening it (the
-        // password KDF and a listing) while recovery waits.
+    let started = Instant::now();
+    // The WAL the backup needs (and the read-ahead) is fetched while the
+    // base backup is unpacked: the repository is open here, which spares
+    // the server's first restore_command opening it (the password KDF and
+    // a listing) while recovery waits, and doing it alongside the file
+    // restore takes it off the restore's critical path. The spool lives
+    // under pg_wal, which is made first so the unpack finds it there (a
+    // directory both create would race).
+    let prefetch = async {
+        let Some(first) = &plan.wal_first else {
+            return;
+        };
         let count = (plan.info.stop().number + 1).saturating_sub(plan.info.start().number) as usize
             + options.read_ahead;
         let pg_wal = options.to.join("pg_wal");
         if let Err(e) =
-            super::wal::prefetch(repo, plan.info.system_id(), &pg_wal, first, count).await
+            super::wal::prefetch(repo.clone(), plan.info.system_id(), &pg_wal, first, count).await
         {
             tracing::warn!("prefetching WAL failed ({e}); restore_command will fetch it");
         }
+        tracing::debug!("pg restore: WAL prefetched by {:?}", started.elapsed());
+    };
+    if plan.wal_first.is_some() {
+        super::wal::make_spool(&options.to.join("pg_wal"))?;
     }
+    let unpacked = async {
+        let n = unpack(repo.clone(), &plan.backup, &options.to).await;
+        tracing::debug!(
+            "pg restore: base backup unpacked by {:?}",
+            started.elapsed()
+        );
+        n
+    };
+    let (restored_bytes, ()) = tokio::join!(unpacked, prefetch);
+    let restored_bytes = restored_bytes?;
     write_recovery_settings(&options.to, options)?;
     Ok(RestoreReport {
         restored_bytes,

@@ -130,7 +130,13 @@ pub fn decode(key: &MasterKey, object: &str, sealed: &[u8]) -> Result<Vec<u8>> {
         Some((1, c)) => {
             use std::io::Read;
             const LIMIT: u64 = 1 << 30;
-            let mut out = Vec::new();
+            // Sized from the frame header when it says (it does for what
+            // wal-push writes), so the output is not grown by doubling.
+            let expected = zstd::zstd_safe::get_frame_content_size(c)
+                .ok()
+                .flatten()
+                .map_or(0, |n| n.min(LIMIT) as usize);
+            let mut out = Vec::with_capacity(expected);
             zstd::stream::read::Decoder::new(c)
                 .and_then(|d| d.take(LIMIT + 1).read_to_end(&mut out))
                 .map_err(|_| corrupt("bad zstd data"))?;
@@ -567,6 +573,22 @@ pub async fn prefetch(
     Ok(n)
 }
 
+/// Creates the fetch spool under `pg_wal` (and `pg_wal` itself, mode 0700
+/// as PostgreSQL wants its directories) before a restore fills it.
+pub fn make_spool(pg_wal: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let spool = WalPaths {
+        pg_wal: pg_wal.to_path_buf(),
+        pgdata: pg_wal.parent().unwrap_or(Path::new(".")).to_path_buf(),
+    }
+    .fetched_dir();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&spool)
+        .map_err(|e| Error::io(&spool, e))
+}
+
 /// Up to `count` archived segments from `from` on, on `from`'s timeline.
 fn segments_from<'a>(
     have: &'a BTreeSet<String>,
@@ -598,7 +620,10 @@ async fn fetch_into(
                     let Some(data) = get_wal(&repo, system_identifier, &name).await? else {
                         return Ok(false);
                     };
-                    write_atomically(&target, &data)?;
+                    // Off the async workers: 16 MiB per segment.
+                    tokio::task::spawn_blocking(move || write_atomically(&target, &data))
+                        .await
+                        .map_err(|e| Error::Invalid(format!("WAL write task failed: {e}")))??;
                     Ok(true)
                 }
                 .await;

@@ -763,8 +763,9 @@ struct FileState {
     /// that needs it (see [`Exec::open`]), so creating hundreds of files
     /// (which a filesystem serializes per directory) overlaps with writing
     /// data instead of preceding it. A file with other names is created
-    /// while planning, for the links to point at; so is an empty one.
-    created: OnceLock<std::result::Result<(), (io::ErrorKind, String)>>,
+    /// while planning, for the links to point at; so is an empty one. The
+    /// error is boxed to keep the per-file plan small.
+    created: OnceLock<std::result::Result<(), Box<(io::ErrorKind, String)>>>,
 }
 
 /// One blob write: a blob of a pack, and where it goes in which file.
@@ -1371,10 +1372,10 @@ impl Exec {
                         fresh = Some(file);
                         Ok(())
                     }
-                    Err(e) => Err((e.kind(), format!("cannot create file: {e}"))),
+                    Err(e) => Err(Box::new((e.kind(), format!("cannot create file: {e}")))),
                 });
-            if let Err((kind, msg)) = created {
-                return Err(io::Error::new(*kind, msg.clone()));
+            if let Err(e) = created {
+                return Err(io::Error::new(e.0, e.1.clone()));
             }
             let file = match fresh {
                 Some(file) => file,

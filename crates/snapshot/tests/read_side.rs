@@ -365,6 +365,34 @@ async fn restore_round_trip_restores_content_and_metadata() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_file_of_only_zero_blobs_is_created_though_no_write_opens_it() {
+    // Files are created by the first write that needs them; a file whose
+    // blobs are all zeros gets no write (its holes are the content), so it
+    // must be created when it is finished.
+    let fx = Fixture::new().await;
+    let tree = vec![dir(
+        b"data",
+        vec![
+            file(b"allzero.bin", &[0u8; 3 * 8192])
+                .chunk(8192)
+                .mode(0o604),
+        ],
+    )];
+    let snap = fx.snapshot(1000, tree).await;
+    let repo = fx.open().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("target");
+    let stats = restore(&repo, &snap, &options(&t), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(stats.errors, Vec::<String>::new());
+    assert_eq!(stats.files_restored, 1);
+    let f = t.join("data/allzero.bin");
+    assert_eq!(fs::read(&f).unwrap(), vec![0u8; 3 * 8192]);
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, 0o604);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn restore_refuses_existing_files_before_writing_anything() {
     let fx = Fixture::new().await;
     let snap = fx.snapshot(1000, sample()).await;

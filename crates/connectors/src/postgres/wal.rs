@@ -131,11 +131,14 @@ pub fn decode(key: &MasterKey, object: &str, sealed: &[u8]) -> Result<Vec<u8>> {
             use std::io::Read;
             const LIMIT: u64 = 1 << 30;
             // Sized from the frame header when it says (it does for what
-            // wal-push writes), so the output is not grown by doubling.
+            // wal-push writes), so the output is not grown by doubling; at
+            // most 64 MiB up front, so a header claiming more reserves no
+            // more than that before the data bears it out.
+            const UP_FRONT: u64 = 64 << 20;
             let expected = zstd::zstd_safe::get_frame_content_size(c)
                 .ok()
                 .flatten()
-                .map_or(0, |n| n.min(LIMIT) as usize);
+                .map_or(0, |n| n.min(UP_FRONT) as usize);
             let mut out = Vec::with_capacity(expected);
             zstd::stream::read::Decoder::new(c)
                 .and_then(|d| d.take(LIMIT + 1).read_to_end(&mut out))

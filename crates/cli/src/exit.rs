@@ -3,9 +3,10 @@
 //! The codes are documented in the README; scripts and monitoring depend on
 //! them, so they never change meaning.
 
+use lifeboat_connectors::Error as ConnError;
 use lifeboat_repo::Error as RepoError;
 use lifeboat_snapshot::Error as SnapError;
-use lifeboat_storage::ErrorKind;
+use lifeboat_storage::ErrorClass;
 
 pub const OK: i32 = 0;
 pub const GENERIC: i32 = 1;
@@ -69,116 +70,237 @@ pub fn describe(e: &anyhow::Error) -> (i32, String) {
     (code, msg)
 }
 
-/// The storage error kind behind `e`, looking through the library error
-/// wrappers (they are `transparent`, so they do not show in `chain()`).
-fn storage_kind(e: &anyhow::Error) -> Option<ErrorKind> {
+/// The class of `e`: that of the first lifeboat error in its chain (library
+/// errors wrap each other transparently, and each delegates to the error
+/// it wraps), or of a bare I/O error there.
+fn class_of(e: &anyhow::Error) -> Option<(ErrorClass, Origin)> {
     for cause in e.chain() {
         if let Some(s) = cause.downcast_ref::<lifeboat_storage::Error>() {
-            return Some(s.kind());
+            return Some((s.class(), Origin::Storage));
         }
         if let Some(r) = cause.downcast_ref::<RepoError>() {
-            return r.storage_kind();
+            return Some((r.class(), origin_repo(r)));
         }
-        if let Some(SnapError::Repo(r)) = cause.downcast_ref::<SnapError>() {
-            return r.storage_kind();
+        if let Some(s) = cause.downcast_ref::<SnapError>() {
+            let origin = match s {
+                SnapError::Repo(r) => origin_repo(r),
+                SnapError::PathNotFound { .. } => Origin::SnapshotPath,
+                _ => Origin::Local,
+            };
+            return Some((s.class(), origin));
+        }
+        if let Some(c) = cause.downcast_ref::<ConnError>() {
+            let origin = match c {
+                ConnError::Repo(r) | ConnError::Snapshot(SnapError::Repo(r)) => origin_repo(r),
+                ConnError::Storage(_) => Origin::Storage,
+                ConnError::Snapshot(s) => match s {
+                    SnapError::PathNotFound { .. } => Origin::SnapshotPath,
+                    _ => Origin::Local,
+                },
+                ConnError::Io { .. } => Origin::Local,
+                _ => Origin::Connector,
+            };
+            return Some((c.class(), origin));
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return Some((lifeboat_snapshot::io_class(io), Origin::Local));
         }
     }
     None
+}
+
+/// Where an error arose, for the advice only (the code depends on the class
+/// alone).
+#[derive(Clone, Copy, PartialEq)]
+enum Origin {
+    /// The repository's storage.
+    Storage,
+    /// The repository format (keys, records, locks) above the storage.
+    Repository,
+    /// A snapshot the command named.
+    Snapshot,
+    /// A path inside a snapshot.
+    SnapshotPath,
+    /// Local files: a backup source, a restore target, a data directory.
+    Local,
+    /// A connector's own error (a missing WAL segment, a WAL conflict, a
+    /// failed tool), whose message already says what to do.
+    Connector,
+}
+
+fn origin_repo(r: &RepoError) -> Origin {
+    match r {
+        RepoError::SnapshotNotFound { .. } | RepoError::AmbiguousSnapshot { .. } => {
+            Origin::Snapshot
+        }
+        RepoError::Storage(_) => Origin::Storage,
+        _ => Origin::Repository,
+    }
+}
+
+/// The exit code of each class: the one table the README's exit-code list
+/// documents.
+fn code(class: ErrorClass) -> i32 {
+    match class {
+        ErrorClass::NoRepository => NO_REPOSITORY,
+        ErrorClass::WrongPassword => WRONG_PASSWORD,
+        ErrorClass::Unreachable | ErrorClass::AccessDenied => UNREACHABLE,
+        ErrorClass::StorageFull => STORAGE_FULL,
+        ErrorClass::Damaged => DAMAGED,
+        ErrorClass::Unsupported => UNSUPPORTED_VERSION,
+        ErrorClass::NotFound => NOT_FOUND,
+        ErrorClass::Locked => LOCKED,
+        ErrorClass::BadInput | ErrorClass::External | ErrorClass::Io | ErrorClass::Internal => {
+            GENERIC
+        }
+    }
+}
+
+/// What to do next, by class and where the error arose.
+fn hint(class: ErrorClass, origin: Origin) -> Option<&'static str> {
+    Some(match (class, origin) {
+        (ErrorClass::NoRepository, _) => {
+            "check -r/--repo or LIFEBOAT_REPO, or create one with `lifeboat init`"
+        }
+        (ErrorClass::WrongPassword, _) => {
+            "check LIFEBOAT_PASSWORD, --password-file or --password-command"
+        }
+        (ErrorClass::Damaged, Origin::Connector) => return None,
+        (ErrorClass::NotFound, Origin::Connector) => return None,
+        (ErrorClass::Damaged, _) => "run `lifeboat check --read-data` to see what is affected",
+        (ErrorClass::NotFound, Origin::Snapshot) => "list them with `lifeboat snapshots`",
+        (ErrorClass::NotFound, Origin::SnapshotPath) => {
+            "list the snapshot with `lifeboat ls SNAPSHOT`"
+        }
+        (ErrorClass::NotFound, _) => "check the path, then run the command again",
+        (ErrorClass::StorageFull, Origin::Storage) => {
+            "free space on the repository storage, then run the command again; nothing already stored was lost"
+        }
+        (ErrorClass::StorageFull, _) => "free space on the target, then run the command again",
+        (ErrorClass::Unreachable, _) => "check the repository location and network, then retry",
+        (ErrorClass::AccessDenied, _) => "check permissions or credentials for the repository",
+        (ErrorClass::BadInput, Origin::Storage) => "see `lifeboat --help` for repository URL forms",
+        _ => return None,
+    })
 }
 
 fn classify(e: &anyhow::Error) -> (i32, Option<&'static str>) {
     if let Some(c) = e.downcast_ref::<CliError>() {
         return (c.code, None);
     }
-    let repo = e
-        .downcast_ref::<RepoError>()
-        .or_else(|| match e.downcast_ref::<SnapError>() {
-            Some(SnapError::Repo(r)) => Some(r),
-            _ => None,
-        });
-    if let Some(r) = repo {
-        match r {
-            RepoError::NoRepository { .. } => {
-                return (
-                    NO_REPOSITORY,
-                    Some("check -r/--repo or LIFEBOAT_REPO, or create one with `lifeboat init`"),
-                );
-            }
-            RepoError::WrongPassword => {
-                return (
-                    WRONG_PASSWORD,
-                    Some("check LIFEBOAT_PASSWORD, --password-file or --password-command"),
-                );
-            }
-            RepoError::UnsupportedVersion { .. } => return (UNSUPPORTED_VERSION, None),
-            RepoError::Locked { .. } | RepoError::LockLost { .. } => return (LOCKED, None),
-            RepoError::Corrupt { .. } | RepoError::BlobNotIndexed { .. } => {
-                return (
-                    DAMAGED,
-                    Some("run `lifeboat check --read-data` to see what is affected"),
-                );
-            }
-            RepoError::SnapshotNotFound { .. } | RepoError::AmbiguousSnapshot { .. } => {
-                return (NOT_FOUND, Some("list them with `lifeboat snapshots`"));
-            }
-            _ => {}
-        }
+    match class_of(e) {
+        Some((class, origin)) => (code(class), hint(class, origin)),
+        None => (GENERIC, None),
     }
-    if let Some(SnapError::PathNotFound { .. }) = e.downcast_ref::<SnapError>() {
-        return (
-            NOT_FOUND,
-            Some("list the snapshot with `lifeboat ls SNAPSHOT`"),
-        );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_storage::{Error as StorageError, ErrorKind};
+
+    fn full_storage() -> StorageError {
+        StorageError::new(ErrorKind::StorageFull, "no space left on device")
     }
-    match storage_kind(e) {
-        Some(ErrorKind::StorageFull) => (
-            STORAGE_FULL,
-            Some(
-                "free space on the repository storage, then run the command again; nothing already stored was lost",
+
+    #[test]
+    fn a_full_disk_inside_a_connector_exits_13() {
+        // pg restore writing a data directory on a full disk: this exited 1
+        // while connector errors had their own mapper.
+        let io = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let e = anyhow::Error::from(ConnError::io("/srv/pg/base/1/1259", io));
+        let (code, msg) = describe(&e);
+        assert_eq!(code, STORAGE_FULL);
+        assert!(msg.contains("free space on the target"), "{msg}");
+    }
+
+    #[test]
+    fn a_full_repository_under_connector_and_context_layers_exits_13() {
+        let inner = ConnError::Snapshot(SnapError::Repo(RepoError::Storage(full_storage())));
+        let e = anyhow::Error::from(inner).context("archiving 000000010000000000000001");
+        let (code, msg) = describe(&e);
+        assert_eq!(code, STORAGE_FULL);
+        assert!(msg.contains("repository storage"), "{msg}");
+    }
+
+    #[test]
+    fn every_class_has_its_documented_code() {
+        let cases: Vec<(anyhow::Error, i32)> = vec![
+            (
+                RepoError::NoRepository {
+                    location: "/x".into(),
+                }
+                .into(),
+                NO_REPOSITORY,
             ),
-        ),
-        Some(ErrorKind::Unreachable) | Some(ErrorKind::Transient) => (
-            UNREACHABLE,
-            Some("check the repository location and network, then retry"),
-        ),
-        Some(ErrorKind::PermissionDenied) => (
-            UNREACHABLE,
-            Some("check permissions or credentials for the repository"),
-        ),
-        Some(ErrorKind::Config) => (
-            GENERIC,
-            Some("see `lifeboat --help` for repository URL forms"),
-        ),
-        _ => {
-            // Disk full while restoring/writing local files.
-            for cause in e.chain() {
-                if let Some(io) = cause.downcast_ref::<std::io::Error>()
-                    && io.kind() == std::io::ErrorKind::StorageFull
-                {
-                    return (
-                        STORAGE_FULL,
-                        Some("free space on the target, then run the command again"),
-                    );
+            (RepoError::WrongPassword.into(), WRONG_PASSWORD),
+            (
+                StorageError::new(ErrorKind::Unreachable, "refused").into(),
+                UNREACHABLE,
+            ),
+            (
+                StorageError::new(ErrorKind::PermissionDenied, "403").into(),
+                UNREACHABLE,
+            ),
+            (full_storage().into(), STORAGE_FULL),
+            (
+                RepoError::Corrupt {
+                    object: "packs/ab".into(),
+                    reason: "bad tag".into(),
                 }
-                if let Some(SnapError::Io { source, .. }) = cause.downcast_ref::<SnapError>()
-                    && source.kind() == std::io::ErrorKind::StorageFull
-                {
-                    return (
-                        STORAGE_FULL,
-                        Some("free space on the target, then run the command again"),
-                    );
+                .into(),
+                DAMAGED,
+            ),
+            (
+                RepoError::UnsupportedVersion {
+                    found: 9,
+                    supported: 1,
                 }
-                // A path the command names (a backup source) does not exist.
-                if let Some(SnapError::Io { source, .. }) = cause.downcast_ref::<SnapError>()
-                    && source.kind() == std::io::ErrorKind::NotFound
-                {
-                    return (
-                        NOT_FOUND,
-                        Some("check the path, then run the command again"),
-                    );
+                .into(),
+                UNSUPPORTED_VERSION,
+            ),
+            (
+                SnapError::PathNotFound {
+                    snapshot: "1a2b".into(),
+                    path: "/etc".into(),
                 }
-            }
-            (GENERIC, None)
+                .into(),
+                NOT_FOUND,
+            ),
+            (
+                ConnError::MissingWal {
+                    segment: "000000010000000000000002".into(),
+                    backup: "1a2b".into(),
+                }
+                .into(),
+                NOT_FOUND,
+            ),
+            (
+                ConnError::WalConflict {
+                    name: "000000010000000000000002".into(),
+                }
+                .into(),
+                DAMAGED,
+            ),
+            (
+                RepoError::Locked {
+                    holder: "prune on host".into(),
+                }
+                .into(),
+                LOCKED,
+            ),
+            (
+                ConnError::Tool {
+                    tool: "pg_dump".into(),
+                    status: "exit status 1".into(),
+                    stderr: "no such database".into(),
+                }
+                .into(),
+                GENERIC,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(describe(&e).0, want, "{e}");
         }
     }
 }

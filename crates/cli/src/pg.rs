@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use lifeboat_connectors::Error as ConnError;
 use lifeboat_connectors::postgres::{
     base, check, conn::ConnOptions, conn::system_identifier_of, dump, pitr, retention, wal,
 };
@@ -187,18 +186,6 @@ pub struct PgRestoreArgs {
 }
 
 /// Maps connector errors to the CLI's exit codes.
-fn map(e: ConnError) -> anyhow::Error {
-    match e {
-        ConnError::Repo(e) => e.into(),
-        ConnError::Snapshot(e) => e.into(),
-        ConnError::Storage(e) => e.into(),
-        e @ ConnError::MissingWal { .. } => cli_error(exit::NOT_FOUND, e.to_string()),
-        e @ ConnError::NotFound(_) => cli_error(exit::NOT_FOUND, e.to_string()),
-        e @ ConnError::WalConflict { .. } => cli_error(exit::DAMAGED, e.to_string()),
-        e => cli_error(exit::GENERIC, e.to_string()),
-    }
-}
-
 fn mode(m: ModeArg) -> BackupMode {
     match m {
         ModeArg::Full => BackupMode::Full,
@@ -232,9 +219,7 @@ pub async fn run(g: &Global, a: PgArgs) -> Result<i32> {
                     MethodArg::Stream => base::BackupMethod::Stream,
                 },
             };
-            let (snap, info) = base::base_backup(repo, &options, Arc::new(|_| {}))
-                .await
-                .map_err(map)?;
+            let (snap, info) = base::base_backup(repo, &options, Arc::new(|_| {})).await?;
             let s = &snap.record.summary;
             if g.json {
                 crate::output::json(&serde_json::json!({
@@ -290,7 +275,7 @@ pub async fn run(g: &Global, a: PgArgs) -> Result<i32> {
         PgCommand::Restore(a) => restore(g, a).await,
         PgCommand::Check { db } => {
             let repo = session::open(g).await?;
-            let report = check::check(&repo, &db.conn()).await.map_err(map)?;
+            let report = check::check(&repo, &db.conn()).await?;
             if g.json {
                 crate::output::json(&report)?;
             } else {
@@ -316,7 +301,7 @@ pub async fn run(g: &Global, a: PgArgs) -> Result<i32> {
         }
         PgCommand::ExpireWal { dry_run } => {
             let repo = session::open(g).await?;
-            let report = retention::expire_wal(&repo, dry_run).await.map_err(map)?;
+            let report = retention::expire_wal(&repo, dry_run).await?;
             if g.json {
                 let v: Vec<_> = report
                     .clusters
@@ -362,9 +347,7 @@ pub async fn run(g: &Global, a: PgArgs) -> Result<i32> {
                 host,
                 mode: mode(m),
             };
-            let (snap, info) = dump::dump(repo, &options, Arc::new(|_| {}))
-                .await
-                .map_err(map)?;
+            let (snap, info) = dump::dump(repo, &options, Arc::new(|_| {})).await?;
             let s = &snap.record.summary;
             if g.json {
                 crate::output::json(&serde_json::json!({
@@ -398,9 +381,7 @@ pub async fn run(g: &Global, a: PgArgs) -> Result<i32> {
                 no_owner,
             };
             let started = Instant::now();
-            let n = dump::restore_dump(repo, &snap, &options)
-                .await
-                .map_err(map)?;
+            let n = dump::restore_dump(repo, &snap, &options).await?;
             outln!(
                 "restored dump {} ({}) in {}",
                 snap.id.short(),
@@ -432,7 +413,7 @@ async fn wal_push(g: &Global, path: &Path, batch: usize, parallel: usize) -> Res
         return Ok(exit::OK);
     }
     drop(data);
-    let sysid = system_identifier_of(&paths.pgdata).map_err(map)?;
+    let sysid = system_identifier_of(&paths.pgdata)?;
     let opened =
         futures::future::join_all(targets.iter().map(|t| session::open_target(g, t))).await;
     let mut repos = Vec::with_capacity(opened.len());
@@ -443,7 +424,7 @@ async fn wal_push(g: &Global, path: &Path, batch: usize, parallel: usize) -> Res
     let report = wal::push(&repos, &set_tag, sysid, path, &options)
         .await
         .map_err(|f| {
-            let e = map(f.error);
+            let e = anyhow::Error::from(f.error);
             match f.repository {
                 Some(i) if targets.len() > 1 => e.context(format!(
                     "archiving {file} into repository {}",
@@ -464,11 +445,11 @@ async fn wal_push(g: &Global, path: &Path, batch: usize, parallel: usize) -> Res
 }
 
 async fn wal_fetch(g: &Global, file: &str, dest: &Path, read_ahead: usize) -> Result<i32> {
-    if wal::fetch_from_spool(file, dest).map_err(map)? {
+    if wal::fetch_from_spool(file, dest)? {
         return Ok(exit::OK);
     }
     let paths = wal::WalPaths::from_percent_p(dest);
-    let sysid = system_identifier_of(&paths.pgdata).map_err(map)?;
+    let sysid = system_identifier_of(&paths.pgdata)?;
     // PostgreSQL asks for files past the end of the archive; a nonzero
     // status (below 126) tells it there is none.
     let absent = || {
@@ -476,17 +457,11 @@ async fn wal_fetch(g: &Global, file: &str, dest: &Path, read_ahead: usize) -> Re
         Ok(1)
     };
     let storage = session::storage(&session::target(g)?).await?;
-    if !wal::is_archived(storage.as_ref(), sysid, file)
-        .await
-        .map_err(map)?
-    {
+    if !wal::is_archived(storage.as_ref(), sysid, file).await? {
         return absent();
     }
     let repo = session::open(g).await?;
-    if wal::fetch(repo, sysid, file, dest, read_ahead)
-        .await
-        .map_err(map)?
-    {
+    if wal::fetch(repo, sysid, file, dest, read_ahead).await? {
         Ok(exit::OK)
     } else {
         absent()
@@ -542,7 +517,7 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<i32> {
             )
         })?))
     } else if let Some(l) = &a.target_lsn {
-        Some(pitr::RecoveryTarget::Lsn(pitr::lsn_arg(l).map_err(map)?))
+        Some(pitr::RecoveryTarget::Lsn(pitr::lsn_arg(l)?))
     } else if let Some(n) = &a.target_name {
         Some(pitr::RecoveryTarget::Name(n.clone()))
     } else {
@@ -576,7 +551,7 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<i32> {
         read_ahead: a.read_ahead,
         settings,
     };
-    pitr::check_empty(&options.to).map_err(map)?;
+    pitr::check_empty(&options.to)?;
     if a.start && nix::unistd::geteuid().is_root() {
         // pg_ctl refuses root; say so before anything is written.
         return Err(cli_error(
@@ -586,7 +561,7 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<i32> {
         ));
     }
     let repo = session::open(g).await?;
-    let plan = pitr::plan(&repo, &options).await.map_err(map)?;
+    let plan = pitr::plan(&repo, &options).await?;
     let wal_desc = match (&plan.wal_first, &plan.wal_last) {
         (Some(f), Some(l)) => format!("{} WAL segments {f} .. {l} present", plan.wal_segments),
         _ => "no archived WAL needed".into(),
@@ -599,14 +574,10 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<i32> {
             plan.info.stop_lsn
         );
     }
-    let report = pitr::restore(repo, &plan, &options).await.map_err(map)?;
+    let report = pitr::restore(repo, &plan, &options).await?;
     let unpacked_ms = started.elapsed().as_millis() as u64;
     let outcome = if a.start {
-        Some(
-            pitr::start_and_wait(&options.to, &plan.info, &options)
-                .await
-                .map_err(map)?,
-        )
+        Some(pitr::start_and_wait(&options.to, &plan.info, &options).await?)
     } else {
         None
     };

@@ -7,6 +7,8 @@
 
 use std::path::PathBuf;
 
+use lifeboat_storage::ErrorClass;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// The class of this error (see [`ErrorClass`]): library errors keep
+    /// theirs, so a full repository inside a connector is still a full
+    /// repository.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Repo(e) => e.class(),
+            Error::Snapshot(e) => e.class(),
+            Error::Storage(e) => e.class(),
+            Error::Postgres(_) | Error::Tool { .. } => ErrorClass::External,
+            Error::Io { source, .. } => lifeboat_snapshot::io_class(source),
+            Error::WalConflict { .. } => ErrorClass::Damaged,
+            Error::MissingWal { .. } | Error::NotFound(_) => ErrorClass::NotFound,
+            Error::Invalid(_) => ErrorClass::BadInput,
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

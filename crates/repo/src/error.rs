@@ -6,7 +6,7 @@
 //! panic. Storage errors are carried unchanged so their retryable/permanent
 //! classification survives.
 
-use lifeboat_storage::ErrorKind as StorageErrorKind;
+use lifeboat_storage::{ErrorClass, ErrorKind as StorageErrorKind};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -62,6 +62,24 @@ impl Error {
         Error::Corrupt {
             object: object.to_string(),
             reason: reason.to_string(),
+        }
+    }
+
+    /// The class of this error (see [`ErrorClass`]).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Storage(e) => e.class(),
+            Error::NoRepository { .. } => ErrorClass::NoRepository,
+            Error::AlreadyInitialized { .. } => ErrorClass::BadInput,
+            Error::WrongPassword => ErrorClass::WrongPassword,
+            Error::UnsupportedVersion { .. } => ErrorClass::Unsupported,
+            Error::Corrupt { .. } | Error::BlobNotIndexed { .. } => ErrorClass::Damaged,
+            Error::SnapshotNotFound { .. } | Error::AmbiguousSnapshot { .. } => {
+                ErrorClass::NotFound
+            }
+            Error::Invalid(_) => ErrorClass::BadInput,
+            Error::Locked { .. } | Error::LockLost { .. } => ErrorClass::Locked,
+            Error::Task(_) => ErrorClass::Internal,
         }
     }
 

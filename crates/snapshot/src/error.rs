@@ -6,6 +6,8 @@
 
 use std::path::PathBuf;
 
+use lifeboat_storage::ErrorClass;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,10 +30,34 @@ pub enum Error {
 }
 
 impl Error {
+    /// The class of this error (see [`ErrorClass`]). A local file that is
+    /// missing was named by the caller (a backup source); a full target
+    /// filesystem is a full storage.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Repo(e) => e.class(),
+            Error::Io { source, .. } => io_class(source),
+            Error::PathNotFound { .. } => ErrorClass::NotFound,
+            Error::Invalid(_) => ErrorClass::BadInput,
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// The class of a local I/O error: full and missing are told apart, the
+/// rest is an I/O failure.
+pub fn io_class(e: &std::io::Error) -> ErrorClass {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            ErrorClass::StorageFull
+        }
+        std::io::ErrorKind::NotFound => ErrorClass::NotFound,
+        _ => ErrorClass::Io,
     }
 }

@@ -17,4 +17,4 @@ pub mod nav;
 pub mod progress;
 pub mod restore;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, io_class};

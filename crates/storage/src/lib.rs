@@ -16,7 +16,7 @@ mod remote;
 mod retry;
 mod url;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorClass, ErrorKind, Result};
 pub use key::{Kind, ObjectKey};
 pub use local::LocalStorage;
 pub use memory::MemoryStorage;

@@ -15,7 +15,8 @@ use lifeboat_repo::{Id, Node, NodeKind, Repository, Snapshot};
 use serde::Serialize;
 
 use crate::Result;
-use crate::ls::{EntryKind, join, load_trees, lossy, walk_loaded};
+use crate::ls::{EntryKind, load_trees, lossy, walk_loaded};
+use crate::pathmatch::join;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

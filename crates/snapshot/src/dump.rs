@@ -29,7 +29,7 @@ pub async fn dump(
     path: &[u8],
     out: &mut (dyn Write + Send),
 ) -> Result<u64> {
-    let shown = lossy(&crate::ls::normalize(path));
+    let shown = lossy(&crate::pathmatch::normalize(path));
     let node = match nav::lookup(repo, &snapshot.id.short(), snapshot.record.tree, path).await? {
         Found::Root(_) => None,
         Found::Node(node) => Some(node),

@@ -5,23 +5,20 @@
 //! appeared, each snapshot where its content changed, when it disappeared
 //! (and reappeared), plus the list of snapshots holding it ([`FindHistory`]).
 //! Trees are walked with a memo per tree id, so a subtree shared by many
-//! snapshots is read and matched once. This module also owns
-//! `PathMatcher`, the include/exclude rule shared with restore.
+//! snapshots is read and matched once. Patterns are
+//! [`PathMatcher`]'s, the one glob dialect of lifeboat.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
-use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 use lifeboat_repo::{Id, Node, NodeKind, Repository, Snapshot};
 use serde::Serialize;
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::diff::path_order;
-use crate::ls::{EntryKind, join, lossy, timestamp};
+use crate::ls::{EntryKind, lossy, timestamp};
+use crate::pathmatch::{PathMatcher, join};
 use crate::{Error, Result};
 
 /// One snapshot holding a matching path.
@@ -246,97 +243,5 @@ fn hit(path: Vec<u8>, node: &Node) -> Hit {
         size: node.size,
         mtime: timestamp(node.mtime),
         fingerprint: Id::of_bytes(&fp),
-    }
-}
-
-/// Glob patterns over snapshot paths, as used by `find` and by restore's
-/// include/exclude lists.
-///
-/// A pattern containing `/` matches the full snapshot path (a leading `/` is
-/// implied, a trailing one ignored); any other pattern matches the entry's
-/// name. `*` and `?` never match `/`; `**` spans directories. A plain path
-/// such as `/home/ann` is simply a pattern without wildcards. The pattern
-/// `/` matches every path.
-#[derive(Debug, Clone)]
-pub(crate) struct PathMatcher {
-    full: GlobSet,
-    name: GlobSet,
-    all: bool,
-    empty: bool,
-}
-
-impl PathMatcher {
-    pub(crate) fn new(patterns: &[String]) -> Result<Self> {
-        let mut full = GlobSetBuilder::new();
-        let mut name = GlobSetBuilder::new();
-        let mut all = false;
-        for p in patterns {
-            let trimmed = p.trim_end_matches('/');
-            if trimmed.is_empty() {
-                if p.is_empty() {
-                    return Err(Error::Invalid("empty path pattern".into()));
-                }
-                all = true;
-                continue;
-            }
-            let glob = |text: &str| {
-                GlobBuilder::new(text)
-                    .literal_separator(true)
-                    .backslash_escape(true)
-                    .build()
-                    .map_err(|e| Error::Invalid(format!("invalid pattern {p:?}: {e}")))
-            };
-            if trimmed.contains('/') {
-                let text = if trimmed.starts_with('/') {
-                    trimmed.to_string()
-                } else {
-                    format!("/{trimmed}")
-                };
-                full.add(glob(&text)?);
-            } else {
-                name.add(glob(trimmed)?);
-            }
-        }
-        let build = |b: GlobSetBuilder| {
-            b.build()
-                .map_err(|e| Error::Invalid(format!("invalid patterns: {e}")))
-        };
-        Ok(PathMatcher {
-            full: build(full)?,
-            name: build(name)?,
-            all,
-            empty: patterns.is_empty(),
-        })
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.empty
-    }
-
-    /// True if some pattern looks at the full path (so results depend on
-    /// where a tree sits, not only on its content).
-    pub(crate) fn uses_full_path(&self) -> bool {
-        !self.full.is_empty() || self.all
-    }
-
-    /// Whether the entry at full snapshot path `path` (`/a/b`) matches.
-    pub(crate) fn is_match(&self, path: &[u8]) -> bool {
-        if self.all {
-            return true;
-        }
-        if !self.full.is_empty()
-            && self
-                .full
-                .is_match_candidate(&Candidate::new(Path::new(OsStr::from_bytes(path))))
-        {
-            return true;
-        }
-        if !self.name.is_empty() {
-            let base = path.rsplit(|b| *b == b'/').next().unwrap_or(path);
-            return self
-                .name
-                .is_match_candidate(&Candidate::new(Path::new(OsStr::from_bytes(base))));
-        }
-        false
     }
 }

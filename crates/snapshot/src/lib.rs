@@ -14,7 +14,9 @@ mod error;
 pub mod find;
 pub mod ls;
 pub mod nav;
+mod pathmatch;
 pub mod progress;
 pub mod restore;
 
 pub use error::{Error, Result, io_class};
+pub use pathmatch::PathMatcher;

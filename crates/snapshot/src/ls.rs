@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::Result;
 use crate::nav::{self, Found};
+use crate::pathmatch::{join, normalize};
 
 /// What a snapshot entry is, as shown to users (`"file"`, `"dir"`, `"symlink"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -185,25 +186,6 @@ pub(crate) fn walk_loaded(
             walk_loaded(trees, sub, &child, visit);
         }
     }
-}
-
-/// `parent/name` as a snapshot path (the root is the empty path).
-pub(crate) fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
-    p.extend_from_slice(parent);
-    p.push(b'/');
-    p.extend_from_slice(name);
-    p
-}
-
-/// A user-given snapshot path in canonical form: `/a/b`, or empty for the root.
-pub(crate) fn normalize(path: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for c in nav::components(path) {
-        out.push(b'/');
-        out.extend_from_slice(c);
-    }
-    out
 }
 
 /// A snapshot path for display; the root shows as `/`.

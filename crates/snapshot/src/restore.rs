@@ -61,8 +61,8 @@ use lifeboat_repo::{
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::find::PathMatcher;
-use crate::ls::join;
+use crate::pathmatch::PathMatcher;
+use crate::pathmatch::join;
 use crate::progress::RestoreProgress;
 use crate::{Error, Result};
 

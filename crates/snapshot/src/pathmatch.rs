@@ -1,0 +1,177 @@
+//! Paths and patterns: the one glob dialect lifeboat speaks.
+//!
+//! Backup excludes, restore's `--include`/`--exclude`, `find` and the
+//! PostgreSQL files method's built-in excludes all match with
+//! [`PathMatcher`], so a pattern means the same thing wherever a user (or a
+//! connector) writes it: a pattern containing `/` matches the whole path, any
+//! other pattern matches an entry's name wherever it is; `*`, `?` and `[...]`
+//! stay within one path component and `**` crosses directories; a backslash
+//! escapes. A matching directory takes everything below it along (the walk
+//! decides that, not the matcher). This module also owns the canonical form
+//! of snapshot paths ([`join`], [`normalize`]); it knows nothing of trees or
+//! repositories.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
+
+use crate::{Error, Result};
+
+/// Glob patterns over absolute paths (snapshot paths, or a backup
+/// source's filesystem paths).
+///
+/// A pattern containing `/` matches the full path (a leading `/` is
+/// implied, a trailing one ignored); any other pattern matches the entry's
+/// name. `*` and `?` never match `/`; `**` spans directories. A plain path
+/// such as `/home/ann` is simply a pattern without wildcards. The pattern
+/// `/` matches every path.
+#[derive(Debug, Clone)]
+pub struct PathMatcher {
+    full: GlobSet,
+    name: GlobSet,
+    all: bool,
+    empty: bool,
+}
+
+impl PathMatcher {
+    pub fn new(patterns: &[String]) -> Result<Self> {
+        let mut full = GlobSetBuilder::new();
+        let mut name = GlobSetBuilder::new();
+        let mut all = false;
+        for p in patterns {
+            let trimmed = p.trim_end_matches('/');
+            if trimmed.is_empty() {
+                if p.is_empty() {
+                    return Err(Error::Invalid("empty path pattern".into()));
+                }
+                all = true;
+                continue;
+            }
+            let glob = |text: &str| {
+                GlobBuilder::new(text)
+                    .literal_separator(true)
+                    .backslash_escape(true)
+                    .build()
+                    .map_err(|e| Error::Invalid(format!("invalid pattern {p:?}: {e}")))
+            };
+            if trimmed.contains('/') {
+                let text = if trimmed.starts_with('/') {
+                    trimmed.to_string()
+                } else {
+                    format!("/{trimmed}")
+                };
+                full.add(glob(&text)?);
+            } else {
+                name.add(glob(trimmed)?);
+            }
+        }
+        let build = |b: GlobSetBuilder| {
+            b.build()
+                .map_err(|e| Error::Invalid(format!("invalid patterns: {e}")))
+        };
+        Ok(PathMatcher {
+            full: build(full)?,
+            name: build(name)?,
+            all,
+            empty: patterns.is_empty(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.empty
+    }
+
+    /// True if some pattern looks at the full path (so results depend on
+    /// where a tree sits, not only on its content).
+    pub fn uses_full_path(&self) -> bool {
+        !self.full.is_empty() || self.all
+    }
+
+    /// Whether the entry at full snapshot path `path` (`/a/b`) matches.
+    pub fn is_match(&self, path: &[u8]) -> bool {
+        if self.all {
+            return true;
+        }
+        if !self.full.is_empty()
+            && self
+                .full
+                .is_match_candidate(&Candidate::new(Path::new(OsStr::from_bytes(path))))
+        {
+            return true;
+        }
+        if !self.name.is_empty() {
+            let base = path.rsplit(|b| *b == b'/').next().unwrap_or(path);
+            return self
+                .name
+                .is_match_candidate(&Candidate::new(Path::new(OsStr::from_bytes(base))));
+        }
+        false
+    }
+}
+
+/// `parent/name` as a snapshot path (the root is the empty path).
+pub(crate) fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
+    p.extend_from_slice(parent);
+    p.push(b'/');
+    p.extend_from_slice(name);
+    p
+}
+
+/// A user-given snapshot path in canonical form: `/a/b`, or empty for the root.
+pub(crate) fn normalize(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in crate::nav::components(path) {
+        out.push(b'/');
+        out.extend_from_slice(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(patterns: &[&str]) -> PathMatcher {
+        PathMatcher::new(&patterns.iter().map(|p| p.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn a_pattern_without_slash_matches_names_anywhere() {
+        let p = m(&["*.iso"]);
+        assert!(p.is_match(b"/a.iso"));
+        assert!(p.is_match(b"/home/ann/deep/b.iso"));
+        assert!(!p.is_match(b"/home/ann/b.iso.txt"));
+    }
+
+    #[test]
+    fn a_pattern_with_slash_matches_the_whole_path_and_star_stays_in_one_directory() {
+        let p = m(&["/home/*.log"]);
+        assert!(p.is_match(b"/home/x.log"));
+        assert!(!p.is_match(b"/home/ann/x.log"));
+        let p = m(&["/home/**/*.log"]);
+        assert!(p.is_match(b"/home/ann/x.log"));
+        assert!(p.is_match(b"/home/ann/deep/x.log"));
+        // A leading `/` is implied and a trailing one ignored.
+        let p = m(&["home/ann/"]);
+        assert!(p.is_match(b"/home/ann"));
+        assert!(!p.is_match(b"/home/annie"));
+    }
+
+    #[test]
+    fn escapes_and_the_root_pattern() {
+        let p = m(&["/srv/pg\\[1\\]/data"]);
+        assert!(p.is_match(b"/srv/pg[1]/data"));
+        assert!(!p.is_match(b"/srv/pg1/data"));
+        assert!(m(&["/"]).is_match(b"/anything/at/all"));
+        assert!(PathMatcher::new(&["".to_string()]).is_err());
+    }
+
+    #[test]
+    fn paths_in_canonical_form() {
+        assert_eq!(normalize(b"//a/./b/"), b"/a/b");
+        assert_eq!(join(b"/a", b"b"), b"/a/b");
+    }
+}

@@ -1,5 +1,7 @@
 //! `copy --from A --to B`: opens both repositories and calls
-//! [`lifeboat_repo::copy`]; also opens the source repository for
+//! [`lifeboat_repo::copy`] (with the connectors' archive retention rules
+//! unless `--no-wal`, so the WAL archive the copied base backups need comes
+//! along); also opens the source repository for
 //! `init --copy-chunker-params-from`.
 //!
 //! The source password comes from `--from-password-file` /
@@ -8,6 +10,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use lifeboat_repo::{CopyOptions, CopyProgress, Repository};
@@ -39,15 +42,22 @@ pub async fn open_source(
 }
 
 /// The progress bar counts data blobs as its "files" and their plaintext as
-/// its bytes.
-struct CopyBar(Bar);
+/// its bytes. It also notes when the snapshots are done and the archive
+/// objects start, so an error can say which part failed.
+struct CopyBar {
+    bar: Bar,
+    archive_started: AtomicBool,
+}
 
 impl CopyProgress for CopyBar {
     fn planned(&self, blobs: u64, bytes: u64) {
-        self.0.scanned(blobs, bytes);
+        self.bar.scanned(blobs, bytes);
     }
     fn blob_copied(&self, bytes: u64) {
-        self.0.processed(1, bytes);
+        self.bar.processed(1, bytes);
+    }
+    fn archive_started(&self) {
+        self.archive_started.store(true, Ordering::Relaxed);
     }
 }
 
@@ -67,33 +77,30 @@ pub async fn run(g: &Global, a: CopyArgs) -> Result<i32> {
         target,
         g.cold_location.as_deref(),
     )?);
-    let bar = CopyBar(Bar::new(!g.quiet && !g.json, "copy"));
+    let bar = CopyBar {
+        bar: Bar::new(!g.quiet && !g.json, "copy"),
+        archive_started: AtomicBool::new(false),
+    };
     let options = CopyOptions {
         snapshots: a.snapshots,
+        archive: (!a.no_wal).then(lifeboat_connectors::archive_rules),
     };
     let stats = lifeboat_repo::copy(&source, &target, &options, &bar).await;
-    bar.0.finish();
-    let stats = stats?;
-    let wal = if a.no_wal {
-        None
+    bar.bar.finish();
+    let stats = if bar.archive_started.load(Ordering::Relaxed) {
+        stats.context("copying the PostgreSQL WAL archive (the snapshots were copied)")?
     } else {
-        Some(
-            lifeboat_connectors::postgres::retention::copy_wal(&source, &target)
-                .await
-                .context("copying the PostgreSQL WAL archive (the snapshots were copied)")?,
-        )
+        stats?
     };
+    let wal = stats.archive.as_ref();
     if g.json {
         #[derive(serde::Serialize)]
         struct Out<'a> {
             #[serde(flatten)]
             stats: &'a lifeboat_repo::CopyStats,
-            wal: Option<&'a lifeboat_connectors::postgres::retention::WalCopyReport>,
+            wal: Option<&'a lifeboat_repo::archive::ArchiveCopyStats>,
         }
-        crate::output::json(&Out {
-            stats: &stats,
-            wal: wal.as_ref(),
-        })?;
+        crate::output::json(&Out { stats: &stats, wal })?;
     } else {
         for c in &stats.copied {
             outln!("copied snapshot {} -> {}", &c.source[..8], &c.target[..8]);

@@ -1,4 +1,5 @@
-//! `check` and `repair index`.
+//! `check` and `repair index`: call `lifeboat_repo::check` /
+//! `lifeboat_repo::repair::repair_index`, render.
 
 use crate::output::outln;
 use std::sync::Arc;
@@ -69,20 +70,36 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<i32> {
             );
         }
         outln!(
-            "checked {} snapshots, {} trees, {} packs, {} blobs{}",
+            "checked {} snapshots, {} trees, {} packs, {} blobs{}{}",
             report.snapshots,
             report.trees_checked,
             report.packs,
             report.blobs,
+            // Archive objects (PostgreSQL WAL) only when there are some, so
+            // the line is unchanged for repositories without.
+            if report.archive_objects > 0 {
+                format!(", {} archive objects", report.archive_objects)
+            } else {
+                String::new()
+            },
             if options.read_data {
                 format!(
-                    "; read {} packs ({}{})",
+                    "; read {} packs ({}{}){}",
                     report.packs_read,
                     crate::output::bytes(report.read_bytes),
                     if repo.has_cold_tier() {
                         format!(
                             ", {} of them from the cold tier",
                             crate::output::bytes(report.cold_read_bytes)
+                        )
+                    } else {
+                        String::new()
+                    },
+                    if report.archive_objects_read > 0 {
+                        format!(
+                            " and {} archive objects ({})",
+                            report.archive_objects_read,
+                            crate::output::bytes(report.archive_read_bytes)
                         )
                     } else {
                         String::new()

@@ -1,7 +1,10 @@
 //! `forget` and `prune`: parse the policy and limits, call
-//! `lifeboat_repo::retention::forget` / `lifeboat_repo::prune::prune`, render.
+//! `lifeboat_repo::retention::forget` / `lifeboat_repo::prune::prune` (with
+//! the connectors' archive retention rules, so archived WAL is expired
+//! too), render.
 
 use anyhow::Result;
+use lifeboat_connectors::postgres::retention::WAL_KIND;
 use lifeboat_repo::prune::{PruneOptions, PruneStats, prune as run_prune};
 use lifeboat_repo::retention::{
     ForgetOptions, ForgetReport, RetentionPolicy, SnapshotFilter, forget as run_forget,
@@ -144,19 +147,23 @@ pub async fn prune(g: &Global, a: PruneArgs) -> Result<i32> {
     Ok(exit::OK)
 }
 
-/// Prune, then delete archived PostgreSQL WAL that no remaining base
-/// backup needs (so forgetting base backups frees their WAL too). Returns
-/// the number of WAL files deleted (or that would be, in a dry run).
+/// Prune, with every connector's archive retention rules: archived
+/// PostgreSQL WAL that no remaining base backup needs is deleted too (so
+/// forgetting base backups frees their WAL). Returns the number of WAL
+/// files deleted (or that would be, in a dry run).
 async fn prune_and_expire_wal(
     repo: &std::sync::Arc<lifeboat_repo::Repository>,
     options: &PruneOptions,
 ) -> Result<(PruneStats, usize)> {
-    let stats = run_prune(repo, options).await.map_err(|e| match e {
+    let options = PruneOptions {
+        archive: Some(lifeboat_connectors::archive_rules()),
+        ..options.clone()
+    };
+    let stats = run_prune(repo, &options).await.map_err(|e| match e {
         lifeboat_repo::Error::Invalid(m) => cli_error(exit::DAMAGED, m),
         e => e.into(),
     })?;
-    let wal = lifeboat_connectors::postgres::retention::expire_wal(repo, options.dry_run).await?;
-    let deleted = wal.clusters.values().map(|c| c.deleted.len()).sum();
+    let deleted = stats.archive.as_ref().map_or(0, |a| a.deleted_of(WAL_KIND));
     Ok((stats, deleted))
 }
 

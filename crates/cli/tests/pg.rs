@@ -509,6 +509,58 @@ fn wal_push_is_idempotent_and_refuses_other_content_under_the_same_name() {
 }
 
 #[test]
+fn check_read_data_names_a_wal_object_with_a_flipped_byte() {
+    if !lifeboat_testkit::postgres::available() {
+        return;
+    }
+    let env = Env::new();
+    let sysid = 0x0b17_f11b;
+    let data = fake_pgdata(&env, sysid);
+    let names = ["000000010000000000000011", "000000010000000000000012"];
+    for (i, name) in names.iter().enumerate() {
+        let seg = data.join("pg_wal").join(name);
+        std::fs::write(&seg, pseudo_random(1 << 20, i as u64 + 3)).unwrap();
+        chown_postgres(&seg);
+        let out = env
+            .command_in(&data, &["pg", "wal-push", &format!("pg_wal/{name}")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let object = format!("{sysid:016x}-{}", names[1]);
+    let path = env.repo.join("wal").join(&object);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    // Replaced, not written in place: stored objects are read-only.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+
+    // Plain check reads no object content, but lists them.
+    let out = env.ok(&["check"]);
+    assert!(out.contains("2 archive objects"), "{out}");
+    assert!(out.contains("no errors found"), "{out}");
+
+    let out = env.run(&["check", "--read-data"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(14), "{stdout}");
+    assert!(
+        stdout.contains(&format!("error: wal/{object}: authentication failed")),
+        "{stdout}"
+    );
+    let other = format!("{sysid:016x}-{}", names[0]);
+    assert!(!stdout.contains(&other), "only the damaged one: {stdout}");
+    let out = env.run(&["--json", "check", "--read-data"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["archive_objects_read"], 2, "{v}");
+    assert_eq!(v["errors"].as_array().unwrap().len(), 1, "{v}");
+}
+
+#[test]
 fn wal_push_killed_with_sigkill_leaves_nothing_wal_fetch_would_serve() {
     if !lifeboat_testkit::postgres::available() {
         return;

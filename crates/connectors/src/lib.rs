@@ -11,6 +11,11 @@
 //! - [`stream`]: a byte stream into a one-file snapshot whose record carries
 //!   connector data (`extra`) known only once the stream has ended.
 //!
+//! Log files a connector archives (PostgreSQL WAL) are archive objects of
+//! `lifeboat_repo::archive`; the connector owns their names and meaning
+//! and supplies their retention rule, and [`archive_rules`] gathers every
+//! connector's rule for `prune` and `copy`.
+//!
 //! Libraries never print: results come back as values.
 
 mod error;
@@ -18,3 +23,15 @@ pub mod postgres;
 pub mod stream;
 
 pub use error::{Error, Result};
+
+use std::sync::Arc;
+
+use lifeboat_repo::ArchiveRules;
+
+/// The retention rules of every log kind a connector archives, for
+/// `lifeboat_repo::prune` and `lifeboat_repo::copy`
+/// (`PruneOptions::archive`, `CopyOptions::archive`). A new log kind
+/// (MariaDB binlogs, SQLite WAL) adds its rule here.
+pub fn archive_rules() -> ArchiveRules {
+    ArchiveRules::new().with(Arc::new(postgres::retention::WalRetention))
+}

@@ -157,8 +157,8 @@ async fn main() {
                     save(out, "blob", &format!("{name}-{i}"), &v);
                 }
             }
-            // No WAL objects in this repository (they come from `pg wal-push`).
-            Kind::Wal => {}
+            // No archive objects in this repository (they come from `pg wal-push`).
+            Kind::Archive => {}
             Kind::Index => {
                 save(out, "index", name, &with_mode(0, &bytes));
                 let file = IndexFile::decode(key, k.name(), &bytes).unwrap();

@@ -10,6 +10,9 @@
 //! name checked against its BLAKE3, and every blob decrypted and verified.
 //! Damage is reported with the pack, and the snapshots and file paths that
 //! lose data because of it.
+//! Archive objects (`crate::archive`, e.g. PostgreSQL WAL) are listed
+//! always and, with `read_data`, each is read and opened there; this
+//! module only calls that step.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -72,6 +75,12 @@ pub struct CheckReport {
     pub damaged_snapshots: Vec<String>,
     /// Files that lose data because of damaged or missing blobs.
     pub affected_files: Vec<AffectedFile>,
+    /// Archive objects listed.
+    pub archive_objects: usize,
+    /// Archive objects read and opened (`read_data`).
+    pub archive_objects_read: usize,
+    /// Stored bytes of those objects.
+    pub archive_read_bytes: u64,
 }
 
 impl CheckReport {
@@ -234,6 +243,7 @@ pub async fn check(
     }
     report.trees_checked = walker.memo.len();
     report.errors.extend(walker.problems);
+    crate::archive::check(repo, options, &mut report).await?;
     report.errors.sort();
     report.errors.dedup();
     Ok(report)

@@ -25,6 +25,11 @@
 //! walking both trees side by side, so unchanged directories are reused
 //! without reading their data again. The map lives only for one run.
 //!
+//! Archive objects (`crate::archive`, e.g. PostgreSQL WAL) are not in
+//! snapshots: with [`CopyOptions::archive`], after the snapshots the
+//! archive module copies the ones the target's snapshots need, by the
+//! connectors' retention rules.
+//!
 //! Main items: [`copy`], [`CopyOptions`], [`CopyStats`], [`CopyProgress`].
 
 use std::collections::{HashMap, HashSet};
@@ -35,6 +40,7 @@ use std::time::Instant;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
+use crate::archive::{ArchiveCopyStats, ArchiveRules};
 use crate::lock::{LockKind, LockOptions, RepositoryLock};
 use crate::pack::BlobType;
 use crate::record::{Snapshot, SnapshotRecord};
@@ -57,6 +63,9 @@ pub struct CopyOptions {
     /// Source snapshots to copy (full id, unique prefix or `latest`); empty
     /// means every snapshot of the source.
     pub snapshots: Vec<String>,
+    /// Also copy archive objects, by these retention rules (see
+    /// [`crate::archive::copy`]); `None`: archive objects are left alone.
+    pub archive: Option<ArchiveRules>,
 }
 
 /// One snapshot written by a copy.
@@ -86,7 +95,13 @@ pub struct CopyStats {
     pub added_bytes: u64,
     /// Trees re-encoded with the target's ids.
     pub trees_written: u64,
+    /// Time spent on the snapshots (not on archive objects).
     pub elapsed_ms: u64,
+    /// What the archive step did, when [`CopyOptions::archive`] was given.
+    /// Not serialized: the caller reports it in its own terms (the CLI as
+    /// `wal`).
+    #[serde(skip)]
+    pub archive: Option<ArchiveCopyStats>,
 }
 
 /// Events of a copy. Every method has a no-op default; `()` ignores all.
@@ -100,6 +115,11 @@ pub trait CopyProgress: Send + Sync {
     fn blob_copied(&self, _bytes: u64) {}
     /// The copy of `source` is verified and visible as `target`.
     fn snapshot_finished(&self, _source: &Snapshot, _target: &Id) {}
+    /// The snapshots are copied; archive objects are copied next.
+    fn archive_started(&self) {}
+    /// One archive object (this many plaintext bytes) was stored and read
+    /// back.
+    fn archive_object_copied(&self, _bytes: u64) {}
 }
 
 impl CopyProgress for () {}
@@ -152,6 +172,9 @@ pub async fn copy(
     let mut stats = result?;
     released?;
     stats.elapsed_ms = started.elapsed().as_millis() as u64;
+    if let Some(rules) = &options.archive {
+        stats.archive = Some(crate::archive::copy(source, target, rules, progress).await?);
+    }
     Ok(stats)
 }
 

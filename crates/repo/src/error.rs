@@ -53,6 +53,11 @@ pub enum Error {
     #[error("lost the repository lock: {reason}; nothing was committed, run the command again")]
     LockLost { reason: String },
 
+    /// An archive object of this name is stored with other content; it was
+    /// left unchanged (archive objects are never overwritten).
+    #[error("{object} is already stored with DIFFERENT content: refusing to overwrite it")]
+    ArchiveConflict { object: String },
+
     #[error("internal task failed: {0}")]
     Task(String),
 }

@@ -3,11 +3,15 @@
 //! This crate owns everything that defines what is stored and how: keys and
 //! encryption ([`MasterKey`], [`KeyFile`]), the [`Config`], chunking
 //! ([`Chunker`]), packs, the [`Index`], directory [`Tree`]s and
-//! [`SnapshotRecord`]s, plus the operations that need nothing but the
-//! repository: write sessions, `check`, `repair index` and key management.
+//! [`SnapshotRecord`]s, [`archive`] objects (log files such as PostgreSQL
+//! WAL, kept whole outside packs), plus the operations that need nothing
+//! but the repository: write sessions, `check`, `prune`, `copy`, `repair
+//! index` and key management. Connectors give `prune` and `copy` their log
+//! kinds' retention rules ([`ArchiveRetention`]).
 //! It does not know about files on disk (that is `lifeboat-snapshot`).
 //! The byte-level format is specified in `docs/format.md`.
 
+pub mod archive;
 mod check;
 mod chunker;
 mod config;
@@ -28,6 +32,7 @@ pub mod retention;
 mod tree;
 mod writer;
 
+pub use archive::{ArchiveName, ArchiveRetention, ArchiveRules};
 pub use check::{CheckOptions, CheckProblem, CheckReport, check};
 pub use chunker::Chunker;
 pub use config::{ChunkerParams, ColdTierConfig, Config, FORMAT_VERSION};

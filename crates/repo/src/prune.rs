@@ -21,6 +21,11 @@
 //! an archive storage class costs retrieval fees and time:
 //! [`PruneStats::cold_read_bytes`] says how much, and `max_repack_bytes`
 //! bounds it. Deleting whole unused packs reads nothing.
+//!
+//! Archive objects (`crate::archive`) are not packs: after the lock is
+//! released, prune hands them to the archive module's expiry with the
+//! retention rules given in [`PruneOptions::archive`], so forgetting a
+//! PostgreSQL base backup frees the WAL only it needed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -30,6 +35,7 @@ use futures::{StreamExt, TryStreamExt};
 use lifeboat_storage::{Kind, ObjectKey};
 use serde::Serialize;
 
+use crate::archive::{ArchiveRules, ExpireReport, expire_after_prune};
 use crate::index::{Index, IndexFile, IndexPack};
 use crate::lock::{LockKind, LockOptions, RepositoryLock, remove_stale_locks};
 use crate::pack::{BlobType, open_blob};
@@ -53,6 +59,10 @@ pub struct PruneOptions {
     /// Most bytes of packs to repack in one run (`None`: no limit).
     pub max_repack_bytes: Option<u64>,
     pub lock: LockOptions,
+    /// Retention rules for archive objects, supplied by the connectors
+    /// (`None`: archive objects are left alone). Objects a rule says the
+    /// remaining snapshots do not need are deleted after the packs.
+    pub archive: Option<ArchiveRules>,
 }
 
 impl Default for PruneOptions {
@@ -62,6 +72,7 @@ impl Default for PruneOptions {
             max_unused_percent: 10.0,
             max_repack_bytes: None,
             lock: LockOptions::default(),
+            archive: None,
         }
     }
 }
@@ -95,6 +106,11 @@ pub struct PruneStats {
     pub index_files_deleted: usize,
     pub stale_locks_removed: usize,
     pub elapsed_ms: u64,
+    /// What the archive step deleted (or would), when
+    /// [`PruneOptions::archive`] was given. Not serialized: the caller
+    /// reports it in its own terms (the CLI as `wal_files_deleted`).
+    #[serde(skip)]
+    pub archive: Option<ExpireReport>,
 }
 
 /// Runs prune. Fails with [`Error::Locked`] while a backup runs.
@@ -103,8 +119,13 @@ pub async fn prune(repo: &Arc<Repository>, options: &PruneOptions) -> Result<Pru
     let r = prune_locked(repo, options).await;
     repo.invalidate_index().await;
     let released = lock.release().await;
-    let stats = r?;
+    let mut stats = r?;
     released?;
+    if let Some(rules) = &options.archive {
+        // Outside the lock, as archive writers take none: what is expired
+        // follows from the snapshots alone.
+        stats.archive = Some(expire_after_prune(repo, rules, options.dry_run).await?);
+    }
     Ok(stats)
 }
 

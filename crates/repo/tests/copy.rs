@@ -202,6 +202,7 @@ async fn copy_restores_byte_for_byte_and_rerun_copies_nothing() {
         &b,
         &CopyOptions {
             snapshots: vec![snap.id.to_hex()[..8].to_string()],
+            ..Default::default()
         },
         &(),
     )
@@ -329,6 +330,7 @@ async fn interrupted_copy_resumes_and_everything_restores() {
     let clean = new_repo(Arc::new(mem_clean.clone()), b"pw-b", 22).await;
     let only_first = CopyOptions {
         snapshots: vec![first.id.to_hex()],
+        ..Default::default()
     };
     let clean_first = copy(&a, &clean, &only_first, &()).await.unwrap();
     let first_packs = mem_clean

@@ -14,8 +14,12 @@ pub enum Kind {
     Index,
     Snapshots,
     Locks,
-    /// Archived database log files (PostgreSQL WAL), one object per file.
-    Wal,
+    /// Archive objects: database log files (PostgreSQL WAL first), one
+    /// sealed object per file, outside packs (`lifeboat_repo::archive`).
+    /// The prefix stays `wal`, the name it had when PostgreSQL WAL was its
+    /// only content: existing repositories keep their objects where they
+    /// are.
+    Archive,
 }
 
 impl Kind {
@@ -26,7 +30,7 @@ impl Kind {
         Kind::Index,
         Kind::Snapshots,
         Kind::Locks,
-        Kind::Wal,
+        Kind::Archive,
     ];
 
     /// Directory (prefix) of this namespace, relative to the repository root.
@@ -38,7 +42,7 @@ impl Kind {
             Kind::Index => "index",
             Kind::Snapshots => "snapshots",
             Kind::Locks => "locks",
-            Kind::Wal => "wal",
+            Kind::Archive => "wal",
         }
     }
 }

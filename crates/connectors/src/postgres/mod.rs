@@ -9,21 +9,22 @@
 //! local. Modules:
 //!
 //! - [`walname`]: WAL file names, segment arithmetic, LSNs.
-//! - [`wal`]: WAL files as repository objects (`wal-push`, `wal-fetch`,
-//!   listing, expiry), with the local spool that batches pushes and reads
-//!   ahead on fetches.
+//! - [`wal`]: WAL files as archive objects of the repository (their names;
+//!   `wal-push`, `wal-fetch`, listing), with the local spool that batches
+//!   pushes and reads ahead on fetches.
 //! - [`base`]: `pg backup` (a base backup into a snapshot) and unpacking one
 //!   into a data directory.
 //! - [`files`]: the files method of `pg backup`: the data directory read
 //!   directly and in parallel between `pg_backup_start` and `pg_backup_stop`.
 //! - [`pitr`]: `pg restore`: choosing the base backup, checking WAL
 //!   continuity, writing the recovery settings, starting and waiting.
-//! - [`retention`]: expiring WAL that no retained base backup needs.
+//! - [`retention`]: which WAL the retained base backups need (the rule
+//!   `prune` and `copy` apply; `pg expire-wal`).
 //! - [`check`]: `pg check`.
 //! - [`dump`]: `pg dump` / `pg restore-dump`.
 //!
 //! The design and the guarantees are in `docs/pitr.md`; the object format
-//! in `docs/format.md` ("PostgreSQL WAL archive").
+//! in `docs/format.md` ("Archive objects").
 
 pub mod base;
 pub mod check;

@@ -3,22 +3,23 @@
 //!
 //! # Objects
 //!
-//! Each archived file is one object of kind `wal`, named
-//! `<system identifier, 16 hex digits>-<file name in lower case>` (object
-//! names are lower case; PostgreSQL's are upper-case hex, so the mapping is
-//! exact). The content is `seal(flag || payload, aad)`: `flag` 1 means
-//! `payload` is zstd-compressed, 0 that it is stored as is, and the
-//! associated data `"lifeboat wal v1\0" || object name` binds the
-//! ciphertext to its name, so a file cannot be served under another name.
+//! Each archived file is one archive object (`lifeboat_repo::archive`,
+//! which owns the sealing, the idempotent put-with-compare, listing,
+//! deletion, copying and what `check` verifies). The stream is the
+//! cluster's system identifier as 16 hex digits and the file name is
+//! PostgreSQL's in lower case, so the object is
+//! `wal/<system identifier>-<file name in lower case>` (object names are
+//! lower case; PostgreSQL's are upper-case hex, so the mapping is exact).
+//! This module owns that mapping and which names are WAL files; the
+//! retention rule is in `super::retention`.
 //!
 //! # Durability and idempotence
 //!
-//! `Storage::put` is atomic, durable on return and refuses to overwrite. A
-//! push whose object already exists reads it back and compares plaintexts:
-//! equal is success (PostgreSQL retries a push whose exit status it did not
-//! see), different is [`Error::WalConflict`]. A push killed at any point
-//! leaves either no object or the whole object, never a prefix that
-//! `wal-fetch` would serve.
+//! A push whose object already exists compares plaintexts: equal is
+//! success (PostgreSQL retries a push whose exit status it did not see),
+//! different is [`Error::WalConflict`]. A push killed at any point leaves
+//! either no object or the whole object, never a prefix that `wal-fetch`
+//! would serve.
 //!
 //! # Spool
 //!
@@ -47,27 +48,42 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::StreamExt;
+use lifeboat_repo::archive::{self, ArchiveName};
 use lifeboat_repo::{MasterKey, Repository};
-use lifeboat_storage::{ErrorKind, Kind, ObjectKey};
 
 use super::walname::{is_archivable, is_segment_name};
 use crate::{Error, Result};
 
-const WAL_AAD: &[u8] = b"lifeboat wal v1\0";
-/// zstd level for WAL: 3 compresses a 16 MiB segment in a few tens of
-/// milliseconds on one core, well inside the time PostgreSQL takes to fill
-/// one under heavy load; higher levels cost more time than they save bytes.
-const WAL_ZSTD_LEVEL: i32 = 3;
+pub use lifeboat_repo::archive::PutOutcome;
+
 /// Name of the spool directory inside `pg_wal`. PostgreSQL ignores
 /// directories in `pg_wal` other than its own, and `pg_basebackup` does not
 /// copy `pg_wal`'s contents, so the spool never lands in a base backup.
 pub const SPOOL_DIR: &str = "lifeboat";
 
+/// The archive stream of a cluster: its system identifier as 16 lower-case
+/// hex digits.
+pub fn stream_name(system_identifier: u64) -> String {
+    format!("{system_identifier:016x}")
+}
+
+/// Inverse of [`stream_name`]; `None` for another log kind's stream.
+pub fn parse_stream(stream: &str) -> Option<u64> {
+    let hex = stream.len() == 16
+        && stream
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    hex.then(|| u64::from_str_radix(stream, 16).ok()).flatten()
+}
+
 /// The object name of a WAL file of a cluster.
 pub fn object_name(system_identifier: u64, file: &str) -> String {
-    format!("{system_identifier:016x}-{}", file.to_ascii_lowercase())
+    format!(
+        "{}-{}",
+        stream_name(system_identifier),
+        file.to_ascii_lowercase()
+    )
 }
 
 /// Inverse of [`object_name`]: the system identifier and PostgreSQL's file
@@ -89,75 +105,30 @@ pub fn parse_object_name(name: &str) -> Option<(u64, String)> {
     is_archivable(&pg).then_some((sysid, pg))
 }
 
-fn aad(object: &str) -> Vec<u8> {
-    let mut a = WAL_AAD.to_vec();
-    a.extend_from_slice(object.as_bytes());
-    a
+/// The archive name of a WAL file; an error for a name no WAL file has.
+fn archive_name(system_identifier: u64, file: &str) -> Result<ArchiveName> {
+    ArchiveName::new(stream_name(system_identifier), file.to_ascii_lowercase())
+        .ok_or_else(|| Error::Invalid(format!("{file:?} is not a WAL file name")))
 }
 
-/// Compresses and seals a WAL file for storage under `object`.
+/// Compresses and seals a WAL file for storage under `object` (an
+/// [`object_name`]): `lifeboat_repo::archive::seal`. Panics if `object`
+/// is not an archive object name.
 pub fn encode(key: &MasterKey, object: &str, data: &[u8]) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(data.len() / 2 + 1);
-    match zstd::bulk::compress(data, WAL_ZSTD_LEVEL) {
-        Ok(c) if c.len() < data.len() => {
-            payload.push(1);
-            payload.extend_from_slice(&c);
-        }
-        _ => {
-            payload.push(0);
-            payload.extend_from_slice(data);
-        }
-    }
-    key.seal(&payload, &aad(object))
+    let name = ArchiveName::parse(object).expect("an archive object name");
+    archive::seal(key, &name, data)
 }
 
-/// Opens and decompresses a stored WAL file; a damaged or misplaced object
-/// is an error naming it.
+/// Opens and decompresses a stored WAL file (`lifeboat_repo::archive::open`);
+/// a damaged or misplaced object is an error naming it.
 pub fn decode(key: &MasterKey, object: &str, sealed: &[u8]) -> Result<Vec<u8>> {
-    let corrupt = |why: &str| {
+    let name = ArchiveName::parse(object).ok_or_else(|| {
         Error::Repo(lifeboat_repo::Error::Corrupt {
             object: format!("wal/{object}"),
-            reason: why.into(),
+            reason: "not an archive object name".into(),
         })
-    };
-    let payload = key
-        .open(sealed, &aad(object))
-        .ok_or_else(|| corrupt("authentication failed"))?;
-    match payload.split_first() {
-        Some((0, raw)) => Ok(raw.to_vec()),
-        // WAL segments are at most 1 GiB; refuse to inflate past that
-        // (streamed, so a small object never reserves the whole limit).
-        Some((1, c)) => {
-            use std::io::Read;
-            const LIMIT: u64 = 1 << 30;
-            // Sized from the frame header when it says (it does for what
-            // wal-push writes), so the output is not grown by doubling; at
-            // most 64 MiB up front, so a header claiming more reserves no
-            // more than that before the data bears it out.
-            const UP_FRONT: u64 = 64 << 20;
-            let expected = zstd::zstd_safe::get_frame_content_size(c)
-                .ok()
-                .flatten()
-                .map_or(0, |n| n.min(UP_FRONT) as usize);
-            let mut out = Vec::with_capacity(expected);
-            zstd::stream::read::Decoder::new(c)
-                .and_then(|d| d.take(LIMIT + 1).read_to_end(&mut out))
-                .map_err(|_| corrupt("bad zstd data"))?;
-            if out.len() as u64 > LIMIT {
-                return Err(corrupt("inflates past 1 GiB"));
-            }
-            Ok(out)
-        }
-        _ => Err(corrupt("unknown payload flag")),
-    }
-}
-
-/// How a push ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PutOutcome {
-    Stored,
-    /// The same content was already archived.
-    AlreadyPresent,
+    })?;
+    Ok(archive::open(key, &name, sealed)?)
 }
 
 /// Stores one WAL file; durable when this returns `Ok`.
@@ -172,27 +143,12 @@ pub async fn put_wal(
             "{file:?} is not a WAL file name; archive_command must pass %p"
         )));
     }
-    let object = object_name(system_identifier, file);
-    let key = repo.key().clone();
-    let sealed = {
-        let (object, data) = (object.clone(), data.clone());
-        tokio::task::spawn_blocking(move || encode(&key, &object, &data))
-            .await
-            .map_err(|e| Error::Invalid(format!("compression task failed: {e}")))?
-    };
-    let okey = ObjectKey::new(Kind::Wal, object.clone());
-    match repo.storage().put(&okey, Bytes::from(sealed)).await {
-        Ok(()) => Ok(PutOutcome::Stored),
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-            let stored = repo.storage().get(&okey).await?;
-            let plain = decode(repo.key(), &object, &stored)?;
-            if plain == *data {
-                Ok(PutOutcome::AlreadyPresent)
-            } else {
-                Err(Error::WalConflict { name: file.into() })
-            }
+    let name = archive_name(system_identifier, file)?;
+    match archive::put(repo, &name, data).await {
+        Err(lifeboat_repo::Error::ArchiveConflict { .. }) => {
+            Err(Error::WalConflict { name: file.into() })
         }
-        Err(e) => Err(e.into()),
+        r => Ok(r?),
     }
 }
 
@@ -206,8 +162,8 @@ pub async fn is_archived(
     system_identifier: u64,
     file: &str,
 ) -> Result<bool> {
-    let okey = ObjectKey::new(Kind::Wal, object_name(system_identifier, file));
-    Ok(storage.stat(&okey).await?.is_some())
+    let name = archive_name(system_identifier, file)?;
+    Ok(archive::exists(storage, &name).await?)
 }
 
 /// Reads one WAL file; `None` if it is not archived.
@@ -216,35 +172,22 @@ pub async fn get_wal(
     system_identifier: u64,
     file: &str,
 ) -> Result<Option<Vec<u8>>> {
-    let object = object_name(system_identifier, file);
-    let okey = ObjectKey::new(Kind::Wal, object.clone());
-    let sealed = match repo.storage().get(&okey).await {
-        Ok(b) => b,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let key = repo.key().clone();
-    tokio::task::spawn_blocking(move || decode(&key, &object, &sealed).map(Some))
-        .await
-        .map_err(|e| Error::Invalid(format!("decompression task failed: {e}")))?
+    let name = archive_name(system_identifier, file)?;
+    Ok(archive::get(repo, &name).await?)
 }
 
 /// Every archived WAL file, per system identifier (PostgreSQL names,
 /// sorted). Objects whose names do not parse are skipped.
 pub async fn list_wal(repo: &Repository) -> Result<BTreeMap<u64, BTreeSet<String>>> {
     let mut out: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
-    for o in repo.storage().list(Kind::Wal).await? {
-        if let Some((sys, file)) = parse_object_name(o.key.name()) {
-            out.entry(sys).or_default().insert(file);
+    for (stream, files) in archive::list(repo).await? {
+        for f in files {
+            if let Some((sys, file)) = parse_object_name(&format!("{stream}-{f}")) {
+                out.entry(sys).or_default().insert(file);
+            }
         }
     }
     Ok(out)
-}
-
-/// Deletes one archived WAL file (retention).
-pub async fn delete_wal(repo: &Repository, system_identifier: u64, file: &str) -> Result<()> {
-    let okey = ObjectKey::new(Kind::Wal, object_name(system_identifier, file));
-    Ok(repo.storage().delete(&okey).await?)
 }
 
 // ---------------------------------------------------------------------------
@@ -676,7 +619,7 @@ mod tests {
             "000000020000000000000005.partial",
         ] {
             let o = object_name(0x1234, f);
-            assert!(ObjectKey::parse(Kind::Wal, &o).is_some(), "{o}");
+            assert!(ArchiveName::parse(&o).is_some(), "{o}");
             assert_eq!(parse_object_name(&o), Some((0x1234, f.to_string())));
         }
         assert_eq!(parse_object_name("0000000000001234-notwal"), None);

@@ -78,7 +78,9 @@ impl Error {
             Error::AlreadyInitialized { .. } => ErrorClass::BadInput,
             Error::WrongPassword => ErrorClass::WrongPassword,
             Error::UnsupportedVersion { .. } => ErrorClass::Unsupported,
-            Error::Corrupt { .. } | Error::BlobNotIndexed { .. } => ErrorClass::Damaged,
+            Error::Corrupt { .. }
+            | Error::BlobNotIndexed { .. }
+            | Error::ArchiveConflict { .. } => ErrorClass::Damaged,
             Error::SnapshotNotFound { .. } | Error::AmbiguousSnapshot { .. } => {
                 ErrorClass::NotFound
             }

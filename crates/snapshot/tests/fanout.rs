@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use bytes::Bytes;
 use lifeboat_repo::{BackupMode, ChunkerParams, InitOptions, KdfParams, Repository};
-use lifeboat_snapshot::backup::{BackupOptions, StdinOptions, backup_many, backup_stream_many};
+use lifeboat_snapshot::backup::{BackupOptions, StreamOptions, backup_many, backup_stream_many};
 use lifeboat_snapshot::dump::dump;
 use lifeboat_snapshot::progress::NoProgress;
 use lifeboat_snapshot::restore::{RestoreOptions, restore};
@@ -315,8 +315,8 @@ async fn a_stream_is_read_once_into_every_repository() {
     let a = memory_repo(None).await;
     let b = memory_repo(None).await;
     let data = pseudo_random(4 * 1024 * 1024 + 3, 9);
-    let options = StdinOptions {
-        filename: "db.sql".into(),
+    let options = StreamOptions {
+        file_name: "db.sql".into(),
         ..Default::default()
     };
     let results = backup_stream_many(

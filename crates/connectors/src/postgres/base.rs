@@ -36,13 +36,14 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use lifeboat_repo::{BackupMode, Repository, Snapshot};
+use lifeboat_snapshot::backup::{StreamOptions, backup_stream_pending};
+use lifeboat_snapshot::dump::{stream_file, stream_reader};
 use serde::{Deserialize, Serialize};
 
-use super::EXTRA_KEY;
 use super::conn::{self, ConnOptions, server_facts};
 use super::wal::{get_wal, list_wal};
 use super::walname::{Segment, format_lsn, parse_lsn};
-use crate::stream::{StreamOptions, stream_file, stream_reader, write_stream};
+use super::{BytesProgress, EXTRA_KEY};
 use crate::{Error, Result};
 
 /// The name of the tar file inside a base backup snapshot.
@@ -147,12 +148,6 @@ pub struct BaseBackupOptions {
     pub method: BackupMethod,
 }
 
-impl BaseBackupOptions {
-    pub(super) fn host_name(&self) -> String {
-        self.host.clone().unwrap_or_else(hostname)
-    }
-}
-
 /// Runs a base backup into a new snapshot.
 pub async fn base_backup(
     repo: Arc<Repository>,
@@ -217,18 +212,21 @@ pub async fn base_backup(
         .into_owned_fd()
         .map_err(|e| Error::io("pg_basebackup stdout", e))?;
     let reader = std::fs::File::from(fd);
-    let written = write_stream(
+    // Stored, not yet visible: the snapshot is committed only once
+    // pg_basebackup has succeeded and the WAL positions are known.
+    let written = backup_stream_pending(
         repo.clone(),
         reader,
-        StreamOptions {
+        &StreamOptions {
             file_name: BASE_TAR.into(),
-            source: source_name(facts.system_identifier),
-            host: options.host_name(),
+            source: Some(source_name(facts.system_identifier)),
+            host: options.host.clone(),
             tags: options.tags.clone(),
             mode: options.mode,
             compression_level: options.compression_level,
+            threads: None,
         },
-        on_bytes,
+        Arc::new(BytesProgress(on_bytes)),
     )
     .await;
     let status = child
@@ -256,8 +254,8 @@ pub async fn base_backup(
     };
     let mut info = BaseBackupInfo::new(&facts, positions, start_time, stop_time);
     info.wal_included = !archiving;
-    let snapshot = written.commit(info.extra()).await?;
-    Ok((snapshot, info))
+    let outcome = written.commit(info.extra()).await?;
+    Ok((outcome.snapshot, info))
 }
 
 impl BaseBackupInfo {
@@ -452,12 +450,6 @@ impl<R: Read> Read for Counting<R> {
         self.n += n as u64;
         Ok(n)
     }
-}
-
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Every base backup in the repository, oldest first.

@@ -13,12 +13,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use lifeboat_repo::{BackupMode, Repository, Snapshot};
+use lifeboat_snapshot::backup::{StreamOptions, backup_stream_pending};
+use lifeboat_snapshot::dump::{stream_file, stream_reader};
 use serde::{Deserialize, Serialize};
 
-use super::EXTRA_KEY;
-use super::base::hostname;
 use super::conn::{self, ConnOptions, server_facts};
-use crate::stream::{StreamOptions, stream_file, stream_reader, write_stream};
+use super::{BytesProgress, EXTRA_KEY};
 use crate::{Error, Result};
 
 /// What a dump snapshot records.
@@ -86,18 +86,23 @@ pub async fn dump(
             }
         })
         .collect();
-    let written = write_stream(
+    // Stored, not yet visible: committed only if pg_dump succeeds.
+    let written = backup_stream_pending(
         repo,
         std::fs::File::from(fd),
-        StreamOptions {
+        &StreamOptions {
             file_name: format!("{safe_name}.pgdump"),
-            source: format!("postgresql:{}:dump:{database}", facts.system_identifier),
-            host: options.host.clone().unwrap_or_else(hostname),
+            source: Some(format!(
+                "postgresql:{}:dump:{database}",
+                facts.system_identifier
+            )),
+            host: options.host.clone(),
             tags: options.tags.clone(),
             mode: options.mode,
             compression_level: None,
+            threads: None,
         },
-        on_bytes,
+        Arc::new(BytesProgress(on_bytes)),
     )
     .await;
     let status = child.wait().await.map_err(|e| Error::io("pg_dump", e))?;
@@ -124,7 +129,7 @@ pub async fn dump(
         EXTRA_KEY.to_string(),
         serde_json::to_value(&info).expect("serializes"),
     );
-    Ok((written.commit(extra).await?, info))
+    Ok((written.commit(extra).await?.snapshot, info))
 }
 
 /// Options of [`restore_dump`].

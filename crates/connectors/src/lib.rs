@@ -10,10 +10,13 @@
 //! - [`postgres`]: base backups (`pg_basebackup`), the WAL archive
 //!   (`archive_command` / `restore_command`), point-in-time restore and warm
 //!   standbys, `pg check`, WAL retention and logical dumps (`pg_dump`).
+//! - `stream`: a vendor tool's standard output stored as a pending stream
+//!   snapshot, refused if the tool fails.
 //!
 //! Libraries never print: results come back as values.
 
 mod error;
 pub mod postgres;
+mod stream;
 
 pub use error::{Error, Result};

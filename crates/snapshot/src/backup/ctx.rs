@@ -73,9 +73,9 @@ pub(crate) struct Target {
     pub(crate) reuse_before: Option<Time>,
     pub(crate) has_parent: bool,
     pub(crate) files: FileCounters,
-    /// The root tree as stored, for [`PendingBackup::add_root_file`]
-    /// (super::PendingBackup::add_root_file): the session's blobs cannot
-    /// be read back before it is finished.
+    /// The root tree as stored, for
+    /// [`PendingBackup::add_root_file`](super::PendingBackup::add_root_file):
+    /// the session's blobs cannot be read back before it is finished.
     pub(crate) root_tree: Mutex<Option<Tree>>,
     /// The error that stopped this target.
     pub(crate) failure: Mutex<Option<Error>>,

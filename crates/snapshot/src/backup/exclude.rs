@@ -15,7 +15,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::{Error, Result};
 
-/// The tag file that marks a cache directory (https://bford.info/cachedir/).
+/// The tag file that marks a cache directory (<https://bford.info/cachedir/>).
 const CACHEDIR_TAG: &str = "CACHEDIR.TAG";
 const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
 

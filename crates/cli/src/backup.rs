@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use lifeboat_repo::BackupMode;
 use lifeboat_snapshot::backup::{
-    BackupOptions, BackupOutcome, StdinOptions, backup, backup_many, backup_stream,
+    BackupOptions, BackupOutcome, StreamOptions, backup, backup_many, backup_stream,
     backup_stream_many,
 };
 
@@ -18,7 +18,7 @@ use crate::session;
 
 /// What to back up, as the library takes it.
 enum Source {
-    Stdin(StdinOptions),
+    Stdin(StreamOptions),
     Files(BackupOptions),
 }
 
@@ -29,12 +29,13 @@ fn source(a: BackupArgs, draw: bool) -> Result<Source> {
         ModeArg::Differential => BackupMode::Differential,
     };
     if a.stdin {
-        return Ok(Source::Stdin(StdinOptions {
-            filename: a.stdin_filename,
+        return Ok(Source::Stdin(StreamOptions {
+            file_name: a.stdin_filename,
             tags: a.tags,
             host: a.host,
             mode,
             compression_level: a.compression,
+            ..Default::default()
         }));
     }
     let mut excludes = a.excludes;

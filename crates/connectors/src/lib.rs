@@ -2,14 +2,16 @@
 //!
 //! Each connector drives the database vendor's own tools as child processes
 //! (never a reimplementation of their protocols) and turns their output into
-//! snapshots through `lifeboat-repo`'s write sessions; log archiving (WAL)
-//! and point-in-time restore live here too. Modules:
+//! snapshots through `lifeboat-snapshot`'s archiver (a tool's output stream
+//! or a data directory becomes a pending snapshot, committed with the
+//! connector's data once the tool has reported); log archiving (WAL) and
+//! point-in-time restore live here too. Modules:
 //!
 //! - [`postgres`]: base backups (`pg_basebackup`), the WAL archive
 //!   (`archive_command` / `restore_command`), point-in-time restore and warm
 //!   standbys, `pg check`, WAL retention and logical dumps (`pg_dump`).
-//! - [`stream`]: a byte stream into a one-file snapshot whose record carries
-//!   connector data (`extra`) known only once the stream has ended.
+//! - `stream`: a vendor tool's standard output stored as a pending stream
+//!   snapshot, refused if the tool fails.
 //!
 //! Log files a connector archives (PostgreSQL WAL) are archive objects of
 //! `lifeboat_repo::archive`; the connector owns their names and meaning
@@ -20,7 +22,7 @@
 
 mod error;
 pub mod postgres;
-pub mod stream;
+mod stream;
 
 pub use error::{Error, Result};
 

@@ -140,11 +140,13 @@ fn derive(password: &[u8], salt: &[u8; 32], p: KdfParams) -> Result<[u8; 32]> {
     Ok(out)
 }
 
+/// This machine's name, recorded in key files and locks.
 pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "localhost".into())
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 #[cfg(test)]

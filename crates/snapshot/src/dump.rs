@@ -1,14 +1,19 @@
-//! Writing one file of a snapshot to a byte stream (`lifeboat dump`).
+//! Reading one file of a snapshot back as a byte stream.
 //!
 //! [`dump`] streams a file's data blobs, in order, into any [`Write`]r
-//! (usually stdout), reading a few blobs ahead so storage latency overlaps
-//! with writing. Every blob is verified as it is read. Directories are not
-//! dumped (use restore); this module writes no files and sets no metadata.
+//! (usually stdout, `lifeboat dump`), reading a few blobs ahead so storage
+//! latency overlaps with writing. [`stream_file`] and [`stream_reader`]
+//! serve stream snapshots (one file, see
+//! [`backup_stream`](crate::backup::backup_stream)) to a consumer that
+//! wants a blocking [`Read`]er, such as a database's restore tool. Every
+//! blob is verified as it is read. Directories are not dumped (use
+//! restore); this module writes no files and sets no metadata.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use lifeboat_repo::{NodeKind, Repository, Snapshot};
+use lifeboat_repo::{Node, NodeKind, Repository, Snapshot};
 
 use crate::ls::lossy;
 use crate::nav::{self, Found};
@@ -60,4 +65,77 @@ pub async fn dump(
     }
     out.flush().map_err(io_err)?;
     Ok(written)
+}
+
+/// The single file of a stream snapshot: its name and content blobs. A
+/// snapshot whose root is not exactly one file is an [`Error::Invalid`].
+pub async fn stream_file(repo: &Repository, snapshot: &Snapshot) -> Result<Node> {
+    let tree = repo.read_tree(&snapshot.record.tree).await?;
+    match tree.nodes.as_slice() {
+        [node] if node.kind == NodeKind::File => Ok(node.clone()),
+        _ => Err(Error::Invalid(format!(
+            "snapshot {} is not a stream snapshot (one file)",
+            snapshot.id.short()
+        ))),
+    }
+}
+
+/// Reads a file's content back as a blocking [`Read`]er: a task fetches
+/// blobs a few ahead (so storage latency overlaps with the consumer) into
+/// a bounded channel. Every blob is verified by the repository as it is
+/// read; an error ends the stream with an I/O error carrying the cause.
+/// Must be called within a Tokio runtime; read from a blocking thread.
+pub fn stream_reader(repo: Arc<Repository>, node: &Node) -> StreamReader {
+    // Eight blobs in flight (about 8 MiB at the default chunk size) keep a
+    // remote backend busy while memory stays small.
+    const PREFETCH: usize = 8;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<bytes::Bytes>>(PREFETCH);
+    let ids = node.content.clone();
+    tokio::spawn(async move {
+        let mut blobs = futures::stream::iter(ids)
+            .map(|id| {
+                let repo = repo.clone();
+                async move { repo.read_blob(&id).await }
+            })
+            .buffered(PREFETCH);
+        while let Some(b) = blobs.next().await {
+            let item = b.map_err(|e| std::io::Error::other(e.to_string()));
+            let failed = item.is_err();
+            let tx = tx.clone();
+            // The channel is bounded and synchronous: send from a blocking
+            // thread so a slow consumer does not stall the runtime.
+            let sent = tokio::task::spawn_blocking(move || tx.send(item).is_ok())
+                .await
+                .unwrap_or(false);
+            if !sent || failed {
+                break;
+            }
+        }
+    });
+    StreamReader {
+        rx,
+        current: bytes::Bytes::new(),
+    }
+}
+
+/// The consumer side of [`stream_reader`].
+pub struct StreamReader {
+    rx: std::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    current: bytes::Bytes,
+}
+
+impl Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.recv() {
+                Ok(Ok(b)) => self.current = b,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use lifeboat_repo::{BackupMode, InitOptions, KdfParams, Repository};
 use lifeboat_snapshot::backup::{
-    BackupOptions, LIVE_REUSE_MARGIN_SECS, StdinOptions, backup, backup_pending, backup_stream,
+    BackupOptions, LIVE_REUSE_MARGIN_SECS, StreamOptions, backup, backup_pending, backup_stream,
 };
 use lifeboat_snapshot::progress::NoProgress;
 use lifeboat_snapshot::restore::{RestoreOptions, restore};
@@ -180,8 +180,8 @@ async fn marker_appears_in_no_repository_object() {
     backup(repo.clone(), &o, Arc::new(NoProgress))
         .await
         .unwrap();
-    let so = StdinOptions {
-        filename: "stream".into(),
+    let so = StreamOptions {
+        file_name: "stream".into(),
         compression_level: Some(0),
         ..Default::default()
     };

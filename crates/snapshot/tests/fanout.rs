@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use bytes::Bytes;
 use lifeboat_repo::{BackupMode, ChunkerParams, InitOptions, KdfParams, Repository};
-use lifeboat_snapshot::backup::{BackupOptions, StdinOptions, backup_many, backup_stream_many};
+use lifeboat_snapshot::backup::{BackupOptions, StreamOptions, backup_many, backup_stream_many};
 use lifeboat_snapshot::dump::dump;
 use lifeboat_snapshot::progress::NoProgress;
 use lifeboat_snapshot::restore::{RestoreOptions, restore};
@@ -315,8 +315,8 @@ async fn a_stream_is_read_once_into_every_repository() {
     let a = memory_repo(None).await;
     let b = memory_repo(None).await;
     let data = pseudo_random(4 * 1024 * 1024 + 3, 9);
-    let options = StdinOptions {
-        filename: "db.sql".into(),
+    let options = StreamOptions {
+        file_name: "db.sql".into(),
         ..Default::default()
     };
     let results = backup_stream_many(
@@ -348,5 +348,61 @@ async fn a_stream_is_read_once_into_every_repository() {
         let s = r.unwrap().snapshot.record.summary;
         assert_eq!((s.files_unchanged, s.blobs_added), (1, 1), "{s:?}");
         assert!(s.added_raw_bytes < 1000, "{s:?}");
+    }
+}
+
+/// A stream stored by many chunk workers, fanned out to two chunkers, with
+/// one repository full: the full one fails alone, and the others hold the
+/// stream's bytes in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_stored_by_many_workers_keeps_its_order_and_a_full_repository_fails_alone() {
+    let good = memory_repo(None).await;
+    let full = Arc::new(AtomicBool::new(true));
+    let bad = repo_on(
+        Arc::new(FillingUp {
+            inner: MemoryStorage::new(),
+            full: full.clone(),
+        }),
+        None,
+    )
+    .await;
+    let small_chunks = memory_repo(Some(ChunkerParams {
+        min_size: 256 * 1024,
+        avg_size: 512 * 1024,
+        max_size: 2 * 1024 * 1024,
+        seed: 7,
+    }))
+    .await;
+    let data = pseudo_random(12 * 1024 * 1024 + 5, 21);
+    let options = StreamOptions {
+        file_name: "big.bin".into(),
+        threads: Some(6),
+        ..Default::default()
+    };
+    let results = backup_stream_many(
+        vec![good.clone(), bad.clone(), small_chunks.clone()],
+        std::io::Cursor::new(data.clone()),
+        &options,
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    let mut it = results.into_iter();
+    let (ok1, failed, ok2) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+    let err = failed.unwrap_err();
+    assert!(err.to_string().contains("no space left"), "{err}");
+    assert!(bad.snapshots().await.unwrap().is_empty());
+    for (repo, r) in [(&good, ok1), (&small_chunks, ok2)] {
+        let snap = r.unwrap().snapshot;
+        assert_eq!(snap.record.summary.total_bytes, data.len() as u64);
+        // Many chunks, so many workers stored them out of order.
+        assert!(
+            snap.record.summary.blobs_added > 8,
+            "{:?}",
+            snap.record.summary
+        );
+        let mut out = Vec::new();
+        dump(repo, &snap, b"/big.bin", &mut out).await.unwrap();
+        assert!(out == data, "the stream comes back in order");
     }
 }

@@ -32,17 +32,18 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 
 use lifeboat_repo::{BackupMode, Repository, Snapshot};
+use lifeboat_snapshot::backup::StreamOptions;
+use lifeboat_snapshot::dump::{stream_file, stream_reader};
 use serde::{Deserialize, Serialize};
 
 use super::EXTRA_KEY;
 use super::conn::{self, ConnOptions, server_facts};
 use super::wal::{get_wal, list_wal};
 use super::walname::{Segment, format_lsn, parse_lsn};
-use crate::stream::{StreamOptions, stream_file, stream_reader, write_stream};
+use crate::stream::store_tool_output;
 use crate::{Error, Result};
 
 /// The name of the tar file inside a base backup snapshot.
@@ -147,12 +148,6 @@ pub struct BaseBackupOptions {
     pub method: BackupMethod,
 }
 
-impl BaseBackupOptions {
-    pub(super) fn host_name(&self) -> String {
-        self.host.clone().unwrap_or_else(hostname)
-    }
-}
-
 /// Runs a base backup into a new snapshot.
 pub async fn base_backup(
     repo: Arc<Repository>,
@@ -191,59 +186,32 @@ pub async fn base_backup(
                 "fast"
             },
         ])
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .env("LC_ALL", "C");
     // With -X none the server archives a backup history file
     // (`<segment>.<offset>.backup`) before pg_basebackup returns; the new
     // one is this backup's, and its presence proves archive_command writes
     // to this repository.
     let history_before = backup_history_files(&repo, facts.system_identifier).await?;
     let start_time = jiff::Timestamp::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::io("pg_basebackup (set LIFEBOAT_PG_BIN?)", e))?;
-    let stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let stderr_task = tokio::spawn(async move {
-        let mut s = String::new();
-        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut s).await;
-        s
-    });
-    // The chunker reads synchronously on a blocking thread.
-    let fd = stdout
-        .into_owned_fd()
-        .map_err(|e| Error::io("pg_basebackup stdout", e))?;
-    let reader = std::fs::File::from(fd);
-    let written = write_stream(
+    // Stored, not yet visible: the snapshot is committed only once
+    // pg_basebackup has succeeded and the WAL positions are known.
+    let (written, stderr) = store_tool_output(
+        cmd,
+        "pg_basebackup",
+        "pg_basebackup (set LIFEBOAT_PG_BIN?)",
         repo.clone(),
-        reader,
-        StreamOptions {
+        &StreamOptions {
             file_name: BASE_TAR.into(),
-            source: source_name(facts.system_identifier),
-            host: options.host_name(),
+            source: Some(source_name(facts.system_identifier)),
+            host: options.host.clone(),
             tags: options.tags.clone(),
             mode: options.mode,
             compression_level: options.compression_level,
+            threads: None,
         },
         on_bytes,
     )
-    .await;
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| Error::io("pg_basebackup", e))?;
-    let stderr = stderr_task.await.unwrap_or_default();
-    if !status.success() {
-        return Err(Error::Tool {
-            tool: "pg_basebackup".into(),
-            status: status.to_string(),
-            stderr: conn::tail(&stderr),
-        });
-    }
-    let written = written?;
+    .await?;
     let stop_time = jiff::Timestamp::now();
     let positions = if archiving {
         archived_positions(&repo, &facts, &history_before).await?
@@ -256,8 +224,8 @@ pub async fn base_backup(
     };
     let mut info = BaseBackupInfo::new(&facts, positions, start_time, stop_time);
     info.wal_included = !archiving;
-    let snapshot = written.commit(info.extra()).await?;
-    Ok((snapshot, info))
+    let outcome = written.commit(info.extra()).await?;
+    Ok((outcome.snapshot, info))
 }
 
 impl BaseBackupInfo {
@@ -452,12 +420,6 @@ impl<R: Read> Read for Counting<R> {
         self.n += n as u64;
         Ok(n)
     }
-}
-
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Every base backup in the repository, oldest first.

@@ -13,12 +13,13 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use lifeboat_repo::{BackupMode, Repository, Snapshot};
+use lifeboat_snapshot::backup::StreamOptions;
+use lifeboat_snapshot::dump::{stream_file, stream_reader};
 use serde::{Deserialize, Serialize};
 
 use super::EXTRA_KEY;
-use super::base::hostname;
 use super::conn::{self, ConnOptions, server_facts};
-use crate::stream::{StreamOptions, stream_file, stream_reader, write_stream};
+use crate::stream::store_tool_output;
 use crate::{Error, Result};
 
 /// What a dump snapshot records.
@@ -59,23 +60,8 @@ pub async fn dump(
     let mut cmd = tokio::process::Command::new(conn::tool("pg_dump", Some(major)));
     cmd.args(options.conn.tool_args())
         .args(["-Fc", "-Z", "0", "--no-password"])
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .env("LC_ALL", "C");
     let start_time = jiff::Timestamp::now();
-    let mut child = cmd.spawn().map_err(|e| Error::io("pg_dump", e))?;
-    let stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let stderr_task = tokio::spawn(async move {
-        let mut s = String::new();
-        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut s).await;
-        s
-    });
-    let fd = stdout
-        .into_owned_fd()
-        .map_err(|e| Error::io("pg_dump stdout", e))?;
     let safe_name: String = database
         .chars()
         .map(|c| {
@@ -86,30 +72,27 @@ pub async fn dump(
             }
         })
         .collect();
-    let written = write_stream(
+    // Stored, not yet visible: committed only if pg_dump succeeds.
+    let (written, _) = store_tool_output(
+        cmd,
+        "pg_dump",
+        "pg_dump",
         repo,
-        std::fs::File::from(fd),
-        StreamOptions {
+        &StreamOptions {
             file_name: format!("{safe_name}.pgdump"),
-            source: format!("postgresql:{}:dump:{database}", facts.system_identifier),
-            host: options.host.clone().unwrap_or_else(hostname),
+            source: Some(format!(
+                "postgresql:{}:dump:{database}",
+                facts.system_identifier
+            )),
+            host: options.host.clone(),
             tags: options.tags.clone(),
             mode: options.mode,
             compression_level: None,
+            threads: None,
         },
         on_bytes,
     )
-    .await;
-    let status = child.wait().await.map_err(|e| Error::io("pg_dump", e))?;
-    let stderr = stderr_task.await.unwrap_or_default();
-    if !status.success() {
-        return Err(Error::Tool {
-            tool: "pg_dump".into(),
-            status: status.to_string(),
-            stderr: conn::tail(&stderr),
-        });
-    }
-    let written = written?;
+    .await?;
     let info = DumpInfo {
         kind: "dump".into(),
         database,
@@ -124,7 +107,7 @@ pub async fn dump(
         EXTRA_KEY.to_string(),
         serde_json::to_value(&info).expect("serializes"),
     );
-    Ok((written.commit(extra).await?, info))
+    Ok((written.commit(extra).await?.snapshot, info))
 }
 
 /// Options of [`restore_dump`].

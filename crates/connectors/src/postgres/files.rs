@@ -35,10 +35,11 @@ use std::sync::Arc;
 
 use lifeboat_repo::{Repository, Snapshot};
 use lifeboat_snapshot::backup::{BackupOptions, backup_pending};
-use lifeboat_snapshot::progress::{BackupProgress, NoProgress};
+use lifeboat_snapshot::progress::NoProgress;
 use lifeboat_snapshot::restore::RestoreOptions;
 use tokio_postgres::Client;
 
+use super::BytesProgress;
 use super::base::{
     BaseBackupInfo, BaseBackupOptions, Layout, archived_positions, backup_history_files,
     create_data_dir, source_name,
@@ -153,15 +154,6 @@ fn postmaster_matches(text: &str, dir: &str, started: i64, port: &str) -> bool {
         && lines.get(3) == Some(&port.trim())
 }
 
-/// Reports bytes read to the caller's counter.
-struct Bytes(Arc<dyn Fn(u64) + Send + Sync>);
-
-impl BackupProgress for Bytes {
-    fn processed(&self, _files: u64, bytes: u64) {
-        (self.0)(bytes)
-    }
-}
-
 /// Runs a files backup of `data_dir` (found by [`local_data_dir`]) on the
 /// open connection `client`.
 pub(super) async fn backup(
@@ -190,7 +182,7 @@ pub(super) async fn backup(
         paths: vec![data_dir.to_path_buf()],
         excludes: excludes(dir),
         tags: options.tags.clone(),
-        host: Some(options.host_name()),
+        host: options.host.clone(),
         mode: options.mode,
         compression_level: options.compression_level,
         source: Some(source_name(facts.system_identifier)),
@@ -201,7 +193,8 @@ pub(super) async fn backup(
     // On any error from here the connection is dropped with the pending
     // snapshot, which ends the backup on the server and leaves only
     // unreferenced blobs in the repository.
-    let mut pending = backup_pending(repo.clone(), &read, Arc::new(Bytes(on_bytes))).await?;
+    let mut pending =
+        backup_pending(repo.clone(), &read, Arc::new(BytesProgress(on_bytes))).await?;
     if pending.record().partial {
         let first: Vec<&str> = pending
             .warnings()

@@ -36,6 +36,16 @@ pub mod retention;
 pub mod wal;
 pub mod walname;
 
+/// Hands a backup's stored bytes to a connector's byte counter (the CLI's
+/// progress display).
+pub(crate) struct BytesProgress(pub(crate) std::sync::Arc<dyn Fn(u64) + Send + Sync>);
+
+impl lifeboat_snapshot::progress::BackupProgress for BytesProgress {
+    fn processed(&self, _files: u64, bytes: u64) {
+        (self.0)(bytes)
+    }
+}
+
 /// Key of [`lifeboat_repo::SnapshotRecord::extra`] holding the PostgreSQL
 /// data of a snapshot (a [`base::BaseBackupInfo`] or a [`dump::DumpInfo`]).
 pub const EXTRA_KEY: &str = "postgresql";

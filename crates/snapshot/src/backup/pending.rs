@@ -1,0 +1,217 @@
+//! The pipeline every backup goes through, and its end: the snapshot
+//! record and the pending snapshot.
+//!
+//! [`run`] is the one skeleton for every source: prepare each repository,
+//! build the shared context, read the source on a blocking thread (the
+//! source's own job, passed in), then build each surviving target's
+//! snapshot record ([`finish_all`], the only place a record is built) and
+//! hand it back as a [`PendingBackup`]. Committing writes the record with
+//! the caller's `extra`. This module reads no source data itself.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use lifeboat_repo::{BackupMode, BlobType, Id, Repository, SnapshotRecord, Tree, WriteSession};
+
+use super::BackupOutcome;
+use super::ctx::{Ctx, TargetMeta};
+use super::prepare::prepare_all;
+use super::tree::generated_file_node;
+use crate::progress::BackupProgress;
+use crate::{Error, Result};
+
+/// Per repository, in the caller's order: its pending snapshot or the
+/// error that stopped it (`None` while the backup runs).
+pub(crate) type Results = Vec<Option<Result<PendingBackup>>>;
+
+/// What every target's snapshot record shares, and how the repositories
+/// are prepared.
+pub(crate) struct Request {
+    pub(crate) started: Instant,
+    pub(crate) time: jiff::Timestamp,
+    pub(crate) host: String,
+    /// The source identity recorded (`paths`), which also picks the parent.
+    pub(crate) paths: Vec<String>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) mode: BackupMode,
+    pub(crate) compression_level: Option<i32>,
+    /// Read each parent snapshot's root tree up front (a tree source
+    /// compares with it; a stream does not).
+    pub(crate) parent_trees: bool,
+}
+
+/// Runs a backup of one source into every repository: `set` fills in the
+/// source's options of the shared context, and `read` (run on a blocking
+/// thread) reads the source once, given each target's parent root tree,
+/// and returns each target's root tree id (`None` where it failed).
+pub(crate) async fn run<F>(
+    repos: Vec<Arc<Repository>>,
+    request: Request,
+    progress: Arc<dyn BackupProgress>,
+    set: impl FnOnce(&mut Ctx),
+    read: F,
+) -> Result<Vec<Result<PendingBackup>>>
+where
+    F: FnOnce(&Arc<Ctx>, Vec<Option<Tree>>) -> Result<Vec<Option<Id>>> + Send + 'static,
+{
+    let (live, parent_trees, mut results) = prepare_all(
+        &repos,
+        &request.host,
+        &request.paths,
+        request.mode,
+        request.compression_level,
+        request.parent_trees,
+    )
+    .await;
+    if live.is_empty() {
+        return Ok(results.into_iter().map(Option::unwrap).collect());
+    }
+    let (ctx, meta) = Ctx::new(live, progress, set);
+    let ctx = Arc::new(ctx);
+    let roots = {
+        let ctx = ctx.clone();
+        tokio::task::spawn_blocking(move || read(&ctx, parent_trees))
+            .await
+            .map_err(|e| Error::Invalid(format!("backup task failed: {e}")))??
+    };
+    finish_all(ctx, meta, roots, &request, &mut results)?;
+    Ok(results.into_iter().map(Option::unwrap).collect())
+}
+
+/// Commits every pending snapshot (concurrently), without connector data.
+pub(crate) async fn commit_all(pending: Vec<Result<PendingBackup>>) -> Vec<Result<BackupOutcome>> {
+    futures::future::join_all(
+        pending
+            .into_iter()
+            .map(|p| async move { p?.commit(Default::default()).await }),
+    )
+    .await
+}
+
+/// Fills in every target's result: for each surviving target, its
+/// snapshot record ready to be committed.
+fn finish_all(
+    ctx: Arc<Ctx>,
+    meta: Vec<TargetMeta>,
+    roots: Vec<Option<Id>>,
+    request: &Request,
+    results: &mut Results,
+) -> Result<()> {
+    let ctx =
+        Arc::try_unwrap(ctx).map_err(|_| Error::Invalid("write session still in use".into()))?;
+    let warnings = std::mem::take(&mut *ctx.warnings.lock().unwrap());
+    for ((target, meta), root) in ctx.targets.into_iter().zip(meta).zip(roots) {
+        let failure = target.failure.lock().unwrap().take();
+        let root = match (failure, root) {
+            (Some(e), _) => {
+                results[meta.index] = Some(Err(e));
+                continue;
+            }
+            (None, Some(root)) => root,
+            (None, None) => {
+                results[meta.index] = Some(Err(Error::Invalid(
+                    "backup did not complete its root tree".into(),
+                )));
+                continue;
+            }
+        };
+        let summary = ctx.counters.summary(request.started, &target.files);
+        let record = SnapshotRecord {
+            time: request.time,
+            host: request.host.clone(),
+            user: std::env::var("USER").unwrap_or_default(),
+            paths: request.paths.clone(),
+            tags: request.tags.clone(),
+            tree: root,
+            mode: meta.mode,
+            parent: meta.parent.as_ref().map(|p| p.id),
+            partial: summary.errors > 0,
+            summary,
+            program_version: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
+            extra: Default::default(),
+        };
+        results[meta.index] = Some(Ok(PendingBackup {
+            session: target.session,
+            root: target.root_tree.into_inner().unwrap(),
+            record,
+            started: request.started,
+            warnings: warnings.clone(),
+        }));
+    }
+    Ok(())
+}
+
+/// A backup whose data and trees are stored but whose snapshot record is
+/// not written yet (see [`backup_pending`](super::backup_pending) and
+/// [`backup_stream_pending`](super::backup_stream_pending)).
+pub struct PendingBackup {
+    session: WriteSession,
+    /// The tree `record.tree` names.
+    root: Option<Tree>,
+    record: SnapshotRecord,
+    started: Instant,
+    warnings: Vec<String>,
+}
+
+impl PendingBackup {
+    /// The record [`commit`](Self::commit) will write (its `extra` empty).
+    pub fn record(&self) -> &SnapshotRecord {
+        &self.record
+    }
+
+    /// Per-item problems so far.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Adds a regular file to the snapshot's root directory (replacing an
+    /// entry of the same name), its content stored as one blob: meant for
+    /// small files such as a database's backup label.
+    pub async fn add_root_file(&mut self, name: &str, data: &[u8], mode: u32) -> Result<()> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(Error::Invalid(format!("invalid file name {name:?}")));
+        }
+        let Some(root) = self.root.as_mut() else {
+            return Err(Error::Invalid(
+                "the backup's root tree is not at hand".into(),
+            ));
+        };
+        let content = if data.is_empty() {
+            Vec::new()
+        } else {
+            vec![self.session.add_blob(BlobType::Data, data).await?.id]
+        };
+        let node = generated_file_node(name, mode, data.len() as u64, content);
+        root.nodes.retain(|n| n.name != node.name);
+        let at = root.nodes.partition_point(|n| n.name < node.name);
+        root.nodes.insert(at, node);
+        let root = root.encode();
+        self.record.tree = self.session.add_blob(BlobType::Tree, &root).await?.id;
+        let s = &mut self.record.summary;
+        s.files_new += 1;
+        s.total_files += 1;
+        s.total_bytes += data.len() as u64;
+        s.read_bytes += data.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the snapshot record, with `extra` as its connector data, and
+    /// returns the stored snapshot.
+    pub async fn commit(self, extra: BTreeMap<String, serde_json::Value>) -> Result<BackupOutcome> {
+        let PendingBackup {
+            session,
+            root: _,
+            mut record,
+            started,
+            warnings,
+        } = self;
+        let repo = session.repository().clone();
+        record.extra = extra;
+        record.summary.elapsed_ms = started.elapsed().as_millis() as u64;
+        let id = session.finish(record).await?;
+        // Read back the record as stored (finish fills in the added-bytes counters).
+        let snapshot = repo.find_snapshot(&id.to_hex()).await?;
+        Ok(BackupOutcome { snapshot, warnings })
+    }
+}

@@ -13,7 +13,7 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 
@@ -79,6 +79,12 @@ impl PathMatcher {
         })
     }
 
+    /// `text` as a pattern that matches exactly `text` (its wildcard
+    /// characters escaped), for building patterns from real paths.
+    pub fn escape(text: &str) -> String {
+        globset::escape(text)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.empty
     }
@@ -130,6 +136,22 @@ pub(crate) fn normalize(path: &[u8]) -> Vec<u8> {
     out
 }
 
+/// An absolute filesystem path with `.` removed and `..` resolved lexically
+/// (symlinks are not followed: the path names what the user typed).
+pub(crate) fn normalize_fs(p: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +195,9 @@ mod tests {
     fn paths_in_canonical_form() {
         assert_eq!(normalize(b"//a/./b/"), b"/a/b");
         assert_eq!(join(b"/a", b"b"), b"/a/b");
+        assert_eq!(
+            normalize_fs(Path::new("/a/../b/./c")),
+            PathBuf::from("/b/c")
+        );
     }
 }

@@ -1,19 +1,20 @@
 //! What a tree backup leaves out: exclude patterns and cache directories.
 //!
-//! Patterns are `globset` globs as the user gave them: one without `/`
-//! matches an entry's name anywhere, one with `/` the absolute path (and
-//! here `*` crosses `/`). This module only answers "is this path left
+//! Patterns are the one dialect of [`PathMatcher`] (shared with restore's
+//! include/exclude and `find`): one without `/` matches an entry's name
+//! anywhere, one with `/` the absolute path, and `*` stays within one
+//! directory (`**` crosses). This module only answers "is this path left
 //! out"; the walker decides what a left-out entry means (it is not in the
-//! snapshot at all, or, for a cache directory, stored empty). Restore and
-//! `find` match their own patterns elsewhere.
+//! snapshot at all, or, for a cache directory, stored empty, and a left-out
+//! directory takes everything below it along).
 
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
-
-use crate::{Error, Result};
+use crate::Result;
+use crate::pathmatch::PathMatcher;
 
 /// The tag file that marks a cache directory (<https://bford.info/cachedir/>).
 const CACHEDIR_TAG: &str = "CACHEDIR.TAG";
@@ -21,32 +22,22 @@ const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55"
 
 /// A backup's exclude patterns, compiled.
 #[derive(Default)]
-pub(crate) struct Excludes(Option<GlobSet>);
+pub(crate) struct Excludes(Option<PathMatcher>);
 
 impl Excludes {
-    /// Compiles `patterns`; a bad pattern is an [`Error::Invalid`] naming it.
+    /// Compiles `patterns`; a bad pattern is an error naming it.
     pub(crate) fn build(patterns: &[String]) -> Result<Self> {
         if patterns.is_empty() {
             return Ok(Excludes(None));
         }
-        let mut b = GlobSetBuilder::new();
-        for p in patterns {
-            let g = Glob::new(p)
-                .map_err(|e| Error::Invalid(format!("bad exclude pattern {p:?}: {e}")))?;
-            b.add(g);
-        }
-        b.build()
-            .map(|set| Excludes(Some(set)))
-            .map_err(|e| Error::Invalid(format!("bad exclude patterns: {e}")))
+        Ok(Excludes(Some(PathMatcher::new(patterns)?)))
     }
 
-    /// Whether the entry at the absolute `path` is left out: a pattern
-    /// matches the whole path or the entry's name.
+    /// Whether the entry at the absolute `path` is left out.
     pub(crate) fn matches(&self, path: &Path) -> bool {
-        let Some(set) = &self.0 else {
-            return false;
-        };
-        set.is_match(path) || path.file_name().is_some_and(|n| set.is_match(n))
+        self.0
+            .as_ref()
+            .is_some_and(|m| m.is_match(path.as_os_str().as_bytes()))
     }
 }
 
@@ -69,8 +60,14 @@ mod tests {
         let ex = Excludes::build(&["*.log".into(), "/srv/cache/*".into()]).unwrap();
         assert!(ex.matches(Path::new("/home/a/app.log")));
         assert!(ex.matches(Path::new("/srv/cache/x")));
-        // `*` crosses `/` in backup excludes (today's dialect).
-        assert!(ex.matches(Path::new("/srv/cache/x/y")));
+        // `*` stays within one directory, as in restore and find (the walk
+        // never reaches /srv/cache/x/y: /srv/cache/x is left out whole).
+        assert!(!ex.matches(Path::new("/srv/cache/x/y")));
+        let deep = Excludes::build(&["/srv/**/*.tmp".into()]).unwrap();
+        assert!(deep.matches(Path::new("/srv/a/b/c.tmp")));
+        // A pattern with `/` is a whole absolute path, its leading `/` implied.
+        let rel = Excludes::build(&["home/*/cache".into()]).unwrap();
+        assert!(rel.matches(Path::new("/home/ann/cache")));
         assert!(!ex.matches(Path::new("/srv/other/x")));
         assert!(!Excludes::build(&[]).unwrap().matches(Path::new("/a.log")));
         assert!(Excludes::build(&["a[".into()]).is_err());

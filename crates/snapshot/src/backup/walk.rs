@@ -50,7 +50,7 @@ pub(crate) async fn pending_many(
     let mut roots = Vec::new();
     for p in &options.paths {
         let abs = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
-        let abs = normalize(&abs);
+        let abs = crate::pathmatch::normalize_fs(&abs);
         fs::symlink_metadata(&abs).map_err(|e| Error::io(&abs, e))?;
         roots.push(abs);
     }
@@ -112,21 +112,6 @@ pub(crate) async fn pending_many(
         Ok(walked)
     })
     .await
-}
-
-/// Removes `.` and resolves `..` lexically (the path is already absolute).
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for c in p.components() {
-        match c {
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            std::path::Component::Normal(n) => out.push(n),
-            _ => {}
-        }
-    }
-    out
 }
 
 /// Counts files and bytes for the progress display, without reading data.

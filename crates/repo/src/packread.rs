@@ -198,7 +198,10 @@ impl<'a> PackReader<'a> {
         }
     }
 
-    /// Waits until `bytes` of the budget are free and takes them.
+    /// Waits until `bytes` of the budget are free and takes them (all of
+    /// it, for more than the budget). A task that holds a permit while it
+    /// waits for another must stay within the budget with both, or it
+    /// waits for itself.
     pub async fn reserve(&self, bytes: u64) -> MemoryPermit {
         let kib = bytes.div_ceil(1024).min(self.budget_kib as u64) as u32;
         let permit = self

@@ -19,7 +19,7 @@
 //! before it is reported done (or, with [`RestoreOptions::sync_each_file`],
 //! an fsync of each file as it completes and of each directory at the end).
 //!
-//! [`plan`] answers, before any of that, what a restore will read: which
+//! [`plan()`] answers, before any of that, what a restore will read: which
 //! packs, in which tier, how many bytes. It reads only trees and the index
 //! (never pack data, so never the cold tier) and writes nothing, which is
 //! what `restore --plan-only` prints for a repository with a cold tier.

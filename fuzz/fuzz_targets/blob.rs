@@ -2,7 +2,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lifeboat_repo::{BlobType, Id, PackEntry, open_blob};
+use lifeboat_repo::fuzzing::open_blob;
+use lifeboat_repo::{BlobType, Id, PackEntry};
 
 #[path = "common.rs"]
 mod common;

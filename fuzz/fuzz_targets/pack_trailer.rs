@@ -2,7 +2,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lifeboat_repo::{Id, parse_pack};
+use lifeboat_repo::Id;
+use lifeboat_repo::fuzzing::parse_pack;
 
 #[path = "common.rs"]
 mod common;

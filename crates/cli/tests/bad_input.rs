@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::*;
-use lifeboat_repo::{Id, Repository, pack_key};
+use lifeboat_repo::{Id, Repository, pack_object_path};
 use lifeboat_storage::LocalStorage;
 
 const DAMAGED: i32 = 14;
@@ -58,7 +58,7 @@ fn pack_of(lb: &Lifeboat, blob: &Id) -> (PathBuf, u64) {
             .unwrap();
         let loc = repo.locate(blob).await.unwrap();
         (
-            lb.repo.join(pack_key(&loc.pack).path()),
+            lb.repo.join(pack_object_path(&loc.pack)),
             loc.entry.offset as u64,
         )
     })

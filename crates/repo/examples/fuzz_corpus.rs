@@ -9,10 +9,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use lifeboat_repo::fuzzing::parse_pack;
 use lifeboat_repo::lock::{LockInfo, LockKind};
 use lifeboat_repo::{
     BackupMode, BlobType, IndexFile, InitOptions, KdfParams, Node, NodeKind, Repository,
-    SnapshotRecord, Time, Tree, WriteOptions, WriteSession, parse_pack,
+    SnapshotRecord, Time, Tree, WriteOptions, WriteSession,
 };
 use lifeboat_storage::{DynStorage, Kind, MemoryStorage, Storage};
 

@@ -24,9 +24,10 @@ use lifeboat_storage::Kind;
 use serde::Serialize;
 
 use crate::index::{Index, IndexFile};
-use crate::pack::{BlobType, open_blob};
+use crate::pack::BlobType;
+use crate::packread::{FetchedRange, PackReader};
 use crate::record::{Snapshot, SnapshotRecord};
-use crate::repository::{Repository, Tier, blocking, pack_key};
+use crate::repository::{Repository, Tier, blocking};
 use crate::tree::{NodeKind, Tree};
 use crate::{Error, Id, Result};
 
@@ -287,33 +288,21 @@ async fn read_data(
     let total = packs.len() as u64;
     let done = AtomicU64::new(0);
     let by_pack = Arc::new(by_pack);
-    let budget = tokio::sync::Semaphore::new(READ_DATA_BUDGET_KIB as usize);
+    let reader = PackReader::new(repo, READ_DATA_BUDGET_KIB);
     let results: Vec<PackVerdict> = futures::stream::iter(packs)
         .map(|pack| {
             let by_pack = by_pack.clone();
-            let key = repo.key().clone();
             let done = &done;
-            let budget = &budget;
-            let size_kib = pack_sizes[&pack]
-                .div_ceil(1024)
-                .min(READ_DATA_BUDGET_KIB as u64) as u32;
+            let reader = &reader;
+            let size = pack_sizes[&pack];
             async move {
-                let _permit = budget
-                    .acquire_many(size_kib)
-                    .await
-                    .expect("the budget semaphore is never closed");
-                let storage = repo.tier_storage(tiers[&pack]).await;
-                let got = match storage {
-                    Ok(storage) => storage.get(&pack_key(&pack)).await.map_err(Error::from),
-                    Err(e) => Err(e),
-                };
-                let r = match got {
+                let permit = reader.reserve(size).await;
+                let r = match reader.read_whole(tiers[&pack], pack, permit).await {
                     Err(e) => (pack, 0, Err(format!("cannot be read: {e}"))),
-                    Ok(bytes) => {
-                        let len = bytes.len() as u64;
+                    Ok(fetched) => {
+                        let len = fetched.bytes().len() as u64;
                         let verdict =
-                            blocking(move || verify_pack(&key, &pack, &bytes, &by_pack[&pack]))
-                                .await;
+                            blocking(move || verify_pack(&fetched, &by_pack[&pack])).await;
                         (pack, len, verdict.map_err(|e| e.to_string()))
                     }
                 };
@@ -361,19 +350,11 @@ type PackVerdict = (Id, u64, std::result::Result<(bool, Vec<Id>), String>);
 
 /// Checks a downloaded pack: does it match its name, and which of its
 /// indexed blobs fail to decrypt or verify.
-fn verify_pack(
-    key: &crate::MasterKey,
-    pack: &Id,
-    bytes: &[u8],
-    entries: &[crate::PackEntry],
-) -> (bool, Vec<Id>) {
-    let name_ok = Id::of_bytes(bytes) == *pack;
+fn verify_pack(pack: &FetchedRange, entries: &[crate::PackEntry]) -> (bool, Vec<Id>) {
+    let name_ok = Id::of_bytes(pack.bytes()) == pack.pack();
     let bad = entries
         .iter()
-        .filter(|e| {
-            let end = e.offset as usize + e.length as usize;
-            end > bytes.len() || open_blob(key, e, &bytes[e.offset as usize..end]).is_err()
-        })
+        .filter(|e| pack.open(e).is_err())
         .map(|e| e.id)
         .collect();
     (name_ok, bad)

@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use crate::archive::{ArchiveCopyStats, ArchiveRules};
 use crate::lock::{LockKind, LockOptions, RepositoryLock};
 use crate::pack::BlobType;
+use crate::packread::{PackReader, RangeLimits};
 use crate::record::{Snapshot, SnapshotRecord};
 use crate::repository::{Repository, resolve_snapshot};
 use crate::tree::Tree;
@@ -53,10 +54,16 @@ use crate::{Error, Id, Result};
 /// from: `{"repository": hex id, "snapshot": hex id}`.
 pub const COPIED_FROM: &str = "copied_from";
 
-/// Blobs read from the source at once. Each holds at most one chunk
-/// (`max_size`, 8 MiB by default) of plaintext plus its sealed form, so this
-/// bounds memory; eight keeps a remote source's round trips overlapped.
+/// Blobs stored into the target at once. Each holds at most one chunk
+/// (`max_size`, 8 MiB by default) of plaintext while it is compressed and
+/// sealed again.
 const MAX_BLOBS_IN_FLIGHT: usize = 8;
+
+/// Source bytes read ahead, in KiB: the sealed ranges in flight and the
+/// plaintext opened from them, until it is stored. Several default ranges
+/// (4 MiB, at most 16 MiB of plaintext) at once keep a remote source's
+/// round trips overlapped.
+const READ_BUDGET_KIB: u32 = 64 * 1024;
 
 #[derive(Debug, Clone, Default)]
 pub struct CopyOptions {
@@ -412,15 +419,19 @@ async fn copy_snapshot(
     let planned_bytes = needed.iter().map(|(_, l)| l.entry.raw_length as u64).sum();
     progress.planned(needed.len() as u64, planned_bytes);
 
-    // 3. Copy them. Each blob is its own task so compression and encryption
-    // for the target spread over the runtime's threads; the session's
-    // bounded upload queue is the backpressure.
-    let mut copied = futures::stream::iter(needed)
-        .map(|(a_id, loc)| {
-            let source = source.clone();
+    // 3. Copy them: read batched by pack (neighbouring blobs in one ranged
+    // read, under a memory budget), then each blob is its own task so
+    // compression and encryption for the target spread over the runtime's
+    // threads; the session's bounded upload queue is the backpressure.
+    let reader = PackReader::new(source, READ_BUDGET_KIB);
+    let locations = needed.into_iter().map(|(_, loc)| loc).collect();
+    let mut copied = reader
+        .read_blobs(locations, RangeLimits::RESTORE)
+        .map(|blob| {
             let session = session.clone();
             tokio::spawn(async move {
-                let plain = source.read_blob_at(&a_id, &loc).await?;
+                let a_id = blob.location.entry.id;
+                let plain = blob.data?;
                 let added = session.add_blob(BlobType::Data, &plain).await?;
                 Ok::<_, Error>((a_id, added.id, plain.len() as u64))
             })

@@ -5,9 +5,10 @@
 //! ([`Chunker`]), packs, the [`Index`], directory [`Tree`]s and
 //! [`SnapshotRecord`]s, [`archive`] objects (log files such as PostgreSQL
 //! WAL, kept whole outside packs), plus the operations that need nothing
-//! but the repository: write sessions, `check`, `prune`, `copy`, `repair
-//! index` and key management. Connectors give `prune` and `copy` their log
-//! kinds' retention rules ([`ArchiveRetention`]).
+//! but the repository: write sessions, reading blobs out of packs
+//! ([`PackReader`]), `check`, `prune`, `copy`, `repair index` and key
+//! management. Connectors give `prune` and `copy` their log kinds'
+//! retention rules ([`ArchiveRetention`]).
 //! It does not know about files on disk (that is `lifeboat-snapshot`).
 //! The byte-level format is specified in `docs/format.md`.
 
@@ -24,6 +25,7 @@ mod keyfile;
 pub mod keys;
 pub mod lock;
 mod pack;
+mod packread;
 pub mod prune;
 mod record;
 pub mod repair;
@@ -45,8 +47,30 @@ pub use id::Id;
 pub use index::{BlobLocation, Index, IndexFile, IndexPack};
 pub use keyfile::{KdfParams, KeyFile};
 pub use lock::{LockKind, LockOptions, RepositoryLock};
-pub use pack::{BlobType, PackEntry, open_blob, parse_pack};
+pub use pack::{BlobType, PackEntry};
+pub use packread::{
+    FetchedRange, MemoryPermit, OpenedBlob, PackRange, PackReader, RangeLimits, pack_object_path,
+    plan_ranges,
+};
 pub use record::{BackupMode, BackupSummary, Snapshot, SnapshotRecord};
-pub use repository::{ColdInit, InitOptions, Repository, Tier, pack_key, resolve_snapshot};
+pub use repository::{ColdInit, InitOptions, Repository, Tier, resolve_snapshot};
 pub use tree::{Node, NodeKind, Time, Tree};
 pub use writer::{AddedBlob, WriteOptions, WriteSession, WriteStats};
+
+/// Entry points for fuzzing the decoders of untrusted pack bytes (the
+/// targets under `fuzz/` and the corpus example). Not an API: readers go
+/// through [`PackReader`] and [`Repository`].
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::{Id, MasterKey, PackEntry, Result};
+
+    /// Decodes a whole pack's trailer (see `pack::parse_pack`).
+    pub fn parse_pack(key: &MasterKey, pack: &Id, bytes: &[u8]) -> Result<Vec<PackEntry>> {
+        crate::pack::parse_pack(key, pack, bytes)
+    }
+
+    /// Opens one sealed blob (see `pack::open_blob`).
+    pub fn open_blob(key: &MasterKey, entry: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {
+        crate::pack::open_blob(key, entry, sealed)
+    }
+}

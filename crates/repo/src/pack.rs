@@ -7,6 +7,10 @@
 //! compression would not make it smaller. The trailer is the postcard
 //! encoding of `Vec<PackEntry>`, sealed with [`TRAILER_AAD`]. A pack is named
 //! by the BLAKE3 of all its bytes.
+//!
+//! This module owns the format: sealing and opening one blob, building a
+//! pack, decoding its trailer. Reading stored packs (ranges, tiers, memory)
+//! is `packread`'s job, which calls [`open_blob`] here.
 
 use serde::{Deserialize, Serialize};
 
@@ -95,7 +99,7 @@ pub fn seal_blob(
 }
 
 /// Opens one sealed blob and checks that its plaintext hashes to its id.
-pub fn open_blob(key: &MasterKey, entry: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn open_blob(key: &MasterKey, entry: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {
     let what = || format!("blob {}", entry.id);
     let payload = key
         .open(
@@ -204,7 +208,7 @@ impl PackBuilder {
 }
 
 /// Where the trailer lies, given the pack size and its last four bytes.
-pub fn trailer_range(pack: &Id, pack_size: u64, len_bytes: &[u8]) -> Result<(u64, u64)> {
+pub(crate) fn trailer_range(pack: &Id, pack_size: u64, len_bytes: &[u8]) -> Result<(u64, u64)> {
     let len = u32::from_le_bytes(
         len_bytes
             .try_into()
@@ -220,7 +224,7 @@ pub fn trailer_range(pack: &Id, pack_size: u64, len_bytes: &[u8]) -> Result<(u64
 }
 
 /// Decrypts and decodes a trailer, checking every entry lies before it.
-pub fn decode_trailer(
+pub(crate) fn decode_trailer(
     key: &MasterKey,
     pack: &Id,
     trailer_offset: u64,
@@ -241,7 +245,7 @@ pub fn decode_trailer(
 }
 
 /// Reads a whole pack's trailer from its bytes.
-pub fn parse_pack(key: &MasterKey, pack: &Id, bytes: &[u8]) -> Result<Vec<PackEntry>> {
+pub(crate) fn parse_pack(key: &MasterKey, pack: &Id, bytes: &[u8]) -> Result<Vec<PackEntry>> {
     if bytes.len() < 4 {
         return Err(Error::corrupt(format!("pack {pack}"), "too short"));
     }

@@ -38,9 +38,10 @@ use serde::Serialize;
 use crate::archive::{ArchiveRules, ExpireReport, expire_after_prune};
 use crate::index::{Index, IndexFile, IndexPack};
 use crate::lock::{LockKind, LockOptions, RepositoryLock, remove_stale_locks};
-use crate::pack::{BlobType, open_blob};
+use crate::pack::BlobType;
+use crate::packread::{PackReader, pack_key};
 use crate::record::SnapshotRecord;
-use crate::repository::{Repository, Tier, blocking, pack_key};
+use crate::repository::{Repository, Tier, blocking};
 use crate::tree::{NodeKind, Tree};
 use crate::writer::{WriteOptions, WriteSession};
 use crate::{Error, Id, Result};
@@ -48,6 +49,12 @@ use crate::{Error, Id, Result};
 /// Packs per index object written by prune (as `repair index`): large
 /// enough for few objects, small enough that one object stays a few MiB.
 const PACKS_PER_INDEX: usize = 256;
+
+/// Old pack bytes a repack holds at once, in KiB: three default-size packs
+/// (16 MiB), the two downloading ahead and the one being rewritten, so for
+/// such packs the read-ahead, not the budget, is what limits it; packs
+/// larger than configured wait for each other instead.
+const REPACK_BUDGET_KIB: u32 = 3 * 16 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct PruneOptions {
@@ -288,6 +295,10 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
         )
         .await?;
         let session = Arc::new(session);
+        // The next packs download while this one is rewritten: at most
+        // three old packs in memory, and one blob's plaintext at a time.
+        let reader = PackReader::new(repo, REPACK_BUDGET_KIB);
+        let reader = &reader;
         let fetched = futures::stream::iter(repack.iter().copied())
             .map(|pack| {
                 let entries: Vec<crate::PackEntry> = packs[&pack]
@@ -299,26 +310,27 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
                     .copied()
                     .collect();
                 let tier = tiers[&pack];
+                let size = packs[&pack].size;
                 async move {
-                    let bytes = repo.tier_storage(tier).await?.get(&pack_key(&pack)).await?;
+                    let permit = reader.reserve(size).await;
+                    let bytes = reader.read_whole(tier, pack, permit).await?;
                     Ok::<_, Error>((pack, entries, bytes))
                 }
             })
-            // The next pack downloads while this one is rewritten: at most
-            // two old packs in memory, and one blob's plaintext at a time.
             .buffered(2);
         futures::pin_mut!(fetched);
         while let Some(next) = fetched.next().await {
             let (pack, entries, bytes) = next?;
-            let key = repo.key().clone();
             let session = session.clone();
             blocking(move || -> Result<()> {
                 for e in &entries {
-                    let end = e.offset as usize + e.length as usize;
-                    let sealed = bytes.get(e.offset as usize..end).ok_or_else(|| {
-                        Error::corrupt(format!("pack {pack}"), "shorter than its index says")
-                    })?;
-                    let plain = open_blob(&key, e, sealed).map_err(|err| {
+                    if !bytes.contains(e) {
+                        return Err(Error::corrupt(
+                            format!("pack {pack}"),
+                            "shorter than its index says",
+                        ));
+                    }
+                    let plain = bytes.open(e).map_err(|err| {
                         Error::corrupt(
                             format!("pack {pack}"),
                             format!("blob {} cannot be repacked: {err}", e.id),

@@ -18,7 +18,8 @@ use serde::Serialize;
 use crate::index::{IndexFile, IndexPack};
 use crate::lock::{LockKind, LockOptions, RepositoryLock};
 use crate::pack::{decode_trailer, trailer_range};
-use crate::repository::{Repository, pack_key};
+use crate::packread::pack_key;
+use crate::repository::Repository;
 use crate::{Id, Result};
 
 /// Packs per rebuilt index object.

@@ -28,7 +28,7 @@ use crate::config::{ChunkerParams, ColdTierConfig, Config};
 use crate::crypto::MasterKey;
 use crate::index::{BlobLocation, Index, IndexFile};
 use crate::keyfile::{KdfParams, KeyFile};
-use crate::pack::{BlobType, open_blob};
+use crate::pack::BlobType;
 use crate::record::{Snapshot, SnapshotRecord};
 use crate::tree::Tree;
 use crate::{Error, Id, Result};
@@ -424,43 +424,6 @@ impl Repository {
         self.read_blob_at(id, &loc).await
     }
 
-    /// Reads, decrypts and verifies one blob at a known location (from the
-    /// cold tier for a data blob of a repository that has one).
-    pub async fn read_blob_at(&self, id: &Id, loc: &BlobLocation) -> Result<Bytes> {
-        let loc = *loc;
-        let sealed = self
-            .tier_storage(self.tier_of(loc.entry.blob_type))
-            .await?
-            .get_range(
-                &pack_key(&loc.pack),
-                loc.entry.offset as u64,
-                loc.entry.length as u64,
-            )
-            .await
-            .map_err(|e| match e.kind() {
-                ErrorKind::NotFound => Error::corrupt(
-                    format!("pack {}", loc.pack),
-                    format!("missing (needed for blob {id})"),
-                ),
-                ErrorKind::InvalidRange => Error::corrupt(
-                    format!("pack {}", loc.pack),
-                    format!("truncated (needed for blob {id})"),
-                ),
-                _ => e.into(),
-            })?;
-        let key = self.key.clone();
-        let plain = blocking(move || open_blob(&key, &loc.entry, &sealed))
-            .await?
-            .map_err(|e| match e {
-                Error::Corrupt { object, reason } => Error::Corrupt {
-                    object: format!("{object} in pack {}", loc.pack),
-                    reason,
-                },
-                e => e,
-            })?;
-        Ok(Bytes::from(plain))
-    }
-
     pub async fn read_tree(&self, id: &Id) -> Result<Tree> {
         let loc = self.locate(id).await?;
         if loc.entry.blob_type != BlobType::Tree {
@@ -603,10 +566,6 @@ async fn check_cold_storage(hot: &DynStorage, cold: &DynStorage) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-pub fn pack_key(id: &Id) -> ObjectKey {
-    ObjectKey::new(Kind::Packs, id.to_hex())
 }
 
 /// Puts a content-addressed object; an existing object with the same name is

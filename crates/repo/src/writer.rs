@@ -37,8 +37,9 @@ use tokio::task::JoinHandle;
 use crate::index::{Index, IndexFile, IndexPack};
 use crate::lock::{LockKind, LockOptions, RepositoryLock};
 use crate::pack::{BlobType, FinishedPack, MAX_PACK_ENTRIES, PackBuilder, seal_blob};
+use crate::packread::pack_key;
 use crate::record::SnapshotRecord;
-use crate::repository::{Repository, pack_key, put_idempotent};
+use crate::repository::{Repository, put_idempotent};
 use crate::{Error, Id, Result};
 
 /// Packs per index object written during a session: bounds what a crash in a

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use lifeboat_repo::{
     BackupMode, BlobType, Id, InitOptions, KdfParams, Node, NodeKind, Repository, Snapshot,
-    SnapshotRecord, Time, Tree, WriteOptions, WriteSession, pack_key,
+    SnapshotRecord, Time, Tree, WriteOptions, WriteSession,
 };
 use lifeboat_snapshot::Error;
 use lifeboat_snapshot::diff::{Change, diff};
@@ -21,7 +21,7 @@ use lifeboat_snapshot::find::{FindChange, find};
 use lifeboat_snapshot::ls::{EntryKind, ls};
 use lifeboat_snapshot::progress::NoProgress;
 use lifeboat_snapshot::restore::{RestoreOptions, RestoreStats, restore};
-use lifeboat_storage::{DynStorage, MemoryStorage};
+use lifeboat_storage::{DynStorage, Kind, MemoryStorage, ObjectKey};
 
 // ---------------------------------------------------------------- fixtures
 
@@ -946,4 +946,9 @@ async fn find_tells_each_paths_history() {
         find(&repo, "[", &all).await,
         Err(Error::Invalid(_))
     ));
+}
+
+/// The storage key of a pack (packs are named by their id).
+fn pack_key(id: &Id) -> ObjectKey {
+    ObjectKey::new(Kind::Packs, id.to_hex())
 }

@@ -1,0 +1,606 @@
+//! Reading blobs out of packs: the one place that slices a pack and opens
+//! a blob.
+//!
+//! This module owns the read path from a pack object to verified
+//! plaintext: planning ranged reads over a set of wanted blobs
+//! ([`plan_ranges`], coalescing neighbours within [`RangeLimits`]),
+//! fetching them from the right tier under a memory budget
+//! ([`PackReader`]), checking that storage returned what was asked, and
+//! decrypting, decompressing and verifying each blob against its id
+//! ([`FetchedRange::open`]). A damaged blob is an error for that blob only,
+//! so callers can go on past it. Two ways in: the pieces (plan, reserve,
+//! read, open), for a caller that opens blobs on threads of its own
+//! (restore), and [`PackReader::read_blobs`], a stream of opened blobs for
+//! a caller that just wants plaintext (copy). Whole packs are read too,
+//! for callers that need every byte (`check --read-data` hashes the pack
+//! against its name; prune's repack reads what it rewrites).
+//!
+//! It does not decide *which* blobs are wanted, where their plaintext goes,
+//! nor what a damaged blob means to the caller; it does not write packs
+//! (`writer`) nor parse trailers for the index (`pack`, `repair`). The
+//! pack format itself (sealing, trailer) is in `pack`.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use lifeboat_storage::{ErrorKind, Kind, ObjectKey};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::crypto::MasterKey;
+use crate::index::BlobLocation;
+use crate::pack::{PackEntry, open_blob};
+use crate::repository::{Repository, Tier, blocking};
+use crate::{Error, Id, Result};
+
+/// The storage key of a pack (inside its tier).
+pub(crate) fn pack_key(id: &Id) -> ObjectKey {
+    ObjectKey::new(Kind::Packs, id.to_hex())
+}
+
+/// A pack's object path inside its tier (`data/ab/ab12…`), for telling a
+/// user which objects a read needs (say, to restore them from an archive
+/// storage class with the provider's tools). Reading goes through
+/// [`PackReader`].
+pub fn pack_object_path(pack: &Id) -> String {
+    pack_key(pack).to_string()
+}
+
+/// How wanted blobs of one pack are cut into ranged reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeLimits {
+    /// Two blobs closer than this are fetched in one read, the bytes
+    /// between them read and dropped.
+    pub gap: u64,
+    /// Largest single read (unless one blob is larger).
+    pub max_len: u64,
+    /// Most plaintext one read is cut to carry.
+    pub max_raw: u64,
+}
+
+impl RangeLimits {
+    /// The limits restore uses (and its plan predicts).
+    ///
+    /// - `gap` 256 KiB: on object storage a request's latency costs more
+    ///   than reading a quarter mebibyte.
+    /// - `max_len` 4 MiB: requests long enough that their latency does not
+    ///   matter, and several of them fit in a memory budget at once, which
+    ///   is what keeps a remote backend busy. Bigger ranges cost resident
+    ///   memory beyond their own size: each is allocated by whichever
+    ///   thread reads it, and glibc keeps that much free in every such
+    ///   thread's arena.
+    /// - `max_raw` 16 MiB: a range is also the unit of work of whoever
+    ///   opens its blobs, and a range of very compressible data (a
+    ///   database's pages, 20:1 and more) under `max_len` alone would hold
+    ///   some 80 MiB of writing, so a handful of ranges would make up a
+    ///   whole restore and leave its writers idle while the last finish.
+    pub const RESTORE: RangeLimits = RangeLimits {
+        gap: 256 * 1024,
+        max_len: 4 * 1024 * 1024,
+        max_raw: 16 * 1024 * 1024,
+    };
+}
+
+impl Default for RangeLimits {
+    fn default() -> Self {
+        RangeLimits::RESTORE
+    }
+}
+
+/// A run of blobs of one pack fetched with one ranged read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackRange {
+    /// The caller's number for the pack (see [`plan_ranges`]).
+    pub pack: u32,
+    pub start: u64,
+    pub len: u64,
+    /// Most memory opening one of its blobs takes (sealed payload plus
+    /// plaintext), for a caller that opens them one at a time.
+    pub blob_mem: u64,
+    /// Plaintext of its blobs (each counted once, however many items).
+    pub raw: u64,
+    /// Its items: a slice of the caller's sorted list.
+    pub items: Range<usize>,
+}
+
+impl PackRange {
+    /// Memory the range holds while its blobs are opened one at a time:
+    /// its sealed bytes plus the largest blob's opening.
+    pub fn memory(&self) -> u64 {
+        self.len + self.blob_mem
+    }
+}
+
+/// Cuts wanted blobs into ranged reads, merging neighbours within
+/// `limits`.
+///
+/// `items` must be sorted by pack number and offset; `blob` gives each
+/// item's pack number (any numbering the caller keeps, e.g. an index into
+/// its own pack list, which keeps its items small) and entry. Neighbouring
+/// items of one blob (same pack, offset and id: one blob used in several
+/// places) are one blob to read and end up in the same range. A range
+/// grows while the next blob starts within `gap` of its end, its length
+/// stays within `max_len` and its plaintext within `max_raw`; a blob larger
+/// than that is a range of its own.
+pub fn plan_ranges<T>(
+    items: &[T],
+    limits: &RangeLimits,
+    blob: impl Fn(&T) -> (u32, &PackEntry),
+) -> Vec<PackRange> {
+    let same = |a: &T, b: &T| {
+        let ((pa, ea), (pb, eb)) = (blob(a), blob(b));
+        pa == pb && ea.offset == eb.offset && ea.id == eb.id
+    };
+    let mut out: Vec<PackRange> = Vec::new();
+    let mut i = 0;
+    for group in items.chunk_by(same) {
+        let (pack, entry) = blob(&group[0]);
+        let start = entry.offset as u64;
+        let end = start + entry.length as u64;
+        let raw = entry.raw_length as u64;
+        let mem = entry.length as u64 + raw;
+        let next = i + group.len();
+        match out.last_mut() {
+            Some(r)
+                if r.pack == pack
+                    && start <= r.start + r.len + limits.gap
+                    && end - r.start <= limits.max_len
+                    && r.raw + raw <= limits.max_raw =>
+            {
+                debug_assert!(start >= r.start, "items are sorted by pack and offset");
+                r.len = r.len.max(end - r.start);
+                r.blob_mem = r.blob_mem.max(mem);
+                r.raw += raw;
+                r.items.end = next;
+            }
+            _ => out.push(PackRange {
+                pack,
+                start,
+                len: end - start,
+                blob_mem: mem,
+                raw,
+                items: i..next,
+            }),
+        }
+        i = next;
+    }
+    out
+}
+
+/// Memory reserved from a [`PackReader`]'s budget; given back on drop.
+#[derive(Debug)]
+pub struct MemoryPermit {
+    _held: Option<OwnedSemaphorePermit>,
+}
+
+/// Reads packs of one repository under a memory budget.
+///
+/// The budget bounds the bytes of reads in flight and of what their
+/// holders keep: each read takes a [`MemoryPermit`], which the
+/// [`FetchedRange`] holds until it is dropped.
+#[derive(Debug)]
+pub struct PackReader<'a> {
+    repo: &'a Repository,
+    budget: Arc<Semaphore>,
+    budget_kib: u32,
+}
+
+impl<'a> PackReader<'a> {
+    /// A reader holding at most `budget_kib` KiB at once (a single read
+    /// larger than that still runs, alone).
+    pub fn new(repo: &'a Repository, budget_kib: u32) -> Self {
+        let budget_kib = budget_kib.max(1);
+        PackReader {
+            repo,
+            budget: Arc::new(Semaphore::new(budget_kib as usize)),
+            budget_kib,
+        }
+    }
+
+    /// Waits until `bytes` of the budget are free and takes them (all of
+    /// it, for more than the budget). A task that holds a permit while it
+    /// waits for another must stay within the budget with both, or it
+    /// waits for itself.
+    pub async fn reserve(&self, bytes: u64) -> MemoryPermit {
+        let kib = bytes.div_ceil(1024).min(self.budget_kib as u64) as u32;
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .expect("the budget semaphore is never closed");
+        MemoryPermit {
+            _held: Some(permit),
+        }
+    }
+
+    /// One ranged read of `pack` in `tier`, holding `permit` while the
+    /// bytes live. A short read (which the storage contract rules out, but
+    /// a broken backend may do) is an error, never a panic later. Storage
+    /// errors are returned as they are.
+    pub async fn read(
+        &self,
+        tier: Tier,
+        pack: Id,
+        start: u64,
+        len: u64,
+        permit: MemoryPermit,
+    ) -> Result<FetchedRange> {
+        let storage = self.repo.tier_storage(tier).await?;
+        let bytes = storage.get_range(&pack_key(&pack), start, len).await?;
+        if bytes.len() as u64 != len {
+            return Err(Error::Storage(lifeboat_storage::Error::new(
+                ErrorKind::Other,
+                format!(
+                    "storage returned {} of the {len} bytes asked for (short read)",
+                    bytes.len()
+                ),
+            )));
+        }
+        Ok(self.fetched(pack, start, bytes, permit))
+    }
+
+    /// Reads a whole pack (for callers that need every byte of it).
+    pub async fn read_whole(
+        &self,
+        tier: Tier,
+        pack: Id,
+        permit: MemoryPermit,
+    ) -> Result<FetchedRange> {
+        let storage = self.repo.tier_storage(tier).await?;
+        let bytes = storage.get(&pack_key(&pack)).await?;
+        Ok(self.fetched(pack, 0, bytes, permit))
+    }
+
+    fn fetched(&self, pack: Id, start: u64, bytes: Bytes, permit: MemoryPermit) -> FetchedRange {
+        FetchedRange {
+            pack,
+            start,
+            bytes,
+            key: self.repo.key().clone(),
+            _permit: permit,
+        }
+    }
+
+    /// Reads the blobs at `wanted` (in any order; a location given twice is
+    /// read once and yielded twice), batched by pack into the ranges of
+    /// `limits`, up to the repository's concurrency of reads at once, each
+    /// from the tier its blob type lives in. Yields every wanted blob once,
+    /// opened and verified, or with the error that kept it from being read
+    /// (a damaged blob, or its range's failed read); no order is promised.
+    ///
+    /// Memory: a range's sealed bytes and all its plaintext count against
+    /// the budget until the last of its yielded blobs is dropped.
+    pub fn read_blobs(
+        &'a self,
+        mut wanted: Vec<BlobLocation>,
+        limits: RangeLimits,
+    ) -> impl Stream<Item = OpenedBlob> + 'a {
+        wanted.sort_unstable_by_key(|l| (l.pack, l.entry.offset, l.entry.id));
+        // Pack numbers in sorted order, so the planner sees sorted items.
+        let mut packs: Vec<Id> = Vec::new();
+        let numbered: Vec<(u32, PackEntry)> = wanted
+            .iter()
+            .map(|l| {
+                if packs.last() != Some(&l.pack) {
+                    packs.push(l.pack);
+                }
+                ((packs.len() - 1) as u32, l.entry)
+            })
+            .collect();
+        let ranges = plan_ranges(&numbered, &limits, |(p, e)| (*p, e));
+        let wanted = Arc::new(wanted);
+        futures::stream::iter(ranges)
+            .map(move |range| {
+                let wanted = wanted.clone();
+                let pack = packs[range.pack as usize];
+                async move {
+                    let locations = &wanted[range.items.clone()];
+                    let tier = self.repo.tier_of(locations[0].entry.blob_type);
+                    let permit = self.reserve(range.len + range.raw).await;
+                    let fetched = self
+                        .read(tier, pack, range.start, range.len, permit)
+                        .await
+                        .map_err(|e| in_pack_read(e, pack, &locations[0].entry.id));
+                    let items = range.items.clone();
+                    let all = wanted.clone();
+                    let opened = match blocking(move || open_all(fetched, &all[items])).await {
+                        Ok(opened) => opened,
+                        Err(e) => wanted[range.items]
+                            .iter()
+                            .map(|l| OpenedBlob {
+                                location: *l,
+                                data: Err(copy_error(&e)),
+                                _range: None,
+                            })
+                            .collect(),
+                    };
+                    futures::stream::iter(opened)
+                }
+            })
+            .buffer_unordered(self.repo.concurrency())
+            .flatten()
+    }
+}
+
+/// Opens every blob of a fetched range (each distinct blob once).
+fn open_all(fetched: Result<FetchedRange>, locations: &[BlobLocation]) -> Vec<OpenedBlob> {
+    let fetched = match fetched {
+        Ok(f) => Arc::new(f),
+        Err(e) => {
+            return locations
+                .iter()
+                .map(|l| OpenedBlob {
+                    location: *l,
+                    data: Err(copy_error(&e)),
+                    _range: None,
+                })
+                .collect();
+        }
+    };
+    let mut out = Vec::with_capacity(locations.len());
+    let same = |a: &BlobLocation, b: &BlobLocation| {
+        a.pack == b.pack && a.entry.offset == b.entry.offset && a.entry.id == b.entry.id
+    };
+    for group in locations.chunk_by(same) {
+        let opened = fetched
+            .open(&group[0].entry)
+            .map(Bytes::from)
+            .map_err(|e| in_pack(e, fetched.pack));
+        for l in group {
+            out.push(OpenedBlob {
+                location: *l,
+                data: match &opened {
+                    Ok(b) => Ok(b.clone()),
+                    Err(e) => Err(copy_error(e)),
+                },
+                _range: Some(fetched.clone()),
+            });
+        }
+    }
+    out
+}
+
+/// The same error again, for each blob a failure touches (errors are not
+/// `Clone`; the message and, for storage errors, the kind survive).
+fn copy_error(e: &Error) -> Error {
+    match e {
+        Error::Storage(s) => Error::Storage(lifeboat_storage::Error::new(s.kind(), s.to_string())),
+        Error::Corrupt { object, reason } => Error::Corrupt {
+            object: object.clone(),
+            reason: reason.clone(),
+        },
+        other => Error::Task(other.to_string()),
+    }
+}
+
+/// A failed read of a pack as [`Repository::read_blob_at`] words it: a
+/// missing or truncated pack is damage to the repository.
+pub(crate) fn in_pack_read(e: Error, pack: Id, blob: &Id) -> Error {
+    match e.storage_kind() {
+        Some(ErrorKind::NotFound) => Error::corrupt(
+            format!("pack {pack}"),
+            format!("missing (needed for blob {blob})"),
+        ),
+        Some(ErrorKind::InvalidRange) => Error::corrupt(
+            format!("pack {pack}"),
+            format!("truncated (needed for blob {blob})"),
+        ),
+        _ => e,
+    }
+}
+
+/// A damaged blob's error naming its pack too.
+fn in_pack(e: Error, pack: Id) -> Error {
+    match e {
+        Error::Corrupt { object, reason } => Error::Corrupt {
+            object: format!("{object} in pack {pack}"),
+            reason,
+        },
+        e => e,
+    }
+}
+
+/// A blob yielded by [`PackReader::read_blobs`].
+#[derive(Debug)]
+pub struct OpenedBlob {
+    pub location: BlobLocation,
+    /// The verified plaintext, or why it could not be read.
+    pub data: Result<Bytes>,
+    /// Holds the range's memory permit until its last blob is dropped.
+    _range: Option<Arc<FetchedRange>>,
+}
+
+/// Bytes read from a pack, from which blobs are opened.
+#[derive(Debug)]
+pub struct FetchedRange {
+    pack: Id,
+    start: u64,
+    bytes: Bytes,
+    key: MasterKey,
+    _permit: MemoryPermit,
+}
+
+impl FetchedRange {
+    pub fn pack(&self) -> Id {
+        self.pack
+    }
+
+    /// The bytes read (all of the pack for [`PackReader::read_whole`]).
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Whether `entry` lies inside the bytes read.
+    pub fn contains(&self, entry: &PackEntry) -> bool {
+        let (start, end) = (
+            entry.offset as u64,
+            entry.offset as u64 + entry.length as u64,
+        );
+        start >= self.start && end <= self.start + self.bytes.len() as u64
+    }
+
+    /// Decrypts, decompresses and verifies one blob of the range against
+    /// its id. CPU-bound: call it from a blocking thread. Errors are
+    /// [`Error::Corrupt`]: the blob is damaged, or lies outside the bytes
+    /// read (the pack is shorter than its index says).
+    pub fn open(&self, entry: &PackEntry) -> Result<Vec<u8>> {
+        if !self.contains(entry) {
+            return Err(Error::corrupt(
+                format!("pack {}", self.pack),
+                "shorter than its index says",
+            ));
+        }
+        let at = (entry.offset as u64 - self.start) as usize;
+        open_blob(
+            &self.key,
+            entry,
+            &self.bytes[at..at + entry.length as usize],
+        )
+    }
+}
+
+impl Repository {
+    /// Reads, decrypts and verifies one blob at a known location (from the
+    /// cold tier for a data blob of a repository that has one).
+    pub async fn read_blob_at(&self, id: &Id, loc: &BlobLocation) -> Result<Bytes> {
+        let loc = *loc;
+        let reader = PackReader::new(self, 1);
+        let fetched = reader
+            .read(
+                self.tier_of(loc.entry.blob_type),
+                loc.pack,
+                loc.entry.offset as u64,
+                loc.entry.length as u64,
+                MemoryPermit { _held: None },
+            )
+            .await
+            .map_err(|e| in_pack_read(e, loc.pack, id))?;
+        let plain = blocking(move || fetched.open(&loc.entry))
+            .await?
+            .map_err(|e| in_pack(e, loc.pack))?;
+        Ok(Bytes::from(plain))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::BlobType;
+
+    const KIB: u32 = 1024;
+    const MIB: u32 = 1024 * 1024;
+
+    fn entry(offset: u32, length: u32, raw_length: u32, n: u8) -> PackEntry {
+        PackEntry {
+            blob_type: BlobType::Data,
+            id: Id([n; 32]),
+            offset,
+            length,
+            raw_length,
+            compressed: raw_length != length,
+        }
+    }
+
+    fn plan(items: &[(u32, PackEntry)]) -> Vec<PackRange> {
+        plan_ranges(items, &RangeLimits::RESTORE, |(p, e)| (*p, e))
+    }
+
+    #[test]
+    fn neighbours_within_the_gap_are_one_range() {
+        let items = [
+            (0, entry(0, 100 * KIB, 100 * KIB, 1)),
+            // 256 KiB after the first ends: still merged.
+            (0, entry(356 * KIB, 10 * KIB, 10 * KIB, 2)),
+            // One byte more than the gap: a new range.
+            (0, entry(366 * KIB + 256 * KIB + 1, 10 * KIB, 30 * KIB, 3)),
+        ];
+        let r = plan(&items);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!((r[0].start, r[0].len), (0, 366 * 1024));
+        assert_eq!(r[0].items, 0..2);
+        assert_eq!(r[0].raw, 110 * 1024);
+        assert_eq!(r[0].blob_mem, 200 * 1024);
+        assert_eq!(r[1].items, 2..3);
+        assert_eq!((r[1].len, r[1].raw, r[1].blob_mem), (10240, 30720, 40960));
+        assert_eq!(r[1].memory(), 10240 + 40960);
+    }
+
+    #[test]
+    fn packs_are_never_merged() {
+        let items = [
+            (0, entry(0, 10, 10, 1)),
+            (1, entry(10, 10, 10, 2)),
+            (1, entry(20, 10, 10, 3)),
+        ];
+        let r = plan(&items);
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].pack, r[0].items.clone()), (0, 0..1));
+        assert_eq!((r[1].pack, r[1].start, r[1].len), (1, 10, 20));
+    }
+
+    #[test]
+    fn ranges_stop_at_the_maximum_length() {
+        // Eight adjacent 1 MiB blobs: two 4 MiB reads.
+        let items: Vec<(u32, PackEntry)> = (0..8u32)
+            .map(|i| (0, entry(i * MIB, MIB, MIB, i as u8)))
+            .collect();
+        let r = plan(&items);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(
+            (r[0].start, r[0].len, r[0].items.clone()),
+            (0, 4 << 20, 0..4)
+        );
+        assert_eq!((r[1].start, r[1].len), (4 << 20, 4 << 20));
+        // A blob larger than the maximum is a range of its own.
+        let items = [
+            (0, entry(0, 10, 10, 1)),
+            (0, entry(10, 5 * MIB, 5 * MIB, 2)),
+            (0, entry(10 + 5 * MIB, 10, 10, 3)),
+        ];
+        let r = plan(&items);
+        assert_eq!(r.len(), 3, "{r:?}");
+        assert_eq!(r[1].len, 5 << 20);
+    }
+
+    #[test]
+    fn ranges_are_cut_at_the_plaintext_budget() {
+        // 256 KiB sealed, 4 MiB plaintext each (16:1): four fill the
+        // 16 MiB plaintext cut long before the 4 MiB read length.
+        let items: Vec<(u32, PackEntry)> = (0..10u32)
+            .map(|i| (0, entry(i * 256 * KIB, 256 * KIB, 4 * MIB, i as u8)))
+            .collect();
+        let r = plan(&items);
+        assert_eq!(
+            r.iter().map(|r| r.items.len()).collect::<Vec<_>>(),
+            vec![4, 4, 2]
+        );
+        assert!(r.iter().all(|r| r.raw <= 16 << 20));
+        assert_eq!(r[0].len, 1 << 20);
+        // Other limits cut elsewhere.
+        let loose = RangeLimits {
+            max_raw: u64::MAX,
+            ..RangeLimits::RESTORE
+        };
+        let r = plan_ranges(&items, &loose, |(p, e)| (*p, e));
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn one_blob_used_twice_is_read_once() {
+        let e = entry(0, 100, 1000, 7);
+        let items = [(0, e), (0, e), (0, entry(100, 50, 50, 8))];
+        let r = plan(&items);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].items, 0..3);
+        // Plaintext counts each blob once.
+        assert_eq!(r[0].raw, 1050);
+        assert_eq!(r[0].len, 150);
+    }
+
+    #[test]
+    fn nothing_wanted_is_no_range() {
+        assert!(plan(&[]).is_empty());
+    }
+}

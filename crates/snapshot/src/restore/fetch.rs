@@ -1,0 +1,377 @@
+//! The data step of a restore: fetching blobs and writing them.
+//!
+//! Owns the blob writes planned by `prepare` from the moment they are cut
+//! into ranged reads ([`build_ranges`], with the repository's planner and
+//! [`RangeLimits::RESTORE`]) until every file is finished: the ranges are
+//! read through a [`PackReader`] (several in flight under
+//! [`MEMORY_BUDGET_KIB`]), and a few dedicated writer threads open each
+//! blob once and write it at its offsets in every file that uses it,
+//! creating files lazily and finishing (metadata, fsync) or removing each
+//! file when its last write is done. It does not decide what is restored
+//! (`select`, `prepare`), nor touch directories (`metadata`); slicing packs
+//! and verifying blobs is the repository's ([`FetchedRange::open`]).
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use lifeboat_repo::{
+    BlobType, FetchedRange, Id, PackEntry, PackRange, PackReader, RangeLimits, Repository,
+    plan_ranges,
+};
+
+use super::metadata::set_file_metadata;
+use super::prepare::{FileState, create_sized, file_path, storage_full};
+use super::{Problem, RestoreStats, blocking, report};
+use crate::progress::RestoreProgress;
+use crate::{Error, Result};
+
+/// Bytes held at once by ranges in flight, in KiB: each range's sealed
+/// bytes plus what opening its largest blob takes (blobs are opened one at
+/// a time). Keeps a restore's memory flat whatever the snapshot's size.
+const MEMORY_BUDGET_KIB: u32 = 24 * 1024;
+
+/// One blob write: a blob of a pack, and where it goes in which file.
+pub(super) struct Write {
+    pub(super) entry: PackEntry,
+    /// Index into the pack list.
+    pub(super) pack: u32,
+    /// Index into the file list.
+    pub(super) file: u32,
+    /// Byte offset in the file.
+    pub(super) at: u64,
+}
+
+/// Sorts the writes by pack and offset (the writes of one blob, however
+/// many places use it, end up next to each other) and cuts them into
+/// ranged reads with the repository's planner and restore's limits.
+pub(super) fn build_ranges(writes: &mut [Write]) -> Vec<PackRange> {
+    writes.sort_unstable_by_key(|w| (w.pack, w.entry.offset, w.entry.id, w.file, w.at));
+    plan_ranges(writes, &RangeLimits::RESTORE, |w| (w.pack, &w.entry))
+}
+
+fn same_blob(a: &Write, b: &Write) -> bool {
+    a.pack == b.pack && a.entry.offset == b.entry.offset && a.entry.id == b.entry.id
+}
+
+/// Fetches every range and writes its blobs, several ranges in flight
+/// under [`MEMORY_BUDGET_KIB`]; adds what was done to `stats`. A full
+/// target stops it: what is unfinished is removed and the error returned.
+pub(super) async fn write_data(
+    repo: &Repository,
+    mut exec: Exec,
+    progress: &dyn RestoreProgress,
+    stats: &mut RestoreStats,
+) -> Result<()> {
+    let ranges = build_ranges(&mut exec.writes);
+    let tier = repo.tier_of(BlobType::Data);
+    if !ranges.is_empty() {
+        // Every range is of data blobs, so all come from the data packs'
+        // tier: opened here, only when there is something to fetch, so
+        // that failing to open it stops the restore rather than failing
+        // every file.
+        repo.tier_storage(tier).await?;
+    }
+    let exec = Arc::new(exec);
+    let reader = PackReader::new(repo, MEMORY_BUDGET_KIB);
+    let writers = Writers::start()?;
+    let mut results = futures::stream::iter(ranges)
+        .map(|range| {
+            let exec = exec.clone();
+            let reader = &reader;
+            let writers = &writers;
+            async move {
+                if exec.abort.load(Ordering::Acquire) {
+                    return Ok(RangeOutcome::default());
+                }
+                let permit = reader.reserve(range.memory()).await;
+                if exec.abort.load(Ordering::Acquire) {
+                    return Ok(RangeOutcome::default());
+                }
+                let pack = exec.packs[range.pack as usize];
+                let fetched = reader
+                    .read(tier, pack, range.start, range.len, permit)
+                    .await
+                    .map_err(|e| e.to_string());
+                writers
+                    .run(move || write_range(&exec, &range, fetched))
+                    .await
+            }
+        })
+        .buffer_unordered(repo.concurrency());
+    let mut fatal = None;
+    while let Some(out) = results.next().await {
+        let mut out = out?;
+        if fatal.is_none() {
+            fatal = out.fatal.take();
+        }
+        stats.files_restored += out.files_done;
+        stats.bytes_written += out.bytes;
+        report(progress, stats, &mut out.problems);
+        progress.restored(stats.files_restored, stats.bytes_written);
+    }
+    drop(results);
+    drop(writers);
+    if let Some(err) = fatal {
+        // Every range has returned: what is unfinished stays unfinished.
+        let mut left = blocking(move || remove_unfinished(&exec)).await?;
+        report(progress, stats, &mut left);
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// State shared by the range writers.
+pub(super) struct Exec {
+    pub(super) files: Vec<FileState>,
+    /// Sorted by [`build_ranges`].
+    pub(super) writes: Vec<Write>,
+    pub(super) packs: Vec<Id>,
+    pub(super) links: HashMap<u32, Vec<PathBuf>>,
+    pub(super) dir_paths: Arc<Vec<PathBuf>>,
+    pub(super) names: Vec<u8>,
+    pub(super) owner: bool,
+    /// See [`RestoreOptions::sync_each_file`].
+    pub(super) sync_each: bool,
+    /// Set when the target is full: writers stop where they are, and what
+    /// is unfinished is removed.
+    pub(super) abort: AtomicBool,
+}
+
+#[derive(Default)]
+struct RangeOutcome {
+    bytes: u64,
+    files_done: u64,
+    problems: Vec<Problem>,
+    /// What stops the whole restore (a full target).
+    fatal: Option<Error>,
+}
+
+/// An open file of a range writer, with its number.
+type Handle = Option<(u32, File)>;
+
+impl Exec {
+    fn path(&self, f: u32) -> PathBuf {
+        file_path(&self.dir_paths, &self.names, &self.files[f as usize])
+    }
+
+    /// Marks a file failed; only its first problem is reported. The file is
+    /// removed once no write to it is left.
+    fn fail(&self, f: u32, msg: impl FnOnce() -> String, out: &mut RangeOutcome) {
+        if !self.files[f as usize].failed.swap(true, Ordering::AcqRel) {
+            out.problems.push(Problem::error(&self.path(f), msg()));
+        }
+    }
+
+    /// The file's handle, creating the file if no writer has yet (writers
+    /// that need it meanwhile wait for that).
+    fn open<'a>(&self, handle: &'a mut Handle, f: u32) -> io::Result<&'a File> {
+        if handle.as_ref().is_none_or(|(g, _)| *g != f) {
+            *handle = None;
+            let st = &self.files[f as usize];
+            let path = self.path(f);
+            let mut fresh = None;
+            let created = st
+                .created
+                .get_or_init(|| match create_sized(&path, st.size) {
+                    Ok(file) => {
+                        fresh = Some(file);
+                        Ok(())
+                    }
+                    Err(e) => Err(Box::new((e.kind(), format!("cannot create file: {e}")))),
+                });
+            if let Err(e) = created {
+                return Err(io::Error::new(e.0, e.1.clone()));
+            }
+            let file = match fresh {
+                Some(file) => file,
+                None => OpenOptions::new().write(true).open(&path)?,
+            };
+            *handle = Some((f, file));
+        }
+        Ok(&handle.as_ref().expect("just opened").1)
+    }
+
+    /// Called by whoever did the file's last write: sets its metadata, or
+    /// removes it (and its other names) if some data could not be written.
+    fn finish(&self, f: u32, handle: &mut Handle, out: &mut RangeOutcome) {
+        let st = &self.files[f as usize];
+        let path = self.path(f);
+        if st.failed.load(Ordering::Acquire) {
+            *handle = None;
+            let others = self.links.get(&f).map_or(&[][..], Vec::as_slice);
+            remove_partial(&path, others, &mut out.problems);
+            for other in others {
+                let message = format!(
+                    "not restored: another name of {}, whose data could not be restored",
+                    path.display()
+                );
+                out.problems.push(Problem::error(other, message));
+            }
+            return;
+        }
+        let done = self.open(handle, f).and_then(|file| {
+            set_file_metadata(file, &path, &st.meta, self.owner, &mut out.problems)?;
+            if self.sync_each {
+                file.sync_all()?;
+            }
+            Ok(())
+        });
+        *handle = None;
+        match done {
+            Ok(()) => out.files_done += 1,
+            Err(err) => self.fail(f, || format!("cannot set metadata: {err}"), out),
+        }
+    }
+}
+
+/// Removes a file whose data could not all be written, and its other names,
+/// so no file is left at its real name with missing data.
+pub(super) fn remove_partial(path: &Path, others: &[PathBuf], problems: &mut Vec<Problem>) {
+    for p in std::iter::once(path).chain(others.iter().map(PathBuf::as_path)) {
+        match fs::remove_file(p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => problems.push(Problem::error(
+                p,
+                format!("cannot remove the partially restored file: {e}"),
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// After the restore was stopped: removes every file not finished.
+fn remove_unfinished(exec: &Exec) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (f, st) in exec.files.iter().enumerate() {
+        if st.remaining.load(Ordering::Acquire) > 0 {
+            let f = f as u32;
+            let others = exec.links.get(&f).map_or(&[][..], Vec::as_slice);
+            remove_partial(&exec.path(f), others, &mut problems);
+        }
+    }
+    problems
+}
+
+/// The threads that open fetched blobs and write them. A few dedicated
+/// threads rather than the shared blocking pool: glibc gives each thread
+/// that allocates its own heap arena and keeps freed buffers there, so
+/// plaintext passing through every pool thread in turn cost several times
+/// the memory budget in resident memory. Writes are mostly page-cache
+/// copies and syscalls, so a few threads keep up with the fetches.
+struct Writers {
+    jobs: crossbeam_channel::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Writers {
+    fn start() -> Result<Self> {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+        let (jobs, queue) = crossbeam_channel::unbounded::<Box<dyn FnOnce() + Send>>();
+        for _ in 0..n {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name("lifeboat-restore".into())
+                .spawn(move || {
+                    // Ends when the restore drops its sender and the queue
+                    // is empty.
+                    while let Ok(job) = queue.recv() {
+                        job();
+                    }
+                })
+                .map_err(|e| Error::Repo(lifeboat_repo::Error::Task(e.to_string())))?;
+        }
+        Ok(Writers { jobs })
+    }
+
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Box::new(move || {
+            // The receiver is gone only if the restore was dropped.
+            let _ = tx.send(f());
+        });
+        let lost = || {
+            Error::Repo(lifeboat_repo::Error::Task(
+                "a restore writer thread failed".into(),
+            ))
+        };
+        self.jobs.send(job).map_err(|_| lost())?;
+        rx.await.map_err(|_| lost())
+    }
+}
+
+/// Opens the blobs of a fetched range one at a time, in pack order, and
+/// writes each wherever it goes (a file's blobs are mostly neighbours in a
+/// pack, so it is opened once per range). Runs on a blocking thread.
+fn write_range(
+    exec: &Exec,
+    range: &PackRange,
+    fetched: std::result::Result<FetchedRange, String>,
+) -> RangeOutcome {
+    let mut out = RangeOutcome::default();
+    let pack = exec.packs[range.pack as usize];
+    let mut handle: Handle = None;
+    for blob in exec.writes[range.items.clone()].chunk_by(same_blob) {
+        if exec.abort.load(Ordering::Acquire) {
+            return out;
+        }
+        let entry = &blob[0].entry;
+        let live = blob
+            .iter()
+            .any(|w| !exec.files[w.file as usize].failed.load(Ordering::Acquire));
+        // Decrypt and verify each blob once, however many places use it.
+        let plain = live.then(|| {
+            let fetched = fetched
+                .as_ref()
+                .map_err(|e| format!("not restored: cannot read pack {pack}: {e}"))?;
+            let plain = fetched
+                .open(entry)
+                .map_err(|e| format!("not restored: damaged data in pack {pack}: {e}"))?;
+            let zero = plain.iter().all(|b| *b == 0);
+            Ok::<_, String>((plain, zero))
+        });
+        for w in blob {
+            let st = &exec.files[w.file as usize];
+            match &plain {
+                _ if st.failed.load(Ordering::Acquire) => {}
+                None => {}
+                Some(Err(msg)) => exec.fail(w.file, || msg.clone(), &mut out),
+                Some(Ok((data, zero))) => {
+                    out.bytes += data.len() as u64;
+                    // The file was created empty at its final length, so
+                    // zeros are already there (as a hole, where the
+                    // filesystem supports it).
+                    let written = if *zero {
+                        Ok(())
+                    } else {
+                        exec.open(&mut handle, w.file)
+                            .and_then(|file| file.write_all_at(data, w.at))
+                    };
+                    if let Err(err) = written {
+                        match storage_full(&exec.path(w.file), err) {
+                            Err(fatal) => {
+                                // Stop before counting this write: the file
+                                // stays unfinished and is removed.
+                                exec.abort.store(true, Ordering::Release);
+                                out.fatal = Some(fatal);
+                                return out;
+                            }
+                            Ok(err) => exec.fail(
+                                w.file,
+                                || format!("not restored: cannot write: {err}"),
+                                &mut out,
+                            ),
+                        }
+                    }
+                }
+            }
+            if st.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                exec.finish(w.file, &mut handle, &mut out);
+            }
+        }
+    }
+    out
+}

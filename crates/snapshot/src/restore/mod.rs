@@ -1,0 +1,249 @@
+//! Restoring a snapshot (or part of it) into a directory.
+//!
+//! [`restore`] works in four steps. It *selects* entries by the
+//! include/exclude patterns of [`RestoreOptions`], reading the snapshot's
+//! trees breadth first (several in flight) and keeping of each entry only
+//! what restoring it needs, so a tree is dropped as soon as it has been
+//! read; it *prepares* the target — refusing, before anything is written, to
+//! replace existing files unless asked to, skipping files already identical
+//! (`delta`), creating directories, empty files of the right length,
+//! symlinks and hard links; it *fetches* data grouped by pack, each pack's
+//! needed blobs read with as few ranged reads as possible, several ranges in
+//! parallel under a memory budget, every blob verified (on a few dedicated
+//! writer threads) before its bytes are written at their offsets in every
+//! file that uses them; and it sets
+//! *directory metadata last*, deepest first, so creating entries does not
+//! disturb a directory's mtime and a read-only directory can still be
+//! filled. A file's own metadata is set when its last blob has been written;
+//! one `syncfs` of the target at the end makes the whole restore durable
+//! before it is reported done (or, with [`RestoreOptions::sync_each_file`],
+//! an fsync of each file as it completes and of each directory at the end).
+//!
+//! [`plan()`] answers, before any of that, what a restore will read: which
+//! packs, in which tier, how many bytes. It reads only trees and the index
+//! (never pack data, so never the cold tier) and writes nothing, which is
+//! what `restore --plan-only` prints for a repository with a cold tier.
+//!
+//! Memory stays flat whatever the snapshot's size: the plan holds a few
+//! dozen bytes per file and per blob in a handful of large buffers (no tree
+//! nodes, no allocation per entry), and the data path holds at most
+//! `fetch::MEMORY_BUDGET_KIB` of sealed bytes and plaintext.
+//!
+//! Problems with one file (a damaged blob, a permission error) are recorded
+//! in [`RestoreStats::errors`] and the others are restored anyway; a file
+//! whose data could not be written is removed rather than left at its real
+//! name with holes in it. An [`crate::Error`] means nothing sensible could
+//! be done at all — including a full target filesystem (an
+//! [`Error::Io`] whose source is of kind [`io::ErrorKind::StorageFull`](std::io::ErrorKind::StorageFull)),
+//! after which the files not finished are removed. Restoring into a
+//! database data directory is the connectors' business, not this module's.
+//!
+//! The steps live in one module each: `select` (patterns, the breadth-first
+//! tree walk, the compact plan), `prepare` (target scan, conflicts, `delta`,
+//! creating everything but file content, planning the blob writes), `fetch`
+//! (ranged reads through [`lifeboat_repo::PackReader`] and the writer
+//! threads), `metadata` (setting metadata, directories last, and the final
+//! sync) and `plan` (the [`RestorePlan`] of `--plan-only`). This file holds
+//! the options, the stats and the entry point that runs the steps in order.
+
+mod fetch;
+mod metadata;
+mod plan;
+mod prepare;
+mod select;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use lifeboat_repo::{Repository, Snapshot};
+use serde::Serialize;
+
+use crate::pathmatch::PathMatcher;
+use crate::progress::RestoreProgress;
+use crate::{Error, Result};
+
+pub use plan::{PlannedPack, RestorePlan, plan};
+
+/// What to restore and how.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Directory to restore into; snapshot path `/home/ann/x` lands at
+    /// `target/home/ann/x`. Created if missing.
+    pub target: PathBuf,
+    /// Restore only entries matching one of these (and everything below a
+    /// matching directory); empty means everything. Snapshot paths
+    /// (`/home/ann`) or globs: a pattern with `/` matches the full snapshot
+    /// path, one without matches entry names (`*.conf`).
+    pub include: Vec<String>,
+    /// Skip entries matching one of these (and everything below them); same
+    /// syntax as `include`, and exclusion wins.
+    pub exclude: Vec<String>,
+    /// Replace existing files, symlinks and non-directories in the way.
+    pub overwrite: bool,
+    /// Leave files whose content already matches the snapshot untouched
+    /// (only their metadata is set) and replace those that differ.
+    pub delta: bool,
+    /// Restore numeric owners (needs root, or the files' own uid).
+    pub owner: bool,
+    /// Make each file durable with fsync when its last byte is written, and
+    /// each directory at the end, instead of one `syncfs` of the target's
+    /// filesystem. `syncfs` also waits for every other writer's dirty data
+    /// on that filesystem, which a restore beside a busy database server
+    /// pays for; per-file fsyncs are slower for many small files. For a
+    /// few large files (a database's data directory), set this.
+    pub sync_each_file: bool,
+}
+
+/// The outcome of a restore.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RestoreStats {
+    /// Regular files written (hard links counted once, in `hardlinks` for
+    /// the extra names).
+    pub files_restored: u64,
+    /// Files left as they were because their content already matched.
+    pub files_skipped_identical: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// Extra names created for hard-linked files.
+    pub hardlinks: u64,
+    /// File bytes restored (including runs of zeros left as holes).
+    pub bytes_written: u64,
+    /// One `path: problem` line per entry that could not be fully restored.
+    pub errors: Vec<String>,
+    pub elapsed_ms: u64,
+}
+
+/// Restores `snapshot` into `options.target`. Returns an error before
+/// writing anything if a selected file already exists in the target and
+/// neither `overwrite` nor `delta` is set; per-entry problems go to
+/// [`RestoreStats::errors`] (and to `progress` as warnings). A full target
+/// filesystem stops the restore with an [`Error::Io`] of kind
+/// [`io::ErrorKind::StorageFull`](std::io::ErrorKind::StorageFull).
+pub async fn restore(
+    repo: &Arc<Repository>,
+    snapshot: &Snapshot,
+    options: &RestoreOptions,
+    progress: &dyn RestoreProgress,
+) -> Result<RestoreStats> {
+    let started = Instant::now();
+    let include = PathMatcher::new(&options.include)?;
+    let exclude = PathMatcher::new(&options.exclude)?;
+    let selection = select::select(
+        repo,
+        snapshot.record.tree,
+        &include,
+        &exclude,
+        &options.target,
+    )
+    .await?;
+    tracing::debug!("restore: selected in {:?}", started.elapsed());
+
+    let index = repo.index().await?;
+    let key = repo.key().clone();
+    let opts = options.clone();
+    let prepared = blocking(move || prepare::prepare(selection, &opts, &index, &key)).await??;
+    tracing::debug!(
+        "restore: {} files to write, created by {:?}",
+        prepared.files.len(),
+        started.elapsed()
+    );
+    let prepare::Prepared {
+        files,
+        writes,
+        packs,
+        links,
+        dir_paths,
+        names,
+        dirs,
+        planned_bytes,
+        mut stats,
+        mut problems,
+    } = prepared;
+    progress.planned(
+        files.len() as u64 + stats.files_restored,
+        planned_bytes + stats.bytes_written,
+    );
+    report(progress, &mut stats, &mut problems);
+    progress.restored(stats.files_restored, stats.bytes_written);
+
+    let exec = fetch::Exec {
+        files,
+        writes,
+        packs,
+        links,
+        dir_paths: dir_paths.clone(),
+        names,
+        owner: options.owner,
+        sync_each: options.sync_each_file,
+        abort: AtomicBool::new(false),
+    };
+    fetch::write_data(repo, exec, progress, &mut stats).await?;
+    tracing::debug!("restore: file data written by {:?}", started.elapsed());
+
+    let owner = options.owner;
+    let synced_dirs = options.sync_each_file.then(|| dir_paths.clone());
+    let (dir_count, mut dir_problems) =
+        blocking(move || metadata::finish_dirs(&dir_paths, &dirs, owner)).await?;
+    stats.dirs = dir_count;
+    report(progress, &mut stats, &mut dir_problems);
+    let target = options.target.clone();
+    blocking(move || match synced_dirs {
+        // Files were synced as they completed; the directories hold their
+        // names (and, on a journaling filesystem, their fsync commits the
+        // metadata of the empty and unchanged files too).
+        Some(dirs) => dirs
+            .iter()
+            .map(PathBuf::as_path)
+            .chain([target.as_path()])
+            .try_for_each(|d| File::open(d)?.sync_all()),
+        None => metadata::sync_target(&target),
+    })
+    .await?
+    .map_err(|e| Error::io(&options.target, e))?;
+    stats.elapsed_ms = started.elapsed().as_millis() as u64;
+    tracing::debug!(
+        "restore: directories finished and synced by {:?}",
+        started.elapsed()
+    );
+    Ok(stats)
+}
+
+/// A per-entry problem: the entry's target path and what went wrong.
+struct Problem {
+    path: PathBuf,
+    message: String,
+    /// False for best-effort parts (xattrs): reported, but the entry counts
+    /// as restored.
+    error: bool,
+}
+
+impl Problem {
+    fn error(path: &Path, message: String) -> Self {
+        Problem {
+            path: path.to_path_buf(),
+            message,
+            error: true,
+        }
+    }
+}
+
+/// Passes problems to `progress`; errors also go to the stats.
+fn report(progress: &dyn RestoreProgress, stats: &mut RestoreStats, problems: &mut Vec<Problem>) {
+    for p in problems.drain(..) {
+        progress.warning(&p.path, &p.message);
+        if p.error {
+            stats
+                .errors
+                .push(format!("{}: {}", p.path.display(), p.message));
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Repo(lifeboat_repo::Error::Task(e.to_string())))
+}

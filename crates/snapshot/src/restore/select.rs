@@ -1,0 +1,238 @@
+//! Selecting what a restore restores.
+//!
+//! Reads the snapshot's trees breadth first (several in flight), applies
+//! the include/exclude patterns of [`super::RestoreOptions`] (matching is
+//! [`PathMatcher`]'s, in `crate::find`; nothing here interprets a
+//! pattern), and keeps of each entry only what restoring it needs, in a
+//! compact [`Selection`]: a few dozen bytes per entry in a handful of
+//! large buffers, so a tree is dropped as soon as it has been read. It also
+//! pairs the names of hard-linked files. It does not look at the target
+//! (`prepare`) nor at pack data.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use lifeboat_repo::{Id, NodeKind, Repository};
+
+use super::metadata::Meta;
+use crate::pathmatch::PathMatcher;
+use crate::pathmatch::join;
+use crate::{Error, Result};
+
+/// Bytes in a shared buffer (names and link targets in
+/// [`Selection::names`], blob ids in [`Selection::content`]): one buffer
+/// instead of an allocation per entry keeps the plan small and lets the
+/// allocator give it back whole.
+#[derive(Clone, Copy)]
+pub(super) struct Span {
+    pub(super) start: u32,
+    pub(super) len: u32,
+}
+
+impl Span {
+    pub(super) fn of<T>(self, buf: &[T]) -> &[T] {
+        &buf[self.start as usize..][..self.len as usize]
+    }
+}
+
+/// Appends `items` to `buf` and returns where they are.
+pub(super) fn append<T: Clone>(buf: &mut Vec<T>, items: &[T]) -> Result<Span> {
+    let span = Span {
+        start: fits(buf.len())?,
+        len: fits(items.len())?,
+    };
+    fits(buf.len() + items.len())?;
+    buf.extend_from_slice(items);
+    Ok(span)
+}
+
+/// A count or position of the plan as a `u32`: the plan is kept compact,
+/// and no real snapshot comes near four billion entries, names or blobs.
+pub(super) fn fits(n: usize) -> Result<u32> {
+    u32::try_from(n).map_err(|_| {
+        Error::Invalid(
+            "the snapshot is too large to restore at once; restore it in parts with --include"
+                .into(),
+        )
+    })
+}
+
+/// A selected snapshot entry, with only what restoring it needs.
+pub(super) struct Item {
+    pub(super) meta: Meta,
+    pub(super) name: Span,
+    /// Number of the parent directory (an index into
+    /// [`Selection::dirs`]; 0 is the target itself).
+    pub(super) parent: u32,
+    pub(super) kind: ItemKind,
+    /// Selected itself, or a directory holding something selected (it is
+    /// then needed as a parent). Entries not kept are skipped.
+    pub(super) keep: bool,
+}
+
+pub(super) enum ItemKind {
+    /// The directory's own number.
+    Dir(u32),
+    File {
+        size: u64,
+        content: Span,
+        /// For another name of a hard-linked file: the item holding the
+        /// first selected name, which is restored and linked to.
+        link_to: Option<u32>,
+        /// Whether this is the first selected name of a hard-linked file.
+        linked: bool,
+    },
+    /// The link target.
+    Symlink(Span),
+}
+
+pub(super) struct Selection {
+    /// Breadth first: every directory before its contents.
+    pub(super) items: Vec<Item>,
+    /// Target path of every directory, by number; 0 is the target.
+    pub(super) dirs: Vec<PathBuf>,
+    pub(super) names: Vec<u8>,
+    pub(super) content: Vec<Id>,
+}
+
+impl Selection {
+    pub(super) fn path(&self, item: &Item) -> PathBuf {
+        self.dirs[item.parent as usize].join(OsStr::from_bytes(item.name.of(&self.names)))
+    }
+}
+
+/// A directory whose tree is still to be read.
+pub(super) struct Pending {
+    /// Its directory number.
+    pub(super) dir: u32,
+    /// Its snapshot path.
+    pub(super) path: Vec<u8>,
+    /// Whether it is selected (so everything below it is).
+    pub(super) included: bool,
+}
+
+/// Reads the snapshot's trees breadth first, up to `repo.concurrency()` in
+/// flight and in a fixed order, and turns each tree's nodes into [`Item`]s
+/// as it arrives, so no more than a few trees are held at once. Excluded
+/// directories are not read.
+pub(super) async fn select(
+    repo: &Repository,
+    root: Id,
+    include: &PathMatcher,
+    exclude: &PathMatcher,
+    target: &Path,
+) -> Result<Selection> {
+    let mut sel = Selection {
+        items: Vec::new(),
+        dirs: vec![target.to_path_buf()],
+        names: Vec::new(),
+        content: Vec::new(),
+    };
+    // Directory number -> its item (none for the target).
+    let mut dir_items: Vec<u32> = vec![u32::MAX];
+    // Files with more than one link, by device and inode at backup time:
+    // files sharing both were one file. The first selected name is
+    // restored, the others link to it.
+    let mut first_names: HashMap<(u64, u64), u32> = HashMap::new();
+    let first = Pending {
+        dir: 0,
+        path: Vec::new(),
+        included: include.is_empty(),
+    };
+    let mut queue = VecDeque::from([(first, root)]);
+    let mut reading = FuturesOrdered::new();
+    loop {
+        while reading.len() < repo.concurrency()
+            && let Some((pending, id)) = queue.pop_front()
+        {
+            reading.push_back(async move { (pending, repo.read_tree(&id).await) });
+        }
+        let Some((pending, tree)) = reading.next().await else {
+            break;
+        };
+        for node in tree?.nodes {
+            let child = join(&pending.path, &node.name);
+            if exclude.is_match(&child) {
+                continue;
+            }
+            let included = pending.included || include.is_match(&child);
+            let i = fits(sel.items.len())?;
+            let kind = match node.kind {
+                NodeKind::Dir => {
+                    let d = fits(sel.dirs.len())?;
+                    let path = sel.dirs[pending.dir as usize].join(OsStr::from_bytes(&node.name));
+                    sel.dirs.push(path);
+                    dir_items.push(i);
+                    if let Some(sub) = node.subtree {
+                        let below = Pending {
+                            dir: d,
+                            path: child,
+                            included,
+                        };
+                        queue.push_back((below, sub));
+                    }
+                    ItemKind::Dir(d)
+                }
+                _ if !included => continue,
+                NodeKind::File => {
+                    let (link_to, linked) = if node.links > 1 {
+                        match first_names.entry((node.dev, node.inode)) {
+                            Entry::Occupied(e) => (Some(*e.get()), false),
+                            Entry::Vacant(e) => {
+                                e.insert(i);
+                                (None, true)
+                            }
+                        }
+                    } else {
+                        (None, false)
+                    };
+                    ItemKind::File {
+                        size: node.size,
+                        content: append(&mut sel.content, &node.content)?,
+                        link_to,
+                        linked,
+                    }
+                }
+                NodeKind::Symlink => {
+                    let target = node.link_target.as_deref().unwrap_or_default();
+                    ItemKind::Symlink(append(&mut sel.names, target)?)
+                }
+            };
+            let xattrs = (!node.xattrs.is_empty()).then(|| Box::new(node.xattrs));
+            sel.items.push(Item {
+                meta: Meta {
+                    mode: node.mode,
+                    uid: node.uid,
+                    gid: node.gid,
+                    mtime_nanos: node.mtime.nanos,
+                    mtime_secs: node.mtime.secs,
+                    xattrs,
+                },
+                name: append(&mut sel.names, &node.name)?,
+                parent: pending.dir,
+                kind,
+                keep: false,
+            });
+            if included {
+                keep(&mut sel.items, &dir_items, i as usize);
+            }
+        }
+    }
+    Ok(sel)
+}
+
+/// Keeps item `i` and every directory above it.
+pub(super) fn keep(items: &mut [Item], dir_items: &[u32], mut i: usize) {
+    while !items[i].keep {
+        items[i].keep = true;
+        match items[i].parent {
+            0 => break,
+            d => i = dir_items[d as usize] as usize,
+        }
+    }
+}

@@ -6,7 +6,14 @@
 //!   [`services::SshServer`] on a private sshd), started in temp dirs and
 //!   killed on drop, plus [`services::require_or_skip`] for missing binaries.
 //! - [`postgres`]: throwaway PostgreSQL clusters ([`postgres::PgCluster`]).
+//! - [`cmd::run_ok`]: run a command that must succeed, for binary tests.
 //! - [`data`]: reproducible pseudo-random test data.
+//! - [`fs`]: directory-tree fixtures (write, read back, compare, where a
+//!   restore puts a path).
+//! - [`repo`] (feature `repo`): test repositories (fast KDF, small packs)
+//!   and the read-everything check.
+//! - [`tmpfs::Tmpfs`]: a small filesystem to fill up, for full-disk tests.
+//! - [`wait`]: waiting on a condition with a deadline instead of sleeping.
 //! - [`faulty::FaultyStorage`]: injects errors (scheduled or at a seeded
 //!   rate), latency, short reads, hangs and lagging listings.
 //! - [`crash::CrashStorage`]: models a power cut in the middle of an
@@ -17,14 +24,20 @@
 //!   operation touched).
 //! - [`MemoryStorage`], re-exported so API tests need only this crate.
 
+pub mod cmd;
 pub mod conformance;
 mod counting;
 pub mod crash;
 pub mod data;
 pub mod faulty;
+pub mod fs;
 pub mod postgres;
+#[cfg(feature = "repo")]
+pub mod repo;
 pub mod services;
 pub mod sim;
+pub mod tmpfs;
+pub mod wait;
 
 pub use counting::{CountingStorage, Counts};
 pub use lifeboat_storage::MemoryStorage;

@@ -4,20 +4,15 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use common::assert_restores;
 use lifeboat_repo::{
     COPIED_FROM, CopyOptions, CopyStats, InitOptions, Repository, Snapshot, copied_from, copy,
 };
 use lifeboat_snapshot::backup::{BackupOptions, backup};
 use lifeboat_snapshot::progress::NoProgress;
-use lifeboat_storage::{
-    Capabilities, DynStorage, Error as StorageError, ErrorKind, Kind, MemoryStorage, ObjectInfo,
-    ObjectKey, Storage,
-};
+use lifeboat_storage::{DynStorage, ErrorKind, Kind, MemoryStorage};
+use lifeboat_testkit::FillingUp;
 use lifeboat_testkit::data::pseudo_random;
 use lifeboat_testkit::repo::{assert_check_ok, init_options, small_chunks};
 
@@ -191,55 +186,6 @@ async fn copying_back_does_not_duplicate() {
     assert_eq!(a.snapshots().await.unwrap().len(), 1);
 }
 
-/// Memory storage whose pack uploads fail after a budget is spent, like a
-/// disk filling up or a connection dropping in the middle of a copy.
-#[derive(Debug)]
-struct FailingPacks {
-    inner: MemoryStorage,
-    packs_left: AtomicUsize,
-}
-
-#[async_trait]
-impl Storage for FailingPacks {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn put(&self, key: &ObjectKey, data: Bytes) -> lifeboat_storage::Result<()> {
-        if key.kind() == Kind::Packs
-            && self
-                .packs_left
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_err()
-        {
-            return Err(StorageError::new(ErrorKind::StorageFull, "test: disk full"));
-        }
-        self.inner.put(key, data).await
-    }
-    async fn get(&self, key: &ObjectKey) -> lifeboat_storage::Result<Bytes> {
-        self.inner.get(key).await
-    }
-    async fn get_range(
-        &self,
-        key: &ObjectKey,
-        offset: u64,
-        len: u64,
-    ) -> lifeboat_storage::Result<Bytes> {
-        self.inner.get_range(key, offset, len).await
-    }
-    async fn stat(&self, key: &ObjectKey) -> lifeboat_storage::Result<Option<u64>> {
-        self.inner.stat(key).await
-    }
-    async fn list(&self, kind: Kind) -> lifeboat_storage::Result<Vec<ObjectInfo>> {
-        self.inner.list(kind).await
-    }
-    async fn delete(&self, key: &ObjectKey) -> lifeboat_storage::Result<()> {
-        self.inner.delete(key).await
-    }
-}
-
 #[tokio::test]
 async fn interrupted_copy_resumes_and_everything_restores() {
     let src = tempfile::tempdir().unwrap();
@@ -267,11 +213,12 @@ async fn interrupted_copy_resumes_and_everything_restores() {
 
     let mem_b = MemoryStorage::new();
     new_repo(Arc::new(mem_b.clone()), b"pw-b", 22).await;
-    let failing: DynStorage = Arc::new(FailingPacks {
-        inner: mem_b.clone(),
-        // The first snapshot completes; the second fails on its second pack.
-        packs_left: AtomicUsize::new(first_packs + 1),
-    });
+    // The first snapshot completes; the second fails on its second pack.
+    let failing: DynStorage = Arc::new(FillingUp::new(
+        Arc::new(mem_b.clone()),
+        Kind::Packs,
+        first_packs as u64 + 1,
+    ));
     let b = reopen(failing, b"pw-b").await;
     let err = copy(&a, &b, &CopyOptions::default(), &())
         .await

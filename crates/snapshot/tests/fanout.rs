@@ -4,68 +4,17 @@
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use lifeboat_repo::{BackupMode, ChunkerParams, InitOptions, Repository};
 use lifeboat_snapshot::backup::{BackupOptions, StdinOptions, backup_many, backup_stream_many};
 use lifeboat_snapshot::dump::dump;
 use lifeboat_snapshot::progress::NoProgress;
-use lifeboat_storage::{
-    Capabilities, DynStorage, Error as StorageError, ErrorKind, Kind, MemoryStorage, ObjectInfo,
-    ObjectKey, Storage,
-};
+use lifeboat_storage::{DynStorage, Kind, MemoryStorage};
+use lifeboat_testkit::FillingUp;
 use lifeboat_testkit::data::pseudo_random;
 use lifeboat_testkit::repo::{init_on, init_options};
 
 mod common;
-
-/// Storage that answers "disk full" to every pack upload once `full` is set.
-#[derive(Debug)]
-struct FillingUp {
-    inner: MemoryStorage,
-    full: Arc<AtomicBool>,
-}
-
-#[async_trait]
-impl Storage for FillingUp {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn put(&self, key: &ObjectKey, data: Bytes) -> lifeboat_storage::Result<()> {
-        if key.kind() == Kind::Packs && self.full.load(Ordering::SeqCst) {
-            return Err(StorageError::new(
-                ErrorKind::StorageFull,
-                "no space left on device",
-            ));
-        }
-        self.inner.put(key, data).await
-    }
-    async fn get(&self, key: &ObjectKey) -> lifeboat_storage::Result<Bytes> {
-        self.inner.get(key).await
-    }
-    async fn get_range(
-        &self,
-        key: &ObjectKey,
-        offset: u64,
-        len: u64,
-    ) -> lifeboat_storage::Result<Bytes> {
-        self.inner.get_range(key, offset, len).await
-    }
-    async fn stat(&self, key: &ObjectKey) -> lifeboat_storage::Result<Option<u64>> {
-        self.inner.stat(key).await
-    }
-    async fn list(&self, kind: Kind) -> lifeboat_storage::Result<Vec<ObjectInfo>> {
-        self.inner.list(kind).await
-    }
-    async fn delete(&self, key: &ObjectKey) -> lifeboat_storage::Result<()> {
-        self.inner.delete(key).await
-    }
-}
 
 /// Small packs (1 MiB, from [`init_options`]), so a backup uploads packs
 /// while it runs.
@@ -212,15 +161,11 @@ async fn each_repository_compares_with_its_own_parent() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_repository_fails_alone_and_the_others_get_their_snapshot() {
     let good = memory_repo(None).await;
-    let full = Arc::new(AtomicBool::new(false));
-    let bad_storage = FillingUp {
-        inner: MemoryStorage::new(),
-        full: full.clone(),
-    };
-    let bad = repo_on(Arc::new(bad_storage), None).await;
+    let bad_storage = FillingUp::with_room(Arc::new(MemoryStorage::new()), Kind::Packs);
+    let bad = repo_on(Arc::new(bad_storage.clone()), None).await;
     let other = memory_repo(None).await;
     let src = source();
-    full.store(true, Ordering::SeqCst);
+    bad_storage.fill();
     let results = backup_many(
         vec![good.clone(), bad.clone(), other.clone()],
         &opts(src.path()),
@@ -246,19 +191,10 @@ async fn a_full_repository_fails_alone_and_the_others_get_their_snapshot() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn when_every_repository_fails_each_reports_its_error() {
-    let full = Arc::new(AtomicBool::new(true));
     let mut repos = Vec::new();
     for _ in 0..2 {
-        repos.push(
-            repo_on(
-                Arc::new(FillingUp {
-                    inner: MemoryStorage::new(),
-                    full: full.clone(),
-                }),
-                None,
-            )
-            .await,
-        );
+        let full = FillingUp::new(Arc::new(MemoryStorage::new()), Kind::Packs, 0);
+        repos.push(repo_on(Arc::new(full), None).await);
     }
     let src = source();
     let results = backup_many(repos.clone(), &opts(src.path()), Arc::new(NoProgress))

@@ -20,6 +20,8 @@
 //!   operation, per the storage contract's durability promises.
 //! - [`sim::Scheduler`]: runs several actors' storage calls one at a time
 //!   in a seeded order, to explore interleavings deterministically.
+//! - [`FillingUp`]: a disk that fills up: puts of one object kind fail
+//!   with "storage full" once a budget is spent.
 //! - [`CountingStorage`]: counts the calls made to a storage (which tier an
 //!   operation touched).
 //! - [`MemoryStorage`], re-exported so API tests need only this crate.
@@ -30,6 +32,7 @@ mod counting;
 pub mod crash;
 pub mod data;
 pub mod faulty;
+mod filling;
 pub mod fs;
 pub mod postgres;
 #[cfg(feature = "repo")]
@@ -40,4 +43,5 @@ pub mod tmpfs;
 pub mod wait;
 
 pub use counting::{CountingStorage, Counts};
+pub use filling::FillingUp;
 pub use lifeboat_storage::MemoryStorage;

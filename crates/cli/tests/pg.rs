@@ -340,9 +340,9 @@ fn files_backup_taken_during_heavy_writes_restores_exactly_the_committed_data() 
     let wal_position = || lsn(&pg.psql("postgres", "SELECT pg_current_wal_lsn()"));
     let (b, marks) = std::thread::scope(|scope| {
         let writer = scope.spawn(|| {
-            // The WAL position between rounds: round i commits after
-            // marks[i] and (it returns after its commit is flushed) at or
-            // before marks[i + 1].
+            // The WAL position before the first round and after each: round
+            // i writes after marks[i] and (it returns once its commit is
+            // flushed) at or before marks[i + 1].
             let mut marks = vec![wal_position()];
             let mut rounds = 0u32;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) || rounds < 3 {
@@ -370,16 +370,20 @@ fn files_backup_taken_during_heavy_writes_restores_exactly_the_committed_data() 
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         (b, writer.join().expect("writer"))
     });
-    // The writer ran during the backup: some round began after the backup
-    // started and committed before it stopped.
+    // The writer ran during the backup: it had written WAL before the
+    // backup's start LSN and was still writing after its stop LSN, and it
+    // loops without pauses, so the data directory changed throughout the
+    // walk. (A backup can be shorter than one round, so no round need
+    // fall wholly inside it.)
     let (start, stop) = (
         lsn(b["postgresql"]["start_lsn"].as_str().unwrap()),
         lsn(b["postgresql"]["stop_lsn"].as_str().unwrap()),
     );
+    let (first, last) = (marks[0], *marks.last().unwrap());
     assert!(
-        marks.windows(2).any(|w| start <= w[0] && w[1] <= stop),
-        "no writer round committed between the backup's start {start:#x} and stop {stop:#x} \
-         (WAL positions between rounds: {marks:x?})"
+        first < start && stop < last,
+        "the writer did not span the backup: it wrote WAL from {first:#x} to {last:#x}, \
+         the backup ran from {start:#x} to {stop:#x} (positions between rounds: {marks:x?})"
     );
     assert_eq!(b["snapshot"].as_str().map(str::len), Some(64));
     let expect = pg.psql(

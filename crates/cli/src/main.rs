@@ -25,11 +25,14 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Threads for blocking work (file I/O, decryption, local storage calls).
-/// Bounded because glibc gives each thread its own heap arena and keeps
-/// freed buffers in it, so more threads than useful work cost resident
-/// memory. Backups run their readers on their own scoped threads, so this
-/// does not limit backup parallelism.
+/// Threads for blocking work (file I/O, decryption, local storage calls):
+/// at most this many such jobs run at once, the rest queue. The bound was
+/// set when the binary used glibc malloc, whose per-thread arenas kept the
+/// buffers freed on each thread, so every extra thread cost resident
+/// memory; jemalloc (above) has since taken most of that cost away, and
+/// the bound is kept (the benchmarks in docs/performance.md ran with it).
+/// Backups run their file readers (and stream backups their chunk workers)
+/// on their own scoped threads, so this does not limit backup parallelism.
 const MAX_BLOCKING_THREADS: usize = 8;
 
 fn main() {

@@ -1,188 +1,30 @@
 //! `lifeboat pg ...`: PostgreSQL base backups, WAL archive, point-in-time
 //! restore, standby, checks, WAL retention and logical dumps. The work is in
-//! `lifeboat_connectors::postgres`; this module parses, calls and renders.
+//! `lifeboat_connectors::postgres`; this module calls it and renders the
+//! results. Its clap types are in `crate::args` with the other commands'.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand, ValueEnum};
 use lifeboat_connectors::postgres::{
     base, check, conn::ConnOptions, conn::system_identifier_of, dump, pitr, retention, wal,
 };
 use lifeboat_repo::BackupMode;
 
-use crate::args::{Global, ModeArg};
+use crate::args::{ActionArg, DbArg, Global, MethodArg, ModeArg, PgArgs, PgCommand, PgRestoreArgs};
 use crate::exit::{self, cli_error};
 use crate::output::{bytes, duration_ms, outln};
 use crate::session;
 
-#[derive(Debug, Args)]
-pub struct PgArgs {
-    #[command(subcommand)]
-    pub command: PgCommand,
-}
-
-#[derive(Debug, Args)]
-pub struct DbArg {
-    /// Connection URL (postgresql://user@host:port/db); default: the PG*
-    /// environment variables.
-    #[arg(long = "db", env = "LIFEBOAT_PG_URL")]
-    pub url: Option<String>,
-}
-
 impl DbArg {
+    /// The connector's connection options for this `--db`.
     fn conn(&self) -> ConnOptions {
         ConnOptions {
             url: self.url.clone(),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum MethodArg {
-    /// files when the server's data directory is on this machine and
-    /// readable and archiving is on; stream otherwise.
-    Auto,
-    /// Read the data directory directly, in parallel, between
-    /// pg_backup_start and pg_backup_stop.
-    Files,
-    /// pg_basebackup's tar stream (works against a remote server).
-    Stream,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ActionArg {
-    Promote,
-    Pause,
-    Shutdown,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum PgCommand {
-    /// Take a physical base backup into a snapshot.
-    Backup {
-        #[command(flatten)]
-        db: DbArg,
-        /// full, incremental or differential (recorded; the repository
-        /// stores only chunks it does not have in every mode).
-        #[arg(long, value_enum, default_value_t = ModeArg::Incremental)]
-        mode: ModeArg,
-        #[arg(long = "tag")]
-        tags: Vec<String>,
-        #[arg(long)]
-        host: Option<String>,
-        #[arg(long, value_parser = clap::value_parser!(i32).range(0..=22))]
-        compression: Option<i32>,
-        /// Wait for a spread checkpoint instead of an immediate one.
-        #[arg(long)]
-        spread_checkpoint: bool,
-        /// How to read the cluster.
-        #[arg(long, value_enum, default_value_t = MethodArg::Auto)]
-        method: MethodArg,
-    },
-    /// archive_command: store a WAL file (and other ready ones) in the repository.
-    WalPush {
-        /// PostgreSQL's %p.
-        path: PathBuf,
-        /// Most WAL files pushed per invocation (the ready ones after %p).
-        #[arg(long, default_value_t = 32)]
-        batch: usize,
-        /// WAL files compressed and uploaded at once.
-        #[arg(long, default_value_t = 4)]
-        parallel: usize,
-    },
-    /// restore_command: fetch a WAL file from the repository.
-    WalFetch {
-        /// PostgreSQL's %f.
-        file: String,
-        /// PostgreSQL's %p.
-        path: PathBuf,
-        /// Segments fetched ahead into pg_wal/lifeboat/fetched.
-        #[arg(long, default_value_t = 8)]
-        read_ahead: usize,
-    },
-    /// Restore a base backup and set up recovery to a point in time (or a standby).
-    Restore(PgRestoreArgs),
-    /// Check archiving settings, archiver health, WAL continuity and the PITR window.
-    Check {
-        #[command(flatten)]
-        db: DbArg,
-    },
-    /// Delete archived WAL that no base backup in the repository needs.
-    ExpireWal {
-        /// Show what would be deleted.
-        #[arg(long, short = 'n')]
-        dry_run: bool,
-    },
-    /// Logical dump (pg_dump, custom format, uncompressed so it deduplicates).
-    Dump {
-        #[command(flatten)]
-        db: DbArg,
-        #[arg(long, value_enum, default_value_t = ModeArg::Incremental)]
-        mode: ModeArg,
-        #[arg(long = "tag")]
-        tags: Vec<String>,
-        #[arg(long)]
-        host: Option<String>,
-    },
-    /// Restore a logical dump into a database with pg_restore.
-    RestoreDump {
-        /// Dump snapshot id, prefix or `latest`.
-        snapshot: String,
-        #[command(flatten)]
-        db: DbArg,
-        /// Drop objects before recreating them.
-        #[arg(long)]
-        clean: bool,
-        /// Do not restore object ownership.
-        #[arg(long)]
-        no_owner: bool,
-    },
-}
-
-#[derive(Debug, Args)]
-pub struct PgRestoreArgs {
-    /// New (or empty) data directory.
-    #[arg(long)]
-    pub to: PathBuf,
-    /// Recover to this time (RFC 3339, e.g. 2026-01-31T12:00:00Z).
-    #[arg(long, group = "target")]
-    pub target_time: Option<String>,
-    /// Recover to this LSN (e.g. 0/3000060).
-    #[arg(long, group = "target")]
-    pub target_lsn: Option<String>,
-    /// Recover to this restore point (pg_create_restore_point).
-    #[arg(long, group = "target")]
-    pub target_name: Option<String>,
-    /// Recover to this transaction id.
-    #[arg(long, group = "target")]
-    pub target_xid: Option<String>,
-    /// What the server does at the target.
-    #[arg(long, value_enum, default_value_t = ActionArg::Promote)]
-    pub target_action: ActionArg,
-    /// Stop just before the target instead of just after it.
-    #[arg(long)]
-    pub exclusive: bool,
-    /// A warm standby that keeps replaying WAL from the repository.
-    #[arg(long, conflicts_with = "target")]
-    pub standby: bool,
-    /// Use this base backup instead of the newest before the target.
-    #[arg(long)]
-    pub snapshot: Option<String>,
-    /// The cluster, when the repository holds base backups of several.
-    #[arg(long)]
-    pub system_id: Option<u64>,
-    /// Extra setting for postgresql.auto.conf, e.g. --set port=5433 (repeatable).
-    #[arg(long = "set", value_name = "NAME=VALUE")]
-    pub settings: Vec<String>,
-    /// Start the server (pg_ctl) and wait until recovery has finished.
-    #[arg(long)]
-    pub start: bool,
-    /// Read-ahead of the restore_command written (segments).
-    #[arg(long, default_value_t = 8)]
-    pub read_ahead: usize,
 }
 
 /// Maps connector errors to the CLI's exit codes.

@@ -8,9 +8,9 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::Command as StdCommand;
 
 use common::*;
+use lifeboat_testkit::tmpfs::Tmpfs;
 use serde_json::Value;
 
 /// Exit codes documented in crates/cli/src/exit.rs (and the README).
@@ -446,62 +446,6 @@ fn removing_an_unknown_key_exits_16() {
 
 // ---------------------------------------------------------------- full disk
 
-/// A small tmpfs mounted for one test, unmounted on drop.
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` (e.g. "4m") at `dir`; `None` (with a skip
-    /// message) where mounting is not permitted, except under CI, which
-    /// must run these tests.
-    fn mount(dir: &Path, size: &str, test: &str) -> Option<Tmpfs> {
-        fs::create_dir_all(dir).unwrap();
-        let is_root = nix::unistd::geteuid().is_root();
-        let result = if is_root {
-            StdCommand::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(dir)
-                .output()
-                .map_err(|e| e.to_string())
-                .and_then(|o| {
-                    if o.status.success() {
-                        Ok(())
-                    } else {
-                        Err(stderr(&o))
-                    }
-                })
-        } else {
-            Err("not running as root".to_string())
-        };
-        match result {
-            Ok(()) => Some(Tmpfs {
-                dir: dir.to_path_buf(),
-            }),
-            Err(why) => {
-                if std::env::var_os("CI").is_some() {
-                    panic!("{test}: cannot mount a tmpfs ({why}), and CI must run this test");
-                }
-                eprintln!("SKIP {test}: cannot mount a tmpfs: {why}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = StdCommand::new("umount")
-            .arg(&self.dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            // Something still has it open; detach so the temp dir can go.
-            let _ = StdCommand::new("umount").arg("-l").arg(&self.dir).status();
-        }
-    }
-}
-
 #[test]
 fn full_repository_disk_exits_13_and_keeps_earlier_snapshots() {
     let mut lb = Lifeboat::new();
@@ -509,7 +453,7 @@ fn full_repository_disk_exits_13_and_keeps_earlier_snapshots() {
         return;
     };
     // Declared after `lb`, so a failing test unmounts before the temp dir goes.
-    lb.repo = mnt.dir.join("repo");
+    lb.repo = mnt.path().join("repo");
     lb.ok(["init"]);
     let small = make_source(&lb, "small");
     let first = lb.backup(&[&small], &[]);
@@ -550,7 +494,7 @@ fn full_restore_target_exits_13() {
     let out = lb
         .cmd()
         .args(["restore", "latest", "--target"])
-        .arg(&mnt.dir)
+        .arg(mnt.path())
         .output()
         .unwrap();
     let err = assert_fails(&out, code::STORAGE_FULL, "restore onto a full disk");

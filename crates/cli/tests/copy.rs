@@ -8,6 +8,9 @@ use std::sync::Arc;
 
 use lifeboat_repo::{BlobType, Repository};
 use lifeboat_storage::{Location, open_location};
+use lifeboat_testkit::cmd::run_ok;
+use lifeboat_testkit::data::pseudo_random;
+use lifeboat_testkit::fs::{assert_same_tree, restored};
 use lifeboat_testkit::services::S3Server;
 
 const PW_A: &str = "source password";
@@ -37,31 +40,8 @@ fn on_source(repo: &Path) -> Command {
     cmd
 }
 
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("lifeboat runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn json(cmd: &mut Command) -> serde_json::Value {
     serde_json::from_str(&run_ok(cmd.arg("--json"))).unwrap()
-}
-
-fn pseudo_random(len: usize, mut x: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn make_source(dir: &Path) {
@@ -72,38 +52,6 @@ fn make_source(dir: &Path) {
     std::os::unix::fs::symlink("hello.txt", dir.join("link")).unwrap();
 }
 
-fn assert_same_tree(a: &Path, b: &Path) {
-    let mut names: Vec<_> = std::fs::read_dir(a)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    names.sort();
-    let mut other: Vec<_> = std::fs::read_dir(b)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    other.sort();
-    assert_eq!(names, other, "entries of {}", b.display());
-    for n in names {
-        let (pa, pb) = (a.join(&n), b.join(&n));
-        let m = std::fs::symlink_metadata(&pa).unwrap();
-        if m.file_type().is_symlink() {
-            assert_eq!(
-                std::fs::read_link(&pa).unwrap(),
-                std::fs::read_link(&pb).unwrap()
-            );
-        } else if m.is_dir() {
-            assert_same_tree(&pa, &pb);
-        } else {
-            assert!(
-                std::fs::read(&pa).unwrap() == std::fs::read(&pb).unwrap(),
-                "{} differs",
-                pb.display()
-            );
-        }
-    }
-}
-
 /// Restores `latest` from the target and compares it with `src`.
 fn assert_latest_restores(target_repo: &str, env: &[(&'static str, String)], src: &Path) {
     let out = tempfile::tempdir().unwrap();
@@ -112,7 +60,7 @@ fn assert_latest_restores(target_repo: &str, env: &[(&'static str, String)], src
             .args(["-r", target_repo, "restore", "latest", "--target"])
             .arg(out.path()),
     );
-    assert_same_tree(src, &out.path().join(src.strip_prefix("/").unwrap()));
+    assert_same_tree(src, &restored(out.path(), src));
 }
 
 /// Sorted plaintext sizes of a repository's data blobs.

@@ -407,6 +407,12 @@ fn kill_9_during_backup_never_damages_the_repository() {
             &format!("{context}, backup after the kill"),
         );
     }
+    // Otherwise every backup finished before its kill and the test proved
+    // nothing about crashes.
+    assert!(
+        trials == 0 || killed > 0,
+        "no trial killed a running backup (seed {seed}): all {finished} finished first"
+    );
     // Last, every blob of every snapshot: downloaded, decrypted, verified.
     let out = lifeboat(&repo)
         .args(["check", "--read-data"])

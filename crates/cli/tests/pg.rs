@@ -7,15 +7,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lifeboat_testkit::postgres::{
     PgCluster, PgOptions, as_postgres, chown_postgres, free_port, pg_tempdir,
 };
+use lifeboat_testkit::wait::wait_until;
 use tempfile::TempDir;
 
 const PASSWORD: &str = "pg test password";
 const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Far beyond the microseconds the server clock needs to move on.
+const CLOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A repository and password file owned by `postgres`, plus room for
 /// restored data directories.
@@ -177,15 +180,44 @@ fn base_backup_by(
     v
 }
 
-/// Remembers the server's time T (with a margin on both sides), then runs
-/// `damage` and waits until the WAL holding it is archived; returns T.
-fn time_before_damage(pg: &PgCluster, damage: &str) -> String {
-    std::thread::sleep(Duration::from_millis(300));
+/// A server time T strictly after every commit so far and strictly before
+/// every later one: waits until the server's clock (at its microsecond
+/// resolution) has moved past the time the last commit returned, reads T,
+/// and waits until the clock has moved past T. Comparing the server's own
+/// readings keeps this true whatever the client's clock says.
+fn time_between_commits(pg: &PgCluster) -> String {
+    let after_commits = pg.now_utc();
+    // The fixed-width timestamps order as strings.
+    wait_until(
+        CLOCK_TIMEOUT,
+        "the server clock passes the last commit",
+        || pg.now_utc() > after_commits,
+    );
     let t = pg.now_utc();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(CLOCK_TIMEOUT, "the server clock passes T", || {
+        pg.now_utc() > t
+    });
+    t
+}
+
+/// Remembers a server time T between the commits so far and `damage`
+/// ([`time_between_commits`]), then runs `damage` and waits until the WAL
+/// holding it is archived; returns T.
+fn time_before_damage(pg: &PgCluster, damage: &str) -> String {
+    let t = time_between_commits(pg);
     pg.psql("postgres", damage);
     pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
     t
+}
+
+/// A PostgreSQL LSN (`16/B374D848`) as a number.
+fn lsn(text: &str) -> u64 {
+    let (hi, lo) = text
+        .split_once('/')
+        .unwrap_or_else(|| panic!("not an LSN: {text:?}"));
+    let part =
+        |p: &str| u64::from_str_radix(p, 16).unwrap_or_else(|_| panic!("not an LSN: {text:?}"));
+    (part(hi) << 32) | part(lo)
 }
 
 macro_rules! primary_or_skip {
@@ -218,9 +250,7 @@ fn bad_migration_is_undone_by_restoring_to_the_time_before_it() {
         "postgres",
         "INSERT INTO accounts SELECT g, 200 FROM generate_series(1001, 1100) g",
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let t = pg.now_utc();
-    std::thread::sleep(Duration::from_millis(300));
+    let t = time_between_commits(&pg);
     // The bad migration: 40% of the rows corrupted.
     pg.psql(
         "postgres",
@@ -306,8 +336,14 @@ fn files_backup_taken_during_heavy_writes_restores_exactly_the_committed_data() 
          INSERT INTO ledger SELECT g, 0 FROM generate_series(1, 50000) g",
     );
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let (b, rounds) = std::thread::scope(|scope| {
+    let rounds_done = std::sync::atomic::AtomicU32::new(0);
+    let wal_position = || lsn(&pg.psql("postgres", "SELECT pg_current_wal_lsn()"));
+    let (b, marks) = std::thread::scope(|scope| {
         let writer = scope.spawn(|| {
+            // The WAL position before the first round and after each: round
+            // i writes after marks[i] and (it returns once its commit is
+            // flushed) at or before marks[i + 1].
+            let mut marks = vec![wal_position()];
             let mut rounds = 0u32;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) || rounds < 3 {
                 pg.psql(
@@ -321,16 +357,34 @@ fn files_backup_taken_during_heavy_writes_restores_exactly_the_committed_data() 
                         m = rounds % 7
                     ),
                 );
+                marks.push(wal_position());
                 rounds += 1;
+                rounds_done.store(rounds, std::sync::atomic::Ordering::SeqCst);
             }
-            rounds
+            marks
         });
-        std::thread::sleep(Duration::from_millis(300));
+        wait_until(ARCHIVE_TIMEOUT, "the writer has finished a round", || {
+            rounds_done.load(std::sync::atomic::Ordering::SeqCst) > 0
+        });
         let b = base_backup(&env, &pg, "full");
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         (b, writer.join().expect("writer"))
     });
-    assert!(rounds >= 3, "the writer ran during the backup");
+    // The writer ran during the backup: it had written WAL before the
+    // backup's start LSN and was still writing after its stop LSN, and it
+    // loops without pauses, so the data directory changed throughout the
+    // walk. (A backup can be shorter than one round, so no round need
+    // fall wholly inside it.)
+    let (start, stop) = (
+        lsn(b["postgresql"]["start_lsn"].as_str().unwrap()),
+        lsn(b["postgresql"]["stop_lsn"].as_str().unwrap()),
+    );
+    let (first, last) = (marks[0], *marks.last().unwrap());
+    assert!(
+        first < start && stop < last,
+        "the writer did not span the backup: it wrote WAL from {first:#x} to {last:#x}, \
+         the backup ran from {start:#x} to {stop:#x} (positions between rounds: {marks:x?})"
+    );
     assert_eq!(b["snapshot"].as_str().map(str::len), Some(64));
     let expect = pg.psql(
         "postgres",
@@ -747,21 +801,16 @@ fn standby_follows_archived_wal_and_serves_the_latest_data_when_promoted() {
     let (standby, out) = env.restore_and_start("sb", &["--standby"]);
     assert!(out.contains("standby running"), "{out}");
     let wait_count = |want: &str| {
-        let started = Instant::now();
-        loop {
-            if standby
-                .try_psql("postgres", "SELECT count(*) FROM events")
-                .as_deref()
-                == Some(want)
-            {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(90),
-                "standby did not reach {want} rows"
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        wait_until(
+            Duration::from_secs(90),
+            &format!("the standby has {want} rows"),
+            || {
+                standby
+                    .try_psql("postgres", "SELECT count(*) FROM events")
+                    .as_deref()
+                    == Some(want)
+            },
+        );
     };
     wait_count("100");
     assert_eq!(standby.psql("postgres", "SELECT pg_is_in_recovery()"), "t");

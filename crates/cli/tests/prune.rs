@@ -173,16 +173,22 @@ fn backups_and_prunes_running_concurrently_lose_nothing() {
     let locked_prunes = AtomicUsize::new(0);
     let prunes_done = AtomicUsize::new(0);
     let done = AtomicBool::new(false);
+    // When each backup (with its retries) and each prune run, to show that
+    // they interleaved rather than ran one after the other.
+    let backup_runs = Mutex::new(Vec::<(Instant, Instant)>::new());
+    let prune_runs = Mutex::new(Vec::<(Instant, Instant)>::new());
     std::thread::scope(|s| {
         let mut backups = Vec::new();
         for t in 0..2u64 {
-            let (lb, expected, locked) = (&lb, &expected, &locked_backups);
+            let (lb, expected, locked, runs) = (&lb, &expected, &locked_backups, &backup_runs);
             backups.push(s.spawn(move || {
                 let mut rng = StdRng::seed_from_u64(100 + t);
                 let src = lb.path(&format!("src{t}"));
                 for _ in 0..6 {
                     change(&src, &mut rng, 3);
+                    let started = Instant::now();
                     backup(lb, &src, expected, locked);
+                    runs.lock().unwrap().push((started, Instant::now()));
                     std::thread::sleep(Duration::from_millis(rng.random_range(0..150)));
                 }
             }));
@@ -190,7 +196,9 @@ fn backups_and_prunes_running_concurrently_lose_nothing() {
         s.spawn(|| {
             while !done.load(Ordering::Relaxed) {
                 lb.ok(["forget", "--keep-last", "2"]);
+                let started = Instant::now();
                 let out = lb.run(["prune"]);
+                prune_runs.lock().unwrap().push((started, Instant::now()));
                 match out.status.code() {
                     Some(0) => {
                         prunes_done.fetch_add(1, Ordering::Relaxed);
@@ -220,6 +228,20 @@ fn backups_and_prunes_running_concurrently_lose_nothing() {
         prunes_done.load(Ordering::Relaxed),
         locked_prunes.load(Ordering::Relaxed),
         locked_backups.load(Ordering::Relaxed)
+    );
+    let (backup_runs, prune_runs) = (
+        backup_runs.into_inner().unwrap(),
+        prune_runs.into_inner().unwrap(),
+    );
+    let overlapping = prune_runs
+        .iter()
+        .filter(|p| backup_runs.iter().any(|b| p.0 < b.1 && b.0 < p.1))
+        .count();
+    assert!(
+        overlapping > 0,
+        "no prune ran while a backup was in flight ({} prunes, {} backups)",
+        prune_runs.len(),
+        backup_runs.len()
     );
     lb.ok(["forget", "--keep-last", "2"]);
     lb.ok(["prune"]);

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use lifeboat_testkit::cmd::run_ok;
 use lifeboat_testkit::data::pseudo_random;
 use lifeboat_testkit::services::{S3Server, SshServer};
 
@@ -17,18 +18,6 @@ fn lifeboat(repo: &str, env: &[(&'static str, String)]) -> Command {
         cmd.env(k, v);
     }
     cmd
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("lifeboat runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn make_source(dir: &Path) {

@@ -5,27 +5,18 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use lifeboat_repo::{
-    BackupMode, BlobType, CheckOptions, Error, InitOptions, KdfParams, Repository, SnapshotRecord,
-    Tree, WriteOptions, WriteSession, check, keys, repair,
+    BackupMode, BlobType, CheckOptions, Error, KdfParams, Repository, SnapshotRecord, Tree,
+    WriteOptions, WriteSession, check, keys, repair,
 };
 use lifeboat_storage::{DynStorage, Kind, MemoryStorage, ObjectKey, Storage};
 
-fn init_options() -> InitOptions {
-    InitOptions {
-        kdf: KdfParams::INSECURE_TEST,
-        pack_size: 1024 * 1024,
-        ..Default::default()
-    }
-}
-
-async fn new_repo() -> (MemoryStorage, Arc<Repository>) {
-    let mem = MemoryStorage::new();
-    let storage: DynStorage = Arc::new(mem.clone());
-    let repo = Repository::init(storage, b"pw", init_options())
-        .await
-        .unwrap();
-    (mem, Arc::new(repo))
-}
+// testkit's repository fixtures, compiled into this test binary: through
+// testkit's `repo` feature they would make lifeboat-repo a dev-dependency
+// of itself.
+#[allow(dead_code)]
+#[path = "../../testkit/src/repo.rs"]
+mod fixtures;
+use fixtures::{init_options, memory_repo as new_repo};
 
 fn record(tree: lifeboat_repo::Id) -> SnapshotRecord {
     SnapshotRecord {

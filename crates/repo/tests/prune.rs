@@ -9,28 +9,23 @@ use lifeboat_repo::lock::{LockInfo, list_locks};
 use lifeboat_repo::prune::{PruneOptions, PruneStats, prune};
 use lifeboat_repo::retention::{ForgetOptions, RetentionPolicy, forget};
 use lifeboat_repo::{
-    BackupMode, BlobType, CheckOptions, Error, Id, InitOptions, KdfParams, LockKind, LockOptions,
-    Node, NodeKind, Repository, RepositoryLock, SnapshotRecord, Time, Tree, WriteOptions,
-    WriteSession, check,
+    BackupMode, BlobType, Error, Id, LockKind, LockOptions, Node, NodeKind, Repository,
+    RepositoryLock, SnapshotRecord, Time, Tree, WriteOptions, WriteSession,
 };
-use lifeboat_storage::{DynStorage, Kind, MemoryStorage, ObjectKey, Storage};
+use lifeboat_storage::{Kind, MemoryStorage, ObjectKey, Storage};
+use lifeboat_testkit::wait::wait_until_async;
 
-fn init_options() -> InitOptions {
-    InitOptions {
-        kdf: KdfParams::INSECURE_TEST,
-        pack_size: 1024 * 1024,
-        ..Default::default()
-    }
-}
+/// How long background work (an upload, a lock release) may take before a
+/// test gives up waiting for it: far beyond normal, for a loaded machine.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-async fn new_repo() -> (MemoryStorage, Arc<Repository>) {
-    let mem = MemoryStorage::new();
-    let storage: DynStorage = Arc::new(mem.clone());
-    let repo = Repository::init(storage, b"pw", init_options())
-        .await
-        .unwrap();
-    (mem, Arc::new(repo))
-}
+// testkit's repository fixtures, compiled into this test binary: through
+// testkit's `repo` feature they would make lifeboat-repo a dev-dependency
+// of itself.
+#[allow(dead_code)]
+#[path = "../../testkit/src/repo.rs"]
+mod fixtures;
+use fixtures::memory_repo as new_repo;
 
 /// A settable clock (seconds since the epoch) and lock options that read it.
 fn clock_options(host: &str, pid: u32) -> (Arc<AtomicI64>, LockOptions) {
@@ -316,17 +311,7 @@ async fn assert_readable(repo: &Arc<Repository>, seeds: impl IntoIterator<Item =
 }
 
 async fn assert_check_clean(repo: &Arc<Repository>) {
-    let report = check(
-        repo,
-        &CheckOptions {
-            read_data: true,
-            read_data_subset_percent: None,
-        },
-        &|_, _| {},
-    )
-    .await
-    .unwrap();
-    assert!(report.is_ok(), "{:?}", report.errors);
+    let report = fixtures::assert_check_ok(repo).await;
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
 }
 
@@ -511,6 +496,7 @@ async fn repack_follows_max_unused_and_max_repack() {
 async fn prune_deletes_unindexed_leftovers_and_stale_locks_and_waits_for_backups() {
     let (mem, repo) = new_repo().await;
     snapshot_of(&repo, &[1, 2, 3], "2025-01-01T00:00:00Z").await;
+    let packs_before = mem.list(Kind::Packs).await.unwrap().len();
     // A crashed backup: its pack uploaded, no index object, no snapshot.
     let session = WriteSession::start(repo.clone(), WriteOptions::default())
         .await
@@ -522,12 +508,19 @@ async fn prune_deletes_unindexed_leftovers_and_stale_locks_and_waits_for_backups
             .unwrap();
     }
     // Let the full pack upload, then crash (drop without flush).
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    wait_until_async(WAIT, "the session's full pack is uploaded", || async {
+        mem.list(Kind::Packs).await.unwrap().len() > packs_before
+    })
+    .await;
     // While the session runs, prune is refused.
     let err = prune(&repo, &PruneOptions::default()).await.unwrap_err();
     assert!(matches!(err, Error::Locked { .. }), "{err}");
     drop(session);
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Dropping releases the session's lock in the background.
+    wait_until_async(WAIT, "the crashed session's lock is released", || async {
+        lock_count(&mem).await == 0
+    })
+    .await;
     // A stale lock of a crashed process elsewhere.
     let (t, other) = clock_options("elsewhere", 1);
     t.fetch_sub(3600, Ordering::SeqCst);

@@ -2,6 +2,8 @@
 //! per-file failures.
 
 use lifeboat_testkit::data::pseudo_random;
+use lifeboat_testkit::repo::{assert_check_ok, memory_repo_with};
+use lifeboat_testkit::tmpfs::Tmpfs;
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,22 +14,16 @@ use lifeboat_snapshot::backup::{
 };
 use lifeboat_snapshot::progress::NoProgress;
 use lifeboat_snapshot::restore::{RestoreOptions, restore};
-use lifeboat_storage::{DynStorage, Kind, MemoryStorage};
+use lifeboat_storage::{Kind, MemoryStorage};
 
+/// An in-memory repository with the default pack size: these tests
+/// measure pack bytes as a real backup lays them out.
 async fn memory_repo() -> (MemoryStorage, Arc<Repository>) {
-    let mem = MemoryStorage::new();
-    let storage: DynStorage = Arc::new(mem.clone());
-    let repo = Repository::init(
-        storage,
-        b"pw",
-        InitOptions {
-            kdf: KdfParams::INSECURE_TEST,
-            ..Default::default()
-        },
-    )
+    memory_repo_with(InitOptions {
+        kdf: KdfParams::INSECURE_TEST,
+        ..Default::default()
+    })
     .await
-    .unwrap();
-    (mem, Arc::new(repo))
 }
 
 fn opts(path: &Path, mode: BackupMode) -> BackupOptions {
@@ -287,17 +283,7 @@ async fn concurrent_backups_into_one_repository_both_succeed() {
     ta.await.unwrap().unwrap();
     tb.await.unwrap().unwrap();
     assert_eq!(repo.snapshots().await.unwrap().len(), 2);
-    let report = lifeboat_repo::check(
-        &repo,
-        &lifeboat_repo::CheckOptions {
-            read_data: true,
-            ..Default::default()
-        },
-        &|_, _| {},
-    )
-    .await
-    .unwrap();
-    assert!(report.is_ok(), "{:?}", report.errors);
+    assert_check_ok(&repo).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -305,28 +291,20 @@ async fn one_file_system_keeps_mount_points_empty() {
     let (_mem, repo) = memory_repo().await;
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("top"), b"t").unwrap();
-    let mnt = dir.path().join("mnt");
-    fs::create_dir(&mnt).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs as root and must be able to mount a tmpfs"
-        );
-        eprintln!("SKIP one_file_system_keeps_mount_points_empty: cannot mount a tmpfs here");
+    let Some(mnt) = Tmpfs::mount(
+        &dir.path().join("mnt"),
+        "1m",
+        "one_file_system_keeps_mount_points_empty",
+    ) else {
         return;
-    }
-    fs::write(mnt.join("inner"), b"i").unwrap();
+    };
+    fs::write(mnt.path().join("inner"), b"i").unwrap();
     let mut o = opts(dir.path(), BackupMode::Full);
     o.one_file_system = true;
     let one = backup(repo.clone(), &o, Arc::new(NoProgress)).await;
     o.one_file_system = false;
     let all = backup(repo.clone(), &o, Arc::new(NoProgress)).await;
-    let _ = std::process::Command::new("umount").arg(&mnt).status();
+    drop(mnt);
     assert_eq!(
         one.unwrap().snapshot.record.summary.total_files,
         1,

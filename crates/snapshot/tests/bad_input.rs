@@ -12,26 +12,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lifeboat_repo::{
-    BackupMode, CheckOptions, CopyOptions, InitOptions, KdfParams, Repository, Snapshot,
-    WriteOptions, WriteSession, check, copy,
+    BackupMode, CheckOptions, CopyOptions, Repository, Snapshot, WriteOptions, WriteSession, check,
+    copy,
 };
 use lifeboat_snapshot::backup::{BackupOptions, backup};
 use lifeboat_snapshot::progress::NoProgress;
-use lifeboat_snapshot::restore::{RestoreOptions, restore};
 use lifeboat_storage::{DynStorage, ErrorKind, MemoryStorage, RetryPolicy, RetryStorage};
 use lifeboat_testkit::crash::CrashStorage;
 use lifeboat_testkit::data::pseudo_random;
 use lifeboat_testkit::faulty::{FaultPlan, FaultyStorage, Op, PutFailure};
+use lifeboat_testkit::repo::{PASSWORD, assert_check_ok, init_options};
 
-const PW: &[u8] = b"pw";
+mod common;
+use common::restore_to_temp;
 
-fn init_options() -> InitOptions {
-    InitOptions {
-        kdf: KdfParams::INSECURE_TEST,
-        pack_size: 1024 * 1024,
-        ..Default::default()
-    }
-}
+const PW: &[u8] = PASSWORD;
 
 fn source(dir: &Path, seed: u64) {
     fs::create_dir_all(dir.join("sub")).unwrap();
@@ -75,19 +70,7 @@ async fn assert_untouched(mem: &MemoryStorage, before: &[Snapshot], src_copy: &P
     let now = repo.snapshots().await.unwrap();
     for s in before {
         let found = now.iter().find(|n| n.id == s.id).expect("snapshot kept");
-        let target = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let stats = restore(
-            &repo,
-            found,
-            &RestoreOptions {
-                target: target.path().to_path_buf(),
-                ..Default::default()
-            },
-            &NoProgress,
-        )
-        .await
-        .unwrap();
-        assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+        let target = restore_to_temp(&repo, found).await;
         let root = target
             .path()
             .join(s.record.paths[0].trim_start_matches('/'));
@@ -100,17 +83,7 @@ async fn assert_untouched(mem: &MemoryStorage, before: &[Snapshot], src_copy: &P
             );
         }
     }
-    let report = check(
-        &repo,
-        &CheckOptions {
-            read_data: true,
-            ..Default::default()
-        },
-        &|_, _| {},
-    )
-    .await
-    .unwrap();
-    assert!(report.is_ok(), "{:?}", report.errors);
+    assert_check_ok(&repo).await;
 }
 
 fn tmp() -> tempfile::TempDir {

@@ -1,86 +1,32 @@
 //! One read of the source, several repositories: `backup_many` and
 //! `backup_stream_many`.
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use lifeboat_repo::{BackupMode, ChunkerParams, InitOptions, KdfParams, Repository};
+use lifeboat_repo::{BackupMode, ChunkerParams, InitOptions, Repository};
 use lifeboat_snapshot::backup::{BackupOptions, StreamOptions, backup_many, backup_stream_many};
 use lifeboat_snapshot::dump::dump;
 use lifeboat_snapshot::progress::NoProgress;
-use lifeboat_snapshot::restore::{RestoreOptions, restore};
-use lifeboat_storage::{
-    Capabilities, DynStorage, Error as StorageError, ErrorKind, Kind, MemoryStorage, ObjectInfo,
-    ObjectKey, Storage,
-};
+use lifeboat_storage::{DynStorage, Kind, MemoryStorage};
+use lifeboat_testkit::FillingUp;
 use lifeboat_testkit::data::pseudo_random;
+use lifeboat_testkit::repo::{init_on, init_options};
 
-/// Storage that answers "disk full" to every pack upload once `full` is set.
-#[derive(Debug)]
-struct FillingUp {
-    inner: MemoryStorage,
-    full: Arc<AtomicBool>,
-}
+mod common;
 
-#[async_trait]
-impl Storage for FillingUp {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn put(&self, key: &ObjectKey, data: Bytes) -> lifeboat_storage::Result<()> {
-        if key.kind() == Kind::Packs && self.full.load(Ordering::SeqCst) {
-            return Err(StorageError::new(
-                ErrorKind::StorageFull,
-                "no space left on device",
-            ));
-        }
-        self.inner.put(key, data).await
-    }
-    async fn get(&self, key: &ObjectKey) -> lifeboat_storage::Result<Bytes> {
-        self.inner.get(key).await
-    }
-    async fn get_range(
-        &self,
-        key: &ObjectKey,
-        offset: u64,
-        len: u64,
-    ) -> lifeboat_storage::Result<Bytes> {
-        self.inner.get_range(key, offset, len).await
-    }
-    async fn stat(&self, key: &ObjectKey) -> lifeboat_storage::Result<Option<u64>> {
-        self.inner.stat(key).await
-    }
-    async fn list(&self, kind: Kind) -> lifeboat_storage::Result<Vec<ObjectInfo>> {
-        self.inner.list(kind).await
-    }
-    async fn delete(&self, key: &ObjectKey) -> lifeboat_storage::Result<()> {
-        self.inner.delete(key).await
-    }
-}
-
+/// Small packs (1 MiB, from [`init_options`]), so a backup uploads packs
+/// while it runs.
 async fn repo_on(storage: DynStorage, chunker: Option<ChunkerParams>) -> Arc<Repository> {
-    let repo = Repository::init(
+    init_on(
         storage,
-        b"pw",
         InitOptions {
-            kdf: KdfParams::INSECURE_TEST,
-            // Small packs, so a backup uploads packs while it runs.
-            pack_size: 1 << 20,
             chunker,
-            ..Default::default()
+            ..init_options()
         },
     )
     .await
-    .unwrap();
-    Arc::new(repo)
 }
 
 async fn memory_repo(chunker: Option<ChunkerParams>) -> Arc<Repository> {
@@ -122,44 +68,10 @@ fn opts(path: &Path) -> BackupOptions {
     }
 }
 
-fn read_tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        for e in fs::read_dir(&p).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.insert(
-                    e.path().strip_prefix(root).unwrap().to_path_buf(),
-                    fs::read(e.path()).unwrap(),
-                );
-            }
-        }
-    }
-    out
-}
-
 /// Restores the latest snapshot of `repo` and compares it with `src`.
-async fn assert_restores(repo: &Arc<Repository>, src: &Path) {
+async fn assert_latest_restores(repo: &Arc<Repository>, src: &Path) {
     let snaps = repo.snapshots().await.unwrap();
-    let snap = snaps.last().unwrap();
-    let target = tempfile::tempdir().unwrap();
-    let stats = restore(
-        repo,
-        snap,
-        &RestoreOptions {
-            target: target.path().to_path_buf(),
-            ..Default::default()
-        },
-        &NoProgress,
-    )
-    .await
-    .unwrap();
-    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
-    let restored = target.path().join(src.strip_prefix("/").unwrap());
-    assert_eq!(read_tree(&restored), read_tree(src));
+    common::assert_restores(repo, snaps.last().unwrap(), src).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -207,7 +119,7 @@ async fn one_read_fills_repositories_with_equal_and_different_chunkers() {
             > outcomes[0].snapshot.record.summary.blobs_added
     );
     for repo in [&a, &b, &c] {
-        assert_restores(repo, src.path()).await;
+        assert_latest_restores(repo, src.path()).await;
     }
 }
 
@@ -242,22 +154,18 @@ async fn each_repository_compares_with_its_own_parent() {
     assert_eq!(rb.mode, BackupMode::Full);
     assert_eq!(rb.parent, None);
     assert_eq!(rb.summary.files_new, 9);
-    assert_restores(&a, src.path()).await;
-    assert_restores(&b, src.path()).await;
+    assert_latest_restores(&a, src.path()).await;
+    assert_latest_restores(&b, src.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_repository_fails_alone_and_the_others_get_their_snapshot() {
     let good = memory_repo(None).await;
-    let full = Arc::new(AtomicBool::new(false));
-    let bad_storage = FillingUp {
-        inner: MemoryStorage::new(),
-        full: full.clone(),
-    };
-    let bad = repo_on(Arc::new(bad_storage), None).await;
+    let bad_storage = FillingUp::with_room(Arc::new(MemoryStorage::new()), Kind::Packs);
+    let bad = repo_on(Arc::new(bad_storage.clone()), None).await;
     let other = memory_repo(None).await;
     let src = source();
-    full.store(true, Ordering::SeqCst);
+    bad_storage.fill();
     let results = backup_many(
         vec![good.clone(), bad.clone(), other.clone()],
         &opts(src.path()),
@@ -277,25 +185,16 @@ async fn a_full_repository_fails_alone_and_the_others_get_their_snapshot() {
     );
     // No snapshot record in the failed repository; the others restore.
     assert!(bad.snapshots().await.unwrap().is_empty());
-    assert_restores(&good, src.path()).await;
-    assert_restores(&other, src.path()).await;
+    assert_latest_restores(&good, src.path()).await;
+    assert_latest_restores(&other, src.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn when_every_repository_fails_each_reports_its_error() {
-    let full = Arc::new(AtomicBool::new(true));
     let mut repos = Vec::new();
     for _ in 0..2 {
-        repos.push(
-            repo_on(
-                Arc::new(FillingUp {
-                    inner: MemoryStorage::new(),
-                    full: full.clone(),
-                }),
-                None,
-            )
-            .await,
-        );
+        let full = FillingUp::new(Arc::new(MemoryStorage::new()), Kind::Packs, 0);
+        repos.push(repo_on(Arc::new(full), None).await);
     }
     let src = source();
     let results = backup_many(repos.clone(), &opts(src.path()), Arc::new(NoProgress))
@@ -357,12 +256,12 @@ async fn a_stream_is_read_once_into_every_repository() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_stored_by_many_workers_keeps_its_order_and_a_full_repository_fails_alone() {
     let good = memory_repo(None).await;
-    let full = Arc::new(AtomicBool::new(true));
     let bad = repo_on(
-        Arc::new(FillingUp {
-            inner: MemoryStorage::new(),
-            full: full.clone(),
-        }),
+        Arc::new(FillingUp::new(
+            Arc::new(MemoryStorage::new()),
+            Kind::Packs,
+            0,
+        )),
         None,
     )
     .await;

@@ -2,6 +2,7 @@
 //! storage, with snapshots built by hand so every expected value is known.
 
 use lifeboat_testkit::data::pseudo_random;
+use lifeboat_testkit::tmpfs::Tmpfs;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -627,48 +628,6 @@ async fn restore_removes_files_whose_data_is_damaged() {
     );
 }
 
-/// A tmpfs mounted for a test's life, so a full filesystem can be tested.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    /// `None` (the test is skipped) where mounting is not permitted, except
-    /// under CI, which must run the test.
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        fs::create_dir_all(dir).unwrap();
-        let mounted = nix::unistd::geteuid().is_root()
-            && std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(dir)
-                .status()
-                .is_ok_and(|s| s.success());
-        if mounted {
-            return Some(Tmpfs(dir.to_path_buf()));
-        }
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "cannot mount a tmpfs at {}, and CI must run this test",
-            dir.display()
-        );
-        eprintln!("SKIP: cannot mount a tmpfs (needs root)");
-        None
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let unmount = |lazy: bool| {
-            let mut cmd = std::process::Command::new("umount");
-            if lazy {
-                cmd.arg("-l");
-            }
-            cmd.arg(&self.0).status().is_ok_and(|s| s.success())
-        };
-        if !unmount(false) {
-            unmount(true);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_onto_a_full_target_stops_with_storage_full() {
     let fx = Fixture::new().await;
@@ -683,10 +642,11 @@ async fn restore_onto_a_full_target_stops_with_storage_full() {
     let snap = fx.snapshot(1000, children).await;
     let repo = fx.open().await;
     let tmp = tempfile::tempdir().unwrap();
-    let Some(mnt) = Tmpfs::mount(&tmp.path().join("mnt"), "4m") else {
+    let Some(mnt) = Tmpfs::mount(&tmp.path().join("mnt"), "4m", "restore_onto_a_full_target")
+    else {
         return;
     };
-    let t = mnt.0.join("target");
+    let t = mnt.path().join("target");
     let err = restore(&repo, &snap, &options(&t), &NoProgress)
         .await
         .unwrap_err();

@@ -278,26 +278,23 @@ fn unknown_option(name: &str, known: &str) -> String {
     format!("unknown or empty option {name:?} (known: {known})")
 }
 
-/// Undoes `%XX` escapes in a URL component.
+/// Undoes `%XX` escapes in a URL component. A `%` not followed by two hex
+/// digits is an error here (the decoder would pass it through), so a typo
+/// in a location is reported rather than taken literally.
 fn decode_path(input: &str, component: &str) -> Result<String> {
-    let bytes = component.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-                .ok_or_else(|| config_error(input, "bad %-escape"))?;
-            let hex = std::str::from_utf8(hex).expect("hex digits are ASCII");
-            out.push(u8::from_str_radix(hex, 16).expect("checked hex digits"));
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let malformed = component.match_indices('%').any(|(i, _)| {
+        component
+            .as_bytes()
+            .get(i + 1..i + 3)
+            .is_none_or(|h| !h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if malformed {
+        return Err(config_error(input, "bad %-escape"));
     }
-    String::from_utf8(out).map_err(|_| config_error(input, "%-escapes do not form UTF-8"))
+    percent_encoding::percent_decode_str(component)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| config_error(input, "%-escapes do not form UTF-8"))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Shared helpers for the CLI tests: a [`Lifeboat`] wrapper that runs the
 //! real `lifeboat` binary with a private HOME, XDG directories, repository
-//! path and password, plus small file-tree utilities.
+//! path and password, plus the file-tree utilities of
+//! `lifeboat_testkit::fs`, re-exported.
 //!
 //! Every command runs with `LIFEBOAT_INSECURE_TEST_KDF=1` (cheap Argon2) and
 //! with the `LIFEBOAT_*` variables of the calling environment removed, so a
@@ -10,13 +11,18 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
 use assert_cmd::Command;
 use tempfile::TempDir;
+
+// The file-tree helpers live in testkit, shared with the library suites.
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use lifeboat_testkit::fs::{
+    Entry, assert_same_tree, copy_tree, files_under, flip_byte, restored, tree, write,
+};
 
 /// Password of the repositories the tests create.
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -306,13 +312,6 @@ pub fn error_lines(out: &Output) -> Vec<String> {
         .collect()
 }
 
-/// Writes a file, creating its parent directories.
-pub fn write(path: impl AsRef<Path>, data: impl AsRef<[u8]>) {
-    let path = path.as_ref();
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, data).unwrap();
-}
-
 /// Deterministic pseudo-random bytes (xorshift64*), incompressible enough
 /// to make real packs, without a dev-dependency.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
@@ -326,115 +325,4 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
-}
-
-/// XORs one byte of a file with 0xff.
-pub fn flip_byte(path: &Path, offset: usize) {
-    let mut b = fs::read(path).unwrap();
-    assert!(
-        offset < b.len(),
-        "{} has only {} bytes",
-        path.display(),
-        b.len()
-    );
-    b[offset] ^= 0xff;
-    // Object files are written read-only by some backends; make sure we can.
-    let mut perm = fs::metadata(path).unwrap().permissions();
-    perm.set_mode(perm.mode() | 0o200);
-    fs::set_permissions(path, perm).unwrap();
-    fs::write(path, b).unwrap();
-}
-
-/// Where `source` (an absolute path that was backed up) ends up when a
-/// snapshot is restored into `target`: snapshots mirror absolute paths.
-pub fn restored(target: &Path, source: &Path) -> PathBuf {
-    target.join(source.strip_prefix("/").expect("absolute source path"))
-}
-
-/// Every regular file in `dir` (recursively), for picking pack files.
-pub fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd {
-        let p = e.unwrap().path();
-        let ft = fs::symlink_metadata(&p).unwrap().file_type();
-        if ft.is_dir() {
-            out.extend(files_under(&p));
-        } else if ft.is_file() {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Copies a directory tree (files, directories, symlinks).
-pub fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        let ft = fs::symlink_metadata(&src).unwrap().file_type();
-        if ft.is_dir() {
-            copy_tree(&src, &dst);
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&src).unwrap(), &dst).unwrap();
-        } else {
-            fs::copy(&src, &dst).unwrap();
-        }
-    }
-}
-
-/// What a tree holds, by relative path: file contents, symlink targets and
-/// directories. Metadata is compared separately where a test cares.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Entry {
-    Dir,
-    File(Vec<u8>),
-    Symlink(PathBuf),
-}
-
-pub fn tree(root: &Path) -> std::collections::BTreeMap<PathBuf, Entry> {
-    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<PathBuf, Entry>) {
-        for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(root).unwrap().to_path_buf();
-            let ft = fs::symlink_metadata(&p).unwrap().file_type();
-            if ft.is_symlink() {
-                out.insert(rel, Entry::Symlink(fs::read_link(&p).unwrap()));
-            } else if ft.is_dir() {
-                out.insert(rel, Entry::Dir);
-                walk(root, &p, out);
-            } else {
-                out.insert(rel, Entry::File(fs::read(&p).unwrap()));
-            }
-        }
-    }
-    let mut out = std::collections::BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
-
-/// The two trees hold the same paths with the same contents.
-pub fn assert_same_tree(expected: &Path, actual: &Path) {
-    let (e, a) = (tree(expected), tree(actual));
-    let names =
-        |t: &std::collections::BTreeMap<PathBuf, Entry>| t.keys().cloned().collect::<Vec<_>>();
-    assert_eq!(
-        names(&e),
-        names(&a),
-        "paths differ between {} and {}",
-        expected.display(),
-        actual.display()
-    );
-    for (path, entry) in &e {
-        assert!(
-            a[path] == *entry,
-            "{} differs from {}",
-            actual.join(path).display(),
-            expected.join(path).display()
-        );
-    }
 }

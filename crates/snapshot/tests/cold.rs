@@ -9,9 +9,8 @@ use std::sync::Arc;
 use lifeboat_repo::prune::{PruneOptions, prune};
 use lifeboat_repo::retention::{ForgetOptions, RetentionPolicy, forget};
 use lifeboat_repo::{
-    BackupMode, BlobType, CheckOptions, ChunkerParams, ColdInit, Error, InitOptions, KdfParams,
-    Node, NodeKind, Repository, Snapshot, SnapshotRecord, Tier, Time, Tree, WriteOptions,
-    WriteSession, check,
+    BackupMode, BlobType, CheckOptions, ColdInit, Error, InitOptions, Node, NodeKind, Repository,
+    Snapshot, SnapshotRecord, Tier, Time, Tree, WriteOptions, WriteSession, check,
 };
 use lifeboat_snapshot::backup::{BackupOptions, backup};
 use lifeboat_snapshot::progress::NoProgress;
@@ -19,19 +18,17 @@ use lifeboat_snapshot::restore::{RestoreOptions, plan, restore};
 use lifeboat_storage::{DynStorage, Kind, MemoryStorage, Storage};
 use lifeboat_testkit::CountingStorage;
 use lifeboat_testkit::data::pseudo_random;
+use lifeboat_testkit::fs::restored;
+use lifeboat_testkit::repo::{assert_check_ok, init_options, small_chunks};
+
+mod common;
+use common::restore_to_temp;
 
 /// Small chunks and packs so a few MiB make several data packs.
 fn options() -> InitOptions {
     InitOptions {
-        kdf: KdfParams::INSECURE_TEST,
-        pack_size: 1024 * 1024,
-        chunker: Some(ChunkerParams {
-            min_size: 16 * 1024,
-            avg_size: 64 * 1024,
-            max_size: 256 * 1024,
-            seed: 7,
-        }),
-        ..Default::default()
+        chunker: Some(small_chunks(7)),
+        ..init_options()
     }
 }
 
@@ -88,21 +85,8 @@ async fn restore_and_read(
     src: &Path,
     rel: &str,
 ) -> Vec<u8> {
-    let target = tempfile::tempdir().unwrap();
-    let stats = restore(
-        repo,
-        snap,
-        &RestoreOptions {
-            target: target.path().to_path_buf(),
-            ..Default::default()
-        },
-        &NoProgress,
-    )
-    .await
-    .unwrap();
-    assert!(stats.errors.is_empty(), "{stats:?}");
-    let path = target.path().join(src.strip_prefix("/").unwrap()).join(rel);
-    std::fs::read(path).unwrap()
+    let target = restore_to_temp(repo, snap).await;
+    std::fs::read(restored(target.path(), src).join(rel)).unwrap()
 }
 
 fn make_source(dir: &Path) {
@@ -365,17 +349,7 @@ async fn check_read_data_and_prune_work_across_tiers() {
     let repo = tiers.open().await;
 
     tiers.cold.reset();
-    let report = check(
-        &repo,
-        &CheckOptions {
-            read_data: true,
-            ..Default::default()
-        },
-        &|_, _| {},
-    )
-    .await
-    .unwrap();
-    assert!(report.is_ok(), "{report:?}");
+    let report = assert_check_ok(&repo).await;
     let cold_bytes: u64 = tiers
         .cold_mem
         .list(Kind::Packs)
@@ -415,17 +389,7 @@ async fn check_read_data_and_prune_work_across_tiers() {
     assert!(hot_types.iter().all(|t| !t.contains("Data")));
     assert!(tiers.cold_mem.list(Kind::Index).await.unwrap().is_empty());
 
-    let report = check(
-        &repo,
-        &CheckOptions {
-            read_data: true,
-            ..Default::default()
-        },
-        &|_, _| {},
-    )
-    .await
-    .unwrap();
-    assert!(report.is_ok(), "{report:?}");
+    assert_check_ok(&repo).await;
     assert_eq!(
         restore_and_read(&repo, &kept, src.path(), "a/b/other.bin").await,
         pseudo_random(1_500_000, 2)

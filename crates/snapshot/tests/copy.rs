@@ -4,34 +4,25 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use async_trait::async_trait;
-use bytes::Bytes;
+use common::assert_restores;
 use lifeboat_repo::{
-    COPIED_FROM, CheckOptions, ChunkerParams, CopyOptions, CopyStats, InitOptions, KdfParams,
-    Repository, Snapshot, check, copied_from, copy,
+    COPIED_FROM, CopyOptions, CopyStats, InitOptions, Repository, Snapshot, copied_from, copy,
 };
 use lifeboat_snapshot::backup::{BackupOptions, backup};
 use lifeboat_snapshot::progress::NoProgress;
-use lifeboat_snapshot::restore::{RestoreOptions, restore};
-use lifeboat_storage::{
-    Capabilities, DynStorage, Error as StorageError, ErrorKind, Kind, MemoryStorage, ObjectInfo,
-    ObjectKey, Storage,
-};
+use lifeboat_storage::{DynStorage, ErrorKind, Kind, MemoryStorage};
+use lifeboat_testkit::FillingUp;
+use lifeboat_testkit::data::pseudo_random;
+use lifeboat_testkit::repo::{assert_check_ok, init_options, small_chunks};
+
+mod common;
 
 /// Small chunks so a few MiB of test data make many blobs.
 fn options(seed: u64) -> InitOptions {
     InitOptions {
-        kdf: KdfParams::INSECURE_TEST,
-        pack_size: 1024 * 1024,
-        chunker: Some(ChunkerParams {
-            min_size: 16 * 1024,
-            avg_size: 64 * 1024,
-            max_size: 256 * 1024,
-            seed,
-        }),
-        ..Default::default()
+        chunker: Some(small_chunks(seed)),
+        ..init_options()
     }
 }
 
@@ -41,17 +32,6 @@ async fn new_repo(storage: DynStorage, password: &[u8], seed: u64) -> Arc<Reposi
             .await
             .unwrap(),
     )
-}
-
-fn pseudo_random(len: usize, mut x: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn make_source(dir: &Path) {
@@ -79,67 +59,8 @@ async fn backup_dir(repo: &Arc<Repository>, dir: &Path) -> Snapshot {
         .snapshot
 }
 
-/// Restores `snap` from `repo` and compares it with `source`.
-async fn assert_restores(repo: &Arc<Repository>, snap: &Snapshot, source: &Path) {
-    let target = tempfile::tempdir().unwrap();
-    let opts = RestoreOptions {
-        target: target.path().to_path_buf(),
-        ..Default::default()
-    };
-    let stats = restore(repo, snap, &opts, &NoProgress).await.unwrap();
-    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
-    let restored = target.path().join(source.strip_prefix("/").unwrap());
-    assert_same_tree(source, &restored);
-}
-
-fn assert_same_tree(a: &Path, b: &Path) {
-    let mut names_a: Vec<_> = std::fs::read_dir(a)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    let mut names_b: Vec<_> = std::fs::read_dir(b)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    names_a.sort();
-    names_b.sort();
-    assert_eq!(names_a, names_b, "entries of {}", b.display());
-    for n in names_a {
-        let (pa, pb) = (a.join(&n), b.join(&n));
-        let ma = std::fs::symlink_metadata(&pa).unwrap();
-        if ma.file_type().is_symlink() {
-            assert_eq!(
-                std::fs::read_link(&pa).unwrap(),
-                std::fs::read_link(&pb).unwrap()
-            );
-        } else if ma.is_dir() {
-            assert_same_tree(&pa, &pb);
-        } else {
-            assert!(
-                std::fs::read(&pa).unwrap() == std::fs::read(&pb).unwrap(),
-                "{} differs",
-                pb.display()
-            );
-        }
-    }
-}
-
 async fn copy_all(a: &Arc<Repository>, b: &Arc<Repository>) -> CopyStats {
     copy(a, b, &CopyOptions::default(), &()).await.unwrap()
-}
-
-async fn assert_check_ok(repo: &Repository) {
-    let report = check(
-        repo,
-        &CheckOptions {
-            read_data: true,
-            read_data_subset_percent: None,
-        },
-        &|_, _| {},
-    )
-    .await
-    .unwrap();
-    assert!(report.is_ok(), "{:?}", report.errors);
 }
 
 /// Reopens a repository so nothing cached in the handle hides what storage holds.
@@ -266,55 +187,6 @@ async fn copying_back_does_not_duplicate() {
     assert_eq!(a.snapshots().await.unwrap().len(), 1);
 }
 
-/// Memory storage whose pack uploads fail after a budget is spent, like a
-/// disk filling up or a connection dropping in the middle of a copy.
-#[derive(Debug)]
-struct FailingPacks {
-    inner: MemoryStorage,
-    packs_left: AtomicUsize,
-}
-
-#[async_trait]
-impl Storage for FailingPacks {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn put(&self, key: &ObjectKey, data: Bytes) -> lifeboat_storage::Result<()> {
-        if key.kind() == Kind::Packs
-            && self
-                .packs_left
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_err()
-        {
-            return Err(StorageError::new(ErrorKind::StorageFull, "test: disk full"));
-        }
-        self.inner.put(key, data).await
-    }
-    async fn get(&self, key: &ObjectKey) -> lifeboat_storage::Result<Bytes> {
-        self.inner.get(key).await
-    }
-    async fn get_range(
-        &self,
-        key: &ObjectKey,
-        offset: u64,
-        len: u64,
-    ) -> lifeboat_storage::Result<Bytes> {
-        self.inner.get_range(key, offset, len).await
-    }
-    async fn stat(&self, key: &ObjectKey) -> lifeboat_storage::Result<Option<u64>> {
-        self.inner.stat(key).await
-    }
-    async fn list(&self, kind: Kind) -> lifeboat_storage::Result<Vec<ObjectInfo>> {
-        self.inner.list(kind).await
-    }
-    async fn delete(&self, key: &ObjectKey) -> lifeboat_storage::Result<()> {
-        self.inner.delete(key).await
-    }
-}
-
 #[tokio::test]
 async fn interrupted_copy_resumes_and_everything_restores() {
     let src = tempfile::tempdir().unwrap();
@@ -343,11 +215,12 @@ async fn interrupted_copy_resumes_and_everything_restores() {
 
     let mem_b = MemoryStorage::new();
     new_repo(Arc::new(mem_b.clone()), b"pw-b", 22).await;
-    let failing: DynStorage = Arc::new(FailingPacks {
-        inner: mem_b.clone(),
-        // The first snapshot completes; the second fails on its second pack.
-        packs_left: AtomicUsize::new(first_packs + 1),
-    });
+    // The first snapshot completes; the second fails on its second pack.
+    let failing: DynStorage = Arc::new(FillingUp::new(
+        Arc::new(mem_b.clone()),
+        Kind::Packs,
+        first_packs as u64 + 1,
+    ));
     let b = reopen(failing, b"pw-b").await;
     let err = copy(&a, &b, &CopyOptions::default(), &())
         .await

@@ -1,0 +1,21 @@
+//! Running a command that must succeed, for tests that drive a binary.
+//!
+//! Owns only the "run, and panic with everything it printed unless it
+//! exited 0" step; how a test builds its command (binary, environment,
+//! repository) stays with the test.
+
+use std::process::Command;
+
+/// Runs `cmd` to completion and returns its stdout; panics with the
+/// command, its status, stdout and stderr unless it exits 0.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("the command starts");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

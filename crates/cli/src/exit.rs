@@ -98,7 +98,7 @@ fn class_of(e: &anyhow::Error) -> Option<(ErrorClass, Origin)> {
                     _ => Origin::Local,
                 },
                 ConnError::Io { .. } => Origin::Local,
-                _ => Origin::Connector,
+                _ => Origin::Advised,
             };
             return Some((c.class(), origin));
         }
@@ -123,9 +123,9 @@ enum Origin {
     SnapshotPath,
     /// Local files: a backup source, a restore target, a data directory.
     Local,
-    /// A connector's own error (a missing WAL segment, a WAL conflict, a
-    /// failed tool), whose message already says what to do.
-    Connector,
+    /// An error whose message already says what to do (a missing WAL
+    /// segment, a WAL conflict, a prune refusing damaged data).
+    Advised,
 }
 
 fn origin_repo(r: &RepoError) -> Origin {
@@ -134,6 +134,7 @@ fn origin_repo(r: &RepoError) -> Origin {
             Origin::Snapshot
         }
         RepoError::Storage(_) => Origin::Storage,
+        RepoError::Damaged(_) | RepoError::KeyNotFound { .. } => Origin::Advised,
         _ => Origin::Repository,
     }
 }
@@ -165,8 +166,8 @@ fn hint(class: ErrorClass, origin: Origin) -> Option<&'static str> {
         (ErrorClass::WrongPassword, _) => {
             "check LIFEBOAT_PASSWORD, --password-file or --password-command"
         }
-        (ErrorClass::Damaged, Origin::Connector) => return None,
-        (ErrorClass::NotFound, Origin::Connector) => return None,
+        (ErrorClass::Damaged, Origin::Advised) => return None,
+        (ErrorClass::NotFound, Origin::Advised) => return None,
         (ErrorClass::Damaged, _) => "run `lifeboat check --read-data` to see what is affected",
         (ErrorClass::NotFound, Origin::Snapshot) => "list them with `lifeboat snapshots`",
         (ErrorClass::NotFound, Origin::SnapshotPath) => {

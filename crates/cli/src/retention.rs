@@ -51,11 +51,7 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<i32> {
             },
         },
     )
-    .await
-    .map_err(|e| match e {
-        lifeboat_repo::Error::Invalid(m) => cli_error(exit::GENERIC, m),
-        e => e.into(),
-    })?;
+    .await?;
     let pruned = if a.prune && !a.dry_run {
         Some(prune_and_expire_wal(&repo, &PruneOptions::default()).await?)
     } else {
@@ -159,10 +155,7 @@ async fn prune_and_expire_wal(
         archive: Some(lifeboat_connectors::archive_rules()),
         ..options.clone()
     };
-    let stats = run_prune(repo, &options).await.map_err(|e| match e {
-        lifeboat_repo::Error::Invalid(m) => cli_error(exit::DAMAGED, m),
-        e => e.into(),
-    })?;
+    let stats = run_prune(repo, &options).await?;
     let deleted = stats.archive.as_ref().map_or(0, |a| a.deleted_of(WAL_KIND));
     Ok((stats, deleted))
 }

@@ -60,8 +60,14 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
 
+    /// The request is wrong (a pattern, a file name, an option value, a
+    /// target that holds files): the message says what to change.
     #[error("{0}")]
-    Invalid(String),
+    BadInput(String),
+    /// A broken invariant inside lifeboat (a worker task died, a session
+    /// still in use): not the user's doing.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -77,7 +83,8 @@ impl Error {
             Error::Io { source, .. } => lifeboat_snapshot::io_class(source),
             Error::WalConflict { .. } => ErrorClass::Damaged,
             Error::MissingWal { .. } | Error::NotFound(_) => ErrorClass::NotFound,
-            Error::Invalid(_) => ErrorClass::BadInput,
+            Error::BadInput(_) => ErrorClass::BadInput,
+            Error::Internal(_) => ErrorClass::Internal,
         }
     }
 

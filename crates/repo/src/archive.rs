@@ -463,7 +463,7 @@ pub async fn copy(
     let done: Vec<(PutOutcome, u64)> = futures::stream::iter(todo)
         .map(|name| async move {
             let data = get(source, &name).await?.ok_or_else(|| {
-                Error::Invalid(format!(
+                Error::BadInput(format!(
                     "{name} vanished from the source while copying (expired by a prune \
                      there?); run the copy again"
                 ))
@@ -475,7 +475,7 @@ pub async fn copy(
                     progress.archive_object_copied(data.len() as u64);
                     Ok((outcome, data.len() as u64))
                 }
-                _ => Err(Error::Invalid(format!(
+                _ => Err(Error::BadInput(format!(
                     "{name} does not read back from the target as written"
                 ))),
             }

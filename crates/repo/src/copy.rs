@@ -166,7 +166,7 @@ pub async fn copy(
     let source_repo = source.config().repository_id;
     let target_repo = target.config().repository_id;
     if source_repo == target_repo {
-        return Err(Error::Invalid(
+        return Err(Error::BadInput(
             "source and target are the same repository".into(),
         ));
     }
@@ -438,7 +438,7 @@ async fn copy_snapshot(
         })
         .buffer_unordered(MAX_BLOBS_IN_FLIGHT);
     while let Some(joined) = copied.next().await {
-        let (a_id, b_id, raw) = joined.map_err(|e| Error::Task(e.to_string()))??;
+        let (a_id, b_id, raw) = joined.map_err(|e| Error::Internal(e.to_string()))??;
         map.data.insert(a_id, b_id);
         stats.blobs_read += 1;
         stats.read_bytes += raw;
@@ -454,13 +454,13 @@ async fn copy_snapshot(
                 *c = *map
                     .data
                     .get(c)
-                    .ok_or_else(|| Error::Task(format!("data blob {c} was not copied")))?;
+                    .ok_or_else(|| Error::Internal(format!("data blob {c} was not copied")))?;
             }
             if let Some(s) = &mut n.subtree {
                 *s = *map
                     .trees
                     .get(s)
-                    .ok_or_else(|| Error::Task(format!("tree {s} was not copied")))?;
+                    .ok_or_else(|| Error::Internal(format!("tree {s} was not copied")))?;
             }
         }
         let added = session.add_blob(BlobType::Tree, &tree.encode()).await?;
@@ -470,10 +470,10 @@ async fn copy_snapshot(
     let b_root = *map
         .trees
         .get(&root)
-        .ok_or_else(|| Error::Task(format!("root tree {root} was not copied")))?;
+        .ok_or_else(|| Error::Internal(format!("root tree {root} was not copied")))?;
 
     let session = Arc::try_unwrap(session)
-        .map_err(|_| Error::Task("copy tasks still hold the write session".into()))?;
+        .map_err(|_| Error::Internal("copy tasks still hold the write session".into()))?;
     let s = session.stats();
     stats.blobs_added += s.blobs_added.load(Ordering::Relaxed);
     stats.added_raw_bytes += s.added_raw_bytes.load(Ordering::Relaxed);

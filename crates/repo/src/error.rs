@@ -41,8 +41,18 @@ pub enum Error {
     #[error("snapshot prefix {query:?} is ambiguous ({count} snapshots match)")]
     AmbiguousSnapshot { query: String, count: usize },
 
+    /// A key the command names does not exist.
+    #[error("no key matches {query:?}; see `lifeboat key list`")]
+    KeyNotFound { query: String },
+    /// The request is wrong (an option value, a policy that would remove
+    /// every snapshot, a location that cannot be used): the message says
+    /// what to change.
     #[error("{0}")]
-    Invalid(String),
+    BadInput(String),
+    /// Repository data an operation needs is damaged or missing; the
+    /// message says what the operation refused to do and what to run.
+    #[error("{0}")]
+    Damaged(String),
 
     /// Another process holds an incompatible repository lock.
     #[error("repository is in use by {holder}; try again later")]
@@ -58,8 +68,10 @@ pub enum Error {
     #[error("{object} is already stored with DIFFERENT content: refusing to overwrite it")]
     ArchiveConflict { object: String },
 
-    #[error("internal task failed: {0}")]
-    Task(String),
+    /// A broken invariant inside lifeboat (a worker task died, a session
+    /// still in use): not the user's doing.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -80,13 +92,15 @@ impl Error {
             Error::UnsupportedVersion { .. } => ErrorClass::Unsupported,
             Error::Corrupt { .. }
             | Error::BlobNotIndexed { .. }
-            | Error::ArchiveConflict { .. } => ErrorClass::Damaged,
+            | Error::ArchiveConflict { .. }
+            | Error::Damaged(_) => ErrorClass::Damaged,
             Error::SnapshotNotFound { .. } | Error::AmbiguousSnapshot { .. } => {
                 ErrorClass::NotFound
             }
-            Error::Invalid(_) => ErrorClass::BadInput,
+            Error::KeyNotFound { .. } => ErrorClass::NotFound,
+            Error::BadInput(_) => ErrorClass::BadInput,
             Error::Locked { .. } | Error::LockLost { .. } => ErrorClass::Locked,
-            Error::Task(_) => ErrorClass::Internal,
+            Error::Internal(_) => ErrorClass::Internal,
         }
     }
 

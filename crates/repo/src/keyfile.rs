@@ -136,7 +136,7 @@ fn derive(password: &[u8], salt: &[u8; 32], p: KdfParams) -> Result<[u8; 32]> {
     let mut out = [0u8; 32];
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
         .hash_password_into(password, salt, &mut out)
-        .map_err(|e| Error::Invalid(format!("key derivation failed: {e}")))?;
+        .map_err(|e| Error::Internal(format!("key derivation failed: {e}")))?;
     Ok(out)
 }
 

@@ -49,14 +49,14 @@ pub async fn remove(repo: &Repository, query: &str) -> Result<Id> {
     let k = match matches.as_slice() {
         [k] => *k,
         [] => {
-            return Err(Error::Invalid(format!(
-                "no key matches {query:?}; see `lifeboat key list`"
-            )));
+            return Err(Error::KeyNotFound {
+                query: query.to_string(),
+            });
         }
-        _ => return Err(Error::Invalid(format!("key prefix {query:?} is ambiguous"))),
+        _ => return Err(Error::BadInput(format!("key prefix {query:?} is ambiguous"))),
     };
     if k.current {
-        return Err(Error::Invalid(
+        return Err(Error::BadInput(
             "refusing to remove the key in use; open the repository with another key to remove this one".into(),
         ));
     }

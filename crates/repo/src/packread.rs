@@ -371,7 +371,7 @@ fn copy_error(e: &Error) -> Error {
             object: object.clone(),
             reason: reason.clone(),
         },
-        other => Error::Task(other.to_string()),
+        other => Error::Internal(other.to_string()),
     }
 }
 

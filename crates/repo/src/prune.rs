@@ -155,7 +155,7 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
     // Everything the repository holds. Index objects are read strictly: an
     // undecodable one could hide where used blobs live.
     let index_files = repo.read_index_files().await.map_err(|e| {
-        Error::Invalid(format!(
+        Error::Damaged(format!(
             "cannot read the index ({e}); run `lifeboat repair index` first"
         ))
     })?;
@@ -343,7 +343,7 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
             .await??;
         }
         let session = Arc::try_unwrap(session)
-            .map_err(|_| Error::Task("the repack session is still in use".into()))?;
+            .map_err(|_| Error::Internal("the repack session is still in use".into()))?;
         let written = session
             .stats()
             .added_bytes
@@ -431,7 +431,7 @@ async fn used_blobs(
         .try_collect()
         .await
         .map_err(|e| {
-            Error::Invalid(format!(
+            Error::Damaged(format!(
                 "prune needs every snapshot record ({e}); run `lifeboat check`, then forget the damaged snapshot"
             ))
         })?;
@@ -449,7 +449,7 @@ async fn used_blobs(
         let trees: Vec<Tree> = futures::stream::iter(level)
             .map(|id| async move {
                 let loc = index.get(&id).ok_or_else(|| {
-                    Error::Invalid(format!(
+                    Error::Damaged(format!(
                         "tree {id} is not in the index; run `lifeboat check` (prune changed nothing)"
                     ))
                 })?;
@@ -476,7 +476,7 @@ async fn used_blobs(
                     NodeKind::File => {
                         for blob in node.content {
                             if !index.contains(&blob) {
-                                return Err(Error::Invalid(format!(
+                                return Err(Error::Damaged(format!(
                                     "blob {blob} of a file is not in the index; run `lifeboat check` (prune changed nothing)"
                                 )));
                             }

@@ -109,12 +109,12 @@ impl Repository {
             });
         }
         if !(0..=22).contains(&options.compression_level) {
-            return Err(Error::Invalid(
+            return Err(Error::BadInput(
                 "compression level must be 0 (off) to 22".into(),
             ));
         }
         if !(1024 * 1024..=1024 * 1024 * 1024).contains(&options.pack_size) {
-            return Err(Error::Invalid(
+            return Err(Error::BadInput(
                 "pack size must be between 1 MiB and 1 GiB".into(),
             ));
         }
@@ -540,7 +540,7 @@ pub fn resolve_snapshot<'a>(all: &'a [Snapshot], query: &str) -> Result<&'a Snap
 }
 
 fn no_cold_tier() -> Error {
-    Error::Invalid("this repository has no cold tier".into())
+    Error::BadInput("this repository has no cold tier".into())
 }
 
 /// Refuses a cold tier that is the repository's own storage, or that already
@@ -548,19 +548,19 @@ fn no_cold_tier() -> Error {
 /// and prune deletes what its index does not name.
 async fn check_cold_storage(hot: &DynStorage, cold: &DynStorage) -> Result<()> {
     if Arc::ptr_eq(hot, cold) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::BadInput(format!(
             "the cold tier must be another location than the repository itself ({})",
             cold.location()
         )));
     }
     if cold.stat(&ObjectKey::config()).await?.is_some() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::BadInput(format!(
             "the cold tier {} holds a lifeboat repository; give an empty location",
             cold.location()
         )));
     }
     if !cold.list(Kind::Packs).await?.is_empty() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::BadInput(format!(
             "the cold tier {} already holds packs; give an empty location (each repository needs its own)",
             cold.location()
         )));
@@ -594,5 +594,5 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Task(e.to_string()))
+        .map_err(|e| Error::Internal(e.to_string()))
 }

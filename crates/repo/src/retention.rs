@@ -57,7 +57,7 @@ impl RetentionPolicy {
 /// (hour), `d` (day), `w` (week), `m` (month, 30 days), `y` (year, 365 days).
 pub fn parse_duration(s: &str) -> Result<jiff::SignedDuration> {
     let bad = || {
-        Error::Invalid(format!(
+        Error::BadInput(format!(
             "{s:?} is not a duration like 7d, 12h, 2w, 6m or 1y (h, d, w, m = 30 days, y = 365 days)"
         ))
     };
@@ -282,7 +282,7 @@ pub async fn forget(
     options: &ForgetOptions,
 ) -> Result<ForgetReport> {
     if policy.is_empty() {
-        return Err(Error::Invalid(
+        return Err(Error::BadInput(
             "no retention rule given (--keep-last, --keep-daily, ...): refusing to forget everything"
                 .into(),
         ));
@@ -293,7 +293,7 @@ pub async fn forget(
     if !options.allow_empty_source
         && let Some(g) = groups.iter().find(|g| g.kept() == 0)
     {
-        return Err(Error::Invalid(format!(
+        return Err(Error::BadInput(format!(
             "the policy would forget every snapshot of {} {} ({}); give --allow-empty-source to do that",
             g.host,
             g.paths.join(" "),

@@ -96,7 +96,7 @@ impl Shared {
             .lock()
             .unwrap()
             .take()
-            .unwrap_or_else(|| Error::Task("pack upload stopped (see the earlier error)".into()))
+            .unwrap_or_else(|| Error::Internal("pack upload stopped (see the earlier error)".into()))
     }
 }
 
@@ -295,7 +295,7 @@ impl WriteSession {
         match uploader.await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(shared.upload_error()),
-            Err(e) => return Err(Error::Task(e.to_string())),
+            Err(e) => return Err(Error::Internal(e.to_string())),
         }
         write_pending_index(&shared, true).await?;
         shared.repo.invalidate_index().await;
@@ -360,7 +360,7 @@ async fn upload_loop(
     while let Some(r) = uploads.next().await {
         if let Err(e) = r {
             *shared.upload_failure.lock().unwrap() = Some(e);
-            return Err(Error::Task("pack upload failed".into()));
+            return Err(Error::Internal("pack upload failed".into()));
         }
     }
     Ok(())

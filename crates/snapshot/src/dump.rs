@@ -42,13 +42,13 @@ pub async fn dump(
     let node = match node {
         Some(n) if n.kind == NodeKind::File => n,
         Some(n) if n.kind == NodeKind::Symlink => {
-            return Err(Error::Invalid(format!(
+            return Err(Error::BadInput(format!(
                 "{shown} is a symlink to {}; dump the path it points to instead",
                 lossy(n.link_target.as_deref().unwrap_or_default())
             )));
         }
         _ => {
-            return Err(Error::Invalid(format!(
+            return Err(Error::BadInput(format!(
                 "{shown} is a directory; dump writes one file, use `lifeboat restore` for directories"
             )));
         }
@@ -73,7 +73,7 @@ pub async fn stream_file(repo: &Repository, snapshot: &Snapshot) -> Result<Node>
     let tree = repo.read_tree(&snapshot.record.tree).await?;
     match tree.nodes.as_slice() {
         [node] if node.kind == NodeKind::File => Ok(node.clone()),
-        _ => Err(Error::Invalid(format!(
+        _ => Err(Error::BadInput(format!(
             "snapshot {} is not a stream snapshot (one file)",
             snapshot.id.short()
         ))),

@@ -25,8 +25,14 @@ pub enum Error {
     #[error("{path} not found in snapshot {snapshot}")]
     PathNotFound { snapshot: String, path: String },
 
+    /// The request is wrong (a pattern, a file name, an option value, a
+    /// target that holds files): the message says what to change.
     #[error("{0}")]
-    Invalid(String),
+    BadInput(String),
+    /// A broken invariant inside lifeboat (a worker task died, a session
+    /// still in use): not the user's doing.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -38,7 +44,8 @@ impl Error {
             Error::Repo(e) => e.class(),
             Error::Io { source, .. } => io_class(source),
             Error::PathNotFound { .. } => ErrorClass::NotFound,
-            Error::Invalid(_) => ErrorClass::BadInput,
+            Error::BadInput(_) => ErrorClass::BadInput,
+            Error::Internal(_) => ErrorClass::Internal,
         }
     }
 

@@ -44,7 +44,7 @@ impl PathMatcher {
             let trimmed = p.trim_end_matches('/');
             if trimmed.is_empty() {
                 if p.is_empty() {
-                    return Err(Error::Invalid("empty path pattern".into()));
+                    return Err(Error::BadInput("empty path pattern".into()));
                 }
                 all = true;
                 continue;
@@ -54,7 +54,7 @@ impl PathMatcher {
                     .literal_separator(true)
                     .backslash_escape(true)
                     .build()
-                    .map_err(|e| Error::Invalid(format!("invalid pattern {p:?}: {e}")))
+                    .map_err(|e| Error::BadInput(format!("invalid pattern {p:?}: {e}")))
             };
             if trimmed.contains('/') {
                 let text = if trimmed.starts_with('/') {
@@ -69,7 +69,7 @@ impl PathMatcher {
         }
         let build = |b: GlobSetBuilder| {
             b.build()
-                .map_err(|e| Error::Invalid(format!("invalid patterns: {e}")))
+                .map_err(|e| Error::BadInput(format!("invalid patterns: {e}")))
         };
         Ok(PathMatcher {
             full: build(full)?,

@@ -134,7 +134,7 @@ async fn run_schedule(f: &Fixture, seed: u64, broken_prune: bool) -> Result<(), 
             backup(repo, &opts(&dir, host), Arc::new(NoProgress))
                 .await
                 .map(|o| o.snapshot.id)
-                .map_err(|e| lifeboat_repo::Error::Invalid(e.to_string()))
+                .map_err(|e| lifeboat_repo::Error::Internal(e.to_string()))
         })
     };
     let t1 = b(s1, g1, f.dirs[0].clone(), "a");

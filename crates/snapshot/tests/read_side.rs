@@ -407,7 +407,7 @@ async fn restore_refuses_existing_files_before_writing_anything() {
         .await
         .unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    assert!(matches!(err, Error::BadInput(_)), "{err:?}");
     assert!(msg.contains("data/zeros.bin"), "{msg}");
     assert!(
         msg.contains("--overwrite") && msg.contains("--delta"),
@@ -686,11 +686,11 @@ async fn dump_writes_file_content_and_refuses_directories() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::Invalid(m) if m.contains("restore")),
+        matches!(&err, Error::BadInput(m) if m.contains("restore")),
         "{err:?}"
     );
     let err = dump(&repo, &snap, b"/", &mut Vec::new()).await.unwrap_err();
-    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    assert!(matches!(err, Error::BadInput(_)), "{err:?}");
     let err = dump(&repo, &snap, b"/data/nope", &mut Vec::new())
         .await
         .unwrap_err();
@@ -904,7 +904,7 @@ async fn find_tells_each_paths_history() {
     assert_eq!(find(&repo, "**/keep.*", &all).await.unwrap().len(), 1);
     assert!(matches!(
         find(&repo, "[", &all).await,
-        Err(Error::Invalid(_))
+        Err(Error::BadInput(_))
     ));
 }
 

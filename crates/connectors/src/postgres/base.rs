@@ -279,7 +279,7 @@ async fn refuse_tablespaces(client: &tokio_postgres::Client) -> Result<()> {
         .await?;
     let n: i64 = row.get(0);
     if n > 0 {
-        return Err(Error::Invalid(format!(
+        return Err(Error::BadInput(format!(
             "the cluster has {n} tablespace(s) besides pg_default and pg_global; lifeboat pg \
              backup does not support tablespaces yet (back up with pg_basebackup -F plain, or \
              move the tables into pg_default)"
@@ -298,7 +298,7 @@ pub(super) async fn archived_positions(
 ) -> Result<(u64, u32, u64)> {
     let after = backup_history_files(repo, facts.system_identifier).await?;
     let ours = after.difference(before).last().ok_or_else(|| {
-        Error::Invalid(format!(
+        Error::BadInput(format!(
             "the base backup finished but its backup history file did not arrive in this \
              repository: archive_command ({:?}) must run `lifeboat pg wal-push %p` into the \
              same repository, or WAL needed to restore this backup is elsewhere",
@@ -309,7 +309,7 @@ pub(super) async fn archived_positions(
         .await?
         .ok_or_else(|| Error::NotFound(format!("backup history file {ours} vanished")))?;
     parse_history(&String::from_utf8_lossy(&text)).ok_or_else(|| {
-        Error::Invalid(format!(
+        Error::BadInput(format!(
             "backup history file {ours} has no start/stop location"
         ))
     })
@@ -376,7 +376,7 @@ pub async fn unpack(repo: Arc<Repository>, snapshot: &Snapshot, dir: &Path) -> R
     }
     let node = stream_file(&repo, snapshot).await?;
     if node.name != BASE_TAR.as_bytes() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::BadInput(format!(
             "snapshot {} is not a base backup",
             snapshot.id.short()
         )));
@@ -397,7 +397,7 @@ pub async fn unpack(repo: Arc<Repository>, snapshot: &Snapshot, dir: &Path) -> R
         Ok(counting.n)
     })
     .await
-    .map_err(|e| Error::Invalid(format!("unpack task failed: {e}")))?
+    .map_err(|e| Error::Internal(format!("unpack task failed: {e}")))?
 }
 
 /// Creates `dir` (and its parents) with mode 0700, as PostgreSQL requires

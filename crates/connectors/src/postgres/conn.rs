@@ -36,7 +36,7 @@ impl ConnOptions {
             None => env_conninfo(),
         };
         tokio_postgres::Config::from_str(&s)
-            .map_err(|e| Error::Invalid(format!("bad PostgreSQL connection settings: {e}")))
+            .map_err(|e| Error::BadInput(format!("bad PostgreSQL connection settings: {e}")))
     }
 
     /// Opens a connection; the connection task runs on the current runtime.
@@ -141,7 +141,7 @@ pub async fn server_facts(client: &Client) -> Result<ServerFacts> {
     Ok(ServerFacts {
         system_identifier: sysid
             .parse()
-            .map_err(|_| Error::Invalid(format!("bad system identifier {sysid:?}")))?,
+            .map_err(|_| Error::BadInput(format!("bad system identifier {sysid:?}")))?,
         server_version: row.get(1),
         server_version_num: row.get::<_, i32>(2) as u32,
         timeline: row.get::<_, i32>(3) as u32,
@@ -161,7 +161,7 @@ pub fn system_identifier_of(pgdata: &Path) -> Result<u64> {
     let first: [u8; 8] = bytes
         .get(..8)
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| Error::Invalid(format!("{} is too short", path.display())))?;
+        .ok_or_else(|| Error::BadInput(format!("{} is too short", path.display())))?;
     Ok(u64::from_ne_bytes(first))
 }
 

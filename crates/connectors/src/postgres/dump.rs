@@ -135,7 +135,7 @@ pub async fn restore_dump(
         .and_then(|k| k.as_str())
         == Some("dump");
     if !is_dump {
-        return Err(Error::Invalid(format!(
+        return Err(Error::BadInput(format!(
             "snapshot {} is not a PostgreSQL dump (made by `lifeboat pg dump`)",
             snapshot.id.short()
         )));
@@ -178,7 +178,7 @@ pub async fn restore_dump(
         std::io::copy(&mut reader, &mut out)
     })
     .await
-    .map_err(|e| Error::Invalid(format!("restore task failed: {e}")))?;
+    .map_err(|e| Error::Internal(format!("restore task failed: {e}")))?;
     let status = child.wait().await.map_err(|e| Error::io("pg_restore", e))?;
     let stderr = stderr_task.await.unwrap_or_default();
     if !status.success() {

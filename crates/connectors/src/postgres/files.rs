@@ -95,7 +95,7 @@ fn excludes(data_dir: &str) -> Vec<String> {
 pub(super) async fn local_data_dir(client: &Client, facts: &ServerFacts) -> Result<PathBuf> {
     let use_stream = "or use --method stream";
     if facts.archive_mode == "off" {
-        return Err(Error::Invalid(format!(
+        return Err(Error::BadInput(format!(
             "the files method needs WAL archiving (archive_mode = on, archive_command = \
              'lifeboat pg wal-push %p'): without it only pg_basebackup can put the WAL a backup \
              needs inside it; turn archiving on {use_stream}"
@@ -110,7 +110,7 @@ pub(super) async fn local_data_dir(client: &Client, facts: &ServerFacts) -> Resu
         )
         .await
         .map_err(|e| {
-            Error::Invalid(format!(
+            Error::BadInput(format!(
                 "cannot read the server's data_directory setting ({e}): the files method needs \
                  a superuser or a member of pg_read_all_settings, {use_stream}"
             ))
@@ -120,14 +120,14 @@ pub(super) async fn local_data_dir(client: &Client, facts: &ServerFacts) -> Resu
     let port: String = row.get(2);
     let pid_file = Path::new(&dir).join("postmaster.pid");
     let text = std::fs::read_to_string(&pid_file).map_err(|e| {
-        Error::Invalid(format!(
+        Error::BadInput(format!(
             "the server's data directory {dir} is not readable here ({e}): the server runs on \
              another machine, or this user cannot read its files; run lifeboat as the \
              server's OS user on its machine, {use_stream}"
         ))
     })?;
     if !postmaster_matches(&text, &dir, started, &port) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::BadInput(format!(
             "{} belongs to another server than the one connected to (its start time or port \
              differs): the server connected to runs elsewhere; {use_stream}",
             pid_file.display()
@@ -135,7 +135,7 @@ pub(super) async fn local_data_dir(client: &Client, facts: &ServerFacts) -> Resu
     }
     let control = Path::new(&dir).join("global").join("pg_control");
     std::fs::File::open(&control).map_err(|e| {
-        Error::Invalid(format!(
+        Error::BadInput(format!(
             "cannot read {} ({e}): run lifeboat as the server's OS user, {use_stream}",
             control.display()
         ))
@@ -167,7 +167,7 @@ pub(super) async fn backup(
 ) -> Result<(Snapshot, BaseBackupInfo)> {
     let dir = data_dir
         .to_str()
-        .ok_or_else(|| Error::Invalid(format!("data directory {data_dir:?} is not UTF-8")))?;
+        .ok_or_else(|| Error::BadInput(format!("data directory {data_dir:?} is not UTF-8")))?;
     let history_before = backup_history_files(&repo, facts.system_identifier).await?;
     let modern = facts.server_version_num >= 150000;
     let fast = !options.spread_checkpoint;
@@ -203,7 +203,7 @@ pub(super) async fn backup(
             .take(3)
             .map(String::as_str)
             .collect();
-        return Err(Error::Invalid(format!(
+        return Err(Error::BadInput(format!(
             "could not read every file of the data directory, so no backup was recorded: {}",
             first.join("; ")
         )));
@@ -254,7 +254,7 @@ pub(super) async fn restore(
     let stats = lifeboat_snapshot::restore::restore(repo, snapshot, &options, &NoProgress).await?;
     if !stats.errors.is_empty() {
         let first: Vec<&str> = stats.errors.iter().take(3).map(String::as_str).collect();
-        return Err(Error::Invalid(format!(
+        return Err(Error::BadInput(format!(
             "{} file(s) of the base backup could not be restored, so {} is incomplete and must \
              not be started: {}",
             stats.errors.len(),

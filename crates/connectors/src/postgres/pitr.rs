@@ -102,7 +102,7 @@ pub async fn plan(repo: &Repository, options: &RestoreOptions) -> Result<Restore
     let (backup, info) = if let Some(q) = &options.snapshot {
         let s = repo.find_snapshot(q).await?;
         let info = BaseBackupInfo::of(&s).ok_or_else(|| {
-            Error::Invalid(format!(
+            Error::BadInput(format!(
                 "snapshot {} is not a PostgreSQL base backup",
                 s.id.short()
             ))
@@ -114,7 +114,7 @@ pub async fn plan(repo: &Repository, options: &RestoreOptions) -> Result<Restore
             Some(s) => s,
             None if systems.len() == 1 => *systems.first().expect("one"),
             None => {
-                return Err(Error::Invalid(format!(
+                return Err(Error::BadInput(format!(
                     "the repository holds base backups of several clusters ({}); choose one with --system-id",
                     systems
                         .iter()
@@ -313,7 +313,7 @@ pub fn check_empty(dir: &Path) -> Result<()> {
     match std::fs::read_dir(dir) {
         Ok(mut rd) => {
             if rd.next().is_some() {
-                return Err(Error::Invalid(format!(
+                return Err(Error::BadInput(format!(
                     "{} is not empty; restore into a new or empty directory",
                     dir.display()
                 )));
@@ -445,7 +445,7 @@ pub async fn start_and_wait(
         .args(["-w", "-t", "86400", "start"]);
     let log_tail = |log: &Path| conn::tail(&std::fs::read_to_string(log).unwrap_or_default());
     if let Err(e) = conn::run_tool(cmd, "pg_ctl start").await {
-        return Err(Error::Invalid(format!(
+        return Err(Error::BadInput(format!(
             "{e}; server log: {}",
             log_tail(&log)
         )));
@@ -466,7 +466,7 @@ pub async fn start_and_wait(
     let started = Instant::now();
     loop {
         if ended(&pid_file) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::BadInput(format!(
                 "the server stopped during recovery; server log: {}",
                 log_tail(&log)
             )));
@@ -525,7 +525,7 @@ async fn query_state(dir: &Path) -> Result<(bool, bool)> {
 /// Parses `--target-lsn`.
 pub fn lsn_arg(s: &str) -> Result<u64> {
     parse_lsn(s)
-        .ok_or_else(|| Error::Invalid(format!("bad LSN {s:?}: expected the form 0/3000060")))
+        .ok_or_else(|| Error::BadInput(format!("bad LSN {s:?}: expected the form 0/3000060")))
 }
 
 #[cfg(test)]

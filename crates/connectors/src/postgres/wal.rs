@@ -108,7 +108,7 @@ pub fn parse_object_name(name: &str) -> Option<(u64, String)> {
 /// The archive name of a WAL file; an error for a name no WAL file has.
 fn archive_name(system_identifier: u64, file: &str) -> Result<ArchiveName> {
     ArchiveName::new(stream_name(system_identifier), file.to_ascii_lowercase())
-        .ok_or_else(|| Error::Invalid(format!("{file:?} is not a WAL file name")))
+        .ok_or_else(|| Error::BadInput(format!("{file:?} is not a WAL file name")))
 }
 
 /// Compresses and seals a WAL file for storage under `object` (an
@@ -139,7 +139,7 @@ pub async fn put_wal(
     data: Arc<Vec<u8>>,
 ) -> Result<PutOutcome> {
     if !is_archivable(file) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::BadInput(format!(
             "{file:?} is not a WAL file name; archive_command must pass %p"
         )));
     }
@@ -428,9 +428,9 @@ fn file_name(path: &Path) -> Result<String> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::Invalid(format!("{} has no file name", path.display())))?;
+        .ok_or_else(|| Error::BadInput(format!("{} has no file name", path.display())))?;
     if !is_archivable(name) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::BadInput(format!(
             "{name:?} is not a WAL file name; use archive_command = 'lifeboat pg wal-push %p'"
         )));
     }
@@ -569,7 +569,7 @@ async fn fetch_into(
                     // Off the async workers: 16 MiB per segment.
                     tokio::task::spawn_blocking(move || write_atomically(&target, &data))
                         .await
-                        .map_err(|e| Error::Invalid(format!("WAL write task failed: {e}")))??;
+                        .map_err(|e| Error::Internal(format!("WAL write task failed: {e}")))??;
                     Ok(true)
                 }
                 .await;

@@ -205,7 +205,7 @@ impl Ctx {
             let mut f = target.failure.lock().unwrap();
             // Keep the first real cause: "upload task stopped" errors from
             // other threads only echo it.
-            let echo = |e: &Error| matches!(e, Error::Repo(lifeboat_repo::Error::Task(_)));
+            let echo = |e: &Error| matches!(e, Error::Repo(lifeboat_repo::Error::Internal(_)));
             if f.as_ref().is_none_or(|old| echo(old) && !echo(&e)) {
                 *f = Some(e);
             }

@@ -73,7 +73,7 @@ where
         let ctx = ctx.clone();
         tokio::task::spawn_blocking(move || read(&ctx, parent_trees))
             .await
-            .map_err(|e| Error::Invalid(format!("backup task failed: {e}")))??
+            .map_err(|e| Error::Internal(format!("backup task failed: {e}")))??
     };
     finish_all(ctx, meta, roots, &request, &mut results)?;
     Ok(results.into_iter().map(Option::unwrap).collect())
@@ -99,7 +99,7 @@ fn finish_all(
     results: &mut Results,
 ) -> Result<()> {
     let ctx =
-        Arc::try_unwrap(ctx).map_err(|_| Error::Invalid("write session still in use".into()))?;
+        Arc::try_unwrap(ctx).map_err(|_| Error::Internal("write session still in use".into()))?;
     let warnings = std::mem::take(&mut *ctx.warnings.lock().unwrap());
     for ((target, meta), root) in ctx.targets.into_iter().zip(meta).zip(roots) {
         let failure = target.failure.lock().unwrap().take();
@@ -110,7 +110,7 @@ fn finish_all(
             }
             (None, Some(root)) => root,
             (None, None) => {
-                results[meta.index] = Some(Err(Error::Invalid(
+                results[meta.index] = Some(Err(Error::Internal(
                     "backup did not complete its root tree".into(),
                 )));
                 continue;
@@ -170,10 +170,10 @@ impl PendingBackup {
     /// small files such as a database's backup label.
     pub async fn add_root_file(&mut self, name: &str, data: &[u8], mode: u32) -> Result<()> {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-            return Err(Error::Invalid(format!("invalid file name {name:?}")));
+            return Err(Error::BadInput(format!("invalid file name {name:?}")));
         }
         let Some(root) = self.root.as_mut() else {
-            return Err(Error::Invalid(
+            return Err(Error::Internal(
                 "the backup's root tree is not at hand".into(),
             ));
         };

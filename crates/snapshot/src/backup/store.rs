@@ -184,7 +184,7 @@ fn chunk_group_parallel(
                 // A target that failed on the way: its error is recorded.
                 _ if !ctx.live(*t) => stored.push((*t, Vec::new())),
                 _ => {
-                    ctx.fail(*t, Error::Invalid("a chunk was not stored".into()));
+                    ctx.fail(*t, Error::Internal("a chunk was not stored".into()));
                     stored.push((*t, Vec::new()));
                 }
             }

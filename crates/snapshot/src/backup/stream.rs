@@ -35,7 +35,7 @@ pub(crate) async fn pending_many<R: Read + Send + 'static>(
     let time = jiff::Timestamp::now();
     let name = options.file_name.trim_matches('/').to_string();
     if name.is_empty() || name.contains('/') {
-        return Err(Error::Invalid(format!(
+        return Err(Error::BadInput(format!(
             "invalid stream file name {:?}: give a plain name such as db.sql",
             options.file_name
         )));

@@ -43,7 +43,7 @@ pub(crate) async fn pending_many(
     let started = Instant::now();
     let time = jiff::Timestamp::now();
     if options.paths.is_empty() {
-        return Err(Error::Invalid(
+        return Err(Error::BadInput(
             "nothing to back up: give at least one path".into(),
         ));
     }
@@ -59,7 +59,7 @@ pub(crate) async fn pending_many(
     if options.contents_as_root
         && (roots.len() != 1 || !fs::metadata(&roots[0]).is_ok_and(|m| m.is_dir()))
     {
-        return Err(Error::Invalid(
+        return Err(Error::BadInput(
             "a backup whose root is a directory's contents takes exactly one directory".into(),
         ));
     }
@@ -373,7 +373,7 @@ impl Walker<'_> {
         let read = match pending {
             Some(task) => handle
                 .block_on(task)
-                .unwrap_or_else(|e| Err(lifeboat_repo::Error::Task(e.to_string()))),
+                .unwrap_or_else(|e| Err(lifeboat_repo::Error::Internal(e.to_string()))),
             None => handle.block_on(repo.read_tree(&id)),
         };
         match read {

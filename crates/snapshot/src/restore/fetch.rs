@@ -282,7 +282,7 @@ impl Writers {
                         job();
                     }
                 })
-                .map_err(|e| Error::Repo(lifeboat_repo::Error::Task(e.to_string())))?;
+                .map_err(|e| Error::Repo(lifeboat_repo::Error::Internal(e.to_string())))?;
         }
         Ok(Writers { jobs })
     }
@@ -294,7 +294,7 @@ impl Writers {
             let _ = tx.send(f());
         });
         let lost = || {
-            Error::Repo(lifeboat_repo::Error::Task(
+            Error::Repo(lifeboat_repo::Error::Internal(
                 "a restore writer thread failed".into(),
             ))
         };

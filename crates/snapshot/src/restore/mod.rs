@@ -245,5 +245,5 @@ fn report(progress: &dyn RestoreProgress, stats: &mut RestoreStats, problems: &m
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Repo(lifeboat_repo::Error::Task(e.to_string())))
+        .map_err(|e| Error::Repo(lifeboat_repo::Error::Internal(e.to_string())))
 }

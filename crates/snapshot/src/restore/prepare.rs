@@ -170,7 +170,7 @@ pub(super) fn prepare(
                 Some(m) => !(matches!(item.kind, ItemKind::Dir(_)) && m.kind.is_dir()),
             });
         if let Some((item, _)) = conflict {
-            return Err(Error::Invalid(format!(
+            return Err(Error::BadInput(format!(
                 "{} already exists in the restore target; nothing was written. Use --overwrite to replace \
                  existing files, or --delta to keep identical files and replace the others",
                 sel.path(item).display()

@@ -55,7 +55,7 @@ pub(super) fn append<T: Clone>(buf: &mut Vec<T>, items: &[T]) -> Result<Span> {
 /// and no real snapshot comes near four billion entries, names or blobs.
 pub(super) fn fits(n: usize) -> Result<u32> {
     u32::try_from(n).map_err(|_| {
-        Error::Invalid(
+        Error::BadInput(
             "the snapshot is too large to restore at once; restore it in parts with --include"
                 .into(),
         )

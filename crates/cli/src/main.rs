@@ -35,14 +35,23 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// on their own scoped threads, so this does not limit backup parallelism.
 const MAX_BLOCKING_THREADS: usize = 8;
 
+/// Crates that log secrets at debug level (reqsign's credential providers
+/// print the S3 secret access key). Matched as target prefixes.
+const SECRET_LOGGING_TARGETS: &[&str] = &["reqsign", "reqsign_core", "reqsign_aws_v4"];
+
 fn main() {
     let args = args::Cli::parse();
     let filter = if args.global.verbose { "info" } else { "warn" };
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
+        .unwrap_or_else(|_| filter.into());
+    // The S3 request-signing crates log their credential provider, secret
+    // key included, at debug level: never let them below info, whatever
+    // LIFEBOAT_LOG asks for (a directive added last wins for its target).
+    for target in SECRET_LOGGING_TARGETS {
+        filter = filter.add_directive(format!("{target}=info").parse().expect("a valid directive"));
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
-                .unwrap_or_else(|_| filter.into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .without_time()
         .init();

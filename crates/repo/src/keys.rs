@@ -53,7 +53,11 @@ pub async fn remove(repo: &Repository, query: &str) -> Result<Id> {
                 query: query.to_string(),
             });
         }
-        _ => return Err(Error::BadInput(format!("key prefix {query:?} is ambiguous"))),
+        _ => {
+            return Err(Error::BadInput(format!(
+                "key prefix {query:?} is ambiguous"
+            )));
+        }
     };
     if k.current {
         return Err(Error::BadInput(

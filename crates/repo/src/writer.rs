@@ -96,7 +96,9 @@ impl Shared {
             .lock()
             .unwrap()
             .take()
-            .unwrap_or_else(|| Error::Internal("pack upload stopped (see the earlier error)".into()))
+            .unwrap_or_else(|| {
+                Error::Internal("pack upload stopped (see the earlier error)".into())
+            })
     }
 }
 

@@ -61,7 +61,6 @@ use std::time::Instant;
 use lifeboat_repo::{Repository, Snapshot};
 use serde::Serialize;
 
-use crate::pathmatch::PathMatcher;
 use crate::progress::RestoreProgress;
 use crate::{Error, Result};
 
@@ -129,16 +128,7 @@ pub async fn restore(
     progress: &dyn RestoreProgress,
 ) -> Result<RestoreStats> {
     let started = Instant::now();
-    let include = PathMatcher::new(&options.include)?;
-    let exclude = PathMatcher::new(&options.exclude)?;
-    let selection = select::select(
-        repo,
-        snapshot.record.tree,
-        &include,
-        &exclude,
-        &options.target,
-    )
-    .await?;
+    let selection = select::select(repo, snapshot.record.tree, options).await?;
     tracing::debug!("restore: selected in {:?}", started.elapsed());
 
     let index = repo.index().await?;

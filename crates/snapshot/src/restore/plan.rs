@@ -17,7 +17,6 @@ use super::RestoreOptions;
 use super::fetch::{Write, build_ranges};
 use super::select::{ItemKind, fits, select};
 use crate::Result;
-use crate::pathmatch::PathMatcher;
 
 /// What restoring a snapshot (with the same include/exclude patterns) will
 /// read, pack by pack. Files a `delta` restore finds identical are counted
@@ -62,16 +61,7 @@ pub async fn plan(
     snapshot: &Snapshot,
     options: &RestoreOptions,
 ) -> Result<RestorePlan> {
-    let include = PathMatcher::new(&options.include)?;
-    let exclude = PathMatcher::new(&options.exclude)?;
-    let sel = select(
-        repo,
-        snapshot.record.tree,
-        &include,
-        &exclude,
-        &options.target,
-    )
-    .await?;
+    let sel = select(repo, snapshot.record.tree, options).await?;
     let index = repo.index().await?;
     let mut out = RestorePlan::default();
     let mut packs: Vec<Id> = Vec::new();

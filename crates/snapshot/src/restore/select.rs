@@ -2,7 +2,7 @@
 //!
 //! Reads the snapshot's trees breadth first (several in flight), applies
 //! the include/exclude patterns of [`super::RestoreOptions`] (matching is
-//! [`PathMatcher`]'s, in `crate::find`; nothing here interprets a
+//! [`PathMatcher`]'s, the one glob dialect; nothing here interprets a
 //! pattern), and keeps of each entry only what restoring it needs, in a
 //! compact [`Selection`]: a few dozen bytes per entry in a handful of
 //! large buffers, so a tree is dropped as soon as it has been read. It also
@@ -13,12 +13,13 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use lifeboat_repo::{Id, NodeKind, Repository};
 
+use super::RestoreOptions;
 use super::metadata::Meta;
 use crate::pathmatch::PathMatcher;
 use crate::pathmatch::join;
@@ -119,14 +120,16 @@ pub(super) struct Pending {
 /// Reads the snapshot's trees breadth first, up to `repo.concurrency()` in
 /// flight and in a fixed order, and turns each tree's nodes into [`Item`]s
 /// as it arrives, so no more than a few trees are held at once. Excluded
-/// directories are not read.
+/// directories are not read. The include and exclude patterns and the
+/// target are the options' (a bad pattern is an error before any read).
 pub(super) async fn select(
     repo: &Repository,
     root: Id,
-    include: &PathMatcher,
-    exclude: &PathMatcher,
-    target: &Path,
+    options: &RestoreOptions,
 ) -> Result<Selection> {
+    let include = &PathMatcher::new(&options.include)?;
+    let exclude = &PathMatcher::new(&options.exclude)?;
+    let target = options.target.as_path();
     let mut sel = Selection {
         items: Vec::new(),
         dirs: vec![target.to_path_buf()],

@@ -20,13 +20,14 @@
 //! (`writer`) nor parse trailers for the index (`pack`, `repair`). The
 //! pack format itself (sealing, trailer) is in `pack`.
 
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use lifeboat_storage::{ErrorKind, Kind, ObjectKey};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 
 use crate::crypto::MasterKey;
 use crate::index::BlobLocation;
@@ -458,6 +459,136 @@ impl FetchedRange {
             entry,
             &self.bytes[at..at + entry.length as usize],
         )
+    }
+}
+
+/// Most bytes of whole tree packs one process keeps (see [`TreePacks`]).
+/// Two default-size (16 MiB) packs: the trees of a snapshot of ~80,000
+/// files fit in a few MiB of packs, and memory must stay bounded whatever
+/// the repository's size.
+pub(crate) const TREE_PACK_CACHE_BYTES: u64 = 32 << 20;
+
+/// Whole tree packs read by this process, so that reading the trees of a
+/// snapshot (a backup comparing with its parent, a restore's selection,
+/// `ls`, `find`, `check`) costs one request per tree pack instead of one
+/// per tree: on object storage each request is a round trip (the
+/// object-storage diagnosis in docs/performance.md counted 380 ranged reads
+/// for 380 trees held in one 344 KB pack).
+///
+/// A tree pack holds trees only (the writer keeps one open pack per blob
+/// type), and packs are immutable and named by their content, so a cached
+/// pack is never stale. What is kept is the sealed bytes: each tree is
+/// still opened and verified against its id on every read, exactly as a
+/// ranged read's bytes are. Memory is bounded by [`TREE_PACK_CACHE_BYTES`]
+/// (oldest pack dropped first); a repository whose packs may be larger than
+/// half of it reads trees by range, as before. Concurrent readers of the
+/// same pack share one fetch.
+#[derive(Default)]
+pub(crate) struct TreePacks {
+    state: Mutex<TreePackState>,
+}
+
+impl std::fmt::Debug for TreePacks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.state.lock().unwrap();
+        f.debug_struct("TreePacks")
+            .field("packs", &st.order.len())
+            .field("bytes", &st.bytes)
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct TreePackState {
+    packs: HashMap<Id, CachedPack>,
+    /// Packs counted in `bytes`, oldest first.
+    order: VecDeque<Id>,
+    bytes: u64,
+}
+
+struct CachedPack {
+    bytes: Arc<OnceCell<Bytes>>,
+    counted: bool,
+}
+
+impl TreePacks {
+    /// Whether trees of a repository with packs of `pack_size` bytes are
+    /// read by whole pack.
+    fn applies(pack_size: u32) -> bool {
+        // A pack may run one blob past the configured size.
+        (pack_size as u64) * 2 <= TREE_PACK_CACHE_BYTES
+    }
+
+    /// The sealed bytes of tree pack `pack`, fetched whole on first use.
+    async fn get(&self, repo: &Repository, pack: Id) -> Result<Bytes> {
+        let cell = {
+            let mut st = self.state.lock().unwrap();
+            st.packs
+                .entry(pack)
+                .or_insert_with(|| CachedPack {
+                    bytes: Arc::new(OnceCell::new()),
+                    counted: false,
+                })
+                .bytes
+                .clone()
+        };
+        let bytes = cell
+            .get_or_try_init(|| async {
+                repo.tier_storage(Tier::Hot)
+                    .await?
+                    .get(&pack_key(&pack))
+                    .await
+                    .map_err(Error::from)
+            })
+            .await?
+            .clone();
+        let mut st = self.state.lock().unwrap();
+        if let Some(entry) = st.packs.get_mut(&pack)
+            && !entry.counted
+        {
+            entry.counted = true;
+            st.bytes += bytes.len() as u64;
+            st.order.push_back(pack);
+            while st.bytes > TREE_PACK_CACHE_BYTES && st.order.len() > 1 {
+                let Some(old) = st.order.pop_front() else {
+                    break;
+                };
+                if let Some(gone) = st.packs.remove(&old)
+                    && let Some(b) = gone.bytes.get()
+                {
+                    st.bytes -= b.len() as u64;
+                }
+            }
+        }
+        Ok(bytes)
+    }
+}
+
+impl Repository {
+    /// Reads, decrypts and verifies one tree blob at a known location,
+    /// from its whole pack kept in memory (see [`TreePacks`]).
+    pub(crate) async fn read_tree_blob_at(&self, id: &Id, loc: &BlobLocation) -> Result<Bytes> {
+        if !TreePacks::applies(self.config().pack_size) {
+            return self.read_blob_at(id, loc).await;
+        }
+        let loc = *loc;
+        let pack = self
+            .tree_packs()
+            .get(self, loc.pack)
+            .await
+            .map_err(|e| in_pack_read(e, loc.pack, id))?;
+        let (start, len) = (loc.entry.offset as usize, loc.entry.length as usize);
+        if start + len > pack.len() {
+            return Err(Error::corrupt(
+                format!("pack {}", loc.pack),
+                format!("shorter than its index says (needed for blob {id})"),
+            ));
+        }
+        let key = self.key().clone();
+        let plain = blocking(move || open_blob(&key, &loc.entry, &pack[start..start + len]))
+            .await?
+            .map_err(|e| in_pack(e, loc.pack))?;
+        Ok(Bytes::from(plain))
     }
 }
 

@@ -29,6 +29,7 @@ use crate::crypto::MasterKey;
 use crate::index::{BlobLocation, Index, IndexFile};
 use crate::keyfile::{KdfParams, KeyFile};
 use crate::pack::BlobType;
+use crate::packread::TreePacks;
 use crate::record::{Snapshot, SnapshotRecord};
 use crate::tree::Tree;
 use crate::{Error, Id, Result};
@@ -97,6 +98,9 @@ pub struct Repository {
     index: AsyncMutex<Option<Arc<Index>>>,
     /// Set exactly when the config names a cold tier.
     cold: Option<ColdTier>,
+    /// Whole tree packs read so far, bounded (one request per tree pack
+    /// instead of one per tree).
+    tree_packs: TreePacks,
 }
 
 impl Repository {
@@ -162,6 +166,7 @@ impl Repository {
             config,
             key_id,
             index: AsyncMutex::new(None),
+            tree_packs: TreePacks::default(),
             cold,
         })
     }
@@ -221,6 +226,7 @@ impl Repository {
                     config,
                     key_id,
                     index: AsyncMutex::new(None),
+                    tree_packs: TreePacks::default(),
                     cold,
                 });
             }
@@ -429,8 +435,13 @@ impl Repository {
         if loc.entry.blob_type != BlobType::Tree {
             return Err(Error::corrupt(format!("tree {id}"), "blob is not a tree"));
         }
-        let bytes = self.read_blob(id).await?;
+        let bytes = self.read_tree_blob_at(id, &loc).await?;
         Tree::decode(id, &bytes)
+    }
+
+    /// This process's whole tree packs (see [`crate::packread`]).
+    pub(crate) fn tree_packs(&self) -> &TreePacks {
+        &self.tree_packs
     }
 
     /// Every snapshot, oldest first.

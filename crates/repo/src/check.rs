@@ -444,7 +444,7 @@ impl<'a> TreeWalker<'a> {
         }
         // Read through the check's own index (built skipping damaged index
         // objects), not the repository's, which refuses to load at all then.
-        let bytes = self.repo.read_blob_at(&id, loc).await?;
+        let bytes = self.repo.read_tree_blob_at(&id, loc).await?;
         Tree::decode(&id, &bytes)
     }
 }

@@ -456,7 +456,7 @@ async fn used_blobs(
                 if loc.entry.blob_type != BlobType::Tree {
                     return Err(Error::corrupt(format!("tree {id}"), "blob is not a tree"));
                 }
-                let bytes = repo.read_blob_at(&id, loc).await?;
+                let bytes = repo.read_tree_blob_at(&id, loc).await?;
                 Tree::decode(&id, &bytes)
             })
             .buffer_unordered(repo.concurrency())

@@ -568,7 +568,15 @@ impl Repository {
     /// Reads, decrypts and verifies one tree blob at a known location,
     /// from its whole pack kept in memory (see [`TreePacks`]).
     pub(crate) async fn read_tree_blob_at(&self, id: &Id, loc: &BlobLocation) -> Result<Bytes> {
-        if !TreePacks::applies(self.config().pack_size) {
+        // Whole packs pay off where each request is a round trip; on a
+        // local disk a small ranged read is cheaper than reading the pack.
+        if !TreePacks::applies(self.config().pack_size)
+            || !self
+                .tier_storage(Tier::Hot)
+                .await?
+                .capabilities()
+                .round_trips
+        {
             return self.read_blob_at(id, loc).await;
         }
         let loc = *loc;

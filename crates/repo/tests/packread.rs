@@ -222,7 +222,8 @@ fn one_file_tree(name: &str) -> lifeboat_repo::Tree {
 /// still verified: a damaged one fails alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn trees_are_read_one_request_per_tree_pack_and_each_is_still_verified() {
-    let mem = MemoryStorage::new();
+    // Object storage, where every request is a round trip.
+    let mem = MemoryStorage::new().with_round_trips();
     let counting = Arc::new(CountingStorage::new(Arc::new(mem.clone())));
     let options = InitOptions {
         kdf: KdfParams::INSECURE_TEST,
@@ -291,4 +292,50 @@ async fn trees_are_read_one_request_per_tree_pack_and_each_is_still_verified() {
     for (id, tree) in trees.iter().filter(|(id, _)| id != victim) {
         assert_eq!(&damaged.read_tree(id).await.unwrap(), tree);
     }
+}
+
+/// Where a request costs no round trip (a local disk), trees keep their
+/// small ranged reads: reading a whole pack for one tree would be waste.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_storage_without_round_trips_trees_keep_ranged_reads() {
+    let mem = MemoryStorage::new();
+    let counting = Arc::new(CountingStorage::new(Arc::new(mem.clone())));
+    let options = InitOptions {
+        kdf: KdfParams::INSECURE_TEST,
+        pack_size: 1024 * 1024,
+        ..Default::default()
+    };
+    let repo = Arc::new(
+        Repository::init(counting.clone(), b"pw", options)
+            .await
+            .unwrap(),
+    );
+    let session = WriteSession::start(repo.clone(), WriteOptions::default())
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let tree = one_file_tree(&format!("f{i}"));
+        ids.push(
+            session
+                .add_blob(BlobType::Tree, &tree.encode())
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    session.flush().await.unwrap();
+    let fresh = Repository::open(counting.clone(), b"pw").await.unwrap();
+    fresh.index().await.unwrap();
+    let before = counting.counts();
+    for id in &ids {
+        fresh.read_tree(id).await.unwrap();
+    }
+    let after = counting.counts();
+    assert_eq!(after.reads - before.reads, ids.len() as u64);
+    // Each read is one tree's bytes, not a pack's.
+    assert!(
+        after.read_bytes - before.read_bytes < 20 * 1024,
+        "{after:?}"
+    );
 }

@@ -45,6 +45,11 @@ pub struct Capabilities {
     pub atomic_create: bool,
     /// A `list` right after a successful `put` is guaranteed to show the object.
     pub list_after_write: bool,
+    /// Every request is a network round trip (object storage, SFTP), so a
+    /// few larger reads beat many small ones even when they fetch bytes no
+    /// one asked for. False for local disks and memory, where a small read
+    /// costs next to nothing and reading more is pure waste.
+    pub round_trips: bool,
 }
 
 /// A store of named, immutable objects.

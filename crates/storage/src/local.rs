@@ -108,6 +108,7 @@ impl Storage for LocalStorage {
             max_connections: 4,
             atomic_create: true,
             list_after_write: true,
+            round_trips: false,
         }
     }
 

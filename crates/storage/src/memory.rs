@@ -12,9 +12,21 @@ use crate::{Capabilities, Error, ErrorKind, Kind, ObjectInfo, ObjectKey, Result,
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStorage {
     objects: Arc<Mutex<BTreeMap<ObjectKey, Bytes>>>,
+    /// What [`Capabilities::round_trips`] says (false unless a test asks
+    /// the memory store to behave like object storage).
+    round_trips: bool,
 }
 
 impl MemoryStorage {
+    /// The same objects, declaring [`Capabilities::round_trips`]: for tests
+    /// of the code paths meant for object storage.
+    pub fn with_round_trips(&self) -> Self {
+        MemoryStorage {
+            objects: self.objects.clone(),
+            round_trips: true,
+        }
+    }
+
     pub fn new() -> Self {
         Self::default()
     }
@@ -41,6 +53,7 @@ impl Storage for MemoryStorage {
             max_connections: 16,
             atomic_create: true,
             list_after_write: true,
+            round_trips: self.round_trips,
         }
     }
 

@@ -583,6 +583,7 @@ impl Storage for OpendalStorage {
             // AWS S3 has been strongly consistent since December 2020, as are
             // the compatible servers we test against; SFTP is a filesystem.
             list_after_write: true,
+            round_trips: true,
         }
     }
 

@@ -191,6 +191,38 @@ async fn ranged_and_whole_reads_open_the_same_blobs() {
     );
 }
 
+/// A repository on `mem` (counted) holding `n` small trees, flushed.
+async fn tree_repo(
+    mem: &MemoryStorage,
+    n: usize,
+) -> (Arc<CountingStorage>, Vec<(Id, lifeboat_repo::Tree)>) {
+    let counting = Arc::new(CountingStorage::new(Arc::new(mem.clone())));
+    let options = InitOptions {
+        kdf: KdfParams::INSECURE_TEST,
+        pack_size: 1024 * 1024,
+        ..Default::default()
+    };
+    let repo = Arc::new(
+        Repository::init(counting.clone(), b"pw", options)
+            .await
+            .unwrap(),
+    );
+    let session = WriteSession::start(repo.clone(), WriteOptions::default())
+        .await
+        .unwrap();
+    let mut trees = Vec::new();
+    for i in 0..n {
+        let tree = one_file_tree(&format!("file-{i}"));
+        let added = session
+            .add_blob(BlobType::Tree, &tree.encode())
+            .await
+            .unwrap();
+        trees.push((added.id, tree));
+    }
+    session.flush().await.unwrap();
+    (counting, trees)
+}
+
 /// A tree with one empty file named `name`.
 fn one_file_tree(name: &str) -> lifeboat_repo::Tree {
     use lifeboat_repo::{Node, NodeKind, Time};
@@ -224,30 +256,7 @@ fn one_file_tree(name: &str) -> lifeboat_repo::Tree {
 async fn trees_are_read_one_request_per_tree_pack_and_each_is_still_verified() {
     // Object storage, where every request is a round trip.
     let mem = MemoryStorage::new().with_round_trips();
-    let counting = Arc::new(CountingStorage::new(Arc::new(mem.clone())));
-    let options = InitOptions {
-        kdf: KdfParams::INSECURE_TEST,
-        pack_size: 1024 * 1024,
-        ..Default::default()
-    };
-    let repo = Arc::new(
-        Repository::init(counting.clone(), b"pw", options)
-            .await
-            .unwrap(),
-    );
-    let session = WriteSession::start(repo.clone(), WriteOptions::default())
-        .await
-        .unwrap();
-    let mut trees = Vec::new();
-    for i in 0..300 {
-        let tree = one_file_tree(&format!("file-{i}"));
-        let added = session
-            .add_blob(BlobType::Tree, &tree.encode())
-            .await
-            .unwrap();
-        trees.push((added.id, tree));
-    }
-    session.flush().await.unwrap();
+    let (counting, trees) = tree_repo(&mem, 300).await;
 
     // A fresh handle, as a new command would have, with its index loaded.
     let fresh = Repository::open(counting.clone(), b"pw").await.unwrap();
@@ -299,32 +308,8 @@ async fn trees_are_read_one_request_per_tree_pack_and_each_is_still_verified() {
 #[tokio::test(flavor = "multi_thread")]
 async fn on_storage_without_round_trips_trees_keep_ranged_reads() {
     let mem = MemoryStorage::new();
-    let counting = Arc::new(CountingStorage::new(Arc::new(mem.clone())));
-    let options = InitOptions {
-        kdf: KdfParams::INSECURE_TEST,
-        pack_size: 1024 * 1024,
-        ..Default::default()
-    };
-    let repo = Arc::new(
-        Repository::init(counting.clone(), b"pw", options)
-            .await
-            .unwrap(),
-    );
-    let session = WriteSession::start(repo.clone(), WriteOptions::default())
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    for i in 0..20 {
-        let tree = one_file_tree(&format!("f{i}"));
-        ids.push(
-            session
-                .add_blob(BlobType::Tree, &tree.encode())
-                .await
-                .unwrap()
-                .id,
-        );
-    }
-    session.flush().await.unwrap();
+    let (counting, trees) = tree_repo(&mem, 20).await;
+    let ids: Vec<Id> = trees.iter().map(|(id, _)| *id).collect();
     let fresh = Repository::open(counting.clone(), b"pw").await.unwrap();
     fresh.index().await.unwrap();
     let before = counting.counts();

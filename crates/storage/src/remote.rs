@@ -9,8 +9,12 @@
 //! storage in [`crate::RetryStorage`] (as [`crate::open_location`] does).
 //!
 //! How `put` avoids overwrites depends on what the server really does, which
-//! is probed once when the storage is opened (OpenDAL claims support for
-//! conditional writes on every S3 endpoint, but some servers ignore them):
+//! is probed when the storage is opened (OpenDAL claims support for
+//! conditional writes on every S3 endpoint, but some servers ignore them).
+//! An S3 probe's result is remembered for a week per endpoint, bucket and
+//! prefix in [`S3Options::probe_memo_dir`]; an open that finds it there
+//! makes one request (a stat) to prove the bucket answers instead of the
+//! probe's 20–54:
 //!
 //! - **S3**: `PutObject` with `If-None-Match: *`. The probe first writes one
 //!   object twice: a server that accepts the second write ignores the header,
@@ -103,6 +107,12 @@ pub struct S3Options {
     /// with the provider's tools: OpenDAL (and so lifeboat) issues plain
     /// GETs, never a restore request.
     pub storage_class: Option<String>,
+    /// Directory where the result of the conditional-write probe is kept
+    /// per endpoint, bucket and prefix, so that opening the same bucket
+    /// again within [`PROBE_MEMO_MAX_AGE`] costs one request instead of the
+    /// probe's 20–54; `None` probes on every open. Filled from the
+    /// environment by [`S3Options::with_env_defaults`].
+    pub probe_memo_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for S3Options {
@@ -117,6 +127,7 @@ impl fmt::Debug for S3Options {
             .field("secret_access_key", &redact(&self.secret_access_key))
             .field("session_token", &redact(&self.session_token))
             .field("storage_class", &self.storage_class)
+            .field("probe_memo_dir", &self.probe_memo_dir)
             .finish()
     }
 }
@@ -139,7 +150,15 @@ impl S3Options {
     }
 
     /// [`S3Options::with_env_defaults`] with an explicit variable lookup.
+    /// The probe memo directory (if unset) is `LIFEBOAT_CACHE_DIR`, else
+    /// `lifeboat` in `XDG_CACHE_HOME`, else `~/.cache/lifeboat`.
     pub fn with_defaults_from(mut self, var: impl Fn(&str) -> Option<String>) -> Self {
+        if self.probe_memo_dir.is_none() {
+            self.probe_memo_dir = var("LIFEBOAT_CACHE_DIR")
+                .map(PathBuf::from)
+                .or_else(|| var("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("lifeboat")))
+                .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache/lifeboat")));
+        }
         if self.endpoint.is_none() {
             self.endpoint = var("AWS_ENDPOINT_URL");
         }
@@ -252,6 +271,107 @@ impl SftpOptions {
     }
 }
 
+/// How long a remembered probe result is trusted. A server's handling of
+/// conditional writes changes only when the server software behind the
+/// endpoint changes; a week bounds how long a stale answer can last, and a
+/// stale answer costs little: every object lifeboat writes is named by its
+/// content or by a random id, so a put that wrongly gets through writes the
+/// same bytes or a name nobody else uses.
+pub const PROBE_MEMO_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A remembered probe result for one endpoint, bucket and prefix: a small
+/// text file in the probe memo directory. The file names its bucket in full
+/// (its name is only a hash of that); a file that does not parse, names
+/// another bucket, or is older than [`PROBE_MEMO_MAX_AGE`] is ignored and
+/// the server is probed again.
+#[derive(Debug, Clone)]
+struct ProbeMemo {
+    path: PathBuf,
+    identity: String,
+}
+
+impl S3Options {
+    fn probe_memo(&self) -> Option<ProbeMemo> {
+        let dir = self.probe_memo_dir.as_ref()?;
+        let identity = format!(
+            "{} {} {}",
+            self.endpoint.as_deref().unwrap_or("aws"),
+            self.bucket,
+            self.root.trim_matches('/')
+        );
+        // FNV-1a: a stable file name, not a security boundary (the file
+        // holds the identity in full and is checked against it).
+        let hash = identity.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        Some(ProbeMemo {
+            path: dir.join(format!("s3-probe-{hash:016x}")),
+            identity,
+        })
+    }
+}
+
+const PROBE_MEMO_HEADER: &str = "lifeboat s3 conditional-write probe v1";
+
+impl ProbeMemo {
+    fn load(&self) -> Option<S3Probe> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        let mut lines = text.lines();
+        if lines.next()? != PROBE_MEMO_HEADER || lines.next()? != self.identity {
+            return None;
+        }
+        let probe = S3Probe::parse(lines.next()?)?;
+        let probed_at: u64 = lines.next()?.parse().ok()?;
+        let age = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs()
+            .checked_sub(probed_at)?;
+        (age < PROBE_MEMO_MAX_AGE.as_secs()).then_some(probe)
+    }
+
+    /// Best effort: a memo that cannot be written only costs the next open
+    /// a probe. Written under a temporary name and renamed, so a reader
+    /// never sees half a file.
+    fn store(&self, probe: S3Probe) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let text = format!(
+            "{PROBE_MEMO_HEADER}\n{}\n{}\n{now}\n",
+            self.identity,
+            probe.as_str()
+        );
+        let tmp = self
+            .path
+            .with_extension(format!("tmp-{}", hex::encode(rand::random::<[u8; 8]>())));
+        let dir = self.path.parent().unwrap_or(&self.path);
+        let result = std::fs::create_dir_all(dir)
+            .and_then(|()| mark_cache_dir(dir))
+            .and_then(|()| std::fs::write(&tmp, text))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::debug!(path = %self.path.display(), error = %e, "probe memo not written");
+        }
+    }
+}
+
+/// Tags a cache directory the way tar, borg, restic and lifeboat's own
+/// `--exclude-caches` recognise (<https://bford.info/cachedir/>), so
+/// backups of a home directory leave it out.
+fn mark_cache_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let tag = dir.join("CACHEDIR.TAG");
+    if tag.exists() {
+        return Ok(());
+    }
+    std::fs::write(
+        tag,
+        "Signature: 8a477f597d28d172789f06886806bc55\n\
+         # This file is a cache directory tag created by lifeboat.\n",
+    )
+}
+
 /// What an S3 server does with `If-None-Match: *`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum S3Probe {
@@ -261,6 +381,22 @@ enum S3Probe {
     Racy,
     /// Overwrites anyway.
     Ignored,
+}
+
+impl S3Probe {
+    fn as_str(self) -> &'static str {
+        match self {
+            S3Probe::Atomic => "atomic",
+            S3Probe::Racy => "racy",
+            S3Probe::Ignored => "ignored",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [S3Probe::Atomic, S3Probe::Racy, S3Probe::Ignored]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,7 +466,22 @@ impl OpendalStorage {
         let op = Operator::new(builder)
             .map_err(|e| map_err(e, format!("configuring {location}"), None))?;
         let mut storage = Self::from_operator(op, Protocol::S3, location);
-        let probe = storage.probe_conditional_write().await?;
+        let memo = options.probe_memo();
+        let probe = match memo.as_ref().and_then(ProbeMemo::load) {
+            Some(known) => {
+                // The memo says what the server does; one request still
+                // proves the bucket is reachable with these credentials.
+                storage.check_reachable().await?;
+                known
+            }
+            None => {
+                let (probe, measured) = storage.probe_conditional_write().await?;
+                if let (Some(memo), true) = (&memo, measured) {
+                    memo.store(probe);
+                }
+                probe
+            }
+        };
         storage.conditional_write = probe != S3Probe::Ignored;
         storage.atomic_create = probe == S3Probe::Atomic;
         Ok(storage)
@@ -387,17 +538,38 @@ impl OpendalStorage {
         }
     }
 
+    /// One request that fails unless the bucket answers to these
+    /// credentials: a stat of a name that does not exist.
+    async fn check_reachable(&self) -> Result<()> {
+        match self.op.stat(&probe_path()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == OdErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.open_error(e)),
+        }
+    }
+
     /// Finds out what the server does with `If-None-Match: *` (see the module
-    /// documentation).
-    async fn probe_conditional_write(&self) -> Result<S3Probe> {
+    /// documentation), and whether that was measured (false when the
+    /// credentials cannot write, so nothing was learnt about the server).
+    async fn probe_conditional_write(&self) -> Result<(S3Probe, bool)> {
         let path = probe_path();
         let write = |path: String, data: Bytes| async move {
             self.op.write_with(&path, data).if_not_exists(true).await
         };
         if let Err(e) = write(path.clone(), probe_bytes()).await {
             self.probe_failed(e, &path).await?;
-            return Ok(S3Probe::Ignored);
+            return Ok((S3Probe::Ignored, false));
         }
+        self.race_conditional_writes(path, write)
+            .await
+            .map(|p| (p, true))
+    }
+
+    async fn race_conditional_writes<W, F>(&self, path: String, write: W) -> Result<S3Probe>
+    where
+        W: Fn(String, Bytes) -> F,
+        F: std::future::Future<Output = opendal::Result<opendal::Metadata>>,
+    {
         let second = write(path.clone(), probe_bytes()).await;
         let cleanup = self.op.delete(&path).await;
         match second {
@@ -774,6 +946,91 @@ fn probe_bytes() -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn memo_options(dir: &std::path::Path, bucket: &str) -> S3Options {
+        S3Options {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            root: "repo".into(),
+            probe_memo_dir: Some(dir.to_path_buf()),
+            ..S3Options::new(bucket)
+        }
+    }
+
+    #[test]
+    fn probe_memo_round_trips_and_is_per_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let memo = memo_options(dir.path(), "b").probe_memo().unwrap();
+        assert_eq!(memo.load(), None);
+        memo.store(S3Probe::Racy);
+        assert_eq!(memo.load(), Some(S3Probe::Racy));
+        memo.store(S3Probe::Atomic);
+        assert_eq!(memo.load(), Some(S3Probe::Atomic));
+        let other = memo_options(dir.path(), "other").probe_memo().unwrap();
+        assert_ne!(other.path, memo.path);
+        assert_eq!(other.load(), None);
+        // The directory is tagged so backups with --exclude-caches skip it.
+        assert!(dir.path().join("CACHEDIR.TAG").is_file());
+    }
+
+    #[test]
+    fn probe_memo_is_ignored_when_old_damaged_or_for_another_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let memo = memo_options(dir.path(), "b").probe_memo().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let write = |identity: &str, result: &str, at: u64| {
+            std::fs::write(
+                &memo.path,
+                format!("{PROBE_MEMO_HEADER}\n{identity}\n{result}\n{at}\n"),
+            )
+            .unwrap();
+        };
+        write(&memo.identity, "atomic", now - 60);
+        assert_eq!(memo.load(), Some(S3Probe::Atomic));
+        write(
+            &memo.identity,
+            "atomic",
+            now - PROBE_MEMO_MAX_AGE.as_secs() - 1,
+        );
+        assert_eq!(memo.load(), None, "expired");
+        write(&memo.identity, "maybe", now);
+        assert_eq!(memo.load(), None, "unknown result");
+        write("http://elsewhere b repo", "atomic", now);
+        assert_eq!(memo.load(), None, "another bucket's result");
+        write(&memo.identity, "atomic", now + 3600);
+        assert_eq!(memo.load(), None, "probed in the future");
+    }
+
+    #[test]
+    fn probe_memo_dir_comes_from_the_environment() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let dir = |vars| {
+            S3Options::new("b")
+                .with_defaults_from(env(vars))
+                .probe_memo_dir
+        };
+        assert_eq!(
+            dir(&[("LIFEBOAT_CACHE_DIR", "/c"), ("HOME", "/h")]),
+            Some(PathBuf::from("/c"))
+        );
+        assert_eq!(
+            dir(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]),
+            Some(PathBuf::from("/x/lifeboat"))
+        );
+        assert_eq!(
+            dir(&[("HOME", "/h")]),
+            Some(PathBuf::from("/h/.cache/lifeboat"))
+        );
+        assert_eq!(dir(&[]), None);
+    }
 
     #[test]
     fn env_defaults_fill_only_unset_fields() {

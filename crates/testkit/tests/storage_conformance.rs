@@ -179,3 +179,73 @@ async fn sftp_storage_ignores_temporaries_in_listings() {
     let pack_dir = server.data_dir().join("repo").join(pack_key().path());
     assert_strays_not_listed(&storage, pack_dir.parent().unwrap()).await;
 }
+
+/// The probe's result is remembered per bucket and prefix: a second open
+/// takes it from the memo (here doctored to claim an atomic server, which
+/// s3s-fs is not, so only the memo can explain the answer), and still
+/// fails when the server is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_probe_result_is_remembered_between_opens() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let memo_dir = tempfile::tempdir().unwrap();
+    let options = lifeboat_storage::S3Options {
+        probe_memo_dir: Some(memo_dir.path().to_path_buf()),
+        ..server.s3_options("repo")
+    };
+    let first = OpendalStorage::s3(options.clone()).await.unwrap();
+    assert!(!first.capabilities().atomic_create, "{first:?}");
+    let memo = fs::read_dir(memo_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("s3-probe-")
+        })
+        .expect("probe result remembered");
+    let text = fs::read_to_string(&memo).unwrap();
+    assert!(text.contains("\nracy\n"), "{text}");
+    fs::write(&memo, text.replace("\nracy\n", "\natomic\n")).unwrap();
+
+    let second = OpendalStorage::s3(options.clone()).await.unwrap();
+    assert!(
+        second.capabilities().atomic_create,
+        "memo not used: {second:?}"
+    );
+    // Another prefix in the same bucket is probed on its own.
+    let other = OpendalStorage::s3(lifeboat_storage::S3Options {
+        root: "elsewhere".into(),
+        ..options.clone()
+    })
+    .await
+    .unwrap();
+    assert!(!other.capabilities().atomic_create, "{other:?}");
+
+    drop(server);
+    let err = OpendalStorage::s3(options).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unreachable, "{err}");
+}
+
+/// Credentials that cannot write learn nothing about the server: no memo.
+#[tokio::test]
+async fn s3_probe_without_write_access_is_not_remembered() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let memo_dir = tempfile::tempdir().unwrap();
+    let options = lifeboat_storage::S3Options {
+        probe_memo_dir: Some(memo_dir.path().to_path_buf()),
+        secret_access_key: Some("wrong".into()),
+        ..server.s3_options("repo")
+    };
+    OpendalStorage::s3(options).await.unwrap();
+    let names: Vec<_> = fs::read_dir(memo_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}

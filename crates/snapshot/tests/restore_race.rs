@@ -156,3 +156,63 @@ async fn restore_never_follows_a_directory_swapped_for_a_symlink() {
     assert!(swaps.load(Ordering::Relaxed) > 0, "the helper never raced");
     assert!(restored_ok > 0, "no restore ran to its end");
 }
+
+/// `--delta` over a target file that is also linked from outside the
+/// target: the file is identical, but setting its metadata would change the
+/// outside name too. It is replaced instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn delta_replaces_a_file_hard_linked_from_outside_the_target() {
+    let storage: DynStorage = Arc::new(MemoryStorage::new());
+    let options = InitOptions {
+        kdf: KdfParams::INSECURE_TEST,
+        ..Default::default()
+    };
+    let repo = Arc::new(Repository::init(storage, b"pw", options).await.unwrap());
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let src = base.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"same bytes").unwrap();
+    fs::set_permissions(src.join("f"), fs::Permissions::from_mode(0o666)).unwrap();
+    let snap = backup(
+        repo.clone(),
+        &BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        },
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap()
+    .snapshot;
+
+    let target = base.path().join("target");
+    let in_target = target.join(src.strip_prefix("/").unwrap()).join("f");
+    fs::create_dir_all(in_target.parent().unwrap()).unwrap();
+    let outside = base.path().join("outside-f");
+    fs::write(&outside, b"same bytes").unwrap();
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::hard_link(&outside, &in_target).unwrap();
+    let stats = restore(
+        &repo,
+        &snap,
+        &RestoreOptions {
+            target: target.clone(),
+            delta: true,
+            ..Default::default()
+        },
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    assert_eq!(stats.files_skipped_identical, 0);
+    let out = fs::metadata(&outside).unwrap();
+    assert_eq!(
+        out.mode() & 0o7777,
+        0o600,
+        "the outside name's mode changed"
+    );
+    assert_eq!(out.nlink(), 1, "the target still links to the outside file");
+    assert_eq!(fs::metadata(&in_target).unwrap().mode() & 0o7777, 0o666);
+    assert_eq!(fs::read(&in_target).unwrap(), b"same bytes");
+}

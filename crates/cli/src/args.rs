@@ -209,6 +209,13 @@ pub struct RestoreArgs {
     /// many bytes), then stop: nothing is read from packs or written.
     #[arg(long)]
     pub plan_only: bool,
+    /// When restoring as root, restore owners, setuid/setgid bits and
+    /// security.* attributes even from a snapshot not made by root of a
+    /// host (made by another user, in a user namespace, or by an older
+    /// version). Without it such files are restored owned by you, with
+    /// those bits and attributes left off and listed.
+    #[arg(long)]
+    pub trust_snapshot_owner: bool,
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,7 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<i32> {
         overwrite: a.overwrite,
         delta: a.delta,
         owner: nix::unistd::geteuid().is_root(),
+        trust_snapshot_owner: a.trust_snapshot_owner,
         sync_each_file: false,
     };
     // With a cold tier, say what will be fetched before fetching it: the
@@ -49,6 +50,13 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<i32> {
     } else {
         for e in &stats.errors {
             eprintln!("lifeboat: error: {e}");
+        }
+        if stats.untrusted_snapshot {
+            eprintln!(
+                "lifeboat: warning: owners not restored; set-id bits and security.* attributes left off {} entries \
+                 (the snapshot was not made by root of a host; --trust-snapshot-owner restores them)",
+                stats.stripped.len()
+            );
         }
         outln!(
             "restored snapshot {} to {}: {} files ({}), {} unchanged files skipped, {} errors, took {}",

@@ -120,6 +120,7 @@ async fn main() {
         summary: Default::default(),
         program_version: "lifeboat 0.1.0".into(),
         extra: Default::default(),
+        creator: None,
     };
     record.extra.insert(
         "copied_from".into(),

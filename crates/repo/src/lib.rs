@@ -52,7 +52,7 @@ pub use packread::{
     FetchedRange, MemoryPermit, OpenedBlob, PackRange, PackReader, RangeLimits, pack_object_path,
     plan_ranges,
 };
-pub use record::{BackupMode, BackupSummary, Snapshot, SnapshotRecord};
+pub use record::{BackupMode, BackupSummary, Creator, Snapshot, SnapshotRecord};
 pub use repository::{ColdInit, InitOptions, Repository, Tier, resolve_snapshot};
 pub use tree::{Node, NodeKind, Time, Tree};
 pub use writer::{AddedBlob, WriteOptions, WriteSession, WriteStats};

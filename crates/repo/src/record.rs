@@ -56,6 +56,10 @@ pub struct BackupSummary {
     /// trailers.
     pub added_bytes: u64,
     pub elapsed_ms: u64,
+    /// Files that changed while being read (grew, shrank, or a new mtime):
+    /// the snapshot holds what was read, at most their size when the read
+    /// began. Each is named in the backup's warnings.
+    pub files_changed_during_backup: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +82,35 @@ pub struct SnapshotRecord {
     /// Connector-specific data (a database recovery point, for example).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, serde_json::Value>,
+    /// Who made the snapshot (absent from records written before it was
+    /// kept): what a restore as root decides from whether to trust the
+    /// snapshot's owners, set-id bits and `security.*` attributes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<Creator>,
+}
+
+/// Who made a snapshot, as the backing-up process saw itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Creator {
+    /// Effective uid of the backup process.
+    pub uid: u32,
+    /// Whether it ran in a user namespace other than the initial one (read
+    /// from `/proc/self/uid_map`); `None` where that could not be told. In
+    /// a user namespace, uid 0 is not root of the host.
+    #[serde(default)]
+    pub user_namespace: Option<bool>,
+    /// The kernel's host name (whatever `--host` named the snapshot).
+    #[serde(default)]
+    pub host: String,
+}
+
+impl Creator {
+    /// Whether this creator was root of the host: uid 0 outside any user
+    /// namespace. Only such a snapshot's owners, set-id bits and
+    /// `security.*` attributes are restored by root without asking.
+    pub fn is_host_root(&self) -> bool {
+        self.uid == 0 && self.user_namespace == Some(false)
+    }
 }
 
 impl SnapshotRecord {

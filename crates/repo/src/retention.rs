@@ -341,6 +341,7 @@ mod tests {
                 summary: Default::default(),
                 program_version: String::new(),
                 extra: Default::default(),
+                creator: None,
             },
         }
     }

@@ -32,6 +32,7 @@ fn record(tree: lifeboat_repo::Id) -> SnapshotRecord {
         summary: Default::default(),
         program_version: "test".into(),
         extra: Default::default(),
+        creator: None,
     }
 }
 

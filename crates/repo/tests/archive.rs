@@ -58,6 +58,7 @@ async fn snapshot_needing(repo: &Arc<Repository>, from: &str) -> lifeboat_repo::
         summary: Default::default(),
         program_version: "test".into(),
         extra: Default::default(),
+        creator: None,
     };
     record.extra.insert("log".into(), from.into());
     repo.write_snapshot(&record).await.unwrap()

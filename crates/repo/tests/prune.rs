@@ -295,6 +295,7 @@ async fn snapshot_of(repo: &Arc<Repository>, seeds: &[u64], time: &str) -> Id {
             summary: Default::default(),
             program_version: "test".into(),
             extra: Default::default(),
+            creator: None,
         })
         .await
         .unwrap()

@@ -452,6 +452,7 @@ async fn prune_reports_the_cold_bytes_it_downloads_to_repack() {
             summary: Default::default(),
             program_version: "test".into(),
             extra: Default::default(),
+            creator: None,
         })
         .await
         .unwrap();

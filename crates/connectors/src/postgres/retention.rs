@@ -180,6 +180,7 @@ mod tests {
             summary: Default::default(),
             program_version: "test".into(),
             extra: Default::default(),
+            creator: None,
         };
         record
             .extra

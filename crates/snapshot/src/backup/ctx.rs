@@ -30,6 +30,8 @@ pub(crate) struct Counters {
     pub(crate) read_bytes: AtomicU64,
     pub(crate) total_bytes: AtomicU64,
     pub(crate) total_files: AtomicU64,
+    /// Files that changed while being read.
+    pub(crate) changed_during_read: AtomicU64,
 }
 
 /// Counters that depend on a target's parent snapshot.
@@ -56,6 +58,7 @@ impl Counters {
             read_bytes: g(&self.read_bytes),
             total_bytes: g(&self.total_bytes),
             total_files: g(&self.total_files),
+            files_changed_during_backup: g(&self.changed_during_read),
             elapsed_ms: started.elapsed().as_millis() as u64,
             ..Default::default()
         }

@@ -130,6 +130,7 @@ fn finish_all(
             summary,
             program_version: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
             extra: Default::default(),
+            creator: Some(creator()),
         };
         results[meta.index] = Some(Ok(PendingBackup {
             session: target.session,
@@ -213,5 +214,43 @@ impl PendingBackup {
         // Read back the record as stored (finish fills in the added-bytes counters).
         let snapshot = repo.find_snapshot(&id.to_hex()).await?;
         Ok(BackupOutcome { snapshot, warnings })
+    }
+}
+
+/// Who this process is, for the snapshot record: its effective uid,
+/// whether it runs in a user namespace, and the kernel's host name.
+pub(crate) fn creator() -> lifeboat_repo::Creator {
+    lifeboat_repo::Creator {
+        uid: nix::unistd::geteuid().as_raw(),
+        user_namespace: std::fs::read_to_string("/proc/self/uid_map")
+            .ok()
+            .map(|map| in_user_namespace(&map)),
+        host: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    }
+}
+
+/// The initial user namespace maps every uid to itself in one line
+/// (`0 0 4294967295`); any other map is a user namespace's.
+pub(crate) fn in_user_namespace(uid_map: &str) -> bool {
+    let lines: Vec<Vec<&str>> = uid_map
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .filter(|f: &Vec<&str>| !f.is_empty())
+        .collect();
+    !matches!(lines.as_slice(), [f] if f.as_slice() == ["0", "0", "4294967295"])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_user_namespace;
+
+    #[test]
+    fn the_initial_user_namespace_is_told_from_others() {
+        assert!(!in_user_namespace("         0          0 4294967295\n"));
+        assert!(in_user_namespace("         0       1000          1\n"));
+        assert!(in_user_namespace("         0     100000      65536\n"));
+        assert!(in_user_namespace(""));
     }
 }

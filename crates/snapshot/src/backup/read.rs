@@ -2,14 +2,15 @@
 //!
 //! A reader-pool worker takes a [`FileJob`] from the walker, opens the
 //! file once, reads it whole when it is smaller than every chunker's
-//! minimum (one chunk everywhere) or hands it to the store otherwise, warns
-//! when it changed while being read, and counts it as new, changed or
+//! minimum (one chunk everywhere) or hands it to the store otherwise —
+//! never past the size it had when the read began — warns (and counts in
+//! the snapshot's summary) when it changed while being read, and counts it as new, changed or
 //! unchanged per target. The nodes it returns complete the file's slot in
 //! its directory. It does not walk directories or write trees.
 
 use std::fs::{File, Metadata};
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::atomic::Ordering;
 
 use lifeboat_repo::{Id, Node};
@@ -40,28 +41,53 @@ pub(crate) fn read_file(ctx: &Ctx, job: FileJob) -> Option<Vec<Node>> {
     let stored = if !need.contains(&true) {
         Err(ReadFail::Stopped)
     } else {
-        let mut file = match File::open(&path) {
+        let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if ctx.vanished(&e) => return None,
             Err(e) => return fail("cannot open", &e),
         };
+        // Read at most the size seen before opening (as restic does): a
+        // file appended to faster than it is read would otherwise never
+        // end the backup.
+        let mut limited = (&file).take(meta.len());
         let stored = if meta.len() < ctx.min_chunk as u64 {
-            read_small(ctx, &mut file, &meta, &need)
+            read_small(ctx, &mut limited, &meta, &need)
         } else {
-            store_content(ctx, &mut file, &need)
+            store_content(ctx, &mut limited, &need)
+        };
+        // One byte past what was read tells a file that grew (or a file
+        // whose size says nothing, as in /proc) and surfaces a read error
+        // of a file that claimed to be empty.
+        let more = match &stored {
+            Ok((_, size)) => match file.read_at(&mut [0u8; 1], *size) {
+                Ok(n) => n > 0,
+                Err(e) => return fail("cannot read", &e),
+            },
+            Err(_) => false,
         };
         if let Ok((_, size)) = &stored
             && !ctx.live_source
             && let Ok(after) = file.metadata()
-            && (after.len() != meta.len()
+            && (more
+                || after.len() != meta.len()
                 || after.mtime() != meta.mtime()
                 || after.mtime_nsec() != meta.mtime_nsec()
                 || *size != meta.len())
         {
-            ctx.warn(
-                &path,
-                "changed while being read; the snapshot holds what was read",
-            );
+            ctx.counters
+                .changed_during_read
+                .fetch_add(1, Ordering::Relaxed);
+            let what = if more || after.len() > meta.len() {
+                format!(
+                    "grew while being read ({} to {} bytes); the snapshot holds its first {} bytes, as they were read",
+                    meta.len(),
+                    after.len(),
+                    size
+                )
+            } else {
+                "changed while being read; the snapshot holds what was read".to_string()
+            };
+            ctx.warn(&path, what);
         }
         stored
     };
@@ -106,7 +132,7 @@ pub(crate) fn read_file(ctx: &Ctx, job: FileJob) -> Option<Vec<Node>> {
 /// one chunk in each target that needs it.
 fn read_small(
     ctx: &Ctx,
-    file: &mut File,
+    file: &mut impl Read,
     meta: &Metadata,
     need: &[bool],
 ) -> Result<(Vec<Vec<Id>>, u64), ReadFail> {

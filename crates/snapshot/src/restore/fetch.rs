@@ -12,10 +12,12 @@
 //! and verifying blobs is the repository's ([`FetchedRange::open`]).
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -25,8 +27,10 @@ use lifeboat_repo::{
     plan_ranges,
 };
 
+use super::handles::{self, Dirs};
 use super::metadata::set_file_metadata;
 use super::prepare::{FileState, create_sized, file_path, storage_full};
+use super::select::Span;
 use super::{Problem, RestoreStats, blocking, report};
 use crate::progress::RestoreProgress;
 use crate::{Error, Result};
@@ -132,8 +136,9 @@ pub(super) struct Exec {
     /// Sorted by [`build_ranges`].
     pub(super) writes: Vec<Write>,
     pub(super) packs: Vec<Id>,
-    pub(super) links: HashMap<u32, Vec<PathBuf>>,
-    pub(super) dir_paths: Arc<Vec<PathBuf>>,
+    /// See [`super::prepare::Prepared::links`].
+    pub(super) links: HashMap<u32, Vec<(u32, Span)>>,
+    pub(super) dirs: Arc<Dirs>,
     pub(super) names: Vec<u8>,
     pub(super) owner: bool,
     /// See [`RestoreOptions::sync_each_file`].
@@ -157,7 +162,7 @@ type Handle = Option<(u32, File)>;
 
 impl Exec {
     fn path(&self, f: u32) -> PathBuf {
-        file_path(&self.dir_paths, &self.names, &self.files[f as usize])
+        file_path(&self.dirs, &self.names, &self.files[f as usize])
     }
 
     /// Marks a file failed; only its first problem is reported. The file is
@@ -169,28 +174,32 @@ impl Exec {
     }
 
     /// The file's handle, creating the file if no writer has yet (writers
-    /// that need it meanwhile wait for that).
+    /// that need it meanwhile wait for that). Created and opened again in
+    /// its directory's handle, never following a symlink, and only if its
+    /// name is still the inode that was created.
     fn open<'a>(&self, handle: &'a mut Handle, f: u32) -> io::Result<&'a File> {
         if handle.as_ref().is_none_or(|(g, _)| *g != f) {
             *handle = None;
             let st = &self.files[f as usize];
-            let path = self.path(f);
+            let name = OsStr::from_bytes(st.name.of(&self.names));
+            let dir = self.dirs.get(st.dir)?;
             let mut fresh = None;
             let created = st
                 .created
-                .get_or_init(|| match create_sized(&path, st.size) {
-                    Ok(file) => {
+                .get_or_init(|| match create_sized(&dir, name, st.size) {
+                    Ok((file, id)) => {
                         fresh = Some(file);
-                        Ok(())
+                        Ok(id)
                     }
                     Err(e) => Err(Box::new((e.kind(), format!("cannot create file: {e}")))),
                 });
-            if let Err(e) = created {
-                return Err(io::Error::new(e.0, e.1.clone()));
-            }
+            let want = match created {
+                Ok(id) => *id,
+                Err(e) => return Err(io::Error::new(e.0, e.1.clone())),
+            };
             let file = match fresh {
                 Some(file) => file,
-                None => OpenOptions::new().write(true).open(&path)?,
+                None => handles::open_file(&dir, name, true, Some(want))?.0,
             };
             *handle = Some((f, file));
         }
@@ -205,13 +214,24 @@ impl Exec {
         if st.failed.load(Ordering::Acquire) {
             *handle = None;
             let others = self.links.get(&f).map_or(&[][..], Vec::as_slice);
-            remove_partial(&path, others, &mut out.problems);
-            for other in others {
+            remove_partial(
+                &self.dirs,
+                &self.names,
+                st.dir,
+                st.name,
+                others,
+                &mut out.problems,
+            );
+            for (d, name) in others {
                 let message = format!(
                     "not restored: another name of {}, whose data could not be restored",
                     path.display()
                 );
-                out.problems.push(Problem::error(other, message));
+                let other = self
+                    .dirs
+                    .path(*d)
+                    .join(OsStr::from_bytes(name.of(&self.names)));
+                out.problems.push(Problem::error(&other, message));
             }
             return;
         }
@@ -230,16 +250,24 @@ impl Exec {
     }
 }
 
-/// Removes a file whose data could not all be written, and its other names,
-/// so no file is left at its real name with missing data.
-pub(super) fn remove_partial(path: &Path, others: &[PathBuf], problems: &mut Vec<Problem>) {
-    for p in std::iter::once(path).chain(others.iter().map(PathBuf::as_path)) {
-        match fs::remove_file(p) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => problems.push(Problem::error(
-                p,
+/// Removes a file whose data could not all be written, and its other names
+/// (each a directory number and a name), so no file is left at its real
+/// name with missing data. Names are removed in their directory's handle.
+pub(super) fn remove_partial(
+    dirs: &Dirs,
+    names: &[u8],
+    dir: u32,
+    name: Span,
+    others: &[(u32, Span)],
+    problems: &mut Vec<Problem>,
+) {
+    for &(d, n) in std::iter::once(&(dir, name)).chain(others) {
+        let name = OsStr::from_bytes(n.of(names));
+        if let Err(e) = dirs.get(d).and_then(|dir| handles::remove(&dir, name)) {
+            problems.push(Problem::error(
+                &dirs.path(d).join(name),
                 format!("cannot remove the partially restored file: {e}"),
-            )),
-            _ => {}
+            ));
         }
     }
 }
@@ -251,7 +279,14 @@ fn remove_unfinished(exec: &Exec) -> Vec<Problem> {
         if st.remaining.load(Ordering::Acquire) > 0 {
             let f = f as u32;
             let others = exec.links.get(&f).map_or(&[][..], Vec::as_slice);
-            remove_partial(&exec.path(f), others, &mut problems);
+            remove_partial(
+                &exec.dirs,
+                &exec.names,
+                st.dir,
+                st.name,
+                others,
+                &mut problems,
+            );
         }
     }
     problems

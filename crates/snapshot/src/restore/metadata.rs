@@ -2,21 +2,23 @@
 //!
 //! Owns what setting an entry's metadata needs ([`Meta`]) and the order it
 //! is set in (owner, xattrs, mode, times), for files (through their open
-//! handle, when their last blob is written), symlinks (while preparing)
-//! and directories (last, deepest first, so creating entries does not
+//! handle, when their last blob is written), symlinks (while preparing,
+//! relative to their directory's handle) and directories (last, through
+//! their handles, deepest first, so creating entries does not
 //! disturb a directory's mtime and a read-only directory can still be
 //! filled); and the one `syncfs` of the target that makes a restore
 //! durable. Extended attributes are best effort: a failure is a warning.
 //! It does not decide which entries are restored nor write file content.
 
 use std::ffi::OsStr;
-use std::fs::{self, File, Permissions};
+use std::fs::{File, Permissions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::Problem;
+use super::handles::{self, Dirs};
 
 /// Extended attributes as (name, value) pairs.
 pub(super) type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -43,7 +45,7 @@ impl Meta {
     }
 }
 
-/// Sets a file's metadata through its handle. Order
+/// Sets a file's (or directory's) metadata through its handle. Order
 /// matters: chown first (it clears set-id bits), xattrs before chmod (a
 /// read-only mode would forbid them), times last (nothing after touches
 /// the mtime). The access time is set to the mtime: snapshots do not keep it.
@@ -67,22 +69,27 @@ pub(super) fn set_file_metadata(
     filetime::set_file_handle_times(file, Some(t), Some(t))
 }
 
+/// Sets a symlink's metadata: the owner through an `O_PATH` handle on the
+/// symlink itself, times and xattrs relative to its directory's handle
+/// without following it (see `handles`).
 pub(super) fn set_symlink_metadata(
+    dir: &File,
+    name: &OsStr,
     path: &Path,
     meta: &Meta,
     owner: bool,
     problems: &mut Vec<Problem>,
 ) -> io::Result<()> {
     if owner {
-        std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid))?;
+        let link = handles::open_symlink(dir, name)?;
+        handles::chown_symlink(&link, meta.uid, meta.gid)?;
     }
-    for (name, value) in meta.xattrs() {
-        if let Err(e) = xattr::set(path, OsStr::from_bytes(name), value) {
-            problems.push(xattr_warning(path, name, e));
+    for (attr, value) in meta.xattrs() {
+        if let Err(e) = handles::symlink_xattr(dir, name, OsStr::from_bytes(attr), value) {
+            problems.push(xattr_warning(path, attr, e));
         }
     }
-    let t = meta.mtime();
-    filetime::set_symlink_file_times(path, t, t)
+    handles::symlink_times(dir, name, meta.mtime_secs, meta.mtime_nanos)
 }
 
 /// Xattrs are best effort (the target filesystem may not support them, or
@@ -98,31 +105,22 @@ pub(super) fn xattr_warning(path: &Path, name: &[u8], e: io::Error) -> Problem {
     }
 }
 
-/// Sets directories' metadata, deepest first (`dirs` lists parents before
-/// their contents). Returns how many were done. Durability comes from one
-/// `syncfs` of the target at the end of the restore (see [`sync_target`]).
+/// Sets directories' metadata, deepest first (`dir_meta` lists parents
+/// before their contents), each through its verified handle. Returns how
+/// many were done. Durability comes from one `syncfs` of the target at the
+/// end of the restore (see [`sync_target`]).
 pub(super) fn finish_dirs(
-    paths: &[PathBuf],
-    dirs: &[(u32, Meta)],
+    dirs: &Dirs,
+    dir_meta: &[(u32, Meta)],
     owner: bool,
 ) -> (u64, Vec<Problem>) {
     let mut problems = Vec::new();
     let mut done = 0;
-    for (d, meta) in dirs.iter().rev() {
-        let path = &paths[*d as usize];
-        let r = (|| {
-            if owner {
-                std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid))?;
-            }
-            for (name, value) in meta.xattrs() {
-                if let Err(e) = xattr::set(path, OsStr::from_bytes(name), value) {
-                    problems.push(xattr_warning(path, name, e));
-                }
-            }
-            fs::set_permissions(path, Permissions::from_mode(meta.mode & 0o7777))?;
-            let t = meta.mtime();
-            filetime::set_file_times(path, t, t)
-        })();
+    for (d, meta) in dir_meta.iter().rev() {
+        let path = dirs.path(*d);
+        let r = dirs
+            .get(*d)
+            .and_then(|dir| set_file_metadata(&dir, path, meta, owner, &mut problems));
         match r {
             Ok(()) => done += 1,
             Err(e) => problems.push(Problem::error(
@@ -135,10 +133,9 @@ pub(super) fn finish_dirs(
 }
 
 /// Makes everything written under `target` durable with one `syncfs(2)` of
-/// its filesystem. One call instead of an fsync per file and directory:
+/// its filesystem (through the target's handle). One call instead of an fsync per file and directory:
 /// per-file fsyncs made restores of many small files several times slower,
 /// and the restore is only reported done after this returns either way.
-pub(super) fn sync_target(target: &Path) -> io::Result<()> {
-    let dir = File::open(target)?;
-    nix::unistd::syncfs(&dir).map_err(io::Error::from)
+pub(super) fn sync_target(target: &File) -> io::Result<()> {
+    nix::unistd::syncfs(target).map_err(io::Error::from)
 }

@@ -47,12 +47,12 @@
 //! the options, the stats and the entry point that runs the steps in order.
 
 mod fetch;
+mod handles;
 mod metadata;
 mod plan;
 mod prepare;
 mod select;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -85,8 +85,20 @@ pub struct RestoreOptions {
     /// Leave files whose content already matches the snapshot untouched
     /// (only their metadata is set) and replace those that differ.
     pub delta: bool,
-    /// Restore numeric owners (needs root, or the files' own uid).
+    /// Restore numeric owners (needs root, or the files' own uid). When
+    /// restoring as root from a snapshot not made by root of a host (see
+    /// [`Snapshot`]'s `record.creator`), owners are not restored unless
+    /// `trust_snapshot_owner` is set.
     pub owner: bool,
+    /// Restore owners, set-id bits and `security.*` extended attributes as
+    /// root even from a snapshot not made by root of a host (made by
+    /// another user, in a user namespace, or by a version that did not
+    /// record who made it). Without it such a restore leaves files owned by
+    /// the invoking user, strips those bits and attributes and lists the
+    /// entries in [`RestoreStats::stripped`]: a holder of the repository key
+    /// without root could otherwise plant a setuid-root program through a
+    /// root restore.
+    pub trust_snapshot_owner: bool,
     /// Make each file durable with fsync when its last byte is written, and
     /// each directory at the end, instead of one `syncfs` of the target's
     /// filesystem. `syncfs` also waits for every other writer's dirty data
@@ -112,6 +124,13 @@ pub struct RestoreStats {
     pub bytes_written: u64,
     /// One `path: problem` line per entry that could not be fully restored.
     pub errors: Vec<String>,
+    /// Whether the snapshot's owners, set-id bits and `security.*`
+    /// attributes were withheld: a restore as root of a snapshot not made
+    /// by root of a host, without `trust_snapshot_owner`.
+    pub untrusted_snapshot: bool,
+    /// Entries whose set-id bits or `security.*` attributes were not
+    /// restored for that reason.
+    pub stripped: Vec<String>,
     pub elapsed_ms: u64,
 }
 
@@ -128,13 +147,16 @@ pub async fn restore(
     progress: &dyn RestoreProgress,
 ) -> Result<RestoreStats> {
     let started = Instant::now();
+    let untrusted = untrusted(snapshot, options, progress);
     let selection = select::select(repo, snapshot.record.tree, options).await?;
     tracing::debug!("restore: selected in {:?}", started.elapsed());
 
     let index = repo.index().await?;
     let key = repo.key().clone();
     let opts = options.clone();
-    let prepared = blocking(move || prepare::prepare(selection, &opts, &index, &key)).await??;
+    let (prepared, dirs) =
+        blocking(move || prepare::prepare(selection, &opts, &index, &key, untrusted)).await??;
+    let dirs = Arc::new(dirs);
     tracing::debug!(
         "restore: {} files to write, created by {:?}",
         prepared.files.len(),
@@ -145,9 +167,8 @@ pub async fn restore(
         writes,
         packs,
         links,
-        dir_paths,
         names,
-        dirs,
+        dirs: dir_meta,
         planned_bytes,
         mut stats,
         mut problems,
@@ -164,32 +185,39 @@ pub async fn restore(
         writes,
         packs,
         links,
-        dir_paths: dir_paths.clone(),
+        dirs: dirs.clone(),
         names,
-        owner: options.owner,
+        owner: options.owner && !untrusted,
         sync_each: options.sync_each_file,
         abort: AtomicBool::new(false),
     };
     fetch::write_data(repo, exec, progress, &mut stats).await?;
     tracing::debug!("restore: file data written by {:?}", started.elapsed());
 
-    let owner = options.owner;
-    let synced_dirs = options.sync_each_file.then(|| dir_paths.clone());
-    let (dir_count, mut dir_problems) =
-        blocking(move || metadata::finish_dirs(&dir_paths, &dirs, owner)).await?;
+    let owner = options.owner && !untrusted;
+    let sync_each = options.sync_each_file;
+    let finishing = dirs.clone();
+    let (dir_meta, dir_count, mut dir_problems) = blocking(move || {
+        let (count, problems) = metadata::finish_dirs(&finishing, &dir_meta, owner);
+        (dir_meta, count, problems)
+    })
+    .await?;
     stats.dirs = dir_count;
     report(progress, &mut stats, &mut dir_problems);
-    let target = options.target.clone();
-    blocking(move || match synced_dirs {
-        // Files were synced as they completed; the directories hold their
-        // names (and, on a journaling filesystem, their fsync commits the
-        // metadata of the empty and unchanged files too).
-        Some(dirs) => dirs
-            .iter()
-            .map(PathBuf::as_path)
-            .chain([target.as_path()])
-            .try_for_each(|d| File::open(d)?.sync_all()),
-        None => metadata::sync_target(&target),
+    blocking(move || {
+        if sync_each {
+            // Files were synced as they completed; the directories hold
+            // their names (and, on a journaling filesystem, their fsync
+            // commits the metadata of the empty and unchanged files too).
+            dir_meta
+                .iter()
+                .map(|(d, _)| *d)
+                .chain([0])
+                .try_for_each(|d| dirs.get(d)?.sync_all())
+        } else {
+            dirs.get(0)
+                .and_then(|target| metadata::sync_target(&target))
+        }
     })
     .await?
     .map_err(|e| Error::io(&options.target, e))?;
@@ -199,6 +227,45 @@ pub async fn restore(
         started.elapsed()
     );
     Ok(stats)
+}
+
+/// Whether to withhold the snapshot's owners, set-id bits and `security.*`
+/// attributes: when restoring as root a snapshot not made by root of a
+/// host (or not saying who made it), unless the caller trusts it. Says so
+/// (or that it is trusted on request) as a warning.
+fn untrusted(
+    snapshot: &Snapshot,
+    options: &RestoreOptions,
+    progress: &dyn RestoreProgress,
+) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    let by = match &snapshot.record.creator {
+        Some(c) if c.is_host_root() => return false,
+        Some(c) if c.uid == 0 => format!("uid 0 in a user namespace on {}", c.host),
+        Some(c) => format!("uid {} on {}", c.uid, c.host),
+        None => "an unrecorded user (a snapshot from before lifeboat recorded it)".into(),
+    };
+    if options.trust_snapshot_owner {
+        tracing::warn!(
+            "restoring owners, set-id bits and security attributes of snapshot {} made by {by}, as asked (--trust-snapshot-owner)",
+            snapshot.id
+        );
+        progress.warning(
+            &options.target,
+            &format!("trusting the owners, set-id bits and security.* attributes of a snapshot made by {by}, as asked"),
+        );
+        return false;
+    }
+    progress.warning(
+        &options.target,
+        &format!(
+            "the snapshot was made by {by}, not by root of a host: files are restored owned by you, \
+             without set-id bits or security.* attributes (use --trust-snapshot-owner if you trust who made it)"
+        ),
+    );
+    true
 }
 
 /// A per-entry problem: the entry's target path and what went wrong.

@@ -8,22 +8,25 @@
 //! that need data ([`Prepared`]). Files with data are created lazily by
 //! the writers (`fetch`); this module only creates those that must exist
 //! first (empty ones, and those other names link to). It does not read
-//! pack data and does not set directory metadata (`metadata`).
+//! pack data and does not set directory metadata (`metadata`). Every call
+//! below the target goes through the directory handles of `handles`, never
+//! a path.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::ffi::OsStr;
-use std::fs::{self, File, FileType, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use lifeboat_repo::{Id, Index, MasterKey};
+use nix::libc;
 
 use super::fetch::{Write, remove_partial};
+use super::handles::{self, Dirs, Ident, ident};
 use super::metadata::{Meta, set_file_metadata, set_symlink_metadata};
 use super::select::{Item, ItemKind, Selection, Span, fits};
 use super::{Problem, RestoreOptions, RestoreStats};
@@ -32,63 +35,69 @@ use crate::{Error, Result};
 /// What is already at an entry's place in the target.
 #[derive(Clone, Copy)]
 pub(super) struct Existing {
-    pub(super) kind: FileType,
+    pub(super) mode: u32,
     pub(super) len: u64,
-    pub(super) dev: u64,
-    pub(super) ino: u64,
+    pub(super) ident: Ident,
+    pub(super) nlink: u64,
 }
 
-impl From<fs::Metadata> for Existing {
-    fn from(m: fs::Metadata) -> Self {
+impl Existing {
+    fn of(st: &nix::sys::stat::FileStat) -> Self {
         Existing {
-            kind: m.file_type(),
-            len: m.len(),
-            dev: m.dev(),
-            ino: m.ino(),
+            mode: st.st_mode,
+            len: st.st_size as u64,
+            ident: ident(st),
+            nlink: st.st_nlink,
         }
+    }
+
+    pub(super) fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    pub(super) fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+
+    pub(super) fn is_symlink(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFLNK
     }
 }
 
-/// Looks at each kept item's place in the target. Nothing is below a
-/// directory that does not exist (or is not a directory), so a restore into
-/// a new directory costs no lookups.
-pub(super) fn scan_target(sel: &Selection) -> Result<Vec<Option<Existing>>> {
-    let lookup = |path: &Path, follow: bool| {
-        let m = if follow {
-            fs::metadata(path)
-        } else {
-            fs::symlink_metadata(path)
-        };
-        match m {
-            Ok(m) => Ok(Some(Existing::from(m))),
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(err) => Err(Error::io(path, err)),
-        }
-    };
+/// Looks at each kept item's place in the target, through the handles of
+/// the directories above it (recording what each existing directory is).
+/// Nothing is below a directory that does not exist (or is not a
+/// directory), so a restore into a new directory costs no lookups.
+pub(super) fn scan_target(sel: &Selection, dirs: &mut Dirs) -> Result<Vec<Option<Existing>>> {
     // Directory number -> whether it is a directory in the target now.
-    let mut present = vec![false; sel.dirs.len()];
-    present[0] = lookup(&sel.dirs[0], true)?.is_some_and(|m| m.kind.is_dir());
+    let mut present = vec![false; dirs.paths.len()];
+    present[0] = true;
     let mut out = Vec::with_capacity(sel.items.len());
     for item in &sel.items {
         if !item.keep || !present[item.parent as usize] {
             out.push(None);
             continue;
         }
-        let old = lookup(&sel.path(item), false)?;
-        if let (ItemKind::Dir(d), Some(m)) = (&item.kind, &old) {
-            present[*d as usize] = m.kind.is_dir();
+        let name = OsStr::from_bytes(item.name.of(&sel.names));
+        let old = dirs
+            .get(item.parent)
+            .and_then(|dir| handles::lookup(&dir, name))
+            .map_err(|e| Error::io(sel.path(item), e))?
+            .map(|st| Existing::of(&st));
+        if let (ItemKind::Dir(d), Some(m)) = (&item.kind, &old)
+            && m.is_dir()
+        {
+            present[*d as usize] = true;
+            dirs.set_ident(*d, m.ident);
         }
         out.push(old);
     }
     Ok(out)
 }
+
+/// How a file's data goes in: not created yet, created (the inode every
+/// later open must find at its name), or failed to be created.
+pub(super) type Created = OnceLock<std::result::Result<Ident, Box<(io::ErrorKind, String)>>>;
 
 /// A file whose content is being written: what finishing it needs.
 pub(super) struct FileState {
@@ -110,7 +119,7 @@ pub(super) struct FileState {
     /// data instead of preceding it. A file with other names is created
     /// while planning, for the links to point at; so is an empty one. The
     /// error is boxed to keep the per-file plan small.
-    pub(super) created: OnceLock<std::result::Result<(), Box<(io::ErrorKind, String)>>>,
+    pub(super) created: Created,
 }
 
 #[derive(Default)]
@@ -118,11 +127,9 @@ pub(super) struct Prepared {
     pub(super) files: Vec<FileState>,
     pub(super) writes: Vec<Write>,
     pub(super) packs: Vec<Id>,
-    /// File number -> the other names of a hard-linked file, removed with it
-    /// if its data cannot be written.
-    pub(super) links: HashMap<u32, Vec<PathBuf>>,
-    /// Directory paths by number (0 is the target).
-    pub(super) dir_paths: Arc<Vec<PathBuf>>,
+    /// File number -> the other names (directory, name) of a hard-linked
+    /// file, removed with it if its data cannot be written.
+    pub(super) links: HashMap<u32, Vec<(u32, Span)>>,
     /// File names (see [`FileState::name`]).
     pub(super) names: Vec<u8>,
     /// Directories (number and metadata), parents first.
@@ -133,33 +140,50 @@ pub(super) struct Prepared {
     pub(super) problems: Vec<Problem>,
 }
 
-impl Prepared {
-    pub(super) fn file_path(&self, st: &FileState) -> PathBuf {
-        file_path(&self.dir_paths, &self.names, st)
-    }
-}
-
-pub(super) fn file_path(dirs: &[PathBuf], names: &[u8], st: &FileState) -> PathBuf {
-    dirs[st.dir as usize].join(OsStr::from_bytes(st.name.of(names)))
+pub(super) fn file_path(dirs: &Dirs, names: &[u8], st: &FileState) -> PathBuf {
+    dirs.path(st.dir).join(OsStr::from_bytes(st.name.of(names)))
 }
 
 /// A hard-linked file's first name, as the other names find it.
 pub(super) struct FirstName {
-    pub(super) path: PathBuf,
-    pub(super) ok: bool,
+    pub(super) dir: u32,
+    pub(super) name: Span,
+    /// What it is, once restored (none if it could not be).
+    pub(super) ident: Option<Ident>,
     /// Its number in the file list, while its data is being written.
     pub(super) file: Option<u32>,
 }
 
 /// Checks the target for conflicts, then creates everything but file
-/// content, and plans the blob writes. Runs on a blocking thread.
+/// content, and plans the blob writes. Runs on a blocking thread. Returns
+/// the plan and the target's directory handles.
 pub(super) fn prepare(
-    sel: Selection,
+    mut sel: Selection,
     options: &RestoreOptions,
     index: &Index,
     key: &MasterKey,
-) -> Result<Prepared> {
-    let existing = scan_target(&sel)?;
+    untrusted: bool,
+) -> Result<(Prepared, Dirs)> {
+    let mut parent = vec![0u32; sel.dirs.len()];
+    for item in &sel.items {
+        if let ItemKind::Dir(d) = item.kind {
+            parent[d as usize] = item.parent;
+        }
+    }
+    let paths = Arc::new(sel.dirs.clone());
+    let mut dirs = Dirs::open(paths, parent).map_err(|e| Error::io(&options.target, e))?;
+    let mut stripped = Vec::new();
+    let mut options = options.clone();
+    if untrusted {
+        options.owner = false;
+        for i in 0..sel.items.len() {
+            if sel.items[i].keep && strip(&mut sel.items[i].meta) {
+                stripped.push(sel.path(&sel.items[i]));
+            }
+        }
+    }
+    let options = &options;
+    let existing = scan_target(&sel, &mut dirs)?;
     if !(options.overwrite || options.delta) {
         let conflict = sel
             .items
@@ -167,7 +191,7 @@ pub(super) fn prepare(
             .zip(&existing)
             .find(|(item, old)| match old {
                 None => false,
-                Some(m) => !(matches!(item.kind, ItemKind::Dir(_)) && m.kind.is_dir()),
+                Some(m) => !(matches!(item.kind, ItemKind::Dir(_)) && m.is_dir()),
             });
         if let Some((item, _)) = conflict {
             return Err(Error::BadInput(format!(
@@ -178,11 +202,10 @@ pub(super) fn prepare(
         }
     }
     let identical = if options.delta {
-        find_identical(&sel, &existing, index, key)
+        find_identical(&sel, &dirs, &existing, index, key)
     } else {
         Vec::new()
     };
-    fs::create_dir_all(&options.target).map_err(|e| Error::io(&options.target, e))?;
 
     // Sized up front: the plan's vectors are its largest part, and growing
     // them by doubling would hold up to twice that.
@@ -203,25 +226,48 @@ pub(super) fn prepare(
         writes: Vec::with_capacity(blobs),
         ..Prepared::default()
     };
-    let created = create_all(&mut p, &sel, existing, &identical, options, index);
-    p.dir_paths = Arc::new(sel.dirs);
-    p.names = sel.names;
+    p.stats.untrusted_snapshot = untrusted;
+    for path in stripped {
+        p.problems.push(Problem {
+            message: "set-id bits and security.* attributes not restored (the snapshot was not made by root of a host)".into(),
+            error: false,
+            path: path.clone(),
+        });
+        p.stats.stripped.push(path.display().to_string());
+    }
+    let created = create_all(
+        &mut p, &sel, &mut dirs, existing, &identical, options, index,
+    );
+    p.names = std::mem::take(&mut sel.names);
     if let Err(err) = created {
         // Only a full target stops here: the files created for data are
         // all unfinished.
         let mut problems = Vec::new();
         for (f, st) in p.files.iter().enumerate() {
             let others = p.links.get(&(f as u32)).map_or(&[][..], Vec::as_slice);
-            remove_partial(&p.file_path(st), others, &mut problems);
+            remove_partial(&dirs, &p.names, st.dir, st.name, others, &mut problems);
         }
         return Err(err);
     }
-    Ok(p)
+    Ok((p, dirs))
+}
+
+/// Takes set-id bits and `security.*` attributes off an entry of an
+/// untrusted snapshot; says whether it had any.
+pub(super) fn strip(meta: &mut Meta) -> bool {
+    let mut had = meta.mode & 0o6000 != 0;
+    meta.mode &= !0o6000;
+    if let Some(xattrs) = &mut meta.xattrs {
+        let before = xattrs.len();
+        xattrs.retain(|(name, _)| !name.starts_with(b"security."));
+        had |= xattrs.len() != before;
+    }
+    had
 }
 
 /// An I/O error that stops the whole restore (a full target) as an
 /// [`Error`]; any other is given back, to be reported for its entry.
-pub(super) fn storage_full(path: &Path, err: io::Error) -> Result<io::Error> {
+pub(super) fn storage_full(path: &std::path::Path, err: io::Error) -> Result<io::Error> {
     if err.kind() == io::ErrorKind::StorageFull {
         Err(Error::io(path, err))
     } else {
@@ -234,6 +280,7 @@ pub(super) fn storage_full(path: &Path, err: io::Error) -> Result<io::Error> {
 pub(super) fn create_all(
     p: &mut Prepared,
     sel: &Selection,
+    dirs: &mut Dirs,
     existing: Vec<Option<Existing>>,
     identical: &[bool],
     options: &RestoreOptions,
@@ -246,37 +293,77 @@ pub(super) fn create_all(
             continue;
         }
         let path = sel.path(item);
+        let name = OsStr::from_bytes(item.name.of(&sel.names));
         let old = old.as_ref();
-        match item.kind {
-            ItemKind::Dir(d) => {
-                let made = if old.is_some_and(|m| m.kind.is_dir()) {
-                    Ok(())
-                } else {
-                    clear(&path, old).and_then(|_| fs::create_dir(&path))
-                };
-                match made {
-                    Ok(()) => p.dirs.push((d, item.meta.clone())),
-                    Err(err) => {
-                        let err = storage_full(&path, err)?;
-                        p.problems.push(Problem::error(
-                            &path,
-                            format!("cannot create directory: {err}"),
-                        ));
+        if let ItemKind::Dir(d) = item.kind {
+            let exists = old.is_some_and(Existing::is_dir);
+            let made = dirs
+                .get(item.parent)
+                .and_then(|parent| {
+                    if exists {
+                        Ok(())
+                    } else {
+                        clear(&parent, name, old)
                     }
+                })
+                .and_then(|()| dirs.make(d, exists));
+            match made {
+                Ok(()) => p.dirs.push((d, item.meta.clone())),
+                Err(err) => {
+                    let err = storage_full(&path, err)?;
+                    p.problems.push(Problem::error(
+                        &path,
+                        format!("cannot create directory: {err}"),
+                    ));
                 }
             }
+            continue;
+        }
+        // Everything else is made in its directory's handle; a directory
+        // that could not be created or opened fails its entries.
+        let dir = match dirs.get(item.parent) {
+            Ok(dir) => dir,
+            Err(err) => {
+                let err = storage_full(&path, err)?;
+                p.problems.push(Problem::error(
+                    &path,
+                    format!("not restored: its directory cannot be opened: {err}"),
+                ));
+                if let ItemKind::File { linked: true, .. } = item.kind {
+                    firsts.insert(
+                        i as u32,
+                        FirstName {
+                            dir: item.parent,
+                            name: item.name,
+                            ident: None,
+                            file: None,
+                        },
+                    );
+                }
+                continue;
+            }
+        };
+        match item.kind {
+            ItemKind::Dir(_) => unreachable!("handled above"),
             ItemKind::Symlink(target) => {
                 let target = OsStr::from_bytes(target.of(&sel.names));
                 let same = options.delta
-                    && old.is_some_and(|m| m.kind.is_symlink())
-                    && fs::read_link(&path).is_ok_and(|t| t.as_os_str() == target);
+                    && old.is_some_and(Existing::is_symlink)
+                    && handles::read_link(&dir, name).is_ok_and(|t| t.as_os_str() == target);
                 let made = if same {
                     Ok(())
                 } else {
-                    clear(&path, old).and_then(|_| std::os::unix::fs::symlink(target, &path))
+                    clear(&dir, name, old).and_then(|_| handles::symlink(target, &dir, name))
                 };
                 let made = made.and_then(|_| {
-                    set_symlink_metadata(&path, &item.meta, options.owner, &mut p.problems)
+                    set_symlink_metadata(
+                        &dir,
+                        name,
+                        &path,
+                        &item.meta,
+                        options.owner,
+                        &mut p.problems,
+                    )
                 });
                 match made {
                     Ok(()) => p.stats.symlinks += 1,
@@ -293,34 +380,40 @@ pub(super) fn create_all(
                 link_to: Some(j), ..
             } => {
                 let first = &firsts[&j];
-                if !first.ok {
-                    let first = first.path.display();
+                let first_path = dirs
+                    .path(first.dir)
+                    .join(OsStr::from_bytes(first.name.of(&sel.names)));
+                let Some(want) = first.ident else {
+                    let first = first_path.display();
                     p.problems.push(Problem::error(
                         &path,
                         format!("not linked: its other name {first} could not be restored"),
                     ));
                     continue;
-                }
-                let same = options.delta
-                    && old.is_some_and(|m| {
-                        fs::symlink_metadata(&first.path)
-                            .is_ok_and(|f| (f.dev(), f.ino()) == (m.dev, m.ino))
-                    });
+                };
+                let same = options.delta && old.is_some_and(|m| m.ident == want);
                 let made = if same {
                     Ok(())
                 } else {
-                    clear(&path, old).and_then(|_| fs::hard_link(&first.path, &path))
+                    let first_name = OsStr::from_bytes(first.name.of(&sel.names));
+                    clear(&dir, name, old).and_then(|_| {
+                        let from = dirs.get(first.dir)?;
+                        handles::hard_link(&from, first_name, &dir, name, want)
+                    })
                 };
                 match made {
                     Ok(()) => {
                         p.stats.hardlinks += 1;
                         if let Some(file) = first.file {
-                            p.links.entry(file).or_default().push(path);
+                            p.links
+                                .entry(file)
+                                .or_default()
+                                .push((item.parent, item.name));
                         }
                     }
                     Err(err) => {
                         let err = storage_full(&path, err)?;
-                        let first = first.path.display();
+                        let first = first_path.display();
                         p.problems.push(Problem::error(
                             &path,
                             format!("cannot create hard link to {first}: {err}"),
@@ -334,37 +427,61 @@ pub(super) fn create_all(
                 link_to: None,
                 linked,
             } => {
-                let outcome = if identical.get(i).copied().unwrap_or(false) {
-                    let done = File::open(&path).and_then(|file| {
-                        set_file_metadata(&file, &path, &item.meta, options.owner, &mut p.problems)
-                    });
-                    match done {
-                        Ok(()) => {
-                            p.stats.files_skipped_identical += 1;
-                            Ok(None)
+                let outcome = match (identical.get(i).copied().unwrap_or(false), old) {
+                    (true, Some(m)) => {
+                        // Opened again by handle, and only if still the
+                        // inode that was compared.
+                        let done = handles::open_file(&dir, name, false, Some(m.ident)).and_then(
+                            |(file, _)| {
+                                set_file_metadata(
+                                    &file,
+                                    &path,
+                                    &item.meta,
+                                    options.owner,
+                                    &mut p.problems,
+                                )
+                            },
+                        );
+                        match done {
+                            Ok(()) => {
+                                p.stats.files_skipped_identical += 1;
+                                Ok((None, Some(m.ident)))
+                            }
+                            Err(err) => Err(format!("cannot set metadata: {err}")),
                         }
-                        Err(err) => Err(format!("cannot set metadata: {err}")),
                     }
-                } else {
-                    let new = NewFile {
-                        path: &path,
-                        item,
-                        size,
-                        content: content.of(&sel.content),
-                        old,
-                        linked,
-                    };
-                    plan_file(p, &mut packs, new, index, options.owner)?
+                    _ => {
+                        let new = NewFile {
+                            dir: &dir,
+                            dir_number: item.parent,
+                            name,
+                            path: &path,
+                            item,
+                            size,
+                            content: content.of(&sel.content),
+                            old,
+                            linked,
+                        };
+                        plan_file(p, &mut packs, new, index, options.owner)?
+                    }
                 };
-                let (ok, file) = match outcome {
-                    Ok(file) => (true, file),
+                let (ident, file) = match outcome {
+                    Ok((file, ident)) => (ident, file),
                     Err(msg) => {
                         p.problems.push(Problem::error(&path, msg));
-                        (false, None)
+                        (None, None)
                     }
                 };
                 if linked {
-                    firsts.insert(i as u32, FirstName { path, ok, file });
+                    firsts.insert(
+                        i as u32,
+                        FirstName {
+                            dir: item.parent,
+                            name: item.name,
+                            ident,
+                            file,
+                        },
+                    );
                 }
             }
         }
@@ -374,7 +491,12 @@ pub(super) fn create_all(
 
 /// A file about to be created.
 pub(super) struct NewFile<'a> {
-    pub(super) path: &'a Path,
+    /// Its directory's handle and number.
+    pub(super) dir: &'a File,
+    pub(super) dir_number: u32,
+    pub(super) name: &'a OsStr,
+    /// For messages.
+    pub(super) path: &'a std::path::Path,
     pub(super) item: &'a Item,
     pub(super) size: u64,
     pub(super) content: &'a [Id],
@@ -383,19 +505,22 @@ pub(super) struct NewFile<'a> {
     pub(super) linked: bool,
 }
 
+/// What planning one file gave: its number in the plan (none if finished)
+/// and, if it was created now, what it is; or why it was not created.
+type Planned = std::result::Result<(Option<u32>, Option<Ident>), String>;
+
 /// Adds one file's blobs to the plan, after removing what is in its way.
 /// The file is created (empty, at its final length, so runs of zeros can be
 /// left as holes) here if it is empty (and then finished at once) or has
-/// other names; otherwise by the first writer that needs it. Returns the
-/// file's number in the plan (none if finished), or why it was not
-/// created; a full target is an error.
+/// other names; otherwise by the first writer that needs it. A full target
+/// is an error.
 pub(super) fn plan_file(
     p: &mut Prepared,
     packs: &mut HashMap<Id, u32>,
     new: NewFile<'_>,
     index: &Index,
     owner: bool,
-) -> Result<std::result::Result<Option<u32>, String>> {
+) -> Result<Planned> {
     // Check every blob is indexed first, so a file with a missing blob is
     // not created half-planned.
     if let Some(id) = new.content.iter().find(|id| !index.contains(id)) {
@@ -404,9 +529,9 @@ pub(super) fn plan_file(
         )));
     }
     let now = new.content.is_empty() || new.linked;
-    let created = clear(new.path, new.old).and_then(|_| {
+    let created = clear(new.dir, new.name, new.old).and_then(|_| {
         if now {
-            create_sized(new.path, new.size).map(Some)
+            create_sized(new.dir, new.name, new.size).map(Some)
         } else {
             Ok(None)
         }
@@ -418,12 +543,13 @@ pub(super) fn plan_file(
             return Ok(Err(format!("cannot create file: {err}")));
         }
     };
-    if let (Some(file), true) = (&file, new.content.is_empty()) {
+    let made = file.as_ref().map(|(_, id)| *id);
+    if let (Some((file, _)), true) = (&file, new.content.is_empty()) {
         let done = set_file_metadata(file, new.path, &new.item.meta, owner, &mut p.problems);
         return Ok(match done {
             Ok(()) => {
                 p.stats.files_restored += 1;
-                Ok(None)
+                Ok((None, made))
             }
             Err(err) => Err(format!("cannot set metadata: {err}")),
         });
@@ -451,57 +577,84 @@ pub(super) fn plan_file(
     p.files.push(FileState {
         meta: new.item.meta.clone(),
         name: new.item.name,
-        dir: new.item.parent,
+        dir: new.dir_number,
         remaining: AtomicU32::new(fits(new.content.len())?),
         failed: AtomicBool::new(false),
         size: new.size,
-        created: match file {
-            Some(_) => OnceLock::from(Ok(())),
+        created: match made {
+            Some(id) => OnceLock::from(Ok(id)),
             None => OnceLock::new(),
         },
     });
-    Ok(Ok(Some(number)))
+    Ok(Ok((Some(number), made)))
 }
 
-/// Creates a file at its final length. Always a fresh file (never one
-/// opened through an existing name) so a symlink or another hard link put
-/// in the target is never written through.
-pub(super) fn create_sized(path: &Path, size: u64) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.set_len(size)?;
-    Ok(file)
+/// Creates a file at its final length in its directory's handle. Always a
+/// fresh file (`O_CREAT | O_EXCL | O_NOFOLLOW`: never one opened through an
+/// existing name) so a symlink or another hard link put in the target is
+/// never written through. A file that cannot be given its length is
+/// removed again, never left empty at its real name.
+pub(super) fn create_sized(dir: &File, name: &OsStr, size: u64) -> io::Result<(File, Ident)> {
+    let file = handles::create_file(dir, name)?;
+    let made = file.set_len(size).and_then(|()| {
+        nix::sys::stat::fstat(&file)
+            .map(|st| ident(&st))
+            .map_err(io::Error::from)
+    });
+    match made {
+        Ok(id) => Ok((file, id)),
+        Err(err) => {
+            drop(file);
+            let _ = handles::remove(dir, name);
+            Err(err)
+        }
+    }
 }
 
 /// Removes a non-directory in the way of a new entry. A directory in the
 /// way is an error: replacing it would delete a whole tree the user did
 /// not ask about.
-pub(super) fn clear(path: &Path, old: Option<&Existing>) -> io::Result<()> {
+pub(super) fn clear(dir: &File, name: &OsStr, old: Option<&Existing>) -> io::Result<()> {
     match old {
         None => Ok(()),
-        Some(m) if m.kind.is_dir() => Err(io::Error::new(
+        Some(m) if m.is_dir() => Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             "a directory is in the way (remove it to restore this entry)",
         )),
-        Some(_) => match fs::remove_file(path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            r => r,
-        },
+        Some(_) => handles::remove(dir, name),
     }
 }
 
 /// For `delta`: which items are regular files already in the target with
-/// the snapshot's content, checked in parallel (hashing is CPU-bound).
+/// the snapshot's content, checked in parallel (hashing is CPU-bound). A
+/// file whose link count the snapshot does not explain (a name outside the
+/// target, or outside the selection, linked to it) is never identical:
+/// setting its metadata, or linking names to it, would change a file
+/// elsewhere.
 pub(super) fn find_identical(
     sel: &Selection,
+    dirs: &Dirs,
     existing: &[Option<Existing>],
     index: &Index,
     key: &MasterKey,
 ) -> Vec<bool> {
-    let candidates: Vec<(usize, Span)> = sel
+    // First name of a hard-linked file -> the selected names it should
+    // have, and whether the target's other names are all that inode.
+    let mut groups: HashMap<usize, (u64, bool)> = HashMap::new();
+    for (i, item) in sel.items.iter().enumerate() {
+        if let ItemKind::File {
+            link_to: Some(j), ..
+        } = item.kind
+            && item.keep
+        {
+            let j = j as usize;
+            let first = existing[j].map(|m| m.ident);
+            let g = groups.entry(j).or_insert((1, true));
+            g.0 += 1;
+            g.1 &= first.is_some() && existing[i].map(|m| m.ident) == first;
+        }
+    }
+    let candidates: Vec<(usize, Span, Ident)> = sel
         .items
         .iter()
         .zip(existing)
@@ -515,7 +668,10 @@ pub(super) fn find_identical(
                     ..
                 },
                 Some(m),
-            ) if item.keep && m.kind.is_file() && m.len == *size => Some((i, *content)),
+            ) if item.keep && m.is_file() && m.len == *size => {
+                let (names, all) = groups.get(&i).copied().unwrap_or((1, true));
+                (all && m.nlink == names).then_some((i, *content, m.ident))
+            }
             _ => None,
         })
         .collect();
@@ -530,18 +686,24 @@ pub(super) fn find_identical(
             s.spawn(|| {
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(i, content)) = candidates.get(k) else {
+                    let Some(&(i, content, want)) = candidates.get(k) else {
                         break;
                     };
-                    let path = sel.path(&sel.items[i]);
-                    let same =
-                        same_content(&path, content.of(&sel.content), index, key).unwrap_or(false);
+                    let item = &sel.items[i];
+                    let name = OsStr::from_bytes(item.name.of(&sel.names));
+                    let same = dirs
+                        .get(item.parent)
+                        .and_then(|dir| handles::open_file(&dir, name, false, Some(want)))
+                        .and_then(|(file, _)| {
+                            same_content(file, content.of(&sel.content), index, key)
+                        })
+                        .unwrap_or(false);
                     results[k].store(same, Ordering::Relaxed);
                 }
             });
         }
     });
-    for (k, &(i, _)) in candidates.iter().enumerate() {
+    for (k, &(i, _, _)) in candidates.iter().enumerate() {
         out[i] = results[k].load(Ordering::Relaxed);
     }
     out
@@ -550,12 +712,11 @@ pub(super) fn find_identical(
 /// Cuts the existing file at the snapshot's blob boundaries and compares
 /// each piece's keyed id with the snapshot's blob id.
 pub(super) fn same_content(
-    path: &Path,
+    mut file: File,
     content: &[Id],
     index: &Index,
     key: &MasterKey,
 ) -> io::Result<bool> {
-    let mut file = File::open(path)?;
     let mut buf = Vec::new();
     for id in content {
         let Some(loc) = index.get(id) else {

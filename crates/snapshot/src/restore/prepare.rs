@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use lifeboat_repo::{Id, Index, MasterKey};
+use lifeboat_repo::{BlobType, Id, Index, MasterKey};
 
 use super::fetch::{Write, remove_partial};
 use super::metadata::{Meta, set_file_metadata, set_symlink_metadata};
@@ -398,7 +398,11 @@ pub(super) fn plan_file(
 ) -> Result<std::result::Result<Option<u32>, String>> {
     // Check every blob is indexed first, so a file with a missing blob is
     // not created half-planned.
-    if let Some(id) = new.content.iter().find(|id| !index.contains(id)) {
+    if let Some(id) = new
+        .content
+        .iter()
+        .find(|id| !index.contains(BlobType::Data, id))
+    {
         return Ok(Err(format!(
             "blob {id} is not in the repository index (run `lifeboat check`); file not restored"
         )));
@@ -431,7 +435,7 @@ pub(super) fn plan_file(
     let number = fits(p.files.len())?;
     let mut at = 0u64;
     for id in new.content {
-        let loc = index.get(id).expect("checked above");
+        let loc = index.get(BlobType::Data, id).expect("checked above");
         let pack = match packs.entry(loc.pack) {
             Entry::Occupied(e) => *e.get(),
             Entry::Vacant(e) => {
@@ -558,7 +562,7 @@ pub(super) fn same_content(
     let mut file = File::open(path)?;
     let mut buf = Vec::new();
     for id in content {
-        let Some(loc) = index.get(id) else {
+        let Some(loc) = index.get(BlobType::Data, id) else {
             return Ok(false);
         };
         buf.resize(loc.entry.raw_length as usize, 0);

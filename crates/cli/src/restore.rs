@@ -111,6 +111,12 @@ fn print_plan(repo: &Repository, snap: &Snapshot, p: &RestorePlan, shown: usize,
             p.missing_blobs
         ));
     }
+    if p.damaged_trees > 0 {
+        say(format!(
+            "  {} directories have a damaged tree: their contents will not be restored (run `lifeboat check`)",
+            p.damaged_trees
+        ));
+    }
     let cold: Vec<_> = p.packs.iter().filter(|k| k.tier == Tier::Cold).collect();
     for k in cold.iter().take(shown) {
         say(format!(

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::*;
-use lifeboat_repo::{Id, Repository, pack_object_path};
+use lifeboat_repo::{BlobType, Id, Repository, pack_object_path};
 use lifeboat_storage::LocalStorage;
 
 const DAMAGED: i32 = 14;
@@ -48,7 +48,7 @@ fn restores_same(lb: &Lifeboat, id: &str, src: &Path) {
     assert_same_tree(src, &restored(&target, src));
 }
 
-/// The pack holding `blob` in the repository, and the blob's offset in it.
+/// The pack holding tree `blob` in the repository, and the blob's offset in it.
 fn pack_of(lb: &Lifeboat, blob: &Id) -> (PathBuf, u64) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -56,7 +56,7 @@ fn pack_of(lb: &Lifeboat, blob: &Id) -> (PathBuf, u64) {
         let repo = Repository::open(storage, PASSWORD.as_bytes())
             .await
             .unwrap();
-        let loc = repo.locate(blob).await.unwrap();
+        let loc = repo.locate(BlobType::Tree, blob).await.unwrap();
         (
             lb.repo.join(pack_object_path(&loc.pack)),
             loc.entry.offset as u64,
@@ -179,4 +179,64 @@ fn regression_missing_source_path_exited_1_instead_of_16() {
     assert!(stderr(&out).contains("no-such-dir"), "{}", describe(&out));
     assert_eq!(files_under(&lb.repo), before, "nothing was written");
     restores_same(&lb, &ia, &a);
+}
+
+/// The tree id of directory `dir` (an absolute path that was backed up) in
+/// `snapshot`.
+fn subtree_of(lb: &Lifeboat, snapshot: &str, dir: &Path) -> Id {
+    let root = tree_of(lb, snapshot);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let storage = Arc::new(LocalStorage::new(lb.repo.clone()));
+        let repo = Repository::open(storage, PASSWORD.as_bytes())
+            .await
+            .unwrap();
+        let mut id = root;
+        for part in dir.strip_prefix("/").unwrap().components() {
+            let tree = repo.read_tree(&id).await.unwrap();
+            let name = part.as_os_str().as_encoded_bytes();
+            id = tree.find(name).unwrap().subtree.unwrap();
+        }
+        id
+    })
+}
+
+/// Issue 12: a damaged *subtree* used to stop the whole restore (exit 14,
+/// nothing restored, not even the unaffected files). Now the restore
+/// restores everything else, creates the directory empty, names it, and
+/// exits 3 (partial), as docs/security.md promises; `check` still fails
+/// naming the snapshot (seen failing with exit 14 before the fix).
+#[test]
+fn corrupted_subtree_is_skipped_and_the_rest_restores_with_exit_3() {
+    let lb = Lifeboat::init();
+    let (a, ia, b, ib) = two_snapshots(&lb);
+    let sub = subtree_of(&lb, &ib, &b.join("sub"));
+    let (pack, offset) = pack_of(&lb, &sub);
+    flip_byte(&pack, offset as usize + 30);
+    let out = lb.run(["check"]);
+    assert_eq!(out.status.code(), Some(DAMAGED), "{}", describe(&out));
+    assert!(describe(&out).contains(&ib[..8]), "{}", describe(&out));
+    restores_same(&lb, &ia, &a);
+    let target = lb.path("t-b");
+    let out = lb
+        .cmd()
+        .args(["restore", &ib, "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    eprintln!("restore: {}", describe(&out));
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(PARTIAL), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("directory contents not restored"),
+        "{}",
+        describe(&out)
+    );
+    let got = restored(&target, &b);
+    assert_eq!(
+        fs::read(got.join("three.bin")).unwrap(),
+        fs::read(b.join("three.bin")).unwrap()
+    );
+    assert!(got.join("sub").is_dir());
+    assert_eq!(fs::read_dir(got.join("sub")).unwrap().count(), 0);
 }

@@ -132,7 +132,7 @@ pub async fn check(
     }
     report.blobs = index.blob_count();
 
-    let mut damaged_blobs: HashSet<Id> = HashSet::new();
+    let mut damaged_blobs: HashSet<(BlobType, Id)> = HashSet::new();
     let mut damaged_packs: BTreeSet<Id> = BTreeSet::new();
     let tiered = repo.has_cold_tier();
     for (id, loc) in index.blobs() {
@@ -140,7 +140,7 @@ pub async fn check(
             && let Some(&found) = tiers.get(&loc.pack)
             && found != repo.tier_of(loc.entry.blob_type)
         {
-            damaged_blobs.insert(*id);
+            damaged_blobs.insert((loc.entry.blob_type, *id));
             if damaged_packs.insert(loc.pack) {
                 report.errors.push(CheckProblem {
                     object: format!("pack {}", loc.pack),
@@ -155,7 +155,7 @@ pub async fn check(
         }
         match pack_sizes.get(&loc.pack) {
             None => {
-                damaged_blobs.insert(*id);
+                damaged_blobs.insert((loc.entry.blob_type, *id));
                 if damaged_packs.insert(loc.pack) {
                     report.errors.push(CheckProblem {
                         object: format!("pack {}", loc.pack),
@@ -164,7 +164,7 @@ pub async fn check(
                 }
             }
             Some(size) if loc.entry.offset as u64 + loc.entry.length as u64 + 4 > *size => {
-                damaged_blobs.insert(*id);
+                damaged_blobs.insert((loc.entry.blob_type, *id));
                 if damaged_packs.insert(loc.pack) {
                     report.errors.push(CheckProblem {
                         object: format!("pack {}", loc.pack),
@@ -258,7 +258,7 @@ async fn read_data(
     pack_sizes: &HashMap<Id, u64>,
     tiers: &HashMap<Id, Tier>,
     report: &mut CheckReport,
-    damaged_blobs: &mut HashSet<Id>,
+    damaged_blobs: &mut HashSet<(BlobType, Id)>,
     damaged_packs: &mut BTreeSet<Id>,
     progress: CheckProgress<'_>,
 ) {
@@ -332,7 +332,7 @@ async fn read_data(
             }
             Err(msg) => {
                 // The whole pack is unreadable: all its blobs are lost.
-                damaged_blobs.extend(by_pack[&pack].iter().map(|e| e.id));
+                damaged_blobs.extend(by_pack[&pack].iter().map(|e| (e.blob_type, e.id)));
                 msg
             }
         };
@@ -346,16 +346,20 @@ async fn read_data(
 
 /// A pack, the bytes read, and (name matches, damaged blobs) or why it
 /// could not be read.
-type PackVerdict = (Id, u64, std::result::Result<(bool, Vec<Id>), String>);
+type PackVerdict = (
+    Id,
+    u64,
+    std::result::Result<(bool, Vec<(BlobType, Id)>), String>,
+);
 
 /// Checks a downloaded pack: does it match its name, and which of its
 /// indexed blobs fail to decrypt or verify.
-fn verify_pack(pack: &FetchedRange, entries: &[crate::PackEntry]) -> (bool, Vec<Id>) {
+fn verify_pack(pack: &FetchedRange, entries: &[crate::PackEntry]) -> (bool, Vec<(BlobType, Id)>) {
     let name_ok = Id::of_bytes(pack.bytes()) == pack.pack();
     let bad = entries
         .iter()
         .filter(|e| pack.open(e).is_err())
-        .map(|e| e.id)
+        .map(|e| (e.blob_type, e.id))
         .collect();
     (name_ok, bad)
 }
@@ -363,7 +367,7 @@ fn verify_pack(pack: &FetchedRange, entries: &[crate::PackEntry]) -> (bool, Vec<
 struct TreeWalker<'a> {
     repo: &'a Repository,
     index: &'a Index,
-    damaged_blobs: &'a HashSet<Id>,
+    damaged_blobs: &'a HashSet<(BlobType, Id)>,
     /// Per tree: paths (relative to it) of files that lose data.
     memo: HashMap<Id, Arc<Vec<String>>>,
     problems: BTreeSet<CheckProblem>,
@@ -403,9 +407,9 @@ impl<'a> TreeWalker<'a> {
                             NodeKind::File => {
                                 let mut bad = false;
                                 for blob in &node.content {
-                                    if self.damaged_blobs.contains(blob) {
+                                    if self.damaged_blobs.contains(&(BlobType::Data, *blob)) {
                                         bad = true;
-                                    } else if !self.index.contains(blob) {
+                                    } else if !self.index.contains(BlobType::Data, blob) {
                                         bad = true;
                                         self.problems.insert(CheckProblem {
                                             object: format!("blob {blob}"),
@@ -430,13 +434,19 @@ impl<'a> TreeWalker<'a> {
     }
 
     async fn load(&self, id: Id) -> Result<Tree> {
-        let Some(loc) = self.index.get(&id) else {
-            return Err(Error::BlobNotIndexed { id: id.to_hex() });
+        let Some(loc) = self.index.get(BlobType::Tree, &id) else {
+            if self.index.contains(BlobType::Data, &id) {
+                // The trace of a backup by a version that deduplicated by
+                // id alone: the tree was taken for a file chunk with the
+                // same bytes and never stored.
+                return Err(Error::corrupt(
+                    format!("tree {id}"),
+                    "not in the index as a tree (only a data blob has this id)",
+                ));
+            }
+            return Err(Error::TreeNotIndexed { id: id.to_hex() });
         };
-        if loc.entry.blob_type != BlobType::Tree {
-            return Err(Error::corrupt(format!("tree {id}"), "blob is not a tree"));
-        }
-        if self.damaged_blobs.contains(&id) {
+        if self.damaged_blobs.contains(&(BlobType::Tree, id)) {
             return Err(Error::corrupt(
                 format!("tree {id}"),
                 format!("stored in damaged pack {}", loc.pack),

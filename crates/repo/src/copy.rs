@@ -368,8 +368,12 @@ async fn copy_snapshot(
 ) -> Result<Snapshot> {
     let session = Arc::new(WriteSession::start(target.clone(), WriteOptions::default()).await?);
     // A mapping is usable only while the target still holds the blob.
-    let mapped_tree =
-        |map: &IdMap, a: &Id| map.trees.get(a).filter(|b| session.has_blob(b)).copied();
+    let mapped_tree = |map: &IdMap, a: &Id| {
+        map.trees
+            .get(a)
+            .filter(|b| session.has_blob(BlobType::Tree, b))
+            .copied()
+    };
 
     // 1. The source trees whose copy the target lacks, level by level.
     let root = snap.record.tree;
@@ -404,10 +408,13 @@ async fn copy_snapshot(
     for tree in trees.values() {
         for n in &tree.nodes {
             for id in &n.content {
-                let known = map.data.get(id).is_some_and(|b| session.has_blob(b));
+                let known = map
+                    .data
+                    .get(id)
+                    .is_some_and(|b| session.has_blob(BlobType::Data, b));
                 if !known && seen.insert(*id) {
                     let loc = *source_index
-                        .get(id)
+                        .get(BlobType::Data, id)
                         .ok_or_else(|| Error::BlobNotIndexed { id: id.to_hex() })?;
                     needed.push((*id, loc));
                 }
@@ -539,7 +546,11 @@ async fn verify(target: &Arc<Repository>, root: Id, verified: &mut HashSet<Id>) 
         let mut next = Vec::new();
         for (id, tree) in read_trees(target, level).await? {
             for n in &tree.nodes {
-                if let Some(c) = n.content.iter().find(|c| !index.contains(c)) {
+                if let Some(c) = n
+                    .content
+                    .iter()
+                    .find(|c| !index.contains(BlobType::Data, c))
+                {
                     return Err(Error::corrupt(
                         format!("copied tree {id}"),
                         format!("data blob {c} of {} is not in the target", n.name_lossy()),

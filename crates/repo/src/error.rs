@@ -35,6 +35,11 @@ pub enum Error {
     #[error("blob {id} is not in the index")]
     BlobNotIndexed { id: String },
 
+    /// No tree blob has this id (a data blob with the same id is another
+    /// blob and is never read as a tree).
+    #[error("tree {id} is not in the index")]
+    TreeNotIndexed { id: String },
+
     #[error("no snapshot matches {query:?}")]
     SnapshotNotFound { query: String },
 
@@ -92,6 +97,7 @@ impl Error {
             Error::UnsupportedVersion { .. } => ErrorClass::Unsupported,
             Error::Corrupt { .. }
             | Error::BlobNotIndexed { .. }
+            | Error::TreeNotIndexed { .. }
             | Error::ArchiveConflict { .. }
             | Error::Damaged(_) => ErrorClass::Damaged,
             Error::SnapshotNotFound { .. } | Error::AmbiguousSnapshot { .. } => {

@@ -1,4 +1,4 @@
-//! The index: which pack holds each blob.
+//! The index: which pack holds each blob, by blob type and id.
 //!
 //! Stored as index objects, each `seal(postcard(IndexFile), INDEX_AAD)` and
 //! named by the BLAKE3 of the sealed bytes. Every write session adds its own
@@ -8,6 +8,7 @@
 //! only after it is durable.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use serde::{Deserialize, Serialize};
 
@@ -53,9 +54,24 @@ pub struct BlobLocation {
 }
 
 /// The merged in-memory index.
+///
+/// Keyed by blob type *and* id, as restic's index is: a blob's id is the
+/// keyed hash of its plaintext alone, so a file chunk whose bytes equal
+/// the encoding of a directory listing (a one-byte file holding `0x00` is
+/// an empty directory's listing) has the id of that tree. The two are
+/// different entries; a lookup always says which type it wants, so a tree
+/// is never deduplicated against, or read as, a data blob.
+///
+/// Every indexed location of a blob is kept (a blob stored twice, by two
+/// backups racing or by a repack, has two): [`Index::get`] gives the first
+/// merged, [`Index::locations`] all of them, for a reader that falls back
+/// on another copy when one pack is missing or damaged.
 #[derive(Debug, Default, Clone)]
 pub struct Index {
-    blobs: HashMap<Id, BlobLocation>,
+    blobs: HashMap<(BlobType, Id), BlobLocation>,
+    /// Further locations of blobs that are in more than one pack (rare, so
+    /// kept apart: the common case costs no allocation per blob).
+    more: HashMap<(BlobType, Id), Vec<BlobLocation>>,
     /// Packs named by some index object, with their blob count.
     packs: HashMap<Id, u32>,
 }
@@ -64,19 +80,81 @@ impl Index {
     pub fn add_pack(&mut self, pack: &IndexPack) {
         *self.packs.entry(pack.id).or_default() += pack.entries.len() as u32;
         for e in &pack.entries {
-            self.blobs.entry(e.id).or_insert(BlobLocation {
+            let loc = BlobLocation {
                 pack: pack.id,
                 entry: *e,
-            });
+            };
+            match self.blobs.entry((e.blob_type, e.id)) {
+                Entry::Vacant(v) => {
+                    v.insert(loc);
+                }
+                Entry::Occupied(o) => {
+                    // The same pack listed by two index objects is one
+                    // location, not two.
+                    let more = self.more.entry((e.blob_type, e.id)).or_default();
+                    if o.get().pack != pack.id && !more.iter().any(|l| l.pack == pack.id) {
+                        more.push(loc);
+                    }
+                }
+            }
         }
     }
 
-    pub fn get(&self, id: &Id) -> Option<&BlobLocation> {
-        self.blobs.get(id)
+    /// Drops every location in a pack `keep` refuses (a pack that is not in
+    /// storage), and the pack itself; a blob with no location left is no
+    /// longer indexed. Returns the number of packs dropped.
+    pub fn retain_packs(&mut self, mut keep: impl FnMut(&Id) -> bool) -> usize {
+        let before = self.packs.len();
+        self.packs.retain(|p, _| keep(p));
+        if self.packs.len() == before {
+            return 0;
+        }
+        let packs = &self.packs;
+        let more = &mut self.more;
+        more.retain(|_, locs| {
+            locs.retain(|l| packs.contains_key(&l.pack));
+            !locs.is_empty()
+        });
+        self.blobs.retain(|k, loc| {
+            if packs.contains_key(&loc.pack) {
+                return true;
+            }
+            // Promote another copy, if one is left.
+            match more.get_mut(k) {
+                Some(locs) => {
+                    *loc = locs.remove(0);
+                    if locs.is_empty() {
+                        more.remove(k);
+                    }
+                    true
+                }
+                None => false,
+            }
+        });
+        before - self.packs.len()
     }
 
-    pub fn contains(&self, id: &Id) -> bool {
-        self.blobs.contains_key(id)
+    /// The first merged location of the blob of this type and id.
+    pub fn get(&self, blob_type: BlobType, id: &Id) -> Option<&BlobLocation> {
+        self.blobs.get(&(blob_type, *id))
+    }
+
+    /// Every indexed location of the blob, the one [`Index::get`] gives
+    /// first; empty if it is not indexed.
+    pub fn locations(&self, blob_type: BlobType, id: &Id) -> Vec<BlobLocation> {
+        let key = (blob_type, *id);
+        let Some(first) = self.blobs.get(&key) else {
+            return Vec::new();
+        };
+        let mut out = vec![*first];
+        if let Some(more) = self.more.get(&key) {
+            out.extend_from_slice(more);
+        }
+        out
+    }
+
+    pub fn contains(&self, blob_type: BlobType, id: &Id) -> bool {
+        self.blobs.contains_key(&(blob_type, *id))
     }
 
     pub fn has_pack(&self, id: &Id) -> bool {
@@ -87,18 +165,24 @@ impl Index {
         self.packs.keys()
     }
 
+    /// Every indexed blob once (its first location); the type is in
+    /// `location.entry.blob_type`.
     pub fn blobs(&self) -> impl Iterator<Item = (&Id, &BlobLocation)> {
-        self.blobs.iter()
+        self.blobs.iter().map(|((_, id), loc)| (id, loc))
     }
 
+    /// Every location of every blob (a blob in two packs twice).
+    pub fn all_locations(&self) -> impl Iterator<Item = &BlobLocation> {
+        self.blobs.values().chain(self.more.values().flatten())
+    }
+
+    /// Number of indexed blobs (a data blob and a tree blob with the same
+    /// id count twice: they are different blobs).
     pub fn blob_count(&self) -> usize {
         self.blobs.len()
     }
 
     pub fn blob_count_of(&self, t: BlobType) -> usize {
-        self.blobs
-            .values()
-            .filter(|l| l.entry.blob_type == t)
-            .count()
+        self.blobs.keys().filter(|(bt, _)| *bt == t).count()
     }
 }

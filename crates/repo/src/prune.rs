@@ -203,7 +203,7 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
 
     // Count each used blob once, in the pack the merged index chose for it.
     for (blob, loc) in index.blobs() {
-        if used.contains(blob) {
+        if used.contains(&(loc.entry.blob_type, *blob)) {
             let p = packs.get_mut(&loc.pack).expect("indexed pack");
             p.used_bytes += loc.entry.length as u64;
             p.used_blobs += 1;
@@ -305,7 +305,8 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
                     .entries
                     .iter()
                     .filter(|e| {
-                        used.contains(&e.id) && index.get(&e.id).map(|l| l.pack) == Some(pack)
+                        used.contains(&(e.blob_type, e.id))
+                            && index.get(e.blob_type, &e.id).map(|l| l.pack) == Some(pack)
                     })
                     .copied()
                     .collect();
@@ -416,7 +417,7 @@ async fn used_blobs(
     repo: &Repository,
     index: &Index,
     stats: &mut PruneStats,
-) -> Result<HashSet<Id>> {
+) -> Result<HashSet<(BlobType, Id)>> {
     let storage = repo.storage();
     let list = storage.list(Kind::Snapshots).await?;
     let records: Vec<SnapshotRecord> = futures::stream::iter(list)
@@ -436,10 +437,10 @@ async fn used_blobs(
             ))
         })?;
     stats.snapshots = records.len();
-    let mut used: HashSet<Id> = HashSet::new();
+    let mut used: HashSet<(BlobType, Id)> = HashSet::new();
     let mut level: Vec<Id> = Vec::new();
     for r in &records {
-        if used.insert(r.tree) {
+        if used.insert((BlobType::Tree, r.tree)) {
             level.push(r.tree);
         }
     }
@@ -448,14 +449,11 @@ async fn used_blobs(
         stats.trees_read += level.len();
         let trees: Vec<Tree> = futures::stream::iter(level)
             .map(|id| async move {
-                let loc = index.get(&id).ok_or_else(|| {
+                let loc = index.get(BlobType::Tree, &id).ok_or_else(|| {
                     Error::Damaged(format!(
                         "tree {id} is not in the index; run `lifeboat check` (prune changed nothing)"
                     ))
                 })?;
-                if loc.entry.blob_type != BlobType::Tree {
-                    return Err(Error::corrupt(format!("tree {id}"), "blob is not a tree"));
-                }
                 let bytes = repo.read_tree_blob_at(&id, loc).await?;
                 Tree::decode(&id, &bytes)
             })
@@ -468,19 +466,19 @@ async fn used_blobs(
                 match node.kind {
                     NodeKind::Dir => {
                         if let Some(sub) = node.subtree
-                            && used.insert(sub)
+                            && used.insert((BlobType::Tree, sub))
                         {
                             next.push(sub);
                         }
                     }
                     NodeKind::File => {
                         for blob in node.content {
-                            if !index.contains(&blob) {
+                            if !index.contains(BlobType::Data, &blob) {
                                 return Err(Error::Damaged(format!(
                                     "blob {blob} of a file is not in the index; run `lifeboat check` (prune changed nothing)"
                                 )));
                             }
-                            used.insert(blob);
+                            used.insert((BlobType::Data, blob));
                         }
                     }
                     NodeKind::Symlink => {}

@@ -416,25 +416,26 @@ impl Repository {
         self.storage.capabilities().max_connections.max(1)
     }
 
-    pub async fn locate(&self, id: &Id) -> Result<BlobLocation> {
+    /// Where the blob of this type and id is (its first indexed location).
+    pub async fn locate(&self, blob_type: BlobType, id: &Id) -> Result<BlobLocation> {
         self.index()
             .await?
-            .get(id)
+            .get(blob_type, id)
             .copied()
-            .ok_or_else(|| Error::BlobNotIndexed { id: id.to_hex() })
+            .ok_or_else(|| not_indexed(blob_type, id))
     }
 
-    /// Reads, decrypts and verifies one blob.
+    /// Reads, decrypts and verifies one data blob (a file chunk).
     pub async fn read_blob(&self, id: &Id) -> Result<Bytes> {
-        let loc = self.locate(id).await?;
+        let loc = self.locate(BlobType::Data, id).await?;
         self.read_blob_at(id, &loc).await
     }
 
+    /// Reads and decodes one tree. Only a blob indexed as a tree is read: a
+    /// data blob with the same id (a file whose bytes are a directory
+    /// listing) is another blob.
     pub async fn read_tree(&self, id: &Id) -> Result<Tree> {
-        let loc = self.locate(id).await?;
-        if loc.entry.blob_type != BlobType::Tree {
-            return Err(Error::corrupt(format!("tree {id}"), "blob is not a tree"));
-        }
+        let loc = self.locate(BlobType::Tree, id).await?;
         let bytes = self.read_tree_blob_at(id, &loc).await?;
         Tree::decode(id, &bytes)
     }
@@ -547,6 +548,14 @@ pub fn resolve_snapshot<'a>(all: &'a [Snapshot], query: &str) -> Result<&'a Snap
             query: query.into(),
             count: n,
         }),
+    }
+}
+
+/// The error for a blob the index does not hold under this type.
+pub(crate) fn not_indexed(blob_type: BlobType, id: &Id) -> Error {
+    match blob_type {
+        BlobType::Data => Error::BlobNotIndexed { id: id.to_hex() },
+        BlobType::Tree => Error::TreeNotIndexed { id: id.to_hex() },
     }
 }
 

@@ -9,6 +9,11 @@
 //! that runs up to `max_connections` uploads at once — the bound is what keeps
 //! memory flat: at most `upload_concurrency + 1` packs are buffered.
 //!
+//! Deduplication is by blob type and id: a blob's id hashes its plaintext
+//! alone, so a file whose bytes equal a directory listing has that tree's
+//! id, and must still be stored as its own data blob (and the tree as a
+//! tree), or one of them would be read as the other.
+//!
 //! Packs never mix blob types: the session keeps one open pack for data
 //! blobs and one for tree blobs (as restic does), so a repository with a
 //! cold tier can send data packs there and keep tree packs hot, and a pack's
@@ -73,8 +78,10 @@ pub struct AddedBlob {
 struct State {
     /// The open packs, one per blob type (see [`slot`]).
     packs: [PackBuilder; 2],
-    /// Blobs added in this session (in the open pack or already uploaded).
-    seen: HashSet<Id>,
+    /// Blobs added in this session (in the open pack or already uploaded),
+    /// by type and id: a data blob never stands in for a tree of the same
+    /// id, nor the other way round.
+    seen: HashSet<(BlobType, Id)>,
 }
 
 struct Shared {
@@ -193,9 +200,17 @@ impl WriteSession {
         self.shared.repo.key().blob_id(data)
     }
 
-    /// True if the repository or this session already holds the blob.
-    pub fn has_blob(&self, id: &Id) -> bool {
-        self.shared.index.contains(id) || self.shared.state.lock().unwrap().seen.contains(id)
+    /// True if the repository or this session already holds the blob of
+    /// this type and id.
+    pub fn has_blob(&self, blob_type: BlobType, id: &Id) -> bool {
+        self.shared.index.contains(blob_type, id)
+            || self
+                .shared
+                .state
+                .lock()
+                .unwrap()
+                .seen
+                .contains(&(blob_type, *id))
     }
 
     /// Adds a blob from a blocking thread (never from async code: it blocks
@@ -231,7 +246,7 @@ impl WriteSession {
             return Err(self.shared.upload_error());
         }
         let id = self.blob_id(data);
-        if self.has_blob(&id) {
+        if self.has_blob(blob_type, &id) {
             return Ok((AddedBlob { id, new: false }, None));
         }
         let sealed = seal_blob(
@@ -246,7 +261,7 @@ impl WriteSession {
             let mut st = self.shared.state.lock().unwrap();
             // Re-check under the lock: another thread may have added the same
             // blob while we were compressing.
-            if !st.seen.insert(id) {
+            if !st.seen.insert((blob_type, id)) {
                 return Ok((AddedBlob { id, new: false }, None));
             }
             let pack = &mut st.packs[slot(blob_type)];

@@ -63,7 +63,7 @@ impl Fixture {
     async fn locations(&self) -> Vec<BlobLocation> {
         let mut out = Vec::new();
         for id in self.blobs.keys() {
-            out.push(self.repo.locate(id).await.unwrap());
+            out.push(self.repo.locate(BlobType::Data, id).await.unwrap());
         }
         out
     }
@@ -263,7 +263,7 @@ async fn trees_are_read_one_request_per_tree_pack_and_each_is_still_verified() {
     fresh.index().await.unwrap();
     let mut packs = std::collections::HashSet::new();
     for (id, _) in &trees {
-        packs.insert(fresh.locate(id).await.unwrap().pack);
+        packs.insert(fresh.locate(BlobType::Tree, id).await.unwrap().pack);
     }
     let before = counting.counts().reads;
     let read: Vec<_> = futures::stream::iter(&trees)
@@ -288,7 +288,7 @@ async fn trees_are_read_one_request_per_tree_pack_and_each_is_still_verified() {
     // Damage one tree inside its pack: a fresh reader fails that tree, with
     // the pack named, and still reads the others.
     let (victim, _) = &trees[17];
-    let loc = fresh.locate(victim).await.unwrap();
+    let loc = fresh.locate(BlobType::Tree, victim).await.unwrap();
     let key = ObjectKey::new(Kind::Packs, loc.pack.to_hex());
     let mut bytes = mem.get(&key).await.unwrap().to_vec();
     bytes[loc.entry.offset as usize + 5] ^= 0x10;

@@ -388,7 +388,7 @@ async fn prune_removes_data_of_forgotten_snapshots_and_keeps_the_rest() {
     assert_readable(&repo, new.iter().copied()).await;
     let index = repo.index().await.unwrap();
     for s in 1..=8 {
-        assert!(!index.contains(&repo.key().blob_id(&blob(s, 100_000))));
+        assert!(!index.contains(BlobType::Data, &repo.key().blob_id(&blob(s, 100_000))));
     }
     assert_check_clean(&repo).await;
     assert!(mem.list(Kind::Locks).await.unwrap().is_empty());

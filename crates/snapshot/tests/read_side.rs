@@ -281,7 +281,12 @@ async fn restore_round_trip_restores_content_and_metadata() {
     // The fixture must exercise reads from several packs.
     let mut packs = Vec::new();
     for piece in big().chunks(BIG_CHUNK) {
-        packs.push(repo.locate(&repo.key().blob_id(piece)).await.unwrap().pack);
+        packs.push(
+            repo.locate(BlobType::Data, &repo.key().blob_id(piece))
+                .await
+                .unwrap()
+                .pack,
+        );
     }
     packs.sort();
     packs.dedup();
@@ -553,7 +558,10 @@ async fn restore_reports_damaged_blob_with_file_and_pack_and_restores_the_rest()
     let repo = fx.open().await;
     // Damage the third chunk of big.bin, and only it.
     let third = &big()[2 * BIG_CHUNK..3 * BIG_CHUNK];
-    let loc = repo.locate(&repo.key().blob_id(third)).await.unwrap();
+    let loc = repo
+        .locate(BlobType::Data, &repo.key().blob_id(third))
+        .await
+        .unwrap();
     let key = pack_key(&loc.pack);
     let mut bytes = fx.mem.snapshot()[&key].to_vec();
     bytes[loc.entry.offset as usize + 30] ^= 0x01;
@@ -579,7 +587,10 @@ async fn restore_reports_damaged_blob_with_file_and_pack_and_restores_the_rest()
 
 /// Flips the last byte of a blob's sealed form in its pack.
 async fn damage(fx: &Fixture, repo: &Repository, plaintext: &[u8]) -> Id {
-    let loc = repo.locate(&repo.key().blob_id(plaintext)).await.unwrap();
+    let loc = repo
+        .locate(BlobType::Data, &repo.key().blob_id(plaintext))
+        .await
+        .unwrap();
     let key = pack_key(&loc.pack);
     let mut bytes = fx.mem.snapshot()[&key].to_vec();
     bytes[(loc.entry.offset + loc.entry.length - 1) as usize] ^= 0x01;
@@ -804,7 +815,7 @@ async fn diff_reports_changes_and_skips_identical_subtrees() {
         .unwrap();
     let data = repo.read_tree(&data_id).await.unwrap();
     let same_id = data.find(b"same").unwrap().subtree.unwrap();
-    let loc = repo.locate(&same_id).await.unwrap();
+    let loc = repo.locate(BlobType::Tree, &same_id).await.unwrap();
     let key = pack_key(&loc.pack);
     let mut bytes = fx.mem.snapshot()[&key].to_vec();
     bytes[loc.entry.offset as usize + 30] ^= 0x01;

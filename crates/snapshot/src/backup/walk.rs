@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use lifeboat_repo::{Id, Node, NodeKind, Repository, Tree};
+use lifeboat_repo::{BlobType, Id, Node, NodeKind, Repository, Tree};
 
 use super::ctx::Ctx;
 use super::exclude::{Excludes, is_cache_dir};
@@ -458,7 +458,9 @@ impl Walker<'_> {
                         && target
                             .reuse_before
                             .is_none_or(|cut| p.mtime < cut && p.ctime < cut)
-                        && p.content.iter().all(|id| target.session.has_blob(id));
+                        && p.content
+                            .iter()
+                            .all(|id| target.session.has_blob(BlobType::Data, id));
                     same.then(|| p.content.clone())
                 })
                 .collect();

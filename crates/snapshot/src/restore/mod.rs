@@ -32,7 +32,8 @@
 //! Problems with one file (a damaged blob, a permission error) are recorded
 //! in [`RestoreStats::errors`] and the others are restored anyway; a file
 //! whose data could not be written is removed rather than left at its real
-//! name with holes in it. An [`crate::Error`] means nothing sensible could
+//! name with holes in it. A directory whose tree is damaged is created
+//! empty and reported the same way (see `select`). An [`crate::Error`] means nothing sensible could
 //! be done at all — including a full target filesystem (an
 //! [`Error::Io`] whose source is of kind [`io::ErrorKind::StorageFull`](std::io::ErrorKind::StorageFull)),
 //! after which the files not finished are removed. Restoring into a
@@ -148,7 +149,8 @@ pub async fn restore(
 ) -> Result<RestoreStats> {
     let started = Instant::now();
     let untrusted = untrusted(snapshot, options, progress);
-    let selection = select::select(repo, snapshot.record.tree, options).await?;
+    let mut selection = select::select(repo, snapshot.record.tree, options).await?;
+    let damaged_dirs = std::mem::take(&mut selection.problems);
     tracing::debug!("restore: selected in {:?}", started.elapsed());
 
     let index = repo.index().await?;
@@ -173,6 +175,7 @@ pub async fn restore(
         mut stats,
         mut problems,
     } = prepared;
+    problems.extend(damaged_dirs);
     progress.planned(
         files.len() as u64 + stats.files_restored,
         planned_bytes + stats.bytes_written,

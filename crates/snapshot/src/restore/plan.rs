@@ -35,6 +35,9 @@ pub struct RestorePlan {
     /// Blobs the index does not know (their files will not be restored;
     /// `lifeboat check` says more).
     pub missing_blobs: u64,
+    /// Selected directories whose tree is damaged: their contents will not
+    /// be restored (`lifeboat check` says more).
+    pub damaged_trees: u64,
     /// Every pack to read, sorted by tier then id.
     pub packs: Vec<PlannedPack>,
 }
@@ -63,7 +66,10 @@ pub async fn plan(
 ) -> Result<RestorePlan> {
     let sel = select(repo, snapshot.record.tree, options).await?;
     let index = repo.index().await?;
-    let mut out = RestorePlan::default();
+    let mut out = RestorePlan {
+        damaged_trees: sel.problems.len() as u64,
+        ..RestorePlan::default()
+    };
     let mut packs: Vec<Id> = Vec::new();
     let mut numbers: HashMap<Id, u32> = HashMap::new();
     let mut writes: Vec<Write> = Vec::new();
@@ -83,7 +89,7 @@ pub async fn plan(
         out.files += 1;
         out.file_bytes += size;
         for id in content.of(&sel.content) {
-            let Some(loc) = index.get(id) else {
+            let Some(loc) = index.get(BlobType::Data, id) else {
                 out.missing_blobs += 1;
                 continue;
             };

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use lifeboat_repo::{Id, Index, MasterKey};
+use lifeboat_repo::{BlobType, Id, Index, MasterKey};
 use nix::libc;
 
 use super::fetch::{Write, remove_partial};
@@ -523,7 +523,11 @@ pub(super) fn plan_file(
 ) -> Result<Planned> {
     // Check every blob is indexed first, so a file with a missing blob is
     // not created half-planned.
-    if let Some(id) = new.content.iter().find(|id| !index.contains(id)) {
+    if let Some(id) = new
+        .content
+        .iter()
+        .find(|id| !index.contains(BlobType::Data, id))
+    {
         return Ok(Err(format!(
             "blob {id} is not in the repository index (run `lifeboat check`); file not restored"
         )));
@@ -557,7 +561,7 @@ pub(super) fn plan_file(
     let number = fits(p.files.len())?;
     let mut at = 0u64;
     for id in new.content {
-        let loc = index.get(id).expect("checked above");
+        let loc = index.get(BlobType::Data, id).expect("checked above");
         let pack = match packs.entry(loc.pack) {
             Entry::Occupied(e) => *e.get(),
             Entry::Vacant(e) => {
@@ -719,7 +723,7 @@ pub(super) fn same_content(
 ) -> io::Result<bool> {
     let mut buf = Vec::new();
     for id in content {
-        let Some(loc) = index.get(id) else {
+        let Some(loc) = index.get(BlobType::Data, id) else {
             return Ok(false);
         };
         buf.resize(loc.entry.raw_length as usize, 0);

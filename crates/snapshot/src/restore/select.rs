@@ -8,6 +8,13 @@
 //! large buffers, so a tree is dropped as soon as it has been read. It also
 //! pairs the names of hard-linked files. It does not look at the target
 //! (`prepare`) nor at pack data.
+//!
+//! A damaged subtree (a tree blob that is missing, fails to decrypt or
+//! verify, or is indexed only as a data blob) is skipped: its directory is
+//! still restored, empty, and a problem names it, so the rest of the
+//! snapshot is restored and the restore ends partial. Only a damaged root
+//! tree, which leaves nothing to restore, and errors that are not damage
+//! (an unreachable storage) stop the walk.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -18,9 +25,10 @@ use std::path::PathBuf;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use lifeboat_repo::{Id, NodeKind, Repository};
+use lifeboat_storage::ErrorClass;
 
-use super::RestoreOptions;
 use super::metadata::Meta;
+use super::{Problem, RestoreOptions};
 use crate::pathmatch::PathMatcher;
 use crate::pathmatch::join;
 use crate::{Error, Result};
@@ -99,6 +107,8 @@ pub(super) struct Selection {
     pub(super) dirs: Vec<PathBuf>,
     pub(super) names: Vec<u8>,
     pub(super) content: Vec<Id>,
+    /// Selected directories whose tree was damaged, left empty.
+    pub(super) problems: Vec<Problem>,
 }
 
 impl Selection {
@@ -135,6 +145,7 @@ pub(super) async fn select(
         dirs: vec![target.to_path_buf()],
         names: Vec::new(),
         content: Vec::new(),
+        problems: Vec::new(),
     };
     // Directory number -> its item (none for the target).
     let mut dir_items: Vec<u32> = vec![u32::MAX];
@@ -158,7 +169,26 @@ pub(super) async fn select(
         let Some((pending, tree)) = reading.next().await else {
             break;
         };
-        for node in tree?.nodes {
+        let tree = match tree {
+            Ok(tree) => tree,
+            Err(e) if pending.dir != 0 && e.class() == ErrorClass::Damaged => {
+                // Skip this directory's contents and restore the rest.
+                if pending.included {
+                    keep(
+                        &mut sel.items,
+                        &dir_items,
+                        dir_items[pending.dir as usize] as usize,
+                    );
+                    sel.problems.push(Problem::error(
+                        &sel.dirs[pending.dir as usize],
+                        format!("directory contents not restored: {e} (run `lifeboat check`)"),
+                    ));
+                }
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for node in tree.nodes {
             let child = join(&pending.path, &node.name);
             if exclude.is_match(&child) {
                 continue;

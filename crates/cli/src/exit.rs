@@ -10,7 +10,9 @@ use lifeboat_storage::ErrorClass;
 
 pub const OK: i32 = 0;
 pub const GENERIC: i32 = 1;
-// 2 is clap's usage error.
+/// A usage error: clap's for bad arguments, and ours for an argument of
+/// the right type but not an acceptable value.
+pub const USAGE: i32 = 2;
 /// The operation finished but some items failed (unreadable files in a
 /// backup, which makes the snapshot partial; files a restore could not write).
 pub const PARTIAL: i32 = 3;

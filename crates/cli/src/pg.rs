@@ -287,6 +287,15 @@ async fn wal_push(g: &Global, path: &Path, batch: usize, parallel: usize) -> Res
 }
 
 async fn wal_fetch(g: &Global, file: &str, dest: &Path, read_ahead: usize) -> Result<i32> {
+    // The name becomes part of a spool path and a storage key: anything
+    // but a name PostgreSQL archives (no `/`, no `..`) is refused first.
+    if !lifeboat_connectors::postgres::walname::is_archivable(file) {
+        eprintln!(
+            "lifeboat: error: {file:?} is not a WAL segment, timeline history or backup history file name; \
+             nothing fetched (restore_command passes %f)"
+        );
+        return Ok(exit::USAGE);
+    }
     if wal::fetch_from_spool(file, dest)? {
         return Ok(exit::OK);
     }

@@ -126,11 +126,16 @@ pub fn password(g: &Global, t: &Target, confirm: bool) -> Result<Vec<u8>> {
             .env("LIFEBOAT_PASSWORD_FOR", &t.display)
             .stderr(std::process::Stdio::inherit())
             .output()
-            .with_context(|| format!("running password command {cmd:?}"))?;
+            .with_context(|| format!("running the password command ({})", program_of(cmd)))?;
         if !out.status.success() {
+            // Only the program's name: its arguments may hold a secret.
             return Err(cli_error(
                 exit::WRONG_PASSWORD,
-                format!("password command {cmd:?} failed ({})", out.status),
+                format!(
+                    "the password command ({}) failed ({})",
+                    program_of(cmd),
+                    out.status
+                ),
             ));
         }
         return Ok(first_line(&out.stdout));
@@ -355,4 +360,10 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<i32> {
         }
     }
     Ok(exit::OK)
+}
+
+/// The program a `--password-command` runs (its first word), for messages:
+/// the rest may be a secret (a token, a password) and is never printed.
+fn program_of(cmd: &str) -> &str {
+    cmd.split_whitespace().next().unwrap_or("")
 }

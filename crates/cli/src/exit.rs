@@ -10,7 +10,9 @@ use lifeboat_storage::ErrorClass;
 
 pub const OK: i32 = 0;
 pub const GENERIC: i32 = 1;
-// 2 is clap's usage error.
+/// A bad command line: an unknown or malformed option value, options that
+/// conflict, a missing required option (clap's own usage errors use 2 too).
+pub const USAGE: i32 = 2;
 /// The operation finished but some items failed (unreadable files in a
 /// backup, which makes the snapshot partial; files a restore could not write).
 pub const PARTIAL: i32 = 3;
@@ -151,9 +153,10 @@ fn code(class: ErrorClass) -> i32 {
         ErrorClass::Unsupported => UNSUPPORTED_VERSION,
         ErrorClass::NotFound => NOT_FOUND,
         ErrorClass::Locked => LOCKED,
-        ErrorClass::BadInput | ErrorClass::External | ErrorClass::Io | ErrorClass::Internal => {
-            GENERIC
-        }
+        // The request itself is wrong (a bad value, pattern or URL): the
+        // same command fails the same way until the command line changes.
+        ErrorClass::BadInput => USAGE,
+        ErrorClass::External | ErrorClass::Io | ErrorClass::Internal => GENERIC,
     }
 }
 
@@ -235,6 +238,11 @@ mod tests {
                 NO_REPOSITORY,
             ),
             (RepoError::WrongPassword.into(), WRONG_PASSWORD),
+            (RepoError::BadInput("bad value".into()).into(), USAGE),
+            (
+                StorageError::new(ErrorKind::NoContainer, "no such bucket").into(),
+                NO_REPOSITORY,
+            ),
             (
                 StorageError::new(ErrorKind::Unreachable, "refused").into(),
                 UNREACHABLE,

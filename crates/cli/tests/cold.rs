@@ -223,7 +223,7 @@ fn another_machine_names_the_moved_cold_tier_with_cold_location() {
 #[test]
 fn init_refuses_the_repository_itself_as_cold_tier_and_hot_repos_stay_version_1() {
     let lb = Lifeboat::new();
-    let err = lb.fail(["init", "--cold", lb.repo.to_str().unwrap()], 1);
+    let err = lb.fail(["init", "--cold", lb.repo.to_str().unwrap()], 2);
     assert!(err.contains("another location"), "{err}");
     assert!(!lb.repo.join("config").exists());
 
@@ -233,7 +233,7 @@ fn init_refuses_the_repository_itself_as_cold_tier_and_hot_repos_stay_version_1(
         1,
         "a repository without a cold tier stays version 1"
     );
-    let err = lb.fail(["--cold-location", "/tmp/x", "snapshots"], 1);
+    let err = lb.fail(["--cold-location", "/tmp/x", "snapshots"], 2);
     assert!(err.contains("no cold tier"), "{err}");
     // Tree and data blobs in separate packs there too; restore unchanged.
     let src = make_source(&lb);

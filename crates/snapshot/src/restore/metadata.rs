@@ -121,7 +121,11 @@ pub(super) fn finish_dirs(
             }
             fs::set_permissions(path, Permissions::from_mode(meta.mode & 0o7777))?;
             let t = meta.mtime();
-            filetime::set_file_times(path, t, t)
+            // By path, without opening: filetime's set_file_times opens
+            // the directory first, which a mode just set to 000 forbids to
+            // a non-root user (its write-only fallback then fails with
+            // "Is a directory"). utimensat on the path needs only ownership.
+            filetime::set_symlink_file_times(path, t, t)
         })();
         match r {
             Ok(()) => done += 1,

@@ -36,7 +36,12 @@ pub async fn open_source(
     let password = match (password_file, std::env::var("LIFEBOAT_FROM_PASSWORD")) {
         (Some(file), _) => session::read_password_file(file)?,
         (None, Ok(p)) => p.into_bytes(),
-        (None, Err(_)) => session::password(g, &t, false)?,
+        // The default repository named by its path: its own password file,
+        // not the main password options (those are the target's).
+        (None, Err(_)) => match &t.default {
+            Some(d) if d.password_file.exists() => session::read_password_file(&d.password_file)?,
+            _ => session::password(g, &t, false)?,
+        },
     };
     let repo = Repository::open(storage, &password)
         .await

@@ -341,6 +341,33 @@ async fn create_default(d: &DefaultRepo, t: &Target) -> Result<Repository> {
     Ok(repo)
 }
 
+/// `init` makes a repository in a new or empty directory only: files
+/// already there (a mistyped path, a home directory) would mix with the
+/// repository's, and a later prune or a user cleaning up could not tell
+/// them apart. An existing repository is refused by the library (its own
+/// message).
+fn refuse_non_empty_directory(t: &Target) -> Result<()> {
+    let Location::Local(path) = &t.location else {
+        return Ok(());
+    };
+    if path.join("config").exists() {
+        return Ok(());
+    }
+    let non_empty = std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some());
+    if non_empty {
+        return Err(cli_error(
+            exit::USAGE,
+            format!(
+                "{} is not empty: `init` creates a repository in a new or empty directory \
+                 (name a new one, e.g. {}/lifeboat)",
+                path.display(),
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn rand_bytes() -> [u8; 32] {
     // The password of the default repository: 256 random bits.
     rand::random()
@@ -348,6 +375,7 @@ fn rand_bytes() -> [u8; 32] {
 
 pub async fn init(g: &Global, a: InitArgs) -> Result<i32> {
     let t = target(g)?;
+    refuse_non_empty_directory(&t)?;
     let storage = storage(&t).await?;
     let chunker = match &a.copy_chunker_params_from {
         Some(from) => {

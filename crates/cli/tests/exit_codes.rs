@@ -173,3 +173,51 @@ fn regression_s3_errors_reached_the_user_as_a_backend_dump() {
     assert!(!err.contains("S3Error {"), "{err}");
     assert!(!err.contains("context: {"), "{err}");
 }
+
+#[test]
+fn init_refuses_a_non_empty_directory() {
+    let lb = Lifeboat::new();
+    write(lb.repo.join("notes.txt"), "mine\n");
+    let err = lb.fail(["init"], USAGE);
+    assert!(err.contains("not empty"), "{err}");
+    assert!(!lb.repo.join("config").exists());
+    assert_eq!(
+        std::fs::read_dir(&lb.repo).unwrap().count(),
+        1,
+        "nothing added"
+    );
+    // An empty directory is fine.
+    std::fs::remove_file(lb.repo.join("notes.txt")).unwrap();
+    lb.ok(["init"]);
+}
+
+#[test]
+fn the_default_repository_works_by_path_as_a_copy_source() {
+    // The default repository (created by the first backup, its password
+    // in the config directory) named by its path in `copy --from` and
+    // `init --copy-chunker-params-from`: its own password file opens it,
+    // while the main password options are the target's.
+    let lb = Lifeboat::new();
+    let src = lb.path("src");
+    write(src.join("a.txt"), "a\n");
+    let out = lb.bare_cmd().arg("backup").arg(&src).output().unwrap();
+    assert_ok(&out, "first backup into the default repository");
+    let default = lb.xdg_data().join("lifeboat/repository");
+    assert!(default.join("config").exists());
+
+    let out = lb
+        .cmd()
+        .args(["init", "--copy-chunker-params-from"])
+        .arg(&default)
+        .output()
+        .unwrap();
+    assert_ok(&out, "init --copy-chunker-params-from DEFAULT");
+    let out = lb
+        .cmd()
+        .args(["copy", "--from"])
+        .arg(&default)
+        .output()
+        .unwrap();
+    assert_ok(&out, "copy --from DEFAULT");
+    assert_eq!(lb.snapshots().len(), 1);
+}

@@ -32,7 +32,7 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<i32> {
         let planned = plan(&repo, &snap, &options).await?;
         if a.plan_only {
             if g.json {
-                crate::output::json(&planned)?;
+                crate::output::json(&plan_json(&repo, &planned, g.cold_location.as_deref())?)?;
             } else {
                 print_plan(&repo, &snap, &planned, usize::MAX, false);
             }
@@ -102,6 +102,48 @@ async fn check_includes_exist(
         }
     }
     Ok(())
+}
+
+/// The plan as JSON, each cold pack with where it really is: for S3 its
+/// `bucket` and full `key` (prefix included), what a provider's restore
+/// request (GLACIER, DEEP_ARCHIVE) takes; for a directory its full `path`.
+fn plan_json(
+    repo: &Repository,
+    p: &RestorePlan,
+    cold_override: Option<&str>,
+) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(p)?;
+    let cold = cold_override
+        .or(repo.cold_location())
+        .map(lifeboat_storage::Location::parse)
+        .transpose()?;
+    if let (Some(cold), Some(packs)) = (cold, v["packs"].as_array_mut()) {
+        for pack in packs {
+            if pack["tier"] != serde_json::json!(Tier::Cold) {
+                continue;
+            }
+            let object = pack["object"].as_str().unwrap_or_default().to_string();
+            match &cold {
+                lifeboat_storage::Location::S3(o) => {
+                    let prefix = o.root.trim_matches('/');
+                    pack["bucket"] = o.bucket.clone().into();
+                    pack["key"] = if prefix.is_empty() {
+                        object
+                    } else {
+                        format!("{prefix}/{object}")
+                    }
+                    .into();
+                }
+                lifeboat_storage::Location::Local(dir) => {
+                    pack["path"] = dir.join(&object).display().to_string().into();
+                }
+                lifeboat_storage::Location::Sftp(o) => {
+                    pack["path"] = format!("{}/{object}", o.root.trim_end_matches('/')).into();
+                }
+            }
+        }
+    }
+    Ok(v)
 }
 
 /// Cold packs listed before a restore proceeds (`--plan-only` lists all).

@@ -39,7 +39,11 @@ fn completions_and_man_page_cover_every_command() {
     assert!(page.starts_with(".ie") || page.contains(".TH"), "{page}");
     assert!(page.contains("backup"), "{page}");
     // An unknown shell is a usage error.
-    let out = lb.bare_cmd().args(["completions", "cmd.exe"]).output().unwrap();
+    let out = lb
+        .bare_cmd()
+        .args(["completions", "cmd.exe"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -49,7 +53,9 @@ fn help_lists_global_options_apart_from_the_commands_own() {
     let out = lb.bare_cmd().args(["forget", "--help"]).output().unwrap();
     assert_ok(&out, "forget --help");
     let help = stdout(&out);
-    let global = help.find("Global options:").expect("a Global options heading");
+    let global = help
+        .find("Global options:")
+        .expect("a Global options heading");
     assert!(help.find("--keep-daily").unwrap() < global, "{help}");
     assert!(help[global..].contains("--password-file"), "{help}");
 }

@@ -308,6 +308,32 @@ fn s3_second_bucket_as_cold_tier() {
         "{cold_files:?}"
     );
 
+    // --plan-only --json names each cold pack by bucket and full key
+    // (prefix included), what a provider's restore request takes: it
+    // printed the key without the prefix and no bucket.
+    let out = with_env(&[
+        "restore",
+        "latest",
+        "--target",
+        "/nonexistent",
+        "--plan-only",
+        "--json",
+    ]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cold_packs: Vec<_> = plan["packs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["tier"] == "cold")
+        .collect();
+    assert!(!cold_packs.is_empty(), "{plan}");
+    for p in cold_packs {
+        assert_eq!(p["bucket"], cold_bucket, "{p}");
+        let key = p["key"].as_str().unwrap();
+        assert!(key.starts_with("archive/data/"), "{p}");
+        assert!(s3.root().join(cold_bucket).join(key).is_file(), "{p}");
+    }
+
     // The cold bucket out of reach: hot-only commands still work.
     let before = fingerprint(&cold_dir);
     let away = s3.root().join("moved-away");

@@ -22,6 +22,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Repository location (path or URL). `backup` takes it several times
     /// and writes one snapshot to each, reading the source once; `pg
@@ -91,6 +92,20 @@ pub enum Command {
     Prune(PruneArgs),
     /// PostgreSQL: base backups, WAL archive, point-in-time restore, dumps.
     Pg(PgArgs),
+    /// Print the version and build details (commit, compiler, target).
+    Version,
+    /// Print a shell completion script, e.g. `lifeboat completions bash >
+    /// /etc/bash_completion.d/lifeboat`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), e.g. `lifeboat man > lifeboat.1`.
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -163,7 +178,9 @@ pub struct BackupArgs {
     /// the same source; differential: compare with the latest full one.
     #[arg(long, value_enum, default_value_t = ModeArg::Incremental)]
     pub mode: ModeArg,
-    /// Exclude paths matching this glob (a pattern without / matches names anywhere).
+    /// Exclude paths matching this glob: without / it matches names
+    /// anywhere, starting with / the absolute path, and a relative one
+    /// with / inside (proj/build) those trailing components at any depth.
     #[arg(long = "exclude", short = 'e')]
     pub excludes: Vec<String>,
     /// Read exclude patterns from a file (one per line, # comments).
@@ -220,8 +237,10 @@ pub struct RestoreArgs {
 
 #[derive(Debug, Args)]
 pub struct DumpArgs {
+    /// Snapshot id (or unique prefix), or `latest`.
     pub snapshot: String,
-    /// Path of the file inside the snapshot (as backed up, e.g. /etc/hosts).
+    /// Path inside the snapshot (as backed up, e.g. /etc/hosts): a file is
+    /// written as it is, a directory (or /) as a tar stream.
     pub path: String,
 }
 
@@ -237,6 +256,7 @@ pub struct SnapshotsArgs {
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
+    /// Snapshot id (or unique prefix), or `latest`.
     pub snapshot: String,
     /// Directory inside the snapshot (default: everything).
     pub path: Option<String>,
@@ -247,7 +267,9 @@ pub struct LsArgs {
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
+    /// The older snapshot (id, unique prefix or `latest`).
     pub first: String,
+    /// The newer snapshot (id, unique prefix or `latest`).
     pub second: String,
 }
 
@@ -299,9 +321,13 @@ pub enum KeyAction {
     /// List key files.
     List,
     /// Remove a key file by id (prefix).
-    Remove { id: String },
+    Remove {
+        /// Key file id or unique prefix (see `key list`).
+        id: String,
+    },
     /// Change the password of the key in use.
     Passwd {
+        /// Read the new password from this file instead of a prompt / LIFEBOAT_NEW_PASSWORD.
         #[arg(long)]
         new_password_file: Option<PathBuf>,
     },
@@ -379,8 +405,11 @@ pub struct PgArgs {
 
 #[derive(Debug, Args)]
 pub struct DbArg {
-    /// Connection URL (postgresql://user@host:port/db); default: the PG*
-    /// environment variables.
+    /// Connection string as libpq takes it: a URL
+    /// (postgresql://user@host:port/db; an empty host means the local
+    /// socket, or ?host=/socket/dir) or key=value pairs ("host=/run/postgresql
+    /// dbname=app"); what it leaves out comes from the PG* environment
+    /// variables.
     #[arg(long = "db", env = "LIFEBOAT_PG_URL")]
     pub url: Option<String>,
 }
@@ -414,10 +443,13 @@ pub enum PgCommand {
         /// stores only chunks it does not have in every mode).
         #[arg(long, value_enum, default_value_t = ModeArg::Incremental)]
         mode: ModeArg,
+        /// Tag the snapshot (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Host name to record (default: this machine's).
         #[arg(long)]
         host: Option<String>,
+        /// zstd level for this backup (overrides the repository default).
         #[arg(long, value_parser = clap::value_parser!(i32).range(0..=22))]
         compression: Option<i32>,
         /// Wait for a spread checkpoint instead of an immediate one.
@@ -465,10 +497,14 @@ pub enum PgCommand {
     Dump {
         #[command(flatten)]
         db: DbArg,
+        /// full, incremental or differential (recorded; storage is
+        /// deduplicated in every mode).
         #[arg(long, value_enum, default_value_t = ModeArg::Incremental)]
         mode: ModeArg,
+        /// Tag the snapshot (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Host name to record (default: this machine's).
         #[arg(long)]
         host: Option<String>,
     },
@@ -528,4 +564,56 @@ pub struct PgRestoreArgs {
     /// Read-ahead of the restore_command written (segments).
     #[arg(long, default_value_t = 8)]
     pub read_ahead: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command and argument has a description in `--help` (and so in
+    /// the man page and completions).
+    #[test]
+    fn every_command_and_argument_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} <{id}>"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(sub_path.clone());
+                }
+                walk(sub, &sub_path, missing);
+            }
+        }
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "lifeboat", &mut missing);
+        assert!(missing.is_empty(), "undescribed: {missing:#?}");
+    }
+
+    #[test]
+    fn help_lists_global_options_apart() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let help = cmd
+            .find_subcommand_mut("snapshots")
+            .expect("snapshots")
+            .render_help()
+            .to_string();
+        let global = help
+            .find("Global options:")
+            .expect("a Global options heading");
+        let own = help.find("--host").expect("the command's own --host");
+        assert!(own < global, "{help}");
+        assert!(help[global..].contains("--repo"), "{help}");
+    }
 }

@@ -29,12 +29,20 @@ pub async fn open_source(
     password_file: Option<&Path>,
 ) -> Result<Arc<Repository>> {
     let t = session::target_at(location, 0)?;
+    let storage = session::storage(&t).await?;
+    session::require_repository(&storage)
+        .await
+        .with_context(|| format!("opening the source repository {location}"))?;
     let password = match (password_file, std::env::var("LIFEBOAT_FROM_PASSWORD")) {
         (Some(file), _) => session::read_password_file(file)?,
         (None, Ok(p)) => p.into_bytes(),
-        (None, Err(_)) => session::password(g, &t, false)?,
+        // The default repository named by its path: its own password file,
+        // not the main password options (those are the target's).
+        (None, Err(_)) => match &t.default {
+            Some(d) if d.password_file.exists() => session::read_password_file(&d.password_file)?,
+            _ => session::password(g, &t, false)?,
+        },
     };
-    let storage = session::storage(&t).await?;
     let repo = Repository::open(storage, &password)
         .await
         .with_context(|| format!("opening the source repository {location}"))?;
@@ -67,8 +75,11 @@ pub async fn run(g: &Global, a: CopyArgs) -> Result<i32> {
         Some(to) => session::target_at(to, 0)?,
         None => session::target(g)?,
     };
-    let password = session::password(g, &t, false)?;
     let storage = session::storage(&t).await?;
+    session::require_repository(&storage)
+        .await
+        .with_context(|| format!("opening the target repository {}", t.display))?;
+    let password = session::password(g, &t, false)?;
     let target = Repository::open(storage, &password)
         .await
         .with_context(|| format!("opening the target repository {}", t.display))?;

@@ -10,8 +10,8 @@ use lifeboat_storage::ErrorClass;
 
 pub const OK: i32 = 0;
 pub const GENERIC: i32 = 1;
-/// A usage error: clap's for bad arguments, and ours for an argument of
-/// the right type but not an acceptable value.
+/// A bad command line: an unknown or malformed option value, options that
+/// conflict, a missing required option (clap's own usage errors use 2 too).
 pub const USAGE: i32 = 2;
 /// The operation finished but some items failed (unreadable files in a
 /// backup, which makes the snapshot partial; files a restore could not write).
@@ -153,9 +153,10 @@ fn code(class: ErrorClass) -> i32 {
         ErrorClass::Unsupported => UNSUPPORTED_VERSION,
         ErrorClass::NotFound => NOT_FOUND,
         ErrorClass::Locked => LOCKED,
-        ErrorClass::BadInput | ErrorClass::External | ErrorClass::Io | ErrorClass::Internal => {
-            GENERIC
-        }
+        // The request itself is wrong (a bad value, pattern or URL): the
+        // same command fails the same way until the command line changes.
+        ErrorClass::BadInput => USAGE,
+        ErrorClass::External | ErrorClass::Io | ErrorClass::Internal => GENERIC,
     }
 }
 
@@ -237,6 +238,11 @@ mod tests {
                 NO_REPOSITORY,
             ),
             (RepoError::WrongPassword.into(), WRONG_PASSWORD),
+            (RepoError::BadInput("bad value".into()).into(), USAGE),
+            (
+                StorageError::new(ErrorKind::NoContainer, "no such bucket").into(),
+                NO_REPOSITORY,
+            ),
             (
                 StorageError::new(ErrorKind::Unreachable, "refused").into(),
                 UNREACHABLE,

@@ -34,7 +34,7 @@ fn new_password(file: Option<&Path>) -> Result<Vec<u8>> {
         return Ok(p.into_bytes());
     }
     Err(cli_error(
-        exit::GENERIC,
+        exit::USAGE,
         "no new password: use --new-password-file or LIFEBOAT_NEW_PASSWORD",
     ))
 }
@@ -45,7 +45,7 @@ pub async fn run(g: &Global, a: KeyArgs) -> Result<i32> {
         KeyAction::Add { new_password_file } => {
             let pw = new_password(new_password_file.as_deref())?;
             if pw.is_empty() {
-                return Err(cli_error(exit::GENERIC, "refusing an empty password"));
+                return Err(cli_error(exit::USAGE, "refusing an empty password"));
             }
             let id = keys::add(&repo, &pw, session::kdf_params()).await?;
             if g.json {
@@ -90,7 +90,7 @@ pub async fn run(g: &Global, a: KeyArgs) -> Result<i32> {
         KeyAction::Passwd { new_password_file } => {
             let pw = new_password(new_password_file.as_deref())?;
             if pw.is_empty() {
-                return Err(cli_error(exit::GENERIC, "refusing an empty password"));
+                return Err(cli_error(exit::USAGE, "refusing an empty password"));
             }
             let id = keys::change_password(&repo, &pw, session::kdf_params()).await?;
             outln!("password changed (new key {})", id.short());

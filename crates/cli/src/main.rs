@@ -3,6 +3,7 @@
 //! work is in the library crates; this crate is glue, progress bars and
 //! exit codes.
 
+mod about;
 mod args;
 mod backup;
 mod copy;
@@ -91,6 +92,9 @@ async fn run(cli: args::Cli) -> i32 {
         args::Command::Forget(a) => retention::forget(g, a).await,
         args::Command::Prune(a) => retention::prune(g, a).await,
         args::Command::Pg(a) => pg::run(g, a).await,
+        args::Command::Version => about::version(g),
+        args::Command::Completions(a) => about::completions(a),
+        args::Command::Man => about::man(),
     };
     match result {
         Ok(code) => code,

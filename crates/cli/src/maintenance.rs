@@ -13,38 +13,39 @@ use crate::progress::Bar;
 use crate::session;
 
 pub async fn check(g: &Global, a: CheckArgs) -> Result<i32> {
-    let repo = session::open(g).await?;
+    // Options are checked before the repository is opened: a bad value
+    // is a usage error (2) whatever state the repository is in.
     let subset = match &a.read_data_subset {
         None => None,
         Some(s) => {
             let p: f64 = s.trim_end_matches('%').parse().map_err(|_| {
                 cli_error(
-                    exit::GENERIC,
+                    exit::USAGE,
                     format!("--read-data-subset takes a percentage like 10%, not {s:?}"),
                 )
             })?;
             if !(p > 0.0 && p <= 100.0) {
                 return Err(cli_error(
-                    exit::GENERIC,
+                    exit::USAGE,
                     "--read-data-subset must be between 0% and 100%",
                 ));
             }
             Some(p)
         }
     };
+    let repo = session::open(g).await?;
     let options = CheckOptions {
         read_data: a.read_data || subset.is_some(),
         read_data_subset_percent: subset,
     };
-    let bar = Arc::new(Bar::new(!g.quiet && !g.json && options.read_data, "check"));
+    // Packs read of packs to read: a count, not bytes.
+    let bar = Arc::new(Bar::counting(
+        !g.quiet && !g.json && options.read_data,
+        "check",
+        "packs",
+    ));
     let b = bar.clone();
-    let progress = move |done: u64, total: u64| {
-        use lifeboat_snapshot::progress::RestoreProgress;
-        if done == 1 {
-            b.planned(total, total);
-        }
-        b.restored(1, 1);
-    };
+    let progress = move |done: u64, total: u64| b.count(done, total);
     let report = lifeboat_repo::check(&repo, &options, &progress).await;
     bar.finish();
     let report = report?;

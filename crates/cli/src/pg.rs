@@ -363,7 +363,7 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<i32> {
     let target = if let Some(t) = &a.target_time {
         Some(pitr::RecoveryTarget::Time(t.parse().map_err(|e| {
             cli_error(
-                exit::GENERIC,
+                exit::USAGE,
                 format!("bad --target-time {t:?}: {e} (use RFC 3339, e.g. 2026-01-31T12:00:00Z)"),
             )
         })?))
@@ -379,10 +379,7 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<i32> {
     let mut settings = Vec::new();
     for s in &a.settings {
         let (k, v) = s.split_once('=').ok_or_else(|| {
-            cli_error(
-                exit::GENERIC,
-                format!("bad --set {s:?}: expected NAME=VALUE"),
-            )
+            cli_error(exit::USAGE, format!("bad --set {s:?}: expected NAME=VALUE"))
         })?;
         settings.push((k.trim().to_string(), v.trim().to_string()));
     }

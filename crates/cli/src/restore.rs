@@ -16,6 +16,7 @@ use crate::session;
 pub async fn restore(g: &Global, a: RestoreArgs) -> Result<i32> {
     let repo = session::open(g).await?;
     let snap = repo.find_snapshot(&a.snapshot).await?;
+    check_includes_exist(&repo, &snap, &a.include).await?;
     let options = RestoreOptions {
         target: a.target,
         include: a.include,
@@ -32,7 +33,7 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<i32> {
         let planned = plan(&repo, &snap, &options).await?;
         if a.plan_only {
             if g.json {
-                crate::output::json(&planned)?;
+                crate::output::json(&plan_json(&repo, &planned, g.cold_location.as_deref())?)?;
             } else {
                 print_plan(&repo, &snap, &planned, usize::MAX, false);
             }
@@ -45,6 +46,24 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<i32> {
     let stats = restore_snapshot(&repo, &snap, &options, &bar).await;
     bar.finish();
     let stats = stats?;
+    if !options.include.is_empty()
+        && stats.files_restored
+            + stats.files_skipped_identical
+            + stats.dirs
+            + stats.symlinks
+            + stats.hardlinks
+            == 0
+    {
+        return Err(exit::cli_error(
+            exit::NOT_FOUND,
+            format!(
+                "nothing in snapshot {} matches --include {} (list it with `lifeboat ls {}`)",
+                snap.id.short(),
+                options.include.join(" --include "),
+                snap.id.short()
+            ),
+        ));
+    }
     if g.json {
         crate::output::json(&stats)?;
     } else {
@@ -74,6 +93,65 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<i32> {
     } else {
         exit::PARTIAL
     })
+}
+
+/// An `--include` that is a plain snapshot path (a `/` and no wildcard)
+/// must exist: a typo would otherwise restore nothing and succeed.
+async fn check_includes_exist(
+    repo: &Repository,
+    snap: &Snapshot,
+    include: &[String],
+) -> Result<()> {
+    for p in include {
+        let plain = p.contains('/') && !p.contains(['*', '?', '[', '{', '\\']);
+        if plain {
+            lifeboat_snapshot::nav::lookup(repo, &snap.id.short(), snap.record.tree, p.as_bytes())
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The plan as JSON, each cold pack with where it really is: for S3 its
+/// `bucket` and full `key` (prefix included), what a provider's restore
+/// request (GLACIER, DEEP_ARCHIVE) takes; for a directory its full `path`.
+fn plan_json(
+    repo: &Repository,
+    p: &RestorePlan,
+    cold_override: Option<&str>,
+) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(p)?;
+    let cold = cold_override
+        .or(repo.cold_location())
+        .map(lifeboat_storage::Location::parse)
+        .transpose()?;
+    if let (Some(cold), Some(packs)) = (cold, v["packs"].as_array_mut()) {
+        for pack in packs {
+            if pack["tier"] != serde_json::json!(Tier::Cold) {
+                continue;
+            }
+            let object = pack["object"].as_str().unwrap_or_default().to_string();
+            match &cold {
+                lifeboat_storage::Location::S3(o) => {
+                    let prefix = o.root.trim_matches('/');
+                    pack["bucket"] = o.bucket.clone().into();
+                    pack["key"] = if prefix.is_empty() {
+                        object
+                    } else {
+                        format!("{prefix}/{object}")
+                    }
+                    .into();
+                }
+                lifeboat_storage::Location::Local(dir) => {
+                    pack["path"] = dir.join(&object).display().to_string().into();
+                }
+                lifeboat_storage::Location::Sftp(o) => {
+                    pack["path"] = format!("{}/{object}", o.root.trim_end_matches('/')).into();
+                }
+            }
+        }
+    }
+    Ok(v)
 }
 
 /// Cold packs listed before a restore proceeds (`--plan-only` lists all).
@@ -138,8 +216,25 @@ fn print_plan(repo: &Repository, snap: &Snapshot, p: &RestorePlan, shown: usize,
 pub async fn dump(g: &Global, a: DumpArgs) -> Result<i32> {
     let repo: Arc<_> = session::open(g).await?;
     let snap = repo.find_snapshot(&a.snapshot).await?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-    lifeboat_snapshot::dump::dump(&repo, &snap, a.path.as_bytes(), &mut out).await?;
-    std::io::Write::flush(&mut out)?;
-    Ok(exit::OK)
+    let path = a.path.as_bytes();
+    let result = if lifeboat_snapshot::dumptar::is_dir(&repo, &snap, path).await? {
+        // A directory (or the whole snapshot) as a tar stream, as restic
+        // does.
+        let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+        lifeboat_snapshot::dumptar::dump_tar(repo.clone(), &snap, path, Box::new(out))
+            .await
+            .map(|_| ())
+    } else {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+        lifeboat_snapshot::dump::dump(&repo, &snap, path, &mut out)
+            .await
+            .map(|_| ())
+    };
+    match result {
+        Ok(()) => Ok(exit::OK),
+        // `dump ... | head`: the reader has all it wanted. Quiet, as for
+        // cat and tar.
+        Err(e) if crate::output::is_broken_pipe(&e) => Ok(exit::OK),
+        Err(e) => Err(e.into()),
+    }
 }

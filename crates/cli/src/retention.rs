@@ -18,7 +18,9 @@ use crate::session;
 
 pub async fn forget(g: &Global, a: ForgetArgs) -> Result<i32> {
     let keep_within = match &a.keep_within {
-        Some(d) => Some(parse_duration(d).map_err(|e| cli_error(exit::GENERIC, e.to_string()))?),
+        Some(d) => Some(
+            parse_duration(d).map_err(|e| cli_error(exit::USAGE, format!("--keep-within: {e}")))?,
+        ),
         None => None,
     };
     let policy = RetentionPolicy {
@@ -33,7 +35,7 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<i32> {
     };
     if policy.is_empty() {
         return Err(cli_error(
-            exit::GENERIC,
+            exit::USAGE,
             "give at least one --keep-* rule (forget never removes everything by default)",
         ));
     }
@@ -108,7 +110,7 @@ pub async fn prune(g: &Global, a: PruneArgs) -> Result<i32> {
         .filter(|p: &f64| (0.0..=100.0).contains(p))
         .ok_or_else(|| {
             cli_error(
-                exit::GENERIC,
+                exit::USAGE,
                 format!(
                     "--max-unused takes a percentage like 10%, not {:?}",
                     a.max_unused
@@ -118,7 +120,7 @@ pub async fn prune(g: &Global, a: PruneArgs) -> Result<i32> {
     let max_repack = match &a.max_repack {
         Some(s) => Some(parse_size(s).ok_or_else(|| {
             cli_error(
-                exit::GENERIC,
+                exit::USAGE,
                 format!("--max-repack takes a size like 500M or 2G, not {s:?}"),
             )
         })?),

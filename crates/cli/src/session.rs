@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use lifeboat_repo::{ColdInit, InitOptions, KdfParams, Repository};
-use lifeboat_storage::{DynStorage, Location, S3Options, open_location};
+use lifeboat_storage::{DynStorage, Location, ObjectKey, S3Options, open_location};
 
 use crate::args::{Global, InitArgs};
 use crate::exit::{self, cli_error};
@@ -57,9 +57,20 @@ pub fn target(g: &Global) -> Result<Target> {
                 index: 0,
             })
         }
-        [r] => target_at(r, 0),
+        [r] => {
+            if g.password_file.len() > 1 {
+                return Err(cli_error(
+                    exit::USAGE,
+                    format!(
+                        "{} password files for one repository: give --password-file once (several are for several -r/--repo)",
+                        g.password_file.len()
+                    ),
+                ));
+            }
+            target_at(r, 0)
+        }
         _ => Err(cli_error(
-            exit::GENERIC,
+            exit::USAGE,
             "this command works on one repository: give -r/--repo once (only `backup` and `pg wal-push` write to several)",
         )),
     }
@@ -75,7 +86,7 @@ pub fn targets(g: &Global) -> Result<Vec<Target>> {
     for (i, r) in g.repo.iter().enumerate() {
         if !seen.insert(r) {
             return Err(cli_error(
-                exit::GENERIC,
+                exit::USAGE,
                 format!("repository {r} is named twice"),
             ));
         }
@@ -83,7 +94,7 @@ pub fn targets(g: &Global) -> Result<Vec<Target>> {
     }
     if g.password_file.len() > 1 && g.password_file.len() != out.len() {
         return Err(cli_error(
-            exit::GENERIC,
+            exit::USAGE,
             format!(
                 "{} password files for {} repositories: give one for all, or one per repository in the order of -r/--repo",
                 g.password_file.len(),
@@ -97,16 +108,47 @@ pub fn targets(g: &Global) -> Result<Vec<Target>> {
 /// A repository named on the command line; `index` is its position among
 /// the -r/--repo options.
 pub fn target_at(location: &str, index: usize) -> Result<Target> {
+    let location_parsed = Location::parse(location)?;
+    // The default repository named by its path is still the default one:
+    // its password file applies (`copy --from ~/.local/share/lifeboat/repository`).
+    let default = match &location_parsed {
+        Location::Local(p) => DefaultRepo::get().ok().filter(|d| same_path(&d.path, p)),
+        _ => None,
+    };
     Ok(Target {
-        location: Location::parse(location)?,
+        location: location_parsed,
         display: location.to_string(),
-        default: None,
+        default,
         index,
     })
 }
 
+/// Whether two local paths name the same directory (both resolved when
+/// they exist, else compared as absolute paths).
+fn same_path(a: &std::path::Path, b: &std::path::Path) -> bool {
+    let resolve = |p: &std::path::Path| {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .ok()
+    };
+    resolve(a).is_some_and(|a| Some(a) == resolve(b))
+}
+
 pub async fn storage(t: &Target) -> Result<DynStorage> {
     Ok(open_location(&t.location).await?)
+}
+
+/// Fails with "no repository" (exit 10) when the storage holds no
+/// repository, so a mistyped location is named as such before any
+/// password is looked for or prompted.
+pub async fn require_repository(storage: &DynStorage) -> Result<()> {
+    if storage.stat(&ObjectKey::config()).await?.is_none() {
+        return Err(lifeboat_repo::Error::NoRepository {
+            location: storage.location(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Reads the password from the configured source.
@@ -199,11 +241,12 @@ pub async fn open(g: &Global) -> Result<Arc<Repository>> {
 /// the command names one repository (it is that repository's cold tier).
 pub async fn open_target(g: &Global, t: &Target) -> Result<Arc<Repository>> {
     let storage = storage(t).await?;
+    require_repository(&storage).await?;
     let password = password(g, t, false)?;
     let repo = Repository::open(storage, &password).await?;
     if g.cold_location.is_some() && g.repo.len() > 1 {
         return Err(cli_error(
-            exit::GENERIC,
+            exit::USAGE,
             "--cold-location (or LIFEBOAT_COLD_LOCATION) names the cold tier of one repository; \
              it cannot be used with several -r/--repo",
         ));
@@ -220,7 +263,7 @@ pub fn with_cold_location(repo: Repository, location: Option<&str>) -> Result<Re
     match location {
         None => Ok(repo),
         Some(_) if !repo.has_cold_tier() => Err(cli_error(
-            exit::GENERIC,
+            exit::USAGE,
             "--cold-location (or LIFEBOAT_COLD_LOCATION) was given, but this repository has no cold tier",
         )),
         Some(l) => Ok(repo.with_cold_location(l.to_string())?),
@@ -246,7 +289,7 @@ async fn cold_init(t: &Target, cold: &str) -> Result<ColdInit> {
     };
     if same {
         return Err(cli_error(
-            exit::GENERIC,
+            exit::USAGE,
             "--cold must name another location than the repository (another directory, bucket or prefix)",
         ));
     }
@@ -303,6 +346,33 @@ async fn create_default(d: &DefaultRepo, t: &Target) -> Result<Repository> {
     Ok(repo)
 }
 
+/// `init` makes a repository in a new or empty directory only: files
+/// already there (a mistyped path, a home directory) would mix with the
+/// repository's, and a later prune or a user cleaning up could not tell
+/// them apart. An existing repository is refused by the library (its own
+/// message).
+fn refuse_non_empty_directory(t: &Target) -> Result<()> {
+    let Location::Local(path) = &t.location else {
+        return Ok(());
+    };
+    if path.join("config").exists() {
+        return Ok(());
+    }
+    let non_empty = std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some());
+    if non_empty {
+        return Err(cli_error(
+            exit::USAGE,
+            format!(
+                "{} is not empty: `init` creates a repository in a new or empty directory \
+                 (name a new one, e.g. {}/lifeboat)",
+                path.display(),
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn rand_bytes() -> [u8; 32] {
     // The password of the default repository: 256 random bits.
     rand::random()
@@ -310,6 +380,7 @@ fn rand_bytes() -> [u8; 32] {
 
 pub async fn init(g: &Global, a: InitArgs) -> Result<i32> {
     let t = target(g)?;
+    refuse_non_empty_directory(&t)?;
     let storage = storage(&t).await?;
     let chunker = match &a.copy_chunker_params_from {
         Some(from) => {
@@ -324,7 +395,7 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<i32> {
     };
     let password = password(g, &t, true)?;
     if password.is_empty() {
-        return Err(cli_error(exit::GENERIC, "refusing an empty password"));
+        return Err(cli_error(exit::USAGE, "refusing an empty password"));
     }
     let repo = Repository::init(
         storage,

@@ -262,7 +262,7 @@ fn bad_repository_url_is_one_clear_line() {
         .args(["-r", "s3://bucket?colour=blue", "snapshots"])
         .output()
         .unwrap();
-    let err = assert_fails(&out, 1, "snapshots with a bad URL");
+    let err = assert_fails(&out, 2, "snapshots with a bad URL");
     assert!(err.contains("colour") && err.contains("s3://"), "{err}");
 }
 

@@ -223,7 +223,7 @@ fn another_machine_names_the_moved_cold_tier_with_cold_location() {
 #[test]
 fn init_refuses_the_repository_itself_as_cold_tier_and_hot_repos_stay_version_1() {
     let lb = Lifeboat::new();
-    let err = lb.fail(["init", "--cold", lb.repo.to_str().unwrap()], 1);
+    let err = lb.fail(["init", "--cold", lb.repo.to_str().unwrap()], 2);
     assert!(err.contains("another location"), "{err}");
     assert!(!lb.repo.join("config").exists());
 
@@ -233,7 +233,7 @@ fn init_refuses_the_repository_itself_as_cold_tier_and_hot_repos_stay_version_1(
         1,
         "a repository without a cold tier stays version 1"
     );
-    let err = lb.fail(["--cold-location", "/tmp/x", "snapshots"], 1);
+    let err = lb.fail(["--cold-location", "/tmp/x", "snapshots"], 2);
     assert!(err.contains("no cold tier"), "{err}");
     // Tree and data blobs in separate packs there too; restore unchanged.
     let src = make_source(&lb);
@@ -307,6 +307,32 @@ fn s3_second_bucket_as_cold_tier() {
             .all(|p| p.starts_with(cold_dir.join("data"))),
         "{cold_files:?}"
     );
+
+    // --plan-only --json names each cold pack by bucket and full key
+    // (prefix included), what a provider's restore request takes: it
+    // printed the key without the prefix and no bucket.
+    let out = with_env(&[
+        "restore",
+        "latest",
+        "--target",
+        "/nonexistent",
+        "--plan-only",
+        "--json",
+    ]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cold_packs: Vec<_> = plan["packs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["tier"] == "cold")
+        .collect();
+    assert!(!cold_packs.is_empty(), "{plan}");
+    for p in cold_packs {
+        assert_eq!(p["bucket"], cold_bucket, "{p}");
+        let key = p["key"].as_str().unwrap();
+        assert!(key.starts_with("archive/data/"), "{p}");
+        assert!(s3.root().join(cold_bucket).join(key).is_file(), "{p}");
+    }
 
     // The cold bucket out of reach: hot-only commands still work.
     let before = fingerprint(&cold_dir);

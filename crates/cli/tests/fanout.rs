@@ -271,11 +271,11 @@ fn several_repositories_need_matching_password_files_and_a_backup() {
             .args(["backup", src])
             .output()
             .unwrap();
-    let err = assert_fails(&out, 1, "mismatched password files");
+    let err = assert_fails(&out, 2, "mismatched password files");
     assert!(err.contains("2 password files for 3 repositories"), "{err}");
     // Other commands take one repository.
     let out = t.run(&[], &["snapshots"]);
-    let err = assert_fails(&out, 1, "snapshots with two repos");
+    let err = assert_fails(&out, 2, "snapshots with two repos");
     assert!(err.contains("give -r/--repo once"), "{err}");
     // Nothing was written anywhere.
     assert!(t.lb.snapshots().is_empty());

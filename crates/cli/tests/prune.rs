@@ -143,10 +143,10 @@ fn forget_lists_reasons_refuses_to_empty_a_source_and_prune_frees_data() {
     assert!(text.contains("would forget 2 snapshots"), "{text}");
 
     // A policy keeping nothing of a source is refused.
-    let err = lb.fail(["forget", "--keep-tag", "none"], 1);
+    let err = lb.fail(["forget", "--keep-tag", "none"], 2);
     assert!(err.contains("--allow-empty-source"), "{err}");
     assert_eq!(lb.snapshots().len(), 4);
-    lb.fail(["forget"], 1);
+    lb.fail(["forget"], 2);
 
     let before = common::files_under(&lb.repo.join("data")).len();
     lb.ok(["forget", "--keep-last", "1"]);

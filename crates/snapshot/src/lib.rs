@@ -10,6 +10,7 @@
 pub mod backup;
 pub mod diff;
 pub mod dump;
+pub mod dumptar;
 mod error;
 pub mod find;
 pub mod ls;

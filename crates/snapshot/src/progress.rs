@@ -19,6 +19,7 @@ pub trait BackupProgress: Send + Sync {
 pub trait RestoreProgress: Send + Sync {
     /// Totals once the plan is known.
     fn planned(&self, _files: u64, _bytes: u64) {}
+    /// Files and bytes restored so far: running totals, not increments.
     fn restored(&self, _files: u64, _bytes: u64) {}
     fn warning(&self, _path: &Path, _message: &str) {}
 }

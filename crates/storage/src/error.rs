@@ -28,6 +28,9 @@ pub enum ErrorKind {
     StorageFull,
     /// Bad URL or configuration.
     Config,
+    /// The container the location names (an S3 bucket) does not exist, so
+    /// there can be no repository in it.
+    NoContainer,
     Other,
 }
 
@@ -129,6 +132,7 @@ impl Error {
             ErrorKind::PermissionDenied => ErrorClass::AccessDenied,
             ErrorKind::StorageFull => ErrorClass::StorageFull,
             ErrorKind::Config => ErrorClass::BadInput,
+            ErrorKind::NoContainer => ErrorClass::NoRepository,
             ErrorKind::Other => ErrorClass::Io,
         }
     }

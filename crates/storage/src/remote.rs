@@ -672,7 +672,10 @@ impl OpendalStorage {
     fn open_error(&self, e: opendal::Error) -> Error {
         let err = map_err(e, format!("opening {}", self.location), None);
         match err.kind() {
-            ErrorKind::PermissionDenied | ErrorKind::Config | ErrorKind::StorageFull => err,
+            ErrorKind::PermissionDenied
+            | ErrorKind::Config
+            | ErrorKind::StorageFull
+            | ErrorKind::NoContainer => err,
             _ => Error::new(ErrorKind::Unreachable, err.to_string()),
         }
     }
@@ -901,6 +904,17 @@ fn is_exists(e: &opendal::Error) -> bool {
 /// (5xx, throttling, timeouts, broken connections) as temporary; those, and
 /// only those, become [`ErrorKind::Transient`].
 fn map_err(e: opendal::Error, context: String, key: Option<&ObjectKey>) -> Error {
+    let (code, text) = service_message(&e);
+    // OpenDAL reports a missing bucket as a configuration error whose
+    // message carries the S3 code; the code is the only reliable sign.
+    if code.as_deref() == Some("NoSuchBucket") {
+        return Error::new(
+            ErrorKind::NoContainer,
+            format!(
+                "{context}: the bucket does not exist (create it with your provider's tools, then run `lifeboat init`)"
+            ),
+        );
+    }
     if let Some(key) = key {
         match e.kind() {
             OdErrorKind::NotFound => return Error::not_found(key),
@@ -918,7 +932,45 @@ fn map_err(e: opendal::Error, context: String, key: Option<&ObjectKey>) -> Error
         OdErrorKind::ConfigInvalid => ErrorKind::Config,
         _ => ErrorKind::Other,
     };
-    Error::new(kind, format!("{context}: {e}"))
+    Error::new(kind, format!("{context}: {text}"))
+}
+
+/// The S3 error code (when the server sent one) and a one-line description
+/// of `e` for users: what failed and the server's own words, without
+/// OpenDAL's context dump (request headers, service names) or a debug
+/// struct. The full error goes to the debug log.
+fn service_message(e: &opendal::Error) -> (Option<String>, String) {
+    tracing::debug!(error = %e, "storage error");
+    let message = e.message();
+    let field = |name: &str| {
+        let start = message.find(&format!("{name}: \""))? + name.len() + 3;
+        let rest = &message[start..];
+        Some(rest[..rest.find('"')?].to_string())
+    };
+    let kind = match e.kind() {
+        OdErrorKind::NotFound => "not found".to_string(),
+        OdErrorKind::PermissionDenied => "access denied".to_string(),
+        OdErrorKind::ConfigInvalid => "invalid configuration".to_string(),
+        OdErrorKind::RateLimited => "rate limited".to_string(),
+        other => other.to_string().to_lowercase(),
+    };
+    let code = message
+        .starts_with("S3Error")
+        .then(|| field("code"))
+        .flatten();
+    let mut text = match (&code, field("message")) {
+        (Some(c), Some(m)) if !m.is_empty() => format!("{kind}: {m} ({c})"),
+        (Some(c), _) => format!("{kind} ({c})"),
+        (None, _) if message.is_empty() => kind,
+        (None, _) => {
+            let first = message.lines().next().unwrap_or_default();
+            format!("{kind}: {}", first.chars().take(200).collect::<String>())
+        }
+    };
+    if let Some(source) = std::error::Error::source(e) {
+        text.push_str(&format!(": {source}"));
+    }
+    (code, text)
 }
 
 /// A name next to `path` that [`ObjectKey::parse`] rejects (leading dot), so
@@ -1030,6 +1082,58 @@ mod tests {
             Some(PathBuf::from("/h/.cache/lifeboat"))
         );
         assert_eq!(dir(&[]), None);
+    }
+
+    fn s3_error(kind: OdErrorKind, code: &str, message: &str) -> opendal::Error {
+        // What OpenDAL's S3 service makes of an error response: the S3
+        // error body debug-printed as the message, plus request context.
+        opendal::Error::new(
+            kind,
+            format!(
+                "S3Error {{ code: \"{code}\", message: \"{message}\", resource: \"\", request_id: \"tx1\" }}"
+            ),
+        )
+        .with_context("service", "s3")
+        .with_context("response", "Parts { status: 404, headers: {\"x-amz-request-id\": \"tx1\"} }")
+    }
+
+    #[test]
+    fn regression_missing_bucket_was_a_raw_backend_dump_with_exit_1() {
+        let e = map_err(
+            s3_error(
+                OdErrorKind::ConfigInvalid,
+                "NoSuchBucket",
+                "The specified bucket does not exist",
+            ),
+            "opening s3://nope/repo".into(),
+            None,
+        );
+        assert_eq!(e.kind(), ErrorKind::NoContainer);
+        assert_eq!(e.class(), crate::ErrorClass::NoRepository);
+        let text = e.to_string();
+        assert!(text.contains("bucket does not exist"), "{text}");
+        assert!(text.starts_with("opening s3://nope/repo"), "{text}");
+        assert!(!text.contains("S3Error"), "{text}");
+    }
+
+    #[test]
+    fn s3_errors_read_as_one_line_with_the_servers_words() {
+        let e = map_err(
+            s3_error(
+                OdErrorKind::PermissionDenied,
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match",
+            ),
+            "listing keys in s3://b/repo".into(),
+            None,
+        );
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+        let text = e.to_string();
+        assert_eq!(
+            text,
+            "listing keys in s3://b/repo: access denied: The request signature we calculated \
+             does not match (SignatureDoesNotMatch)"
+        );
     }
 
     #[test]

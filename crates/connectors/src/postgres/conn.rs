@@ -1,9 +1,11 @@
 //! Connecting to PostgreSQL and finding its tools.
 //!
-//! Connection settings come from a URL (`postgresql://user@host:port/db`)
-//! or, without one, from the usual libpq environment variables (`PGHOST`,
-//! `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`), which the vendor tools
-//! read themselves. Tools are looked up in `LIFEBOAT_PG_BIN`, then in
+//! Connection settings come from a URL (`postgresql://user@host:port/db`,
+//! with an empty host for the default socket, or `?host=/socket/dir`) or a
+//! `key=value` string, as libpq takes them; what it leaves out comes from
+//! the usual libpq environment variables (`PGHOST`, `PGPORT`, `PGUSER`,
+//! `PGPASSWORD`, `PGDATABASE`), which the vendor tools read themselves,
+//! then libpq's defaults. Tools are looked up in `LIFEBOAT_PG_BIN`, then in
 //! `/usr/lib/postgresql/<major>/bin` (Debian and Ubuntu keep `pg_ctl`
 //! there, outside `PATH`), then in `PATH`.
 
@@ -31,12 +33,7 @@ impl ConnOptions {
     }
 
     fn config(&self) -> Result<tokio_postgres::Config> {
-        let s = match &self.url {
-            Some(u) => u.clone(),
-            None => env_conninfo(),
-        };
-        tokio_postgres::Config::from_str(&s)
-            .map_err(|e| Error::BadInput(format!("bad PostgreSQL connection settings: {e}")))
+        config_with(self.url.as_deref(), |k| std::env::var(k).ok())
     }
 
     /// Opens a connection; the connection task runs on the current runtime.
@@ -51,33 +48,70 @@ impl ConnOptions {
     }
 }
 
-/// A `key=value` connection string from the libpq environment variables,
-/// with libpq's defaults (Debian's socket directory, the OS user name).
-fn env_conninfo() -> String {
-    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
-    let user = get("PGUSER")
-        .or_else(|| get("USER"))
-        .unwrap_or_else(|| "postgres".into());
-    let mut parts = vec![
-        format!(
-            "host={}",
-            quote(&get("PGHOST").unwrap_or_else(|| "/var/run/postgresql".into()))
-        ),
-        format!(
-            "port={}",
-            quote(&get("PGPORT").unwrap_or_else(|| "5432".into()))
-        ),
-        format!("user={}", quote(&user)),
-        format!(
-            "dbname={}",
-            quote(&get("PGDATABASE").unwrap_or(user.clone()))
-        ),
-    ];
-    if let Some(p) = get("PGPASSWORD") {
-        parts.push(format!("password={}", quote(&p)));
+/// libpq's compiled-in socket directory: Debian's, else upstream's.
+fn default_socket_dir() -> &'static str {
+    if Path::new("/var/run/postgresql").is_dir() {
+        "/var/run/postgresql"
+    } else {
+        "/tmp"
     }
-    parts.join(" ")
+}
+
+/// Parses `conn` (a URL or a `key=value` string, as libpq takes them) and
+/// fills what it leaves out as libpq does: from `PGHOST`, `PGPORT`,
+/// `PGUSER`, `PGPASSWORD`, `PGDATABASE` (read through `env`), then libpq's
+/// defaults. So `postgresql://postgres@/postgres` (an empty host) means the
+/// default socket directory, as it does for psql.
+fn config_with(
+    conn: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<tokio_postgres::Config> {
+    let get = |k: &str| env(k).filter(|v| !v.is_empty());
+    let mut config = match conn {
+        Some(c) => tokio_postgres::Config::from_str(c).map_err(|e| {
+            Error::BadInput(format!(
+                "bad PostgreSQL connection settings {c:?}: {e} (use a URL like \
+                 postgresql://user@host:port/db or key=value pairs like \"host=/var/run/postgresql dbname=app\")"
+            ))
+        })?,
+        None => tokio_postgres::Config::new(),
+    };
+    if config.get_hosts().is_empty() {
+        let hosts = get("PGHOST").unwrap_or_else(|| default_socket_dir().to_string());
+        for h in hosts.split(',') {
+            if h.starts_with('/') {
+                config.host_path(h);
+            } else {
+                config.host(h);
+            }
+        }
+    }
+    if config.get_ports().is_empty() {
+        let ports = get("PGPORT").unwrap_or_else(|| "5432".into());
+        for p in ports.split(',') {
+            let port = p.trim().parse().map_err(|_| {
+                Error::BadInput(format!("bad PGPORT {ports:?}: expected a port number"))
+            })?;
+            config.port(port);
+        }
+    }
+    if config.get_user().is_none() {
+        let user = get("PGUSER")
+            .or_else(|| get("USER"))
+            .unwrap_or_else(|| "postgres".into());
+        config.user(&user);
+    }
+    if config.get_dbname().is_none() {
+        let db =
+            get("PGDATABASE").unwrap_or_else(|| config.get_user().unwrap_or("postgres").into());
+        config.dbname(&db);
+    }
+    if config.get_password().is_none()
+        && let Some(p) = get("PGPASSWORD")
+    {
+        config.password(p);
+    }
+    Ok(config)
 }
 
 /// The path of a PostgreSQL tool, preferring the one of `major`.
@@ -184,4 +218,85 @@ pub async fn run_tool(mut cmd: tokio::process::Command, what: &str) -> Result<St
 pub fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(6)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::config::Host;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn hosts(c: &tokio_postgres::Config) -> Vec<String> {
+        c.get_hosts()
+            .iter()
+            .map(|h| match h {
+                Host::Tcp(s) => s.clone(),
+                Host::Unix(p) => p.display().to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn regression_url_with_an_empty_host_was_invalid_configuration() {
+        // The README's form: libpq reads the empty host as the default
+        // socket; the connection failed with "invalid configuration".
+        let c = config_with(Some("postgresql://postgres@/postgres"), no_env).unwrap();
+        assert_eq!(hosts(&c), vec![default_socket_dir().to_string()]);
+        assert_eq!(c.get_ports(), &[5432]);
+        assert_eq!(c.get_user(), Some("postgres"));
+        assert_eq!(c.get_dbname(), Some("postgres"));
+    }
+
+    #[test]
+    fn every_libpq_form_names_the_same_server() {
+        for conn in [
+            "postgresql:///app?host=/srv/sock&user=alice",
+            "postgres://alice@%2Fsrv%2Fsock/app",
+            "host=/srv/sock user=alice dbname=app",
+            "dbname=app user=alice host=/srv/sock port=5432",
+        ] {
+            let c = config_with(Some(conn), no_env).unwrap();
+            assert_eq!(hosts(&c), vec!["/srv/sock".to_string()], "{conn}");
+            assert_eq!(c.get_ports(), &[5432], "{conn}");
+            assert_eq!(c.get_user(), Some("alice"), "{conn}");
+            assert_eq!(c.get_dbname(), Some("app"), "{conn}");
+        }
+    }
+
+    #[test]
+    fn what_the_string_leaves_out_comes_from_pg_variables() {
+        let env = |k: &str| {
+            Some(match k {
+                "PGHOST" => "db.example.com".to_string(),
+                "PGPORT" => "5433".to_string(),
+                "PGUSER" => "bob".to_string(),
+                "PGDATABASE" => "sales".to_string(),
+                "PGPASSWORD" => "s3cret".to_string(),
+                _ => return None,
+            })
+        };
+        let c = config_with(None, env).unwrap();
+        assert_eq!(hosts(&c), vec!["db.example.com".to_string()]);
+        assert_eq!(c.get_ports(), &[5433]);
+        assert_eq!(c.get_user(), Some("bob"));
+        assert_eq!(c.get_dbname(), Some("sales"));
+        assert_eq!(c.get_password(), Some(&b"s3cret"[..]));
+        // The string's own settings win over the variables.
+        let c = config_with(Some("postgresql://carol@/hr"), env).unwrap();
+        assert_eq!(hosts(&c), vec!["db.example.com".to_string()]);
+        assert_eq!(c.get_user(), Some("carol"));
+        assert_eq!(c.get_dbname(), Some("hr"));
+        // dbname defaults to the user name.
+        let c = config_with(Some("user=dave"), no_env).unwrap();
+        assert_eq!(c.get_dbname(), Some("dave"));
+    }
+
+    #[test]
+    fn a_malformed_string_is_bad_input() {
+        let e = config_with(Some("postgresql://x@/db?port=notaport"), no_env).unwrap_err();
+        assert!(matches!(e, Error::BadInput(_)), "{e}");
+    }
 }

@@ -2,8 +2,11 @@
 //!
 //! Patterns are the one dialect of [`PathMatcher`] (shared with restore's
 //! include/exclude and `find`): one without `/` matches an entry's name
-//! anywhere, one with `/` the absolute path, and `*` stays within one
-//! directory (`**` crosses). This module only answers "is this path left
+//! anywhere, one starting with `/` the absolute path, and `*` stays within
+//! one directory (`**` crosses). A relative pattern with a `/` inside
+//! (`node_modules/.cache`, `build/*.o`) matches those trailing components
+//! at any depth, as tar's and restic's unanchored excludes do (read as an
+//! absolute path it would silently exclude nothing). This module only answers "is this path left
 //! out"; the walker decides what a left-out entry means (it is not in the
 //! snapshot at all, or, for a cache directory, stored empty, and a left-out
 //! directory takes everything below it along).
@@ -30,7 +33,8 @@ impl Excludes {
         if patterns.is_empty() {
             return Ok(Excludes(None));
         }
-        Ok(Excludes(Some(PathMatcher::new(patterns)?)))
+        let anchored: Vec<String> = patterns.iter().map(|p| unanchored(p)).collect();
+        Ok(Excludes(Some(PathMatcher::new(&anchored)?)))
     }
 
     /// Whether the entry at the absolute `path` is left out.
@@ -38,6 +42,17 @@ impl Excludes {
         self.0
             .as_ref()
             .is_some_and(|m| m.is_match(path.as_os_str().as_bytes()))
+    }
+}
+
+/// A relative pattern containing `/` as one matching at any depth; other
+/// patterns as they are.
+fn unanchored(pattern: &str) -> String {
+    let inner = pattern.trim_end_matches('/');
+    if inner.contains('/') && !pattern.starts_with('/') {
+        format!("/**/{}", pattern.trim_start_matches("./"))
+    } else {
+        pattern.to_string()
     }
 }
 
@@ -54,6 +69,17 @@ pub(crate) fn is_cache_dir(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regression_relative_pattern_with_a_slash_excluded_nothing() {
+        let ex = Excludes::build(&["sub/cache".into(), "./build/*.o".into()]).unwrap();
+        assert!(ex.matches(Path::new("/home/ann/proj/sub/cache")));
+        assert!(ex.matches(Path::new("/sub/cache")));
+        assert!(ex.matches(Path::new("/home/ann/build/x.o")));
+        assert!(!ex.matches(Path::new("/home/ann/proj/sub/cache2")));
+        assert!(!ex.matches(Path::new("/home/ann/xsub/cache")));
+        assert!(!ex.matches(Path::new("/home/ann/build/sub/x.o")));
+    }
 
     #[test]
     fn names_match_anywhere_and_paths_match_whole() {

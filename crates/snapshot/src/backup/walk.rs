@@ -51,7 +51,18 @@ pub(crate) async fn pending_many(
     for p in &options.paths {
         let abs = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
         let abs = crate::pathmatch::normalize_fs(&abs);
-        fs::symlink_metadata(&abs).map_err(|e| Error::io(&abs, e))?;
+        let meta = fs::symlink_metadata(&abs).map_err(|e| Error::io(&abs, e))?;
+        // `link_to_dir/` names the directory the link points to (POSIX
+        // path resolution; tar and rsync read it so): back that up, under
+        // its real path, instead of the link alone.
+        let abs = if p.as_os_str().as_bytes().ends_with(b"/")
+            && meta.file_type().is_symlink()
+            && fs::metadata(&abs).is_ok_and(|m| m.is_dir())
+        {
+            fs::canonicalize(&abs).map_err(|e| Error::io(&abs, e))?
+        } else {
+            abs
+        };
         roots.push(abs);
     }
     roots.sort();

@@ -292,12 +292,16 @@ impl Problem {
 
 /// Passes problems to `progress`; errors also go to the stats.
 fn report(progress: &dyn RestoreProgress, stats: &mut RestoreStats, problems: &mut Vec<Problem>) {
+    // One report per problem: an error goes to the stats (the caller
+    // reports those, with the exit code), only a warning to the progress
+    // sink. Both at once showed each failed file twice.
     for p in problems.drain(..) {
-        progress.warning(&p.path, &p.message);
         if p.error {
             stats
                 .errors
                 .push(format!("{}: {}", p.path.display(), p.message));
+        } else {
+            progress.warning(&p.path, &p.message);
         }
     }
 }

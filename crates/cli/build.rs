@@ -1,0 +1,33 @@
+//! Build details for `lifeboat version`: the git commit (when built from a
+//! checkout) and the compiler. Missing tools leave them "unknown".
+
+use std::process::Command;
+
+fn output(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn main() {
+    let commit = output("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or("unknown".into());
+    let dirty = output("git", &["status", "--porcelain", "--untracked-files=no"])
+        .map(|_| "-dirty")
+        .unwrap_or("");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let rustc_version = output(&rustc, &["--version"]).unwrap_or("unknown".into());
+    println!("cargo:rustc-env=LIFEBOAT_GIT_COMMIT={commit}{dirty}");
+    println!("cargo:rustc-env=LIFEBOAT_RUSTC_VERSION={rustc_version}");
+    println!(
+        "cargo:rustc-env=LIFEBOAT_BUILD_PROFILE={}",
+        std::env::var("PROFILE").unwrap_or_default()
+    );
+    println!(
+        "cargo:rustc-env=LIFEBOAT_TARGET={}",
+        std::env::var("TARGET").unwrap_or_default()
+    );
+    // No rerun-if-changed: cargo then reruns this whenever a file of the
+    // crate changes, so the commit stays current while developing.
+}

@@ -9,6 +9,7 @@ mod copy;
 mod exit;
 mod keys;
 mod maintenance;
+mod ops;
 mod output;
 mod pg;
 mod progress;
@@ -91,6 +92,9 @@ async fn run(cli: args::Cli) -> i32 {
         args::Command::Forget(a) => retention::forget(g, a).await,
         args::Command::Prune(a) => retention::prune(g, a).await,
         args::Command::Pg(a) => pg::run(g, a).await,
+        args::Command::Config(a) => ops::config(g, a).await,
+        args::Command::Run(a) => ops::run(g, a).await,
+        args::Command::Status(a) => ops::status(g, a).await,
     };
     match result {
         Ok(code) => code,

@@ -104,6 +104,8 @@ pub enum Command {
     Run(crate::ops::RunArgs),
     /// Every plan: last success against its RPO, next run, copies, 3-2-1.
     Status(crate::ops::StatusArgs),
+    /// Run every plan on its schedule; serve /metrics, /healthz, /api/status.
+    Daemon(crate::ops::DaemonArgs),
 }
 
 #[derive(Debug, Args)]

@@ -1,4 +1,5 @@
-//! The operations commands: `config check|show`, `run PLAN`, `status`.
+//! The operations commands: `config check|show`, `run PLAN`, `status`,
+//! `daemon`.
 //! Each loads the config file (`--config`, `LIFEBOAT_CONFIG`, or the
 //! default path), calls one `lifeboat_ops` function and renders it.
 
@@ -36,6 +37,20 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Log lines as text or as JSON objects (one per line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
 
 /// Turns an ops error into the CLI's error, with its exit code.
 pub fn ops_error(e: lifeboat_ops::Error) -> anyhow::Error {
@@ -265,4 +280,47 @@ pub fn render_status(st: &Status) {
             }
         }
     }
+}
+
+/// `lifeboat daemon`: runs until SIGTERM or SIGINT; SIGHUP reloads the
+/// config file (a broken one is logged and the old one kept).
+pub async fn daemon(g: &Global, _a: DaemonArgs) -> Result<i32> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let config = load(g)?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); stop.cancel(); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: stopping"); stop.cancel(); break; }
+                _ = hup.recv() => { tracing::info!("SIGHUP: reloading the config"); let _ = reload_tx.send(()); }
+            }
+        }
+    });
+    tracing::info!(
+        "lifeboat daemon: {} plans from {}, HTTP on {}",
+        config.plans.len(),
+        config.path.display(),
+        config.daemon.listen
+    );
+    lifeboat_ops::daemon::run_daemon(
+        config,
+        lifeboat_ops::daemon::DaemonOptions {
+            config_path: config_file(g),
+            clock: std::sync::Arc::new(lifeboat_ops::daemon::SystemClock),
+            shutdown,
+            reload: reload_rx,
+            events: None,
+            seed: rand::random(),
+            http: true,
+        },
+    )
+    .await
+    .map_err(ops_error)?;
+    Ok(exit::OK)
 }

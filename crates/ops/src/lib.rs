@@ -13,8 +13,10 @@
 //! print: everything comes back as values for the CLI to render.
 
 pub mod config;
+pub mod daemon;
 pub mod duration;
 mod error;
+mod http;
 pub mod metrics;
 pub mod report;
 pub mod repos;

@@ -57,7 +57,7 @@ fn main() {
             let filter = if args.global.verbose || std::env::var_os("LIFEBOAT_LOG").is_some() {
                 filter
             } else {
-                filter.add_directive("lifeboat_ops=info".parse().expect("a valid directive"))
+                filter.add_directive("lifeboat=info".parse().expect("a valid directive"))
             };
             let fmt = tracing_subscriber::fmt()
                 .with_env_filter(filter)

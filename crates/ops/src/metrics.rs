@@ -8,7 +8,6 @@
 //! docs/operations.md ("Metrics").
 
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
@@ -33,7 +32,7 @@ pub fn render(status: &Status) -> String {
     let freshness = IGauge::default();
     let duration = FGauge::default();
     let added = IGauge::default();
-    let runs = Family::<Labels, Counter>::default();
+    let runs = IGauge::default();
     let next_run = FGauge::default();
     let copy_last = FGauge::default();
     let copy_current = IGauge::default();
@@ -66,7 +65,7 @@ pub fn render(status: &Status) -> String {
         for (outcome, n) in &p.runs {
             let mut l2 = l.clone();
             l2.push(("outcome".into(), outcome.clone()));
-            runs.get_or_create(&l2).inc_by(*n);
+            runs.get_or_create(&l2).set(*n as i64);
         }
         if let Some(t) = p.next_run {
             next_run.get_or_create(&l).set(t.as_second() as f64);
@@ -138,7 +137,15 @@ pub fn render(status: &Status) -> String {
         Unit::Bytes,
         added,
     );
-    reg.register("lifeboat_plan_runs", "Runs of the plan by outcome", runs);
+    // A gauge, not a counter: `promtool check metrics` reads the classic
+    // text format, where an OpenMetrics counter's family name (without
+    // `_total`) does not match its samples; and the count restarts with
+    // the state directory.
+    reg.register(
+        "lifeboat_plan_runs",
+        "Runs of the plan by outcome, as recorded in the state directory",
+        runs,
+    );
     reg.register_with_unit(
         "lifeboat_plan_next_run_timestamp",
         "When the plan's next scheduled run is due",

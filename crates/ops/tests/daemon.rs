@@ -272,7 +272,7 @@ async fn the_daemon_catches_up_runs_on_schedule_reloads_serves_and_stops() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("lifeboat_plan_runs_total{plan=\"files\",outcome=\"ok\"} 2"),
+        metrics.contains("lifeboat_plan_runs{plan=\"files\",outcome=\"ok\"} 2"),
         "{metrics}"
     );
     assert!(

@@ -56,6 +56,12 @@ pub struct Global {
         value_name = "LOCATION"
     )]
     pub cold_location: Option<String>,
+    /// The operations config file (plans, repositories, alerts) read by
+    /// `config`, `run`, `status`, `daemon` and `doctor`; default:
+    /// LIFEBOAT_CONFIG, else /etc/lifeboat/lifeboat.toml for root or
+    /// ~/.config/lifeboat/lifeboat.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +98,15 @@ pub enum Command {
     Prune(PruneArgs),
     /// PostgreSQL: base backups, WAL archive, point-in-time restore, dumps.
     Pg(PgArgs),
+    /// Check or show the operations config file (--config).
+    Config(crate::ops::ConfigArgs),
+    /// Run one plan of the config now: backup, copies, retention and
+    /// verification when due.
+    Run(crate::ops::RunArgs),
+    /// Every plan: last success against its RPO, next run, copies, 3-2-1.
+    Status(crate::ops::StatusArgs),
+    /// Run every plan on its schedule; serve /metrics, /healthz, /api/status.
+    Daemon(crate::ops::DaemonArgs),
     /// Print the version and build details (commit, compiler, target).
     Version,
     /// Print a shell completion script, e.g. `lifeboat completions bash >

@@ -10,6 +10,7 @@ mod copy;
 mod exit;
 mod keys;
 mod maintenance;
+mod ops;
 mod output;
 mod pg;
 mod progress;
@@ -51,11 +52,29 @@ fn main() {
     for target in SECRET_LOGGING_TARGETS {
         filter = filter.add_directive(format!("{target}=info").parse().expect("a valid directive"));
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .without_time()
-        .init();
+    match &args.command {
+        // The daemon logs with timestamps, as JSON lines when asked.
+        args::Command::Daemon(d) => {
+            let filter = if args.global.verbose || std::env::var_os("LIFEBOAT_LOG").is_some() {
+                filter
+            } else {
+                filter.add_directive("lifeboat=info".parse().expect("a valid directive"))
+            };
+            let fmt = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr);
+            if d.log_format == ops::LogFormat::Json {
+                fmt.json().init();
+            } else {
+                fmt.init();
+            }
+        }
+        _ => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .without_time()
+            .init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
@@ -95,6 +114,10 @@ async fn run(cli: args::Cli) -> i32 {
         args::Command::Version => about::version(g),
         args::Command::Completions(a) => about::completions(a),
         args::Command::Man => about::man(),
+        args::Command::Config(a) => ops::config(g, a).await,
+        args::Command::Run(a) => ops::run(g, a).await,
+        args::Command::Status(a) => ops::status(g, a).await,
+        args::Command::Daemon(a) => ops::daemon(g, a).await,
     };
     match result {
         Ok(code) => code,

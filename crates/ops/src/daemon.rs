@@ -1,0 +1,278 @@
+//! `lifeboat daemon`: runs every plan on its schedule ([`Scheduler`]) and
+//! serves `/metrics`, `/healthz` and `/api/status` over HTTP (axum).
+//!
+//! The clock is injected ([`Clock`]): the real one sleeps, the
+//! [`ManualClock`] of the tests moves only when told, so schedules, catch-up
+//! and retries are tested without waiting. Shutdown and reload are
+//! injected too (a [`CancellationToken`] and a channel), which the CLI
+//! wires to SIGTERM/SIGINT and SIGHUP. On shutdown the running plans are
+//! cancelled (a backup in flight is abandoned: no snapshot is written and
+//! its repository lock is released) and waited for. A reload reads the
+//! config file again; a broken file keeps the running config and says
+//! why ([`Event::ReloadFailed`]).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+
+use jiff::Timestamp;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::report::{Outcome, Trigger};
+use crate::run::{RunOptions, run_plan};
+use crate::scheduler::Scheduler;
+use crate::state::StateDir;
+
+/// Where "now" comes from.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Timestamp;
+    /// Resolves at or after `t` (as this clock counts).
+    fn sleep_until(&self, t: Timestamp) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+
+    fn sleep_until(&self, t: Timestamp) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        let d = t.duration_since(Timestamp::now());
+        let d = std::time::Duration::try_from(d).unwrap_or_default();
+        Box::pin(tokio::time::sleep(d))
+    }
+}
+
+/// A clock that moves only when [`ManualClock::set`] or
+/// [`ManualClock::advance`] is called (tests).
+pub struct ManualClock {
+    now: watch::Sender<Timestamp>,
+}
+
+impl ManualClock {
+    pub fn new(start: Timestamp) -> Arc<Self> {
+        Arc::new(ManualClock {
+            now: watch::Sender::new(start),
+        })
+    }
+
+    pub fn set(&self, t: Timestamp) {
+        self.now.send_replace(t);
+    }
+
+    pub fn advance(&self, d: jiff::SignedDuration) {
+        let t = self.now().checked_add(d).expect("in range");
+        self.set(t);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        *self.now.borrow()
+    }
+
+    fn sleep_until(&self, t: Timestamp) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        let mut rx = self.now.subscribe();
+        Box::pin(async move {
+            let _ = rx.wait_for(|now| *now >= t).await;
+        })
+    }
+}
+
+/// What the daemon did, for logs and tests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The HTTP server listens here.
+    Listening(std::net::SocketAddr),
+    Started {
+        plan: String,
+        trigger: Trigger,
+    },
+    Finished {
+        plan: String,
+        outcome: Option<Outcome>,
+        error: Option<String>,
+    },
+    Reloaded,
+    /// The new config is broken; the old one keeps running.
+    ReloadFailed(String),
+    Stopped,
+}
+
+/// The daemon's inputs besides the config.
+pub struct DaemonOptions {
+    pub config_path: PathBuf,
+    pub clock: Arc<dyn Clock>,
+    pub shutdown: CancellationToken,
+    /// A message asks for a reload of the config file.
+    pub reload: mpsc::UnboundedReceiver<()>,
+    /// Every [`Event`] is sent here too (tests; the CLI logs them).
+    pub events: Option<mpsc::UnboundedSender<Event>>,
+    /// Seed of the jitter.
+    pub seed: u64,
+    /// Serve HTTP on the config's `daemon.listen` (off in scheduler tests).
+    pub http: bool,
+}
+
+/// What the HTTP handlers read.
+pub struct Shared {
+    pub config: RwLock<Arc<Config>>,
+    pub next_runs: Mutex<BTreeMap<String, Option<Timestamp>>>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Shared {
+    /// `status --json`, with the scheduler's next run times.
+    pub fn status(&self) -> Result<crate::status::Status> {
+        let config = self.config.read().expect("not poisoned").clone();
+        let mut st = crate::status::status(&config, self.clock.now())?;
+        let next = self.next_runs.lock().expect("not poisoned");
+        for p in &mut st.plans {
+            if let Some(Some(t)) = next.get(&p.plan) {
+                p.next_run = Some(*t);
+            }
+        }
+        Ok(st)
+    }
+}
+
+fn send(events: &Option<mpsc::UnboundedSender<Event>>, e: Event) {
+    match &e {
+        Event::ReloadFailed(why) => {
+            tracing::error!("config reload failed, the old config keeps running: {why}")
+        }
+        Event::Finished {
+            plan,
+            outcome,
+            error,
+        } => {
+            tracing::info!(plan = %plan, outcome = ?outcome, error = ?error, "run finished")
+        }
+        Event::Started { plan, trigger } => {
+            tracing::info!(plan = %plan, trigger = ?trigger, "run started")
+        }
+        other => tracing::info!("{other:?}"),
+    }
+    if let Some(tx) = events {
+        let _ = tx.send(e);
+    }
+}
+
+fn load_states(config: &Config) -> BTreeMap<String, crate::state::PlanState> {
+    let dir = StateDir::new(&config.state_dir);
+    config
+        .plans
+        .keys()
+        .filter_map(|p| dir.plan(p).ok().map(|s| (p.clone(), s)))
+        .collect()
+}
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run_daemon(config: Config, mut o: DaemonOptions) -> Result<()> {
+    let shared = Arc::new(Shared {
+        config: RwLock::new(Arc::new(config)),
+        next_runs: Mutex::new(BTreeMap::new()),
+        clock: o.clock.clone(),
+    });
+    let config = shared.config.read().expect("not poisoned").clone();
+    if o.http {
+        let address = config.daemon.listen.clone();
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .map_err(|source| Error::Listen {
+                address: address.clone(),
+                source,
+            })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| Error::Listen { address, source })?;
+        send(&o.events, Event::Listening(local));
+        let app = crate::http::router(shared.clone());
+        let stop = o.shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        });
+    }
+    let mut scheduler = Scheduler::new(&config, &load_states(&config), o.clock.now(), o.seed);
+    let mut tasks: JoinSet<(String, Result<crate::run::RunResult>)> = JoinSet::new();
+    let runs_cancel = o.shutdown.child_token();
+    loop {
+        let config = shared.config.read().expect("not poisoned").clone();
+        let now = o.clock.now();
+        for due in scheduler.take_due(now) {
+            send(
+                &o.events,
+                Event::Started {
+                    plan: due.plan.clone(),
+                    trigger: due.trigger,
+                },
+            );
+            let config = config.clone();
+            let options = RunOptions {
+                trigger: due.trigger,
+                now,
+                cancel: runs_cancel.clone(),
+            };
+            tasks.spawn(async move {
+                let r = run_plan(&config, &due.plan, &options).await;
+                (due.plan, r)
+            });
+        }
+        *shared.next_runs.lock().expect("not poisoned") = scheduler.next_runs();
+        let wake = scheduler.next_wake();
+        let clock = o.clock.clone();
+        tokio::select! {
+            _ = o.shutdown.cancelled() => break,
+            _ = async { match wake { Some(t) => clock.sleep_until(t).await, None => std::future::pending().await } } => {}
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                let (plan, outcome, error) = match joined {
+                    Ok((plan, Ok(r))) => (plan, Some(r.report.outcome), r.report.error),
+                    Ok((plan, Err(e))) => (plan, None, Some(e.to_string())),
+                    Err(e) => (String::new(), None, Some(format!("run task failed: {e}"))),
+                };
+                scheduler.finished(&config, &plan, outcome, o.clock.now());
+                send(&o.events, Event::Finished { plan, outcome, error });
+            }
+            Some(()) = o.reload.recv() => {
+                match Config::load(&o.config_path) {
+                    Ok(new) => {
+                        scheduler.sync(&new, &load_states(&new), o.clock.now());
+                        *shared.config.write().expect("not poisoned") = Arc::new(new);
+                        send(&o.events, Event::Reloaded);
+                    }
+                    Err(e) => send(&o.events, Event::ReloadFailed(e.to_string())),
+                }
+            }
+        }
+    }
+    // Stop: cancel running plans and wait for them to end cleanly.
+    runs_cancel.cancel();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((plan, r)) = joined {
+            let (outcome, error) = match r {
+                Ok(r) => (Some(r.report.outcome), r.report.error),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            send(
+                &o.events,
+                Event::Finished {
+                    plan,
+                    outcome,
+                    error,
+                },
+            );
+        }
+    }
+    send(&o.events, Event::Stopped);
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! The local state directory: what survives a restart of the daemon and is
+//! read by `status`, `doctor` and `/metrics` without touching a
+//! repository (freshness comes from saved state, not from scanning).
+//!
+//! Layout under `state-dir`:
+//! - `plans/<plan>.json`: [`PlanState`], rewritten after each run through
+//!   a temporary file and a rename (never half-written);
+//! - `reports/<plan>.jsonl`: every [`RunReport`], one JSON line each,
+//!   appended;
+//! - `locks/<plan>.lock`: held (flock) while the plan runs, so `lifeboat
+//!   run` and the daemon never run one plan twice at once.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::report::{Outcome, RunReport, StepKind};
+
+/// Where one repository stands for one plan.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepoState {
+    /// Start time of the newest backup (or copy of one) that reached this
+    /// repository: the age of this copy of the data.
+    pub last_success: Option<Timestamp>,
+    pub last_snapshot: Option<String>,
+    /// The last failure and its reason, when newer than `last_success`.
+    pub last_error: Option<Failure>,
+    /// Snapshots the repository held (all plans) at the end of the last
+    /// run that reached it.
+    #[serde(default)]
+    pub snapshots: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub time: Timestamp,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyState {
+    pub time: Timestamp,
+    /// Problems found, over all repositories checked.
+    pub errors: u64,
+    /// Repositories that could not be checked at all.
+    pub failed: Vec<String>,
+}
+
+/// Everything known about one plan.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlanState {
+    /// Start time of the newest run whose backup reached at least one
+    /// repository.
+    pub last_success: Option<Timestamp>,
+    pub last_run: Option<LastRun>,
+    pub last_failure: Option<Failure>,
+    /// Duration of the newest successful run.
+    pub last_duration_ms: Option<u64>,
+    pub last_added_bytes: u64,
+    pub last_full: Option<Timestamp>,
+    pub last_differential: Option<Timestamp>,
+    pub last_prune: Option<Timestamp>,
+    pub last_verify: Option<VerifyState>,
+    /// Start of the newest scheduled slot the daemon has handled (run or
+    /// caught up), so a restart does not run it again.
+    pub last_slot: Option<Timestamp>,
+    pub repositories: BTreeMap<String, RepoState>,
+    /// Runs per outcome, since the state directory was made.
+    pub runs: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastRun {
+    pub id: String,
+    pub started: Timestamp,
+    pub finished: Timestamp,
+    pub outcome: Outcome,
+    pub error: Option<String>,
+}
+
+impl PlanState {
+    /// Folds a finished run into the state.
+    pub fn record(&mut self, r: &RunReport) {
+        *self.runs.entry(r.outcome.as_str().to_string()).or_default() += 1;
+        self.last_run = Some(LastRun {
+            id: r.id.clone(),
+            started: r.started,
+            finished: r.finished,
+            outcome: r.outcome,
+            error: r.error.clone(),
+        });
+        let backed_up = r
+            .steps_of(StepKind::Backup)
+            .any(|s| matches!(s.outcome, Outcome::Ok | Outcome::Partial));
+        if backed_up {
+            self.last_success = Some(r.started);
+            self.last_duration_ms = Some(r.duration_ms);
+            self.last_added_bytes = r.added_bytes;
+            match r.mode.as_deref() {
+                Some("full") => self.last_full = Some(r.started),
+                Some("differential") => self.last_differential = Some(r.started),
+                _ => {}
+            }
+        }
+        if matches!(r.outcome, Outcome::Failed | Outcome::Partial) {
+            self.last_failure = Some(Failure {
+                time: r.finished,
+                reason: r
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "see the run report".into()),
+            });
+        }
+        for s in &r.steps {
+            match s.step {
+                StepKind::Backup | StepKind::Copy => {
+                    let e = self.repositories.entry(s.repository.clone()).or_default();
+                    match s.outcome {
+                        Outcome::Ok | Outcome::Partial => {
+                            e.last_success = Some(r.started);
+                            e.last_snapshot = s.snapshot.clone();
+                            e.last_error = None;
+                        }
+                        Outcome::Failed | Outcome::Locked => {
+                            e.last_error = Some(Failure {
+                                time: s.finished,
+                                reason: s.error.clone().unwrap_or_default(),
+                            });
+                        }
+                        Outcome::Skipped => {}
+                    }
+                }
+                StepKind::Prune if s.outcome == Outcome::Ok => self.last_prune = Some(r.started),
+                _ => {}
+            }
+        }
+        for (repo, n) in &r.repository_snapshots {
+            self.repositories.entry(repo.clone()).or_default().snapshots = Some(*n);
+        }
+        let verifies: Vec<_> = r.steps_of(StepKind::Verify).collect();
+        if verifies.iter().any(|s| s.outcome != Outcome::Skipped) {
+            self.last_verify = Some(VerifyState {
+                time: r.started,
+                errors: verifies.iter().map(|s| s.count).sum(),
+                failed: verifies
+                    .iter()
+                    .filter(|s| s.outcome == Outcome::Failed && s.count == 0)
+                    .map(|s| s.repository.clone())
+                    .collect(),
+            });
+        }
+    }
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        StateDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        move |source| Error::State {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn plan_file(&self, plan: &str) -> PathBuf {
+        self.root.join("plans").join(format!("{plan}.json"))
+    }
+
+    fn reports_file(&self, plan: &str) -> PathBuf {
+        self.root.join("reports").join(format!("{plan}.jsonl"))
+    }
+
+    /// The plan's state (empty if it never ran). A damaged file is treated
+    /// as empty with a warning: status must not stop at it.
+    pub fn plan(&self, plan: &str) -> Result<PlanState> {
+        let path = self.plan_file(plan);
+        match fs::read(&path) {
+            Ok(b) => Ok(serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "{}: unreadable state ({e}); starting afresh",
+                    path.display()
+                );
+                PlanState::default()
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PlanState::default()),
+            Err(e) => Err(Self::err(&path)(e)),
+        }
+    }
+
+    /// Writes the plan's state atomically.
+    pub fn save_plan(&self, plan: &str, state: &PlanState) -> Result<()> {
+        let path = self.plan_file(plan);
+        write_atomic(
+            &path,
+            &serde_json::to_vec_pretty(state).expect("state serializes"),
+        )
+    }
+
+    /// Appends a report to the plan's history and folds it into its state.
+    pub fn record(&self, report: &RunReport) -> Result<PlanState> {
+        let path = self.reports_file(&report.plan);
+        let dir = path.parent().expect("has a parent");
+        fs::create_dir_all(dir).map_err(Self::err(dir))?;
+        let mut line = serde_json::to_vec(report).expect("reports serialize");
+        line.push(b'\n');
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(Self::err(&path))?;
+        f.write_all(&line).map_err(Self::err(&path))?;
+        f.sync_data().map_err(Self::err(&path))?;
+        let mut state = self.plan(&report.plan)?;
+        state.record(report);
+        self.save_plan(&report.plan, &state)?;
+        Ok(state)
+    }
+
+    /// The plan's reports, oldest first (at most the newest `limit`).
+    pub fn reports(&self, plan: &str, limit: usize) -> Result<Vec<RunReport>> {
+        let path = self.reports_file(plan);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Self::err(&path)(e)),
+        };
+        let all: Vec<RunReport> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let skip = all.len().saturating_sub(limit);
+        Ok(all.into_iter().skip(skip).collect())
+    }
+
+    /// Takes the plan's run lock, or says who holds it.
+    pub fn lock_plan(&self, plan: &str) -> Result<Option<PlanLock>> {
+        let dir = self.root.join("locks");
+        fs::create_dir_all(&dir).map_err(Self::err(&dir))?;
+        let path = dir.join(format!("{plan}.lock"));
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(Self::err(&path))?;
+        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(PlanLock { _lock: lock })),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(Self::err(&path)(std::io::Error::from(e))),
+        }
+    }
+}
+
+/// Held while a plan runs; released on drop (and by the kernel if the
+/// process dies).
+pub struct PlanLock {
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("has a parent");
+    fs::create_dir_all(dir).map_err(StateDir::err(dir))?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = fs::File::create(&tmp).map_err(StateDir::err(&tmp))?;
+    f.write_all(bytes).map_err(StateDir::err(&tmp))?;
+    f.sync_all().map_err(StateDir::err(&tmp))?;
+    fs::rename(&tmp, path).map_err(StateDir::err(path))?;
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! The config file: the issue's minimal file verbatim, the shipped
+//! example, defaults, and every class of config error with its line and
+//! key (the table in docs/operations.md).
+
+use std::path::Path;
+
+use lifeboat_ops::Config;
+use lifeboat_ops::config::{Media, PasswordSource, Role, SourceConfig};
+
+/// The minimal config of issue 14, exactly as written there.
+pub const MINIMAL: &str = r#"[repository.local]
+location = "/srv/backup/repo"
+password-file = "/etc/lifeboat/local.pw"
+role = "primary"
+media = "disk"
+
+[source.home]
+type = "files"
+paths = ["/home"]
+
+[plan.home]
+source = "home"
+repositories = ["local"]
+rpo = "1h"
+schedule = "*/15 * * * *"
+
+[alert.ops]
+webhook = "http://127.0.0.1:9000/hook"
+
+[daemon]
+listen = "127.0.0.1:9898"
+"#;
+
+#[test]
+fn the_minimal_config_parses_as_written() {
+    let c = Config::parse(MINIMAL, Path::new("/etc/lifeboat/lifeboat.toml")).unwrap();
+    let r = &c.repositories["local"];
+    assert_eq!(r.location, "/srv/backup/repo");
+    assert_eq!(
+        r.password,
+        PasswordSource::File("/etc/lifeboat/local.pw".into())
+    );
+    assert_eq!(r.role, Role::Primary);
+    assert_eq!(r.media, Media::Disk);
+    assert!(!r.immutable);
+    assert_eq!(
+        c.sources["home"],
+        SourceConfig::Files {
+            paths: vec!["/home".into()],
+            excludes: vec![],
+            one_file_system: false,
+            exclude_caches: false
+        }
+    );
+    let p = &c.plans["home"];
+    assert_eq!(p.rpo.seconds(), 3600);
+    assert_eq!(p.schedule.as_str(), "*/15 * * * *");
+    assert!(!p.schedule_derived);
+    assert_eq!(
+        c.alerts["ops"].webhook.as_deref(),
+        Some("http://127.0.0.1:9000/hook")
+    );
+    assert_eq!(c.daemon.listen, "127.0.0.1:9898");
+    assert_eq!(c.daemon.max_concurrent, 2);
+    // The effective config (config show) parses back to the same plan.
+    let shown = c.to_toml();
+    assert!(shown.contains("schedule = \"*/15 * * * *\""), "{shown}");
+    assert!(shown.contains("max-concurrent = 2"), "{shown}");
+}
+
+#[test]
+fn the_shipped_example_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/lifeboat.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = Config::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!c.plans.is_empty());
+}
+
+#[test]
+fn a_plan_without_schedule_gets_one_from_its_rpo() {
+    let text = MINIMAL.replace("schedule = \"*/15 * * * *\"\n", "");
+    let c = Config::parse(&text, Path::new("x.toml")).unwrap();
+    assert_eq!(c.plans["home"].schedule.as_str(), "*/30 * * * *");
+    assert!(c.plans["home"].schedule_derived);
+}
+
+#[test]
+fn relative_paths_are_relative_to_the_config_file() {
+    let text = MINIMAL
+        .replace("/srv/backup/repo", "repo")
+        .replace("/etc/lifeboat/local.pw", "local.pw");
+    let c = Config::parse(&text, Path::new("/cfg/dir/lifeboat.toml")).unwrap();
+    assert_eq!(c.repositories["local"].location, "/cfg/dir/repo");
+    assert_eq!(
+        c.repositories["local"].password,
+        PasswordSource::File("/cfg/dir/local.pw".into())
+    );
+}
+
+/// One error class: (what, edit of the minimal file, line, key, words of
+/// the message).
+fn error_of(text: &str) -> lifeboat_ops::ConfigError {
+    match Config::parse(text, Path::new("/etc/lifeboat/lifeboat.toml")) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn every_error_class_names_file_line_key_and_what_is_allowed() {
+    let cases: Vec<(&str, String, usize, &str, &str)> = vec![
+        (
+            "unknown key",
+            MINIMAL.replace("rpo = \"1h\"", "rpo = \"1h\"\nrpoo = \"2h\""),
+            15,
+            "plan.home.rpoo",
+            "unknown field `rpoo`, expected one of",
+        ),
+        (
+            "wrong type",
+            MINIMAL.replace("paths = [\"/home\"]", "paths = \"/home\""),
+            9,
+            "source.home.paths",
+            "invalid type",
+        ),
+        (
+            "bad duration",
+            MINIMAL.replace("rpo = \"1h\"", "rpo = \"an hour\""),
+            14,
+            "plan.home.rpo",
+            "write a number and a unit",
+        ),
+        (
+            "zero duration",
+            MINIMAL.replace("rpo = \"1h\"", "rpo = \"0m\""),
+            14,
+            "plan.home.rpo",
+            "more than zero",
+        ),
+        (
+            "bad cron",
+            MINIMAL.replace("*/15 * * * *", "every 15 minutes"),
+            15,
+            "plan.home.schedule",
+            "five fields",
+        ),
+        (
+            "unknown repository",
+            MINIMAL.replace("repositories = [\"local\"]", "repositories = [\"nas\"]"),
+            13,
+            "plan.home.repositories",
+            "no repository named \"nas\"; defined: local",
+        ),
+        (
+            "unknown source",
+            MINIMAL.replace("source = \"home\"", "source = \"hmoe\""),
+            12,
+            "plan.home.source",
+            "no source named \"hmoe\"; defined: home",
+        ),
+        (
+            "unknown enum value",
+            MINIMAL.replace("role = \"primary\"", "role = \"backup\""),
+            4,
+            "repository.local.role",
+            "expected one of `primary`, `offsite`, `cold`",
+        ),
+        (
+            "no password reference",
+            MINIMAL.replace("password-file = \"/etc/lifeboat/local.pw\"\n", ""),
+            1,
+            "repository.local.password-file",
+            "password-file, password-command or password-env",
+        ),
+        (
+            "bad address",
+            MINIMAL.replace("127.0.0.1:9898", "localhost"),
+            21,
+            "daemon.listen",
+            "IP:PORT",
+        ),
+        (
+            "bad URL",
+            MINIMAL.replace("http://127.0.0.1:9000/hook", "127.0.0.1:9000/hook"),
+            18,
+            "alert.ops.webhook",
+            "not an http:// or https:// URL",
+        ),
+        (
+            "key of another source type",
+            MINIMAL.replace(
+                "paths = [\"/home\"]",
+                "paths = [\"/home\"]\nurl = \"postgresql://x\"",
+            ),
+            10,
+            "source.home.url",
+            "allowed: paths, excludes, one-file-system, exclude-caches",
+        ),
+        (
+            "unknown source type",
+            MINIMAL.replace("type = \"files\"", "type = \"mysql\""),
+            8,
+            "source.home.type",
+            "expected one of `files`, `postgres`",
+        ),
+        (
+            "bad name",
+            MINIMAL.replace("[plan.home]", "[plan.\"my plan\"]"),
+            11,
+            "plan.my plan",
+            "letters, digits",
+        ),
+        (
+            "TOML syntax",
+            MINIMAL.replace("rpo = \"1h\"", "rpo = 1h"),
+            14,
+            "plan.home.rpo",
+            "",
+        ),
+    ];
+    for (what, text, line, key, words) in cases {
+        let e = error_of(&text);
+        assert_eq!(e.file, Path::new("/etc/lifeboat/lifeboat.toml"), "{what}");
+        assert_eq!(e.line, Some(line), "{what}: {e}");
+        assert_eq!(e.key, key, "{what}: {e}");
+        assert!(e.message.contains(words), "{what}: {e}");
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with(&format!("/etc/lifeboat/lifeboat.toml:{line}: {key}")),
+            "{what}: {shown}"
+        );
+    }
+}

@@ -22,7 +22,7 @@ enum Source {
     Files(BackupOptions),
 }
 
-fn source(a: BackupArgs, draw: bool) -> Result<Source> {
+fn source(a: BackupArgs, draw: bool, own: Vec<std::path::PathBuf>) -> Result<Source> {
     let mode = match a.mode {
         ModeArg::Full => BackupMode::Full,
         ModeArg::Incremental => BackupMode::Incremental,
@@ -53,6 +53,7 @@ fn source(a: BackupArgs, draw: bool) -> Result<Source> {
         paths: a.paths,
         excludes,
         exclude_caches: a.exclude_caches,
+        exclude_paths: own,
         one_file_system: a.one_file_system,
         tags: a.tags,
         host: a.host,
@@ -64,12 +65,17 @@ fn source(a: BackupArgs, draw: bool) -> Result<Source> {
 }
 
 pub async fn run(g: &Global, a: BackupArgs) -> Result<i32> {
+    if let Some(d) = a.retry_lock {
+        lifeboat_repo::lock::set_default_retry(d);
+    }
     if g.repo.len() > 1 {
         return run_many(g, a).await;
     }
     let repo = session::open_or_create_default(g).await?;
+    let own = own_paths(g, &[session::target(g)?], std::slice::from_ref(&repo));
+    note_own_paths(g, &a, &own);
     let bar = Arc::new(Bar::new(!g.quiet && !g.json, "backup"));
-    let outcome = match source(a, bar.is_drawing())? {
+    let outcome = match source(a, bar.is_drawing(), own)? {
         Source::Stdin(o) => backup_stream(repo, std::io::stdin(), &o, bar.clone()).await,
         Source::Files(o) => backup(repo, &o, bar.clone()).await,
     };
@@ -77,6 +83,61 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<i32> {
     let outcome = outcome?;
     render(g, &outcome)?;
     Ok(exit_code(&outcome))
+}
+
+/// The repository's own files, which no backup stores: each local
+/// repository, its local cold tier, and every password file (named or the
+/// default one). Left out by identity (device and inode), wherever they
+/// live.
+fn own_paths(
+    g: &Global,
+    targets: &[session::Target],
+    repos: &[Arc<lifeboat_repo::Repository>],
+) -> Vec<std::path::PathBuf> {
+    use lifeboat_storage::Location;
+    let mut out = Vec::new();
+    for t in targets {
+        if let Location::Local(p) = &t.location {
+            out.push(p.clone());
+        }
+        if let Some(d) = &t.default {
+            out.push(d.path.clone());
+            out.push(d.password_file.clone());
+        }
+    }
+    for r in repos {
+        if let Some(Ok(Location::Local(p))) = r.cold_location().map(Location::parse) {
+            out.push(p);
+        }
+    }
+    out.extend(g.password_file.iter().cloned());
+    out.retain(|p| p.exists());
+    out
+}
+
+/// Says once which of the repository's own files lie inside what is
+/// backed up (and are left out).
+fn note_own_paths(g: &Global, a: &BackupArgs, own: &[std::path::PathBuf]) {
+    if g.quiet || a.stdin {
+        return;
+    }
+    let roots: Vec<std::path::PathBuf> = a
+        .paths
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    let inside: Vec<String> = own
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .filter(|p| roots.iter().any(|r| p.starts_with(r)))
+        .map(|p| p.display().to_string())
+        .collect();
+    if !inside.is_empty() {
+        eprintln!(
+            "lifeboat: leaving out the repository's own files, which lie inside the backup: {}",
+            inside.join(", ")
+        );
+    }
 }
 
 fn exit_code(o: &BackupOutcome) -> i32 {
@@ -108,8 +169,10 @@ async fn run_many(g: &Global, a: BackupArgs) -> Result<i32> {
         }
     }
     if !repos.is_empty() {
+        let own = own_paths(g, &targets, &repos);
+        note_own_paths(g, &a, &own);
         let bar = Arc::new(Bar::new(!g.quiet && !g.json, "backup"));
-        let outcomes = match source(a, bar.is_drawing())? {
+        let outcomes = match source(a, bar.is_drawing(), own)? {
             Source::Stdin(o) => backup_stream_many(repos, std::io::stdin(), &o, bar.clone()).await,
             Source::Files(o) => backup_many(repos, &o, bar.clone()).await,
         };

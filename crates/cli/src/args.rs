@@ -150,7 +150,8 @@ pub enum ModeArg {
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// Files and directories to back up.
+    /// Files and directories to back up (with --stdin-from-command: the
+    /// command and its arguments, after `--`).
     #[arg(required_unless_present = "stdin")]
     pub paths: Vec<PathBuf>,
     /// Wait up to this long for a prune that holds the repository (e.g. 30m,
@@ -160,8 +161,13 @@ pub struct BackupArgs {
     /// Back up standard input as one file.
     #[arg(long, conflicts_with = "paths")]
     pub stdin: bool,
-    /// File name for --stdin.
-    #[arg(long, default_value = "stdin", requires = "stdin")]
+    /// Run the command given as the arguments (after `--`) and back up its
+    /// standard output as one file; the snapshot is saved only if the
+    /// command exits with status 0.
+    #[arg(long, conflicts_with = "stdin")]
+    pub stdin_from_command: bool,
+    /// File name for --stdin and --stdin-from-command.
+    #[arg(long, default_value = "stdin")]
     pub stdin_filename: String,
     /// full: read everything; incremental: compare with the latest snapshot of
     /// the same source; differential: compare with the latest full one.

@@ -83,12 +83,20 @@ async fn run_until_signal(cli: args::Cli) -> i32 {
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
     ) else {
-        return run(cli).await;
+        let code = run(cli).await;
+        lifeboat_repo::lock::release_held_locks().await;
+        return code;
     };
     let work = run(cli);
     tokio::pin!(work);
     let (code, name) = tokio::select! {
-        code = &mut work => return code,
+        code = &mut work => {
+            // A lock still registered belongs to work abandoned on an error
+            // path (its drop only started an asynchronous delete): remove
+            // it before the runtime goes.
+            lifeboat_repo::lock::release_held_locks().await;
+            return code;
+        }
         _ = int.recv() => (130, "SIGINT"),
         _ = term.recv() => (143, "SIGTERM"),
     };

@@ -416,6 +416,64 @@ fn prune_with_retry_lock_waits_for_a_backup() {
     assert!(stderr(&out).contains("not a duration"), "{}", describe(&out));
 }
 
+/// `--stdin-from-command`: a failing producer saves no snapshot and its
+/// exit status and last stderr lines are reported; a good one saves its
+/// output. An empty `--stdin` is saved but marked empty in every listing.
+#[test]
+fn stdin_from_command_saves_only_when_the_command_succeeds() {
+    let lb = Lifeboat::init();
+    let out = lb.run([
+        "backup",
+        "--stdin-from-command",
+        "--",
+        "sh",
+        "-c",
+        "echo half a dump; echo 'pg_dump: connection refused' >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(err.contains("exited with status 3"), "{err}");
+    assert!(err.contains("no snapshot was saved"), "{err}");
+    assert!(err.contains("connection refused"), "{err}");
+    assert!(lb.snapshots().is_empty(), "a failed producer made a snapshot");
+    assert_eq!(fs::read_dir(lb.repo.join("locks")).unwrap().count(), 0);
+
+    let v = parse_json(&lb.ok([
+        "backup",
+        "--json",
+        "--stdin-from-command",
+        "--stdin-filename",
+        "db.sql",
+        "--",
+        "sh",
+        "-c",
+        "printf 'the dump'",
+    ]));
+    assert_eq!(v["partial"], false, "{v}");
+    let dumped = lb.ok(["dump", "latest", "/db.sql"]);
+    assert_eq!(dumped.stdout, b"the dump");
+    let snaps = lb.snapshots();
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0]["extra"]["stdin_command"]["exit_status"], 0, "{snaps:?}");
+
+    // An empty stdin is saved, and marked.
+    let out = lb
+        .cmd()
+        .args(["backup", "--stdin", "--stdin-filename", "empty.sql"])
+        .write_stdin(Vec::<u8>::new())
+        .output()
+        .unwrap();
+    assert_ok(&out, "backup --stdin (empty)");
+    assert!(stdout(&out).contains("EMPTY"), "{}", stdout(&out));
+    let snaps = lb.snapshots();
+    let empty = snaps.iter().find(|s| s["paths"][0] == "empty.sql").unwrap();
+    assert_eq!(empty["extra"]["empty_stream"], true, "{empty}");
+    let full = snaps.iter().find(|s| s["paths"][0] == "db.sql").unwrap();
+    assert!(full["extra"].get("empty_stream").is_none(), "{full}");
+    let listing = stdout(&lb.ok(["snapshots"]));
+    assert_eq!(listing.matches("(EMPTY input)").count(), 1, "{listing}");
+}
+
 #[test]
 fn wrong_password_exits_11() {
     let lb = Lifeboat::init();

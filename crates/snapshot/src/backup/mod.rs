@@ -84,6 +84,7 @@ use crate::Result;
 use crate::progress::BackupProgress;
 
 pub use pending::PendingBackup;
+pub use stream::EMPTY_STREAM;
 
 #[derive(Debug, Clone, Default)]
 pub struct BackupOptions {

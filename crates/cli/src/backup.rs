@@ -200,8 +200,7 @@ async fn from_command(g: &Global, a: BackupArgs) -> Result<i32> {
     };
     let bar = Arc::new(Bar::new(!g.quiet && !g.json, "backup"));
     let pending =
-        lifeboat_snapshot::backup::backup_stream_pending(repo, stdout, &options, bar.clone())
-            .await;
+        lifeboat_snapshot::backup::backup_stream_pending(repo, stdout, &options, bar.clone()).await;
     bar.finish();
     let status = child.wait().context("waiting for the command")?;
     let tail = tail.join().unwrap_or_default();
@@ -384,7 +383,8 @@ fn render_text(o: &BackupOutcome, indent: &str) {
             ""
         }
     );
-    if r.extra.get(lifeboat_snapshot::backup::EMPTY_STREAM) == Some(&serde_json::Value::Bool(true)) {
+    if r.extra.get(lifeboat_snapshot::backup::EMPTY_STREAM) == Some(&serde_json::Value::Bool(true))
+    {
         outln!(
             "{indent}WARNING: the input was EMPTY (0 bytes): did the program feeding it fail? \
              The snapshot is marked empty."

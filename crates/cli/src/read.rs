@@ -82,7 +82,8 @@ fn marks(r: &lifeboat_repo::SnapshotRecord) -> String {
     if r.partial {
         out.push_str(" (partial)");
     }
-    if r.extra.get(lifeboat_snapshot::backup::EMPTY_STREAM) == Some(&serde_json::Value::Bool(true)) {
+    if r.extra.get(lifeboat_snapshot::backup::EMPTY_STREAM) == Some(&serde_json::Value::Bool(true))
+    {
         out.push_str(" (EMPTY input)");
     }
     out

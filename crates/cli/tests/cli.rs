@@ -210,7 +210,10 @@ fn a_backup_leaves_out_the_repository_and_its_password_file() {
             .any(|p| p.contains("lifeboat/repository") || p.contains("repository.password")),
         "the backup stored the repository into itself: {paths:?}"
     );
-    assert!(paths.iter().any(|p| p.ends_with(".local/share")), "{paths:?}");
+    assert!(
+        paths.iter().any(|p| p.ends_with(".local/share")),
+        "{paths:?}"
+    );
 
     // A named repository and password file inside the source tree.
     let src = lb.path("src");
@@ -243,7 +246,10 @@ fn a_backup_leaves_out_the_repository_and_its_password_file() {
 fn key_passwd_on_the_default_repository_keeps_its_password_file_working() {
     let lb = Lifeboat::new();
     let src = make_source(&lb, "src");
-    assert_ok(&lb.bare_cmd().arg("backup").arg(&src).output().unwrap(), "backup");
+    assert_ok(
+        &lb.bare_cmd().arg("backup").arg(&src).output().unwrap(),
+        "backup",
+    );
     let pw_file = lb.xdg_config().join("lifeboat/repository.password");
     let old = fs::read_to_string(&pw_file).unwrap();
     let out = lb
@@ -253,13 +259,23 @@ fn key_passwd_on_the_default_repository_keeps_its_password_file_working() {
         .output()
         .unwrap();
     assert_ok(&out, "key passwd");
-    assert!(stdout(&out).contains(pw_file.to_str().unwrap()), "{}", stdout(&out));
-    assert_eq!(fs::read_to_string(&pw_file).unwrap(), "a brand new password\n");
+    assert!(
+        stdout(&out).contains(pw_file.to_str().unwrap()),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        fs::read_to_string(&pw_file).unwrap(),
+        "a brand new password\n"
+    );
     assert_eq!(
         fs::metadata(&pw_file).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    assert_ok(&lb.bare_cmd().arg("snapshots").output().unwrap(), "snapshots after passwd");
+    assert_ok(
+        &lb.bare_cmd().arg("snapshots").output().unwrap(),
+        "snapshots after passwd",
+    );
     // The old password no longer opens it.
     let out = lb
         .bare_cmd()
@@ -267,11 +283,20 @@ fn key_passwd_on_the_default_repository_keeps_its_password_file_working() {
         .env("LIFEBOAT_PASSWORD", old.trim_end())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(code::WRONG_PASSWORD), "{}", describe(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(code::WRONG_PASSWORD),
+        "{}",
+        describe(&out)
+    );
 
     fs::remove_file(&pw_file).unwrap();
     let out = lb.bare_cmd().arg("snapshots").output().unwrap();
-    let err = assert_fails(&out, code::WRONG_PASSWORD, "snapshots without its password file");
+    let err = assert_fails(
+        &out,
+        code::WRONG_PASSWORD,
+        "snapshots without its password file",
+    );
     assert!(err.contains(pw_file.to_str().unwrap()), "{err}");
 }
 
@@ -285,7 +310,12 @@ fn crlf_password_files_work_the_same_everywhere() {
     fs::write(&crlf, b"second password\r\n").unwrap();
     let lf = lb.path("lf.pw");
     fs::write(&lf, b"second password\n").unwrap();
-    lb.ok(["key".as_ref(), "add".as_ref(), "--new-password-file".as_ref(), crlf.as_os_str()]);
+    lb.ok([
+        "key".as_ref(),
+        "add".as_ref(),
+        "--new-password-file".as_ref(),
+        crlf.as_os_str(),
+    ]);
     for file in [&crlf, &lf] {
         let out = lb
             .bare_cmd()
@@ -310,7 +340,12 @@ fn crlf_password_files_work_the_same_everywhere() {
     // key passwd with a CRLF file, opened with an LF file.
     let third = lb.path("third.pw");
     fs::write(&third, b"third password\r\n").unwrap();
-    lb.ok(["key".as_ref(), "passwd".as_ref(), "--new-password-file".as_ref(), third.as_os_str()]);
+    lb.ok([
+        "key".as_ref(),
+        "passwd".as_ref(),
+        "--new-password-file".as_ref(),
+        third.as_os_str(),
+    ]);
     let third_lf = lb.path("third-lf.pw");
     fs::write(&third_lf, b"third password\n").unwrap();
     let out = lb
@@ -367,7 +402,11 @@ fn a_signal_stops_a_backup_and_releases_its_lock() {
         let out = child.wait_with_output().unwrap();
         drop(stdin);
         assert_eq!(out.status.code(), Some(code), "{sig}: {}", describe(&out));
-        assert!(stderr(&out).contains("lock is released"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("lock is released"),
+            "{}",
+            stderr(&out)
+        );
         assert_eq!(
             fs::read_dir(lb.repo.join("locks")).unwrap().count(),
             0,
@@ -413,7 +452,11 @@ fn prune_with_retry_lock_waits_for_a_backup() {
     assert_eq!(lb.snapshots().len(), 1);
     let out = lb.run(["prune", "--retry-lock", "5x"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    assert!(stderr(&out).contains("not a duration"), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("not a duration"),
+        "{}",
+        describe(&out)
+    );
 }
 
 /// `--stdin-from-command`: a failing producer saves no snapshot and its
@@ -435,7 +478,10 @@ fn stdin_from_command_saves_only_when_the_command_succeeds() {
     assert!(err.contains("exited with status 3"), "{err}");
     assert!(err.contains("no snapshot was saved"), "{err}");
     assert!(err.contains("connection refused"), "{err}");
-    assert!(lb.snapshots().is_empty(), "a failed producer made a snapshot");
+    assert!(
+        lb.snapshots().is_empty(),
+        "a failed producer made a snapshot"
+    );
     assert_eq!(fs::read_dir(lb.repo.join("locks")).unwrap().count(), 0);
 
     let v = parse_json(&lb.ok([
@@ -454,7 +500,10 @@ fn stdin_from_command_saves_only_when_the_command_succeeds() {
     assert_eq!(dumped.stdout, b"the dump");
     let snaps = lb.snapshots();
     assert_eq!(snaps.len(), 1);
-    assert_eq!(snaps[0]["extra"]["stdin_command"]["exit_status"], 0, "{snaps:?}");
+    assert_eq!(
+        snaps[0]["extra"]["stdin_command"]["exit_status"], 0,
+        "{snaps:?}"
+    );
 
     // An empty stdin is saved, and marked.
     let out = lb

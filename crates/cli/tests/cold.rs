@@ -303,7 +303,10 @@ fn s3_second_bucket_as_cold_tier() {
 
     let cold_dir = s3.root().join(cold_bucket).join("archive");
     let mut cold_files = files_under(&cold_dir);
-    assert!(cold_files.contains(&cold_dir.join("marker")), "{cold_files:?}");
+    assert!(
+        cold_files.contains(&cold_dir.join("marker")),
+        "{cold_files:?}"
+    );
     cold_files.retain(|p| *p != cold_dir.join("marker"));
     assert!(cold_files.len() >= 2, "{cold_files:?}");
     assert!(
@@ -339,7 +342,10 @@ fn commands_that_need_a_moved_cold_tier_say_it_is_unreachable() {
     lb.ok(["init", "--cold", cold.to_str().unwrap()]);
     let src = make_source(&lb);
     lb.ok(["backup", src.to_str().unwrap()]);
-    assert!(cold.join("marker").is_file(), "init wrote no location marker");
+    assert!(
+        cold.join("marker").is_file(),
+        "init wrote no location marker"
+    );
     std::fs::rename(&cold, lb.path("cold-away")).unwrap();
     let before = fingerprint(&lb.repo);
     let target = lb.path("target");
@@ -360,5 +366,9 @@ fn commands_that_need_a_moved_cold_tier_say_it_is_unreachable() {
     }
     assert!(!cold.exists(), "the cold tier was recreated");
     assert!(files_under(&target).is_empty(), "restore wrote files");
-    assert_eq!(fingerprint(&lb.repo), before, "the repository was written to");
+    assert_eq!(
+        fingerprint(&lb.repo),
+        before,
+        "the repository was written to"
+    );
 }

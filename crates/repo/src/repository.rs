@@ -438,7 +438,10 @@ impl Repository {
         let storage = self.tier_storage(Tier::Cold).await?;
         // Checked again: a storage given with `with_cold_storage` was not.
         if !self.check_cold_marker(storage, &cold.location).await? {
-            tracing::info!("writing the location marker of the cold tier {}", cold.location);
+            tracing::info!(
+                "writing the location marker of the cold tier {}",
+                cold.location
+            );
             put_idempotent(
                 storage,
                 &ObjectKey::marker(),

@@ -16,8 +16,8 @@ use lifeboat_snapshot::backup::{BackupOptions, backup};
 use lifeboat_snapshot::progress::NoProgress;
 use lifeboat_snapshot::restore::{RestoreOptions, restore};
 use lifeboat_storage::{
-    Capabilities, DynStorage, ErrorClass, Kind, LocalStorage, MemoryStorage, ObjectInfo,
-    ObjectKey, Result, Storage,
+    Capabilities, DynStorage, ErrorClass, Kind, LocalStorage, MemoryStorage, ObjectInfo, ObjectKey,
+    Result, Storage,
 };
 use lifeboat_testkit::data::pseudo_random;
 use lifeboat_testkit::repo::{init_options, small_chunks};
@@ -74,7 +74,8 @@ impl Storage for Tripwire {
         self.inner.capabilities()
     }
     async fn put(&self, key: &ObjectKey, data: Bytes) -> Result<()> {
-        let hit = key.kind() == self.kind && self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.nth;
+        let hit =
+            key.kind() == self.kind && self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.nth;
         if hit && self.before {
             self.fire();
         }
@@ -391,27 +392,39 @@ async fn a_cold_tier_without_a_marker_still_opens_and_gets_one() {
     let dir = tempfile::tempdir().unwrap();
     let (hot, cold) = (dir.path().join("hot"), dir.path().join("cold"));
     let repo = cold_repo(&hot, &cold).await;
-    backup(repo, &backup_options(&source(dir.path(), 7)), Arc::new(NoProgress))
-        .await
-        .unwrap();
+    backup(
+        repo,
+        &backup_options(&source(dir.path(), 7)),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
     std::fs::remove_file(cold.join("marker")).unwrap();
     let repo = open_with(Arc::new(LocalStorage::new(&hot))).await;
     check(&repo, &CheckOptions::default(), &|_, _| {})
         .await
         .unwrap();
     assert!(!cold.join("marker").exists(), "a read wrote the marker");
-    backup(repo, &backup_options(&source(dir.path(), 8)), Arc::new(NoProgress))
-        .await
-        .unwrap();
+    backup(
+        repo,
+        &backup_options(&source(dir.path(), 8)),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
     assert!(cold.join("marker").is_file(), "the backup wrote no marker");
 
     // Without marker and without packs, while the index names data packs.
     std::fs::remove_dir_all(&cold).unwrap();
     std::fs::create_dir(&cold).unwrap();
     let repo = open_with(Arc::new(LocalStorage::new(&hot))).await;
-    let err = backup(repo, &backup_options(&source(dir.path(), 9)), Arc::new(NoProgress))
-        .await
-        .unwrap_err();
+    let err = backup(
+        repo,
+        &backup_options(&source(dir.path(), 9)),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Unreachable, "{err}");
     assert_eq!(std::fs::read_dir(&cold).unwrap().count(), 0);
 }

@@ -103,11 +103,18 @@ async fn local_storage_never_creates_its_root_outside_init() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unreachable, "{err}");
-    assert_eq!(fs::read_dir(&root).unwrap().count(), 0, "put wrote under an empty root");
+    assert_eq!(
+        fs::read_dir(&root).unwrap().count(),
+        0,
+        "put wrote under an empty root"
+    );
     // create_root (init) makes it a location; a namespace directory that
     // vanished is recreated only while the root holds a config or marker.
     storage.create_root().await.unwrap();
-    storage.put(&pack_key(), Bytes::from_static(b"x")).await.unwrap();
+    storage
+        .put(&pack_key(), Bytes::from_static(b"x"))
+        .await
+        .unwrap();
     fs::remove_dir_all(root.join("index")).unwrap();
     let err = storage
         .put(&key, Bytes::from_static(b"x"))

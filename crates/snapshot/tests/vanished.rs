@@ -2,7 +2,8 @@
 //! unmounted, even lazily) is reported as unreachable: nothing is written
 //! to wherever the location used to be, and no snapshot is reported saved
 //! (issue 12, item 3). Also: a cold tier made before location markers keeps
-//! working and gets its marker on the next write.
+//! working and gets its marker on the next write. And read commands work
+//! with storage that refuses every write (read-only credentials).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -436,4 +437,85 @@ fn umount_lazy(at: &Path) {
         .status()
         .unwrap();
     assert!(status.success(), "umount -l {}", at.display());
+}
+
+/// Storage that refuses every write, as read-only credentials do.
+#[derive(Debug)]
+struct ReadOnly(DynStorage);
+
+#[async_trait]
+impl Storage for ReadOnly {
+    fn location(&self) -> String {
+        self.0.location()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    async fn put(&self, key: &ObjectKey, _: Bytes) -> Result<()> {
+        Err(lifeboat_storage::Error::new(
+            lifeboat_storage::ErrorKind::PermissionDenied,
+            format!("read-only: put {key}"),
+        ))
+    }
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
+        self.0.get(key).await
+    }
+    async fn get_range(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Bytes> {
+        self.0.get_range(key, offset, len).await
+    }
+    async fn stat(&self, key: &ObjectKey) -> Result<Option<u64>> {
+        self.0.stat(key).await
+    }
+    async fn list(&self, kind: Kind) -> Result<Vec<ObjectInfo>> {
+        self.0.list(kind).await
+    }
+    async fn delete(&self, key: &ObjectKey) -> Result<()> {
+        Err(lifeboat_storage::Error::new(
+            lifeboat_storage::ErrorKind::PermissionDenied,
+            format!("read-only: delete {key}"),
+        ))
+    }
+}
+
+/// `snapshots`, `ls`, `restore` and `check` (without repair) never write:
+/// they work with read-only storage credentials, on both tiers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_commands_work_on_read_only_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hot, cold) = (dir.path().join("hot"), dir.path().join("cold"));
+    let repo = cold_repo(&hot, &cold).await;
+    let src = source(dir.path(), 10);
+    backup(repo, &backup_options(&src), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let repo = Arc::new(
+        Repository::open(Arc::new(ReadOnly(Arc::new(LocalStorage::new(&hot)))), b"pw")
+            .await
+            .unwrap()
+            .with_cold_storage(Arc::new(ReadOnly(Arc::new(LocalStorage::new(&cold)))))
+            .unwrap(),
+    );
+    let snaps = repo.snapshots().await.unwrap();
+    assert_eq!(snaps.len(), 1);
+    let listed = lifeboat_snapshot::ls::ls(&repo, &snaps[0], b"/", true)
+        .await
+        .unwrap();
+    assert!(listed.len() >= 4, "{}", listed.len());
+    let report = check(&repo, &CheckOptions::default(), &|_, _| {})
+        .await
+        .unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let target = dir.path().join("target");
+    restore(
+        &repo,
+        &snaps[0],
+        &RestoreOptions {
+            target: target.clone(),
+            ..Default::default()
+        },
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(files_in(&target).len(), 4);
 }

@@ -180,14 +180,24 @@ pub enum ModeArg {
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// Files and directories to back up.
+    /// Files and directories to back up (with --stdin-from-command: the
+    /// command and its arguments, after `--`).
     #[arg(required_unless_present = "stdin")]
     pub paths: Vec<PathBuf>,
+    /// Wait up to this long for a prune that holds the repository (e.g. 30m,
+    /// 2h, 90s) instead of failing at once with exit 17.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub retry_lock: Option<std::time::Duration>,
     /// Back up standard input as one file.
     #[arg(long, conflicts_with = "paths")]
     pub stdin: bool,
-    /// File name for --stdin.
-    #[arg(long, default_value = "stdin", requires = "stdin")]
+    /// Run the command given as the arguments (after `--`) and back up its
+    /// standard output as one file; the snapshot is saved only if the
+    /// command exits with status 0.
+    #[arg(long, conflicts_with = "stdin")]
+    pub stdin_from_command: bool,
+    /// File name for --stdin and --stdin-from-command.
+    #[arg(long, default_value = "stdin")]
     pub stdin_filename: String,
     /// full: read everything; incremental: compare with the latest snapshot of
     /// the same source; differential: compare with the latest full one.
@@ -399,6 +409,10 @@ pub struct ForgetArgs {
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
+    /// Wait up to this long for backups that hold the repository (e.g. 30m,
+    /// 2h, 90s) instead of failing at once with exit 17.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub retry_lock: Option<std::time::Duration>,
     /// Repack packs whose unused share is above this, e.g. 10%.
     #[arg(long, default_value = "10%", value_name = "PERCENT")]
     pub max_unused: String,
@@ -579,6 +593,21 @@ pub struct PgRestoreArgs {
     /// Read-ahead of the restore_command written (segments).
     #[arg(long, default_value_t = 8)]
     pub read_ahead: usize,
+}
+
+/// A duration: a number with the unit s, m, h or d (`90s`, `30m`, `2h`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not a duration: give a number with s, m, h or d (e.g. 30m)");
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60).ok_or_else(bad)?,
+        "h" => n.checked_mul(3600).ok_or_else(bad)?,
+        "d" => n.checked_mul(86_400).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ enum Source {
     Files(BackupOptions),
 }
 
-fn source(a: BackupArgs, draw: bool) -> Result<Source> {
+fn source(a: BackupArgs, draw: bool, own: Vec<std::path::PathBuf>) -> Result<Source> {
     let mode = match a.mode {
         ModeArg::Full => BackupMode::Full,
         ModeArg::Incremental => BackupMode::Incremental,
@@ -53,6 +53,7 @@ fn source(a: BackupArgs, draw: bool) -> Result<Source> {
         paths: a.paths,
         excludes,
         exclude_caches: a.exclude_caches,
+        exclude_paths: own,
         one_file_system: a.one_file_system,
         tags: a.tags,
         host: a.host,
@@ -64,18 +65,174 @@ fn source(a: BackupArgs, draw: bool) -> Result<Source> {
 }
 
 pub async fn run(g: &Global, a: BackupArgs) -> Result<i32> {
+    if let Some(d) = a.retry_lock {
+        lifeboat_repo::lock::set_default_retry(d);
+    }
+    if a.stdin_from_command {
+        return from_command(g, a).await;
+    }
     if g.repo.len() > 1 {
         return run_many(g, a).await;
     }
     let repo = session::open_or_create_default(g).await?;
+    let own = own_paths(g, &[session::target(g)?], std::slice::from_ref(&repo));
+    note_own_paths(g, &a, &own);
     let bar = Arc::new(Bar::new(!g.quiet && !g.json, "backup"));
-    let outcome = match source(a, bar.is_drawing())? {
+    let outcome = match source(a, bar.is_drawing(), own)? {
         Source::Stdin(o) => backup_stream(repo, std::io::stdin(), &o, bar.clone()).await,
         Source::Files(o) => backup(repo, &o, bar.clone()).await,
     };
     bar.finish();
     let outcome = outcome?;
     render(g, &outcome)?;
+    Ok(exit_code(&outcome))
+}
+
+/// The repository's own files, which no backup stores: each local
+/// repository, its local cold tier, and every password file (named or the
+/// default one). Left out by identity (device and inode), wherever they
+/// live.
+fn own_paths(
+    g: &Global,
+    targets: &[session::Target],
+    repos: &[Arc<lifeboat_repo::Repository>],
+) -> Vec<std::path::PathBuf> {
+    use lifeboat_storage::Location;
+    let mut out = Vec::new();
+    for t in targets {
+        if let Location::Local(p) = &t.location {
+            out.push(p.clone());
+        }
+        if let Some(d) = &t.default {
+            out.push(d.path.clone());
+            out.push(d.password_file.clone());
+        }
+    }
+    for r in repos {
+        if let Some(Ok(Location::Local(p))) = r.cold_location().map(Location::parse) {
+            out.push(p);
+        }
+    }
+    out.extend(g.password_file.iter().cloned());
+    out.retain(|p| p.exists());
+    out
+}
+
+/// Says once which of the repository's own files lie inside what is
+/// backed up (and are left out).
+fn note_own_paths(g: &Global, a: &BackupArgs, own: &[std::path::PathBuf]) {
+    if g.quiet || a.stdin {
+        return;
+    }
+    let roots: Vec<std::path::PathBuf> = a
+        .paths
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    let inside: Vec<String> = own
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .filter(|p| roots.iter().any(|r| p.starts_with(r)))
+        .map(|p| p.display().to_string())
+        .collect();
+    if !inside.is_empty() {
+        eprintln!(
+            "lifeboat: leaving out the repository's own files, which lie inside the backup: {}",
+            inside.join(", ")
+        );
+    }
+}
+
+/// `backup --stdin-from-command -- CMD ARGS...`: the command's standard
+/// output is the stream; the snapshot is committed only when the command
+/// exits with status 0. Its standard error is passed through, and its last
+/// lines are repeated in the error when it fails.
+async fn from_command(g: &Global, a: BackupArgs) -> Result<i32> {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    if g.repo.len() > 1 {
+        return Err(exit::cli_error(
+            exit::GENERIC,
+            "--stdin-from-command works with one repository",
+        ));
+    }
+    let Some((program, args)) = a.paths.split_first() else {
+        return Err(exit::cli_error(
+            2,
+            "--stdin-from-command needs the command to run, after `--`",
+        ));
+    };
+    let name = program.display().to_string();
+    let repo = session::open_or_create_default(g).await?;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| exit::cli_error(exit::GENERIC, format!("cannot run {name}: {e}")))?;
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    // Pass stderr through, keeping its last lines for the error message.
+    let tail = std::thread::spawn(move || {
+        let mut last: std::collections::VecDeque<String> = Default::default();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("{line}");
+            if last.len() == 10 {
+                last.pop_front();
+            }
+            last.push_back(line);
+        }
+        last.into_iter().collect::<Vec<_>>()
+    });
+    let options = StreamOptions {
+        file_name: a.stdin_filename,
+        tags: a.tags,
+        host: a.host,
+        mode: match a.mode {
+            ModeArg::Full => BackupMode::Full,
+            ModeArg::Incremental => BackupMode::Incremental,
+            ModeArg::Differential => BackupMode::Differential,
+        },
+        compression_level: a.compression,
+        ..Default::default()
+    };
+    let bar = Arc::new(Bar::new(!g.quiet && !g.json, "backup"));
+    let pending =
+        lifeboat_snapshot::backup::backup_stream_pending(repo, stdout, &options, bar.clone()).await;
+    bar.finish();
+    let status = child.wait().context("waiting for the command")?;
+    let tail = tail.join().unwrap_or_default();
+    let pending = pending?;
+    if !status.success() {
+        // The pending snapshot is dropped: its data stays unreferenced
+        // (prune removes it) and no record is written.
+        drop(pending);
+        let why = match status.code() {
+            Some(c) => format!("exited with status {c}"),
+            None => format!("was stopped ({status})"),
+        };
+        let tail = if tail.is_empty() {
+            String::new()
+        } else {
+            format!("; its last lines on stderr: {}", tail.join(" | "))
+        };
+        return Err(exit::cli_error(
+            exit::GENERIC,
+            format!("{name} {why}: no snapshot was saved{tail}"),
+        ));
+    }
+    let mut extra = std::collections::BTreeMap::new();
+    extra.insert(
+        "stdin_command".to_string(),
+        serde_json::json!({ "program": name, "exit_status": 0 }),
+    );
+    let outcome = pending.commit(extra).await?;
+    render(g, &outcome)?;
+    if !g.json {
+        outln!("{name} exited with status 0");
+    }
     Ok(exit_code(&outcome))
 }
 
@@ -108,8 +265,10 @@ async fn run_many(g: &Global, a: BackupArgs) -> Result<i32> {
         }
     }
     if !repos.is_empty() {
+        let own = own_paths(g, &targets, &repos);
+        note_own_paths(g, &a, &own);
         let bar = Arc::new(Bar::new(!g.quiet && !g.json, "backup"));
-        let outcomes = match source(a, bar.is_drawing())? {
+        let outcomes = match source(a, bar.is_drawing(), own)? {
             Source::Stdin(o) => backup_stream_many(repos, std::io::stdin(), &o, bar.clone()).await,
             Source::Files(o) => backup_many(repos, &o, bar.clone()).await,
         };
@@ -224,6 +383,13 @@ fn render_text(o: &BackupOutcome, indent: &str) {
             ""
         }
     );
+    if r.extra.get(lifeboat_snapshot::backup::EMPTY_STREAM) == Some(&serde_json::Value::Bool(true))
+    {
+        outln!(
+            "{indent}WARNING: the input was EMPTY (0 bytes): did the program feeding it fail? \
+             The snapshot is marked empty."
+        );
+    }
     outln!(
         "{indent}files: {} new, {} changed, {} unchanged, {} skipped, {} errors; {} directories",
         s.files_new,

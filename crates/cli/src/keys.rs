@@ -13,17 +13,16 @@ use crate::session;
 
 fn new_password(file: Option<&Path>) -> Result<Vec<u8>> {
     if let Some(f) = file {
-        let bytes = std::fs::read(f)
-            .map_err(|e| cli_error(exit::GENERIC, format!("cannot read {}: {e}", f.display())))?;
-        let line = bytes
-            .split(|b| *b == b'\n')
-            .next()
-            .unwrap_or_default()
-            .to_vec();
-        return Ok(line);
+        let bytes = std::fs::read(f).map_err(|e| {
+            cli_error(
+                exit::GENERIC,
+                format!("cannot read new password file {}: {e}", f.display()),
+            )
+        })?;
+        return Ok(session::password_line(&bytes));
     }
     if let Ok(p) = std::env::var("LIFEBOAT_NEW_PASSWORD") {
-        return Ok(p.into_bytes());
+        return Ok(session::password_line(p.as_bytes()));
     }
     if std::io::stdin().is_terminal() {
         let p = rpassword::prompt_password("new password: ")?;
@@ -92,8 +91,39 @@ pub async fn run(g: &Global, a: KeyArgs) -> Result<i32> {
             if pw.is_empty() {
                 return Err(cli_error(exit::USAGE, "refusing an empty password"));
             }
-            let id = keys::change_password(&repo, &pw, session::kdf_params()).await?;
+            // The default repository's password file is replaced with the
+            // new password atomically: staged first, renamed over the old
+            // file only once the repository accepts the new key.
+            let t = session::target(g)?;
+            let default_file = session::default_password_file_in_use(g, &t);
+            let staged = match &default_file {
+                Some(f) => Some(session::stage_password_file(f, &pw)?),
+                None => None,
+            };
+            let id = match keys::change_password(&repo, &pw, session::kdf_params()).await {
+                Ok(id) => id,
+                Err(e) => {
+                    if let Some(s) = &staged {
+                        let _ = std::fs::remove_file(s);
+                    }
+                    return Err(e.into());
+                }
+            };
             outln!("password changed (new key {})", id.short());
+            if let (Some(file), Some(staged)) = (&default_file, &staged) {
+                session::commit_password_file(staged, file)?;
+                outln!(
+                    "{} now holds the new password: replace every copy of that file you keep \
+                     elsewhere (off this disk) with it; the old copy no longer opens the repository",
+                    file.display()
+                );
+            } else if let [file] = g.password_file.as_slice() {
+                eprintln!(
+                    "lifeboat: warning: {} still holds the OLD password: write the new one into \
+                     it (and every copy of it) before the next command",
+                    file.display()
+                );
+            }
         }
     }
     Ok(exit::OK)

@@ -86,10 +86,50 @@ fn main() {
             std::process::exit(exit::GENERIC);
         }
     };
-    let code = runtime.block_on(run(args));
+    let code = runtime.block_on(run_until_signal(args));
     // Do not wait for lingering blocking tasks (a stalled storage request).
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     std::process::exit(code);
+}
+
+/// Runs the command; on SIGINT or SIGTERM stops it, removes every
+/// repository lock this process holds, and returns 130 or 143 (128 + the
+/// signal number, as shells report it). What the stopped command wrote is
+/// not referenced by any snapshot record (a backup saves its record last),
+/// so nothing is half-done: prune removes the unreferenced packs.
+async fn run_until_signal(cli: args::Cli) -> i32 {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        let code = run(cli).await;
+        lifeboat_repo::lock::release_held_locks().await;
+        return code;
+    };
+    let work = run(cli);
+    tokio::pin!(work);
+    let (code, name) = tokio::select! {
+        code = &mut work => {
+            // A lock still registered belongs to work abandoned on an error
+            // path (its drop only started an asynchronous delete): remove
+            // it before the runtime goes.
+            lifeboat_repo::lock::release_held_locks().await;
+            return code;
+        }
+        _ = int.recv() => (130, "SIGINT"),
+        _ = term.recv() => (143, "SIGTERM"),
+    };
+    let released = lifeboat_repo::lock::release_held_locks().await;
+    eprintln!(
+        "lifeboat: stopped by {name}{}; nothing this run had not finished was saved",
+        if released > 0 {
+            "; the repository lock is released"
+        } else {
+            ""
+        }
+    );
+    code
 }
 
 async fn run(cli: args::Cli) -> i32 {

@@ -69,11 +69,24 @@ pub async fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<i32> {
             } else {
                 format!(" [{}]", r.tags.join(","))
             },
-            if r.partial { " (partial)" } else { "" },
+            marks(r),
         );
     }
     outln!("{} snapshots", all.len());
     Ok(exit::OK)
+}
+
+/// What the listing says after a snapshot's paths: partial, empty input.
+fn marks(r: &lifeboat_repo::SnapshotRecord) -> String {
+    let mut out = String::new();
+    if r.partial {
+        out.push_str(" (partial)");
+    }
+    if r.extra.get(lifeboat_snapshot::backup::EMPTY_STREAM) == Some(&serde_json::Value::Bool(true))
+    {
+        out.push_str(" (EMPTY input)");
+    }
+    out
 }
 
 pub async fn ls(g: &Global, a: LsArgs) -> Result<i32> {

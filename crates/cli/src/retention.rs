@@ -126,6 +126,9 @@ pub async fn prune(g: &Global, a: PruneArgs) -> Result<i32> {
         })?),
         None => None,
     };
+    if let Some(d) = a.retry_lock {
+        lifeboat_repo::lock::set_default_retry(d);
+    }
     let repo = session::open(g).await?;
     let (stats, wal) = prune_and_expire_wal(
         &repo,

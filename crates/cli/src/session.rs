@@ -180,15 +180,26 @@ pub fn password(g: &Global, t: &Target, confirm: bool) -> Result<Vec<u8>> {
                 ),
             ));
         }
-        return Ok(first_line(&out.stdout));
+        return Ok(password_line(&out.stdout));
     }
     if let Ok(p) = std::env::var("LIFEBOAT_PASSWORD") {
-        return Ok(p.into_bytes());
+        return Ok(password_line(p.as_bytes()));
     }
-    if let Some(d) = &t.default
-        && d.password_file.exists()
-    {
-        return read_password_file(&d.password_file);
+    if let Some(d) = &t.default {
+        if d.password_file.exists() {
+            return read_password_file(&d.password_file);
+        }
+        if d.path.join("config").exists() {
+            return Err(cli_error(
+                exit::WRONG_PASSWORD,
+                format!(
+                    "the password file of the default repository, {}, is missing: put back \
+                     your copy of it, or give the password with LIFEBOAT_PASSWORD, \
+                     --password-file or --password-command",
+                    d.password_file.display()
+                ),
+            ));
+        }
     }
     if std::io::stdin().is_terminal() {
         let p = rpassword::prompt_password(format!("password for {}: ", t.display))?;
@@ -213,12 +224,72 @@ pub fn read_password_file(file: &std::path::Path) -> Result<Vec<u8>> {
             format!("cannot read password file {}: {e}", file.display()),
         )
     })?;
-    Ok(first_line(&bytes))
+    Ok(password_line(&bytes))
 }
 
-fn first_line(bytes: &[u8]) -> Vec<u8> {
+/// The password in what a file, a command or an environment variable
+/// holds: its first line, without the line end (`\n` or `\r\n`). Every
+/// way of giving a password (and a new password) goes through this one
+/// function, so a file saved with Windows line ends opens the same way
+/// whichever option reads it.
+pub fn password_line(bytes: &[u8]) -> Vec<u8> {
     let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
     line.strip_suffix(b"\r").unwrap_or(line).to_vec()
+}
+
+/// The default repository's password file, when it is where this command
+/// took the password from (no -p file, command or LIFEBOAT_PASSWORD).
+pub fn default_password_file_in_use(g: &Global, t: &Target) -> Option<PathBuf> {
+    if !g.password_file.is_empty()
+        || g.password_command.is_some()
+        || std::env::var_os("LIFEBOAT_PASSWORD").is_some()
+    {
+        return None;
+    }
+    t.default
+        .as_ref()
+        .map(|d| d.password_file.clone())
+        .filter(|f| f.exists())
+}
+
+/// Writes `password` to a new file next to `file` (mode 0600, synced),
+/// to be renamed over it by [`commit_password_file`] once the repository
+/// accepts the new password.
+pub fn stage_password_file(file: &std::path::Path, password: &[u8]) -> Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let staged = file.with_extension(format!("new-{}", hex::encode(rand::random::<[u8; 4]>())));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staged)
+        .with_context(|| format!("creating {}", staged.display()))?;
+    let mut line = password.to_vec();
+    line.push(b'\n');
+    std::io::Write::write_all(&mut f, &line)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", staged.display()))?;
+    Ok(staged)
+}
+
+/// Atomically replaces `file` with the staged copy and makes the rename
+/// durable.
+pub fn commit_password_file(staged: &std::path::Path, file: &std::path::Path) -> Result<()> {
+    std::fs::rename(staged, file).with_context(|| {
+        format!(
+            "the password changed, but {} could not replace {}: the new password is in {}; \
+             move it over the old file",
+            staged.display(),
+            file.display(),
+            staged.display()
+        )
+    })?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing directory {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// KDF cost for new key files. `LIFEBOAT_INSECURE_TEST_KDF=1` selects

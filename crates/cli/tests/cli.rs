@@ -167,6 +167,362 @@ fn first_use_creates_default_repository_and_password_file() {
 
 // ---------------------------------------------------------------- errors and exit codes
 
+/// `backup ~` with the default repository under `~/.local/share` must not
+/// store the repository (or its password file) into itself; neither does a
+/// named repository inside the backed-up tree, nor its password file.
+#[test]
+fn a_backup_leaves_out_the_repository_and_its_password_file() {
+    let lb = Lifeboat::new();
+    let home = lb.home();
+    write(home.join("docs/a.txt"), b"hello\n");
+    let run = || {
+        let out = lb
+            .bare_cmd()
+            .env("XDG_DATA_HOME", home.join(".local/share"))
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .args(["backup", "--json"])
+            .arg(&home)
+            .output()
+            .unwrap();
+        assert_ok(&out, "backup ~");
+        out
+    };
+    run();
+    let out = run();
+    assert!(
+        stderr(&out).contains("leaving out the repository's own files"),
+        "{}",
+        stderr(&out)
+    );
+    let ls = lb
+        .bare_cmd()
+        .env("XDG_DATA_HOME", home.join(".local/share"))
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .args(["ls", "latest", "--json"])
+        .output()
+        .unwrap();
+    assert_ok(&ls, "ls latest");
+    let paths = ls_paths(&parse_json(&ls));
+    assert!(paths.iter().any(|p| p.ends_with("docs/a.txt")), "{paths:?}");
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.contains("lifeboat/repository") || p.contains("repository.password")),
+        "the backup stored the repository into itself: {paths:?}"
+    );
+    assert!(
+        paths.iter().any(|p| p.ends_with(".local/share")),
+        "{paths:?}"
+    );
+
+    // A named repository and password file inside the source tree.
+    let src = lb.path("src");
+    write(src.join("keep.txt"), b"keep\n");
+    write(src.join("secret.pw"), lb.password.as_bytes());
+    let password = lb.password.clone();
+    let lb = lb.with_repo(src.join("repo"), &password);
+    lb.ok(["init"]);
+    let pw = src.join("secret.pw");
+    lb.ok([
+        "--password-file".as_ref(),
+        pw.as_os_str(),
+        "backup".as_ref(),
+        src.as_os_str(),
+    ]);
+    let paths = ls_paths(&lb.json(["ls", "latest"]));
+    assert!(paths.iter().any(|p| p.ends_with("keep.txt")), "{paths:?}");
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.contains("/src/repo") || p.ends_with("secret.pw")),
+        "{paths:?}"
+    );
+}
+
+/// `key passwd` on the default repository replaces its password file with
+/// the new password (so the next command still opens it); a missing
+/// password file is named in the error.
+#[test]
+fn key_passwd_on_the_default_repository_keeps_its_password_file_working() {
+    let lb = Lifeboat::new();
+    let src = make_source(&lb, "src");
+    assert_ok(
+        &lb.bare_cmd().arg("backup").arg(&src).output().unwrap(),
+        "backup",
+    );
+    let pw_file = lb.xdg_config().join("lifeboat/repository.password");
+    let old = fs::read_to_string(&pw_file).unwrap();
+    let out = lb
+        .bare_cmd()
+        .args(["key", "passwd"])
+        .env("LIFEBOAT_NEW_PASSWORD", "a brand new password")
+        .output()
+        .unwrap();
+    assert_ok(&out, "key passwd");
+    assert!(
+        stdout(&out).contains(pw_file.to_str().unwrap()),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        fs::read_to_string(&pw_file).unwrap(),
+        "a brand new password\n"
+    );
+    assert_eq!(
+        fs::metadata(&pw_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_ok(
+        &lb.bare_cmd().arg("snapshots").output().unwrap(),
+        "snapshots after passwd",
+    );
+    // The old password no longer opens it.
+    let out = lb
+        .bare_cmd()
+        .arg("snapshots")
+        .env("LIFEBOAT_PASSWORD", old.trim_end())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(code::WRONG_PASSWORD),
+        "{}",
+        describe(&out)
+    );
+
+    fs::remove_file(&pw_file).unwrap();
+    let out = lb.bare_cmd().arg("snapshots").output().unwrap();
+    let err = assert_fails(
+        &out,
+        code::WRONG_PASSWORD,
+        "snapshots without its password file",
+    );
+    assert!(err.contains(pw_file.to_str().unwrap()), "{err}");
+}
+
+/// A password file with Windows line ends reads the same whichever option
+/// reads it: `key add --new-password-file`, `key passwd`, `--password-file`
+/// and the environment.
+#[test]
+fn crlf_password_files_work_the_same_everywhere() {
+    let lb = Lifeboat::init();
+    let crlf = lb.path("crlf.pw");
+    fs::write(&crlf, b"second password\r\n").unwrap();
+    let lf = lb.path("lf.pw");
+    fs::write(&lf, b"second password\n").unwrap();
+    lb.ok([
+        "key".as_ref(),
+        "add".as_ref(),
+        "--new-password-file".as_ref(),
+        crlf.as_os_str(),
+    ]);
+    for file in [&crlf, &lf] {
+        let out = lb
+            .bare_cmd()
+            .arg("-r")
+            .arg(&lb.repo)
+            .arg("--password-file")
+            .arg(file)
+            .arg("snapshots")
+            .output()
+            .unwrap();
+        assert_ok(&out, file);
+    }
+    let out = lb
+        .bare_cmd()
+        .arg("-r")
+        .arg(&lb.repo)
+        .env("LIFEBOAT_PASSWORD", "second password")
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert_ok(&out, "env");
+    // key passwd with a CRLF file, opened with an LF file.
+    let third = lb.path("third.pw");
+    fs::write(&third, b"third password\r\n").unwrap();
+    lb.ok([
+        "key".as_ref(),
+        "passwd".as_ref(),
+        "--new-password-file".as_ref(),
+        third.as_os_str(),
+    ]);
+    let third_lf = lb.path("third-lf.pw");
+    fs::write(&third_lf, b"third password\n").unwrap();
+    let out = lb
+        .bare_cmd()
+        .arg("-r")
+        .arg(&lb.repo)
+        .arg("--password-file")
+        .arg(&third_lf)
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert_ok(&out, "third password, LF file");
+}
+
+/// Starts `backup --stdin` reading from a pipe kept open, and waits until
+/// its lock object is in the repository. Returns the child and its stdin.
+fn backup_holding_the_lock(
+    lb: &Lifeboat,
+    extra: &[&str],
+) -> (std::process::Child, std::process::ChildStdin) {
+    use std::process::Stdio;
+    let mut child = lb
+        .std_cmd()
+        .args(["backup", "--stdin"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"some data\n").unwrap();
+    let locks = lb.repo.join("locks");
+    while fs::read_dir(&locks).map_or(0, |d| d.count()) == 0 {
+        assert!(child.try_wait().unwrap().is_none(), "backup ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (child, stdin)
+}
+
+/// SIGINT and SIGTERM stop a backup, remove its lock and exit 130 / 143;
+/// no snapshot is saved.
+#[test]
+fn a_signal_stops_a_backup_and_releases_its_lock() {
+    let lb = Lifeboat::init();
+    for (sig, code) in [("-INT", 130), ("-TERM", 143)] {
+        let (child, stdin) = backup_holding_the_lock(&lb, &[]);
+        let status = std::process::Command::new("kill")
+            .arg(sig)
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = child.wait_with_output().unwrap();
+        drop(stdin);
+        assert_eq!(out.status.code(), Some(code), "{sig}: {}", describe(&out));
+        assert!(
+            stderr(&out).contains("lock is released"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(
+            fs::read_dir(lb.repo.join("locks")).unwrap().count(),
+            0,
+            "{sig} left the lock behind"
+        );
+    }
+    assert!(lb.snapshots().is_empty());
+    // A prune right after is not refused.
+    lb.ok(["prune"]);
+}
+
+/// `prune --retry-lock` waits out a running backup instead of exiting 17.
+#[test]
+fn prune_with_retry_lock_waits_for_a_backup() {
+    let lb = Lifeboat::init();
+    let (child, stdin) = backup_holding_the_lock(&lb, &[]);
+    lb.fail(["prune"], 17);
+    let mut waiting = lb
+        .std_cmd()
+        .args(["-v", "prune", "--retry-lock", "10m"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the prune says it waits, the backup's input ends; the backup
+    // finishes and the prune then runs.
+    let mut err = std::io::BufReader::new(waiting.stderr.take().unwrap());
+    let mut said = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+        assert!(n > 0, "prune ended without waiting: {said}");
+        said.push_str(&line);
+        if line.contains("waiting (--retry-lock)") {
+            break;
+        }
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out, "backup --stdin");
+    let status = waiting.wait().unwrap();
+    assert!(status.success(), "prune --retry-lock: {status}: {said}");
+    assert_eq!(lb.snapshots().len(), 1);
+    let out = lb.run(["prune", "--retry-lock", "5x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("not a duration"),
+        "{}",
+        describe(&out)
+    );
+}
+
+/// `--stdin-from-command`: a failing producer saves no snapshot and its
+/// exit status and last stderr lines are reported; a good one saves its
+/// output. An empty `--stdin` is saved but marked empty in every listing.
+#[test]
+fn stdin_from_command_saves_only_when_the_command_succeeds() {
+    let lb = Lifeboat::init();
+    let out = lb.run([
+        "backup",
+        "--stdin-from-command",
+        "--",
+        "sh",
+        "-c",
+        "echo half a dump; echo 'pg_dump: connection refused' >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(err.contains("exited with status 3"), "{err}");
+    assert!(err.contains("no snapshot was saved"), "{err}");
+    assert!(err.contains("connection refused"), "{err}");
+    assert!(
+        lb.snapshots().is_empty(),
+        "a failed producer made a snapshot"
+    );
+    assert_eq!(fs::read_dir(lb.repo.join("locks")).unwrap().count(), 0);
+
+    let v = parse_json(&lb.ok([
+        "backup",
+        "--json",
+        "--stdin-from-command",
+        "--stdin-filename",
+        "db.sql",
+        "--",
+        "sh",
+        "-c",
+        "printf 'the dump'",
+    ]));
+    assert_eq!(v["partial"], false, "{v}");
+    let dumped = lb.ok(["dump", "latest", "/db.sql"]);
+    assert_eq!(dumped.stdout, b"the dump");
+    let snaps = lb.snapshots();
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(
+        snaps[0]["extra"]["stdin_command"]["exit_status"], 0,
+        "{snaps:?}"
+    );
+
+    // An empty stdin is saved, and marked.
+    let out = lb
+        .cmd()
+        .args(["backup", "--stdin", "--stdin-filename", "empty.sql"])
+        .write_stdin(Vec::<u8>::new())
+        .output()
+        .unwrap();
+    assert_ok(&out, "backup --stdin (empty)");
+    assert!(stdout(&out).contains("EMPTY"), "{}", stdout(&out));
+    let snaps = lb.snapshots();
+    let empty = snaps.iter().find(|s| s["paths"][0] == "empty.sql").unwrap();
+    assert_eq!(empty["extra"]["empty_stream"], true, "{empty}");
+    let full = snaps.iter().find(|s| s["paths"][0] == "db.sql").unwrap();
+    assert!(full["extra"].get("empty_stream").is_none(), "{full}");
+    let listing = stdout(&lb.ok(["snapshots"]));
+    assert_eq!(listing.matches("(EMPTY input)").count(), 1, "{listing}");
+}
+
 #[test]
 fn wrong_password_exits_11() {
     let lb = Lifeboat::init();

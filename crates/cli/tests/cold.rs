@@ -106,8 +106,11 @@ fn local_cold_tier_keeps_data_packs_apart_and_hot_commands_never_need_it() {
     write(src.join("notes.txt"), b"changed notes\n");
     lb.backup(&[&src], &[]);
 
-    // Cold holds data packs only; the repository keeps the rest.
-    let cold_files = files_under(&cold);
+    // Cold holds data packs only (and its location marker); the
+    // repository keeps the rest.
+    let mut cold_files = files_under(&cold);
+    assert!(cold_files.contains(&cold.join("marker")), "{cold_files:?}");
+    cold_files.retain(|p| *p != cold.join("marker"));
     assert!(cold_files.len() >= 2, "{cold_files:?}");
     assert!(cold_files.iter().all(|p| p.starts_with(cold.join("data"))));
     let stats = lb.json(["stats"]);
@@ -299,7 +302,12 @@ fn s3_second_bucket_as_cold_tier() {
     with_env(&["backup", src.to_str().unwrap()]);
 
     let cold_dir = s3.root().join(cold_bucket).join("archive");
-    let cold_files = files_under(&cold_dir);
+    let mut cold_files = files_under(&cold_dir);
+    assert!(
+        cold_files.contains(&cold_dir.join("marker")),
+        "{cold_files:?}"
+    );
+    cold_files.retain(|p| *p != cold_dir.join("marker"));
     assert!(cold_files.len() >= 2, "{cold_files:?}");
     assert!(
         cold_files
@@ -348,4 +356,45 @@ fn s3_second_bucket_as_cold_tier() {
     assert_same_tree(&src, &restored(&target, &src));
     let check = stdout(&with_env(&["check", "--read-data"]));
     assert!(check.contains("no errors"), "{check}");
+}
+
+/// With the cold tier unmounted or moved, every command that needs it says
+/// "cold tier unreachable (use --cold-location)" and exits 12, writing
+/// nothing: not "every file damaged", zero cold data or a partial restore.
+#[test]
+fn commands_that_need_a_moved_cold_tier_say_it_is_unreachable() {
+    let lb = Lifeboat::new();
+    let cold = lb.path("cold");
+    lb.ok(["init", "--cold", cold.to_str().unwrap()]);
+    let src = make_source(&lb);
+    lb.ok(["backup", src.to_str().unwrap()]);
+    assert!(
+        cold.join("marker").is_file(),
+        "init wrote no location marker"
+    );
+    std::fs::rename(&cold, lb.path("cold-away")).unwrap();
+    let before = fingerprint(&lb.repo);
+    let target = lb.path("target");
+    let target_arg = target.to_str().unwrap();
+    for args in [
+        vec!["check"],
+        vec!["check", "--read-data"],
+        vec!["stats"],
+        vec!["prune"],
+        vec!["restore", "latest", "--target", target_arg],
+        vec!["backup", src.to_str().unwrap()],
+    ] {
+        let err = lb.fail(&args, 12);
+        assert!(
+            err.contains("cold tier unreachable (use --cold-location)"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!cold.exists(), "the cold tier was recreated");
+    assert!(files_under(&target).is_empty(), "restore wrote files");
+    assert_eq!(
+        fingerprint(&lb.repo),
+        before,
+        "the repository was written to"
+    );
 }

@@ -73,6 +73,11 @@ pub enum Error {
     #[error("{object} is already stored with DIFFERENT content: refusing to overwrite it")]
     ArchiveConflict { object: String },
 
+    /// A location of the repository (its own storage or its cold tier) is
+    /// gone, unmounted or another repository's: nothing was written there.
+    #[error("{0}")]
+    Unreachable(String),
+
     /// A broken invariant inside lifeboat (a worker task died, a session
     /// still in use): not the user's doing.
     #[error("internal error: {0}")]
@@ -106,6 +111,7 @@ impl Error {
             Error::KeyNotFound { .. } => ErrorClass::NotFound,
             Error::BadInput(_) => ErrorClass::BadInput,
             Error::Locked { .. } | Error::LockLost { .. } => ErrorClass::Locked,
+            Error::Unreachable(_) => ErrorClass::Unreachable,
             Error::Internal(_) => ErrorClass::Internal,
         }
     }

@@ -114,6 +114,10 @@ pub struct LockOptions {
     pub pid: u32,
     pub stale_after: jiff::SignedDuration,
     pub refresh_every: Duration,
+    /// How long `acquire` waits out an incompatible live lock, trying again
+    /// every few seconds, before failing with [`Error::Locked`] (zero: fail
+    /// at once).
+    pub retry_for: Duration,
 }
 
 impl std::fmt::Debug for LockOptions {
@@ -123,6 +127,7 @@ impl std::fmt::Debug for LockOptions {
             .field("pid", &self.pid)
             .field("stale_after", &self.stale_after)
             .field("refresh_every", &self.refresh_every)
+            .field("retry_for", &self.retry_for)
             .finish()
     }
 }
@@ -135,8 +140,55 @@ impl Default for LockOptions {
             pid: std::process::id(),
             stale_after: STALE_AFTER,
             refresh_every: REFRESH_EVERY,
+            retry_for: default_retry(),
         }
     }
+}
+
+/// Process-wide default of [`LockOptions::retry_for`], in milliseconds.
+static DEFAULT_RETRY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Sets how long locks taken with default options (a backup's write
+/// session) wait out an incompatible lock: the CLI's `--retry-lock`.
+pub fn set_default_retry(d: Duration) {
+    DEFAULT_RETRY_MS.store(
+        d.as_millis().min(u64::MAX as u128) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+fn default_retry() -> Duration {
+    Duration::from_millis(DEFAULT_RETRY_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Every lock this process holds, so a signal handler can remove them
+/// before the process exits ([`release_held_locks`]).
+static HELD: Mutex<Vec<std::sync::Weak<Inner>>> = Mutex::new(Vec::new());
+
+/// Deletes the object of every lock this process still holds and keeps
+/// them from being refreshed again. For a process about to exit on a
+/// signal (SIGINT, SIGTERM): the work in progress is abandoned (nothing it
+/// wrote is referenced by a snapshot record; prune removes it) and no lock
+/// is left to block a prune. Returns how many locks were removed.
+pub async fn release_held_locks() -> usize {
+    let held: Vec<Arc<Inner>> = HELD
+        .lock()
+        .unwrap()
+        .drain(..)
+        .filter_map(|w| w.upgrade())
+        .collect();
+    let mut removed = 0;
+    for inner in held {
+        // Taken and never given back: a refresh waits on it forever, so it
+        // cannot write a new object after this delete.
+        let current = inner.current.lock().await;
+        match inner.storage.delete(&current).await {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!("cannot remove the repository lock {}: {e}", *current),
+        }
+        std::mem::forget(current);
+    }
+    removed
 }
 
 impl LockOptions {
@@ -282,8 +334,21 @@ impl RepositoryLock {
     /// Takes a lock: writes the lock object, then lists the others, and fails
     /// with [`Error::Locked`] (after deleting its own object) if a live
     /// incompatible lock exists. Must be called inside a Tokio runtime.
+    /// With [`LockOptions::retry_for`], a conflict is retried until that
+    /// much time has passed.
     pub async fn acquire(repo: &Repository, kind: LockKind, options: &LockOptions) -> Result<Self> {
-        Self::acquire_in(repo.storage().clone(), repo.key().clone(), kind, options).await
+        let deadline = tokio::time::Instant::now() + options.retry_for;
+        loop {
+            match Self::acquire_in(repo.storage().clone(), repo.key().clone(), kind, options).await
+            {
+                Err(Error::Locked { holder }) if tokio::time::Instant::now() < deadline => {
+                    tracing::info!("repository is in use by {holder}; waiting (--retry-lock)");
+                    let left = deadline - tokio::time::Instant::now();
+                    tokio::time::sleep(left.min(Duration::from_secs(2))).await;
+                }
+                r => return r,
+            }
+        }
     }
 
     pub(crate) async fn acquire_in(
@@ -328,6 +393,11 @@ impl RepositoryLock {
                 let _ = inner.storage.delete(&own).await;
                 return Err(e);
             }
+        }
+        {
+            let mut held = HELD.lock().unwrap();
+            held.retain(|w| w.strong_count() > 0);
+            held.push(Arc::downgrade(&inner));
         }
         let stop = Arc::new(Notify::new());
         let refresher = tokio::spawn(refresh_loop(inner.clone(), stop.clone()));

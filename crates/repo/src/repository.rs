@@ -92,6 +92,9 @@ pub struct Repository {
     storage: DynStorage,
     key: MasterKey,
     config: Config,
+    /// The config object as read at open (or written at init): the hot
+    /// tier's marker, compared again before a snapshot record is written.
+    config_bytes: Bytes,
     key_id: Id,
     /// The merged index, loaded on first use and dropped by
     /// [`Repository::invalidate_index`] when a write session adds to it.
@@ -125,6 +128,8 @@ impl Repository {
         if let Some(cold) = &options.cold {
             check_cold_storage(&storage, &cold.storage).await?;
         }
+        // The only place a location's root is ever created.
+        storage.create_root().await?;
         let key = MasterKey::generate();
         let config = Config {
             repository_id: Id(rand::random()),
@@ -137,6 +142,15 @@ impl Repository {
             }),
         };
         config.chunker.validate()?;
+        if let Some(cold) = &options.cold {
+            cold.storage.create_root().await?;
+            put_idempotent(
+                &cold.storage,
+                &ObjectKey::marker(),
+                marker_bytes(&config.repository_id),
+            )
+            .await?;
+        }
         let key_id = {
             let key = key.clone();
             let password = password.to_vec();
@@ -145,8 +159,9 @@ impl Repository {
         };
         // The config goes last: a crash before it leaves no repository, just a
         // stray key file, and a second init succeeds.
+        let config_bytes = Bytes::from(config.encode(&key));
         match storage
-            .put(&ObjectKey::config(), config.encode(&key).into())
+            .put(&ObjectKey::config(), config_bytes.clone())
             .await
         {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
@@ -164,6 +179,7 @@ impl Repository {
             storage,
             key,
             config,
+            config_bytes,
             key_id,
             index: AsyncMutex::new(None),
             tree_packs: TreePacks::default(),
@@ -224,6 +240,7 @@ impl Repository {
                     storage,
                     key,
                     config,
+                    config_bytes,
                     key_id,
                     index: AsyncMutex::new(None),
                     tree_packs: TreePacks::default(),
@@ -303,7 +320,7 @@ impl Repository {
                     Ok(location) => open_location(&location).await,
                     Err(e) => Err(e),
                 };
-                opened.map_err(|e| {
+                let storage = opened.map_err(|e| {
                     Error::Storage(lifeboat_storage::Error::new(
                         e.kind(),
                         format!(
@@ -312,9 +329,127 @@ impl Repository {
                             cold.location
                         ),
                     ))
-                })
+                })?;
+                self.check_cold_marker(&storage, &cold.location).await?;
+                Ok::<_, Error>(storage)
             })
             .await
+    }
+
+    /// Checks that `storage` is this repository's cold tier: its marker
+    /// names this repository. A tier made before markers existed has none;
+    /// it is accepted while it holds packs, or while the index names no
+    /// data pack at all (nothing could be missing from it). An empty
+    /// location without a marker where the index names data packs is an
+    /// unmounted or moved tier: unreachable.
+    /// Returns whether the marker is there.
+    async fn check_cold_marker(&self, storage: &DynStorage, location: &str) -> Result<bool> {
+        let unreachable = |why: String| {
+            Error::Unreachable(format!(
+                "cold tier unreachable (use --cold-location): {location} {why}; nothing was \
+                 read from or written to it"
+            ))
+        };
+        match storage.get(&ObjectKey::marker()).await {
+            Ok(bytes) => match parse_marker(&bytes) {
+                Some(id) if id == self.config.repository_id => Ok(true),
+                Some(id) => Err(unreachable(format!(
+                    "belongs to another repository ({})",
+                    id.short()
+                ))),
+                None => Err(unreachable("has a damaged location marker".into())),
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                if !storage.list(Kind::Packs).await?.is_empty() {
+                    return Ok(false);
+                }
+                let index = self.index().await?;
+                if index.blob_count_of(BlobType::Data) > 0 {
+                    Err(unreachable(
+                        "holds no marker and no packs, but the index names data packs \
+                         there (unmounted or moved?)"
+                            .into(),
+                    ))
+                } else {
+                    Ok(false)
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Unreachable => Err(unreachable(e.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checks that every location this handle wrote to is still this
+    /// repository: the hot tier's config is unchanged and an opened cold
+    /// tier still holds its marker. Called before a snapshot record is
+    /// written, so a location that vanished mid-run (an unmount, a moved
+    /// directory) is reported instead of a snapshot that is not there.
+    pub async fn verify_locations(&self) -> Result<()> {
+        match self.storage.get(&ObjectKey::config()).await {
+            Ok(bytes) if bytes == self.config_bytes => {}
+            Ok(_) => {
+                return Err(Error::Unreachable(format!(
+                    "the repository at {} changed under this run (its config is another \
+                     repository's); no snapshot was saved",
+                    self.storage.location()
+                )));
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Unreachable) => {
+                return Err(Error::Unreachable(format!(
+                    "the repository at {} is unreachable (unmounted or moved during this \
+                     run?): its config is gone; no snapshot was saved",
+                    self.storage.location()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(cold) = &self.cold
+            && let Some(storage) = cold.storage.get()
+        {
+            match storage.get(&ObjectKey::marker()).await {
+                Ok(bytes) if parse_marker(&bytes) == Some(self.config.repository_id) => {}
+                Ok(_) => {
+                    return Err(Error::Unreachable(format!(
+                        "cold tier unreachable (use --cold-location): {} holds another \
+                         repository's marker; no snapshot was saved",
+                        cold.location
+                    )));
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Unreachable) => {
+                    return Err(Error::Unreachable(format!(
+                        "cold tier unreachable (use --cold-location): {} lost its marker \
+                         (unmounted or moved during this run?); no snapshot was saved",
+                        cold.location
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the cold tier (checking it, see [`Repository::tier_storage`])
+    /// and writes its marker if it has none yet (a tier made before
+    /// markers existed). Write sessions call this before writing.
+    pub async fn ensure_cold_marker(&self) -> Result<()> {
+        let Some(cold) = &self.cold else {
+            return Ok(());
+        };
+        let storage = self.tier_storage(Tier::Cold).await?;
+        // Checked again: a storage given with `with_cold_storage` was not.
+        if !self.check_cold_marker(storage, &cold.location).await? {
+            tracing::info!(
+                "writing the location marker of the cold tier {}",
+                cold.location
+            );
+            put_idempotent(
+                storage,
+                &ObjectKey::marker(),
+                marker_bytes(&self.config.repository_id),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Every pack object in every tier, with its tier (listing only: no
@@ -501,8 +636,10 @@ impl Repository {
         resolve_snapshot(&all, query).cloned()
     }
 
-    /// Writes a snapshot record; returns its id.
+    /// Writes a snapshot record; returns its id. Checks first that the
+    /// repository's locations are still there ([`Repository::verify_locations`]).
     pub async fn write_snapshot(&self, record: &SnapshotRecord) -> Result<Id> {
+        self.verify_locations().await?;
         let bytes = record.encode(&self.key);
         let id = Id::of_bytes(&bytes);
         put_idempotent(
@@ -557,6 +694,27 @@ pub(crate) fn not_indexed(blob_type: BlobType, id: &Id) -> Error {
         BlobType::Data => Error::BlobNotIndexed { id: id.to_hex() },
         BlobType::Tree => Error::TreeNotIndexed { id: id.to_hex() },
     }
+}
+
+/// The content of a location marker (docs/format.md, "Location markers").
+fn marker_bytes(repository_id: &Id) -> Vec<u8> {
+    format!(
+        "lifeboat location marker v1\nrepository {}\ntier cold\n",
+        repository_id.to_hex()
+    )
+    .into_bytes()
+}
+
+/// The repository id a marker names, or `None` if it is not a marker.
+fn parse_marker(bytes: &[u8]) -> Option<Id> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != "lifeboat location marker v1" {
+        return None;
+    }
+    lines
+        .find_map(|l| l.strip_prefix("repository "))
+        .and_then(Id::from_hex)
 }
 
 fn no_cold_tier() -> Error {

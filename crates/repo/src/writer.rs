@@ -140,6 +140,12 @@ impl WriteSession {
                 return Err(e);
             }
         };
+        // A cold tier is checked (and given its marker if it predates
+        // markers) before anything is written to it.
+        if let Err(e) = repo.ensure_cold_marker().await {
+            let _ = lock.release().await;
+            return Err(e);
+        }
         match Self::start_unlocked(repo, options, index).await {
             Ok(mut s) => {
                 s.lock = Some(lock);
@@ -309,12 +315,17 @@ impl WriteSession {
             }
         }
         drop(tx);
-        match uploader.await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(shared.upload_error()),
-            Err(e) => return Err(Error::Internal(e.to_string())),
+        let uploaded = match uploader.await {
+            Ok(Ok(())) => write_pending_index(&shared, true).await,
+            Ok(Err(_)) => Err(shared.upload_error()),
+            Err(e) => Err(Error::Internal(e.to_string())),
+        };
+        if let Err(e) = uploaded {
+            // A failed session (storage full, a vanished location) removes
+            // its lock before reporting, so it never blocks a prune.
+            release(lock).await;
+            return Err(e);
         }
-        write_pending_index(&shared, true).await?;
         shared.repo.invalidate_index().await;
         Ok((shared, lock))
     }
@@ -329,12 +340,19 @@ impl WriteSession {
         record.summary.blobs_added = s.blobs_added.load(Ordering::Relaxed);
         record.summary.added_raw_bytes = s.added_raw_bytes.load(Ordering::Relaxed);
         record.summary.added_bytes = s.added_bytes.load(Ordering::Relaxed);
-        if let Some(lock) = &lock {
-            lock.verify().await?;
-        }
-        let id = shared.repo.write_snapshot(&record).await?;
+        // A vanished location first (its lock vanished with it, but
+        // "unreachable" is what the user must hear), then the lock.
+        let verified = match (shared.repo.verify_locations().await, &lock) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(lock)) => lock.verify().await,
+            (Ok(()), None) => Ok(()),
+        };
+        let written = match verified {
+            Ok(()) => shared.repo.write_snapshot(&record).await,
+            Err(e) => Err(e),
+        };
         release(lock).await;
-        Ok(id)
+        written
     }
 }
 

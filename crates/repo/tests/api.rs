@@ -270,6 +270,9 @@ impl Storage for ForgetDuringListing {
     async fn delete(&self, key: &ObjectKey) -> lifeboat_storage::Result<()> {
         self.0.delete(key).await
     }
+    async fn create_root(&self) -> lifeboat_storage::Result<()> {
+        self.0.create_root().await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -76,6 +76,13 @@ impl ObjectKey {
         Self::new(Kind::Config, "config")
     }
 
+    /// The location marker: the plain-text object that names the
+    /// repository a location belongs to (docs/format.md, "Location
+    /// markers"). Written at `init` in every cold tier.
+    pub fn marker() -> Self {
+        Self::new(Kind::Config, "marker")
+    }
+
     pub fn kind(&self) -> Kind {
         self.kind
     }

@@ -94,6 +94,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     async fn stat(&self, key: &ObjectKey) -> Result<Option<u64>>;
     async fn list(&self, kind: Kind) -> Result<Vec<ObjectInfo>>;
     async fn delete(&self, key: &ObjectKey) -> Result<()>;
+    /// Creates the location itself (a local directory and its namespace
+    /// directories) if it does not exist yet. Only `init` calls this: no
+    /// other call of any backend ever creates a repository root, so a
+    /// location that vanished mid-run (a disk unmounted, a directory moved)
+    /// fails with [`ErrorKind::Unreachable`] instead of being recreated
+    /// empty. Backends without a root to create (object storage) do nothing.
+    async fn create_root(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Shared handle to any backend.

@@ -6,6 +6,14 @@
 //! directory so the new name survives a power cut. Leftover temporaries from a
 //! crash start with `.tmp-` and are ignored by `list`. `delete` fsyncs the
 //! directory too, so a removal that returned survives a power cut.
+//!
+//! The root directory is created only by [`Storage::create_root`] (`init`),
+//! with its namespace directories. `put` creates a missing fan-out
+//! directory under an existing namespace directory, and anything else below
+//! the root only when the root holds the repository's `config` or a
+//! location `marker`: a root that
+//! vanished (a disk unmounted, even lazily, or the directory moved) is
+//! reported as [`ErrorKind::Unreachable`], never recreated empty.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -22,8 +30,8 @@ pub struct LocalStorage {
 }
 
 impl LocalStorage {
-    /// Opens a repository directory; it does not need to exist yet (`put`
-    /// creates directories as needed).
+    /// Opens a repository directory. It need not exist yet, but only
+    /// [`Storage::create_root`] (called by `init`) creates it.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
     }
@@ -47,12 +55,59 @@ impl LocalStorage {
     }
 }
 
-fn put_sync(path: &Path, key: &ObjectKey, data: &[u8]) -> Result<()> {
+/// The namespace directories `init` creates.
+const DIRS: [Kind; 6] = [
+    Kind::Keys,
+    Kind::Packs,
+    Kind::Index,
+    Kind::Snapshots,
+    Kind::Locks,
+    Kind::Archive,
+];
+
+/// Refuses to create directories under a root that is not (or no longer)
+/// an initialized location: it is gone, or holds neither the config nor a
+/// location marker (an empty mount point after an unmount).
+fn check_root(root: &Path) -> Result<()> {
+    if !root.is_dir() {
+        return Err(Error::new(
+            ErrorKind::Unreachable,
+            format!(
+                "{} does not exist (unmounted or moved?); nothing is written there",
+                root.display()
+            ),
+        ));
+    }
+    let initialized = [ObjectKey::config(), ObjectKey::marker()]
+        .iter()
+        .any(|k| root.join(k.path()).is_file());
+    if !initialized {
+        return Err(Error::new(
+            ErrorKind::Unreachable,
+            format!(
+                "{} is not an initialized lifeboat location: it holds no config or \
+                 marker (is its disk mounted?); nothing is written there",
+                root.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn put_sync(root: &Path, path: &Path, key: &ObjectKey, data: &[u8]) -> Result<()> {
     let dir = path.parent().expect("object path has a parent");
     if path.exists() {
         return Err(Error::already_exists(key));
     }
+    if dir == root && !root.is_dir() {
+        return check_root(root);
+    }
     if !dir.is_dir() {
+        // A fan-out directory under an existing namespace directory is
+        // created freely; anything else only under an initialized root.
+        if !dir.parent().is_some_and(|p| p != root && p.is_dir()) {
+            check_root(root)?;
+        }
         fs::create_dir_all(dir)
             .map_err(|e| Error::from_io(e, format!("creating {}", dir.display())))?;
         // Make the new directory's own entry durable too.
@@ -114,7 +169,7 @@ impl Storage for LocalStorage {
 
     async fn put(&self, key: &ObjectKey, data: Bytes) -> Result<()> {
         let key = key.clone();
-        self.blocking(move |s| put_sync(&s.path(&key), &key, &data))
+        self.blocking(move |s| put_sync(&s.root, &s.path(&key), &key, &data))
             .await
     }
 
@@ -217,6 +272,25 @@ impl Storage for LocalStorage {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn create_root(&self) -> Result<()> {
+        self.blocking(|s| {
+            for kind in DIRS {
+                let dir = s.root.join(kind.dir());
+                fs::create_dir_all(&dir)
+                    .map_err(|e| Error::from_io(e, format!("creating {}", dir.display())))?;
+            }
+            for dir in [s.root.as_path(), s.root.parent().unwrap_or(Path::new("."))] {
+                if let Ok(d) = File::open(dir) {
+                    d.sync_all().map_err(|e| {
+                        Error::from_io(e, format!("syncing directory {}", dir.display()))
+                    })?;
+                }
+            }
+            Ok(())
         })
         .await
     }

@@ -95,7 +95,9 @@ impl Storage for MemoryStorage {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(k, _)| k.kind() == kind)
+            .filter(|(k, _)| {
+                k.kind() == kind && (kind != Kind::Config || **k == ObjectKey::config())
+            })
             .map(|(k, v)| ObjectInfo {
                 key: k.clone(),
                 size_bytes: v.len() as u64,

@@ -204,6 +204,10 @@ impl Storage for RetryStorage {
     async fn delete(&self, key: &ObjectKey) -> Result<()> {
         self.policy.run("delete", || self.inner.delete(key)).await
     }
+
+    async fn create_root(&self) -> Result<()> {
+        self.inner.create_root().await
+    }
 }
 
 #[cfg(test)]

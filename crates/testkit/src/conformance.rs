@@ -26,6 +26,7 @@ const RACING_WRITERS: u64 = 8;
 /// Runs every check against `storage`, which must be empty.
 pub async fn run_all(storage: DynStorage) {
     let s = storage.as_ref();
+    s.create_root().await.expect("create_root");
     assert_empty(s, "at the start (the suite needs an empty storage)").await;
     capabilities_are_sane(s);
     put_get_round_trip(s).await;

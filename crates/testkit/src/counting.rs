@@ -130,4 +130,8 @@ impl Storage for CountingStorage {
         self.counters.delete.fetch_add(1, Ordering::SeqCst);
         self.inner.delete(key).await
     }
+
+    async fn create_root(&self) -> Result<()> {
+        self.inner.create_root().await
+    }
 }

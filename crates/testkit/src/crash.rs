@@ -286,4 +286,8 @@ impl Storage for CrashStorage {
         self.cut(call, "delete", Some(key), outcome).await;
         Err(dead())
     }
+
+    async fn create_root(&self) -> Result<()> {
+        self.inner.create_root().await
+    }
 }

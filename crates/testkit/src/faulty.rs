@@ -429,4 +429,8 @@ impl Storage for FaultyStorage {
         self.state.lock().unwrap().recent_puts.retain(|k| k != key);
         Ok(())
     }
+
+    async fn create_root(&self) -> Result<()> {
+        self.inner.create_root().await
+    }
 }

@@ -84,4 +84,8 @@ impl Storage for FillingUp {
     async fn delete(&self, key: &ObjectKey) -> Result<()> {
         self.inner.delete(key).await
     }
+
+    async fn create_root(&self) -> Result<()> {
+        self.inner.create_root().await
+    }
 }

@@ -227,4 +227,8 @@ impl Storage for SimStorage {
         self.turn(format!("delete {key}"), self.inner.delete(key))
             .await
     }
+
+    async fn create_root(&self) -> Result<()> {
+        self.inner.create_root().await
+    }
 }

@@ -22,6 +22,7 @@ fn pack_key() -> ObjectKey {
 /// `list` shows only the pack.
 async fn assert_strays_not_listed(storage: &dyn Storage, pack_dir: &std::path::Path) {
     let pack = pack_key();
+    storage.create_root().await.unwrap();
     storage
         .put(&pack, Bytes::from_static(b"pack"))
         .await
@@ -80,6 +81,53 @@ async fn s3_storage_conforms() {
     // before writing, so racing writers all win; the probe must notice.
     assert!(!storage.capabilities().atomic_create, "{storage:?}");
     run_all(Arc::new(storage)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_storage_never_creates_its_root_outside_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    let storage = LocalStorage::new(&root);
+    let key = conformance::key(Kind::Index, 1);
+    // A root that does not exist is not created by put.
+    let err = storage
+        .put(&key, Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unreachable, "{err}");
+    assert!(!root.exists(), "put created the repository root");
+    // An empty root (a mount point after an unmount) gets no directories.
+    fs::create_dir(&root).unwrap();
+    let err = storage
+        .put(&pack_key(), Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unreachable, "{err}");
+    assert_eq!(
+        fs::read_dir(&root).unwrap().count(),
+        0,
+        "put wrote under an empty root"
+    );
+    // create_root (init) makes it a location; a namespace directory that
+    // vanished is recreated only while the root holds a config or marker.
+    storage.create_root().await.unwrap();
+    storage
+        .put(&pack_key(), Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    fs::remove_dir_all(root.join("index")).unwrap();
+    let err = storage
+        .put(&key, Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unreachable, "{err}");
+    storage
+        .put(&ObjectKey::marker(), Bytes::from_static(b"marker"))
+        .await
+        .unwrap();
+    storage.put(&key, Bytes::from_static(b"x")).await.unwrap();
+    // The marker is not listed as a config object.
+    assert!(storage.list(Kind::Config).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

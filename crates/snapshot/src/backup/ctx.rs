@@ -114,6 +114,9 @@ pub(crate) struct Ctx {
     /// Devices of the backup roots: with `one_file_system`, directories on
     /// any other device are stored empty.
     pub(crate) root_devs: std::collections::HashSet<u64>,
+    /// (device, inode) of paths left out wherever the walk meets them
+    /// (see [`BackupOptions::exclude_paths`](super::BackupOptions::exclude_paths)).
+    pub(crate) excluded_ids: std::collections::HashSet<(u64, u64)>,
     /// See [`BackupOptions::live`](super::BackupOptions::live).
     pub(crate) live_source: bool,
     /// Workers storing the chunks of one reader (a stream); 1 stores them

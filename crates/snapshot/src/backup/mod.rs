@@ -84,6 +84,7 @@ use crate::Result;
 use crate::progress::BackupProgress;
 
 pub use pending::PendingBackup;
+pub use stream::EMPTY_STREAM;
 
 #[derive(Debug, Clone, Default)]
 pub struct BackupOptions {
@@ -92,6 +93,12 @@ pub struct BackupOptions {
     /// `/` matches the absolute path.
     pub excludes: Vec<String>,
     pub exclude_caches: bool,
+    /// Files and directories left out wherever the walk meets them,
+    /// identified by device and inode (so a path reached through a symlink
+    /// or a bind mount is left out too). The CLI puts the repository, its
+    /// cold tier and the password files here, so a backup never stores
+    /// the repository into itself. Paths that do not exist are ignored.
+    pub exclude_paths: Vec<PathBuf>,
     pub one_file_system: bool,
     pub tags: Vec<String>,
     /// Host recorded in the snapshot (defaults to this machine's name).

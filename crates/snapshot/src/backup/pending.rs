@@ -161,6 +161,14 @@ impl PendingBackup {
         &self.record
     }
 
+    /// Sets `extra[key] = true` in the record to be written (a mark such
+    /// as [`EMPTY_STREAM`](super::stream::EMPTY_STREAM)); `commit` keeps it.
+    pub fn mark(&mut self, key: &str) {
+        self.record
+            .extra
+            .insert(key.to_string(), serde_json::Value::Bool(true));
+    }
+
     /// Per-item problems so far.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
@@ -197,8 +205,8 @@ impl PendingBackup {
         Ok(())
     }
 
-    /// Writes the snapshot record, with `extra` as its connector data, and
-    /// returns the stored snapshot.
+    /// Writes the snapshot record, with `extra` added to its connector data
+    /// (next to any [`mark`](Self::mark)), and returns the stored snapshot.
     pub async fn commit(self, extra: BTreeMap<String, serde_json::Value>) -> Result<BackupOutcome> {
         let PendingBackup {
             session,
@@ -208,7 +216,7 @@ impl PendingBackup {
             warnings,
         } = self;
         let repo = session.repository().clone();
-        record.extra = extra;
+        record.extra.extend(extra);
         record.summary.elapsed_ms = started.elapsed().as_millis() as u64;
         let id = session.finish(record).await?;
         // Read back the record as stored (finish fills in the added-bytes counters).

@@ -52,7 +52,7 @@ pub(crate) async fn pending_many<R: Read + Send + 'static>(
     };
     let workers = worker_count(options.threads);
     let set = |ctx: &mut Ctx| ctx.chunk_workers = workers;
-    pending::run(repos, request, progress, set, move |ctx, _| {
+    let mut results = pending::run(repos, request, progress, set, move |ctx, _| {
         let need = vec![true; ctx.targets.len()];
         let (contents, size) = match store_content(ctx, &mut reader, &need) {
             Ok(stored) => stored,
@@ -68,8 +68,21 @@ pub(crate) async fn pending_many<R: Read + Send + 'static>(
         c.total_files.store(1, Ordering::Relaxed);
         Ok(stream_trees(ctx, &name, size, contents))
     })
-    .await
+    .await?;
+    // An empty stream is almost always a producer that failed or sent
+    // nothing (`pg_dump | lifeboat backup --stdin` cannot see pg_dump's
+    // exit status): the record says so, for every listing to show.
+    for p in results.iter_mut().flatten() {
+        if p.record().summary.total_bytes == 0 {
+            p.mark(EMPTY_STREAM);
+        }
+    }
+    Ok(results)
 }
+
+/// The key in a snapshot record's `extra` that marks a stream backup whose
+/// stream was empty (`"empty_stream": true`).
+pub const EMPTY_STREAM: &str = "empty_stream";
 
 /// Stores, in each live target, the one-file tree of a stream backup, and
 /// counts the file as new, changed or unchanged there.

@@ -97,9 +97,15 @@ pub(crate) async fn pending_many(
         .iter()
         .filter_map(|r| fs::symlink_metadata(r).ok().map(|m| m.dev()))
         .collect();
+    let excluded_ids = options
+        .exclude_paths
+        .iter()
+        .filter_map(|p| fs::metadata(p).ok().map(|m| (m.dev(), m.ino())))
+        .collect();
     let scan = options.scan_totals;
     let contents_as_root = options.contents_as_root;
     let set = |ctx: &mut Ctx| {
+        ctx.excluded_ids = excluded_ids;
         ctx.excludes = excludes;
         ctx.exclude_caches = options.exclude_caches;
         ctx.one_file_system = options.one_file_system;
@@ -135,6 +141,9 @@ fn scan_totals(roots: &[PathBuf], ctx: &Ctx) {
         let Ok(meta) = fs::symlink_metadata(&p) else {
             continue;
         };
+        if ctx.excluded_ids.contains(&(meta.dev(), meta.ino())) {
+            continue;
+        }
         if meta.is_dir() {
             if let Ok(rd) = fs::read_dir(&p) {
                 stack.extend(rd.flatten().map(|e| e.path()));
@@ -423,6 +432,9 @@ impl Walker<'_> {
                 return Some(None);
             }
         };
+        if ctx.excluded_ids.contains(&(meta.dev(), meta.ino())) {
+            return Some(None);
+        }
         let ft = meta.file_type();
         if ft.is_dir() {
             ctx.counters.dirs.fetch_add(1, Ordering::Relaxed);

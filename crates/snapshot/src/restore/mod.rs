@@ -152,6 +152,12 @@ pub async fn restore(
     let mut selection = select::select(repo, snapshot.record.tree, options).await?;
     let damaged_dirs = std::mem::take(&mut selection.problems);
     tracing::debug!("restore: selected in {:?}", started.elapsed());
+    if repo.has_cold_tier() {
+        // Checked before anything is written to the target: an unmounted
+        // or moved cold tier stops the restore here ("cold tier
+        // unreachable"), not file by file half-way through.
+        repo.tier_storage(lifeboat_repo::Tier::Cold).await?;
+    }
 
     let index = repo.index().await?;
     let key = repo.key().clone();

@@ -4,6 +4,7 @@ use lifeboat_storage::{Kind, ObjectKey};
 use serde::Serialize;
 
 use crate::keyfile::{KdfParams, KeyFile};
+use crate::limits::get_bounded;
 use crate::repository::{Repository, blocking, write_key_file};
 use crate::{Error, Id, Result};
 
@@ -27,7 +28,7 @@ pub async fn add(repo: &Repository, new_password: &[u8], kdf: KdfParams) -> Resu
 pub async fn list(repo: &Repository) -> Result<Vec<KeyInfo>> {
     let mut out = Vec::new();
     for info in repo.storage().list(Kind::Keys).await? {
-        let bytes = repo.storage().get(&info.key).await?;
+        let bytes = get_bounded(repo.storage(), &info.key, Some(info.size_bytes)).await?;
         let kf = KeyFile::decode(&info.key.to_string(), &bytes)?;
         out.push(KeyInfo {
             id: info.key.name().to_string(),

@@ -126,3 +126,23 @@ fn an_index_entry_claiming_a_4_gib_blob_is_refused() {
     };
     IndexFile::decode(&key, "index/x", &file.encode(&key)).unwrap();
 }
+
+/// A stray object in `keys/` whose name is not an id (`keys/abc`) is not a
+/// key file: `key list` and `key remove` skip it instead of panicking on
+/// its name (issue 12, low).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stray_key_name_does_not_break_key_list_or_remove() {
+    let mem = MemoryStorage::new();
+    let options = InitOptions {
+        kdf: KdfParams::INSECURE_TEST,
+        ..Default::default()
+    };
+    let repo = Repository::init(Arc::new(mem.clone()), b"pw", options)
+        .await
+        .unwrap();
+    plant(&mem, Kind::Keys, "abc", 10).await;
+    let keys = lifeboat_repo::keys::list(&repo).await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let e = lifeboat_repo::keys::remove(&repo, "abc").await.unwrap_err();
+    assert!(e.to_string().contains("no key matches"), "{e}");
+}

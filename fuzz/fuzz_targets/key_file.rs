@@ -5,6 +5,12 @@ use libfuzzer_sys::fuzz_target;
 use lifeboat_repo::KeyFile;
 
 fuzz_target!(|data: &[u8]| {
+    // Readers refuse a stored object over this size before reading it
+    // (lifeboat_repo::limits, docs/security.md): larger inputs never reach
+    // the decoder.
+    if data.len() as u64 > lifeboat_repo::limits::MAX_KEY_FILE_LEN + 1 {
+        return;
+    }
     if let Ok(kf) = KeyFile::decode("keys/fuzz", data) {
         let p = kf.kdf_params();
         // Unwrapping runs Argon2 with the file's parameters; the decoder

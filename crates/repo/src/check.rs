@@ -24,6 +24,7 @@ use lifeboat_storage::Kind;
 use serde::Serialize;
 
 use crate::index::{Index, IndexFile};
+use crate::limits::get_bounded;
 use crate::pack::BlobType;
 use crate::packread::{FetchedRange, PackReader};
 use crate::record::{Snapshot, SnapshotRecord};
@@ -121,9 +122,9 @@ pub async fn check(
     let mut index = Index::default();
     for info in storage.list(Kind::Index).await? {
         report.index_files += 1;
-        let file = match storage.get(&info.key).await {
+        let file = match get_bounded(storage, &info.key, Some(info.size_bytes)).await {
             Ok(bytes) => IndexFile::decode(repo.key(), &info.key.to_string(), &bytes),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         };
         match file {
             Ok(f) => f.packs.iter().for_each(|p| index.add_pack(p)),
@@ -203,7 +204,7 @@ pub async fn check(
     let mut snapshots: Vec<Snapshot> = Vec::new();
     for info in storage.list(Kind::Snapshots).await? {
         let r = async {
-            let bytes = storage.get(&info.key).await?;
+            let bytes = get_bounded(storage, &info.key, Some(info.size_bytes)).await?;
             if Id::of_bytes(&bytes).to_hex() != info.key.name() {
                 return Err(Error::corrupt(&info.key, "content does not match its name"));
             }

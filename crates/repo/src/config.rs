@@ -43,7 +43,7 @@ impl ChunkerParams {
             min_size: 512 * 1024,
             avg_size: 1024 * 1024,
             max_size: 8 * 1024 * 1024,
-            seed: rand::random(),
+            seed: u64::from_le_bytes(crate::crypto::os_random()),
         }
     }
 

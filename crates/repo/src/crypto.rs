@@ -34,11 +34,22 @@ impl std::fmt::Debug for MasterKey {
     }
 }
 
+/// `N` bytes from the operating system's random generator (`getrandom(2)`),
+/// for every key, salt and nonce: no user-space generator whose state a
+/// `fork` or a cloned virtual machine could repeat. A system that cannot
+/// deliver randomness cannot encrypt safely, so that is a panic, not an
+/// error to work around.
+pub(crate) fn os_random<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    getrandom::fill(&mut out).expect("the operating system's random generator failed");
+    out
+}
+
 impl MasterKey {
     pub fn generate() -> Self {
         MasterKey {
-            encrypt: rand::random(),
-            id: rand::random(),
+            encrypt: os_random(),
+            id: os_random(),
         }
     }
 
@@ -61,7 +72,7 @@ impl MasterKey {
 
 pub(crate) fn seal_with(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
     let cipher = XChaCha20Poly1305::new(key.into());
-    let nonce_bytes: [u8; NONCE_LEN] = rand::random();
+    let nonce_bytes: [u8; NONCE_LEN] = os_random();
     let nonce = XNonce::from(nonce_bytes);
     let ct = cipher
         .encrypt(

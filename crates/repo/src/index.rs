@@ -13,6 +13,7 @@ use std::collections::hash_map::Entry;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::MasterKey;
+use crate::limits::MAX_INDEX_ENTRIES;
 use crate::pack::{BlobType, PackEntry};
 use crate::{Error, Id, Result};
 
@@ -42,8 +43,42 @@ impl IndexFile {
         let plain = key
             .open(sealed, INDEX_AAD)
             .ok_or_else(|| Error::corrupt(object, "authentication failed"))?;
-        postcard::from_bytes(&plain).map_err(|e| Error::corrupt(object, e))
+        let file: IndexFile =
+            postcard::from_bytes(&plain).map_err(|e| Error::corrupt(object, e))?;
+        for p in &file.packs {
+            if let Some(e) = p.entries.iter().find(|e| !e.lengths_in_bounds()) {
+                return Err(Error::corrupt(
+                    object,
+                    format!(
+                        "entry for blob {} claims {} bytes ({} stored): out of range",
+                        e.id, e.raw_length, e.length
+                    ),
+                ));
+            }
+        }
+        Ok(file)
     }
+}
+
+/// Cuts `packs` into the pack lists of index objects: at most `max_packs`
+/// packs and (unless one pack alone has more) at most
+/// [`MAX_INDEX_ENTRIES`] entries each, so every index object a writer
+/// produces stays under the size readers accept
+/// ([`crate::limits::MAX_INDEX_LEN`]).
+pub(crate) fn index_batches(packs: &[IndexPack], max_packs: usize) -> Vec<&[IndexPack]> {
+    let mut out = Vec::new();
+    let (mut start, mut entries) = (0, 0);
+    for (i, p) in packs.iter().enumerate() {
+        if i > start && (i - start >= max_packs || entries + p.entries.len() > MAX_INDEX_ENTRIES) {
+            out.push(&packs[start..i]);
+            (start, entries) = (i, 0);
+        }
+        entries += p.entries.len();
+    }
+    if start < packs.len() {
+        out.push(&packs[start..]);
+    }
+    out
 }
 
 /// Where one blob lives.

@@ -74,7 +74,7 @@ pub struct KeyFile {
 
 impl KeyFile {
     pub fn create(master: &MasterKey, password: &[u8], params: KdfParams) -> Result<Self> {
-        let salt: [u8; 32] = rand::random();
+        let salt: [u8; 32] = crate::crypto::os_random();
         let kek = derive(password, &salt, params)?;
         let plain = serde_json::to_vec(master).expect("master key serializes");
         let wrapped = hex::encode(seal_with(&kek, &plain, WRAP_AAD));

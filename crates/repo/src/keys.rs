@@ -4,6 +4,7 @@ use lifeboat_storage::{Kind, ObjectKey};
 use serde::Serialize;
 
 use crate::keyfile::{KdfParams, KeyFile};
+use crate::limits::get_bounded;
 use crate::repository::{Repository, blocking, write_key_file};
 use crate::{Error, Id, Result};
 
@@ -27,7 +28,13 @@ pub async fn add(repo: &Repository, new_password: &[u8], kdf: KdfParams) -> Resu
 pub async fn list(repo: &Repository) -> Result<Vec<KeyInfo>> {
     let mut out = Vec::new();
     for info in repo.storage().list(Kind::Keys).await? {
-        let bytes = repo.storage().get(&info.key).await?;
+        // Key files are named by the hash of their bytes; anything else in
+        // `keys/` (a stray `keys/abc`) is not a key file, and is never
+        // sliced or hex-decoded as one.
+        if Id::from_hex(info.key.name()).is_none() {
+            continue;
+        }
+        let bytes = get_bounded(repo.storage(), &info.key, Some(info.size_bytes)).await?;
         let kf = KeyFile::decode(&info.key.to_string(), &bytes)?;
         out.push(KeyInfo {
             id: info.key.name().to_string(),
@@ -67,7 +74,7 @@ pub async fn remove(repo: &Repository, query: &str) -> Result<Id> {
     repo.storage()
         .delete(&ObjectKey::new(Kind::Keys, k.id.clone()))
         .await?;
-    Ok(Id::from_hex(&k.id).expect("key ids are hex"))
+    Id::from_hex(&k.id).ok_or_else(|| Error::corrupt(format!("keys/{}", k.id), "name is not an id"))
 }
 
 /// Changes the password of the key in use: adds a new key file, then removes

@@ -23,6 +23,7 @@ mod id;
 mod index;
 mod keyfile;
 pub mod keys;
+pub mod limits;
 pub mod lock;
 mod pack;
 mod packread;

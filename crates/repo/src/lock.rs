@@ -29,6 +29,7 @@ use tokio::sync::{Mutex as AsyncMutex, Notify};
 use tokio::task::JoinHandle;
 
 use crate::crypto::MasterKey;
+use crate::limits::{MAX_LOCK_LEN, too_large};
 use crate::repository::Repository;
 use crate::{Error, Result};
 
@@ -233,6 +234,13 @@ pub async fn list_locks(storage: &DynStorage, key: &MasterKey) -> Result<Vec<Fou
         let mut out = Vec::new();
         let mut vanished = false;
         for obj in storage.list(Kind::Locks).await? {
+            if obj.size_bytes > MAX_LOCK_LEN {
+                // Not read: refused like an undecodable lock (ignored,
+                // and deleted by prune).
+                let info = Err(too_large(&obj.key, obj.size_bytes, MAX_LOCK_LEN));
+                out.push(FoundLock { key: obj.key, info });
+                continue;
+            }
             match storage.get(&obj.key).await {
                 Ok(bytes) => {
                     let info = LockInfo::decode(key, &obj.key.to_string(), &bytes);
@@ -284,7 +292,7 @@ impl Inner {
     }
 
     async fn write(&self, now: jiff::Timestamp) -> Result<ObjectKey> {
-        let name = hex::encode(rand::random::<[u8; 32]>());
+        let name = hex::encode(crate::crypto::os_random::<32>());
         let key = ObjectKey::new(Kind::Locks, name);
         let bytes = self.info(now).encode(&self.key);
         self.storage.put(&key, bytes.into()).await?;

@@ -63,6 +63,21 @@ pub(crate) fn blob_aad(blob_type: BlobType, compressed: bool, id: &Id) -> [u8; 3
     aad
 }
 
+impl PackEntry {
+    /// Whether the entry's lengths are within what any reader accepts:
+    /// plaintext at most [`crate::limits::MAX_BLOB_LEN`], stored length
+    /// at least the seal's overhead and at most the plaintext plus it (a
+    /// blob is stored compressed only when that is shorter). Checked when
+    /// trailers and index objects are decoded, so a crafted length (a
+    /// 4 GiB "chunk") never reaches an allocation.
+    pub fn lengths_in_bounds(&self) -> bool {
+        let max_raw = crate::limits::MAX_BLOB_LEN;
+        self.raw_length <= max_raw
+            && (self.length as usize) >= SEAL_OVERHEAD
+            && self.length as u64 <= self.raw_length as u64 + SEAL_OVERHEAD as u64
+    }
+}
+
 /// A blob compressed and sealed, ready to be appended to a pack.
 #[derive(Debug)]
 pub struct SealedBlob {
@@ -239,6 +254,9 @@ pub(crate) fn decode_trailer(
     for e in &entries {
         if e.offset as u64 + e.length as u64 > trailer_offset {
             return Err(Error::corrupt(what(), "trailer entry outside the pack"));
+        }
+        if !e.lengths_in_bounds() {
+            return Err(Error::corrupt(what(), "trailer entry length out of range"));
         }
     }
     Ok(entries)

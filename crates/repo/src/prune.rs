@@ -36,7 +36,8 @@ use lifeboat_storage::{Kind, ObjectKey};
 use serde::Serialize;
 
 use crate::archive::{ArchiveRules, ExpireReport, expire_after_prune};
-use crate::index::{Index, IndexFile, IndexPack};
+use crate::index::{Index, IndexFile, IndexPack, index_batches};
+use crate::limits::get_bounded;
 use crate::lock::{LockKind, LockOptions, RepositoryLock, remove_stale_locks};
 use crate::pack::BlobType;
 use crate::packread::{PackReader, pack_key};
@@ -356,7 +357,7 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
     // 2. Index objects for every kept old pack, superseding all old ones.
     //    (The repack session has written its own for the new packs.)
     let mut written = Vec::new();
-    for chunk in kept_packs.chunks(PACKS_PER_INDEX) {
+    for chunk in index_batches(&kept_packs, PACKS_PER_INDEX) {
         written.push(
             repo.write_index(&IndexFile {
                 packs: chunk.to_vec(),
@@ -422,7 +423,7 @@ async fn used_blobs(
     let list = storage.list(Kind::Snapshots).await?;
     let records: Vec<SnapshotRecord> = futures::stream::iter(list)
         .map(|info| async move {
-            let bytes = storage.get(&info.key).await?;
+            let bytes = get_bounded(storage, &info.key, Some(info.size_bytes)).await?;
             if Id::of_bytes(&bytes).to_hex() != info.key.name() {
                 return Err(Error::corrupt(&info.key, "content does not match its name"));
             }

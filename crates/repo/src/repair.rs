@@ -15,7 +15,8 @@ use futures::StreamExt;
 use lifeboat_storage::{Kind, ObjectKey};
 use serde::Serialize;
 
-use crate::index::{IndexFile, IndexPack};
+use crate::index::{IndexFile, IndexPack, index_batches};
+use crate::limits::get_bounded;
 use crate::lock::{LockKind, LockOptions, RepositoryLock};
 use crate::pack::{decode_trailer, trailer_range};
 use crate::packread::pack_key;
@@ -85,7 +86,7 @@ async fn repair_locked(repo: &Repository) -> Result<RepairStats> {
     let mut previous: HashMap<Id, IndexPack> = HashMap::new();
     for id in &old {
         let key = ObjectKey::new(Kind::Index, id.to_hex());
-        if let Ok(bytes) = storage.get(&key).await
+        if let Ok(bytes) = get_bounded(storage, &key, None).await
             && let Ok(file) = IndexFile::decode(repo.key(), &key.to_string(), &bytes)
         {
             previous.extend(file.packs.into_iter().map(|p| (p.id, p)));
@@ -110,8 +111,10 @@ async fn repair_locked(repo: &Repository) -> Result<RepairStats> {
         }
     }
     good.sort_by_key(|p| p.id);
-    let mut chunks: Vec<Vec<IndexPack>> =
-        good.chunks(PACKS_PER_INDEX).map(|c| c.to_vec()).collect();
+    let mut chunks: Vec<Vec<IndexPack>> = index_batches(&good, PACKS_PER_INDEX)
+        .into_iter()
+        .map(|c| c.to_vec())
+        .collect();
     if chunks.is_empty() {
         chunks.push(Vec::new());
     }

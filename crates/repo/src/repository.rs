@@ -28,6 +28,7 @@ use crate::config::{ChunkerParams, ColdTierConfig, Config};
 use crate::crypto::MasterKey;
 use crate::index::{BlobLocation, Index, IndexFile};
 use crate::keyfile::{KdfParams, KeyFile};
+use crate::limits::get_bounded;
 use crate::pack::BlobType;
 use crate::packread::TreePacks;
 use crate::record::{Snapshot, SnapshotRecord};
@@ -132,7 +133,7 @@ impl Repository {
         storage.create_root().await?;
         let key = MasterKey::generate();
         let config = Config {
-            repository_id: Id(rand::random()),
+            repository_id: Id(crate::crypto::os_random()),
             chunker: options.chunker.unwrap_or_else(ChunkerParams::generate),
             compression_level: options.compression_level,
             pack_size: options.pack_size,
@@ -190,8 +191,8 @@ impl Repository {
     /// Opens a repository: checks the format version, then tries every key
     /// file with `password`.
     pub async fn open(storage: DynStorage, password: &[u8]) -> Result<Self> {
-        let config_bytes = match storage.get(&ObjectKey::config()).await {
-            Err(e) if e.kind() == ErrorKind::NotFound => {
+        let config_bytes = match get_bounded(&storage, &ObjectKey::config(), None).await {
+            Err(e) if e.storage_kind() == Some(ErrorKind::NotFound) => {
                 return Err(Error::NoRepository {
                     location: storage.location(),
                 });
@@ -204,7 +205,14 @@ impl Repository {
         let mut last_corrupt = None;
         let mut readable = 0;
         for info in keys {
-            let bytes = storage.get(&info.key).await?;
+            let bytes = match get_bounded(&storage, &info.key, Some(info.size_bytes)).await {
+                Ok(bytes) => bytes,
+                Err(e @ Error::Corrupt { .. }) => {
+                    last_corrupt = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let decoded = if Id::of_bytes(&bytes).to_hex() != info.key.name() {
                 Err(Error::corrupt(&info.key, "content does not match its name"))
             } else {
@@ -534,9 +542,9 @@ impl Repository {
         let list = self.storage.list(Kind::Index).await?;
         futures::stream::iter(list)
             .map(|info| async move {
-                let bytes = self.storage.get(&info.key).await?;
                 let id = Id::from_hex(info.key.name())
                     .ok_or_else(|| Error::corrupt(&info.key, "index name is not an id"))?;
+                let bytes = get_bounded(&self.storage, &info.key, Some(info.size_bytes)).await?;
                 let key = self.key.clone();
                 let name = info.key.to_string();
                 let file = blocking(move || IndexFile::decode(&key, &name, &bytes)).await??;
@@ -588,7 +596,10 @@ impl Repository {
     pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let list = self.storage.list(Kind::Snapshots).await?;
         let read: Vec<Result<Snapshot>> = futures::stream::iter(list)
-            .map(|info| async move { self.read_snapshot_key(&info.key).await })
+            .map(|info| async move {
+                self.read_snapshot_key(&info.key, Some(info.size_bytes))
+                    .await
+            })
             .buffer_unordered(self.concurrency())
             .collect()
             .await;
@@ -611,8 +622,8 @@ impl Repository {
         Ok(out)
     }
 
-    async fn read_snapshot_key(&self, key: &ObjectKey) -> Result<Snapshot> {
-        let bytes = self.storage.get(key).await?;
+    async fn read_snapshot_key(&self, key: &ObjectKey, listed: Option<u64>) -> Result<Snapshot> {
+        let bytes = get_bounded(&self.storage, key, listed).await?;
         let id =
             Id::from_hex(key.name()).ok_or_else(|| Error::corrupt(key, "name is not an id"))?;
         if Id::of_bytes(&bytes) != id {
@@ -628,8 +639,8 @@ impl Repository {
         // damaged rather than as missing.
         if let Some(id) = Id::from_hex(query) {
             let key = ObjectKey::new(Kind::Snapshots, id.to_hex());
-            if self.storage.stat(&key).await?.is_some() {
-                return self.read_snapshot_key(&key).await;
+            if let Some(size) = self.storage.stat(&key).await? {
+                return self.read_snapshot_key(&key, Some(size)).await;
             }
         }
         let all = self.snapshots().await?;

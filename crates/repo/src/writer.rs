@@ -39,7 +39,8 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::index::{Index, IndexFile, IndexPack};
+use crate::index::{Index, IndexFile, IndexPack, index_batches};
+use crate::limits::MAX_BLOB_LEN;
 use crate::lock::{LockKind, LockOptions, RepositoryLock};
 use crate::pack::{BlobType, FinishedPack, MAX_PACK_ENTRIES, PackBuilder, seal_blob};
 use crate::packread::pack_key;
@@ -251,6 +252,14 @@ impl WriteSession {
         if self.uploader.is_finished() {
             return Err(self.shared.upload_error());
         }
+        if data.len() > MAX_BLOB_LEN as usize {
+            // Only a tree can be this large (file chunks are at most the
+            // chunker's max_size): readers refuse such lengths.
+            return Err(Error::BadInput(format!(
+                "a directory listing of {} bytes is larger than the {MAX_BLOB_LEN} bytes a blob may have; split the directory",
+                data.len()
+            )));
+        }
         let id = self.blob_id(data);
         if self.has_blob(blob_type, &id) {
             return Ok((AddedBlob { id, new: false }, None));
@@ -423,12 +432,14 @@ async fn write_pending_index(shared: &Shared, all: bool) -> Result<()> {
         }
         std::mem::take(&mut *pending)
     };
-    shared
-        .repo
-        .write_index(&IndexFile {
-            packs: batch,
-            supersedes: vec![],
-        })
-        .await?;
+    for packs in index_batches(&batch, PACKS_PER_INDEX) {
+        shared
+            .repo
+            .write_index(&IndexFile {
+                packs: packs.to_vec(),
+                supersedes: vec![],
+            })
+            .await?;
+    }
     Ok(())
 }

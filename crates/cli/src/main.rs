@@ -97,8 +97,17 @@ fn main() {
 /// signal number, as shells report it). What the stopped command wrote is
 /// not referenced by any snapshot record (a backup saves its record last),
 /// so nothing is half-done: prune removes the unreferenced packs.
+///
+/// The daemon is the exception: it handles its own signals (SIGTERM and
+/// SIGINT stop it cleanly with exit 0, SIGHUP reloads its config), so it
+/// runs without this handler.
 async fn run_until_signal(cli: args::Cli) -> i32 {
     use tokio::signal::unix::{SignalKind, signal};
+    if matches!(cli.command, args::Command::Daemon(_)) {
+        let code = run(cli).await;
+        lifeboat_repo::lock::release_held_locks().await;
+        return code;
+    }
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),

@@ -48,6 +48,20 @@ fn skip_reason(line: &str) -> Option<&'static str> {
             "pg check",
             "needs a running PostgreSQL server (tests/pg.rs)",
         ),
+        (
+            "-- pg_dump",
+            "needs a database to dump (cli.rs runs --stdin-from-command \
+             with commands that fail and succeed)",
+        ),
+        (
+            "config check",
+            "reads the operations config in /etc/lifeboat (ops.rs checks \
+             the minimal config and the shipped example)",
+        ),
+        (
+            "lifeboat daemon",
+            "runs until stopped (prometheus.rs and crates/ops/tests/daemon.rs)",
+        ),
     ];
     reasons
         .iter()

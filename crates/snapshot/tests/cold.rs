@@ -508,16 +508,18 @@ async fn the_cold_tier_is_opened_only_when_data_is_needed() {
         .unwrap();
     assert!(!listed.is_empty());
     assert!(!moved.exists(), "listing created the cold directory");
-    // Reading data goes to the (empty) cold location and says the pack is
-    // missing there.
+    // Reading data goes to the (empty) cold location, which holds no marker
+    // while the index names data packs there: an unmounted or moved tier,
+    // reported as unreachable (not as missing packs), and not created.
     let index = repo.index().await.unwrap();
     let (id, _) = index
         .blobs()
         .find(|(_, l)| l.entry.blob_type == BlobType::Data)
         .unwrap();
     let err = repo.read_blob(id).await.unwrap_err();
-    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
-    assert!(err.to_string().contains("missing"), "{err}");
+    assert!(matches!(err, Error::Unreachable(_)), "{err}");
+    assert!(err.to_string().contains("cold tier unreachable"), "{err}");
+    assert!(!moved.exists(), "reading created the cold directory");
 }
 
 #[tokio::test]

@@ -230,8 +230,11 @@ pub struct BackupArgs {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Snapshot id (or unique prefix), or `latest`.
+    /// Snapshot id (or unique prefix), or `latest` (see --host, --tag,
+    /// --path).
     pub snapshot: String,
+    #[command(flatten)]
+    pub filter: SnapshotFilterArgs,
     /// Directory to restore into.
     #[arg(long, short = 't')]
     pub target: PathBuf,
@@ -262,11 +265,41 @@ pub struct RestoreArgs {
 
 #[derive(Debug, Args)]
 pub struct DumpArgs {
-    /// Snapshot id (or unique prefix), or `latest`.
+    /// Snapshot id (or unique prefix), or `latest` (see --host, --tag,
+    /// --path).
     pub snapshot: String,
+    #[command(flatten)]
+    pub filter: SnapshotFilterArgs,
     /// Path inside the snapshot (as backed up, e.g. /etc/hosts): a file is
     /// written as it is, a directory (or /) as a tar stream.
     pub path: String,
+}
+
+/// Which snapshot `latest` means (restic's filters); an id or a prefix is
+/// not filtered.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SnapshotFilterArgs {
+    /// With `latest`: the newest snapshot of this host.
+    #[arg(long = "host", id = "filter_host", value_name = "HOST")]
+    pub host: Option<String>,
+    /// With `latest`: the newest snapshot with this tag (repeatable: every
+    /// tag given).
+    #[arg(long = "tag", id = "filter_tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// With `latest`: the newest snapshot that backed up this path, as
+    /// `snapshots` lists it (repeatable: every path given).
+    #[arg(long = "path", id = "filter_path", value_name = "PATH")]
+    pub paths: Vec<String>,
+}
+
+impl SnapshotFilterArgs {
+    pub fn filter(&self) -> lifeboat_repo::SnapshotFilter {
+        lifeboat_repo::SnapshotFilter {
+            host: self.host.clone(),
+            tags: self.tags.clone(),
+            paths: self.paths.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -281,8 +314,11 @@ pub struct SnapshotsArgs {
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// Snapshot id (or unique prefix), or `latest`.
+    /// Snapshot id (or unique prefix), or `latest` (see --host, --tag,
+    /// --path).
     pub snapshot: String,
+    #[command(flatten)]
+    pub filter: SnapshotFilterArgs,
     /// Directory inside the snapshot (default: everything).
     pub path: Option<String>,
     /// Only the directory itself, not its subdirectories.
@@ -296,12 +332,17 @@ pub struct DiffArgs {
     pub first: String,
     /// The newer snapshot (id, unique prefix or `latest`).
     pub second: String,
+    #[command(flatten)]
+    pub filter: SnapshotFilterArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct FindArgs {
     /// Glob on the file name, or on the full path if it contains `/`.
     pub pattern: String,
+    /// Search only the snapshots these filters allow.
+    #[command(flatten)]
+    pub filter: SnapshotFilterArgs,
 }
 
 #[derive(Debug, Args)]

@@ -2,7 +2,7 @@
 
 use crate::output::outln;
 use anyhow::Result;
-use lifeboat_repo::{BlobType, Snapshot, resolve_snapshot};
+use lifeboat_repo::{BlobType, Snapshot, resolve_snapshot_matching};
 use lifeboat_snapshot::diff::{Change, diff as diff_snapshots};
 use lifeboat_snapshot::find::find as find_files;
 use lifeboat_snapshot::ls::ls as ls_snapshot;
@@ -91,7 +91,9 @@ fn marks(r: &lifeboat_repo::SnapshotRecord) -> String {
 
 pub async fn ls(g: &Global, a: LsArgs) -> Result<i32> {
     let repo = session::open(g).await?;
-    let snap = repo.find_snapshot(&a.snapshot).await?;
+    let snap = repo
+        .find_snapshot_matching(&a.snapshot, &a.filter.filter())
+        .await?;
     let path = a.path.unwrap_or_else(|| "/".into());
     let entries = ls_snapshot(&repo, &snap, path.as_bytes(), !a.no_recursive).await?;
     if g.json {
@@ -123,8 +125,9 @@ pub async fn ls(g: &Global, a: LsArgs) -> Result<i32> {
 pub async fn diff(g: &Global, a: DiffArgs) -> Result<i32> {
     let repo = session::open(g).await?;
     let all = repo.snapshots().await?;
-    let first = resolve_snapshot(&all, &a.first)?;
-    let second = resolve_snapshot(&all, &a.second)?;
+    let filter = a.filter.filter();
+    let first = resolve_snapshot_matching(&all, &a.first, &filter)?;
+    let second = resolve_snapshot_matching(&all, &a.second, &filter)?;
     let report = diff_snapshots(&repo, first, second).await?;
     if g.json {
         return json(&report).map(|_| exit::OK);
@@ -162,7 +165,13 @@ pub async fn diff(g: &Global, a: DiffArgs) -> Result<i32> {
 
 pub async fn find(g: &Global, a: FindArgs) -> Result<i32> {
     let repo = session::open(g).await?;
-    let all = repo.snapshots().await?;
+    let filter = a.filter.filter();
+    let all: Vec<Snapshot> = repo
+        .snapshots()
+        .await?
+        .into_iter()
+        .filter(|s| filter.matches(s))
+        .collect();
     let found = find_files(&repo, &a.pattern, &all).await?;
     if g.json {
         return json(&found).map(|_| exit::OK);

@@ -15,7 +15,9 @@ use crate::session;
 
 pub async fn restore(g: &Global, a: RestoreArgs) -> Result<i32> {
     let repo = session::open(g).await?;
-    let snap = repo.find_snapshot(&a.snapshot).await?;
+    let snap = repo
+        .find_snapshot_matching(&a.snapshot, &a.filter.filter())
+        .await?;
     check_includes_exist(&repo, &snap, &a.include).await?;
     let options = RestoreOptions {
         target: a.target,
@@ -215,7 +217,9 @@ fn print_plan(repo: &Repository, snap: &Snapshot, p: &RestorePlan, shown: usize,
 
 pub async fn dump(g: &Global, a: DumpArgs) -> Result<i32> {
     let repo: Arc<_> = session::open(g).await?;
-    let snap = repo.find_snapshot(&a.snapshot).await?;
+    let snap = repo
+        .find_snapshot_matching(&a.snapshot, &a.filter.filter())
+        .await?;
     let path = a.path.as_bytes();
     let result = if lifeboat_snapshot::dumptar::is_dir(&repo, &snap, path).await? {
         // A directory (or the whole snapshot) as a tar stream, as restic

@@ -1666,3 +1666,76 @@ fn closed_stdout_does_not_panic() {
         assert_no_panic(&out);
     }
 }
+
+/// Regression (issue 13): `latest` meant the newest snapshot of anything,
+/// so after a file backup and a later stdin backup `restore latest`
+/// restored the dump. `--host`, `--tag` and `--path` pick the newest
+/// snapshot they allow, for restore, ls, dump, diff and find.
+#[test]
+fn latest_respects_host_tag_and_path_filters() {
+    let lb = Lifeboat::init();
+    let src = make_source(&lb, "src");
+    lb.backup(&[&src], &["--tag", "files", "--host", "web1"]);
+    let out = lb
+        .cmd()
+        .args(["backup", "--stdin", "--stdin-filename", "db.sql"])
+        .args(["--host", "db1", "--tag", "dump"])
+        .write_stdin("the dump\n")
+        .output()
+        .unwrap();
+    assert_ok(&out, "backup --stdin");
+
+    // Unfiltered, `latest` is the dump.
+    let all = lb.json(["ls", "latest"]);
+    assert_eq!(ls_paths(&all), vec!["/db.sql".to_string()]);
+
+    let want = format!("{}/a.txt", snap_path(&src));
+    for filter in [
+        vec!["--tag", "files"],
+        vec!["--host", "web1"],
+        vec!["--path", src.to_str().unwrap()],
+    ] {
+        let mut args = vec!["ls", "latest"];
+        args.extend(&filter);
+        let listed = ls_paths(&lb.json(&args));
+        assert!(listed.contains(&want), "{filter:?}: {listed:?}");
+
+        let target = lb.path(&format!("restored-{}", filter[0].trim_start_matches('-')));
+        let mut args = vec!["restore", "latest", "-t", target.to_str().unwrap()];
+        args.extend(&filter);
+        lb.ok(&args);
+        let restored = target.join(src.strip_prefix("/").unwrap());
+        assert_eq!(
+            fs::read(restored.join("a.txt")).unwrap(),
+            b"hello\n",
+            "{filter:?}"
+        );
+        assert!(!target.join("db.sql").exists(), "{filter:?}");
+
+        let mut args = vec!["dump", "latest", want.as_str()];
+        args.extend(&filter);
+        assert_eq!(stdout(&lb.ok(&args)), "hello\n", "{filter:?}");
+    }
+
+    // diff: both sides' `latest` are the file snapshot.
+    let files_id = lb
+        .snapshots()
+        .iter()
+        .find(|snap| snap["tags"][0] == "files")
+        .map(|snap| s(&snap["id"]).to_string())
+        .expect("the file snapshot");
+    let diff = lb.json(["diff", "latest", "latest", "--tag", "files"]);
+    assert_eq!(s(&diff["from"]), files_id, "{diff}");
+    assert_eq!(s(&diff["to"]), files_id, "{diff}");
+    assert_eq!(u(&diff["totals"]["added"]), 0, "{diff}");
+
+    // find searches only the snapshots the filters allow.
+    let found = lb.json(["find", "*.sql", "--tag", "files"]);
+    assert_eq!(found.as_array().map(Vec::len), Some(0), "{found}");
+    let found = lb.json(["find", "*.sql", "--host", "db1"]);
+    assert_eq!(found.as_array().map(Vec::len), Some(1), "{found}");
+
+    // Nothing allowed: not found (16), naming the filter.
+    let err = lb.fail(["ls", "latest", "--tag", "nope"], code::NOT_FOUND);
+    assert!(err.contains("tag nope"), "{err}");
+}

@@ -54,7 +54,10 @@ pub use packread::{
     plan_ranges,
 };
 pub use record::{BackupMode, BackupSummary, Creator, Snapshot, SnapshotRecord};
-pub use repository::{ColdInit, InitOptions, Repository, Tier, resolve_snapshot};
+pub use repository::{
+    ColdInit, InitOptions, Repository, SnapshotFilter, Tier, resolve_snapshot,
+    resolve_snapshot_matching,
+};
 pub use tree::{Node, NodeKind, Time, Tree};
 pub use writer::{AddedBlob, WriteOptions, WriteSession, WriteStats};
 

@@ -647,6 +647,20 @@ impl Repository {
         resolve_snapshot(&all, query).cloned()
     }
 
+    /// [`Repository::find_snapshot`] where `latest` is the newest snapshot
+    /// `filter` allows ([`SnapshotFilter`]).
+    pub async fn find_snapshot_matching(
+        &self,
+        query: &str,
+        filter: &SnapshotFilter,
+    ) -> Result<Snapshot> {
+        if query != "latest" || filter.is_empty() {
+            return self.find_snapshot(query).await;
+        }
+        let all = self.snapshots().await?;
+        resolve_snapshot_matching(&all, query, filter).cloned()
+    }
+
     /// Writes a snapshot record; returns its id. Checks first that the
     /// repository's locations are still there ([`Repository::verify_locations`]).
     pub async fn write_snapshot(&self, record: &SnapshotRecord) -> Result<Id> {
@@ -697,6 +711,68 @@ pub fn resolve_snapshot<'a>(all: &'a [Snapshot], query: &str) -> Result<&'a Snap
             count: n,
         }),
     }
+}
+
+/// Which snapshots `latest` may mean: those of one host, with every one of
+/// some tags, and with every one of some backed-up paths (restic's
+/// `--host`, `--tag` and `--path`). An id or a prefix names its snapshot
+/// whatever the filter says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotFilter {
+    pub host: Option<String>,
+    pub tags: Vec<String>,
+    pub paths: Vec<String>,
+}
+
+impl SnapshotFilter {
+    pub fn is_empty(&self) -> bool {
+        self.host.is_none() && self.tags.is_empty() && self.paths.is_empty()
+    }
+
+    /// Whether `s` is one of the snapshots the filter allows. Paths compare
+    /// without trailing `/`, as recorded paths are written.
+    pub fn matches(&self, s: &Snapshot) -> bool {
+        let trim = |p: &str| p.trim_end_matches('/').to_string();
+        self.host.as_ref().is_none_or(|h| &s.record.host == h)
+            && self.tags.iter().all(|t| s.record.tags.contains(t))
+            && self
+                .paths
+                .iter()
+                .all(|p| s.record.paths.iter().any(|q| trim(q) == trim(p)))
+    }
+
+    /// `query` with the filter, for messages: `latest (host web1, tag db)`.
+    fn describe(&self, query: &str) -> String {
+        let mut parts = Vec::new();
+        if let Some(h) = &self.host {
+            parts.push(format!("host {h}"));
+        }
+        parts.extend(self.tags.iter().map(|t| format!("tag {t}")));
+        parts.extend(self.paths.iter().map(|p| format!("path {p}")));
+        if parts.is_empty() {
+            query.to_string()
+        } else {
+            format!("{query} ({})", parts.join(", "))
+        }
+    }
+}
+
+/// [`resolve_snapshot`] where `latest` is the newest snapshot `filter`
+/// allows.
+pub fn resolve_snapshot_matching<'a>(
+    all: &'a [Snapshot],
+    query: &str,
+    filter: &SnapshotFilter,
+) -> Result<&'a Snapshot> {
+    if query != "latest" {
+        return resolve_snapshot(all, query);
+    }
+    all.iter()
+        .rev()
+        .find(|s| filter.matches(s))
+        .ok_or_else(|| Error::SnapshotNotFound {
+            query: filter.describe(query),
+        })
 }
 
 /// The error for a blob the index does not hold under this type.

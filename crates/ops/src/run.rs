@@ -137,7 +137,27 @@ impl Steps {
         });
         self.steps.last_mut().expect("just pushed")
     }
+
+    /// The same failure for every repository of a step that ran for all of
+    /// them at once (one read of the source, fanned out).
+    fn fail_all(
+        &mut self,
+        step: StepKind,
+        repositories: &[&String],
+        started: Timestamp,
+        outcome: Outcome,
+        error: &str,
+    ) {
+        for r in repositories {
+            self.push(step, r, started, outcome, Some(error.to_string()));
+        }
+    }
 }
+
+/// The failure recorded for a backup stopped by SIGTERM/SIGINT: the
+/// snapshot record is written last, so nothing of it is visible.
+const STOPPED_DURING_BACKUP: &str =
+    "stopped: lifeboat was shut down during the backup (no snapshot written)";
 
 /// Runs `plan` once. See the module doc for what is an error and what is
 /// a recorded outcome.
@@ -237,22 +257,20 @@ pub async fn run_plan(config: &Config, plan_name: &str, options: &RunOptions) ->
                     _ = options.cancel.cancelled() => None,
                 };
                 match result {
-                    None => {
-                        for n in &targets {
-                            steps.push(StepKind::Backup, n, t0, Outcome::Failed, Some("stopped: lifeboat was shut down during the backup (no snapshot written)".into()));
-                        }
-                    }
-                    Some(Err(e)) => {
-                        for n in &targets {
-                            steps.push(
-                                StepKind::Backup,
-                                n,
-                                t0,
-                                classify(e.class()),
-                                Some(e.to_string()),
-                            );
-                        }
-                    }
+                    None => steps.fail_all(
+                        StepKind::Backup,
+                        &targets,
+                        t0,
+                        Outcome::Failed,
+                        STOPPED_DURING_BACKUP,
+                    ),
+                    Some(Err(e)) => steps.fail_all(
+                        StepKind::Backup,
+                        &targets,
+                        t0,
+                        classify(e.class()),
+                        &e.to_string(),
+                    ),
                     Some(Ok(outcomes)) => {
                         for (n, o) in targets.iter().zip(outcomes) {
                             match o {
@@ -325,28 +343,20 @@ pub async fn run_plan(config: &Config, plan_name: &str, options: &RunOptions) ->
                             steps.steps.push(s);
                         }
                     }
-                    Some(Err(e)) => {
-                        for n in &targets {
-                            steps.push(
-                                StepKind::Backup,
-                                n,
-                                t0,
-                                classify(e.class()),
-                                Some(e.to_string()),
-                            );
-                        }
-                    }
-                    None => {
-                        for n in &targets {
-                            steps.push(
-                                StepKind::Backup,
-                                n,
-                                t0,
-                                Outcome::Failed,
-                                Some("stopped: lifeboat was shut down during the backup".into()),
-                            );
-                        }
-                    }
+                    Some(Err(e)) => steps.fail_all(
+                        StepKind::Backup,
+                        &targets,
+                        t0,
+                        classify(e.class()),
+                        &e.to_string(),
+                    ),
+                    None => steps.fail_all(
+                        StepKind::Backup,
+                        &targets,
+                        t0,
+                        Outcome::Failed,
+                        STOPPED_DURING_BACKUP,
+                    ),
                 }
             }
         }

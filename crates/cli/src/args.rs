@@ -636,19 +636,15 @@ pub struct PgRestoreArgs {
     pub read_ahead: usize,
 }
 
-/// A duration: a number with the unit s, m, h or d (`90s`, `30m`, `2h`).
+/// A duration as the config file writes them (`90s`, `30m`, `2h`, `1d`,
+/// `1w`, sums such as `1h30m`): one parser for the command line and
+/// `lifeboat.toml` ([`lifeboat_ops::duration`]).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let bad = || format!("{s:?} is not a duration: give a number with s, m, h or d (e.g. 30m)");
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.checked_mul(60).ok_or_else(bad)?,
-        "h" => n.checked_mul(3600).ok_or_else(bad)?,
-        "d" => n.checked_mul(86_400).ok_or_else(bad)?,
-        _ => return Err(bad()),
-    };
-    Ok(std::time::Duration::from_secs(secs))
+    lifeboat_ops::duration::Duration::parse(s)
+        .map(|d| std::time::Duration::from_secs(d.seconds()))
+        .ok_or_else(|| {
+            format!("{s:?} is not a duration: give numbers with s, m, h, d or w (e.g. 30m, 1h30m)")
+        })
 }
 
 #[cfg(test)]

@@ -137,6 +137,12 @@ fn put_sync(root: &Path, path: &Path, key: &ObjectKey, data: &[u8]) -> Result<()
         }
     })();
     let _ = fs::remove_file(&tmp);
+    if result.is_err() && !dir.is_dir() {
+        // The directory was there when checked and is gone now: the whole
+        // location was moved or unmounted meanwhile, which is unreachable,
+        // not a damaged object.
+        check_root(root)?;
+    }
     result?;
     File::open(dir)
         .and_then(|d| d.sync_all())

@@ -138,6 +138,24 @@ impl Steps {
         self.steps.last_mut().expect("just pushed")
     }
 
+    /// A failed step, its outcome derived from the error's class.
+    fn push_error(
+        &mut self,
+        step: StepKind,
+        repository: &str,
+        started: Timestamp,
+        class: ErrorClass,
+        error: &dyn std::fmt::Display,
+    ) {
+        self.push(
+            step,
+            repository,
+            started,
+            classify(class),
+            Some(error.to_string()),
+        );
+    }
+
     /// The same failure for every repository of a step that ran for all of
     /// them at once (one read of the source, fanned out).
     fn fail_all(
@@ -220,13 +238,7 @@ pub async fn run_plan(config: &Config, plan_name: &str, options: &RunOptions) ->
         .collect();
     for n in &plan.repositories {
         if let Some(e) = open_errors.get(n) {
-            steps.push(
-                StepKind::Backup,
-                n,
-                started,
-                classify(e.class()),
-                Some(e.to_string()),
-            );
+            steps.push_error(StepKind::Backup, n, started, e.class(), &e);
         }
     }
     if !targets.is_empty() && !options.cancel.is_cancelled() {
@@ -296,13 +308,7 @@ pub async fn run_plan(config: &Config, plan_name: &str, options: &RunOptions) ->
                                     backed_up.push((*n).clone());
                                 }
                                 Err(e) => {
-                                    steps.push(
-                                        StepKind::Backup,
-                                        n,
-                                        t0,
-                                        classify(e.class()),
-                                        Some(e.to_string()),
-                                    );
+                                    steps.push_error(StepKind::Backup, n, t0, e.class(), &e);
                                 }
                             }
                         }
@@ -366,13 +372,7 @@ pub async fn run_plan(config: &Config, plan_name: &str, options: &RunOptions) ->
     for n in &plan.copy_to {
         let t0 = Timestamp::now();
         if let Some(e) = open_errors.get(n) {
-            steps.push(
-                StepKind::Copy,
-                n,
-                t0,
-                classify(e.class()),
-                Some(e.to_string()),
-            );
+            steps.push_error(StepKind::Copy, n, t0, e.class(), &e);
             continue;
         }
         match backed_up.first() {
@@ -433,13 +433,7 @@ pub async fn run_plan(config: &Config, plan_name: &str, options: &RunOptions) ->
                     steps.push(StepKind::Forget, n, t0, Outcome::Ok, None).count = r.removed as u64;
                 }
                 Err(e) => {
-                    steps.push(
-                        StepKind::Forget,
-                        n,
-                        t0,
-                        classify(e.class()),
-                        Some(e.to_string()),
-                    );
+                    steps.push_error(StepKind::Forget, n, t0, e.class(), &e);
                     continue;
                 }
             }
@@ -454,13 +448,7 @@ pub async fn run_plan(config: &Config, plan_name: &str, options: &RunOptions) ->
                         p.packs_deleted as u64;
                 }
                 Err(e) => {
-                    steps.push(
-                        StepKind::Prune,
-                        n,
-                        t0,
-                        classify(e.class()),
-                        Some(e.to_string()),
-                    );
+                    steps.push_error(StepKind::Prune, n, t0, e.class(), &e);
                 }
             }
         }
@@ -481,13 +469,7 @@ pub async fn run_plan(config: &Config, plan_name: &str, options: &RunOptions) ->
             let t0 = Timestamp::now();
             let Some(repo) = repos.get(*n) else {
                 let e = &open_errors[*n];
-                steps.push(
-                    StepKind::Verify,
-                    n,
-                    t0,
-                    classify(e.class()),
-                    Some(e.to_string()),
-                );
+                steps.push_error(StepKind::Verify, n, t0, e.class(), &e);
                 continue;
             };
             match lifeboat_repo::check(repo, &co, &|_, _| {}).await {
@@ -507,13 +489,7 @@ pub async fn run_plan(config: &Config, plan_name: &str, options: &RunOptions) ->
                         .count = r.errors.len() as u64;
                 }
                 Err(e) => {
-                    steps.push(
-                        StepKind::Verify,
-                        n,
-                        t0,
-                        classify(e.class()),
-                        Some(e.to_string()),
-                    );
+                    steps.push_error(StepKind::Verify, n, t0, e.class(), &e);
                 }
             }
         }

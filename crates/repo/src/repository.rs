@@ -590,7 +590,7 @@ impl Repository {
 
     /// Keeps a copy of an object just read or written in the metadata
     /// cache (a no-op without one).
-    async fn cache_copy(&self, key: &ObjectKey, bytes: &Bytes) {
+    pub(crate) async fn cache_copy(&self, key: &ObjectKey, bytes: &Bytes) {
         if let Some(cache) = &self.disk_cache {
             let (c, k, b) = (cache.clone(), key.clone(), bytes.clone());
             let _ = blocking(move || c.put(&k, &b)).await;

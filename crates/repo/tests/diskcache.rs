@@ -19,6 +19,15 @@ use lifeboat_testkit::CountingStorage;
 /// A repository on storage that declares round trips (as S3 does), with
 /// `n` trees and one snapshot record naming the first.
 async fn repo_with_snapshot(mem: &MemoryStorage, n: usize) -> (Arc<CountingStorage>, Vec<Id>) {
+    repo_with_snapshot_cached(mem, n, None).await
+}
+
+/// [`repo_with_snapshot`], written by a handle with its cache under `cache`.
+async fn repo_with_snapshot_cached(
+    mem: &MemoryStorage,
+    n: usize,
+    cache: Option<&Path>,
+) -> (Arc<CountingStorage>, Vec<Id>) {
     let counting = Arc::new(CountingStorage::new(Arc::new(mem.clone())));
     let options = InitOptions {
         kdf: KdfParams::INSECURE_TEST,
@@ -28,7 +37,8 @@ async fn repo_with_snapshot(mem: &MemoryStorage, n: usize) -> (Arc<CountingStora
     let repo = Arc::new(
         Repository::init(counting.clone(), b"pw", options)
             .await
-            .unwrap(),
+            .unwrap()
+            .with_disk_cache(cache),
     );
     let session = WriteSession::start(repo.clone(), WriteOptions::default())
         .await
@@ -144,6 +154,22 @@ async fn a_second_command_reads_index_snapshots_and_trees_from_the_cache() {
     counting.reset();
     read_metadata(&uncached, &trees).await;
     assert!(kinds_read(&counting).contains(&Kind::Snapshots));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_backup_writes_is_cached_for_the_next_command() {
+    let mem = MemoryStorage::new().with_round_trips();
+    let cache = tempfile::tempdir().unwrap();
+    let (counting, trees) = repo_with_snapshot_cached(&mem, 50, Some(cache.path())).await;
+    let next = open_cached(counting.clone(), cache.path()).await;
+    counting.reset();
+    read_metadata(&next, &trees).await;
+    assert_eq!(
+        kinds_read(&counting),
+        BTreeSet::new(),
+        "the command after the backup read {:?} from the repository",
+        counting.read_keys()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -103,7 +103,7 @@ where
         if *meta.level() > tracing::Level::INFO {
             write!(writer, "{}: ", meta.target())?;
         }
-        ctx.format_fields(writer.by_ref(), event)?;
+        tracing_subscriber::fmt::FormatFields::format_fields(ctx, writer.by_ref(), event)?;
         writeln!(writer)
     }
 }

@@ -651,11 +651,7 @@ impl ReadOnlyMount {
                 .output()
                 .map(|o| o.status.success().then_some(()).ok_or(o))
         };
-        let bound = run(&[
-            "--bind".as_ref(),
-            src.as_os_str(),
-            dst.as_os_str(),
-        ]);
+        let bound = run(&["--bind".as_ref(), src.as_os_str(), dst.as_os_str()]);
         match bound {
             Ok(Ok(())) => {}
             other => {
@@ -669,11 +665,7 @@ impl ReadOnlyMount {
             }
         }
         let guard = ReadOnlyMount(dst.to_path_buf());
-        let ro = run(&[
-            "-o".as_ref(),
-            "remount,bind,ro".as_ref(),
-            dst.as_os_str(),
-        ]);
+        let ro = run(&["-o".as_ref(), "remount,bind,ro".as_ref(), dst.as_os_str()]);
         assert!(matches!(ro, Ok(Ok(()))), "{test}: remount ro: {ro:?}");
         Some(guard)
     }
@@ -696,8 +688,7 @@ fn read_commands_work_on_read_only_storage_and_no_lock_is_for_them() {
     write(src.join("a.txt"), "a\n");
     write(src.join("b/c.bin"), random_bytes(100_000, 9));
     lb.backup(&[&src], &[]);
-    let Some(ro) = ReadOnlyMount::new(&lb.repo.clone(), &lb.path("ro"), "read_only_storage")
-    else {
+    let Some(ro) = ReadOnlyMount::new(&lb.repo.clone(), &lb.path("ro"), "read_only_storage") else {
         return;
     };
     lb.repo = ro.0.clone();
@@ -722,7 +713,11 @@ fn read_commands_work_on_read_only_storage_and_no_lock_is_for_them() {
                 args.push("--no-lock");
             }
             let out = lb.ok(&args);
-            assert!(!stderr(&out).contains("error"), "{args:?}: {}", describe(&out));
+            assert!(
+                !stderr(&out).contains("error"),
+                "{args:?}: {}",
+                describe(&out)
+            );
         }
     }
     assert_same_tree(&src, &restored(&t, &src));

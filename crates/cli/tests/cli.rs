@@ -53,16 +53,6 @@ fn ids(snaps: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// Snapshot paths of `ls --json` output.
-fn ls_paths(entries: &Value) -> Vec<String> {
-    entries
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| s(&e["path"]).to_string())
-        .collect()
-}
-
 /// The absolute path as the snapshot shows it.
 fn snap_path(p: &Path) -> String {
     p.to_str().unwrap().to_string()

@@ -1,5 +1,8 @@
-//! What a restic user reaches for (issue 13): `SNAPSHOT:SUBPATH`, and the
-//! commands and options listed in the issue's "expected features".
+//! Issue 13's trust fixes, each test named after what was wrong:
+//! `SNAPSHOT:SUBPATH`, the restic features a new user looks for (`backup
+//! --dry-run`, `--files-from`, `restore --verify`, `tag`, `unlock`,
+//! `--no-lock`), names that are not UTF-8, times with their zone, quiet and
+//! verbose output, and signals during prune and copy.
 
 mod common;
 
@@ -9,15 +12,6 @@ use common::*;
 
 const NOT_FOUND: i32 = 16;
 const USAGE: i32 = 2;
-
-/// Snapshot paths of `ls --json` output.
-fn ls_paths(v: &serde_json::Value) -> Vec<String> {
-    v.as_array()
-        .expect("ls entries")
-        .iter()
-        .map(|e| e["path"].as_str().unwrap().to_string())
-        .collect()
-}
 
 /// Regression (issue 13): `latest:/home/me` was taken as a snapshot id
 /// ("no snapshot latest:/home/me"). It names a directory inside the

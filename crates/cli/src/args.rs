@@ -1,6 +1,7 @@
 //! Command-line definitions (clap). Option structs of the libraries never
 //! carry clap attributes; commands translate these into them.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -46,6 +47,11 @@ pub struct Global {
     /// More logging on stderr.
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// Take no repository lock (restic's --no-lock). Read commands
+    /// (snapshots, ls, restore, check, ...) never take one in lifeboat, so
+    /// for them this changes nothing; commands that write refuse it.
+    #[arg(long, global = true)]
+    pub no_lock: bool,
     /// Where the repository's cold tier is, when not where `init --cold`
     /// recorded it (the same data reached another way, e.g. from another
     /// machine).
@@ -90,6 +96,11 @@ pub enum Command {
     Find(FindArgs),
     /// Repository statistics.
     Stats(StatsArgs),
+    /// Add, remove or set the tags of snapshots (rewrites their records).
+    Tag(TagArgs),
+    /// Remove stale repository locks (a crashed backup's or prune's),
+    /// showing each holder.
+    Unlock(UnlockArgs),
     /// Verify the repository; with --read-data also every blob's content.
     Check(CheckArgs),
     /// Repair repository metadata.
@@ -188,8 +199,21 @@ pub enum ModeArg {
 pub struct BackupArgs {
     /// Files and directories to back up (with --stdin-from-command: the
     /// command and its arguments, after `--`).
-    #[arg(required_unless_present = "stdin")]
+    #[arg(required_unless_present_any = ["stdin", "files_from", "files_from_raw"])]
     pub paths: Vec<PathBuf>,
+    /// Also back up the paths listed in this file, one per line (empty
+    /// lines and lines starting with # are ignored); `-` reads standard
+    /// input. Repeatable.
+    #[arg(long, value_name = "FILE", conflicts_with = "stdin")]
+    pub files_from: Vec<PathBuf>,
+    /// Like --files-from, but the paths are separated by NUL bytes and
+    /// taken as they are (any byte but NUL; `find -print0` writes this).
+    #[arg(long, value_name = "FILE", conflicts_with = "stdin")]
+    pub files_from_raw: Vec<PathBuf>,
+    /// Read the source and count what would be added, but write nothing
+    /// to the repository (no lock, no data, no snapshot).
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
     /// Wait up to this long for a prune that holds the repository (e.g. 30m,
     /// 2h, 90s) instead of failing at once with exit 17.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -237,8 +261,9 @@ pub struct BackupArgs {
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// Snapshot id (or unique prefix), or `latest` (see --host, --tag,
-    /// --path).
-    pub snapshot: String,
+    /// --path); `SNAPSHOT:SUBPATH` (e.g. `latest:/home/me`) names a
+    /// directory inside it, which then stands for the snapshot's root.
+    pub snapshot: OsString,
     #[command(flatten)]
     pub filter: SnapshotFilterArgs,
     /// Directory to restore into.
@@ -246,16 +271,21 @@ pub struct RestoreArgs {
     pub target: PathBuf,
     /// Restore only these snapshot paths or globs (repeatable).
     #[arg(long)]
-    pub include: Vec<String>,
+    pub include: Vec<OsString>,
     /// Skip these snapshot paths or globs (repeatable).
     #[arg(long)]
-    pub exclude: Vec<String>,
+    pub exclude: Vec<OsString>,
     /// Replace existing files in the target.
     #[arg(long)]
     pub overwrite: bool,
     /// Skip files already identical in the target; rewrite the others.
     #[arg(long)]
     pub delta: bool,
+    /// After restoring, read every restored file back and compare it with
+    /// the snapshot's content hashes; differences are listed and the exit
+    /// code is 3.
+    #[arg(long)]
+    pub verify: bool,
     /// Print which packs the restore would read (and from which tier, how
     /// many bytes), then stop: nothing is read from packs or written.
     #[arg(long)]
@@ -272,13 +302,14 @@ pub struct RestoreArgs {
 #[derive(Debug, Args)]
 pub struct DumpArgs {
     /// Snapshot id (or unique prefix), or `latest` (see --host, --tag,
-    /// --path).
-    pub snapshot: String,
+    /// --path); `SNAPSHOT:SUBPATH` (e.g. `latest:/home/me`) names a
+    /// directory inside it, which then stands for the snapshot's root.
+    pub snapshot: OsString,
     #[command(flatten)]
     pub filter: SnapshotFilterArgs,
     /// Path inside the snapshot (as backed up, e.g. /etc/hosts): a file is
     /// written as it is, a directory (or /) as a tar stream.
-    pub path: String,
+    pub path: OsString,
 }
 
 /// Which snapshot `latest` means (restic's filters); an id or a prefix is
@@ -321,12 +352,13 @@ pub struct SnapshotsArgs {
 #[derive(Debug, Args)]
 pub struct LsArgs {
     /// Snapshot id (or unique prefix), or `latest` (see --host, --tag,
-    /// --path).
-    pub snapshot: String,
+    /// --path); `SNAPSHOT:SUBPATH` (e.g. `latest:/home/me`) names a
+    /// directory inside it, which then stands for the snapshot's root.
+    pub snapshot: OsString,
     #[command(flatten)]
     pub filter: SnapshotFilterArgs,
     /// Directory inside the snapshot (default: everything).
-    pub path: Option<String>,
+    pub path: Option<OsString>,
     /// Only the directory itself, not its subdirectories.
     #[arg(long)]
     pub no_recursive: bool,
@@ -334,18 +366,21 @@ pub struct LsArgs {
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// The older snapshot (id, unique prefix or `latest`).
-    pub first: String,
-    /// The newer snapshot (id, unique prefix or `latest`).
-    pub second: String,
+    /// The older snapshot (id, unique prefix or `latest`; `SNAPSHOT:SUBPATH`
+    /// compares only that directory).
+    pub first: OsString,
+    /// The newer snapshot (id, unique prefix or `latest`; `SNAPSHOT:SUBPATH`
+    /// compares only that directory).
+    pub second: OsString,
     #[command(flatten)]
     pub filter: SnapshotFilterArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct FindArgs {
-    /// Glob on the file name, or on the full path if it contains `/`.
-    pub pattern: String,
+    /// Glob on the file name, or on the full path if it contains `/` (a
+    /// name that is not UTF-8 matches exactly).
+    pub pattern: OsString,
     /// Search only the snapshots these filters allow.
     #[command(flatten)]
     pub filter: SnapshotFilterArgs,
@@ -353,6 +388,36 @@ pub struct FindArgs {
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {}
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// Snapshots to change (id, unique prefix or `latest`, which --host,
+    /// --tag and --path narrow).
+    #[arg(required = true)]
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub filter: SnapshotFilterArgs,
+    /// Add this tag (repeatable; a,b adds both).
+    #[arg(long, value_name = "TAG", value_delimiter = ',')]
+    pub add: Vec<String>,
+    /// Remove this tag (repeatable; a,b removes both).
+    #[arg(long, value_name = "TAG", value_delimiter = ',')]
+    pub remove: Vec<String>,
+    /// Replace all tags with these (repeatable; a,b sets both; `--set ''`
+    /// removes every tag).
+    #[arg(long, value_name = "TAG", value_delimiter = ',')]
+    pub set: Option<Vec<String>>,
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Remove every lock, also those of running backups and prunes. Only
+    /// when you know no lifeboat process uses the repository: a prune
+    /// running beside an unlocked backup can delete the data the backup
+    /// is about to reference.
+    #[arg(long)]
+    pub remove_all: bool,
+}
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {

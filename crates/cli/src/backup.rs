@@ -1,6 +1,7 @@
 //! `lifeboat backup`.
 
 use crate::output::outln;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -35,6 +36,7 @@ fn source(a: BackupArgs, draw: bool, own: Vec<std::path::PathBuf>) -> Result<Sou
             host: a.host,
             mode,
             compression_level: a.compression,
+            dry_run: a.dry_run,
             ..Default::default()
         }));
     }
@@ -60,21 +62,74 @@ fn source(a: BackupArgs, draw: bool, own: Vec<std::path::PathBuf>) -> Result<Sou
         mode,
         compression_level: a.compression,
         scan_totals: draw,
+        dry_run: a.dry_run,
         ..Default::default()
     }))
 }
 
-pub async fn run(g: &Global, a: BackupArgs) -> Result<i32> {
+/// The paths of `--files-from` (one a line, `#` comments) and
+/// `--files-from-raw` (NUL-separated, verbatim) files; `-` is stdin.
+fn files_from(a: &BackupArgs) -> Result<Vec<PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
+    let read = |f: &PathBuf| -> Result<Vec<u8>> {
+        if f.as_os_str() == "-" {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+            return Ok(buf);
+        }
+        std::fs::read(f).map_err(|e| {
+            exit::cli_error(
+                exit::USAGE,
+                format!("cannot read the list of paths {}: {e}", f.display()),
+            )
+        })
+    };
+    let mut out = Vec::new();
+    for f in &a.files_from {
+        let text = read(f)?;
+        for line in text.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() || line.starts_with(b"#") {
+                continue;
+            }
+            out.push(PathBuf::from(std::ffi::OsStr::from_bytes(line)));
+        }
+    }
+    for f in &a.files_from_raw {
+        let raw = read(f)?;
+        out.extend(
+            raw.split(|b| *b == 0)
+                .filter(|p| !p.is_empty())
+                .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p))),
+        );
+    }
+    if out.is_empty() && a.paths.is_empty() && !a.stdin {
+        return Err(exit::cli_error(
+            exit::USAGE,
+            "the --files-from lists name no path: nothing to back up",
+        ));
+    }
+    Ok(out)
+}
+
+pub async fn run(g: &Global, mut a: BackupArgs) -> Result<i32> {
     if let Some(d) = a.retry_lock {
         lifeboat_repo::lock::set_default_retry(d);
     }
     if a.stdin_from_command {
         return from_command(g, a).await;
     }
+    let listed = files_from(&a)?;
+    a.paths.extend(listed);
     if g.repo.len() > 1 {
         return run_many(g, a).await;
     }
-    let repo = session::open_or_create_default(g).await?;
+    let repo = if a.dry_run {
+        // A dry run creates nothing, not even the default repository.
+        session::open(g).await?
+    } else {
+        session::open_or_create_default(g).await?
+    };
     let own = own_paths(g, &[session::target(g)?], std::slice::from_ref(&repo));
     note_own_paths(g, &a, &own);
     let bar = Arc::new(Bar::new(!g.quiet && !g.json, "backup"));
@@ -360,6 +415,7 @@ fn render(g: &Global, o: &BackupOutcome) -> Result<()> {
 fn outcome_json(o: &BackupOutcome) -> serde_json::Value {
     let r = &o.snapshot.record;
     serde_json::json!({
+        "dry_run": o.dry_run,
         "snapshot": o.snapshot.id.to_hex(),
         "short_id": o.snapshot.id.short(),
         "mode": r.mode,
@@ -373,9 +429,13 @@ fn outcome_json(o: &BackupOutcome) -> serde_json::Value {
 fn render_text(o: &BackupOutcome, indent: &str) {
     let r = &o.snapshot.record;
     let s = &r.summary;
+    if o.dry_run {
+        outln!("{indent}dry run: nothing was written to the repository");
+    }
     outln!(
-        "{indent}snapshot {} saved ({} backup{}{})",
+        "{indent}snapshot {} {} ({} backup{}{})",
         o.snapshot.id.short(),
+        if o.dry_run { "would be saved" } else { "saved" },
         r.mode,
         r.parent
             .map(|p| format!(", parent {}", p.short()))
@@ -403,9 +463,14 @@ fn render_text(o: &BackupOutcome, indent: &str) {
         s.dirs
     );
     outln!(
-        "{indent}data: {} read, {} added to the repository ({} before compression), {} in the snapshot",
+        "{indent}data: {} read, {} {} the repository ({} before compression), {} in the snapshot",
         bytes(s.read_bytes),
         bytes(s.added_bytes),
+        if o.dry_run {
+            "would be added to"
+        } else {
+            "added to"
+        },
         bytes(s.added_raw_bytes),
         bytes(s.total_bytes)
     );

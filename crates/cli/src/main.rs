@@ -19,8 +19,6 @@ mod restore;
 mod retention;
 mod session;
 
-use clap::Parser;
-
 /// jemalloc instead of glibc malloc: large buffers (packs, chunks) are
 /// allocated on one thread and freed on another, which leaves glibc's
 /// per-thread arenas holding hundreds of MiB after a prune.
@@ -42,8 +40,18 @@ const MAX_BLOCKING_THREADS: usize = 8;
 const SECRET_LOGGING_TARGETS: &[&str] = &["reqsign", "reqsign_core", "reqsign_aws_v4"];
 
 fn main() {
-    let args = args::Cli::parse();
-    let filter = if args.global.verbose { "info" } else { "warn" };
+    let matches = <args::Cli as clap::CommandFactory>::command().get_matches();
+    let name = command_name(&matches);
+    let args = <args::Cli as clap::FromArgMatches>::from_arg_matches(&matches)
+        .unwrap_or_else(|e| e.exit());
+    // -q: errors only; -v: what each command does.
+    let filter = if args.global.verbose {
+        "info"
+    } else if args.global.quiet {
+        "error"
+    } else {
+        "warn"
+    };
     let mut filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
         .unwrap_or_else(|_| filter.into());
     // The S3 request-signing crates log their credential provider, secret
@@ -69,10 +77,13 @@ fn main() {
                 fmt.init();
             }
         }
+        // Every other command: log lines in the CLI's own one format
+        // (`lifeboat: warning: ...`), never with colour codes.
         _ => tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
-            .without_time()
+            .with_ansi(false)
+            .event_format(output::LogLine)
             .init(),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -86,10 +97,52 @@ fn main() {
             std::process::exit(exit::GENERIC);
         }
     };
+    if args.global.quiet && !args.global.json && quiet_summary(&args.command) {
+        output::set_quiet();
+    }
+    let started = std::time::Instant::now();
+    tracing::info!("{name}: started");
     let code = runtime.block_on(run_until_signal(args));
+    tracing::info!(
+        "{name}: finished in {} with exit code {code}",
+        output::duration_ms(started.elapsed().as_millis() as u64)
+    );
     // Do not wait for lingering blocking tasks (a stalled storage request).
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     std::process::exit(code);
+}
+
+/// The subcommand as typed, with its own subcommand (`key add`, `pg
+/// backup`), for `-v` messages.
+fn command_name(m: &clap::ArgMatches) -> String {
+    let mut name = String::from("lifeboat");
+    let mut m = m;
+    while let Some((sub, next)) = m.subcommand() {
+        name.push(' ');
+        name.push_str(sub);
+        m = next;
+    }
+    name
+}
+
+/// Commands whose text output is a summary of what they did, not data
+/// asked for: `-q` leaves it out (errors still show). `snapshots`, `ls`,
+/// `dump` and the other read commands print their result whatever `-q`.
+fn quiet_summary(c: &args::Command) -> bool {
+    use args::Command as C;
+    matches!(
+        c,
+        C::Init(_)
+            | C::Backup(_)
+            | C::Restore(_)
+            | C::Copy(_)
+            | C::Forget(_)
+            | C::Prune(_)
+            | C::Tag(_)
+            | C::Unlock(_)
+            | C::Repair(_)
+            | C::Run(_)
+    )
 }
 
 /// Runs the command; on SIGINT or SIGTERM stops it, removes every
@@ -141,10 +194,34 @@ async fn run_until_signal(cli: args::Cli) -> i32 {
     code
 }
 
+/// Commands that write under a repository lock, which `--no-lock` cannot
+/// waive (a prune beside an unlocked backup would delete its data).
+fn needs_lock(c: &args::Command) -> bool {
+    use args::{Command as C, PgCommand as P};
+    match c {
+        C::Backup(a) => !a.dry_run,
+        C::Prune(a) => !a.dry_run,
+        C::Forget(a) => a.prune && !a.dry_run,
+        C::Copy(_) | C::Repair(_) | C::Run(_) | C::Daemon(_) => true,
+        C::Pg(p) => matches!(
+            p.command,
+            P::Backup { .. } | P::Dump { .. } | P::WalPush { .. }
+        ),
+        _ => false,
+    }
+}
+
 async fn run(cli: args::Cli) -> i32 {
     let g = &cli.global;
     if g.no_cache {
         lifeboat_repo::diskcache::disable_for_process();
+    }
+    if g.no_lock && needs_lock(&cli.command) {
+        return exit::report(&exit::cli_error(
+            exit::USAGE,
+            "--no-lock is for read commands: this command writes to the repository \
+             and needs its lock (a prune could otherwise delete what it writes)",
+        ));
     }
     let result = match cli.command {
         args::Command::Init(a) => session::init(g, a).await,
@@ -156,6 +233,8 @@ async fn run(cli: args::Cli) -> i32 {
         args::Command::Diff(a) => read::diff(g, a).await,
         args::Command::Find(a) => read::find(g, a).await,
         args::Command::Stats(a) => read::stats(g, a).await,
+        args::Command::Tag(a) => retention::tag(g, a).await,
+        args::Command::Unlock(a) => maintenance::unlock(g, a).await,
         args::Command::Check(a) => maintenance::check(g, a).await,
         args::Command::Repair(a) => maintenance::repair(g, a).await,
         args::Command::Key(a) => keys::run(g, a).await,

@@ -149,3 +149,59 @@ pub async fn repair(g: &Global, a: RepairArgs) -> Result<i32> {
         }
     }
 }
+
+/// `unlock`: removes stale lock objects (holder gone or not refreshed for
+/// [`lifeboat_repo::lock::STALE_AFTER`]) and unreadable ones, naming each
+/// holder; live locks are kept and named unless `--remove-all`.
+pub async fn unlock(g: &Global, a: crate::args::UnlockArgs) -> Result<i32> {
+    use lifeboat_repo::lock::{LockOptions, list_locks};
+    let repo = session::open(g).await?;
+    let options = LockOptions::default();
+    let mut rows = Vec::new();
+    let mut removed = 0;
+    for l in list_locks(repo.storage(), repo.key()).await? {
+        let (holder, stale) = match &l.info {
+            Ok(info) => (info.describe(), options.is_stale(info)),
+            Err(e) => (format!("an unreadable lock ({e})"), true),
+        };
+        let remove = stale || a.remove_all;
+        if remove {
+            if !stale && !g.json {
+                eprintln!(
+                    "lifeboat: warning: removing the lock of {holder}, which still looks alive: \
+                     if it runs, a prune may now delete data it is about to reference"
+                );
+            }
+            repo.storage().delete(&l.key).await?;
+            removed += 1;
+        }
+        if !g.json {
+            let what = match (remove, stale) {
+                (true, true) => "removed stale lock",
+                (true, false) => "removed live lock",
+                (false, _) => "kept live lock",
+            };
+            outln!("{what}: {holder}");
+        }
+        rows.push(serde_json::json!({
+            "object": l.key.to_string(),
+            "holder": holder,
+            "stale": stale,
+            "removed": remove,
+        }));
+    }
+    if g.json {
+        crate::output::json(&rows)?;
+    } else {
+        let kept = rows.len() - removed;
+        outln!(
+            "{removed} locks removed, {kept} kept{}",
+            if kept > 0 {
+                " (live: wait for them to finish, or --remove-all if you know they are gone)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(exit::OK)
+}

@@ -165,7 +165,7 @@ fn render_report(r: &RunReport) {
         r.plan,
         r.outcome.as_str().to_uppercase(),
         r.mode.as_deref().unwrap_or("-"),
-        r.started.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        crate::output::local_time(r.started),
         duration_ms(r.duration_ms)
     );
     for s in &r.steps {
@@ -238,13 +238,13 @@ pub fn render_status(st: &Status) {
             p.freshness.as_str().to_uppercase(),
             age(p.age_seconds),
             p.next_run
-                .map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
+                .map(crate::output::local_minute)
                 .unwrap_or_else(|| "-".into())
         );
         if let Some(f) = &p.last_failure {
             outln!(
                 "  last failure {}: {}",
-                f.time.strftime("%Y-%m-%d %H:%M UTC"),
+                crate::output::local_minute(f.time),
                 f.reason
             );
         }

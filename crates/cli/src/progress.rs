@@ -103,7 +103,12 @@ impl Bar {
     }
 
     fn warn(&self, path: &Path, message: &str) {
-        let line = format!("lifeboat: warning: {}: {message}", path.display());
+        // The name in the lossless escape form: a newline in a file name
+        // must not start what looks like another report.
+        let line = format!(
+            "lifeboat: warning: {}: {message}",
+            lifeboat_snapshot::printable(path.as_os_str().as_encoded_bytes())
+        );
         match &self.bar {
             Some(b) => b.println(line),
             None => eprintln!("{line}"),

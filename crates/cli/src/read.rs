@@ -2,15 +2,21 @@
 
 use crate::output::outln;
 use anyhow::Result;
-use lifeboat_repo::{BlobType, Snapshot, resolve_snapshot_matching};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use lifeboat_repo::{BlobType, Repository, Snapshot, resolve_snapshot_matching};
 use lifeboat_snapshot::diff::{Change, diff as diff_snapshots};
 use lifeboat_snapshot::find::find as find_files;
 use lifeboat_snapshot::ls::ls as ls_snapshot;
+use lifeboat_snapshot::nav::{rooted_at, split_query};
 use serde::Serialize;
 
-use crate::args::{DiffArgs, FindArgs, Global, LsArgs, SnapshotsArgs, StatsArgs};
+use crate::args::{
+    DiffArgs, FindArgs, Global, LsArgs, SnapshotFilterArgs, SnapshotsArgs, StatsArgs,
+};
 use crate::exit;
-use crate::output::{bytes, json};
+use crate::output::{bytes, json, local_time};
 use crate::session;
 
 #[derive(Serialize)]
@@ -42,7 +48,7 @@ pub async fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<i32> {
         return json(&rows).map(|_| exit::OK);
     }
     outln!(
-        "{:<8}  {:<20}  {:<12}  {:<8}  {:<12}  {:>10}  {:>10}  paths",
+        "{:<8}  {:<24}  {:<12}  {:<8}  {:<12}  {:>10}  {:>10}  paths",
         "id",
         "time",
         "host",
@@ -53,9 +59,9 @@ pub async fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<i32> {
     );
     for s in &all {
         let r = &s.record;
-        let time = r.time.strftime("%Y-%m-%d %H:%M:%S").to_string();
+        let time = local_time(r.time);
         outln!(
-            "{:<8}  {:<20}  {:<12}  {:<8}  {:<12}  {:>10}  {:>10}  {}{}{}",
+            "{:<8}  {:<24}  {:<12}  {:<8}  {:<12}  {:>10}  {:>10}  {}{}{}",
             s.id.short(),
             time,
             r.host,
@@ -89,11 +95,31 @@ fn marks(r: &lifeboat_repo::SnapshotRecord) -> String {
     out
 }
 
+/// The snapshot a query names: an id, a unique prefix or `latest` (which
+/// the filters narrow), optionally followed by `:SUBPATH` (restic's
+/// `latest:/home/me`), in which case the snapshot is re-rooted at that
+/// directory ([`lifeboat_snapshot::nav::rooted_at`]).
+pub async fn find_snapshot(
+    repo: &Repository,
+    query: &OsStr,
+    filter: &SnapshotFilterArgs,
+) -> Result<Snapshot> {
+    let (query, subpath) = split_query(query.as_bytes())?;
+    let snap = repo.find_snapshot_matching(query, &filter.filter()).await?;
+    rooted(repo, snap, subpath).await
+}
+
+/// `snap` re-rooted at `subpath` when there is one.
+async fn rooted(repo: &Repository, snap: Snapshot, subpath: Option<&[u8]>) -> Result<Snapshot> {
+    Ok(match subpath {
+        Some(sub) => rooted_at(repo, snap, sub).await?,
+        None => snap,
+    })
+}
+
 pub async fn ls(g: &Global, a: LsArgs) -> Result<i32> {
     let repo = session::open(g).await?;
-    let snap = repo
-        .find_snapshot_matching(&a.snapshot, &a.filter.filter())
-        .await?;
+    let snap = find_snapshot(&repo, &a.snapshot, &a.filter).await?;
     let path = a.path.unwrap_or_else(|| "/".into());
     let entries = ls_snapshot(&repo, &snap, path.as_bytes(), !a.no_recursive).await?;
     if g.json {
@@ -111,7 +137,7 @@ pub async fn ls(g: &Global, a: LsArgs) -> Result<i32> {
             e.user.clone().unwrap_or_else(|| e.uid.to_string()),
             e.group.clone().unwrap_or_else(|| e.gid.to_string()),
             e.size,
-            e.mtime.strftime("%Y-%m-%d %H:%M:%S"),
+            local_time(e.mtime),
             e.path,
             e.link_target
                 .as_ref()
@@ -126,9 +152,13 @@ pub async fn diff(g: &Global, a: DiffArgs) -> Result<i32> {
     let repo = session::open(g).await?;
     let all = repo.snapshots().await?;
     let filter = a.filter.filter();
-    let first = resolve_snapshot_matching(&all, &a.first, &filter)?;
-    let second = resolve_snapshot_matching(&all, &a.second, &filter)?;
-    let report = diff_snapshots(&repo, first, second).await?;
+    let (first, first_sub) = split_query(a.first.as_bytes())?;
+    let (second, second_sub) = split_query(a.second.as_bytes())?;
+    let first = resolve_snapshot_matching(&all, first, &filter)?.clone();
+    let second = resolve_snapshot_matching(&all, second, &filter)?.clone();
+    let first = rooted(&repo, first, first_sub).await?;
+    let second = rooted(&repo, second, second_sub).await?;
+    let report = diff_snapshots(&repo, &first, &second).await?;
     if g.json {
         return json(&report).map(|_| exit::OK);
     }
@@ -177,7 +207,11 @@ pub async fn find(g: &Global, a: FindArgs) -> Result<i32> {
         return json(&found).map(|_| exit::OK);
     }
     if found.is_empty() {
-        outln!("no file matches {:?} in {} snapshots", a.pattern, all.len());
+        outln!(
+            "no file matches {} in {} snapshots",
+            lifeboat_snapshot::printable(a.pattern.as_bytes()),
+            all.len()
+        );
         return Ok(exit::NOT_FOUND);
     }
     for h in &found {
@@ -187,7 +221,7 @@ pub async fn find(g: &Global, a: FindArgs) -> Result<i32> {
                 "  {:?} in snapshot {} at {}{}",
                 ev.change,
                 ev.snapshot,
-                ev.time.strftime("%Y-%m-%d %H:%M:%S"),
+                local_time(ev.time),
                 ev.size
                     .map(|s| format!(" ({})", bytes(s)))
                     .unwrap_or_default()

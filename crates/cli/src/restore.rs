@@ -1,6 +1,7 @@
 //! `restore` and `dump`.
 
 use crate::output::outln;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -15,9 +16,7 @@ use crate::session;
 
 pub async fn restore(g: &Global, a: RestoreArgs) -> Result<i32> {
     let repo = session::open(g).await?;
-    let snap = repo
-        .find_snapshot_matching(&a.snapshot, &a.filter.filter())
-        .await?;
+    let snap = crate::read::find_snapshot(&repo, &a.snapshot, &a.filter).await?;
     check_includes_exist(&repo, &snap, &a.include).await?;
     let options = RestoreOptions {
         target: a.target,
@@ -61,13 +60,28 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<i32> {
             format!(
                 "nothing in snapshot {} matches --include {} (list it with `lifeboat ls {}`)",
                 snap.id.short(),
-                options.include.join(" --include "),
+                options
+                    .include
+                    .iter()
+                    .map(|p| lifeboat_snapshot::printable(p.as_bytes()))
+                    .collect::<Vec<_>>()
+                    .join(" --include "),
                 snap.id.short()
             ),
         ));
     }
+    let verified = if a.verify {
+        Some(lifeboat_snapshot::restore::verify(&repo, &snap, &options).await?)
+    } else {
+        None
+    };
+    let differ = verified.as_ref().is_some_and(|v| !v.differences.is_empty());
     if g.json {
-        crate::output::json(&stats)?;
+        let mut v = serde_json::to_value(&stats)?;
+        if let Some(verified) = &verified {
+            v["verify"] = serde_json::to_value(verified)?;
+        }
+        crate::output::json(&v)?;
     } else {
         for e in &stats.errors {
             eprintln!("lifeboat: error: {e}");
@@ -89,8 +103,24 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<i32> {
             stats.errors.len(),
             duration_ms(stats.elapsed_ms)
         );
+        if let Some(v) = &verified {
+            for d in &v.differences {
+                eprintln!("lifeboat: error: verify: {d}");
+            }
+            outln!(
+                "verified {} files ({}) and {} symlinks against the snapshot: {}",
+                v.files_checked,
+                bytes(v.bytes_checked),
+                v.symlinks_checked,
+                if v.differences.is_empty() {
+                    "all match".to_string()
+                } else {
+                    format!("{} DIFFER", v.differences.len())
+                }
+            );
+        }
     }
-    Ok(if stats.errors.is_empty() {
+    Ok(if stats.errors.is_empty() && !differ {
         exit::OK
     } else {
         exit::PARTIAL
@@ -102,10 +132,14 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<i32> {
 async fn check_includes_exist(
     repo: &Repository,
     snap: &Snapshot,
-    include: &[String],
+    include: &[std::ffi::OsString],
 ) -> Result<()> {
     for p in include {
-        let plain = p.contains('/') && !p.contains(['*', '?', '[', '{', '\\']);
+        // Not UTF-8: a literal path or name, never a glob.
+        let plain = match p.to_str() {
+            Some(p) => p.contains('/') && !p.contains(['*', '?', '[', '{', '\\']),
+            None => p.as_bytes().contains(&b'/'),
+        };
         if plain {
             lifeboat_snapshot::nav::lookup(repo, &snap.id.short(), snap.record.tree, p.as_bytes())
                 .await?;
@@ -217,9 +251,7 @@ fn print_plan(repo: &Repository, snap: &Snapshot, p: &RestorePlan, shown: usize,
 
 pub async fn dump(g: &Global, a: DumpArgs) -> Result<i32> {
     let repo: Arc<_> = session::open(g).await?;
-    let snap = repo
-        .find_snapshot_matching(&a.snapshot, &a.filter.filter())
-        .await?;
+    let snap = crate::read::find_snapshot(&repo, &a.snapshot, &a.filter).await?;
     let path = a.path.as_bytes();
     let result = if lifeboat_snapshot::dumptar::is_dir(&repo, &snap, path).await? {
         // A directory (or the whole snapshot) as a tar stream, as restic

@@ -63,7 +63,7 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<i32> {
         let prune = pruned.as_ref().map(|(stats, wal)| prune_json(stats, *wal));
         crate::output::json(&serde_json::json!({ "forget": report, "prune": prune }))?;
     } else {
-        render_forget(&report);
+        render_forget(&report, pruned.is_some());
         if let Some((p, wal)) = &pruned {
             render_prune(p, *wal);
         }
@@ -71,11 +71,13 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn render_forget(r: &ForgetReport) {
+/// `pruning`: a prune follows (`--prune`), so the hint to run one is not
+/// given.
+fn render_forget(r: &ForgetReport, pruning: bool) {
     for g in &r.groups {
         outln!("source {} {}:", g.host, g.paths.join(" "));
         for d in &g.snapshots {
-            let time = d.time.strftime("%Y-%m-%d %H:%M:%S");
+            let time = crate::output::local_time(d.time);
             if d.keep {
                 outln!(
                     "  keep    {}  {}  ({})",
@@ -93,8 +95,8 @@ fn render_forget(r: &ForgetReport) {
         if r.dry_run { "would forget" } else { "forgot" },
         r.removed,
         r.kept,
-        if r.removed > 0 && !r.dry_run {
-            "; run `lifeboat prune` to free their data"
+        if r.removed > 0 && !r.dry_run && !pruning {
+            "; their data still takes space until `lifeboat prune` (or `forget --prune`) removes it"
         } else {
             ""
         }
@@ -241,4 +243,66 @@ fn parse_size(s: &str) -> Option<u64> {
         _ => return None,
     };
     Some((n * mult as f64) as u64)
+}
+
+/// `tag`: rewrites each named snapshot's record with the changed tags
+/// ([`lifeboat_repo::tags::retag`]: the new record is stored before the
+/// old one is deleted).
+pub async fn tag(g: &Global, a: crate::args::TagArgs) -> Result<i32> {
+    use lifeboat_repo::tags::{TagChange, retag};
+    let change = TagChange {
+        set: a.set,
+        add: a.add,
+        remove: a.remove,
+    };
+    if change.is_empty() {
+        return Err(cli_error(
+            exit::USAGE,
+            "tag needs --add, --remove or --set (e.g. `lifeboat tag latest --add keep`)",
+        ));
+    }
+    let repo = session::open(g).await?;
+    let all = repo.snapshots().await?;
+    let filter = a.filter.filter();
+    // Resolve every query before changing anything: a typo changes nothing.
+    let mut chosen: Vec<lifeboat_repo::Snapshot> = Vec::new();
+    for q in &a.snapshots {
+        let s = lifeboat_repo::resolve_snapshot_matching(&all, q, &filter)?;
+        if !chosen.iter().any(|c| c.id == s.id) {
+            chosen.push(s.clone());
+        }
+    }
+    let mut rows = Vec::new();
+    for s in &chosen {
+        let new = retag(&repo, s, &change).await?;
+        let (id, tags) = match &new {
+            Some(n) => (n.id, &n.record.tags),
+            None => (s.id, &s.record.tags),
+        };
+        if !g.json {
+            match &new {
+                Some(_) => outln!(
+                    "snapshot {} is now {} with tags [{}]",
+                    s.id.short(),
+                    id.short(),
+                    tags.join(",")
+                ),
+                None => outln!(
+                    "snapshot {} unchanged, tags [{}]",
+                    s.id.short(),
+                    tags.join(",")
+                ),
+            }
+        }
+        rows.push(serde_json::json!({
+            "old_id": s.id.to_hex(),
+            "id": id.to_hex(),
+            "changed": new.is_some(),
+            "tags": tags,
+        }));
+    }
+    if g.json {
+        crate::output::json(&rows)?;
+    }
+    Ok(exit::OK)
 }

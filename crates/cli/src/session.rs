@@ -317,6 +317,11 @@ pub async fn open_target(g: &Global, t: &Target) -> Result<Arc<Repository>> {
     let repo = Repository::open(storage, &password)
         .await?
         .with_user_disk_cache();
+    tracing::info!(
+        "opened repository {} (id {})",
+        t.display,
+        repo.config().repository_id.short()
+    );
     if g.cold_location.is_some() && g.repo.len() > 1 {
         return Err(cli_error(
             exit::USAGE,

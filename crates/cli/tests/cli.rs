@@ -53,16 +53,6 @@ fn ids(snaps: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// Snapshot paths of `ls --json` output.
-fn ls_paths(entries: &Value) -> Vec<String> {
-    entries
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| s(&e["path"]).to_string())
-        .collect()
-}
-
 /// The absolute path as the snapshot shows it.
 fn snap_path(p: &Path) -> String {
     p.to_str().unwrap().to_string()
@@ -822,6 +812,12 @@ fn full_repository_disk_exits_13_and_keeps_earlier_snapshots() {
         err.contains("free space"),
         "message does not say to free space: {err}"
     );
+    // The failed backup removed its lock (issue 13): a prune may run.
+    assert_eq!(
+        fs::read_dir(lb.repo.join("locks")).unwrap().count(),
+        0,
+        "a backup that hit a full disk left its lock behind"
+    );
 
     // The earlier snapshot is intact and still the only one.
     let snaps = lb.snapshots();
@@ -835,6 +831,7 @@ fn full_repository_disk_exits_13_and_keeps_earlier_snapshots() {
     ]);
     assert_same_tree(&small, &restored(&target, &small));
     lb.ok(["check", "--read-data"]);
+    lb.ok(["prune"]);
     drop(mnt);
 }
 

@@ -164,6 +164,14 @@ impl World {
         ] {
             write(w.fs.join(path), content);
         }
+        // The user guide's `--files-from` list, naming a path of this world.
+        write(
+            w.fs.join("home/you/backup-list.txt"),
+            format!(
+                "# what to back up\n{}\n",
+                w.fs.join("home/you/Documents").display()
+            ),
+        );
         for repo in ["srv/backup/repo", "mnt/usb/repo", "backup/repo"] {
             let out =
                 w.lb.bare_cmd()
@@ -206,6 +214,13 @@ impl World {
         }
         if word.starts_with('/') {
             return moved(word);
+        }
+        // SNAPSHOT:/SUBPATH (`latest:/home/ann`): the subpath moves too.
+        if let Some((snapshot, sub)) = word.split_once(':')
+            && sub.starts_with('/')
+            && !sub.starts_with("//")
+        {
+            return format!("{snapshot}:{}", moved(sub));
         }
         word.to_string()
     }

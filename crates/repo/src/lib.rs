@@ -33,6 +33,7 @@ mod record;
 pub mod repair;
 mod repository;
 pub mod retention;
+pub mod tags;
 mod tree;
 mod writer;
 

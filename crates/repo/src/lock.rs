@@ -162,6 +162,13 @@ fn default_retry() -> Duration {
     Duration::from_millis(DEFAULT_RETRY_MS.load(std::sync::atomic::Ordering::Relaxed))
 }
 
+/// Lock acquisitions under way (see [`release_held_locks`]).
+static ACQUIRING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Longest [`release_held_locks`] waits for acquisitions under way: one
+/// lock write and one listing, far beyond what a reachable storage takes.
+const ACQUIRE_WAIT: Duration = Duration::from_secs(10);
+
 /// Every lock this process holds, so a signal handler can remove them
 /// before the process exits ([`release_held_locks`]).
 static HELD: Mutex<Vec<std::sync::Weak<Inner>>> = Mutex::new(Vec::new());
@@ -172,6 +179,16 @@ static HELD: Mutex<Vec<std::sync::Weak<Inner>>> = Mutex::new(Vec::new());
 /// wrote is referenced by a snapshot record; prune removes it) and no lock
 /// is left to block a prune. Returns how many locks were removed.
 pub async fn release_held_locks() -> usize {
+    // A lock being acquired has (or is about to have) its object written
+    // but is not in HELD yet: wait for those acquisitions, which run to the
+    // end even when their caller was stopped (see `RepositoryLock::acquire`).
+    // Bounded: an acquisition that hangs on storage is given up on.
+    let deadline = tokio::time::Instant::now() + ACQUIRE_WAIT;
+    while ACQUIRING.load(std::sync::atomic::Ordering::SeqCst) > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let held: Vec<Arc<Inner>> = HELD
         .lock()
         .unwrap()
@@ -347,8 +364,23 @@ impl RepositoryLock {
     pub async fn acquire(repo: &Repository, kind: LockKind, options: &LockOptions) -> Result<Self> {
         let deadline = tokio::time::Instant::now() + options.retry_for;
         loop {
-            match Self::acquire_in(repo.storage().clone(), repo.key().clone(), kind, options).await
-            {
+            // The acquisition runs as a task of its own, to its end even if
+            // this caller is dropped (a SIGINT stops the command): between
+            // writing its object and registering in HELD a lock would
+            // otherwise be left behind. The count lets
+            // `release_held_locks` wait for it.
+            ACQUIRING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (storage, key, opts) =
+                (repo.storage().clone(), repo.key().clone(), options.clone());
+            let task = tokio::spawn(async move {
+                let r = Self::acquire_in(storage, key, kind, &opts).await;
+                ACQUIRING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                r
+            });
+            let acquired = task
+                .await
+                .unwrap_or_else(|e| Err(Error::Internal(format!("lock task failed: {e}"))));
+            match acquired {
                 Err(Error::Locked { holder }) if tokio::time::Instant::now() < deadline => {
                     tracing::info!("repository is in use by {holder}; waiting (--retry-lock)");
                     let left = deadline - tokio::time::Instant::now();

@@ -30,6 +30,11 @@
 //! loading the index and holds it until the snapshot record is written (or
 //! `flush` returns), so prune (exclusive) never runs while a session may
 //! reference blobs it found in the index.
+//!
+//! Dry run ([`WriteOptions::dry_run`], `backup --dry-run`): the session
+//! takes no lock, seals every new blob (so the counts of what would be
+//! added are exact) and keeps only its id; nothing is uploaded and
+//! [`WriteSession::finish`] writes neither index nor record.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +62,8 @@ const PACKS_PER_INDEX: usize = 32;
 pub struct WriteOptions {
     /// zstd level for this session (defaults to the repository's).
     pub compression_level: Option<i32>,
+    /// Count what would be added, write nothing (see the module doc).
+    pub dry_run: bool,
 }
 
 /// Counters of what a session added.
@@ -89,6 +96,7 @@ struct Shared {
     repo: Arc<Repository>,
     index: Arc<Index>,
     level: i32,
+    dry_run: bool,
     state: Mutex<State>,
     stats: WriteStats,
     /// Packs uploaded but not yet in an index object.
@@ -129,6 +137,12 @@ impl WriteSession {
     /// Starts a session under a shared lock. Must be called inside a Tokio
     /// runtime. Fails with [`Error::Locked`] while a prune runs.
     pub async fn start(repo: Arc<Repository>, options: WriteOptions) -> Result<Self> {
+        if options.dry_run {
+            // Nothing will be written, so nothing needs protecting from a
+            // prune; a prune running meanwhile only makes the counts stale.
+            let index = repo.index().await?;
+            return Self::start_unlocked(repo, options, index).await;
+        }
         let lock =
             RepositoryLock::acquire(&repo, LockKind::Shared, &LockOptions::default()).await?;
         // An index cached before the lock was taken may predate a prune and
@@ -175,6 +189,7 @@ impl WriteSession {
             repo,
             index,
             level,
+            dry_run: options.dry_run,
             state: Mutex::new(State {
                 packs: Default::default(),
                 seen: HashSet::new(),
@@ -200,6 +215,20 @@ impl WriteSession {
 
     pub fn stats(&self) -> &WriteStats {
         &self.shared.stats
+    }
+
+    /// Whether this session writes nothing ([`WriteOptions::dry_run`]).
+    pub fn is_dry_run(&self) -> bool {
+        self.shared.dry_run
+    }
+
+    /// Sets the record's added-blob counters from this session's stats
+    /// ([`WriteSession::finish`] does it before writing the record).
+    pub fn fill_summary(&self, record: &mut SnapshotRecord) {
+        let s = &self.shared.stats;
+        record.summary.blobs_added = s.blobs_added.load(Ordering::Relaxed);
+        record.summary.added_raw_bytes = s.added_raw_bytes.load(Ordering::Relaxed);
+        record.summary.added_bytes = s.added_bytes.load(Ordering::Relaxed);
     }
 
     /// Id a blob with this content would get (no storage access).
@@ -279,14 +308,18 @@ impl WriteSession {
             if !st.seen.insert((blob_type, id)) {
                 return Ok((AddedBlob { id, new: false }, None));
             }
-            let pack = &mut st.packs[slot(blob_type)];
-            pack.push(sealed);
-            if pack.len() >= self.shared.repo.config().pack_size as usize
-                || pack.entry_count() >= MAX_PACK_ENTRIES
-            {
-                Some(std::mem::take(pack))
-            } else {
+            if self.shared.dry_run {
                 None
+            } else {
+                let pack = &mut st.packs[slot(blob_type)];
+                pack.push(sealed);
+                if pack.len() >= self.shared.repo.config().pack_size as usize
+                    || pack.entry_count() >= MAX_PACK_ENTRIES
+                {
+                    Some(std::mem::take(pack))
+                } else {
+                    None
+                }
             }
         };
         let s = &self.shared.stats;
@@ -343,12 +376,15 @@ impl WriteSession {
     /// snapshot record (last, so a snapshot is visible only when complete).
     /// The lock is held until the record is durable: a prune that ran
     /// between the index and the record would see the new blobs unused.
+    ///
+    /// In a dry run nothing is written: the summary is filled in and the id
+    /// returned is the one the record would have had.
     pub async fn finish(self, mut record: SnapshotRecord) -> Result<Id> {
+        self.fill_summary(&mut record);
         let (shared, lock) = self.upload_all().await?;
-        let s = &shared.stats;
-        record.summary.blobs_added = s.blobs_added.load(Ordering::Relaxed);
-        record.summary.added_raw_bytes = s.added_raw_bytes.load(Ordering::Relaxed);
-        record.summary.added_bytes = s.added_bytes.load(Ordering::Relaxed);
+        if shared.dry_run {
+            return Ok(Id::of_bytes(&record.encode(shared.repo.key())));
+        }
         // A vanished location first (its lock vanished with it, but
         // "unreachable" is what the user must hear), then the lock.
         let verified = match (shared.repo.verify_locations().await, &lock) {

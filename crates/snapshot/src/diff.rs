@@ -30,7 +30,8 @@ pub enum Change {
 /// directory, say) appears twice: removed, then added.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DiffEntry {
-    /// Full snapshot path, lossy for names that are not UTF-8.
+    /// Full snapshot path in the lossless escape form of
+    /// [`printable`](crate::printable).
     pub path: String,
     pub change: Change,
     pub kind: EntryKind,

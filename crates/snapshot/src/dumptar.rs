@@ -50,10 +50,7 @@ pub async fn dump_tar(
             Found::Root(id) => (id, Vec::new()),
             Found::Node(node) if node.kind == NodeKind::Dir => {
                 let id = node.subtree.ok_or_else(|| {
-                    Error::BadInput(format!(
-                        "{} has no tree",
-                        String::from_utf8_lossy(&node.name)
-                    ))
+                    Error::BadInput(format!("{} has no tree", crate::printable(&node.name)))
                 })?;
                 let prefix = node.name.clone();
                 entries.push(Entry {
@@ -65,7 +62,7 @@ pub async fn dump_tar(
             Found::Node(_) => {
                 return Err(Error::BadInput(format!(
                     "{} is not a directory",
-                    String::from_utf8_lossy(path)
+                    crate::printable(path)
                 )));
             }
         };

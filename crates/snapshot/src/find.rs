@@ -55,7 +55,8 @@ pub struct FindEvent {
 /// The story of one matching path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FindHistory {
-    /// Full snapshot path, lossy for names that are not UTF-8.
+    /// Full snapshot path in the lossless escape form of
+    /// [`printable`](crate::printable).
     pub path: String,
     /// Oldest first.
     pub events: Vec<FindEvent>,
@@ -70,10 +71,10 @@ pub struct FindHistory {
 /// come in depth-first path order.
 pub async fn find(
     repo: &Repository,
-    pattern: &str,
+    pattern: impl AsRef<std::ffi::OsStr>,
     snapshots: &[Snapshot],
 ) -> Result<Vec<FindHistory>> {
-    let matcher = PathMatcher::new(std::slice::from_ref(&pattern.to_string()))?;
+    let matcher = PathMatcher::new(&[pattern])?;
     let mut ordered: Vec<&Snapshot> = snapshots.iter().collect();
     ordered.sort_by(|a, b| a.record.time.cmp(&b.record.time).then(a.id.cmp(&b.id)));
     let ctx = Walk {

@@ -20,4 +20,4 @@ pub mod progress;
 pub mod restore;
 
 pub use error::{Error, Result, io_class};
-pub use pathmatch::PathMatcher;
+pub use pathmatch::{PathMatcher, printable};

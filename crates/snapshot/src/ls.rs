@@ -40,8 +40,9 @@ impl From<&NodeKind> for EntryKind {
 /// One listed entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LsEntry {
-    /// Full snapshot path (`/home/ann/doc.txt`); names that are not UTF-8
-    /// are shown with replacement characters.
+    /// Full snapshot path (`/home/ann/doc.txt`) in the lossless escape form
+    /// of [`printable`](crate::printable) (`caf\\xe9` for a byte that is not
+    /// UTF-8, `\\n` for a newline).
     pub path: String,
     pub kind: EntryKind,
     /// File size in bytes (0 for directories and symlinks).
@@ -188,12 +189,13 @@ pub(crate) fn walk_loaded(
     }
 }
 
-/// A snapshot path for display; the root shows as `/`.
+/// A snapshot path for display, in [`printable`](crate::printable)'s
+/// lossless escape form; the root shows as `/`.
 pub(crate) fn lossy(path: &[u8]) -> String {
     if path.is_empty() {
         "/".into()
     } else {
-        String::from_utf8_lossy(path).into_owned()
+        crate::printable(path)
     }
 }
 

@@ -31,16 +31,36 @@ use crate::{Error, Result};
 pub struct PathMatcher {
     full: GlobSet,
     name: GlobSet,
+    /// Patterns that are not UTF-8, matched byte for byte (full paths in
+    /// canonical form, and names).
+    literal_full: Vec<Vec<u8>>,
+    literal_name: Vec<Vec<u8>>,
     all: bool,
     empty: bool,
 }
 
 impl PathMatcher {
-    pub fn new(patterns: &[String]) -> Result<Self> {
+    /// Builds the matcher. A pattern that is not valid UTF-8 (a file name
+    /// in another encoding, given as raw bytes on the command line) cannot
+    /// be a glob: it matches exactly those bytes, as a full path if it
+    /// contains `/` and as a name otherwise.
+    pub fn new<S: AsRef<OsStr>>(patterns: &[S]) -> Result<Self> {
         let mut full = GlobSetBuilder::new();
         let mut name = GlobSetBuilder::new();
+        let mut literal_full = Vec::new();
+        let mut literal_name = Vec::new();
         let mut all = false;
         for p in patterns {
+            let p = p.as_ref();
+            let Some(p) = p.to_str() else {
+                let bytes = p.as_bytes();
+                if bytes.contains(&b'/') {
+                    literal_full.push(normalize(bytes));
+                } else {
+                    literal_name.push(bytes.to_vec());
+                }
+                continue;
+            };
             let trimmed = p.trim_end_matches('/');
             if trimmed.is_empty() {
                 if p.is_empty() {
@@ -74,6 +94,8 @@ impl PathMatcher {
         Ok(PathMatcher {
             full: build(full)?,
             name: build(name)?,
+            literal_full,
+            literal_name,
             all,
             empty: patterns.is_empty(),
         })
@@ -92,12 +114,18 @@ impl PathMatcher {
     /// True if some pattern looks at the full path (so results depend on
     /// where a tree sits, not only on its content).
     pub fn uses_full_path(&self) -> bool {
-        !self.full.is_empty() || self.all
+        !self.full.is_empty() || !self.literal_full.is_empty() || self.all
     }
 
     /// Whether the entry at full snapshot path `path` (`/a/b`) matches.
     pub fn is_match(&self, path: &[u8]) -> bool {
         if self.all {
+            return true;
+        }
+        let base = path.rsplit(|b| *b == b'/').next().unwrap_or(path);
+        if self.literal_full.iter().any(|l| l == path)
+            || self.literal_name.iter().any(|l| l == base)
+        {
             return true;
         }
         if !self.full.is_empty()
@@ -108,13 +136,46 @@ impl PathMatcher {
             return true;
         }
         if !self.name.is_empty() {
-            let base = path.rsplit(|b| *b == b'/').next().unwrap_or(path);
             return self
                 .name
                 .is_match_candidate(&Candidate::new(Path::new(OsStr::from_bytes(base))));
         }
         false
     }
+}
+
+/// A snapshot path or name as lifeboat shows it, in text and in JSON:
+/// lossless and on one line. UTF-8 text is shown as it is, except that a
+/// backslash is doubled (`\\`), the control characters newline, tab and
+/// carriage return become `\n`, `\t`, `\r`, and every other control
+/// character and every byte that is not part of valid UTF-8 becomes `\xNN`
+/// (two hex digits; a control character beyond ASCII, `\u{NNNN}`). So a
+/// name in another encoding (`caf\xe9`) or with a newline in it can be told
+/// apart from every other name and read back (docs/user-guide.md).
+pub fn printable(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                c if c.is_ascii_control() => {
+                    let _ = write!(out, "\\x{:02x}", c as u32);
+                }
+                c if c.is_control() => {
+                    let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
 }
 
 /// `parent/name` as a snapshot path (the root is the empty path).
@@ -189,6 +250,35 @@ mod tests {
         assert!(!p.is_match(b"/srv/pg1/data"));
         assert!(m(&["/"]).is_match(b"/anything/at/all"));
         assert!(PathMatcher::new(&["".to_string()]).is_err());
+    }
+
+    #[test]
+    fn names_are_shown_losslessly_on_one_line() {
+        assert_eq!(printable(b"/home/ann/notes.txt"), "/home/ann/notes.txt");
+        assert_eq!(printable("/h/caf\u{e9}".as_bytes()), "/h/caf\u{e9}");
+        assert_eq!(printable(b"/h/caf\xe9"), "/h/caf\\xe9");
+        assert_eq!(
+            printable(b"a\nb\tc\rd\x1be\x7f"),
+            "a\\nb\\tc\\rd\\x1be\\x7f"
+        );
+        assert_eq!(printable(b"back\\slash"), "back\\\\slash");
+        assert_eq!(printable("x\u{85}y".as_bytes()), "x\\u{0085}y");
+        // Distinct names stay distinct: a literal `\xe9` is not the byte.
+        assert_ne!(printable(b"\\xe9"), printable(b"\xe9"));
+    }
+
+    #[test]
+    fn patterns_that_are_not_utf8_match_their_bytes() {
+        use std::os::unix::ffi::OsStringExt;
+        let name = std::ffi::OsString::from_vec(b"caf\xe9".to_vec());
+        let p = PathMatcher::new(&[name]).unwrap();
+        assert!(p.is_match(b"/home/caf\xe9"));
+        assert!(!p.is_match(b"/home/cafe"));
+        let full = std::ffi::OsString::from_vec(b"/home/caf\xe9/".to_vec());
+        let p = PathMatcher::new(&[full]).unwrap();
+        assert!(p.is_match(b"/home/caf\xe9"));
+        assert!(!p.is_match(b"/other/caf\xe9"));
+        assert!(p.uses_full_path());
     }
 
     #[test]

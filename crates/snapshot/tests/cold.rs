@@ -306,7 +306,7 @@ async fn restore_reads_exactly_the_planned_cold_packs() {
     let target = tempfile::tempdir().unwrap();
     let opts = RestoreOptions {
         target: target.path().to_path_buf(),
-        include: vec![other.clone()],
+        include: vec![other.clone().into()],
         ..Default::default()
     };
     let planned = plan(&repo, &snap, &opts).await.unwrap();

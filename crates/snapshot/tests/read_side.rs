@@ -732,7 +732,7 @@ async fn ls_lists_directories_files_and_subtrees() {
         paths,
         [
             "/data/big.bin",
-            "/data/caf\u{fffd} \n*?name",
+            "/data/caf\\xe9 \\n*?name", // the escape form of `printable`
             "/data/copy.bin",
             "/data/empty",
             "/data/hard1",

@@ -230,6 +230,16 @@ impl Lifeboat {
     }
 }
 
+/// Snapshot paths of `ls --json` output.
+pub fn ls_paths(entries: &serde_json::Value) -> Vec<String> {
+    entries
+        .as_array()
+        .expect("ls entries")
+        .iter()
+        .map(|e| e["path"].as_str().expect("a path").to_string())
+        .collect()
+}
+
 /// Stdout and stderr of a run, for assertion messages.
 pub fn describe(out: &Output) -> String {
     format!(

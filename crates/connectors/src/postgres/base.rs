@@ -208,6 +208,7 @@ pub async fn base_backup(
             mode: options.mode,
             compression_level: options.compression_level,
             threads: None,
+            dry_run: false,
         },
         on_bytes,
     )

@@ -89,6 +89,7 @@ pub async fn dump(
             mode: options.mode,
             compression_level: None,
             threads: None,
+            dry_run: false,
         },
         on_bytes,
     )

@@ -127,6 +127,10 @@ pub struct BackupOptions {
     /// size as the parent saw them, and its log record lies before this
     /// backup's start, so nothing would repair it.
     pub live: bool,
+    /// Read and count as a backup would, write nothing: no lock, no pack,
+    /// no index, no record (the outcome's snapshot is the record that
+    /// would have been written).
+    pub dry_run: bool,
 }
 
 /// See [`BackupOptions::live`].
@@ -152,6 +156,8 @@ pub struct StreamOptions {
     pub compression_level: Option<i32>,
     /// Worker threads storing chunks (defaults to the number of cores).
     pub threads: Option<usize>,
+    /// As [`BackupOptions::dry_run`].
+    pub dry_run: bool,
 }
 
 /// What a finished backup produced.
@@ -160,6 +166,9 @@ pub struct BackupOutcome {
     pub snapshot: Snapshot,
     /// Per-item problems, in the order they happened.
     pub warnings: Vec<String>,
+    /// A dry run: `snapshot` is the record that would have been written,
+    /// and nothing was.
+    pub dry_run: bool,
 }
 
 /// Picks the parent snapshot a backup compares with, per its mode.

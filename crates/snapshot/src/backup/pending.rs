@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lifeboat_repo::{BackupMode, BlobType, Id, Repository, SnapshotRecord, Tree, WriteSession};
+use lifeboat_repo::{
+    BackupMode, BlobType, Id, Repository, SnapshotRecord, Tree, WriteOptions, WriteSession,
+};
 
 use super::BackupOutcome;
 use super::ctx::{Ctx, TargetMeta};
@@ -35,7 +37,8 @@ pub(crate) struct Request {
     pub(crate) paths: Vec<String>,
     pub(crate) tags: Vec<String>,
     pub(crate) mode: BackupMode,
-    pub(crate) compression_level: Option<i32>,
+    /// Compression level and dry run of every write session.
+    pub(crate) write: WriteOptions,
     /// Read each parent snapshot's root tree up front (a tree source
     /// compares with it; a stream does not).
     pub(crate) parent_trees: bool,
@@ -60,7 +63,7 @@ where
         &request.host,
         &request.paths,
         request.mode,
-        request.compression_level,
+        &request.write,
         request.parent_trees,
     )
     .await;
@@ -218,10 +221,25 @@ impl PendingBackup {
         let repo = session.repository().clone();
         record.extra.extend(extra);
         record.summary.elapsed_ms = started.elapsed().as_millis() as u64;
+        if session.is_dry_run() {
+            // Nothing is stored to read back: the record as it would be.
+            session.fill_summary(&mut record);
+            let id = session.finish(record.clone()).await?;
+            let snapshot = lifeboat_repo::Snapshot { id, record };
+            return Ok(BackupOutcome {
+                snapshot,
+                warnings,
+                dry_run: true,
+            });
+        }
         let id = session.finish(record).await?;
         // Read back the record as stored (finish fills in the added-bytes counters).
         let snapshot = repo.find_snapshot(&id.to_hex()).await?;
-        Ok(BackupOutcome { snapshot, warnings })
+        Ok(BackupOutcome {
+            snapshot,
+            warnings,
+            dry_run: false,
+        })
     }
 }
 

@@ -44,7 +44,7 @@ pub(crate) async fn prepare_all(
     host: &str,
     paths: &[String],
     mode: BackupMode,
-    compression_level: Option<i32>,
+    write: &WriteOptions,
     with_trees: bool,
 ) -> (Vec<Prepared>, Vec<Option<Tree>>, Results) {
     let prepared = futures::future::join_all(repos.iter().enumerate().map(|(index, repo)| {
@@ -54,7 +54,7 @@ pub(crate) async fn prepare_all(
             host,
             paths,
             mode,
-            compression_level,
+            write.clone(),
             with_trees,
         )
     }))
@@ -80,12 +80,12 @@ async fn prepare(
     host: &str,
     paths: &[String],
     mode: BackupMode,
-    compression_level: Option<i32>,
+    write: WriteOptions,
     with_tree: bool,
 ) -> Result<(Prepared, Option<Tree>)> {
     // The session's shared lock first: a prune cannot then repack the
     // parent's trees away between choosing the parent and reading it.
-    let session = WriteSession::start(repo.clone(), WriteOptions { compression_level }).await?;
+    let session = WriteSession::start(repo.clone(), write).await?;
     let parent = async {
         let all = repo.snapshots().await?;
         let parent = choose_parent(&all, host, paths, mode).cloned();

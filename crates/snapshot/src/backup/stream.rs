@@ -47,7 +47,10 @@ pub(crate) async fn pending_many<R: Read + Send + 'static>(
         paths: vec![options.source.clone().unwrap_or_else(|| name.clone())],
         tags: options.tags.clone(),
         mode: options.mode,
-        compression_level: options.compression_level,
+        write: lifeboat_repo::WriteOptions {
+            compression_level: options.compression_level,
+            dry_run: options.dry_run,
+        },
         parent_trees: false,
     };
     let workers = worker_count(options.threads);

@@ -78,7 +78,7 @@ pub(crate) async fn pending_many(
         Some(source) => vec![source.clone()],
         None => roots
             .iter()
-            .map(|p| p.to_string_lossy().into_owned())
+            .map(|p| crate::printable(p.as_os_str().as_bytes()))
             .collect(),
     };
     let excludes = Excludes::build(&options.excludes)?;
@@ -89,7 +89,10 @@ pub(crate) async fn pending_many(
         paths,
         tags: options.tags.clone(),
         mode: options.mode,
-        compression_level: options.compression_level,
+        write: lifeboat_repo::WriteOptions {
+            compression_level: options.compression_level,
+            dry_run: options.dry_run,
+        },
         parent_trees: true,
     };
     let threads = worker_count(options.threads);

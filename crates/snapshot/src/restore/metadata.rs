@@ -99,7 +99,7 @@ pub(super) fn xattr_warning(path: &Path, name: &[u8], e: io::Error) -> Problem {
         path: path.to_path_buf(),
         message: format!(
             "extended attribute {} not restored: {e}",
-            String::from_utf8_lossy(name)
+            crate::printable(name)
         ),
         error: false,
     }

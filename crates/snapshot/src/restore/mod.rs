@@ -44,7 +44,8 @@
 //! creating everything but file content, planning the blob writes), `fetch`
 //! (ranged reads through [`lifeboat_repo::PackReader`] and the writer
 //! threads), `metadata` (setting metadata, directories last, and the final
-//! sync) and `plan` (the [`RestorePlan`] of `--plan-only`). This file holds
+//! sync), `plan` (the [`RestorePlan`] of `--plan-only`) and `verify`
+//! (reading a restored target back, `--verify`). This file holds
 //! the options, the stats and the entry point that runs the steps in order.
 
 mod fetch;
@@ -53,7 +54,9 @@ mod metadata;
 mod plan;
 mod prepare;
 mod select;
+mod verify;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -66,6 +69,7 @@ use crate::progress::RestoreProgress;
 use crate::{Error, Result};
 
 pub use plan::{PlannedPack, RestorePlan, plan};
+pub use verify::{VerifyReport, verify};
 
 /// What to restore and how.
 #[derive(Debug, Clone, Default)]
@@ -77,10 +81,10 @@ pub struct RestoreOptions {
     /// matching directory); empty means everything. Snapshot paths
     /// (`/home/ann`) or globs: a pattern with `/` matches the full snapshot
     /// path, one without matches entry names (`*.conf`).
-    pub include: Vec<String>,
+    pub include: Vec<OsString>,
     /// Skip entries matching one of these (and everything below them); same
     /// syntax as `include`, and exclusion wins.
-    pub exclude: Vec<String>,
+    pub exclude: Vec<OsString>,
     /// Replace existing files, symlinks and non-directories in the way.
     pub overwrite: bool,
     /// Leave files whose content already matches the snapshot untouched

@@ -292,13 +292,6 @@ impl std::fmt::Debug for Alerter {
     }
 }
 
-fn host() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 impl Alerter {
     /// The config's alerts, with the default [`Retry`]. Must be called
     /// inside a tokio runtime.
@@ -317,7 +310,7 @@ impl Alerter {
             inner: Arc::new(Inner {
                 alerts: RwLock::new(Arc::new(config.alerts.clone())),
                 state_dir: config.state_dir.clone(),
-                host: host(),
+                host: crate::run::host(),
                 retry,
                 client,
                 runtime: tokio::runtime::Handle::current(),

@@ -71,7 +71,7 @@ pub struct RunResult {
     pub report_not_stored: Vec<(String, String)>,
 }
 
-fn host() -> String {
+pub(crate) fn host() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())

@@ -124,6 +124,9 @@ pub enum Command {
     Status(crate::ops::StatusArgs),
     /// Run every plan on its schedule; serve /metrics, /healthz, /api/status.
     Daemon(crate::ops::DaemonArgs),
+    /// Audit the setup: list its gaps, most dangerous first, each with its
+    /// fix (exit 19 when there are any).
+    Doctor(crate::ops::DoctorArgs),
     /// Print the version and build details (commit, compiler, target).
     Version,
     /// Print a shell completion script, e.g. `lifeboat completions bash >

@@ -31,6 +31,8 @@ pub const LOCKED: i32 = 17;
 /// A backup to several repositories failed in some of them; the others
 /// have their snapshot (the output names which failed and why).
 pub const SOME_FAILED: i32 = 18;
+/// `doctor` found gaps in the setup (listed, most dangerous first).
+pub const GAPS: i32 = 19;
 
 /// An error the CLI itself raises, with its code and advice.
 #[derive(Debug, thiserror::Error)]

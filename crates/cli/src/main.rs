@@ -249,6 +249,7 @@ async fn run(cli: args::Cli) -> i32 {
         args::Command::Run(a) => ops::run(g, a).await,
         args::Command::Status(a) => ops::status(g, a).await,
         args::Command::Daemon(a) => ops::daemon(g, a).await,
+        args::Command::Doctor(a) => ops::doctor(g, a).await,
     };
     match result {
         Ok(code) => code,

@@ -38,6 +38,25 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {}
 
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Free space under a local repository below this percentage of its
+    /// filesystem is a gap.
+    #[arg(long, default_value_t = 10.0, value_name = "PERCENT")]
+    pub min_free_percent: f64,
+    /// ...and so is less than this much free space (e.g. 1G, 500M).
+    #[arg(long, default_value = "1G", value_name = "SIZE", value_parser = size_arg)]
+    pub min_free: u64,
+    /// A plan whose repositories were not verified for this long is a gap.
+    #[arg(long, default_value = "30d", value_name = "DURATION")]
+    pub verify_max_age: String,
+}
+
+fn size_arg(s: &str) -> Result<u64, String> {
+    crate::retention::parse_size(s)
+        .ok_or_else(|| format!("{s:?} is not a size: a number and K, M, G or T, e.g. 1G"))
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum, Default, PartialEq, Eq)]
 pub enum LogFormat {
     #[default]
@@ -129,11 +148,28 @@ pub async fn config(g: &Global, a: ConfigArgs) -> Result<i32> {
     }
 }
 
+/// How long `run` waits for its alerts after the run: more than one
+/// message's retries (~33 s), so a slow endpoint still gets its message.
+const ALERT_FLUSH: std::time::Duration = std::time::Duration::from_secs(40);
+
 pub async fn run(g: &Global, a: RunArgs) -> Result<i32> {
     let config = load(g)?;
-    let result = lifeboat_ops::run_plan(&config, &a.plan, &RunOptions::manual())
+    let alerts = lifeboat_ops::alert::Alerter::new(&config);
+    let options = RunOptions {
+        alerts: Some(alerts.clone()),
+        ..RunOptions::manual()
+    };
+    let result = lifeboat_ops::run_plan(&config, &a.plan, &options)
         .await
         .map_err(ops_error)?;
+    // Alerts are delivered in the background; wait for them (bounded: a
+    // dead endpoint is given up and logged, the exit code is the run's).
+    if !alerts.flush(ALERT_FLUSH).await {
+        eprintln!(
+            "lifeboat: warning: some alerts were not delivered within {}s",
+            ALERT_FLUSH.as_secs()
+        );
+    }
     let r = &result.report;
     if g.json {
         crate::output::json(r)?;
@@ -241,6 +277,22 @@ pub fn render_status(st: &Status) {
                 .map(crate::output::local_minute)
                 .unwrap_or_else(|| "-".into())
         );
+        if let Some(o) = p.rto.objective_seconds {
+            let o = lifeboat_ops::duration::Duration::from_secs(o);
+            match (p.rto.state, p.rto.measured_seconds, p.rto.measured_at) {
+                (state, Some(m), Some(t)) => outln!(
+                    "  RTO {o}: {} (restore drill {} measured {})",
+                    state.to_uppercase(),
+                    t.strftime("%Y-%m-%d %H:%M UTC"),
+                    lifeboat_ops::duration::Duration::from_secs(m.ceil() as u64)
+                ),
+                ("drill-failed", _, Some(t)) => outln!(
+                    "  RTO {o}: DRILL-FAILED (restore drill {})",
+                    t.strftime("%Y-%m-%d %H:%M UTC")
+                ),
+                _ => outln!("  RTO {o}: not measured yet (no restore drill)"),
+            }
+        }
         if let Some(f) = &p.last_failure {
             outln!(
                 "  last failure {}: {}",
@@ -282,6 +334,60 @@ pub fn render_status(st: &Status) {
     }
 }
 
+/// `lifeboat doctor`: the setup's gaps, most dangerous first; exit 19
+/// when there are any.
+pub async fn doctor(g: &Global, a: DoctorArgs) -> Result<i32> {
+    let config = load(g)?;
+    let verify_max_age =
+        lifeboat_ops::duration::Duration::parse(&a.verify_max_age).ok_or_else(|| {
+            cli_error(
+                exit::USAGE,
+                format!(
+                    "--verify-max-age {:?} is not a duration: a number and a unit, e.g. 30d",
+                    a.verify_max_age
+                ),
+            )
+        })?;
+    let options = lifeboat_ops::doctor::Options {
+        min_free_percent: a.min_free_percent,
+        min_free_bytes: a.min_free,
+        verify_max_age,
+    };
+    let report = lifeboat_ops::doctor::doctor(&config, jiff::Timestamp::now(), &options).await;
+    if g.json {
+        crate::output::json(&report)?;
+    } else if report.healthy() {
+        outln!(
+            "{}: no gaps found ({} plans, {} repositories)",
+            config.path.display(),
+            config.plans.len(),
+            config.repositories.len()
+        );
+    } else {
+        outln!(
+            "{}: {} gaps, most dangerous first",
+            config.path.display(),
+            report.gaps.len()
+        );
+        for (i, gap) in report.gaps.iter().enumerate() {
+            outln!(
+                "{:>2}. [{}] {}: {} ({})",
+                i + 1,
+                gap.severity.as_str(),
+                gap.subject,
+                gap.problem,
+                gap.check
+            );
+            outln!("    fix: {}", gap.fix);
+        }
+    }
+    Ok(if report.healthy() {
+        exit::OK
+    } else {
+        exit::GAPS
+    })
+}
+
 /// `lifeboat daemon`: runs until SIGTERM or SIGINT; SIGHUP reloads the
 /// config file (a broken one is logged and the old one kept).
 pub async fn daemon(g: &Global, _a: DaemonArgs) -> Result<i32> {
@@ -318,6 +424,7 @@ pub async fn daemon(g: &Global, _a: DaemonArgs) -> Result<i32> {
             events: None,
             seed: rand::random(),
             http: true,
+            alerts: None,
         },
     )
     .await

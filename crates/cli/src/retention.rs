@@ -222,7 +222,7 @@ fn render_prune(s: &PruneStats, wal_deleted: usize) {
 }
 
 /// `500M`, `2G`, `1.5GiB`, `1048576`: binary units.
-fn parse_size(s: &str) -> Option<u64> {
+pub(crate) fn parse_size(s: &str) -> Option<u64> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -59,6 +59,21 @@ fn skip_reason(line: &str) -> Option<&'static str> {
              the minimal config and the shipped example)",
         ),
         (
+            "doctor",
+            "audits the operations config in /etc/lifeboat (doctor.rs runs it \
+             on a healthy and a neglected setup)",
+        ),
+        (
+            "lifeboat.toml run ",
+            "runs a plan of the operations config in /etc/lifeboat (ops.rs and \
+             doctor.rs run plans through the binary)",
+        ),
+        (
+            "lifeboat.toml status",
+            "reads the operations config in /etc/lifeboat (ops.rs runs status \
+             through the binary)",
+        ),
+        (
             "lifeboat daemon",
             "runs until stopped (prometheus.rs and crates/ops/tests/daemon.rs)",
         ),

@@ -159,6 +159,10 @@ pub struct RepositoryConfig {
     pub role: Role,
     pub media: Media,
     pub immutable: bool,
+    /// Where a copy of the password is kept away from this machine (a
+    /// password manager, a safe): said by the operator, read by `doctor`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_copy: Option<String>,
 }
 
 /// What a plan protects. A tagged enum (`type = "..."`): MariaDB, SQLite
@@ -403,6 +407,7 @@ struct RawRepository {
     media: Option<Media>,
     #[serde(default)]
     immutable: bool,
+    password_copy: Option<String>,
 }
 
 /// Every key any source type takes, so each keeps its span (serde's
@@ -750,6 +755,10 @@ impl Validator<'_> {
             role: r.role.unwrap_or(Role::Primary),
             media: r.media.unwrap_or(default_media),
             immutable: r.immutable,
+            password_copy: r
+                .password_copy
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
         })
     }
 

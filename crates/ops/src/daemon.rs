@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::alert::Alerter;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::report::{Outcome, Trigger};
@@ -120,7 +121,14 @@ pub struct DaemonOptions {
     pub seed: u64,
     /// Serve HTTP on the config's `daemon.listen` (off in scheduler tests).
     pub http: bool,
+    /// The alert sender (none: one made from the config with the default
+    /// retries).
+    pub alerts: Option<Alerter>,
 }
+
+/// How often (on the daemon's clock) every plan's RPO is checked for
+/// `rpo-breach` alerts, besides after each run.
+pub const RPO_CHECK_SECS: i64 = 60;
 
 /// What the HTTP handlers read.
 pub struct Shared {
@@ -203,12 +211,20 @@ pub async fn run_daemon(config: Config, mut o: DaemonOptions) -> Result<()> {
                 .await;
         });
     }
+    let alerts = o.alerts.take().unwrap_or_else(|| Alerter::new(&config));
+    let mut next_rpo_check = o.clock.now();
     let mut scheduler = Scheduler::new(&config, &load_states(&config), o.clock.now(), o.seed);
     let mut tasks: JoinSet<(String, Result<crate::run::RunResult>)> = JoinSet::new();
     let runs_cancel = o.shutdown.child_token();
     loop {
         let config = shared.config.read().expect("not poisoned").clone();
         let now = o.clock.now();
+        if now >= next_rpo_check {
+            alerts.notify_all(crate::alert::all_rpo_events(&config, now), now);
+            next_rpo_check = now
+                .checked_add(jiff::SignedDuration::from_secs(RPO_CHECK_SECS))
+                .unwrap_or(now);
+        }
         for due in scheduler.take_due(now) {
             send(
                 &o.events,
@@ -222,6 +238,7 @@ pub async fn run_daemon(config: Config, mut o: DaemonOptions) -> Result<()> {
                 trigger: due.trigger,
                 now,
                 cancel: runs_cancel.clone(),
+                alerts: Some(alerts.clone()),
             };
             tasks.spawn(async move {
                 let r = run_plan(&config, &due.plan, &options).await;
@@ -229,11 +246,13 @@ pub async fn run_daemon(config: Config, mut o: DaemonOptions) -> Result<()> {
             });
         }
         *shared.next_runs.lock().expect("not poisoned") = scheduler.next_runs();
-        let wake = scheduler.next_wake();
+        let wake = scheduler
+            .next_wake()
+            .map_or(next_rpo_check, |t| t.min(next_rpo_check));
         let clock = o.clock.clone();
         tokio::select! {
             _ = o.shutdown.cancelled() => break,
-            _ = async { match wake { Some(t) => clock.sleep_until(t).await, None => std::future::pending().await } } => {}
+            _ = clock.sleep_until(wake) => {}
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 let (plan, outcome, error) = match joined {
                     Ok((plan, Ok(r))) => (plan, Some(r.report.outcome), r.report.error),
@@ -247,6 +266,7 @@ pub async fn run_daemon(config: Config, mut o: DaemonOptions) -> Result<()> {
                 match Config::load(&o.config_path) {
                     Ok(new) => {
                         scheduler.sync(&new, &load_states(&new), o.clock.now());
+                        alerts.reload(&new);
                         *shared.config.write().expect("not poisoned") = Arc::new(new);
                         send(&o.events, Event::Reloaded);
                     }
@@ -273,6 +293,8 @@ pub async fn run_daemon(config: Config, mut o: DaemonOptions) -> Result<()> {
             );
         }
     }
+    // Messages of the last runs: a bounded wait, then they are dropped.
+    alerts.flush(std::time::Duration::from_secs(15)).await;
     send(&o.events, Event::Stopped);
     Ok(())
 }

@@ -7,13 +7,16 @@
 //! [`schedule`] (cron, RPO-derived schedules), [`run`] (one run of a plan),
 //! [`report`] (run reports, also stored encrypted in the repositories),
 //! [`state`] (the local state directory), [`status`] (freshness and
-//! 3-2-1). It sits between the connectors and the CLI: it calls the
+//! 3-2-1), [`alert`] (events to webhooks, Slack, email and ping URLs;
+//! the API other parts of lifeboat send through). It sits between the connectors and the CLI: it calls the
 //! library functions of `lifeboat-snapshot`, `lifeboat-repo` and
 //! `lifeboat-connectors`, never the `lifeboat` binary. Libraries never
 //! print: everything comes back as values for the CLI to render.
 
+pub mod alert;
 pub mod config;
 pub mod daemon;
+pub mod doctor;
 pub mod duration;
 mod error;
 mod http;

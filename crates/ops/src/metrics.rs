@@ -41,6 +41,8 @@ pub fn render(status: &Status) -> String {
     let rule_point = IGauge::default();
     let verify_errors = IGauge::default();
     let verify_last = FGauge::default();
+    let rto = IGauge::default();
+    let rto_measured = FGauge::default();
     let mut seen_repo = std::collections::BTreeSet::new();
     for p in &status.plans {
         let l = plan(&p.plan);
@@ -51,6 +53,12 @@ pub fn render(status: &Status) -> String {
             age.get_or_create(&l).set(a as f64);
         }
         rpo.get_or_create(&l).set(p.rpo_seconds as i64);
+        if let Some(o) = p.rto.objective_seconds {
+            rto.get_or_create(&l).set(o as i64);
+        }
+        if let Some(m) = p.rto.measured_seconds {
+            rto_measured.get_or_create(&l).set(m);
+        }
         for f in [Freshness::Ok, Freshness::AtRisk, Freshness::Breached] {
             let mut l2 = l.clone();
             l2.push(("state".into(), f.as_str().into()));
@@ -119,6 +127,18 @@ pub fn render(status: &Status) -> String {
         "Recovery-point objective of the plan",
         Unit::Seconds,
         rpo,
+    );
+    reg.register_with_unit(
+        "lifeboat_plan_rto",
+        "Recovery-time objective of the plan",
+        Unit::Seconds,
+        rto,
+    );
+    reg.register_with_unit(
+        "lifeboat_plan_rto_measured",
+        "Restore time measured by the plan's newest restore drill",
+        Unit::Seconds,
+        rto_measured,
     );
     reg.register(
         "lifeboat_plan_freshness",

@@ -25,6 +25,7 @@ use lifeboat_snapshot::progress::NoProgress;
 use lifeboat_storage::ErrorClass;
 use tokio_util::sync::CancellationToken;
 
+use crate::alert::{Alerter, Ping};
 use crate::config::{Config, PlanConfig, SourceConfig};
 use crate::error::{Error, Result};
 use crate::report::{Outcome, RunReport, StepKind, StepReport, Trigger};
@@ -46,6 +47,8 @@ pub struct RunOptions {
     /// Cancelled on shutdown: the run stops between steps (a backup in
     /// flight is abandoned: no snapshot is written, its lock released).
     pub cancel: CancellationToken,
+    /// Where the run's pings and events go (none: no alerts).
+    pub alerts: Option<Alerter>,
 }
 
 impl RunOptions {
@@ -54,6 +57,7 @@ impl RunOptions {
             trigger: Trigger::Manual,
             now: Timestamp::now(),
             cancel: CancellationToken::new(),
+            alerts: None,
         }
     }
 }
@@ -67,7 +71,7 @@ pub struct RunResult {
     pub report_not_stored: Vec<(String, String)>,
 }
 
-fn host() -> String {
+pub(crate) fn host() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -198,6 +202,9 @@ pub async fn run_plan(config: &Config, plan_name: &str, options: &RunOptions) ->
         });
     };
     let state = state_dir.plan(plan_name)?;
+    if let Some(a) = &options.alerts {
+        a.ping(plan_name, Ping::Start);
+    }
     let tz = time_zone(config);
     let started = Timestamp::now();
     let clock = Instant::now();
@@ -568,11 +575,50 @@ pub async fn run_plan(config: &Config, plan_name: &str, options: &RunOptions) ->
         }
     }
     let state = state_dir.record(&report)?;
+    if let Some(a) = &options.alerts {
+        send_alerts(a, config, &report, &state, options);
+    }
     Ok(RunResult {
         report,
         state,
         report_not_stored,
     })
+}
+
+/// The run's end ping and its events (queued: delivery is off this path).
+/// A run stopped by shutdown raises no event (the next run decides).
+fn send_alerts(
+    a: &Alerter,
+    config: &Config,
+    report: &RunReport,
+    state: &PlanState,
+    options: &RunOptions,
+) {
+    let plan = &report.plan;
+    let why = || {
+        report
+            .error
+            .clone()
+            .unwrap_or_else(|| "see the run report".into())
+    };
+    if options.cancel.is_cancelled() {
+        a.ping(plan, Ping::Log(format!("stopped by shutdown: {}", why())));
+        return;
+    }
+    a.ping(
+        plan,
+        match report.outcome {
+            Outcome::Ok | Outcome::Skipped => Ping::Success,
+            Outcome::Failed | Outcome::Partial => Ping::Fail(why()),
+            Outcome::Locked => Ping::Log(format!("not run, will retry: {}", why())),
+        },
+    );
+    // "Now" on the caller's clock (the daemon's may be a test's).
+    let now = options
+        .now
+        .checked_add(jiff::SignedDuration::from_millis(report.duration_ms as i64))
+        .unwrap_or(options.now);
+    a.notify_all(crate::alert::run_events(config, report, state, now), now);
 }
 
 pub fn step_name(k: StepKind) -> &'static str {

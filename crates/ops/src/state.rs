@@ -8,7 +8,13 @@
 //! - `reports/<plan>.jsonl`: every [`RunReport`], one JSON line each,
 //!   appended;
 //! - `locks/<plan>.lock`: held (flock) while the plan runs, so `lifeboat
-//!   run` and the daemon never run one plan twice at once.
+//!   run` and the daemon never run one plan twice at once;
+//!   `locks/alerts.guard` guards `alerts.json`;
+//! - `alerts.json`: the problems alerted and not yet recovered, per
+//!   alert, condition, plan and repository (`alert` module);
+//! - `drills/<plan>.json`: the newest restore drill of the plan
+//!   ([`DrillSummary`]), written by the drills; `status` reads its
+//!   measured RTO.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -157,6 +163,29 @@ impl PlanState {
     }
 }
 
+/// The newest restore drill of a plan, as the drill code writes it to
+/// `drills/<plan>.json` (the seam between drills and `status`; the shape
+/// is in docs/operations.md, "RTO"). Unknown fields are ignored, so a
+/// drill report may carry more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillSummary {
+    pub plan: String,
+    /// When the drill finished.
+    pub time: Timestamp,
+    /// `ok` or `failed`.
+    pub outcome: String,
+    /// Measured time from the start of the restore to the data being
+    /// usable (the measured RTO), when the drill got that far.
+    #[serde(default)]
+    pub rto_seconds: Option<f64>,
+    #[serde(default)]
+    pub repository: Option<String>,
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
 /// The state directory.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -204,6 +233,29 @@ impl StateDir {
         }
     }
 
+    /// Where the newest drill of `plan` is written.
+    pub fn drill_file(&self, plan: &str) -> PathBuf {
+        self.root.join("drills").join(format!("{plan}.json"))
+    }
+
+    /// The newest drill of `plan`, if one was recorded (an unreadable file
+    /// counts as none, with a warning).
+    pub fn last_drill(&self, plan: &str) -> Option<DrillSummary> {
+        let path = self.drill_file(plan);
+        let bytes = fs::read(&path).ok()?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| tracing::warn!("{}: unreadable drill report ({e})", path.display()))
+            .ok()
+    }
+
+    /// Records `drill` as the newest of its plan (atomically).
+    pub fn save_drill(&self, drill: &DrillSummary) -> Result<()> {
+        write_atomic(
+            &self.drill_file(&drill.plan),
+            &serde_json::to_vec_pretty(drill).expect("drills serialize"),
+        )
+    }
+
     /// Writes the plan's state atomically.
     pub fn save_plan(&self, plan: &str, state: &PlanState) -> Result<()> {
         let path = self.plan_file(plan);
@@ -249,22 +301,36 @@ impl StateDir {
         Ok(all.into_iter().skip(skip).collect())
     }
 
-    /// Takes the plan's run lock, or says who holds it.
-    pub fn lock_plan(&self, plan: &str) -> Result<Option<PlanLock>> {
+    fn open_lock(&self, file: &str) -> Result<(PathBuf, fs::File)> {
         let dir = self.root.join("locks");
         fs::create_dir_all(&dir).map_err(Self::err(&dir))?;
-        let path = dir.join(format!("{plan}.lock"));
+        let path = dir.join(file);
         let f = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
             .map_err(Self::err(&path))?;
+        Ok((path, f))
+    }
+
+    /// Takes the plan's run lock, or says who holds it.
+    pub fn lock_plan(&self, plan: &str) -> Result<Option<PlanLock>> {
+        let (path, f) = self.open_lock(&format!("{plan}.lock"))?;
         match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(Some(PlanLock { _lock: lock })),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
             Err((_, e)) => Err(Self::err(&path)(std::io::Error::from(e))),
         }
+    }
+
+    /// Takes `locks/<name>.guard`, waiting for another holder (short
+    /// read-modify-write sections such as the alert state, `alerts`).
+    pub fn lock_file(&self, name: &str) -> Result<PlanLock> {
+        let (path, f) = self.open_lock(&format!("{name}.guard"))?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map(|lock| PlanLock { _lock: lock })
+            .map_err(|(_, e)| Self::err(&path)(std::io::Error::from(e)))
     }
 }
 
@@ -274,7 +340,7 @@ pub struct PlanLock {
     _lock: nix::fcntl::Flock<fs::File>,
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().expect("has a parent");
     fs::create_dir_all(dir).map_err(StateDir::err(dir))?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));

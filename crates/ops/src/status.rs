@@ -81,12 +81,50 @@ pub struct Rule321 {
     pub points: Vec<RulePoint>,
 }
 
+/// The recovery-time objective against the newest restore drill.
+#[derive(Debug, Clone, Serialize)]
+pub struct RtoStatus {
+    /// The plan's `rto`.
+    pub objective_seconds: Option<u64>,
+    /// The newest drill's measured restore time.
+    pub measured_seconds: Option<f64>,
+    pub measured_at: Option<Timestamp>,
+    pub drill_outcome: Option<String>,
+    /// `ok` (measured within the objective), `exceeded`, `drill-failed`,
+    /// `unmeasured` (no drill yet), or `no-objective` (no `rto` set).
+    pub state: &'static str,
+}
+
+fn rto_status(plan: &PlanConfig, drill: Option<crate::state::DrillSummary>) -> RtoStatus {
+    let objective = plan.rto.map(|d| d.seconds());
+    let state = match (&drill, objective) {
+        (None, None) => "no-objective",
+        (None, Some(_)) => "unmeasured",
+        (Some(d), _) if d.outcome != "ok" => "drill-failed",
+        (Some(d), Some(o)) => match d.rto_seconds {
+            Some(m) if m <= o as f64 => "ok",
+            Some(_) => "exceeded",
+            None => "unmeasured",
+        },
+        (Some(_), None) => "no-objective",
+    };
+    RtoStatus {
+        objective_seconds: objective,
+        measured_seconds: drill.as_ref().and_then(|d| d.rto_seconds),
+        measured_at: drill.as_ref().map(|d| d.time),
+        drill_outcome: drill.map(|d| d.outcome),
+        state,
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanStatus {
     pub plan: String,
     pub source: String,
     pub rpo_seconds: u64,
     pub rto_seconds: Option<u64>,
+    /// The RTO against the newest restore drill.
+    pub rto: RtoStatus,
     pub schedule: String,
     pub freshness: Freshness,
     pub last_success: Option<Timestamp>,
@@ -117,7 +155,9 @@ pub fn status(config: &Config, now: Timestamp) -> Result<Status> {
     let mut plans = Vec::new();
     for (name, plan) in &config.plans {
         let state = dir.plan(name)?;
-        plans.push(plan_status(config, name, plan, &state, now, &tz));
+        let mut st = plan_status(config, name, plan, &state, now, &tz);
+        st.rto = rto_status(plan, dir.last_drill(name));
+        plans.push(st);
     }
     Ok(Status {
         generated: now,
@@ -184,6 +224,7 @@ pub fn plan_status(
         source: plan.source.clone(),
         rpo_seconds: plan.rpo.seconds(),
         rto_seconds: plan.rto.map(|d| d.seconds()),
+        rto: rto_status(plan, None),
         schedule: plan.schedule.to_string(),
         freshness,
         last_success: state.last_success,

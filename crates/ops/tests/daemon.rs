@@ -11,7 +11,7 @@ use std::time::Duration as StdDuration;
 use common::Setup;
 use jiff::{SignedDuration, Timestamp};
 use lifeboat_ops::Config;
-use lifeboat_ops::daemon::{DaemonOptions, Event, ManualClock, run_daemon};
+use lifeboat_ops::daemon::{Clock, DaemonOptions, Event, ManualClock, run_daemon};
 use lifeboat_ops::report::{Outcome, Trigger};
 use lifeboat_ops::scheduler::{Due, Scheduler};
 use lifeboat_ops::state::{LastRun, PlanState};
@@ -216,6 +216,7 @@ async fn the_daemon_catches_up_runs_on_schedule_reloads_serves_and_stops() {
             events: Some(events_tx),
             seed: 7,
             http: true,
+            alerts: None,
         },
     ));
     let Event::Listening(addr) = next_event(&mut events).await else {
@@ -319,5 +320,150 @@ async fn the_daemon_catches_up_runs_on_schedule_reloads_serves_and_stops() {
 
     shutdown.cancel();
     assert_eq!(next_event(&mut events).await, Event::Stopped);
+    daemon.await.unwrap().unwrap();
+}
+
+/// Waits for `n` Finished events (any plan) and returns their plans and
+/// outcomes, sorted.
+async fn finished(
+    rx: &mut mpsc::UnboundedReceiver<Event>,
+    n: usize,
+) -> Vec<(String, Option<Outcome>)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        if let Event::Finished { plan, outcome, .. } = next_event(rx).await {
+            out.push((plan, outcome));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_that_goes_unreachable_fails_its_plan_shows_in_status_and_alerts_once_while_others_run()
+ {
+    let s = Setup::new();
+    s.repo("ra").await;
+    s.repo("rb").await;
+    let http = lifeboat_testkit::sinks::HttpSink::start();
+    let config = s.config(&format!(
+        r#"
+state-dir = "state"
+[repository.ra]
+location = "ra"
+password-file = "pw"
+[repository.rb]
+location = "rb"
+password-file = "pw"
+[source.files]
+type = "files"
+paths = ["{{root}}/src"]
+[plan.a]
+source = "files"
+repositories = ["ra"]
+rpo = "1h"
+schedule = "*/15 * * * *"
+[plan.b]
+source = "files"
+repositories = ["rb"]
+rpo = "1h"
+schedule = "*/15 * * * *"
+[alert.ops]
+webhook = "{}/hook"
+[daemon]
+time-zone = "UTC"
+"#,
+        http.url()
+    ));
+    let clock = ManualClock::new(ts("2026-01-01T05:07:00Z"));
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (_reload_tx, reload_rx) = mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let alerts = lifeboat_ops::alert::Alerter::with_retry(
+        &config,
+        lifeboat_ops::alert::Retry {
+            attempts: 2,
+            backoff: StdDuration::from_millis(50),
+            timeout: StdDuration::from_secs(5),
+        },
+    );
+    let daemon = tokio::spawn(run_daemon(
+        config.clone(),
+        DaemonOptions {
+            config_path: s.path("lifeboat.toml"),
+            clock: clock.clone(),
+            shutdown: shutdown.clone(),
+            reload: reload_rx,
+            events: Some(events_tx),
+            seed: 1,
+            http: false,
+            alerts: Some(alerts.clone()),
+        },
+    ));
+    let ok = Some(Outcome::Ok);
+    assert_eq!(
+        finished(&mut events, 2).await,
+        vec![("a".into(), ok), ("b".into(), ok)]
+    );
+
+    // rb goes away (an unmounted disk): b fails, a goes on.
+    std::fs::rename(s.path("rb"), s.path("rb-away")).unwrap();
+    clock.set(ts("2026-01-01T05:15:00Z"));
+    assert_eq!(
+        finished(&mut events, 2).await,
+        vec![("a".into(), ok), ("b".into(), Some(Outcome::Failed))]
+    );
+    let st = lifeboat_ops::status::status(&config, clock.now()).unwrap();
+    let b = st.plans.iter().find(|p| p.plan == "b").unwrap();
+    assert_eq!(b.last_outcome, Some(Outcome::Failed));
+    let failing = b.copies[0]
+        .last_error
+        .as_ref()
+        .expect("rb shows as failing");
+    assert!(failing.reason.contains("rb"), "{failing:?}");
+    let a = st.plans.iter().find(|p| p.plan == "a").unwrap();
+    assert_eq!(a.last_outcome, ok);
+    assert!(a.copies[0].last_error.is_none());
+
+    // One alert for the change, naming plan, repository and reason.
+    assert!(alerts.flush(StdDuration::from_secs(60)).await);
+    let got = http.wait_for(1);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let p: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(p["condition"], "run-failed");
+    assert_eq!(p["plan"], "b");
+    assert_eq!(p["repository"], "rb");
+    assert!(
+        p["reason"]
+            .as_str()
+            .unwrap()
+            .contains("backup to rb failed"),
+        "{p}"
+    );
+
+    // Still down at the next slot: a runs again, b fails again, no second
+    // alert (deduplicated).
+    clock.set(ts("2026-01-01T05:30:00Z"));
+    assert_eq!(
+        finished(&mut events, 2).await,
+        vec![("a".into(), ok), ("b".into(), Some(Outcome::Failed))]
+    );
+    assert!(alerts.flush(StdDuration::from_secs(60)).await);
+    assert_eq!(http.received().len(), 1, "{:?}", http.received());
+
+    // Back: b recovers, and says so.
+    std::fs::rename(s.path("rb-away"), s.path("rb")).unwrap();
+    clock.set(ts("2026-01-01T05:45:00Z"));
+    assert_eq!(
+        finished(&mut events, 2).await,
+        vec![("a".into(), ok), ("b".into(), ok)]
+    );
+    assert!(alerts.flush(StdDuration::from_secs(60)).await);
+    let got = http.wait_for(2);
+    let p: serde_json::Value = serde_json::from_str(&got[1].body).unwrap();
+    assert_eq!(p["status"], "recovered");
+    assert_eq!(p["repository"], "rb");
+
+    shutdown.cancel();
     daemon.await.unwrap().unwrap();
 }

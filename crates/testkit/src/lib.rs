@@ -13,6 +13,8 @@
 //! - [`repo`] (feature `repo`): test repositories (fast KDF, small packs)
 //!   and the read-everything check.
 //! - [`tmpfs::Tmpfs`]: a small filesystem to fill up, for full-disk tests.
+//! - [`sinks`]: local HTTP and SMTP receivers that record what they get
+//!   (alert webhooks, pings, email).
 //! - [`wait`]: waiting on a condition with a deadline instead of sleeping.
 //! - [`faulty::FaultyStorage`]: injects errors (scheduled or at a seeded
 //!   rate), latency, short reads, hangs and lagging listings.
@@ -39,6 +41,7 @@ pub mod postgres;
 pub mod repo;
 pub mod services;
 pub mod sim;
+pub mod sinks;
 pub mod tmpfs;
 pub mod wait;
 

@@ -31,6 +31,10 @@ pub const LOCKED: i32 = 17;
 /// A backup to several repositories failed in some of them; the others
 /// have their snapshot (the output names which failed and why).
 pub const SOME_FAILED: i32 = 18;
+/// The backup finished, but the snapshot looks like its source was just
+/// encrypted (ransomware): it is tagged `suspect` and the snapshot before
+/// it is protected.
+pub const SUSPECT: i32 = 19;
 
 /// An error the CLI itself raises, with its code and advice.
 #[derive(Debug, thiserror::Error)]

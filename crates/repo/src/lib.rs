@@ -13,6 +13,7 @@
 //! The byte-level format is specified in `docs/format.md`.
 
 pub mod archive;
+pub mod audit;
 mod check;
 mod chunker;
 mod config;
@@ -26,6 +27,7 @@ pub mod keys;
 pub mod limits;
 pub mod lock;
 mod pack;
+pub mod protect;
 mod packread;
 pub mod prune;
 mod record;

@@ -50,15 +50,11 @@ pub async fn run(g: &Global, a: AuditArgs) -> Result<i32> {
             against_password_file,
         } => verify(g, &against, against_password_file.as_deref()).await,
         AuditCommand::Log { since, ops } => {
-            let since = since
-                .map(|s| parse_when("--since", &s, true))
-                .transpose()?;
+            let since = since.map(|s| parse_when("--since", &s, true)).transpose()?;
             log(g, since, &ops).await
         }
         AuditCommand::Deleted { since } => {
-            let since = since
-                .map(|s| parse_when("--since", &s, true))
-                .transpose()?;
+            let since = since.map(|s| parse_when("--since", &s, true)).transpose()?;
             deleted(g, since).await
         }
     }

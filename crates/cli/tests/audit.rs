@@ -92,7 +92,10 @@ fn mutating_commands_are_logged_and_the_log_verifies() {
     assert!(stdout(&out).contains("10 records"), "{}", stdout(&out));
     assert!(stdout(&out).contains("no errors"), "{}", stdout(&out));
     let text = stdout(&lb.ok(["audit", "log", "--since", "1d"]));
-    assert!(text.contains("forget") && text.contains("keep_last"), "{text}");
+    assert!(
+        text.contains("forget") && text.contains("keep_last"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -111,7 +114,10 @@ fn audit_deleted_names_forgotten_snapshots_and_vanished_paths() {
     assert!(text.contains(&b), "{text}");
     let json = lb.json(["audit", "deleted"]);
     assert_eq!(json["records"][0]["forgotten"][0]["id"], ids[0].as_str());
-    assert_eq!(json["disappeared"][0]["removed"][0]["path"], src.join("b.txt").to_str().unwrap());
+    assert_eq!(
+        json["disappeared"][0]["removed"][0]["path"],
+        src.join("b.txt").to_str().unwrap()
+    );
 }
 
 #[test]
@@ -151,13 +157,14 @@ fn a_truncated_log_is_caught_by_the_local_witness_and_by_a_copy_target() {
     let elsewhere = Lifeboat::new().with_repo(lb.repo.clone(), &lb.password);
     elsewhere.ok(["audit", "verify"]);
     // ...until it compares with the copy target.
-    let out = elsewhere.run(["audit", "verify", "--against", target.repo.to_str().unwrap()]);
+    let out = elsewhere.run([
+        "audit",
+        "verify",
+        "--against",
+        target.repo.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(14), "{}", common::describe(&out));
-    assert!(
-        stdout(&out).contains("copy target"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).contains("copy target"), "{}", stdout(&out));
 }
 
 #[test]
@@ -170,7 +177,8 @@ fn protected_snapshots_survive_forget_and_dry_runs_say_so() {
 
     let dry = stdout(&lb.ok(["forget", "--keep-last", "1", "--dry-run"]));
     assert!(
-        dry.contains(&format!("keep    {}", &ids[0][..8])) && dry.contains("protected until 2099-01-01"),
+        dry.contains(&format!("keep    {}", &ids[0][..8]))
+            && dry.contains("protected until 2099-01-01"),
         "{dry}"
     );
     lb.ok(["forget", "--keep-last", "1"]);

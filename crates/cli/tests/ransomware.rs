@@ -55,7 +55,8 @@ fn an_encrypted_tree_makes_the_backup_suspect_and_protects_the_one_before() {
         .unwrap()
         .to_string();
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/encrypt-like-ransomware");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/encrypt-like-ransomware");
     let out = Command::new(&script).arg(&src).arg("30").output().unwrap();
     assert!(out.status.success(), "{out:?}");
 
@@ -63,7 +64,10 @@ fn an_encrypted_tree_makes_the_backup_suspect_and_protects_the_one_before() {
     assert_eq!(out.status.code(), Some(19), "{}", common::describe(&out));
     let err = stderr(&out);
     assert!(err.contains("ransomware"), "{err}");
-    assert!(err.contains("30 files (30%) that compressed before no longer compress"), "{err}");
+    assert!(
+        err.contains("30 files (30%) that compressed before no longer compress"),
+        "{err}"
+    );
     assert!(err.contains("renamed with a new extension"), "{err}");
 
     // The backup is kept (it may be the only copy of the current state),
@@ -113,7 +117,11 @@ fn ordinary_churn_and_a_release_upgrade_do_not_trigger() {
     }
     let out = lb.run(["backup", src.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", common::describe(&out));
-    assert!(lb.snapshots().iter().all(|s| s["tags"] == serde_json::json!([])));
+    assert!(
+        lb.snapshots()
+            .iter()
+            .all(|s| s["tags"] == serde_json::json!([]))
+    );
     assert_eq!(lb.json(["protect", "--list"]), serde_json::json!([]));
 }
 
@@ -123,8 +131,16 @@ fn no_detect_skips_the_check() {
     let src = lb.path("src");
     text_tree(&src, 50);
     lb.backup(&[&src], &[]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/encrypt-like-ransomware");
-    assert!(Command::new(&script).arg(&src).arg("50").status().unwrap().success());
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/encrypt-like-ransomware");
+    assert!(
+        Command::new(&script)
+            .arg(&src)
+            .arg("50")
+            .status()
+            .unwrap()
+            .success()
+    );
     let out = lb.run(["backup", "--no-detect", src.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", common::describe(&out));
 }

@@ -231,7 +231,9 @@ pub async fn append(repo: &Repository, entry: Entry) -> Result<Id> {
                 top.get_or_insert(h);
                 window.push(r);
             }
-            Err(e) => tracing::warn!("audit log: skipping {key}: {e} (run `lifeboat audit verify`)"),
+            Err(e) => {
+                tracing::warn!("audit log: skipping {key}: {e} (run `lifeboat audit verify`)")
+            }
         }
     }
     let named: HashSet<Id> = window
@@ -358,10 +360,9 @@ pub async fn read_log(repo: &Repository) -> Result<AuditLog> {
     for o in list {
         match parse_name(o.key.name()) {
             Some((h, id)) => valid.push((h, id, o.key, o.size_bytes)),
-            None => log.unreadable.push(format!(
-                "{}: not an audit record name (planted?)",
-                o.key
-            )),
+            None => log
+                .unreadable
+                .push(format!("{}: not an audit record name (planted?)", o.key)),
         }
     }
     let read: Vec<(ObjectKey, Result<LoggedRecord>)> = futures::stream::iter(valid)
@@ -375,7 +376,9 @@ pub async fn read_log(repo: &Repository) -> Result<AuditLog> {
     for (key, r) in read {
         match r {
             Ok(r) => log.records.push(r),
-            Err(e @ Error::Corrupt { .. }) => log.unreadable.push(format!("forged or damaged: {e}")),
+            Err(e @ Error::Corrupt { .. }) => {
+                log.unreadable.push(format!("forged or damaged: {e}"))
+            }
             Err(e) if e.storage_kind() == Some(lifeboat_storage::ErrorKind::NotFound) => {
                 log.unreadable
                     .push(format!("{key}: listed, then gone before it was read"));
@@ -657,7 +660,11 @@ pub fn set_witness_dir(state_dir: Option<PathBuf>) {
 }
 
 fn witness_dir() -> Option<PathBuf> {
-    WITNESS_DIR.lock().unwrap().as_ref().map(|d| d.join("audit"))
+    WITNESS_DIR
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map(|d| d.join("audit"))
 }
 
 impl Witness {
@@ -715,7 +722,10 @@ impl Witness {
         let dir = path.parent().expect("witness path has a directory");
         std::fs::create_dir_all(dir)?;
         let tmp = dir.join(format!(".tmp-{}", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&w).expect("witness serializes"))?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&w).expect("witness serializes"),
+        )?;
         std::fs::rename(&tmp, &path)
     }
 }

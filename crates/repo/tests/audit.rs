@@ -54,10 +54,7 @@ async fn backup(repo: &Arc<Repository>, n: u8) -> Id {
     let session = WriteSession::start(repo.clone(), WriteOptions::default())
         .await
         .unwrap();
-    session
-        .add_blob(BlobType::Data, &[n; 5000])
-        .await
-        .unwrap();
+    session.add_blob(BlobType::Data, &[n; 5000]).await.unwrap();
     let tree = session
         .add_blob(BlobType::Tree, &Tree::default().encode())
         .await
@@ -113,7 +110,10 @@ async fn every_operation_is_recorded_in_order_and_the_log_verifies() {
     prune(&repo, &PruneOptions::default()).await.unwrap();
     let log = audit::read_log(&repo).await.unwrap();
     let ops: Vec<&str> = log.records.iter().map(|r| r.record.op.as_str()).collect();
-    assert_eq!(ops, ["init", "backup", "backup", "backup", "forget", "prune"]);
+    assert_eq!(
+        ops,
+        ["init", "backup", "backup", "backup", "forget", "prune"]
+    );
     let heights: Vec<u64> = log.records.iter().map(|r| r.record.height).collect();
     assert_eq!(heights, [0, 1, 2, 3, 4, 5]);
     // Each names the one before.
@@ -140,12 +140,13 @@ async fn a_deleted_record_is_detected() {
     let objects = audit_objects(&mem).await;
     // The second backup's record, in the middle.
     mem.delete(&objects[2]).await.unwrap();
-    let report = audit::verify(&reopen(Arc::new(mem.clone())).await, &[])
+    let report = audit::verify(&*reopen(Arc::new(mem.clone())).await, &[])
         .await
         .unwrap();
     let e = errors(&report);
     assert!(
-        e.iter().any(|m| m.contains("which is missing: a record was deleted")),
+        e.iter()
+            .any(|m| m.contains("which is missing: a record was deleted")),
         "{e:?}"
     );
     drop(repo);
@@ -159,7 +160,7 @@ async fn an_edited_record_is_detected() {
     bytes[30] ^= 1;
     mem.delete(&objects[1]).await.unwrap();
     mem.put(&objects[1], Bytes::from(bytes)).await.unwrap();
-    let report = audit::verify(&reopen(Arc::new(mem.clone())).await, &[])
+    let report = audit::verify(&*reopen(Arc::new(mem.clone())).await, &[])
         .await
         .unwrap();
     let e = errors(&report);
@@ -225,7 +226,10 @@ async fn a_reordered_record_is_detected() {
     .unwrap();
     let report = audit::verify(&repo, &[]).await.unwrap();
     let e = errors(&report);
-    assert!(e.iter().any(|m| m.contains("renamed or reordered")), "{e:?}");
+    assert!(
+        e.iter().any(|m| m.contains("renamed or reordered")),
+        "{e:?}"
+    );
 }
 
 #[tokio::test]
@@ -304,7 +308,10 @@ async fn concurrent_appends_fork_and_the_next_append_joins_them() {
     .encode(repo.key());
     let sid = Id::of_bytes(&sibling);
     mem.put(
-        &ObjectKey::new(Kind::Audit, audit::object_name(head.record.height + 1, &sid)),
+        &ObjectKey::new(
+            Kind::Audit,
+            audit::object_name(head.record.height + 1, &sid),
+        ),
         Bytes::from(sibling),
     )
     .await
@@ -329,7 +336,7 @@ async fn a_snapshot_without_a_record_is_a_warning() {
     // A record written around the log (a key holder writing directly).
     let planted = record(Id([9; 32]), 100);
     repo.write_snapshot(&planted).await.unwrap();
-    let report = audit::verify(&reopen(Arc::new(mem)).await, &[])
+    let report = audit::verify(&*reopen(Arc::new(mem)).await, &[])
         .await
         .unwrap();
     assert!(

@@ -155,8 +155,11 @@ pub async fn analyze(
         .as_second();
     let mut counts = Counts::default();
     // Directory pairs whose trees differ: (path, old tree, new tree).
-    let mut stack: Vec<(String, Option<Id>, Option<Id>)> =
-        vec![(String::new(), Some(parent.record.tree), Some(new.record.tree))];
+    let mut stack: Vec<(String, Option<Id>, Option<Id>)> = vec![(
+        String::new(),
+        Some(parent.record.tree),
+        Some(new.record.tree),
+    )];
     while let Some((path, a, b)) = stack.pop() {
         let read = |id: Option<Id>| async move {
             match id {
@@ -176,7 +179,7 @@ pub async fn analyze(
         let mut removed: Vec<&Node> = Vec::new();
         let mut added: Vec<&Node> = Vec::new();
         for (name, o) in &old {
-            match (o.kind, new_nodes.get(name)) {
+            match (&o.kind, new_nodes.get(name)) {
                 (NodeKind::Dir, Some(n)) if n.kind == NodeKind::Dir => {
                     if o.subtree != n.subtree {
                         stack.push((format!("{path}/{name}"), o.subtree, n.subtree));
@@ -205,7 +208,7 @@ pub async fn analyze(
             if old.contains_key(name) && old[name].kind == n.kind {
                 continue;
             }
-            match n.kind {
+            match &n.kind {
                 NodeKind::File => added.push(n),
                 NodeKind::Dir => stack.push((format!("{path}/{name}"), None, None)),
                 _ => {}

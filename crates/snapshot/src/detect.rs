@@ -180,26 +180,22 @@ pub async fn analyze(
         let mut added: Vec<&Node> = Vec::new();
         for (name, o) in &old {
             match (&o.kind, new_nodes.get(name)) {
-                (NodeKind::Dir, Some(n)) if n.kind == NodeKind::Dir => {
-                    if o.subtree != n.subtree {
-                        stack.push((format!("{path}/{name}"), o.subtree, n.subtree));
-                    }
+                (NodeKind::Dir, Some(n)) if n.kind == NodeKind::Dir && o.subtree != n.subtree => {
+                    stack.push((format!("{path}/{name}"), o.subtree, n.subtree));
                 }
+                (NodeKind::Dir, Some(n)) if n.kind == NodeKind::Dir => {}
                 (NodeKind::Dir, _) => stack.push((format!("{path}/{name}"), o.subtree, None)),
-                (NodeKind::File, Some(n)) if n.kind == NodeKind::File => {
-                    if o.content != n.content {
-                        let p = format!("{path}/{name}");
-                        if compressed(&index, o) == Some(true)
-                            && compressed(&index, n) == Some(false)
-                        {
-                            counts.incompressible += 1;
-                            counts.example(&p);
-                        }
-                        if o.mtime.secs < stable_before {
-                            counts.stable += 1;
-                        }
+                (NodeKind::File, Some(n)) if n.kind == NodeKind::File && o.content != n.content => {
+                    let p = format!("{path}/{name}");
+                    if compressed(&index, o) == Some(true) && compressed(&index, n) == Some(false) {
+                        counts.incompressible += 1;
+                        counts.example(&p);
+                    }
+                    if o.mtime.secs < stable_before {
+                        counts.stable += 1;
                     }
                 }
+                (NodeKind::File, Some(n)) if n.kind == NodeKind::File => {}
                 (NodeKind::File, _) => removed.push(o),
                 _ => {}
             }

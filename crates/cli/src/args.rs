@@ -115,6 +115,12 @@ pub enum Command {
     Prune(PruneArgs),
     /// PostgreSQL: base backups, WAL archive, point-in-time restore, dumps.
     Pg(PgArgs),
+    /// The audit log: who changed the repository, and what was deleted when.
+    Audit(AuditArgs),
+    /// Keep a snapshot whatever `forget`'s policy says, until a date.
+    Protect(ProtectArgs),
+    /// Remove a snapshot's protection.
+    Unprotect(UnprotectArgs),
     /// Check or show the operations config file (--config).
     Config(crate::ops::ConfigArgs),
     /// Run one plan of the config now: backup, copies, retention and
@@ -190,6 +196,72 @@ pub struct CopyArgs {
     pub no_wal: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the log: every record authentic and linked, none deleted,
+    /// edited, reordered or forged, and the newest records this machine
+    /// (and each --against copy target) saw still there. Exit 14 on any error.
+    Verify {
+        /// A copy target of this repository: the audit heads its `copy`
+        /// records saw must still be in this log (repeatable).
+        #[arg(long, value_name = "REPO")]
+        against: Vec<String>,
+        /// Password file of the --against repositories (default:
+        /// LIFEBOAT_FROM_PASSWORD, else the main password).
+        #[arg(long, value_name = "FILE")]
+        against_password_file: Option<PathBuf>,
+    },
+    /// List the records, oldest first.
+    Log {
+        /// Only records from this time on: a date (2026-12-01), a time
+        /// (RFC 3339) or a duration back from now (7d, 12h).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only these operations (repeatable): init, backup, copy, forget,
+        /// prune, repair-index, key-add, key-remove, key-passwd, protect,
+        /// unprotect, lock-extend.
+        #[arg(long = "op", value_name = "OP")]
+        ops: Vec<String>,
+    },
+    /// What was deleted: snapshots forgotten (by whom, when, what they
+    /// were), prunes and key removals, and the paths that disappeared
+    /// between consecutive snapshots of each source.
+    Deleted {
+        /// Only from this time on (as for `audit log`).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ProtectArgs {
+    /// The snapshot (id, unique prefix or `latest`); omit with --list.
+    #[arg(required_unless_present = "list")]
+    pub snapshot: Option<String>,
+    /// Until when: a date (2027-01-31), a time (RFC 3339) or a duration
+    /// from now (30d, 1y).
+    #[arg(long, value_name = "WHEN", required_unless_present = "list")]
+    pub until: Option<String>,
+    /// Why (recorded with the protection and in the audit log).
+    #[arg(long, default_value = "manual")]
+    pub reason: String,
+    /// List the protections in force instead.
+    #[arg(long, conflicts_with_all = ["snapshot", "until"])]
+    pub list: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UnprotectArgs {
+    /// The snapshot (id, unique prefix or `latest`).
+    pub snapshot: String,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum, Default)]
 pub enum ModeArg {
     Full,
@@ -259,6 +331,20 @@ pub struct BackupArgs {
     /// zstd level for this backup (overrides the repository default).
     #[arg(long, value_parser = clap::value_parser!(i32).range(0..=22))]
     pub compression: Option<i32>,
+    /// Do not compare the new snapshot with its parent for signs of
+    /// ransomware (files that stopped compressing, mass renames).
+    #[arg(long)]
+    pub no_detect: bool,
+    /// Share of the parent's files that became incompressible, or were
+    /// renamed with a new extension, that makes the snapshot suspect.
+    #[arg(long, default_value = "10%", value_name = "PERCENT")]
+    pub detect_share: String,
+    /// Fewer affected files than this never make a snapshot suspect.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub detect_min_files: u64,
+    /// Days the snapshot before a suspect one stays protected.
+    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    pub detect_protect_days: u32,
 }
 
 #[derive(Debug, Args)]

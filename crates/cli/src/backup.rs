@@ -10,6 +10,7 @@ use lifeboat_snapshot::backup::{
     BackupOptions, BackupOutcome, StreamOptions, backup, backup_many, backup_stream,
     backup_stream_many,
 };
+use lifeboat_snapshot::detect::{DetectOptions, analyze, respond};
 
 use crate::args::{BackupArgs, Global, ModeArg};
 use crate::exit;
@@ -132,15 +133,97 @@ pub async fn run(g: &Global, mut a: BackupArgs) -> Result<i32> {
     };
     let own = own_paths(g, &[session::target(g)?], std::slice::from_ref(&repo));
     note_own_paths(g, &a, &own);
+    let detect = detect_options(&a)?;
     let bar = Arc::new(Bar::new(!g.quiet && !g.json, "backup"));
     let outcome = match source(a, bar.is_drawing(), own)? {
-        Source::Stdin(o) => backup_stream(repo, std::io::stdin(), &o, bar.clone()).await,
-        Source::Files(o) => backup(repo, &o, bar.clone()).await,
+        Source::Stdin(o) => backup_stream(repo.clone(), std::io::stdin(), &o, bar.clone()).await,
+        Source::Files(o) => backup(repo.clone(), &o, bar.clone()).await,
     };
     bar.finish();
-    let outcome = outcome?;
+    let mut outcome = outcome?;
+    let suspect = match &detect {
+        Some(d) => detect_ransomware(&repo, &mut outcome, d).await?,
+        None => false,
+    };
     render(g, &outcome)?;
-    Ok(exit_code(&outcome))
+    Ok(if suspect {
+        exit::SUSPECT
+    } else {
+        exit_code(&outcome)
+    })
+}
+
+/// The detection thresholds, or `None` with `--no-detect` and for
+/// streams (one file: nothing to compare a share of).
+fn detect_options(a: &BackupArgs) -> Result<Option<DetectOptions>> {
+    if a.no_detect || a.stdin {
+        return Ok(None);
+    }
+    let share: f64 = a
+        .detect_share
+        .trim_end_matches('%')
+        .parse()
+        .ok()
+        .filter(|p: &f64| (0.0..=100.0).contains(p))
+        .ok_or_else(|| {
+            exit::cli_error(
+                exit::USAGE,
+                format!(
+                    "--detect-share takes a percentage like 10%, not {:?}",
+                    a.detect_share
+                ),
+            )
+        })?;
+    Ok(Some(DetectOptions {
+        share: share / 100.0,
+        min_files: a.detect_min_files,
+        protect_days: a.detect_protect_days,
+        ..Default::default()
+    }))
+}
+
+/// Compares the new snapshot with its parent; when it looks like an
+/// encryption event, tags it `suspect`, protects the parent and says so on
+/// stderr. Returns whether it did. A failure of the check itself is a
+/// warning: the backup is saved either way.
+async fn detect_ransomware(
+    repo: &Arc<lifeboat_repo::Repository>,
+    outcome: &mut BackupOutcome,
+    options: &DetectOptions,
+) -> Result<bool> {
+    let Some(parent_id) = outcome.snapshot.record.parent else {
+        return Ok(false);
+    };
+    let checked = async {
+        let parent = repo.find_snapshot(&parent_id.to_hex()).await?;
+        let d = analyze(repo, &parent, &outcome.snapshot, options).await?;
+        if !d.suspect {
+            return Ok::<_, anyhow::Error>(None);
+        }
+        let r = respond(repo, &parent, &outcome.snapshot, &d, options).await?;
+        Ok(Some((d, r)))
+    }
+    .await;
+    let (d, r) = match checked {
+        Ok(Some(found)) => found,
+        Ok(None) => return Ok(false),
+        Err(e) => {
+            eprintln!("lifeboat: warning: the ransomware check could not run: {e:#}");
+            return Ok(false);
+        }
+    };
+    eprintln!(
+        "lifeboat: WARNING: this backup looks like its source was just encrypted (ransomware?): {}. \
+         The snapshot is saved as {} and tagged `suspect`; the one before it, {}, is protected \
+         until {} (`lifeboat protect --list`). Look at the source now; examples: {}",
+        d.reasons.join("; "),
+        r.snapshot.id.short(),
+        r.protected.short(),
+        r.protected_until.strftime("%Y-%m-%d"),
+        d.examples.join(", ")
+    );
+    outcome.snapshot = r.snapshot;
+    Ok(true)
 }
 
 /// The repository's own files, which no backup stores: each local
@@ -322,17 +405,25 @@ async fn run_many(g: &Global, a: BackupArgs) -> Result<i32> {
             Err(e) => results.push(Some(Err(e))),
         }
     }
+    let mut suspect = false;
     if !repos.is_empty() {
         let own = own_paths(g, &targets, &repos);
         note_own_paths(g, &a, &own);
+        let detect = detect_options(&a)?;
         let bar = Arc::new(Bar::new(!g.quiet && !g.json, "backup"));
         let outcomes = match source(a, bar.is_drawing(), own)? {
-            Source::Stdin(o) => backup_stream_many(repos, std::io::stdin(), &o, bar.clone()).await,
-            Source::Files(o) => backup_many(repos, &o, bar.clone()).await,
+            Source::Stdin(o) => {
+                backup_stream_many(repos.clone(), std::io::stdin(), &o, bar.clone()).await
+            }
+            Source::Files(o) => backup_many(repos.clone(), &o, bar.clone()).await,
         };
         bar.finish();
-        for (i, outcome) in positions.into_iter().zip(outcomes?) {
-            results[i] = Some(outcome.map_err(anyhow::Error::from));
+        for ((i, outcome), repo) in positions.into_iter().zip(outcomes?).zip(&repos) {
+            let mut outcome = outcome.map_err(anyhow::Error::from);
+            if let (Ok(o), Some(d)) = (&mut outcome, &detect) {
+                suspect |= detect_ransomware(repo, o, d).await?;
+            }
+            results[i] = Some(outcome);
         }
     }
     let results: Vec<Result<BackupOutcome>> = results.into_iter().map(Option::unwrap).collect();
@@ -345,6 +436,8 @@ async fn run_many(g: &Global, a: BackupArgs) -> Result<i32> {
         failed[0].0
     } else if !failed.is_empty() {
         exit::SOME_FAILED
+    } else if suspect {
+        exit::SUSPECT
     } else if results.iter().flatten().any(|o| o.snapshot.record.partial) {
         exit::PARTIAL
     } else {

@@ -33,6 +33,10 @@ pub const LOCKED: i32 = 17;
 pub const SOME_FAILED: i32 = 18;
 /// `doctor` found gaps in the setup (listed, most dangerous first).
 pub const GAPS: i32 = 19;
+/// The backup finished, but the snapshot looks like its source was just
+/// encrypted (ransomware): it is tagged `suspect` and the snapshot before
+/// it is protected.
+pub const SUSPECT: i32 = 20;
 
 /// An error the CLI itself raises, with its code and advice.
 #[derive(Debug, thiserror::Error)]

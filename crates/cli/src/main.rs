@@ -5,6 +5,7 @@
 
 mod about;
 mod args;
+mod audit;
 mod backup;
 mod copy;
 mod exit;
@@ -86,6 +87,7 @@ fn main() {
             .event_format(output::LogLine)
             .init(),
     }
+    lifeboat_repo::audit::set_witness_dir(Some(state_dir()));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
@@ -143,6 +145,21 @@ fn quiet_summary(c: &args::Command) -> bool {
             | C::Repair(_)
             | C::Run(_)
     )
+}
+
+/// The local state directory, where the audit log's witnesses are kept:
+/// `LIFEBOAT_STATE_DIR`, else `$XDG_STATE_HOME/lifeboat`, else the
+/// daemon's default (`/var/lib/lifeboat` for root, else
+/// `~/.local/state/lifeboat`).
+fn state_dir() -> std::path::PathBuf {
+    let var = |n: &str| std::env::var_os(n).filter(|v| !v.is_empty());
+    if let Some(d) = var("LIFEBOAT_STATE_DIR") {
+        std::path::PathBuf::from(d)
+    } else if let Some(d) = var("XDG_STATE_HOME") {
+        std::path::PathBuf::from(d).join("lifeboat")
+    } else {
+        lifeboat_ops::config::default_state_dir()
+    }
 }
 
 /// Runs the command; on SIGINT or SIGTERM stops it, removes every
@@ -242,6 +259,9 @@ async fn run(cli: args::Cli) -> i32 {
         args::Command::Forget(a) => retention::forget(g, a).await,
         args::Command::Prune(a) => retention::prune(g, a).await,
         args::Command::Pg(a) => pg::run(g, a).await,
+        args::Command::Audit(a) => audit::run(g, a).await,
+        args::Command::Protect(a) => audit::protect(g, a).await,
+        args::Command::Unprotect(a) => audit::unprotect(g, a).await,
         args::Command::Version => about::version(g),
         args::Command::Completions(a) => about::completions(a),
         args::Command::Man => about::man(),

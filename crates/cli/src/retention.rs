@@ -213,6 +213,13 @@ fn render_prune(s: &PruneStats, wal_deleted: usize) {
         },
         duration_ms(s.elapsed_ms)
     );
+    if s.protected_snapshots > 0 {
+        outln!(
+            "{} protected snapshots (`lifeboat protect --list`): prune never removes a snapshot, \
+             so their data stays",
+            s.protected_snapshots
+        );
+    }
     if wal_deleted > 0 {
         outln!(
             "{}deleted {wal_deleted} archived WAL files that no remaining PostgreSQL base backup needs",

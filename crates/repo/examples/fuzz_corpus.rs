@@ -160,7 +160,7 @@ async fn main() {
                 }
             }
             // No archive objects in this repository (they come from `pg wal-push`).
-            Kind::Archive => {}
+            Kind::Archive | Kind::Audit | Kind::Protect => {}
             Kind::Index => {
                 save(out, "index", name, &with_mode(0, &bytes));
                 let file = IndexFile::decode(key, k.name(), &bytes).unwrap();

@@ -182,6 +182,27 @@ pub async fn copy(
     if let Some(rules) = &options.archive {
         stats.archive = Some(crate::archive::copy(source, target, rules, progress).await?);
     }
+    if stats.snapshots_copied > 0 {
+        // The target keeps the source's audit heads: a witness that the
+        // source's log reached them (`audit verify --against`).
+        let witness = match crate::audit::heads(source).await {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!("cannot read the source's audit log: {e}");
+                None
+            }
+        };
+        let mut entry = crate::audit::Entry::new("copy")
+            .arg("from", source.storage().location())
+            .arg("from_repository", source_repo.to_hex());
+        entry.snapshots = stats
+            .copied
+            .iter()
+            .filter_map(|c| Id::from_hex(&c.target))
+            .collect();
+        entry.witness = witness;
+        crate::audit::append_after(target, entry).await;
+    }
     Ok(stats)
 }
 

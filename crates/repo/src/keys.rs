@@ -3,6 +3,7 @@
 use lifeboat_storage::{Kind, ObjectKey};
 use serde::Serialize;
 
+use crate::audit;
 use crate::keyfile::{KdfParams, KeyFile};
 use crate::limits::get_bounded;
 use crate::repository::{Repository, blocking, write_key_file};
@@ -22,7 +23,9 @@ pub async fn add(repo: &Repository, new_password: &[u8], kdf: KdfParams) -> Resu
     let key = repo.key().clone();
     let pw = new_password.to_vec();
     let kf = blocking(move || KeyFile::create(&key, &pw, kdf)).await??;
-    write_key_file(repo.storage(), &kf).await
+    let id = write_key_file(repo.storage(), &kf).await?;
+    audit::append_after(repo, audit::Entry::new("key-add").arg("key", id.to_hex())).await;
+    Ok(id)
 }
 
 pub async fn list(repo: &Repository) -> Result<Vec<KeyInfo>> {
@@ -71,6 +74,15 @@ pub async fn remove(repo: &Repository, query: &str) -> Result<Id> {
             "refusing to remove the key in use; open the repository with another key to remove this one".into(),
         ));
     }
+    // Logged before the key file goes: a removal never happens unrecorded.
+    audit::append(
+        repo,
+        audit::Entry::new("key-remove")
+            .arg("key", &k.id)
+            .arg("key_host", &k.host)
+            .arg("key_user", &k.user),
+    )
+    .await?;
     repo.storage()
         .delete(&ObjectKey::new(Kind::Keys, k.id.clone()))
         .await?;
@@ -80,7 +92,17 @@ pub async fn remove(repo: &Repository, query: &str) -> Result<Id> {
 /// Changes the password of the key in use: adds a new key file, then removes
 /// the old one (in that order, so a crash leaves two working keys, never none).
 pub async fn change_password(repo: &Repository, new_password: &[u8], kdf: KdfParams) -> Result<Id> {
-    let new = add(repo, new_password, kdf).await?;
+    let key = repo.key().clone();
+    let pw = new_password.to_vec();
+    let kf = blocking(move || KeyFile::create(&key, &pw, kdf)).await??;
+    let new = write_key_file(repo.storage(), &kf).await?;
+    audit::append(
+        repo,
+        audit::Entry::new("key-passwd")
+            .arg("key", new.to_hex())
+            .arg("replaces", repo.key_id().to_hex()),
+    )
+    .await?;
     repo.storage()
         .delete(&ObjectKey::new(Kind::Keys, repo.key_id().to_hex()))
         .await?;

@@ -13,6 +13,7 @@
 //! The byte-level format is specified in `docs/format.md`.
 
 pub mod archive;
+pub mod audit;
 mod check;
 mod chunker;
 mod config;
@@ -28,6 +29,7 @@ pub mod limits;
 pub mod lock;
 mod pack;
 mod packread;
+pub mod protect;
 pub mod prune;
 mod record;
 pub mod repair;

@@ -30,6 +30,11 @@ pub const MAX_LOCK_LEN: u64 = 64 * 1024;
 /// A snapshot record: its paths, tags and connector data; a backup of
 /// tens of thousands of paths stays far below.
 pub const MAX_SNAPSHOT_LEN: u64 = 16 * 1024 * 1024;
+/// An audit record: one operation's who, what and which snapshots (a
+/// `forget` of thousands of snapshots lists each, about 300 bytes apiece).
+pub const MAX_AUDIT_LEN: u64 = 16 * 1024 * 1024;
+/// A protection: about 200 bytes.
+pub const MAX_PROTECT_LEN: u64 = 64 * 1024;
 /// An index object. Writers split index objects so that none holds more
 /// than [`MAX_INDEX_ENTRIES`] entries (at most 49 bytes each, so under
 /// 47 MiB); the bound leaves room for the postcard framing.
@@ -51,6 +56,8 @@ pub fn max_object_len(kind: Kind) -> Option<u64> {
         Kind::Locks => Some(MAX_LOCK_LEN),
         Kind::Snapshots => Some(MAX_SNAPSHOT_LEN),
         Kind::Index => Some(MAX_INDEX_LEN),
+        Kind::Audit => Some(MAX_AUDIT_LEN),
+        Kind::Protect => Some(MAX_PROTECT_LEN),
         Kind::Packs | Kind::Archive => None,
     }
 }

@@ -113,6 +113,9 @@ pub struct PruneStats {
     pub index_files_written: usize,
     pub index_files_deleted: usize,
     pub stale_locks_removed: usize,
+    /// Snapshots under protection (`lifeboat protect`): prune never
+    /// removes a snapshot, so their data always stays.
+    pub protected_snapshots: usize,
     pub elapsed_ms: u64,
     /// What the archive step deleted (or would), when
     /// [`PruneOptions::archive`] was given. Not serialized: the caller
@@ -200,6 +203,7 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
     }
 
     let used = used_blobs(repo, &index, &mut stats).await?;
+    stats.protected_snapshots = crate::protect::list(repo).await?.0.len();
     stats.blobs_used = used.len();
 
     // Count each used blob once, in the pack the merged index chose for it.
@@ -271,6 +275,22 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
         stats.elapsed_ms = started.elapsed().as_millis() as u64;
         return Ok(stats);
     }
+
+    // Logged before anything is deleted: a prune never deletes unrecorded.
+    crate::audit::append(
+        repo,
+        crate::audit::Entry {
+            bytes_deleted: removed_bytes,
+            ..crate::audit::Entry::new("prune")
+                .arg("max_unused_percent", options.max_unused_percent)
+                .arg("max_repack_bytes", options.max_repack_bytes)
+                .arg("packs_deleted", stats.packs_deleted)
+                .arg("packs_repacked", stats.packs_repacked)
+                .arg("packs_unindexed_deleted", stats.packs_unindexed_deleted)
+                .arg("rewritten_bytes", stats.rewritten_bytes)
+        },
+    )
+    .await?;
 
     // 1. New packs with the live blobs of the packs being repacked. The
     //    session sees only the kept packs' blobs as present, so each live

@@ -46,6 +46,14 @@ pub async fn repair_index(repo: &Repository) -> Result<RepairStats> {
     let released = lock.release().await;
     let stats = r?;
     released?;
+    crate::audit::append_after(
+        repo,
+        crate::audit::Entry::new("repair-index")
+            .arg("packs_indexed", stats.packs_indexed)
+            .arg("old_index_files_removed", stats.old_index_files_removed)
+            .arg("unreadable_packs", &stats.unreadable_packs),
+    )
+    .await;
     Ok(stats)
 }
 

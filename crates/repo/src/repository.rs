@@ -195,7 +195,7 @@ impl Repository {
             location: c.location,
             storage: OnceCell::new_with(Some(c.storage)),
         });
-        Ok(Repository {
+        let repo = Repository {
             storage,
             key,
             config,
@@ -206,7 +206,18 @@ impl Repository {
             disk_cache: None,
             cache_bypass: Default::default(),
             cold,
-        })
+        };
+        // The audit log's first record (the repository exists already: a
+        // failure here is a warning, and the next operation starts the log).
+        crate::audit::append_after(
+            &repo,
+            crate::audit::Entry::new("init")
+                .arg("compression_level", repo.config.compression_level)
+                .arg("pack_size", repo.config.pack_size)
+                .arg("cold", repo.config.cold.as_ref().map(|c| &c.location)),
+        )
+        .await;
+        Ok(repo)
     }
 
     /// Opens a repository: checks the format version, then tries every key

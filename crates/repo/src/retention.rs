@@ -289,7 +289,18 @@ pub async fn forget(
     }
     let mut snapshots = repo.snapshots().await?;
     snapshots.retain(|s| options.filter.matches(s));
-    let groups = apply_policy(&snapshots, policy);
+    let mut groups = apply_policy(&snapshots, policy);
+    // Protected snapshots stay, whatever the policy says.
+    let (protected, _) = crate::protect::list(repo).await?;
+    for d in groups.iter_mut().flat_map(|g| g.snapshots.iter_mut()) {
+        if let Some(p) = crate::Id::from_hex(&d.id).and_then(|id| protected.get(&id)) {
+            d.reasons.push(format!(
+                "protected until {}",
+                p.until.strftime("%Y-%m-%d %H:%M:%S UTC")
+            ));
+            d.keep = true;
+        }
+    }
     if !options.allow_empty_source
         && let Some(g) = groups.iter().find(|g| g.kept() == 0)
     {
@@ -303,6 +314,23 @@ pub async fn forget(
     let kept = groups.iter().map(|g| g.kept()).sum();
     let removed: Vec<&Decision> = groups.iter().flat_map(|g| g.removed()).collect();
     let removed_count = removed.len();
+    if !options.dry_run && !removed.is_empty() {
+        // Logged before anything is deleted, with what each snapshot was:
+        // a forget never removes a record without a trace.
+        let gone: Vec<&Snapshot> = removed
+            .iter()
+            .filter_map(|d| snapshots.iter().find(|s| s.id.to_hex() == d.id))
+            .collect();
+        let mut entry = crate::audit::Entry::new("forget")
+            .arg("policy", policy_args(policy))
+            .arg("hosts", &options.filter.hosts)
+            .arg("tags", &options.filter.tags)
+            .arg("paths", &options.filter.paths)
+            .arg("allow_empty_source", options.allow_empty_source);
+        entry.snapshots = gone.iter().map(|s| s.id).collect();
+        entry.forgotten = crate::audit::forgotten_of(&gone);
+        crate::audit::append(repo, entry).await?;
+    }
     if !options.dry_run {
         for d in removed {
             repo.storage()
@@ -316,6 +344,29 @@ pub async fn forget(
         dry_run: options.dry_run,
         groups,
     })
+}
+
+/// The policy as the audit log records it: only the rules given.
+fn policy_args(p: &RetentionPolicy) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    let mut count = |name: &str, v: Option<usize>| {
+        if let Some(n) = v.filter(|n| *n > 0) {
+            m.insert(name.into(), n.into());
+        }
+    };
+    count("keep_last", p.keep_last);
+    count("keep_hourly", p.keep_hourly);
+    count("keep_daily", p.keep_daily);
+    count("keep_weekly", p.keep_weekly);
+    count("keep_monthly", p.keep_monthly);
+    count("keep_yearly", p.keep_yearly);
+    if let Some(d) = p.keep_within {
+        m.insert("keep_within".into(), format!("{d:#}").into());
+    }
+    if !p.keep_tags.is_empty() {
+        m.insert("keep_tags".into(), p.keep_tags.clone().into());
+    }
+    m.into()
 }
 
 #[cfg(test)]

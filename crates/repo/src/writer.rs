@@ -397,6 +397,19 @@ impl WriteSession {
             Err(e) => Err(e),
         };
         release(lock).await;
+        if let Ok(id) = &written {
+            crate::audit::append_after(
+                &shared.repo,
+                crate::audit::Entry::new("backup")
+                    .arg("host", &record.host)
+                    .arg("paths", &record.paths)
+                    .arg("tags", &record.tags)
+                    .arg("mode", record.mode)
+                    .arg("added_bytes", record.summary.added_bytes)
+                    .snapshot(*id),
+            )
+            .await;
+        }
         written
     }
 }

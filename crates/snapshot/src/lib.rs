@@ -8,6 +8,7 @@
 //! the [`progress`] traits, results come back as values.
 
 pub mod backup;
+pub mod detect;
 pub mod diff;
 pub mod dump;
 pub mod dumptar;

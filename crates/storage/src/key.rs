@@ -20,10 +20,16 @@ pub enum Kind {
     /// only content: existing repositories keep their objects where they
     /// are.
     Archive,
+    /// The audit log: one sealed record per mutating operation, hash-linked
+    /// (`lifeboat_repo::audit`).
+    Audit,
+    /// Protections: one object per protected snapshot and end date
+    /// (`lifeboat_repo::protect`); `forget` keeps what they name.
+    Protect,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Config,
         Kind::Keys,
         Kind::Packs,
@@ -31,6 +37,8 @@ impl Kind {
         Kind::Snapshots,
         Kind::Locks,
         Kind::Archive,
+        Kind::Audit,
+        Kind::Protect,
     ];
 
     /// Directory (prefix) of this namespace, relative to the repository root.
@@ -43,6 +51,8 @@ impl Kind {
             Kind::Snapshots => "snapshots",
             Kind::Locks => "locks",
             Kind::Archive => "wal",
+            Kind::Audit => "audit",
+            Kind::Protect => "protect",
         }
     }
 }

@@ -56,13 +56,15 @@ impl LocalStorage {
 }
 
 /// The namespace directories `init` creates.
-const DIRS: [Kind; 6] = [
+const DIRS: [Kind; 8] = [
     Kind::Keys,
     Kind::Packs,
     Kind::Index,
     Kind::Snapshots,
     Kind::Locks,
     Kind::Archive,
+    Kind::Audit,
+    Kind::Protect,
 ];
 
 /// Refuses to create directories under a root that is not (or no longer)

@@ -129,6 +129,7 @@ impl Lifeboat {
             .env("XDG_DATA_HOME", self.xdg_data())
             .env("XDG_CONFIG_HOME", self.xdg_config())
             .env("XDG_CACHE_HOME", self.path("home/.cache"))
+            .env("XDG_STATE_HOME", self.path("home/.local/state"))
             .env("LIFEBOAT_INSECURE_TEST_KDF", "1")
             .env("USER", "tester")
             .current_dir(self.root());

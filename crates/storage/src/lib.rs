@@ -20,7 +20,7 @@ pub use error::{Error, ErrorClass, ErrorKind, Result};
 pub use key::{Kind, ObjectKey};
 pub use local::LocalStorage;
 pub use memory::MemoryStorage;
-pub use remote::{KnownHosts, OpendalStorage, S3Options, SftpOptions};
+pub use remote::{KnownHosts, OpendalStorage, S3Options, SftpOptions, cache_dir, cache_dir_from};
 pub use retry::{RetryPolicy, RetryStorage};
 pub use url::{Location, open_location};
 

@@ -154,10 +154,7 @@ impl S3Options {
     /// `lifeboat` in `XDG_CACHE_HOME`, else `~/.cache/lifeboat`.
     pub fn with_defaults_from(mut self, var: impl Fn(&str) -> Option<String>) -> Self {
         if self.probe_memo_dir.is_none() {
-            self.probe_memo_dir = var("LIFEBOAT_CACHE_DIR")
-                .map(PathBuf::from)
-                .or_else(|| var("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("lifeboat")))
-                .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache/lifeboat")));
+            self.probe_memo_dir = cache_dir_from(&var);
         }
         if self.endpoint.is_none() {
             self.endpoint = var("AWS_ENDPOINT_URL");
@@ -189,6 +186,23 @@ impl S3Options {
         }
         s
     }
+}
+
+/// lifeboat's local cache directory: `LIFEBOAT_CACHE_DIR`, else `lifeboat`
+/// in `XDG_CACHE_HOME`, else `~/.cache/lifeboat` (`None` without any of
+/// them). It holds only hints that make later runs cheaper or safer (probe
+/// memos, the key that last opened a repository, the snapshots seen);
+/// losing it loses nothing.
+pub fn cache_dir_from(var: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    var("LIFEBOAT_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("lifeboat")))
+        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache/lifeboat")))
+}
+
+/// [`cache_dir_from`] with the process environment (empty values unset).
+pub fn cache_dir() -> Option<PathBuf> {
+    cache_dir_from(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
 }
 
 /// How to treat the server's SSH host key (OpenSSH's `StrictHostKeyChecking`).

@@ -66,6 +66,12 @@ pub struct Global {
     /// snapshot records exist (one of them might be newer).
     #[arg(long, global = true)]
     pub skip_damaged: bool,
+    /// Do not use the local metadata cache (copies of index objects,
+    /// snapshot records and tree packs of S3 and SFTP repositories, kept in
+    /// LIFEBOAT_CACHE_DIR, else $XDG_CACHE_HOME/lifeboat or
+    /// ~/.cache/lifeboat).
+    #[arg(long, env = "LIFEBOAT_NO_CACHE", global = true)]
+    pub no_cache: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -18,6 +18,7 @@ mod chunker;
 mod config;
 mod copy;
 mod crypto;
+pub mod diskcache;
 mod error;
 mod id;
 mod index;
@@ -57,8 +58,8 @@ pub use packread::{
 };
 pub use record::{BackupMode, BackupSummary, Creator, Snapshot, SnapshotRecord};
 pub use repository::{
-    ColdInit, DamagedSnapshot, InitOptions, MAX_KEY_FILES_TRIED, Repository, SnapshotFilter,
-    SnapshotListing, Tier, resolve_snapshot, resolve_snapshot_matching,
+    CacheBypass, ColdInit, DamagedSnapshot, InitOptions, MAX_KEY_FILES_TRIED, Repository,
+    SnapshotFilter, SnapshotListing, Tier, resolve_snapshot, resolve_snapshot_matching,
 };
 pub use tree::{Node, NodeKind, Time, Tree};
 pub use writer::{AddedBlob, WriteOptions, WriteSession, WriteStats};

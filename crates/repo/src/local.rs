@@ -1,5 +1,5 @@
 //! What this machine remembers about a repository between runs, in
-//! lifeboat's cache directory ([`lifeboat_storage::cache_dir`]): the key
+//! lifeboat's cache directory ([`lifeboat_storage::cachedir::cache_root`]): the key
 //! file that last opened it (tried first, so a planted key file cannot push
 //! the user's own beyond the cap of key files tried) and the snapshot ids
 //! seen (a high-water mark: a snapshot that vanishes is warned about, as a
@@ -37,7 +37,7 @@ impl LocalState {
 
     /// The cache directory of the process environment, if there is one.
     pub fn from_env() -> Option<Self> {
-        lifeboat_storage::cache_dir().map(Self::new)
+        lifeboat_storage::cachedir::cache_root().map(Self::new)
     }
 
     fn repo_dir(&self, config: &[u8]) -> PathBuf {
@@ -53,6 +53,8 @@ impl LocalState {
     fn write(&self, config: &[u8], name: &str, text: &str) {
         let dir = self.repo_dir(config);
         let result = (|| {
+            // Tagged as a cache, so backups of a home directory leave it out.
+            lifeboat_storage::cachedir::create_cache_dir(&self.dir.join("repositories"))?;
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)

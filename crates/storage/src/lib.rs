@@ -8,6 +8,7 @@
 //! not a flag on a backend. It knows nothing about the repository format: objects
 //! are opaque bytes.
 
+pub mod cachedir;
 mod error;
 mod key;
 mod local;
@@ -20,7 +21,7 @@ pub use error::{Error, ErrorClass, ErrorKind, Result};
 pub use key::{Kind, ObjectKey};
 pub use local::LocalStorage;
 pub use memory::MemoryStorage;
-pub use remote::{KnownHosts, OpendalStorage, S3Options, SftpOptions, cache_dir, cache_dir_from};
+pub use remote::{KnownHosts, OpendalStorage, S3Options, SftpOptions};
 pub use retry::{RetryPolicy, RetryStorage};
 pub use url::{Location, open_location};
 

@@ -435,7 +435,7 @@ fn a_missing_or_corrupt_data_pack_fails_only_its_files_with_exit_3() {
             fs::remove_file(pack).unwrap();
         } else {
             let len = fs::metadata(pack).unwrap().len();
-            flip_byte(pack, len / 3);
+            flip_byte(pack, (len / 3) as usize);
         }
     }
     for (id, src) in [(&ia, &a), (&ib, &b)] {

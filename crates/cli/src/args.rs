@@ -68,6 +68,10 @@ pub struct Global {
     /// ~/.config/lifeboat/lifeboat.toml.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Let `latest` mean the newest readable snapshot even when damaged
+    /// snapshot records exist (one of them might be newer).
+    #[arg(long, global = true)]
+    pub skip_damaged: bool,
     /// Do not use the local metadata cache (copies of index objects,
     /// snapshot records and tree packs of S3 and SFTP repositories, kept in
     /// LIFEBOAT_CACHE_DIR, else $XDG_CACHE_HOME/lifeboat or
@@ -561,6 +565,10 @@ pub enum KeyAction {
 
 #[derive(Debug, Args)]
 pub struct ForgetArgs {
+    /// Remove these snapshot records (ids or unique prefixes), damaged
+    /// ones included, instead of applying a policy.
+    #[arg(value_name = "ID", conflicts_with_all = ["keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within", "keep_tags", "hosts", "tags", "paths", "allow_empty_source"])]
+    pub ids: Vec<String>,
     /// Keep the N newest snapshots.
     #[arg(long, value_name = "N")]
     pub keep_last: Option<usize>,

@@ -43,7 +43,7 @@ pub async fn open_source(
             _ => session::password(g, &t, false)?,
         },
     };
-    let repo = Repository::open(storage, &password)
+    let repo = Repository::open_with(storage, &password, session::local_state())
         .await
         .with_context(|| format!("opening the source repository {location}"))?
         .with_user_disk_cache();
@@ -81,7 +81,7 @@ pub async fn run(g: &Global, a: CopyArgs) -> Result<i32> {
         .await
         .with_context(|| format!("opening the target repository {}", t.display))?;
     let password = session::password(g, &t, false)?;
-    let target = Repository::open(storage, &password)
+    let target = Repository::open_with(storage, &password, session::local_state())
         .await
         .with_context(|| format!("opening the target repository {}", t.display))?
         .with_user_disk_cache();

@@ -5,7 +5,7 @@ use anyhow::Result;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
-use lifeboat_repo::{BlobType, Repository, Snapshot, resolve_snapshot_matching};
+use lifeboat_repo::{BlobType, Repository, Snapshot};
 use lifeboat_snapshot::diff::{Change, diff as diff_snapshots};
 use lifeboat_snapshot::find::find as find_files;
 use lifeboat_snapshot::ls::ls as ls_snapshot;
@@ -27,25 +27,49 @@ struct SnapshotRow<'a> {
     record: &'a lifeboat_repo::SnapshotRecord,
 }
 
+#[derive(Serialize)]
+struct DamagedRow<'a> {
+    id: &'a str,
+    damaged: bool,
+    reason: &'a str,
+}
+
+/// Lists every snapshot, and every damaged snapshot record (whatever the
+/// filters: its host and tags are unknown) with exit code 14 after the
+/// listing, so a damaged record is never passed over in silence.
 pub async fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<i32> {
     let repo = session::open(g).await?;
-    let all: Vec<Snapshot> = repo
-        .snapshots()
-        .await?
-        .into_iter()
+    let listing = repo.snapshot_listing().await?;
+    let all: Vec<&Snapshot> = listing
+        .snapshots
+        .iter()
         .filter(|s| a.host.as_ref().is_none_or(|h| &s.record.host == h))
         .filter(|s| a.tag.as_ref().is_none_or(|t| s.record.tags.contains(t)))
         .collect();
+    let code = if listing.damaged.is_empty() {
+        exit::OK
+    } else {
+        exit::DAMAGED
+    };
     if g.json {
-        let rows: Vec<SnapshotRow> = all
+        let mut rows: Vec<serde_json::Value> = all
             .iter()
-            .map(|s| SnapshotRow {
-                id: s.id.to_hex(),
-                short_id: s.id.short(),
-                record: &s.record,
+            .map(|s| {
+                serde_json::to_value(SnapshotRow {
+                    id: s.id.to_hex(),
+                    short_id: s.id.short(),
+                    record: &s.record,
+                })
             })
-            .collect();
-        return json(&rows).map(|_| exit::OK);
+            .collect::<Result<_, _>>()?;
+        for d in &listing.damaged {
+            rows.push(serde_json::to_value(DamagedRow {
+                id: &d.id,
+                damaged: true,
+                reason: &d.reason,
+            })?);
+        }
+        return json(&rows).map(|_| code);
     }
     outln!(
         "{:<8}  {:<24}  {:<12}  {:<8}  {:<12}  {:>10}  {:>10}  paths",
@@ -78,8 +102,24 @@ pub async fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<i32> {
             marks(r),
         );
     }
-    outln!("{} snapshots", all.len());
-    Ok(exit::OK)
+    for d in &listing.damaged {
+        outln!(
+            "{:<8}  DAMAGED record snapshots/{}: {}",
+            d.id.get(..8).unwrap_or(&d.id),
+            d.id,
+            d.reason
+        );
+    }
+    if listing.damaged.is_empty() {
+        outln!("{} snapshots", all.len());
+    } else {
+        outln!(
+            "{} snapshots, {} damaged snapshot records (run `lifeboat check`; `lifeboat forget ID` removes one)",
+            all.len(),
+            listing.damaged.len()
+        );
+    }
+    Ok(code)
 }
 
 /// What the listing says after a snapshot's paths: partial, empty input.
@@ -150,12 +190,16 @@ pub async fn ls(g: &Global, a: LsArgs) -> Result<i32> {
 
 pub async fn diff(g: &Global, a: DiffArgs) -> Result<i32> {
     let repo = session::open(g).await?;
-    let all = repo.snapshots().await?;
+    let listing = repo.snapshot_listing().await?;
     let filter = a.filter.filter();
     let (first, first_sub) = split_query(a.first.as_bytes())?;
     let (second, second_sub) = split_query(a.second.as_bytes())?;
-    let first = resolve_snapshot_matching(&all, first, &filter)?.clone();
-    let second = resolve_snapshot_matching(&all, second, &filter)?.clone();
+    let first = listing
+        .resolve(first, &filter, repo.skip_damaged())?
+        .clone();
+    let second = listing
+        .resolve(second, &filter, repo.skip_damaged())?
+        .clone();
     let first = rooted(&repo, first, first_sub).await?;
     let second = rooted(&repo, second, second_sub).await?;
     let report = diff_snapshots(&repo, &first, &second).await?;

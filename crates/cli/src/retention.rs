@@ -8,7 +8,7 @@ use lifeboat_connectors::postgres::retention::WAL_KIND;
 use lifeboat_repo::prune::{PruneOptions, PruneStats, prune as run_prune};
 use lifeboat_repo::retention::{
     ForgetOptions, ForgetReport, RetentionPolicy, SnapshotFilter, forget as run_forget,
-    parse_duration,
+    forget_records, parse_duration,
 };
 
 use crate::args::{ForgetArgs, Global, PruneArgs};
@@ -17,6 +17,9 @@ use crate::output::{bytes, duration_ms, outln};
 use crate::session;
 
 pub async fn forget(g: &Global, a: ForgetArgs) -> Result<i32> {
+    if !a.ids.is_empty() {
+        return forget_ids(g, a).await;
+    }
     let keep_within = match &a.keep_within {
         Some(d) => Some(
             parse_duration(d).map_err(|e| cli_error(exit::USAGE, format!("--keep-within: {e}")))?,
@@ -64,6 +67,33 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<i32> {
         crate::output::json(&serde_json::json!({ "forget": report, "prune": prune }))?;
     } else {
         render_forget(&report, pruned.is_some());
+        if let Some((p, wal)) = &pruned {
+            render_prune(p, *wal);
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `forget ID...`: removes the named records, readable or damaged.
+async fn forget_ids(g: &Global, a: ForgetArgs) -> Result<i32> {
+    let repo = session::open(g).await?;
+    let removed = forget_records(&repo, &a.ids, a.dry_run).await?;
+    let pruned = if a.prune && !a.dry_run {
+        Some(prune_and_expire_wal(&repo, &PruneOptions::default()).await?)
+    } else {
+        None
+    };
+    if g.json {
+        let prune = pruned.as_ref().map(|(stats, wal)| prune_json(stats, *wal));
+        crate::output::json(&serde_json::json!({
+            "forget": { "removed_ids": removed, "dry_run": a.dry_run },
+            "prune": prune,
+        }))?;
+    } else {
+        let would = if a.dry_run { "would remove" } else { "removed" };
+        for id in &removed {
+            outln!("{would} snapshot record {id}");
+        }
         if let Some((p, wal)) = &pruned {
             render_prune(p, *wal);
         }

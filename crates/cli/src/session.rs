@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use lifeboat_repo::{ColdInit, InitOptions, KdfParams, Repository};
+use lifeboat_repo::{ColdInit, InitOptions, KdfParams, LocalState, Repository};
 use lifeboat_storage::{DynStorage, Location, ObjectKey, S3Options, open_location};
 
 use crate::args::{Global, InitArgs};
@@ -292,15 +292,35 @@ pub fn commit_password_file(staged: &std::path::Path, file: &std::path::Path) ->
     Ok(())
 }
 
-/// KDF cost for new key files. `LIFEBOAT_INSECURE_TEST_KDF=1` selects
-/// deliberately weak parameters so test suites run fast; never use it for
-/// real data.
+/// KDF cost for new key files: [`KdfParams::DEFAULT`], or in a build with
+/// debug assertions (the test suites') the deliberately weak test
+/// parameters when `LIFEBOAT_INSECURE_TEST_KDF=1`. A release build has no
+/// such switch: it ignores the variable, with a warning, and never reads a
+/// key file made with the weak parameters either.
 pub fn kdf_params() -> KdfParams {
-    if std::env::var("LIFEBOAT_INSECURE_TEST_KDF").as_deref() == Ok("1") {
+    let asked = std::env::var("LIFEBOAT_INSECURE_TEST_KDF").as_deref() == Ok("1");
+    if insecure_test_kdf(asked, KdfParams::weak_test_params_accepted()) {
         KdfParams::INSECURE_TEST
     } else {
+        if asked {
+            tracing::warn!(
+                "LIFEBOAT_INSECURE_TEST_KDF is ignored: this release build uses the default KDF"
+            );
+        }
         KdfParams::DEFAULT
     }
+}
+
+/// Whether new key files get the weak test parameters: only when asked
+/// and only in a build that also reads them (debug assertions on).
+fn insecure_test_kdf(asked: bool, debug_build: bool) -> bool {
+    asked && debug_build
+}
+
+/// This machine's memory of repositories (the key that last opened one,
+/// the snapshots seen), in the cache directory.
+pub fn local_state() -> Option<LocalState> {
+    LocalState::from_env()
 }
 
 /// Opens the repository named by the global options.
@@ -314,7 +334,7 @@ pub async fn open_target(g: &Global, t: &Target) -> Result<Arc<Repository>> {
     let storage = storage(t).await?;
     require_repository(&storage).await?;
     let password = password(g, t, false)?;
-    let repo = Repository::open(storage, &password)
+    let repo = Repository::open_with(storage, &password, local_state())
         .await?
         .with_user_disk_cache();
     tracing::info!(
@@ -329,10 +349,9 @@ pub async fn open_target(g: &Global, t: &Target) -> Result<Arc<Repository>> {
              it cannot be used with several -r/--repo",
         ));
     }
-    Ok(Arc::new(with_cold_location(
-        repo,
-        g.cold_location.as_deref(),
-    )?))
+    Ok(Arc::new(
+        with_cold_location(repo, g.cold_location.as_deref())?.with_skip_damaged(g.skip_damaged),
+    ))
 }
 
 /// Applies `--cold-location` to a repository with a cold tier. The cold
@@ -515,4 +534,22 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<i32> {
 /// the rest may be a secret (a token, a password) and is never printed.
 fn program_of(cmd: &str) -> &str {
     cmd.split_whitespace().next().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12: the weak-KDF switch exists only where debug assertions
+    /// are on; a release build ignores `LIFEBOAT_INSECURE_TEST_KDF=1`.
+    #[test]
+    fn the_weak_kdf_switch_is_only_in_debug_builds() {
+        assert!(insecure_test_kdf(true, true));
+        assert!(!insecure_test_kdf(true, false));
+        assert!(!insecure_test_kdf(false, true));
+        assert_eq!(
+            KdfParams::weak_test_params_accepted(),
+            cfg!(debug_assertions)
+        );
+    }
 }

@@ -60,7 +60,7 @@ pub async fn open(name: &str, r: &RepositoryConfig) -> Result<Arc<Repository>> {
     };
     let location = Location::parse(&r.location).map_err(storage_err)?;
     let storage = open_location(&location).await.map_err(storage_err)?;
-    let repo = Repository::open(storage, &password)
+    let repo = Repository::open_with(storage, &password, lifeboat_repo::LocalState::from_env())
         .await
         .map_err(|source| Error::Repo {
             repository: name.to_string(),

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use lifeboat_repo::fuzzing::parse_pack;
 use lifeboat_repo::lock::{LockInfo, LockKind};
 use lifeboat_repo::{
-    BackupMode, BlobType, IndexFile, InitOptions, KdfParams, Node, NodeKind, Repository,
-    SnapshotRecord, Time, Tree, WriteOptions, WriteSession,
+    BackupMode, BlobType, IndexFile, InitOptions, KdfParams, KeyFile, MasterKey, Node, NodeKind,
+    Repository, SnapshotRecord, Time, Tree, WriteOptions, WriteSession,
 };
 use lifeboat_storage::{DynStorage, Kind, MemoryStorage, Storage};
 
@@ -127,6 +127,13 @@ async fn main() {
         serde_json::json!({"repository": root_id.to_hex(), "snapshot": sub_id.to_hex()}),
     );
     session.finish(record.clone()).await.unwrap();
+
+    // A version 2 key file with the default KDF parameters: the only kind
+    // a release build (and so the `-O` fuzz build) decodes; the test
+    // repository's own key file uses the test parameters, which only
+    // builds with debug assertions accept.
+    let kf = KeyFile::create(&MasterKey::generate(), b"password", KdfParams::DEFAULT).unwrap();
+    save(out, "key_file", "v2-default-kdf", &kf.encode());
 
     // Trees (plaintext, as read after opening a blob).
     save(out, "tree", "root", &root.encode());

@@ -24,6 +24,14 @@ pub enum Error {
     #[error("wrong password: no key file in the repository opens with it")]
     WrongPassword,
 
+    /// More key files than an open tries ([`crate::MAX_KEY_FILES_TRIED`]).
+    #[error(
+        "wrong password: none of the {tried} key files an open tries (of {total} in the \
+         repository) opens with it; with a password that works, remove stale or planted key \
+         files (`lifeboat key list`, `lifeboat key remove`)"
+    )]
+    TooManyKeyFiles { tried: usize, total: usize },
+
     #[error(
         "repository format version {found} is newer than this lifeboat understands (up to {supported}); upgrade lifeboat"
     )]
@@ -98,7 +106,7 @@ impl Error {
             Error::Storage(e) => e.class(),
             Error::NoRepository { .. } => ErrorClass::NoRepository,
             Error::AlreadyInitialized { .. } => ErrorClass::BadInput,
-            Error::WrongPassword => ErrorClass::WrongPassword,
+            Error::WrongPassword | Error::TooManyKeyFiles { .. } => ErrorClass::WrongPassword,
             Error::UnsupportedVersion { .. } => ErrorClass::Unsupported,
             Error::Corrupt { .. }
             | Error::BlobNotIndexed { .. }

@@ -6,20 +6,38 @@
 //! master key (one per person or machine); removing one revokes that password
 //! without re-encrypting anything. Each key file is named by the BLAKE3 of its
 //! bytes.
+//!
+//! Version 2 (written since issue 12) binds every field outside `wrapped`
+//! (version, created, host, user, KDF algorithm, parameters and salt) into
+//! the wrap's associated data ([`KeyFile::wrap_aad`]), so editing any of them
+//! makes the key fail to open instead of misleading `key list` or weakening
+//! the KDF. Version 1 files (whose fields are unauthenticated) are still
+//! read, with a warning, and `key passwd` replaces them with version 2.
+//! Both versions are refused before any KDF runs when their parameters are
+//! below [`KdfParams::DEFAULT`] or their `wrapped` field is not exactly the
+//! hex of one sealed master key.
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{MasterKey, hex_32, open_with, seal_with};
+use crate::crypto::{MasterKey, SEAL_OVERHEAD, hex_32, open_with, seal_with};
 use crate::{Error, Result};
 
-/// Associated data of the wrapped master key.
-const WRAP_AAD: &[u8] = b"lifeboat key file v1";
+/// Associated data of a version 1 wrapped master key (a constant: the other
+/// fields of a version 1 file are not authenticated).
+const WRAP_AAD_V1: &[u8] = b"lifeboat key file v1";
+/// The version [`KeyFile::create`] writes.
+const KEY_FILE_VERSION: u32 = 2;
 /// Upper bounds accepted when reading a key file, so a hostile key file cannot
 /// make us allocate 4 TiB or spin for a day.
 const MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
 const MAX_ITERATIONS: u32 = 64;
 const MAX_PARALLELISM: u32 = 64;
+/// Bytes of the master key's JSON (`{"encrypt":"<64 hex>","id":"<64 hex>"}`),
+/// so `wrapped` is always `2 * (WRAPPED_PLAIN_LEN + SEAL_OVERHEAD)` hex
+/// digits.
+const WRAPPED_PLAIN_LEN: usize = 150;
+const WRAPPED_HEX_LEN: usize = 2 * (WRAPPED_PLAIN_LEN + SEAL_OVERHEAD);
 
 /// Argon2id cost parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,20 +51,64 @@ impl KdfParams {
     /// The default: 64 MiB, 3 passes, 1 lane — RFC 9106's second recommended
     /// memory and pass counts (with one lane instead of four, so the cost
     /// does not depend on the cores of the machine that opens the
-    /// repository), about a quarter of a second on a current core.
+    /// repository), about a quarter of a second on a current core. Also the
+    /// minimum a key file read from storage may ask for: a planted key file
+    /// with cheaper parameters would let a storage writer test password
+    /// guesses cheaply.
     pub const DEFAULT: KdfParams = KdfParams {
         memory_kib: 64 * 1024,
         iterations: 3,
         parallelism: 1,
     };
 
-    /// Deliberately weak parameters for test suites only (the CLI accepts them
-    /// only through `LIFEBOAT_INSECURE_TEST_KDF=1`).
+    /// Deliberately weak parameters for test suites only. Key files with
+    /// exactly these parameters are accepted on read only by builds with
+    /// debug assertions ([`KdfParams::weak_test_params_accepted`]), and the
+    /// CLI writes them only there, through `LIFEBOAT_INSECURE_TEST_KDF=1`.
     pub const INSECURE_TEST: KdfParams = KdfParams {
         memory_kib: 64,
         iterations: 1,
         parallelism: 1,
     };
+
+    /// Whether this build reads key files made with
+    /// [`KdfParams::INSECURE_TEST`]: only builds with debug assertions (the
+    /// test suites'), never a release build.
+    pub const fn weak_test_params_accepted() -> bool {
+        cfg!(debug_assertions)
+    }
+
+    /// Whether a key file read from storage may use these parameters: none
+    /// below [`KdfParams::DEFAULT`] (and none above the reader's caps).
+    fn check_on_read(self, object: &str) -> Result<()> {
+        if self.memory_kib > MAX_MEMORY_KIB
+            || self.iterations > MAX_ITERATIONS
+            || self.parallelism > MAX_PARALLELISM
+        {
+            return Err(Error::corrupt(object, "KDF parameters out of range"));
+        }
+        let d = Self::DEFAULT;
+        let weak = self.memory_kib < d.memory_kib
+            || self.iterations < d.iterations
+            || self.parallelism < d.parallelism;
+        if weak && !(Self::weak_test_params_accepted() && self == Self::INSECURE_TEST) {
+            return Err(Error::corrupt(
+                object,
+                format!(
+                    "KDF parameters ({} KiB, {} passes, {} lanes) are below the minimum \
+                     ({} KiB, {} passes, {} lane): refused without trying it (a planted key \
+                     file?)",
+                    self.memory_kib,
+                    self.iterations,
+                    self.parallelism,
+                    d.memory_kib,
+                    d.iterations,
+                    d.parallelism
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,7 +130,7 @@ pub struct KeyFile {
     pub host: String,
     pub user: String,
     kdf: KdfRecord,
-    /// hex of `seal(argon2id(password), master key JSON)`.
+    /// hex of `seal(argon2id(password), master key JSON, wrap_aad)`.
     wrapped: String,
 }
 
@@ -77,9 +139,9 @@ impl KeyFile {
         let salt: [u8; 32] = crate::crypto::os_random();
         let kek = derive(password, &salt, params)?;
         let plain = serde_json::to_vec(master).expect("master key serializes");
-        let wrapped = hex::encode(seal_with(&kek, &plain, WRAP_AAD));
-        Ok(KeyFile {
-            lifeboat_key_version: 1,
+        debug_assert_eq!(plain.len(), WRAPPED_PLAIN_LEN);
+        let mut kf = KeyFile {
+            lifeboat_key_version: KEY_FILE_VERSION,
             created: jiff::Timestamp::now(),
             host: hostname(),
             user: std::env::var("USER").unwrap_or_default(),
@@ -88,21 +150,34 @@ impl KeyFile {
                 params,
                 salt,
             },
-            wrapped,
-        })
+            wrapped: String::new(),
+        };
+        kf.wrapped = hex::encode(seal_with(&kek, &plain, &kf.wrap_aad()));
+        Ok(kf)
     }
 
+    /// Parses and checks a key file read from storage, before any password
+    /// is tried: known version and KDF, parameters within
+    /// [`KdfParams::DEFAULT`] and the caps, `wrapped` exactly one sealed
+    /// master key in lowercase hex.
     pub fn decode(object: &str, bytes: &[u8]) -> Result<Self> {
         let kf: KeyFile = serde_json::from_slice(bytes).map_err(|e| Error::corrupt(object, e))?;
-        if kf.lifeboat_key_version != 1 || kf.kdf.algorithm != "argon2id" {
+        if !(1..=KEY_FILE_VERSION).contains(&kf.lifeboat_key_version)
+            || kf.kdf.algorithm != "argon2id"
+        {
             return Err(Error::corrupt(object, "unknown key file version or KDF"));
         }
-        let p = kf.kdf.params;
-        if p.memory_kib > MAX_MEMORY_KIB
-            || p.iterations > MAX_ITERATIONS
-            || p.parallelism > MAX_PARALLELISM
+        kf.kdf.params.check_on_read(object)?;
+        if kf.wrapped.len() != WRAPPED_HEX_LEN
+            || !kf
+                .wrapped
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
-            return Err(Error::corrupt(object, "KDF parameters out of range"));
+            return Err(Error::corrupt(
+                object,
+                format!("wrapped key is not {WRAPPED_HEX_LEN} lowercase hex digits"),
+            ));
         }
         Ok(kf)
     }
@@ -115,13 +190,51 @@ impl KeyFile {
         self.kdf.params
     }
 
-    /// Unwraps the master key; `Ok(None)` if the password is wrong.
+    /// A version 1 key file: its fields outside `wrapped` are not
+    /// authenticated (`key passwd` rewrites it as version 2).
+    pub fn is_legacy(&self) -> bool {
+        self.lifeboat_key_version == 1
+    }
+
+    /// The associated data of the wrap (docs/format.md §4): for version 2,
+    /// every field but `wrapped`, length-prefixed, so that none can be
+    /// changed without the key failing to open.
+    fn wrap_aad(&self) -> Vec<u8> {
+        if self.lifeboat_key_version == 1 {
+            return WRAP_AAD_V1.to_vec();
+        }
+        let mut aad = b"lifeboat key file v2\n".to_vec();
+        let p = self.kdf.params;
+        aad.extend_from_slice(&self.lifeboat_key_version.to_le_bytes());
+        aad.extend_from_slice(&self.created.as_second().to_le_bytes());
+        aad.extend_from_slice(&self.created.subsec_nanosecond().to_le_bytes());
+        for field in [&self.host, &self.user, &self.kdf.algorithm] {
+            aad.extend_from_slice(&(field.len() as u32).to_le_bytes());
+            aad.extend_from_slice(field.as_bytes());
+        }
+        for n in [p.memory_kib, p.iterations, p.parallelism] {
+            aad.extend_from_slice(&n.to_le_bytes());
+        }
+        aad.extend_from_slice(&self.kdf.salt);
+        aad
+    }
+
+    /// Unwraps the master key; `Ok(None)` if the password is wrong (or, for
+    /// version 2, any field was changed).
     pub fn unwrap_key(&self, password: &[u8]) -> Result<Option<MasterKey>> {
-        let kek = derive(password, &self.kdf.salt, self.kdf.params)?;
+        // Checked again (decode already did) so that no caller can run the
+        // KDF on a malformed file.
         let Ok(sealed) = hex::decode(&self.wrapped) else {
             return Err(Error::corrupt("key file", "wrapped key is not hex"));
         };
-        match open_with(&kek, &sealed, WRAP_AAD) {
+        if sealed.len() != WRAPPED_PLAIN_LEN + SEAL_OVERHEAD {
+            return Err(Error::corrupt(
+                "key file",
+                "wrapped key has the wrong length",
+            ));
+        }
+        let kek = derive(password, &self.kdf.salt, self.kdf.params)?;
+        match open_with(&kek, &sealed, &self.wrap_aad()) {
             None => Ok(None),
             Some(plain) => serde_json::from_slice(&plain)
                 .map(Some)
@@ -162,6 +275,55 @@ mod tests {
         let got = kf2.unwrap_key(b"pw").unwrap().unwrap();
         assert_eq!(got.blob_id(b"x"), mk.blob_id(b"x"));
         assert!(kf2.unwrap_key(b"wrong").unwrap().is_none());
+    }
+
+    /// A version 1 file (unauthenticated fields, constant associated
+    /// data) as written before issue 12.
+    fn legacy(master: &MasterKey, password: &[u8], params: KdfParams) -> KeyFile {
+        let mut kf = KeyFile::create(master, password, params).unwrap();
+        kf.lifeboat_key_version = 1;
+        let kek = derive(password, &kf.kdf.salt, params).unwrap();
+        let plain = serde_json::to_vec(master).unwrap();
+        kf.wrapped = hex::encode(seal_with(&kek, &plain, WRAP_AAD_V1));
+        kf
+    }
+
+    #[test]
+    fn new_key_files_are_version_2_and_version_1_files_still_open() {
+        let mk = MasterKey::generate();
+        let kf = KeyFile::create(&mk, b"pw", KdfParams::INSECURE_TEST).unwrap();
+        assert_eq!(kf.lifeboat_key_version, 2);
+        assert!(!kf.is_legacy());
+        let old =
+            KeyFile::decode("k", &legacy(&mk, b"pw", KdfParams::INSECURE_TEST).encode()).unwrap();
+        assert!(old.is_legacy());
+        let got = old.unwrap_key(b"pw").unwrap().unwrap();
+        assert_eq!(got.blob_id(b"x"), mk.blob_id(b"x"));
+        // A version 1 file's fields are not bound: editing the host still
+        // opens (which is why it is warned about), while a version 2 file
+        // refuses.
+        let mut edited = old.clone();
+        edited.host = "forged".into();
+        assert!(edited.unwrap_key(b"pw").unwrap().is_some());
+        let mut edited = kf.clone();
+        edited.host = "forged".into();
+        assert!(edited.unwrap_key(b"pw").unwrap().is_none());
+        let mut edited = kf;
+        edited.lifeboat_key_version = 1;
+        assert!(edited.unwrap_key(b"pw").unwrap().is_none());
+    }
+
+    #[test]
+    fn only_debug_builds_read_the_insecure_test_parameters() {
+        let kf = KeyFile::create(&MasterKey::generate(), b"pw", KdfParams::INSECURE_TEST).unwrap();
+        assert_eq!(
+            KeyFile::decode("k", &kf.encode()).is_ok(),
+            cfg!(debug_assertions)
+        );
+        let mut near = KdfParams::INSECURE_TEST;
+        near.memory_kib += 8;
+        let kf = KeyFile::create(&MasterKey::generate(), b"pw", near).unwrap();
+        assert!(KeyFile::decode("k", &kf.encode()).is_err());
     }
 
     #[test]

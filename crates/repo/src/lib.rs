@@ -26,6 +26,7 @@ mod index;
 mod keyfile;
 pub mod keys;
 pub mod limits;
+mod local;
 pub mod lock;
 mod pack;
 mod packread;
@@ -51,6 +52,7 @@ pub use error::{Error, Result};
 pub use id::Id;
 pub use index::{BlobLocation, Index, IndexFile, IndexPack};
 pub use keyfile::{KdfParams, KeyFile};
+pub use local::LocalState;
 pub use lock::{LockKind, LockOptions, RepositoryLock};
 pub use pack::{BlobType, PackEntry};
 pub use packread::{
@@ -59,8 +61,8 @@ pub use packread::{
 };
 pub use record::{BackupMode, BackupSummary, Creator, Snapshot, SnapshotRecord};
 pub use repository::{
-    CacheBypass, ColdInit, InitOptions, Repository, SnapshotFilter, Tier, resolve_snapshot,
-    resolve_snapshot_matching,
+    CacheBypass, ColdInit, DamagedSnapshot, InitOptions, MAX_KEY_FILES_TRIED, Repository,
+    SnapshotFilter, SnapshotListing, Tier, resolve_snapshot, resolve_snapshot_matching,
 };
 pub use tree::{Node, NodeKind, Time, Tree};
 pub use writer::{AddedBlob, WriteOptions, WriteSession, WriteStats};

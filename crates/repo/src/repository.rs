@@ -14,11 +14,12 @@
 //! use, so commands that only read trees (listing, `ls`, `find`, `diff`,
 //! `forget`) never contact it at all.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use lifeboat_storage::{DynStorage, ErrorKind, Kind, ObjectKey};
+use lifeboat_storage::{DynStorage, ErrorClass, ErrorKind, Kind, ObjectKey};
 use lifeboat_storage::{Location, ObjectInfo, open_location};
 use serde::Serialize;
 use tokio::sync::Mutex as AsyncMutex;
@@ -30,6 +31,7 @@ use crate::diskcache::DiskCache;
 use crate::index::{BlobLocation, Index, IndexFile};
 use crate::keyfile::{KdfParams, KeyFile};
 use crate::limits::get_bounded;
+use crate::local::LocalState;
 use crate::pack::BlobType;
 use crate::packread::TreePacks;
 use crate::record::{Snapshot, SnapshotRecord};
@@ -106,6 +108,10 @@ pub struct Repository {
     /// Whole tree packs read so far, bounded (one request per tree pack
     /// instead of one per tree).
     tree_packs: TreePacks,
+    /// This machine's memory of the repository, if the caller gave one.
+    local: Option<LocalState>,
+    /// `latest` may pass over damaged snapshot records.
+    skip_damaged: bool,
     /// Local copies of index objects, snapshot records and tree packs, on
     /// storage where each request is a round trip ([`crate::diskcache`]).
     disk_cache: Option<DiskCache>,
@@ -125,6 +131,13 @@ impl Drop for CacheBypass<'_> {
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// Key files an open tries at most (each costs one KDF run, a quarter of a
+/// second at the default parameters): far more than the people and
+/// machines of one repository, few enough that key files planted by a
+/// storage writer cannot make an open take minutes. The key that last
+/// opened the repository on this machine is tried first.
+pub const MAX_KEY_FILES_TRIED: usize = 16;
 
 impl Repository {
     /// Creates a repository in empty storage, wrapping a new master key under
@@ -206,6 +219,8 @@ impl Repository {
             disk_cache: None,
             cache_bypass: Default::default(),
             cold,
+            local: None,
+            skip_damaged: false,
         };
         // The audit log's first record (the repository exists already: a
         // failure here is a warning, and the next operation starts the log).
@@ -220,9 +235,27 @@ impl Repository {
         Ok(repo)
     }
 
-    /// Opens a repository: checks the format version, then tries every key
-    /// file with `password`.
+    /// Opens a repository: checks the format version, then tries the key
+    /// files with `password` (see [`Repository::open_with`]), without local
+    /// state.
     pub async fn open(storage: DynStorage, password: &[u8]) -> Result<Self> {
+        Self::open_with(storage, password, None).await
+    }
+
+    /// Opens a repository (docs/format.md §12.1): checks the format
+    /// version, then tries key files with `password`, the one that last
+    /// opened this repository on this machine (`local`) first, then the
+    /// others in name order. Damaged or planted key files are skipped: one
+    /// that does not decode or fails the checks of [`KeyFile::decode`], and
+    /// one that unwraps but does not open the config (a key file wrapping
+    /// another master key under the same password). At most
+    /// [`MAX_KEY_FILES_TRIED`] key files are tried, so planted key files
+    /// cannot make an open run the KDF without end.
+    pub async fn open_with(
+        storage: DynStorage,
+        password: &[u8],
+        local: Option<LocalState>,
+    ) -> Result<Self> {
         let config_bytes = match get_bounded(&storage, &ObjectKey::config(), None).await {
             Err(e) if e.storage_kind() == Some(ErrorKind::NotFound) => {
                 return Err(Error::NoRepository {
@@ -232,10 +265,18 @@ impl Repository {
             r => r?,
         };
         Config::check_version(&config_bytes)?;
+        let hint = local.as_ref().and_then(|l| l.key_hint(&config_bytes));
         let mut keys = storage.list(Kind::Keys).await?;
-        keys.sort_by(|a, b| a.key.cmp(&b.key));
+        keys.retain(|info| Id::from_hex(info.key.name()).is_some());
+        let is_hint =
+            |info: &ObjectInfo| Some(info.key.name()) == hint.map(|h| h.to_hex()).as_deref();
+        keys.sort_by(|a, b| is_hint(b).cmp(&is_hint(a)).then_with(|| a.key.cmp(&b.key)));
+        let total = keys.len();
         let mut last_corrupt = None;
-        let mut readable = 0;
+        // A key that unwrapped but did not open the config: the config is
+        // damaged, or the key file was planted with another master key.
+        let mut config_error = None;
+        let mut tried = 0;
         for info in keys {
             let bytes = match get_bounded(&storage, &info.key, Some(info.size_bytes)).await {
                 Ok(bytes) => bytes,
@@ -253,13 +294,18 @@ impl Repository {
             let kf = match decoded {
                 Ok(kf) => kf,
                 Err(e) => {
+                    tracing::warn!("skipping key file: {e}");
                     last_corrupt = Some(e);
                     continue;
                 }
             };
+            // Only a key file that would cost a KDF run counts.
+            if tried == MAX_KEY_FILES_TRIED {
+                return Err(Error::TooManyKeyFiles { tried, total });
+            }
+            tried += 1;
+            let legacy = kf.is_legacy();
             let password = password.to_vec();
-            // A key file whose KDF parameters or wrapped key are unusable is
-            // damaged (or planted): skip it and try the others.
             let unwrapped = match blocking(move || kf.unwrap_key(&password)).await? {
                 Ok(k) => k,
                 Err(e) => {
@@ -267,32 +313,56 @@ impl Repository {
                     continue;
                 }
             };
-            readable += 1;
-            if let Some(key) = unwrapped {
-                let config = Config::decode(&config_bytes, &key)?;
-                let key_id = Id::from_hex(info.key.name())
-                    .ok_or_else(|| Error::corrupt(&info.key, "key file name is not an id"))?;
-                let cold = config.cold.as_ref().map(|c| ColdTier {
-                    location: c.location.clone(),
-                    storage: OnceCell::new(),
-                });
-                return Ok(Repository {
-                    storage,
-                    key,
-                    config,
-                    config_bytes,
-                    key_id,
-                    index: AsyncMutex::new(None),
-                    tree_packs: TreePacks::default(),
-                    disk_cache: None,
-                    cache_bypass: Default::default(),
-                    cold,
-                });
+            let Some(key) = unwrapped else { continue };
+            let config = match Config::decode(&config_bytes, &key) {
+                Ok(config) => config,
+                Err(e @ Error::Corrupt { .. }) => {
+                    tracing::warn!(
+                        "{} opens with this password but not the config: skipped (a key file of \
+                         another repository, or planted)",
+                        info.key
+                    );
+                    config_error = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let key_id = Id::from_hex(info.key.name()).expect("names checked above");
+            if legacy {
+                tracing::warn!(
+                    "{} is a version 1 key file: its KDF parameters, host, user and time are \
+                     not authenticated; `lifeboat key passwd` rewrites it in the current form",
+                    info.key
+                );
             }
+            if let Some(local) = &local {
+                local.save_key_hint(&config_bytes, key_id);
+            }
+            let cold = config.cold.as_ref().map(|c| ColdTier {
+                location: c.location.clone(),
+                storage: OnceCell::new(),
+            });
+            return Ok(Repository {
+                storage,
+                key,
+                config,
+                config_bytes,
+                key_id,
+                index: AsyncMutex::new(None),
+                tree_packs: TreePacks::default(),
+                disk_cache: None,
+                cache_bypass: Default::default(),
+                cold,
+                local,
+                skip_damaged: false,
+            });
+        }
+        if let Some(e) = config_error {
+            return Err(e);
         }
         // A wrong password, unless no key file could even be read.
         match last_corrupt {
-            Some(e) if readable == 0 => Err(e),
+            Some(e) if tried == 0 => Err(e),
             _ => Err(Error::WrongPassword),
         }
     }
@@ -685,19 +755,62 @@ impl Repository {
             .ok_or_else(|| not_indexed(blob_type, id))
     }
 
-    /// Reads, decrypts and verifies one data blob (a file chunk).
+    /// Reads, decrypts and verifies one data blob (a file chunk). A blob
+    /// indexed in several packs is read from the next one when a read
+    /// fails (a missing or damaged pack); the first error is returned when
+    /// none works.
     pub async fn read_blob(&self, id: &Id) -> Result<Bytes> {
-        let loc = self.locate(BlobType::Data, id).await?;
-        self.read_blob_at(id, &loc).await
+        let locations = self.index().await?.locations(BlobType::Data, id);
+        self.first_readable(BlobType::Data, id, &locations, |loc| async move {
+            self.read_blob_at(id, &loc).await
+        })
+        .await
     }
 
     /// Reads and decodes one tree. Only a blob indexed as a tree is read: a
     /// data blob with the same id (a file whose bytes are a directory
-    /// listing) is another blob.
+    /// listing) is another blob. Falls back on another indexed copy as
+    /// [`Repository::read_blob`] does.
     pub async fn read_tree(&self, id: &Id) -> Result<Tree> {
-        let loc = self.locate(BlobType::Tree, id).await?;
-        let bytes = self.read_tree_blob_at(id, &loc).await?;
-        Tree::decode(id, &bytes)
+        let locations = self.index().await?.locations(BlobType::Tree, id);
+        self.first_readable(BlobType::Tree, id, &locations, |loc| async move {
+            let bytes = self.read_tree_blob_at(id, &loc).await?;
+            Tree::decode(id, &bytes)
+        })
+        .await
+    }
+
+    /// `read` of the first location that works, in index order.
+    async fn first_readable<T, F, Fut>(
+        &self,
+        blob_type: BlobType,
+        id: &Id,
+        locations: &[BlobLocation],
+        read: F,
+    ) -> Result<T>
+    where
+        F: Fn(BlobLocation) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut first_error = None;
+        for loc in locations {
+            match read(*loc).await {
+                Ok(v) => return Ok(v),
+                // Only damage moves on to another copy: an unreachable
+                // storage would fail the same for every copy.
+                Err(e)
+                    if e.class() == ErrorClass::Damaged
+                        || e.storage_kind() == Some(ErrorKind::NotFound) =>
+                {
+                    if locations.len() > 1 {
+                        tracing::warn!("{e}; trying another copy of blob {id}");
+                    }
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(first_error.unwrap_or_else(|| not_indexed(blob_type, id)))
     }
 
     /// This process's whole tree packs (see [`crate::packread`]).
@@ -705,29 +818,52 @@ impl Repository {
         &self.tree_packs
     }
 
-    /// Every snapshot, oldest first.
-    /// A damaged snapshot record is skipped with a warning (logged), so one
-    /// bad record does not hide every other snapshot; `check` reports it.
-    /// A record deleted between the listing and its read (a concurrent
-    /// `forget`) is left out. Other storage errors fail the call.
+    /// Every readable snapshot, oldest first. A damaged snapshot record is
+    /// left out with a warning (logged), so one bad record does not hide
+    /// every other snapshot; [`Repository::snapshot_listing`] returns it,
+    /// and `check` reports it.
     pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let listing = self.snapshot_listing().await?;
+        for d in &listing.damaged {
+            tracing::warn!(
+                "skipping damaged snapshot record {}: {} (run `lifeboat check`)",
+                d.id,
+                d.reason
+            );
+        }
+        Ok(listing.snapshots)
+    }
+
+    /// Every snapshot record: the readable ones, oldest first, and the
+    /// damaged ones (name not an id, bytes not matching the name, not
+    /// decodable). A record deleted between the listing and its read (a
+    /// concurrent `forget`) is left out. Other storage errors fail the call.
+    ///
+    /// Also keeps this machine's high-water mark of snapshot ids (when the
+    /// handle has local state): ids seen by an earlier listing that are no
+    /// longer listed are warned about once, as a rollback or deletion of
+    /// the storage would remove them (or a `forget` from another machine).
+    pub async fn snapshot_listing(&self) -> Result<SnapshotListing> {
         let list = self.storage.list(Kind::Snapshots).await?;
         self.retain_cached(Kind::Snapshots, &list);
-        let read: Vec<Result<Snapshot>> = futures::stream::iter(list)
+        let read: Vec<(ObjectKey, Result<Snapshot>)> = futures::stream::iter(list)
             .map(|info| async move {
-                self.read_snapshot_key(&info.key, Some(info.size_bytes))
-                    .await
+                let r = self
+                    .read_snapshot_key(&info.key, Some(info.size_bytes))
+                    .await;
+                (info.key, r)
             })
             .buffer_unordered(self.concurrency())
             .collect()
             .await;
-        let mut out = Vec::with_capacity(read.len());
-        for r in read {
+        let mut listing = SnapshotListing::default();
+        for (key, r) in read {
             match r {
-                Ok(s) => out.push(s),
-                Err(e @ Error::Corrupt { .. }) => {
-                    tracing::warn!("skipping damaged snapshot record: {e} (run `lifeboat check`)");
-                }
+                Ok(s) => listing.snapshots.push(s),
+                Err(Error::Corrupt { reason, .. }) => listing.damaged.push(DamagedSnapshot {
+                    id: key.name().to_string(),
+                    reason,
+                }),
                 // Listed, then gone before it was read: a `forget` running
                 // at the same time deleted it. It is no longer a snapshot.
                 Err(e) if e.storage_kind() == Some(lifeboat_storage::ErrorKind::NotFound) => {
@@ -736,8 +872,62 @@ impl Repository {
                 Err(e) => return Err(e),
             }
         }
-        out.sort_by(|a, b| a.record.time.cmp(&b.record.time).then(a.id.cmp(&b.id)));
-        Ok(out)
+        listing
+            .snapshots
+            .sort_by(|a, b| a.record.time.cmp(&b.record.time).then(a.id.cmp(&b.id)));
+        listing.damaged.sort_by(|a, b| a.id.cmp(&b.id));
+        self.note_snapshots_seen(&listing);
+        Ok(listing)
+    }
+
+    /// Compares a listing with the local high-water mark, warns about
+    /// snapshots that vanished, and records the listing as the new mark.
+    fn note_snapshots_seen(&self, listing: &SnapshotListing) {
+        let Some(local) = &self.local else { return };
+        let now: BTreeSet<Id> = listing
+            .snapshots
+            .iter()
+            .map(|s| s.id)
+            .chain(listing.damaged.iter().filter_map(|d| Id::from_hex(&d.id)))
+            .collect();
+        let known = local.known_snapshots(&self.config_bytes);
+        let gone: Vec<String> = known.difference(&now).map(|id| id.short()).collect();
+        if !gone.is_empty() {
+            tracing::warn!(
+                "{} snapshot(s) this machine saw in {} are gone: {}; if no `forget` removed \
+                 them, the storage was rolled back or records were deleted (docs/security.md)",
+                gone.len(),
+                self.storage.location(),
+                gone.join(" ")
+            );
+        }
+        local.save_known_snapshots(&self.config_bytes, &now);
+    }
+
+    /// Adds a snapshot this process wrote to the high-water mark, and drops
+    /// the ones it forgot.
+    pub(crate) fn note_snapshots_changed(&self, added: &[Id], removed: &[Id]) {
+        let Some(local) = &self.local else { return };
+        let mut known = local.known_snapshots(&self.config_bytes);
+        known.extend(added.iter().copied());
+        for id in removed {
+            known.remove(id);
+        }
+        local.save_known_snapshots(&self.config_bytes, &known);
+    }
+
+    /// Whether `latest` may skip damaged snapshot records
+    /// ([`Repository::with_skip_damaged`]).
+    pub fn skip_damaged(&self) -> bool {
+        self.skip_damaged
+    }
+
+    /// Lets `latest` mean the newest readable snapshot even when damaged
+    /// snapshot records exist (which might be newer). Without it, `latest`
+    /// fails naming them.
+    pub fn with_skip_damaged(mut self, skip: bool) -> Self {
+        self.skip_damaged = skip;
+        self
     }
 
     async fn read_snapshot_key(&self, key: &ObjectKey, listed: Option<u64>) -> Result<Snapshot> {
@@ -753,6 +943,20 @@ impl Repository {
 
     /// Resolves `latest`, a full id or a unique id prefix among all snapshots.
     pub async fn find_snapshot(&self, query: &str) -> Result<Snapshot> {
+        self.find_snapshot_matching(query, &SnapshotFilter::default())
+            .await
+    }
+
+    /// [`Repository::find_snapshot`] where `latest` is the newest snapshot
+    /// `filter` allows ([`SnapshotFilter`]). A damaged record is named, not
+    /// passed over: an id or prefix that matches one is an error saying it
+    /// is damaged, and `latest` fails while damaged records exist (one
+    /// might be newer) unless [`Repository::with_skip_damaged`].
+    pub async fn find_snapshot_matching(
+        &self,
+        query: &str,
+        filter: &SnapshotFilter,
+    ) -> Result<Snapshot> {
         // A full id is read directly, so a damaged record is reported as
         // damaged rather than as missing.
         if let Some(id) = Id::from_hex(query) {
@@ -761,22 +965,8 @@ impl Repository {
                 return self.read_snapshot_key(&key, Some(size)).await;
             }
         }
-        let all = self.snapshots().await?;
-        resolve_snapshot(&all, query).cloned()
-    }
-
-    /// [`Repository::find_snapshot`] where `latest` is the newest snapshot
-    /// `filter` allows ([`SnapshotFilter`]).
-    pub async fn find_snapshot_matching(
-        &self,
-        query: &str,
-        filter: &SnapshotFilter,
-    ) -> Result<Snapshot> {
-        if query != "latest" || filter.is_empty() {
-            return self.find_snapshot(query).await;
-        }
-        let all = self.snapshots().await?;
-        resolve_snapshot_matching(&all, query, filter).cloned()
+        let listing = self.snapshot_listing().await?;
+        listing.resolve(query, filter, self.skip_damaged).cloned()
     }
 
     /// Writes a snapshot record; returns its id. Checks first that the
@@ -788,6 +978,7 @@ impl Repository {
         let key = ObjectKey::new(Kind::Snapshots, id.to_hex());
         put_idempotent(&self.storage, &key, bytes.clone()).await?;
         self.cache_copy(&key, &bytes.into()).await;
+        self.note_snapshots_changed(&[id], &[]);
         Ok(id)
     }
 
@@ -799,6 +990,123 @@ impl Repository {
         self.cache_copy(&key, &bytes.into()).await;
         Ok(id)
     }
+}
+
+/// A snapshot record that could not be read: its name and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DamagedSnapshot {
+    /// The record's object name (normally the snapshot id).
+    pub id: String,
+    pub reason: String,
+}
+
+/// Every snapshot record of a repository ([`Repository::snapshot_listing`]).
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotListing {
+    /// The readable snapshots, oldest first.
+    pub snapshots: Vec<Snapshot>,
+    /// The records that could not be read, by name.
+    pub damaged: Vec<DamagedSnapshot>,
+}
+
+impl SnapshotListing {
+    /// Picks a snapshot by `latest` (the newest `filter` allows), full id
+    /// or unique prefix, never passing over a damaged record silently: an
+    /// id or prefix matching only a damaged record is that record's damage
+    /// (exit 14, not "no snapshot matches"), one matching a damaged and a
+    /// readable record is ambiguous, and `latest` fails while any damaged
+    /// record exists unless `skip_damaged`. A damaged record's time is
+    /// unknown (it is inside the damaged bytes, and not every backend lists
+    /// modification times), so any one might be the newest snapshot.
+    pub fn resolve(
+        &self,
+        query: &str,
+        filter: &SnapshotFilter,
+        skip_damaged: bool,
+    ) -> Result<&Snapshot> {
+        if query == "latest" {
+            if let Some(d) = self.damaged.first().filter(|_| !skip_damaged) {
+                let newest = resolve_snapshot_matching(&self.snapshots, query, filter)
+                    .map(|s| format!("the newest readable one, {}", s.id.short()))
+                    .unwrap_or_else(|_| "any readable one".into());
+                return Err(Error::Damaged(format!(
+                    "snapshot record snapshots/{} is damaged ({}){}; it might be newer than {newest}, \
+                     so `latest` is not resolved: run `lifeboat check`, remove the record with \
+                     `lifeboat forget {}`, or pass --skip-damaged to use the newest readable \
+                     snapshot",
+                    d.id,
+                    d.reason,
+                    if self.damaged.len() > 1 {
+                        format!(" (and {} more)", self.damaged.len() - 1)
+                    } else {
+                        String::new()
+                    },
+                    d.id
+                )));
+            }
+            return resolve_snapshot_matching(&self.snapshots, query, filter);
+        }
+        let q = query.to_ascii_lowercase();
+        let damaged: Vec<&DamagedSnapshot> = self
+            .damaged
+            .iter()
+            .filter(|d| !q.is_empty() && d.id.starts_with(&q))
+            .collect();
+        match resolve_snapshot(&self.snapshots, query) {
+            Err(Error::SnapshotNotFound { .. }) if damaged.len() == 1 => {
+                Err(damaged_record(damaged[0]))
+            }
+            Err(Error::SnapshotNotFound { .. }) if damaged.len() > 1 => {
+                Err(Error::AmbiguousSnapshot {
+                    query: query.into(),
+                    count: damaged.len(),
+                })
+            }
+            Ok(_) if !damaged.is_empty() => Err(Error::AmbiguousSnapshot {
+                query: query.into(),
+                count: damaged.len() + 1,
+            }),
+            Err(Error::AmbiguousSnapshot { count, .. }) => Err(Error::AmbiguousSnapshot {
+                query: query.into(),
+                count: count + damaged.len(),
+            }),
+            r => r,
+        }
+    }
+
+    /// The record names (readable and damaged) an id or unique prefix
+    /// names, for commands that act on records whatever their state
+    /// (`forget ID`).
+    pub fn resolve_record(&self, query: &str) -> Result<String> {
+        let q = query.to_ascii_lowercase();
+        let names: Vec<String> = self
+            .snapshots
+            .iter()
+            .map(|s| s.id.to_hex())
+            .chain(self.damaged.iter().map(|d| d.id.clone()))
+            .filter(|n| !q.is_empty() && n.starts_with(&q))
+            .collect();
+        match names.len() {
+            1 => Ok(names.into_iter().next().expect("one")),
+            0 => Err(Error::SnapshotNotFound {
+                query: query.into(),
+            }),
+            n => Err(Error::AmbiguousSnapshot {
+                query: query.into(),
+                count: n,
+            }),
+        }
+    }
+}
+
+fn damaged_record(d: &DamagedSnapshot) -> Error {
+    Error::corrupt(
+        format!("snapshot record snapshots/{}", d.id),
+        format!(
+            "{}; run `lifeboat check`, or remove it with `lifeboat forget {}`",
+            d.reason, d.id
+        ),
+    )
 }
 
 /// Picks a snapshot by `latest`, full id or unique prefix.

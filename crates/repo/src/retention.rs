@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::record::Snapshot;
 use crate::repository::Repository;
-use crate::{Error, Result};
+use crate::{Error, Id, Result};
 
 /// What to keep. Counts of `None` (or 0) disable a rule.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -332,11 +332,13 @@ pub async fn forget(
         crate::audit::append(repo, entry).await?;
     }
     if !options.dry_run {
-        for d in removed {
+        for d in &removed {
             repo.storage()
                 .delete(&ObjectKey::new(Kind::Snapshots, d.id.clone()))
                 .await?;
         }
+        let ids: Vec<Id> = removed.iter().filter_map(|d| Id::from_hex(&d.id)).collect();
+        repo.note_snapshots_changed(&[], &ids);
     }
     Ok(ForgetReport {
         kept,
@@ -367,6 +369,35 @@ fn policy_args(p: &RetentionPolicy) -> serde_json::Value {
         m.insert("keep_tags".into(), p.keep_tags.clone().into());
     }
     m.into()
+}
+
+/// Deletes the snapshot records that `queries` name (full ids or unique
+/// prefixes), readable or damaged: `forget ID`. Every query is resolved
+/// before anything is deleted; returns the record names (deleted, or that
+/// would be with `dry_run`).
+pub async fn forget_records(
+    repo: &Repository,
+    queries: &[String],
+    dry_run: bool,
+) -> Result<Vec<String>> {
+    let listing = repo.snapshot_listing().await?;
+    let mut names = Vec::new();
+    for q in queries {
+        let name = listing.resolve_record(q)?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    if !dry_run {
+        for name in &names {
+            repo.storage()
+                .delete(&ObjectKey::new(Kind::Snapshots, name.clone()))
+                .await?;
+        }
+        let ids: Vec<Id> = names.iter().filter_map(|n| Id::from_hex(n)).collect();
+        repo.note_snapshots_changed(&[], &ids);
+    }
+    Ok(names)
 }
 
 #[cfg(test)]

@@ -133,6 +133,34 @@ impl std::fmt::Debug for WriteSession {
     }
 }
 
+/// The repository's index without the entries of packs that are not in
+/// storage: one listing of the packs of each tier (`data/`, paginated:
+/// about one request per 1,000 packs on S3). An index object that names a
+/// pack prune deleted (put back by someone with write access to the
+/// storage, or left by a crash between prune's steps) would otherwise make
+/// this session deduplicate against blobs that are gone, and its snapshot
+/// would silently lack data until `check` ran. The blobs are written again
+/// instead, and the dropped packs are warned about.
+async fn present_packs_only(repo: &Repository) -> Result<Arc<Index>> {
+    let index = repo.index().await?;
+    let present: HashSet<Id> = repo
+        .list_packs()
+        .await?
+        .into_iter()
+        .filter_map(|(_, info)| Id::from_hex(info.key.name()))
+        .collect();
+    if index.packs().all(|p| present.contains(p)) {
+        return Ok(index);
+    }
+    let mut kept = (*index).clone();
+    let dropped = kept.retain_packs(|p| present.contains(p));
+    tracing::warn!(
+        "{dropped} pack(s) named by the index are not in storage; their blobs are written \
+         again (run `lifeboat check`, then `lifeboat repair index`)"
+    );
+    Ok(Arc::new(kept))
+}
+
 impl WriteSession {
     /// Starts a session under a shared lock. Must be called inside a Tokio
     /// runtime. Fails with [`Error::Locked`] while a prune runs.
@@ -148,7 +176,7 @@ impl WriteSession {
         // An index cached before the lock was taken may predate a prune and
         // name blobs that are gone: read it again now that prune is excluded.
         repo.invalidate_index().await;
-        let index = match repo.index().await {
+        let index = match present_packs_only(&repo).await {
             Ok(index) => index,
             Err(e) => {
                 let _ = lock.release().await;

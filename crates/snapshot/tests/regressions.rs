@@ -115,3 +115,123 @@ async fn regression_backup_racing_prune_failed_on_a_vanished_index_object() {
     );
     assert_eq!(out.snapshot.record.summary.files_unchanged, 1);
 }
+
+/// Issue 12: a crafted snapshot whose hard-link group (two names, one
+/// device and inode, `links = 2`) holds different contents used to restore
+/// the first name's bytes for both, while `dump` returned the second's and
+/// `check --read-data` passed. Now `check` names the group, and restore
+/// gives each name its own contents, as `dump` does.
+#[tokio::test(flavor = "multi_thread")]
+async fn regression_crafted_hard_link_group_with_different_contents() {
+    use lifeboat_repo::{
+        BackupMode, BlobType, CheckOptions, Id, Node, NodeKind, SnapshotRecord, Time, Tree,
+        WriteOptions, WriteSession, check,
+    };
+    use lifeboat_snapshot::dump::dump;
+    let storage: DynStorage = Arc::new(MemoryStorage::new());
+    let options = InitOptions {
+        kdf: KdfParams::INSECURE_TEST,
+        ..Default::default()
+    };
+    let repo = Arc::new(Repository::init(storage, b"pw", options).await.unwrap());
+    let session = WriteSession::start(repo.clone(), WriteOptions::default())
+        .await
+        .unwrap();
+    let first = b"the first name's bytes\n".to_vec();
+    let second = b"the second name's other bytes\n".to_vec();
+    let file = |name: &str, content: Id, size: usize| Node {
+        name: name.as_bytes().to_vec(),
+        kind: NodeKind::File,
+        mode: 0o644,
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+        user: None,
+        group: None,
+        mtime: Time {
+            secs: 1_700_000_000,
+            nanos: 0,
+        },
+        ctime: Time { secs: 0, nanos: 0 },
+        dev: 7,
+        inode: 42,
+        links: 2,
+        size: size as u64,
+        content: vec![content],
+        subtree: None,
+        link_target: None,
+        xattrs: vec![],
+    };
+    let a = session.add_blob(BlobType::Data, &first).await.unwrap().id;
+    let b = session.add_blob(BlobType::Data, &second).await.unwrap().id;
+    let tree = Tree {
+        nodes: vec![file("a", a, first.len()), file("b", b, second.len())],
+    };
+    let tree = session
+        .add_blob(BlobType::Tree, &tree.encode())
+        .await
+        .unwrap()
+        .id;
+    let id = session
+        .finish(SnapshotRecord {
+            time: jiff::Timestamp::now(),
+            host: "h".into(),
+            user: "u".into(),
+            paths: vec!["/".into()],
+            tags: vec![],
+            tree,
+            mode: BackupMode::Full,
+            parent: None,
+            partial: false,
+            summary: Default::default(),
+            program_version: "test".into(),
+            extra: Default::default(),
+            creator: None,
+        })
+        .await
+        .unwrap();
+    let snap = repo.find_snapshot(&id.to_hex()).await.unwrap();
+
+    let report = check(
+        &repo,
+        &CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+        &|_, _| {},
+    )
+    .await
+    .unwrap();
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.message.contains("different contents")),
+        "{:?}",
+        report.errors
+    );
+
+    let target = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    restore(
+        &repo,
+        &snap,
+        &RestoreOptions {
+            target: target.path().to_path_buf(),
+            ..Default::default()
+        },
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    for (name, bytes) in [("a", &first), ("b", &second)] {
+        let mut dumped = Vec::new();
+        dump(&repo, &snap, format!("/{name}").as_bytes(), &mut dumped)
+            .await
+            .unwrap();
+        assert_eq!(&dumped, bytes, "dump of {name}");
+        assert_eq!(
+            &fs::read(target.path().join(name)).unwrap(),
+            bytes,
+            "restore of {name}"
+        );
+    }
+}

@@ -17,6 +17,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -96,6 +97,22 @@ fn check_root(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Mode of every object file: only the repository's owner reads it (key
+/// files, the config and every other object; the umask can only narrow
+/// it).
+const OBJECT_MODE: u32 = 0o600;
+/// Mode of every directory the backend creates (the root, the namespaces,
+/// the fan-out directories).
+const DIR_MODE: u32 = 0o700;
+
+/// `create_dir_all` with [`DIR_MODE`] for every directory it creates.
+fn private_dir_all(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+}
+
 fn put_sync(root: &Path, path: &Path, key: &ObjectKey, data: &[u8]) -> Result<()> {
     let dir = path.parent().expect("object path has a parent");
     if path.exists() {
@@ -110,7 +127,7 @@ fn put_sync(root: &Path, path: &Path, key: &ObjectKey, data: &[u8]) -> Result<()
         if !dir.parent().is_some_and(|p| p != root && p.is_dir()) {
             check_root(root)?;
         }
-        fs::create_dir_all(dir)
+        private_dir_all(dir)
             .map_err(|e| Error::from_io(e, format!("creating {}", dir.display())))?;
         // Make the new directory's own entry durable too.
         if let Some(parent) = dir.parent() {
@@ -124,6 +141,7 @@ fn put_sync(root: &Path, path: &Path, key: &ObjectKey, data: &[u8]) -> Result<()
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(OBJECT_MODE)
             .open(&tmp)
             .map_err(|e| Error::from_io(e, format!("creating {}", tmp.display())))?;
         f.write_all(data)
@@ -288,7 +306,7 @@ impl Storage for LocalStorage {
         self.blocking(|s| {
             for kind in DIRS {
                 let dir = s.root.join(kind.dir());
-                fs::create_dir_all(&dir)
+                private_dir_all(&dir)
                     .map_err(|e| Error::from_io(e, format!("creating {}", dir.display())))?;
             }
             for dir in [s.root.as_path(), s.root.parent().unwrap_or(Path::new("."))] {

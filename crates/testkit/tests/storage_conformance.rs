@@ -297,3 +297,66 @@ async fn s3_probe_without_write_access_is_not_remembered() {
         .collect();
     assert!(names.is_empty(), "{names:?}");
 }
+
+/// Modes of every file and directory under `root` that are not `file`
+/// and `dir` (after the umask, which can only narrow them).
+fn loose_modes(root: &std::path::Path, file: u32, dir: u32) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let mode = fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        if mode != dir {
+            out.push(format!("{} {mode:o}", d.display()));
+        }
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+                if mode != file {
+                    out.push(format!("{} {mode:o}", p.display()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Puts one object of every kind (the config, a key file, a pack, ...).
+async fn put_every_kind(storage: &dyn Storage) {
+    storage.create_root().await.unwrap();
+    storage
+        .put(&ObjectKey::config(), Bytes::from_static(b"config"))
+        .await
+        .unwrap();
+    for (i, kind) in [
+        Kind::Keys,
+        Kind::Packs,
+        Kind::Index,
+        Kind::Snapshots,
+        Kind::Locks,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        storage
+            .put(
+                &conformance::key(kind, 0xab00_0000_0000_0000 + i as u64),
+                Bytes::from_static(b"object"),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Issue 12: objects (key files, the config, everything) are readable by
+/// their owner only, and directories are 0700, whatever the umask allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_storage_creates_objects_0600_and_directories_0700() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    put_every_kind(&LocalStorage::new(&root)).await;
+    assert_eq!(loose_modes(&root, 0o600, 0o700), Vec::<String>::new());
+}

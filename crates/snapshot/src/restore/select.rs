@@ -49,6 +49,18 @@ impl Span {
     }
 }
 
+/// Whether item `first` (a file) has this size and content.
+fn same_file(sel: &Selection, first: u32, size: u64, content: &[Id]) -> bool {
+    match &sel.items[first as usize].kind {
+        ItemKind::File {
+            size: s,
+            content: c,
+            ..
+        } => *s == size && c.of(&sel.content) == content,
+        _ => false,
+    }
+}
+
 /// Appends `items` to `buf` and returns where they are.
 pub(super) fn append<T: Clone>(buf: &mut Vec<T>, items: &[T]) -> Result<Span> {
     let span = Span {
@@ -215,6 +227,26 @@ pub(super) async fn select(
                 NodeKind::File => {
                     let (link_to, linked) = if node.links > 1 {
                         match first_names.entry((node.dev, node.inode)) {
+                            // A name is linked to the first only when the
+                            // snapshot gives both the same contents: a
+                            // crafted group with different contents is
+                            // restored as separate files, each with its
+                            // own bytes (what `dump` gives for each name;
+                            // `check` reports the group).
+                            Entry::Occupied(e)
+                                if !same_file(&sel, *e.get(), node.size, &node.content) =>
+                            {
+                                sel.problems.push(Problem {
+                                    path: sel.dirs[pending.dir as usize]
+                                        .join(OsStr::from_bytes(&node.name)),
+                                    message: "hard-linked in the snapshot to a file with other \
+                                              contents: restored as a separate file with its own \
+                                              contents (run `lifeboat check`)"
+                                        .into(),
+                                    error: false,
+                                });
+                                (None, false)
+                            }
                             Entry::Occupied(e) => (Some(*e.get()), false),
                             Entry::Vacant(e) => {
                                 e.insert(i);

@@ -107,6 +107,9 @@ pub enum Command {
     Status(crate::ops::StatusArgs),
     /// Run every plan on its schedule; serve /metrics, /healthz, /api/status.
     Daemon(crate::ops::DaemonArgs),
+    /// Restore drill of a plan: restore into a scratch place, prove the
+    /// copy, measure the time to it against the RTO, clean up.
+    Drill(crate::drill::DrillArgs),
     /// Print the version and build details (commit, compiler, target).
     Version,
     /// Print a shell completion script, e.g. `lifeboat completions bash >

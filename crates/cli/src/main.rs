@@ -7,6 +7,7 @@ mod about;
 mod args;
 mod backup;
 mod copy;
+mod drill;
 mod exit;
 mod keys;
 mod maintenance;
@@ -167,6 +168,7 @@ async fn run(cli: args::Cli) -> i32 {
         args::Command::Run(a) => ops::run(g, a).await,
         args::Command::Status(a) => ops::status(g, a).await,
         args::Command::Daemon(a) => ops::daemon(g, a).await,
+        args::Command::Drill(a) => drill::drill(g, a).await,
     };
     match result {
         Ok(code) => code,

@@ -67,14 +67,14 @@ pub struct RunResult {
     pub report_not_stored: Vec<(String, String)>,
 }
 
-fn host() -> String {
+pub(crate) fn host() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into())
 }
 
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     hex::encode(rand::random::<[u8; 8]>())
 }
 

@@ -274,7 +274,7 @@ pub struct PlanLock {
     _lock: nix::fcntl::Flock<fs::File>,
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().expect("has a parent");
     fs::create_dir_all(dir).map_err(StateDir::err(dir))?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));

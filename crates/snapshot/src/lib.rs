@@ -18,6 +18,7 @@ pub mod nav;
 mod pathmatch;
 pub mod progress;
 pub mod restore;
+pub mod verify;
 
 pub use error::{Error, Result, io_class};
 pub use pathmatch::PathMatcher;

@@ -102,6 +102,8 @@ pub struct PlanStatus {
     pub runs: std::collections::BTreeMap<String, u64>,
     /// Snapshots per repository (all plans), as last counted by a run.
     pub repository_snapshots: std::collections::BTreeMap<String, u64>,
+    /// The plan's restore drills: the newest, its measured RTO.
+    pub drill: crate::drill::status::DrillStatus,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -117,7 +119,9 @@ pub fn status(config: &Config, now: Timestamp) -> Result<Status> {
     let mut plans = Vec::new();
     for (name, plan) in &config.plans {
         let state = dir.plan(name)?;
-        plans.push(plan_status(config, name, plan, &state, now, &tz));
+        let mut p = plan_status(config, name, plan, &state, now, &tz);
+        p.drill = crate::drill::status::drill_status(&dir, name, plan, now);
+        plans.push(p);
     }
     Ok(Status {
         generated: now,
@@ -202,6 +206,7 @@ pub fn plan_status(
             .iter()
             .filter_map(|(r, s)| s.snapshots.map(|n| (r.clone(), n)))
             .collect(),
+        drill: Default::default(),
     }
 }
 

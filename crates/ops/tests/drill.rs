@@ -145,6 +145,29 @@ async fn a_drill_of_a_good_backup_passes_every_check_and_leaves_nothing_behind()
     let rto: u64 = r.phases.iter().filter(|p| p.rto).map(|p| p.ms).sum();
     assert_eq!(r.rto_ms, rto);
     assert!(d.scratch_is_empty(), "the scratch place was not cleaned");
+
+    // status and /metrics read it from the state directory.
+    let st = lifeboat_ops::status::status(&d.config(), jiff::Timestamp::now()).unwrap();
+    let ds = &st.plans[0].drill;
+    assert_eq!(ds.last_success, Some(r.finished));
+    assert_eq!((ds.rto_ms, ds.rto_met), (Some(r.rto_ms), Some(true)));
+    let text = lifeboat_ops::metrics::render(&st);
+    for line in [
+        format!(
+            "lifeboat_drill_last_success_timestamp_seconds{{plan=\"data\"}} {}",
+            r.finished.as_second()
+        ),
+        "lifeboat_drill_rto_met{plan=\"data\"} 1".to_string(),
+    ] {
+        assert!(
+            text.contains(&format!("{line}\n")) || text.contains(&format!("{line}.0\n")),
+            "{line} not in:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("lifeboat_drill_duration_seconds{plan=\"data\"} "),
+        "{text}"
+    );
 }
 
 #[tokio::test]

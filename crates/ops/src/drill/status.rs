@@ -12,7 +12,7 @@ use super::history;
 use crate::config::PlanConfig;
 use crate::state::StateDir;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct DrillStatus {
     /// When the newest drill finished, and how.
     pub last: Option<Timestamp>,

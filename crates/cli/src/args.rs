@@ -62,6 +62,12 @@ pub struct Global {
     /// ~/.config/lifeboat/lifeboat.toml.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Do not use the local metadata cache (copies of index objects,
+    /// snapshot records and tree packs of S3 and SFTP repositories, kept in
+    /// LIFEBOAT_CACHE_DIR, else $XDG_CACHE_HOME/lifeboat or
+    /// ~/.cache/lifeboat).
+    #[arg(long, env = "LIFEBOAT_NO_CACHE", global = true)]
+    pub no_cache: bool,
 }
 
 #[derive(Debug, Subcommand)]

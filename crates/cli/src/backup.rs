@@ -89,8 +89,8 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<i32> {
 }
 
 /// The repository's own files, which no backup stores: each local
-/// repository, its local cold tier, and every password file (named or the
-/// default one). Left out by identity (device and inode), wherever they
+/// repository, its local cold tier, every password file (named or the
+/// default one) and lifeboat's cache directory. Left out by identity (device and inode), wherever they
 /// live.
 fn own_paths(
     g: &Global,
@@ -114,6 +114,9 @@ fn own_paths(
         }
     }
     out.extend(g.password_file.iter().cloned());
+    // The metadata cache and the S3 probe memo: copies of repository
+    // objects, not the user's data.
+    out.extend(lifeboat_storage::cachedir::cache_root());
     out.retain(|p| p.exists());
     out
 }

@@ -45,7 +45,8 @@ pub async fn open_source(
     };
     let repo = Repository::open(storage, &password)
         .await
-        .with_context(|| format!("opening the source repository {location}"))?;
+        .with_context(|| format!("opening the source repository {location}"))?
+        .with_user_disk_cache();
     Ok(Arc::new(repo))
 }
 
@@ -82,7 +83,8 @@ pub async fn run(g: &Global, a: CopyArgs) -> Result<i32> {
     let password = session::password(g, &t, false)?;
     let target = Repository::open(storage, &password)
         .await
-        .with_context(|| format!("opening the target repository {}", t.display))?;
+        .with_context(|| format!("opening the target repository {}", t.display))?
+        .with_user_disk_cache();
     // --cold-location names the main repository's cold tier: the target.
     let target = Arc::new(session::with_cold_location(
         target,

@@ -144,6 +144,9 @@ async fn run_until_signal(cli: args::Cli) -> i32 {
 
 async fn run(cli: args::Cli) -> i32 {
     let g = &cli.global;
+    if g.no_cache {
+        lifeboat_repo::diskcache::disable_for_process();
+    }
     let result = match cli.command {
         args::Command::Init(a) => session::init(g, a).await,
         args::Command::Backup(a) => backup::run(g, a).await,

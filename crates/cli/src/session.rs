@@ -314,7 +314,9 @@ pub async fn open_target(g: &Global, t: &Target) -> Result<Arc<Repository>> {
     let storage = storage(t).await?;
     require_repository(&storage).await?;
     let password = password(g, t, false)?;
-    let repo = Repository::open(storage, &password).await?;
+    let repo = Repository::open(storage, &password)
+        .await?
+        .with_user_disk_cache();
     if g.cold_location.is_some() && g.repo.len() > 1 {
         return Err(cli_error(
             exit::USAGE,

@@ -65,6 +65,7 @@ pub async fn open(name: &str, r: &RepositoryConfig) -> Result<Arc<Repository>> {
         .map_err(|source| Error::Repo {
             repository: name.to_string(),
             source,
-        })?;
+        })?
+        .with_user_disk_cache();
     Ok(Arc::new(repo))
 }

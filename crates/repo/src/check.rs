@@ -99,6 +99,8 @@ pub async fn check(
     options: &CheckOptions,
     progress: CheckProgress<'_>,
 ) -> Result<CheckReport> {
+    // What the repository holds is checked, not the local cache's copies.
+    let _bypass = repo.bypass_cache();
     let mut report = CheckReport::default();
     let storage = repo.storage();
 

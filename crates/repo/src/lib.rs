@@ -18,6 +18,7 @@ mod chunker;
 mod config;
 mod copy;
 mod crypto;
+pub mod diskcache;
 mod error;
 mod id;
 mod index;
@@ -55,7 +56,7 @@ pub use packread::{
 };
 pub use record::{BackupMode, BackupSummary, Creator, Snapshot, SnapshotRecord};
 pub use repository::{
-    ColdInit, InitOptions, Repository, SnapshotFilter, Tier, resolve_snapshot,
+    CacheBypass, ColdInit, InitOptions, Repository, SnapshotFilter, Tier, resolve_snapshot,
     resolve_snapshot_matching,
 };
 pub use tree::{Node, NodeKind, Time, Tree};

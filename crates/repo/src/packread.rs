@@ -512,6 +512,11 @@ struct CachedPack {
 }
 
 impl TreePacks {
+    /// Forgets every pack held, so the next reads fetch them again.
+    pub(crate) fn clear(&self) {
+        *self.state.lock().unwrap() = TreePackState::default();
+    }
+
     /// Whether trees of a repository with packs of `pack_size` bytes are
     /// read by whole pack.
     fn applies(pack_size: u32) -> bool {
@@ -533,13 +538,7 @@ impl TreePacks {
                 .clone()
         };
         let bytes = cell
-            .get_or_try_init(|| async {
-                repo.tier_storage(Tier::Hot)
-                    .await?
-                    .get(&pack_key(&pack))
-                    .await
-                    .map_err(Error::from)
-            })
+            .get_or_try_init(|| async { repo.get_cached(&pack_key(&pack), None).await })
             .await?
             .clone();
         let mut st = self.state.lock().unwrap();

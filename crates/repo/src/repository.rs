@@ -26,6 +26,7 @@ use tokio::sync::OnceCell;
 
 use crate::config::{ChunkerParams, ColdTierConfig, Config};
 use crate::crypto::MasterKey;
+use crate::diskcache::DiskCache;
 use crate::index::{BlobLocation, Index, IndexFile};
 use crate::keyfile::{KdfParams, KeyFile};
 use crate::limits::get_bounded;
@@ -105,6 +106,24 @@ pub struct Repository {
     /// Whole tree packs read so far, bounded (one request per tree pack
     /// instead of one per tree).
     tree_packs: TreePacks,
+    /// Local copies of index objects, snapshot records and tree packs, on
+    /// storage where each request is a round trip ([`crate::diskcache`]).
+    disk_cache: Option<DiskCache>,
+    /// Readers in flight that must see the repository's own bytes, not
+    /// cached copies ([`Repository::bypass_cache`]).
+    cache_bypass: std::sync::atomic::AtomicUsize,
+}
+
+/// While alive, reads of its repository skip the metadata cache
+/// ([`Repository::bypass_cache`]).
+pub struct CacheBypass<'a>(&'a Repository);
+
+impl Drop for CacheBypass<'_> {
+    fn drop(&mut self) {
+        self.0
+            .cache_bypass
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Repository {
@@ -184,6 +203,8 @@ impl Repository {
             key_id,
             index: AsyncMutex::new(None),
             tree_packs: TreePacks::default(),
+            disk_cache: None,
+            cache_bypass: Default::default(),
             cold,
         })
     }
@@ -252,6 +273,8 @@ impl Repository {
                     key_id,
                     index: AsyncMutex::new(None),
                     tree_packs: TreePacks::default(),
+                    disk_cache: None,
+                    cache_bypass: Default::default(),
                     cold,
                 });
             }
@@ -497,8 +520,81 @@ impl Repository {
             return Ok(index.clone());
         }
         let index = Arc::new(self.load_index().await?);
+        if let Some(cache) = &self.disk_cache {
+            // Tree packs no index names any more were pruned.
+            cache.retain_packs(|pack| index.has_pack(pack));
+        }
         *cached = Some(index.clone());
         Ok(index)
+    }
+
+    /// Uses (or, with `None`, stops using) a metadata cache under `root`
+    /// ([`crate::diskcache`]). A handle has none unless given one: the
+    /// library never reads the environment for it.
+    pub fn with_disk_cache(mut self, root: Option<&std::path::Path>) -> Self {
+        self.disk_cache = root.and_then(|r| DiskCache::open(r, &self.config.repository_id));
+        self
+    }
+
+    /// The cache a command-line user expects: the user's cache directory
+    /// ([`lifeboat_storage::cachedir::cache_root`]), on storage where each
+    /// request is a round trip (a local repository is its own cache), unless
+    /// the process turned caching off
+    /// ([`crate::diskcache::disable_for_process`]).
+    pub fn with_user_disk_cache(self) -> Self {
+        let root = self
+            .storage
+            .capabilities()
+            .round_trips
+            .then(lifeboat_storage::cachedir::cache_root)
+            .flatten();
+        self.with_disk_cache(root.as_deref())
+    }
+
+    /// Until the returned guard is dropped, every read of this handle goes
+    /// to the repository, never to the metadata cache: `check` verifies
+    /// what the repository holds, not a local copy of it (a damaged object
+    /// must not pass because its cached copy is good), and the tree packs
+    /// the handle holds in memory are dropped first. What it reads is still
+    /// written to the cache.
+    pub fn bypass_cache(&self) -> CacheBypass<'_> {
+        self.cache_bypass
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Tree packs this handle holds in memory may have come from the
+        // cache: read them again too.
+        self.tree_packs.clear();
+        CacheBypass(self)
+    }
+
+    /// The metadata cache in use, if any.
+    pub fn disk_cache(&self) -> Option<&DiskCache> {
+        self.disk_cache.as_ref()
+    }
+
+    /// The stored bytes of an index object, snapshot record or tree pack:
+    /// from the metadata cache when it holds a verified copy, else from
+    /// the storage (size-bounded, [`get_bounded`]) and then cached.
+    pub(crate) async fn get_cached(&self, key: &ObjectKey, listed: Option<u64>) -> Result<Bytes> {
+        if let Some(cache) = &self.disk_cache
+            && self.cache_bypass.load(std::sync::atomic::Ordering::SeqCst) == 0
+        {
+            let (c, k) = (cache.clone(), key.clone());
+            if let Some(bytes) = blocking(move || c.get(&k, listed)).await? {
+                return Ok(bytes);
+            }
+        }
+        let bytes = get_bounded(&self.storage, key, listed).await?;
+        self.cache_copy(key, &bytes).await;
+        Ok(bytes)
+    }
+
+    /// Keeps a copy of an object just read or written in the metadata
+    /// cache (a no-op without one).
+    pub(crate) async fn cache_copy(&self, key: &ObjectKey, bytes: &Bytes) {
+        if let Some(cache) = &self.disk_cache {
+            let (c, k, b) = (cache.clone(), key.clone(), bytes.clone());
+            let _ = blocking(move || c.put(&k, &b)).await;
+        }
     }
 
     /// Forgets the cached index so the next [`Repository::index`] call reads
@@ -540,11 +636,12 @@ impl Repository {
 
     async fn read_index_files_once(&self) -> Result<Vec<(Id, IndexFile)>> {
         let list = self.storage.list(Kind::Index).await?;
+        self.retain_cached(Kind::Index, &list);
         futures::stream::iter(list)
             .map(|info| async move {
                 let id = Id::from_hex(info.key.name())
                     .ok_or_else(|| Error::corrupt(&info.key, "index name is not an id"))?;
-                let bytes = get_bounded(&self.storage, &info.key, Some(info.size_bytes)).await?;
+                let bytes = self.get_cached(&info.key, Some(info.size_bytes)).await?;
                 let key = self.key.clone();
                 let name = info.key.to_string();
                 let file = blocking(move || IndexFile::decode(&key, &name, &bytes)).await??;
@@ -553,6 +650,15 @@ impl Repository {
             .buffer_unordered(self.concurrency())
             .try_collect()
             .await
+    }
+
+    /// Drops cached objects of `kind` that `listing` (the repository's,
+    /// just read) no longer names.
+    fn retain_cached(&self, kind: Kind, listing: &[ObjectInfo]) {
+        if let Some(cache) = &self.disk_cache {
+            let live = listing.iter().map(|i| i.key.name()).collect();
+            cache.retain(kind, &live);
+        }
     }
 
     pub fn concurrency(&self) -> usize {
@@ -595,6 +701,7 @@ impl Repository {
     /// `forget`) is left out. Other storage errors fail the call.
     pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let list = self.storage.list(Kind::Snapshots).await?;
+        self.retain_cached(Kind::Snapshots, &list);
         let read: Vec<Result<Snapshot>> = futures::stream::iter(list)
             .map(|info| async move {
                 self.read_snapshot_key(&info.key, Some(info.size_bytes))
@@ -623,7 +730,7 @@ impl Repository {
     }
 
     async fn read_snapshot_key(&self, key: &ObjectKey, listed: Option<u64>) -> Result<Snapshot> {
-        let bytes = get_bounded(&self.storage, key, listed).await?;
+        let bytes = self.get_cached(key, listed).await?;
         let id =
             Id::from_hex(key.name()).ok_or_else(|| Error::corrupt(key, "name is not an id"))?;
         if Id::of_bytes(&bytes) != id {
@@ -667,24 +774,18 @@ impl Repository {
         self.verify_locations().await?;
         let bytes = record.encode(&self.key);
         let id = Id::of_bytes(&bytes);
-        put_idempotent(
-            &self.storage,
-            &ObjectKey::new(Kind::Snapshots, id.to_hex()),
-            bytes,
-        )
-        .await?;
+        let key = ObjectKey::new(Kind::Snapshots, id.to_hex());
+        put_idempotent(&self.storage, &key, bytes.clone()).await?;
+        self.cache_copy(&key, &bytes.into()).await;
         Ok(id)
     }
 
     pub async fn write_index(&self, file: &IndexFile) -> Result<Id> {
         let bytes = file.encode(&self.key);
         let id = Id::of_bytes(&bytes);
-        put_idempotent(
-            &self.storage,
-            &ObjectKey::new(Kind::Index, id.to_hex()),
-            bytes,
-        )
-        .await?;
+        let key = ObjectKey::new(Kind::Index, id.to_hex());
+        put_idempotent(&self.storage, &key, bytes.clone()).await?;
+        self.cache_copy(&key, &bytes.into()).await;
         Ok(id)
     }
 }

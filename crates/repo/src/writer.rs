@@ -391,7 +391,15 @@ async fn upload_loop(
                     .repo
                     .tier_storage(shared.repo.tier_of(blob_type))
                     .await?;
-                put_idempotent(storage, &key, pack.bytes).await?;
+                if blob_type == BlobType::Tree && shared.repo.disk_cache().is_some() {
+                    // The next backup compares with these trees: keep the
+                    // pack in the metadata cache instead of fetching it back.
+                    let bytes = bytes::Bytes::from(pack.bytes);
+                    put_idempotent(storage, &key, bytes.to_vec()).await?;
+                    shared.repo.cache_copy(&key, &bytes).await;
+                } else {
+                    put_idempotent(storage, &key, pack.bytes).await?;
+                }
                 shared.stats.packs_written.fetch_add(1, Ordering::Relaxed);
                 shared.unindexed.lock().unwrap().push(IndexPack {
                     id: pack.id,

@@ -8,6 +8,7 @@
 //! not a flag on a backend. It knows nothing about the repository format: objects
 //! are opaque bytes.
 
+pub mod cachedir;
 mod error;
 mod key;
 mod local;

@@ -154,10 +154,7 @@ impl S3Options {
     /// `lifeboat` in `XDG_CACHE_HOME`, else `~/.cache/lifeboat`.
     pub fn with_defaults_from(mut self, var: impl Fn(&str) -> Option<String>) -> Self {
         if self.probe_memo_dir.is_none() {
-            self.probe_memo_dir = var("LIFEBOAT_CACHE_DIR")
-                .map(PathBuf::from)
-                .or_else(|| var("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("lifeboat")))
-                .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache/lifeboat")));
+            self.probe_memo_dir = crate::cachedir::cache_root_from(&var);
         }
         if self.endpoint.is_none() {
             self.endpoint = var("AWS_ENDPOINT_URL");
@@ -346,8 +343,7 @@ impl ProbeMemo {
             .path
             .with_extension(format!("tmp-{}", hex::encode(rand::random::<[u8; 8]>())));
         let dir = self.path.parent().unwrap_or(&self.path);
-        let result = std::fs::create_dir_all(dir)
-            .and_then(|()| mark_cache_dir(dir))
+        let result = crate::cachedir::create_cache_dir(dir)
             .and_then(|()| std::fs::write(&tmp, text))
             .and_then(|()| std::fs::rename(&tmp, &self.path));
         if let Err(e) = result {
@@ -355,21 +351,6 @@ impl ProbeMemo {
             tracing::debug!(path = %self.path.display(), error = %e, "probe memo not written");
         }
     }
-}
-
-/// Tags a cache directory the way tar, borg, restic and lifeboat's own
-/// `--exclude-caches` recognise (<https://bford.info/cachedir/>), so
-/// backups of a home directory leave it out.
-fn mark_cache_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    let tag = dir.join("CACHEDIR.TAG");
-    if tag.exists() {
-        return Ok(());
-    }
-    std::fs::write(
-        tag,
-        "Signature: 8a477f597d28d172789f06886806bc55\n\
-         # This file is a cache directory tag created by lifeboat.\n",
-    )
 }
 
 /// What an S3 server does with `If-None-Match: *`.

@@ -137,6 +137,9 @@ pub enum Command {
     /// Audit the setup: list its gaps, most dangerous first, each with its
     /// fix (exit 19 when there are any).
     Doctor(crate::ops::DoctorArgs),
+    /// Restore drill of a plan: restore into a scratch place, prove the
+    /// copy, measure the time to it against the RTO, clean up.
+    Drill(crate::drill::DrillArgs),
     /// Print the version and build details (commit, compiler, target).
     Version,
     /// Print a shell completion script, e.g. `lifeboat completions bash >

@@ -8,6 +8,7 @@ mod args;
 mod audit;
 mod backup;
 mod copy;
+mod drill;
 mod exit;
 mod keys;
 mod maintenance;
@@ -270,6 +271,7 @@ async fn run(cli: args::Cli) -> i32 {
         args::Command::Status(a) => ops::status(g, a).await,
         args::Command::Daemon(a) => ops::daemon(g, a).await,
         args::Command::Doctor(a) => ops::doctor(g, a).await,
+        args::Command::Drill(a) => drill::drill(g, a).await,
     };
     match result {
         Ok(code) => code,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use lifeboat_connectors::postgres::conn::shell_quote;
 use lifeboat_connectors::postgres::{
     base, check, conn::ConnOptions, conn::system_identifier_of, dump, pitr, retention, wal,
 };
@@ -319,10 +320,6 @@ async fn wal_fetch(g: &Global, file: &str, dest: &Path, read_ahead: usize) -> Re
     }
 }
 
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
 /// The restore_command the restored server runs: this binary, with the
 /// repository and password source of this invocation.
 fn restore_command(g: &Global, read_ahead: usize) -> Result<String> {
@@ -398,6 +395,7 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<i32> {
         restore_command: restore_command(g, a.read_ahead)?,
         read_ahead: a.read_ahead,
         settings,
+        run_as: None,
     };
     pitr::check_empty(&options.to)?;
     if a.start && nix::unistd::geteuid().is_root() {

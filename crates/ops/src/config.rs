@@ -258,6 +258,61 @@ pub struct PlanConfig {
     pub mode: ModeSchedule,
     pub retention: Option<RetentionConfig>,
     pub verify: Option<VerifyConfig>,
+    pub drill: DrillConfig,
+}
+
+/// `[plan.NAME.drill]`: how restore drills of the plan run and what they
+/// tolerate (docs/drills.md). The spot-check tolerances follow borgmatic's
+/// "spot" check: files change between a backup and a drill, so the live
+/// source is compared within bounds, not exactly.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DrillConfig {
+    /// The daemon runs a drill this long after the last one; none: only
+    /// `lifeboat drill`.
+    pub every: Option<Duration>,
+    /// Where drills restore to; default: `<state-dir>/drills`.
+    pub scratch: Option<PathBuf>,
+    /// Largest difference in file counts between the snapshot and the live
+    /// source, in percent of the larger count.
+    pub count_tolerance_percent: f64,
+    /// Share of the snapshot's files whose content is compared with the
+    /// live source (at least [`DRILL_MIN_SAMPLE`] files when there are).
+    pub data_sample_percent: f64,
+    /// Largest share of the sampled files allowed to differ from the live
+    /// source.
+    pub data_tolerance_percent: f64,
+    /// PostgreSQL: SQL queries that must each return true.
+    pub probes: Vec<String>,
+    /// PostgreSQL: the database the probes run in.
+    pub probe_database: String,
+}
+
+/// Default count tolerance: 5% absorbs a day's churn of files created and
+/// deleted, far below what an empty mount point (100%) or another
+/// directory shows.
+pub const DRILL_COUNT_TOLERANCE: f64 = 5.0;
+/// Default sample: 5% of the files.
+pub const DRILL_DATA_SAMPLE: f64 = 5.0;
+/// Fewest files sampled (when the snapshot has that many): a sample of
+/// one or two files says little.
+pub const DRILL_MIN_SAMPLE: usize = 20;
+/// Default data tolerance: 10% of the sampled files may have changed
+/// since the backup; ransomware changes them all.
+pub const DRILL_DATA_TOLERANCE: f64 = 10.0;
+
+impl Default for DrillConfig {
+    fn default() -> Self {
+        DrillConfig {
+            every: None,
+            scratch: None,
+            count_tolerance_percent: DRILL_COUNT_TOLERANCE,
+            data_sample_percent: DRILL_DATA_SAMPLE,
+            data_tolerance_percent: DRILL_DATA_TOLERANCE,
+            probes: Vec::new(),
+            probe_database: "postgres".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -441,6 +496,20 @@ struct RawPlan {
     mode: Option<RawModes>,
     retention: Option<RawRetention>,
     verify: Option<RawVerify>,
+    drill: Option<RawDrill>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDrill {
+    every: Option<Spanned<String>>,
+    scratch: Option<PathBuf>,
+    count_tolerance: Option<Spanned<String>>,
+    data_sample: Option<Spanned<String>>,
+    data_tolerance: Option<Spanned<String>>,
+    #[serde(default)]
+    probes: Vec<String>,
+    probe_database: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -907,29 +976,18 @@ impl Validator<'_> {
         let verify = match p.verify {
             Some(v) => {
                 let schedule = self.schedule(&v.schedule, &key("verify.schedule"))?;
-                let read_data_percent = match &v.read_data_subset {
-                    None => 0.0,
-                    Some(s) => s
-                        .get_ref()
-                        .trim()
-                        .trim_end_matches('%')
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|p| (0.0..=100.0).contains(p))
-                        .ok_or_else(|| {
-                            self.at(
-                                s,
-                                &key("verify.read-data-subset"),
-                                "a percentage from 0% to 100%, e.g. \"5%\"",
-                            )
-                        })?,
-                };
+                let read_data_percent =
+                    self.percent(&v.read_data_subset, &key("verify.read-data-subset"), 0.0)?;
                 Some(VerifyConfig {
                     schedule,
                     read_data_percent,
                 })
             }
             None => None,
+        };
+        let drill = match p.drill {
+            Some(d) => self.drill(name, d)?,
+            None => DrillConfig::default(),
         };
         Ok(PlanConfig {
             source: p.source.into_inner(),
@@ -944,6 +1002,54 @@ impl Validator<'_> {
             mode,
             retention,
             verify,
+            drill,
+        })
+    }
+
+    /// A percentage from 0% to 100% (`"5%"` or `"5"`), or `default`.
+    fn percent(
+        &self,
+        s: &Option<Spanned<String>>,
+        key: &str,
+        default: f64,
+    ) -> Result<f64, ConfigError> {
+        let Some(s) = s else { return Ok(default) };
+        s.get_ref()
+            .trim()
+            .trim_end_matches('%')
+            .parse::<f64>()
+            .ok()
+            .filter(|p| (0.0..=100.0).contains(p))
+            .ok_or_else(|| self.at(s, key, "a percentage from 0% to 100%, e.g. \"5%\""))
+    }
+
+    fn drill(&self, name: &str, d: RawDrill) -> Result<DrillConfig, ConfigError> {
+        let key = |k: &str| format!("plan.{name}.drill.{k}");
+        let every = d
+            .every
+            .as_ref()
+            .map(|e| self.duration(e, &key("every"), false))
+            .transpose()?;
+        Ok(DrillConfig {
+            every,
+            scratch: d.scratch.map(|p| self.resolve(&p)),
+            count_tolerance_percent: self.percent(
+                &d.count_tolerance,
+                &key("count-tolerance"),
+                DRILL_COUNT_TOLERANCE,
+            )?,
+            data_sample_percent: self.percent(
+                &d.data_sample,
+                &key("data-sample"),
+                DRILL_DATA_SAMPLE,
+            )?,
+            data_tolerance_percent: self.percent(
+                &d.data_tolerance,
+                &key("data-tolerance"),
+                DRILL_DATA_TOLERANCE,
+            )?,
+            probes: d.probes,
+            probe_database: d.probe_database.unwrap_or_else(|| "postgres".into()),
         })
     }
 

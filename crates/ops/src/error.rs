@@ -57,6 +57,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A drill could not run (beyond a repository or state error).
+    #[error("drill from repository {repository}: {message}")]
+    Drill { repository: String, message: String },
+
     #[error("plan {plan} is already running (started {started})")]
     AlreadyRunning { plan: String, started: String },
 }
@@ -72,6 +76,7 @@ impl Error {
             Error::Storage { source, .. } => source.class(),
             Error::State { .. } | Error::Listen { .. } => ErrorClass::Io,
             Error::AlreadyRunning { .. } => ErrorClass::Locked,
+            Error::Drill { .. } => ErrorClass::BadInput,
         }
     }
 }

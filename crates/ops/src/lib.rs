@@ -17,6 +17,7 @@ pub mod alert;
 pub mod config;
 pub mod daemon;
 pub mod doctor;
+pub mod drill;
 pub mod duration;
 mod error;
 mod http;
@@ -30,6 +31,7 @@ pub mod state;
 pub mod status;
 
 pub use config::{Config, ConfigError, config_path};
+pub use drill::{DrillOptions, DrillReport, DrillResult, run_drill};
 pub use error::{Error, Result};
 pub use run::{RunOptions, RunResult, run_plan};
 

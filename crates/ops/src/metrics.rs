@@ -43,6 +43,10 @@ pub fn render(status: &Status) -> String {
     let verify_last = FGauge::default();
     let rto = IGauge::default();
     let rto_measured = FGauge::default();
+    let drill_success = FGauge::default();
+    let drill_duration = FGauge::default();
+    let drill_rto = FGauge::default();
+    let drill_rto_met = IGauge::default();
     let mut seen_repo = std::collections::BTreeSet::new();
     for p in &status.plans {
         let l = plan(&p.plan);
@@ -104,6 +108,19 @@ pub fn render(status: &Status) -> String {
             let mut l2 = l.clone();
             l2.push(("point".into(), point.rule.into()));
             rule_point.get_or_create(&l2).set(i64::from(point.ok));
+        }
+        let d = &p.drill;
+        if let Some(t) = d.last_success {
+            drill_success.get_or_create(&l).set(t.as_second() as f64);
+        }
+        if let Some(ms) = d.last_duration_ms {
+            drill_duration.get_or_create(&l).set(ms as f64 / 1000.0);
+        }
+        if let Some(ms) = d.rto_ms {
+            drill_rto.get_or_create(&l).set(ms as f64 / 1000.0);
+        }
+        if let Some(met) = d.rto_met {
+            drill_rto_met.get_or_create(&l).set(i64::from(met));
         }
         if let Some(v) = &p.last_verify {
             verify_errors.get_or_create(&l).set(v.errors as i64);
@@ -208,6 +225,29 @@ pub fn render(status: &Status) -> String {
         "Time of the plan's newest verification",
         Unit::Seconds,
         verify_last,
+    );
+    reg.register_with_unit(
+        "lifeboat_drill_last_success_timestamp",
+        "When the plan's newest restore drill whose checks passed finished",
+        Unit::Seconds,
+        drill_success,
+    );
+    reg.register_with_unit(
+        "lifeboat_drill_duration",
+        "Duration of the plan's newest restore drill, cleanup included",
+        Unit::Seconds,
+        drill_duration,
+    );
+    reg.register_with_unit(
+        "lifeboat_drill_rto_measured",
+        "Time to a usable copy measured by the plan's newest passing drill",
+        Unit::Seconds,
+        drill_rto,
+    );
+    reg.register(
+        "lifeboat_drill_rto_met",
+        "1 when the newest passing drill's time to a usable copy was within the plan's RTO",
+        drill_rto_met,
     );
     let info = IGauge::default();
     info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])

@@ -127,9 +127,7 @@ pub struct RunReport {
 impl RunReport {
     /// The archive name of this report in a repository.
     pub fn archive_name(&self) -> ArchiveName {
-        let t = self.started.strftime("%Y%m%dt%H%M%Sz").to_string();
-        ArchiveName::new(REPORT_STREAM, format!("{t}.{}", self.id))
-            .expect("report names are valid archive names")
+        report_name(REPORT_STREAM, self.started, &self.id)
     }
 
     /// Steps of one kind.
@@ -138,29 +136,57 @@ impl RunReport {
     }
 }
 
+/// The archive name of a report in `stream`: `<YYYYMMDDTHHMMSSZ>.<id>`
+/// (start time in UTC, then the report's id).
+pub fn report_name(stream: &str, started: Timestamp, id: &str) -> ArchiveName {
+    let t = started.strftime("%Y%m%dt%H%M%Sz").to_string();
+    ArchiveName::new(stream, format!("{t}.{id}")).expect("report names are valid archive names")
+}
+
+/// Stores `value` as JSON under `name` in `repo` (sealed with its key;
+/// idempotent).
+pub async fn store_json<T: Serialize>(
+    repo: &Repository,
+    name: &ArchiveName,
+    value: &T,
+) -> lifeboat_repo::Result<()> {
+    let body = serde_json::to_vec(value).expect("reports serialize");
+    archive::put(repo, name, Arc::new(body)).await?;
+    Ok(())
+}
+
+/// Every JSON object of `stream` in `repo` that decodes as a `T`, in name
+/// order (start time first). Objects that do not decode are skipped (a
+/// newer lifeboat's format).
+pub async fn load_stream<T: serde::de::DeserializeOwned>(
+    repo: &Repository,
+    stream: &str,
+) -> lifeboat_repo::Result<Vec<T>> {
+    let names: BTreeSet<String> = archive::list(repo)
+        .await?
+        .remove(stream)
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for file in names {
+        let name = ArchiveName::new(stream, file).expect("listed names are valid");
+        if let Some(bytes) = archive::get(repo, &name).await?
+            && let Ok(r) = serde_json::from_slice::<T>(&bytes)
+        {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
 /// Stores `report` in `repo` (sealed with its key; idempotent).
 pub async fn store(repo: &Repository, report: &RunReport) -> lifeboat_repo::Result<()> {
-    let body = serde_json::to_vec(report).expect("reports serialize");
-    archive::put(repo, &report.archive_name(), Arc::new(body)).await?;
-    Ok(())
+    store_json(repo, &report.archive_name(), report).await
 }
 
 /// Every run report stored in `repo`, oldest first. Objects that do not
 /// decode as a report are skipped (a newer lifeboat's format).
 pub async fn load_all(repo: &Repository) -> lifeboat_repo::Result<Vec<RunReport>> {
-    let names: BTreeSet<String> = archive::list(repo)
-        .await?
-        .remove(REPORT_STREAM)
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    for file in names {
-        let name = ArchiveName::new(REPORT_STREAM, file).expect("listed names are valid");
-        if let Some(bytes) = archive::get(repo, &name).await?
-            && let Ok(r) = serde_json::from_slice::<RunReport>(&bytes)
-        {
-            out.push(r);
-        }
-    }
+    let mut out: Vec<RunReport> = load_stream(repo, REPORT_STREAM).await?;
     out.sort_by_key(|r| r.started);
     Ok(out)
 }

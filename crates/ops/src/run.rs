@@ -78,7 +78,7 @@ pub(crate) fn host() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     hex::encode(rand::random::<[u8; 8]>())
 }
 

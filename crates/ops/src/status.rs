@@ -140,6 +140,8 @@ pub struct PlanStatus {
     pub runs: std::collections::BTreeMap<String, u64>,
     /// Snapshots per repository (all plans), as last counted by a run.
     pub repository_snapshots: std::collections::BTreeMap<String, u64>,
+    /// The plan's restore drills: the newest, its measured RTO.
+    pub drill: crate::drill::status::DrillStatus,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -157,6 +159,7 @@ pub fn status(config: &Config, now: Timestamp) -> Result<Status> {
         let state = dir.plan(name)?;
         let mut st = plan_status(config, name, plan, &state, now, &tz);
         st.rto = rto_status(plan, dir.last_drill(name));
+        st.drill = crate::drill::status::drill_status(&dir, name, plan, now);
         plans.push(st);
     }
     Ok(Status {
@@ -243,6 +246,7 @@ pub fn plan_status(
             .iter()
             .filter_map(|(r, s)| s.snapshots.map(|n| (r.clone(), n)))
             .collect(),
+        drill: Default::default(),
     }
 }
 

@@ -231,3 +231,49 @@ fn every_error_class_names_file_line_key_and_what_is_allowed() {
         );
     }
 }
+
+#[test]
+fn a_plan_s_drill_table_has_defaults_and_checked_values() {
+    let c = Config::parse(MINIMAL, Path::new("/cfg/lifeboat.toml")).unwrap();
+    let d = &c.plans["home"].drill;
+    assert_eq!(d.every, None);
+    assert_eq!(d.scratch, None);
+    assert_eq!(
+        (
+            d.count_tolerance_percent,
+            d.data_sample_percent,
+            d.data_tolerance_percent
+        ),
+        (5.0, 5.0, 10.0)
+    );
+    let text = format!(
+        "{MINIMAL}\n[plan.home.drill]\nevery = \"7d\"\nscratch = \"scratch\"\ncount-tolerance = \"2%\"\ndata-sample = \"50%\"\ndata-tolerance = \"0%\"\nprobes = [\"select true\"]\nprobe-database = \"app\"\n"
+    );
+    let c = Config::parse(&text, Path::new("/cfg/lifeboat.toml")).unwrap();
+    let d = &c.plans["home"].drill;
+    assert_eq!(d.every.map(|e| e.seconds()), Some(7 * 86_400));
+    assert_eq!(d.scratch.as_deref(), Some(Path::new("/cfg/scratch")));
+    assert_eq!(
+        (
+            d.count_tolerance_percent,
+            d.data_sample_percent,
+            d.data_tolerance_percent
+        ),
+        (2.0, 50.0, 0.0)
+    );
+    assert_eq!(d.probes, ["select true"]);
+    assert_eq!(d.probe_database, "app");
+
+    let e = error_of(&format!(
+        "{MINIMAL}\n[plan.home.drill]\ndata-tolerance = \"120%\"\n"
+    ));
+    assert_eq!(e.key, "plan.home.drill.data-tolerance");
+    assert_eq!(e.line, Some(24));
+    assert!(e.message.contains("a percentage from 0% to 100%"), "{e}");
+    let e = error_of(&format!(
+        "{MINIMAL}\n[plan.home.drill]\nevery = \"weekly\"\n"
+    ));
+    assert_eq!(e.key, "plan.home.drill.every");
+    let e = error_of(&format!("{MINIMAL}\n[plan.home.drill]\nevry = \"7d\"\n"));
+    assert_eq!(e.key, "plan.home.drill.evry");
+}

@@ -19,6 +19,7 @@ pub mod nav;
 mod pathmatch;
 pub mod progress;
 pub mod restore;
+pub mod verify;
 
 pub use error::{Error, Result, io_class};
 pub use pathmatch::{PathMatcher, printable};

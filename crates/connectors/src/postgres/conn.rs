@@ -214,6 +214,12 @@ pub async fn run_tool(mut cmd: tokio::process::Command, what: &str) -> Result<St
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `s` as one word for `sh` (single quotes; a quote inside closed, escaped
+/// and reopened), for commands PostgreSQL runs (`restore_command`).
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 /// The last lines of a tool's stderr, for an error message.
 pub fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();

@@ -76,6 +76,10 @@ pub struct RestoreOptions {
     pub read_ahead: usize,
     /// Extra settings appended to `postgresql.auto.conf` (port, paths).
     pub settings: Vec<(String, String)>,
+    /// [`start_and_wait`]: run `pg_ctl` as this OS user (through
+    /// `runuser`, for a caller running as root, which PostgreSQL refuses)
+    /// and connect as the database user of that name.
+    pub run_as: Option<String>,
 }
 
 /// What a restore will do, known before anything is written.
@@ -437,7 +441,15 @@ pub async fn start_and_wait(
         .join(super::wal::SPOOL_DIR)
         .join("server-start.log");
     std::fs::create_dir_all(log.parent().expect("has parent")).map_err(|e| Error::io(&log, e))?;
-    let mut cmd = tokio::process::Command::new(conn::tool("pg_ctl", Some(major)));
+    let pg_ctl = conn::tool("pg_ctl", Some(major));
+    let mut cmd = match &options.run_as {
+        Some(user) => {
+            let mut c = tokio::process::Command::new("runuser");
+            c.args(["-u", user, "--"]).arg(pg_ctl);
+            c
+        }
+        None => tokio::process::Command::new(pg_ctl),
+    };
     cmd.arg("-D")
         .arg(dir)
         .arg("-l")
@@ -471,7 +483,7 @@ pub async fn start_and_wait(
                 log_tail(&log)
             )));
         }
-        match query_state(dir).await {
+        match recovery_state(dir, options.run_as.as_deref()).await {
             Ok((false, _)) => return Ok(RecoveryOutcome::Promoted),
             Ok((true, paused)) if paused => return Ok(RecoveryOutcome::Paused),
             Ok(_) => {}
@@ -485,8 +497,9 @@ pub async fn start_and_wait(
 }
 
 /// `(in recovery, replay paused)` of the server running in `dir`, reached
-/// through the socket directory and port in its `postmaster.pid`.
-async fn query_state(dir: &Path) -> Result<(bool, bool)> {
+/// through the socket directory and port in its `postmaster.pid`, as the
+/// database user `user` (default: `PGUSER`, else the OS user's name).
+pub async fn recovery_state(dir: &Path, user: Option<&str>) -> Result<(bool, bool)> {
     let pid = std::fs::read_to_string(dir.join("postmaster.pid"))
         .map_err(|e| Error::io(dir.join("postmaster.pid"), e))?;
     let lines: Vec<&str> = pid.lines().collect();
@@ -502,13 +515,16 @@ async fn query_state(dir: &Path) -> Result<(bool, bool)> {
     } else {
         socket.to_string()
     };
-    let user = std::env::var("PGUSER").ok().unwrap_or_else(|| {
-        nix::unistd::User::from_uid(nix::unistd::geteuid())
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-            .unwrap_or_else(|| "postgres".into())
-    });
+    let user = user
+        .map(str::to_string)
+        .or_else(|| std::env::var("PGUSER").ok())
+        .unwrap_or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| "postgres".into())
+        });
     let url = format!("host={host} port={port} user={user} dbname=postgres connect_timeout=5");
     let client = conn::ConnOptions { url: Some(url) }.connect().await?;
     let row = client

@@ -70,6 +70,7 @@ use crate::{Error, Result};
 
 pub use plan::{PlannedPack, RestorePlan, plan};
 pub use verify::{VerifyReport, verify};
+pub(crate) use prepare::same_content;
 
 /// What to restore and how.
 #[derive(Debug, Clone, Default)]
@@ -316,7 +317,9 @@ fn report(progress: &dyn RestoreProgress, stats: &mut RestoreStats, problems: &m
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Repo(lifeboat_repo::Error::Internal(e.to_string())))

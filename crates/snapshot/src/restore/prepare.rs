@@ -715,7 +715,7 @@ pub(super) fn find_identical(
 
 /// Cuts the existing file at the snapshot's blob boundaries and compares
 /// each piece's keyed id with the snapshot's blob id.
-pub(super) fn same_content(
+pub(crate) fn same_content(
     mut file: File,
     content: &[Id],
     index: &Index,

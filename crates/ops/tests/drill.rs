@@ -151,6 +151,10 @@ async fn a_drill_of_a_good_backup_passes_every_check_and_leaves_nothing_behind()
     let ds = &st.plans[0].drill;
     assert_eq!(ds.last_success, Some(r.finished));
     assert_eq!((ds.rto_ms, ds.rto_met), (Some(r.rto_ms), Some(true)));
+    // ... and the plan's RTO line shows the measured time.
+    let rto = &st.plans[0].rto;
+    assert_eq!(rto.measured_seconds, Some(r.rto_ms as f64 / 1000.0));
+    assert_eq!(rto.state, "ok", "{rto:?}");
     let text = lifeboat_ops::metrics::render(&st);
     for line in [
         format!(

@@ -17,7 +17,7 @@ use lifeboat_repo::{
 };
 use lifeboat_snapshot::backup::{BackupOptions, backup};
 use lifeboat_snapshot::progress::NoProgress;
-use lifeboat_storage::{DynStorage, ErrorKind, MemoryStorage, RetryPolicy, RetryStorage};
+use lifeboat_storage::{DynStorage, ErrorKind, MemoryStorage, RetryPolicy, RetryStorage, Storage};
 use lifeboat_testkit::crash::CrashStorage;
 use lifeboat_testkit::data::pseudo_random;
 use lifeboat_testkit::faulty::{FaultPlan, FaultyStorage, Op, PutFailure};
@@ -236,14 +236,27 @@ async fn interrupted_copy_leaves_the_target_consistent_and_a_rerun_completes() {
         };
         // A copy's call count varies a little from run to run (a lock
         // refresh, the order of parallel puts), so a cut near the end may
-        // not be reached; one that was reached must fail the copy.
+        // not be reached; one that was reached must fail the copy, unless
+        // it fell on the audit record written after the copy's work (a
+        // failure there is a warning: the copy is whole), which then must
+        // be missing: only init's record is in the target's log.
         if r.is_ok() {
-            assert!(
-                crash.calls() < cut,
-                "cut at call {cut} of {calls} was reached ({} calls) and the copy still succeeded",
-                crash.calls()
-            );
-            unreached += 1;
+            if crash.calls() >= cut {
+                let audit = mem_b
+                    .list(lifeboat_storage::Kind::Audit)
+                    .await
+                    .unwrap()
+                    .len();
+                assert_eq!(
+                    audit,
+                    1,
+                    "cut at call {cut} of {calls} was reached ({} calls) and the copy still \
+                     succeeded, with its audit record written",
+                    crash.calls()
+                );
+            } else {
+                unreached += 1;
+            }
         }
         if cut == calls / 2 {
             eprintln!("copy interrupted at call {cut}: {}", r.unwrap_err());

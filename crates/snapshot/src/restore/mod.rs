@@ -69,8 +69,8 @@ use crate::progress::RestoreProgress;
 use crate::{Error, Result};
 
 pub use plan::{PlannedPack, RestorePlan, plan};
-pub use verify::{VerifyReport, verify};
 pub(crate) use prepare::same_content;
+pub use verify::{VerifyReport, verify};
 
 /// What to restore and how.
 #[derive(Debug, Clone, Default)]

@@ -183,9 +183,9 @@ pub async fn doctor(config: &Config, now: Timestamp, o: &Options) -> Report {
         if let Some(p) = local_path(&r.location)
             && let Ok(st) = nix::sys::statvfs::statvfs(&p)
         {
-            let frsize = st.fragment_size() as u64;
-            let total = st.blocks() as u64 * frsize;
-            let avail = st.blocks_available() as u64 * frsize;
+            let frsize = st.fragment_size();
+            let total = st.blocks() * frsize;
+            let avail = st.blocks_available() * frsize;
             let percent = if total == 0 {
                 100.0
             } else {
@@ -412,7 +412,7 @@ pub async fn doctor(config: &Config, now: Timestamp, o: &Options) -> Report {
             }
         }
     }
-    gaps.sort_by(|a, b| a.severity.cmp(&b.severity));
+    gaps.sort_by_key(|g| g.severity);
     Report {
         config: config.path.clone(),
         generated: now,

@@ -31,6 +31,9 @@ pub struct Mail {
     pub data: String,
 }
 
+/// What a sink does with one connection: serve it, keeping what arrives.
+type Handler<T> = fn(TcpStream, Arc<Mutex<Vec<T>>>) -> std::io::Result<()>;
+
 struct Server<T> {
     addr: SocketAddr,
     got: Arc<Mutex<Vec<T>>>,
@@ -38,7 +41,7 @@ struct Server<T> {
 }
 
 impl<T: Clone + Send + 'static> Server<T> {
-    fn start(handle: fn(TcpStream, Arc<Mutex<Vec<T>>>) -> std::io::Result<()>) -> Server<T> {
+    fn start(handle: Handler<T>) -> Server<T> {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let addr = listener.local_addr().expect("bound");
         let got = Arc::new(Mutex::new(Vec::new()));

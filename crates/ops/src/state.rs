@@ -267,18 +267,7 @@ impl StateDir {
 
     /// Appends a report to the plan's history and folds it into its state.
     pub fn record(&self, report: &RunReport) -> Result<PlanState> {
-        let path = self.reports_file(&report.plan);
-        let dir = path.parent().expect("has a parent");
-        fs::create_dir_all(dir).map_err(Self::err(dir))?;
-        let mut line = serde_json::to_vec(report).expect("reports serialize");
-        line.push(b'\n');
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(Self::err(&path))?;
-        f.write_all(&line).map_err(Self::err(&path))?;
-        f.sync_data().map_err(Self::err(&path))?;
+        append_line(&self.reports_file(&report.plan), report)?;
         let mut state = self.plan(&report.plan)?;
         state.record(report);
         self.save_plan(&report.plan, &state)?;
@@ -338,6 +327,24 @@ impl StateDir {
 /// process dies).
 pub struct PlanLock {
     _lock: nix::fcntl::Flock<fs::File>,
+}
+
+/// Appends `value` as one JSON line to `path` (created with its
+/// directory if missing) and syncs it: the local report histories.
+pub(crate) fn append_line(path: &Path, value: &impl Serialize) -> Result<()> {
+    let err = |source| Error::State {
+        path: path.to_path_buf(),
+        source,
+    };
+    fs::create_dir_all(path.parent().expect("has a parent")).map_err(err)?;
+    let mut line = serde_json::to_vec(value).expect("reports serialize");
+    line.push(b'\n');
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(err)?;
+    f.write_all(&line).and_then(|()| f.sync_data()).map_err(err)
 }
 
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

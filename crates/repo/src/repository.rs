@@ -208,20 +208,7 @@ impl Repository {
             location: c.location,
             storage: OnceCell::new_with(Some(c.storage)),
         });
-        let repo = Repository {
-            storage,
-            key,
-            config,
-            config_bytes,
-            key_id,
-            index: AsyncMutex::new(None),
-            tree_packs: TreePacks::default(),
-            disk_cache: None,
-            cache_bypass: Default::default(),
-            cold,
-            local: None,
-            skip_damaged: false,
-        };
+        let repo = Repository::handle(storage, key, config, config_bytes, key_id, cold, None);
         // The audit log's first record (the repository exists already: a
         // failure here is a warning, and the next operation starts the log).
         crate::audit::append_after(
@@ -233,6 +220,32 @@ impl Repository {
         )
         .await;
         Ok(repo)
+    }
+
+    /// A new handle: nothing loaded or cached yet.
+    fn handle(
+        storage: DynStorage,
+        key: MasterKey,
+        config: Config,
+        config_bytes: Bytes,
+        key_id: Id,
+        cold: Option<ColdTier>,
+        local: Option<LocalState>,
+    ) -> Repository {
+        Repository {
+            storage,
+            key,
+            config,
+            config_bytes,
+            key_id,
+            index: AsyncMutex::new(None),
+            tree_packs: TreePacks::default(),
+            disk_cache: None,
+            cache_bypass: Default::default(),
+            cold,
+            local,
+            skip_damaged: false,
+        }
     }
 
     /// Opens a repository: checks the format version, then tries the key
@@ -342,20 +355,15 @@ impl Repository {
                 location: c.location.clone(),
                 storage: OnceCell::new(),
             });
-            return Ok(Repository {
+            return Ok(Repository::handle(
                 storage,
                 key,
                 config,
                 config_bytes,
                 key_id,
-                index: AsyncMutex::new(None),
-                tree_packs: TreePacks::default(),
-                disk_cache: None,
-                cache_bypass: Default::default(),
                 cold,
                 local,
-                skip_damaged: false,
-            });
+            ));
         }
         if let Some(e) = config_error {
             return Err(e);

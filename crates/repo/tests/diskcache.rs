@@ -10,11 +10,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use lifeboat_repo::{
-    BackupMode, BlobType, Id, InitOptions, KdfParams, Node, NodeKind, Repository, SnapshotRecord,
-    Time, Tree, WriteOptions, WriteSession,
+    BackupMode, BlobType, Id, InitOptions, KdfParams, Repository, SnapshotRecord, Tree,
+    WriteOptions, WriteSession,
 };
 use lifeboat_storage::{Kind, MemoryStorage, ObjectKey, Storage};
 use lifeboat_testkit::CountingStorage;
+
+#[allow(dead_code)]
+#[path = "../../testkit/src/repo.rs"]
+mod fixtures;
+use fixtures::one_file_tree;
 
 /// A repository on storage that declares round trips (as S3 does), with
 /// `n` trees and one snapshot record naming the first.
@@ -70,30 +75,6 @@ async fn repo_with_snapshot_cached(
     };
     repo.write_snapshot(&record).await.unwrap();
     (counting, trees)
-}
-
-fn one_file_tree(name: &str) -> Tree {
-    Tree {
-        nodes: vec![Node {
-            name: name.as_bytes().to_vec(),
-            kind: NodeKind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            user: None,
-            group: None,
-            mtime: Time::default(),
-            ctime: Time::default(),
-            dev: 0,
-            inode: 0,
-            links: 1,
-            size: 0,
-            content: vec![],
-            subtree: None,
-            link_target: None,
-            xattrs: vec![],
-        }],
-    }
 }
 
 /// Opens a fresh handle, as a new command would, with its cache under `root`.

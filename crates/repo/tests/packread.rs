@@ -16,6 +16,11 @@ use lifeboat_storage::{Kind, MemoryStorage, ObjectKey, Storage};
 use lifeboat_testkit::CountingStorage;
 use lifeboat_testkit::data::pseudo_random;
 
+#[allow(dead_code)]
+#[path = "../../testkit/src/repo.rs"]
+mod fixtures;
+use fixtures::one_file_tree;
+
 struct Fixture {
     mem: MemoryStorage,
     counting: Arc<CountingStorage>,
@@ -221,32 +226,6 @@ async fn tree_repo(
     }
     session.flush().await.unwrap();
     (counting, trees)
-}
-
-/// A tree with one empty file named `name`.
-fn one_file_tree(name: &str) -> lifeboat_repo::Tree {
-    use lifeboat_repo::{Node, NodeKind, Time};
-    lifeboat_repo::Tree {
-        nodes: vec![Node {
-            name: name.as_bytes().to_vec(),
-            kind: NodeKind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            user: None,
-            group: None,
-            mtime: Time::default(),
-            ctime: Time::default(),
-            dev: 0,
-            inode: 0,
-            links: 1,
-            size: 0,
-            content: vec![],
-            subtree: None,
-            link_target: None,
-            xattrs: vec![],
-        }],
-    }
 }
 
 /// Reading many trees costs one request per tree pack, not one per tree

@@ -91,3 +91,30 @@ pub async fn assert_check_ok(repo: &Repository) -> CheckReport {
     assert!(report.is_ok(), "{:?}", report.errors);
     report
 }
+
+/// A tree holding one empty regular file named `name`: distinct names give
+/// distinct tree blobs, for tests that need many small trees.
+pub fn one_file_tree(name: &str) -> lifeboat_repo::Tree {
+    use lifeboat_repo::{Node, NodeKind, Time, Tree};
+    Tree {
+        nodes: vec![Node {
+            name: name.as_bytes().to_vec(),
+            kind: NodeKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            user: None,
+            group: None,
+            mtime: Time::default(),
+            ctime: Time::default(),
+            dev: 0,
+            inode: 0,
+            links: 1,
+            size: 0,
+            content: vec![],
+            subtree: None,
+            link_target: None,
+            xattrs: vec![],
+        }],
+    }
+}

@@ -7,7 +7,6 @@
 //! touching a repository.
 
 use std::fs;
-use std::io::Write;
 
 use lifeboat_repo::Repository;
 use lifeboat_repo::archive::ArchiveName;
@@ -47,22 +46,7 @@ fn history_file(state: &StateDir, plan: &str) -> std::path::PathBuf {
 
 /// Appends `report` to its plan's local drill history (synced).
 pub fn record(state: &StateDir, report: &DrillReport) -> Result<()> {
-    let path = history_file(state, &report.plan);
-    let err = |source| Error::State {
-        path: path.clone(),
-        source,
-    };
-    fs::create_dir_all(path.parent().expect("has a parent")).map_err(err)?;
-    let mut line = serde_json::to_vec(report).expect("reports serialize");
-    line.push(b'\n');
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(err)?;
-    f.write_all(&line)
-        .and_then(|_| f.sync_data())
-        .map_err(err)?;
+    crate::state::append_line(&history_file(state, &report.plan), report)?;
     // The newest drill's summary, which `status`'s RTO line reads
     // (docs/operations.md, "RTO"): a drill whose checks passed counts as
     // `ok` and its measured time is judged against the objective there.

@@ -30,7 +30,7 @@ pub async fn open_source(
 ) -> Result<Arc<Repository>> {
     let t = session::target_at(location, 0)?;
     let storage = session::storage(&t).await?;
-    session::require_repository(&storage)
+    let config = session::require_repository(&storage)
         .await
         .with_context(|| format!("opening the source repository {location}"))?;
     let password = match (password_file, std::env::var("LIFEBOAT_FROM_PASSWORD")) {
@@ -43,7 +43,7 @@ pub async fn open_source(
             _ => session::password(g, &t, false)?,
         },
     };
-    let repo = Repository::open_with(storage, &password, session::local_state())
+    let repo = Repository::open_with_config(storage, config, &password, session::local_state())
         .await
         .with_context(|| format!("opening the source repository {location}"))?
         .with_user_disk_cache();
@@ -77,11 +77,11 @@ pub async fn run(g: &Global, a: CopyArgs) -> Result<i32> {
         None => session::target(g)?,
     };
     let storage = session::storage(&t).await?;
-    session::require_repository(&storage)
+    let config = session::require_repository(&storage)
         .await
         .with_context(|| format!("opening the target repository {}", t.display))?;
     let password = session::password(g, &t, false)?;
-    let target = Repository::open_with(storage, &password, session::local_state())
+    let target = Repository::open_with_config(storage, config, &password, session::local_state())
         .await
         .with_context(|| format!("opening the target repository {}", t.display))?
         .with_user_disk_cache();

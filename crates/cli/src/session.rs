@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use lifeboat_repo::{ColdInit, InitOptions, KdfParams, LocalState, Repository};
-use lifeboat_storage::{DynStorage, Location, ObjectKey, S3Options, open_location};
+use lifeboat_storage::{DynStorage, Location, S3Options, open_location};
 
 use crate::args::{Global, InitArgs};
 use crate::exit::{self, cli_error};
@@ -138,17 +138,12 @@ pub async fn storage(t: &Target) -> Result<DynStorage> {
     Ok(open_location(&t.location).await?)
 }
 
-/// Fails with "no repository" (exit 10) when the storage holds no
-/// repository, so a mistyped location is named as such before any
-/// password is looked for or prompted.
-pub async fn require_repository(storage: &DynStorage) -> Result<()> {
-    if storage.stat(&ObjectKey::config()).await?.is_none() {
-        return Err(lifeboat_repo::Error::NoRepository {
-            location: storage.location(),
-        }
-        .into());
-    }
-    Ok(())
+/// Reads the repository's config, failing with "no repository" (exit 10)
+/// when the storage holds none, so a mistyped location is named as such
+/// before any password is looked for or prompted. The bytes go to
+/// [`Repository::open_with_config`]: the config is fetched once.
+pub async fn require_repository(storage: &DynStorage) -> Result<bytes::Bytes> {
+    Ok(Repository::read_config(storage).await?)
 }
 
 /// Reads the password from the configured source.
@@ -332,9 +327,9 @@ pub async fn open(g: &Global) -> Result<Arc<Repository>> {
 /// the command names one repository (it is that repository's cold tier).
 pub async fn open_target(g: &Global, t: &Target) -> Result<Arc<Repository>> {
     let storage = storage(t).await?;
-    require_repository(&storage).await?;
+    let config = require_repository(&storage).await?;
     let password = password(g, t, false)?;
-    let repo = Repository::open_with(storage, &password, local_state())
+    let repo = Repository::open_with_config(storage, config, &password, local_state())
         .await?
         .with_user_disk_cache();
     tracing::info!(

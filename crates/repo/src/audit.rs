@@ -205,9 +205,9 @@ pub struct LoggedRecord {
 /// cannot be written is logged, never an error of the operation).
 pub async fn append(repo: &Repository, entry: Entry) -> Result<Id> {
     let storage = repo.storage();
-    let mut names: Vec<(u64, Id, ObjectKey, u64)> = storage
-        .list(Kind::Audit)
-        .await?
+    let list = storage.list(Kind::Audit).await?;
+    repo.retain_cached(Kind::Audit, &list);
+    let mut names: Vec<(u64, Id, ObjectKey, u64)> = list
         .into_iter()
         .filter_map(|o| {
             let (h, id) = parse_name(o.key.name())?;
@@ -226,7 +226,10 @@ pub async fn append(repo: &Repository, entry: Entry) -> Result<Id> {
         {
             break;
         }
-        match read_record(repo, &key, id, h, Some(size)).await {
+        // Linking needs only the heads' ids and heights, which the cached
+        // copy (checked against its name) gives as well as the stored one;
+        // `verify` and `log` read the repository's own bytes.
+        match read_record(repo, &key, id, h, Some(size), Via::Cache).await {
             Ok(r) => {
                 top.get_or_insert(h);
                 window.push(r);
@@ -269,12 +272,10 @@ pub async fn append(repo: &Repository, entry: Entry) -> Result<Id> {
     };
     let bytes = record.encode(repo.key());
     let id = Id::of_bytes(&bytes);
-    put_idempotent(
-        storage,
-        &ObjectKey::new(Kind::Audit, object_name(height, &id)),
-        bytes,
-    )
-    .await?;
+    let key = ObjectKey::new(Kind::Audit, object_name(height, &id));
+    put_idempotent(storage, &key, bytes.clone()).await?;
+    // The next append links to this record: keep it for that.
+    repo.cache_copy(&key, &bytes.into()).await;
     let repository = repo.config().repository_id;
     if let Err(e) = Witness::remember(&repository, height, &[id]) {
         tracing::warn!("audit log: cannot update the local witness: {e}");
@@ -292,14 +293,27 @@ pub async fn append_after(repo: &Repository, entry: Entry) {
     }
 }
 
+/// Where [`read_record`] reads from.
+#[derive(Clone, Copy)]
+enum Via {
+    /// The metadata cache when it holds the record, else the storage.
+    Cache,
+    /// Always the storage.
+    Storage,
+}
+
 async fn read_record(
     repo: &Repository,
     key: &ObjectKey,
     id: Id,
     height: u64,
     size: Option<u64>,
+    via: Via,
 ) -> Result<LoggedRecord> {
-    let bytes = get_bounded(repo.storage(), key, size).await?;
+    let bytes = match via {
+        Via::Cache => repo.get_cached(key, size).await?,
+        Via::Storage => get_bounded(repo.storage(), key, size).await?,
+    };
     if Id::of_bytes(&bytes) != id {
         return Err(Error::corrupt(
             key,
@@ -367,7 +381,7 @@ pub async fn read_log(repo: &Repository) -> Result<AuditLog> {
     }
     let read: Vec<(ObjectKey, Result<LoggedRecord>)> = futures::stream::iter(valid)
         .map(|(h, id, key, size)| async move {
-            let r = read_record(repo, &key, id, h, Some(size)).await;
+            let r = read_record(repo, &key, id, h, Some(size), Via::Storage).await;
             (key, r)
         })
         .buffer_unordered(repo.concurrency())

@@ -1,10 +1,12 @@
 //! The local metadata cache: copies of a repository's index objects,
-//! snapshot records and tree packs on the local disk, so that commands on
+//! snapshot records, tree packs and audit records on the local disk (the
+//! audit records only for appending: `audit verify` and `audit log` read
+//! the repository's own), so that commands on
 //! object storage (where each request is a round trip, and many are
 //! billed) read them once per machine instead of once per command. restic
 //! keeps the same three kinds in its cache (restic's design document,
 //! "Local Cache"); the differences are in how a copy is trusted and
-//! dropped.
+//! dropped, and the audit records.
 //!
 //! Why it is safe with several hosts writing the repository:
 //! - every cached object is immutable and named by the BLAKE3 hash of its
@@ -26,7 +28,8 @@
 //! cache. Errors writing the cache are logged and ignored: the cache can
 //! only save requests, never fail a command. Tree packs are bounded by
 //! [`MAX_PACK_BYTES`] (least recently used dropped first); index objects
-//! and snapshot records are kept while the repository has them.
+//! snapshot records and audit records are kept while the repository has
+//! them.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -68,7 +71,7 @@ impl DiskCache {
         }
         let dir = root.join(id.to_hex());
         let made = lifeboat_storage::cachedir::create_cache_dir(root).and_then(|()| {
-            for sub in ["index", "snapshots", "packs"] {
+            for sub in ["index", "snapshots", "packs", "audit"] {
                 lifeboat_storage::cachedir::create_cache_dir(&dir.join(sub))?;
             }
             Ok(())
@@ -93,15 +96,25 @@ impl DiskCache {
             Kind::Index => Some("index"),
             Kind::Snapshots => Some("snapshots"),
             Kind::Packs => Some("packs"),
+            Kind::Audit => Some("audit"),
             _ => None,
+        }
+    }
+
+    /// The hash of the stored bytes an object's name claims: the whole name
+    /// for most kinds, the part after the height for audit records. Names
+    /// come from listings of storage that an attacker may write: only a
+    /// name of this form may become a file name here.
+    fn content_id(key: &ObjectKey) -> Option<Id> {
+        match key.kind() {
+            Kind::Audit => crate::audit::parse_name(key.name()).map(|(_, id)| id),
+            _ => Id::from_hex(key.name()),
         }
     }
 
     fn path(&self, key: &ObjectKey) -> Option<PathBuf> {
         let sub = Self::sub(key.kind())?;
-        // Names come from listings of storage that an attacker may write:
-        // only an id may become a file name here.
-        Id::from_hex(key.name())?;
+        Self::content_id(key)?;
         Some(self.dir.join(sub).join(key.name()))
     }
 
@@ -112,7 +125,7 @@ impl DiskCache {
         let path = self.path(key)?;
         let bytes = std::fs::read(&path).ok()?;
         let fits = listed.is_none_or(|n| n == bytes.len() as u64);
-        if !fits || Id::of_bytes(&bytes).to_hex() != key.name() {
+        if !fits || Some(Id::of_bytes(&bytes)) != Self::content_id(key) {
             tracing::warn!(
                 path = %path.display(),
                 "cached copy of {key} is damaged; deleted, reading the repository's"
@@ -134,7 +147,7 @@ impl DiskCache {
     /// name). Written under a temporary name and renamed.
     pub fn put(&self, key: &ObjectKey, bytes: &[u8]) {
         let Some(path) = self.path(key) else { return };
-        if Id::of_bytes(bytes).to_hex() != key.name() {
+        if Some(Id::of_bytes(bytes)) != Self::content_id(key) {
             return;
         }
         let tmp = path.with_file_name(format!(

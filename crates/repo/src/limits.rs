@@ -17,7 +17,7 @@
 //! reader allocate more than [`MAX_BLOB_LEN`] per blob.
 
 use bytes::Bytes;
-use lifeboat_storage::{DynStorage, Kind, ObjectKey};
+use lifeboat_storage::{BoundedGet, DynStorage, Kind, ObjectKey};
 
 use crate::{Error, Result};
 
@@ -63,16 +63,19 @@ pub fn max_object_len(kind: Kind) -> Option<u64> {
 }
 
 /// The error for an object larger than its kind allows.
-pub(crate) fn too_large(key: &ObjectKey, size: u64, max: u64) -> Error {
+pub(crate) fn too_large(key: &ObjectKey, size: Option<u64>, max: u64) -> Error {
+    let size = size.map_or_else(|| "larger".to_string(), |s| format!("{s} bytes"));
     Error::corrupt(
         key,
-        format!("{size} bytes, more than the {max} bytes such an object may have (not read)"),
+        format!("{size}, more than the {max} bytes such an object may have (not read)"),
     )
 }
 
 /// Reads a whole object after checking its size against its kind's bound:
-/// `listed` is the size a listing gave; without it the size is probed
-/// first (a missing object then fails as the read would, `NotFound`).
+/// `listed` is the size a listing gave; without it the object is read
+/// through [`Storage::get_at_most`](lifeboat_storage::Storage::get_at_most),
+/// which never holds much more than the bound (a missing object fails as a
+/// read would, `NotFound`).
 pub(crate) async fn get_bounded(
     storage: &DynStorage,
     key: &ObjectKey,
@@ -81,19 +84,20 @@ pub(crate) async fn get_bounded(
     let Some(max) = max_object_len(key.kind()) else {
         return Ok(storage.get(key).await?);
     };
-    let size = match listed {
-        Some(size) => Some(size),
-        None => storage.stat(key).await?,
+    let Some(size) = listed else {
+        // No listing: one bounded read instead of a size probe and a read.
+        return match storage.get_at_most(key, max).await? {
+            BoundedGet::Whole(bytes) => Ok(bytes),
+            BoundedGet::TooLarge(size) => Err(too_large(key, size, max)),
+        };
     };
-    if let Some(size) = size
-        && size > max
-    {
-        return Err(too_large(key, size, max));
+    if size > max {
+        return Err(too_large(key, Some(size), max));
     }
     let bytes = storage.get(key).await?;
     // Replaced by a larger object between the listing and the read.
     if bytes.len() as u64 > max {
-        return Err(too_large(key, bytes.len() as u64, max));
+        return Err(too_large(key, Some(bytes.len() as u64), max));
     }
     Ok(bytes)
 }

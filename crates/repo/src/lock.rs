@@ -246,15 +246,28 @@ pub struct FoundLock {
 /// one deleted), so the listing is repeated until it is consistent: skipping
 /// it could miss the live replacement.
 pub async fn list_locks(storage: &DynStorage, key: &MasterKey) -> Result<Vec<FoundLock>> {
+    list_locks_except(storage, key, None).await
+}
+
+/// [`list_locks`] without reading (or returning) `own`: the lock this
+/// process just wrote, whose content it knows.
+async fn list_locks_except(
+    storage: &DynStorage,
+    key: &MasterKey,
+    own: Option<&ObjectKey>,
+) -> Result<Vec<FoundLock>> {
     const ATTEMPTS: usize = 5;
     for _ in 0..ATTEMPTS {
         let mut out = Vec::new();
         let mut vanished = false;
         for obj in storage.list(Kind::Locks).await? {
+            if Some(&obj.key) == own {
+                continue;
+            }
             if obj.size_bytes > MAX_LOCK_LEN {
                 // Not read: refused like an undecodable lock (ignored,
                 // and deleted by prune).
-                let info = Err(too_large(&obj.key, obj.size_bytes, MAX_LOCK_LEN));
+                let info = Err(too_large(&obj.key, Some(obj.size_bytes), MAX_LOCK_LEN));
                 out.push(FoundLock { key: obj.key, info });
                 continue;
             }
@@ -413,11 +426,11 @@ impl RepositoryLock {
         });
         let own = inner.write(now).await?;
         *inner.current.lock().await = own.clone();
-        let conflict = match list_locks(&inner.storage, &inner.key).await {
+        let conflict = match list_locks_except(&inner.storage, &inner.key, Some(&own)).await {
             Ok(found) => Ok(found.into_iter().find_map(|l| {
                 let info = l.info.ok()?;
                 let incompatible = kind == LockKind::Exclusive || info.kind == LockKind::Exclusive;
-                (l.key != own && incompatible && !options.is_stale(&info)).then_some(info)
+                (incompatible && !options.is_stale(&info)).then_some(info)
             })),
             Err(e) => Err(e),
         };

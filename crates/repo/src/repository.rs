@@ -14,7 +14,7 @@
 //! use, so commands that only read trees (listing, `ls`, `find`, `diff`,
 //! `forget`) never contact it at all.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -118,6 +118,10 @@ pub struct Repository {
     /// Readers in flight that must see the repository's own bytes, not
     /// cached copies ([`Repository::bypass_cache`]).
     cache_bypass: std::sync::atomic::AtomicUsize,
+    /// Snapshot records this handle listed or wrote, with their stored
+    /// sizes: a lookup by full id then needs no size probe (the record
+    /// itself usually comes from the metadata cache).
+    known_records: std::sync::Mutex<HashMap<Id, u64>>,
 }
 
 /// While alive, reads of its repository skip the metadata cache
@@ -242,6 +246,7 @@ impl Repository {
             tree_packs: TreePacks::default(),
             disk_cache: None,
             cache_bypass: Default::default(),
+            known_records: Default::default(),
             cold,
             local,
             skip_damaged: false,
@@ -269,14 +274,32 @@ impl Repository {
         password: &[u8],
         local: Option<LocalState>,
     ) -> Result<Self> {
-        let config_bytes = match get_bounded(&storage, &ObjectKey::config(), None).await {
-            Err(e) if e.storage_kind() == Some(ErrorKind::NotFound) => {
-                return Err(Error::NoRepository {
-                    location: storage.location(),
-                });
-            }
-            r => r?,
-        };
+        let config_bytes = Self::read_config(&storage).await?;
+        Self::open_with_config(storage, config_bytes, password, local).await
+    }
+
+    /// The stored config of the repository at `storage` (size-bounded, one
+    /// request), or [`Error::NoRepository`] when there is none: a caller
+    /// that must name a wrong location before asking for a password reads
+    /// it first and passes it to [`Repository::open_with_config`], so the
+    /// config is fetched once.
+    pub async fn read_config(storage: &DynStorage) -> Result<Bytes> {
+        match get_bounded(storage, &ObjectKey::config(), None).await {
+            Err(e) if e.storage_kind() == Some(ErrorKind::NotFound) => Err(Error::NoRepository {
+                location: storage.location(),
+            }),
+            r => r,
+        }
+    }
+
+    /// [`Repository::open_with`], with the config already read by
+    /// [`Repository::read_config`] from the same storage.
+    pub async fn open_with_config(
+        storage: DynStorage,
+        config_bytes: Bytes,
+        password: &[u8],
+        local: Option<LocalState>,
+    ) -> Result<Self> {
         Config::check_version(&config_bytes)?;
         let hint = local.as_ref().and_then(|l| l.key_hint(&config_bytes));
         let mut keys = storage.list(Kind::Keys).await?;
@@ -743,7 +766,7 @@ impl Repository {
 
     /// Drops cached objects of `kind` that `listing` (the repository's,
     /// just read) no longer names.
-    fn retain_cached(&self, kind: Kind, listing: &[ObjectInfo]) {
+    pub(crate) fn retain_cached(&self, kind: Kind, listing: &[ObjectInfo]) {
         if let Some(cache) = &self.disk_cache {
             let live = listing.iter().map(|i| i.key.name()).collect();
             cache.retain(kind, &live);
@@ -854,6 +877,10 @@ impl Repository {
     pub async fn snapshot_listing(&self) -> Result<SnapshotListing> {
         let list = self.storage.list(Kind::Snapshots).await?;
         self.retain_cached(Kind::Snapshots, &list);
+        *self.known_records.lock().unwrap() = list
+            .iter()
+            .filter_map(|i| Some((Id::from_hex(i.key.name())?, i.size_bytes)))
+            .collect();
         let read: Vec<(ObjectKey, Result<Snapshot>)> = futures::stream::iter(list)
             .map(|info| async move {
                 let r = self
@@ -915,6 +942,12 @@ impl Repository {
     /// Adds a snapshot this process wrote to the high-water mark, and drops
     /// the ones it forgot.
     pub(crate) fn note_snapshots_changed(&self, added: &[Id], removed: &[Id]) {
+        {
+            let mut known = self.known_records.lock().unwrap();
+            for id in removed {
+                known.remove(id);
+            }
+        }
         let Some(local) = &self.local else { return };
         let mut known = local.known_snapshots(&self.config_bytes);
         known.extend(added.iter().copied());
@@ -969,7 +1002,12 @@ impl Repository {
         // damaged rather than as missing.
         if let Some(id) = Id::from_hex(query) {
             let key = ObjectKey::new(Kind::Snapshots, id.to_hex());
-            if let Some(size) = self.storage.stat(&key).await? {
+            let known = self.known_records.lock().unwrap().get(&id).copied();
+            let size = match known {
+                Some(size) => Some(size),
+                None => self.storage.stat(&key).await?,
+            };
+            if let Some(size) = size {
                 return self.read_snapshot_key(&key, Some(size)).await;
             }
         }
@@ -981,11 +1019,20 @@ impl Repository {
     /// repository's locations are still there ([`Repository::verify_locations`]).
     pub async fn write_snapshot(&self, record: &SnapshotRecord) -> Result<Id> {
         self.verify_locations().await?;
+        self.put_snapshot_record(record).await
+    }
+
+    /// Writes a snapshot record without [`Repository::verify_locations`],
+    /// for a caller that has just run it (a write session checks the
+    /// locations, then its lock, then writes).
+    pub(crate) async fn put_snapshot_record(&self, record: &SnapshotRecord) -> Result<Id> {
         let bytes = record.encode(&self.key);
         let id = Id::of_bytes(&bytes);
         let key = ObjectKey::new(Kind::Snapshots, id.to_hex());
+        let size = bytes.len() as u64;
         put_idempotent(&self.storage, &key, bytes.clone()).await?;
         self.cache_copy(&key, &bytes.into()).await;
+        self.known_records.lock().unwrap().insert(id, size);
         self.note_snapshots_changed(&[id], &[]);
         Ok(id)
     }
@@ -996,6 +1043,8 @@ impl Repository {
         let key = ObjectKey::new(Kind::Index, id.to_hex());
         put_idempotent(&self.storage, &key, bytes.clone()).await?;
         self.cache_copy(&key, &bytes.into()).await;
+        // The next reader of the index must see this object.
+        self.invalidate_index().await;
         Ok(id)
     }
 }

@@ -75,6 +75,8 @@ pub async fn retag(
     repo.storage()
         .delete(&ObjectKey::new(Kind::Snapshots, snapshot.id.to_hex()))
         .await?;
+    // Replaced, not vanished: no rollback warning for the old id later.
+    repo.note_snapshots_changed(&[], &[snapshot.id]);
     Ok(Some(Snapshot { id, record }))
 }
 

@@ -396,7 +396,8 @@ impl WriteSession {
             release(lock).await;
             return Err(e);
         }
-        shared.repo.invalidate_index().await;
+        // Each index object written invalidated the handle's cached index
+        // (`Repository::write_index`); a session that added nothing keeps it.
         Ok((shared, lock))
     }
 
@@ -421,7 +422,7 @@ impl WriteSession {
             (Ok(()), None) => Ok(()),
         };
         let written = match verified {
-            Ok(()) => shared.repo.write_snapshot(&record).await,
+            Ok(()) => shared.repo.put_snapshot_record(&record).await,
             Err(e) => Err(e),
         };
         release(lock).await;

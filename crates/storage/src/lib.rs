@@ -53,6 +53,16 @@ pub struct Capabilities {
     pub round_trips: bool,
 }
 
+/// What [`Storage::get_at_most`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoundedGet {
+    /// The whole object, no larger than the bound.
+    Whole(Bytes),
+    /// The object is larger than the bound and was not read whole; its size
+    /// when the backend learnt it without reading.
+    TooLarge(Option<u64>),
+}
+
 /// A store of named, immutable objects.
 ///
 /// # Contract
@@ -91,6 +101,27 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     async fn put(&self, key: &ObjectKey, data: Bytes) -> Result<()>;
     async fn get(&self, key: &ObjectKey) -> Result<Bytes>;
     async fn get_range(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Bytes>;
+    /// Reads the object whole if it holds at most `max` bytes, without ever
+    /// holding much more than `max` bytes of it: objects anyone with write
+    /// access may have planted are read this way (a missing key fails with
+    /// [`ErrorKind::NotFound`], as `get`). The default asks for the size
+    /// first; backends where every request is a round trip stream the
+    /// object in one request and stop reading past the bound.
+    async fn get_at_most(&self, key: &ObjectKey, max: u64) -> Result<BoundedGet> {
+        match self.stat(key).await? {
+            None => Err(Error::not_found(key)),
+            Some(size) if size > max => Ok(BoundedGet::TooLarge(Some(size))),
+            Some(_) => {
+                let bytes = self.get(key).await?;
+                // Replaced by a larger object between the two requests.
+                Ok(if bytes.len() as u64 > max {
+                    BoundedGet::TooLarge(Some(bytes.len() as u64))
+                } else {
+                    BoundedGet::Whole(bytes)
+                })
+            }
+        }
+    }
     /// Size of the object, or `None` if it does not exist.
     async fn stat(&self, key: &ObjectKey) -> Result<Option<u64>>;
     async fn list(&self, kind: Kind) -> Result<Vec<ObjectInfo>>;

@@ -42,10 +42,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::TryStreamExt;
 use opendal::layers::TimeoutLayer;
 use opendal::{ErrorKind as OdErrorKind, Operator};
 
-use crate::{Capabilities, Error, ErrorKind, Kind, ObjectInfo, ObjectKey, Result, Storage};
+use crate::{
+    BoundedGet, Capabilities, Error, ErrorKind, Kind, ObjectInfo, ObjectKey, Result, Storage,
+};
 
 /// Region used when neither the options nor `AWS_REGION` name one. AWS itself
 /// needs the bucket's real region, but S3-compatible servers (MinIO, Garage,
@@ -763,6 +766,29 @@ impl Storage for OpendalStorage {
                     Some(key),
                 )
             })
+    }
+
+    /// One streamed GET, dropped as soon as it passes the bound: no size
+    /// request first (a HEAD is a round trip of its own), and a planted
+    /// huge object costs at most `max` bytes of memory and transfer.
+    async fn get_at_most(&self, key: &ObjectKey, max: u64) -> Result<BoundedGet> {
+        let context = || format!("reading {key} from {}", self.location);
+        let stream = async { self.op.reader(&key.path()).await?.into_stream(..).await };
+        let mut stream = stream.await.map_err(|e| map_err(e, context(), Some(key)))?;
+        let mut out: Vec<u8> = Vec::new();
+        while let Some(chunk) = stream
+            .try_next()
+            .await
+            .map_err(|e| map_err(e, context(), Some(key)))?
+        {
+            if (out.len() + chunk.len()) as u64 > max {
+                return Ok(BoundedGet::TooLarge(None));
+            }
+            for part in chunk {
+                out.extend_from_slice(&part);
+            }
+        }
+        Ok(BoundedGet::Whole(Bytes::from(out)))
     }
 
     async fn get_range(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Bytes> {

@@ -16,7 +16,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::{
-    Capabilities, DynStorage, Error, ErrorKind, Kind, ObjectInfo, ObjectKey, Result, Storage,
+    BoundedGet, Capabilities, DynStorage, Error, ErrorKind, Kind, ObjectInfo, ObjectKey, Result,
+    Storage,
 };
 
 /// How hard to retry a transient failure.
@@ -190,6 +191,12 @@ impl Storage for RetryStorage {
     async fn get_range(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Bytes> {
         self.policy
             .run("get_range", || self.inner.get_range(key, offset, len))
+            .await
+    }
+
+    async fn get_at_most(&self, key: &ObjectKey, max: u64) -> Result<BoundedGet> {
+        self.policy
+            .run("get", || self.inner.get_at_most(key, max))
             .await
     }
 

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use lifeboat_storage::{DynStorage, ErrorKind, Kind, ObjectKey, Result, Storage};
+use lifeboat_storage::{BoundedGet, DynStorage, ErrorKind, Kind, ObjectKey, Result, Storage};
 
 /// Size of the large-object check: above S3's 5 MiB multipart threshold and
 /// OpenDAL's default chunk sizes, and deliberately not a multiple of any
@@ -150,6 +150,11 @@ pub async fn missing_objects_are_not_found(s: &dyn Storage) {
             .get_range(&k, 0, 1)
             .await
             .expect_err(&format!("{loc}: get_range of missing {k}"));
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{loc}: {err}");
+        let err = s
+            .get_at_most(&k, 1024)
+            .await
+            .expect_err(&format!("{loc}: get_at_most of missing {k}"));
         assert_eq!(err.kind(), ErrorKind::NotFound, "{loc}: {err}");
         assert_eq!(ok(&loc, "stat", s.stat(&k).await), None, "{loc}: stat({k})");
     }
@@ -350,6 +355,11 @@ pub async fn empty_object(s: &dyn Storage) {
         "{loc}: list(Index) with one empty object: {listed:?}"
     );
     assert!(ok(&loc, "get_range", s.get_range(&k, 0, 0).await).is_empty());
+    assert_eq!(
+        ok(&loc, "get_at_most", s.get_at_most(&k, 0).await),
+        BoundedGet::Whole(Bytes::new()),
+        "{loc}: get_at_most({k}, 0) of an empty object"
+    );
     let err = s
         .get_range(&k, 0, 1)
         .await
@@ -382,6 +392,26 @@ pub async fn large_object(s: &dyn Storage) {
         "{loc}: large {k} came back as {} different bytes",
         got.len()
     );
+    // A bounded read returns the whole object at its size, and refuses it
+    // one byte below (without reading it whole) and far below.
+    match ok(&loc, "get_at_most", s.get_at_most(&k, len).await) {
+        BoundedGet::Whole(got) => assert!(got == data, "{loc}: get_at_most({k}, {len})"),
+        other => panic!("{loc}: get_at_most({k}, {len}) of a {len}-byte object: {other:?}"),
+    }
+    for max in [len - 1, 1024] {
+        match ok(&loc, "get_at_most", s.get_at_most(&k, max).await) {
+            BoundedGet::TooLarge(size) => assert!(
+                size.is_none_or(|n| n == len),
+                "{loc}: get_at_most({k}, {max}) says the size is {size:?}, not {len}"
+            ),
+            BoundedGet::Whole(got) => {
+                panic!(
+                    "{loc}: get_at_most({k}, {max}) returned {} bytes",
+                    got.len()
+                )
+            }
+        }
+    }
     for (offset, n) in [(7 * 1024 * 1024 - 3, 3 * 1024 * 1024), (len - 100, 100)] {
         let got = ok(&loc, "get_range", s.get_range(&k, offset, n).await);
         assert!(

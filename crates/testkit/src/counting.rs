@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use lifeboat_storage::{Capabilities, DynStorage, Kind, ObjectInfo, ObjectKey, Result, Storage};
+use lifeboat_storage::{
+    BoundedGet, Capabilities, DynStorage, Kind, ObjectInfo, ObjectKey, Result, Storage,
+};
 
 /// Calls seen so far, by operation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,6 +47,8 @@ pub struct CountingStorage {
     inner: DynStorage,
     counters: Counters,
     read_keys: Mutex<BTreeSet<ObjectKey>>,
+    /// Every call as (operation, object kind), in order.
+    calls: Mutex<Vec<(&'static str, Kind)>>,
 }
 
 impl CountingStorage {
@@ -53,6 +57,7 @@ impl CountingStorage {
             inner,
             counters: Counters::default(),
             read_keys: Mutex::new(BTreeSet::new()),
+            calls: Mutex::new(Vec::new()),
         }
     }
 
@@ -73,6 +78,32 @@ impl CountingStorage {
         self.read_keys.lock().unwrap().clone()
     }
 
+    /// How many calls of `op` ("put", "get" for whole or bounded reads,
+    /// "get_range", "stat", "list", "delete") concerned objects of `kind`.
+    pub fn calls(&self, op: &str, kind: Kind) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(o, k)| *o == op && *k == kind)
+            .count()
+    }
+
+    /// Every call so far as "op kind" lines, for a failing assertion's
+    /// message.
+    pub fn call_log(&self) -> String {
+        let calls = self.calls.lock().unwrap();
+        calls
+            .iter()
+            .map(|(o, k)| format!("{o} {}", k.dir()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn call(&self, op: &'static str, kind: Kind) {
+        self.calls.lock().unwrap().push((op, kind));
+    }
+
     /// Starts counting from zero again.
     pub fn reset(&self) {
         let c = &self.counters;
@@ -80,6 +111,7 @@ impl CountingStorage {
             n.store(0, Ordering::SeqCst);
         }
         self.read_keys.lock().unwrap().clear();
+        self.calls.lock().unwrap().clear();
     }
 
     fn read(&self, key: &ObjectKey, bytes: u64) {
@@ -101,33 +133,51 @@ impl Storage for CountingStorage {
 
     async fn put(&self, key: &ObjectKey, data: Bytes) -> Result<()> {
         self.counters.put.fetch_add(1, Ordering::SeqCst);
+        self.call("put", key.kind());
         self.inner.put(key, data).await
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
+        self.call("get", key.kind());
         let r = self.inner.get(key).await;
         self.read(key, r.as_ref().map_or(0, |b| b.len() as u64));
         r
     }
 
     async fn get_range(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Bytes> {
+        self.call("get_range", key.kind());
         let r = self.inner.get_range(key, offset, len).await;
         self.read(key, r.as_ref().map_or(0, |b| b.len() as u64));
         r
     }
 
+    /// Forwarded as one read (what a round-trip backend makes of it).
+    async fn get_at_most(&self, key: &ObjectKey, max: u64) -> Result<BoundedGet> {
+        self.call("get", key.kind());
+        let r = self.inner.get_at_most(key, max).await;
+        let len = match &r {
+            Ok(BoundedGet::Whole(b)) => b.len() as u64,
+            _ => 0,
+        };
+        self.read(key, len);
+        r
+    }
+
     async fn stat(&self, key: &ObjectKey) -> Result<Option<u64>> {
         self.counters.stat.fetch_add(1, Ordering::SeqCst);
+        self.call("stat", key.kind());
         self.inner.stat(key).await
     }
 
     async fn list(&self, kind: Kind) -> Result<Vec<ObjectInfo>> {
         self.counters.list.fetch_add(1, Ordering::SeqCst);
+        self.call("list", kind);
         self.inner.list(kind).await
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<()> {
         self.counters.delete.fetch_add(1, Ordering::SeqCst);
+        self.call("delete", key.kind());
         self.inner.delete(key).await
     }
 

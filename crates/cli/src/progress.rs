@@ -231,9 +231,7 @@ mod tests {
                 std::fs::write(src.path().join("new"), b"a new file").unwrap();
             }
             let bar = Arc::new(Bar::new(false, "backup"));
-            let outcome = backup(repo.clone(), &options, bar.clone())
-                .await
-                .unwrap();
+            let outcome = backup(repo.clone(), &options, bar.clone()).await.unwrap();
             let s = &outcome.snapshot.record.summary;
             let (files, _, bytes, _) = bar.numbers();
             assert_eq!(

@@ -210,6 +210,38 @@ mod tests {
         assert_eq!((total_files, total_bytes), (files, bytes));
     }
 
+    /// The backup bar's last numbers are the summary's: files and bytes of
+    /// the snapshot, for a first (full) backup and for an incremental one
+    /// where unchanged, changed and new files are counted each their way.
+    #[tokio::test]
+    async fn backup_bar_ends_at_the_summarys_numbers() {
+        let (_storage, repo) = lifeboat_testkit::repo::memory_repo().await;
+        let src = tempfile::tempdir().unwrap();
+        for i in 0..30u64 {
+            let data = lifeboat_testkit::data::pseudo_random(20_000 + i as usize * 991, i);
+            std::fs::write(src.path().join(format!("f{i}")), data).unwrap();
+        }
+        let options = BackupOptions {
+            paths: vec![src.path().to_path_buf()],
+            ..Default::default()
+        };
+        for round in 0..2u64 {
+            if round == 1 {
+                std::fs::write(src.path().join("f3"), b"changed").unwrap();
+                std::fs::write(src.path().join("new"), b"a new file").unwrap();
+            }
+            let bar = Arc::new(Bar::new(false, "backup"));
+            let outcome = backup(repo.clone(), &options, bar.clone()).await.unwrap();
+            let s = &outcome.snapshot.record.summary;
+            let (files, _, bytes, _) = bar.numbers();
+            assert_eq!(
+                (files, bytes),
+                (s.total_files, s.total_bytes),
+                "round {round}: the bar's last numbers are the summary's ({s:?})"
+            );
+        }
+    }
+
     #[test]
     fn check_bar_counts_packs_not_bytes() {
         let bar = Bar::counting(false, "check", "packs");

@@ -408,6 +408,53 @@ fn a_signal_stops_a_backup_and_releases_its_lock() {
     lb.ok(["prune"]);
 }
 
+/// `backup --retry-lock` waits out a prune (an exclusive lock, held here
+/// through the library as a running prune holds it) instead of exiting 17,
+/// so a scheduled backup survives a prune that overlaps it.
+#[test]
+fn backup_with_retry_lock_waits_for_a_prune() {
+    use lifeboat_repo::lock::{LockKind, LockOptions, RepositoryLock};
+    let lb = Lifeboat::init();
+    let src = make_source(&lb, "src");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let prune = rt.block_on(async {
+        let storage = std::sync::Arc::new(lifeboat_storage::LocalStorage::new(lb.repo.clone()));
+        let repo = lifeboat_repo::Repository::open(storage, PASSWORD.as_bytes())
+            .await
+            .unwrap();
+        RepositoryLock::acquire(&repo, LockKind::Exclusive, &LockOptions::default())
+            .await
+            .unwrap()
+    });
+    let backup = |extra: &[&str]| {
+        let mut c = lb.std_cmd();
+        c.arg("-v").arg("backup").args(extra).arg(&src);
+        c
+    };
+    let out = backup(&[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(17), "{}", describe(&out));
+    let mut waiting = backup(&["--retry-lock", "10m"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(waiting.stderr.take().unwrap());
+    let mut said = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+        assert!(n > 0, "backup ended without waiting: {said}");
+        said.push_str(&line);
+        if line.contains("waiting (--retry-lock)") {
+            break;
+        }
+    }
+    rt.block_on(prune.release()).unwrap();
+    let status = waiting.wait().unwrap();
+    assert!(status.success(), "backup --retry-lock: {status}: {said}");
+    assert_eq!(lb.snapshots().len(), 1);
+}
+
 /// `prune --retry-lock` waits out a running backup instead of exiting 17.
 #[test]
 fn prune_with_retry_lock_waits_for_a_backup() {

@@ -35,25 +35,6 @@ fn skip_reason(line: &str) -> Option<&'static str> {
         ("...", "elided arguments"),
         ("cargo install", "builds and installs the binary"),
         (
-            "pg backup",
-            "needs a PostgreSQL cluster to copy (tests/pg.rs)",
-        ),
-        ("pg restore", "starts a PostgreSQL server (tests/pg.rs)"),
-        ("pg dump", "needs a database to dump (tests/pg.rs)"),
-        (
-            "pg wal-push",
-            "runs as PostgreSQL's archive_command (tests/pg.rs)",
-        ),
-        (
-            "pg check",
-            "needs a running PostgreSQL server (tests/pg.rs)",
-        ),
-        (
-            "-- pg_dump",
-            "needs a database to dump (cli.rs runs --stdin-from-command \
-             with commands that fail and succeed)",
-        ),
-        (
             "config check",
             "reads the operations config in /etc/lifeboat (ops.rs checks \
              the minimal config and the shipped example)",
@@ -84,21 +65,25 @@ fn skip_reason(line: &str) -> Option<&'static str> {
         .map(|(_, why)| *why)
 }
 
-/// The `lifeboat ...` command lines of the ```sh blocks of `text`, with
-/// continuation lines joined and comments, redirections and the other
-/// parts of a pipeline cut off.
-fn command_lines(text: &str) -> Vec<String> {
+/// The ```sh blocks of `text`, each as its `lifeboat ...` command lines
+/// and `export NAME=VALUE ...` lines, with continuation lines joined and
+/// comments, redirections and the other parts of a pipeline cut off.
+fn blocks(text: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
-    let mut in_sh = false;
+    let mut block: Option<Vec<String>> = None;
     let mut pending = String::new();
     for line in text.lines() {
         if line.starts_with("```") {
-            in_sh = !in_sh && line.trim() == "```sh";
+            match block.take() {
+                Some(done) => out.push(done),
+                None if line.trim() == "```sh" => block = Some(Vec::new()),
+                None => {}
+            }
             continue;
         }
-        if !in_sh {
+        let Some(lines) = block.as_mut() else {
             continue;
-        }
+        };
         let line = line.trim();
         if let Some(cont) = line.strip_suffix('\\') {
             pending.push_str(cont);
@@ -108,6 +93,10 @@ fn command_lines(text: &str) -> Vec<String> {
         let full = format!("{pending}{line}");
         pending.clear();
         if full.starts_with('#') {
+            continue;
+        }
+        if full.starts_with("export ") {
+            lines.push(full);
             continue;
         }
         let Some(start) = full.find("lifeboat ") else {
@@ -124,9 +113,26 @@ fn command_lines(text: &str) -> Vec<String> {
                 cmd = &cmd[..i];
             }
         }
-        out.push(cmd.trim().to_string());
+        lines.push(cmd.trim().to_string());
     }
     out
+}
+
+/// Every line of [`blocks`], in document order.
+fn command_lines(text: &str) -> Vec<String> {
+    blocks(text).into_iter().flatten().collect()
+}
+
+/// Whether a block is a PostgreSQL story (it runs `lifeboat pg ...`): its
+/// lines run against a throwaway cluster in
+/// [`the_postgresql_lines_run_against_a_throwaway_cluster`], as do lines
+/// that run `pg_dump`.
+fn is_pg_block(block: &[String]) -> bool {
+    block.iter().any(|l| l.contains(" pg "))
+}
+
+fn needs_pg(line: &str) -> bool {
+    line.contains("pg_dump")
 }
 
 /// Splits a command line like sh (single and double quotes, no
@@ -207,38 +213,53 @@ impl World {
 
     /// `word` with an absolute path or `~` moved into the world.
     fn map(&self, word: &str) -> String {
-        // The cold-tier example's repository is /srv/backup, the parent
-        // of the other examples' /srv/backup/repo: two separate examples,
-        // one scratch world, so it gets its own place.
-        if word == "/srv/backup" {
-            return self
-                .fs
-                .join("srv/cold-example")
-                .to_string_lossy()
-                .into_owned();
-        }
-        let moved = |p: &str| -> String {
-            let rel = p.trim_start_matches('/');
-            self.fs.join(rel).to_string_lossy().into_owned()
-        };
-        if word == "~" {
-            return self.home().to_string_lossy().into_owned();
-        }
-        if let Some(rest) = word.strip_prefix("~/") {
-            return self.home().join(rest).to_string_lossy().into_owned();
-        }
-        if word.starts_with('/') {
-            return moved(word);
-        }
-        // SNAPSHOT:/SUBPATH (`latest:/home/ann`): the subpath moves too.
-        if let Some((snapshot, sub)) = word.split_once(':')
-            && sub.starts_with('/')
-            && !sub.starts_with("//")
-        {
-            return format!("{snapshot}:{}", moved(sub));
-        }
-        word.to_string()
+        map_word(&self.fs, word)
     }
+}
+
+/// `word` with an absolute path or `~` moved under `fs` (`~` is
+/// `fs/home/you`).
+fn map_word(fs: &Path, word: &str) -> String {
+    // The cold-tier example's repository is /srv/backup, the parent of the
+    // other examples' /srv/backup/repo: two separate examples, one scratch
+    // world, so it gets its own place.
+    if word == "/srv/backup" {
+        return fs.join("srv/cold-example").to_string_lossy().into_owned();
+    }
+    let moved = |p: &str| -> String {
+        let rel = p.trim_start_matches('/');
+        fs.join(rel).to_string_lossy().into_owned()
+    };
+    let home = fs.join("home/you");
+    if word == "~" {
+        return home.to_string_lossy().into_owned();
+    }
+    if let Some(rest) = word.strip_prefix("~/") {
+        return home.join(rest).to_string_lossy().into_owned();
+    }
+    if word.starts_with('/') {
+        return moved(word);
+    }
+    // SNAPSHOT:/SUBPATH (`latest:/home/ann`): the subpath moves too.
+    if let Some((snapshot, sub)) = word.split_once(':')
+        && sub.starts_with('/')
+        && !sub.starts_with("//")
+    {
+        return format!("{snapshot}:{}", moved(sub));
+    }
+    word.to_string()
+}
+
+/// The `NAME=VALUE` pairs of an `export` line, values moved by `map`.
+fn exports(line: &str, map: impl Fn(&str) -> String) -> Vec<(String, String)> {
+    words(line)
+        .iter()
+        .skip(1)
+        .map(|w| {
+            let (name, value) = w.split_once('=').expect("export NAME=VALUE");
+            (name.to_string(), map(value))
+        })
+        .collect()
 }
 
 #[test]
@@ -251,39 +272,53 @@ fn every_documented_command_runs_as_printed() {
         // /tmp/restored): one world each.
         let world = World::new();
         let text = std::fs::read_to_string(root.join(doc)).unwrap();
-        let lines = command_lines(&text);
-        assert!(!lines.is_empty(), "no command lines found in {doc}");
-        for line in lines {
-            if let Some(why) = skip_reason(&line) {
-                eprintln!("skipped ({why}): {line}");
-                continue;
-            }
-            let words = words(&line);
-            assert_eq!(words[0], "lifeboat", "{line}");
-            let args: Vec<String> = words[1..].iter().map(|w| world.map(w)).collect();
-            // The password: the default repository's own file, as in the
-            // README's first-use flow, unless the line names a repository
-            // (then LIFEBOAT_PASSWORD, as the examples' set-up assumes).
-            let names_repo = words
-                .iter()
-                .any(|w| ["-r", "--repo", "--from", "--to"].contains(&w.as_str()));
-            let mut cmd = world.lb.bare_cmd();
-            if names_repo {
-                cmd.env("LIFEBOAT_PASSWORD", &world.lb.password);
-            }
-            let out = cmd
-                .env("HOME", world.home())
-                .args(&args)
-                .write_stdin("a stream for --stdin\n")
-                .output()
-                .unwrap();
-            assert_no_panic(&out);
-            ran += 1;
-            match out.status.code() {
-                Some(0) => {}
-                // An example id, or a path the latest snapshot lacks.
-                Some(16) => eprintln!("ran (16, example data): {line}"),
-                _ => failures.push(format!("{doc}: {line}\n  {}", describe(&out))),
+        let blocks = blocks(&text);
+        assert!(!blocks.is_empty(), "no command lines found in {doc}");
+        for block in blocks {
+            // An `export` holds for the rest of its block.
+            let mut env = Vec::new();
+            let pg_block = is_pg_block(&block);
+            for line in block {
+                if pg_block || needs_pg(&line) {
+                    eprintln!("runs in the PostgreSQL test: {line}");
+                    continue;
+                }
+                if line.starts_with("export ") {
+                    env.extend(exports(&line, |v| world.map(v)));
+                    continue;
+                }
+                if let Some(why) = skip_reason(&line) {
+                    eprintln!("skipped ({why}): {line}");
+                    continue;
+                }
+                let words = words(&line);
+                assert_eq!(words[0], "lifeboat", "{line}");
+                let args: Vec<String> = words[1..].iter().map(|w| world.map(w)).collect();
+                // The password: the default repository's own file, as in the
+                // README's first-use flow, unless the line names a repository
+                // (then LIFEBOAT_PASSWORD, as the examples' set-up assumes).
+                let names_repo = words
+                    .iter()
+                    .any(|w| ["-r", "--repo", "--from", "--to"].contains(&w.as_str()));
+                let mut cmd = world.lb.bare_cmd();
+                if names_repo {
+                    cmd.env("LIFEBOAT_PASSWORD", &world.lb.password);
+                }
+                let out = cmd
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .env("HOME", world.home())
+                    .args(&args)
+                    .write_stdin("a stream for --stdin\n")
+                    .output()
+                    .unwrap();
+                assert_no_panic(&out);
+                ran += 1;
+                match out.status.code() {
+                    Some(0) => {}
+                    // An example id, or a path the latest snapshot lacks.
+                    Some(16) => eprintln!("ran (16, example data): {line}"),
+                    _ => failures.push(format!("{doc}: {line}\n  {}", describe(&out))),
+                }
             }
         }
     }
@@ -309,4 +344,154 @@ fn command_lines_are_extracted_like_sh_reads_them() {
         words("lifeboat -r 'b c' find '*.sql'"),
         vec!["lifeboat", "-r", "b c", "find", "*.sql"]
     );
+}
+
+/// The README's PostgreSQL story, run as printed by the `postgres` user
+/// against a throwaway cluster (`lifeboat_testkit::postgres`): the
+/// cluster archives with the README's own `archive_command` (its paths
+/// moved into a scratch world), `postgresql://postgres@/...` reaches it
+/// through `PGHOST`/`PGPORT` as libpq would, the example's
+/// `--target-time` becomes a time between two commits, and the example
+/// ports become free ones. Every line must succeed, and the restored
+/// servers must hold what they should.
+#[test]
+fn the_postgresql_lines_run_against_a_throwaway_cluster() {
+    use lifeboat_testkit::postgres::{
+        PgCluster, PgOptions, as_postgres, chown_postgres, free_port, pg_tempdir,
+    };
+    if !lifeboat_testkit::postgres::available() {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("../../README.md")).unwrap();
+    let lines: Vec<String> = blocks(&text)
+        .into_iter()
+        .flat_map(|b| {
+            if is_pg_block(&b) {
+                b
+            } else {
+                b.into_iter().filter(|l| needs_pg(l)).collect()
+            }
+        })
+        .collect();
+    assert!(
+        lines.iter().filter(|l| l.contains(" pg ")).count() >= 5,
+        "the README's PostgreSQL block is gone: {lines:?}"
+    );
+
+    // The world, owned by postgres, with the binary in it (the postgres
+    // user cannot reach the build directory).
+    let dir = pg_tempdir();
+    let fs = dir.path().join("fs");
+    let bin = dir.path().join("lifeboat");
+    std::fs::copy(env!("CARGO_BIN_EXE_lifeboat"), &bin).expect("copy binary");
+    let map = |w: &str| map_word(&fs, w);
+    write(
+        map("/etc/lifeboat/pg.password"),
+        "a password made once for the PostgreSQL repository\n",
+    );
+    std::fs::create_dir_all(map("/srv")).unwrap();
+    std::fs::create_dir_all(map("/home/you")).unwrap();
+    chown_postgres(dir.path());
+
+    // The cluster archives with the README's archive_command.
+    let archive_command = text
+        .lines()
+        .find_map(|l| l.split_once("archive_command = '")?.1.strip_suffix('\''))
+        .expect("the README shows an archive_command");
+    let archive_words = words(archive_command);
+    assert_eq!(archive_words[0], "lifeboat", "{archive_command}");
+    let archive_command = std::iter::once(bin.to_string_lossy().into_owned())
+        .chain(archive_words[1..].iter().map(|w| map(w)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let Some(pg) = PgCluster::start(&PgOptions {
+        archive_command: Some(archive_command),
+        extra_conf: vec![],
+    }) else {
+        return;
+    };
+    for db in ["app", "mydb"] {
+        pg.psql("postgres", &format!("CREATE DATABASE {db}"));
+    }
+    pg.psql(
+        "app",
+        "CREATE TABLE t (v text); INSERT INTO t VALUES ('kept')",
+    );
+
+    let mut target_time = None;
+    let mut restored = Vec::new();
+    let mut env: Vec<(String, String)> = Vec::new();
+    for line in &lines {
+        if line.starts_with("export ") {
+            env.extend(exports(line, map));
+            continue;
+        }
+        let words = words(line);
+        assert_eq!(words[0], "lifeboat", "{line}");
+        let mut args: Vec<String> = words[1..].iter().map(|w| map(w)).collect();
+        let mut port = None;
+        for i in 1..args.len() {
+            let flag = args[i - 1].as_str();
+            if flag == "--target-time" {
+                args[i] = target_time
+                    .clone()
+                    .expect("a base backup before the restore");
+            } else if flag == "--set" && args[i].starts_with("port=") {
+                let p = free_port();
+                args[i] = format!("port={p}");
+                port = Some(p);
+            }
+        }
+        let mut cmd = as_postgres(&bin);
+        cmd.env_remove("LIFEBOAT_REPO")
+            .env_remove("LIFEBOAT_PASSWORD")
+            .env_remove("LIFEBOAT_PASSWORD_FILE")
+            .env_remove("LIFEBOAT_PASSWORD_COMMAND")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("LIFEBOAT_INSECURE_TEST_KDF", "1")
+            .env("HOME", map("~"))
+            .env("XDG_DATA_HOME", map("~/.local/share"))
+            .env("XDG_CONFIG_HOME", map("~/.config"))
+            .env("XDG_CACHE_HOME", map("~/.cache"))
+            .env("XDG_STATE_HOME", map("~/.local/state"))
+            .env("PGHOST", &pg.socket_dir)
+            .env("PGPORT", pg.port.to_string())
+            .current_dir(dir.path())
+            .args(&args);
+        // A hang (a base backup waiting for WAL that is never archived)
+        // fails too.
+        let out = assert_cmd::Command::from_std(cmd)
+            .timeout(COMMAND_TIMEOUT)
+            .output()
+            .unwrap();
+        assert_no_panic(&out);
+        assert_ok(&out, line);
+        if let (Some(port), Some(i)) = (port, args.iter().position(|a| a == "--to")) {
+            restored.push((
+                line.contains("--standby"),
+                PgCluster::adopt(PathBuf::from(&args[i + 1]), pg.socket_dir.clone(), port),
+            ));
+        }
+        if line.contains("pg backup") {
+            // A commit before the example's target time and one after,
+            // both archived.
+            target_time = Some(pg.now_utc());
+            pg.psql("app", "INSERT INTO t VALUES ('after the target')");
+            pg.switch_and_wait_archived(std::time::Duration::from_secs(60));
+        }
+    }
+    assert_eq!(restored.len(), 2, "a point-in-time copy and a standby");
+    for (standby, server) in &restored {
+        if *standby {
+            // Still replaying (how far it got is its own business).
+            assert_eq!(server.psql("app", "SELECT pg_is_in_recovery()"), "t");
+            assert!(!server.psql("app", "SELECT v FROM t").is_empty());
+        } else {
+            assert_eq!(
+                server.psql("app", "SELECT string_agg(v, ',') FROM t"),
+                "kept"
+            );
+        }
+    }
 }

@@ -719,3 +719,106 @@ fn read_commands_work_on_read_only_storage_and_no_lock_is_for_them() {
     assert!(err.contains("--no-lock is for read commands"), "{err}");
     drop(ro);
 }
+
+/// The lines of `out`'s stderr that name `what`.
+fn lines_naming(out: &std::process::Output, what: &str) -> Vec<String> {
+    stderr(out)
+        .lines()
+        .filter(|l| l.contains(what))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Issue 13, "one report per failure (not a warning and an error for the
+/// same file)", beyond restore: a file a backup cannot read, a file a
+/// restore cannot read back from a damaged pack, and the damaged pack as
+/// `check`, `copy` and `prune` meet it are each reported on one line,
+/// never as a warning and again as an error.
+#[test]
+fn each_failure_is_reported_once() {
+    let lb = Lifeboat::init();
+    let src = lb.path("src");
+    write(src.join("big.bin"), random_bytes(2_000_000, 3));
+    write(src.join("small.txt"), "small\n");
+    // Reading /proc/self/mem at offset 0 fails even for root.
+    let out = lb
+        .cmd()
+        .arg("backup")
+        .arg(&src)
+        .arg("/proc/self/mem")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    assert_eq!(
+        lines_naming(&out, "/proc/self/mem").len(),
+        1,
+        "backup: {}",
+        describe(&out)
+    );
+
+    // The biggest pack holds big.bin's data; damage it.
+    let pack = files_under(&lb.repo.join("data"))
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    flip_byte(&pack, (fs::metadata(&pack).unwrap().len() / 2) as usize);
+    let pack_id = pack.file_name().unwrap().to_str().unwrap().to_string();
+
+    let t = lb.path("t");
+    let out = lb
+        .cmd()
+        .args(["restore", "latest", "--target"])
+        .arg(&t)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    assert_eq!(
+        lines_naming(&out, "big.bin").len(),
+        1,
+        "restore: {}",
+        describe(&out)
+    );
+
+    let copy_target = lb.path("copy");
+    lb.bare_cmd()
+        .env("LIFEBOAT_PASSWORD", &lb.password)
+        .arg("-r")
+        .arg(&copy_target)
+        .arg("init")
+        .assert()
+        .success();
+    let copy = lb
+        .cmd()
+        .arg("copy")
+        .arg("--from")
+        .arg(&lb.repo)
+        .arg("--to")
+        .arg(&copy_target)
+        .output()
+        .unwrap();
+    let check = lb.run(["check", "--read-data"]);
+    lb.ok(["forget", "--keep-last", "1"]);
+    let prune = lb.run(["prune", "--max-unused", "0"]);
+    for (what, out) in [("copy", &copy), ("check", &check), ("prune", &prune)] {
+        assert_no_panic(out);
+        let naming = lines_naming(out, &pack_id[..16]);
+        let warnings = naming.iter().filter(|l| l.contains("warning")).count();
+        assert!(
+            warnings == 0 || warnings == naming.len() && warnings == 1,
+            "{what}: the damaged pack as a warning and an error: {}",
+            describe(out)
+        );
+        let err = stderr(out);
+        let mut lines: Vec<&str> = err.lines().collect();
+        let all = lines.len();
+        lines.sort_unstable();
+        lines.dedup();
+        assert_eq!(
+            lines.len(),
+            all,
+            "{what}: a line repeated: {}",
+            describe(out)
+        );
+    }
+    assert_eq!(check.status.code(), Some(14), "{}", describe(&check));
+}

@@ -170,10 +170,7 @@ async fn regression_crafted_hard_link_group_with_different_contents() {
         .await
         .unwrap()
         .id;
-    let id = session
-        .finish(record(tree))
-        .await
-        .unwrap();
+    let id = session.finish(record(tree)).await.unwrap();
     let snap = repo.find_snapshot(&id.to_hex()).await.unwrap();
 
     let report = check(
@@ -291,9 +288,7 @@ async fn restore_falls_back_to_another_copy(damage: Damage) {
         }
         let tree = one_file_tree(&format!("session{n}")).encode();
         let tree = s.add_blob(BlobType::Tree, &tree).await.unwrap().id;
-        s.finish(record(tree))
-        .await
-        .unwrap();
+        s.finish(record(tree)).await.unwrap();
     }
     let repo = reopen(Arc::new(mem.clone())).await;
     let snap = backup(

@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 use lifeboat_repo::{
-    BlobLocation, BlobType, FetchedRange, Id, Index, PackEntry, PackRange, PackReader,
-    RangeLimits, Repository, another_copy_may_help, plan_ranges,
+    BlobLocation, BlobType, FetchedRange, Id, Index, PackEntry, PackRange, PackReader, RangeLimits,
+    Repository, another_copy_may_help, plan_ranges,
 };
 
 use super::handles::{self, Dirs};

@@ -56,8 +56,8 @@ pub use local::LocalState;
 pub use lock::{LockKind, LockOptions, RepositoryLock};
 pub use pack::{BlobType, PackEntry};
 pub use packread::{
-    FetchedRange, MemoryPermit, OpenedBlob, PackRange, PackReader, RangeLimits, pack_object_path,
-    plan_ranges,
+    FetchedRange, MemoryPermit, OpenedBlob, PackRange, PackReader, RangeLimits,
+    another_copy_may_help, pack_object_path, plan_ranges,
 };
 pub use record::{BackupMode, BackupSummary, Creator, Snapshot, SnapshotRecord};
 pub use repository::{

@@ -376,6 +376,18 @@ fn copy_error(e: &Error) -> Error {
     }
 }
 
+/// Whether a blob whose read at one location failed with `e` may still be
+/// read from another indexed copy: the pack is missing, truncated or its
+/// bytes are damaged. Any other failure (an unreachable storage, a denied
+/// request) would fail the same for every copy, so it is returned at once.
+pub fn another_copy_may_help(e: &Error) -> bool {
+    e.class() == lifeboat_storage::ErrorClass::Damaged
+        || matches!(
+            e.storage_kind(),
+            Some(ErrorKind::NotFound | ErrorKind::InvalidRange)
+        )
+}
+
 /// A failed read of a pack as [`Repository::read_blob_at`] words it: a
 /// missing or truncated pack is damage to the repository.
 pub(crate) fn in_pack_read(e: Error, pack: Id, blob: &Id) -> Error {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use lifeboat_storage::{DynStorage, ErrorClass, ErrorKind, Kind, ObjectKey};
+use lifeboat_storage::{DynStorage, ErrorKind, Kind, ObjectKey};
 use lifeboat_storage::{Location, ObjectInfo, open_location};
 use serde::Serialize;
 use tokio::sync::Mutex as AsyncMutex;
@@ -829,10 +829,7 @@ impl Repository {
                 Ok(v) => return Ok(v),
                 // Only damage moves on to another copy: an unreachable
                 // storage would fail the same for every copy.
-                Err(e)
-                    if e.class() == ErrorClass::Damaged
-                        || e.storage_kind() == Some(ErrorKind::NotFound) =>
-                {
+                Err(e) if crate::packread::another_copy_may_help(&e) => {
                     if locations.len() > 1 {
                         tracing::warn!("{e}; trying another copy of blob {id}");
                     }

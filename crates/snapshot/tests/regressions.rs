@@ -124,8 +124,7 @@ async fn regression_backup_racing_prune_failed_on_a_vanished_index_object() {
 #[tokio::test(flavor = "multi_thread")]
 async fn regression_crafted_hard_link_group_with_different_contents() {
     use lifeboat_repo::{
-        BackupMode, BlobType, CheckOptions, Id, Node, NodeKind, SnapshotRecord, Time, Tree,
-        WriteOptions, WriteSession, check,
+        BlobType, CheckOptions, Id, Node, NodeKind, Time, Tree, WriteOptions, WriteSession, check,
     };
     use lifeboat_snapshot::dump::dump;
     let storage: DynStorage = Arc::new(MemoryStorage::new());
@@ -171,24 +170,7 @@ async fn regression_crafted_hard_link_group_with_different_contents() {
         .await
         .unwrap()
         .id;
-    let id = session
-        .finish(SnapshotRecord {
-            time: jiff::Timestamp::now(),
-            host: "h".into(),
-            user: "u".into(),
-            paths: vec!["/".into()],
-            tags: vec![],
-            tree,
-            mode: BackupMode::Full,
-            parent: None,
-            partial: false,
-            summary: Default::default(),
-            program_version: "test".into(),
-            extra: Default::default(),
-            creator: None,
-        })
-        .await
-        .unwrap();
+    let id = session.finish(record(tree)).await.unwrap();
     let snap = repo.find_snapshot(&id.to_hex()).await.unwrap();
 
     let report = check(
@@ -234,4 +216,154 @@ async fn regression_crafted_hard_link_group_with_different_contents() {
             "restore of {name}"
         );
     }
+}
+
+/// A snapshot record of `tree`, for snapshots written through the library.
+fn record(tree: lifeboat_repo::Id) -> lifeboat_repo::SnapshotRecord {
+    lifeboat_repo::SnapshotRecord {
+        time: jiff::Timestamp::now(),
+        host: "h".into(),
+        user: "u".into(),
+        paths: vec!["/".into()],
+        tags: vec![],
+        tree,
+        mode: lifeboat_repo::BackupMode::Full,
+        parent: None,
+        partial: false,
+        summary: Default::default(),
+        program_version: "test".into(),
+        extra: Default::default(),
+        creator: None,
+    }
+}
+
+/// What a restore reported as warnings (text), for tests that check one
+/// names what it should.
+#[derive(Default)]
+struct Warnings(std::sync::Mutex<Vec<String>>);
+
+impl lifeboat_snapshot::progress::RestoreProgress for Warnings {
+    fn warning(&self, path: &std::path::Path, message: &str) {
+        let mut w = self.0.lock().unwrap();
+        w.push(format!("{}: {message}", path.display()));
+    }
+}
+
+/// How [`restore_falls_back_to_another_copy`] damages the first copy.
+#[derive(Clone, Copy, Debug)]
+enum Damage {
+    Missing,
+    Corrupt,
+}
+
+/// Issue 12, rollback: the index keeps every location of a blob and
+/// `read_blob` falls back on another, but restore read each blob only at
+/// its first location: with that pack missing or damaged, the files failed
+/// though another pack held the same blobs. Now restore reads them from
+/// the other pack, warns naming the bad one, and restores every byte.
+async fn restore_falls_back_to_another_copy(damage: Damage) {
+    use lifeboat_repo::{BlobType, WriteOptions, WriteSession};
+    use lifeboat_storage::{Kind, ObjectKey, Storage};
+    use lifeboat_testkit::repo::{memory_repo, one_file_tree, reopen};
+
+    let (mem, repo) = memory_repo().await;
+    let src = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // Each file is one chunk (below the chunker's minimum size), so its
+    // content is one blob the two sessions below can store first.
+    let files: Vec<Vec<u8>> = (0..4).map(|i| pseudo_random(60_000, 40 + i)).collect();
+    for (i, f) in files.iter().enumerate() {
+        fs::write(src.path().join(format!("f{i}")), f).unwrap();
+    }
+    // Two sessions started together both store every blob (as two backups
+    // racing do): each blob is in two packs.
+    let a = WriteSession::start(repo.clone(), WriteOptions::default())
+        .await
+        .unwrap();
+    let b = WriteSession::start(repo.clone(), WriteOptions::default())
+        .await
+        .unwrap();
+    for (n, s) in [a, b].into_iter().enumerate() {
+        for f in &files {
+            assert!(s.add_blob(BlobType::Data, f).await.unwrap().new);
+        }
+        let tree = one_file_tree(&format!("session{n}")).encode();
+        let tree = s.add_blob(BlobType::Tree, &tree).await.unwrap().id;
+        s.finish(record(tree)).await.unwrap();
+    }
+    let repo = reopen(Arc::new(mem.clone())).await;
+    let snap = backup(
+        repo.clone(),
+        &BackupOptions {
+            paths: vec![src.path().to_path_buf()],
+            ..Default::default()
+        },
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap()
+    .snapshot;
+
+    // The pack the restoring handle reads first is the one damaged (index
+    // objects are merged in the order their reads finish, so another
+    // handle may list the copies the other way round).
+    let repo = reopen(Arc::new(mem.clone())).await;
+    let index = repo.index().await.unwrap();
+    let id = repo.key().blob_id(&files[0]);
+    let locations = index.locations(BlobType::Data, &id);
+    assert_eq!(locations.len(), 2, "the blob is in two packs");
+    let bad = locations[0].pack;
+    for f in &files {
+        let l = index.locations(BlobType::Data, &repo.key().blob_id(f));
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[0].pack, bad, "one session's pack holds every file");
+    }
+    let key = ObjectKey::new(Kind::Packs, bad.to_hex());
+    match damage {
+        Damage::Missing => mem.delete(&key).await.unwrap(),
+        Damage::Corrupt => {
+            // One byte inside every file's blob.
+            let mut bytes = mem.get(&key).await.unwrap().to_vec();
+            for f in &files {
+                let l = index.locations(BlobType::Data, &repo.key().blob_id(f))[0];
+                bytes[l.entry.offset as usize + l.entry.length as usize / 2] ^= 0x40;
+            }
+            mem.delete(&key).await.unwrap();
+            mem.put(&key, bytes.into()).await.unwrap();
+        }
+    }
+
+    let target = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let warnings = Warnings::default();
+    let stats = restore(
+        &repo,
+        &snap,
+        &RestoreOptions {
+            target: target.path().to_path_buf(),
+            ..Default::default()
+        },
+        &warnings,
+    )
+    .await
+    .unwrap();
+    assert!(stats.errors.is_empty(), "{damage:?}: {:?}", stats.errors);
+    assert_eq!(stats.files_restored, files.len() as u64);
+    lifeboat_testkit::fs::assert_same_tree(
+        src.path(),
+        &lifeboat_testkit::fs::restored(target.path(), src.path()),
+    );
+    let warnings = warnings.0.into_inner().unwrap();
+    assert!(
+        warnings.iter().any(|w| w.contains(&bad.to_string())),
+        "{damage:?}: a warning names the bad pack {bad}: {warnings:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn regression_restore_reads_another_copy_of_a_blob_whose_pack_is_missing() {
+    restore_falls_back_to_another_copy(Damage::Missing).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn regression_restore_reads_another_copy_of_a_blob_whose_pack_is_corrupt() {
+    restore_falls_back_to_another_copy(Damage::Corrupt).await;
 }

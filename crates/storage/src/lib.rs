@@ -15,6 +15,7 @@ mod local;
 mod memory;
 mod remote;
 mod retry;
+mod sftpmode;
 mod url;
 
 pub use error::{Error, ErrorClass, ErrorKind, Result};

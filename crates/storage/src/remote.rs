@@ -243,7 +243,7 @@ pub struct SftpOptions {
 }
 
 impl SftpOptions {
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
@@ -261,7 +261,7 @@ impl SftpOptions {
         s
     }
 
-    fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         let mut s = self.endpoint().replacen("ssh://", "sftp://", 1);
         if !self.root.starts_with('/') {
             s.push('/');
@@ -403,6 +403,8 @@ pub struct OpendalStorage {
     /// existing object, atomically (conditional write for S3, rename for
     /// SFTP).
     atomic_create: bool,
+    /// SFTP only: sets the modes of what `put` creates.
+    sftp_modes: Option<std::sync::Arc<crate::sftpmode::SftpModes>>,
 }
 
 impl fmt::Debug for OpendalStorage {
@@ -504,6 +506,9 @@ impl OpendalStorage {
             .map_err(|e| map_err(e, format!("configuring {location}"), None))?;
         let mut storage = Self::from_operator(op, Protocol::Sftp, location);
         storage.atomic_create = storage.probe_exclusive_rename().await?;
+        storage.sftp_modes = Some(std::sync::Arc::new(crate::sftpmode::SftpModes::new(
+            options,
+        )));
         Ok(storage)
     }
 
@@ -519,6 +524,7 @@ impl OpendalStorage {
             location,
             conditional_write: false,
             atomic_create: false,
+            sftp_modes: None,
         }
     }
 
@@ -704,6 +710,11 @@ impl OpendalStorage {
         if let Err(e) = self.op.write(&tmp, data).await {
             let _ = self.op.delete(&tmp).await;
             return Err(map_err(e, context(), Some(key)));
+        }
+        if let Some(modes) = &self.sftp_modes {
+            // Before the rename: no object is ever at its name with the
+            // server's default mode.
+            modes.make_private(&tmp).await;
         }
         if !self.atomic_create && self.stat_path(key, path).await?.is_some() {
             // Someone else finished first while we uploaded.

@@ -360,3 +360,20 @@ async fn local_storage_creates_objects_0600_and_directories_0700() {
     put_every_kind(&LocalStorage::new(&root)).await;
     assert_eq!(loose_modes(&root, 0o600, 0o700), Vec::<String>::new());
 }
+
+/// Issue 12: the same over SFTP. OpenDAL creates files and directories
+/// with the server's default mode (0644/0755 under sshd's usual umask);
+/// the backend sets 0600 on each object before renaming it into place and
+/// 0700 on its directories through a session of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_storage_creates_objects_0600_and_directories_0700() {
+    let Some(server) = SshServer::start() else {
+        return;
+    };
+    let storage = OpendalStorage::sftp(server.sftp_options("repo"))
+        .await
+        .unwrap();
+    put_every_kind(&storage).await;
+    let root = server.data_dir().join("repo");
+    assert_eq!(loose_modes(&root, 0o600, 0o700), Vec::<String>::new());
+}

@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 use lifeboat_repo::{
-    BlobType, FetchedRange, Id, PackEntry, PackRange, PackReader, RangeLimits, Repository,
-    plan_ranges,
+    BlobLocation, BlobType, FetchedRange, Id, Index, PackEntry, PackRange, PackReader, RangeLimits,
+    Repository, another_copy_may_help, plan_ranges,
 };
 
 use super::handles::{self, Dirs};
@@ -63,18 +63,42 @@ fn same_blob(a: &Write, b: &Write) -> bool {
     a.pack == b.pack && a.entry.offset == b.entry.offset && a.entry.id == b.entry.id
 }
 
+/// The blob writes of one pass over the packs, and the packs they read.
+/// The first pass reads each blob at its first indexed location; a blob
+/// whose pack turned out missing or damaged there is read in a further
+/// pass from its next location (see [`write_data`]).
+#[derive(Default)]
+pub(super) struct Pass {
+    /// Sorted by [`build_ranges`].
+    pub(super) writes: Vec<Write>,
+    pub(super) packs: Vec<Id>,
+}
+
+/// A blob write whose read failed at its location in a way another copy
+/// may not share (see [`another_copy_may_help`]), and which has another
+/// indexed location: it is done in the next pass instead.
+struct Deferred {
+    /// Index into the pass's writes.
+    write: usize,
+    /// Why this location failed.
+    reason: String,
+}
+
 /// Fetches every range and writes its blobs, several ranges in flight
-/// under [`MEMORY_BUDGET_KIB`]; adds what was done to `stats`. A full
-/// target stops it: what is unfinished is removed and the error returned.
+/// under [`MEMORY_BUDGET_KIB`]; adds what was done to `stats`. A blob whose
+/// pack is missing or damaged is read from another pack that holds it, in
+/// a further pass over what is left, with a warning naming the bad pack;
+/// only a blob with no readable copy fails its files. A full target stops
+/// it: what is unfinished is removed and the error returned.
 pub(super) async fn write_data(
     repo: &Repository,
-    mut exec: Exec,
+    exec: Exec,
+    mut pass: Pass,
     progress: &dyn RestoreProgress,
     stats: &mut RestoreStats,
 ) -> Result<()> {
-    let ranges = build_ranges(&mut exec.writes);
     let tier = repo.tier_of(BlobType::Data);
-    if !ranges.is_empty() {
+    if !pass.writes.is_empty() {
         // Every range is of data blobs, so all come from the data packs'
         // tier: opened here, only when there is something to fetch, so
         // that failing to open it stops the restore rather than failing
@@ -84,42 +108,61 @@ pub(super) async fn write_data(
     let exec = Arc::new(exec);
     let reader = PackReader::new(repo, MEMORY_BUDGET_KIB);
     let writers = Writers::start()?;
-    let mut results = futures::stream::iter(ranges)
-        .map(|range| {
-            let exec = exec.clone();
-            let reader = &reader;
-            let writers = &writers;
-            async move {
-                if exec.abort.load(Ordering::Acquire) {
-                    return Ok(RangeOutcome::default());
-                }
-                let permit = reader.reserve(range.memory()).await;
-                if exec.abort.load(Ordering::Acquire) {
-                    return Ok(RangeOutcome::default());
-                }
-                let pack = exec.packs[range.pack as usize];
-                let fetched = reader
-                    .read(tier, pack, range.start, range.len, permit)
-                    .await
-                    .map_err(|e| e.to_string());
-                writers
-                    .run(move || write_range(&exec, &range, fetched))
-                    .await
-            }
-        })
-        .buffer_unordered(repo.concurrency());
     let mut fatal = None;
-    while let Some(out) = results.next().await {
-        let mut out = out?;
-        if fatal.is_none() {
-            fatal = out.fatal.take();
+    // Each pass moves every deferred blob one location further down its
+    // index entry, so there are at most as many passes as a blob has
+    // copies.
+    while !pass.writes.is_empty() {
+        let ranges = build_ranges(&mut pass.writes);
+        let this = Arc::new(pass);
+        let mut deferred = Vec::new();
+        let mut results = futures::stream::iter(ranges)
+            .map(|range| {
+                let exec = exec.clone();
+                let this = this.clone();
+                let reader = &reader;
+                let writers = &writers;
+                async move {
+                    if exec.abort.load(Ordering::Acquire) {
+                        return Ok(RangeOutcome::default());
+                    }
+                    let permit = reader.reserve(range.memory()).await;
+                    if exec.abort.load(Ordering::Acquire) {
+                        return Ok(RangeOutcome::default());
+                    }
+                    let pack = this.packs[range.pack as usize];
+                    let fetched = reader
+                        .read(tier, pack, range.start, range.len, permit)
+                        .await
+                        .map_err(|e| ReadFailure {
+                            other_copy_may_help: another_copy_may_help(&e),
+                            message: e.to_string(),
+                        });
+                    writers
+                        .run(move || write_range(&exec, &this, &range, fetched))
+                        .await
+                }
+            })
+            .buffer_unordered(repo.concurrency());
+        while let Some(out) = results.next().await {
+            let mut out = out?;
+            if fatal.is_none() {
+                fatal = out.fatal.take();
+            }
+            deferred.append(&mut out.deferred);
+            stats.files_restored += out.files_done;
+            stats.bytes_written += out.bytes;
+            report(progress, stats, &mut out.problems);
+            progress.restored(stats.files_restored, stats.bytes_written);
         }
-        stats.files_restored += out.files_done;
-        stats.bytes_written += out.bytes;
-        report(progress, stats, &mut out.problems);
-        progress.restored(stats.files_restored, stats.bytes_written);
+        drop(results);
+        if fatal.is_some() {
+            break;
+        }
+        let mut warnings = Vec::new();
+        pass = exec.next_pass(&this, deferred, &mut warnings);
+        report(progress, stats, &mut warnings);
     }
-    drop(results);
     drop(writers);
     if let Some(err) = fatal {
         // Every range has returned: what is unfinished stays unfinished.
@@ -133,9 +176,9 @@ pub(super) async fn write_data(
 /// State shared by the range writers.
 pub(super) struct Exec {
     pub(super) files: Vec<FileState>,
-    /// Sorted by [`build_ranges`].
-    pub(super) writes: Vec<Write>,
-    pub(super) packs: Vec<Id>,
+    /// Where else each blob is, for reading it from another pack when its
+    /// first one is missing or damaged.
+    pub(super) index: Arc<Index>,
     /// See [`super::prepare::Prepared::links`].
     pub(super) links: HashMap<u32, Vec<(u32, Span)>>,
     pub(super) dirs: Arc<Dirs>,
@@ -148,11 +191,20 @@ pub(super) struct Exec {
     pub(super) abort: AtomicBool,
 }
 
+/// A failed ranged read, as the writer threads see it.
+struct ReadFailure {
+    message: String,
+    /// See [`another_copy_may_help`].
+    other_copy_may_help: bool,
+}
+
 #[derive(Default)]
 struct RangeOutcome {
     bytes: u64,
     files_done: u64,
     problems: Vec<Problem>,
+    /// Blob writes to do again from another copy.
+    deferred: Vec<Deferred>,
     /// What stops the whole restore (a full target).
     fatal: Option<Error>,
 }
@@ -163,6 +215,51 @@ type Handle = Option<(u32, File)>;
 impl Exec {
     fn path(&self, f: u32) -> PathBuf {
         file_path(&self.dirs, &self.names, &self.files[f as usize])
+    }
+
+    /// The indexed location of data blob `id` that comes after its copy in
+    /// `pack`, if it has one.
+    fn next_location(&self, pack: &Id, id: &Id) -> Option<BlobLocation> {
+        let locations = self.index.locations(BlobType::Data, id);
+        let at = locations.iter().position(|l| l.pack == *pack)?;
+        locations.get(at + 1).copied()
+    }
+
+    /// The pass that reads every deferred write of `done` from its blob's
+    /// next location; one warning per pack that failed, naming it.
+    fn next_pass(&self, done: &Pass, deferred: Vec<Deferred>, warnings: &mut Vec<Problem>) -> Pass {
+        let mut next = Pass::default();
+        let mut numbers: HashMap<Id, u32> = HashMap::new();
+        let mut bad: HashMap<Id, (u32, String, u64)> = HashMap::new();
+        for d in deferred {
+            let w = &done.writes[d.write];
+            let from = done.packs[w.pack as usize];
+            let Some(loc) = self.next_location(&from, &w.entry.id) else {
+                // write_range defers only a blob with another location.
+                continue;
+            };
+            let pack = *numbers.entry(loc.pack).or_insert_with(|| {
+                next.packs.push(loc.pack);
+                (next.packs.len() - 1) as u32
+            });
+            bad.entry(from).or_insert((w.file, d.reason, 0)).2 += 1;
+            next.writes.push(Write {
+                entry: loc.entry,
+                pack,
+                file: w.file,
+                at: w.at,
+            });
+        }
+        for (pack, (file, reason, count)) in bad {
+            warnings.push(Problem::warning(
+                &self.path(file),
+                format!(
+                    "pack {pack} is missing or damaged ({reason}): {count} blob writes read \
+                     from another pack that holds the same blobs (run `lifeboat check`)"
+                ),
+            ));
+        }
+        next
     }
 
     /// Marks a file failed; only its first problem is reported. The file is
@@ -343,13 +440,17 @@ impl Writers {
 /// pack, so it is opened once per range). Runs on a blocking thread.
 fn write_range(
     exec: &Exec,
+    pass: &Pass,
     range: &PackRange,
-    fetched: std::result::Result<FetchedRange, String>,
+    fetched: std::result::Result<FetchedRange, ReadFailure>,
 ) -> RangeOutcome {
     let mut out = RangeOutcome::default();
-    let pack = exec.packs[range.pack as usize];
+    let pack = pass.packs[range.pack as usize];
     let mut handle: Handle = None;
-    for blob in exec.writes[range.items.clone()].chunk_by(same_blob) {
+    let mut first = range.items.start;
+    for blob in pass.writes[range.items.clone()].chunk_by(same_blob) {
+        let at = first;
+        first += blob.len();
         if exec.abort.load(Ordering::Acquire) {
             return out;
         }
@@ -359,15 +460,30 @@ fn write_range(
             .any(|w| !exec.files[w.file as usize].failed.load(Ordering::Acquire));
         // Decrypt and verify each blob once, however many places use it.
         let plain = live.then(|| {
-            let fetched = fetched
-                .as_ref()
-                .map_err(|e| format!("not restored: cannot read pack {pack}: {e}"))?;
+            let fetched = fetched.as_ref().map_err(|e| {
+                (
+                    format!("cannot read pack {pack}: {}", e.message),
+                    e.other_copy_may_help,
+                )
+            })?;
             let plain = fetched
                 .open(entry)
-                .map_err(|e| format!("not restored: damaged data in pack {pack}: {e}"))?;
+                .map_err(|e| (format!("damaged data in pack {pack}: {e}"), true))?;
             let zero = plain.iter().all(|b| *b == 0);
-            Ok::<_, String>((plain, zero))
+            Ok::<_, (String, bool)>((plain, zero))
         });
+        if let Some(Err((reason, true))) = &plain
+            && exec.next_location(&pack, &entry.id).is_some()
+        {
+            // Read again from another copy in the next pass: the files
+            // stay unfinished until then.
+            out.deferred.extend((at..first).map(|write| Deferred {
+                write,
+                reason: reason.clone(),
+            }));
+            continue;
+        }
+        let plain = plain.map(|p| p.map_err(|(reason, _)| format!("not restored: {reason}")));
         for w in blob {
             let st = &exec.files[w.file as usize];
             match &plain {

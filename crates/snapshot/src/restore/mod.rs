@@ -196,8 +196,7 @@ pub async fn restore(
 
     let exec = fetch::Exec {
         files,
-        writes,
-        packs,
+        index: repo.index().await?,
         links,
         dirs: dirs.clone(),
         names,
@@ -205,7 +204,8 @@ pub async fn restore(
         sync_each: options.sync_each_file,
         abort: AtomicBool::new(false),
     };
-    fetch::write_data(repo, exec, progress, &mut stats).await?;
+    let pass = fetch::Pass { writes, packs };
+    fetch::write_data(repo, exec, pass, progress, &mut stats).await?;
     tracing::debug!("restore: file data written by {:?}", started.elapsed());
 
     let owner = options.owner && !untrusted;
@@ -297,6 +297,14 @@ impl Problem {
             path: path.to_path_buf(),
             message,
             error: true,
+        }
+    }
+
+    fn warning(path: &Path, message: String) -> Self {
+        Problem {
+            path: path.to_path_buf(),
+            message,
+            error: false,
         }
     }
 }

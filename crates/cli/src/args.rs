@@ -520,9 +520,28 @@ pub struct CheckArgs {
     /// Also download, decrypt and verify every blob.
     #[arg(long)]
     pub read_data: bool,
-    /// Like --read-data, for a random subset of packs, e.g. 10%.
-    #[arg(long, value_name = "PERCENT")]
+    /// Like --read-data, for a subset of packs: a percentage (10%) or n/m
+    /// (1/7). This machine remembers which packs it verified when, and a
+    /// subset reads the least recently verified first, so seven runs of
+    /// 1/7 cover every pack (without that local state: 10% is a random
+    /// tenth, n/m the n-th of m fixed parts).
+    #[arg(long, value_name = "PERCENT|N/M")]
     pub read_data_subset: Option<String>,
+    /// Threads verifying packs at once (default: the available cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub read_workers: Option<u32>,
+    /// Most MiB of downloaded packs held at once (default: one pack per
+    /// worker plus one, between 32 MiB and 1 GiB).
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub read_memory: Option<u64>,
+    /// Coverage counts packs verified within this many days (default 7).
+    #[arg(long, value_name = "DAYS", default_value_t = lifeboat_repo::DEFAULT_COVERAGE_DAYS)]
+    pub coverage_days: u32,
+    /// bench/ only: time hashing, decrypting, decompressing and verifying
+    /// every pack on all workers, packs already in memory (the machine's
+    /// ceiling for --read-data), instead of checking.
+    #[arg(long, hide = true)]
+    pub measure_ceiling: bool,
 }
 
 #[derive(Debug, Args)]

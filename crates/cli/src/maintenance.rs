@@ -5,7 +5,7 @@ use crate::output::outln;
 use std::sync::Arc;
 
 use anyhow::Result;
-use lifeboat_repo::CheckOptions;
+use lifeboat_repo::{CheckOptions, DataSubset, VerifyOptions};
 
 use crate::args::{CheckArgs, Global, RepairArgs, RepairWhat};
 use crate::exit::{self, cli_error};
@@ -17,27 +17,37 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<i32> {
     // is a usage error (2) whatever state the repository is in.
     let subset = match &a.read_data_subset {
         None => None,
-        Some(s) => {
-            let p: f64 = s.trim_end_matches('%').parse().map_err(|_| {
-                cli_error(
-                    exit::USAGE,
-                    format!("--read-data-subset takes a percentage like 10%, not {s:?}"),
-                )
-            })?;
-            if !(p > 0.0 && p <= 100.0) {
-                return Err(cli_error(
-                    exit::USAGE,
-                    "--read-data-subset must be between 0% and 100%",
-                ));
-            }
-            Some(p)
-        }
+        Some(s) => Some(DataSubset::parse(s).map_err(|m| cli_error(exit::USAGE, m))?),
     };
     let repo = session::open(g).await?;
     let options = CheckOptions {
         read_data: a.read_data || subset.is_some(),
-        read_data_subset_percent: subset,
+        // Archive objects are read in the same share.
+        read_data_subset_percent: subset.map(|s| s.share() * 100.0),
     };
+    let verify = VerifyOptions {
+        workers: a.read_workers.map(|n| n as usize),
+        memory_bytes: a.read_memory.map(|mib| mib.saturating_mul(1 << 20)),
+        subset,
+        coverage_days: Some(a.coverage_days),
+        now: None,
+    };
+    if a.measure_ceiling {
+        let stats = lifeboat_repo::measure_ceiling(&repo, &verify).await?;
+        if g.json {
+            crate::output::json(&stats)?;
+        } else {
+            outln!(
+                "ceiling: {} packs ({}) in {:.2} s on {} workers: {:.0} MiB/s",
+                stats.packs,
+                crate::output::bytes(stats.bytes),
+                stats.elapsed_ms as f64 / 1000.0,
+                stats.workers,
+                stats.mib_per_s
+            );
+        }
+        return Ok(exit::OK);
+    }
     // Packs read of packs to read: a count, not bytes.
     let bar = Arc::new(Bar::counting(
         !g.quiet && !g.json && options.read_data,
@@ -46,7 +56,7 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<i32> {
     ));
     let b = bar.clone();
     let progress = move |done: u64, total: u64| b.count(done, total);
-    let report = lifeboat_repo::check(&repo, &options, &progress).await;
+    let report = lifeboat_repo::check_with(&repo, &options, &verify, &progress).await;
     bar.finish();
     let report = report?;
     if g.json {
@@ -110,6 +120,23 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<i32> {
                 String::new()
             }
         );
+        if let Some(c) = report.coverage.as_ref().filter(|_| options.read_data) {
+            outln!(
+                "verified on this machine within {} days: {} of {} packs ({:.0}%), {} of {} ({:.0}%){}",
+                c.window_days,
+                c.packs_verified,
+                c.packs,
+                c.packs_share * 100.0,
+                crate::output::bytes(c.bytes_verified),
+                crate::output::bytes(c.bytes),
+                c.bytes_share * 100.0,
+                if c.never_verified_packs > 0 {
+                    format!("; {} packs never verified", c.never_verified_packs)
+                } else {
+                    String::new()
+                }
+            );
+        }
         if report.is_ok() {
             outln!("no errors found");
         } else {

@@ -1421,6 +1421,78 @@ fn check_json_on_a_healthy_repository() {
     assert!(text.contains("no errors found"), "{text}");
 }
 
+#[test]
+fn read_data_subsets_cover_every_pack_and_json_reports_coverage() {
+    let lb = Lifeboat::init();
+    let src = make_source(&lb, "src");
+    lb.backup(&[&src], &[]);
+    for seed in 10..13 {
+        write(src.join(format!("more-{seed}")), random_bytes(50_000, seed));
+        lb.backup(&[&src], &[]);
+    }
+    // Without reading data, coverage says nothing is verified yet.
+    let r = lb.json(["check"]);
+    let packs = u(&r["packs"]);
+    assert!(packs >= 4, "{r}");
+    assert_eq!(u(&r["coverage"]["never_verified_packs"]), packs, "{r}");
+    assert_eq!(r["coverage"]["oldest_verification"], Value::Null);
+
+    let mut read = 0;
+    for run in 1..=3 {
+        let r = lb.json(["check", "--read-data-subset", "1/3"]);
+        assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+        assert_eq!(u(&r["packs_read"]), packs.div_ceil(3), "{r}");
+        // Never-verified packs go first, so none is read twice until all
+        // have been read.
+        read = (read + u(&r["packs_read"])).min(packs);
+        let c = &r["coverage"];
+        assert_eq!(u(&c["window_days"]), 7);
+        assert_eq!(u(&c["packs"]), packs);
+        assert_eq!(u(&c["packs_verified"]), read, "run {run}: {r}");
+        assert_eq!(
+            u(&c["never_verified_packs"]),
+            packs - read,
+            "run {run}: {r}"
+        );
+        let share = c["packs_share"].as_f64().unwrap();
+        assert!((share - read as f64 / packs as f64).abs() < 1e-9, "{r}");
+        assert!(c["oldest_verification"].is_string(), "{r}");
+        if run == 1 {
+            // One run's packs are all verified, and are the bytes it read.
+            assert_eq!(u(&c["bytes_verified"]), u(&r["read_bytes"]), "{r}");
+        }
+    }
+    assert_eq!(read, packs, "three 1/3 runs read every pack");
+    let r = lb.json(["check", "--coverage-days", "1"]);
+    assert_eq!(r["coverage"]["bytes_share"].as_f64(), Some(1.0), "{r}");
+
+    // The text says it too; the workers and memory options are taken.
+    let text = stdout(&lb.ok([
+        "check",
+        "--read-data",
+        "--read-workers",
+        "2",
+        "--read-memory",
+        "64",
+    ]));
+    assert!(
+        text.contains(&format!(
+            "verified on this machine within 7 days: {packs} of {packs} packs (100%)"
+        )),
+        "{text}"
+    );
+    lb.fail(["check", "--read-data-subset", "4/3"], 2);
+    // A value clap refuses is a usage error too.
+    let out = lb.run(["check", "--read-workers", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    // bench/'s ceiling measurement runs over the same packs.
+    let c = lb.json(["check", "--measure-ceiling", "--read-workers", "2"]);
+    assert_eq!(u(&c["packs"]), packs, "{c}");
+    assert_eq!(u(&c["workers"]), 2);
+    assert!(u(&c["bytes"]) > 0, "{c}");
+}
+
 // ---------------------------------------------------------------- keys
 
 #[test]

@@ -63,8 +63,9 @@ const UP_FRONT: u64 = 64 << 20;
 /// 16 MiB or more, in plaintext and sealed form).
 const COPY_IN_FLIGHT: usize = 4;
 
-/// Archive bytes held at once by `check --read-data`, in KiB (the same
-/// budget as for packs).
+/// Archive bytes held at once by `check --read-data`, in KiB (the least
+/// budget packs get; archive objects are read on their own, not by the
+/// check's pack workers).
 const CHECK_BUDGET_KIB: u32 = 32 * 1024;
 
 /// The name of an archive object: its stream and its file name within the

@@ -6,22 +6,36 @@
 //! In a repository with a cold tier, both tiers are listed (a listing reads
 //! no pack content) and each pack must be in the tier its blob type belongs
 //! to; only `read_data` downloads cold packs.
-//! Data (`read_data`): every (or a random subset of) pack is downloaded, its
-//! name checked against its BLAKE3, and every blob decrypted and verified.
-//! Damage is reported with the pack, and the snapshots and file paths that
-//! lose data because of it.
+//! Data (`read_data`): every pack (or a subset: [`DataSubset`]) is
+//! downloaded, its name checked against its BLAKE3, and every blob
+//! decrypted and verified. Damage is reported with the pack, and the
+//! snapshots and file paths that lose data because of it.
+//!
+//! Concurrency: index objects are read and decoded several at once and
+//! merged in listing order. Packs are downloaded up to the storage's
+//! connection limit and verified on [`VerifyOptions::workers`] threads,
+//! while the packs held (downloaded, not yet verified) stay within a byte
+//! budget ([`VerifyOptions::memory_bytes`]); findings are sorted, so they
+//! do not depend on which pack finished first.
+//!
+//! Coverage: with local state, the packs each run verified are recorded
+//! (`crate::coverage`); a subset run reads the least recently verified
+//! packs, and the report says how much was verified recently.
 //! Archive objects (`crate::archive`, e.g. PostgreSQL WAL) are listed
 //! always and, with `read_data`, each is read and opened there; this
 //! module only calls that step.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use lifeboat_storage::Kind;
 use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::coverage::{self, Coverage, DEFAULT_COVERAGE_DAYS, DataSubset, Verified};
 
 use crate::index::{Index, IndexFile};
 use crate::limits::get_bounded;
@@ -32,17 +46,64 @@ use crate::repository::{Repository, Tier, blocking};
 use crate::tree::{NodeKind, Tree};
 use crate::{Error, Id, Result};
 
-/// Pack bytes held at once by `--read-data`, in KiB: two default-size
-/// packs. Whole packs are downloaded (their name is the hash of all their
-/// bytes), so this, not the number of parallel reads, bounds memory.
-const READ_DATA_BUDGET_KIB: u32 = 32 * 1024;
+/// Least pack bytes held at once by `--read-data`: two default-size packs
+/// (what a single reader held before verification ran on several
+/// threads). Whole packs are downloaded (their name is the hash of all
+/// their bytes), so the budget, not the number of parallel reads, bounds
+/// memory.
+const MIN_READ_BUDGET_BYTES: u64 = 32 << 20;
+
+/// Most pack bytes held at once by default, whatever the number of cores:
+/// a many-core machine verifies at disk or network speed long before it
+/// holds a gibibyte of packs.
+const MAX_DEFAULT_READ_BUDGET_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, Clone, Default)]
 pub struct CheckOptions {
     pub read_data: bool,
-    /// With `read_data`, read only this percentage (0 < p <= 100) of packs,
-    /// chosen at random.
+    /// With `read_data`, read only this percentage (0 < p <= 100) of packs
+    /// ([`DataSubset::Percent`]; [`VerifyOptions::subset`] overrides it
+    /// for packs). Archive objects are read in the same share.
     pub read_data_subset_percent: Option<f64>,
+}
+
+/// How `read_data` runs, beyond what [`CheckOptions`] asks for. The
+/// defaults suit a command-line run; none changes what a check finds.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Threads verifying packs at once; `None`: the available cores.
+    pub workers: Option<usize>,
+    /// Most pack bytes held at once (downloaded and not yet verified); a
+    /// pack larger than this is still read, alone. `None`: one pack per
+    /// worker plus one being downloaded, between 32 MiB and 1 GiB.
+    pub memory_bytes: Option<u64>,
+    /// Which packs a subset run reads; when set it wins over
+    /// [`CheckOptions::read_data_subset_percent`] for packs.
+    pub subset: Option<DataSubset>,
+    /// The coverage window in days; `None`: [`DEFAULT_COVERAGE_DAYS`].
+    pub coverage_days: Option<u32>,
+    /// The time verifications are recorded at and coverage is computed
+    /// for; `None`: the clock (tests set it).
+    pub now: Option<jiff::Timestamp>,
+}
+
+impl VerifyOptions {
+    /// The verifying threads: [`VerifyOptions::workers`] or the cores.
+    pub fn workers(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+
+    /// The byte budget for packs held at once, for packs of `pack_size`.
+    pub fn memory_bytes(&self, pack_size: u64) -> u64 {
+        self.memory_bytes
+            .unwrap_or_else(|| {
+                ((self.workers() as u64 + 1) * pack_size)
+                    .clamp(MIN_READ_BUDGET_BYTES, MAX_DEFAULT_READ_BUDGET_BYTES)
+            })
+            .max(1024)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -83,6 +144,14 @@ pub struct CheckReport {
     pub archive_objects_read: usize,
     /// Stored bytes of those objects.
     pub archive_read_bytes: u64,
+    /// `read_data`: threads that verified packs, the byte budget for packs
+    /// held at once, and the most bytes of packs actually held at once.
+    pub read_workers: usize,
+    pub read_budget_bytes: u64,
+    pub read_peak_bytes: u64,
+    /// How much of the data this machine verified recently; `None` when
+    /// the handle has no local state to remember it in.
+    pub coverage: Option<Coverage>,
 }
 
 impl CheckReport {
@@ -94,15 +163,27 @@ impl CheckReport {
 /// Progress callback: (packs read so far, packs to read).
 pub type CheckProgress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
 
+/// Checks the repository with the default [`VerifyOptions`].
 pub async fn check(
     repo: &Repository,
     options: &CheckOptions,
+    progress: CheckProgress<'_>,
+) -> Result<CheckReport> {
+    check_with(repo, options, &VerifyOptions::default(), progress).await
+}
+
+/// Checks the repository; `verify` says how data is read and how much.
+pub async fn check_with(
+    repo: &Repository,
+    options: &CheckOptions,
+    verify: &VerifyOptions,
     progress: CheckProgress<'_>,
 ) -> Result<CheckReport> {
     // What the repository holds is checked, not the local cache's copies.
     let _bypass = repo.bypass_cache();
     let mut report = CheckReport::default();
     let storage = repo.storage();
+    let workers = verify.workers();
 
     // Packs present.
     let mut pack_sizes: HashMap<Id, u64> = HashMap::new();
@@ -120,19 +201,35 @@ pub async fn check(
     }
     report.packs = pack_sizes.len();
 
-    // Index objects, one by one so one bad object does not hide the others.
+    // Index objects, each on its own so one bad object does not hide the
+    // others; several read and decoded at once, merged in listing order
+    // (so the merged index is the same whatever finishes first) as they
+    // arrive, never all decoded objects held at once.
     let mut index = Index::default();
-    for info in storage.list(Kind::Index).await? {
-        report.index_files += 1;
-        let file = match get_bounded(storage, &info.key, Some(info.size_bytes)).await {
-            Ok(bytes) => IndexFile::decode(repo.key(), &info.key.to_string(), &bytes),
-            Err(e) => Err(e),
-        };
+    let listing = storage.list(Kind::Index).await?;
+    report.index_files = listing.len();
+    let mut files = futures::stream::iter(listing)
+        .map(|info| async move {
+            let name = info.key.to_string();
+            let file = match get_bounded(storage, &info.key, Some(info.size_bytes)).await {
+                Ok(bytes) => {
+                    let (key, n) = (repo.key().clone(), name.clone());
+                    blocking(move || IndexFile::decode(&key, &n, &bytes))
+                        .await
+                        .and_then(|r| r)
+                }
+                Err(e) => Err(e),
+            };
+            (name, file)
+        })
+        .buffered(repo.concurrency().max(workers));
+    while let Some((name, file)) = files.next().await {
         match file {
             Ok(f) => f.packs.iter().for_each(|p| index.add_pack(p)),
-            Err(e) => report.errors.push(problem(&info.key.to_string(), &e)),
+            Err(e) => report.errors.push(problem(&name, &e)),
         }
     }
+    drop(files);
     report.blobs = index.blob_count();
 
     let mut damaged_blobs: HashSet<(BlobType, Id)> = HashSet::new();
@@ -186,19 +283,51 @@ pub async fn check(
         }
     }
 
+    // The packs data verification is about: present and indexed.
+    let mut candidates: Vec<Id> = pack_sizes
+        .keys()
+        .filter(|p| index.has_pack(p))
+        .copied()
+        .collect();
+    candidates.sort();
+    let now = verify.now.unwrap_or_else(jiff::Timestamp::now);
+    let local = repo.local_state();
+    let mut verified = local.map(|(l, config)| Verified::load(l, config));
     if options.read_data {
-        read_data(
+        let run = DataRun {
             repo,
             options,
-            &index,
-            &pack_sizes,
-            &tiers,
-            &mut report,
-            &mut damaged_blobs,
-            &mut damaged_packs,
+            verify,
+            index: &index,
+            pack_sizes: &pack_sizes,
+            tiers: &tiers,
             progress,
-        )
-        .await;
+        };
+        let outcome = run.read(&candidates, verified.as_ref()).await;
+        if let (Some(v), Some((l, config))) = (verified.as_mut(), local) {
+            for (pack, ok) in &outcome.verified {
+                if *ok {
+                    v.0.insert(*pack, now.as_second());
+                } else {
+                    v.0.remove(pack);
+                }
+            }
+            v.retain(|p| pack_sizes.contains_key(p));
+            let v = v.clone();
+            let (l, config) = (l.clone(), config.to_vec());
+            // A failed write is logged and ignored (local state is a hint).
+            let _ = blocking(move || v.save(&l, &config)).await;
+        }
+        outcome.apply(&mut report, &mut damaged_blobs, &mut damaged_packs, &tiers);
+    }
+    if let Some(v) = &verified {
+        let sized: Vec<(Id, u64)> = candidates.iter().map(|p| (*p, pack_sizes[p])).collect();
+        report.coverage = Some(coverage::coverage(
+            &sized,
+            v,
+            now,
+            verify.coverage_days.unwrap_or(DEFAULT_COVERAGE_DAYS),
+        ));
     }
     report.damaged_packs = damaged_packs.iter().map(|p| p.to_hex()).collect();
 
@@ -260,97 +389,190 @@ pub async fn check(
     Ok(report)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn read_data(
-    repo: &Repository,
-    options: &CheckOptions,
-    index: &Index,
-    pack_sizes: &HashMap<Id, u64>,
-    tiers: &HashMap<Id, Tier>,
-    report: &mut CheckReport,
-    damaged_blobs: &mut HashSet<(BlobType, Id)>,
-    damaged_packs: &mut BTreeSet<Id>,
-    progress: CheckProgress<'_>,
-) {
-    let mut by_pack: HashMap<Id, Vec<crate::PackEntry>> = HashMap::new();
-    for (_, loc) in index.blobs() {
-        by_pack.entry(loc.pack).or_default().push(loc.entry);
+/// One `read_data` pass: what it needs from the structure check.
+struct DataRun<'a, 'p> {
+    repo: &'a Repository,
+    options: &'a CheckOptions,
+    verify: &'a VerifyOptions,
+    index: &'a Index,
+    pack_sizes: &'a HashMap<Id, u64>,
+    tiers: &'a HashMap<Id, Tier>,
+    progress: CheckProgress<'p>,
+}
+
+/// What a `read_data` pass found, before it is merged into the report.
+struct DataOutcome {
+    /// Per pack read, sorted by pack: its verdict.
+    results: Vec<PackVerdict>,
+    /// Every pack's blobs, for a pack that could not be read at all.
+    by_pack: Arc<HashMap<Id, Vec<crate::PackEntry>>>,
+    /// Per pack read: whether it verified clean.
+    verified: Vec<(Id, bool)>,
+    workers: usize,
+    budget_bytes: u64,
+    peak_bytes: u64,
+}
+
+/// Bytes of packs held at once, and the most ever held: the proof (in the
+/// report, and asserted by tests) that the budget holds.
+#[derive(Default)]
+struct Held {
+    now: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl Held {
+    fn add(&self, n: u64) {
+        let now = self.now.fetch_add(n, Ordering::SeqCst) + n;
+        self.peak.fetch_max(now, Ordering::SeqCst);
     }
-    let fraction = options
-        .read_data_subset_percent
-        .map(|p| (p / 100.0).clamp(0.0, 1.0))
-        .unwrap_or(1.0);
-    let mut packs: Vec<Id> = by_pack
-        .keys()
-        .filter(|p| pack_sizes.contains_key(p))
-        .copied()
-        .collect();
-    packs.sort();
-    if fraction < 1.0 {
-        let keep = ((packs.len() as f64 * fraction).ceil() as usize)
-            .max(1)
-            .min(packs.len());
-        let mut rng = rand::rng();
-        packs = rand::seq::IndexedRandom::choose_multiple(&packs[..], &mut rng, keep)
-            .copied()
-            .collect();
+
+    fn sub(&self, n: u64) {
+        self.now.fetch_sub(n, Ordering::SeqCst);
     }
-    let total = packs.len() as u64;
-    let done = AtomicU64::new(0);
-    let by_pack = Arc::new(by_pack);
-    let reader = PackReader::new(repo, READ_DATA_BUDGET_KIB);
-    let results: Vec<PackVerdict> = futures::stream::iter(packs)
-        .map(|pack| {
-            let by_pack = by_pack.clone();
-            let done = &done;
-            let reader = &reader;
-            let size = pack_sizes[&pack];
-            async move {
-                let permit = reader.reserve(size).await;
-                let r = match reader.read_whole(tiers[&pack], pack, permit).await {
-                    Err(e) => (pack, 0, Err(format!("cannot be read: {e}"))),
-                    Ok(fetched) => {
-                        let len = fetched.bytes().len() as u64;
-                        let verdict =
-                            blocking(move || verify_pack(&fetched, &by_pack[&pack])).await;
-                        (pack, len, verdict.map_err(|e| e.to_string()))
-                    }
-                };
-                progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
-                r
-            }
-        })
-        .buffer_unordered(repo.concurrency())
-        .collect()
-        .await;
-    for (pack, len, r) in results {
-        report.packs_read += 1;
-        report.read_bytes += len;
-        if tiers[&pack] == Tier::Cold {
-            report.cold_read_bytes += len;
+}
+
+impl DataRun<'_, '_> {
+    /// Picks the packs (all, or a subset by [`coverage::select`]) and
+    /// verifies them.
+    async fn read(&self, candidates: &[Id], verified: Option<&Verified>) -> DataOutcome {
+        let mut by_pack: HashMap<Id, Vec<crate::PackEntry>> = HashMap::new();
+        for (_, loc) in self.index.blobs() {
+            by_pack.entry(loc.pack).or_default().push(loc.entry);
         }
-        let message = match r {
-            Ok((true, bad)) if bad.is_empty() => continue,
-            Ok((name_ok, bad)) => {
-                let n = bad.len();
-                damaged_blobs.extend(bad);
-                if name_ok {
-                    format!("{n} damaged blob(s): decryption or verification failed")
-                } else {
-                    format!("content does not match its name; {n} damaged blob(s)")
-                }
-            }
-            Err(msg) => {
-                // The whole pack is unreadable: all its blobs are lost.
-                damaged_blobs.extend(by_pack[&pack].iter().map(|e| (e.blob_type, e.id)));
-                msg
-            }
+        let subset = self.verify.subset.or(self
+            .options
+            .read_data_subset_percent
+            .map(DataSubset::Percent));
+        let packs = match subset {
+            Some(DataSubset::Percent(p)) if p >= 100.0 => candidates.to_vec(),
+            Some(s) => coverage::select(candidates, s, verified),
+            None => candidates.to_vec(),
         };
-        damaged_packs.insert(pack);
-        report.errors.push(CheckProblem {
-            object: format!("pack {pack}"),
-            message,
-        });
+        let workers = self.verify.workers();
+        let budget = self
+            .verify
+            .memory_bytes(self.repo.config().pack_size as u64);
+        let by_pack = Arc::new(by_pack);
+        let (results, peak) = self.verify_packs(packs, &by_pack, workers, budget).await;
+        DataOutcome {
+            verified: results
+                .iter()
+                .map(|(p, _, r)| (*p, matches!(r, Ok((true, bad)) if bad.is_empty())))
+                .collect(),
+            results,
+            by_pack,
+            workers,
+            budget_bytes: budget,
+            peak_bytes: peak,
+        }
+    }
+
+    /// Downloads and verifies `packs`: downloads up to the storage's
+    /// connection limit, verification on `workers` threads, at most
+    /// `budget` bytes of packs held at once. Returns the verdicts sorted by
+    /// pack and the most bytes held.
+    async fn verify_packs(
+        &self,
+        packs: Vec<Id>,
+        by_pack: &Arc<HashMap<Id, Vec<crate::PackEntry>>>,
+        workers: usize,
+        budget: u64,
+    ) -> (Vec<PackVerdict>, u64) {
+        let total = packs.len() as u64;
+        let done = AtomicU64::new(0);
+        // The budget in KiB, rounded down so that the packs held never
+        // add up to more than `budget` bytes.
+        let budget_kib = (budget / 1024).clamp(1, u32::MAX as u64) as u32;
+        let memory = Semaphore::new(budget_kib as usize);
+        let connections = Semaphore::new(self.repo.concurrency());
+        let cpu = Semaphore::new(workers);
+        let held = Held::default();
+        // The reader's own budget is not used: `memory` is given back
+        // only after `held` is lowered, so the peak is exact.
+        let reader = PackReader::new(self.repo, 1);
+        let mut results: Vec<PackVerdict> = futures::stream::iter(packs)
+            .map(|pack| {
+                let by_pack = by_pack.clone();
+                let size = self.pack_sizes[&pack];
+                let (memory, connections, cpu, held, reader, done) =
+                    (&memory, &connections, &cpu, &held, &reader, &done);
+                async move {
+                    let kib = size.div_ceil(1024).min(budget_kib as u64) as u32;
+                    let mem = memory.acquire_many(kib).await.expect("never closed");
+                    held.add(size);
+                    let fetched = {
+                        let _c = connections.acquire().await.expect("never closed");
+                        let none = reader.reserve(0).await;
+                        reader.read_whole(self.tiers[&pack], pack, none).await
+                    };
+                    let r = match fetched {
+                        Err(e) => (pack, 0, Err(format!("cannot be read: {e}"))),
+                        Ok(fetched) => {
+                            let len = fetched.bytes().len() as u64;
+                            let _c = cpu.acquire().await.expect("never closed");
+                            let verdict =
+                                blocking(move || verify_pack(&fetched, &by_pack[&pack])).await;
+                            (pack, len, verdict.map_err(|e| e.to_string()))
+                        }
+                    };
+                    held.sub(size);
+                    drop(mem);
+                    (self.progress)(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+                    r
+                }
+            })
+            // Enough tasks that every connection and every worker is busy;
+            // the memory budget, not this, bounds what they hold.
+            .buffer_unordered(self.repo.concurrency() + workers)
+            .collect()
+            .await;
+        results.sort_by_key(|(pack, _, _)| *pack);
+        (results, held.peak.load(Ordering::SeqCst))
+    }
+}
+
+impl DataOutcome {
+    /// Adds the findings to the report, in pack order.
+    fn apply(
+        self,
+        report: &mut CheckReport,
+        damaged_blobs: &mut HashSet<(BlobType, Id)>,
+        damaged_packs: &mut BTreeSet<Id>,
+        tiers: &HashMap<Id, Tier>,
+    ) {
+        report.read_workers = self.workers;
+        report.read_budget_bytes = self.budget_bytes;
+        report.read_peak_bytes = self.peak_bytes;
+        for (pack, len, r) in self.results {
+            report.packs_read += 1;
+            report.read_bytes += len;
+            if tiers[&pack] == Tier::Cold {
+                report.cold_read_bytes += len;
+            }
+            let message = match r {
+                Ok((true, bad)) if bad.is_empty() => continue,
+                Ok((name_ok, bad)) => {
+                    let n = bad.len();
+                    damaged_blobs.extend(bad);
+                    if name_ok {
+                        format!("{n} damaged blob(s): decryption or verification failed")
+                    } else {
+                        format!("content does not match its name; {n} damaged blob(s)")
+                    }
+                }
+                Err(msg) => {
+                    // The whole pack is unreadable: all its blobs are lost.
+                    damaged_blobs.extend(self.by_pack[&pack].iter().map(|e| (e.blob_type, e.id)));
+                    msg
+                }
+            };
+            damaged_packs.insert(pack);
+            report.errors.push(CheckProblem {
+                object: format!("pack {pack}"),
+                message,
+            });
+        }
     }
 }
 
@@ -372,6 +594,98 @@ fn verify_pack(pack: &FetchedRange, entries: &[crate::PackEntry]) -> (bool, Vec<
         .map(|e| (e.blob_type, e.id))
         .collect();
     (name_ok, bad)
+}
+
+/// What [`measure_ceiling`] measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct CeilingStats {
+    /// Indexed packs processed, and their stored bytes.
+    pub packs: usize,
+    pub bytes: u64,
+    /// Threads the work ran on.
+    pub workers: usize,
+    /// Wall time of the work alone: hashing every pack, decrypting,
+    /// decompressing and verifying every blob, packs already in memory.
+    pub elapsed_ms: u64,
+    /// `bytes` over that time, MiB/s.
+    pub mib_per_s: f64,
+}
+
+/// The machine's ceiling for `check --read-data` (bench/ prints it beside
+/// the check's time): the same per-pack work as the check (see
+/// `verify_pack`) on `verify.workers()` threads, timed without the
+/// storage reads, which happen in untimed batches of at most
+/// `verify.memory_bytes()` before each timed one. No findings: a damaged
+/// pack costs what it costs.
+pub async fn measure_ceiling(repo: &Repository, verify: &VerifyOptions) -> Result<CeilingStats> {
+    let index = repo.index().await?;
+    let mut by_pack: HashMap<Id, Vec<crate::PackEntry>> = HashMap::new();
+    for (_, loc) in index.blobs() {
+        by_pack.entry(loc.pack).or_default().push(loc.entry);
+    }
+    let mut packs: Vec<(Id, Tier, u64)> = Vec::new();
+    for (tier, info) in repo.list_packs().await? {
+        if let Some(id) = Id::from_hex(info.key.name()).filter(|id| by_pack.contains_key(id)) {
+            packs.push((id, tier, info.size_bytes));
+        }
+    }
+    packs.sort();
+    let workers = verify.workers();
+    let budget = verify.memory_bytes(repo.config().pack_size as u64);
+    let by_pack = Arc::new(by_pack);
+    let reader = PackReader::new(repo, 1);
+    let mut stats = CeilingStats {
+        packs: packs.len(),
+        bytes: 0,
+        workers,
+        elapsed_ms: 0,
+        mib_per_s: 0.0,
+    };
+    let mut elapsed = std::time::Duration::ZERO;
+    let mut rest = &packs[..];
+    while !rest.is_empty() {
+        // The next batch: as many packs as fit the budget, at least one.
+        let mut n = 1;
+        let mut sum = rest[0].2;
+        while n < rest.len() && sum + rest[n].2 <= budget {
+            sum += rest[n].2;
+            n += 1;
+        }
+        let (batch, later) = rest.split_at(n);
+        rest = later;
+        let fetched: Vec<FetchedRange> = futures::stream::iter(batch)
+            .map(|&(id, tier, _)| {
+                let reader = &reader;
+                async move { reader.read_whole(tier, id, reader.reserve(0).await).await }
+            })
+            .buffered(repo.concurrency())
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+        stats.bytes += fetched.iter().map(|f| f.bytes().len() as u64).sum::<u64>();
+        let by_pack = by_pack.clone();
+        elapsed += blocking(move || {
+            let next = AtomicUsize::new(0);
+            let started = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..workers {
+                    s.spawn(|| {
+                        while let Some(f) = fetched.get(next.fetch_add(1, Ordering::Relaxed)) {
+                            std::hint::black_box(verify_pack(f, &by_pack[&f.pack()]));
+                        }
+                    });
+                }
+            });
+            started.elapsed()
+        })
+        .await?;
+    }
+    stats.elapsed_ms = elapsed.as_millis() as u64;
+    if !elapsed.is_zero() {
+        stats.mib_per_s = stats.bytes as f64 / 1048576.0 / elapsed.as_secs_f64();
+    }
+    Ok(stats)
 }
 
 struct TreeWalker<'a> {

@@ -18,6 +18,7 @@ mod check;
 mod chunker;
 mod config;
 mod copy;
+mod coverage;
 mod crypto;
 pub mod diskcache;
 mod error;
@@ -41,12 +42,16 @@ mod tree;
 mod writer;
 
 pub use archive::{ArchiveName, ArchiveRetention, ArchiveRules};
-pub use check::{CheckOptions, CheckProblem, CheckReport, check};
+pub use check::{
+    CeilingStats, CheckOptions, CheckProblem, CheckReport, VerifyOptions, check, check_with,
+    measure_ceiling,
+};
 pub use chunker::Chunker;
 pub use config::{ChunkerParams, ColdTierConfig, Config, FORMAT_VERSION};
 pub use copy::{
     COPIED_FROM, CopiedSnapshot, CopyOptions, CopyProgress, CopyStats, copied_from, copy,
 };
+pub use coverage::{Coverage, DEFAULT_COVERAGE_DAYS, DataSubset};
 pub use crypto::MasterKey;
 pub use error::{Error, Result};
 pub use id::Id;

@@ -46,11 +46,11 @@ impl LocalState {
             .join(Id::of_bytes(config).to_hex())
     }
 
-    fn read(&self, config: &[u8], name: &str) -> Option<String> {
+    pub(crate) fn read(&self, config: &[u8], name: &str) -> Option<String> {
         std::fs::read_to_string(self.repo_dir(config).join(name)).ok()
     }
 
-    fn write(&self, config: &[u8], name: &str, text: &str) {
+    pub(crate) fn write(&self, config: &[u8], name: &str, text: &str) {
         let dir = self.repo_dir(config);
         let result = (|| {
             // Tagged as a cache, so backups of a home directory leave it out.

@@ -678,6 +678,12 @@ impl Repository {
         CacheBypass(self)
     }
 
+    /// This machine's local state and the repository's `config` bytes that
+    /// name it there, when the handle has local state.
+    pub(crate) fn local_state(&self) -> Option<(&LocalState, &[u8])> {
+        self.local.as_ref().map(|l| (l, &self.config_bytes[..]))
+    }
+
     /// The metadata cache in use, if any.
     pub fn disk_cache(&self) -> Option<&DiskCache> {
         self.disk_cache.as_ref()

@@ -474,8 +474,9 @@ fn drilled_at(t: &str) -> BTreeMap<String, Timestamp> {
 
 #[test]
 fn a_drill_missed_during_downtime_is_caught_up_once_then_runs_every_interval() {
-    let c = config(&plan("a", "0 3 * * *", "drill.every = \"7d\""), "");
-    // Last ran after its 03:00 slot; last drilled 10 days ago: one drill now.
+    // A yearly backup (on 1 January), so no backup is due meanwhile.
+    let c = config(&plan("a", "0 3 1 1 *", "drill.every = \"7d\""), "");
+    // Last ran after its slot; last drilled 10 days ago: one drill now.
     let states = BTreeMap::from([("a".to_string(), ran_at(ts("2026-01-11T03:00:10Z")))]);
     let now = ts("2026-01-11T05:00:00Z");
     let mut s = Scheduler::new(&c, &states, now, 1);

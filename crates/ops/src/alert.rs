@@ -846,7 +846,7 @@ pub fn drill_events(report: &crate::drill::DrillReport) -> Vec<Event> {
         DrillOutcome::Failed => out.push(detail(Event::problem(
             conditions::DRILL_FAILED,
             plan,
-            &repo,
+            repo,
             format!(
                 "restore drill of {plan} from {from} failed: {}",
                 report
@@ -859,13 +859,13 @@ pub fn drill_events(report: &crate::drill::DrillReport) -> Vec<Event> {
             out.push(detail(Event::recovered(
                 conditions::DRILL_FAILED,
                 plan,
-                &repo,
+                repo,
                 format!("restore drill of {plan} from {from} passed its checks"),
             )));
             out.push(detail(Event::problem(
                 conditions::DRILL_RTO_MISSED,
                 plan,
-                &repo,
+                repo,
                 format!(
                     "restore drill of {plan} from {from} took {} to a usable copy, more than the RTO of {}",
                     rto(report.rto_ms),
@@ -878,7 +878,7 @@ pub fn drill_events(report: &crate::drill::DrillReport) -> Vec<Event> {
                 out.push(detail(Event::recovered(
                     c,
                     plan,
-                    &repo,
+                    repo,
                     format!(
                         "restore drill of {plan} from {from} passed, usable copy in {}",
                         rto(report.rto_ms)

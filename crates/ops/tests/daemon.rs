@@ -625,7 +625,7 @@ time-zone = "UTC"
     for p in ["a", "b"] {
         let at = |want: &dyn Fn(&Event) -> bool| {
             seen.iter()
-                .position(|e| want(e))
+                .position(want)
                 .unwrap_or_else(|| panic!("{p}: {seen:#?}"))
         };
         let backup_started =

@@ -10,7 +10,7 @@ use lifeboat_snapshot::backup::{
     BackupOptions, BackupOutcome, StreamOptions, backup, backup_many, backup_stream,
     backup_stream_many,
 };
-use lifeboat_snapshot::detect::{DetectOptions, analyze, respond};
+use lifeboat_snapshot::detect::{DetectOptions, check};
 
 use crate::args::{BackupArgs, Global, ModeArg};
 use crate::exit;
@@ -191,21 +191,8 @@ async fn detect_ransomware(
     outcome: &mut BackupOutcome,
     options: &DetectOptions,
 ) -> Result<bool> {
-    let Some(parent_id) = outcome.snapshot.record.parent else {
-        return Ok(false);
-    };
-    let checked = async {
-        let parent = repo.find_snapshot(&parent_id.to_hex()).await?;
-        let d = analyze(repo, &parent, &outcome.snapshot, options).await?;
-        if !d.suspect {
-            return Ok::<_, anyhow::Error>(None);
-        }
-        let r = respond(repo, &parent, &outcome.snapshot, &d, options).await?;
-        Ok(Some((d, r)))
-    }
-    .await;
-    let (d, r) = match checked {
-        Ok(Some(found)) => found,
+    let (d, r) = match check(repo, &outcome.snapshot, options).await {
+        Ok(Some(found)) => (found.detection, found.response),
         Ok(None) => return Ok(false),
         Err(e) => {
             eprintln!("lifeboat: warning: the ransomware check could not run: {e:#}");

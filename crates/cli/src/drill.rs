@@ -38,14 +38,16 @@ pub async fn drill(g: &Global, a: DrillArgs) -> Result<i32> {
             )
         })?),
     };
+    let alerts = lifeboat_ops::alert::Alerter::new(&config);
     let options = lifeboat_ops::DrillOptions {
         snapshot: a.snapshot,
         at,
-        trigger: None,
+        alerts: Some(alerts.clone()),
+        ..Default::default()
     };
-    let result = lifeboat_ops::run_drill(&config, &a.plan, &options)
-        .await
-        .map_err(crate::ops::ops_error)?;
+    let result = lifeboat_ops::run_drill(&config, &a.plan, &options).await;
+    crate::ops::flush_alerts(&alerts).await;
+    let result = result.map_err(crate::ops::ops_error)?;
     let report = &result.report;
     if g.json {
         crate::output::json(report)?;

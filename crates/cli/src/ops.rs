@@ -152,6 +152,17 @@ pub async fn config(g: &Global, a: ConfigArgs) -> Result<i32> {
 /// message's retries (~33 s), so a slow endpoint still gets its message.
 const ALERT_FLUSH: std::time::Duration = std::time::Duration::from_secs(40);
 
+/// Alerts are delivered in the background; waits for them (bounded: a
+/// dead endpoint is given up and logged, the exit code is the command's).
+pub async fn flush_alerts(alerts: &lifeboat_ops::alert::Alerter) {
+    if !alerts.flush(ALERT_FLUSH).await {
+        eprintln!(
+            "lifeboat: warning: some alerts were not delivered within {}s",
+            ALERT_FLUSH.as_secs()
+        );
+    }
+}
+
 pub async fn run(g: &Global, a: RunArgs) -> Result<i32> {
     let config = load(g)?;
     let alerts = lifeboat_ops::alert::Alerter::new(&config);
@@ -162,14 +173,7 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<i32> {
     let result = lifeboat_ops::run_plan(&config, &a.plan, &options)
         .await
         .map_err(ops_error)?;
-    // Alerts are delivered in the background; wait for them (bounded: a
-    // dead endpoint is given up and logged, the exit code is the run's).
-    if !alerts.flush(ALERT_FLUSH).await {
-        eprintln!(
-            "lifeboat: warning: some alerts were not delivered within {}s",
-            ALERT_FLUSH.as_secs()
-        );
-    }
+    flush_alerts(&alerts).await;
     let r = &result.report;
     if g.json {
         crate::output::json(r)?;

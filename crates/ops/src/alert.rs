@@ -60,6 +60,15 @@ pub mod conditions {
     pub const RPO_BREACH: &str = "rpo-breach";
     /// A verification of a repository found errors or could not run.
     pub const VERIFY_FAILED: &str = "verify-failed";
+    /// A restore drill's checks failed, or the drill could not run.
+    pub const DRILL_FAILED: &str = "drill-failed";
+    /// A restore drill passed its checks but took longer than the RTO.
+    pub const DRILL_RTO_MISSED: &str = "drill-rto-missed";
+    /// The plan's scheduled drill (`drill.every`) has not happened: its
+    /// newest drill is older than `every` plus [`super::DRILL_OVERDUE_GRACE_SECS`].
+    pub const DRILL_OVERDUE: &str = "drill-overdue";
+    /// A backup of the plan looks like its source was just encrypted.
+    pub const RANSOMWARE_SUSPECTED: &str = "ransomware-suspected";
 }
 
 /// Whether an event starts (or continues) a problem or ends it.
@@ -681,6 +690,9 @@ pub fn run_events(
     let plan = &report.plan;
     let mut out = Vec::new();
     for s in &report.steps {
+        if let Some(e) = ransomware_event(plan, s) {
+            out.push(e);
+        }
         let condition = match s.step {
             StepKind::Backup | StepKind::Copy => conditions::RUN_FAILED,
             StepKind::Verify => conditions::VERIFY_FAILED,
@@ -711,6 +723,43 @@ pub fn run_events(
         out.extend(rpo_events(plan, p, state, now));
     }
     out
+}
+
+/// `ransomware-suspected` for a backup step: a problem when detection
+/// flagged its snapshot (naming the snapshot, the signals and the
+/// protected parent), recovered when a later backup to that repository
+/// shows no sign (the suspect snapshot stays tagged, its parent
+/// protected). Failed backups change nothing.
+fn ransomware_event(plan: &str, s: &crate::report::StepReport) -> Option<Event> {
+    if s.step != StepKind::Backup || !matches!(s.outcome, Outcome::Ok | Outcome::Partial) {
+        return None;
+    }
+    let snapshot = s.snapshot.clone().unwrap_or_default();
+    let short = &snapshot[..snapshot.len().min(8)];
+    let repo = &s.repository;
+    Some(match &s.suspect {
+        Some(found) => Event::problem(
+            conditions::RANSOMWARE_SUSPECTED,
+            plan,
+            repo,
+            format!(
+                "backup {short} of plan {plan} to {repo} looks like its source was just encrypted: {}; the snapshot is tagged `suspect`, the one before it ({}) is protected until {}. Look at the source now",
+                found.signals.join("; "),
+                &found.protected[..found.protected.len().min(8)],
+                found.protected_until.strftime("%Y-%m-%d"),
+            ),
+        )
+        .with_detail("snapshot", snapshot.clone())
+        .with_detail("protected", found.protected.clone())
+        .with_detail("signals", found.signals.join("; "))
+        .with_detail("examples", found.examples.join(", ")),
+        None => Event::recovered(
+            conditions::RANSOMWARE_SUSPECTED,
+            plan,
+            repo,
+            format!("backup {short} of plan {plan} to {repo} shows no sign of encryption"),
+        ),
+    })
 }
 
 /// `rpo-breach` per repository of the plan's `repositories`: a problem
@@ -755,6 +804,141 @@ pub fn rpo_events(
             })
         })
         .collect()
+}
+
+// ---------------------------------------------------- events of a drill
+
+/// How late a scheduled drill may be before `drill-overdue`: the daemon
+/// starts a drill when it is due plus the plan's jitter, after the plan's
+/// backup if one is running; an hour absorbs that.
+pub const DRILL_OVERDUE_GRACE_SECS: i64 = 3600;
+
+/// The events a finished drill raises: `drill-failed` (problem when a
+/// check failed, recovered when the checks pass), `drill-rto-missed`
+/// (problem when the checks passed too slowly, recovered when a drill
+/// passes within the RTO; a failed drill measured nothing and changes
+/// nothing) and the recovery of `drill-overdue`. The conditions are the
+/// plan's (`repository` is empty, so a drill from another repository still
+/// ends a problem); the reason names the repository the drill restored
+/// from, or the plan's repositories when none opened.
+pub fn drill_events(report: &crate::drill::DrillReport) -> Vec<Event> {
+    use crate::drill::DrillOutcome;
+    let plan = &report.plan;
+    let from = report
+        .repository
+        .clone()
+        .unwrap_or_else(|| "its repositories".into());
+    let rto = |ms: u64| crate::duration::Duration::from_secs(ms.div_ceil(1000));
+    let detail = |e: Event| {
+        e.with_detail("drill", report.id.clone())
+            .with_detail("rto_ms", report.rto_ms.to_string())
+            .with_detail("drill_repository", from.clone())
+    };
+    let repo = "";
+    let from = &from;
+    let mut out = vec![detail(Event::recovered(
+        conditions::DRILL_OVERDUE,
+        plan,
+        "",
+        format!("a drill of {plan} ran at {}", report.finished),
+    ))];
+    match report.outcome {
+        DrillOutcome::Failed => out.push(detail(Event::problem(
+            conditions::DRILL_FAILED,
+            plan,
+            repo,
+            format!(
+                "restore drill of {plan} from {from} failed: {}",
+                report
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "see the drill report".into())
+            ),
+        ))),
+        DrillOutcome::RtoMissed => {
+            out.push(detail(Event::recovered(
+                conditions::DRILL_FAILED,
+                plan,
+                repo,
+                format!("restore drill of {plan} from {from} passed its checks"),
+            )));
+            out.push(detail(Event::problem(
+                conditions::DRILL_RTO_MISSED,
+                plan,
+                repo,
+                format!(
+                    "restore drill of {plan} from {from} took {} to a usable copy, more than the RTO of {}",
+                    rto(report.rto_ms),
+                    crate::duration::Duration::from_secs(report.rto_objective_seconds.unwrap_or(0))
+                ),
+            )));
+        }
+        DrillOutcome::Passed => {
+            for c in [conditions::DRILL_FAILED, conditions::DRILL_RTO_MISSED] {
+                out.push(detail(Event::recovered(
+                    c,
+                    plan,
+                    repo,
+                    format!(
+                        "restore drill of {plan} from {from} passed, usable copy in {}",
+                        rto(report.rto_ms)
+                    ),
+                )));
+            }
+        }
+    }
+    out
+}
+
+/// `drill-failed` for a drill that could not run at all (no report).
+pub fn drill_error_event(plan: &str, error: &dyn std::fmt::Display) -> Event {
+    Event::problem(
+        conditions::DRILL_FAILED,
+        plan,
+        "",
+        format!("restore drill of {plan} could not run: {error}"),
+    )
+}
+
+/// `drill-overdue` for every plan with `drill.every` whose newest drill
+/// (any outcome; failures raise `drill-failed`) finished longer ago than
+/// `every` plus [`DRILL_OVERDUE_GRACE_SECS`], except the plans in `busy`
+/// (a drill running or about to start); recovered otherwise. A plan never
+/// drilled raises nothing here: the daemon drills it at once, and `status`
+/// shows it as overdue.
+pub fn drill_overdue_events(config: &Config, busy: &[String], now: Timestamp) -> Vec<Event> {
+    let dir = crate::state::StateDir::new(&config.state_dir);
+    let mut out = Vec::new();
+    for (name, plan) in &config.plans {
+        let Some(every) = plan.drill.every else {
+            continue;
+        };
+        if busy.contains(name) {
+            continue;
+        }
+        let (last, _) = crate::drill::history::last(&dir, name);
+        let Some(last) = last else { continue };
+        let age = now.as_second() - last.finished.as_second();
+        out.push(if age > every.seconds() as i64 + DRILL_OVERDUE_GRACE_SECS {
+            Event::problem(
+                conditions::DRILL_OVERDUE,
+                name,
+                "",
+                format!(
+                    "no restore drill of {name} for {} (drill.every = {every}): is the daemon running? Run `lifeboat drill {name}`",
+                    crate::duration::Duration::from_secs(age as u64)
+                ),
+            )
+        } else {
+            Event::recovered(
+                conditions::DRILL_OVERDUE,
+                name,
+                "",
+                format!("a drill of {name} ran at {}", last.finished),
+            )
+        });
+    }
+    out
 }
 
 /// [`rpo_events`] for every plan of the config, from the saved state.

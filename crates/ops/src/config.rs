@@ -259,6 +259,53 @@ pub struct PlanConfig {
     pub retention: Option<RetentionConfig>,
     pub verify: Option<VerifyConfig>,
     pub drill: DrillConfig,
+    /// Ransomware detection after each backup (`detect = false`: none).
+    pub detect: Option<DetectConfig>,
+}
+
+/// The plan's `detect-*` keys: the thresholds of ransomware detection at
+/// backup time (lifeboat_snapshot::detect, whose defaults these are;
+/// docs/operations.md, "Ransomware detection").
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DetectConfig {
+    /// Share of the previous snapshot's files that became incompressible,
+    /// or were renamed with a new extension, that flags a backup.
+    pub share_percent: f64,
+    /// Fewer affected files than this never flag a backup.
+    pub min_files: u64,
+    /// Share of stable files rewritten that counts with half of `share`.
+    pub stable_share_percent: f64,
+    /// A file unchanged this many days before the previous snapshot is
+    /// stable.
+    pub stable_days: u32,
+    /// Days the snapshot before a suspect one stays protected.
+    pub protect_days: u32,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        let d = lifeboat_snapshot::detect::DetectOptions::default();
+        DetectConfig {
+            share_percent: d.share * 100.0,
+            min_files: d.min_files,
+            stable_share_percent: d.stable_share * 100.0,
+            stable_days: d.stable_days,
+            protect_days: d.protect_days,
+        }
+    }
+}
+
+impl DetectConfig {
+    pub fn options(&self) -> lifeboat_snapshot::detect::DetectOptions {
+        lifeboat_snapshot::detect::DetectOptions {
+            share: self.share_percent / 100.0,
+            min_files: self.min_files,
+            stable_share: self.stable_share_percent / 100.0,
+            stable_days: self.stable_days,
+            protect_days: self.protect_days,
+        }
+    }
 }
 
 /// `[plan.NAME.drill]`: how restore drills of the plan run and what they
@@ -497,6 +544,12 @@ struct RawPlan {
     retention: Option<RawRetention>,
     verify: Option<RawVerify>,
     drill: Option<RawDrill>,
+    detect: Option<bool>,
+    detect_share: Option<Spanned<String>>,
+    detect_min_files: Option<Spanned<i64>>,
+    detect_stable_share: Option<Spanned<String>>,
+    detect_stable_days: Option<Spanned<i64>>,
+    detect_protect_days: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -864,6 +917,7 @@ impl Validator<'_> {
         sources: &BTreeMap<String, SourceConfig>,
     ) -> Result<PlanConfig, ConfigError> {
         let key = |k: &str| format!("plan.{name}.{k}");
+        let detect = self.detect(name, &p)?;
         if !sources.contains_key(p.source.get_ref()) {
             return Err(self.at(
                 &p.source,
@@ -1003,7 +1057,76 @@ impl Validator<'_> {
             retention,
             verify,
             drill,
+            detect,
         })
+    }
+
+    /// A whole number in `min..=max` for `key`, or `default`.
+    fn count(
+        &self,
+        v: &Option<Spanned<i64>>,
+        key: &str,
+        range: std::ops::RangeInclusive<i64>,
+        default: u64,
+    ) -> Result<u64, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        if range.contains(v.get_ref()) {
+            Ok(*v.get_ref() as u64)
+        } else {
+            Err(self.at(
+                v,
+                key,
+                format!(
+                    "{} is out of range: a whole number from {} to {}",
+                    v.get_ref(),
+                    range.start(),
+                    range.end()
+                ),
+            ))
+        }
+    }
+
+    fn detect(&self, name: &str, p: &RawPlan) -> Result<Option<DetectConfig>, ConfigError> {
+        if p.detect == Some(false) {
+            return Ok(None);
+        }
+        let key = |k: &str| format!("plan.{name}.{k}");
+        let d = DetectConfig::default();
+        let share = self.percent(&p.detect_share, &key("detect-share"), d.share_percent)?;
+        if share == 0.0 {
+            let s = p.detect_share.as_ref().expect("0 only when given");
+            return Err(self.at(
+                s,
+                &key("detect-share"),
+                "must be more than 0% (every backup would be suspect); to switch detection off write detect = false",
+            ));
+        }
+        Ok(Some(DetectConfig {
+            share_percent: share,
+            min_files: self.count(
+                &p.detect_min_files,
+                &key("detect-min-files"),
+                1..=i64::MAX,
+                d.min_files,
+            )?,
+            stable_share_percent: self.percent(
+                &p.detect_stable_share,
+                &key("detect-stable-share"),
+                d.stable_share_percent,
+            )?,
+            stable_days: self.count(
+                &p.detect_stable_days,
+                &key("detect-stable-days"),
+                1..=36_500,
+                d.stable_days.into(),
+            )? as u32,
+            protect_days: self.count(
+                &p.detect_protect_days,
+                &key("detect-protect-days"),
+                1..=36_500,
+                d.protect_days.into(),
+            )? as u32,
+        }))
     }
 
     /// A percentage from 0% to 100% (`"5%"` or `"5"`), or `default`.

@@ -1,5 +1,5 @@
-//! `lifeboat daemon`: runs every plan on its schedule ([`Scheduler`]) and
-//! serves `/metrics`, `/healthz` and `/api/status` over HTTP (axum).
+//! `lifeboat daemon`: runs every plan on its schedule and its restore
+//! drills every `drill.every` ([`Scheduler`]), and serves `/metrics`, `/healthz` and `/api/status` over HTTP (axum).
 //!
 //! The clock is injected ([`Clock`]): the real one sleeps, the
 //! [`ManualClock`] of the tests moves only when told, so schedules, catch-up
@@ -102,6 +102,16 @@ pub enum Event {
         outcome: Option<Outcome>,
         error: Option<String>,
     },
+    /// A restore drill of the plan started (`drill.every`).
+    DrillStarted {
+        plan: String,
+        trigger: Trigger,
+    },
+    DrillFinished {
+        plan: String,
+        outcome: Option<crate::drill::DrillOutcome>,
+        error: Option<String>,
+    },
     Reloaded,
     /// The new config is broken; the old one keeps running.
     ReloadFailed(String),
@@ -167,6 +177,16 @@ fn send(events: &Option<mpsc::UnboundedSender<Event>>, e: Event) {
         Event::Started { plan, trigger } => {
             tracing::info!(plan = %plan, trigger = ?trigger, "run started")
         }
+        Event::DrillStarted { plan, trigger } => {
+            tracing::info!(plan = %plan, trigger = ?trigger, "drill started")
+        }
+        Event::DrillFinished {
+            plan,
+            outcome,
+            error,
+        } => {
+            tracing::info!(plan = %plan, outcome = ?outcome, error = ?error, "drill finished")
+        }
         other => tracing::info!("{other:?}"),
     }
     if let Some(tx) = events {
@@ -181,6 +201,55 @@ fn load_states(config: &Config) -> BTreeMap<String, crate::state::PlanState> {
         .keys()
         .filter_map(|p| dir.plan(p).ok().map(|s| (p.clone(), s)))
         .collect()
+}
+
+/// When each plan's newest drill finished (the drill schedule's start).
+fn last_drills(config: &Config) -> BTreeMap<String, Timestamp> {
+    let dir = StateDir::new(&config.state_dir);
+    config
+        .plans
+        .iter()
+        .filter(|(_, p)| p.drill.every.is_some())
+        .filter_map(|(n, _)| {
+            crate::drill::history::last(&dir, n)
+                .0
+                .map(|r| (n.clone(), r.finished))
+        })
+        .collect()
+}
+
+/// What a task of the daemon ended with.
+enum Done {
+    Run(Result<crate::run::RunResult>),
+    Drill(Result<crate::drill::DrillResult>),
+}
+
+/// The event of a finished task.
+fn finished_event(plan: String, done: Done) -> Event {
+    match done {
+        Done::Run(r) => {
+            let (outcome, error) = match r {
+                Ok(r) => (Some(r.report.outcome), r.report.error),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            Event::Finished {
+                plan,
+                outcome,
+                error,
+            }
+        }
+        Done::Drill(r) => {
+            let (outcome, error) = match r {
+                Ok(r) => (Some(r.report.outcome), r.report.error),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            Event::DrillFinished {
+                plan,
+                outcome,
+                error,
+            }
+        }
+    }
 }
 
 /// Runs until `shutdown` is cancelled.
@@ -214,13 +283,20 @@ pub async fn run_daemon(config: Config, mut o: DaemonOptions) -> Result<()> {
     let alerts = o.alerts.take().unwrap_or_else(|| Alerter::new(&config));
     let mut next_rpo_check = o.clock.now();
     let mut scheduler = Scheduler::new(&config, &load_states(&config), o.clock.now(), o.seed);
-    let mut tasks: JoinSet<(String, Result<crate::run::RunResult>)> = JoinSet::new();
+    scheduler.sync_drills(&config, &last_drills(&config), o.clock.now());
+    let mut tasks: JoinSet<(String, Done)> = JoinSet::new();
     let runs_cancel = o.shutdown.child_token();
     loop {
         let config = shared.config.read().expect("not poisoned").clone();
         let now = o.clock.now();
         if now >= next_rpo_check {
-            alerts.notify_all(crate::alert::all_rpo_events(&config, now), now);
+            let mut events = crate::alert::all_rpo_events(&config, now);
+            events.extend(crate::alert::drill_overdue_events(
+                &config,
+                &scheduler.drills_busy(now),
+                now,
+            ));
+            alerts.notify_all(events, now);
             next_rpo_check = now
                 .checked_add(jiff::SignedDuration::from_secs(RPO_CHECK_SECS))
                 .unwrap_or(now);
@@ -242,30 +318,71 @@ pub async fn run_daemon(config: Config, mut o: DaemonOptions) -> Result<()> {
             };
             tasks.spawn(async move {
                 let r = run_plan(&config, &due.plan, &options).await;
-                (due.plan, r)
+                (due.plan, Done::Run(r))
+            });
+        }
+        for due in scheduler.take_due_drills(now) {
+            send(
+                &o.events,
+                Event::DrillStarted {
+                    plan: due.plan.clone(),
+                    trigger: due.trigger,
+                },
+            );
+            let config = config.clone();
+            let options = crate::drill::DrillOptions {
+                trigger: Some(due.trigger),
+                alerts: Some(alerts.clone()),
+                now: Some(now),
+                ..Default::default()
+            };
+            let cancel = runs_cancel.clone();
+            tasks.spawn(async move {
+                // A drill stopped by shutdown is abandoned; the next start
+                // of a drill removes what it left (drill::scratch).
+                let r = tokio::select! {
+                    r = crate::drill::run_drill(&config, &due.plan, &options) => r,
+                    _ = cancel.cancelled() => Err(Error::Drill {
+                        repository: "-".into(),
+                        message: "stopped: lifeboat was shut down during the drill; the next drill removes what it left".into(),
+                    }),
+                };
+                (due.plan, Done::Drill(r))
             });
         }
         *shared.next_runs.lock().expect("not poisoned") = scheduler.next_runs();
         let wake = scheduler
-            .next_wake()
+            .next_wake_after(now)
             .map_or(next_rpo_check, |t| t.min(next_rpo_check));
         let clock = o.clock.clone();
         tokio::select! {
             _ = o.shutdown.cancelled() => break,
             _ = clock.sleep_until(wake) => {}
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                let (plan, outcome, error) = match joined {
-                    Ok((plan, Ok(r))) => (plan, Some(r.report.outcome), r.report.error),
-                    Ok((plan, Err(e))) => (plan, None, Some(e.to_string())),
-                    Err(e) => (String::new(), None, Some(format!("run task failed: {e}"))),
+                let event = match joined {
+                    Ok((plan, done)) => finished_event(plan, done),
+                    Err(e) => Event::Finished {
+                        plan: String::new(),
+                        outcome: None,
+                        error: Some(format!("run task failed: {e}")),
+                    },
                 };
-                scheduler.finished(&config, &plan, outcome, o.clock.now());
-                send(&o.events, Event::Finished { plan, outcome, error });
+                match &event {
+                    Event::Finished { plan, outcome, .. } => {
+                        scheduler.finished(&config, plan, *outcome, o.clock.now())
+                    }
+                    Event::DrillFinished { plan, .. } => {
+                        scheduler.drill_finished(&config, plan, o.clock.now())
+                    }
+                    _ => {}
+                }
+                send(&o.events, event);
             }
             Some(()) = o.reload.recv() => {
                 match Config::load(&o.config_path) {
                     Ok(new) => {
                         scheduler.sync(&new, &load_states(&new), o.clock.now());
+                        scheduler.sync_drills(&new, &last_drills(&new), o.clock.now());
                         alerts.reload(&new);
                         *shared.config.write().expect("not poisoned") = Arc::new(new);
                         send(&o.events, Event::Reloaded);
@@ -278,19 +395,8 @@ pub async fn run_daemon(config: Config, mut o: DaemonOptions) -> Result<()> {
     // Stop: cancel running plans and wait for them to end cleanly.
     runs_cancel.cancel();
     while let Some(joined) = tasks.join_next().await {
-        if let Ok((plan, r)) = joined {
-            let (outcome, error) = match r {
-                Ok(r) => (Some(r.report.outcome), r.report.error),
-                Err(e) => (None, Some(e.to_string())),
-            };
-            send(
-                &o.events,
-                Event::Finished {
-                    plan,
-                    outcome,
-                    error,
-                },
-            );
+        if let Ok((plan, done)) = joined {
+            send(&o.events, finished_event(plan, done));
         }
     }
     // Messages of the last runs: a bounded wait, then they are dropped.

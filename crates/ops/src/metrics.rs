@@ -47,6 +47,8 @@ pub fn render(status: &Status) -> String {
     let drill_duration = FGauge::default();
     let drill_rto = FGauge::default();
     let drill_rto_met = IGauge::default();
+    let drill_failed = IGauge::default();
+    let drill_overdue = IGauge::default();
     let mut seen_repo = std::collections::BTreeSet::new();
     for p in &status.plans {
         let l = plan(&p.plan);
@@ -121,6 +123,14 @@ pub fn render(status: &Status) -> String {
         }
         if let Some(met) = d.rto_met {
             drill_rto_met.get_or_create(&l).set(i64::from(met));
+        }
+        if let Some(o) = d.last_outcome {
+            drill_failed
+                .get_or_create(&l)
+                .set(i64::from(!o.checks_passed()));
+        }
+        if d.every_seconds.is_some() {
+            drill_overdue.get_or_create(&l).set(i64::from(d.overdue));
         }
         if let Some(v) = &p.last_verify {
             verify_errors.get_or_create(&l).set(v.errors as i64);
@@ -248,6 +258,16 @@ pub fn render(status: &Status) -> String {
         "lifeboat_drill_rto_met",
         "1 when the newest passing drill's time to a usable copy was within the plan's RTO",
         drill_rto_met,
+    );
+    reg.register(
+        "lifeboat_drill_last_failed",
+        "1 when the plan's newest restore drill failed its checks or its restore",
+        drill_failed,
+    );
+    reg.register(
+        "lifeboat_drill_overdue",
+        "1 when no restore drill of the plan passed within drill.every (plans with drill.every)",
+        drill_overdue,
     );
     let info = IGauge::default();
     info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])

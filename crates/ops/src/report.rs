@@ -80,6 +80,23 @@ pub struct StepReport {
     pub count: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Backup: the snapshot looks like its source was just encrypted
+    /// (ransomware detection); what was found, what was protected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<Suspect>,
+}
+
+/// A backup flagged by ransomware detection (the step's `snapshot` is the
+/// suspect one, tagged `suspect`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Suspect {
+    /// One line per sign over its threshold.
+    pub signals: Vec<String>,
+    /// The snapshot before it, now protected, and until when.
+    pub protected: String,
+    pub protected_until: Timestamp,
+    /// Some affected files.
+    pub examples: Vec<String>,
 }
 
 /// Why a run started.

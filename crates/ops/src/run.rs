@@ -138,6 +138,7 @@ impl Steps {
             added_bytes: 0,
             count: 0,
             error,
+            suspect: None,
         });
         self.steps.last_mut().expect("just pushed")
     }
@@ -308,8 +309,16 @@ pub async fn run_plan(config: &Config, plan_name: &str, options: &RunOptions) ->
                                             o.warnings.first().cloned().unwrap_or_default()
                                         )
                                     });
+                                    let suspect = match &plan.detect {
+                                        Some(d) => detect(&repos[*n], n, &o.snapshot, d).await,
+                                        None => None,
+                                    };
                                     let s = steps.push(StepKind::Backup, n, t0, outcome, error);
-                                    s.snapshot = Some(o.snapshot.id.to_hex());
+                                    s.snapshot = Some(match &suspect {
+                                        Some((id, _)) => id.clone(),
+                                        None => o.snapshot.id.to_hex(),
+                                    });
+                                    s.suspect = suspect.map(|(_, found)| found);
                                     s.added_bytes = r.summary.added_bytes;
                                     s.count = r.summary.errors;
                                     backed_up.push((*n).clone());
@@ -631,6 +640,34 @@ pub fn step_name(k: StepKind) -> &'static str {
     }
 }
 
+/// Ransomware detection of a new snapshot (lifeboat_snapshot::detect):
+/// when it looks like an encryption event, the snapshot is tagged
+/// `suspect` (under a new id, returned) and its parent protected. A check
+/// that cannot run is logged, never fails the backup.
+async fn detect(
+    repo: &Arc<Repository>,
+    repository: &str,
+    snapshot: &lifeboat_repo::Snapshot,
+    config: &crate::config::DetectConfig,
+) -> Option<(String, crate::report::Suspect)> {
+    match lifeboat_snapshot::detect::check(repo, snapshot, &config.options()).await {
+        Ok(Some(found)) => Some((
+            found.response.snapshot.id.to_hex(),
+            crate::report::Suspect {
+                signals: found.detection.reasons,
+                protected: found.response.protected.to_hex(),
+                protected_until: found.response.protected_until,
+                examples: found.detection.examples,
+            },
+        )),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!("the ransomware check of the backup to {repository} could not run: {e}");
+            None
+        }
+    }
+}
+
 struct NoCopyProgress;
 impl lifeboat_repo::CopyProgress for NoCopyProgress {}
 
@@ -652,6 +689,7 @@ async fn copy_one(
         added_bytes: 0,
         count: 0,
         error: None,
+        suspect: None,
     };
     let ids = match from.snapshots().await {
         Ok(all) => all

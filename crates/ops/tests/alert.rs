@@ -305,3 +305,126 @@ plans = [\"files\"]
     let got = http.wait_for(2);
     assert_eq!(json(&got[1].body)["status"], "recovered");
 }
+
+/// `n` compressible text files, unchanged for years (stable).
+fn text_tree(dir: &std::path::Path, n: usize) {
+    let old = std::time::SystemTime::UNIX_EPOCH + StdDuration::from_secs(1_500_000_000);
+    for i in 0..n {
+        let sub = dir.join(format!("d{}", i % 5));
+        std::fs::create_dir_all(&sub).unwrap();
+        let line = format!("line of file {i}: the quick brown fox jumps over the lazy dog\n");
+        let p = sub.join(format!("f{i:03}.txt"));
+        std::fs::write(&p, line.repeat(60 + i)).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+}
+
+const DETECT_PLAN: &str = r#"
+state-dir = "state"
+[repository.local]
+location = "local"
+password-file = "pw"
+[source.text]
+type = "files"
+paths = ["{root}/text"]
+[plan.text]
+source = "text"
+repositories = ["local"]
+rpo = "1h"
+"#;
+
+/// A plan (its extra `keys`) run over a text tree, 30% of which a
+/// script then encrypts (new extensions), and run again: the second
+/// run's report, and the alerts it sent.
+async fn encrypted_between_two_runs(
+    keys: &str,
+) -> (
+    Setup,
+    lifeboat_ops::report::RunReport,
+    Vec<serde_json::Value>,
+) {
+    let s = Setup::new();
+    s.repo("local").await;
+    let http = HttpSink::start();
+    text_tree(&s.path("text"), 100);
+    let config = s.config(&format!(
+        "{}[alert.ops]\nwebhook = \"{}/hook\"\n",
+        DETECT_PLAN.replace("rpo = \"1h\"", &format!("rpo = \"1h\"\n{keys}")),
+        http.url()
+    ));
+    let alerts = Alerter::with_retry(&config, quick());
+    let options = RunOptions {
+        alerts: Some(alerts.clone()),
+        ..RunOptions::manual()
+    };
+    run_plan(&config, "text", &options).await.unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts/encrypt-like-ransomware");
+    let out = std::process::Command::new(&script)
+        .arg(s.path("text"))
+        .arg("30")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let r = run_plan(&config, "text", &options).await.unwrap();
+    assert!(alerts.flush(StdDuration::from_secs(60)).await);
+    let sent = http
+        .received()
+        .iter()
+        .map(|m| json(&m.body))
+        .filter(|p| p["condition"] == "ransomware-suspected")
+        .collect();
+    (s, r.report, sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_run_whose_source_was_encrypted_alerts_ransomware_suspected() {
+    let (s, r, sent) = encrypted_between_two_runs("").await;
+    assert_eq!(r.outcome, Outcome::Ok, "the backup is kept: {r:#?}");
+    let step = &r.steps[0];
+    let found = step.suspect.as_ref().unwrap_or_else(|| panic!("{r:#?}"));
+    let snapshot = step.snapshot.clone().unwrap();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let p = &sent[0];
+    assert_eq!(p["status"], "problem");
+    assert_eq!(p["plan"], "text");
+    assert_eq!(p["repository"], "local");
+    assert_eq!(p["details"]["snapshot"], snapshot.as_str());
+    assert_eq!(p["details"]["protected"], found.protected.as_str());
+    let reason = p["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!(
+            "backup {} of plan text to local looks like its source was just encrypted: ",
+            &snapshot[..8]
+        )),
+        "{reason}"
+    );
+    assert!(reason.contains("no longer compress"), "{reason}");
+    assert!(reason.contains("renamed with a new extension"), "{reason}");
+    // The step names the tagged snapshot, the one in the repository.
+    let storage =
+        lifeboat_storage::open_location(&lifeboat_storage::Location::Local(s.path("local")))
+            .await
+            .unwrap();
+    let repo = lifeboat_testkit::repo::reopen(storage).await;
+    let snap = repo.find_snapshot(&snapshot).await.unwrap();
+    assert!(
+        snap.record.tags.iter().any(|t| t == "suspect"),
+        "{:?}",
+        snap.record.tags
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_s_own_thresholds_decide_and_detection_can_be_switched_off() {
+    for keys in ["detect-share = \"40%\"", "detect = false"] {
+        let (_s, r, sent) = encrypted_between_two_runs(keys).await;
+        assert!(r.steps[0].suspect.is_none(), "{keys}: {r:#?}");
+        assert!(sent.is_empty(), "{keys}: {sent:?}");
+    }
+}

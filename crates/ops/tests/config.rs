@@ -277,3 +277,71 @@ fn a_plan_s_drill_table_has_defaults_and_checked_values() {
     let e = error_of(&format!("{MINIMAL}\n[plan.home.drill]\nevry = \"7d\"\n"));
     assert_eq!(e.key, "plan.home.drill.evry");
 }
+
+#[test]
+fn a_plan_s_ransomware_detection_keys_have_defaults_and_checked_values() {
+    let c = Config::parse(MINIMAL, Path::new("/cfg/lifeboat.toml")).unwrap();
+    let d = c.plans["home"].detect.as_ref().expect("on by default");
+    assert_eq!(
+        (
+            d.share_percent,
+            d.min_files,
+            d.stable_share_percent,
+            d.stable_days,
+            d.protect_days
+        ),
+        (10.0, 10, 50.0, 30, 30)
+    );
+    let with = |keys: &str| MINIMAL.replace("rpo = \"1h\"", &format!("rpo = \"1h\"\n{keys}"));
+    let c = Config::parse(
+        &with("detect-share = \"25%\"\ndetect-min-files = 3\ndetect-stable-share = \"80%\"\ndetect-stable-days = 7\ndetect-protect-days = 90"),
+        Path::new("/cfg/lifeboat.toml"),
+    )
+    .unwrap();
+    let o = c.plans["home"].detect.as_ref().unwrap().options();
+    assert_eq!(
+        (
+            o.share,
+            o.min_files,
+            o.stable_share,
+            o.stable_days,
+            o.protect_days
+        ),
+        (0.25, 3, 0.8, 7, 90)
+    );
+    let c = Config::parse(&with("detect = false"), Path::new("/cfg/lifeboat.toml")).unwrap();
+    assert!(c.plans["home"].detect.is_none());
+
+    for (keys, key, words) in [
+        (
+            "detect-share = \"0%\"",
+            "plan.home.detect-share",
+            "detect = false",
+        ),
+        (
+            "detect-share = \"lots\"",
+            "plan.home.detect-share",
+            "a percentage from 0% to 100%",
+        ),
+        (
+            "detect-min-files = 0",
+            "plan.home.detect-min-files",
+            "a whole number from 1",
+        ),
+        (
+            "detect-protect-days = -3",
+            "plan.home.detect-protect-days",
+            "a whole number from 1 to 36500",
+        ),
+        (
+            "detect-stable-days = \"30\"",
+            "plan.home.detect-stable-days",
+            "invalid type",
+        ),
+    ] {
+        let e = error_of(&with(keys));
+        assert_eq!(e.key, key, "{keys}: {e}");
+        assert_eq!(e.line, Some(15), "{keys}: {e}");
+        assert!(e.message.contains(words), "{keys}: {e}");
+    }
+}

@@ -467,3 +467,240 @@ time-zone = "UTC"
     shutdown.cancel();
     daemon.await.unwrap().unwrap();
 }
+
+fn drilled_at(t: &str) -> BTreeMap<String, Timestamp> {
+    BTreeMap::from([("a".to_string(), ts(t))])
+}
+
+#[test]
+fn a_drill_missed_during_downtime_is_caught_up_once_then_runs_every_interval() {
+    // A yearly backup (on 1 January), so no backup is due meanwhile.
+    let c = config(&plan("a", "0 3 1 1 *", "drill.every = \"7d\""), "");
+    // Last ran after its slot; last drilled 10 days ago: one drill now.
+    let states = BTreeMap::from([("a".to_string(), ran_at(ts("2026-01-11T03:00:10Z")))]);
+    let now = ts("2026-01-11T05:00:00Z");
+    let mut s = Scheduler::new(&c, &states, now, 1);
+    s.sync_drills(&c, &drilled_at("2026-01-01T04:00:00Z"), now);
+    assert!(s.take_due(now).is_empty());
+    let due = Due {
+        plan: "a".into(),
+        trigger: Trigger::CatchUp,
+    };
+    assert_eq!(s.take_due_drills(now), vec![due]);
+    assert!(s.take_due_drills(now).is_empty(), "one drill at a time");
+    s.drill_finished(&c, "a", ts("2026-01-11T05:10:00Z"));
+    let next = s.drill_entry("a").unwrap().next;
+    assert_eq!(next, Some(ts("2026-01-18T05:10:00Z")));
+    assert!(s.take_due_drills(ts("2026-01-18T05:09:59Z")).is_empty());
+    assert_eq!(s.take_due_drills(ts("2026-01-18T05:10:00Z")).len(), 1);
+}
+
+#[test]
+fn a_drill_drilled_recently_waits_and_its_start_is_jittered_within_bounds() {
+    let c = config(
+        &plan("a", "0 3 * * *", "drill.every = \"1d\"\njitter = \"10m\""),
+        "",
+    );
+    let states = BTreeMap::from([("a".to_string(), ran_at(ts("2026-01-11T03:00:10Z")))]);
+    let now = ts("2026-01-11T05:00:00Z");
+    let due = ts("2026-01-11T06:00:00Z");
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..100 {
+        let mut s = Scheduler::new(&c, &states, now, seed);
+        s.sync_drills(&c, &drilled_at("2026-01-10T06:00:00Z"), now);
+        assert!(s.take_due_drills(now).is_empty());
+        let next = s.drill_entry("a").unwrap().next.unwrap();
+        assert!(
+            next >= due && next <= due + SignedDuration::from_mins(10),
+            "{next}"
+        );
+        seen.insert(next);
+    }
+    assert!(
+        seen.len() > 20,
+        "jitter does not spread drills: {}",
+        seen.len()
+    );
+}
+
+#[test]
+fn a_drill_never_runs_beside_its_plan_s_backup() {
+    let c = config(&plan("a", "0 * * * *", "drill.every = \"1d\""), "");
+    let now = ts("2026-01-01T05:30:00Z");
+    // Never ran, never drilled: both due at once; the backup goes first.
+    let mut s = Scheduler::new(&c, &BTreeMap::new(), now, 1);
+    s.sync_drills(&c, &BTreeMap::new(), now);
+    assert!(
+        s.take_due_drills(now).is_empty(),
+        "a drill started while the backup was due"
+    );
+    assert_eq!(s.take_due(now).len(), 1);
+    assert!(
+        s.take_due_drills(now).is_empty(),
+        "a drill started while the backup ran"
+    );
+    s.finished(&c, "a", Some(Outcome::Ok), ts("2026-01-01T05:35:00Z"));
+    assert_eq!(s.take_due_drills(ts("2026-01-01T05:35:00Z")).len(), 1);
+    // The 06:00 slot comes while the drill runs: the backup waits for it.
+    assert!(s.take_due(ts("2026-01-01T06:00:00Z")).is_empty());
+    assert_eq!(s.next_wake_after(ts("2026-01-01T06:00:00Z")), None);
+    s.drill_finished(&c, "a", ts("2026-01-01T06:05:00Z"));
+    assert_eq!(s.take_due(ts("2026-01-01T06:05:00Z")).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_drills_each_plan_after_its_backup_and_alerts_a_failed_drill() {
+    let s = Setup::new();
+    s.repo("ra").await;
+    let http = lifeboat_testkit::sinks::HttpSink::start();
+    let config = s.config(&format!(
+        r#"
+state-dir = "state"
+[repository.ra]
+location = "ra"
+password-file = "pw"
+[repository.rb]
+location = "rb"
+password-file = "pw"
+[source.files]
+type = "files"
+paths = ["{{root}}/src"]
+[plan.a]
+source = "files"
+repositories = ["ra"]
+rpo = "1h"
+schedule = "0 * * * *"
+drill.every = "1d"
+drill.scratch = "{{root}}/scratch"
+[plan.b]
+source = "files"
+repositories = ["rb"]
+rpo = "1h"
+schedule = "0 * * * *"
+drill.every = "1d"
+drill.scratch = "{{root}}/scratch"
+[alert.ops]
+webhook = "{}/hook"
+[daemon]
+time-zone = "UTC"
+"#,
+        http.url()
+    ));
+    let clock = ManualClock::new(ts("2026-01-01T05:07:00Z"));
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (_reload_tx, reload_rx) = mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let alerts = lifeboat_ops::alert::Alerter::with_retry(
+        &config,
+        lifeboat_ops::alert::Retry {
+            attempts: 2,
+            backoff: StdDuration::from_millis(50),
+            timeout: StdDuration::from_secs(5),
+        },
+    );
+    let daemon = tokio::spawn(run_daemon(
+        config.clone(),
+        DaemonOptions {
+            config_path: s.path("lifeboat.toml"),
+            clock: clock.clone(),
+            shutdown: shutdown.clone(),
+            reload: reload_rx,
+            events: Some(events_tx),
+            seed: 1,
+            http: false,
+            alerts: Some(alerts.clone()),
+        },
+    ));
+    // Per plan: its catch-up backup, then (never at the same time) its
+    // catch-up drill. rb does not exist: b's backup and drill fail.
+    let mut seen: Vec<Event> = Vec::new();
+    while seen
+        .iter()
+        .filter(|e| matches!(e, Event::DrillFinished { .. }))
+        .count()
+        < 2
+    {
+        seen.push(next_event(&mut events).await);
+    }
+    for p in ["a", "b"] {
+        let at = |want: &dyn Fn(&Event) -> bool| {
+            seen.iter()
+                .position(want)
+                .unwrap_or_else(|| panic!("{p}: {seen:#?}"))
+        };
+        let backup_started =
+            at(&|e| matches!(e, Event::Started { plan, trigger: Trigger::CatchUp } if plan == p));
+        let backup_done = at(&|e| matches!(e, Event::Finished { plan, .. } if plan == p));
+        let drill_started = at(
+            &|e| matches!(e, Event::DrillStarted { plan, trigger: Trigger::CatchUp } if plan == p),
+        );
+        let drill_done = at(&|e| matches!(e, Event::DrillFinished { plan, .. } if plan == p));
+        assert!(
+            backup_started < backup_done
+                && backup_done < drill_started
+                && drill_started < drill_done,
+            "{p}: {seen:#?}"
+        );
+    }
+    let drill_outcome = |p: &str| {
+        seen.iter().find_map(|e| match e {
+            Event::DrillFinished { plan, outcome, .. } if plan == p => Some(*outcome),
+            _ => None,
+        })
+    };
+    use lifeboat_ops::drill::DrillOutcome;
+    assert_eq!(drill_outcome("a"), Some(Some(DrillOutcome::Passed)));
+    assert_eq!(drill_outcome("b"), Some(Some(DrillOutcome::Failed)));
+
+    // Nothing more until the next hourly slot, and no second drill that day.
+    assert!(alerts.flush(StdDuration::from_secs(60)).await);
+    let drill_alerts = || -> Vec<serde_json::Value> {
+        http.received()
+            .iter()
+            .map(|r| serde_json::from_str::<serde_json::Value>(&r.body).unwrap())
+            .filter(|p| p["condition"].as_str().unwrap().starts_with("drill-"))
+            .collect()
+    };
+    let got = drill_alerts();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0]["condition"], "drill-failed");
+    assert_eq!(got[0]["status"], "problem");
+    assert_eq!(got[0]["plan"], "b");
+    let reason = got[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("restore drill of b from its repositories failed: open:")
+            && reason.contains("rb"),
+        "{got:#?}"
+    );
+
+    // rb appears; the next day's drills run after that hour's backups, b's
+    // passes and its alert recovers.
+    s.repo("rb").await;
+    clock.set(ts("2026-01-02T05:07:00Z"));
+    let mut day2: Vec<Event> = Vec::new();
+    while day2
+        .iter()
+        .filter(|e| matches!(e, Event::DrillFinished { .. }))
+        .count()
+        < 2
+    {
+        day2.push(next_event(&mut events).await);
+    }
+    for e in &day2 {
+        if let Event::DrillStarted { trigger, .. } = e {
+            assert_eq!(*trigger, Trigger::Schedule, "{day2:#?}");
+        }
+        if let Event::DrillFinished { outcome, .. } = e {
+            assert_eq!(*outcome, Some(DrillOutcome::Passed), "{day2:#?}");
+        }
+    }
+    assert!(alerts.flush(StdDuration::from_secs(60)).await);
+    let got = drill_alerts();
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert_eq!(got[1]["condition"], "drill-failed");
+    assert_eq!(got[1]["status"], "recovered");
+    assert_eq!(got[1]["plan"], "b");
+
+    shutdown.cancel();
+    daemon.await.unwrap().unwrap();
+}

@@ -343,3 +343,122 @@ async fn a_restored_file_that_differs_from_the_snapshot_is_named_by_verify() {
     );
     assert!(v.problems[1].contains("dir2/f2: "), "{:?}", v.problems);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_a_slow_and_an_overdue_drill_alert_once_each_and_recover() {
+    use lifeboat_ops::alert::{Alerter, Retry, drill_events, drill_overdue_events};
+    use lifeboat_testkit::sinks::HttpSink;
+    let d = Drill::new(40).await;
+    let http = HttpSink::start();
+    let text = PLAN.replace("{scratch}", &d.scratch.display().to_string())
+        + &format!(
+            "every = \"1d\"\n[alert.ops]\nwebhook = \"{}/hook\"\n",
+            http.url()
+        );
+    let config = d.s.config(&text);
+    let alerts = Alerter::with_retry(
+        &config,
+        Retry {
+            attempts: 2,
+            backoff: std::time::Duration::from_millis(50),
+            timeout: std::time::Duration::from_secs(5),
+        },
+    );
+    let options = DrillOptions {
+        alerts: Some(alerts.clone()),
+        ..Default::default()
+    };
+    let drill = || async { run_drill(&config, "data", &options).await.unwrap().report };
+    let bodies = |n: usize| -> Vec<serde_json::Value> {
+        http.wait_for(n)
+            .iter()
+            .map(|r| serde_json::from_str(&r.body).unwrap())
+            .collect()
+    };
+    d.backup().await;
+    // The source encrypted since the backup: the drill fails, once alerted.
+    fill(&d.s.path("data"), 40, 777);
+    assert_eq!(drill().await.outcome, DrillOutcome::Failed);
+    assert_eq!(drill().await.outcome, DrillOutcome::Failed);
+    assert!(alerts.flush(std::time::Duration::from_secs(60)).await);
+    let got = bodies(1);
+    assert_eq!(got.len(), 1, "deduplicated: {got:#?}");
+    assert_eq!(got[0]["condition"], "drill-failed");
+    assert_eq!(got[0]["status"], "problem");
+    assert_eq!(got[0]["plan"], "data");
+    let reason = got[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("restore drill of data from local failed: file-data: 40 of 40"),
+        "{reason}"
+    );
+    assert_eq!(got[0]["details"]["drill_repository"], "local");
+
+    // A fresh backup: the drill passes, and the failure recovers.
+    d.backup().await;
+    let passed = drill().await;
+    assert_eq!(passed.outcome, DrillOutcome::Passed);
+    assert!(alerts.flush(std::time::Duration::from_secs(60)).await);
+    let got = bodies(2);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert_eq!(
+        (got[1]["condition"].as_str(), got[1]["status"].as_str()),
+        (Some("drill-failed"), Some("recovered"))
+    );
+
+    // The same checks over an RTO of 1 h taking 2 h: rto-missed, and the
+    // next passing drill recovers it.
+    let mut slow = passed.clone();
+    slow.outcome = DrillOutcome::RtoMissed;
+    slow.rto_ms = 7_200_000;
+    slow.rto_met = Some(false);
+    let now = jiff::Timestamp::now();
+    alerts.notify_all(drill_events(&slow), now);
+    alerts.notify_all(drill_events(&slow), now);
+    alerts.notify_all(drill_events(&passed), now);
+    assert!(alerts.flush(std::time::Duration::from_secs(60)).await);
+    let got = bodies(4);
+    assert_eq!(got.len(), 4, "{got:#?}");
+    assert_eq!(got[2]["condition"], "drill-rto-missed");
+    assert_eq!(got[2]["status"], "problem");
+    assert_eq!(
+        got[2]["reason"],
+        "restore drill of data from local took 2h to a usable copy, more than the RTO of 1h"
+    );
+    assert_eq!(
+        (got[3]["condition"].as_str(), got[3]["status"].as_str()),
+        (Some("drill-rto-missed"), Some("recovered"))
+    );
+
+    // No drill for a day and more than the grace: overdue, once; not while
+    // a drill of the plan is under way; recovered once one ran.
+    let later = passed
+        .finished
+        .checked_add(jiff::SignedDuration::from_hours(26))
+        .unwrap();
+    alerts.notify_all(
+        drill_overdue_events(&config, &["data".into()], later),
+        later,
+    );
+    alerts.notify_all(drill_overdue_events(&config, &[], later), later);
+    alerts.notify_all(drill_overdue_events(&config, &[], later), later);
+    assert!(alerts.flush(std::time::Duration::from_secs(60)).await);
+    let got = bodies(5);
+    assert_eq!(got.len(), 5, "{got:#?}");
+    assert_eq!(got[4]["condition"], "drill-overdue");
+    assert_eq!(got[4]["status"], "problem");
+    assert!(
+        got[4]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("no restore drill of data for 1d2h"),
+        "{got:#?}"
+    );
+    drill().await;
+    assert!(alerts.flush(std::time::Duration::from_secs(60)).await);
+    let got = bodies(6);
+    assert_eq!(
+        (got[5]["condition"].as_str(), got[5]["status"].as_str()),
+        (Some("drill-overdue"), Some("recovered")),
+        "{got:#?}"
+    );
+}

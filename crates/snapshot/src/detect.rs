@@ -277,6 +277,37 @@ pub struct Response {
     pub protected_until: jiff::Timestamp,
 }
 
+/// A snapshot [`check`] found suspect, and what was done about it.
+#[derive(Debug, Clone)]
+pub struct Suspected {
+    pub detection: Detection,
+    pub response: Response,
+}
+
+/// The whole check of a new snapshot, as `backup` and plan runs do it:
+/// [`analyze`] against its parent and, when it looks like an encryption
+/// event, [`respond`]. `None` for a snapshot without a parent or one that
+/// looks ordinary.
+pub async fn check(
+    repo: &Arc<Repository>,
+    new: &Snapshot,
+    options: &DetectOptions,
+) -> Result<Option<Suspected>> {
+    let Some(parent_id) = new.record.parent else {
+        return Ok(None);
+    };
+    let parent = repo.find_snapshot(&parent_id.to_hex()).await?;
+    let detection = analyze(repo, &parent, new, options).await?;
+    if !detection.suspect {
+        return Ok(None);
+    }
+    let response = respond(repo, &parent, new, &detection, options).await?;
+    Ok(Some(Suspected {
+        detection,
+        response,
+    }))
+}
+
 /// Tags `new` `suspect` (writes its record again with the tag, then
 /// deletes the old record; both logged) and protects `parent` for
 /// `protect_days`. The backup itself stays: it may be the only copy of the

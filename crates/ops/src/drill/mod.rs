@@ -44,6 +44,11 @@ pub struct DrillOptions {
     pub at: Option<Timestamp>,
     /// Why the drill runs (`manual`, `schedule`).
     pub trigger: Option<crate::report::Trigger>,
+    /// Where the drill's events go (`drill-failed`, `drill-rto-missed`
+    /// and their recoveries; none: no alerts).
+    pub alerts: Option<crate::alert::Alerter>,
+    /// "Now" for the alerts (the daemon's clock); none: the system clock.
+    pub now: Option<Timestamp>,
 }
 
 /// How a drill ended.
@@ -289,9 +294,37 @@ pub struct DrillResult {
 }
 
 /// Runs one drill of `plan_name`, stores its report (repository and state
-/// directory). See the module doc for what is an error and what is a
-/// recorded failure.
+/// directory) and queues its alerts (`options.alerts`): the events of
+/// [`crate::alert::drill_events`], or `drill-failed` when the drill could
+/// not run at all (but not when another drill of the plan is running).
+/// See the module doc for what is an error and what is a recorded
+/// failure.
 pub async fn run_drill(
+    config: &Config,
+    plan_name: &str,
+    options: &DrillOptions,
+) -> Result<DrillResult> {
+    let result = drill_once(config, plan_name, options).await;
+    if let Some(a) = &options.alerts {
+        // "Now" on the caller's clock, moved on by the drill's duration.
+        let now = |ms: u64| {
+            let now = options.now.unwrap_or_else(Timestamp::now);
+            now.checked_add(jiff::SignedDuration::from_millis(ms as i64))
+                .unwrap_or(now)
+        };
+        match &result {
+            Ok(r) => a.notify_all(
+                crate::alert::drill_events(&r.report),
+                now(r.report.duration_ms),
+            ),
+            Err(Error::AlreadyRunning { .. } | Error::UnknownPlan { .. }) => {}
+            Err(e) => a.notify(crate::alert::drill_error_event(plan_name, e), now(0)),
+        }
+    }
+    result
+}
+
+async fn drill_once(
     config: &Config,
     plan_name: &str,
     options: &DrillOptions,

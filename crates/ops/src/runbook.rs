@@ -640,13 +640,13 @@ impl Gen<'_> {
             )
         )]);
         self.rb.p(format!(
-            "4. Check the rows and copy them back. Look at them in the copy (port `<FREE-PORT>`, socket in `/tmp`), dump them, and load them into production in one transaction (database `{db}` here; for another database change it in both commands). Rows that still exist in production make the load fail as a whole: then delete those from the dump or load into a scratch table first."
+            "4. Check the rows and copy them back. Look at them in the copy (port `<FREE-PORT>`, socket in `/tmp`), export the table to CSV, and add to production, in one transaction, the rows it lacks (database `{db}` here; for another database change it in both commands). Rows production still has are left alone; a row whose key production has with other values makes the whole load fail, nothing half-done: settle those by hand."
         ));
-        let rescued = format!("<RESTORE-DIR>/{name}-rescued.sql");
+        let rescued = format!("<RESTORE-DIR>/{name}-rescued.csv");
         self.rb.code(vec![
             format!("psql -h /tmp -p <FREE-PORT> -U postgres -d {db} -c 'SELECT count(*) FROM <TABLE>'"),
-            format!("pg_dump -h /tmp -p <FREE-PORT> -U postgres --data-only --table=<TABLE> -f {rescued} {db}"),
-            format!("{psql_prod} --single-transaction -v ON_ERROR_STOP=1 -f {rescued}"),
+            format!("psql -h /tmp -p <FREE-PORT> -U postgres -d {db} -c '\\copy <TABLE> TO {rescued} CSV'"),
+            format!("{psql_prod} --single-transaction -v ON_ERROR_STOP=1 -c 'CREATE TEMP TABLE rescued (LIKE <TABLE>)' -c '\\copy rescued FROM {rescued} CSV' -c 'INSERT INTO <TABLE> SELECT * FROM rescued EXCEPT SELECT * FROM <TABLE>'"),
         ]);
         self.rb.p("5. Stop the copy (it keeps running until told) and remove it:");
         self.rb.code(vec![

@@ -106,7 +106,12 @@ pub async fn incident(g: &Global, a: IncidentArgs) -> Result<i32> {
     lifeboat_ops::incident::send(&alerts, &recorded);
     let page = lifeboat_ops::statuspage::current(&config, now).map_err(crate::ops::ops_error)?;
     let mut pages = Vec::new();
-    for dir in config.communication.status_dir.iter().chain(a.status_dir.iter()) {
+    for dir in config
+        .communication
+        .status_dir
+        .iter()
+        .chain(a.status_dir.iter())
+    {
         pages.push(lifeboat_ops::statuspage::write(dir, &page).map_err(crate::ops::ops_error)?);
     }
     let delivered = alerts.flush(std::time::Duration::from_secs(40)).await;

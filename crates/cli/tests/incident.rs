@@ -106,7 +106,12 @@ resolve = "Resolved: {{step}}"
         url = http.url(),
         smtp = smtp.url()
     ));
-    env.ok(&["incident", "open", "--message", "the database host lost its disk"]);
+    env.ok(&[
+        "incident",
+        "open",
+        "--message",
+        "the database host lost its disk",
+    ]);
     let got = http.wait_for(2);
     let hook = got.iter().find(|r| r.path == "/hook").expect("webhook");
     let v = json(&hook.body);
@@ -138,18 +143,33 @@ resolve = "Resolved: {{step}}"
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("incident update"));
 
-    env.ok(&["incident", "update", "--message", "restoring from the off-site copy"]);
+    env.ok(&[
+        "incident",
+        "update",
+        "--message",
+        "restoring from the off-site copy",
+    ]);
     let got = http.wait_for(4);
-    let slack = &got.iter().filter(|r| r.path == "/slack").nth(1).expect("2nd slack");
+    let slack = &got
+        .iter()
+        .filter(|r| r.path == "/slack")
+        .nth(1)
+        .expect("2nd slack");
     let s = json(&slack.body)["text"].as_str().unwrap().to_string();
-    assert!(s.starts_with("Update: restoring from the off-site copy. Expected back: "), "{s}");
+    assert!(
+        s.starts_with("Update: restoring from the off-site copy. Expected back: "),
+        "{s}"
+    );
 
     let out = env.ok(&["--json", "incident", "resolve"]);
     let v = json(&out);
     assert!(v["incident"]["resolved"].is_string(), "{v}");
     assert_eq!(v["incident"]["entries"].as_array().unwrap().len(), 3);
     let got = http.wait_for(6);
-    assert!(got.iter().any(|r| r.path == "/slack" && r.body.contains("Resolved: Service is restored.")));
+    assert!(
+        got.iter()
+            .any(|r| r.path == "/slack" && r.body.contains("Resolved: Service is restored."))
+    );
     // The log is kept in the state directory.
     let log = std::fs::read_to_string(env.dir.path().join("state/incidents.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 3);
@@ -214,7 +234,11 @@ fn chromium(page: &Path) -> Option<(String, Vec<String>)> {
         .arg(format!("file://{}", page.display()))
         .output()
         .expect("run chromium");
-    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let console = String::from_utf8_lossy(&out.stderr)
         .lines()
         .filter(|l| l.contains(":CONSOLE"))
@@ -224,8 +248,7 @@ fn chromium(page: &Path) -> Option<(String, Vec<String>)> {
 }
 
 #[test]
-fn the_status_page_loads_in_chromium_without_errors_and_shows_the_incident_and_the_breached_rpo()
-{
+fn the_status_page_loads_in_chromium_without_errors_and_shows_the_incident_and_the_breached_rpo() {
     let env = Env::new("");
     let pages = env.dir.path().join("www");
     let pages_s = pages.display().to_string();

@@ -79,7 +79,10 @@ impl Setup {
 
     /// Snapshot ids of `plan` in `repo`, oldest first.
     fn snapshot_ids(&self, repo: &str, plan: &str) -> Vec<String> {
-        let out = self.repo_cmd(repo, &["--json", "snapshots", "--tag", &format!("plan:{plan}")]);
+        let out = self.repo_cmd(
+            repo,
+            &["--json", "snapshots", "--tag", &format!("plan:{plan}")],
+        );
         let v: serde_json::Value = serde_json::from_str(&out).expect("snapshots --json");
         v.as_array()
             .expect("a list")
@@ -114,7 +117,10 @@ fn every_command_of_the_generated_runbook_runs_against_a_real_setup() {
     }
     if !nix::unistd::geteuid().is_root() {
         // The runbook's PostgreSQL commands use runuser, which needs root.
-        assert!(std::env::var_os("CI").is_none(), "this test runs as root in CI");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "this test runs as root in CI"
+        );
         eprintln!("skipped: the runbook's runuser commands need root");
         return;
     }
@@ -125,7 +131,10 @@ fn every_command_of_the_generated_runbook_runs_against_a_real_setup() {
     std::fs::write(dir.path().join("pw"), format!("{PASSWORD}\n")).unwrap();
     let data = dir.path().join("data");
     for i in 0..20 {
-        lifeboat_testkit::fs::write(data.join(format!("docs/file-{i}.txt")), format!("content {i}\n"));
+        lifeboat_testkit::fs::write(
+            data.join(format!("docs/file-{i}.txt")),
+            format!("content {i}\n"),
+        );
     }
     lifeboat_testkit::fs::write(data.join("docs/contract.pdf"), "the signed contract");
     let restore = dir.path().join("restore");
@@ -195,7 +204,10 @@ rpo = "1h"
     chown_postgres(setup.dir.path());
 
     // Before the incident: data, backups and copies, one drill.
-    pg.psql("postgres", "CREATE TABLE orders (id int PRIMARY KEY, item text)");
+    pg.psql(
+        "postgres",
+        "CREATE TABLE orders (id int PRIMARY KEY, item text)",
+    );
     pg.psql(
         "postgres",
         "INSERT INTO orders SELECT g, 'item ' || g FROM generate_series(1, 100) g",
@@ -229,12 +241,19 @@ rpo = "1h"
         &format!("lifeboat --config {} runbook", setup.config.display()),
         &work,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let md = String::from_utf8(out.stdout).unwrap();
     // Real names and numbers, not a template.
     assert!(md.contains(&format!("{d}/local")), "{md}");
     assert!(md.contains("the team vault, entry lifeboat-local"));
-    assert!(md.contains("Last restore drill:") && md.contains("usable copy in"), "{md}");
+    assert!(
+        md.contains("Last restore drill:") && md.contains("usable copy in"),
+        "{md}"
+    );
     let local_ids = setup.snapshot_ids("local", "docs");
     assert_eq!(local_ids.len(), 2);
     assert!(md.contains(&format!("`{}`", &local_ids[0][..8])), "{md}");
@@ -263,7 +282,11 @@ rpo = "1h"
     ];
     // The restored copy is stopped by its own runbook step; should the test
     // fail before that, this stops it.
-    let _copy = PgCluster::adopt(restore.join("db-pitr"), PathBuf::from("/tmp"), port.parse().unwrap());
+    let _copy = PgCluster::adopt(
+        restore.join("db-pitr"),
+        PathBuf::from("/tmp"),
+        port.parse().unwrap(),
+    );
     let cmds = commands(&md);
     assert!(cmds.len() >= 25, "only {} commands: {md}", cmds.len());
     let mut rows_checked = false;
@@ -272,10 +295,7 @@ rpo = "1h"
         for (k, v) in &fills {
             line = line.replace(k, v);
         }
-        assert!(
-            !line.contains('<'),
-            "an unfilled placeholder in {raw:?}"
-        );
+        assert!(!line.contains('<'), "an unfilled placeholder in {raw:?}");
         let out = setup.shell(&line, &work);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -297,8 +317,13 @@ rpo = "1h"
     // The rescued rows are back in production, and the file is restored.
     assert_eq!(pg.psql("postgres", "SELECT count(*) FROM orders"), "100");
     assert_eq!(
-        std::fs::read(restore.join("docs-files").join(data.strip_prefix("/").unwrap()).join("docs/contract.pdf"))
-            .unwrap_or_default(),
+        std::fs::read(
+            restore
+                .join("docs-files")
+                .join(data.strip_prefix("/").unwrap())
+                .join("docs/contract.pdf")
+        )
+        .unwrap_or_default(),
         b"the signed contract"
     );
     // The restored copy was stopped and removed by the runbook.
@@ -325,11 +350,18 @@ fn the_html_runbook_is_one_self_contained_page() {
         .args(["runbook", "--format", "html"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let html = String::from_utf8(out.stdout).unwrap();
     assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
     assert!(html.contains("<h3>Deleted or encrypted files</h3>"));
-    assert!(html.contains("--target &lt;RESTORE-DIR&gt;/home-files"), "{html}");
+    assert!(
+        html.contains("--target &lt;RESTORE-DIR&gt;/home-files"),
+        "{html}"
+    );
     for external in ["src=", "href=", "@import", "url("] {
         assert!(!html.contains(external), "external reference {external}");
     }

@@ -58,11 +58,7 @@ async fn status(State(s): State<Arc<Shared>>) -> Response {
 async fn status_page(State(s): State<Arc<Shared>>) -> Response {
     let config = s.config.read().expect("not poisoned").clone();
     match crate::statuspage::current(&config, s.clock.now()) {
-        Ok(page) => (
-            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-            page,
-        )
-            .into_response(),
+        Ok(page) => ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response(),
         Err(e) => failure(e),
     }
 }

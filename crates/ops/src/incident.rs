@@ -39,8 +39,7 @@ pub const PLACEHOLDERS: &[(&str, &str)] = &[
 
 pub const DEFAULT_OPEN: &str = "[{status}] Incident {id} on {host}: {what}\nImpact: {impact}\nCurrent step: {step}\nExpected back: {eta}\nNext update: {next-update}";
 pub const DEFAULT_UPDATE: &str = "[{status}] Incident {id} on {host}: {what}\nCurrent step: {step}\nImpact: {impact}\nExpected back: {eta}\nNext update: {next-update}";
-pub const DEFAULT_RESOLVE: &str =
-    "[{status}] Incident {id} on {host} is resolved: {what}\n{step}";
+pub const DEFAULT_RESOLVE: &str = "[{status}] Incident {id} on {host} is resolved: {what}\n{step}";
 
 /// Checks that every `{...}` of `template` is a known placeholder.
 pub fn check_template(template: &str) -> std::result::Result<(), String> {
@@ -220,11 +219,7 @@ fn derived_impact(status: &crate::status::Status) -> (String, Vec<String>) {
 
 /// The expected time back: `since` plus the longest measured RTO among
 /// `plans` (every plan when empty); none when no drill measured one.
-fn eta(
-    status: &crate::status::Status,
-    plans: &[String],
-    since: Timestamp,
-) -> Option<Timestamp> {
+fn eta(status: &crate::status::Status, plans: &[String], since: Timestamp) -> Option<Timestamp> {
     let longest = status
         .plans
         .iter()

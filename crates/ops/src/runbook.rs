@@ -56,9 +56,7 @@ impl Runbook {
         let mut o = String::new();
         for b in &self.blocks {
             match b {
-                Block::Heading(l, t) => {
-                    o.push_str(&format!("{} {t}\n\n", "#".repeat(*l as usize)))
-                }
+                Block::Heading(l, t) => o.push_str(&format!("{} {t}\n\n", "#".repeat(*l as usize))),
                 Block::Para(t) => o.push_str(&format!("{t}\n\n")),
                 Block::List(items) => {
                     for i in items {
@@ -326,7 +324,11 @@ impl Gen<'_> {
                         } else {
                             ""
                         };
-                        format!("`{}` of {}{suspect}", &s.id[..s.id.len().min(8)], ts(s.time))
+                        format!(
+                            "`{}` of {}{suspect}",
+                            &s.id[..s.id.len().min(8)],
+                            ts(s.time)
+                        )
                     })
                     .collect()
             }
@@ -359,7 +361,8 @@ impl Gen<'_> {
             "lifeboat --config {} runbook > lifeboat-runbook.md",
             self.cfg
         )]);
-        self.rb.p("Every command below can be pasted as is once its placeholders are filled:");
+        self.rb
+            .p("Every command below can be pasted as is once its placeholders are filled:");
         self.rb.list(
             PLACEHOLDERS
                 .iter()
@@ -367,7 +370,8 @@ impl Gen<'_> {
                 .collect(),
         );
         self.rb.h(2, "First: where things stand");
-        self.rb.p("Each plan's newest backup against its RPO, its copies and its last restore drill:");
+        self.rb
+            .p("Each plan's newest backup against its RPO, its copies and its last restore drill:");
         self.rb
             .code(vec![format!("lifeboat --config {} status", self.cfg)]);
         self.rb.p(format!(
@@ -391,9 +395,9 @@ impl Gen<'_> {
                 word(&r.media),
                 if r.immutable { ", immutable" } else { "" },
                 password_text(r),
-                r.password_copy
-                    .as_deref()
-                    .unwrap_or("NOT DOCUMENTED (set password-copy; `lifeboat doctor` lists this gap)")
+                r.password_copy.as_deref().unwrap_or(
+                    "NOT DOCUMENTED (set password-copy; `lifeboat doctor` lists this gap)"
+                )
             ));
         }
         self.rb.list(items);
@@ -493,9 +497,7 @@ impl Gen<'_> {
         self.drill_text(name, plan);
         match source {
             SourceConfig::Files { .. } => self.files(name, plan, &primary),
-            SourceConfig::Postgres { url } => {
-                self.postgres(name, plan, &primary, url.as_deref())
-            }
+            SourceConfig::Postgres { url } => self.postgres(name, plan, &primary, url.as_deref()),
         }
         self.rb.h(3, "Afterwards: prove the copy");
         self.rb.p("When the incident is over, run a restore drill: it restores the newest snapshot into a scratch place, checks it, measures the time against the RTO, and cleans up (exit 0: passed).");
@@ -605,7 +607,9 @@ impl Gen<'_> {
     }
 
     fn postgres(&mut self, name: &str, plan: &PlanConfig, primary: &str, url: Option<&str>) {
-        let db_arg = url.map(|u| format!(" --db {}", quote(u))).unwrap_or_default();
+        let db_arg = url
+            .map(|u| format!(" --db {}", quote(u)))
+            .unwrap_or_default();
         let psql_prod = match url {
             Some(u) => format!("psql {}", quote(u)),
             None => "psql".to_string(),
@@ -613,10 +617,12 @@ impl Gen<'_> {
         let db = url_database(url);
         let pitr = format!("<RESTORE-DIR>/{name}-pitr");
         let pg_ctl = self.facts.pg_ctl.display().to_string();
-        self.rb.h(3, "Bad migration or deleted rows: point-in-time restore");
+        self.rb
+            .h(3, "Bad migration or deleted rows: point-in-time restore");
         self.rb.p("Restore a copy of the database as it was just before the damage, beside production, take the lost rows from it, and put them back. Production keeps running.");
         self.rb.p("1. Does the archive cover the moment you need? `pg check` ends with the point-in-time window: from the oldest base backup to the newest archived WAL. The target must be inside it.");
-        self.rb.code(vec![self.lb(primary, &format!("pg check{db_arg}"))]);
+        self.rb
+            .code(vec![self.lb(primary, &format!("pg check{db_arg}"))]);
         self.rb.p("If the target is after the window's end, the WAL holding it has not been archived yet: wait for `archive_timeout` (the server's setting; at most that long on a quiet server) or switch to a new WAL file on the primary now, then check again:");
         self.rb.code(vec![
             format!("{psql_prod} -c 'SELECT pg_switch_wal()'"),
@@ -648,7 +654,8 @@ impl Gen<'_> {
             format!("psql -h /tmp -p <FREE-PORT> -U postgres -d {db} -c '\\copy <TABLE> TO {rescued} CSV'"),
             format!("{psql_prod} --single-transaction -v ON_ERROR_STOP=1 -c 'CREATE TEMP TABLE rescued (LIKE <TABLE>)' -c '\\copy rescued FROM {rescued} CSV' -c 'INSERT INTO <TABLE> SELECT * FROM rescued EXCEPT SELECT * FROM <TABLE>'"),
         ]);
-        self.rb.p("5. Stop the copy (it keeps running until told) and remove it:");
+        self.rb
+            .p("5. Stop the copy (it keeps running until told) and remove it:");
         self.rb.code(vec![
             format!("runuser -u postgres -- {pg_ctl} stop -D {pitr} -m fast"),
             format!("rm -rf {pitr} <RESTORE-DIR>/{name}-pitr-xid {rescued}"),
@@ -722,7 +729,10 @@ mod tests {
         rb.p("use `a<b` & more");
         rb.code(vec!["echo '<x>'".into()]);
         let h = rb.html();
-        assert!(h.contains("<p>use <code>a&lt;b</code> &amp; more</p>"), "{h}");
+        assert!(
+            h.contains("<p>use <code>a&lt;b</code> &amp; more</p>"),
+            "{h}"
+        );
         assert!(h.contains("echo &#39;&lt;x&gt;&#39;"), "{h}");
         assert!(!h.contains("src=") && !h.contains("href="));
     }

@@ -100,9 +100,7 @@ pub fn render(status: &Status, incident: Option<&Incident>) -> String {
                 crate::duration::Duration::from_secs(ms.div_ceil(1000)),
                 crate::duration::Duration::from_secs(o)
             ),
-            (Some(ms), None) => {
-                crate::duration::Duration::from_secs(ms.div_ceil(1000)).to_string()
-            }
+            (Some(ms), None) => crate::duration::Duration::from_secs(ms.div_ceil(1000)).to_string(),
             (None, _) => "not measured".into(),
         };
         h.push_str(&format!(

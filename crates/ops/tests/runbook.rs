@@ -22,8 +22,10 @@ fn the_runbook_example_in_docs_is_what_the_generator_makes_of_the_example_config
             .map(|n| {
                 (
                     n.clone(),
-                    Err("the example's repositories do not exist where this page was generated"
-                        .to_string()),
+                    Err(
+                        "the example's repositories do not exist where this page was generated"
+                            .to_string(),
+                    ),
                 )
             })
             .collect(),

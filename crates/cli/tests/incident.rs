@@ -295,3 +295,18 @@ fn the_status_page_loads_in_chromium_without_errors_and_shows_the_incident_and_t
     assert!(console.is_empty(), "{console:?}");
     assert!(dom.contains("No open incident"), "{dom}");
 }
+
+#[test]
+fn an_audience_naming_an_unknown_alert_is_a_config_error() {
+    let env = Env::new("\n[communication.audience.customers]\nchannels = [\"statuspage\"]\n");
+    let out = env.run(&["incident", "open", "--message", "x"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("communication.audience.customers.channels")
+            && err.contains("no alert named \"statuspage\""),
+        "{err}"
+    );
+    // Nothing was logged.
+    assert!(!env.dir.path().join("state/incidents.jsonl").exists());
+}

@@ -140,6 +140,12 @@ pub enum Command {
     /// Restore drill of a plan: restore into a scratch place, prove the
     /// copy, measure the time to it against the RTO, clean up.
     Drill(crate::drill::DrillArgs),
+    /// Print the runbook generated from the config and the repositories:
+    /// one section per incident scenario, every command ready to paste.
+    Runbook(crate::runbook::RunbookArgs),
+    /// Incident notices (open, update, resolve) to the configured
+    /// audiences, the incident log and the static status page.
+    Incident(crate::runbook::IncidentArgs),
     /// Print the version and build details (commit, compiler, target).
     Version,
     /// Print a shell completion script, e.g. `lifeboat completions bash >

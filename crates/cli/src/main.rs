@@ -19,6 +19,7 @@ mod progress;
 mod read;
 mod restore;
 mod retention;
+mod runbook;
 mod session;
 
 /// jemalloc instead of glibc malloc: large buffers (packs, chunks) are
@@ -272,6 +273,8 @@ async fn run(cli: args::Cli) -> i32 {
         args::Command::Daemon(a) => ops::daemon(g, a).await,
         args::Command::Doctor(a) => ops::doctor(g, a).await,
         args::Command::Drill(a) => drill::drill(g, a).await,
+        args::Command::Runbook(a) => runbook::runbook(g, a).await,
+        args::Command::Incident(a) => runbook::incident(g, a).await,
     };
     match result {
         Ok(code) => code,

@@ -423,6 +423,40 @@ impl Alerter {
         }
     }
 
+    /// Sends a message that is not an alert (an incident notice) through
+    /// the webhook (`json` as the body), Slack (`text`) and email
+    /// (`subject`, `text`) channels of the named alerts (all when empty),
+    /// as is: no deduplication, no pings. Returns at once; the same
+    /// retries as alerts; [`Alerter::flush`] waits for delivery.
+    pub fn announce(&self, alerts: &[String], subject: &str, text: &str, json: &serde_json::Value) {
+        let all = self.inner.alerts.read().expect("not poisoned").clone();
+        for (name, a) in all.iter() {
+            if !alerts.is_empty() && !alerts.contains(name) {
+                continue;
+            }
+            if let Some(url) = &a.webhook {
+                self.deliver(name, "webhook", Message::Json(url.clone(), json.clone()));
+            }
+            if let Some(url) = &a.slack {
+                let body = serde_json::json!({ "text": text });
+                self.deliver(name, "slack", Message::Json(url.clone(), body));
+            }
+            if let Some(email) = &a.email {
+                self.deliver(
+                    name,
+                    "email",
+                    Message::Email {
+                        smtp: email.smtp.clone(),
+                        from: email.from.clone(),
+                        to: email.to.clone(),
+                        subject: subject.to_string(),
+                        body: text.to_string(),
+                    },
+                );
+            }
+        }
+    }
+
     /// Sends a ping to every alert with a `ping` URL that covers `plan`.
     /// Pings are not deduplicated (the receiver tracks them).
     pub fn ping(&self, plan: &str, ping: Ping) {

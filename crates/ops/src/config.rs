@@ -2,9 +2,9 @@
 //! parsed and validated, and the effective config with every default
 //! filled in ([`Config`]).
 //!
-//! The file has five kinds of tables: `[repository.NAME]`,
-//! `[source.NAME]`, `[plan.NAME]`, `[alert.NAME]` and `[daemon]`, plus an
-//! optional top-level `state-dir`. Keys are kebab-case; unknown keys, wrong
+//! The file has these tables: `[repository.NAME]`,
+//! `[source.NAME]`, `[plan.NAME]`, `[alert.NAME]`, `[daemon]` and
+//! `[communication]`, plus an optional top-level `state-dir`. Keys are kebab-case; unknown keys, wrong
 //! types and impossible values (an unknown repository in a plan, a bad cron
 //! expression, an RPO of zero) are a [`ConfigError`] naming the file, the
 //! line, the key and what is allowed. Parsing is two steps: serde into the
@@ -417,7 +417,44 @@ pub struct Config {
     #[serde(rename = "alert")]
     pub alerts: BTreeMap<String, AlertConfig>,
     pub daemon: DaemonConfig,
+    /// `[communication]`: who hears about incidents, and how.
+    pub communication: CommunicationConfig,
 }
+
+/// `[communication]`: incident notices (`lifeboat incident`) and the
+/// static status page. Without the table, notices go to every alert with
+/// the default templates, as one audience named `team`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CommunicationConfig {
+    /// `[communication.audience.NAME]`, e.g. `team` and `customers`.
+    #[serde(rename = "audience")]
+    pub audiences: BTreeMap<String, AudienceConfig>,
+    /// `incident` commands also write `status.html` here (for any web
+    /// server); none: only the daemon's `/status` serves it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_dir: Option<PathBuf>,
+    /// Promised time to the next update (the `{next-update}` placeholder).
+    pub update_every: Duration,
+}
+
+/// One audience of incident notices.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AudienceConfig {
+    /// Names of `[alert.NAME]` tables whose webhook, Slack and email
+    /// channels carry the notices; empty: every alert.
+    pub channels: Vec<String>,
+    /// Templates of the three notices (placeholders: see
+    /// [`crate::incident::PLACEHOLDERS`]).
+    pub open: String,
+    pub update: String,
+    pub resolve: String,
+}
+
+/// Default promise of the next update: half an hour is what status pages
+/// of hosted services commonly promise during an outage.
+pub const DEFAULT_UPDATE_EVERY_SECS: u64 = 1800;
 
 /// Default HTTP address: loopback only, so metrics are not exposed to the
 /// network unless asked; 9898 is not taken by a common exporter.
@@ -496,6 +533,25 @@ struct RawConfig {
     alert: BTreeMap<String, RawAlert>,
     #[serde(default)]
     daemon: RawDaemon,
+    communication: Option<RawCommunication>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawCommunication {
+    status_dir: Option<PathBuf>,
+    update_every: Option<Spanned<String>>,
+    #[serde(default)]
+    audience: BTreeMap<String, RawAudience>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawAudience {
+    channels: Option<Spanned<Vec<String>>>,
+    open: Option<Spanned<String>>,
+    update: Option<Spanned<String>>,
+    resolve: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -739,6 +795,7 @@ impl Validator<'_> {
             alerts.insert(name.clone(), self.alert(&name, a, &plans)?);
         }
         let daemon = self.daemon(raw.daemon)?;
+        let communication = self.communication(raw.communication, &alerts)?;
         Ok(Config {
             path: self.path.to_path_buf(),
             state_dir: raw
@@ -750,6 +807,81 @@ impl Validator<'_> {
             plans,
             alerts,
             daemon,
+            communication,
+        })
+    }
+
+    fn communication(
+        &self,
+        c: Option<RawCommunication>,
+        alerts: &BTreeMap<String, AlertConfig>,
+    ) -> Result<CommunicationConfig, ConfigError> {
+        let c = c.unwrap_or(RawCommunication {
+            status_dir: None,
+            update_every: None,
+            audience: BTreeMap::new(),
+        });
+        let update_every = match &c.update_every {
+            Some(d) => self.duration(d, "communication.update-every", false)?,
+            None => Duration::from_secs(DEFAULT_UPDATE_EVERY_SECS),
+        };
+        let mut raw = c.audience;
+        if raw.is_empty() {
+            raw.insert(
+                "team".into(),
+                RawAudience {
+                    channels: None,
+                    open: None,
+                    update: None,
+                    resolve: None,
+                },
+            );
+        }
+        let mut audiences = BTreeMap::new();
+        for (name, a) in raw {
+            self.name("communication.audience", &name)?;
+            let key = |k: &str| format!("communication.audience.{name}.{k}");
+            let channels = match &a.channels {
+                Some(list) => {
+                    if let Some(n) = list.get_ref().iter().find(|n| !alerts.contains_key(*n)) {
+                        return Err(self.at(
+                            list,
+                            &key("channels"),
+                            format!(
+                                "no alert named {n:?}; channels are [alert.NAME] tables, defined: {}",
+                                list_or_none(alerts.keys())
+                            ),
+                        ));
+                    }
+                    list.get_ref().clone()
+                }
+                None => Vec::new(),
+            };
+            let template = |t: &Option<Spanned<String>>,
+                            k: &str,
+                            default: &str|
+             -> Result<String, ConfigError> {
+                match t {
+                    None => Ok(default.to_string()),
+                    Some(t) => crate::incident::check_template(t.get_ref())
+                        .map(|()| t.get_ref().clone())
+                        .map_err(|why| self.at(t, &key(k), why)),
+                }
+            };
+            audiences.insert(
+                name.clone(),
+                AudienceConfig {
+                    channels,
+                    open: template(&a.open, "open", crate::incident::DEFAULT_OPEN)?,
+                    update: template(&a.update, "update", crate::incident::DEFAULT_UPDATE)?,
+                    resolve: template(&a.resolve, "resolve", crate::incident::DEFAULT_RESOLVE)?,
+                },
+            );
+        }
+        Ok(CommunicationConfig {
+            audiences,
+            status_dir: c.status_dir.map(|p| self.resolve(&p)),
+            update_every,
         })
     }
 

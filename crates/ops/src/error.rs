@@ -61,6 +61,11 @@ pub enum Error {
     #[error("drill from repository {repository}: {message}")]
     Drill { repository: String, message: String },
 
+    /// An incident command that does not fit the incident log (an update
+    /// with no open incident, a second open one).
+    #[error("{0}")]
+    Incident(String),
+
     #[error("plan {plan} is already running (started {started})")]
     AlreadyRunning { plan: String, started: String },
 }
@@ -76,7 +81,7 @@ impl Error {
             Error::Storage { source, .. } => source.class(),
             Error::State { .. } | Error::Listen { .. } => ErrorClass::Io,
             Error::AlreadyRunning { .. } => ErrorClass::Locked,
-            Error::Drill { .. } => ErrorClass::BadInput,
+            Error::Drill { .. } | Error::Incident(_) => ErrorClass::BadInput,
         }
     }
 }

@@ -19,6 +19,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/api/status", get(status))
+        .route("/status", get(status_page))
         .with_state(shared)
 }
 
@@ -50,6 +51,14 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
 async fn status(State(s): State<Arc<Shared>>) -> Response {
     match s.status() {
         Ok(st) => axum::Json(st).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+async fn status_page(State(s): State<Arc<Shared>>) -> Response {
+    let config = s.config.read().expect("not poisoned").clone();
+    match crate::statuspage::current(&config, s.clock.now()) {
+        Ok(page) => ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response(),
         Err(e) => failure(e),
     }
 }

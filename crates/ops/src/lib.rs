@@ -8,7 +8,9 @@
 //! [`report`] (run reports, also stored encrypted in the repositories),
 //! [`state`] (the local state directory), [`status`] (freshness and
 //! 3-2-1), [`alert`] (events to webhooks, Slack, email and ping URLs;
-//! the API other parts of lifeboat send through). It sits between the connectors and the CLI: it calls the
+//! the API other parts of lifeboat send through), [`runbook`] (the
+//! runbook generated from the config and the repositories), [`incident`]
+//! (incident notices and their log) and [`statuspage`] (`status.html`). It sits between the connectors and the CLI: it calls the
 //! library functions of `lifeboat-snapshot`, `lifeboat-repo` and
 //! `lifeboat-connectors`, never the `lifeboat` binary. Libraries never
 //! print: everything comes back as values for the CLI to render.
@@ -21,14 +23,17 @@ pub mod drill;
 pub mod duration;
 mod error;
 mod http;
+pub mod incident;
 pub mod metrics;
 pub mod report;
 pub mod repos;
 pub mod run;
+pub mod runbook;
 pub mod schedule;
 pub mod scheduler;
 pub mod state;
 pub mod status;
+pub mod statuspage;
 
 pub use config::{Config, ConfigError, config_path};
 pub use drill::{DrillOptions, DrillReport, DrillResult, run_drill};

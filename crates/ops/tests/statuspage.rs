@@ -1,0 +1,120 @@
+//! The daemon serves the status page at `/status`: each plan's health and
+//! the open incident, current at every request (the incident log is read
+//! each time).
+
+mod common;
+
+use std::time::Duration as StdDuration;
+
+use common::Setup;
+use lifeboat_ops::daemon::{DaemonOptions, Event, ManualClock, run_daemon};
+use lifeboat_ops::incident::{NoticeKind, NoticeOptions, record};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const CONFIG: &str = r#"
+state-dir = "state"
+[repository.local]
+location = "local"
+password-file = "pw"
+[source.files]
+type = "files"
+paths = ["{root}/src"]
+[plan.files]
+source = "files"
+repositories = ["local"]
+rpo = "1h"
+[plan.other]
+source = "files"
+repositories = ["local"]
+rpo = "1h"
+[daemon]
+time-zone = "UTC"
+listen = "127.0.0.1:0"
+max-concurrent = 1
+"#;
+
+fn clock_now(c: &ManualClock) -> jiff::Timestamp {
+    lifeboat_ops::daemon::Clock::now(c)
+}
+
+async fn page(base: &str) -> String {
+    let r = reqwest::get(format!("{base}/status")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    r.text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_serves_the_status_page_with_the_open_incident() {
+    let s = Setup::new();
+    s.repo("local").await;
+    let config = s.config(CONFIG);
+    let clock = ManualClock::new("2026-01-01T05:07:00Z".parse().unwrap());
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (_reload_tx, reload_rx) = mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let daemon = tokio::spawn(run_daemon(
+        config.clone(),
+        DaemonOptions {
+            config_path: s.path("lifeboat.toml"),
+            clock: clock.clone(),
+            shutdown: shutdown.clone(),
+            reload: reload_rx,
+            events: Some(events_tx),
+            seed: 1,
+            http: true,
+            alerts: None,
+        },
+    ));
+    let next = async |rx: &mut mpsc::UnboundedReceiver<Event>| {
+        tokio::time::timeout(StdDuration::from_secs(60), rx.recv())
+            .await
+            .expect("the daemon answers within a minute")
+            .expect("the daemon is running")
+    };
+    let Event::Listening(addr) = next(&mut events).await else {
+        panic!("first event is Listening")
+    };
+    let base = format!("http://{addr}");
+    // Both plans never ran: each is caught up once; wait for both.
+    let mut finished = 0;
+    while finished < 2 {
+        if let Event::Finished { .. } = next(&mut events).await {
+            finished += 1;
+        }
+    }
+    let calm = page(&base).await;
+    assert!(calm.contains("No open incident"), "{calm}");
+    assert!(calm.contains("<tr data-plan=\"files\">"), "{calm}");
+
+    record(
+        &config,
+        &NoticeOptions {
+            kind: NoticeKind::Open,
+            message: "the <disk> failed".into(),
+            impact: None,
+            now: "2026-01-01T05:08:00Z".parse().unwrap(),
+        },
+    )
+    .unwrap();
+    let open = page(&base).await;
+    assert!(open.contains("Open incident"), "{open}");
+    // Escaped, never markup.
+    assert!(open.contains("the &lt;disk&gt; failed"), "{open}");
+    // Each plan's row shows the freshness `status` computes.
+    let st = lifeboat_ops::status::status(&config, clock_now(&clock)).unwrap();
+    for p in &st.plans {
+        assert!(
+            open.contains(&format!(
+                "<tr data-plan=\"{}\"><td>{}</td><td class=\"{}\">",
+                p.plan,
+                p.plan,
+                p.freshness.as_str()
+            )),
+            "{open}"
+        );
+    }
+    shutdown.cancel();
+    daemon.await.unwrap().unwrap();
+}

@@ -262,9 +262,19 @@ fn prune_defers_locked_versions_and_reclaims_them_after_the_lock_expires() {
         "every version deferred before is reclaimed now: {p2}"
     );
     assert_eq!(lock2["versions_deferred"], 0, "{p2}");
-    assert!(lock2["bytes_deleted"].as_u64().unwrap() > 1_000_000, "{p2}");
-    // What is left is current (live) data only, all still locked.
-    let left = s.versions();
+    assert!(
+        lock2["bytes_deleted"].as_u64().unwrap()
+            >= lock1["reclaim"]["bytes_deferred"].as_u64().unwrap(),
+        "{p1}\n{p2}"
+    );
+    // What is left is current (live) data only, all still locked; lock
+    // files (this prune's own, released after its reclaim step) and the
+    // storage probe's leftovers wait for a later prune.
+    let left: Vec<_> = s
+        .versions()
+        .into_iter()
+        .filter(|v| !v[0].as_str().unwrap().contains("/locks/"))
+        .collect();
     assert!(left.iter().all(|v| v[2] == true), "{left:?}");
     assert!(left.iter().all(|v| v[3] == "GOVERNANCE"), "{left:?}");
     let back = s.restore(&[], &second);

@@ -104,11 +104,11 @@ impl Setup {
 
 fn source(lb: &Lifeboat, name: &str, seed: u8) -> PathBuf {
     let src = lb.path(name);
-    write(&src.join("hello.txt"), format!("hello {name}\n").as_bytes());
+    write(src.join("hello.txt"), format!("hello {name}\n").as_bytes());
     let big: Vec<u8> = (0..3_000_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed)
         .collect();
-    write(&src.join("sub/big.bin"), &big);
+    write(src.join("sub/big.bin"), &big);
     src
 }
 
@@ -118,7 +118,7 @@ fn init_object_lock_refuses_a_bucket_without_object_lock() {
         return;
     };
     let out = s.run(&["init", "--object-lock", "1"]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("has no object lock"), "{err}");
     assert!(err.contains("--object-lock-enabled-for-bucket"), "{err}");

@@ -453,7 +453,7 @@ pub struct AsOfStorage {
     inner: Arc<dyn Storage>,
     at: jiff::Timestamp,
     /// Per kind: key path -> (version id, size), listed once on first use.
-    views: Mutex<HashMap<Kind, Arc<HashMap<String, (String, u64)>>>>,
+    views: Mutex<HashMap<Kind, Arc<View>>>,
 }
 
 impl std::fmt::Debug for AsOfStorage {
@@ -489,7 +489,7 @@ impl AsOfStorage {
         self.inner.versioned().expect("checked in new")
     }
 
-    async fn view(&self, kind: Kind) -> Result<Arc<HashMap<String, (String, u64)>>> {
+    async fn view(&self, kind: Kind) -> Result<Arc<View>> {
         let mut views = self.views.lock().await;
         if let Some(view) = views.get(&kind) {
             return Ok(view.clone());
@@ -514,6 +514,9 @@ impl AsOfStorage {
         )
     }
 }
+
+/// A point-in-time view of one kind: key path -> (version id, size).
+pub type View = HashMap<String, (String, u64)>;
 
 /// For each key, the newest entry not newer than `at`, kept only when it
 /// is a version (not a delete marker).

@@ -223,6 +223,9 @@ pub struct MotoServer {
     child: Child,
     _dir: TempDir,
     port: u16,
+    /// The Python moto was installed for (its venv's, when it has one),
+    /// which has boto3.
+    python: PathBuf,
 }
 
 impl MotoServer {
@@ -234,6 +237,11 @@ impl MotoServer {
     /// [`require_or_skip`]; `scripts/setup-test-deps` installs it).
     pub fn start() -> Option<Self> {
         let binary = require_or_skip("moto_server", "an S3 object-lock test")?;
+        let python = binary
+            .parent()
+            .map(|d| d.join("python3"))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("python3"));
         let dir = temp_dir("lb-moto-");
         let log = dir.path().join("moto.log");
         let (child, port) = start_with_retries("moto_server", &log, |port| {
@@ -248,6 +256,7 @@ impl MotoServer {
             child,
             _dir: dir,
             port,
+            python,
         })
     }
 
@@ -284,7 +293,7 @@ impl MotoServer {
             "import boto3, datetime, json, os, sys, time\n\
              s3 = boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n{script}"
         );
-        let out = Command::new("python3")
+        let out = Command::new(&self.python)
             .arg("-c")
             .arg(&program)
             .envs(self.env())

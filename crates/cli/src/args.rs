@@ -52,6 +52,14 @@ pub struct Global {
     /// for them this changes nothing; commands that write refuse it.
     #[arg(long, global = true)]
     pub no_lock: bool,
+    /// Read an S3 repository as it was at TIME (RFC 3339, e.g.
+    /// 2026-12-06T04:00:00Z): each object as its newest version written
+    /// then, ignoring later overwrites and delete markers. For recovery on
+    /// a versioned (object-lock) bucket after an attacker deleted or
+    /// overwrote objects; the repository is then read-only. Same as the
+    /// location's `?as-of=TIME`.
+    #[arg(long, value_name = "TIME", global = true)]
+    pub storage_as_of: Option<String>,
     /// Where the repository's cold tier is, when not where `init --cold`
     /// recorded it (the same data reached another way, e.g. from another
     /// machine).
@@ -125,6 +133,8 @@ pub enum Command {
     Protect(ProtectArgs),
     /// Remove a snapshot's protection.
     Unprotect(UnprotectArgs),
+    /// S3 Object Lock of the repository's objects (`init --object-lock`).
+    Lock(LockArgs),
     /// Check or show the operations config file (--config).
     Config(crate::ops::ConfigArgs),
     /// Run one plan of the config now: backup, copies, retention and
@@ -183,6 +193,31 @@ pub struct InitArgs {
     /// snapshot records and directory trees stay in the repository.
     #[arg(long, value_name = "LOCATION")]
     pub cold: Option<String>,
+    /// S3 only: lock every object lifeboat writes for DAYS with S3 Object
+    /// Lock (the bucket must have been created with object lock; its
+    /// default retention is set to this). `prune` and `lifeboat lock
+    /// extend` keep live data locked.
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub object_lock: Option<u32>,
+    /// Object lock mode: `governance` (accounts with
+    /// s3:BypassGovernanceRetention can still remove a version) or
+    /// `compliance` (nobody can before its date).
+    #[arg(long, value_name = "MODE", default_value = "governance", requires = "object_lock",
+          value_parser = ["governance", "compliance"])]
+    pub lock_mode: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    #[command(subcommand)]
+    pub command: LockCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Extend the object-lock retention of every current object to DAYS
+    /// (the repository's setting) from now; `prune` does this too.
+    Extend,
 }
 
 #[derive(Debug, Args)]

@@ -197,6 +197,35 @@ async fn prune_and_expire_wal(
     Ok((stats, deleted))
 }
 
+/// `lifeboat lock extend`.
+pub async fn lock(g: &Global, a: crate::args::LockArgs) -> Result<i32> {
+    let crate::args::LockCommand::Extend = a.command;
+    let repo = session::open(g).await?;
+    let Some(config) = repo.config().object_lock else {
+        return Err(cli_error(
+            exit::USAGE,
+            "this repository has no object lock (it is set at init: `lifeboat init --object-lock DAYS` on a lock-enabled S3 bucket)",
+        ));
+    };
+    let stats = lifeboat_repo::objectlock::extend_repository(&repo, config).await?;
+    if g.json {
+        crate::output::json(&stats)?;
+    } else {
+        render_extend(&stats);
+    }
+    Ok(exit::OK)
+}
+
+fn render_extend(s: &lifeboat_repo::objectlock::ExtendStats) {
+    outln!(
+        "{} objects locked until at least {}: {} extended, {} already locked longer",
+        s.objects,
+        s.until,
+        s.extended,
+        s.already_locked
+    );
+}
+
 fn prune_json(stats: &PruneStats, wal_deleted: usize) -> serde_json::Value {
     let mut v = serde_json::to_value(stats).expect("prune stats serialize");
     v["wal_files_deleted"] = wal_deleted.into();
@@ -248,6 +277,16 @@ fn render_prune(s: &PruneStats, wal_deleted: usize) {
             "{} protected snapshots (`lifeboat protect --list`): prune never removes a snapshot, \
              so their data stays",
             s.protected_snapshots
+        );
+    }
+    if let Some(lock) = &s.object_lock {
+        render_extend(&lock.extend);
+        outln!(
+            "object lock: deleted {} old versions ({}) whose lock had expired; deferred {} still locked ({}) to a later prune",
+            lock.reclaim.versions_deleted,
+            bytes(lock.reclaim.bytes_deleted),
+            lock.reclaim.versions_deferred,
+            bytes(lock.reclaim.bytes_deferred)
         );
     }
     if wal_deleted > 0 {

@@ -47,6 +47,28 @@ impl DefaultRepo {
 
 /// The one repository a command works on.
 pub fn target(g: &Global) -> Result<Target> {
+    with_as_of(g, target_named(g)?)
+}
+
+/// `--storage-as-of` applied to a target: S3 locations only.
+fn with_as_of(g: &Global, mut t: Target) -> Result<Target> {
+    let Some(at) = &g.storage_as_of else {
+        return Ok(t);
+    };
+    let at = lifeboat_storage::parse_as_of(at).map_err(|e| cli_error(exit::USAGE, e))?;
+    match &mut t.location {
+        Location::S3(o) => o.as_of = Some(at),
+        _ => {
+            return Err(cli_error(
+                exit::USAGE,
+                "--storage-as-of reads object versions, which only S3 repositories have",
+            ));
+        }
+    }
+    Ok(t)
+}
+
+fn target_named(g: &Global) -> Result<Target> {
     match g.repo.as_slice() {
         [] => {
             let d = DefaultRepo::get()?;
@@ -90,7 +112,7 @@ pub fn targets(g: &Global) -> Result<Vec<Target>> {
                 format!("repository {r} is named twice"),
             ));
         }
-        out.push(target_at(r, i)?);
+        out.push(with_as_of(g, target_at(r, i)?)?);
     }
     if g.password_file.len() > 1 && g.password_file.len() != out.len() {
         return Err(cli_error(
@@ -498,6 +520,12 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<i32> {
             pack_size: a.pack_size_mib * 1024 * 1024,
             chunker,
             cold,
+            object_lock: a
+                .object_lock
+                .map(|days| lifeboat_repo::objectlock::ObjectLockConfig {
+                    mode: lifeboat_storage::LockMode::parse(&a.lock_mode).expect("clap checked"),
+                    days,
+                }),
         },
     )
     .await?;
@@ -507,6 +535,7 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<i32> {
             "repository_id": repo.config().repository_id.to_hex(),
             "key_id": repo.key_id().to_hex(),
             "cold_tier": repo.cold_location(),
+            "object_lock": repo.config().object_lock,
         }))?;
     } else {
         outln!(
@@ -519,6 +548,14 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<i32> {
                 "data packs go to the cold tier at {cold}; everything else (config, keys, index, \
                  snapshots, directory trees) stays at {}",
                 t.display
+            );
+        }
+        if let Some(lock) = repo.config().object_lock {
+            outln!(
+                "every object is locked for {} days ({} mode); `prune` and `lifeboat lock extend` \
+                 keep live data locked",
+                lock.days,
+                lock.mode.as_str()
             );
         }
     }

@@ -16,8 +16,13 @@ pub const MAGIC: &[u8; 8] = b"LIFEBOAT";
 /// only when it has one: a repository without a cold tier stays version 1
 /// (readable by older builds), and an older build refuses a repository with
 /// a cold tier ("upgrade lifeboat") instead of looking for its data packs in
-/// the wrong place.
-pub const FORMAT_VERSION: u32 = 2;
+/// the wrong place. Version 3 differs from 2 only by the `object_lock`
+/// field, written only when the repository has one: an older build then
+/// refuses the repository ("upgrade lifeboat") instead of pruning it with
+/// plain deletes that free nothing on a locked bucket.
+pub const FORMAT_VERSION: u32 = 3;
+/// Version of a config with a cold tier and no object lock.
+const COLD_VERSION: u32 = 2;
 /// Version of a config without a cold tier.
 const BASE_VERSION: u32 = 1;
 const HEADER_LEN: usize = 12;
@@ -84,6 +89,10 @@ pub struct Config {
     /// storage (format version 2); absent for a single-tier repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cold: Option<ColdTierConfig>,
+    /// S3 Object Lock retention every object gets (format version 3);
+    /// absent for a repository without object lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<crate::objectlock::ObjectLockConfig>,
 }
 
 /// A repository's cold tier, fixed at init.
@@ -99,8 +108,10 @@ pub struct ColdTierConfig {
 impl Config {
     /// The version this config is written as.
     pub fn version(&self) -> u32 {
-        if self.cold.is_some() {
+        if self.object_lock.is_some() {
             FORMAT_VERSION
+        } else if self.cold.is_some() {
+            COLD_VERSION
         } else {
             BASE_VERSION
         }
@@ -176,6 +187,7 @@ mod tests {
             pack_size: 16 << 20,
             created: jiff::Timestamp::now(),
             cold: None,
+            object_lock: None,
         }
     }
 
@@ -185,10 +197,10 @@ mod tests {
         let bytes = sample().encode(&k);
         assert_eq!(Config::decode(&bytes, &k).unwrap().pack_size, 16 << 20);
         let mut newer = bytes.clone();
-        newer[8] = 3;
+        newer[8] = 4;
         assert!(matches!(
             Config::decode(&newer, &k),
-            Err(Error::UnsupportedVersion { found: 3, .. })
+            Err(Error::UnsupportedVersion { found: 4, .. })
         ));
         let mut damaged = bytes;
         let n = damaged.len() - 1;
@@ -220,5 +232,29 @@ mod tests {
         let bytes = cold.encode(&k);
         assert_eq!(Config::check_version(&bytes).unwrap(), 2);
         assert_eq!(Config::decode(&bytes, &k).unwrap().cold, cold.cold);
+    }
+
+    #[test]
+    fn object_lock_is_version_3_and_round_trips() {
+        let k = MasterKey::generate();
+        let locked = Config {
+            object_lock: Some(crate::objectlock::ObjectLockConfig {
+                mode: lifeboat_storage::LockMode::Compliance,
+                days: 30,
+            }),
+            ..sample()
+        };
+        let bytes = locked.encode(&k);
+        assert_eq!(Config::check_version(&bytes).unwrap(), 3);
+        let body =
+            String::from_utf8_lossy(&k.open(&bytes[12..], &bytes[..12]).unwrap()).to_string();
+        assert!(
+            body.contains(r#""object_lock":{"mode":"compliance","days":30}"#),
+            "{body}"
+        );
+        assert_eq!(
+            Config::decode(&bytes, &k).unwrap().object_lock,
+            locked.object_lock
+        );
     }
 }

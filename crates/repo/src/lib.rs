@@ -29,6 +29,7 @@ pub mod keys;
 pub mod limits;
 mod local;
 pub mod lock;
+pub mod objectlock;
 mod pack;
 mod packread;
 pub mod protect;

@@ -122,12 +122,24 @@ pub struct PruneStats {
     /// reports it in its own terms (the CLI as `wal_files_deleted`).
     #[serde(skip)]
     pub archive: Option<ExpireReport>,
+    /// On an object-lock repository (not in a dry run): retention extended
+    /// on what is still there, and old versions removed or deferred.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<crate::objectlock::LockMaintenance>,
 }
 
 /// Runs prune. Fails with [`Error::Locked`] while a backup runs.
 pub async fn prune(repo: &Arc<Repository>, options: &PruneOptions) -> Result<PruneStats> {
     let lock = RepositoryLock::acquire(repo, LockKind::Exclusive, &options.lock).await?;
-    let r = prune_locked(repo, options).await;
+    let mut r = prune_locked(repo, options).await;
+    // Still under the exclusive lock: extending and reclaiming see the
+    // repository exactly as this prune left it.
+    if let (Ok(stats), Some(lock), false) = (&mut r, repo.config().object_lock, options.dry_run) {
+        match crate::objectlock::maintain(repo, lock).await {
+            Ok(m) => stats.object_lock = Some(m),
+            Err(e) => r = Err(e),
+        }
+    }
     repo.invalidate_index().await;
     let released = lock.release().await;
     let mut stats = r?;

@@ -51,6 +51,9 @@ pub struct InitOptions {
     pub chunker: Option<ChunkerParams>,
     /// Keep data packs in this cold tier (recorded in the config).
     pub cold: Option<ColdInit>,
+    /// Lock every object with S3 Object Lock (checked and set on the
+    /// bucket, recorded in the config).
+    pub object_lock: Option<crate::objectlock::ObjectLockConfig>,
 }
 
 /// The cold tier of a new repository: the location to record and the
@@ -87,6 +90,7 @@ impl Default for InitOptions {
             pack_size: 16 * 1024 * 1024,
             chunker: None,
             cold: None,
+            object_lock: None,
         }
     }
 }
@@ -165,6 +169,11 @@ impl Repository {
         if let Some(cold) = &options.cold {
             check_cold_storage(&storage, &cold.storage).await?;
         }
+        // Before anything is written, so every object (the key file and
+        // config included) gets the bucket's default retention.
+        if let Some(lock) = options.object_lock {
+            crate::objectlock::enable(&storage, lock).await?;
+        }
         // The only place a location's root is ever created.
         storage.create_root().await?;
         let key = MasterKey::generate();
@@ -177,6 +186,7 @@ impl Repository {
             cold: options.cold.as_ref().map(|c| ColdTierConfig {
                 location: c.location.clone(),
             }),
+            object_lock: options.object_lock,
         };
         config.chunker.validate()?;
         if let Some(cold) = &options.cold {
@@ -220,7 +230,8 @@ impl Repository {
             crate::audit::Entry::new("init")
                 .arg("compression_level", repo.config.compression_level)
                 .arg("pack_size", repo.config.pack_size)
-                .arg("cold", repo.config.cold.as_ref().map(|c| &c.location)),
+                .arg("cold", repo.config.cold.as_ref().map(|c| &c.location))
+                .arg("object_lock", repo.config.object_lock),
         )
         .await;
         Ok(repo)

@@ -13,6 +13,7 @@ mod error;
 mod key;
 mod local;
 mod memory;
+mod objectlock;
 mod remote;
 mod retry;
 mod sftpmode;
@@ -22,9 +23,13 @@ pub use error::{Error, ErrorClass, ErrorKind, Result};
 pub use key::{Kind, ObjectKey};
 pub use local::LocalStorage;
 pub use memory::MemoryStorage;
+pub use objectlock::{
+    AsOfStorage, BucketLock, DefaultRetention, LockMode, ObjectVersion, Retention,
+    VersionedStorage, view_at,
+};
 pub use remote::{KnownHosts, OpendalStorage, S3Options, SftpOptions};
 pub use retry::{RetryPolicy, RetryStorage};
-pub use url::{Location, open_location};
+pub use url::{Location, open_location, parse_as_of};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -135,6 +140,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// empty. Backends without a root to create (object storage) do nothing.
     async fn create_root(&self) -> Result<()> {
         Ok(())
+    }
+    /// Object versions and retention, on backends that keep them (S3);
+    /// `None` elsewhere. Wrappers pass their inner storage's through.
+    fn versioned(&self) -> Option<&dyn VersionedStorage> {
+        None
     }
 }
 

@@ -38,6 +38,8 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -46,8 +48,10 @@ use futures::TryStreamExt;
 use opendal::layers::TimeoutLayer;
 use opendal::{ErrorKind as OdErrorKind, Operator};
 
+use crate::objectlock::S3LockApi;
 use crate::{
-    BoundedGet, Capabilities, Error, ErrorKind, Kind, ObjectInfo, ObjectKey, Result, Storage,
+    BoundedGet, BucketLock, Capabilities, DefaultRetention, Error, ErrorKind, Kind, ObjectInfo,
+    ObjectKey, ObjectVersion, Result, Retention, Storage, VersionedStorage,
 };
 
 /// Region used when neither the options nor `AWS_REGION` name one. AWS itself
@@ -116,6 +120,11 @@ pub struct S3Options {
     /// probe's 20–54; `None` probes on every open. Filled from the
     /// environment by [`S3Options::with_env_defaults`].
     pub probe_memo_dir: Option<PathBuf>,
+    /// Open the bucket read-only as it was at this time: every object
+    /// reads as its newest version written at or before it (see
+    /// [`crate::AsOfStorage`]); for recovery after an attacker deleted or
+    /// overwrote objects in a versioned (object-lock) bucket.
+    pub as_of: Option<jiff::Timestamp>,
 }
 
 impl fmt::Debug for S3Options {
@@ -131,6 +140,7 @@ impl fmt::Debug for S3Options {
             .field("session_token", &redact(&self.session_token))
             .field("storage_class", &self.storage_class)
             .field("probe_memo_dir", &self.probe_memo_dir)
+            .field("as_of", &self.as_of)
             .finish()
     }
 }
@@ -405,6 +415,17 @@ pub struct OpendalStorage {
     atomic_create: bool,
     /// SFTP only: sets the modes of what `put` creates.
     sftp_modes: Option<std::sync::Arc<crate::sftpmode::SftpModes>>,
+    /// S3 only: what object-lock buckets need beyond the plain operator.
+    s3: Option<Arc<S3Extra>>,
+}
+
+/// The parts of an S3 storage that object-lock buckets need.
+struct S3Extra {
+    /// The same bucket, sending Content-MD5 with every write.
+    md5_op: Operator,
+    /// Set once the bucket refused a write without an integrity header.
+    content_md5: AtomicBool,
+    lock_api: S3LockApi,
 }
 
 impl fmt::Debug for OpendalStorage {
@@ -428,30 +449,41 @@ impl OpendalStorage {
             return Err(Error::new(ErrorKind::Config, "S3 bucket name is empty"));
         }
         let region = options.region.as_deref().unwrap_or(DEFAULT_S3_REGION);
-        let mut builder = opendal::services::S3::default()
-            .bucket(&options.bucket)
-            .root(&format!("/{}", options.root.trim_matches('/')))
-            .region(region);
-        if let Some(endpoint) = &options.endpoint {
-            builder = builder
-                .endpoint(endpoint.trim_end_matches('/'))
-                // Instance metadata only exists on AWS; asking for it
-                // elsewhere costs a timeout before every credential lookup.
-                .disable_ec2_metadata();
-        }
-        if let (Some(id), Some(secret)) = (&options.access_key_id, &options.secret_access_key) {
-            builder = builder.access_key_id(id).secret_access_key(secret);
-            if let Some(token) = &options.session_token {
-                builder = builder.session_token(token);
-            }
-        }
-        if let Some(class) = &options.storage_class {
-            builder = builder.default_storage_class(class);
-        }
         let location = options.display();
-        let op = Operator::new(builder)
-            .map_err(|e| map_err(e, format!("configuring {location}"), None))?;
-        let mut storage = Self::from_operator(op, Protocol::S3, location);
+        let operator = |content_md5: bool| {
+            let mut builder = opendal::services::S3::default()
+                .bucket(&options.bucket)
+                .root(&format!("/{}", options.root.trim_matches('/')))
+                .region(region);
+            if let Some(endpoint) = &options.endpoint {
+                builder = builder
+                    .endpoint(endpoint.trim_end_matches('/'))
+                    // Instance metadata only exists on AWS; asking for it
+                    // elsewhere costs a timeout before every credential lookup.
+                    .disable_ec2_metadata();
+            }
+            if let (Some(id), Some(secret)) = (&options.access_key_id, &options.secret_access_key) {
+                builder = builder.access_key_id(id).secret_access_key(secret);
+                if let Some(token) = &options.session_token {
+                    builder = builder.session_token(token);
+                }
+            }
+            if let Some(class) = &options.storage_class {
+                builder = builder.default_storage_class(class);
+            }
+            if content_md5 {
+                builder = builder.checksum_algorithm("md5");
+            }
+            Operator::new(builder).map_err(|e| map_err(e, format!("configuring {location}"), None))
+        };
+        let op = operator(false)?;
+        let md5_op = Self::with_timeouts(operator(true)?);
+        let mut storage = Self::from_operator(op, Protocol::S3, location.clone());
+        storage.s3 = Some(Arc::new(S3Extra {
+            md5_op,
+            content_md5: AtomicBool::new(false),
+            lock_api: S3LockApi::new(&options, region, location)?,
+        }));
         let memo = options.probe_memo();
         let probe = match memo.as_ref().and_then(ProbeMemo::load) {
             Some(known) => {
@@ -512,20 +544,58 @@ impl OpendalStorage {
         Ok(storage)
     }
 
-    fn from_operator(op: Operator, protocol: Protocol, location: String) -> Self {
-        let op = op.layer(
+    fn with_timeouts(op: Operator) -> Operator {
+        op.layer(
             TimeoutLayer::new()
                 .with_timeout(OP_TIMEOUT)
                 .with_io_timeout(IO_TIMEOUT),
-        );
+        )
+    }
+
+    fn from_operator(op: Operator, protocol: Protocol, location: String) -> Self {
         Self {
-            op,
+            op: Self::with_timeouts(op),
             protocol,
             location,
             conditional_write: false,
             atomic_create: false,
             sftp_modes: None,
+            s3: None,
         }
+    }
+
+    /// Writes one S3 object. A bucket with a default Object Lock retention
+    /// refuses PUTs without an integrity header ("Content-MD5 or
+    /// x-amz-checksum required", AWS S3 API reference, PutObject); the
+    /// first such refusal switches this storage to sending Content-MD5
+    /// (OpenDAL's `md5` checksum option) for the rest of its life, so
+    /// buckets without a lock never pay for the digest.
+    async fn write_s3(
+        &self,
+        path: &str,
+        data: Bytes,
+        if_not_exists: bool,
+    ) -> opendal::Result<opendal::Metadata> {
+        let extra = self.s3.as_ref().expect("S3 storage");
+        if !extra.content_md5.load(Ordering::Relaxed) {
+            match self
+                .op
+                .write_with(path, data.clone())
+                .if_not_exists(if_not_exists)
+                .await
+            {
+                Err(e) if needs_content_md5(&e) => {
+                    tracing::debug!(location = %self.location, "bucket wants Content-MD5 (object lock)");
+                    extra.content_md5.store(true, Ordering::Relaxed);
+                }
+                result => return result,
+            }
+        }
+        extra
+            .md5_op
+            .write_with(path, data)
+            .if_not_exists(if_not_exists)
+            .await
     }
 
     /// One request that fails unless the bucket answers to these
@@ -543,9 +613,8 @@ impl OpendalStorage {
     /// credentials cannot write, so nothing was learnt about the server).
     async fn probe_conditional_write(&self) -> Result<(S3Probe, bool)> {
         let path = probe_path();
-        let write = |path: String, data: Bytes| async move {
-            self.op.write_with(&path, data).if_not_exists(true).await
-        };
+        let write =
+            |path: String, data: Bytes| async move { self.write_s3(&path, data, true).await };
         if let Err(e) = write(path.clone(), probe_bytes()).await {
             self.probe_failed(e, &path).await?;
             return Ok((S3Probe::Ignored, false));
@@ -683,9 +752,7 @@ impl OpendalStorage {
         let context = || format!("writing {key} to {}", self.location);
         if self.conditional_write {
             return self
-                .op
-                .write_with(path, data)
-                .if_not_exists(true)
+                .write_s3(path, data, true)
                 .await
                 .map(drop)
                 .map_err(|e| map_err(e, context(), Some(key)));
@@ -694,8 +761,7 @@ impl OpendalStorage {
         if self.stat_path(key, path).await?.is_some() {
             return Err(Error::already_exists(key));
         }
-        self.op
-            .write(path, data)
+        self.write_s3(path, data, false)
             .await
             .map(drop)
             .map_err(|e| map_err(e, context(), Some(key)))
@@ -737,8 +803,139 @@ impl OpendalStorage {
     }
 }
 
+impl OpendalStorage {
+    fn lock_api(&self) -> &S3LockApi {
+        &self
+            .s3
+            .as_ref()
+            .expect("only S3 storage is versioned")
+            .lock_api
+    }
+
+    fn version_err(&self, e: opendal::Error, what: String, key: &ObjectKey) -> Error {
+        map_err(e, format!("{what} {key} in {}", self.location), Some(key))
+    }
+}
+
+#[async_trait]
+impl VersionedStorage for OpendalStorage {
+    async fn bucket_lock(&self) -> Result<BucketLock> {
+        self.lock_api().bucket_lock().await
+    }
+
+    async fn set_default_retention(&self, retention: DefaultRetention) -> Result<()> {
+        self.lock_api().set_default_retention(retention).await
+    }
+
+    async fn list_versions(&self, kind: Kind) -> Result<Vec<ObjectVersion>> {
+        let dir = if kind == Kind::Config {
+            ObjectKey::config().path()
+        } else {
+            format!("{}/", kind.dir())
+        };
+        let entries = match self
+            .op
+            .list_with(&dir)
+            .recursive(kind == Kind::Packs)
+            .versions(true)
+            .deleted(true)
+            .await
+        {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == OdErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(map_err(
+                    e,
+                    format!("listing versions of {dir} in {}", self.location),
+                    None,
+                ));
+            }
+        };
+        Ok(entries
+            .into_iter()
+            .filter_map(|entry| {
+                let meta = entry.metadata();
+                let path = entry.path().trim_start_matches('/');
+                let name = path.rsplit('/').next()?;
+                let key = ObjectKey::parse(kind, name)?;
+                if key.path() != path {
+                    return None;
+                }
+                Some(ObjectVersion {
+                    key,
+                    version_id: meta.version()?.to_string(),
+                    last_modified: meta.last_modified()?.into(),
+                    size_bytes: meta.content_length(),
+                    delete_marker: meta.is_deleted(),
+                    latest: meta.is_current().unwrap_or(false),
+                })
+            })
+            .collect())
+    }
+
+    async fn get_version(&self, key: &ObjectKey, version_id: &str) -> Result<Bytes> {
+        self.op
+            .read_with(&key.path())
+            .version(version_id)
+            .await
+            .map(|buf| buf.to_bytes())
+            .map_err(|e| self.version_err(e, format!("reading version {version_id} of"), key))
+    }
+
+    async fn get_version_range(
+        &self,
+        key: &ObjectKey,
+        version_id: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes> {
+        let bytes = self
+            .op
+            .read_with(&key.path())
+            .version(version_id)
+            .range(offset..offset + len)
+            .await
+            .map(|buf| buf.to_bytes())
+            .map_err(|e| self.version_err(e, format!("reading version {version_id} of"), key))?;
+        if bytes.len() as u64 != len {
+            return Err(Error::new(
+                ErrorKind::InvalidRange,
+                format!("range {offset}+{len} of {key} (version {version_id}) is past its end"),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    async fn retention(&self, key: &ObjectKey, version_id: &str) -> Result<Option<Retention>> {
+        self.lock_api().retention(key, version_id).await
+    }
+
+    async fn set_retention(
+        &self,
+        key: &ObjectKey,
+        version_id: &str,
+        retention: Retention,
+    ) -> Result<()> {
+        self.lock_api()
+            .set_retention(key, version_id, retention)
+            .await
+    }
+
+    async fn delete_version(&self, key: &ObjectKey, version_id: &str) -> Result<()> {
+        self.op
+            .delete_with(&key.path())
+            .version(version_id)
+            .await
+            .map_err(|e| self.version_err(e, format!("deleting version {version_id} of"), key))
+    }
+}
+
 #[async_trait]
 impl Storage for OpendalStorage {
+    fn versioned(&self) -> Option<&dyn VersionedStorage> {
+        self.s3.as_ref().map(|_| self as &dyn VersionedStorage)
+    }
+
     fn location(&self) -> String {
         self.location.clone()
     }
@@ -909,6 +1106,15 @@ impl Storage for OpendalStorage {
             )),
         }
     }
+}
+
+/// The refusal of a write without an integrity header by a bucket with a
+/// default retention: AWS answers `InvalidRequest` naming Content-MD5,
+/// moto `MissingUploadObjectWithObjectLockHeaders`.
+fn needs_content_md5(e: &opendal::Error) -> bool {
+    let (code, text) = service_message(e);
+    code.as_deref() == Some("MissingUploadObjectWithObjectLockHeaders")
+        || (code.as_deref() == Some("InvalidRequest") && text.contains("Content-MD5"))
 }
 
 fn is_exists(e: &opendal::Error) -> bool {

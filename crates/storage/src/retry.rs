@@ -215,6 +215,12 @@ impl Storage for RetryStorage {
     async fn create_root(&self) -> Result<()> {
         self.inner.create_root().await
     }
+
+    // Not retried: callers of these rare maintenance calls (init, lock
+    // extension, prune) report per-object failures themselves.
+    fn versioned(&self) -> Option<&dyn crate::VersionedStorage> {
+        self.inner.versioned()
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::{
 
 /// Printed with every rejected location so the user sees what would work.
 const ACCEPTED_FORMS: &str = "accepted forms: /local/path, file:///local/path, \
-s3://bucket[/prefix][?endpoint=http://host:port][&region=us-east-1][&storage-class=CLASS], \
+s3://bucket[/prefix][?endpoint=http://host:port][&region=us-east-1][&storage-class=CLASS][&as-of=TIME], \
 sftp://[user@]host[:port]/absolute/path[?key=/path/to/private-key][&known-hosts=strict|add|accept]";
 
 /// Where a repository lives.
@@ -73,6 +73,7 @@ impl fmt::Display for Location {
                     ("endpoint", &o.endpoint),
                     ("region", &o.region),
                     ("storage-class", &o.storage_class),
+                    ("as-of", &o.as_of.map(|t| t.to_string())),
                 ] {
                     if let Some(value) = value {
                         write!(f, "{sep}{name}={value}")?;
@@ -118,10 +119,21 @@ pub async fn open_location(location: &Location) -> Result<DynStorage> {
         Location::S3(o) => OpendalStorage::s3(o.clone()).await?,
         Location::Sftp(o) => OpendalStorage::sftp(o.clone()).await?,
     };
-    Ok(Arc::new(RetryStorage::new(
-        Arc::new(remote),
-        RetryPolicy::default(),
-    )))
+    let storage: DynStorage = Arc::new(RetryStorage::new(Arc::new(remote), RetryPolicy::default()));
+    match location {
+        Location::S3(S3Options {
+            as_of: Some(at), ..
+        }) => Ok(Arc::new(crate::AsOfStorage::new(storage, *at)?)),
+        _ => Ok(storage),
+    }
+}
+
+/// A point in time for `as-of`: an RFC 3339 timestamp
+/// (`2026-12-06T04:00:00Z`) or a civil time with an offset.
+pub fn parse_as_of(s: &str) -> std::result::Result<jiff::Timestamp, String> {
+    s.parse::<jiff::Timestamp>().map_err(|e| {
+        format!("as-of must be a time such as 2026-12-06T04:00:00Z (RFC 3339, with a zone): {e}")
+    })
 }
 
 fn config_error(input: &str, problem: &str) -> Error {
@@ -223,10 +235,14 @@ fn parse_s3(s: &str) -> Result<Location> {
                 }
                 options.storage_class = Some(value.into_owned());
             }
+            "as-of" => {
+                let at = parse_as_of(&value).map_err(|problem| config_error(s, &problem))?;
+                options.as_of = Some(at);
+            }
             other => {
                 return Err(config_error(
                     s,
-                    &unknown_option(other, "endpoint, region, storage-class"),
+                    &unknown_option(other, "endpoint, region, storage-class, as-of"),
                 ));
             }
         }

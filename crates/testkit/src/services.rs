@@ -213,6 +213,108 @@ impl Drop for S3Server {
     }
 }
 
+/// moto's S3 server, which (unlike s3s-fs) keeps object versions and
+/// enforces S3 Object Lock: a locked version cannot be deleted before its
+/// retain-until date. Buckets are made by the test ([`MotoServer::python`]
+/// runs boto3 against it, which is also how tests play an attacker holding
+/// the same credentials). moto accepts any credentials.
+#[derive(Debug)]
+pub struct MotoServer {
+    child: Child,
+    _dir: TempDir,
+    port: u16,
+    /// The Python moto was installed for (its venv's, when it has one),
+    /// which has boto3.
+    python: PathBuf,
+}
+
+impl MotoServer {
+    pub const ACCESS_KEY: &'static str = "lifeboat-moto-access-key";
+    pub const SECRET_KEY: &'static str = "lifeboat-moto-secret-key";
+    pub const REGION: &'static str = "us-east-1";
+
+    /// Starts a server, or returns `None` if `moto_server` is missing (see
+    /// [`require_or_skip`]; `scripts/setup-test-deps` installs it).
+    pub fn start() -> Option<Self> {
+        let binary = require_or_skip("moto_server", "an S3 object-lock test")?;
+        let python = binary
+            .parent()
+            .map(|d| d.join("python3"))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("python3"));
+        let dir = temp_dir("lb-moto-");
+        let log = dir.path().join("moto.log");
+        let (child, port) = start_with_retries("moto_server", &log, |port| {
+            let mut cmd = Command::new(&binary);
+            cmd.arg("-H")
+                .arg("127.0.0.1")
+                .arg("-p")
+                .arg(port.to_string());
+            cmd
+        });
+        Some(Self {
+            child,
+            _dir: dir,
+            port,
+            python,
+        })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `s3://` URL of a repository under `prefix` of `bucket`.
+    pub fn location_url(&self, bucket: &str, prefix: &str) -> String {
+        format!(
+            "s3://{bucket}/{prefix}?endpoint={}&region={}",
+            self.endpoint(),
+            Self::REGION
+        )
+    }
+
+    /// Environment for a child process (lifeboat or boto3) to reach the
+    /// server with the test credentials.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", Self::ACCESS_KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", Self::SECRET_KEY.to_string()),
+            ("AWS_REGION", Self::REGION.to_string()),
+            ("AWS_DEFAULT_REGION", Self::REGION.to_string()),
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+        ]
+    }
+
+    /// Runs a python3 snippet with `s3`, a boto3 client of this server,
+    /// already defined; returns its stdout. Panics with its output if it
+    /// fails.
+    pub fn python(&self, script: &str) -> String {
+        let program = format!(
+            "import boto3, datetime, json, os, sys, time\n\
+             s3 = boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n{script}"
+        );
+        let out = Command::new(&self.python)
+            .arg("-c")
+            .arg(&program)
+            .envs(self.env())
+            .output()
+            .expect("running python3");
+        assert!(
+            out.status.success(),
+            "python snippet failed:\n{script}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
 /// A private OpenSSH daemon on 127.0.0.1 that accepts one temporary client
 /// key for the current user and serves SFTP.
 #[derive(Debug)]

@@ -1,0 +1,282 @@
+//! Object Lock for repositories on S3: enabling it at init, extending the
+//! retention of live objects, and reclaiming versions whose lock expired.
+//!
+//! A repository created with `init --object-lock DAYS` records
+//! [`ObjectLockConfig`] in its config (docs/format.md) and sets the bucket's
+//! default retention, so every version lifeboat writes (packs, index,
+//! snapshot records, keys, config, audit records, lock files) is locked for
+//! DAYS from its upload without per-request headers. [`extend`] pushes the
+//! retain-until date of every current object forward again (maintenance
+//! runs it, so live data never falls out of protection), and [`reclaim`]
+//! removes for good the versions nothing shows any more (deleted by prune,
+//! or hidden by a newer version or delete marker) once their lock has
+//! expired, deferring the rest. The storage side is
+//! [`lifeboat_storage::VersionedStorage`].
+
+use futures::StreamExt;
+use lifeboat_storage::{
+    DefaultRetention, DynStorage, Kind, LockMode, ObjectVersion, Retention, VersionedStorage,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Every namespace lifeboat writes, and so every one whose versions are
+/// locked, extended and reclaimed.
+const KINDS: [Kind; 9] = [
+    Kind::Config,
+    Kind::Keys,
+    Kind::Packs,
+    Kind::Index,
+    Kind::Snapshots,
+    Kind::Locks,
+    Kind::Archive,
+    Kind::Audit,
+    Kind::Protect,
+];
+
+/// Retention requests in flight at once: each is a small signed request,
+/// and S3 scales per request.
+const CONCURRENCY: usize = 16;
+
+/// The repository's Object Lock settings, fixed at init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectLockConfig {
+    pub mode: LockMode,
+    /// How long every version stays locked after it is written or its
+    /// retention last extended.
+    pub days: u32,
+}
+
+impl ObjectLockConfig {
+    fn default_retention(self) -> DefaultRetention {
+        DefaultRetention {
+            mode: self.mode,
+            days: self.days,
+        }
+    }
+}
+
+/// What `init --object-lock` checks and sets on the bucket: it must have
+/// Object Lock enabled (only possible when the bucket is created); its
+/// default retention is set to `config` when it has none, and must equal
+/// `config` when it has one (the bucket-wide default is not lifeboat's to
+/// change under other users of the bucket).
+pub async fn enable(storage: &DynStorage, config: ObjectLockConfig) -> Result<()> {
+    if config.days == 0 {
+        return Err(Error::BadInput(
+            "--object-lock needs at least 1 day (S3's smallest default retention)".into(),
+        ));
+    }
+    let versions = versioned(storage)?;
+    let bucket = versions.bucket_lock().await?;
+    if !bucket.enabled {
+        return Err(Error::BadInput(format!(
+            "the bucket of {} has no object lock, so its objects could be deleted by anyone \
+             holding the storage credentials; object lock can only be turned on when a bucket \
+             is created: create a new bucket with it (`aws s3api create-bucket --bucket NAME \
+             --object-lock-enabled-for-bucket`, or your provider's console) and run init there",
+            storage.location()
+        )));
+    }
+    match bucket.default_retention {
+        None => versions
+            .set_default_retention(config.default_retention())
+            .await
+            .map_err(Error::from),
+        Some(d) if d == config.default_retention() => Ok(()),
+        Some(d) => Err(Error::BadInput(format!(
+            "the bucket of {} already has a default retention of {} days in {} mode; \
+             run init with `--object-lock {} --lock-mode {}`, or change the bucket's \
+             default retention first",
+            storage.location(),
+            d.days,
+            d.mode.as_str(),
+            d.days,
+            d.mode.as_str()
+        ))),
+    }
+}
+
+fn versioned(storage: &DynStorage) -> Result<&dyn VersionedStorage> {
+    storage.versioned().ok_or_else(|| {
+        Error::BadInput(format!(
+            "{} keeps no object versions: object lock needs an S3 bucket created with \
+             object lock enabled",
+            storage.location()
+        ))
+    })
+}
+
+/// What [`extend`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ExtendStats {
+    /// Current objects looked at.
+    pub objects: usize,
+    /// Objects whose retain-until date was moved forward.
+    pub extended: usize,
+    /// Objects already locked at least until the new date.
+    pub already_locked: usize,
+    /// The retain-until date every current object now has at least.
+    pub until: String,
+}
+
+/// Extends the retention of every current object version (everything a
+/// plain read of the repository sees, which after a prune is exactly what
+/// is still referenced, plus the metadata) to `now + days`. Versions
+/// locked longer already are left alone (S3 refuses to shorten a lock).
+pub async fn extend(
+    storage: &DynStorage,
+    config: ObjectLockConfig,
+    now: jiff::Timestamp,
+) -> Result<ExtendStats> {
+    let versions = versioned(storage)?;
+    let until = now
+        .checked_add(jiff::SignedDuration::from_hours(
+            24 * i64::from(config.days),
+        ))
+        .map_err(|e| Error::BadInput(format!("retention date: {e}")))?;
+    let mut stats = ExtendStats {
+        until: until.to_string(),
+        ..Default::default()
+    };
+    for kind in KINDS {
+        let current: Vec<ObjectVersion> = versions
+            .list_versions(kind)
+            .await?
+            .into_iter()
+            .filter(|v| v.latest && !v.delete_marker)
+            .collect();
+        stats.objects += current.len();
+        let results: Vec<Result<bool>> = futures::stream::iter(current)
+            .map(|v| async move {
+                let held = versions.retention(&v.key, &v.version_id).await?;
+                if held.is_some_and(|r| r.until >= until) {
+                    return Ok(false);
+                }
+                versions
+                    .set_retention(
+                        &v.key,
+                        &v.version_id,
+                        Retention {
+                            mode: config.mode,
+                            until,
+                        },
+                    )
+                    .await?;
+                Ok(true)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for r in results {
+            if r? {
+                stats.extended += 1;
+            } else {
+                stats.already_locked += 1;
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// What [`reclaim`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReclaimStats {
+    /// Non-current versions removed for good (their lock had expired).
+    pub versions_deleted: usize,
+    pub bytes_deleted: u64,
+    /// Non-current versions still locked: kept, to be removed by a later
+    /// prune once their retain-until date has passed.
+    pub versions_deferred: usize,
+    pub bytes_deferred: u64,
+}
+
+/// Removes non-current versions whose lock has expired (by version id: a
+/// plain delete on a versioned bucket only adds a delete marker and frees
+/// nothing) and defers those still locked; never touches a current
+/// version, and never asks S3 to delete a version it knows to be locked.
+/// Delete markers are left in place (they hold no data).
+pub async fn reclaim(storage: &DynStorage, now: jiff::Timestamp) -> Result<ReclaimStats> {
+    let versions = versioned(storage)?;
+    let mut stats = ReclaimStats::default();
+    for kind in KINDS {
+        let all = versions.list_versions(kind).await?;
+        let old: Vec<ObjectVersion> = all
+            .into_iter()
+            .filter(|v| !v.latest && !v.delete_marker)
+            .collect();
+        let results: Vec<Result<(bool, u64)>> = futures::stream::iter(old)
+            .map(|v| async move {
+                let held = versions.retention(&v.key, &v.version_id).await?;
+                if held.is_some_and(|r| r.until > now) {
+                    return Ok((false, v.size_bytes));
+                }
+                versions.delete_version(&v.key, &v.version_id).await?;
+                Ok((true, v.size_bytes))
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for r in results {
+            match r? {
+                (true, size) => {
+                    stats.versions_deleted += 1;
+                    stats.bytes_deleted += size;
+                }
+                (false, size) => {
+                    stats.versions_deferred += 1;
+                    stats.bytes_deferred += size;
+                }
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// What a prune of an object-lock repository adds to its work.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LockMaintenance {
+    pub extend: ExtendStats,
+    pub reclaim: ReclaimStats,
+}
+
+/// Extends the retention of everything current (audited as `lock
+/// extend`), for `lifeboat lock extend` and the daemon's schedule.
+pub async fn extend_repository(
+    repo: &crate::Repository,
+    config: ObjectLockConfig,
+) -> Result<ExtendStats> {
+    crate::audit::append(
+        repo,
+        crate::audit::Entry::new("lock extend")
+            .arg("days", config.days)
+            .arg("mode", config.mode),
+    )
+    .await?;
+    extend(repo.storage(), config, jiff::Timestamp::now()).await
+}
+
+/// Prune's object-lock step: extend what is current, then reclaim old
+/// versions whose lock expired (audited with the bytes deleted).
+pub async fn maintain(
+    repo: &crate::Repository,
+    config: ObjectLockConfig,
+) -> Result<LockMaintenance> {
+    let extend = extend_repository(repo, config).await?;
+    let reclaim = reclaim(repo.storage(), jiff::Timestamp::now()).await?;
+    if reclaim.versions_deleted > 0 {
+        crate::audit::append(
+            repo,
+            crate::audit::Entry {
+                bytes_deleted: reclaim.bytes_deleted,
+                ..crate::audit::Entry::new("lock reclaim")
+                    .arg("versions_deleted", reclaim.versions_deleted)
+                    .arg("versions_deferred", reclaim.versions_deferred)
+            },
+        )
+        .await?;
+    }
+    Ok(LockMaintenance { extend, reclaim })
+}

@@ -25,6 +25,7 @@ pub enum RunbookFormat {
 pub struct RunbookArgs {
     /// Only this plan (a `[plan.NAME]` of the config); default: every plan.
     pub plan: Option<String>,
+    /// Markdown on stdout, or one self-contained HTML page.
     #[arg(long, value_enum, default_value = "md")]
     pub format: RunbookFormat,
 }
@@ -69,13 +70,16 @@ pub enum IncidentAction {
     },
     /// Send an update on the open incident: the current step.
     Update {
+        /// The current step, as the audiences should read it.
         #[arg(long)]
         message: String,
+        /// The impact now, if it changed.
         #[arg(long)]
         impact: Option<String>,
     },
     /// Resolve the open incident.
     Resolve {
+        /// The closing words to the audiences.
         #[arg(long, default_value = "Service is restored.")]
         message: String,
     },

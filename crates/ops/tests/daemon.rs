@@ -8,15 +8,14 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration as StdDuration;
 
-use common::Setup;
+use common::{Setup, TestDaemon, next_event};
 use jiff::{SignedDuration, Timestamp};
 use lifeboat_ops::Config;
-use lifeboat_ops::daemon::{Clock, DaemonOptions, Event, ManualClock, run_daemon};
+use lifeboat_ops::daemon::{Clock, Event};
 use lifeboat_ops::report::{Outcome, Trigger};
 use lifeboat_ops::scheduler::{Due, Scheduler};
 use lifeboat_ops::state::{LastRun, PlanState};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 fn ts(s: &str) -> Timestamp {
     s.parse().unwrap()
@@ -171,13 +170,6 @@ fn a_lock_conflict_is_retried_after_lock_retry() {
     );
 }
 
-async fn next_event(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
-    tokio::time::timeout(StdDuration::from_secs(60), rx.recv())
-        .await
-        .expect("the daemon answers within a minute")
-        .expect("the daemon is running")
-}
-
 const DAEMON_CONFIG: &str = r#"
 state-dir = "state"
 [repository.local]
@@ -202,23 +194,13 @@ async fn the_daemon_catches_up_runs_on_schedule_reloads_serves_and_stops() {
     s.repo("local").await;
     let config = s.config(DAEMON_CONFIG);
     let start = ts("2026-01-01T05:07:00Z");
-    let clock = ManualClock::new(start);
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let (reload_tx, reload_rx) = mpsc::unbounded_channel();
-    let shutdown = CancellationToken::new();
-    let daemon = tokio::spawn(run_daemon(
-        config,
-        DaemonOptions {
-            config_path: s.path("lifeboat.toml"),
-            clock: clock.clone(),
-            shutdown: shutdown.clone(),
-            reload: reload_rx,
-            events: Some(events_tx),
-            seed: 7,
-            http: true,
-            alerts: None,
-        },
-    ));
+    let TestDaemon {
+        clock,
+        mut events,
+        reload: reload_tx,
+        shutdown,
+        handle: daemon,
+    } = s.start_daemon(config, start, 7, true, None);
     let Event::Listening(addr) = next_event(&mut events).await else {
         panic!("first event is Listening")
     };
@@ -375,10 +357,6 @@ time-zone = "UTC"
 "#,
         http.url()
     ));
-    let clock = ManualClock::new(ts("2026-01-01T05:07:00Z"));
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let (_reload_tx, reload_rx) = mpsc::unbounded_channel();
-    let shutdown = CancellationToken::new();
     let alerts = lifeboat_ops::alert::Alerter::with_retry(
         &config,
         lifeboat_ops::alert::Retry {
@@ -387,19 +365,19 @@ time-zone = "UTC"
             timeout: StdDuration::from_secs(5),
         },
     );
-    let daemon = tokio::spawn(run_daemon(
+    let TestDaemon {
+        clock,
+        mut events,
+        shutdown,
+        handle: daemon,
+        ..
+    } = s.start_daemon(
         config.clone(),
-        DaemonOptions {
-            config_path: s.path("lifeboat.toml"),
-            clock: clock.clone(),
-            shutdown: shutdown.clone(),
-            reload: reload_rx,
-            events: Some(events_tx),
-            seed: 1,
-            http: false,
-            alerts: Some(alerts.clone()),
-        },
-    ));
+        ts("2026-01-01T05:07:00Z"),
+        1,
+        false,
+        Some(alerts.clone()),
+    );
     let ok = Some(Outcome::Ok);
     assert_eq!(
         finished(&mut events, 2).await,
@@ -586,10 +564,6 @@ time-zone = "UTC"
 "#,
         http.url()
     ));
-    let clock = ManualClock::new(ts("2026-01-01T05:07:00Z"));
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let (_reload_tx, reload_rx) = mpsc::unbounded_channel();
-    let shutdown = CancellationToken::new();
     let alerts = lifeboat_ops::alert::Alerter::with_retry(
         &config,
         lifeboat_ops::alert::Retry {
@@ -598,19 +572,19 @@ time-zone = "UTC"
             timeout: StdDuration::from_secs(5),
         },
     );
-    let daemon = tokio::spawn(run_daemon(
+    let TestDaemon {
+        clock,
+        mut events,
+        shutdown,
+        handle: daemon,
+        ..
+    } = s.start_daemon(
         config.clone(),
-        DaemonOptions {
-            config_path: s.path("lifeboat.toml"),
-            clock: clock.clone(),
-            shutdown: shutdown.clone(),
-            reload: reload_rx,
-            events: Some(events_tx),
-            seed: 1,
-            http: false,
-            alerts: Some(alerts.clone()),
-        },
-    ));
+        ts("2026-01-01T05:07:00Z"),
+        1,
+        false,
+        Some(alerts.clone()),
+    );
     // Per plan: its catch-up backup, then (never at the same time) its
     // catch-up drill. rb does not exist: b's backup and drill fail.
     let mut seen: Vec<Event> = Vec::new();

@@ -4,13 +4,9 @@
 
 mod common;
 
-use std::time::Duration as StdDuration;
-
-use common::Setup;
-use lifeboat_ops::daemon::{DaemonOptions, Event, ManualClock, run_daemon};
+use common::{Setup, TestDaemon, next_event};
+use lifeboat_ops::daemon::{Event, ManualClock};
 use lifeboat_ops::incident::{NoticeKind, NoticeOptions, record};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 const CONFIG: &str = r#"
 state-dir = "state"
@@ -50,37 +46,27 @@ async fn the_daemon_serves_the_status_page_with_the_open_incident() {
     let s = Setup::new();
     s.repo("local").await;
     let config = s.config(CONFIG);
-    let clock = ManualClock::new("2026-01-01T05:07:00Z".parse().unwrap());
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let (_reload_tx, reload_rx) = mpsc::unbounded_channel();
-    let shutdown = CancellationToken::new();
-    let daemon = tokio::spawn(run_daemon(
+    let TestDaemon {
+        clock,
+        mut events,
+        shutdown,
+        handle: daemon,
+        ..
+    } = s.start_daemon(
         config.clone(),
-        DaemonOptions {
-            config_path: s.path("lifeboat.toml"),
-            clock: clock.clone(),
-            shutdown: shutdown.clone(),
-            reload: reload_rx,
-            events: Some(events_tx),
-            seed: 1,
-            http: true,
-            alerts: None,
-        },
-    ));
-    let next = async |rx: &mut mpsc::UnboundedReceiver<Event>| {
-        tokio::time::timeout(StdDuration::from_secs(60), rx.recv())
-            .await
-            .expect("the daemon answers within a minute")
-            .expect("the daemon is running")
-    };
-    let Event::Listening(addr) = next(&mut events).await else {
+        "2026-01-01T05:07:00Z".parse().unwrap(),
+        1,
+        true,
+        None,
+    );
+    let Event::Listening(addr) = next_event(&mut events).await else {
         panic!("first event is Listening")
     };
     let base = format!("http://{addr}");
     // Both plans never ran: each is caught up once; wait for both.
     let mut finished = 0;
     while finished < 2 {
-        if let Event::Finished { .. } = next(&mut events).await {
+        if let Event::Finished { .. } = next_event(&mut events).await {
             finished += 1;
         }
     }

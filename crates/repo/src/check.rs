@@ -511,8 +511,10 @@ impl DataRun<'_, '_> {
                         Ok(fetched) => {
                             let len = fetched.bytes().len() as u64;
                             let _c = cpu.acquire().await.expect("never closed");
-                            let verdict =
-                                blocking(move || verify_pack(&fetched, &by_pack[&pack])).await;
+                            let verdict = blocking(move || {
+                                verify_pack(&fetched, entries_of(&by_pack, &pack))
+                            })
+                            .await;
                             (pack, len, verdict.map_err(|e| e.to_string()))
                         }
                     };
@@ -563,7 +565,11 @@ impl DataOutcome {
                 }
                 Err(msg) => {
                     // The whole pack is unreadable: all its blobs are lost.
-                    damaged_blobs.extend(self.by_pack[&pack].iter().map(|e| (e.blob_type, e.id)));
+                    damaged_blobs.extend(
+                        entries_of(&self.by_pack, &pack)
+                            .iter()
+                            .map(|e| (e.blob_type, e.id)),
+                    );
                     msg
                 }
             };
@@ -586,6 +592,17 @@ type PackVerdict = (
 
 /// Checks a downloaded pack: does it match its name, and which of its
 /// indexed blobs fail to decrypt or verify.
+/// The index entries whose first location is `pack`. None for a pack
+/// whose blobs all have an earlier copy elsewhere (two backups that stored
+/// the same new blobs at once): its bytes are still checked against its
+/// name, which covers every blob in it.
+fn entries_of<'a>(
+    by_pack: &'a HashMap<Id, Vec<crate::PackEntry>>,
+    pack: &Id,
+) -> &'a [crate::PackEntry] {
+    by_pack.get(pack).map_or(&[], Vec::as_slice)
+}
+
 fn verify_pack(pack: &FetchedRange, entries: &[crate::PackEntry]) -> (bool, Vec<(BlobType, Id)>) {
     let name_ok = Id::of_bytes(pack.bytes()) == pack.pack();
     let bad = entries
@@ -672,7 +689,7 @@ pub async fn measure_ceiling(repo: &Repository, verify: &VerifyOptions) -> Resul
                 for _ in 0..workers {
                     s.spawn(|| {
                         while let Some(f) = fetched.get(next.fetch_add(1, Ordering::Relaxed)) {
-                            std::hint::black_box(verify_pack(f, &by_pack[&f.pack()]));
+                            std::hint::black_box(verify_pack(f, entries_of(&by_pack, &f.pack())));
                         }
                     });
                 }

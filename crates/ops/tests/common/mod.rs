@@ -93,3 +93,67 @@ read-data-subset = "100%"
 [daemon]
 time-zone = "UTC"
 "#;
+
+/// A daemon a test started on a manual clock, and the ends it drives it by.
+pub struct TestDaemon {
+    pub clock: std::sync::Arc<lifeboat_ops::daemon::ManualClock>,
+    pub events: tokio::sync::mpsc::UnboundedReceiver<lifeboat_ops::daemon::Event>,
+    pub reload: tokio::sync::mpsc::UnboundedSender<()>,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub handle: tokio::task::JoinHandle<lifeboat_ops::Result<()>>,
+}
+
+impl TestDaemon {
+    /// The daemon's next event, failing the test after a minute.
+    pub async fn next(&mut self) -> lifeboat_ops::daemon::Event {
+        next_event(&mut self.events).await
+    }
+}
+
+/// The next event on `rx`, failing the test after a minute.
+pub async fn next_event(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<lifeboat_ops::daemon::Event>,
+) -> lifeboat_ops::daemon::Event {
+    tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv())
+        .await
+        .expect("the daemon answers within a minute")
+        .expect("the daemon is running")
+}
+
+impl Setup {
+    /// Starts the daemon on `config` (written as `lifeboat.toml` in the
+    /// root) with its clock at `start`.
+    pub fn start_daemon(
+        &self,
+        config: Config,
+        start: jiff::Timestamp,
+        seed: u64,
+        http: bool,
+        alerts: Option<lifeboat_ops::alert::Alerter>,
+    ) -> TestDaemon {
+        let clock = lifeboat_ops::daemon::ManualClock::new(start);
+        let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let (reload, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let handle = tokio::spawn(lifeboat_ops::daemon::run_daemon(
+            config,
+            lifeboat_ops::daemon::DaemonOptions {
+                config_path: self.path("lifeboat.toml"),
+                clock: clock.clone(),
+                shutdown: shutdown.clone(),
+                reload: reload_rx,
+                events: Some(events_tx),
+                seed,
+                http,
+                alerts,
+            },
+        ));
+        TestDaemon {
+            clock,
+            events,
+            reload,
+            shutdown,
+            handle,
+        }
+    }
+}

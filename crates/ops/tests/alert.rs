@@ -10,21 +10,13 @@ use std::time::Duration as StdDuration;
 
 use common::Setup;
 use jiff::Timestamp;
-use lifeboat_ops::alert::{Alerter, Event, Retry, conditions};
+use lifeboat_ops::alert::{Event, conditions};
 use lifeboat_ops::report::Outcome;
 use lifeboat_ops::{RunOptions, run_plan};
 use lifeboat_testkit::sinks::{HttpSink, SmtpSink, dead_address};
 
 fn ts(s: &str) -> Timestamp {
     s.parse().unwrap()
-}
-
-fn quick() -> Retry {
-    Retry {
-        attempts: 2,
-        backoff: StdDuration::from_millis(50),
-        timeout: StdDuration::from_secs(5),
-    }
 }
 
 fn json(body: &str) -> serde_json::Value {
@@ -87,7 +79,7 @@ email.smtp = \"{smtp}\"
             "backup to local failed: disk on fire",
         )
     };
-    let a = Alerter::with_retry(&config, quick());
+    let a = common::quick_alerts(&config);
     a.notify(problem(), t0);
     assert!(a.flush(StdDuration::from_secs(60)).await);
     let got = http.wait_for(2);
@@ -131,7 +123,7 @@ email.smtp = \"{smtp}\"
     // A restart (a new Alerter on the same state directory): still
     // nothing at 15:59, a reminder at 16:00 (remind = 6h).
     drop(a);
-    let a = Alerter::with_retry(&config, quick());
+    let a = common::quick_alerts(&config);
     a.notify(problem(), ts("2026-03-01T15:59:00Z"));
     assert!(a.flush(StdDuration::from_secs(60)).await);
     assert_eq!(http.received().len(), 2);
@@ -191,7 +183,7 @@ ping = \"http://{dead}/ping\"
 ",
         url = http.url()
     ));
-    let a = Alerter::with_retry(&config, quick());
+    let a = common::quick_alerts(&config);
     let options = RunOptions {
         alerts: Some(a.clone()),
         ..RunOptions::manual()
@@ -262,7 +254,7 @@ plans = [\"files\"]
 ",
         url = http.url()
     ));
-    let a = Alerter::with_retry(&config, quick());
+    let a = common::quick_alerts(&config);
     // Never ran: no RPO alert (its first run is due at once).
     a.notify_all(
         lifeboat_ops::alert::all_rpo_events(&config, Timestamp::now()),
@@ -357,7 +349,7 @@ async fn encrypted_between_two_runs(
         DETECT_PLAN.replace("rpo = \"1h\"", &format!("rpo = \"1h\"\n{keys}")),
         http.url()
     ));
-    let alerts = Alerter::with_retry(&config, quick());
+    let alerts = common::quick_alerts(&config);
     let options = RunOptions {
         alerts: Some(alerts.clone()),
         ..RunOptions::manual()

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration as StdDuration;
 
-use common::{Setup, TestDaemon, next_event};
+use common::{Setup, TestDaemon, next_event, quick_alerts};
 use jiff::{SignedDuration, Timestamp};
 use lifeboat_ops::Config;
 use lifeboat_ops::daemon::{Clock, Event};
@@ -357,14 +357,7 @@ time-zone = "UTC"
 "#,
         http.url()
     ));
-    let alerts = lifeboat_ops::alert::Alerter::with_retry(
-        &config,
-        lifeboat_ops::alert::Retry {
-            attempts: 2,
-            backoff: StdDuration::from_millis(50),
-            timeout: StdDuration::from_secs(5),
-        },
-    );
+    let alerts = quick_alerts(&config);
     let TestDaemon {
         clock,
         mut events,
@@ -564,14 +557,7 @@ time-zone = "UTC"
 "#,
         http.url()
     ));
-    let alerts = lifeboat_ops::alert::Alerter::with_retry(
-        &config,
-        lifeboat_ops::alert::Retry {
-            attempts: 2,
-            backoff: StdDuration::from_millis(50),
-            timeout: StdDuration::from_secs(5),
-        },
-    );
+    let alerts = quick_alerts(&config);
     let TestDaemon {
         clock,
         mut events,

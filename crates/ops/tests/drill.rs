@@ -346,7 +346,7 @@ async fn a_restored_file_that_differs_from_the_snapshot_is_named_by_verify() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_a_slow_and_an_overdue_drill_alert_once_each_and_recover() {
-    use lifeboat_ops::alert::{Alerter, Retry, drill_events, drill_overdue_events};
+    use lifeboat_ops::alert::{drill_events, drill_overdue_events};
     use lifeboat_testkit::sinks::HttpSink;
     let d = Drill::new(40).await;
     let http = HttpSink::start();
@@ -356,14 +356,7 @@ async fn a_failed_a_slow_and_an_overdue_drill_alert_once_each_and_recover() {
             http.url()
         );
     let config = d.s.config(&text);
-    let alerts = Alerter::with_retry(
-        &config,
-        Retry {
-            attempts: 2,
-            backoff: std::time::Duration::from_millis(50),
-            timeout: std::time::Duration::from_secs(5),
-        },
-    );
+    let alerts = common::quick_alerts(&config);
     let options = DrillOptions {
         alerts: Some(alerts.clone()),
         ..Default::default()

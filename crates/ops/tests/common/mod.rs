@@ -157,3 +157,16 @@ impl Setup {
         }
     }
 }
+
+/// Alerts for `config` that give up fast: two attempts 50 ms apart, so a
+/// test sees delivery (or its failure) within seconds.
+pub fn quick_alerts(config: &Config) -> lifeboat_ops::alert::Alerter {
+    lifeboat_ops::alert::Alerter::with_retry(
+        config,
+        lifeboat_ops::alert::Retry {
+            attempts: 2,
+            backoff: std::time::Duration::from_millis(50),
+            timeout: std::time::Duration::from_secs(5),
+        },
+    )
+}

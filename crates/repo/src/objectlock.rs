@@ -219,7 +219,7 @@ pub async fn plan_reclaim(storage: &DynStorage, now: jiff::Timestamp) -> Result<
         let results: Vec<Result<(bool, ObjectVersion)>> = futures::stream::iter(old)
             .map(|v| async move {
                 let held = versions.retention(&v.key, &v.version_id).await?;
-                Ok((!held.is_some_and(|r| r.until > now), v))
+                Ok((held.is_none_or(|r| r.until <= now), v))
             })
             .buffer_unordered(CONCURRENCY)
             .collect()

@@ -788,6 +788,21 @@ pub enum PgCommand {
         #[command(flatten)]
         db: DbArg,
     },
+    /// List the transactions that committed or aborted in a time window,
+    /// read from the archived WAL with PostgreSQL's pg_waldump: their ids
+    /// (for `pg restore --target-xid ID --exclusive`), times and the
+    /// relations they changed.
+    Transactions {
+        /// Start of the window (RFC 3339, e.g. 2026-01-31T11:55:00Z).
+        #[arg(long)]
+        from: String,
+        /// End of the window (RFC 3339).
+        #[arg(long)]
+        to: String,
+        /// The cluster, when the repository holds base backups of several.
+        #[arg(long)]
+        system_id: Option<u64>,
+    },
     /// Delete archived WAL that no base backup in the repository needs.
     ExpireWal {
         /// Show what would be deleted.

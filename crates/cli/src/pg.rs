@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use lifeboat_connectors::postgres::conn::shell_quote;
 use lifeboat_connectors::postgres::{
-    base, check, conn::ConnOptions, conn::system_identifier_of, dump, pitr, retention, wal,
+    base, check, conn::ConnOptions, conn::system_identifier_of, dump, pitr, retention, wal, xacts,
 };
 use lifeboat_repo::BackupMode;
 
@@ -142,6 +142,11 @@ pub async fn run(g: &Global, a: PgArgs) -> Result<i32> {
             }
             Ok(if report.ok() { exit::OK } else { exit::DAMAGED })
         }
+        PgCommand::Transactions {
+            from,
+            to,
+            system_id,
+        } => transactions(g, &from, &to, system_id).await,
         PgCommand::ExpireWal { dry_run } => {
             let repo = session::open(g).await?;
             let report = retention::expire_wal(&repo, dry_run).await?;
@@ -353,6 +358,80 @@ fn restore_command(g: &Global, read_ahead: usize) -> Result<String> {
     }
     cmd.push_str(&format!(" pg wal-fetch --read-ahead {read_ahead} %f %p"));
     Ok(cmd)
+}
+
+fn time_arg(option: &str, t: &str) -> Result<jiff::Timestamp> {
+    t.parse().map_err(|e| {
+        cli_error(
+            exit::USAGE,
+            format!("bad {option} {t:?}: {e} (use RFC 3339, e.g. 2026-01-31T12:00:00Z)"),
+        )
+    })
+}
+
+/// `pg transactions --from T --to T`.
+async fn transactions(g: &Global, from: &str, to: &str, system_id: Option<u64>) -> Result<i32> {
+    let options = xacts::TransactionsOptions {
+        from: time_arg("--from", from)?,
+        to: time_arg("--to", to)?,
+        system_identifier: system_id,
+    };
+    let repo = session::open(g).await?;
+    let report = xacts::transactions(&repo, &options).await?;
+    if g.json {
+        crate::output::json(&report)?;
+        return Ok(exit::OK);
+    }
+    outln!(
+        "cluster {}, timeline {}: transactions that ended between {} and {} ({} WAL segment(s) read: {} .. {})",
+        report.system_identifier,
+        report.timeline,
+        report.from,
+        report.to,
+        report.segments_read,
+        report.first_segment.as_deref().unwrap_or("none"),
+        report.last_segment.as_deref().unwrap_or("none")
+    );
+    for t in &report.transactions {
+        let changes: Vec<String> = t.changes.iter().map(|(k, n)| format!("{k} x{n}")).collect();
+        outln!(
+            "xid {:>10}  {:<6}  {}  lsn {:<12}  {}  relations {}",
+            t.xid,
+            t.outcome,
+            t.time,
+            t.lsn,
+            if changes.is_empty() {
+                "no row changes".to_string()
+            } else {
+                changes.join(", ")
+            },
+            if t.relations.is_empty() {
+                "-".to_string()
+            } else {
+                t.relations.join(" ")
+            }
+        );
+    }
+    if report.transactions.is_empty() {
+        outln!("no transaction ended in that window");
+    }
+    if !report.covers_window {
+        outln!(
+            "note: the archive ends before {} (newest transaction end read: {}): WAL written since has \
+             not been archived yet; wait for archive_timeout or run SELECT pg_switch_wal() on the primary, then list again",
+            report.to,
+            report
+                .newest_end
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "none".into())
+        );
+    }
+    outln!(
+        "relations are tablespace/database/relfilenode; name one in the database with \
+         SELECT relname FROM pg_class WHERE pg_relation_filenode(oid) = N. \
+         To restore to just before a transaction: pg restore --to DIR --target-xid XID --exclusive"
+    );
+    Ok(exit::OK)
 }
 
 async fn restore(g: &Global, a: PgRestoreArgs) -> Result<i32> {

@@ -488,8 +488,9 @@ fn refuse_non_empty_directory(t: &Target) -> Result<()> {
 }
 
 fn rand_bytes() -> [u8; 32] {
-    // The password of the default repository: 256 random bits.
-    rand::random()
+    // The password of the default repository: 256 random bits, from the
+    // operating system like every key (docs/security.md §5).
+    lifeboat_repo::os_random()
 }
 
 pub async fn init(g: &Global, a: InitArgs) -> Result<i32> {

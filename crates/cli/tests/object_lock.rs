@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
@@ -92,6 +93,34 @@ impl Setup {
         serde_json::from_str(&out).unwrap()
     }
 
+    /// A repository with object lock and one backup of a source made with
+    /// `seed`; returns each current version's retain-until date, read a
+    /// second before the call returns (so an extension after it moves
+    /// every date).
+    fn locked_repository_with_a_backup(&self, seed: u8) -> HashMap<String, String> {
+        self.ok(&["init", "--object-lock", "1"]);
+        let src = source(&self.lb, "src", seed);
+        self.ok(&["backup", src.to_str().unwrap()]);
+        let until = self
+            .versions()
+            .iter()
+            .map(|v| (version_key(v), v[4].as_str().unwrap().to_string()))
+            .collect();
+        std::thread::sleep(Duration::from_millis(1100));
+        until
+    }
+
+    /// Every current version that existed `before` is locked longer now.
+    fn assert_extended_since(&self, before: &HashMap<String, String>) {
+        for v in self.versions().into_iter().filter(|v| v[2] == true) {
+            let Some(was) = before.get(&version_key(&v)) else {
+                continue; // written since: the extension's audit record
+            };
+            let now = v[4].as_str().unwrap();
+            assert!(now > was.as_str(), "{v:?} was locked until {was}");
+        }
+    }
+
     fn restore(&self, extra: &[&str], src: &std::path::Path) -> PathBuf {
         let target = self.lb.path(&format!("restore-{}", extra.len()));
         let target_s = target.to_str().unwrap().to_string();
@@ -100,6 +129,11 @@ impl Setup {
         self.ok(&args);
         restored(&target, src)
     }
+}
+
+/// A version of [`Setup::versions`] as "key version-id".
+fn version_key(v: &serde_json::Value) -> String {
+    format!("{} {}", v[0], v[1])
 }
 
 fn source(lb: &Lifeboat, name: &str, seed: u8) -> PathBuf {
@@ -286,16 +320,7 @@ fn lock_extend_moves_every_current_objects_retention_forward() {
     let Some(s) = Setup::start("lockextend", Some(("GOVERNANCE", 1))) else {
         return;
     };
-    s.ok(&["init", "--object-lock", "1"]);
-    let src = source(&s.lb, "src", 3);
-    s.ok(&["backup", src.to_str().unwrap()]);
-    let key = |v: &serde_json::Value| format!("{} {}", v[0], v[1]);
-    let until_before: std::collections::HashMap<String, String> = s
-        .versions()
-        .iter()
-        .map(|v| (key(v), v[4].as_str().unwrap().to_string()))
-        .collect();
-    std::thread::sleep(Duration::from_millis(1100));
+    let until_before = s.locked_repository_with_a_backup(3);
     let e = s.json(&["lock", "extend"]);
     assert!(e["objects"].as_u64().unwrap() >= 5, "{e}");
     assert_eq!(
@@ -304,11 +329,115 @@ fn lock_extend_moves_every_current_objects_retention_forward() {
         "{e}"
     );
     assert!(e["extended"].as_u64().unwrap() >= 5, "{e}");
-    for v in s.versions().into_iter().filter(|v| v[2] == true) {
-        let Some(before) = until_before.get(&key(&v)) else {
-            continue; // the audit record of the extension itself
-        };
-        let now = v[4].as_str().unwrap();
-        assert!(now > before.as_str(), "{v:?} was locked until {before}");
+    s.assert_extended_since(&until_before);
+}
+
+/// Kills the daemon on drop (test failure included).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
+}
+
+/// `/metrics` of a daemon on `port`; `None` while nothing listens.
+fn metrics(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The daemon extends the retention of every current object of an
+/// object-lock repository on its own schedule (at start, then a third of
+/// the lock period later), shows it in /metrics, and alerts when it
+/// cannot (a repository whose bucket is gone).
+#[test]
+fn the_daemon_extends_object_lock_retention_and_alerts_when_it_cannot() {
+    let Some(s) = Setup::start("lockdaemon", Some(("GOVERNANCE", 1))) else {
+        return;
+    };
+    let until_before = s.locked_repository_with_a_backup(4);
+
+    let sink = lifeboat_testkit::sinks::HttpSink::start();
+    write(s.lb.path("pw"), PASSWORD.as_bytes());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = s.lb.path("lifeboat.toml");
+    write(
+        &config,
+        format!(
+            r#"state-dir = "{state}"
+[repository.locked]
+location = "{locked}"
+password-file = "{pw}"
+[repository.gone]
+location = "{gone}"
+password-file = "{pw}"
+[alert.ops]
+webhook = "{hook}"
+[daemon]
+listen = "127.0.0.1:{port}"
+time-zone = "UTC"
+"#,
+            state = s.lb.path("state").display(),
+            locked = s.moto.location_url(s.bucket, PREFIX),
+            gone = s.moto.location_url("no-such-bucket", PREFIX),
+            pw = s.lb.path("pw").display(),
+            hook = sink.url(),
+        )
+        .as_bytes(),
+    );
+    let _daemon = KillOnDrop(
+        s.lb.std_bare_cmd()
+            .envs(s.moto.env())
+            .arg("--config")
+            .arg(&config)
+            .arg("daemon")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut text = String::new();
+    lifeboat_testkit::wait::wait_until(
+        Duration::from_secs(120),
+        "the daemon's first lock extensions in /metrics",
+        || {
+            text = metrics(port).unwrap_or_default();
+            text.contains(
+                "lifeboat_lock_extend_last_success_timestamp_seconds{repository=\"locked\"}",
+            ) && text.contains("lifeboat_lock_extend_failing{repository=\"gone\"} 1")
+        },
+    );
+    assert!(
+        text.contains("lifeboat_lock_extend_failing{repository=\"locked\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lifeboat_lock_extend_until_timestamp_seconds{repository=\"locked\"}"),
+        "{text}"
+    );
+    // Every object that was current before is locked longer now.
+    s.assert_extended_since(&until_before);
+    // The extension is in the audit log.
+    let log = s.ok(&["audit", "log", "--op", "lock-extend"]);
+    assert!(log.contains("lock extend"), "{log}");
+    // The failure alerted, naming the repository.
+    let alerts = sink.wait_for(1);
+    assert!(
+        alerts
+            .iter()
+            .any(|r| r.body.contains("lock-extend-failed")
+                && r.body.contains("\"repository\":\"gone\"")),
+        "{alerts:?}"
+    );
 }

@@ -291,6 +291,90 @@ fn bad_migration_is_undone_by_restoring_to_the_time_before_it() {
     );
 }
 
+/// `pg transactions` lists the bad DELETE (read from the archived WAL
+/// with pg_waldump) with the id `txid_current()` gave inside it, the
+/// table's file and the rows it deleted; restoring with that id and
+/// `--exclusive` gives the table as it was just before it.
+#[test]
+fn pg_transactions_lists_a_delete_whose_xid_restores_to_just_before_it() {
+    let env = Env::new();
+    let pg = primary_or_skip!(env);
+    pg.psql(
+        "postgres",
+        "CREATE TABLE orders (id int PRIMARY KEY, item text); \
+         INSERT INTO orders SELECT g, 'item ' || g FROM generate_series(1, 100) g",
+    );
+    base_backup(&env, &pg, "full");
+    pg.psql(
+        "postgres",
+        "INSERT INTO orders VALUES (101, 'after the backup')",
+    );
+    let from = time_between_commits(&pg);
+    let out = pg.psql(
+        "postgres",
+        "BEGIN; DELETE FROM orders WHERE id > 40; SELECT txid_current(); COMMIT;",
+    );
+    let xid: u64 = out
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("no xid in {out:?}"));
+    pg.psql(
+        "postgres",
+        "INSERT INTO orders VALUES (102, 'after the delete')",
+    );
+    let to = time_between_commits(&pg);
+    pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
+    let file = pg.psql("postgres", "SELECT pg_relation_filenode('orders')");
+    let db_oid = pg.psql(
+        "postgres",
+        "SELECT oid FROM pg_database WHERE datname = 'postgres'",
+    );
+
+    let listed: serde_json::Value = serde_json::from_str(&env.ok(&[
+        "--json",
+        "pg",
+        "transactions",
+        "--from",
+        &from,
+        "--to",
+        &to,
+    ]))
+    .unwrap();
+    assert_eq!(listed["covers_window"], true, "{listed}");
+    let txs = listed["transactions"].as_array().unwrap();
+    let delete = txs
+        .iter()
+        .find(|t| t["xid"] == xid)
+        .unwrap_or_else(|| panic!("transaction {xid} not listed: {listed}"));
+    assert_eq!(delete["outcome"], "commit", "{delete}");
+    assert_eq!(delete["changes"]["Heap DELETE"], 61, "{delete}");
+    assert_eq!(
+        delete["relations"],
+        serde_json::json!([format!("1663/{}/{}", db_oid.trim(), file.trim())]),
+        "{delete}"
+    );
+    // The insert after it is listed too, and nothing outside the window
+    // (the insert before `from`).
+    assert!(
+        txs.iter()
+            .any(|t| t["xid"] == xid + 1 && t["changes"]["Heap INSERT"] == 1),
+        "{listed}"
+    );
+    assert!(
+        txs.iter().all(|t| t["xid"].as_u64().unwrap() >= xid),
+        "{listed}"
+    );
+
+    let x = xid.to_string();
+    let (restored, _) = env.restore_and_start("r", &["--target-xid", &x, "--exclusive"]);
+    assert_eq!(
+        restored.psql("postgres", "SELECT count(*) FROM orders"),
+        "101",
+        "the rows the transaction deleted are back, the later insert is not"
+    );
+}
+
 /// Through the pg_basebackup stream (the method for remote servers).
 #[test]
 fn dropped_table_is_recovered_to_just_before_the_drop() {

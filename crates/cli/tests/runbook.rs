@@ -234,7 +234,10 @@ rpo = "1h"
         .unwrap_or_else(|| panic!("no xid in {xid:?}"))
         .to_string();
     assert_eq!(pg.psql("postgres", "SELECT count(*) FROM orders"), "40");
+    std::thread::sleep(Duration::from_millis(50));
+    let after = pg.now_utc();
     pg.switch_and_wait_archived(ARCHIVE_TIMEOUT);
+    let orders_file = pg.psql("postgres", "SELECT pg_relation_filenode('orders')");
 
     // The runbook, as on-call would print it.
     let out = setup.shell(
@@ -277,6 +280,8 @@ rpo = "1h"
         ("<FILE-PATTERN>", "contract.pdf".to_string()),
         ("<TARGET-TIME>", before.clone()),
         ("<TARGET-XID>", xid.clone()),
+        ("<INCIDENT-FROM>", before.clone()),
+        ("<INCIDENT-TO>", after.clone()),
         ("<FREE-PORT>", port.clone()),
         ("<TABLE>", "orders".to_string()),
     ];
@@ -290,6 +295,7 @@ rpo = "1h"
     let cmds = commands(&md);
     assert!(cmds.len() >= 25, "only {} commands: {md}", cmds.len());
     let mut rows_checked = false;
+    let mut transactions_listed = false;
     for raw in &cmds {
         let mut line = raw.clone();
         for (k, v) in &fills {
@@ -308,12 +314,29 @@ rpo = "1h"
             !stderr.contains("unexpected argument") && !stderr.contains("unrecognized"),
             "not recognised: {line}: {stderr}"
         );
+        if line.contains("pg transactions") {
+            // The bad DELETE is listed with its id, the table's file and
+            // its 60 deleted rows; its id is what --target-xid takes.
+            let listed = String::from_utf8_lossy(&out.stdout);
+            let row = listed
+                .lines()
+                .find(|l| l.starts_with("xid") && l.split_whitespace().nth(1) == Some(xid.as_str()))
+                .unwrap_or_else(|| panic!("transaction {xid} not listed:\n{listed}"));
+            assert!(row.contains("commit"), "{row}");
+            assert!(row.contains("Heap DELETE x60"), "{row}");
+            assert!(row.contains(&format!("/{}", orders_file.trim())), "{row}");
+            transactions_listed = true;
+        }
         if line.contains("\\copy rescued FROM") {
             // The copy held the rows from before the deletion.
             rows_checked = true;
         }
     }
     assert!(rows_checked, "the runbook has no step copying rows back");
+    assert!(
+        transactions_listed,
+        "the runbook has no step listing transactions"
+    );
     // The rescued rows are back in production, and the file is restored.
     assert_eq!(pg.psql("postgres", "SELECT count(*) FROM orders"), "100");
     assert_eq!(

@@ -69,6 +69,9 @@ pub mod conditions {
     pub const DRILL_OVERDUE: &str = "drill-overdue";
     /// A backup of the plan looks like its source was just encrypted.
     pub const RANSOMWARE_SUSPECTED: &str = "ransomware-suspected";
+    /// The daemon could not extend the object-lock retention of a
+    /// repository (plan empty; the repository names it).
+    pub const LOCK_EXTEND_FAILED: &str = "lock-extend-failed";
 }
 
 /// Whether an event starts (or continues) a problem or ends it.

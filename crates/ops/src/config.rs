@@ -163,6 +163,13 @@ pub struct RepositoryConfig {
     /// password manager, a safe): said by the operator, read by `doctor`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_copy: Option<String>,
+    /// How often the daemon extends the object-lock retention of
+    /// everything current (`lifeboat lock extend`) in an object-lock
+    /// repository; none: a third of the repository's lock period (read
+    /// from the repository), so two extensions can fail before live data
+    /// is left unprotected. Ignored for repositories without object lock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_extend_every: Option<Duration>,
 }
 
 /// What a plan protects. A tagged enum (`type = "..."`): MariaDB, SQLite
@@ -430,8 +437,9 @@ pub struct CommunicationConfig {
     /// `[communication.audience.NAME]`, e.g. `team` and `customers`.
     #[serde(rename = "audience")]
     pub audiences: BTreeMap<String, AudienceConfig>,
-    /// `incident` commands also write `status.html` here (for any web
-    /// server); none: only the daemon's `/status` serves it.
+    /// `incident` commands write `status.html` here and the daemon keeps
+    /// it current (for any web server); none: only the daemon's `/status`
+    /// serves it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_dir: Option<PathBuf>,
     /// Promised time to the next update (the `{next-update}` placeholder).
@@ -566,6 +574,7 @@ struct RawRepository {
     #[serde(default)]
     immutable: bool,
     password_copy: Option<String>,
+    lock_extend_every: Option<Spanned<String>>,
 }
 
 /// Every key any source type takes, so each keeps its span (serde's
@@ -1003,7 +1012,12 @@ impl Validator<'_> {
             lifeboat_storage::Location::S3(_) => (text.to_string(), Media::ObjectStore),
             _ => (text.to_string(), Media::Sftp),
         };
+        let lock_extend_every = match &r.lock_extend_every {
+            Some(d) => Some(self.duration(d, &key("lock-extend-every"), false)?),
+            None => None,
+        };
         Ok(RepositoryConfig {
+            lock_extend_every,
             location,
             password,
             role: r.role.unwrap_or(Role::Primary),

@@ -1,5 +1,9 @@
 //! `lifeboat daemon`: runs every plan on its schedule and its restore
-//! drills every `drill.every` ([`Scheduler`]), and serves `/metrics`, `/healthz` and `/api/status` over HTTP (axum).
+//! drills every `drill.every` ([`Scheduler`]), serves `/metrics`, `/healthz`,
+//! `/api/status` and `/status` over HTTP (axum), keeps `status.html`
+//! current in `communication.status-dir` when one is configured, and
+//! extends the object-lock retention of S3 repositories
+//! ([`crate::lockextend`]).
 //!
 //! The clock is injected ([`Clock`]): the real one sleeps, the
 //! [`ManualClock`] of the tests moves only when told, so schedules, catch-up
@@ -112,6 +116,19 @@ pub enum Event {
         outcome: Option<crate::drill::DrillOutcome>,
         error: Option<String>,
     },
+    /// The object-lock retention of a repository was extended (or found
+    /// not to need it, `not_locked`), or the extension failed (`error`).
+    LockExtended {
+        repository: String,
+        not_locked: bool,
+        error: Option<String>,
+    },
+    /// `status.html` was rewritten in `communication.status-dir` (plan
+    /// state or an incident changed since the last write).
+    StatusPageWritten(PathBuf),
+    /// The status page could not be rendered or written (logged; the
+    /// daemon keeps running and tries again at its next wake).
+    StatusPageFailed(String),
     Reloaded,
     /// The new config is broken; the old one keeps running.
     ReloadFailed(String),
@@ -177,6 +194,7 @@ fn send(events: &Option<mpsc::UnboundedSender<Event>>, e: Event) {
         Event::Started { plan, trigger } => {
             tracing::info!(plan = %plan, trigger = ?trigger, "run started")
         }
+        Event::StatusPageFailed(why) => tracing::warn!("status page not written: {why}"),
         Event::DrillStarted { plan, trigger } => {
             tracing::info!(plan = %plan, trigger = ?trigger, "drill started")
         }
@@ -218,10 +236,73 @@ fn last_drills(config: &Config) -> BTreeMap<String, Timestamp> {
         .collect()
 }
 
+/// Rewrites `status.html` in the config's `communication.status-dir` when
+/// the page differs from the one written last (`last`): a run or drill
+/// finished, an incident command changed the incident log, a plan's
+/// freshness crossed its RPO. Called at every wake of the daemon, which is
+/// at least every [`RPO_CHECK_SECS`], so a web server serving that
+/// directory is never more than that behind `/status`.
+fn refresh_status_dir(
+    config: &Config,
+    now: Timestamp,
+    last: &mut Option<String>,
+    events: &Option<mpsc::UnboundedSender<Event>>,
+) {
+    let Some(dir) = &config.communication.status_dir else {
+        return;
+    };
+    let page = match crate::statuspage::current(config, now) {
+        Ok(p) => p,
+        Err(e) => {
+            send(events, Event::StatusPageFailed(e.to_string()));
+            return;
+        }
+    };
+    if last.as_deref() == Some(page.as_str()) {
+        return;
+    }
+    match crate::statuspage::write(dir, &page) {
+        Ok(path) => {
+            *last = Some(page);
+            send(events, Event::StatusPageWritten(path));
+        }
+        Err(e) => send(
+            events,
+            Event::StatusPageFailed(format!("writing status.html to {}: {e}", dir.display())),
+        ),
+    }
+}
+
 /// What a task of the daemon ended with.
 enum Done {
     Run(Result<crate::run::RunResult>),
     Drill(Result<crate::drill::DrillResult>),
+    /// A lock extension (the task's name is the repository's).
+    LockExtend(Result<crate::lockextend::Extended>),
+}
+
+/// When each object-lock candidate repository is next due for a
+/// retention extension (`lockextend`), keeping the times already
+/// scheduled for repositories still in the config.
+fn sync_lock_extensions(
+    config: &Config,
+    due: &mut BTreeMap<String, Timestamp>,
+    running: &std::collections::BTreeSet<String>,
+    now: Timestamp,
+) {
+    let state = StateDir::new(&config.state_dir);
+    due.retain(|n, _| {
+        config
+            .repositories
+            .get(n)
+            .is_some_and(crate::lockextend::candidate)
+    });
+    for (name, r) in &config.repositories {
+        if crate::lockextend::candidate(r) && !due.contains_key(name) && !running.contains(name) {
+            let s = crate::lockextend::load(&state, name);
+            due.insert(name.clone(), crate::lockextend::next_due(r, &s, now));
+        }
+    }
 }
 
 /// The event of a finished task.
@@ -249,7 +330,36 @@ fn finished_event(plan: String, done: Done) -> Event {
                 error,
             }
         }
+        Done::LockExtend(r) => Event::LockExtended {
+            repository: plan,
+            not_locked: matches!(r, Ok(crate::lockextend::Extended::NotLocked)),
+            error: r.err().map(|e| e.to_string()),
+        },
     }
+}
+
+/// One lock extension of `name` as a daemon task: alerts on failure (and
+/// on recovery), abandoned on shutdown.
+fn lock_extend_task(
+    config: Arc<Config>,
+    name: String,
+    now: Timestamp,
+    alerts: Alerter,
+    cancel: CancellationToken,
+) -> Pin<Box<dyn Future<Output = (String, Done)> + Send>> {
+    Box::pin(async move {
+        let r = tokio::select! {
+            (r, event) = crate::lockextend::run(&config, &name, now) => {
+                alerts.notify(event, now);
+                r
+            }
+            _ = cancel.cancelled() => Err(Error::Drill {
+                repository: name.clone(),
+                message: "stopped: lifeboat was shut down during a lock extension".into(),
+            }),
+        };
+        (name, Done::LockExtend(r))
+    })
 }
 
 /// Runs until `shutdown` is cancelled.
@@ -286,9 +396,14 @@ pub async fn run_daemon(config: Config, mut o: DaemonOptions) -> Result<()> {
     scheduler.sync_drills(&config, &last_drills(&config), o.clock.now());
     let mut tasks: JoinSet<(String, Done)> = JoinSet::new();
     let runs_cancel = o.shutdown.child_token();
+    let mut last_page: Option<String> = None;
+    let mut lock_due: BTreeMap<String, Timestamp> = BTreeMap::new();
+    let mut lock_running: std::collections::BTreeSet<String> = Default::default();
+    sync_lock_extensions(&config, &mut lock_due, &lock_running, o.clock.now());
     loop {
         let config = shared.config.read().expect("not poisoned").clone();
         let now = o.clock.now();
+        refresh_status_dir(&config, now, &mut last_page, &o.events);
         if now >= next_rpo_check {
             let mut events = crate::alert::all_rpo_events(&config, now);
             events.extend(crate::alert::drill_overdue_events(
@@ -350,10 +465,27 @@ pub async fn run_daemon(config: Config, mut o: DaemonOptions) -> Result<()> {
                 (due.plan, Done::Drill(r))
             });
         }
+        let due_now: Vec<String> = lock_due
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due_now {
+            lock_due.remove(&name);
+            lock_running.insert(name.clone());
+            tasks.spawn(lock_extend_task(
+                config.clone(),
+                name,
+                now,
+                alerts.clone(),
+                runs_cancel.clone(),
+            ));
+        }
         *shared.next_runs.lock().expect("not poisoned") = scheduler.next_runs();
         let wake = scheduler
             .next_wake_after(now)
             .map_or(next_rpo_check, |t| t.min(next_rpo_check));
+        let wake = lock_due.values().fold(wake, |w, t| w.min(*t));
         let clock = o.clock.clone();
         tokio::select! {
             _ = o.shutdown.cancelled() => break,
@@ -374,6 +506,19 @@ pub async fn run_daemon(config: Config, mut o: DaemonOptions) -> Result<()> {
                     Event::DrillFinished { plan, .. } => {
                         scheduler.drill_finished(&config, plan, o.clock.now())
                     }
+                    Event::LockExtended { repository, .. } => {
+                        lock_running.remove(repository);
+                        if let Some(r) = config.repositories.get(repository) {
+                            let s = crate::lockextend::load(
+                                &StateDir::new(&config.state_dir),
+                                repository,
+                            );
+                            lock_due.insert(
+                                repository.clone(),
+                                crate::lockextend::next_due(r, &s, o.clock.now()),
+                            );
+                        }
+                    }
                     _ => {}
                 }
                 send(&o.events, event);
@@ -383,6 +528,7 @@ pub async fn run_daemon(config: Config, mut o: DaemonOptions) -> Result<()> {
                     Ok(new) => {
                         scheduler.sync(&new, &load_states(&new), o.clock.now());
                         scheduler.sync_drills(&new, &last_drills(&new), o.clock.now());
+                        sync_lock_extensions(&new, &mut lock_due, &lock_running, o.clock.now());
                         alerts.reload(&new);
                         *shared.config.write().expect("not poisoned") = Arc::new(new);
                         send(&o.events, Event::Reloaded);

@@ -10,7 +10,8 @@
 //! 3-2-1), [`alert`] (events to webhooks, Slack, email and ping URLs;
 //! the API other parts of lifeboat send through), [`runbook`] (the
 //! runbook generated from the config and the repositories), [`incident`]
-//! (incident notices and their log) and [`statuspage`] (`status.html`). It sits between the connectors and the CLI: it calls the
+//! (incident notices and their log), [`statuspage`] (`status.html`) and
+//! [`lockextend`] (the daemon's object-lock retention extensions). It sits between the connectors and the CLI: it calls the
 //! library functions of `lifeboat-snapshot`, `lifeboat-repo` and
 //! `lifeboat-connectors`, never the `lifeboat` binary. Libraries never
 //! print: everything comes back as values for the CLI to render.
@@ -24,6 +25,7 @@ pub mod duration;
 mod error;
 mod http;
 pub mod incident;
+pub mod lockextend;
 pub mod metrics;
 pub mod report;
 pub mod repos;

@@ -269,6 +269,47 @@ pub fn render(status: &Status) -> String {
         "1 when no restore drill of the plan passed within drill.every (plans with drill.every)",
         drill_overdue,
     );
+    let lock_success = FGauge::default();
+    let lock_until = FGauge::default();
+    let lock_failing = IGauge::default();
+    for (repo, l) in &status.lock_extend {
+        if l.not_locked {
+            continue;
+        }
+        let labels = vec![("repository".to_string(), repo.clone())];
+        if let Some(t) = l.last_success {
+            lock_success
+                .get_or_create(&labels)
+                .set(t.as_second() as f64);
+        }
+        if let Some(t) = l
+            .until
+            .as_deref()
+            .and_then(|u| u.parse::<jiff::Timestamp>().ok())
+        {
+            lock_until.get_or_create(&labels).set(t.as_second() as f64);
+        }
+        lock_failing
+            .get_or_create(&labels)
+            .set(i64::from(l.error.is_some()));
+    }
+    reg.register_with_unit(
+        "lifeboat_lock_extend_last_success_timestamp",
+        "When the daemon last extended the object-lock retention of everything current in the repository",
+        Unit::Seconds,
+        lock_success,
+    );
+    reg.register_with_unit(
+        "lifeboat_lock_extend_until_timestamp",
+        "Every current object of the repository is locked at least until this time",
+        Unit::Seconds,
+        lock_until,
+    );
+    reg.register(
+        "lifeboat_lock_extend_failing",
+        "1 when the daemon's newest object-lock extension of the repository failed",
+        lock_failing,
+    );
     let info = IGauge::default();
     info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
         .set(1);

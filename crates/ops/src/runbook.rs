@@ -628,7 +628,11 @@ impl Gen<'_> {
             format!("{psql_prod} -c 'SELECT pg_switch_wal()'"),
             self.lb(primary, &format!("pg check{db_arg}")),
         ]);
-        self.rb.p("2. Pick the target. Take the time from what the application's log shows of the bad statement (the database log has it when `log_min_duration_statement` or `log_statement` is set), converted to UTC. `--target-time` is inclusive: transactions that committed at exactly that instant are kept. So pick a time just before the bad statement, or, when you know the bad transaction's id (`%x` in `log_line_prefix`, or the application's log), stop just before it with `--target-xid <TARGET-XID> --exclusive`. lifeboat cannot yet list the transactions around a time itself.");
+        self.rb.p("2. Pick the target. Take the time from what the application's log shows of the bad statement (the database log has it when `log_min_duration_statement` or `log_statement` is set), converted to UTC. `--target-time` is inclusive: transactions that committed at exactly that instant are kept. So pick a time just before the bad statement, or, when you know the bad transaction's id (`%x` in `log_line_prefix`, or the application's log), stop just before it with `--target-xid <TARGET-XID> --exclusive`. To find that id, list the transactions that ended around the incident, read from the archived WAL (PostgreSQL's `pg_waldump` does the reading): each line shows the transaction id, commit or abort, its time, and the rows it changed per relation (`tablespace/database/relfilenode`; `SELECT relname FROM pg_class WHERE pg_relation_filenode(oid) = N` in that database names one). The bad migration or `DELETE` is the one with many `Heap DELETE` (or `UPDATE`) records on the table in question.");
+        self.rb.code(vec![self.lb(
+            primary,
+            "pg transactions --from <INCIDENT-FROM> --to <INCIDENT-TO>",
+        )]);
         self.rb.p(format!(
             "3. Restore beside production. The copy inherits production's settings, `port`, `unix_socket_directories`, `listen_addresses` and the `archive_command` included: give it another port and socket directory, and `archive_mode=off` so it never archives into the repository of the live cluster. `--start` starts the server, waits until recovery reached the target, and leaves it running; its start log is `{pitr}/pg_wal/lifeboat/server-start.log`."
         ));

@@ -148,6 +148,10 @@ pub struct PlanStatus {
 pub struct Status {
     pub generated: Timestamp,
     pub plans: Vec<PlanStatus>,
+    /// The daemon's object-lock retention extensions, per repository that
+    /// had one (docs/operations.md, "Object lock").
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub lock_extend: std::collections::BTreeMap<String, crate::lockextend::LockExtendState>,
 }
 
 /// Status of every plan at `now`.
@@ -165,6 +169,7 @@ pub fn status(config: &Config, now: Timestamp) -> Result<Status> {
     Ok(Status {
         generated: now,
         plans,
+        lock_extend: crate::lockextend::all(config),
     })
 }
 

@@ -3,8 +3,9 @@
 //! incident with its updates. One self-contained file: inline CSS and
 //! one small inline script (times shown in the reader's time zone), no
 //! external assets, so any web server (or a file:// URL) can serve it.
-//! The daemon serves it at `/status`; `incident` commands write it to
-//! `communication.status-dir` or `--status-dir`.
+//! The daemon serves it at `/status` and rewrites it in
+//! `communication.status-dir` when it changes; `incident` commands write
+//! it there or to `--status-dir`.
 
 use std::path::Path;
 

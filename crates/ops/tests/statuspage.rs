@@ -104,3 +104,81 @@ async fn the_daemon_serves_the_status_page_with_the_open_incident() {
     shutdown.cancel();
     daemon.await.unwrap().unwrap();
 }
+
+/// Waits for the next `StatusPageWritten` event (other events pass) and
+/// returns the page it wrote.
+async fn next_page_write(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+    dir: &std::path::Path,
+) -> String {
+    loop {
+        match next_event(events).await {
+            Event::StatusPageWritten(path) => {
+                assert_eq!(path, dir.join("status.html"));
+                return std::fs::read_to_string(path).unwrap();
+            }
+            Event::StatusPageFailed(why) => panic!("status page not written: {why}"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_rewrites_status_html_in_the_status_dir_when_a_plan_or_incident_changes() {
+    let s = Setup::new();
+    s.repo("local").await;
+    let config = s.config(&format!(
+        "{CONFIG}\n[communication]\nstatus-dir = \"www\"\n"
+    ));
+    let www = s.path("www");
+    let TestDaemon {
+        clock,
+        mut events,
+        shutdown,
+        handle: daemon,
+        ..
+    } = s.start_daemon(
+        config.clone(),
+        "2026-01-01T05:07:00Z".parse().unwrap(),
+        1,
+        false,
+        None,
+    );
+    // Written at start: neither plan has a backup yet.
+    let first = next_page_write(&mut events, &www).await;
+    assert!(first.contains("No open incident"), "{first}");
+    assert!(
+        first.contains("<tr data-plan=\"files\"><td>files</td>"),
+        "{first}"
+    );
+    assert!(!first.contains("class=\"ok\">ok"), "{first}");
+    // Both plans are caught up; after each run the page is written again
+    // and, once both ran, shows both fresh.
+    let mut page = first;
+    while !(page.contains("<tr data-plan=\"files\"><td>files</td><td class=\"ok\">")
+        && page.contains("<tr data-plan=\"other\"><td>other</td><td class=\"ok\">"))
+    {
+        page = next_page_write(&mut events, &www).await;
+    }
+
+    // An incident opened by another process (`lifeboat incident open`)
+    // shows at the daemon's next wake (at most a minute later).
+    record(
+        &config,
+        &NoticeOptions {
+            kind: NoticeKind::Open,
+            message: "the <disk> failed".into(),
+            impact: None,
+            now: "2026-01-01T05:08:00Z".parse().unwrap(),
+        },
+    )
+    .unwrap();
+    clock.advance(jiff::SignedDuration::from_secs(
+        lifeboat_ops::daemon::RPO_CHECK_SECS,
+    ));
+    let open = next_page_write(&mut events, &www).await;
+    assert!(open.contains("Open incident"), "{open}");
+    assert!(open.contains("the &lt;disk&gt; failed"), "{open}");
+    shutdown.cancel();
+    daemon.await.unwrap().unwrap();
+}

@@ -39,7 +39,7 @@ impl std::fmt::Debug for MasterKey {
 /// `fork` or a cloned virtual machine could repeat. A system that cannot
 /// deliver randomness cannot encrypt safely, so that is a panic, not an
 /// error to work around.
-pub(crate) fn os_random<const N: usize>() -> [u8; N] {
+pub fn os_random<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
     getrandom::fill(&mut out).expect("the operating system's random generator failed");
     out

@@ -53,7 +53,7 @@ pub use copy::{
     COPIED_FROM, CopiedSnapshot, CopyOptions, CopyProgress, CopyStats, copied_from, copy,
 };
 pub use coverage::{Coverage, DEFAULT_COVERAGE_DAYS, DataSubset};
-pub use crypto::MasterKey;
+pub use crypto::{MasterKey, os_random};
 pub use error::{Error, Result};
 pub use id::Id;
 pub use index::{BlobLocation, Index, IndexFile, IndexPack};

@@ -193,46 +193,82 @@ pub struct ReclaimStats {
     pub bytes_deferred: u64,
 }
 
-/// Removes non-current versions whose lock has expired (by version id: a
-/// plain delete on a versioned bucket only adds a delete marker and frees
-/// nothing) and defers those still locked; never touches a current
-/// version, and never asks S3 to delete a version it knows to be locked.
-/// Delete markers are left in place (they hold no data).
-pub async fn reclaim(storage: &DynStorage, now: jiff::Timestamp) -> Result<ReclaimStats> {
+/// Non-current versions sorted by whether their lock has expired: what
+/// [`reclaim`] will delete and what it defers. Planned before anything is
+/// deleted, so the audit record of a reclaim can be written first.
+#[derive(Debug, Clone, Default)]
+pub struct ReclaimPlan {
+    /// Versions whose lock expired (or that have none): to delete.
+    pub expired: Vec<ObjectVersion>,
+    pub stats: ReclaimStats,
+}
+
+/// Lists the non-current versions of every namespace and asks each one's
+/// retention: those still locked are deferred, the others planned for
+/// deletion. Never includes a current version or a delete marker (those
+/// hold no data). Reads only.
+pub async fn plan_reclaim(storage: &DynStorage, now: jiff::Timestamp) -> Result<ReclaimPlan> {
     let versions = versioned(storage)?;
-    let mut stats = ReclaimStats::default();
+    let mut plan = ReclaimPlan::default();
     for kind in KINDS {
         let all = versions.list_versions(kind).await?;
         let old: Vec<ObjectVersion> = all
             .into_iter()
             .filter(|v| !v.latest && !v.delete_marker)
             .collect();
-        let results: Vec<Result<(bool, u64)>> = futures::stream::iter(old)
+        let results: Vec<Result<(bool, ObjectVersion)>> = futures::stream::iter(old)
             .map(|v| async move {
                 let held = versions.retention(&v.key, &v.version_id).await?;
-                if held.is_some_and(|r| r.until > now) {
-                    return Ok((false, v.size_bytes));
-                }
-                versions.delete_version(&v.key, &v.version_id).await?;
-                Ok((true, v.size_bytes))
+                Ok((held.is_none_or(|r| r.until <= now), v))
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
         for r in results {
-            match r? {
-                (true, size) => {
-                    stats.versions_deleted += 1;
-                    stats.bytes_deleted += size;
-                }
-                (false, size) => {
-                    stats.versions_deferred += 1;
-                    stats.bytes_deferred += size;
-                }
+            let (expired, v) = r?;
+            if expired {
+                plan.stats.versions_deleted += 1;
+                plan.stats.bytes_deleted += v.size_bytes;
+                plan.expired.push(v);
+            } else {
+                plan.stats.versions_deferred += 1;
+                plan.stats.bytes_deferred += v.size_bytes;
             }
         }
     }
-    Ok(stats)
+    Ok(plan)
+}
+
+/// Deletes the versions `plan` found expired (by version id: a plain
+/// delete on a versioned bucket only adds a delete marker and frees
+/// nothing). A version whose lock was extended since the plan is refused
+/// by S3 and fails the reclaim; nothing is ever deleted that the plan (and
+/// so the audit record written from it) does not name.
+pub async fn execute_reclaim(storage: &DynStorage, plan: &ReclaimPlan) -> Result<()> {
+    let versions = versioned(storage)?;
+    // Owned versions: a stream over borrowed ones makes every future that
+    // awaits this one fail rustc's "Send is not general enough" check.
+    let results: Vec<Result<()>> = futures::stream::iter(plan.expired.clone())
+        .map(|v| async move {
+            versions
+                .delete_version(&v.key, &v.version_id)
+                .await
+                .map_err(Error::from)
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// Removes non-current versions whose lock has expired and defers those
+/// still locked ([`plan_reclaim`], then [`execute_reclaim`]); never
+/// touches a current version, and never asks S3 to delete a version it
+/// knows to be locked. Unaudited: [`maintain`] is the audited path.
+pub async fn reclaim(storage: &DynStorage, now: jiff::Timestamp) -> Result<ReclaimStats> {
+    let plan = plan_reclaim(storage, now).await?;
+    execute_reclaim(storage, &plan).await?;
+    Ok(plan.stats)
 }
 
 /// What a prune of an object-lock repository adds to its work.
@@ -259,14 +295,18 @@ pub async fn extend_repository(
 }
 
 /// Prune's object-lock step: extend what is current, then reclaim old
-/// versions whose lock expired (audited with the bytes deleted).
+/// versions whose lock expired. The reclaim's audit record (the versions
+/// and bytes about to be deleted) is written before the first delete, so a
+/// crash in between leaves a record of a deletion that may not have
+/// happened, never a deletion without a record.
 pub async fn maintain(
     repo: &crate::Repository,
     config: ObjectLockConfig,
 ) -> Result<LockMaintenance> {
     let extend = extend_repository(repo, config).await?;
-    let reclaim = reclaim(repo.storage(), jiff::Timestamp::now()).await?;
-    if reclaim.versions_deleted > 0 {
+    let plan = plan_reclaim(repo.storage(), jiff::Timestamp::now()).await?;
+    let reclaim = plan.stats.clone();
+    if !plan.expired.is_empty() {
         crate::audit::append(
             repo,
             crate::audit::Entry {
@@ -277,6 +317,7 @@ pub async fn maintain(
             },
         )
         .await?;
+        execute_reclaim(repo.storage(), &plan).await?;
     }
     Ok(LockMaintenance { extend, reclaim })
 }

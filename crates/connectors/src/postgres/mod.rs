@@ -22,6 +22,8 @@
 //!   `prune` and `copy` apply; `pg expire-wal`).
 //! - [`check`]: `pg check`.
 //! - [`dump`]: `pg dump` / `pg restore-dump`.
+//! - [`xacts`]: `pg transactions`: the transactions of a time window, read
+//!   from the archived WAL with `pg_waldump`.
 //!
 //! The design and the guarantees are in `docs/pitr.md`; the object format
 //! in `docs/format.md` ("Archive objects").
@@ -35,6 +37,7 @@ pub mod pitr;
 pub mod retention;
 pub mod wal;
 pub mod walname;
+pub mod xacts;
 
 /// Hands a backup's stored bytes to a connector's byte counter (the CLI's
 /// progress display).

@@ -30,6 +30,7 @@ pub mod repos;
 pub mod run;
 pub mod runbook;
 pub mod schedule;
+pub mod serve;
 pub mod scheduler;
 pub mod state;
 pub mod status;

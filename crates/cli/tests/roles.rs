@@ -238,7 +238,7 @@ fn fifty_fake_snapshots_from_an_append_only_key_do_not_push_out_the_real_ones() 
     // The fakes are a group of their own, named by their key, and lose
     // all but their own newest 3.
     assert_eq!(left.len(), 6, "{report}");
-    let groups = report["groups"].as_array().unwrap();
+    let groups = report["forget"]["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 2, "{report}");
     assert!(groups.iter().any(|g| g["key"].is_string()), "{report}");
 }

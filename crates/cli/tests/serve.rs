@@ -104,7 +104,7 @@ impl Served {
     }
 
     /// A plain HTTP/1.1 request; returns the status code and body.
-    fn http(&self, token: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    fn http(&self, token: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
         let mut s = TcpStream::connect(&self.addr).unwrap();
         write!(
             s,
@@ -115,15 +115,19 @@ impl Served {
         )
         .unwrap();
         s.write_all(body).unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).unwrap();
-        let status = answer
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).unwrap();
+        let end = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no header in {:?}", String::from_utf8_lossy(&answer)));
+        let head = String::from_utf8_lossy(&answer[..end]).into_owned();
+        let status = head
             .split_whitespace()
             .nth(1)
             .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("no status in {answer:?}"));
-        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
-        (status, body)
+            .unwrap_or_else(|| panic!("no status in {head:?}"));
+        (status, answer[end + 4..].to_vec())
     }
 
     fn snapshot_count(&self) -> usize {
@@ -185,6 +189,7 @@ fn lifeboat_serve_enforces_append_only_and_read_only_clients() {
     // overwritten.
     let (status, listing) = s.http(ADMIN, "GET", "/v1/data/", b"");
     assert_eq!(status, 200, "{listing}");
+    let listing = String::from_utf8_lossy(&listing).into_owned();
     let pack = listing.split_whitespace().next().unwrap().to_string();
     let path = format!("/v1/data/{pack}");
     let (before_status, before) = s.http(ADMIN, "GET", &path, b"");

@@ -130,10 +130,13 @@ impl HttpStorage {
             .request(method, format!("{}{path}", self.endpoint))
             .bearer_auth(&self.token);
         if let Some((offset, len)) = range {
-            req = req.header(
-                reqwest::header::RANGE,
-                format!("bytes={offset}-{}", offset + len - 1),
-            );
+            let Some(last) = offset.checked_add(len - 1) else {
+                return Err(Error::new(
+                    ErrorKind::InvalidRange,
+                    format!("{what}: range {offset}+{len} is past any object"),
+                ));
+            };
+            req = req.header(reqwest::header::RANGE, format!("bytes={offset}-{last}"));
         }
         if let Some(body) = body {
             req = req.body(body);

@@ -21,12 +21,9 @@ pub async fn run(g: &Global, a: ServeArgs) -> Result<i32> {
     }
     let t = session::target(g)?;
     let storage = lifeboat_storage::open_location(&t.location).await?;
-    let listener = tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| {
-        cli_error(
-            exit::GENERIC,
-            format!("cannot listen on {}: {e}", a.listen),
-        )
-    })?;
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .map_err(|e| cli_error(exit::GENERIC, format!("cannot listen on {}: {e}", a.listen)))?;
     let addr = listener.local_addr()?;
     eprintln!(
         "lifeboat: serving {} on http://{addr}/ to {} client(s): {}",

@@ -111,7 +111,12 @@ fn an_append_only_key_backs_up_and_restores_but_never_deletes_or_rewrites() {
     // Back up, list, restore, check.
     write(src.join("c.txt"), b"gamma\n");
     let out = ok_as(&lb, APPEND_PW, &["backup", src.to_str().unwrap(), "--json"]);
-    assert_eq!(parse_json(&out)["summary"]["files_new"], 1, "{}", common::describe(&out));
+    assert_eq!(
+        parse_json(&out)["summary"]["files_new"],
+        1,
+        "{}",
+        common::describe(&out)
+    );
     ok_as(&lb, APPEND_PW, &["snapshots"]);
     restore_as(&lb, APPEND_PW, &lb.path("restored"), &src);
     ok_as(&lb, APPEND_PW, &["check", "--read-data"]);
@@ -142,7 +147,11 @@ fn an_append_only_key_backs_up_and_restores_but_never_deletes_or_rewrites() {
     ] {
         refused_as(&lb, APPEND_PW, "append-only", &args);
     }
-    assert_eq!(snapshot_ids(&lb), before, "an append-only key removed a snapshot");
+    assert_eq!(
+        snapshot_ids(&lb),
+        before,
+        "an append-only key removed a snapshot"
+    );
     assert_eq!(lb.json(["key", "list"]).as_array().unwrap().len(), 2);
 
     // The full key still does all of it.
@@ -172,7 +181,12 @@ fn a_read_only_key_reads_and_checks_but_cannot_back_up() {
     assert_eq!(current, ["read-only"]);
 
     let before = snapshot_ids(&lb);
-    refused_as(&lb, READ_PW, "read-only", &["backup", src.to_str().unwrap()]);
+    refused_as(
+        &lb,
+        READ_PW,
+        "read-only",
+        &["backup", src.to_str().unwrap()],
+    );
     refused_as(&lb, READ_PW, "read-only", &["forget", "--keep-last", "1"]);
     assert_eq!(snapshot_ids(&lb), before);
 }
@@ -208,7 +222,12 @@ fn a_key_files_role_cannot_be_edited_to_full() {
     }
     // The untouched file still opens (and is still append-only).
     std::fs::write(&path, &text).unwrap();
-    refused_as(&lb, APPEND_PW, "append-only", &["forget", "--keep-last", "1"]);
+    refused_as(
+        &lb,
+        APPEND_PW,
+        "append-only",
+        &["forget", "--keep-last", "1"],
+    );
 }
 
 /// restic's documented pitfall: an attacker on an append-only host adds
@@ -233,7 +252,10 @@ fn fifty_fake_snapshots_from_an_append_only_key_do_not_push_out_the_real_ones() 
     let report = lb.json(["forget", "--keep-last", "3"]);
     let left = snapshot_ids(&lb);
     for id in &real {
-        assert!(left.contains(id), "real snapshot {id} was forgotten: {report}");
+        assert!(
+            left.contains(id),
+            "real snapshot {id} was forgotten: {report}"
+        );
     }
     // The fakes are a group of their own, named by their key, and lose
     // all but their own newest 3.

@@ -73,7 +73,10 @@ impl Served {
             let mut sink = String::new();
             let _ = stderr.read_to_string(&mut sink);
         });
-        let lb = lb.with_repo(PathBuf::from(format!("lifeboat+http://{addr}/")), common::PASSWORD);
+        let lb = lb.with_repo(
+            PathBuf::from(format!("lifeboat+http://{addr}/")),
+            common::PASSWORD,
+        );
         Served { lb, child, addr }
     }
 
@@ -157,7 +160,12 @@ fn lifeboat_serve_enforces_append_only_and_read_only_clients() {
     std::fs::write(&other_pw, "another password").unwrap();
     s.ok(
         ADMIN,
-        &["key", "add", "--new-password-file", other_pw.to_str().unwrap()],
+        &[
+            "key",
+            "add",
+            "--new-password-file",
+            other_pw.to_str().unwrap(),
+        ],
     );
 
     // The append-only host, with the repository's full password.
@@ -188,7 +196,7 @@ fn lifeboat_serve_enforces_append_only_and_read_only_clients() {
     // Plain HTTP with the host's token: a pack cannot be deleted or
     // overwritten.
     let (status, listing) = s.http(ADMIN, "GET", "/v1/data/", b"");
-    assert_eq!(status, 200, "{listing}");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&listing));
     let listing = String::from_utf8_lossy(&listing).into_owned();
     let pack = listing.split_whitespace().next().unwrap().to_string();
     let path = format!("/v1/data/{pack}");

@@ -70,7 +70,9 @@ impl Client {
         if name.is_empty() {
             return Err(format!("--client {spec:?}: the name is empty"));
         }
-        let role: Role = role.parse().map_err(|e| format!("--client {spec:?}: {e}"))?;
+        let role: Role = role
+            .parse()
+            .map_err(|e| format!("--client {spec:?}: {e}"))?;
         let token = std::fs::read_to_string(file)
             .map_err(|e| format!("--client {spec:?}: cannot read the token file {file}: {e}"))?;
         let token = token.lines().next().unwrap_or_default().trim_end();
@@ -188,7 +190,10 @@ async fn handle(State(state): State<Arc<ServeState>>, request: Request) -> Respo
             storage.capabilities().atomic_create
         )
         .into_response()),
-        Op::CreateRoot => storage.create_root().await.map(|()| StatusCode::NO_CONTENT.into_response()),
+        Op::CreateRoot => storage
+            .create_root()
+            .await
+            .map(|()| StatusCode::NO_CONTENT.into_response()),
         Op::List(kind) => storage.list(kind).await.map(|list| {
             let mut text = String::new();
             for o in list {
@@ -221,7 +226,11 @@ async fn handle(State(state): State<Arc<ServeState>>, request: Request) -> Respo
             if let Err(e) = &r
                 && e.kind() == ErrorKind::AlreadyExists
             {
-                state.refuse(Some(&client), &line, "the object exists and is never overwritten");
+                state.refuse(
+                    Some(&client),
+                    &line,
+                    "the object exists and is never overwritten",
+                );
             }
             if r.is_ok() && key.kind() == Kind::Locks && client.role != Role::Full {
                 state

@@ -121,7 +121,9 @@ impl KdfParams {
 /// What a key may do (docs/format.md §4, docs/security.md §11.4). The CLI
 /// and the library refuse the rest; a `lifeboat serve` endpoint enforces
 /// the same split on the storage itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// Everything: back up, read, forget, prune, manage keys and

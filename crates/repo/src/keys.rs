@@ -138,7 +138,10 @@ pub async fn remove(repo: &Repository, query: &str) -> Result<Id> {
 /// the old one (in that order, so a crash leaves two working keys, never none).
 /// Only a full key may (the old key file is deleted).
 pub async fn change_password(repo: &Repository, new_password: &[u8], kdf: KdfParams) -> Result<Id> {
-    repo.require(Permission::Full, "change its password (that deletes a key file)")?;
+    repo.require(
+        Permission::Full,
+        "change its password (that deletes a key file)",
+    )?;
     let key = repo.key().clone();
     let pw = new_password.to_vec();
     let kf = blocking(move || KeyFile::create(&key, &pw, kdf)).await??;

@@ -258,7 +258,12 @@ impl Storage for HttpStorage {
 
     async fn list(&self, kind: Kind) -> Result<Vec<ObjectInfo>> {
         let body = self
-            .request(Method::GET, &format!("/{API}/{}/", kind_name(kind)), None, None)
+            .request(
+                Method::GET,
+                &format!("/{API}/{}/", kind_name(kind)),
+                None,
+                None,
+            )
             .await?;
         let text = String::from_utf8_lossy(&body);
         let mut out = Vec::new();
@@ -269,7 +274,11 @@ impl Storage for HttpStorage {
             let Some((key, size_bytes)) = parsed else {
                 return Err(Error::new(
                     ErrorKind::Other,
-                    format!("listing {} on {}: bad line {line:?}", kind_name(kind), self.location()),
+                    format!(
+                        "listing {} on {}: bad line {line:?}",
+                        kind_name(kind),
+                        self.location()
+                    ),
                 ));
             };
             out.push(ObjectInfo { key, size_bytes });

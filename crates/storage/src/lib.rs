@@ -22,6 +22,7 @@ mod sftpmode;
 mod url;
 
 pub use error::{Error, ErrorClass, ErrorKind, Result};
+pub use http::{HttpOptions, HttpStorage, kind_name, parse_kind};
 pub use key::{Kind, ObjectKey};
 pub use local::LocalStorage;
 pub use memory::MemoryStorage;
@@ -29,7 +30,6 @@ pub use objectlock::{
     AsOfStorage, BucketLock, DefaultRetention, LockMode, ObjectVersion, Retention,
     VersionedStorage, view_at,
 };
-pub use http::{HttpOptions, HttpStorage, kind_name, parse_kind};
 pub use remote::{KnownHosts, OpendalStorage, S3Options, SftpOptions};
 pub use retry::{RetryPolicy, RetryStorage};
 pub use url::{Location, open_location, parse_as_of};

@@ -75,7 +75,7 @@ impl Setup {
         };
         let src = s.lb.path("src");
         write(src.join("a.txt"), b"alpha\n");
-        write(src.join("sub/b.bin"), &common::random_bytes(300_000, 7));
+        write(src.join("sub/b.bin"), common::random_bytes(300_000, 7));
         s.ok(&s.writer, &["init"]);
         s.ok(&s.writer, &["backup", src.to_str().unwrap()]);
         Some((s, src))

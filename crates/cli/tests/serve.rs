@@ -153,7 +153,7 @@ fn lifeboat_serve_enforces_append_only_and_read_only_clients() {
     let s = Served::start();
     let src = s.lb.path("src");
     write(src.join("a.txt"), b"alpha\n");
-    write(src.join("sub/b.bin"), &common::random_bytes(200_000, 3));
+    write(src.join("sub/b.bin"), common::random_bytes(200_000, 3));
     s.ok(ADMIN, &["init"]);
     s.ok(ADMIN, &["backup", src.to_str().unwrap()]);
     let other_pw = s.lb.path("other.pw");

@@ -224,16 +224,7 @@ impl Repository {
             location: c.location,
             storage: OnceCell::new_with(Some(c.storage)),
         });
-        let repo = Repository::handle(
-            storage,
-            key,
-            config,
-            config_bytes,
-            key_id,
-            Role::Full,
-            cold,
-            None,
-        );
+        let repo = Repository::handle(storage, key, config, config_bytes, key_id, cold, None);
         // The audit log's first record (the repository exists already: a
         // failure here is a warning, and the next operation starts the log).
         crate::audit::append_after(
@@ -255,7 +246,6 @@ impl Repository {
         config: Config,
         config_bytes: Bytes,
         key_id: Id,
-        role: Role,
         cold: Option<ColdTier>,
         local: Option<LocalState>,
     ) -> Repository {
@@ -265,7 +255,8 @@ impl Repository {
             config,
             config_bytes,
             key_id,
-            role,
+            // Set by an open from the key file; `init` makes a full key.
+            role: Role::Full,
             index: AsyncMutex::new(None),
             tree_packs: TreePacks::default(),
             disk_cache: None,
@@ -403,16 +394,10 @@ impl Repository {
                 location: c.location.clone(),
                 storage: OnceCell::new(),
             });
-            return Ok(Repository::handle(
-                storage,
-                key,
-                config,
-                config_bytes,
-                key_id,
-                role,
-                cold,
-                local,
-            ));
+            let mut repo =
+                Repository::handle(storage, key, config, config_bytes, key_id, cold, local);
+            repo.role = role;
+            return Ok(repo);
         }
         if let Some(e) = config_error {
             return Err(e);

@@ -144,6 +144,10 @@ pub enum Command {
     Status(crate::ops::StatusArgs),
     /// Run every plan on its schedule; serve /metrics, /healthz, /api/status.
     Daemon(crate::ops::DaemonArgs),
+    /// Serve the repository's storage (-r) over HTTP to clients, each with
+    /// a role (full, append-only, read-only) granted by its token; clients
+    /// use `-r lifeboat+http://HOST:PORT/`.
+    Serve(ServeArgs),
     /// Audit the setup: list its gaps, most dangerous first, each with its
     /// fix (exit 19 when there are any).
     Doctor(crate::ops::DoctorArgs),
@@ -610,6 +614,11 @@ pub enum KeyAction {
         /// Read the new password from this file instead of a prompt / LIFEBOAT_NEW_PASSWORD.
         #[arg(long)]
         new_password_file: Option<PathBuf>,
+        /// What the new key may do: `full` (everything), `append-only`
+        /// (back up and read; never forget, prune, remove keys, change
+        /// protections or rewrite records) or `read-only`.
+        #[arg(long, default_value = "full", value_parser = parse_role)]
+        role: lifeboat_repo::Role,
     },
     /// List key files.
     List,
@@ -943,4 +952,25 @@ mod tests {
         assert!(own < global, "{help}");
         assert!(help[global..].contains("--repo"), "{help}");
     }
+}
+
+fn parse_role(s: &str) -> Result<lifeboat_repo::Role, String> {
+    s.parse()
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on (put a TLS reverse proxy in front to
+    /// serve beyond a trusted network).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8765")]
+    pub listen: String,
+    /// A client: its name, role (full, append-only or read-only) and a file
+    /// holding its token (first line, at least 16 characters). Repeat for
+    /// each client.
+    #[arg(long = "client", value_name = "NAME:ROLE:TOKENFILE", required = true)]
+    pub clients: Vec<String>,
+    /// Also append a line for every refused request to this file (they go
+    /// to stderr in any case).
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
 }

@@ -356,6 +356,7 @@ pub async fn protect(g: &Global, a: ProtectArgs) -> Result<i32> {
         return Err(cli_error(exit::USAGE, "give a snapshot and --until"));
     };
     let until = parse_when("--until", &until, false)?;
+    repo.require(lifeboat_repo::Permission::Full, "protect snapshots")?;
     let snapshot = repo.find_snapshot(&query).await?;
     let p = protect::protect(&repo, &snapshot, until, &a.reason).await?;
     if g.json {

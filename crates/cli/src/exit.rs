@@ -37,6 +37,10 @@ pub const GAPS: i32 = 19;
 /// encrypted (ransomware): it is tagged `suspect` and the snapshot before
 /// it is protected.
 pub const SUSPECT: i32 = 20;
+/// The key the repository was opened with (or the `lifeboat serve` client)
+/// has a role that does not allow the operation (an append-only key
+/// cannot forget, a read-only one cannot back up).
+pub const NOT_ALLOWED: i32 = 21;
 
 /// An error the CLI itself raises, with its code and advice.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +163,7 @@ fn code(class: ErrorClass) -> i32 {
         ErrorClass::Unsupported => UNSUPPORTED_VERSION,
         ErrorClass::NotFound => NOT_FOUND,
         ErrorClass::Locked => LOCKED,
+        ErrorClass::NotAllowed => NOT_ALLOWED,
         // The request itself is wrong (a bad value, pattern or URL): the
         // same command fails the same way until the command line changes.
         ErrorClass::BadInput => USAGE,

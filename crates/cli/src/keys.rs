@@ -41,16 +41,23 @@ fn new_password(file: Option<&Path>) -> Result<Vec<u8>> {
 pub async fn run(g: &Global, a: KeyArgs) -> Result<i32> {
     let repo = session::open(g).await?;
     match a.action {
-        KeyAction::Add { new_password_file } => {
+        KeyAction::Add {
+            new_password_file,
+            role,
+        } => {
+            // Refused before a password is asked for.
+            repo.require(lifeboat_repo::Permission::Full, "add keys")?;
             let pw = new_password(new_password_file.as_deref())?;
             if pw.is_empty() {
                 return Err(cli_error(exit::USAGE, "refusing an empty password"));
             }
-            let id = keys::add(&repo, &pw, session::kdf_params()).await?;
+            let id = keys::add_with_role(&repo, &pw, session::kdf_params(), role).await?;
             if g.json {
-                crate::output::json(&serde_json::json!({ "added": id.to_hex() }))?;
+                crate::output::json(
+                    &serde_json::json!({ "added": id.to_hex(), "role": role.as_str() }),
+                )?;
             } else {
-                outln!("added key {}", id.short());
+                outln!("added key {} ({role})", id.short());
             }
         }
         KeyAction::List => {
@@ -60,9 +67,10 @@ pub async fn run(g: &Global, a: KeyArgs) -> Result<i32> {
             } else {
                 for k in list {
                     outln!(
-                        "{} {} {}@{} created {}",
+                        "{} {} {:<11} {}@{} created {}",
                         if k.current { "*" } else { " " },
                         &k.id[..8],
+                        k.role.as_str(),
                         k.user,
                         k.host,
                         k.created
@@ -71,6 +79,7 @@ pub async fn run(g: &Global, a: KeyArgs) -> Result<i32> {
             }
         }
         KeyAction::Remove { id } => {
+            repo.require(lifeboat_repo::Permission::Full, "remove keys")?;
             // A key that does not exist is "not found" (exit 16), like a
             // snapshot; the library reports it as a generic invalid request.
             if !keys::list(&repo)
@@ -87,6 +96,10 @@ pub async fn run(g: &Global, a: KeyArgs) -> Result<i32> {
             outln!("removed key {}", removed.short());
         }
         KeyAction::Passwd { new_password_file } => {
+            repo.require(
+                lifeboat_repo::Permission::Full,
+                "change its password (that deletes a key file)",
+            )?;
             let pw = new_password(new_password_file.as_deref())?;
             if pw.is_empty() {
                 return Err(cli_error(exit::USAGE, "refusing an empty password"));

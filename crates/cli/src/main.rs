@@ -20,6 +20,7 @@ mod read;
 mod restore;
 mod retention;
 mod runbook;
+mod serve;
 mod session;
 
 /// jemalloc instead of glibc malloc: large buffers (packs, chunks) are
@@ -175,7 +176,10 @@ fn state_dir() -> std::path::PathBuf {
 /// runs without this handler.
 async fn run_until_signal(cli: args::Cli) -> i32 {
     use tokio::signal::unix::{SignalKind, signal};
-    if matches!(cli.command, args::Command::Daemon(_)) {
+    if matches!(
+        cli.command,
+        args::Command::Daemon(_) | args::Command::Serve(_)
+    ) {
         let code = run(cli).await;
         lifeboat_repo::lock::release_held_locks().await;
         return code;
@@ -272,6 +276,7 @@ async fn run(cli: args::Cli) -> i32 {
         args::Command::Run(a) => ops::run(g, a).await,
         args::Command::Status(a) => ops::status(g, a).await,
         args::Command::Daemon(a) => ops::daemon(g, a).await,
+        args::Command::Serve(a) => serve::run(g, a).await,
         args::Command::Doctor(a) => ops::doctor(g, a).await,
         args::Command::Drill(a) => drill::drill(g, a).await,
         args::Command::Runbook(a) => runbook::runbook(g, a).await,

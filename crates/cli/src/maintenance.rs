@@ -183,6 +183,10 @@ pub async fn repair(g: &Global, a: RepairArgs) -> Result<i32> {
 pub async fn unlock(g: &Global, a: crate::args::UnlockArgs) -> Result<i32> {
     use lifeboat_repo::lock::{LockOptions, list_locks};
     let repo = session::open(g).await?;
+    repo.require(
+        lifeboat_repo::Permission::Full,
+        "remove locks (other processes' lock objects)",
+    )?;
     let options = LockOptions::default();
     let mut rows = Vec::new();
     let mut removed = 0;

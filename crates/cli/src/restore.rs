@@ -184,6 +184,7 @@ fn plan_json(
                 lifeboat_storage::Location::Sftp(o) => {
                     pack["path"] = format!("{}/{object}", o.root.trim_end_matches('/')).into();
                 }
+                lifeboat_storage::Location::Serve(_) => {}
             }
         }
     }

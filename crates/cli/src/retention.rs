@@ -105,7 +105,15 @@ async fn forget_ids(g: &Global, a: ForgetArgs) -> Result<i32> {
 /// given.
 fn render_forget(r: &ForgetReport, pruning: bool) {
     for g in &r.groups {
-        outln!("source {} {}:", g.host, g.paths.join(" "));
+        match &g.key {
+            Some(key) => outln!(
+                "source {} {} (written by key {}, counted apart):",
+                g.host,
+                g.paths.join(" "),
+                &key[..8]
+            ),
+            None => outln!("source {} {}:", g.host, g.paths.join(" ")),
+        }
         for d in &g.snapshots {
             let time = crate::output::local_time(d.time);
             if d.keep {

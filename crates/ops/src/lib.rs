@@ -33,6 +33,7 @@ pub mod run;
 pub mod runbook;
 pub mod schedule;
 pub mod scheduler;
+pub mod serve;
 pub mod state;
 pub mod status;
 pub mod statuspage;

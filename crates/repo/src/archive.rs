@@ -191,6 +191,7 @@ pub enum PutOutcome {
 /// [`Error::ArchiveConflict`] and the stored object is unchanged. A put
 /// killed at any point leaves no object or the whole object.
 pub async fn put(repo: &Repository, name: &ArchiveName, data: Arc<Vec<u8>>) -> Result<PutOutcome> {
+    repo.require(crate::Permission::Append, "archive logs")?;
     let sealed = {
         let (key, name, data) = (repo.key().clone(), name.clone(), data.clone());
         blocking(move || seal(&key, &name, &data)).await?
@@ -246,6 +247,7 @@ pub async fn list(repo: &Repository) -> Result<BTreeMap<String, BTreeSet<String>
 
 /// Deletes one object (retention). Deleting a missing object succeeds.
 pub async fn delete(repo: &Repository, name: &ArchiveName) -> Result<()> {
+    repo.require(crate::Permission::Full, "delete archived logs")?;
     Ok(repo.storage().delete(&name.key()).await?)
 }
 

@@ -81,6 +81,18 @@ pub enum Error {
     #[error("{object} is already stored with DIFFERENT content: refusing to overwrite it")]
     ArchiveConflict { object: String },
 
+    /// The key the repository was opened with has a role that does not
+    /// allow the operation (docs/security.md §11.4).
+    #[error(
+        "the key this repository was opened with ({key}) is {role}: it cannot {operation}; \
+         use a key with the full role (`lifeboat key list` shows each key's role)"
+    )]
+    NotAllowed {
+        key: String,
+        role: crate::Role,
+        operation: String,
+    },
+
     /// A location of the repository (its own storage or its cold tier) is
     /// gone, unmounted or another repository's: nothing was written there.
     #[error("{0}")]
@@ -120,6 +132,7 @@ impl Error {
             Error::BadInput(_) => ErrorClass::BadInput,
             Error::Locked { .. } | Error::LockLost { .. } => ErrorClass::Locked,
             Error::Unreachable(_) => ErrorClass::Unreachable,
+            Error::NotAllowed { .. } => ErrorClass::NotAllowed,
             Error::Internal(_) => ErrorClass::Internal,
         }
     }

@@ -16,6 +16,10 @@
 //! Both versions are refused before any KDF runs when their parameters are
 //! below [`KdfParams::DEFAULT`] or their `wrapped` field is not exactly the
 //! hex of one sealed master key.
+//!
+//! Version 3 is version 2 plus a [`Role`] (`append-only`, `read-only`),
+//! also bound into the associated data. Full keys are still written as
+//! version 2 (older builds read them); version 1 and 2 files are `full`.
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use serde::{Deserialize, Serialize};
@@ -26,8 +30,11 @@ use crate::{Error, Result};
 /// Associated data of a version 1 wrapped master key (a constant: the other
 /// fields of a version 1 file are not authenticated).
 const WRAP_AAD_V1: &[u8] = b"lifeboat key file v1";
-/// The version [`KeyFile::create`] writes.
+/// The version [`KeyFile::create`] writes for a full key.
 const KEY_FILE_VERSION: u32 = 2;
+/// The version written for a key with a role other than full (the only
+/// difference: the `role` field, bound into the associated data).
+const KEY_FILE_VERSION_ROLE: u32 = 3;
 /// Upper bounds accepted when reading a key file, so a hostile key file cannot
 /// make us allocate 4 TiB or spin for a day.
 const MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
@@ -111,6 +118,74 @@ impl KdfParams {
     }
 }
 
+/// What a key may do (docs/format.md §4, docs/security.md §11.4). The CLI
+/// and the library refuse the rest; a `lifeboat serve` endpoint enforces
+/// the same split on the storage itself.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Everything: back up, read, forget, prune, manage keys and
+    /// protections.
+    #[default]
+    Full,
+    /// Back up (add objects) and read; never delete or rewrite anything.
+    AppendOnly,
+    /// Read only.
+    ReadOnly,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Full => "full",
+            Role::AppendOnly => "append-only",
+            Role::ReadOnly => "read-only",
+        }
+    }
+
+    /// Whether a key of this role may do what `needs` names.
+    pub fn allows(self, needs: Permission) -> bool {
+        match self {
+            Role::Full => true,
+            Role::AppendOnly => needs != Permission::Full,
+            Role::ReadOnly => needs == Permission::Read,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "full" => Ok(Role::Full),
+            "append-only" => Ok(Role::AppendOnly),
+            "read-only" => Ok(Role::ReadOnly),
+            _ => Err(format!(
+                "unknown role {s:?}: full, append-only or read-only"
+            )),
+        }
+    }
+}
+
+/// What an operation needs of the key that opened the repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Read objects.
+    Read,
+    /// Add new objects (a backup, a copy into the repository, WAL).
+    Append,
+    /// Delete or rewrite objects, or manage keys and protections.
+    Full,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KdfRecord {
@@ -130,18 +205,35 @@ pub struct KeyFile {
     pub host: String,
     pub user: String,
     kdf: KdfRecord,
+    /// Present exactly in version 3 files; absent means `full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    role: Option<Role>,
     /// hex of `seal(argon2id(password), master key JSON, wrap_aad)`.
     wrapped: String,
 }
 
 impl KeyFile {
     pub fn create(master: &MasterKey, password: &[u8], params: KdfParams) -> Result<Self> {
+        Self::create_with_role(master, password, params, Role::Full)
+    }
+
+    /// A key file of `role`: version 2 for a full key, else version 3.
+    pub fn create_with_role(
+        master: &MasterKey,
+        password: &[u8],
+        params: KdfParams,
+        role: Role,
+    ) -> Result<Self> {
         let salt: [u8; 32] = crate::crypto::os_random();
         let kek = derive(password, &salt, params)?;
         let plain = serde_json::to_vec(master).expect("master key serializes");
         debug_assert_eq!(plain.len(), WRAPPED_PLAIN_LEN);
+        let (version, role) = match role {
+            Role::Full => (KEY_FILE_VERSION, None),
+            other => (KEY_FILE_VERSION_ROLE, Some(other)),
+        };
         let mut kf = KeyFile {
-            lifeboat_key_version: KEY_FILE_VERSION,
+            lifeboat_key_version: version,
             created: jiff::Timestamp::now(),
             host: hostname(),
             user: std::env::var("USER").unwrap_or_default(),
@@ -150,6 +242,7 @@ impl KeyFile {
                 params,
                 salt,
             },
+            role,
             wrapped: String::new(),
         };
         kf.wrapped = hex::encode(seal_with(&kek, &plain, &kf.wrap_aad()));
@@ -162,10 +255,17 @@ impl KeyFile {
     /// master key in lowercase hex.
     pub fn decode(object: &str, bytes: &[u8]) -> Result<Self> {
         let kf: KeyFile = serde_json::from_slice(bytes).map_err(|e| Error::corrupt(object, e))?;
-        if !(1..=KEY_FILE_VERSION).contains(&kf.lifeboat_key_version)
+        if !(1..=KEY_FILE_VERSION_ROLE).contains(&kf.lifeboat_key_version)
             || kf.kdf.algorithm != "argon2id"
         {
             return Err(Error::corrupt(object, "unknown key file version or KDF"));
+        }
+        // A role is written only in version 3, and version 3 always has one.
+        if kf.role.is_some() != (kf.lifeboat_key_version == KEY_FILE_VERSION_ROLE) {
+            return Err(Error::corrupt(
+                object,
+                "a role belongs in version 3 key files only",
+            ));
         }
         kf.kdf.params.check_on_read(object)?;
         if kf.wrapped.len() != WRAPPED_HEX_LEN
@@ -190,6 +290,11 @@ impl KeyFile {
         self.kdf.params
     }
 
+    /// What this key may do (`full` for version 1 and 2 files).
+    pub fn role(&self) -> Role {
+        self.role.unwrap_or_default()
+    }
+
     /// A version 1 key file: its fields outside `wrapped` are not
     /// authenticated (`key passwd` rewrites it as version 2).
     pub fn is_legacy(&self) -> bool {
@@ -203,7 +308,11 @@ impl KeyFile {
         if self.lifeboat_key_version == 1 {
             return WRAP_AAD_V1.to_vec();
         }
-        let mut aad = b"lifeboat key file v2\n".to_vec();
+        let mut aad = if self.lifeboat_key_version == KEY_FILE_VERSION_ROLE {
+            b"lifeboat key file v3\n".to_vec()
+        } else {
+            b"lifeboat key file v2\n".to_vec()
+        };
         let p = self.kdf.params;
         aad.extend_from_slice(&self.lifeboat_key_version.to_le_bytes());
         aad.extend_from_slice(&self.created.as_second().to_le_bytes());
@@ -216,6 +325,11 @@ impl KeyFile {
             aad.extend_from_slice(&n.to_le_bytes());
         }
         aad.extend_from_slice(&self.kdf.salt);
+        if self.lifeboat_key_version == KEY_FILE_VERSION_ROLE {
+            let role = self.role().as_str();
+            aad.extend_from_slice(&(role.len() as u32).to_le_bytes());
+            aad.extend_from_slice(role.as_bytes());
+        }
         aad
     }
 
@@ -311,6 +425,37 @@ mod tests {
         let mut edited = kf;
         edited.lifeboat_key_version = 1;
         assert!(edited.unwrap_key(b"pw").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_role_is_version_3_and_bound_into_the_wrap() {
+        let mk = MasterKey::generate();
+        let kf = KeyFile::create_with_role(&mk, b"pw", KdfParams::INSECURE_TEST, Role::AppendOnly)
+            .unwrap();
+        assert_eq!(kf.lifeboat_key_version, 3);
+        let read = KeyFile::decode("k", &kf.encode()).unwrap();
+        assert_eq!(read.role(), Role::AppendOnly);
+        assert!(read.unwrap_key(b"pw").unwrap().is_some());
+        // Promoting the key by editing its role, or by dropping the field
+        // and posing as version 2, breaks it.
+        for promoted in [Role::Full, Role::ReadOnly] {
+            let mut edited = read.clone();
+            edited.role = Some(promoted);
+            assert!(edited.unwrap_key(b"pw").unwrap().is_none(), "{promoted}");
+        }
+        let mut v2 = read.clone();
+        v2.role = None;
+        v2.lifeboat_key_version = 2;
+        assert_eq!(v2.role(), Role::Full);
+        assert!(v2.unwrap_key(b"pw").unwrap().is_none());
+        // A role outside version 3 (or version 3 without one) is malformed.
+        let text = String::from_utf8(read.encode()).unwrap();
+        let no_role = text.replace("  \"role\": \"append-only\",\n", "");
+        assert_ne!(no_role, text);
+        assert!(KeyFile::decode("k", no_role.as_bytes()).is_err());
+        let full = KeyFile::create(&mk, b"pw", KdfParams::INSECURE_TEST).unwrap();
+        assert_eq!((full.lifeboat_key_version, full.role()), (2, Role::Full));
+        assert!(!String::from_utf8(full.encode()).unwrap().contains("role"));
     }
 
     #[test]

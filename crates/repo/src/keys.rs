@@ -4,7 +4,7 @@ use lifeboat_storage::{Kind, ObjectKey};
 use serde::Serialize;
 
 use crate::audit;
-use crate::keyfile::{KdfParams, KeyFile};
+use crate::keyfile::{KdfParams, KeyFile, Permission, Role};
 use crate::limits::get_bounded;
 use crate::repository::{Repository, blocking, write_key_file};
 use crate::{Error, Id, Result};
@@ -16,15 +16,36 @@ pub struct KeyInfo {
     pub created: jiff::Timestamp,
     pub host: String,
     pub user: String,
+    /// What the key may do (`full` for key files written before roles).
+    pub role: Role,
 }
 
-/// Wraps the master key under a new password; returns the new key file's id.
+/// Wraps the master key under a new password for a full key; returns the
+/// new key file's id.
 pub async fn add(repo: &Repository, new_password: &[u8], kdf: KdfParams) -> Result<Id> {
+    add_with_role(repo, new_password, kdf, Role::Full).await
+}
+
+/// Wraps the master key under a new password for a key of `role`. Only a
+/// full key manages keys.
+pub async fn add_with_role(
+    repo: &Repository,
+    new_password: &[u8],
+    kdf: KdfParams,
+    role: Role,
+) -> Result<Id> {
+    repo.require(Permission::Full, "add keys")?;
     let key = repo.key().clone();
     let pw = new_password.to_vec();
-    let kf = blocking(move || KeyFile::create(&key, &pw, kdf)).await??;
+    let kf = blocking(move || KeyFile::create_with_role(&key, &pw, kdf, role)).await??;
     let id = write_key_file(repo.storage(), &kf).await?;
-    audit::append_after(repo, audit::Entry::new("key-add").arg("key", id.to_hex())).await;
+    audit::append_after(
+        repo,
+        audit::Entry::new("key-add")
+            .arg("key", id.to_hex())
+            .arg("role", role.as_str()),
+    )
+    .await;
     Ok(id)
 }
 
@@ -43,6 +64,7 @@ pub async fn list(repo: &Repository) -> Result<Vec<KeyInfo>> {
             id: info.key.name().to_string(),
             current: info.key.name() == repo.key_id().to_hex(),
             created: kf.created,
+            role: kf.role(),
             host: kf.host,
             user: kf.user,
         });
@@ -51,9 +73,32 @@ pub async fn list(repo: &Repository) -> Result<Vec<KeyInfo>> {
     Ok(out)
 }
 
+/// The ids of the repository's full keys. Unlike [`list`], a key file that
+/// does not decode is skipped (it is no full key), so a planted file in
+/// `keys/` cannot stop `forget`.
+pub async fn full_keys(repo: &Repository) -> Result<std::collections::HashSet<Id>> {
+    let mut out = std::collections::HashSet::new();
+    for info in repo.storage().list(Kind::Keys).await? {
+        let Some(id) = Id::from_hex(info.key.name()) else {
+            continue;
+        };
+        let Ok(bytes) = get_bounded(repo.storage(), &info.key, Some(info.size_bytes)).await else {
+            continue;
+        };
+        if Id::of_bytes(&bytes) == id
+            && let Ok(kf) = KeyFile::decode(&info.key.to_string(), &bytes)
+            && kf.role() == Role::Full
+        {
+            out.insert(id);
+        }
+    }
+    Ok(out)
+}
+
 /// Removes a key file by id or unique prefix. Refuses to remove the key this
 /// handle was opened with (so the last usable key can never be removed).
 pub async fn remove(repo: &Repository, query: &str) -> Result<Id> {
+    repo.require(Permission::Full, "remove keys")?;
     let keys = list(repo).await?;
     let matches: Vec<&KeyInfo> = keys.iter().filter(|k| k.id.starts_with(query)).collect();
     let k = match matches.as_slice() {
@@ -91,7 +136,12 @@ pub async fn remove(repo: &Repository, query: &str) -> Result<Id> {
 
 /// Changes the password of the key in use: adds a new key file, then removes
 /// the old one (in that order, so a crash leaves two working keys, never none).
+/// Only a full key may (the old key file is deleted).
 pub async fn change_password(repo: &Repository, new_password: &[u8], kdf: KdfParams) -> Result<Id> {
+    repo.require(
+        Permission::Full,
+        "change its password (that deletes a key file)",
+    )?;
     let key = repo.key().clone();
     let pw = new_password.to_vec();
     let kf = blocking(move || KeyFile::create(&key, &pw, kdf)).await??;

@@ -57,7 +57,7 @@ pub use crypto::{MasterKey, os_random};
 pub use error::{Error, Result};
 pub use id::Id;
 pub use index::{BlobLocation, Index, IndexFile, IndexPack};
-pub use keyfile::{KdfParams, KeyFile};
+pub use keyfile::{KdfParams, KeyFile, Permission, Role};
 pub use local::LocalState;
 pub use lock::{LockKind, LockOptions, RepositoryLock};
 pub use pack::{BlobType, PackEntry};

@@ -284,6 +284,8 @@ pub async fn extend_repository(
     repo: &crate::Repository,
     config: ObjectLockConfig,
 ) -> Result<ExtendStats> {
+    // Extending retention only lengthens protection.
+    repo.require(crate::Permission::Append, "extend object locks")?;
     crate::audit::append(
         repo,
         crate::audit::Entry::new("lock extend")

@@ -50,6 +50,10 @@ pub async fn protect(
     until: jiff::Timestamp,
     reason: &str,
 ) -> Result<Protection> {
+    // Adding a protection only makes `forget` keep more: a backup's
+    // ransomware check protects the snapshot before a suspect one with an
+    // append-only key too. The CLI's `protect` asks for a full key.
+    repo.require(crate::Permission::Append, "protect snapshots")?;
     if until <= jiff::Timestamp::now() {
         return Err(Error::BadInput(format!(
             "--until {until} is in the past; give a later date"
@@ -86,6 +90,7 @@ pub async fn protect(
 
 /// Removes every protection of `snapshot`; returns how many objects went.
 pub async fn unprotect(repo: &Repository, snapshot: &Id) -> Result<usize> {
+    repo.require(crate::Permission::Full, "unprotect snapshots")?;
     let keys: Vec<ObjectKey> = repo
         .storage()
         .list(Kind::Protect)

@@ -102,6 +102,13 @@ pub struct Creator {
     /// The kernel's host name (whatever `--host` named the snapshot).
     #[serde(default)]
     pub host: String,
+    /// The key file that wrote the record (absent from records written
+    /// before it was kept). Set by [`crate::Repository::write_snapshot`]
+    /// whatever the caller put here; `forget` never lets snapshots written
+    /// by a key that is not full count against another key's
+    /// (docs/format.md §12.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Id>,
 }
 
 impl Creator {

@@ -29,7 +29,7 @@ use crate::config::{ChunkerParams, ColdTierConfig, Config};
 use crate::crypto::MasterKey;
 use crate::diskcache::DiskCache;
 use crate::index::{BlobLocation, Index, IndexFile};
-use crate::keyfile::{KdfParams, KeyFile};
+use crate::keyfile::{KdfParams, KeyFile, Permission, Role};
 use crate::limits::get_bounded;
 use crate::local::LocalState;
 use crate::pack::BlobType;
@@ -104,6 +104,8 @@ pub struct Repository {
     /// tier's marker, compared again before a snapshot record is written.
     config_bytes: Bytes,
     key_id: Id,
+    /// What the key `key_id` may do.
+    role: Role,
     /// The merged index, loaded on first use and dropped by
     /// [`Repository::invalidate_index`] when a write session adds to it.
     index: AsyncMutex<Option<Arc<Index>>>,
@@ -253,6 +255,8 @@ impl Repository {
             config,
             config_bytes,
             key_id,
+            // Set by an open from the key file; `init` makes a full key.
+            role: Role::Full,
             index: AsyncMutex::new(None),
             tree_packs: TreePacks::default(),
             disk_cache: None,
@@ -352,6 +356,7 @@ impl Repository {
             }
             tried += 1;
             let legacy = kf.is_legacy();
+            let role = kf.role();
             let password = password.to_vec();
             let unwrapped = match blocking(move || kf.unwrap_key(&password)).await? {
                 Ok(k) => k,
@@ -389,15 +394,10 @@ impl Repository {
                 location: c.location.clone(),
                 storage: OnceCell::new(),
             });
-            return Ok(Repository::handle(
-                storage,
-                key,
-                config,
-                config_bytes,
-                key_id,
-                cold,
-                local,
-            ));
+            let mut repo =
+                Repository::handle(storage, key, config, config_bytes, key_id, cold, local);
+            repo.role = role;
+            return Ok(repo);
         }
         if let Some(e) = config_error {
             return Err(e);
@@ -634,6 +634,24 @@ impl Repository {
     /// The key file this handle was opened with.
     pub fn key_id(&self) -> Id {
         self.key_id
+    }
+
+    /// The role of the key file this handle was opened with.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Fails with [`Error::NotAllowed`] unless this handle's key may do
+    /// what `needs` names; `operation` completes "it cannot …".
+    pub fn require(&self, needs: Permission, operation: &str) -> Result<()> {
+        if self.role.allows(needs) {
+            return Ok(());
+        }
+        Err(Error::NotAllowed {
+            key: self.key_id.short(),
+            role: self.role,
+            operation: operation.to_string(),
+        })
     }
 
     /// The merged index, loaded from storage on first call.
@@ -1040,6 +1058,11 @@ impl Repository {
     /// for a caller that has just run it (a write session checks the
     /// locations, then its lock, then writes).
     pub(crate) async fn put_snapshot_record(&self, record: &SnapshotRecord) -> Result<Id> {
+        self.require(Permission::Append, "write snapshots")?;
+        let mut record = record.clone();
+        if let Some(creator) = &mut record.creator {
+            creator.key = Some(self.key_id);
+        }
         let bytes = record.encode(&self.key);
         let id = Id::of_bytes(&bytes);
         let key = ObjectKey::new(Kind::Snapshots, id.to_hex());

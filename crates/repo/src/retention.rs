@@ -7,12 +7,19 @@
 //! snapshots and nothing else: data stays until `prune`. Snapshots are
 //! self-contained (no snapshot needs its parent), so any subset may go.
 //!
+//! Snapshots written by a key that is not full (an append-only backup
+//! host's) form groups of their own, per key ([`apply_policy_by_key`]): a
+//! count rule (`--keep-last`, the buckets) never lets one such key's
+//! snapshots push another key's out, so fake snapshots from a compromised
+//! append-only host cannot make `forget` drop the real ones
+//! (docs/security.md §11.4).
+//!
 //! Time buckets (hourly … yearly) are computed in UTC, so a policy means the
 //! same on every machine whatever its time zone; weeks are ISO 8601 weeks.
 //! Each bucket rule keeps the newest snapshot of each of its `n` newest
 //! buckets that hold a snapshot (restic's and borg's meaning).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use lifeboat_storage::{Kind, ObjectKey};
 use serde::Serialize;
@@ -107,6 +114,10 @@ pub struct Decision {
 pub struct SourceGroup {
     pub host: String,
     pub paths: Vec<String>,
+    /// The key (not a full one) that wrote these snapshots; `None` for
+    /// snapshots of full keys and records that name no key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     pub snapshots: Vec<Decision>,
 }
 
@@ -144,26 +155,57 @@ fn day_number(t: &jiff::civil::DateTime) -> i64 {
     t.year() as i64 * 400 + t.day_of_year() as i64
 }
 
-/// Decides, per source, which snapshots the policy keeps.
+/// Decides, per source, which snapshots the policy keeps, whichever key
+/// wrote them.
 pub fn apply_policy(snapshots: &[Snapshot], policy: &RetentionPolicy) -> Vec<SourceGroup> {
-    let mut groups: BTreeMap<(String, Vec<String>), Vec<&Snapshot>> = BTreeMap::new();
+    group_and_decide(snapshots, policy, |_| None)
+}
+
+/// Decides, per source and per writing key, which snapshots the policy
+/// keeps: snapshots whose record names a key that is not in `full_keys`
+/// (an append-only key, or a key no longer in the repository) are a group
+/// of their own, so their number never counts against the snapshots of
+/// full keys or of other keys. Records naming no key (written before keys
+/// were recorded) count with the full keys'.
+pub fn apply_policy_by_key(
+    snapshots: &[Snapshot],
+    policy: &RetentionPolicy,
+    full_keys: &HashSet<Id>,
+) -> Vec<SourceGroup> {
+    group_and_decide(snapshots, policy, |s| {
+        s.record
+            .creator
+            .as_ref()
+            .and_then(|c| c.key)
+            .filter(|k| !full_keys.contains(k))
+    })
+}
+
+fn group_and_decide(
+    snapshots: &[Snapshot],
+    policy: &RetentionPolicy,
+    maker: impl Fn(&Snapshot) -> Option<Id>,
+) -> Vec<SourceGroup> {
+    type Source = (String, Vec<String>, Option<Id>);
+    let mut groups: BTreeMap<Source, Vec<&Snapshot>> = BTreeMap::new();
     for s in snapshots {
         let mut paths = s.record.paths.clone();
         paths.sort();
         paths.dedup();
         groups
-            .entry((s.record.host.clone(), paths))
+            .entry((s.record.host.clone(), paths, maker(s)))
             .or_default()
             .push(s);
     }
     groups
         .into_iter()
-        .map(|((host, paths), mut snaps)| {
+        .map(|((host, paths, key), mut snaps)| {
             // Newest first; ties broken by id so the result is deterministic.
             snaps.sort_by(|a, b| b.record.time.cmp(&a.record.time).then(b.id.cmp(&a.id)));
             SourceGroup {
                 host,
                 paths,
+                key: key.map(|k| k.to_hex()),
                 snapshots: decide_group(&snaps, policy),
             }
         })
@@ -281,6 +323,7 @@ pub async fn forget(
     policy: &RetentionPolicy,
     options: &ForgetOptions,
 ) -> Result<ForgetReport> {
+    repo.require(crate::Permission::Full, "forget snapshots")?;
     if policy.is_empty() {
         return Err(Error::BadInput(
             "no retention rule given (--keep-last, --keep-daily, ...): refusing to forget everything"
@@ -289,7 +332,8 @@ pub async fn forget(
     }
     let mut snapshots = repo.snapshots().await?;
     snapshots.retain(|s| options.filter.matches(s));
-    let mut groups = apply_policy(&snapshots, policy);
+    let full_keys = crate::keys::full_keys(repo).await?;
+    let mut groups = apply_policy_by_key(&snapshots, policy, &full_keys);
     // Protected snapshots stay, whatever the policy says.
     let (protected, _) = crate::protect::list(repo).await?;
     for d in groups.iter_mut().flat_map(|g| g.snapshots.iter_mut()) {
@@ -380,6 +424,7 @@ pub async fn forget_records(
     queries: &[String],
     dry_run: bool,
 ) -> Result<Vec<String>> {
+    repo.require(crate::Permission::Full, "forget snapshots")?;
     let listing = repo.snapshot_listing().await?;
     let mut names = Vec::new();
     for q in queries {

@@ -56,6 +56,10 @@ pub async fn retag(
     snapshot: &Snapshot,
     change: &TagChange,
 ) -> Result<Option<Snapshot>> {
+    repo.require(
+        crate::Permission::Full,
+        "change tags (that rewrites a snapshot record)",
+    )?;
     if change.is_empty() {
         return Err(Error::BadInput(
             "no tag change given: use --add, --remove or --set".into(),

@@ -165,6 +165,7 @@ impl WriteSession {
     /// Starts a session under a shared lock. Must be called inside a Tokio
     /// runtime. Fails with [`Error::Locked`] while a prune runs.
     pub async fn start(repo: Arc<Repository>, options: WriteOptions) -> Result<Self> {
+        repo.require(crate::Permission::Append, "write snapshots")?;
         if options.dry_run {
             // Nothing will be written, so nothing needs protecting from a
             // prune; a prune running meanwhile only makes the counts stale.

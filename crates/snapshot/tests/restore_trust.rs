@@ -187,12 +187,14 @@ async fn root_restore_strips_privileges_of_a_snapshot_made_in_a_user_namespace()
             uid: 0,
             user_namespace: Some(true),
             host: "box".into(),
+            key: None,
         }),
         // An ordinary user.
         Some(Creator {
             uid: 1000,
             user_namespace: Some(false),
             host: "box".into(),
+            key: None,
         }),
         // Not known (a record from before creators were kept).
         None,

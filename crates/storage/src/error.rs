@@ -54,6 +54,9 @@ pub enum ErrorClass {
     Unreachable,
     /// The storage refused access (permissions, credentials).
     AccessDenied,
+    /// The key (or client) the operation runs with has a role that does
+    /// not allow it (an append-only key cannot forget).
+    NotAllowed,
     /// The storage, or a restore target, is full.
     StorageFull,
     /// Repository data is damaged or missing, or conflicts with what is

@@ -3,13 +3,15 @@
 //! This crate owns the [`Storage`] trait — a narrow, contract-documented store of
 //! named immutable objects — and its backends: [`MemoryStorage`] (tests and
 //! simulations), [`LocalStorage`] (a directory on a local filesystem) and
-//! [`OpendalStorage`] (S3-compatible object storage and SFTP through OpenDAL).
+//! [`OpendalStorage`] (S3-compatible object storage and SFTP through OpenDAL)
+//! and [`HttpStorage`] (a repository served by `lifeboat serve`).
 //! Cross-cutting behaviour (retries with backoff) is a wrapper, [`RetryStorage`],
 //! not a flag on a backend. It knows nothing about the repository format: objects
 //! are opaque bytes.
 
 pub mod cachedir;
 mod error;
+mod http;
 mod key;
 mod local;
 mod memory;
@@ -20,6 +22,7 @@ mod sftpmode;
 mod url;
 
 pub use error::{Error, ErrorClass, ErrorKind, Result};
+pub use http::{HttpOptions, HttpStorage, kind_name, parse_kind};
 pub use key::{Kind, ObjectKey};
 pub use local::LocalStorage;
 pub use memory::MemoryStorage;

@@ -960,6 +960,7 @@ impl Storage for OpendalStorage {
             Protocol::S3 => self.put_s3(key, &path, data).await,
             Protocol::Sftp => self.put_sftp(key, &path, data).await,
         }
+        .map_err(write_denied)
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
@@ -1099,13 +1100,30 @@ impl Storage for OpendalStorage {
         match self.op.delete(&key.path()).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == OdErrorKind::NotFound => Ok(()),
-            Err(e) => Err(map_err(
+            Err(e) => Err(write_denied(map_err(
                 e,
                 format!("deleting {key} from {}", self.location),
                 Some(key),
-            )),
+            ))),
         }
     }
+}
+
+/// A write or delete the storage refused for lack of permission, said as
+/// what it most often is: credentials that may read but not write (or not
+/// delete). Reading commands work with such credentials (format.md §2.1).
+fn write_denied(e: Error) -> Error {
+    if e.kind() != ErrorKind::PermissionDenied {
+        return e;
+    }
+    Error::new(
+        ErrorKind::PermissionDenied,
+        format!(
+            "{e}: these storage credentials may not write or delete here (read-only or \
+             append-only credentials?); commands that only read (snapshots, ls, restore, \
+             check) work with read-only credentials, this one needs the permission refused"
+        ),
+    )
 }
 
 /// The refusal of a write without an integrity header by a bucket with a

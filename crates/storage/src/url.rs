@@ -1,8 +1,9 @@
 //! Repository locations as the user writes them, and opening them.
 //!
 //! [`Location::parse`] accepts a plain local path, `file:///path`,
-//! `s3://bucket/prefix?endpoint=…&region=…` and
-//! `sftp://user@host:port/path?key=…`; anything else is an
+//! `s3://bucket/prefix?endpoint=…&region=…`,
+//! `sftp://user@host:port/path?key=…` and `lifeboat+http://host:port/`
+//! (a `lifeboat serve` endpoint); anything else is an
 //! [`ErrorKind::Config`] error that lists these forms. Secrets never appear in
 //! a location: S3 keys come from the environment (see
 //! [`S3Options::with_env_defaults`]) and SFTP authenticates with a key file.
@@ -16,14 +17,15 @@ use std::sync::Arc;
 use url::{Host, Url};
 
 use crate::{
-    DynStorage, Error, ErrorKind, KnownHosts, LocalStorage, OpendalStorage, Result, RetryPolicy,
-    RetryStorage, S3Options, SftpOptions,
+    DynStorage, Error, ErrorKind, HttpOptions, HttpStorage, KnownHosts, LocalStorage,
+    OpendalStorage, Result, RetryPolicy, RetryStorage, S3Options, SftpOptions,
 };
 
 /// Printed with every rejected location so the user sees what would work.
 const ACCEPTED_FORMS: &str = "accepted forms: /local/path, file:///local/path, \
 s3://bucket[/prefix][?endpoint=http://host:port][&region=us-east-1][&storage-class=CLASS][&as-of=TIME], \
-sftp://[user@]host[:port]/absolute/path[?key=/path/to/private-key][&known-hosts=strict|add|accept]";
+sftp://[user@]host[:port]/absolute/path[?key=/path/to/private-key][&known-hosts=strict|add|accept], \
+lifeboat+http://host:port/[?token-file=/path/to/token] (or lifeboat+https://)";
 
 /// Where a repository lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +33,8 @@ pub enum Location {
     Local(PathBuf),
     S3(S3Options),
     Sftp(SftpOptions),
+    /// A `lifeboat serve` endpoint.
+    Serve(HttpOptions),
 }
 
 impl Location {
@@ -43,6 +47,7 @@ impl Location {
                 "file" => parse_file(s),
                 "s3" => parse_s3(s),
                 "sftp" => parse_sftp(s),
+                "lifeboat+http" | "lifeboat+https" => parse_serve(s),
                 other => Err(config_error(s, &format!("unsupported scheme {other:?}"))),
             };
         }
@@ -82,6 +87,13 @@ impl fmt::Display for Location {
                 }
                 Ok(())
             }
+            Location::Serve(o) => {
+                write!(f, "lifeboat+{}/", o.endpoint)?;
+                if let Some(file) = &o.token_file {
+                    write!(f, "?token-file={}", file.display())?;
+                }
+                Ok(())
+            }
             Location::Sftp(o) => {
                 f.write_str("sftp://")?;
                 if let Some(user) = &o.user {
@@ -118,6 +130,13 @@ pub async fn open_location(location: &Location) -> Result<DynStorage> {
         Location::Local(p) => return Ok(Arc::new(LocalStorage::new(p.clone()))),
         Location::S3(o) => OpendalStorage::s3(o.clone()).await?,
         Location::Sftp(o) => OpendalStorage::sftp(o.clone()).await?,
+        Location::Serve(o) => {
+            let served = HttpStorage::open(o.clone()).await?;
+            return Ok(Arc::new(RetryStorage::new(
+                Arc::new(served),
+                RetryPolicy::default(),
+            )));
+        }
     };
     let storage: DynStorage = Arc::new(RetryStorage::new(Arc::new(remote), RetryPolicy::default()));
     match location {
@@ -290,6 +309,46 @@ fn parse_sftp(s: &str) -> Result<Location> {
     Ok(Location::Sftp(options))
 }
 
+fn parse_serve(s: &str) -> Result<Location> {
+    let url = parse_url(s)?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(config_error(
+            s,
+            "the token does not belong in the URL; use ?token-file=PATH or LIFEBOAT_SERVE_TOKEN",
+        ));
+    }
+    let host = match url.host() {
+        Some(Host::Domain(d)) if !d.is_empty() => d.to_string(),
+        Some(Host::Ipv4(a)) => a.to_string(),
+        Some(Host::Ipv6(a)) => format!("[{a}]"),
+        _ => return Err(config_error(s, "the host name is missing")),
+    };
+    if !url.path().trim_matches('/').is_empty() {
+        return Err(config_error(
+            s,
+            "a lifeboat serve endpoint serves one repository: give no path",
+        ));
+    }
+    let scheme = url.scheme().trim_start_matches("lifeboat+");
+    let endpoint = match url.port() {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    };
+    let mut options = HttpOptions {
+        endpoint,
+        token_file: None,
+    };
+    for (name, value) in url.query_pairs() {
+        match name.as_ref() {
+            "token-file" if !value.is_empty() => {
+                options.token_file = Some(PathBuf::from(value.as_ref()))
+            }
+            other => return Err(config_error(s, &unknown_option(other, "token-file"))),
+        }
+    }
+    Ok(Location::Serve(options))
+}
+
 fn unknown_option(name: &str, known: &str) -> String {
     format!("unknown or empty option {name:?} (known: {known})")
 }
@@ -439,5 +498,25 @@ mod tests {
         config_err("file://otherhost/srv");
         config_err("file:///srv?x=1");
         config_err("sftp://host/bad%zzescape");
+        config_err("lifeboat+http://host:8000/some/path");
+        config_err("lifeboat+http://user:tok@host:8000/");
+        config_err("lifeboat+http://host:8000/?token=abc");
+    }
+
+    #[test]
+    fn serve_urls() {
+        let loc = Location::parse("lifeboat+http://127.0.0.1:8000/?token-file=/etc/t").unwrap();
+        assert_eq!(
+            loc,
+            Location::Serve(HttpOptions {
+                endpoint: "http://127.0.0.1:8000".into(),
+                token_file: Some("/etc/t".into()),
+            })
+        );
+        assert_eq!(Location::parse(&loc.to_string()).unwrap(), loc);
+        let Location::Serve(o) = Location::parse("LIFEBOAT+HTTPS://backup.example").unwrap() else {
+            panic!()
+        };
+        assert_eq!(o.endpoint, "https://backup.example");
     }
 }

@@ -226,7 +226,13 @@ pub struct MotoServer {
     /// The Python moto was installed for (its venv's, when it has one),
     /// which has boto3.
     python: PathBuf,
+    /// With IAM ([`MotoServer::start_with_iam`]): the file whose creation
+    /// switches enforcement on.
+    auth_flag: Option<PathBuf>,
 }
+
+/// The wrapper [`MotoServer::start_with_iam`] runs (why, in its comments).
+const MOTO_IAM_SERVER: &str = include_str!("moto/iam_server.py");
 
 impl MotoServer {
     pub const ACCESS_KEY: &'static str = "lifeboat-moto-access-key";
@@ -236,7 +242,21 @@ impl MotoServer {
     /// Starts a server, or returns `None` if `moto_server` is missing (see
     /// [`require_or_skip`]; `scripts/setup-test-deps` installs it).
     pub fn start() -> Option<Self> {
-        let binary = require_or_skip("moto_server", "an S3 object-lock test")?;
+        Self::start_mode(false)
+    }
+
+    /// Starts a server that will check signatures and IAM policies once
+    /// [`MotoServer::enforce_iam`] is called: until then any credentials
+    /// may create buckets and users ([`MotoServer::create_user`]). Runs
+    /// moto through `moto/iam_server.py`, which also makes moto compute
+    /// the canonical query string as AWS does (without it moto refuses
+    /// every correctly signed listing with a `/` in its prefix).
+    pub fn start_with_iam() -> Option<Self> {
+        Self::start_mode(true)
+    }
+
+    fn start_mode(iam: bool) -> Option<Self> {
+        let binary = require_or_skip("moto_server", "an S3 object-lock or IAM test")?;
         let python = binary
             .parent()
             .map(|d| d.join("python3"))
@@ -244,8 +264,20 @@ impl MotoServer {
             .unwrap_or_else(|| PathBuf::from("python3"));
         let dir = temp_dir("lb-moto-");
         let log = dir.path().join("moto.log");
+        let script = dir.path().join("iam_server.py");
+        let auth_flag = iam.then(|| dir.path().join("enforce-iam"));
+        if iam {
+            write_file(&script, MOTO_IAM_SERVER);
+        }
         let (child, port) = start_with_retries("moto_server", &log, |port| {
-            let mut cmd = Command::new(&binary);
+            let mut cmd = match &auth_flag {
+                Some(flag) => {
+                    let mut cmd = Command::new(&python);
+                    cmd.arg(&script).arg(flag);
+                    cmd
+                }
+                None => Command::new(&binary),
+            };
             cmd.arg("-H")
                 .arg("127.0.0.1")
                 .arg("-p")
@@ -257,7 +289,73 @@ impl MotoServer {
             _dir: dir,
             port,
             python,
+            auth_flag,
         })
+    }
+
+    /// From now on every request must be signed by a user this server knows
+    /// and be allowed by that user's policies.
+    pub fn enforce_iam(&self) {
+        let flag = self
+            .auth_flag
+            .as_ref()
+            .expect("enforce_iam needs a server from start_with_iam");
+        write_file(flag, "");
+    }
+
+    /// Creates an IAM user with one inline policy (a JSON policy document)
+    /// and returns its access key id and secret (before
+    /// [`MotoServer::enforce_iam`]).
+    pub fn create_user(&self, name: &str, policy: &str) -> (String, String) {
+        let out = self.python(&format!(
+            "iam = boto3.client('iam', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
+             iam.create_user(UserName={name:?})\n\
+             iam.put_user_policy(UserName={name:?}, PolicyName='p', PolicyDocument={policy:?})\n\
+             k = iam.create_access_key(UserName={name:?})['AccessKey']\n\
+             print(k['AccessKeyId'], k['SecretAccessKey'])"
+        ));
+        let mut words = out.split_whitespace();
+        let (Some(id), Some(secret)) = (words.next(), words.next()) else {
+            panic!("create_access_key printed {out:?}");
+        };
+        (id.to_string(), secret.to_string())
+    }
+
+    /// [`MotoServer::env`] with another user's keys.
+    pub fn env_as(&self, access_key: &str, secret_key: &str) -> Vec<(&'static str, String)> {
+        let mut env = self.env();
+        for (name, value) in &mut env {
+            match *name {
+                "AWS_ACCESS_KEY_ID" => *value = access_key.to_string(),
+                "AWS_SECRET_ACCESS_KEY" => *value = secret_key.to_string(),
+                _ => {}
+            }
+        }
+        env
+    }
+
+    /// [`MotoServer::python`] as another user; returns the snippet's exit
+    /// success and its stdout and stderr (a denied call is an expected
+    /// outcome here).
+    pub fn python_as(&self, access_key: &str, secret_key: &str, script: &str) -> (bool, String) {
+        let program = format!(
+            "import boto3, datetime, json, os, sys, time\n\
+             s3 = boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n{script}"
+        );
+        let out = Command::new(&self.python)
+            .arg("-c")
+            .arg(&program)
+            .envs(self.env_as(access_key, secret_key))
+            .output()
+            .expect("running python3");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     }
 
     pub fn endpoint(&self) -> String {

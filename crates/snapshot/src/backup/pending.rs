@@ -254,6 +254,7 @@ pub(crate) fn creator() -> lifeboat_repo::Creator {
         host: nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default(),
+        key: None,
     }
 }
 

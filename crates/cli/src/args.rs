@@ -205,6 +205,11 @@ pub struct InitArgs {
     #[arg(long, value_name = "MODE", default_value = "governance", requires = "object_lock",
           value_parser = ["governance", "compliance"])]
     pub lock_mode: String,
+    /// Let this repository take write-only keys (`key add --write-only`):
+    /// hosts that can add snapshots but read none, not even their own
+    /// (format version 4, read by lifeboat builds since write-only keys).
+    #[arg(long)]
+    pub write_only_keys: bool,
 }
 
 #[derive(Debug, Args)]
@@ -610,6 +615,11 @@ pub enum KeyAction {
         /// Read the new password from this file instead of a prompt / LIFEBOAT_NEW_PASSWORD.
         #[arg(long)]
         new_password_file: Option<PathBuf>,
+        /// A write-only key, for a backup host: it can add snapshots but
+        /// cannot read any snapshot, tree or file content (restores need a
+        /// full key, held elsewhere). Needs `init --write-only-keys`.
+        #[arg(long)]
+        write_only: bool,
     },
     /// List key files.
     List,

@@ -41,14 +41,28 @@ fn new_password(file: Option<&Path>) -> Result<Vec<u8>> {
 pub async fn run(g: &Global, a: KeyArgs) -> Result<i32> {
     let repo = session::open(g).await?;
     match a.action {
-        KeyAction::Add { new_password_file } => {
+        KeyAction::Add {
+            new_password_file,
+            write_only,
+        } => {
             let pw = new_password(new_password_file.as_deref())?;
             if pw.is_empty() {
                 return Err(cli_error(exit::USAGE, "refusing an empty password"));
             }
-            let id = keys::add(&repo, &pw, session::kdf_params()).await?;
+            let id = if write_only {
+                keys::add_write_only(&repo, &pw, session::kdf_params()).await?
+            } else {
+                keys::add(&repo, &pw, session::kdf_params()).await?
+            };
+            let kind = if write_only { "write-only" } else { "full" };
             if g.json {
-                crate::output::json(&serde_json::json!({ "added": id.to_hex() }))?;
+                crate::output::json(&serde_json::json!({ "added": id.to_hex(), "kind": kind }))?;
+            } else if write_only {
+                outln!(
+                    "added write-only key {}: a host holding it can add snapshots but read none; \
+                     keep a full key off that host for restores",
+                    id.short()
+                );
             } else {
                 outln!("added key {}", id.short());
             }
@@ -60,9 +74,10 @@ pub async fn run(g: &Global, a: KeyArgs) -> Result<i32> {
             } else {
                 for k in list {
                     outln!(
-                        "{} {} {}@{} created {}",
+                        "{} {} {:<10} {}@{} created {}",
                         if k.current { "*" } else { " " },
                         &k.id[..8],
+                        k.kind.as_str(),
                         k.user,
                         k.host,
                         k.created

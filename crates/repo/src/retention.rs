@@ -281,6 +281,7 @@ pub async fn forget(
     policy: &RetentionPolicy,
     options: &ForgetOptions,
 ) -> Result<ForgetReport> {
+    repo.require_full_key("forget")?;
     if policy.is_empty() {
         return Err(Error::BadInput(
             "no retention rule given (--keep-last, --keep-daily, ...): refusing to forget everything"
@@ -380,6 +381,7 @@ pub async fn forget_records(
     queries: &[String],
     dry_run: bool,
 ) -> Result<Vec<String>> {
+    repo.require_full_key("forget")?;
     let listing = repo.snapshot_listing().await?;
     let mut names = Vec::new();
     for q in queries {

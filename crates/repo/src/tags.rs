@@ -56,6 +56,7 @@ pub async fn retag(
     snapshot: &Snapshot,
     change: &TagChange,
 ) -> Result<Option<Snapshot>> {
+    repo.require_full_key("tag")?;
     if change.is_empty() {
         return Err(Error::BadInput(
             "no tag change given: use --add, --remove or --set".into(),

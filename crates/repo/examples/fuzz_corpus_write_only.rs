@@ -25,7 +25,9 @@ async fn add(repo: &Arc<Repository>, blobs: &[&[u8]]) {
 
 #[tokio::main]
 async fn main() {
-    let out = std::env::args().nth(1).expect("usage: fuzz_corpus_write_only DIR");
+    let out = std::env::args()
+        .nth(1)
+        .expect("usage: fuzz_corpus_write_only DIR");
     let dir = Path::new(&out).join("write_only");
     std::fs::create_dir_all(&dir).unwrap();
     let mem = MemoryStorage::new();

@@ -297,7 +297,10 @@ mod tests {
         };
         let bytes = config.encode(&k);
         assert_eq!(Config::check_version(&bytes).unwrap(), 4);
-        assert_eq!(Config::decode(&bytes, &k).unwrap().write_only, config.write_only);
+        assert_eq!(
+            Config::decode(&bytes, &k).unwrap().write_only,
+            config.write_only
+        );
         let wo = k.write_only_key().unwrap();
         let got = Config::decode(&bytes, &wo).unwrap();
         assert_eq!(got.chunker, config.chunker);

@@ -152,9 +152,8 @@ impl MasterKey {
             (Some(k), _) => seal_with(k, plaintext, aad),
             (None, Some(parts)) => {
                 let (header, session) = parts.session.get_or_init(|| new_session(&parts.public));
-                let mut out = Vec::with_capacity(
-                    SESSION_HEADER_LEN + plaintext.len() + SEAL_OVERHEAD,
-                );
+                let mut out =
+                    Vec::with_capacity(SESSION_HEADER_LEN + plaintext.len() + SEAL_OVERHEAD);
                 out.extend_from_slice(header);
                 out.extend_from_slice(&seal_with(session, plaintext, aad));
                 out
@@ -282,7 +281,10 @@ impl MasterKey {
                 }));
             }
             None => {
-                let parts = self.write_only.as_ref().expect("write-only keys have parts");
+                let parts = self
+                    .write_only
+                    .as_ref()
+                    .expect("write-only keys have parts");
                 if parts.public.to_bytes().as_slice() != public {
                     return Err(mismatch());
                 }
@@ -365,9 +367,7 @@ fn derive(context: &str, key: &MasterKey) -> [u8; 32] {
 
 /// A fresh session key from the OS generator, sealed to `public` with
 /// single-shot HPKE (base mode): `enc (32) || sealed key (48)`.
-fn new_session(
-    public: &<Kem as hpke::Kem>::PublicKey,
-) -> ([u8; SESSION_HEADER_LEN], [u8; 32]) {
+fn new_session(public: &<Kem as hpke::Kem>::PublicKey) -> ([u8; SESSION_HEADER_LEN], [u8; 32]) {
     let session: [u8; 32] = os_random();
     let (enc, ct) = hpke::single_shot_seal::<HpkeAead, Kdf, Kem>(
         &OpModeS::Base,

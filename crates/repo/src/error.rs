@@ -115,9 +115,9 @@ impl Error {
             Error::Storage(e) => e.class(),
             Error::NoRepository { .. } => ErrorClass::NoRepository,
             Error::AlreadyInitialized { .. } => ErrorClass::BadInput,
-            Error::WrongPassword
-            | Error::TooManyKeyFiles { .. }
-            | Error::WriteOnlyKey { .. } => ErrorClass::WrongPassword,
+            Error::WrongPassword | Error::TooManyKeyFiles { .. } | Error::WriteOnlyKey { .. } => {
+                ErrorClass::WrongPassword
+            }
             Error::UnsupportedVersion { .. } => ErrorClass::Unsupported,
             Error::Corrupt { .. }
             | Error::BlobNotIndexed { .. }

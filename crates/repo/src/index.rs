@@ -54,7 +54,12 @@ impl IndexFile {
         let ids: IdList = self
             .packs
             .iter()
-            .map(|p| (p.id, p.entries.iter().map(|e| (e.blob_type, e.id)).collect()))
+            .map(|p| {
+                (
+                    p.id,
+                    p.entries.iter().map(|e| (e.blob_type, e.id)).collect(),
+                )
+            })
             .collect();
         let ids = key.seal_shared(
             &postcard::to_allocvec(&ids).expect("id list serializes"),

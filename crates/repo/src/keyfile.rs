@@ -219,7 +219,10 @@ impl KeyFile {
         }
         kf.kdf.params.check_on_read(object)?;
         if kf.kind != KeyKind::Full && kf.lifeboat_key_version < 2 {
-            return Err(Error::corrupt(object, "a write-only key file must be version 2"));
+            return Err(Error::corrupt(
+                object,
+                "a write-only key file must be version 2",
+            ));
         }
         let hex_len = 2 * (kf.kind.wrapped_plain_len() + SEAL_OVERHEAD);
         if kf.wrapped.len() != hex_len

@@ -9,8 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use lifeboat_repo::{
-    BlobType, Error, IndexFile, InitOptions, KdfParams, NodeKind, Repository, SnapshotRecord,
-    keys,
+    BlobType, Error, IndexFile, InitOptions, KdfParams, NodeKind, Repository, SnapshotRecord, keys,
 };
 use lifeboat_snapshot::backup::{BackupOptions, backup};
 use lifeboat_snapshot::progress::NoProgress;
@@ -78,11 +77,7 @@ async fn a_write_only_key_backs_up_with_dedup_and_reads_nothing_a_full_key_resto
     let storage: DynStorage = Arc::new(mem.clone());
     let src = tempfile::tempdir().unwrap();
     for i in 0..6 {
-        fs::write(
-            src.path().join(format!("f{i}")),
-            pseudo_random(700_000, i),
-        )
-        .unwrap();
+        fs::write(src.path().join(format!("f{i}")), pseudo_random(700_000, i)).unwrap();
     }
     fs::create_dir(src.path().join("sub")).unwrap();
     fs::write(src.path().join("sub/small"), b"a small file").unwrap();
@@ -182,8 +177,7 @@ async fn a_write_only_key_backs_up_with_dedup_and_reads_nothing_a_full_key_resto
             Kind::Packs => {
                 let id = lifeboat_repo::Id::from_hex(key.name()).unwrap();
                 assert!(lifeboat_repo::fuzzing::parse_pack(host.key(), &id, &bytes).is_err());
-                let entries =
-                    lifeboat_repo::fuzzing::parse_pack(full.key(), &id, &bytes).unwrap();
+                let entries = lifeboat_repo::fuzzing::parse_pack(full.key(), &id, &bytes).unwrap();
                 let e = &entries[0];
                 let sealed = &bytes[e.offset as usize..(e.offset + e.length) as usize];
                 assert!(lifeboat_repo::fuzzing::open_blob(host.key(), e, sealed).is_err());

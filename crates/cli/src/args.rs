@@ -209,6 +209,11 @@ pub struct InitArgs {
     #[arg(long, value_name = "MODE", default_value = "governance", requires = "object_lock",
           value_parser = ["governance", "compliance"])]
     pub lock_mode: String,
+    /// Let this repository take write-only keys (`key add --write-only`):
+    /// hosts that can add snapshots but read none, not even their own
+    /// (format version 4, read by lifeboat builds since write-only keys).
+    #[arg(long)]
+    pub write_only_keys: bool,
 }
 
 #[derive(Debug, Args)]
@@ -619,6 +624,11 @@ pub enum KeyAction {
         /// protections or rewrite records) or `read-only`.
         #[arg(long, default_value = "full", value_parser = parse_role)]
         role: lifeboat_repo::Role,
+        /// A write-only key, for a backup host: it can add snapshots but
+        /// cannot read any snapshot, tree or file content (restores need a
+        /// full key, held elsewhere). Needs `init --write-only-keys`.
+        #[arg(long)]
+        write_only: bool,
     },
     /// List key files.
     List,

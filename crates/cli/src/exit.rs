@@ -146,7 +146,9 @@ fn origin_repo(r: &RepoError) -> Origin {
             Origin::Snapshot
         }
         RepoError::Storage(_) => Origin::Storage,
-        RepoError::Damaged(_) | RepoError::KeyNotFound { .. } => Origin::Advised,
+        RepoError::Damaged(_) | RepoError::KeyNotFound { .. } | RepoError::WriteOnlyKey { .. } => {
+            Origin::Advised
+        }
         _ => Origin::Repository,
     }
 }
@@ -177,6 +179,8 @@ fn hint(class: ErrorClass, origin: Origin) -> Option<&'static str> {
         (ErrorClass::NoRepository, _) => {
             "check -r/--repo or LIFEBOAT_REPO, or create one with `lifeboat init`"
         }
+        // A write-only key's message says which key is needed.
+        (ErrorClass::WrongPassword, Origin::Advised) => return None,
         (ErrorClass::WrongPassword, _) => {
             "check LIFEBOAT_PASSWORD, --password-file or --password-command"
         }

@@ -44,18 +44,39 @@ pub async fn run(g: &Global, a: KeyArgs) -> Result<i32> {
         KeyAction::Add {
             new_password_file,
             role,
+            write_only,
         } => {
             // Refused before a password is asked for.
+            if write_only && role != lifeboat_repo::Role::Full {
+                return Err(cli_error(
+                    exit::USAGE,
+                    "--write-only and --role cannot be combined: a write-only key can only add \
+                     snapshots",
+                ));
+            }
             repo.require(lifeboat_repo::Permission::Full, "add keys")?;
             let pw = new_password(new_password_file.as_deref())?;
             if pw.is_empty() {
                 return Err(cli_error(exit::USAGE, "refusing an empty password"));
             }
-            let id = keys::add_with_role(&repo, &pw, session::kdf_params(), role).await?;
+            let id = if write_only {
+                keys::add_write_only(&repo, &pw, session::kdf_params()).await?
+            } else {
+                keys::add_with_role(&repo, &pw, session::kdf_params(), role).await?
+            };
+            let kind = if write_only { "write-only" } else { "full" };
             if g.json {
-                crate::output::json(
-                    &serde_json::json!({ "added": id.to_hex(), "role": role.as_str() }),
-                )?;
+                crate::output::json(&serde_json::json!({
+                    "added": id.to_hex(),
+                    "role": role.as_str(),
+                    "kind": kind,
+                }))?;
+            } else if write_only {
+                outln!(
+                    "added write-only key {}: a host holding it can add snapshots but read none; \
+                     keep a full key off that host for restores",
+                    id.short()
+                );
             } else {
                 outln!("added key {} ({role})", id.short());
             }
@@ -67,10 +88,11 @@ pub async fn run(g: &Global, a: KeyArgs) -> Result<i32> {
             } else {
                 for k in list {
                     outln!(
-                        "{} {} {:<11} {}@{} created {}",
+                        "{} {} {:<11} {:<10} {}@{} created {}",
                         if k.current { "*" } else { " " },
                         &k.id[..8],
                         k.role.as_str(),
+                        k.kind.as_str(),
                         k.user,
                         k.host,
                         k.created

@@ -527,6 +527,7 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<i32> {
                     mode: lifeboat_storage::LockMode::parse(&a.lock_mode).expect("clap checked"),
                     days,
                 }),
+            write_only_keys: a.write_only_keys,
         },
     )
     .await?;
@@ -537,6 +538,7 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<i32> {
             "key_id": repo.key_id().to_hex(),
             "cold_tier": repo.cold_location(),
             "object_lock": repo.config().object_lock,
+            "write_only_keys": repo.config().write_only.is_some(),
         }))?;
     } else {
         outln!(
@@ -557,6 +559,12 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<i32> {
                  keep live data locked",
                 lock.days,
                 lock.mode.as_str()
+            );
+        }
+        if repo.config().write_only.is_some() {
+            outln!(
+                "this repository takes write-only keys: give a backup host one with \
+                 `lifeboat key add --write-only`"
             );
         }
     }

@@ -786,7 +786,7 @@ fn newer_format_version_is_refused_with_15() {
         &fs::read(&config).unwrap()[..12],
         b"LIFEBOAT\x01\x00\x00\x00"
     );
-    set_byte(&config, 8, 4);
+    set_byte(&config, 8, 5);
     for args in [vec!["snapshots"], vec!["check"]] {
         let err = lb.fail(&args, code::UNSUPPORTED_VERSION);
         assert!(err.contains("upgrade"), "{err}");

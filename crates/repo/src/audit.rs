@@ -215,6 +215,19 @@ pub async fn append(repo: &Repository, entry: Entry) -> Result<Id> {
         })
         .collect();
     names.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    if repo.is_write_only() {
+        // A write-only key opens no record: it links to every record of
+        // the highest height by name alone (docs/format.md §18).
+        let top = names.first().map(|n| n.0);
+        let mut prev: Vec<Id> = names
+            .iter()
+            .filter(|n| Some(n.0) == top)
+            .map(|n| n.1)
+            .collect();
+        prev.sort();
+        let height = top.map_or(0, |t| t + 1);
+        return write_record(repo, entry, height, prev).await;
+    }
     // Read from the top down: the highest record that opens sets the
     // window; records that do not open (planted, damaged) are left out and
     // reported by `verify`.
@@ -255,6 +268,12 @@ pub async fn append(repo: &Repository, entry: Entry) -> Result<Id> {
         .map(|r| r.record.height + 1)
         .max()
         .unwrap_or(0);
+    write_record(repo, entry, height, prev).await
+}
+
+/// Seals and writes one record of `height` naming `prev`.
+async fn write_record(repo: &Repository, entry: Entry, height: u64, prev: Vec<Id>) -> Result<Id> {
+    let storage = repo.storage();
     let (host, user) = actor();
     let record = AuditRecord {
         height,

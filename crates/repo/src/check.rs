@@ -179,6 +179,7 @@ pub async fn check_with(
     verify: &VerifyOptions,
     progress: CheckProgress<'_>,
 ) -> Result<CheckReport> {
+    repo.require_full_key("check")?;
     // What the repository holds is checked, not the local cache's copies.
     let _bypass = repo.bypass_cache();
     let mut report = CheckReport::default();

@@ -19,8 +19,14 @@ pub const MAGIC: &[u8; 8] = b"LIFEBOAT";
 /// the wrong place. Version 3 differs from 2 only by the `object_lock`
 /// field, written only when the repository has one: an older build then
 /// refuses the repository ("upgrade lifeboat") instead of pruning it with
-/// plain deletes that free nothing on a locked bucket.
-pub const FORMAT_VERSION: u32 = 3;
+/// plain deletes that free nothing on a locked bucket. Version 4 is a
+/// repository that takes write-only keys (the `write_only` field, written
+/// only at `init --write-only-keys`): its body is sealed under the shared
+/// key (which write-only keys hold too), and it holds objects that older
+/// builds cannot open, so they refuse it ("upgrade lifeboat").
+pub const FORMAT_VERSION: u32 = 4;
+/// Version of a config with object lock (and no write-only keys).
+const OBJECT_LOCK_VERSION: u32 = 3;
 /// Version of a config with a cold tier and no object lock.
 const COLD_VERSION: u32 = 2;
 /// Version of a config without a cold tier.
@@ -93,6 +99,19 @@ pub struct Config {
     /// absent for a repository without object lock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_lock: Option<crate::objectlock::ObjectLockConfig>,
+    /// The repository takes write-only keys (format version 4); absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_only: Option<WriteOnlyConfig>,
+}
+
+/// A repository that takes write-only keys: the public key everything a
+/// write-only key writes is sealed to (docs/format.md §18).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteOnlyConfig {
+    #[serde(with = "crate::crypto::hex_32")]
+    pub public: [u8; 32],
 }
 
 /// A repository's cold tier, fixed at init.
@@ -108,8 +127,10 @@ pub struct ColdTierConfig {
 impl Config {
     /// The version this config is written as.
     pub fn version(&self) -> u32 {
-        if self.object_lock.is_some() {
+        if self.write_only.is_some() {
             FORMAT_VERSION
+        } else if self.object_lock.is_some() {
+            OBJECT_LOCK_VERSION
         } else if self.cold.is_some() {
             COLD_VERSION
         } else {
@@ -121,7 +142,11 @@ impl Config {
         let header = header(self.version());
         let body = serde_json::to_vec(self).expect("config serializes");
         let mut out = header.to_vec();
-        out.extend_from_slice(&key.seal(&body, &header));
+        if self.write_only.is_some() {
+            out.extend_from_slice(&key.seal_with_shared(&body, &header));
+        } else {
+            out.extend_from_slice(&key.seal(&body, &header));
+        }
         out
     }
 
@@ -146,9 +171,12 @@ impl Config {
     pub fn decode(bytes: &[u8], key: &MasterKey) -> Result<Self> {
         let version = Self::check_version(bytes)?;
         let (header, sealed) = bytes.split_at(HEADER_LEN);
-        let body = key
-            .open(sealed, header)
-            .ok_or_else(|| Error::corrupt("config", "authentication failed"))?;
+        let body = if version == FORMAT_VERSION {
+            key.open_with_shared(sealed, header)
+        } else {
+            key.open(sealed, header)
+        }
+        .ok_or_else(|| Error::corrupt("config", "authentication failed"))?;
         let config: Config =
             serde_json::from_slice(&body).map_err(|e| Error::corrupt("config", e))?;
         config.chunker.validate()?;
@@ -161,7 +189,7 @@ impl Config {
         if config.version() != version {
             return Err(Error::corrupt(
                 "config",
-                "format version does not match the cold tier setting",
+                "format version does not match the cold tier, object lock and write-only settings",
             ));
         }
         Ok(config)
@@ -188,6 +216,7 @@ mod tests {
             created: jiff::Timestamp::now(),
             cold: None,
             object_lock: None,
+            write_only: None,
         }
     }
 
@@ -197,10 +226,10 @@ mod tests {
         let bytes = sample().encode(&k);
         assert_eq!(Config::decode(&bytes, &k).unwrap().pack_size, 16 << 20);
         let mut newer = bytes.clone();
-        newer[8] = 4;
+        newer[8] = 5;
         assert!(matches!(
             Config::decode(&newer, &k),
-            Err(Error::UnsupportedVersion { found: 4, .. })
+            Err(Error::UnsupportedVersion { found: 5, .. })
         ));
         let mut damaged = bytes;
         let n = damaged.len() - 1;
@@ -256,5 +285,30 @@ mod tests {
             Config::decode(&bytes, &k).unwrap().object_lock,
             locked.object_lock
         );
+    }
+
+    #[test]
+    fn write_only_keys_are_version_4_and_write_only_keys_read_it() {
+        let k = MasterKey::generate();
+        let public = k.derived_public().unwrap();
+        let config = Config {
+            write_only: Some(WriteOnlyConfig { public }),
+            ..sample()
+        };
+        let bytes = config.encode(&k);
+        assert_eq!(Config::check_version(&bytes).unwrap(), 4);
+        assert_eq!(
+            Config::decode(&bytes, &k).unwrap().write_only,
+            config.write_only
+        );
+        let wo = k.write_only_key().unwrap();
+        let got = Config::decode(&bytes, &wo).unwrap();
+        assert_eq!(got.chunker, config.chunker);
+        // Another repository's key opens neither.
+        assert!(Config::decode(&bytes, &MasterKey::generate()).is_err());
+        // A version 3 header on a version 4 body is refused.
+        let mut lowered = bytes.clone();
+        lowered[8] = 3;
+        assert!(Config::decode(&lowered, &k).is_err());
     }
 }

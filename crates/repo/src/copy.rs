@@ -162,6 +162,8 @@ pub async fn copy(
     options: &CopyOptions,
     progress: &dyn CopyProgress,
 ) -> Result<CopyStats> {
+    source.require_full_key("copy (reading the source)")?;
+    target.require_full_key("copy (reading the target's snapshots)")?;
     let started = Instant::now();
     let source_repo = source.config().repository_id;
     let target_repo = target.config().repository_id;

@@ -32,6 +32,15 @@ pub enum Error {
     )]
     TooManyKeyFiles { tried: usize, total: usize },
 
+    /// The repository was opened with a write-only key, which can add
+    /// snapshots but read nothing stored (docs/security.md §12).
+    #[error(
+        "{what} needs a full key: this key is write-only (it can add snapshots but cannot read \
+         any snapshot, tree or file content); use a full key, held off this host, e.g. on the \
+         machine of whoever administers the repository"
+    )]
+    WriteOnlyKey { what: String },
+
     #[error(
         "repository format version {found} is newer than this lifeboat understands (up to {supported}); upgrade lifeboat"
     )]
@@ -118,7 +127,9 @@ impl Error {
             Error::Storage(e) => e.class(),
             Error::NoRepository { .. } => ErrorClass::NoRepository,
             Error::AlreadyInitialized { .. } => ErrorClass::BadInput,
-            Error::WrongPassword | Error::TooManyKeyFiles { .. } => ErrorClass::WrongPassword,
+            Error::WrongPassword | Error::TooManyKeyFiles { .. } | Error::WriteOnlyKey { .. } => {
+                ErrorClass::WrongPassword
+            }
             Error::UnsupportedVersion { .. } => ErrorClass::Unsupported,
             Error::Corrupt { .. }
             | Error::BlobNotIndexed { .. }

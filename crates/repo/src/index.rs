@@ -31,15 +31,57 @@ pub struct IndexFile {
     pub supersedes: Vec<Id>,
 }
 
+/// Associated data of an index object's blob-id list (repositories that
+/// take write-only keys, docs/format.md §18).
+pub(crate) const INDEX_IDS_AAD: &[u8] = b"lifeboat index ids v1";
+
+/// What a write-only key reads of an index object: each pack's name and
+/// the (type, id) of its blobs, nothing about where or how large they are.
+type IdList = Vec<(Id, Vec<(BlobType, Id)>)>;
+
 impl IndexFile {
+    /// `seal(postcard(self), INDEX_AAD)`; in a repository that takes
+    /// write-only keys, preceded by `u32 LE n || seal_shared(postcard(id
+    /// list), INDEX_IDS_AAD)` (n bytes), so write-only keys can deduplicate.
     pub fn encode(&self, key: &MasterKey) -> Vec<u8> {
-        key.seal(
+        let full = key.seal(
             &postcard::to_allocvec(self).expect("index serializes"),
             INDEX_AAD,
-        )
+        );
+        if !key.takes_write_only_keys() {
+            return full;
+        }
+        let ids: IdList = self
+            .packs
+            .iter()
+            .map(|p| {
+                (
+                    p.id,
+                    p.entries.iter().map(|e| (e.blob_type, e.id)).collect(),
+                )
+            })
+            .collect();
+        let ids = key.seal_shared(
+            &postcard::to_allocvec(&ids).expect("id list serializes"),
+            INDEX_IDS_AAD,
+        );
+        let mut out = Vec::with_capacity(4 + ids.len() + full.len());
+        out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+        out.extend_from_slice(&ids);
+        out.extend_from_slice(&full);
+        out
     }
 
     pub fn decode(key: &MasterKey, object: &str, sealed: &[u8]) -> Result<Self> {
+        let sealed = if key.takes_write_only_keys() {
+            let (ids, full) = split_id_list(object, sealed)?;
+            if key.is_write_only() {
+                return decode_id_list(key, object, ids);
+            }
+            full
+        } else {
+            sealed
+        };
         let plain = key
             .open(sealed, INDEX_AAD)
             .ok_or_else(|| Error::corrupt(object, "authentication failed"))?;
@@ -58,6 +100,51 @@ impl IndexFile {
         }
         Ok(file)
     }
+}
+
+/// The two parts of an index object of a repository that takes write-only
+/// keys: the sealed id list and the sealed index.
+fn split_id_list<'a>(object: &str, bytes: &'a [u8]) -> Result<(&'a [u8], &'a [u8])> {
+    let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
+        return Err(Error::corrupt(object, "too short for an id list length"));
+    };
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > rest.len() {
+        return Err(Error::corrupt(object, "id list length past the end"));
+    }
+    Ok(rest.split_at(len))
+}
+
+/// A write-only key's view of an index object: every blob it lists, with
+/// a placeholder location (offset 0, 40 stored bytes, no plaintext) that
+/// nothing reads, since a write-only handle refuses every read
+/// ([`crate::Repository::require_full_key`]). Enough to deduplicate and to
+/// drop packs that are not in storage.
+fn decode_id_list(key: &MasterKey, object: &str, sealed: &[u8]) -> Result<IndexFile> {
+    let plain = key
+        .open_shared(sealed, INDEX_IDS_AAD)
+        .ok_or_else(|| Error::corrupt(object, "id list: authentication failed"))?;
+    let ids: IdList = postcard::from_bytes(&plain).map_err(|e| Error::corrupt(object, e))?;
+    Ok(IndexFile {
+        packs: ids
+            .into_iter()
+            .map(|(id, blobs)| IndexPack {
+                id,
+                entries: blobs
+                    .into_iter()
+                    .map(|(blob_type, id)| PackEntry {
+                        blob_type,
+                        id,
+                        offset: 0,
+                        length: crate::crypto::SEAL_OVERHEAD as u32,
+                        raw_length: 0,
+                        compressed: false,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        supersedes: Vec::new(),
+    })
 }
 
 /// Cuts `packs` into the pack lists of index objects: at most `max_packs`

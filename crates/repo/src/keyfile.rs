@@ -20,6 +20,11 @@
 //! Version 3 is version 2 plus a [`Role`] (`append-only`, `read-only`),
 //! also bound into the associated data. Full keys are still written as
 //! version 2 (older builds read them); version 1 and 2 files are `full`.
+//! A key file has a *kind* (docs/format.md §4, §18): `full` (no `kind`
+//! field, every file written before write-only keys) wraps the master key;
+//! `write-only` wraps only what adding snapshots needs (the blob-id key,
+//! the shared key and the repository's public key). The kind is bound into
+//! the wrap's associated data, so it cannot be edited either.
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use serde::{Deserialize, Serialize};
@@ -41,10 +46,44 @@ const MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
 const MAX_ITERATIONS: u32 = 64;
 const MAX_PARALLELISM: u32 = 64;
 /// Bytes of the master key's JSON (`{"encrypt":"<64 hex>","id":"<64 hex>"}`),
-/// so `wrapped` is always `2 * (WRAPPED_PLAIN_LEN + SEAL_OVERHEAD)` hex
-/// digits.
+/// so a full key's `wrapped` is always `2 * (WRAPPED_PLAIN_LEN +
+/// SEAL_OVERHEAD)` hex digits.
 const WRAPPED_PLAIN_LEN: usize = 150;
-const WRAPPED_HEX_LEN: usize = 2 * (WRAPPED_PLAIN_LEN + SEAL_OVERHEAD);
+/// Bytes of a write-only key's JSON (`{"id":"<64 hex>","shared":"<64
+/// hex>","public":"<64 hex>"}`).
+const WRAPPED_WRITE_ONLY_PLAIN_LEN: usize = 225;
+
+/// What a key file's password unlocks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyKind {
+    /// The master key: reads and writes everything.
+    #[default]
+    Full,
+    /// Adds snapshots; reads nothing stored (docs/security.md §12).
+    WriteOnly,
+}
+
+impl KeyKind {
+    fn is_full(&self) -> bool {
+        *self == KeyKind::Full
+    }
+
+    /// The name `key list` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Full => "full",
+            KeyKind::WriteOnly => "write-only",
+        }
+    }
+
+    fn wrapped_plain_len(self) -> usize {
+        match self {
+            KeyKind::Full => WRAPPED_PLAIN_LEN,
+            KeyKind::WriteOnly => WRAPPED_WRITE_ONLY_PLAIN_LEN,
+        }
+    }
+}
 
 /// Argon2id cost parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,6 +247,10 @@ pub struct KeyFile {
     /// Present exactly in version 3 files; absent means `full`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     role: Option<Role>,
+    /// Absent for a full key (every key file written before write-only
+    /// keys existed).
+    #[serde(default, skip_serializing_if = "KeyKind::is_full")]
+    pub kind: KeyKind,
     /// hex of `seal(argon2id(password), master key JSON, wrap_aad)`.
     wrapped: String,
 }
@@ -226,12 +269,17 @@ impl KeyFile {
     ) -> Result<Self> {
         let salt: [u8; 32] = crate::crypto::os_random();
         let kek = derive(password, &salt, params)?;
-        let plain = serde_json::to_vec(master).expect("master key serializes");
-        debug_assert_eq!(plain.len(), WRAPPED_PLAIN_LEN);
         let (version, role) = match role {
             Role::Full => (KEY_FILE_VERSION, None),
             other => (KEY_FILE_VERSION_ROLE, Some(other)),
         };
+        let kind = if master.is_write_only() {
+            KeyKind::WriteOnly
+        } else {
+            KeyKind::Full
+        };
+        let plain = master.to_json();
+        debug_assert_eq!(plain.len(), kind.wrapped_plain_len());
         let mut kf = KeyFile {
             lifeboat_key_version: version,
             created: jiff::Timestamp::now(),
@@ -243,6 +291,7 @@ impl KeyFile {
                 salt,
             },
             role,
+            kind,
             wrapped: String::new(),
         };
         kf.wrapped = hex::encode(seal_with(&kek, &plain, &kf.wrap_aad()));
@@ -268,7 +317,14 @@ impl KeyFile {
             ));
         }
         kf.kdf.params.check_on_read(object)?;
-        if kf.wrapped.len() != WRAPPED_HEX_LEN
+        if kf.kind != KeyKind::Full && kf.lifeboat_key_version < 2 {
+            return Err(Error::corrupt(
+                object,
+                "a write-only key file must be version 2",
+            ));
+        }
+        let hex_len = 2 * (kf.kind.wrapped_plain_len() + SEAL_OVERHEAD);
+        if kf.wrapped.len() != hex_len
             || !kf
                 .wrapped
                 .bytes()
@@ -276,7 +332,7 @@ impl KeyFile {
         {
             return Err(Error::corrupt(
                 object,
-                format!("wrapped key is not {WRAPPED_HEX_LEN} lowercase hex digits"),
+                format!("wrapped key is not {hex_len} lowercase hex digits"),
             ));
         }
         Ok(kf)
@@ -330,6 +386,13 @@ impl KeyFile {
             aad.extend_from_slice(&(role.len() as u32).to_le_bytes());
             aad.extend_from_slice(role.as_bytes());
         }
+        // Only write-only files append their kind, so full files keep the
+        // associated data they always had.
+        if self.kind != KeyKind::Full {
+            let kind = self.kind.as_str();
+            aad.extend_from_slice(&(kind.len() as u32).to_le_bytes());
+            aad.extend_from_slice(kind.as_bytes());
+        }
         aad
     }
 
@@ -341,7 +404,7 @@ impl KeyFile {
         let Ok(sealed) = hex::decode(&self.wrapped) else {
             return Err(Error::corrupt("key file", "wrapped key is not hex"));
         };
-        if sealed.len() != WRAPPED_PLAIN_LEN + SEAL_OVERHEAD {
+        if sealed.len() != self.kind.wrapped_plain_len() + SEAL_OVERHEAD {
             return Err(Error::corrupt(
                 "key file",
                 "wrapped key has the wrong length",
@@ -350,9 +413,9 @@ impl KeyFile {
         let kek = derive(password, &self.kdf.salt, self.kdf.params)?;
         match open_with(&kek, &sealed, &self.wrap_aad()) {
             None => Ok(None),
-            Some(plain) => serde_json::from_slice(&plain)
+            Some(plain) => MasterKey::from_json(&plain, self.kind == KeyKind::WriteOnly)
                 .map(Some)
-                .map_err(|e| Error::corrupt("key file", e)),
+                .ok_or_else(|| Error::corrupt("key file", "wrapped key does not decode")),
         }
     }
 }
@@ -397,7 +460,7 @@ mod tests {
         let mut kf = KeyFile::create(master, password, params).unwrap();
         kf.lifeboat_key_version = 1;
         let kek = derive(password, &kf.kdf.salt, params).unwrap();
-        let plain = serde_json::to_vec(master).unwrap();
+        let plain = master.to_json();
         kf.wrapped = hex::encode(seal_with(&kek, &plain, WRAP_AAD_V1));
         kf
     }
@@ -469,6 +532,43 @@ mod tests {
         near.memory_kib += 8;
         let kf = KeyFile::create(&MasterKey::generate(), b"pw", near).unwrap();
         assert!(KeyFile::decode("k", &kf.encode()).is_err());
+    }
+
+    #[test]
+    fn write_only_key_files_round_trip_and_their_kind_is_bound() {
+        let full = MasterKey::generate();
+        let public = full.derived_public().unwrap();
+        let wo = full.write_only_key().unwrap();
+        let kf = KeyFile::create(&wo, b"pw", KdfParams::INSECURE_TEST).unwrap();
+        assert_eq!(kf.kind, KeyKind::WriteOnly);
+        let text = String::from_utf8(kf.encode()).unwrap();
+        assert!(text.contains(r#""kind": "write-only""#), "{text}");
+        let back = KeyFile::decode("k", &kf.encode()).unwrap();
+        let got = back.unwrap_key(b"pw").unwrap().unwrap();
+        assert!(got.is_write_only());
+        assert_eq!(got.blob_id(b"x"), full.blob_id(b"x"));
+        got.with_write_only_public(&public).unwrap();
+        // Full key files carry no `kind` field at all.
+        let f = KeyFile::create(&full, b"pw", KdfParams::INSECURE_TEST).unwrap();
+        assert!(!String::from_utf8(f.encode()).unwrap().contains("kind"));
+        // Relabelling a write-only file as full (removing the field) is
+        // refused before any KDF: its wrapped key has a write-only length.
+        let relabelled = text.replace(",\n  \"kind\": \"write-only\"", "");
+        assert_ne!(relabelled, text);
+        assert!(KeyFile::decode("k", relabelled.as_bytes()).is_err());
+        // An unknown kind is refused; a version 1 write-only file too.
+        let unknown = text.replace(r#""write-only""#, r#""admin""#);
+        assert!(KeyFile::decode("k", unknown.as_bytes()).is_err());
+        let v1 = text.replace(
+            r#""lifeboat_key_version": 2"#,
+            r#""lifeboat_key_version": 1"#,
+        );
+        assert!(KeyFile::decode("k", v1.as_bytes()).is_err());
+        // A flipped bit in the wrapped key does not open.
+        let mut bad = back.clone();
+        let flip = if bad.wrapped.ends_with('0') { "1" } else { "0" };
+        bad.wrapped.replace_range(bad.wrapped.len() - 1.., flip);
+        assert!(bad.unwrap_key(b"pw").unwrap().is_none());
     }
 
     #[test]

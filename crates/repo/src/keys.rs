@@ -4,7 +4,7 @@ use lifeboat_storage::{Kind, ObjectKey};
 use serde::Serialize;
 
 use crate::audit;
-use crate::keyfile::{KdfParams, KeyFile, Permission, Role};
+use crate::keyfile::{KdfParams, KeyFile, KeyKind, Permission, Role};
 use crate::limits::get_bounded;
 use crate::repository::{Repository, blocking, write_key_file};
 use crate::{Error, Id, Result};
@@ -18,6 +18,8 @@ pub struct KeyInfo {
     pub user: String,
     /// What the key may do (`full` for key files written before roles).
     pub role: Role,
+    /// `full` or `write-only`.
+    pub kind: KeyKind,
 }
 
 /// Wraps the master key under a new password for a full key; returns the
@@ -35,6 +37,7 @@ pub async fn add_with_role(
     role: Role,
 ) -> Result<Id> {
     repo.require(Permission::Full, "add keys")?;
+    repo.require_full_key("key add")?;
     let key = repo.key().clone();
     let pw = new_password.to_vec();
     let kf = blocking(move || KeyFile::create_with_role(&key, &pw, kdf, role)).await??;
@@ -44,6 +47,34 @@ pub async fn add_with_role(
         audit::Entry::new("key-add")
             .arg("key", id.to_hex())
             .arg("role", role.as_str()),
+    )
+    .await;
+    Ok(id)
+}
+
+/// Adds a write-only key (docs/format.md §18) under a new password:
+/// a host holding it can add snapshots but read none. Needs a full key of
+/// a repository created to take write-only keys (`init --write-only-keys`).
+pub async fn add_write_only(repo: &Repository, new_password: &[u8], kdf: KdfParams) -> Result<Id> {
+    repo.require(Permission::Full, "add keys")?;
+    repo.require_full_key("key add --write-only")?;
+    if !repo.key().takes_write_only_keys() {
+        return Err(Error::BadInput(
+            "this repository does not take write-only keys: they exist only in repositories \
+             created with `lifeboat init --write-only-keys` (format version 4); create one and \
+             `lifeboat copy` the snapshots into it"
+                .into(),
+        ));
+    }
+    let key = repo.key().write_only_key()?;
+    let pw = new_password.to_vec();
+    let kf = blocking(move || KeyFile::create(&key, &pw, kdf)).await??;
+    let id = write_key_file(repo.storage(), &kf).await?;
+    audit::append_after(
+        repo,
+        audit::Entry::new("key-add")
+            .arg("key", id.to_hex())
+            .arg("kind", KeyKind::WriteOnly.as_str()),
     )
     .await;
     Ok(id)
@@ -67,6 +98,7 @@ pub async fn list(repo: &Repository) -> Result<Vec<KeyInfo>> {
             role: kf.role(),
             host: kf.host,
             user: kf.user,
+            kind: kf.kind,
         });
     }
     out.sort_by_key(|a| a.created);
@@ -99,6 +131,7 @@ pub async fn full_keys(repo: &Repository) -> Result<std::collections::HashSet<Id
 /// handle was opened with (so the last usable key can never be removed).
 pub async fn remove(repo: &Repository, query: &str) -> Result<Id> {
     repo.require(Permission::Full, "remove keys")?;
+    repo.require_full_key("key remove")?;
     let keys = list(repo).await?;
     let matches: Vec<&KeyInfo> = keys.iter().filter(|k| k.id.starts_with(query)).collect();
     let k = match matches.as_slice() {
@@ -142,6 +175,7 @@ pub async fn change_password(repo: &Repository, new_password: &[u8], kdf: KdfPar
         Permission::Full,
         "change its password (that deletes a key file)",
     )?;
+    repo.require_full_key("key passwd")?;
     let key = repo.key().clone();
     let pw = new_password.to_vec();
     let kf = blocking(move || KeyFile::create(&key, &pw, kdf)).await??;

@@ -48,7 +48,7 @@ pub use check::{
     measure_ceiling,
 };
 pub use chunker::Chunker;
-pub use config::{ChunkerParams, ColdTierConfig, Config, FORMAT_VERSION};
+pub use config::{ChunkerParams, ColdTierConfig, Config, FORMAT_VERSION, WriteOnlyConfig};
 pub use copy::{
     COPIED_FROM, CopiedSnapshot, CopyOptions, CopyProgress, CopyStats, copied_from, copy,
 };
@@ -57,7 +57,7 @@ pub use crypto::{MasterKey, os_random};
 pub use error::{Error, Result};
 pub use id::Id;
 pub use index::{BlobLocation, Index, IndexFile, IndexPack};
-pub use keyfile::{KdfParams, KeyFile, Permission, Role};
+pub use keyfile::{KdfParams, KeyFile, KeyKind, Permission, Role};
 pub use local::LocalState;
 pub use lock::{LockKind, LockOptions, RepositoryLock};
 pub use pack::{BlobType, PackEntry};
@@ -83,6 +83,22 @@ pub mod fuzzing {
     /// Decodes a whole pack's trailer (see `pack::parse_pack`).
     pub fn parse_pack(key: &MasterKey, pack: &Id, bytes: &[u8]) -> Result<Vec<PackEntry>> {
         crate::pack::parse_pack(key, pack, bytes)
+    }
+
+    /// A full key of a repository that takes write-only keys, and the
+    /// write-only key that goes with it (docs/format.md §18).
+    pub fn write_only_pair() -> (MasterKey, MasterKey) {
+        let full = MasterKey::generate();
+        let public = full.derived_public().expect("a full key");
+        let full = full
+            .with_write_only_public(&public)
+            .expect("its own public key");
+        let write_only = full
+            .write_only_key()
+            .expect("a full key")
+            .with_write_only_public(&public)
+            .expect("its own public key");
+        (full, write_only)
     }
 
     /// Opens one sealed blob (see `pack::open_blob`).

@@ -74,8 +74,11 @@ pub struct LockInfo {
 }
 
 impl LockInfo {
+    /// Sealed under the shared key in a repository that takes write-only
+    /// keys (a write-only backup must see a prune's lock), else under the
+    /// master key.
     pub fn encode(&self, key: &MasterKey) -> Vec<u8> {
-        key.seal(
+        key.seal_shared(
             &serde_json::to_vec(self).expect("lock info serializes"),
             LOCK_AAD,
         )
@@ -83,7 +86,7 @@ impl LockInfo {
 
     pub fn decode(key: &MasterKey, object: &str, sealed: &[u8]) -> Result<Self> {
         let plain = key
-            .open(sealed, LOCK_AAD)
+            .open_shared(sealed, LOCK_AAD)
             .ok_or_else(|| Error::corrupt(object, "authentication failed"))?;
         serde_json::from_slice(&plain).map_err(|e| Error::corrupt(object, e))
     }

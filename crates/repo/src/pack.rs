@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{MasterKey, SEAL_OVERHEAD};
+use crate::crypto::{MAX_SEAL_OVERHEAD, MasterKey, SEAL_OVERHEAD};
 use crate::{Error, Id, Result};
 
 pub(crate) const TRAILER_AAD: &[u8] = b"lifeboat pack trailer v1";
@@ -66,15 +66,16 @@ pub(crate) fn blob_aad(blob_type: BlobType, compressed: bool, id: &Id) -> [u8; 3
 impl PackEntry {
     /// Whether the entry's lengths are within what any reader accepts:
     /// plaintext at most [`crate::limits::MAX_BLOB_LEN`], stored length
-    /// at least the seal's overhead and at most the plaintext plus it (a
-    /// blob is stored compressed only when that is shorter). Checked when
+    /// at least the seal's overhead and at most the plaintext plus the
+    /// largest overhead (a write-only key's, [`MAX_SEAL_OVERHEAD`]; a blob
+    /// is stored compressed only when that is shorter). Checked when
     /// trailers and index objects are decoded, so a crafted length (a
     /// 4 GiB "chunk") never reaches an allocation.
     pub fn lengths_in_bounds(&self) -> bool {
         let max_raw = crate::limits::MAX_BLOB_LEN;
         self.raw_length <= max_raw
             && (self.length as usize) >= SEAL_OVERHEAD
-            && self.length as u64 <= self.raw_length as u64 + SEAL_OVERHEAD as u64
+            && self.length as u64 <= self.raw_length as u64 + MAX_SEAL_OVERHEAD as u64
     }
 }
 

@@ -54,6 +54,7 @@ pub async fn protect(
     // ransomware check protects the snapshot before a suspect one with an
     // append-only key too. The CLI's `protect` asks for a full key.
     repo.require(crate::Permission::Append, "protect snapshots")?;
+    repo.require_full_key("protect")?;
     if until <= jiff::Timestamp::now() {
         return Err(Error::BadInput(format!(
             "--until {until} is in the past; give a later date"
@@ -91,6 +92,7 @@ pub async fn protect(
 /// Removes every protection of `snapshot`; returns how many objects went.
 pub async fn unprotect(repo: &Repository, snapshot: &Id) -> Result<usize> {
     repo.require(crate::Permission::Full, "unprotect snapshots")?;
+    repo.require_full_key("unprotect")?;
     let keys: Vec<ObjectKey> = repo
         .storage()
         .list(Kind::Protect)
@@ -112,6 +114,7 @@ pub async fn unprotect(repo: &Repository, snapshot: &Id) -> Result<usize> {
 /// Every protection in force now, the latest end per snapshot, and the
 /// objects that could not be read (they protect nothing).
 pub async fn list(repo: &Repository) -> Result<(BTreeMap<Id, Protection>, Vec<String>)> {
+    repo.require_full_key("listing protections")?;
     let now = jiff::Timestamp::now();
     let mut out: BTreeMap<Id, Protection> = BTreeMap::new();
     let mut bad = Vec::new();

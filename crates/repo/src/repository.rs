@@ -54,6 +54,9 @@ pub struct InitOptions {
     /// Lock every object with S3 Object Lock (checked and set on the
     /// bucket, recorded in the config).
     pub object_lock: Option<crate::objectlock::ObjectLockConfig>,
+    /// Take write-only keys (`key add --write-only`): format version 4
+    /// (docs/format.md §18). Fixed at init, like the cold tier.
+    pub write_only_keys: bool,
 }
 
 /// The cold tier of a new repository: the location to record and the
@@ -91,6 +94,7 @@ impl Default for InitOptions {
             chunker: None,
             cold: None,
             object_lock: None,
+            write_only_keys: false,
         }
     }
 }
@@ -178,7 +182,14 @@ impl Repository {
         }
         // The only place a location's root is ever created.
         storage.create_root().await?;
-        let key = MasterKey::generate();
+        let mut key = MasterKey::generate();
+        let write_only = if options.write_only_keys {
+            let public = key.derived_public()?;
+            key = key.with_write_only_public(&public)?;
+            Some(crate::config::WriteOnlyConfig { public })
+        } else {
+            None
+        };
         let config = Config {
             repository_id: Id(crate::crypto::os_random()),
             chunker: options.chunker.unwrap_or_else(ChunkerParams::generate),
@@ -189,6 +200,7 @@ impl Repository {
                 location: c.location.clone(),
             }),
             object_lock: options.object_lock,
+            write_only,
         };
         config.chunker.validate()?;
         if let Some(cold) = &options.cold {
@@ -233,7 +245,8 @@ impl Repository {
                 .arg("compression_level", repo.config.compression_level)
                 .arg("pack_size", repo.config.pack_size)
                 .arg("cold", repo.config.cold.as_ref().map(|c| &c.location))
-                .arg("object_lock", repo.config.object_lock),
+                .arg("object_lock", repo.config.object_lock)
+                .arg("write_only_keys", repo.config.write_only.is_some()),
         )
         .await;
         Ok(repo)
@@ -378,6 +391,10 @@ impl Repository {
                     continue;
                 }
                 Err(e) => return Err(e),
+            };
+            let key = match &config.write_only {
+                Some(wo) => key.with_write_only_public(&wo.public)?,
+                None => key,
             };
             let key_id = Id::from_hex(info.key.name()).expect("names checked above");
             if legacy {
@@ -627,6 +644,23 @@ impl Repository {
         &self.key
     }
 
+    /// Whether this handle was opened with a write-only key: it can add
+    /// snapshots but read nothing stored.
+    pub fn is_write_only(&self) -> bool {
+        self.key.is_write_only()
+    }
+
+    /// Fails with [`Error::WriteOnlyKey`] naming `what` when the handle
+    /// was opened with a write-only key: the reading operations call it
+    /// first, so a write-only key gets one clear error instead of an
+    /// "authentication failed" per object.
+    pub fn require_full_key(&self, what: &str) -> Result<()> {
+        if self.is_write_only() {
+            return Err(Error::WriteOnlyKey { what: what.into() });
+        }
+        Ok(())
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -826,6 +860,7 @@ impl Repository {
     /// fails (a missing or damaged pack); the first error is returned when
     /// none works.
     pub async fn read_blob(&self, id: &Id) -> Result<Bytes> {
+        self.require_full_key("reading file contents")?;
         let locations = self.index().await?.locations(BlobType::Data, id);
         self.first_readable(BlobType::Data, id, &locations, |loc| async move {
             self.read_blob_at(id, &loc).await
@@ -838,6 +873,7 @@ impl Repository {
     /// listing) is another blob. Falls back on another indexed copy as
     /// [`Repository::read_blob`] does.
     pub async fn read_tree(&self, id: &Id) -> Result<Tree> {
+        self.require_full_key("reading a snapshot's trees")?;
         let locations = self.index().await?.locations(BlobType::Tree, id);
         self.first_readable(BlobType::Tree, id, &locations, |loc| async move {
             let bytes = self.read_tree_blob_at(id, &loc).await?;
@@ -907,6 +943,7 @@ impl Repository {
     /// longer listed are warned about once, as a rollback or deletion of
     /// the storage would remove them (or a `forget` from another machine).
     pub async fn snapshot_listing(&self) -> Result<SnapshotListing> {
+        self.require_full_key("listing snapshots")?;
         let list = self.storage.list(Kind::Snapshots).await?;
         self.retain_cached(Kind::Snapshots, &list);
         *self.known_records.lock().unwrap() = list
@@ -1030,6 +1067,7 @@ impl Repository {
         query: &str,
         filter: &SnapshotFilter,
     ) -> Result<Snapshot> {
+        self.require_full_key("reading a snapshot")?;
         // A full id is read directly, so a damaged record is reported as
         // damaged rather than as missing.
         if let Some(id) = Id::from_hex(query) {

@@ -98,7 +98,7 @@ async fn newer_format_version_is_refused_before_any_key_is_tried() {
     match Repository::open(storage, b"pw").await {
         Err(Error::UnsupportedVersion {
             found: 9,
-            supported: 3,
+            supported: 4,
         }) => {}
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }

@@ -34,6 +34,7 @@ pub async fn dump(
     path: &[u8],
     out: &mut (dyn Write + Send),
 ) -> Result<u64> {
+    repo.require_full_key("dump")?;
     let shown = lossy(&crate::pathmatch::normalize(path));
     let node = match nav::lookup(repo, &snapshot.id.short(), snapshot.record.tree, path).await? {
         Found::Root(_) => None,

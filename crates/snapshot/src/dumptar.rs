@@ -44,6 +44,7 @@ pub async fn dump_tar(
     path: &[u8],
     out: Box<dyn Write + Send>,
 ) -> Result<u64> {
+    repo.require_full_key("dump")?;
     let mut entries = Vec::new();
     let (root_tree, prefix) =
         match nav::lookup(&repo, &snapshot.id.short(), snapshot.record.tree, path).await? {

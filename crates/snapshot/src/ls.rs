@@ -88,6 +88,7 @@ pub async fn ls(
     path: &[u8],
     recursive: bool,
 ) -> Result<Vec<LsEntry>> {
+    repo.require_full_key("ls")?;
     let base = normalize(path);
     let tree_id = match nav::lookup(repo, &snapshot.id.short(), snapshot.record.tree, path).await? {
         Found::Root(id) => id,

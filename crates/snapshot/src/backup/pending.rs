@@ -232,6 +232,17 @@ impl PendingBackup {
                 dry_run: true,
             });
         }
+        if repo.is_write_only() {
+            // A write-only key cannot read the record back: the record as
+            // written (finish fills in the same counters).
+            session.fill_summary(&mut record);
+            let id = session.finish(record.clone()).await?;
+            return Ok(BackupOutcome {
+                snapshot: lifeboat_repo::Snapshot { id, record },
+                warnings,
+                dry_run: false,
+            });
+        }
         let id = session.finish(record).await?;
         // Read back the record as stored (finish fills in the added-bytes counters).
         let snapshot = repo.find_snapshot(&id.to_hex()).await?;

@@ -87,7 +87,15 @@ async fn prepare(
     // parent's trees away between choosing the parent and reading it.
     let session = WriteSession::start(repo.clone(), write).await?;
     let parent = async {
-        let all = repo.snapshots().await?;
+        // A write-only key reads no snapshot, so it has no parent: every
+        // file is read again, and deduplication (through the index's
+        // blob-id lists) keeps what is already stored from being uploaded
+        // again (docs/format.md §18).
+        let all = if repo.is_write_only() {
+            Vec::new()
+        } else {
+            repo.snapshots().await?
+        };
         let parent = choose_parent(&all, host, paths, mode).cloned();
         let tree = match &parent {
             Some(p) if with_tree => Some(repo.read_tree(&p.record.tree).await?),

@@ -152,6 +152,7 @@ pub async fn restore(
     options: &RestoreOptions,
     progress: &dyn RestoreProgress,
 ) -> Result<RestoreStats> {
+    repo.require_full_key("restore")?;
     let started = Instant::now();
     let untrusted = untrusted(snapshot, options, progress);
     let mut selection = select::select(repo, snapshot.record.tree, options).await?;

@@ -42,6 +42,7 @@ pub async fn verify(
     snapshot: &Snapshot,
     options: &RestoreOptions,
 ) -> Result<VerifyReport> {
+    repo.require_full_key("restore --verify")?;
     let sel = select(repo, snapshot.record.tree, options).await?;
     let index = repo.index().await?;
     let key = repo.key().clone();

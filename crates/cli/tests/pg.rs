@@ -761,9 +761,8 @@ fn incremental_stores_the_changed_pages_of_a_large_table_and_restores_it() {
     pg.psql("postgres", "CHECKPOINT");
     let full = base_backup(&env, &pg, "full");
     let rows = "(SELECT g * 15000 FROM generate_series(1, 20) g)";
-    let pages_sql = format!(
-        "SELECT count(DISTINCT (ctid::text::point)[0]) FROM big WHERE id IN {rows}"
-    );
+    let pages_sql =
+        format!("SELECT count(DISTINCT (ctid::text::point)[0]) FROM big WHERE id IN {rows}");
     let old_pages: u64 = pg.psql("postgres", &pages_sql).parse().unwrap();
     pg.psql(
         "postgres",

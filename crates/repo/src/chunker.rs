@@ -84,7 +84,10 @@ impl Chunker {
 
 /// Cuts `source` into blocks of exactly `block` bytes (the last one
 /// shorter, none empty).
-pub fn blocks<R: Read>(mut source: R, block: usize) -> impl Iterator<Item = std::io::Result<Vec<u8>>> {
+pub fn blocks<R: Read>(
+    mut source: R,
+    block: usize,
+) -> impl Iterator<Item = std::io::Result<Vec<u8>>> {
     let mut done = false;
     std::iter::from_fn(move || {
         if done {
@@ -205,7 +208,13 @@ mod tests {
         let chunker = Chunker::new(params(1 << 20));
         let cut = |d: &[u8]| -> Vec<Vec<u8>> {
             chunker
-                .cut(d, Cut::Blocks { block: 4 * page, page })
+                .cut(
+                    d,
+                    Cut::Blocks {
+                        block: 4 * page,
+                        page,
+                    },
+                )
                 .collect::<std::io::Result<_>>()
                 .unwrap()
         };
@@ -221,14 +230,26 @@ mod tests {
         let data = vec![5u8; 100_000];
         // max_size 20,000 with 8 KiB pages: blocks of 16 KiB.
         let sizes: Vec<usize> = Chunker::new(params(20_000))
-            .cut(&data[..], Cut::Blocks { block: 65536, page: 8192 })
+            .cut(
+                &data[..],
+                Cut::Blocks {
+                    block: 65536,
+                    page: 8192,
+                },
+            )
             .map(|c| c.unwrap().len())
             .collect();
         assert_eq!(sizes[0], 16384);
         // max_size below one page: content-defined chunks, never above
         // max_size.
         let sizes: Vec<usize> = Chunker::new(params(4096))
-            .cut(&data[..], Cut::Blocks { block: 65536, page: 8192 })
+            .cut(
+                &data[..],
+                Cut::Blocks {
+                    block: 65536,
+                    page: 8192,
+                },
+            )
             .map(|c| c.unwrap().len())
             .collect();
         assert!(sizes.iter().all(|s| *s <= 4096));

@@ -92,7 +92,8 @@ pub fn is_relation_file(path: &Path) -> bool {
         return false;
     };
     let in_place = parent == "global"
-        || (up.next() == Some(std::ffi::OsStr::new("base")) && all_digits(parent.as_encoded_bytes()));
+        || (up.next() == Some(std::ffi::OsStr::new("base"))
+            && all_digits(parent.as_encoded_bytes()));
     let Some(name) = name.to_str().filter(|_| in_place) else {
         return false;
     };

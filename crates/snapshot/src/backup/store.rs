@@ -247,8 +247,7 @@ fn tee(
             let (tx, rx) = crossbeam_channel::bounded::<std::io::Result<Arc<[u8]>>>(4);
             senders.push(tx);
             let g = *g;
-            workers
-                .push(scope.spawn(move || {
+            workers.push(scope.spawn(move || {
                 chunk_group(ctx, g, TeeReader::new(rx), need, cut, chunk_workers, k == 0)
             }));
         }

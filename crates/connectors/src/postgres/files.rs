@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use lifeboat_repo::{Repository, Snapshot};
 use lifeboat_snapshot::PathMatcher;
-use lifeboat_snapshot::backup::{BackupOptions, backup_pending};
+use lifeboat_snapshot::backup::{BackupOptions, PagedFiles, backup_pending};
 use lifeboat_snapshot::progress::NoProgress;
 use lifeboat_snapshot::restore::RestoreOptions;
 use tokio_postgres::Client;
@@ -77,6 +77,40 @@ const TOP_FILES: &[&str] = &[
 
 /// Names left out wherever they are.
 const ANYWHERE: &[&str] = &["pg_internal.init", "pgsql_tmp*"];
+
+/// Whether `path` is a relation file of a data directory: an array of
+/// `block_size` pages, which the backup cuts into page-aligned blocks
+/// (docs/pitr.md, "Incrementals"). Relation files are
+/// `base/<database oid>/<filenode>` and `global/<filenode>`, with an
+/// optional fork suffix (`_fsm`, `_vm`, `_init`) and segment number
+/// (`.1`, `.2`, ... past each 1 GiB). Everything else (`pg_xact`,
+/// `pg_multixact`, settings, `PG_VERSION`, temporary relations `tNNN_NNN`)
+/// is cut by content.
+pub fn is_relation_file(path: &Path) -> bool {
+    let mut up = path.iter().rev();
+    let (Some(name), Some(parent)) = (up.next(), up.next()) else {
+        return false;
+    };
+    let in_place = parent == "global"
+        || (up.next() == Some(std::ffi::OsStr::new("base"))
+            && all_digits(parent.as_encoded_bytes()));
+    let Some(name) = name.to_str().filter(|_| in_place) else {
+        return false;
+    };
+    let (stem, segment) = match name.split_once('.') {
+        Some((stem, seg)) => (stem, Some(seg)),
+        None => (name, None),
+    };
+    let node = ["_fsm", "_vm", "_init"]
+        .iter()
+        .find_map(|fork| stem.strip_suffix(fork))
+        .unwrap_or(stem);
+    all_digits(node.as_bytes()) && segment.is_none_or(|s| all_digits(s.as_bytes()))
+}
+
+fn all_digits(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(u8::is_ascii_digit)
+}
 
 /// The exclude patterns of a files backup of `data_dir`.
 fn excludes(data_dir: &str) -> Vec<String> {
@@ -178,6 +212,12 @@ pub(super) async fn backup(
     } else {
         "SELECT pg_start_backup($1, $2, false)::text"
     };
+    // The page size relation files are arrays of (8192 unless the server
+    // was compiled otherwise).
+    let page: i32 = client
+        .query_one("SELECT current_setting('block_size')::int", &[])
+        .await?
+        .get(0);
     client.query_one(start, &[&label, &fast]).await?;
     let read = BackupOptions {
         paths: vec![data_dir.to_path_buf()],
@@ -189,6 +229,10 @@ pub(super) async fn backup(
         source: Some(source_name(facts.system_identifier)),
         contents_as_root: true,
         live: true,
+        paged: Some(PagedFiles {
+            page_size: usize::try_from(page).unwrap_or(8192).max(512),
+            matches: is_relation_file,
+        }),
         ..Default::default()
     };
     // On any error from here the connection is dropped with the pending
@@ -286,6 +330,40 @@ mod tests {
         assert!(!postmaster_matches(pid, "/srv/pg/data", 1700000100, "5432"));
         assert!(!postmaster_matches(pid, "/srv/pg/data", 1700000000, "5433"));
         assert!(!postmaster_matches("", "/srv/pg/data", 1700000000, "5432"));
+    }
+
+    #[test]
+    fn relation_files_are_told_apart_by_name_and_place() {
+        let yes = [
+            "/d/base/5/16396",
+            "/d/base/5/16396.1",
+            "/d/base/5/16396_fsm",
+            "/d/base/5/16396_vm",
+            "/d/base/16384/2619_init",
+            "/d/base/1/1259_fsm.2",
+            "/d/global/1262",
+            "/d/global/1262_vm",
+        ];
+        let no = [
+            "/d/base/5/PG_VERSION",
+            "/d/base/5/pg_filenode.map",
+            "/d/base/5/t3_16400",
+            "/d/base/5/16396.",
+            "/d/base/5/16396_fsm_vm",
+            "/d/base/5/16396.x",
+            "/d/base/pgsql_tmp/123",
+            "/d/global/pg_control",
+            "/d/pg_xact/0000",
+            "/d/pg_multixact/offsets/0000",
+            "/d/base/5x/16396",
+            "16396",
+        ];
+        for p in yes {
+            assert!(is_relation_file(Path::new(p)), "{p}");
+        }
+        for p in no {
+            assert!(!is_relation_file(Path::new(p)), "{p}");
+        }
     }
 
     #[test]

@@ -119,6 +119,10 @@ pub(crate) struct Ctx {
     pub(crate) excluded_ids: std::collections::HashSet<(u64, u64)>,
     /// See [`BackupOptions::live`](super::BackupOptions::live).
     pub(crate) live_source: bool,
+    /// See [`BackupOptions::paged`](super::BackupOptions::paged).
+    pub(crate) paged: Option<super::PagedFiles>,
+    /// Reader threads of a tree backup (the cores unless set).
+    pub(crate) readers: usize,
     /// Workers storing the chunks of one reader (a stream); 1 stores them
     /// on the reading thread (files: the reader pool is the parallelism).
     pub(crate) chunk_workers: usize,

@@ -15,7 +15,8 @@
 //! order and compares each file with the parent snapshot (size, mtime,
 //! ctime and inode unchanged → the file's chunk list is reused without
 //! reading it); files that must be read go through a bounded queue to a
-//! pool of worker threads sized to the cores, which read, chunk (FastCDC),
+//! pool of worker threads sized to the cores, which read, chunk (FastCDC,
+//! or page-aligned blocks for the files [`BackupOptions::paged`] names),
 //! and hand chunks to the [`WriteSession`](lifeboat_repo::WriteSession)
 //! (hash, dedup, compress, encrypt, pack, upload). A stream is chunked on
 //! one thread and its chunks are stored by a pool of workers sized to the
@@ -75,7 +76,7 @@ mod tree;
 mod walk;
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lifeboat_repo::{BackupMode, Repository, Snapshot};
@@ -131,6 +132,25 @@ pub struct BackupOptions {
     /// no index, no record (the outcome's snapshot is the record that
     /// would have been written).
     pub dry_run: bool,
+    /// Files that are arrays of fixed-size pages (a database's relation
+    /// files): cut into page-aligned blocks instead of content-defined
+    /// chunks, so a changed page changes one block.
+    pub paged: Option<PagedFiles>,
+}
+
+/// Which files of a tree backup are arrays of pages, and the page size
+/// (see [`BackupOptions::paged`]). A matching file is cut into fixed
+/// blocks whose size [`lifeboat_repo::paged_block_size`] chooses from the
+/// file's size and the size of the paged files of its directory; every
+/// other file is cut by content. Restores are unaffected: a file's
+/// content list says everything a reader needs.
+#[derive(Debug, Clone, Copy)]
+pub struct PagedFiles {
+    /// Page size in bytes (PostgreSQL: its `block_size`, 8192 unless
+    /// compiled otherwise).
+    pub page_size: usize,
+    /// Whether the file at this absolute path is paged.
+    pub matches: fn(&Path) -> bool,
 }
 
 /// See [`BackupOptions::live`].

@@ -13,11 +13,14 @@ use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::atomic::Ordering;
 
-use lifeboat_repo::{Id, Node};
+use lifeboat_repo::{Cut, Id, Node};
 
 use super::ctx::Ctx;
 use super::store::{GroupContent, ReadFail, store_chunk, store_content};
 use super::walk::FileJob;
+
+/// Paged files from this size on are hashed by several threads.
+const PARALLEL_PAGED_BYTES: u64 = 64 << 20;
 
 /// Reads one file once and stores it in every target that does not have it
 /// unchanged; `None` if it could not be read.
@@ -28,6 +31,7 @@ pub(crate) fn read_file(ctx: &Ctx, job: FileJob) -> Option<Vec<Node>> {
         meta,
         mut reuse,
         had_parent,
+        cut,
         ..
     } = job;
     let fail = |what: &str, e: &dyn std::fmt::Display| {
@@ -53,7 +57,14 @@ pub(crate) fn read_file(ctx: &Ctx, job: FileJob) -> Option<Vec<Node>> {
         let stored = if meta.len() < ctx.min_chunk as u64 {
             read_small(ctx, &mut limited, &meta, &need)
         } else {
-            store_content(ctx, &mut limited, &need)
+            // A large paged file is mostly unchanged blocks, whose cost
+            // is hashing: spread it over the cores, so one 1 GiB segment
+            // does not hold the backup on one core.
+            let workers = match cut {
+                Cut::Blocks { .. } if meta.len() >= PARALLEL_PAGED_BYTES => ctx.readers,
+                _ => 1,
+            };
+            store_content(ctx, &mut limited, &need, cut, workers)
         };
         // One byte past what was read tells a file that grew (or a file
         // whose size says nothing, as in /proc) and surfaces a read error

@@ -5,9 +5,11 @@
 //! (a group) share one chunking; when several groups need the bytes, they
 //! are read once and fanned out ("tee") to one chunker thread per group.
 //! Within a group, chunks are stored either on the chunking thread (files:
-//! the reader pool already runs one file per core) or, for a stream, by a
-//! pool of chunk workers ([`Ctx::chunk_workers`]) with the ids put back in
-//! stream order. A target whose repository fails is dropped
+//! the reader pool already runs one file per core) or, for a stream and a
+//! large paged file, by a pool of chunk workers ([`Ctx::chunk_workers`],
+//! [`Ctx::readers`]) with the ids put back in stream order. A file is cut
+//! by content, or in page-aligned blocks when the walker says it is paged
+//! ([`Cut`]). A target whose repository fails is dropped
 //! ([`Ctx::fail`]); the others go on. This module does not open files or
 //! decide what to read.
 
@@ -15,7 +17,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use lifeboat_repo::{BlobType, Id};
+use lifeboat_repo::{BlobType, Cut, Id};
 
 use super::ctx::Ctx;
 use crate::Error;
@@ -36,20 +38,23 @@ pub(crate) enum ReadFail {
 pub(crate) type GroupContent = Vec<(usize, Vec<Id>)>;
 
 /// Reads `reader` to its end once and stores its chunks in every target
-/// marked in `need`. Returns each target's chunk list (empty for targets
-/// not needed or failed) and the number of bytes read.
+/// marked in `need`, cut as `cut` says, with `workers` threads storing
+/// them (1: on this thread). Returns each target's chunk list (empty for
+/// targets not needed or failed) and the number of bytes read.
 pub(crate) fn store_content(
     ctx: &Ctx,
     reader: &mut (dyn Read + Send),
     need: &[bool],
+    cut: Cut,
+    workers: usize,
 ) -> Result<(Vec<Vec<Id>>, u64), ReadFail> {
     let groups: Vec<usize> = (0..ctx.groups.len())
         .filter(|g| ctx.groups[*g].iter().any(|t| need[*t]))
         .collect();
     let (stored, size) = match groups.as_slice() {
         [] => return Err(ReadFail::Stopped),
-        [g] => chunk_group(ctx, *g, reader, need, true)?,
-        _ => tee(ctx, &groups, reader, need)?,
+        [g] => chunk_group(ctx, *g, reader, need, cut, workers, true)?,
+        _ => tee(ctx, &groups, reader, need, cut, workers)?,
     };
     let mut contents = vec![Vec::new(); ctx.targets.len()];
     for (t, c) in stored {
@@ -65,15 +70,17 @@ fn chunk_group(
     g: usize,
     reader: impl Read,
     need: &[bool],
+    cut: Cut,
+    workers: usize,
     count_progress: bool,
 ) -> Result<(GroupContent, u64), ReadFail> {
     let members: Vec<usize> = ctx.groups[g].iter().copied().filter(|t| need[*t]).collect();
-    if ctx.chunk_workers > 1 {
-        return chunk_group_parallel(ctx, &members, reader, count_progress);
+    if workers > 1 {
+        return chunk_group_parallel(ctx, &members, reader, cut, workers, count_progress);
     }
     let mut stored: GroupContent = members.iter().map(|t| (*t, Vec::new())).collect();
     let mut size = 0u64;
-    for chunk in ctx.targets[members[0]].chunker.chunks(reader) {
+    for chunk in ctx.targets[members[0]].chunker.cut(reader, cut) {
         if ctx.cancelled() {
             return Err(ReadFail::Stopped);
         }
@@ -89,19 +96,21 @@ fn chunk_group(
     Ok((stored, size))
 }
 
-/// [`chunk_group`] with the chunks stored by [`Ctx::chunk_workers`]
-/// threads: this thread chunks, the workers hash, compress and encrypt
-/// (the costly stage: one thread kept a base backup stream at about
-/// 100 MiB/s). Each worker returns its chunks' ids by chunk number, and
+/// [`chunk_group`] with the chunks stored by `workers` threads: this
+/// thread chunks, the workers hash, compress and encrypt (the costly
+/// stage: one thread kept a base backup stream at about 100 MiB/s; for a
+/// large paged file most blocks are unchanged, and hashing them is the
+/// stage). Each worker returns its chunks' ids by chunk number, and
 /// they are put back in stream order at the end; the bounded queue (two
 /// chunks per worker) keeps memory flat.
 fn chunk_group_parallel(
     ctx: &Ctx,
     members: &[usize],
     reader: impl Read,
+    cut: Cut,
+    workers: usize,
     count_progress: bool,
 ) -> Result<(GroupContent, u64), ReadFail> {
-    let workers = ctx.chunk_workers;
     let (tx, rx) = crossbeam_channel::bounded::<(usize, Vec<u8>)>(workers * 2);
     // Set by a worker when none of the group's targets is left alive.
     let stopped = AtomicBool::new(false);
@@ -135,7 +144,7 @@ fn chunk_group_parallel(
         let mut size = 0u64;
         let mut count = 0usize;
         let mut read_error = None;
-        for chunk in ctx.targets[members[0]].chunker.chunks(reader) {
+        for chunk in ctx.targets[members[0]].chunker.cut(reader, cut) {
             if ctx.cancelled() || stopped.load(Ordering::Relaxed) {
                 break;
             }
@@ -228,6 +237,8 @@ fn tee(
     groups: &[usize],
     reader: &mut (dyn Read + Send),
     need: &[bool],
+    cut: Cut,
+    chunk_workers: usize,
 ) -> Result<(GroupContent, u64), ReadFail> {
     std::thread::scope(|scope| {
         let mut senders = Vec::new();
@@ -236,8 +247,9 @@ fn tee(
             let (tx, rx) = crossbeam_channel::bounded::<std::io::Result<Arc<[u8]>>>(4);
             senders.push(tx);
             let g = *g;
-            workers
-                .push(scope.spawn(move || chunk_group(ctx, g, TeeReader::new(rx), need, k == 0)));
+            workers.push(scope.spawn(move || {
+                chunk_group(ctx, g, TeeReader::new(rx), need, cut, chunk_workers, k == 0)
+            }));
         }
         let mut buf = vec![0u8; TEE_BLOCK];
         let mut read_error = None;

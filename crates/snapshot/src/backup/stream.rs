@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use lifeboat_repo::{Id, Repository, Tree};
+use lifeboat_repo::{Cut, Id, Repository, Tree};
 
 use super::ctx::Ctx;
 use super::pending::{self, PendingBackup, Request};
@@ -57,7 +57,13 @@ pub(crate) async fn pending_many<R: Read + Send + 'static>(
     let set = |ctx: &mut Ctx| ctx.chunk_workers = workers;
     let mut results = pending::run(repos, request, progress, set, move |ctx, _| {
         let need = vec![true; ctx.targets.len()];
-        let (contents, size) = match store_content(ctx, &mut reader, &need) {
+        let (contents, size) = match store_content(
+            ctx,
+            &mut reader,
+            &need,
+            Cut::ContentDefined,
+            ctx.chunk_workers,
+        ) {
             Ok(stored) => stored,
             Err(ReadFail::Io(e)) => return Err(Error::io("<stream>", e)),
             Err(ReadFail::Stopped) => (vec![Vec::new(); ctx.targets.len()], 0),

@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use lifeboat_repo::{BlobType, Id, Node, NodeKind, Repository, Tree};
+use lifeboat_repo::{BlobType, Cut, Id, Node, NodeKind, Repository, Tree, paged_block_size};
 
 use super::ctx::Ctx;
 use super::exclude::{Excludes, is_cache_dir};
@@ -114,6 +114,8 @@ pub(crate) async fn pending_many(
         ctx.one_file_system = options.one_file_system;
         ctx.root_devs = root_devs;
         ctx.live_source = options.live;
+        ctx.paged = options.paged;
+        ctx.readers = threads;
     };
     pending::run(repos, request, progress, set, move |ctx, parent_trees| {
         let scanner = scan.then(|| {
@@ -169,6 +171,9 @@ pub(crate) struct FileJob {
     pub(crate) had_parent: Vec<bool>,
     pub(crate) dir: DirRef,
     pub(crate) slot: usize,
+    /// How the file is cut: page-aligned blocks for a paged file
+    /// ([`Ctx::paged`]), by content otherwise.
+    pub(crate) cut: Cut,
 }
 
 /// An entry to visit: a real path, or a directory that exists in the
@@ -321,6 +326,7 @@ impl Walker<'_> {
                 self.prefetch_subtrees(t, tree, &entries);
             }
         }
+        let paged_bytes = self.paged_bytes(&entries);
         for (slot, (name, entry)) in entries.into_iter().enumerate() {
             if self.ctx.cancelled() {
                 break;
@@ -330,7 +336,7 @@ impl Walker<'_> {
                 .map(|t| t.as_ref().and_then(|t| t.find(&name)))
                 .collect();
             let nodes = match entry {
-                Entry::Real(path) => self.visit(dir, slot, &name, &path, &parents),
+                Entry::Real(path) => self.visit(dir, slot, &name, &path, &parents, paged_bytes),
                 Entry::Virtual(path, children) => match fs::symlink_metadata(&path) {
                     Ok(meta) => {
                         let node =
@@ -351,6 +357,25 @@ impl Walker<'_> {
             }
         }
         complete(self.ctx, dir, None, None, &self.root);
+    }
+
+    /// The bytes of a directory's paged files ([`Ctx::paged`]), which bound
+    /// their block size so the directory's tree stays small; 0 when
+    /// nothing is paged. One more `lstat` per paged file.
+    fn paged_bytes(&self, entries: &BTreeMap<Vec<u8>, Entry>) -> u64 {
+        let Some(paged) = self.ctx.paged else {
+            return 0;
+        };
+        entries
+            .values()
+            .filter_map(|e| match e {
+                Entry::Real(path) if (paged.matches)(path) => fs::symlink_metadata(path)
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len()),
+                _ => None,
+            })
+            .sum()
     }
 
     /// Starts reading, for target `t`, the parent trees of the directory's
@@ -421,6 +446,7 @@ impl Walker<'_> {
         name: &[u8],
         path: &Path,
         parents: &[Option<&Node>],
+        paged_bytes: u64,
     ) -> Option<Option<Vec<Node>>> {
         let ctx = self.ctx;
         if ctx.excludes.matches(path) {
@@ -509,6 +535,13 @@ impl Walker<'_> {
                 });
                 return Some(Some(nodes));
             }
+            let cut = match ctx.paged {
+                Some(p) if (p.matches)(path) => Cut::Blocks {
+                    block: paged_block_size(meta.len(), paged_bytes, p.page_size),
+                    page: p.page_size,
+                },
+                _ => Cut::ContentDefined,
+            };
             let job = FileJob {
                 path: path.to_path_buf(),
                 node,
@@ -517,6 +550,7 @@ impl Walker<'_> {
                 had_parent: parents.iter().map(Option::is_some).collect(),
                 dir: dir.clone(),
                 slot,
+                cut,
             };
             if self.tx.send(job).is_err() {
                 return Some(None);

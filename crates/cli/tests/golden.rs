@@ -212,9 +212,9 @@ fn golden_v1_with_a_newer_version_byte_is_refused() {
     let config = lb.repo.join("config");
     let mut bytes = fs::read(&config).unwrap();
     assert_eq!(&bytes[..12], b"LIFEBOAT\x01\x00\x00\x00");
-    // 2 is the cold-tier version and 3 the object-lock one this build
-    // reads; 4 is beyond it.
-    bytes[8] = 4;
+    // 2 is the cold-tier version, 3 the object-lock one and 4 the
+    // write-only-keys one this build reads; 5 is beyond it.
+    bytes[8] = 5;
     fs::write(&config, bytes).unwrap();
     for args in [
         vec!["snapshots"],

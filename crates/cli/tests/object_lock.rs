@@ -430,7 +430,7 @@ time-zone = "UTC"
     s.assert_extended_since(&until_before);
     // The extension is in the audit log.
     let log = s.ok(&["audit", "log", "--op", "lock-extend"]);
-    assert!(log.contains("lock extend"), "{log}");
+    assert!(log.contains("lock-extend"), "{log}");
     // The failure alerted, naming the repository.
     let alerts = sink.wait_for(1);
     assert!(

@@ -863,7 +863,8 @@ fn incremental_stores_the_changed_pages_of_a_large_table_and_restores_it() {
          incremental added {inc_added} B"
     );
     assert!(old_pages >= 15, "the updated rows lie on many pages");
-    assert!(full_added > 20 << 20, "the full backup stores the table");
+    // The table is about 42 MB of hex text, stored compressed to about half.
+    assert!(full_added > 10 << 20, "the full backup stores the table");
     // The changed pages, stored uncompressed, at most 4 times over, plus
     // 512 KiB for what else changes between two base backups (trees,
     // pg_control, pg_xact, the free space and visibility maps, catalogs).

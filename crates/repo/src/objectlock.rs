@@ -288,7 +288,7 @@ pub async fn extend_repository(
     repo.require(crate::Permission::Append, "extend object locks")?;
     crate::audit::append(
         repo,
-        crate::audit::Entry::new("lock extend")
+        crate::audit::Entry::new("lock-extend")
             .arg("days", config.days)
             .arg("mode", config.mode),
     )
@@ -313,7 +313,7 @@ pub async fn maintain(
             repo,
             crate::audit::Entry {
                 bytes_deleted: reclaim.bytes_deleted,
-                ..crate::audit::Entry::new("lock reclaim")
+                ..crate::audit::Entry::new("lock-reclaim")
                     .arg("versions_deleted", reclaim.versions_deleted)
                     .arg("versions_deferred", reclaim.versions_deferred)
             },

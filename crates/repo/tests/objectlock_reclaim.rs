@@ -216,7 +216,7 @@ async fn reclaim_writes_its_audit_record_before_it_deletes_any_version() {
         .records
         .iter()
         .map(|r| &r.record)
-        .find(|r| r.op == "lock reclaim")
+        .find(|r| r.op == "lock-reclaim")
         .expect("a lock reclaim record");
     assert_eq!(reclaim.bytes_deleted, 1200);
     assert_eq!(reclaim.args["versions_deleted"], 2);

@@ -423,6 +423,32 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
+/// The cluster (PostgreSQL system identifier) a command works on among
+/// `backups`: `asked`, or the only cluster they are of. No backup at all,
+/// or several clusters without `asked`, is an error saying what to do.
+pub(crate) fn choose_system(
+    backups: &[(Snapshot, BaseBackupInfo)],
+    asked: Option<u64>,
+) -> Result<u64> {
+    let systems: std::collections::BTreeSet<u64> =
+        backups.iter().map(|(_, i)| i.system_id()).collect();
+    match (asked, systems.len()) {
+        (Some(s), _) => Ok(s),
+        (None, 0) => Err(Error::NotFound(
+            "the repository holds no PostgreSQL base backup; run `lifeboat pg backup` first".into(),
+        )),
+        (None, 1) => Ok(*systems.first().expect("one")),
+        (None, _) => Err(Error::BadInput(format!(
+            "the repository holds base backups of several clusters ({}); choose one with --system-id",
+            systems
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
 /// Every base backup in the repository, oldest first.
 pub async fn base_backups(repo: &Repository) -> Result<Vec<(Snapshot, BaseBackupInfo)>> {
     Ok(repo

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use lifeboat_repo::{Repository, Snapshot};
 
-use super::base::{BaseBackupInfo, base_backups, unpack};
+use super::base::{BaseBackupInfo, base_backups, choose_system, unpack};
 use super::conn;
 use super::wal::list_wal;
 use super::walname::{Segment, is_segment_name, parse_lsn};
@@ -113,21 +113,7 @@ pub async fn plan(repo: &Repository, options: &RestoreOptions) -> Result<Restore
         })?;
         (s, info)
     } else {
-        let systems: BTreeSet<u64> = backups.iter().map(|(_, i)| i.system_id()).collect();
-        let system = match options.system_identifier {
-            Some(s) => s,
-            None if systems.len() == 1 => *systems.first().expect("one"),
-            None => {
-                return Err(Error::BadInput(format!(
-                    "the repository holds base backups of several clusters ({}); choose one with --system-id",
-                    systems
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-        };
+        let system = choose_system(&backups, options.system_identifier)?;
         backups.retain(|(_, i)| i.system_id() == system);
         let chosen = match &target {
             RecoveryTarget::Time(t) => backups.iter().rev().find(|(_, i)| i.stop_time < *t),

@@ -22,7 +22,7 @@ use std::path::Path;
 use lifeboat_repo::Repository;
 use serde::Serialize;
 
-use super::base::base_backups;
+use super::base::{base_backups, choose_system};
 use super::conn;
 use super::wal::{get_wal, list_wal};
 use super::walname::{Segment, parse_lsn};
@@ -224,28 +224,7 @@ pub async fn transactions(
         )));
     }
     let mut backups = base_backups(repo).await?;
-    let systems: BTreeSet<u64> = backups.iter().map(|(_, i)| i.system_id()).collect();
-    let system = match options.system_identifier {
-        Some(s) => s,
-        None if systems.len() == 1 => *systems.first().expect("one"),
-        None if systems.is_empty() => {
-            return Err(Error::NotFound(
-                "the repository holds no PostgreSQL base backup, so no WAL position to start \
-                 reading from; run `lifeboat pg backup` first"
-                    .into(),
-            ));
-        }
-        None => {
-            return Err(Error::BadInput(format!(
-                "the repository holds base backups of several clusters ({}); choose one with --system-id",
-                systems
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-    };
+    let system = choose_system(&backups, options.system_identifier)?;
     backups.retain(|(_, i)| i.system_id() == system);
     let (_, info) = backups
         .iter()

@@ -3,6 +3,8 @@
 //! holds, and reads nothing stored, not even what it wrote; a full key
 //! reads and checks everything.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
@@ -205,18 +207,7 @@ async fn a_write_only_key_backs_up_with_dedup_and_reads_nothing_a_full_key_resto
         [old.id, new.id]
     );
     for (snap, want) in [(&all[0], &old_files), (&all[1], &new_files)] {
-        let target = tempfile::tempdir().unwrap();
-        restore(
-            &full,
-            snap,
-            &RestoreOptions {
-                target: target.path().to_path_buf(),
-                ..Default::default()
-            },
-            &NoProgress,
-        )
-        .await
-        .unwrap();
+        let target = common::restore_to_temp(&full, snap).await;
         assert!(&files(target.path()) == want, "restored bytes differ");
     }
     assert!(full.index().await.unwrap().blob_count_of(BlobType::Tree) >= 2);

@@ -37,7 +37,6 @@ pub async fn add_with_role(
     role: Role,
 ) -> Result<Id> {
     repo.require(Permission::Full, "add keys")?;
-    repo.require_full_key("key add")?;
     let key = repo.key().clone();
     let pw = new_password.to_vec();
     let kf = blocking(move || KeyFile::create_with_role(&key, &pw, kdf, role)).await??;
@@ -57,7 +56,6 @@ pub async fn add_with_role(
 /// a repository created to take write-only keys (`init --write-only-keys`).
 pub async fn add_write_only(repo: &Repository, new_password: &[u8], kdf: KdfParams) -> Result<Id> {
     repo.require(Permission::Full, "add keys")?;
-    repo.require_full_key("key add --write-only")?;
     if !repo.key().takes_write_only_keys() {
         return Err(Error::BadInput(
             "this repository does not take write-only keys: they exist only in repositories \
@@ -131,7 +129,6 @@ pub async fn full_keys(repo: &Repository) -> Result<std::collections::HashSet<Id
 /// handle was opened with (so the last usable key can never be removed).
 pub async fn remove(repo: &Repository, query: &str) -> Result<Id> {
     repo.require(Permission::Full, "remove keys")?;
-    repo.require_full_key("key remove")?;
     let keys = list(repo).await?;
     let matches: Vec<&KeyInfo> = keys.iter().filter(|k| k.id.starts_with(query)).collect();
     let k = match matches.as_slice() {
@@ -175,7 +172,6 @@ pub async fn change_password(repo: &Repository, new_password: &[u8], kdf: KdfPar
         Permission::Full,
         "change its password (that deletes a key file)",
     )?;
-    repo.require_full_key("key passwd")?;
     let key = repo.key().clone();
     let pw = new_password.to_vec();
     let kf = blocking(move || KeyFile::create(&key, &pw, kdf)).await??;

@@ -92,7 +92,6 @@ pub async fn protect(
 /// Removes every protection of `snapshot`; returns how many objects went.
 pub async fn unprotect(repo: &Repository, snapshot: &Id) -> Result<usize> {
     repo.require(crate::Permission::Full, "unprotect snapshots")?;
-    repo.require_full_key("unprotect")?;
     let keys: Vec<ObjectKey> = repo
         .storage()
         .list(Kind::Protect)

@@ -131,7 +131,6 @@ pub struct PruneStats {
 /// Runs prune. Fails with [`Error::Locked`] while a backup runs.
 pub async fn prune(repo: &Arc<Repository>, options: &PruneOptions) -> Result<PruneStats> {
     repo.require(crate::Permission::Full, "prune")?;
-    repo.require_full_key("prune")?;
     let lock = RepositoryLock::acquire(repo, LockKind::Exclusive, &options.lock).await?;
     let mut r = prune_locked(repo, options).await;
     // Still under the exclusive lock: extending and reclaiming see the

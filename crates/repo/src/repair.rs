@@ -41,7 +41,6 @@ pub struct RepairStats {
 /// adding them, would make the rebuilt index wrong.
 pub async fn repair_index(repo: &Repository) -> Result<RepairStats> {
     repo.require(crate::Permission::Full, "repair the index")?;
-    repo.require_full_key("repair index")?;
     let lock = RepositoryLock::acquire(repo, LockKind::Exclusive, &LockOptions::default()).await?;
     let r = repair_locked(repo).await;
     repo.invalidate_index().await;

@@ -676,16 +676,21 @@ impl Repository {
     }
 
     /// Fails with [`Error::NotAllowed`] unless this handle's key may do
-    /// what `needs` names; `operation` completes "it cannot …".
+    /// what `needs` names; `operation` completes "it cannot …". What needs
+    /// [`Permission::Full`] also needs a key that reads the repository, so
+    /// a write-only key fails it with [`Error::WriteOnlyKey`].
     pub fn require(&self, needs: Permission, operation: &str) -> Result<()> {
-        if self.role.allows(needs) {
-            return Ok(());
+        if !self.role.allows(needs) {
+            return Err(Error::NotAllowed {
+                key: self.key_id.short(),
+                role: self.role,
+                operation: operation.to_string(),
+            });
         }
-        Err(Error::NotAllowed {
-            key: self.key_id.short(),
-            role: self.role,
-            operation: operation.to_string(),
-        })
+        if matches!(needs, Permission::Full) {
+            self.require_full_key(operation)?;
+        }
+        Ok(())
     }
 
     /// The merged index, loaded from storage on first call.

@@ -324,7 +324,6 @@ pub async fn forget(
     options: &ForgetOptions,
 ) -> Result<ForgetReport> {
     repo.require(crate::Permission::Full, "forget snapshots")?;
-    repo.require_full_key("forget")?;
     if policy.is_empty() {
         return Err(Error::BadInput(
             "no retention rule given (--keep-last, --keep-daily, ...): refusing to forget everything"
@@ -426,7 +425,6 @@ pub async fn forget_records(
     dry_run: bool,
 ) -> Result<Vec<String>> {
     repo.require(crate::Permission::Full, "forget snapshots")?;
-    repo.require_full_key("forget")?;
     let listing = repo.snapshot_listing().await?;
     let mut names = Vec::new();
     for q in queries {

@@ -60,7 +60,6 @@ pub async fn retag(
         crate::Permission::Full,
         "change tags (that rewrites a snapshot record)",
     )?;
-    repo.require_full_key("tag")?;
     if change.is_empty() {
         return Err(Error::BadInput(
             "no tag change given: use --add, --remove or --set".into(),

@@ -3,7 +3,8 @@
 //!
 //! Exit codes: 0 passed within the RTO (or the plan has none); 3 every
 //! check passed but the copy took longer than the RTO; 13 the scratch
-//! place lacks the space the snapshot needs; 1 a check failed.
+//! place lacks the space the snapshot needs; 1 a check failed, or the
+//! scratch copy could not be removed after the verdict.
 
 use anyhow::Result;
 use clap::Args;
@@ -45,17 +46,27 @@ pub async fn drill(g: &Global, a: DrillArgs) -> Result<i32> {
         alerts: Some(alerts.clone()),
         ..Default::default()
     };
-    let result = lifeboat_ops::run_drill(&config, &a.plan, &options).await;
+    // The report is shown as soon as the drill has its verdict; the
+    // scratch copy is removed after that.
+    let json = g.json;
+    let mut shown = Ok(());
+    let result = lifeboat_ops::run_drill_with(&config, &a.plan, &options, &mut |r| {
+        shown = show(json, r);
+    })
+    .await;
     crate::ops::flush_alerts(&alerts).await;
     let result = result.map_err(crate::ops::ops_error)?;
+    shown?;
     let report = &result.report;
-    if g.json {
-        crate::output::json(report)?;
-    } else {
-        render(report);
+    if let Some(why) = &result.cleanup_error {
+        eprintln!("lifeboat: error: {why}");
+        return Ok(exit::GENERIC);
     }
-    if let Some(why) = &result.report_not_stored {
-        eprintln!("lifeboat: warning: the drill report was not stored in the repository: {why}");
+    if !json {
+        outln!(
+            "  scratch copy removed in {} (after the verdict; not part of the drill's time)",
+            duration_ms(result.cleanup_ms)
+        );
     }
     Ok(match report.outcome {
         DrillOutcome::Passed => exit::OK,
@@ -70,6 +81,19 @@ pub async fn drill(g: &Global, a: DrillArgs) -> Result<i32> {
         }
         DrillOutcome::Failed => exit::GENERIC,
     })
+}
+
+/// Prints the report and any warning about storing it.
+fn show(json: bool, result: &lifeboat_ops::DrillResult) -> Result<()> {
+    if json {
+        crate::output::json(&result.report)?;
+    } else {
+        render(&result.report);
+    }
+    if let Some(why) = &result.report_not_stored {
+        eprintln!("lifeboat: warning: the drill report was not stored in the repository: {why}");
+    }
+    Ok(())
 }
 
 fn objective(r: &DrillReport) -> String {

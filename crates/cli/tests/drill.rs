@@ -347,9 +347,7 @@ probes = [{probes}]
             .collect();
         assert_eq!(
             phases,
-            [
-                "open", "restore", "recovery", "amcheck", "probes", "stop", "cleanup"
-            ]
+            ["open", "restore", "recovery", "amcheck", "probes", "stop"]
         );
         assert!(env.scratch().is_empty(), "{:?}", env.scratch());
         assert!(

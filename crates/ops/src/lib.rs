@@ -39,7 +39,7 @@ pub mod status;
 pub mod statuspage;
 
 pub use config::{Config, ConfigError, config_path};
-pub use drill::{DrillOptions, DrillReport, DrillResult, run_drill};
+pub use drill::{DrillOptions, DrillReport, DrillResult, run_drill, run_drill_with};
 pub use error::{Error, Result};
 pub use run::{RunOptions, RunResult, run_plan};
 

@@ -244,7 +244,7 @@ pub fn render(status: &Status) -> String {
     );
     reg.register_with_unit(
         "lifeboat_drill_duration",
-        "Duration of the plan's newest restore drill, cleanup included",
+        "Duration of the plan's newest restore drill up to its verdict (the removal of its scratch copy after it is not included)",
         Unit::Seconds,
         drill_duration,
     );

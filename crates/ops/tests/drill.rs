@@ -12,7 +12,7 @@ use std::path::Path;
 
 use common::Setup;
 use lifeboat_ops::drill::{DrillOutcome, DrillReport};
-use lifeboat_ops::{DrillOptions, RunOptions, run_drill, run_plan};
+use lifeboat_ops::{DrillOptions, DrillResult, RunOptions, run_drill, run_drill_with, run_plan};
 use lifeboat_testkit::data::pseudo_random;
 
 const PLAN: &str = r#"
@@ -83,11 +83,28 @@ impl Drill {
         );
     }
 
+    /// Runs a drill, checking that its verdict comes while the scratch
+    /// copy is still there and that the copy is removed afterwards.
     async fn drill(&self) -> DrillReport {
-        let r = run_drill(&self.config(), "data", &DrillOptions::default())
-            .await
-            .unwrap();
+        let mut at_verdict = None;
+        let r = run_drill_with(
+            &self.config(),
+            "data",
+            &DrillOptions::default(),
+            &mut |r: &DrillResult| {
+                at_verdict = Some((r.report.id.clone(), self.scratch_is_empty()))
+            },
+        )
+        .await
+        .unwrap();
         assert_eq!(r.report_not_stored, None);
+        assert_eq!(r.cleanup_error, None);
+        assert_eq!(
+            at_verdict,
+            Some((r.report.id.clone(), false)),
+            "the verdict comes once, before the scratch copy is removed"
+        );
+        assert!(self.scratch_is_empty(), "the scratch place was not cleaned");
         r.report
     }
 
@@ -133,14 +150,7 @@ async fn a_drill_of_a_good_backup_passes_every_check_and_leaves_nothing_behind()
     let names: Vec<&str> = r.phases.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         names,
-        [
-            "open",
-            "prepare",
-            "fetch-write",
-            "verify",
-            "spot-check",
-            "cleanup"
-        ]
+        ["open", "prepare", "fetch-write", "verify", "spot-check",]
     );
     let rto: u64 = r.phases.iter().filter(|p| p.rto).map(|p| p.ms).sum();
     assert_eq!(r.rto_ms, rto);

@@ -13,7 +13,7 @@
 //! SQLite, Redis) fit: take the plan's drill lock, remove what killed
 //! drills left ([`scratch::clean_stale`]), open the first reachable
 //! repository, pick the snapshot, check the scratch space, restore
-//! (phases timed), check (each check a [`Check`]), clean up, report. A
+//! (phases timed), check (each check a [`Check`]), report, clean up. A
 //! failed check is a result ([`DrillOutcome::Failed`]), not an error; an
 //! error is what kept the drill from running at all.
 
@@ -83,7 +83,8 @@ impl DrillOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Phase {
     /// `open`, `restore`, `recovery`, `verify`, `spot-check`, `amcheck`,
-    /// `probes`, `cleanup`.
+    /// `probes`, `stop`. The removal of the scratch copy comes after the
+    /// report ([`DrillResult::cleanup_ms`]).
     pub name: String,
     pub ms: u64,
     /// Whether the phase counts towards the time to a usable copy.
@@ -110,7 +111,9 @@ pub struct DrillReport {
     pub trigger: crate::report::Trigger,
     pub started: Timestamp,
     pub finished: Timestamp,
-    /// Whole drill, cleanup included.
+    /// Whole drill up to its verdict: the removal of the scratch copy,
+    /// which comes after the report, is not included
+    /// ([`DrillResult::cleanup_ms`]).
     pub duration_ms: u64,
     /// Time to a usable copy: the phases marked `rto` (opening the
     /// repository, restoring, and for a database its recovery), not the
@@ -291,6 +294,12 @@ pub struct DrillResult {
     pub report: DrillReport,
     /// Why the report could not be stored in the repository, if so.
     pub report_not_stored: Option<String>,
+    /// How long removing the scratch copy took, after the verdict (zero
+    /// when the verdict callback sees the result: it runs before).
+    pub cleanup_ms: u64,
+    /// Why the scratch copy could not be removed, if so (the next drill of
+    /// the plan removes what is left).
+    pub cleanup_error: Option<String>,
 }
 
 /// Runs one drill of `plan_name`, stores its report (repository and state
@@ -304,7 +313,23 @@ pub async fn run_drill(
     plan_name: &str,
     options: &DrillOptions,
 ) -> Result<DrillResult> {
-    let result = drill_once(config, plan_name, options).await;
+    run_drill_with(config, plan_name, options, &mut |_| {}).await
+}
+
+/// [`run_drill`], calling `on_verdict` with the stored report as soon as
+/// the drill has its verdict, before the scratch copy is removed: a user
+/// waiting for the answer gets it without waiting for the removal of a
+/// restored tree (seconds for a large tree on a slow disk), and the
+/// drill's measured time is that of restoring and checking, as for a
+/// `restore --verify`. The removal still happens before this returns, with
+/// the drill's lock held; its time and any failure are in the result.
+pub async fn run_drill_with(
+    config: &Config,
+    plan_name: &str,
+    options: &DrillOptions,
+    on_verdict: &mut (dyn FnMut(&DrillResult) + Send),
+) -> Result<DrillResult> {
+    let result = drill_once(config, plan_name, options, on_verdict).await;
     if let Some(a) = &options.alerts {
         // "Now" on the caller's clock, moved on by the drill's duration.
         let now = |ms: u64| {
@@ -313,10 +338,18 @@ pub async fn run_drill(
                 .unwrap_or(now)
         };
         match &result {
-            Ok(r) => a.notify_all(
-                crate::alert::drill_events(&r.report),
-                now(r.report.duration_ms),
-            ),
+            Ok(r) => {
+                a.notify_all(
+                    crate::alert::drill_events(&r.report),
+                    now(r.report.duration_ms),
+                );
+                if let Some(why) = &r.cleanup_error {
+                    a.notify(
+                        crate::alert::drill_error_event(plan_name, why),
+                        now(r.report.duration_ms + r.cleanup_ms),
+                    );
+                }
+            }
             Err(Error::AlreadyRunning { .. } | Error::UnknownPlan { .. }) => {}
             Err(e) => a.notify(crate::alert::drill_error_event(plan_name, e), now(0)),
         }
@@ -328,6 +361,7 @@ async fn drill_once(
     config: &Config,
     plan_name: &str,
     options: &DrillOptions,
+    on_verdict: &mut (dyn FnMut(&DrillResult) + Send),
 ) -> Result<DrillResult> {
     let plan = config.plan(plan_name).ok_or_else(|| Error::UnknownPlan {
         name: plan_name.to_string(),
@@ -395,15 +429,6 @@ async fn drill_once(
             None
         }
     };
-    // Cleanup always, whatever happened above.
-    let dir = scratch.dir.clone();
-    if let Err(e) = scratch.remove() {
-        rec.fail(
-            "cleanup",
-            format!("could not remove {}: {e}", dir.display()),
-        );
-    }
-    rec.phase("cleanup", false);
     let report = rec.finish();
     let report_not_stored = match &repo {
         Some(repo) => history::store(repo, &report)
@@ -412,11 +437,31 @@ async fn drill_once(
             .map(|e| e.to_string()),
         None => Some("no repository of the plan opened".into()),
     };
-    history::record(&state, &report)?;
-    Ok(DrillResult {
+    let record = history::record(&state, &report);
+    let mut result = DrillResult {
         report,
         report_not_stored,
-    })
+        cleanup_ms: 0,
+        cleanup_error: None,
+    };
+    if record.is_ok() {
+        on_verdict(&result);
+    }
+    // Cleanup always, whatever happened above, with the lock still held so
+    // that the next drill of the plan does not start on a full scratch
+    // place.
+    let started = Instant::now();
+    let dir = scratch.dir.clone();
+    if let Err(e) = scratch.remove() {
+        result.cleanup_error = Some(format!(
+            "could not remove the scratch copy {}: {e} (the next drill of {plan_name} \
+             removes it, or remove it by hand)",
+            dir.display()
+        ));
+    }
+    result.cleanup_ms = started.elapsed().as_millis() as u64;
+    record?;
+    Ok(result)
 }
 
 #[cfg(test)]

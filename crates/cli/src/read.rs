@@ -315,7 +315,7 @@ pub async fn stats(g: &Global, _a: StatsArgs) -> Result<i32> {
     let snaps = repo.snapshots().await?;
     let mut raw = 0u64;
     let mut stored = 0u64;
-    for (_, loc) in index.blobs() {
+    for loc in index.blobs() {
         raw += loc.entry.raw_length as u64;
         stored += loc.entry.length as u64;
     }

@@ -78,8 +78,8 @@ fn data_blob_sizes(repo: &Path, password: &str) -> Vec<u32> {
         let index = repo.index().await.unwrap();
         let mut v: Vec<u32> = index
             .blobs()
-            .filter(|(_, l)| l.entry.blob_type == BlobType::Data)
-            .map(|(_, l)| l.entry.raw_length)
+            .filter(|l| l.entry.blob_type == BlobType::Data)
+            .map(|l| l.entry.raw_length)
             .collect();
         v.sort();
         v

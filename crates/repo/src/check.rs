@@ -206,7 +206,7 @@ pub async fn check_with(
     // others; several read and decoded at once, merged in listing order
     // (so the merged index is the same whatever finishes first) as they
     // arrive, never all decoded objects held at once.
-    let mut index = Index::default();
+    let mut index = crate::IndexBuilder::default();
     let listing = storage.list(Kind::Index).await?;
     report.index_files = listing.len();
     let mut files = futures::stream::iter(listing)
@@ -231,12 +231,14 @@ pub async fn check_with(
         }
     }
     drop(files);
+    let index = index.build();
     report.blobs = index.blob_count();
 
     let mut damaged_blobs: HashSet<(BlobType, Id)> = HashSet::new();
     let mut damaged_packs: BTreeSet<Id> = BTreeSet::new();
     let tiered = repo.has_cold_tier();
-    for (id, loc) in index.blobs() {
+    for loc in index.blobs() {
+        let id = &loc.entry.id;
         if tiered
             && let Some(&found) = tiers.get(&loc.pack)
             && found != repo.tier_of(loc.entry.blob_type)
@@ -438,7 +440,7 @@ impl DataRun<'_, '_> {
     /// verifies them.
     async fn read(&self, candidates: &[Id], verified: Option<&Verified>) -> DataOutcome {
         let mut by_pack: HashMap<Id, Vec<crate::PackEntry>> = HashMap::new();
-        for (_, loc) in self.index.blobs() {
+        for loc in self.index.blobs() {
             by_pack.entry(loc.pack).or_default().push(loc.entry);
         }
         let subset = self.verify.subset.or(self
@@ -638,7 +640,7 @@ pub struct CeilingStats {
 pub async fn measure_ceiling(repo: &Repository, verify: &VerifyOptions) -> Result<CeilingStats> {
     let index = repo.index().await?;
     let mut by_pack: HashMap<Id, Vec<crate::PackEntry>> = HashMap::new();
-    for (_, loc) in index.blobs() {
+    for loc in index.blobs() {
         by_pack.entry(loc.pack).or_default().push(loc.entry);
     }
     let mut packs: Vec<(Id, Tier, u64)> = Vec::new();
@@ -850,7 +852,7 @@ impl<'a> TreeWalker<'a> {
         }
         // Read through the check's own index (built skipping damaged index
         // objects), not the repository's, which refuses to load at all then.
-        let bytes = self.repo.read_tree_blob_at(&id, loc).await?;
+        let bytes = self.repo.read_tree_blob_at(&id, &loc).await?;
         Tree::decode(&id, &bytes)
     }
 }

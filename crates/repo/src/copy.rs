@@ -436,7 +436,7 @@ async fn copy_snapshot(
                     .get(id)
                     .is_some_and(|b| session.has_blob(BlobType::Data, b));
                 if !known && seen.insert(*id) {
-                    let loc = *source_index
+                    let loc = source_index
                         .get(BlobType::Data, id)
                         .ok_or_else(|| Error::BlobNotIndexed { id: id.to_hex() })?;
                     needed.push((*id, loc));

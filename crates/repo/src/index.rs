@@ -8,7 +8,6 @@
 //! only after it is durable.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 
 use serde::{Deserialize, Serialize};
 
@@ -175,6 +174,151 @@ pub struct BlobLocation {
     pub entry: PackEntry,
 }
 
+/// One indexed blob in memory: 48 bytes (issue 17's bound per indexed
+/// blob). Its pack is a number into [`Index::pack_ids`]; the blob type and
+/// the compressed flag ride in that number's top bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+struct Slot {
+    id: [u8; 32],
+    /// Pack number (bits 0..30), compressed (bit 30), tree (bit 31).
+    pack: u32,
+    offset: u32,
+    length: u32,
+    raw_length: u32,
+}
+
+const TREE_BIT: u32 = 1 << 31;
+const COMPRESSED_BIT: u32 = 1 << 30;
+const PACK_BITS: u32 = COMPRESSED_BIT - 1;
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 48);
+
+impl Slot {
+    fn new(pack: u32, e: &PackEntry) -> Slot {
+        let mut number = pack;
+        if e.blob_type == BlobType::Tree {
+            number |= TREE_BIT;
+        }
+        if e.compressed {
+            number |= COMPRESSED_BIT;
+        }
+        Slot {
+            id: e.id.0,
+            pack: number,
+            offset: e.offset,
+            length: e.length,
+            raw_length: e.raw_length,
+        }
+    }
+
+    fn pack_number(&self) -> u32 {
+        self.pack & PACK_BITS
+    }
+
+    fn blob_type(&self) -> BlobType {
+        if self.pack & TREE_BIT != 0 {
+            BlobType::Tree
+        } else {
+            BlobType::Data
+        }
+    }
+
+    /// The order of the index: by id, then type (data first).
+    fn key(&self) -> (&[u8; 32], bool) {
+        (&self.id, self.pack & TREE_BIT != 0)
+    }
+
+    fn entry(&self) -> PackEntry {
+        PackEntry {
+            blob_type: self.blob_type(),
+            id: Id(self.id),
+            offset: self.offset,
+            length: self.length,
+            raw_length: self.raw_length,
+            compressed: self.pack & COMPRESSED_BIT != 0,
+        }
+    }
+}
+
+/// Collects the packs of index objects; [`IndexBuilder::build`] makes the
+/// [`Index`].
+#[derive(Debug, Default)]
+pub struct IndexBuilder {
+    pack_ids: Vec<Id>,
+    numbers: HashMap<Id, u32>,
+    slots: Vec<Slot>,
+}
+
+impl IndexBuilder {
+    /// A builder with room for `blobs` entries, so that building an index
+    /// of a known size allocates it once.
+    pub fn with_capacity(blobs: usize) -> Self {
+        IndexBuilder {
+            slots: Vec::with_capacity(blobs),
+            ..Default::default()
+        }
+    }
+
+    pub fn add_pack(&mut self, pack: &IndexPack) {
+        let next = self.pack_ids.len() as u32;
+        assert!(next < PACK_BITS, "more packs than an index can number");
+        let number = *self.numbers.entry(pack.id).or_insert_with(|| {
+            self.pack_ids.push(pack.id);
+            next
+        });
+        self.slots
+            .extend(pack.entries.iter().map(|e| Slot::new(number, e)));
+    }
+
+    /// Sorts the entries and keeps one slot per blob: its first location
+    /// (the one added first), the others apart in `more`.
+    pub fn build(self) -> Index {
+        let IndexBuilder {
+            pack_ids,
+            numbers,
+            mut slots,
+        } = self;
+        // Pack numbers grow in the order packs were added, so sorting by
+        // (id, type, pack number) puts a blob's first location first.
+        slots.sort_unstable_by(|a, b| {
+            a.key()
+                .cmp(&b.key())
+                .then(a.pack_number().cmp(&b.pack_number()))
+        });
+        let mut more: HashMap<(BlobType, Id), Vec<BlobLocation>> = HashMap::new();
+        slots.dedup_by(|later, kept| {
+            if later.key() != kept.key() {
+                return false;
+            }
+            // The same pack listed by two index objects is one location,
+            // not two.
+            if later.pack_number() != kept.pack_number() {
+                let locs = more.entry((later.blob_type(), Id(later.id))).or_default();
+                let pack = pack_ids[later.pack_number() as usize];
+                if !locs.iter().any(|l| l.pack == pack) {
+                    locs.push(BlobLocation {
+                        pack,
+                        entry: later.entry(),
+                    });
+                }
+            }
+            true
+        });
+        slots.shrink_to_fit();
+        let mut index = Index {
+            slots,
+            directory: Vec::new(),
+            directory_bits: 0,
+            more,
+            pack_ids,
+            numbers,
+        };
+        index.build_directory();
+        index
+    }
+}
+
 /// The merged in-memory index.
 ///
 /// Keyed by blob type *and* id, as restic's index is: a blob's id is the
@@ -188,37 +332,88 @@ pub struct BlobLocation {
 /// backups racing or by a repack, has two): [`Index::get`] gives the first
 /// merged, [`Index::locations`] all of them, for a reader that falls back
 /// on another copy when one pack is missing or damaged.
+///
+/// Memory: 48 bytes per blob (a sorted array of [`Slot`]s, no per-entry
+/// allocation or hash-table slack), plus a directory of the ids' leading
+/// bits (about one `u32` per sixteen blobs, at most 4 MiB) that narrows
+/// each lookup to a handful of slots, plus each pack's id once, plus the rare
+/// second locations (docs/performance.md, "Cost at scale").
 #[derive(Debug, Default, Clone)]
 pub struct Index {
-    blobs: HashMap<(BlobType, Id), BlobLocation>,
+    /// One per blob (its first location), sorted by [`Slot::key`].
+    slots: Vec<Slot>,
+    /// `directory[p]` is the first slot whose id's leading
+    /// `directory_bits` bits are at least `p` (`2^bits + 1` entries; empty
+    /// when `directory_bits` is 0).
+    directory: Vec<u32>,
+    directory_bits: u32,
     /// Further locations of blobs that are in more than one pack (rare, so
-    /// kept apart: the common case costs no allocation per blob).
+    /// kept apart: the common case costs nothing per blob).
     more: HashMap<(BlobType, Id), Vec<BlobLocation>>,
-    /// Packs named by some index object, with their blob count.
-    packs: HashMap<Id, u32>,
+    /// Every pack ever numbered, by number (packs dropped by
+    /// [`Index::retain_packs`] keep their number, unused).
+    pack_ids: Vec<Id>,
+    /// The packs indexed now, with their numbers.
+    numbers: HashMap<Id, u32>,
 }
 
 impl Index {
-    pub fn add_pack(&mut self, pack: &IndexPack) {
-        *self.packs.entry(pack.id).or_default() += pack.entries.len() as u32;
-        for e in &pack.entries {
-            let loc = BlobLocation {
-                pack: pack.id,
-                entry: *e,
-            };
-            match self.blobs.entry((e.blob_type, e.id)) {
-                Entry::Vacant(v) => {
-                    v.insert(loc);
-                }
-                Entry::Occupied(o) => {
-                    // The same pack listed by two index objects is one
-                    // location, not two.
-                    let more = self.more.entry((e.blob_type, e.id)).or_default();
-                    if o.get().pack != pack.id && !more.iter().any(|l| l.pack == pack.id) {
-                        more.push(loc);
-                    }
-                }
+    /// The index of these packs (see [`IndexBuilder`]).
+    pub fn from_packs<'a>(packs: impl IntoIterator<Item = &'a IndexPack>) -> Index {
+        let mut b = IndexBuilder::default();
+        for p in packs {
+            b.add_pack(p);
+        }
+        b.build()
+    }
+
+    fn build_directory(&mut self) {
+        let n = self.slots.len();
+        // About sixteen slots per directory entry (a quarter of a byte per
+        // blob), at most 2^20 entries.
+        let bits = if n < 128 {
+            0
+        } else {
+            (usize::BITS - 1 - n.leading_zeros())
+                .saturating_sub(4)
+                .min(20)
+        };
+        self.directory_bits = bits;
+        self.directory.clear();
+        if bits == 0 {
+            self.directory.shrink_to_fit();
+            return;
+        }
+        let buckets = 1usize << bits;
+        self.directory.reserve_exact(buckets + 1);
+        let mut at = 0usize;
+        for p in 0..buckets {
+            while at < n && (prefix(&self.slots[at].id) >> (32 - bits)) < p as u32 {
+                at += 1;
             }
+            self.directory.push(at as u32);
+        }
+        self.directory.push(n as u32);
+    }
+
+    /// The slot of the blob of this type and id.
+    fn find(&self, blob_type: BlobType, id: &Id) -> Option<&Slot> {
+        let (lo, hi) = if self.directory_bits == 0 {
+            (0, self.slots.len())
+        } else {
+            let p = (prefix(&id.0) >> (32 - self.directory_bits)) as usize;
+            (self.directory[p] as usize, self.directory[p + 1] as usize)
+        };
+        let run = &self.slots[lo..hi];
+        let key = (&id.0, blob_type == BlobType::Tree);
+        let i = run.partition_point(|s| s.key() < key);
+        run.get(i).filter(|s| s.key() == key)
+    }
+
+    fn location(&self, s: &Slot) -> BlobLocation {
+        BlobLocation {
+            pack: self.pack_ids[s.pack_number() as usize],
+            entry: s.entry(),
         }
     }
 
@@ -226,85 +421,197 @@ impl Index {
     /// storage), and the pack itself; a blob with no location left is no
     /// longer indexed. Returns the number of packs dropped.
     pub fn retain_packs(&mut self, mut keep: impl FnMut(&Id) -> bool) -> usize {
-        let before = self.packs.len();
-        self.packs.retain(|p, _| keep(p));
-        if self.packs.len() == before {
+        let before = self.numbers.len();
+        self.numbers.retain(|p, _| keep(p));
+        if self.numbers.len() == before {
             return 0;
         }
-        let packs = &self.packs;
+        let numbers = &self.numbers;
+        let pack_ids = &self.pack_ids;
+        let live = |s: &Slot| numbers.contains_key(&pack_ids[s.pack_number() as usize]);
         let more = &mut self.more;
         more.retain(|_, locs| {
-            locs.retain(|l| packs.contains_key(&l.pack));
+            locs.retain(|l| numbers.contains_key(&l.pack));
             !locs.is_empty()
         });
-        self.blobs.retain(|k, loc| {
-            if packs.contains_key(&loc.pack) {
+        self.slots.retain_mut(|s| {
+            if live(s) {
                 return true;
             }
             // Promote another copy, if one is left.
-            match more.get_mut(k) {
+            let key = (s.blob_type(), Id(s.id));
+            match more.get_mut(&key) {
                 Some(locs) => {
-                    *loc = locs.remove(0);
+                    let loc = locs.remove(0);
                     if locs.is_empty() {
-                        more.remove(k);
+                        more.remove(&key);
                     }
+                    *s = Slot::new(numbers[&loc.pack], &loc.entry);
                     true
                 }
                 None => false,
             }
         });
-        before - self.packs.len()
+        self.slots.shrink_to_fit();
+        self.build_directory();
+        before - self.numbers.len()
     }
 
     /// The first merged location of the blob of this type and id.
-    pub fn get(&self, blob_type: BlobType, id: &Id) -> Option<&BlobLocation> {
-        self.blobs.get(&(blob_type, *id))
+    pub fn get(&self, blob_type: BlobType, id: &Id) -> Option<BlobLocation> {
+        self.find(blob_type, id).map(|s| self.location(s))
     }
 
     /// Every indexed location of the blob, the one [`Index::get`] gives
     /// first; empty if it is not indexed.
     pub fn locations(&self, blob_type: BlobType, id: &Id) -> Vec<BlobLocation> {
-        let key = (blob_type, *id);
-        let Some(first) = self.blobs.get(&key) else {
+        let Some(first) = self.get(blob_type, id) else {
             return Vec::new();
         };
-        let mut out = vec![*first];
-        if let Some(more) = self.more.get(&key) {
+        let mut out = vec![first];
+        if let Some(more) = self.more.get(&(blob_type, *id)) {
             out.extend_from_slice(more);
         }
         out
     }
 
     pub fn contains(&self, blob_type: BlobType, id: &Id) -> bool {
-        self.blobs.contains_key(&(blob_type, *id))
+        self.find(blob_type, id).is_some()
     }
 
     pub fn has_pack(&self, id: &Id) -> bool {
-        self.packs.contains_key(id)
+        self.numbers.contains_key(id)
     }
 
     pub fn packs(&self) -> impl Iterator<Item = &Id> {
-        self.packs.keys()
+        self.numbers.keys()
     }
 
-    /// Every indexed blob once (its first location); the type is in
-    /// `location.entry.blob_type`.
-    pub fn blobs(&self) -> impl Iterator<Item = (&Id, &BlobLocation)> {
-        self.blobs.iter().map(|((_, id), loc)| (id, loc))
+    /// Every indexed blob once (its first location), in id order; the type
+    /// is in `location.entry.blob_type`.
+    pub fn blobs(&self) -> impl Iterator<Item = BlobLocation> + '_ {
+        self.slots.iter().map(|s| self.location(s))
     }
 
     /// Every location of every blob (a blob in two packs twice).
-    pub fn all_locations(&self) -> impl Iterator<Item = &BlobLocation> {
-        self.blobs.values().chain(self.more.values().flatten())
+    pub fn all_locations(&self) -> impl Iterator<Item = BlobLocation> + '_ {
+        self.blobs().chain(self.more.values().flatten().copied())
     }
 
     /// Number of indexed blobs (a data blob and a tree blob with the same
     /// id count twice: they are different blobs).
     pub fn blob_count(&self) -> usize {
-        self.blobs.len()
+        self.slots.len()
     }
 
     pub fn blob_count_of(&self, t: BlobType) -> usize {
-        self.blobs.keys().filter(|(bt, _)| *bt == t).count()
+        self.slots.iter().filter(|s| s.blob_type() == t).count()
+    }
+}
+
+/// An id's first four bytes, big-endian: the directory's key.
+fn prefix(id: &[u8; 32]) -> u32 {
+    u32::from_be_bytes([id[0], id[1], id[2], id[3]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(t: BlobType, id: u8, offset: u32) -> PackEntry {
+        let mut bytes = [0u8; 32];
+        bytes[0] = id;
+        bytes[31] = id;
+        PackEntry {
+            blob_type: t,
+            id: Id(bytes),
+            offset,
+            length: 10 + id as u32,
+            raw_length: 20 + id as u32,
+            compressed: id.is_multiple_of(2),
+        }
+    }
+
+    fn pack(n: u8, entries: Vec<PackEntry>) -> IndexPack {
+        IndexPack {
+            id: Id([n; 32]),
+            entries,
+        }
+    }
+
+    #[test]
+    fn lookups_keep_types_apart_and_the_first_location_first() {
+        let a = entry(BlobType::Data, 7, 0);
+        let t = entry(BlobType::Tree, 7, 50);
+        let b = entry(BlobType::Data, 9, 100);
+        let index = Index::from_packs(&[
+            pack(1, vec![a, t]),
+            pack(2, vec![b, a]),
+            // The same pack listed twice is one location.
+            pack(1, vec![a, t]),
+        ]);
+        assert_eq!(index.blob_count(), 3);
+        assert_eq!(index.blob_count_of(BlobType::Tree), 1);
+        let loc = index.get(BlobType::Data, &a.id).unwrap();
+        assert_eq!((loc.pack, loc.entry), (Id([1; 32]), a));
+        assert_eq!(index.get(BlobType::Tree, &a.id).unwrap().entry, t);
+        assert_eq!(index.get(BlobType::Tree, &b.id), None);
+        let locs = index.locations(BlobType::Data, &a.id);
+        assert_eq!(
+            locs.iter().map(|l| l.pack).collect::<Vec<_>>(),
+            [Id([1; 32]), Id([2; 32])]
+        );
+        assert_eq!(index.locations(BlobType::Tree, &a.id).len(), 1);
+        assert_eq!(index.all_locations().count(), 4);
+    }
+
+    #[test]
+    fn dropping_a_pack_promotes_the_next_copy_and_forgets_lone_blobs() {
+        let a = entry(BlobType::Data, 7, 0);
+        let b = entry(BlobType::Data, 9, 100);
+        let mut index = Index::from_packs(&[pack(1, vec![a, b]), pack(2, vec![a])]);
+        assert_eq!(index.retain_packs(|p| *p != Id([1; 32])), 1);
+        assert!(!index.has_pack(&Id([1; 32])));
+        assert_eq!(index.get(BlobType::Data, &a.id).unwrap().pack, Id([2; 32]));
+        assert_eq!(index.locations(BlobType::Data, &a.id).len(), 1);
+        assert!(!index.contains(BlobType::Data, &b.id));
+        assert_eq!(index.retain_packs(|_| true), 0);
+    }
+
+    #[test]
+    fn the_directory_finds_every_blob_of_a_large_index() {
+        // Ids spread over the whole range, so every directory bucket is
+        // used, and absent ids between them.
+        let mut entries = Vec::new();
+        for i in 0..5000u32 {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&(i.wrapping_mul(2_654_435_761) & !1).to_be_bytes());
+            id[4..8].copy_from_slice(&i.to_le_bytes());
+            entries.push(PackEntry {
+                blob_type: if i.is_multiple_of(3) {
+                    BlobType::Tree
+                } else {
+                    BlobType::Data
+                },
+                id: Id(id),
+                offset: i,
+                length: 1,
+                raw_length: 1,
+                compressed: false,
+            });
+        }
+        let index = Index::from_packs(&[pack(1, entries.clone())]);
+        assert!(index.directory_bits > 0);
+        for e in &entries {
+            assert_eq!(index.get(e.blob_type, &e.id).map(|l| l.entry), Some(*e));
+            let other = match e.blob_type {
+                BlobType::Data => BlobType::Tree,
+                BlobType::Tree => BlobType::Data,
+            };
+            assert!(!index.contains(other, &e.id));
+            let mut absent = e.id;
+            absent.0[3] |= 1;
+            assert!(!index.contains(e.blob_type, &absent));
+        }
     }
 }

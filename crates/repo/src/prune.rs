@@ -207,21 +207,23 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
         }
         None => false,
     });
-    let mut index = Index::default();
+    let mut index =
+        crate::IndexBuilder::with_capacity(packs.values().map(|p| p.entries.len()).sum());
     for (id, p) in &packs {
         index.add_pack(&IndexPack {
             id: *id,
             entries: p.entries.clone(),
         });
     }
+    let index = index.build();
 
     let used = used_blobs(repo, &index, &mut stats).await?;
     stats.protected_snapshots = crate::protect::list(repo).await?.0.len();
     stats.blobs_used = used.len();
 
     // Count each used blob once, in the pack the merged index chose for it.
-    for (blob, loc) in index.blobs() {
-        if used.contains(&(loc.entry.blob_type, *blob)) {
+    for loc in index.blobs() {
+        if used.contains(&(loc.entry.blob_type, loc.entry.id)) {
             let p = packs.get_mut(&loc.pack).expect("indexed pack");
             p.used_bytes += loc.entry.length as u64;
             p.used_blobs += 1;
@@ -309,7 +311,7 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
     //    session sees only the kept packs' blobs as present, so each live
     //    blob of a repacked pack is written again exactly once.
     let dropped: HashSet<Id> = delete.iter().chain(&repack).copied().collect();
-    let mut kept_index = Index::default();
+    let mut kept_index = crate::IndexBuilder::default();
     let mut kept_packs: Vec<IndexPack> = Vec::new();
     for (id, p) in &packs {
         if !dropped.contains(id) {
@@ -325,7 +327,7 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
         let session = WriteSession::start_unlocked(
             repo.clone(),
             WriteOptions::default(),
-            Arc::new(kept_index),
+            Arc::new(kept_index.build()),
         )
         .await?;
         let session = Arc::new(session);
@@ -488,7 +490,7 @@ async fn used_blobs(
                         "tree {id} is not in the index; run `lifeboat check` (prune changed nothing)"
                     ))
                 })?;
-                let bytes = repo.read_tree_blob_at(&id, loc).await?;
+                let bytes = repo.read_tree_blob_at(&id, &loc).await?;
                 Tree::decode(&id, &bytes)
             })
             .buffer_unordered(repo.concurrency())

@@ -792,13 +792,18 @@ impl Repository {
     /// Reads every index object (in parallel) and merges them.
     pub async fn load_index(&self) -> Result<Index> {
         let files = self.read_index_files().await?;
-        let mut index = Index::default();
+        let blobs = files
+            .iter()
+            .flat_map(|(_, f)| &f.packs)
+            .map(|p| p.entries.len())
+            .sum();
+        let mut index = crate::IndexBuilder::with_capacity(blobs);
         for (_, file) in &files {
             for p in &file.packs {
                 index.add_pack(p);
             }
         }
-        Ok(index)
+        Ok(index.build())
     }
 
     /// Every index object, decoded, with its id. An object that vanishes
@@ -856,7 +861,6 @@ impl Repository {
         self.index()
             .await?
             .get(blob_type, id)
-            .copied()
             .ok_or_else(|| not_indexed(blob_type, id))
     }
 

@@ -153,8 +153,8 @@ async fn check_names_missing_pack_and_repair_index_rebuilds_from_trailers() {
         .unwrap();
     let after = reopened.load_index().await.unwrap();
     assert_eq!(after.blob_count(), before.blob_count());
-    for (id, loc) in before.blobs() {
-        assert_eq!(after.get(loc.entry.blob_type, id), Some(loc));
+    for loc in before.blobs() {
+        assert_eq!(after.get(loc.entry.blob_type, &loc.entry.id), Some(loc));
     }
 
     // Remove one pack: check names it.

@@ -122,8 +122,8 @@ async fn pack_types(repo: &Repository, mem: &MemoryStorage) -> Vec<BTreeSet<Stri
         let id = lifeboat_repo::Id::from_hex(info.key.name()).unwrap();
         let types: BTreeSet<String> = index
             .blobs()
-            .filter(|(_, l)| l.pack == id)
-            .map(|(_, l)| format!("{:?}", l.entry.blob_type))
+            .filter(|l| l.pack == id)
+            .map(|l| format!("{:?}", l.entry.blob_type))
             .collect();
         out.push(types);
     }
@@ -512,11 +512,13 @@ async fn the_cold_tier_is_opened_only_when_data_is_needed() {
     // while the index names data packs there: an unmounted or moved tier,
     // reported as unreachable (not as missing packs), and not created.
     let index = repo.index().await.unwrap();
-    let (id, _) = index
+    let id = index
         .blobs()
-        .find(|(_, l)| l.entry.blob_type == BlobType::Data)
-        .unwrap();
-    let err = repo.read_blob(id).await.unwrap_err();
+        .find(|l| l.entry.blob_type == BlobType::Data)
+        .unwrap()
+        .entry
+        .id;
+    let err = repo.read_blob(&id).await.unwrap_err();
     assert!(matches!(err, Error::Unreachable(_)), "{err}");
     assert!(err.to_string().contains("cold tier unreachable"), "{err}");
     assert!(!moved.exists(), "reading created the cold directory");

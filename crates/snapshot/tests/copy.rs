@@ -280,8 +280,8 @@ async fn copied_chunker_params_chunk_alike() {
         let index = r.index().await.unwrap();
         let mut v: Vec<u32> = index
             .blobs()
-            .filter(|(_, l)| l.entry.blob_type == lifeboat_repo::BlobType::Data)
-            .map(|(_, l)| l.entry.raw_length)
+            .filter(|l| l.entry.blob_type == lifeboat_repo::BlobType::Data)
+            .map(|l| l.entry.raw_length)
             .collect();
         v.sort();
         v

@@ -789,31 +789,54 @@ impl Repository {
         *self.index.lock().await = None;
     }
 
-    /// Reads every index object (in parallel) and merges them.
+    /// Reads every index object (several at once) and merges them, one
+    /// object at a time as it arrives, in listing order: the load holds
+    /// the index being built and the few objects in flight, never every
+    /// decoded object at once. An object that vanishes between the listing
+    /// and its read was superseded by a prune (which writes the new index
+    /// objects before deleting the old ones), so the listing is read again.
     pub async fn load_index(&self) -> Result<Index> {
-        let files = self.read_index_files().await?;
-        let blobs = files
-            .iter()
-            .flat_map(|(_, f)| &f.packs)
-            .map(|p| p.entries.len())
-            .sum();
-        let mut index = crate::IndexBuilder::with_capacity(blobs);
-        for (_, file) in &files {
-            for p in &file.packs {
-                index.add_pack(p);
+        let mut attempt = 0;
+        loop {
+            let list = self.storage.list(Kind::Index).await?;
+            self.retain_cached(Kind::Index, &list);
+            // An entry takes at least 36 bytes of an index object (a type
+            // byte, a 32-byte id and three varints), so this is room for
+            // every blob, trimmed once built.
+            let room = list.iter().map(|i| i.size_bytes).sum::<u64>() / 36;
+            let mut index = crate::IndexBuilder::with_capacity(room as usize);
+            let mut files = self.index_files(list);
+            let mut failed = None;
+            while let Some(file) = files.next().await {
+                match file {
+                    Ok((_, file)) => file.packs.iter().for_each(|p| index.add_pack(p)),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None => return Ok(index.build()),
+                Some(e)
+                    if attempt < 3
+                        && e.storage_kind() == Some(lifeboat_storage::ErrorKind::NotFound) =>
+                {
+                    attempt += 1;
+                }
+                Some(e) => return Err(e),
             }
         }
-        Ok(index.build())
     }
 
-    /// Every index object, decoded, with its id. An object that vanishes
-    /// between the listing and its read was superseded by a prune (which
-    /// writes the new index objects before deleting the old ones), so the
-    /// listing is read again.
+    /// Every index object, decoded, with its id, retried as
+    /// [`Repository::load_index`] is.
     pub async fn read_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
         let mut attempt = 0;
         loop {
-            match self.read_index_files_once().await {
+            let list = self.storage.list(Kind::Index).await?;
+            self.retain_cached(Kind::Index, &list);
+            match self.index_files(list).try_collect().await {
                 Err(e)
                     if attempt < 3
                         && e.storage_kind() == Some(lifeboat_storage::ErrorKind::NotFound) =>
@@ -825,11 +848,14 @@ impl Repository {
         }
     }
 
-    async fn read_index_files_once(&self) -> Result<Vec<(Id, IndexFile)>> {
-        let list = self.storage.list(Kind::Index).await?;
-        self.retain_cached(Kind::Index, &list);
+    /// The index objects of `list`, read and decoded several at once,
+    /// delivered in listing order.
+    fn index_files(
+        &self,
+        list: Vec<ObjectInfo>,
+    ) -> impl futures::Stream<Item = Result<(Id, IndexFile)>> + '_ {
         futures::stream::iter(list)
-            .map(|info| async move {
+            .map(move |info| async move {
                 let id = Id::from_hex(info.key.name())
                     .ok_or_else(|| Error::corrupt(&info.key, "index name is not an id"))?;
                 let bytes = self.get_cached(&info.key, Some(info.size_bytes)).await?;
@@ -838,9 +864,7 @@ impl Repository {
                 let file = blocking(move || IndexFile::decode(&key, &name, &bytes)).await??;
                 Ok::<_, Error>((id, file))
             })
-            .buffer_unordered(self.concurrency())
-            .try_collect()
-            .await
+            .buffered(self.concurrency())
     }
 
     /// Drops cached objects of `kind` that `listing` (the repository's,

@@ -43,10 +43,7 @@ fuzz_target!(|data: &[u8]| {
     };
     for key in [write_only, full] {
         if let Ok(file) = IndexFile::decode(key, "index/fuzz", &object) {
-            let mut index = Index::default();
-            for p in &file.packs {
-                index.add_pack(p);
-            }
+            let index = Index::from_packs(&file.packs);
             let _ = index.blob_count();
         }
     }

@@ -177,7 +177,11 @@ fn detect_from_a_full_key_finds_an_encrypted_tree_in_a_write_only_backup() {
     assert!(out.status.success(), "{out:?}");
     // The write-only backup cannot compare: it exits 0, untagged.
     let encrypted = backup(&lb);
-    assert!(lb.snapshots().iter().all(|s| s["tags"] == serde_json::json!([])));
+    assert!(
+        lb.snapshots()
+            .iter()
+            .all(|s| s["tags"] == serde_json::json!([]))
+    );
 
     // The write-only key cannot run the check.
     let out = common::run_with_password(&lb, WRITE_ONLY_PW, &["detect"]);
@@ -201,7 +205,11 @@ fn detect_from_a_full_key_finds_an_encrypted_tree_in_a_write_only_backup() {
     assert_eq!(d["became_incompressible"], 30, "{d}");
     assert_eq!(d["renamed_new_extension"], 30, "{d}");
     assert_eq!(checks[2]["tagged"], serde_json::Value::Null);
-    assert!(lb.snapshots().iter().all(|s| s["tags"] == serde_json::json!([])));
+    assert!(
+        lb.snapshots()
+            .iter()
+            .all(|s| s["tags"] == serde_json::json!([]))
+    );
     assert_eq!(lb.json(["protect", "--list"]), serde_json::json!([]));
 
     // For real, on the newest snapshot of each source (the default).

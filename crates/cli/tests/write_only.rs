@@ -86,7 +86,10 @@ fn a_write_only_key_backs_up_from_the_cli_and_reads_nothing() {
     // the one the write-only key wrote included.
     let snaps = lb.snapshots();
     assert_eq!(snaps.len(), 2);
-    assert!(snaps.iter().any(|s| s["id"] == written.as_str()), "{snaps:?}");
+    assert!(
+        snaps.iter().any(|s| s["id"] == written.as_str()),
+        "{snaps:?}"
+    );
     restore_full(&lb, &written, &src, "restored-written");
     std::fs::remove_file(src.join("c.txt")).unwrap();
     restore_full(&lb, &first, &src, "restored-first");
@@ -136,7 +139,11 @@ fn a_write_only_key_pushes_wal_and_cannot_fetch_it() {
             common::random_bytes(1 << 20, seed),
         )
         .unwrap();
-        std::fs::write(data.join(format!("pg_wal/archive_status/{name}.ready")), b"").unwrap();
+        std::fs::write(
+            data.join(format!("pg_wal/archive_status/{name}.ready")),
+            b"",
+        )
+        .unwrap();
         format!("pg_wal/{name}")
     };
     let push_ok = |password: &str, p: &str| {

@@ -363,9 +363,8 @@ fn each_location_kind_has_its_own_default_media() {
     }
     let c = Config::parse(&text, Path::new("/etc/lifeboat/lifeboat.toml")).unwrap();
     // As the config file names them (`config show`, `status --json`).
-    let media = |c: &lifeboat_ops::Config, n: &str| {
-        serde_json::to_value(c.repositories[n].media).unwrap()
-    };
+    let media =
+        |c: &lifeboat_ops::Config, n: &str| serde_json::to_value(c.repositories[n].media).unwrap();
     assert_eq!(media(&c, "disk"), "disk");
     assert_eq!(media(&c, "s3"), "object-store");
     assert_eq!(media(&c, "sftp"), "sftp");

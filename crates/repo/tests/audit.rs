@@ -381,14 +381,27 @@ async fn a_forget_the_storage_refuses_is_recorded_as_refused() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("injected"), "{e}");
-    let left: Vec<Id> = repo.snapshots().await.unwrap().iter().map(|s| s.id).collect();
+    let left: Vec<Id> = repo
+        .snapshots()
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
     assert_eq!(left.len(), 2, "one deleted, one refused, one kept");
 
     let log = audit::read_log(&repo).await.unwrap();
     let ops: Vec<&str> = log.records.iter().map(|r| r.record.op.as_str()).collect();
     assert_eq!(
         ops,
-        ["init", "backup", "backup", "backup", "forget", "forget-refused"]
+        [
+            "init",
+            "backup",
+            "backup",
+            "backup",
+            "forget",
+            "forget-refused"
+        ]
     );
     let (forget_rec, refused) = (&log.records[4], &log.records[5].record);
     assert_eq!(forget_rec.record.snapshots.len(), 2);

@@ -224,7 +224,10 @@ async fn deleted(g: &Global, since: Option<jiff::Timestamp>) -> Result<i32> {
         .flat_map(|r| {
             let forget = r.record.args.get("forget").and_then(|v| v.as_str());
             let forget = forget.unwrap_or_default().to_string();
-            r.record.snapshots.iter().map(move |id| (forget.clone(), *id))
+            r.record
+                .snapshots
+                .iter()
+                .map(move |id| (forget.clone(), *id))
         })
         .collect();
 

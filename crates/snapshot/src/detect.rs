@@ -363,7 +363,7 @@ impl AfterCheck {
 /// `all`, so a later target's predecessor is its tagged record.
 pub async fn check_after(
     repo: &Arc<Repository>,
-    all: &mut Vec<Snapshot>,
+    all: &mut [Snapshot],
     targets: &[Id],
     options: &DetectOptions,
     dry_run: bool,

@@ -38,7 +38,7 @@ fn refused(lb: &Lifeboat, args: &[&str]) {
 fn source(lb: &Lifeboat) -> PathBuf {
     let src = lb.path("src");
     write(src.join("a.txt"), b"alpha\n");
-    write(src.join("dir/b.txt"), &common::random_bytes(300_000, 7));
+    write(src.join("dir/b.txt"), common::random_bytes(300_000, 7));
     src
 }
 

@@ -129,6 +129,11 @@ pub enum Command {
     Pg(PgArgs),
     /// The audit log: who changed the repository, and what was deleted when.
     Audit(AuditArgs),
+    /// Compare snapshots with the one before of the same source for signs
+    /// of ransomware, as a backup does (for write-only keys' snapshots,
+    /// which no backup checked); tag suspect ones and protect the one
+    /// before. Needs a full key.
+    Detect(DetectArgs),
     /// Keep a snapshot whatever `forget`'s policy says, until a date.
     Protect(ProtectArgs),
     /// Remove a snapshot's protection.
@@ -392,6 +397,13 @@ pub struct BackupArgs {
     /// ransomware (files that stopped compressing, mass renames).
     #[arg(long)]
     pub no_detect: bool,
+    #[command(flatten)]
+    pub detect: DetectThresholds,
+}
+
+/// The ransomware check's thresholds (`backup` and `detect`).
+#[derive(Debug, Args)]
+pub struct DetectThresholds {
     /// Share of the parent's files that became incompressible, or were
     /// renamed with a new extension, that makes the snapshot suspect.
     #[arg(long, default_value = "10%", value_name = "PERCENT")]
@@ -402,6 +414,21 @@ pub struct BackupArgs {
     /// Days the snapshot before a suspect one stays protected.
     #[arg(long, default_value_t = 30, value_name = "DAYS")]
     pub detect_protect_days: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct DetectArgs {
+    /// Snapshots to check (ids, unique prefixes or `latest`); none: the
+    /// newest snapshot of every source.
+    pub snapshots: Vec<String>,
+    /// Check every snapshot that has a predecessor of its source.
+    #[arg(long, conflicts_with = "snapshots")]
+    pub all: bool,
+    /// Report only: tag nothing, protect nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub detect: DetectThresholds,
 }
 
 #[derive(Debug, Args)]

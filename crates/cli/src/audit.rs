@@ -201,13 +201,35 @@ struct DeletedReport<'a> {
     disappeared: Vec<Disappeared>,
 }
 
-const DESTRUCTIVE: &[&str] = &["forget", "prune", "key-remove", "unprotect"];
+/// `forget-refused` follows a forget whose deletes the storage refused
+/// (its `snapshots` are still there).
+const DESTRUCTIVE: &[&str] = &[
+    "forget",
+    "forget-refused",
+    "prune",
+    "key-remove",
+    "unprotect",
+];
 
 async fn deleted(g: &Global, since: Option<jiff::Timestamp>) -> Result<i32> {
     let repo = session::open(g).await?;
     let log = audit::read_log(&repo).await?;
     let ops: Vec<String> = DESTRUCTIVE.iter().map(|s| s.to_string()).collect();
     let records: Vec<&LoggedRecord> = audit::filter(&log, since, &ops).collect();
+    // Snapshots a forget named but the storage refused to delete.
+    let refused: std::collections::HashSet<(String, lifeboat_repo::Id)> = log
+        .records
+        .iter()
+        .filter(|r| r.record.op == "forget-refused")
+        .flat_map(|r| {
+            let forget = r.record.args.get("forget").and_then(|v| v.as_str());
+            let forget = forget.unwrap_or_default().to_string();
+            r.record
+                .snapshots
+                .iter()
+                .map(move |id| (forget.clone(), *id))
+        })
+        .collect();
 
     // Paths that disappeared between consecutive snapshots of a source.
     let snapshots = repo.snapshots().await?;
@@ -277,7 +299,7 @@ async fn deleted(g: &Global, since: Option<jiff::Timestamp>) -> Result<i32> {
                 );
                 for f in &rec.forgotten {
                     outln!(
-                        "    forgotten {}  taken {}  {} {}{}",
+                        "    forgotten {}  taken {}  {} {}{}{}",
                         f.id.short(),
                         when(&f.time),
                         f.host,
@@ -286,10 +308,21 @@ async fn deleted(g: &Global, since: Option<jiff::Timestamp>) -> Result<i32> {
                             String::new()
                         } else {
                             format!("  tags {}", f.tags.join(","))
+                        },
+                        if refused.contains(&(r.id.to_hex(), f.id)) {
+                            "  NOT DELETED: the storage refused"
+                        } else {
+                            ""
                         }
                     );
                 }
             }
+            "forget-refused" => outln!(
+                "{}  the storage refused the forget above (by {who}): {} snapshots are still there ({})",
+                when(&rec.time),
+                rec.snapshots.len(),
+                args_line(rec)
+            ),
             "prune" => outln!(
                 "{}  prune by {who}: deleted {} of packs ({})",
                 when(&rec.time),

@@ -10,9 +10,9 @@ use lifeboat_snapshot::backup::{
     BackupOptions, BackupOutcome, StreamOptions, backup, backup_many, backup_stream,
     backup_stream_many,
 };
-use lifeboat_snapshot::detect::{DetectOptions, check};
+use lifeboat_snapshot::detect::{AfterCheck, DetectOptions, check, check_after};
 
-use crate::args::{BackupArgs, Global, ModeArg};
+use crate::args::{BackupArgs, DetectArgs, DetectThresholds, Global, ModeArg};
 use crate::exit;
 use crate::output::{bytes, duration_ms};
 use crate::progress::Bar;
@@ -159,6 +159,10 @@ fn detect_options(a: &BackupArgs) -> Result<Option<DetectOptions>> {
     if a.no_detect || a.stdin {
         return Ok(None);
     }
+    thresholds(&a.detect).map(Some)
+}
+
+fn thresholds(a: &DetectThresholds) -> Result<DetectOptions> {
     let share: f64 = a
         .detect_share
         .trim_end_matches('%')
@@ -174,12 +178,91 @@ fn detect_options(a: &BackupArgs) -> Result<Option<DetectOptions>> {
                 ),
             )
         })?;
-    Ok(Some(DetectOptions {
+    Ok(DetectOptions {
         share: share / 100.0,
         min_files: a.detect_min_files,
         protect_days: a.detect_protect_days,
         ..Default::default()
-    }))
+    })
+}
+
+/// `lifeboat detect`: the backup's ransomware check, run afterwards from
+/// a full key (`lifeboat_snapshot::detect::check_after`). Exits 20 when a
+/// snapshot looks suspect, like the backup would have.
+pub async fn detect(g: &Global, a: DetectArgs) -> Result<i32> {
+    let options = thresholds(&a.detect)?;
+    let repo = session::open(g).await?;
+    let mut all = repo.snapshots().await?;
+    let targets: Vec<lifeboat_repo::Id> = if a.all {
+        all.iter().map(|s| s.id).collect()
+    } else if a.snapshots.is_empty() {
+        // The newest of each source.
+        all.iter()
+            .filter(|s| {
+                !all.iter().any(|o| {
+                    o.record.time > s.record.time
+                        && o.record.same_source(&s.record.host, &s.record.paths)
+                })
+            })
+            .map(|s| s.id)
+            .collect()
+    } else {
+        let mut ids = Vec::new();
+        for q in &a.snapshots {
+            ids.push(repo.find_snapshot(q).await?.id);
+        }
+        ids
+    };
+    let checks = check_after(&repo, &mut all, &targets, &options, a.dry_run).await?;
+    let suspect = checks.iter().any(|c| c.suspect());
+    if g.json {
+        crate::output::json(&checks)?;
+    } else {
+        render_detect(&checks, a.dry_run);
+    }
+    Ok(if suspect { exit::SUSPECT } else { exit::OK })
+}
+
+fn render_detect(checks: &[AfterCheck], dry_run: bool) {
+    for c in checks {
+        let id = &c.snapshot[..8];
+        let (Some(pred), Some(d)) = (&c.predecessor, &c.detection) else {
+            outln!("{id}  nothing to compare with (the first snapshot of its source)");
+            continue;
+        };
+        if !d.suspect {
+            outln!(
+                "{id}  ok against {}: {} files became incompressible, {} renamed with a new \
+                 extension, {} stable files rewritten",
+                &pred[..8],
+                d.became_incompressible,
+                d.renamed_new_extension,
+                d.stable_rewritten
+            );
+            continue;
+        }
+        let done = match (&c.tagged, &c.protected, &c.protected_until) {
+            (Some(t), Some(p), Some(until)) => format!(
+                "tagged `suspect` (now {}); {} is protected until {} (`lifeboat protect --list`)",
+                &t[..8],
+                &p[..8],
+                until.strftime("%Y-%m-%d")
+            ),
+            _ if c.already_suspect => "already tagged `suspect`".to_string(),
+            _ if dry_run => "dry run: nothing tagged or protected".to_string(),
+            _ => String::new(),
+        };
+        eprintln!(
+            "lifeboat: WARNING: snapshot {id} looks like its source was just encrypted \
+             (ransomware?) compared with {}: {}. {done}. Look at the source; examples: {}",
+            &pred[..8],
+            d.reasons.join("; "),
+            d.examples.join(", ")
+        );
+    }
+    if checks.is_empty() {
+        outln!("no snapshot to check");
+    }
 }
 
 /// Compares the new snapshot with its parent; when it looks like an

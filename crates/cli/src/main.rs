@@ -267,6 +267,7 @@ async fn run(cli: args::Cli) -> i32 {
         args::Command::Pg(a) => pg::run(g, a).await,
         args::Command::Audit(a) => audit::run(g, a).await,
         args::Command::Protect(a) => audit::protect(g, a).await,
+        args::Command::Detect(a) => backup::detect(g, a).await,
         args::Command::Lock(a) => retention::lock(g, a).await,
         args::Command::Unprotect(a) => audit::unprotect(g, a).await,
         args::Command::Version => about::version(g),

@@ -36,10 +36,16 @@ impl Setup {
     /// probe objects first; AWS has no such limit, and `init` then finds
     /// the default equal to what it asks for and keeps it.
     fn start(bucket: &'static str, lock: Option<(&str, u32)>) -> Option<Self> {
+        Self::start_with(bucket, lock.is_some(), lock)
+    }
+
+    /// [`Setup::start`] with object lock `enabled` on the bucket whether or
+    /// not a default retention is set.
+    fn start_with(bucket: &'static str, enabled: bool, lock: Option<(&str, u32)>) -> Option<Self> {
         let moto = MotoServer::start()?;
         moto.python(&format!(
             "s3.create_bucket(Bucket='{bucket}', ObjectLockEnabledForBucket={})",
-            if lock.is_some() { "True" } else { "False" }
+            if enabled { "True" } else { "False" }
         ));
         if let Some((mode, days)) = lock {
             moto.python(&format!(
@@ -158,6 +164,76 @@ fn init_object_lock_refuses_a_bucket_without_object_lock() {
     assert!(err.contains("--object-lock-enabled-for-bucket"), "{err}");
     // Nothing was written: no config, no key.
     assert!(s.versions().is_empty(), "{:?}", s.versions());
+}
+
+/// A bucket with object lock but no default retention: `init` sets the
+/// default itself (`PutObjectLockConfiguration`), and everything it and
+/// the first backup write is locked in the mode asked for.
+///
+/// moto accepts a default retention only on a bucket with no object at
+/// all (AWS has no such limit), and opening an S3 repository probes it
+/// by writing and deleting objects under `locks/`, which on a versioned
+/// bucket leaves versions. So a first command fills lifeboat's probe
+/// memo (the cache directory), the test removes every version it left,
+/// and `init`, finding the memo, writes nothing before it sets the
+/// default.
+#[test]
+fn init_object_lock_sets_the_default_retention_on_a_bucket_without_one() {
+    let Some(s) = Setup::start_with("nodefault", true, None) else {
+        return;
+    };
+    let out = s.run(&["snapshots"]);
+    assert_eq!(out.status.code(), Some(10), "no repository yet: {out:?}");
+    s.moto.python(&format!(
+        "r = s3.list_object_versions(Bucket='{b}')\n\
+         for v in r.get('Versions', []) + r.get('DeleteMarkers', []):\n\
+         \x20   s3.delete_object(Bucket='{b}', Key=v['Key'], VersionId=v['VersionId'])",
+        b = s.bucket
+    ));
+    let init = s.json(&["init", "--object-lock", "2", "--lock-mode", "governance"]);
+    assert_eq!(init["object_lock"]["days"], 2, "{init}");
+    let rule = s.moto.python(&format!(
+        "print(json.dumps(s3.get_object_lock_configuration(Bucket='{b}')\
+         ['ObjectLockConfiguration']['Rule']['DefaultRetention']))",
+        b = s.bucket
+    ));
+    let rule: serde_json::Value = serde_json::from_str(rule.trim()).unwrap();
+    // moto adds `"Years": 0`.
+    assert_eq!(rule["Mode"], "GOVERNANCE", "{rule}");
+    assert_eq!(rule["Days"], 2, "{rule}");
+
+    let src = source(&s.lb, "src", 5);
+    s.ok(&["backup", src.to_str().unwrap()]);
+    let versions = s.versions();
+    for kind in ["/config", "/keys/", "/data/", "/snapshots/", "/audit/"] {
+        assert!(
+            versions
+                .iter()
+                .any(|v| v[0].as_str().unwrap().contains(kind)),
+            "no {kind} object in {versions:?}"
+        );
+    }
+    for v in &versions {
+        assert_eq!(v[3], "GOVERNANCE", "not locked: {v:?}");
+    }
+    // A second init (another repository prefix in the same bucket) finds
+    // the default equal and keeps it; a different one is refused.
+    let other = Lifeboat::new().with_repo(
+        PathBuf::from(s.moto.location_url(s.bucket, "other")),
+        PASSWORD,
+    );
+    let out = other
+        .cmd()
+        .envs(s.moto.env())
+        .args(["init", "--object-lock", "3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already has a default retention of 2 days in governance mode"),
+        "{err}"
+    );
 }
 
 #[test]

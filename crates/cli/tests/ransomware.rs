@@ -144,3 +144,97 @@ fn no_detect_skips_the_check() {
     let out = lb.run(["backup", "--no-detect", src.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", common::describe(&out));
 }
+
+/// A write-only key's backups have no parent, so no backup checks them;
+/// `lifeboat detect`, run with a full key, makes the same check afterwards
+/// against the snapshot before of the same source: it finds the
+/// encrypted tree, tags the snapshot `suspect`, protects the one before
+/// and exits 20, as the backup would have.
+#[test]
+fn detect_from_a_full_key_finds_an_encrypted_tree_in_a_write_only_backup() {
+    const WRITE_ONLY_PW: &str = "backup host's write-only password";
+    let lb = Lifeboat::new();
+    common::init_with_write_only_key(&lb, WRITE_ONLY_PW);
+    let src = lb.path("src");
+    text_tree(&src, 100);
+    set_old_mtimes(&src);
+    let backup = |lb: &Lifeboat| {
+        let args = ["backup", src.to_str().unwrap(), "--json"];
+        let out = common::run_with_password(lb, WRITE_ONLY_PW, &args);
+        common::assert_ok(&out, args);
+        common::parse_json(&out)["snapshot"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let before = backup(&lb);
+    // Ordinary churn between two write-only backups is not suspect.
+    fs::write(src.join("d0/f000.txt"), "an edit\n".repeat(40)).unwrap();
+    let ordinary = backup(&lb);
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/encrypt-like-ransomware");
+    let out = Command::new(&script).arg(&src).arg("30").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The write-only backup cannot compare: it exits 0, untagged.
+    let encrypted = backup(&lb);
+    assert!(
+        lb.snapshots()
+            .iter()
+            .all(|s| s["tags"] == serde_json::json!([]))
+    );
+
+    // The write-only key cannot run the check.
+    let out = common::run_with_password(&lb, WRITE_ONLY_PW, &["detect"]);
+    let err = common::assert_fails(&out, 11, "detect");
+    assert!(err.contains("needs a full key"), "{err}");
+
+    // A dry run reports and changes nothing.
+    let out = lb.run(["detect", "--all", "--dry-run", "--json"]);
+    assert_eq!(out.status.code(), Some(20), "{}", common::describe(&out));
+    let checks = common::parse_json(&out);
+    let checks = checks.as_array().unwrap();
+    assert_eq!(checks.len(), 3, "{checks:?}");
+    assert_eq!(checks[0]["snapshot"], before.as_str());
+    assert_eq!(checks[0]["predecessor"], serde_json::Value::Null);
+    assert_eq!(checks[1]["predecessor"], before.as_str());
+    assert_eq!(checks[1]["detection"]["suspect"], false, "{checks:?}");
+    assert_eq!(checks[2]["snapshot"], encrypted.as_str());
+    assert_eq!(checks[2]["predecessor"], ordinary.as_str());
+    let d = &checks[2]["detection"];
+    assert_eq!(d["suspect"], true, "{d}");
+    assert_eq!(d["became_incompressible"], 30, "{d}");
+    assert_eq!(d["renamed_new_extension"], 30, "{d}");
+    assert_eq!(checks[2]["tagged"], serde_json::Value::Null);
+    assert!(
+        lb.snapshots()
+            .iter()
+            .all(|s| s["tags"] == serde_json::json!([]))
+    );
+    assert_eq!(lb.json(["protect", "--list"]), serde_json::json!([]));
+
+    // For real, on the newest snapshot of each source (the default).
+    let out = lb.run(["detect"]);
+    assert_eq!(out.status.code(), Some(20), "{}", common::describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("30 files (30%) that compressed before no longer compress"),
+        "{err}"
+    );
+    assert!(err.contains("tagged `suspect`"), "{err}");
+    let snaps = lb.snapshots();
+    assert_eq!(snaps.len(), 3);
+    assert_eq!(snaps[2]["tags"], serde_json::json!(["suspect"]));
+    let protected = lb.json(["protect", "--list"]);
+    assert_eq!(protected.as_array().unwrap().len(), 1, "{protected}");
+    assert_eq!(protected[0]["snapshot"], ordinary.as_str());
+    let log = lb.json(["audit", "log", "--op", "tag"]);
+    assert_eq!(log[0]["args"]["tag"], "suspect");
+
+    // Again: reported as already suspect, nothing tagged or protected twice.
+    let out = lb.run(["detect", "--json"]);
+    assert_eq!(out.status.code(), Some(20), "{}", common::describe(&out));
+    let again = common::parse_json(&out);
+    assert_eq!(again[0]["already_suspect"], true, "{again}");
+    assert_eq!(again[0]["tagged"], serde_json::Value::Null);
+    assert_eq!(lb.json(["protect", "--list"]).as_array().unwrap().len(), 1);
+}

@@ -184,6 +184,21 @@ fn lifeboat_serve_enforces_append_only_and_read_only_clients() {
         .unwrap()
         .to_string();
     s.refused(HOST, &["forget", "--keep-last", "1"]);
+    // The forget was logged before its delete; the refusal is logged
+    // after it, so the log does not claim a deletion that did not happen.
+    let log = common::parse_json(&s.ok(ADMIN, &["audit", "log", "--json"]));
+    let ops: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["op"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops[ops.len() - 2..], ["forget", "forget-refused"], "{log}");
+    let deleted = common::stdout(&s.ok(ADMIN, &["audit", "deleted"]));
+    assert!(
+        deleted.contains("NOT DELETED: the storage refused"),
+        "{deleted}"
+    );
     // A pack no index names (as an interrupted backup leaves), so that a
     // prune has something to delete.
     let stray = format!("/v1/data/{}", "f".repeat(64));

@@ -125,6 +125,9 @@ pub enum Media {
     Disk,
     ObjectStore,
     Sftp,
+    /// A `lifeboat serve` endpoint (`lifeboat+http://`): another machine's
+    /// storage behind a lifeboat server, whatever that server stores on.
+    RemoteServer,
     Removable,
     Tape,
     Optical,
@@ -135,6 +138,19 @@ impl Media {
     /// 3-2-1-1-0.
     pub fn is_offline(self) -> bool {
         matches!(self, Media::Removable | Media::Tape | Media::Optical)
+    }
+
+    /// The name the config file uses (`media = "..."`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Media::Disk => "disk",
+            Media::ObjectStore => "object-store",
+            Media::Sftp => "sftp",
+            Media::RemoteServer => "remote-server",
+            Media::Removable => "removable",
+            Media::Tape => "tape",
+            Media::Optical => "optical",
+        }
     }
 }
 
@@ -1002,7 +1018,10 @@ impl Validator<'_> {
             self.at(
                 &r.location,
                 &key("location"),
-                format!("{e}: a path, s3://BUCKET/PREFIX?... or sftp://USER@HOST/PATH"),
+                format!(
+                    "{e}: a path, s3://BUCKET/PREFIX?..., sftp://USER@HOST/PATH or \
+                     lifeboat+http://HOST:PORT/"
+                ),
             )
         })?;
         let (location, default_media) = match location {
@@ -1010,7 +1029,8 @@ impl Validator<'_> {
                 (self.resolve(&p).display().to_string(), Media::Disk)
             }
             lifeboat_storage::Location::S3(_) => (text.to_string(), Media::ObjectStore),
-            _ => (text.to_string(), Media::Sftp),
+            lifeboat_storage::Location::Sftp(_) => (text.to_string(), Media::Sftp),
+            lifeboat_storage::Location::Serve(_) => (text.to_string(), Media::RemoteServer),
         };
         let lock_extend_every = match &r.lock_extend_every {
             Some(d) => Some(self.duration(d, &key("lock-extend-every"), false)?),

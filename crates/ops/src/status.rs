@@ -298,7 +298,7 @@ fn rule_321(name: &str, plan: &PlanConfig, copies: &[CopyStatus], state: &PlanSt
             media.len(),
             media
                 .iter()
-                .map(|m| format!("{m:?}").to_lowercase())
+                .map(|m| m.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
         ),

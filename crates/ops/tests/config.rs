@@ -345,3 +345,35 @@ fn a_plan_s_ransomware_detection_keys_have_defaults_and_checked_values() {
         assert!(e.message.contains(words), "{keys}: {e}");
     }
 }
+
+/// Each location kind gets its own default medium; a `lifeboat serve`
+/// endpoint was taken for SFTP.
+#[test]
+fn each_location_kind_has_its_own_default_media() {
+    let mut text = String::new();
+    for (name, location) in [
+        ("disk", "/srv/backup/repo"),
+        ("s3", "s3://bucket/repo"),
+        ("sftp", "sftp://backup@host/srv/repo"),
+        ("server", "lifeboat+http://backup-server:8470/"),
+    ] {
+        text.push_str(&format!(
+            "[repository.{name}]\nlocation = \"{location}\"\npassword-file = \"/etc/lb.pw\"\n\n"
+        ));
+    }
+    let c = Config::parse(&text, Path::new("/etc/lifeboat/lifeboat.toml")).unwrap();
+    // As the config file names them (`config show`, `status --json`).
+    let media =
+        |c: &lifeboat_ops::Config, n: &str| serde_json::to_value(c.repositories[n].media).unwrap();
+    assert_eq!(media(&c, "disk"), "disk");
+    assert_eq!(media(&c, "s3"), "object-store");
+    assert_eq!(media(&c, "sftp"), "sftp");
+    assert_eq!(media(&c, "server"), "remote-server");
+    // And it can be said explicitly.
+    let c = Config::parse(
+        "[repository.x]\nlocation = \"lifeboat+http://h:1/\"\npassword-file = \"/p\"\nmedia = \"remote-server\"\n",
+        Path::new("/etc/lifeboat/lifeboat.toml"),
+    );
+    let c = c.expect("media = \"remote-server\" is a medium");
+    assert_eq!(media(&c, "x"), "remote-server");
+}

@@ -188,8 +188,10 @@ pub enum PutOutcome {
 /// Idempotent: when the object exists, it is read back and compared in
 /// plaintext; the same content is [`PutOutcome::AlreadyPresent`] (a writer
 /// retrying a put whose result it did not see), other content is
-/// [`Error::ArchiveConflict`] and the stored object is unchanged. A put
-/// killed at any point leaves no object or the whole object.
+/// [`Error::ArchiveConflict`] and the stored object is unchanged. A
+/// write-only key, which cannot read the object back, gets
+/// [`Error::ArchiveUnverifiable`] instead. A put killed at any point
+/// leaves no object or the whole object.
 pub async fn put(repo: &Repository, name: &ArchiveName, data: Arc<Vec<u8>>) -> Result<PutOutcome> {
     repo.require(crate::Permission::Append, "archive logs")?;
     let sealed = {
@@ -199,6 +201,13 @@ pub async fn put(repo: &Repository, name: &ArchiveName, data: Arc<Vec<u8>>) -> R
     let okey = name.key();
     match repo.storage().put(&okey, Bytes::from(sealed)).await {
         Ok(()) => Ok(PutOutcome::Stored),
+        // A write-only key cannot read the stored object back: the
+        // caller decides with what it knows (its own earlier attempt).
+        Err(e) if e.kind() == ErrorKind::AlreadyExists && repo.is_write_only() => {
+            Err(Error::ArchiveUnverifiable {
+                object: name.to_string(),
+            })
+        }
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {
             let stored = repo.storage().get(&okey).await?;
             let (key, n) = (repo.key().clone(), name.clone());
@@ -218,6 +227,7 @@ pub async fn put(repo: &Repository, name: &ArchiveName, data: Arc<Vec<u8>>) -> R
 /// Reads one object (authenticated and decompressed); `None` if it is not
 /// stored.
 pub async fn get(repo: &Repository, name: &ArchiveName) -> Result<Option<Vec<u8>>> {
+    repo.require_full_key("reading archived logs")?;
     let sealed = match repo.storage().get(&name.key()).await {
         Ok(b) => b,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),

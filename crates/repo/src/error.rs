@@ -90,6 +90,18 @@ pub enum Error {
     #[error("{object} is already stored with DIFFERENT content: refusing to overwrite it")]
     ArchiveConflict { object: String },
 
+    /// An archive object of this name is already stored, and the key the
+    /// repository was opened with is write-only, so it cannot read the
+    /// object back to compare (docs/security.md §12). The object was left
+    /// unchanged; the caller decides from what it knows locally.
+    #[error(
+        "{object} is already stored and this key is write-only, so it cannot read it back to \
+         compare: refusing to call it archived. If this host archived it before (and lost its \
+         push markers), compare it from a machine with a full key (`lifeboat pg wal-fetch`), \
+         and if it is the same, run the same push once with a full key, which confirms it"
+    )]
+    ArchiveUnverifiable { object: String },
+
     /// The key the repository was opened with has a role that does not
     /// allow the operation (docs/security.md §11.4).
     #[error(
@@ -135,6 +147,7 @@ impl Error {
             | Error::BlobNotIndexed { .. }
             | Error::TreeNotIndexed { .. }
             | Error::ArchiveConflict { .. }
+            | Error::ArchiveUnverifiable { .. }
             | Error::Damaged(_) => ErrorClass::Damaged,
             Error::SnapshotNotFound { .. } | Error::AmbiguousSnapshot { .. } => {
                 ErrorClass::NotFound

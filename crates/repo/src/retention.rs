@@ -373,16 +373,9 @@ pub async fn forget(
             .arg("allow_empty_source", options.allow_empty_source);
         entry.snapshots = gone.iter().map(|s| s.id).collect();
         entry.forgotten = crate::audit::forgotten_of(&gone);
-        crate::audit::append(repo, entry).await?;
-    }
-    if !options.dry_run {
-        for d in &removed {
-            repo.storage()
-                .delete(&ObjectKey::new(Kind::Snapshots, d.id.clone()))
-                .await?;
-        }
-        let ids: Vec<Id> = removed.iter().filter_map(|d| Id::from_hex(&d.id)).collect();
-        repo.note_snapshots_changed(&[], &ids);
+        let record = crate::audit::append(repo, entry).await?;
+        let names: Vec<String> = removed.iter().map(|d| d.id.clone()).collect();
+        delete_records(repo, &names, Some(record)).await?;
     }
     Ok(ForgetReport {
         kept,
@@ -417,8 +410,9 @@ fn policy_args(p: &RetentionPolicy) -> serde_json::Value {
 
 /// Deletes the snapshot records that `queries` name (full ids or unique
 /// prefixes), readable or damaged: `forget ID`. Every query is resolved
-/// before anything is deleted; returns the record names (deleted, or that
-/// would be with `dry_run`).
+/// and the forget logged (audit op `forget`, args `ids`) before anything
+/// is deleted; returns the record names (deleted, or that would be with
+/// `dry_run`).
 pub async fn forget_records(
     repo: &Repository,
     queries: &[String],
@@ -434,15 +428,48 @@ pub async fn forget_records(
         }
     }
     if !dry_run {
-        for name in &names {
-            repo.storage()
-                .delete(&ObjectKey::new(Kind::Snapshots, name.clone()))
-                .await?;
-        }
-        let ids: Vec<Id> = names.iter().filter_map(|n| Id::from_hex(n)).collect();
-        repo.note_snapshots_changed(&[], &ids);
+        // Logged before anything is deleted, like a forget by policy; a
+        // damaged record is named by its id alone.
+        let gone: Vec<&Snapshot> = listing
+            .snapshots
+            .iter()
+            .filter(|s| names.contains(&s.id.to_hex()))
+            .collect();
+        let mut entry = crate::audit::Entry::new("forget").arg("ids", queries);
+        entry.snapshots = names.iter().filter_map(|n| Id::from_hex(n)).collect();
+        entry.forgotten = crate::audit::forgotten_of(&gone);
+        let record = crate::audit::append(repo, entry).await?;
+        delete_records(repo, &names, Some(record)).await?;
     }
     Ok(names)
+}
+
+/// Deletes the snapshot records `names`, in order. When the storage
+/// refuses one (append-only credentials, a `lifeboat serve` client that
+/// may not delete, a network failure), the deletion stops there and, if
+/// the forget was logged as `record`, a `forget-refused` record naming
+/// the snapshots still there (`snapshots`), the forget record it amends
+/// (`args.forget`) and the storage's error follows it, so the log never
+/// claims a deletion the storage refused (`audit deleted` marks them).
+async fn delete_records(repo: &Repository, names: &[String], record: Option<Id>) -> Result<()> {
+    let mut deleted = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let key = ObjectKey::new(Kind::Snapshots, name.clone());
+        if let Err(e) = repo.storage().delete(&key).await {
+            repo.note_snapshots_changed(&[], &deleted);
+            if let Some(record) = record {
+                let mut entry = crate::audit::Entry::new("forget-refused")
+                    .arg("forget", record.to_hex())
+                    .arg("error", e.to_string());
+                entry.snapshots = names[i..].iter().filter_map(|n| Id::from_hex(n)).collect();
+                crate::audit::append_after(repo, entry).await;
+            }
+            return Err(e.into());
+        }
+        deleted.extend(Id::from_hex(name));
+    }
+    repo.note_snapshots_changed(&[], &deleted);
+    Ok(())
 }
 
 #[cfg(test)]

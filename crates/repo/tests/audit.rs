@@ -348,3 +348,94 @@ async fn a_snapshot_without_a_record_is_a_warning() {
         report.findings
     );
 }
+
+/// A forget whose deletes the storage refuses (append-only credentials, a
+/// `lifeboat serve` client that may not delete) must not leave a log that
+/// claims them: the forget record (written first) is followed by a
+/// `forget-refused` record naming the snapshots still there.
+#[tokio::test]
+async fn a_forget_the_storage_refuses_is_recorded_as_refused() {
+    use lifeboat_storage::ErrorKind;
+    use lifeboat_testkit::faulty::{FaultPlan, FaultyStorage, Op};
+    state_dir();
+    let (mem, repo) = new_repo().await;
+    for n in 1..=3 {
+        backup(&repo, n).await;
+    }
+    // The second snapshot record delete is refused.
+    let faulty = FaultyStorage::new(
+        Arc::new(mem.clone()),
+        FaultPlan::new(1).fail_nth_of_kind(
+            Op::Delete,
+            Kind::Snapshots,
+            2,
+            ErrorKind::PermissionDenied,
+        ),
+    );
+    let repo = reopen(Arc::new(faulty)).await;
+    let policy = RetentionPolicy {
+        keep_last: Some(1),
+        ..Default::default()
+    };
+    let e = forget(&repo, &policy, &ForgetOptions::default())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("injected"), "{e}");
+    let left: Vec<Id> = repo
+        .snapshots()
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(left.len(), 2, "one deleted, one refused, one kept");
+
+    let log = audit::read_log(&repo).await.unwrap();
+    let ops: Vec<&str> = log.records.iter().map(|r| r.record.op.as_str()).collect();
+    assert_eq!(
+        ops,
+        [
+            "init",
+            "backup",
+            "backup",
+            "backup",
+            "forget",
+            "forget-refused"
+        ]
+    );
+    let (forget_rec, refused) = (&log.records[4], &log.records[5].record);
+    assert_eq!(forget_rec.record.snapshots.len(), 2);
+    assert_eq!(refused.args["forget"], forget_rec.id.to_hex());
+    assert!(
+        refused.args["error"].as_str().unwrap().contains("injected"),
+        "{:?}",
+        refused.args
+    );
+    // Exactly the snapshot the storage kept, which is still listed.
+    assert_eq!(refused.snapshots.len(), 1);
+    assert!(left.contains(&refused.snapshots[0]));
+    assert!(forget_rec.record.snapshots.contains(&refused.snapshots[0]));
+    let report = audit::verify(&repo, &[]).await.unwrap();
+    assert!(errors(&report).is_empty(), "{:?}", report.findings);
+}
+
+/// `forget ID` deletes records too: it is logged first, like a forget by
+/// policy, with what the snapshot was.
+#[tokio::test]
+async fn forget_by_id_is_recorded_before_it_deletes() {
+    state_dir();
+    let (_mem, repo) = new_repo().await;
+    let first = backup(&repo, 1).await;
+    backup(&repo, 2).await;
+    let short = first.to_hex()[..10].to_string();
+    lifeboat_repo::retention::forget_records(&repo, std::slice::from_ref(&short), false)
+        .await
+        .unwrap();
+    let log = audit::read_log(&repo).await.unwrap();
+    let last = &log.records.last().unwrap().record;
+    assert_eq!(last.op, "forget");
+    assert_eq!(last.snapshots, vec![first]);
+    assert_eq!(last.forgotten.len(), 1);
+    assert_eq!(last.forgotten[0].id, first);
+    assert_eq!(last.args["ids"], serde_json::json!([short]));
+}

@@ -23,6 +23,9 @@
 //! stable files, all still compressible and mostly under their own names.
 //! [`respond`] then tags the snapshot `suspect` (a new record replacing
 //! the old one, as restic's `tag` does) and protects the parent.
+//! [`check`] is what a backup runs on its new snapshot; [`check_after`]
+//! runs the same comparison later, from a full key, on snapshots nobody
+//! checked when they were taken (a write-only key's: they have no parent).
 //! Repositories stored without compression (level 0) give no
 //! compressibility signal.
 
@@ -306,6 +309,109 @@ pub async fn check(
         detection,
         response,
     }))
+}
+
+/// The snapshot of the same source (host and paths) taken last before
+/// `snap`: what an incremental backup would have compared it with. A
+/// write-only key's backups record no parent (they cannot read one), so
+/// [`check_after`] goes by this instead.
+pub fn predecessor<'a>(all: &'a [Snapshot], snap: &Snapshot) -> Option<&'a Snapshot> {
+    all.iter()
+        .filter(|s| {
+            s.id != snap.id
+                && s.record.time < snap.record.time
+                && s.record.same_source(&snap.record.host, &snap.record.paths)
+        })
+        .max_by_key(|s| s.record.time)
+}
+
+/// What [`check_after`] found for one snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct AfterCheck {
+    /// The snapshot checked, by the id it had.
+    pub snapshot: String,
+    /// The snapshot it was compared with; `None`: the first of its source,
+    /// nothing to compare with.
+    pub predecessor: Option<String>,
+    /// `None` when there was no predecessor.
+    pub detection: Option<Detection>,
+    /// It carried the `suspect` tag already: reported, not tagged or
+    /// protected again.
+    pub already_suspect: bool,
+    /// Its new id, when it was tagged `suspect` now.
+    pub tagged: Option<String>,
+    /// The predecessor, when it was protected now, and until when.
+    pub protected: Option<String>,
+    pub protected_until: Option<jiff::Timestamp>,
+}
+
+impl AfterCheck {
+    /// Whether the snapshot looks like an encryption event.
+    pub fn suspect(&self) -> bool {
+        self.detection.as_ref().is_some_and(|d| d.suspect)
+    }
+}
+
+/// The check a backup makes at its end, made afterwards by a full key on
+/// snapshots that were not checked when they were taken (those of
+/// write-only keys, which read no parent; backups with `--no-detect`;
+/// snapshots copied in): each of `targets` is compared with its
+/// [`predecessor`] among `all` by [`analyze`], and unless `dry_run` one
+/// that looks like an encryption event is tagged `suspect` and its
+/// predecessor protected ([`respond`]), as the backup would have done.
+/// Targets are checked oldest first; a target tagged here is replaced in
+/// `all`, so a later target's predecessor is its tagged record.
+pub async fn check_after(
+    repo: &Arc<Repository>,
+    all: &mut [Snapshot],
+    targets: &[Id],
+    options: &DetectOptions,
+    dry_run: bool,
+) -> Result<Vec<AfterCheck>> {
+    if dry_run {
+        repo.require_full_key("checking snapshots for ransomware")?;
+    } else {
+        repo.require(
+            lifeboat_repo::Permission::Full,
+            "tag suspect snapshots and protect the ones before them",
+        )?;
+    }
+    let mut order: Vec<Snapshot> = all
+        .iter()
+        .filter(|s| targets.contains(&s.id))
+        .cloned()
+        .collect();
+    order.sort_by_key(|s| s.record.time);
+    let mut out = Vec::with_capacity(order.len());
+    for snap in order {
+        let mut report = AfterCheck {
+            snapshot: snap.id.to_hex(),
+            predecessor: None,
+            detection: None,
+            already_suspect: snap.record.tags.iter().any(|t| t == SUSPECT_TAG),
+            tagged: None,
+            protected: None,
+            protected_until: None,
+        };
+        let Some(parent) = predecessor(all, &snap).cloned() else {
+            out.push(report);
+            continue;
+        };
+        report.predecessor = Some(parent.id.to_hex());
+        let detection = analyze(repo, &parent, &snap, options).await?;
+        if detection.suspect && !report.already_suspect && !dry_run {
+            let r = respond(repo, &parent, &snap, &detection, options).await?;
+            report.tagged = Some(r.snapshot.id.to_hex());
+            report.protected = Some(r.protected.to_hex());
+            report.protected_until = Some(r.protected_until);
+            if let Some(s) = all.iter_mut().find(|s| s.id == snap.id) {
+                *s = r.snapshot;
+            }
+        }
+        report.detection = Some(detection);
+        out.push(report);
+    }
+    Ok(out)
 }
 
 /// Tags `new` `suspect` (writes its record again with the tag, then

@@ -231,6 +231,34 @@ impl Lifeboat {
     }
 }
 
+/// Creates the test's repository with `init --write-only-keys` and adds a
+/// write-only key under `password` (`key add --write-only`); returns the
+/// key's id.
+pub fn init_with_write_only_key(lb: &Lifeboat, password: &str) -> String {
+    let out = lb.json(["init", "--write-only-keys"]);
+    assert_eq!(out["write_only_keys"], true, "{out}");
+    let file = lb.path("write-only.pw");
+    fs::write(&file, password).unwrap();
+    let out = lb.json([
+        "key",
+        "add",
+        "--write-only",
+        "--new-password-file",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out["kind"], "write-only", "{out}");
+    out["added"].as_str().unwrap().to_string()
+}
+
+/// Runs lifeboat on the test's repository with another password.
+pub fn run_with_password(lb: &Lifeboat, password: &str, args: &[&str]) -> Output {
+    lb.cmd()
+        .env("LIFEBOAT_PASSWORD", password)
+        .args(args)
+        .output()
+        .expect("run lifeboat")
+}
+
 /// Snapshot paths of `ls --json` output.
 pub fn ls_paths(entries: &serde_json::Value) -> Vec<String> {
     entries

@@ -218,6 +218,11 @@ impl WalPaths {
         self.pg_wal.join(SPOOL_DIR).join("pushed")
     }
 
+    /// Intent markers of pushes by write-only keys ([`push`]).
+    fn pushing_dir(&self) -> PathBuf {
+        self.pg_wal.join(SPOOL_DIR).join("pushing")
+    }
+
     fn fetched_dir(&self) -> PathBuf {
         self.pg_wal.join(SPOOL_DIR).join("fetched")
     }
@@ -273,6 +278,30 @@ fn write_marker(paths: &WalPaths, file: &str, data: &[u8], set_tag: &str) -> std
     std::fs::rename(&tmp, dir.join(file))
 }
 
+/// Whether an earlier push of `file` with a write-only key left an intent
+/// marker for exactly this content: that attempt may have stored it.
+fn intent_matches(paths: &WalPaths, file: &str, data: &[u8]) -> bool {
+    std::fs::read_to_string(paths.pushing_dir().join(file))
+        .is_ok_and(|s| s.trim() == marker_text(data, ""))
+}
+
+/// Records, before the upload, that this host is about to store `data`
+/// as `file` (synced, so a crash after the upload cannot lose it).
+fn write_intent(paths: &WalPaths, file: &str, data: &[u8]) -> std::io::Result<()> {
+    let dir = paths.pushing_dir();
+    std::fs::create_dir_all(&dir)?;
+    let tmp = dir.join(format!(".tmp-{file}"));
+    let mut f = std::fs::File::create(&tmp)?;
+    std::io::Write::write_all(&mut f, marker_text(data, "").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(file))?;
+    std::fs::File::open(&dir)?.sync_all()
+}
+
+fn remove_intent(paths: &WalPaths, file: &str) {
+    let _ = std::fs::remove_file(paths.pushing_dir().join(file));
+}
+
 /// Options of [`push`].
 #[derive(Debug, Clone)]
 pub struct PushOptions {
@@ -317,6 +346,17 @@ pub struct PushFailure {
 /// repository of `repos`. Succeeds only if `path` itself is durably
 /// archived in all of them; `set_tag` is [`repository_set_tag`] of their
 /// locations.
+///
+/// A write-only key cannot read a stored file back to compare it with
+/// the one being pushed (docs/security.md §12). So before uploading with
+/// one, the push writes an *intent marker* (the content's hash) in
+/// `pg_wal/lifeboat/pushing/`; a later push that finds the file already
+/// stored calls it archived only if an intent for the same content was
+/// there before it started (an earlier attempt of this host, killed
+/// after its upload and before its push marker). A stored file without
+/// such an intent is refused ([`lifeboat_repo::Error::ArchiveUnverifiable`])
+/// and the intent is removed, so PostgreSQL's retries keep refusing it
+/// until someone with a full key compares it.
 pub async fn push(
     repos: &[Arc<Repository>],
     set_tag: &str,
@@ -357,6 +397,12 @@ pub async fn push(
                     if marker(&paths, &name, &data, set_tag) == Marker::Matches {
                         return Ok(PutOutcome::AlreadyPresent);
                     }
+                    let write_only = repos.iter().any(|r| r.is_write_only());
+                    let earlier_attempt = write_only && intent_matches(&paths, &name, &data);
+                    if write_only && !earlier_attempt {
+                        write_intent(&paths, &name, &data)
+                            .map_err(|e| failure(Error::io(paths.pushing_dir(), e)))?;
+                    }
                     // Into every repository at once (an off-site one is
                     // slower; the others do not wait for it in turn).
                     let outcomes = futures::future::join_all(
@@ -370,7 +416,17 @@ pub async fn push(
                         match o {
                             Ok(PutOutcome::Stored) => out = PutOutcome::Stored,
                             Ok(PutOutcome::AlreadyPresent) => {}
+                            // Stored by this host's earlier attempt.
+                            Err(Error::Repo(lifeboat_repo::Error::ArchiveUnverifiable {
+                                ..
+                            })) if earlier_attempt => {}
                             Err(error) => {
+                                if matches!(
+                                    error,
+                                    Error::Repo(lifeboat_repo::Error::ArchiveUnverifiable { .. })
+                                ) {
+                                    remove_intent(&paths, &name);
+                                }
                                 return Err(PushFailure {
                                     repository: Some(repository),
                                     error,
@@ -381,6 +437,9 @@ pub async fn push(
                     // Durable in every repository: now the marker may say so.
                     if let Err(e) = write_marker(&paths, &name, &data, set_tag) {
                         tracing::warn!("cannot write push marker for {name}: {e}");
+                    }
+                    if write_only {
+                        remove_intent(&paths, &name);
                     }
                     Ok(out)
                 }
@@ -410,16 +469,19 @@ pub async fn push(
     Ok(report)
 }
 
-/// Removes markers of files PostgreSQL has removed or recycled.
+/// Removes markers (push and intent) of files PostgreSQL has removed or
+/// recycled.
 fn clean_markers(paths: &WalPaths) {
-    let Ok(rd) = std::fs::read_dir(paths.pushed_dir()) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name();
-        let Some(n) = name.to_str() else { continue };
-        if n.starts_with(".tmp-") || !paths.pg_wal.join(n).exists() {
-            let _ = std::fs::remove_file(e.path());
+    for dir in [paths.pushed_dir(), paths.pushing_dir()] {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(n) = name.to_str() else { continue };
+            if n.starts_with(".tmp-") || !paths.pg_wal.join(n).exists() {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
 }

@@ -298,7 +298,7 @@ async fn listing_ls_find_diff_forget_check_and_planning_never_read_the_cold_tier
 #[tokio::test]
 async fn restore_reads_exactly_the_planned_cold_packs() {
     let tiers = Tiers::new();
-    let (repo, src, snap) = tiers.backed_up().await;
+    let (_repo, src, snap) = tiers.backed_up().await;
     let repo = tiers.open().await;
     tiers.cold.reset();
 
@@ -469,7 +469,7 @@ async fn prune_reports_the_cold_bytes_it_downloads_to_repack() {
 #[tokio::test]
 async fn the_cold_tier_is_opened_only_when_data_is_needed() {
     let tiers = Tiers::new();
-    let (repo, _src, snap) = tiers.backed_up().await;
+    let (_repo, _src, snap) = tiers.backed_up().await;
 
     // Recorded location unreachable (nothing there): trees still list.
     let nowhere = tempfile::tempdir().unwrap();

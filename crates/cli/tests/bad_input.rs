@@ -7,6 +7,7 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Output;
 use std::sync::Arc;
 
 use common::*;
@@ -108,23 +109,11 @@ fn missing_pack_is_named_by_check_and_only_its_snapshot_fails() {
     assert_ne!(pack, pack_a, "each snapshot has its own pack");
     fs::remove_file(&pack).unwrap();
     let pack_id = pack.file_name().unwrap().to_str().unwrap().to_string();
-    let out = lb.run(["check"]);
-    assert_eq!(out.status.code(), Some(DAMAGED), "{}", describe(&out));
-    let all = describe(&out);
-    eprintln!("check: {all}");
+    let all = check_finds_damage_in(&lb, &ib);
     assert!(all.contains(&pack_id[..8]), "check names the pack: {all}");
-    assert!(all.contains(&ib[..8]), "check names the snapshot: {all}");
     // The other snapshot is untouched.
     restores_same(&lb, &ia, &a);
-    let target = lb.path("t-b");
-    let out = lb
-        .cmd()
-        .args(["restore", &ib, "--target"])
-        .arg(&target)
-        .output()
-        .unwrap();
-    eprintln!("restore: {}", describe(&out));
-    assert_no_panic(&out);
+    let (_, out) = restore_damaged(&lb, &ib);
     assert!(
         matches!(out.status.code(), Some(DAMAGED) | Some(PARTIAL)),
         "{}",
@@ -139,22 +128,39 @@ fn corrupted_tree_is_named_by_check_and_other_snapshots_restore() {
     let (pack, offset) = pack_of(&lb, &tree_of(&lb, &ib));
     // A byte inside the sealed tree blob (past the 24-byte nonce).
     flip_byte(&pack, offset as usize + 30);
+    check_finds_damage_in(&lb, &ib);
+    restores_same(&lb, &ia, &a);
+    let (_, out) = restore_damaged(&lb, &ib);
+    assert_eq!(out.status.code(), Some(DAMAGED), "{}", describe(&out));
+}
+
+/// `check` of a damaged repository: it exits DAMAGED and names
+/// `snapshot`; returns everything it printed.
+fn check_finds_damage_in(lb: &Lifeboat, snapshot: &str) -> String {
     let out = lb.run(["check"]);
     assert_eq!(out.status.code(), Some(DAMAGED), "{}", describe(&out));
     let all = describe(&out);
     eprintln!("check: {all}");
-    assert!(all.contains(&ib[..8]), "check names the snapshot: {all}");
-    restores_same(&lb, &ia, &a);
+    assert!(
+        all.contains(&snapshot[..8]),
+        "check names the snapshot: {all}"
+    );
+    all
+}
+
+/// Restores the damaged `snapshot` into `t-b`, which must not panic
+/// whatever its exit code; returns the target and the output.
+fn restore_damaged(lb: &Lifeboat, snapshot: &str) -> (PathBuf, Output) {
     let target = lb.path("t-b");
     let out = lb
         .cmd()
-        .args(["restore", &ib, "--target"])
+        .args(["restore", snapshot, "--target"])
         .arg(&target)
         .output()
         .unwrap();
     eprintln!("restore: {}", describe(&out));
     assert_no_panic(&out);
-    assert_eq!(out.status.code(), Some(DAMAGED), "{}", describe(&out));
+    (target, out)
 }
 
 /// Found while filling in docs/reliability.md: a backup of a path that does
@@ -213,19 +219,9 @@ fn corrupted_subtree_is_skipped_and_the_rest_restores_with_exit_3() {
     let sub = subtree_of(&lb, &ib, &b.join("sub"));
     let (pack, offset) = pack_of(&lb, &sub);
     flip_byte(&pack, offset as usize + 30);
-    let out = lb.run(["check"]);
-    assert_eq!(out.status.code(), Some(DAMAGED), "{}", describe(&out));
-    assert!(describe(&out).contains(&ib[..8]), "{}", describe(&out));
+    check_finds_damage_in(&lb, &ib);
     restores_same(&lb, &ia, &a);
-    let target = lb.path("t-b");
-    let out = lb
-        .cmd()
-        .args(["restore", &ib, "--target"])
-        .arg(&target)
-        .output()
-        .unwrap();
-    eprintln!("restore: {}", describe(&out));
-    assert_no_panic(&out);
+    let (target, out) = restore_damaged(&lb, &ib);
     assert_eq!(out.status.code(), Some(PARTIAL), "{}", describe(&out));
     assert!(
         stderr(&out).contains("directory contents not restored"),

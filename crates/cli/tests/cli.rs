@@ -438,17 +438,7 @@ fn backup_with_retry_lock_waits_for_a_prune() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err = std::io::BufReader::new(waiting.stderr.take().unwrap());
-    let mut said = String::new();
-    loop {
-        let mut line = String::new();
-        let n = std::io::BufRead::read_line(&mut err, &mut line).unwrap();
-        assert!(n > 0, "backup ended without waiting: {said}");
-        said.push_str(&line);
-        if line.contains("waiting (--retry-lock)") {
-            break;
-        }
-    }
+    let (said, _err) = stderr_until(&mut waiting, "waiting (--retry-lock)");
     rt.block_on(prune.release()).unwrap();
     let status = waiting.wait().unwrap();
     assert!(status.success(), "backup --retry-lock: {status}: {said}");
@@ -470,17 +460,7 @@ fn prune_with_retry_lock_waits_for_a_backup() {
         .unwrap();
     // Once the prune says it waits, the backup's input ends; the backup
     // finishes and the prune then runs.
-    let mut err = std::io::BufReader::new(waiting.stderr.take().unwrap());
-    let mut said = String::new();
-    loop {
-        let mut line = String::new();
-        let n = std::io::BufRead::read_line(&mut err, &mut line).unwrap();
-        assert!(n > 0, "prune ended without waiting: {said}");
-        said.push_str(&line);
-        if line.contains("waiting (--retry-lock)") {
-            break;
-        }
-    }
+    let (said, _err) = stderr_until(&mut waiting, "waiting (--retry-lock)");
     drop(stdin);
     let out = child.wait_with_output().unwrap();
     assert_ok(&out, "backup --stdin");
@@ -869,13 +849,7 @@ fn full_repository_disk_exits_13_and_keeps_earlier_snapshots() {
     // The earlier snapshot is intact and still the only one.
     let snaps = lb.snapshots();
     assert_eq!(ids(&snaps), vec![s(&first["snapshot"]).to_string()]);
-    let target = lb.path("target");
-    lb.ok([
-        Path::new("restore"),
-        Path::new("latest"),
-        Path::new("--target"),
-        target.as_path(),
-    ]);
+    let target = lb.restore_into("latest", "target", &[]);
     assert_same_tree(&small, &restored(&target, &small));
     lb.ok(["check", "--read-data"]);
     lb.ok(["prune"]);
@@ -1140,13 +1114,7 @@ fn unreadable_path_makes_a_partial_snapshot_and_exits_3() {
     assert!(human.contains("partial"), "{human}");
 
     // Everything readable was saved.
-    let target = lb.path("target");
-    lb.ok([
-        Path::new("restore"),
-        Path::new("latest"),
-        Path::new("--target"),
-        target.as_path(),
-    ]);
+    let target = lb.restore_into("latest", "target", &[]);
     assert_same_tree(&src, &restored(&target, &src));
 }
 
@@ -1559,13 +1527,7 @@ fn key_add_list_remove_and_passwd() {
     let third = Lifeboat::new().with_repo(lb.repo.clone(), "third password");
     assert_eq!(third.snapshots().len(), 1);
     assert_eq!(third.json(["key", "list"]).as_array().unwrap().len(), 1);
-    let target = third.path("target");
-    third.ok([
-        Path::new("restore"),
-        Path::new("latest"),
-        Path::new("--target"),
-        target.as_path(),
-    ]);
+    let target = third.restore_into("latest", "target", &[]);
     assert_same_tree(&src, &restored(&target, &src));
 }
 
@@ -1708,28 +1670,12 @@ fn restore_include_and_exclude_restrict() {
         !dst.join("a.txt").exists() && !dst.join("notes").exists() && !dst.join("link").exists()
     );
 
-    let target = lb.path("only-md");
-    lb.ok([
-        Path::new("restore"),
-        Path::new("latest"),
-        Path::new("--target"),
-        target.as_path(),
-        Path::new("--include"),
-        Path::new("*.md"),
-    ]);
+    let target = lb.restore_into("latest", "only-md", &["--include", "*.md"]);
     let dst = restored(&target, &src);
     assert!(dst.join("notes/todo.md").is_file());
     assert!(!dst.join("a.txt").exists() && !dst.join("sub/data.bin").exists());
 
-    let target = lb.path("no-sub");
-    lb.ok([
-        Path::new("restore"),
-        Path::new("latest"),
-        Path::new("--target"),
-        target.as_path(),
-        Path::new("--exclude"),
-        Path::new("sub"),
-    ]);
+    let target = lb.restore_into("latest", "no-sub", &["--exclude", "sub"]);
     let dst = restored(&target, &src);
     assert!(dst.join("a.txt").is_file() && !dst.join("sub").exists());
 }
@@ -1745,13 +1691,7 @@ fn restore_an_older_snapshot_by_id_prefix() {
     fs::remove_file(src.join("empty")).unwrap();
     lb.backup(&[&src], &[]);
 
-    let target = lb.path("target");
-    lb.ok([
-        Path::new("restore"),
-        Path::new(s(&first["short_id"])),
-        Path::new("--target"),
-        target.as_path(),
-    ]);
+    let target = lb.restore_into(s(&first["short_id"]), "target", &[]);
     assert_same_tree(&old, &restored(&target, &src));
 }
 

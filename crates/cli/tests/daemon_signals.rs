@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::Lifeboat;
-use lifeboat_testkit::wait::wait_until;
+use common::{Lifeboat, child_stderr, free_port, sigterm, src_plan_config};
+use lifeboat_testkit::wait::{wait_for, wait_until};
 
 fn lock_objects(lb: &Lifeboat) -> usize {
     std::fs::read_dir(lb.path("repo/locks"))
@@ -20,7 +19,6 @@ fn lock_objects(lb: &Lifeboat) -> usize {
 #[test]
 fn sigterm_mid_backup_leaves_a_clean_repository_and_no_locks() {
     let lb = Lifeboat::new();
-    let root = lb.root().display().to_string();
     std::fs::create_dir_all(lb.path("src")).unwrap();
     // Big enough that the backup is still running when the test sees its
     // lock (it waits for the lock, not for a time).
@@ -31,73 +29,26 @@ fn sigterm_mid_backup_leaves_a_clean_repository_and_no_locks() {
         )
         .unwrap();
     }
-    std::fs::write(lb.path("pw"), "pw\n").unwrap();
-    let out = lb
-        .bare_cmd()
-        .arg("init")
-        .arg("-r")
-        .arg(lb.path("repo"))
-        .arg("--password-file")
-        .arg(lb.path("pw"))
-        .output()
-        .unwrap();
-    common::assert_ok(&out, "init");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let file = lb.path("lifeboat.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"state-dir = "state"
-[repository.main]
-location = "repo"
-password-file = "pw"
-[source.src]
-type = "files"
-paths = ["{root}/src"]
-[plan.src]
-source = "src"
-repositories = ["main"]
-rpo = "1d"
-schedule = "0 3 * * *"
-[daemon]
-listen = "127.0.0.1:{port}"
-"#
-        ),
-    )
-    .unwrap();
+    lb.init_with_password_file("repo");
+    let port = free_port();
+    let file = lb.write_config(&src_plan_config(
+        "rpo = \"1d\"\nschedule = \"0 3 * * *\"",
+        &format!("[daemon]\nlisten = \"127.0.0.1:{port}\"\n"),
+    ));
     assert_eq!(lock_objects(&lb), 0);
     // The plan never ran: the daemon catches it up at once.
-    let mut daemon = lb
-        .std_bare_cmd()
-        .arg("--config")
-        .arg(&file)
-        .args(["daemon", "--log-format", "json"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut daemon = lb.spawn_daemon(&file);
     wait_until(
         Duration::from_secs(120),
         "the backup holds its lock",
         || lock_objects(&lb) > 0,
     );
-    let status = Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let mut code = None;
-    wait_until(Duration::from_secs(120), "the daemon exits", || {
-        code = daemon.try_wait().unwrap().map(|s| s.code());
-        code.is_some()
+    sigterm(&daemon.0);
+    let code = wait_for(Duration::from_secs(120), "the daemon to exit", || {
+        daemon.0.try_wait().unwrap().map(|s| s.code())
     });
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut daemon.stderr.take().unwrap(), &mut log).unwrap();
-    assert_eq!(code.unwrap(), Some(0), "{log}");
+    let log = child_stderr(&mut daemon.0);
+    assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("SIGTERM"), "{log}");
 
     // The run is recorded as stopped during the backup.
@@ -129,12 +80,6 @@ listen = "127.0.0.1:{port}"
     common::assert_ok(&out, "snapshots");
     assert_eq!(common::parse_json(&out), serde_json::json!([]));
     // The plan's run lock is free: the next run goes ahead and succeeds.
-    let out = lb
-        .bare_cmd()
-        .arg("--config")
-        .arg(&file)
-        .args(["run", "src"])
-        .output()
-        .unwrap();
+    let out = lb.run_config(&file, ["run", "src"]);
     common::assert_ok(&out, "run after the stop");
 }

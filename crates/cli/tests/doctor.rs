@@ -9,32 +9,12 @@ mod common;
 use common::Lifeboat;
 use lifeboat_testkit::sinks::{HttpSink, dead_address};
 
-fn init(lb: &Lifeboat, name: &str) {
-    let out = lb
-        .bare_cmd()
-        .arg("init")
-        .arg("-r")
-        .arg(lb.path(name))
-        .arg("--password-file")
-        .arg(lb.path("pw"))
-        .output()
-        .unwrap();
-    common::assert_ok(&out, "init");
-}
-
 fn setup() -> Lifeboat {
     let lb = Lifeboat::new();
     std::fs::create_dir_all(lb.path("src")).unwrap();
     std::fs::write(lb.path("src/f"), "data").unwrap();
     std::fs::write(lb.path("pw"), "pw\n").unwrap();
     lb
-}
-
-fn with_config(lb: &Lifeboat, text: &str) -> std::path::PathBuf {
-    let file = lb.path("lifeboat.toml");
-    let text = text.replace("{root}", &lb.root().display().to_string());
-    std::fs::write(&file, text).unwrap();
-    file
 }
 
 const HEALTHY: &str = r#"state-dir = "state"
@@ -75,41 +55,24 @@ const HOST_DISK_IGNORED: [&str; 4] = ["--min-free-percent", "0", "--min-free", "
 fn a_healthy_setup_gets_a_clean_report() {
     let lb = setup();
     for r in ["main", "offsite", "vault"] {
-        init(&lb, r);
+        lb.init_with_password_file(r);
     }
-    let file = with_config(&lb, HEALTHY);
-    let out = lb
-        .bare_cmd()
-        .arg("--config")
-        .arg(&file)
-        .args(["run", "src"])
-        .output()
-        .unwrap();
+    let file = lb.write_config(HEALTHY);
+    let out = lb.run_config(&file, ["run", "src"]);
     common::assert_ok(&out, "run");
 
-    let out = lb
-        .bare_cmd()
-        .arg("--config")
-        .arg(&file)
-        // The free-space check reads the host's disk, which a test does
-        // not control (a shared CI disk can be under 10 % free): it is
-        // switched off here and tested on its own below (`--min-free`).
-        .args(["doctor", "--json"])
-        .args(HOST_DISK_IGNORED)
-        .output()
-        .unwrap();
+    // The free-space check reads the host's disk, which a test does not
+    // control (a shared CI disk can be under 10 % free): it is switched
+    // off here and tested on its own below (`--min-free`).
+    let out = lb.run_config(
+        &file,
+        ["doctor", "--json"].into_iter().chain(HOST_DISK_IGNORED),
+    );
     common::assert_ok(&out, "doctor --json");
     let v = common::parse_json(&out);
     assert_eq!(v["gaps"], serde_json::json!([]), "{v:#}");
 
-    let out = lb
-        .bare_cmd()
-        .arg("--config")
-        .arg(&file)
-        .arg("doctor")
-        .args(HOST_DISK_IGNORED)
-        .output()
-        .unwrap();
+    let out = lb.run_config(&file, ["doctor"].into_iter().chain(HOST_DISK_IGNORED));
     common::assert_ok(&out, "doctor");
     assert!(
         common::stdout(&out).contains("no gaps found"),
@@ -121,9 +84,8 @@ fn a_healthy_setup_gets_a_clean_report() {
 #[test]
 fn a_neglected_setup_gets_its_gaps_most_dangerous_first_with_fixes() {
     let lb = setup();
-    init(&lb, "src/repo");
-    let file = with_config(
-        &lb,
+    lb.init_with_password_file("src/repo");
+    let file = lb.write_config(
         r#"state-dir = "state"
 [repository.inner]
 location = "src/repo"
@@ -142,13 +104,7 @@ rpo = "1h"
 schedule = "0 3 * * *"
 "#,
     );
-    let out = lb
-        .bare_cmd()
-        .arg("--config")
-        .arg(&file)
-        .args(["doctor", "--json", "--min-free", "1000T"])
-        .output()
-        .unwrap();
+    let out = lb.run_config(&file, ["doctor", "--json", "--min-free", "1000T"]);
     assert_eq!(out.status.code(), Some(19), "{}", common::describe(&out));
     let v = common::parse_json(&out);
     let gaps = v["gaps"].as_array().unwrap();
@@ -188,13 +144,7 @@ schedule = "0 3 * * *"
     assert!(gaps.iter().all(|g| !g["fix"].as_str().unwrap().is_empty()));
 
     // The text form: numbered, with the fix under each.
-    let out = lb
-        .bare_cmd()
-        .arg("--config")
-        .arg(&file)
-        .arg("doctor")
-        .output()
-        .unwrap();
+    let out = lb.run_config(&file, ["doctor"]);
     assert_eq!(out.status.code(), Some(19));
     let text = common::stdout(&out);
     assert!(text.contains(" 1. [critical] "), "{text}");
@@ -204,12 +154,10 @@ schedule = "0 3 * * *"
 #[test]
 fn run_sends_its_alerts_and_a_dead_endpoint_does_not_fail_it() {
     let lb = setup();
-    init(&lb, "main");
+    lb.init_with_password_file("main");
     let http = HttpSink::start();
-    let file = with_config(
-        &lb,
-        &format!(
-            r#"state-dir = "state"
+    let file = lb.write_config(&format!(
+        r#"state-dir = "state"
 [repository.main]
 location = "main"
 password-file = "pw"
@@ -229,17 +177,10 @@ ping = "{url}/ping"
 [alert.dead]
 webhook = "http://{dead}/hook"
 "#,
-            url = http.url(),
-            dead = dead_address()
-        ),
-    );
-    let out = lb
-        .bare_cmd()
-        .arg("--config")
-        .arg(&file)
-        .args(["run", "src"])
-        .output()
-        .unwrap();
+        url = http.url(),
+        dead = dead_address()
+    ));
+    let out = lb.run_config(&file, ["run", "src"]);
     // The backup reached main and failed in gone: 18, whatever the
     // alert endpoints did.
     assert_eq!(out.status.code(), Some(18), "{}", common::describe(&out));

@@ -105,13 +105,7 @@ fn golden_v1_restores_each_snapshot() {
     let lb = golden();
     let want = expected();
     for (n, id) in expected_ids().iter().enumerate() {
-        let target = lb.path(&format!("target-{n}"));
-        lb.ok([
-            Path::new("restore"),
-            Path::new(&id[..8]),
-            Path::new("--target"),
-            target.as_path(),
-        ]);
+        let target = lb.restore_into(&id[..8], &format!("target-{n}"), &[]);
         let root = restored(&target, Path::new(GOLDEN_SOURCE));
         let expected_tree = fixtures().join(format!("repo-v1.expected/snapshot-{}", n + 1));
         assert_same_tree(&expected_tree, &root);
@@ -177,13 +171,7 @@ fn golden_v1_reading_never_writes_and_new_backups_append() {
     lb.json(["check", "--read-data"]);
     lb.json(["stats"]);
     lb.json(["key", "list"]);
-    let target = lb.path("target");
-    lb.ok([
-        Path::new("restore"),
-        Path::new("latest"),
-        Path::new("--target"),
-        target.as_path(),
-    ]);
+    lb.restore_into("latest", "target", &[]);
     assert_same_tree(&fixtures().join("repo-v1"), &lb.repo);
 
     // Today's binary can add to a v1 repository, and the old snapshots stay.

@@ -16,7 +16,9 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{Lifeboat, PASSWORD, assert_same_tree, restored, write};
+use common::{
+    KillOnDrop, Lifeboat, PASSWORD, assert_same_tree, free_port, http_get, restored, write,
+};
 use lifeboat_testkit::services::MotoServer;
 
 const PREFIX: &str = "repo";
@@ -408,27 +410,6 @@ fn lock_extend_moves_every_current_objects_retention_forward() {
     s.assert_extended_since(&until_before);
 }
 
-/// Kills the daemon on drop (test failure included).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `/metrics` of a daemon on `port`; `None` while nothing listens.
-fn metrics(port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    Some(text)
-}
-
 /// The daemon extends the retention of every current object of an
 /// object-lock repository on its own schedule (at start, then a third of
 /// the lock period later), shows it in /metrics, and alerts when it
@@ -442,11 +423,7 @@ fn the_daemon_extends_object_lock_retention_and_alerts_when_it_cannot() {
 
     let sink = lifeboat_testkit::sinks::HttpSink::start();
     write(s.lb.path("pw"), PASSWORD.as_bytes());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let config = s.lb.path("lifeboat.toml");
     write(
         &config,
@@ -488,7 +465,9 @@ time-zone = "UTC"
         Duration::from_secs(120),
         "the daemon's first lock extensions in /metrics",
         || {
-            text = metrics(port).unwrap_or_default();
+            text = http_get(port, "/metrics")
+                .map(|(_, body)| body)
+                .unwrap_or_default();
             text.contains(
                 "lifeboat_lock_extend_last_success_timestamp_seconds{repository=\"locked\"}",
             ) && text.contains("lifeboat_lock_extend_failing{repository=\"gone\"} 1")

@@ -6,31 +6,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::Lifeboat;
+use common::{Lifeboat, src_plan_config};
 
 /// The minimal config of issue 14, exactly as written there.
-const MINIMAL: &str = r#"[repository.local]
-location = "/srv/backup/repo"
-password-file = "/etc/lifeboat/local.pw"
-role = "primary"
-media = "disk"
-
-[source.home]
-type = "files"
-paths = ["/home"]
-
-[plan.home]
-source = "home"
-repositories = ["local"]
-rpo = "1h"
-schedule = "*/15 * * * *"
-
-[alert.ops]
-webhook = "http://127.0.0.1:9000/hook"
-
-[daemon]
-listen = "127.0.0.1:9898"
-"#;
+const MINIMAL: &str = include_str!("../../../tests/fixtures/issue14-minimal.toml");
 
 /// Removes what a test created outside its temp dir, also on panic.
 struct Cleanup(Vec<PathBuf>);
@@ -184,14 +163,7 @@ fn the_shipped_example_passes_config_check() {
             .unwrap();
         common::assert_ok(&out, "init");
     }
-    let out = lb
-        .bare_cmd()
-        .arg("--config")
-        .arg(&file)
-        .args(["config", "check", "--json"])
-        .output()
-        .unwrap();
-    common::assert_ok(&out, "config check");
+    let out = lb.ok_config(&file, ["config", "check", "--json"]);
     let v = common::parse_json(&out);
     assert_eq!(v["valid"], true);
     assert_eq!(v["repositories"].as_array().unwrap().len(), 2);
@@ -208,15 +180,8 @@ fn the_shipped_example_passes_config_check() {
 #[test]
 fn a_config_error_names_file_line_and_key() {
     let lb = Lifeboat::new();
-    let file = lb.path("lifeboat.toml");
-    std::fs::write(&file, MINIMAL.replace("rpo = \"1h\"", "rpo = \"soon\"")).unwrap();
-    let out = lb
-        .bare_cmd()
-        .arg("--config")
-        .arg(&file)
-        .args(["status"])
-        .output()
-        .unwrap();
+    let file = lb.write_config(&MINIMAL.replace("rpo = \"1h\"", "rpo = \"soon\""));
+    let out = lb.run_config(&file, ["status"]);
     assert_eq!(out.status.code(), Some(1));
     let err = common::stderr(&out);
     assert!(
@@ -231,70 +196,21 @@ fn a_config_error_names_file_line_and_key() {
 #[test]
 fn run_then_status_through_the_binary() {
     let lb = Lifeboat::new();
-    let root = lb.root().display().to_string();
     std::fs::create_dir_all(lb.path("src")).unwrap();
     std::fs::write(lb.path("src/f"), "data").unwrap();
-    std::fs::write(lb.path("pw"), "pw\n").unwrap();
-    let out = lb
-        .bare_cmd()
-        .arg("init")
-        .arg("-r")
-        .arg(lb.path("repo"))
-        .arg("--password-file")
-        .arg(lb.path("pw"))
-        .output()
-        .unwrap();
-    common::assert_ok(&out, "init");
-    let file = lb.path("lifeboat.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"state-dir = "state"
-[repository.main]
-location = "repo"
-password-file = "pw"
-[source.src]
-type = "files"
-paths = ["{root}/src"]
-[plan.src]
-source = "src"
-repositories = ["main"]
-rpo = "1h"
-"#
-        ),
-    )
-    .unwrap();
-    let out = lb
-        .bare_cmd()
-        .arg("--config")
-        .arg(&file)
-        .args(["run", "src"])
-        .output()
-        .unwrap();
-    common::assert_ok(&out, "run");
+    lb.init_with_password_file("repo");
+    let file = lb.write_config(&src_plan_config("rpo = \"1h\"", ""));
+    let out = lb.ok_config(&file, ["run", "src"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("plan src: OK"), "{text}");
     assert!(text.contains("backup  main"), "{text}");
 
-    let out = lb
-        .bare_cmd()
-        .arg("--config")
-        .arg(&file)
-        .args(["status", "--json"])
-        .output()
-        .unwrap();
-    common::assert_ok(&out, "status");
+    let out = lb.ok_config(&file, ["status", "--json"]);
     let v = common::parse_json(&out);
     assert_eq!(v["plans"][0]["freshness"], "ok");
     assert_eq!(v["plans"][0]["rule_321"]["satisfied"], false);
 
-    let out = lb
-        .bare_cmd()
-        .arg("--config")
-        .arg(&file)
-        .args(["run", "nope"])
-        .output()
-        .unwrap();
+    let out = lb.run_config(&file, ["run", "nope"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(common::stderr(&out).contains("no plan named \"nope\""));
 }

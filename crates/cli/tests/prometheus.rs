@@ -7,58 +7,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use common::Lifeboat;
+use common::{KillOnDrop, Lifeboat, child_stderr, free_port, http_get, sigterm, src_plan_config};
+use lifeboat_testkit::wait::wait_for;
 
-/// Kills a child process on drop (test failure included).
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A plain HTTP/1.0 GET; `None` while nothing listens.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((code, body))
-}
-
-/// Polls `f` until it returns `Some`, for at most two minutes (a wait for
-/// a server, not a timing assertion).
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "gave up waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+/// How long to wait for a server (the daemon, Prometheus) to answer: a
+/// wait, not a timing assertion.
+const WAIT: Duration = Duration::from_secs(120);
 
 fn have(bin: &str) -> bool {
     Command::new(bin)
@@ -80,63 +38,20 @@ fn prometheus_scrapes_the_daemon_and_reads_a_lifeboat_metric_back() {
         return;
     }
     let lb = Lifeboat::new();
-    let root = lb.root().display().to_string();
     std::fs::create_dir_all(lb.path("src")).unwrap();
     std::fs::write(lb.path("src/f"), "data").unwrap();
-    std::fs::write(lb.path("pw"), "pw\n").unwrap();
-    let out = lb
-        .bare_cmd()
-        .arg("init")
-        .arg("-r")
-        .arg(lb.path("repo"))
-        .arg("--password-file")
-        .arg(lb.path("pw"))
-        .output()
-        .unwrap();
-    common::assert_ok(&out, "init");
+    lb.init_with_password_file("repo");
     let port = free_port();
-    let file = lb.path("lifeboat.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"state-dir = "state"
-[repository.main]
-location = "repo"
-password-file = "pw"
-[source.src]
-type = "files"
-paths = ["{root}/src"]
-[plan.src]
-source = "src"
-repositories = ["main"]
-rpo = "1h"
-schedule = "0 3 * * *"
-[daemon]
-listen = "127.0.0.1:{port}"
-"#
-        ),
-    )
-    .unwrap();
-    let out = lb
-        .bare_cmd()
-        .arg("--config")
-        .arg(&file)
-        .args(["run", "src"])
-        .output()
-        .unwrap();
-    common::assert_ok(&out, "run");
+    let file = lb.write_config(&src_plan_config(
+        "rpo = \"1h\"\nschedule = \"0 3 * * *\"",
+        &format!("[daemon]\nlisten = \"127.0.0.1:{port}\"\n"),
+    ));
+    lb.ok_config(&file, ["run", "src"]);
 
-    let mut daemon_cmd = lb.std_bare_cmd();
-    daemon_cmd
-        .arg("--config")
-        .arg(&file)
-        .args(["daemon", "--log-format", "json"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut daemon = Kill(daemon_cmd.spawn().unwrap());
-    let (code, _) = wait_for("the daemon's /healthz", || get(port, "/healthz"));
+    let mut daemon = lb.spawn_daemon(&file);
+    let (code, _) = wait_for(WAIT, "the daemon's /healthz", || http_get(port, "/healthz"));
     assert_eq!(code, 200);
-    let (code, metrics) = get(port, "/metrics").unwrap();
+    let (code, metrics) = http_get(port, "/metrics").unwrap();
     assert_eq!(code, 200);
     assert!(
         metrics.contains("lifeboat_plan_rpo_seconds{plan=\"src\"} 3600"),
@@ -175,7 +90,7 @@ listen = "127.0.0.1:{port}"
         ),
     )
     .unwrap();
-    let _prometheus = Kill(
+    let _prometheus = KillOnDrop(
         Command::new("prometheus")
             .arg(format!("--config.file={}", prom_config.display()))
             .arg(format!("--storage.tsdb.path={}", lb.path("tsdb").display()))
@@ -186,9 +101,11 @@ listen = "127.0.0.1:{port}"
             .unwrap(),
     );
     let body = wait_for(
+        WAIT,
         "Prometheus to have scraped lifeboat_plan_rpo_seconds",
         || {
-            let (code, body) = get(prom_port, "/api/v1/query?query=lifeboat_plan_rpo_seconds")?;
+            let (code, body) =
+                http_get(prom_port, "/api/v1/query?query=lifeboat_plan_rpo_seconds")?;
             (code == 200 && body.contains("\"plan\":\"src\"")).then_some(body)
         },
     );
@@ -198,20 +115,9 @@ listen = "127.0.0.1:{port}"
     assert_eq!(result["value"][1], "3600");
 
     // SIGTERM: a clean stop, exit 0.
-    let killed = Command::new("kill")
-        .args(["-TERM", &daemon.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    sigterm(&daemon.0);
     let status = daemon.0.wait().unwrap();
-    let mut log = String::new();
-    daemon
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = child_stderr(&mut daemon.0);
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains("SIGTERM"), "{log}");
     assert!(

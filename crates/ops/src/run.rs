@@ -175,6 +175,32 @@ impl Steps {
             self.push(step, r, started, outcome, Some(error.to_string()));
         }
     }
+
+    /// A backup to `targets` that did not finish: stopped by a shutdown
+    /// (`None`) or failed with an error (its class and the error).
+    fn backup_not_done(
+        &mut self,
+        targets: &[&String],
+        started: Timestamp,
+        error: Option<(ErrorClass, &dyn std::fmt::Display)>,
+    ) {
+        match error {
+            None => self.fail_all(
+                StepKind::Backup,
+                targets,
+                started,
+                Outcome::Failed,
+                STOPPED_DURING_BACKUP,
+            ),
+            Some((class, e)) => self.fail_all(
+                StepKind::Backup,
+                targets,
+                started,
+                classify(class),
+                &e.to_string(),
+            ),
+        }
+    }
 }
 
 /// The failure recorded for a backup stopped by SIGTERM/SIGINT: the
@@ -277,20 +303,8 @@ pub async fn run_plan(config: &Config, plan_name: &str, options: &RunOptions) ->
                     _ = options.cancel.cancelled() => None,
                 };
                 match result {
-                    None => steps.fail_all(
-                        StepKind::Backup,
-                        &targets,
-                        t0,
-                        Outcome::Failed,
-                        STOPPED_DURING_BACKUP,
-                    ),
-                    Some(Err(e)) => steps.fail_all(
-                        StepKind::Backup,
-                        &targets,
-                        t0,
-                        classify(e.class()),
-                        &e.to_string(),
-                    ),
+                    None => steps.backup_not_done(&targets, t0, None),
+                    Some(Err(e)) => steps.backup_not_done(&targets, t0, Some((e.class(), &e))),
                     Some(Ok(outcomes)) => {
                         for (n, o) in targets.iter().zip(outcomes) {
                             match o {
@@ -365,20 +379,8 @@ pub async fn run_plan(config: &Config, plan_name: &str, options: &RunOptions) ->
                             steps.steps.push(s);
                         }
                     }
-                    Some(Err(e)) => steps.fail_all(
-                        StepKind::Backup,
-                        &targets,
-                        t0,
-                        classify(e.class()),
-                        &e.to_string(),
-                    ),
-                    None => steps.fail_all(
-                        StepKind::Backup,
-                        &targets,
-                        t0,
-                        Outcome::Failed,
-                        STOPPED_DURING_BACKUP,
-                    ),
+                    Some(Err(e)) => steps.backup_not_done(&targets, t0, Some((e.class(), &e))),
+                    None => steps.backup_not_done(&targets, t0, None),
                 }
             }
         }

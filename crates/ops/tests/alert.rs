@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration as StdDuration;
 
-use common::Setup;
+use common::{Setup, Toml};
 use jiff::Timestamp;
 use lifeboat_ops::alert::{Event, conditions};
 use lifeboat_ops::report::Outcome;
@@ -23,34 +23,17 @@ fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
-const PLAN: &str = r#"
-state-dir = "state"
-
-[repository.local]
-location = "local"
-password-file = "pw"
-
-[repository.gone]
-location = "gone"
-password-file = "pw"
-
-[source.files]
-type = "files"
-paths = ["{root}/src"]
-
-[plan.files]
-source = "files"
-repositories = ["local"]
-rpo = "1h"
-
-[plan.other]
-source = "files"
-repositories = ["gone"]
-rpo = "1h"
-
-[daemon]
-time-zone = "UTC"
-"#;
+/// Plan `files` on `local` and plan `other` on `gone`, a repository that
+/// does not exist.
+fn plans() -> Toml {
+    Toml::new()
+        .repo("local", "")
+        .repo("gone", "")
+        .files("files", "src")
+        .plan("files", "files", &["local"], "")
+        .plan("other", "files", &["gone"], "")
+        .daemon("")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_alert_per_state_change_reminders_and_recovery_survive_a_restart() {
@@ -58,7 +41,7 @@ async fn one_alert_per_state_change_reminders_and_recovery_survive_a_restart() {
     let http = HttpSink::start();
     let smtp = SmtpSink::start();
     let config = s.config(&format!(
-        "{PLAN}
+        "{plans}
 [alert.ops]
 webhook = \"{url}/hook\"
 slack = \"{url}/slack\"
@@ -67,6 +50,7 @@ email.to = [\"ops@example.org\"]
 email.from = \"lifeboat@example.org\"
 email.smtp = \"{smtp}\"
 ",
+        plans = plans(),
         url = http.url(),
         smtp = smtp.url()
     ));
@@ -171,7 +155,7 @@ async fn a_run_pings_alerts_a_failing_repository_and_a_dead_endpoint_does_not_fa
     let http = HttpSink::start();
     let dead = dead_address();
     let config = s.config(&format!(
-        "{PLAN}
+        "{plans}
 [alert.ops]
 webhook = \"{url}/hook\"
 ping = \"{url}/ping/files\"
@@ -181,6 +165,7 @@ plans = [\"files\", \"other\"]
 webhook = \"http://{dead}/hook\"
 ping = \"http://{dead}/ping\"
 ",
+        plans = plans(),
         url = http.url()
     ));
     let a = common::quick_alerts(&config);
@@ -247,11 +232,12 @@ async fn an_rpo_breach_is_alerted_once_and_recovers() {
     s.repo("local").await;
     let http = HttpSink::start();
     let config = s.config(&format!(
-        "{PLAN}
+        "{plans}
 [alert.ops]
 webhook = \"{url}/hook\"
 plans = [\"files\"]
 ",
+        plans = plans(),
         url = http.url()
     ));
     let a = common::quick_alerts(&config);
@@ -316,20 +302,6 @@ fn text_tree(dir: &std::path::Path, n: usize) {
     }
 }
 
-const DETECT_PLAN: &str = r#"
-state-dir = "state"
-[repository.local]
-location = "local"
-password-file = "pw"
-[source.text]
-type = "files"
-paths = ["{root}/text"]
-[plan.text]
-source = "text"
-repositories = ["local"]
-rpo = "1h"
-"#;
-
 /// A plan (its extra `keys`) run over a text tree, 30% of which a
 /// script then encrypts (new extensions), and run again: the second
 /// run's report, and the alerts it sent.
@@ -344,11 +316,13 @@ async fn encrypted_between_two_runs(
     s.repo("local").await;
     let http = HttpSink::start();
     text_tree(&s.path("text"), 100);
-    let config = s.config(&format!(
-        "{}[alert.ops]\nwebhook = \"{}/hook\"\n",
-        DETECT_PLAN.replace("rpo = \"1h\"", &format!("rpo = \"1h\"\n{keys}")),
-        http.url()
-    ));
+    let config = s.config(
+        Toml::new()
+            .repo("local", "")
+            .files("text", "text")
+            .plan("text", "text", &["local"], keys)
+            .table("alert.ops", &format!("webhook = \"{}/hook\"", http.url())),
+    );
     let alerts = common::quick_alerts(&config);
     let options = RunOptions {
         alerts: Some(alerts.clone()),

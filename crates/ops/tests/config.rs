@@ -8,28 +8,7 @@ use lifeboat_ops::Config;
 use lifeboat_ops::config::{Media, PasswordSource, Role, SourceConfig};
 
 /// The minimal config of issue 14, exactly as written there.
-pub const MINIMAL: &str = r#"[repository.local]
-location = "/srv/backup/repo"
-password-file = "/etc/lifeboat/local.pw"
-role = "primary"
-media = "disk"
-
-[source.home]
-type = "files"
-paths = ["/home"]
-
-[plan.home]
-source = "home"
-repositories = ["local"]
-rpo = "1h"
-schedule = "*/15 * * * *"
-
-[alert.ops]
-webhook = "http://127.0.0.1:9000/hook"
-
-[daemon]
-listen = "127.0.0.1:9898"
-"#;
+pub const MINIMAL: &str = include_str!("../../../tests/fixtures/issue14-minimal.toml");
 
 #[test]
 fn the_minimal_config_parses_as_written() {

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration as StdDuration;
 
-use common::{Setup, TestDaemon, next_event, quick_alerts};
+use common::{DAEMON_START, Setup, TestDaemon, Toml, finished, next_event};
 use jiff::{SignedDuration, Timestamp};
 use lifeboat_ops::Config;
 use lifeboat_ops::daemon::{Clock, Event};
@@ -170,30 +170,17 @@ fn a_lock_conflict_is_retried_after_lock_retry() {
     );
 }
 
-const DAEMON_CONFIG: &str = r#"
-state-dir = "state"
-[repository.local]
-location = "local"
-password-file = "pw"
-[source.files]
-type = "files"
-paths = ["{root}/src"]
-[plan.files]
-source = "files"
-repositories = ["local"]
-rpo = "1h"
-schedule = "*/15 * * * *"
-[daemon]
-time-zone = "UTC"
-listen = "127.0.0.1:0"
-"#;
+/// One plan every quarter hour, and the HTTP endpoints.
+fn daemon_config() -> Toml {
+    Toml::local_files("schedule = \"*/15 * * * *\"").daemon("listen = \"127.0.0.1:0\"")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_catches_up_runs_on_schedule_reloads_serves_and_stops() {
     let s = Setup::new();
     s.repo("local").await;
-    let config = s.config(DAEMON_CONFIG);
-    let start = ts("2026-01-01T05:07:00Z");
+    let config = s.config(daemon_config());
+    let start = ts(DAEMON_START);
     let TestDaemon {
         clock,
         mut events,
@@ -293,7 +280,8 @@ async fn the_daemon_catches_up_runs_on_schedule_reloads_serves_and_stops() {
     };
 
     // A good config on reload is taken.
-    let good = DAEMON_CONFIG
+    let good = daemon_config()
+        .to_string()
         .replace("{root}", &s.root().display().to_string())
         .replace("*/15 * * * *", "0 * * * *");
     std::fs::write(s.path("lifeboat.toml"), good).unwrap();
@@ -305,20 +293,31 @@ async fn the_daemon_catches_up_runs_on_schedule_reloads_serves_and_stops() {
     daemon.await.unwrap().unwrap();
 }
 
-/// Waits for `n` Finished events (any plan) and returns their plans and
-/// outcomes, sorted.
-async fn finished(
-    rx: &mut mpsc::UnboundedReceiver<Event>,
-    n: usize,
-) -> Vec<(String, Option<Outcome>)> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        if let Event::Finished { plan, outcome, .. } = next_event(rx).await {
-            out.push((plan, outcome));
-        }
+/// Plans `a` on `ra` and `b` on `rb` (each with `extra` lines), and a
+/// webhook at `hook`.
+fn two_plans(extra: &str, hook: &str) -> Toml {
+    Toml::new()
+        .repo("ra", "")
+        .repo("rb", "")
+        .files("files", "src")
+        .plan("a", "files", &["ra"], extra)
+        .plan("b", "files", &["rb"], extra)
+        .table("alert.ops", &format!("webhook = \"{hook}/hook\""))
+        .daemon("")
+}
+
+/// The daemon's events up to the `n`th DrillFinished.
+async fn until_drills_finished(rx: &mut mpsc::UnboundedReceiver<Event>, n: usize) -> Vec<Event> {
+    let mut seen: Vec<Event> = Vec::new();
+    while seen
+        .iter()
+        .filter(|e| matches!(e, Event::DrillFinished { .. }))
+        .count()
+        < n
+    {
+        seen.push(next_event(rx).await);
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,49 +327,17 @@ async fn a_repository_that_goes_unreachable_fails_its_plan_shows_in_status_and_a
     s.repo("ra").await;
     s.repo("rb").await;
     let http = lifeboat_testkit::sinks::HttpSink::start();
-    let config = s.config(&format!(
-        r#"
-state-dir = "state"
-[repository.ra]
-location = "ra"
-password-file = "pw"
-[repository.rb]
-location = "rb"
-password-file = "pw"
-[source.files]
-type = "files"
-paths = ["{{root}}/src"]
-[plan.a]
-source = "files"
-repositories = ["ra"]
-rpo = "1h"
-schedule = "*/15 * * * *"
-[plan.b]
-source = "files"
-repositories = ["rb"]
-rpo = "1h"
-schedule = "*/15 * * * *"
-[alert.ops]
-webhook = "{}/hook"
-[daemon]
-time-zone = "UTC"
-"#,
-        http.url()
-    ));
-    let alerts = quick_alerts(&config);
-    let TestDaemon {
-        clock,
-        mut events,
-        shutdown,
-        handle: daemon,
-        ..
-    } = s.start_daemon(
-        config.clone(),
-        ts("2026-01-01T05:07:00Z"),
-        1,
-        false,
-        Some(alerts.clone()),
-    );
+    let config = s.config(two_plans("schedule = \"*/15 * * * *\"", &http.url()));
+    let (
+        TestDaemon {
+            clock,
+            mut events,
+            shutdown,
+            handle: daemon,
+            ..
+        },
+        alerts,
+    ) = s.start_alerting_daemon(&config);
     let ok = Some(Outcome::Ok);
     assert_eq!(
         finished(&mut events, 2).await,
@@ -524,64 +491,23 @@ async fn the_daemon_drills_each_plan_after_its_backup_and_alerts_a_failed_drill(
     let s = Setup::new();
     s.repo("ra").await;
     let http = lifeboat_testkit::sinks::HttpSink::start();
-    let config = s.config(&format!(
-        r#"
-state-dir = "state"
-[repository.ra]
-location = "ra"
-password-file = "pw"
-[repository.rb]
-location = "rb"
-password-file = "pw"
-[source.files]
-type = "files"
-paths = ["{{root}}/src"]
-[plan.a]
-source = "files"
-repositories = ["ra"]
-rpo = "1h"
-schedule = "0 * * * *"
-drill.every = "1d"
-drill.scratch = "{{root}}/scratch"
-[plan.b]
-source = "files"
-repositories = ["rb"]
-rpo = "1h"
-schedule = "0 * * * *"
-drill.every = "1d"
-drill.scratch = "{{root}}/scratch"
-[alert.ops]
-webhook = "{}/hook"
-[daemon]
-time-zone = "UTC"
-"#,
-        http.url()
+    let config = s.config(two_plans(
+        "schedule = \"0 * * * *\"\ndrill.every = \"1d\"\ndrill.scratch = \"{root}/scratch\"",
+        &http.url(),
     ));
-    let alerts = quick_alerts(&config);
-    let TestDaemon {
-        clock,
-        mut events,
-        shutdown,
-        handle: daemon,
-        ..
-    } = s.start_daemon(
-        config.clone(),
-        ts("2026-01-01T05:07:00Z"),
-        1,
-        false,
-        Some(alerts.clone()),
-    );
+    let (
+        TestDaemon {
+            clock,
+            mut events,
+            shutdown,
+            handle: daemon,
+            ..
+        },
+        alerts,
+    ) = s.start_alerting_daemon(&config);
     // Per plan: its catch-up backup, then (never at the same time) its
     // catch-up drill. rb does not exist: b's backup and drill fail.
-    let mut seen: Vec<Event> = Vec::new();
-    while seen
-        .iter()
-        .filter(|e| matches!(e, Event::DrillFinished { .. }))
-        .count()
-        < 2
-    {
-        seen.push(next_event(&mut events).await);
-    }
+    let seen = until_drills_finished(&mut events, 2).await;
     for p in ["a", "b"] {
         let at = |want: &dyn Fn(&Event) -> bool| {
             seen.iter()
@@ -637,15 +563,7 @@ time-zone = "UTC"
     // passes and its alert recovers.
     s.repo("rb").await;
     clock.set(ts("2026-01-02T05:07:00Z"));
-    let mut day2: Vec<Event> = Vec::new();
-    while day2
-        .iter()
-        .filter(|e| matches!(e, Event::DrillFinished { .. }))
-        .count()
-        < 2
-    {
-        day2.push(next_event(&mut events).await);
-    }
+    let day2 = until_drills_finished(&mut events, 2).await;
     for e in &day2 {
         if let Event::DrillStarted { trigger, .. } = e {
             assert_eq!(*trigger, Trigger::Schedule, "{day2:#?}");

@@ -5,11 +5,15 @@
 
 mod common;
 
-use common::Setup;
+use common::{Setup, Toml};
 use jiff::Timestamp;
 use lifeboat_ops::doctor::{Options, Severity, doctor};
 use lifeboat_ops::state::{StateDir, VerifyState};
 use lifeboat_testkit::postgres::{PgCluster, PgOptions};
+
+/// A repository line that says where the password's copy is kept (so
+/// doctor does not report a password without one).
+const SAFE: &str = "password-copy = \"safe\"";
 
 fn checks(r: &lifeboat_ops::doctor::Report) -> Vec<(&'static str, String)> {
     r.gaps
@@ -25,23 +29,15 @@ async fn postgres_without_archiving_is_a_gap() {
     };
     let s = Setup::new();
     s.repo("local").await;
-    let config = s.config(&format!(
-        r#"
-state-dir = "state"
-[repository.local]
-location = "local"
-password-file = "pw"
-password-copy = "safe"
-[source.db]
-type = "postgres"
-url = "{}"
-[plan.db]
-source = "db"
-repositories = ["local"]
-rpo = "1h"
-"#,
-        pg.url("postgres")
-    ));
+    let config = s.config(
+        Toml::new()
+            .repo("local", SAFE)
+            .table(
+                "source.db",
+                &format!("type = \"postgres\"\nurl = \"{}\"", pg.url("postgres")),
+            )
+            .plan("db", "db", &["local"], ""),
+    );
     let r = doctor(&config, Timestamp::now(), &Options::default()).await;
     let g = r
         .gaps
@@ -57,22 +53,11 @@ async fn stale_and_failed_verifications_are_gaps() {
     let s = Setup::new();
     s.repo("local").await;
     let config = s.config(
-        r#"
-state-dir = "state"
-[repository.local]
-location = "local"
-password-file = "pw"
-password-copy = "safe"
-[source.files]
-type = "files"
-paths = ["{root}/src"]
-[plan.files]
-source = "files"
-repositories = ["local"]
-rpo = "1h"
-[plan.files.verify]
-schedule = "0 5 * * 0"
-"#,
+        Toml::new()
+            .repo("local", SAFE)
+            .files("files", "src")
+            .plan("files", "files", &["local"], "")
+            .table("plan.files.verify", "schedule = \"0 5 * * 0\""),
     );
     let now = Timestamp::now();
     let r = doctor(&config, now, &Options::default()).await;

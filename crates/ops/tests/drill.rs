@@ -10,32 +10,26 @@ mod common;
 
 use std::path::Path;
 
-use common::Setup;
+use common::{Setup, Toml};
 use lifeboat_ops::drill::{DrillOutcome, DrillReport};
 use lifeboat_ops::{DrillOptions, DrillResult, RunOptions, run_drill, run_drill_with, run_plan};
 use lifeboat_testkit::data::pseudo_random;
 
-const PLAN: &str = r#"
-state-dir = "state"
-
-[repository.local]
-location = "local"
-password-file = "pw"
-
-[source.data]
-type = "files"
-paths = ["{root}/data"]
-
-[plan.data]
-source = "data"
-repositories = ["local"]
-rpo = "1h"
-rto = "1h"
-
-[plan.data.drill]
-scratch = "{scratch}"
-data-sample = "100%"
-"#;
+/// The plan `data` with an RTO, drilled in `scratch` with every file
+/// read back, and `drill_extra` lines in its drill table.
+fn plan(scratch: &Path, drill_extra: &str) -> Toml {
+    Toml::new()
+        .repo("local", "")
+        .files("data", "data")
+        .plan("data", "data", &["local"], "rto = \"1h\"")
+        .table(
+            "plan.data.drill",
+            &format!(
+                "scratch = \"{}\"\ndata-sample = \"100%\"\n{drill_extra}",
+                scratch.display()
+            ),
+        )
+}
 
 /// Files `data/dir{d}/f{i}` with content from `seed`.
 fn fill(root: &Path, files: usize, seed: u64) {
@@ -67,8 +61,7 @@ impl Drill {
     }
 
     fn config(&self) -> lifeboat_ops::Config {
-        self.s
-            .config(&PLAN.replace("{scratch}", &self.scratch.display().to_string()))
+        self.s.config(plan(&self.scratch, ""))
     }
 
     async fn backup(&self) {
@@ -360,12 +353,10 @@ async fn a_failed_a_slow_and_an_overdue_drill_alert_once_each_and_recover() {
     use lifeboat_testkit::sinks::HttpSink;
     let d = Drill::new(40).await;
     let http = HttpSink::start();
-    let text = PLAN.replace("{scratch}", &d.scratch.display().to_string())
-        + &format!(
-            "every = \"1d\"\n[alert.ops]\nwebhook = \"{}/hook\"\n",
-            http.url()
-        );
-    let config = d.s.config(&text);
+    let config = d.s.config(
+        plan(&d.scratch, "every = \"1d\"")
+            .table("alert.ops", &format!("webhook = \"{}/hook\"", http.url())),
+    );
     let alerts = common::quick_alerts(&config);
     let options = DrillOptions {
         alerts: Some(alerts.clone()),

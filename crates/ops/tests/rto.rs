@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Setup;
+use common::{Setup, Toml};
 use jiff::Timestamp;
 use lifeboat_ops::state::{DrillSummary, StateDir};
 
@@ -23,26 +23,8 @@ fn drill(outcome: &str, rto: Option<f64>) -> DrillSummary {
 #[test]
 fn status_shows_the_rto_objective_against_the_newest_drill() {
     let s = Setup::new();
-    let config = s.config(
-        r#"
-state-dir = "state"
-[repository.local]
-location = "local"
-password-file = "pw"
-[source.files]
-type = "files"
-paths = ["{root}/src"]
-[plan.files]
-source = "files"
-repositories = ["local"]
-rpo = "1h"
-rto = "30m"
-[plan.norto]
-source = "files"
-repositories = ["local"]
-rpo = "1h"
-"#,
-    );
+    let config =
+        s.config(Toml::local_files("rto = \"30m\"").plan("norto", "files", &["local"], ""));
     let rto = |plan: &str| {
         let st = lifeboat_ops::status::status(&config, Timestamp::now()).unwrap();
         st.plans.into_iter().find(|p| p.plan == plan).unwrap().rto

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Setup, TWO_REPOS};
+use common::{Setup, Toml, two_repos};
 use lifeboat_ops::report::{self, Outcome, StepKind};
 use lifeboat_ops::state::StateDir;
 use lifeboat_ops::status::{Freshness, status};
@@ -35,7 +35,7 @@ async fn a_run_backs_up_copies_prunes_verifies_and_records_its_report() {
     let s = Setup::new();
     let local = s.repo("local").await;
     let offsite = s.repo("offsite").await;
-    let config = s.config(TWO_REPOS);
+    let config = s.config(two_repos());
 
     let first = run_plan(&config, "files", &RunOptions::manual())
         .await
@@ -126,29 +126,13 @@ async fn an_unreachable_repository_fails_its_step_and_not_the_other_plan() {
     let s = Setup::new();
     s.repo("local").await;
     let config = s.config(
-        r#"
-state-dir = "state"
-[repository.local]
-location = "local"
-password-file = "pw"
-[repository.gone]
-location = "gone"
-password-file = "pw"
-role = "offsite"
-[source.files]
-type = "files"
-paths = ["{root}/src"]
-[plan.both]
-source = "files"
-repositories = ["local", "gone"]
-rpo = "1h"
-[plan.alone]
-source = "files"
-repositories = ["local"]
-rpo = "1h"
-[daemon]
-time-zone = "UTC"
-"#,
+        Toml::new()
+            .repo("local", "")
+            .repo("gone", "role = \"offsite\"")
+            .files("files", "src")
+            .plan("both", "files", &["local", "gone"], "")
+            .plan("alone", "files", &["local"], "")
+            .daemon(""),
     );
     let both = run_plan(&config, "both", &RunOptions::manual())
         .await
@@ -183,21 +167,7 @@ time-zone = "UTC"
 async fn a_repository_locked_by_a_prune_is_locked_not_failed() {
     let s = Setup::new();
     let local = s.repo("local").await;
-    let config = s.config(
-        r#"
-state-dir = "state"
-[repository.local]
-location = "local"
-password-file = "pw"
-[source.files]
-type = "files"
-paths = ["{root}/src"]
-[plan.files]
-source = "files"
-repositories = ["local"]
-rpo = "1h"
-"#,
-    );
+    let config = s.config(Toml::local_files(""));
     let repo = open(&local).await;
     let lock = RepositoryLock::acquire(&repo, LockKind::Exclusive, &LockOptions::default())
         .await
@@ -222,21 +192,7 @@ rpo = "1h"
 async fn a_plan_does_not_run_twice_at_once() {
     let s = Setup::new();
     s.repo("local").await;
-    let config = s.config(
-        r#"
-state-dir = "state"
-[repository.local]
-location = "local"
-password-file = "pw"
-[source.files]
-type = "files"
-paths = ["{root}/src"]
-[plan.files]
-source = "files"
-repositories = ["local"]
-rpo = "1h"
-"#,
-    );
+    let config = s.config(Toml::local_files(""));
     let dir = StateDir::new(&config.state_dir);
     let held = dir.lock_plan("files").unwrap().expect("free");
     let e = run_plan(&config, "files", &RunOptions::manual())

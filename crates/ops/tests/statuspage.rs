@@ -4,31 +4,16 @@
 
 mod common;
 
-use common::{Setup, TestDaemon, next_event};
+use common::{DAEMON_START, Setup, TestDaemon, Toml, finished, next_event};
 use lifeboat_ops::daemon::{Event, ManualClock};
 use lifeboat_ops::incident::{NoticeKind, NoticeOptions, record};
 
-const CONFIG: &str = r#"
-state-dir = "state"
-[repository.local]
-location = "local"
-password-file = "pw"
-[source.files]
-type = "files"
-paths = ["{root}/src"]
-[plan.files]
-source = "files"
-repositories = ["local"]
-rpo = "1h"
-[plan.other]
-source = "files"
-repositories = ["local"]
-rpo = "1h"
-[daemon]
-time-zone = "UTC"
-listen = "127.0.0.1:0"
-max-concurrent = 1
-"#;
+/// Two plans on one repository, run one at a time, and the HTTP endpoints.
+fn config() -> Toml {
+    Toml::local_files("")
+        .plan("other", "files", &["local"], "")
+        .daemon("listen = \"127.0.0.1:0\"\nmax-concurrent = 1")
+}
 
 fn clock_now(c: &ManualClock) -> jiff::Timestamp {
     lifeboat_ops::daemon::Clock::now(c)
@@ -45,31 +30,20 @@ async fn page(base: &str) -> String {
 async fn the_daemon_serves_the_status_page_with_the_open_incident() {
     let s = Setup::new();
     s.repo("local").await;
-    let config = s.config(CONFIG);
+    let config = s.config(config());
     let TestDaemon {
         clock,
         mut events,
         shutdown,
         handle: daemon,
         ..
-    } = s.start_daemon(
-        config.clone(),
-        "2026-01-01T05:07:00Z".parse().unwrap(),
-        1,
-        true,
-        None,
-    );
+    } = s.start_daemon(config.clone(), DAEMON_START.parse().unwrap(), 1, true, None);
     let Event::Listening(addr) = next_event(&mut events).await else {
         panic!("first event is Listening")
     };
     let base = format!("http://{addr}");
     // Both plans never ran: each is caught up once; wait for both.
-    let mut finished = 0;
-    while finished < 2 {
-        if let Event::Finished { .. } = next_event(&mut events).await {
-            finished += 1;
-        }
-    }
+    finished(&mut events, 2).await;
     let calm = page(&base).await;
     assert!(calm.contains("No open incident"), "{calm}");
     assert!(calm.contains("<tr data-plan=\"files\">"), "{calm}");
@@ -127,9 +101,7 @@ async fn next_page_write(
 async fn the_daemon_rewrites_status_html_in_the_status_dir_when_a_plan_or_incident_changes() {
     let s = Setup::new();
     s.repo("local").await;
-    let config = s.config(&format!(
-        "{CONFIG}\n[communication]\nstatus-dir = \"www\"\n"
-    ));
+    let config = s.config(config().table("communication", "status-dir = \"www\""));
     let www = s.path("www");
     let TestDaemon {
         clock,
@@ -139,7 +111,7 @@ async fn the_daemon_rewrites_status_html_in_the_status_dir_when_a_plan_or_incide
         ..
     } = s.start_daemon(
         config.clone(),
-        "2026-01-01T05:07:00Z".parse().unwrap(),
+        DAEMON_START.parse().unwrap(),
         1,
         false,
         None,

@@ -21,20 +21,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// Every namespace lifeboat writes, and so every one whose versions are
-/// locked, extended and reclaimed.
-const KINDS: [Kind; 9] = [
-    Kind::Config,
-    Kind::Keys,
-    Kind::Packs,
-    Kind::Index,
-    Kind::Snapshots,
-    Kind::Locks,
-    Kind::Archive,
-    Kind::Audit,
-    Kind::Protect,
-];
-
 /// Retention requests in flight at once: each is a small signed request,
 /// and S3 scales per request.
 const CONCURRENCY: usize = 16;
@@ -141,7 +127,9 @@ pub async fn extend(
         until: until.to_string(),
         ..Default::default()
     };
-    for kind in KINDS {
+    // Every namespace lifeboat writes, so every one whose versions are
+    // locked, extended and reclaimed.
+    for kind in Kind::ALL {
         let current: Vec<ObjectVersion> = versions
             .list_versions(kind)
             .await?
@@ -210,7 +198,9 @@ pub struct ReclaimPlan {
 pub async fn plan_reclaim(storage: &DynStorage, now: jiff::Timestamp) -> Result<ReclaimPlan> {
     let versions = versioned(storage)?;
     let mut plan = ReclaimPlan::default();
-    for kind in KINDS {
+    // Every namespace lifeboat writes, so every one whose versions are
+    // locked, extended and reclaimed.
+    for kind in Kind::ALL {
         let all = versions.list_versions(kind).await?;
         let old: Vec<ObjectVersion> = all
             .into_iter()

@@ -2,15 +2,16 @@
 //! per-file failures.
 
 use lifeboat_testkit::data::pseudo_random;
-use lifeboat_testkit::repo::{assert_check_ok, memory_repo_with};
+use lifeboat_testkit::repo::{assert_check_ok, default_options, memory_repo_with};
 use lifeboat_testkit::tmpfs::Tmpfs;
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use lifeboat_repo::{BackupMode, InitOptions, KdfParams, Repository};
+use lifeboat_repo::{BackupMode, Repository};
 use lifeboat_snapshot::backup::{
-    BackupOptions, LIVE_REUSE_MARGIN_SECS, StreamOptions, backup, backup_pending, backup_stream,
+    BackupOptions, BackupOutcome, LIVE_REUSE_MARGIN_SECS, StreamOptions, backup, backup_pending,
+    backup_stream,
 };
 use lifeboat_snapshot::progress::NoProgress;
 use lifeboat_snapshot::restore::{RestoreOptions, restore};
@@ -19,11 +20,7 @@ use lifeboat_storage::{Kind, MemoryStorage};
 /// An in-memory repository with the default pack size: these tests
 /// measure pack bytes as a real backup lays them out.
 async fn memory_repo() -> (MemoryStorage, Arc<Repository>) {
-    memory_repo_with(InitOptions {
-        kdf: KdfParams::INSECURE_TEST,
-        ..Default::default()
-    })
-    .await
+    memory_repo_with(default_options()).await
 }
 
 fn opts(path: &Path, mode: BackupMode) -> BackupOptions {
@@ -32,6 +29,13 @@ fn opts(path: &Path, mode: BackupMode) -> BackupOptions {
         mode,
         ..Default::default()
     }
+}
+
+/// A backup with `options` that must succeed.
+async fn backup_ok(repo: &Arc<Repository>, options: &BackupOptions) -> BackupOutcome {
+    backup(repo.clone(), options, Arc::new(NoProgress))
+        .await
+        .unwrap()
 }
 
 async fn pack_bytes(mem: &MemoryStorage) -> u64 {
@@ -65,23 +69,11 @@ async fn unchanged_second_backup_adds_no_pack_bytes_and_reads_nothing() {
     }
     fs::create_dir(dir.path().join("sub")).unwrap();
     fs::write(dir.path().join("sub/big"), pseudo_random(3 << 20, 99)).unwrap();
-    let first = backup(
-        repo.clone(),
-        &opts(dir.path(), BackupMode::Incremental),
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap();
+    let first = backup_ok(&repo, &opts(dir.path(), BackupMode::Incremental)).await;
     assert_eq!(first.snapshot.record.summary.files_new, 21);
     let before = pack_bytes(&mem).await;
     assert!(before > 3 << 20);
-    let second = backup(
-        repo.clone(),
-        &opts(dir.path(), BackupMode::Incremental),
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap();
+    let second = backup_ok(&repo, &opts(dir.path(), BackupMode::Incremental)).await;
     let s = &second.snapshot.record.summary;
     assert_eq!(pack_bytes(&mem).await, before, "no new pack bytes");
     assert_eq!(s.added_bytes, 0);
@@ -91,13 +83,7 @@ async fn unchanged_second_backup_adds_no_pack_bytes_and_reads_nothing() {
     assert_eq!(second.snapshot.record.tree, first.snapshot.record.tree);
 
     // A full backup reads everything but still stores nothing new.
-    let full = backup(
-        repo.clone(),
-        &opts(dir.path(), BackupMode::Full),
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap();
+    let full = backup_ok(&repo, &opts(dir.path(), BackupMode::Full)).await;
     assert_eq!(
         full.snapshot.record.summary.read_bytes,
         first.snapshot.record.summary.read_bytes
@@ -107,20 +93,8 @@ async fn unchanged_second_backup_adds_no_pack_bytes_and_reads_nothing() {
 
     // Differential compares with the latest full snapshot.
     fs::write(dir.path().join("f0"), b"changed").unwrap();
-    let inc = backup(
-        repo.clone(),
-        &opts(dir.path(), BackupMode::Incremental),
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap();
-    let diff = backup(
-        repo.clone(),
-        &opts(dir.path(), BackupMode::Differential),
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap();
+    let inc = backup_ok(&repo, &opts(dir.path(), BackupMode::Incremental)).await;
+    let diff = backup_ok(&repo, &opts(dir.path(), BackupMode::Differential)).await;
     assert_eq!(inc.snapshot.record.parent, Some(full.snapshot.id));
     assert_eq!(diff.snapshot.record.parent, Some(full.snapshot.id));
     assert_eq!(diff.snapshot.record.mode, BackupMode::Differential);
@@ -134,23 +108,11 @@ async fn one_byte_change_in_64_mib_file_adds_few_chunks() {
     let path = dir.path().join("big.bin");
     let mut data = pseudo_random(64 << 20, 7);
     fs::write(&path, &data).unwrap();
-    backup(
-        repo.clone(),
-        &opts(dir.path(), BackupMode::Incremental),
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap();
+    backup_ok(&repo, &opts(dir.path(), BackupMode::Incremental)).await;
     let before = pack_bytes(&mem).await;
     data[40 << 20] ^= 0xff;
     fs::write(&path, &data).unwrap();
-    let second = backup(
-        repo.clone(),
-        &opts(dir.path(), BackupMode::Incremental),
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap();
+    let second = backup_ok(&repo, &opts(dir.path(), BackupMode::Incremental)).await;
     let s = &second.snapshot.record.summary;
     // The changed chunk, maybe its neighbour, and the trees on the path.
     assert!(s.blobs_added <= 3 + 4, "added {} blobs", s.blobs_added);

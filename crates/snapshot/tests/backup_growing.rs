@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use lifeboat_repo::{InitOptions, KdfParams, Repository};
 use lifeboat_snapshot::backup::{BackupOptions, backup};
 use lifeboat_snapshot::progress::{BackupProgress, NoProgress};
 use lifeboat_snapshot::restore::{RestoreOptions, restore};
-use lifeboat_storage::{DynStorage, MemoryStorage};
 use lifeboat_testkit::data::pseudo_random;
+use lifeboat_testkit::repo::{default_options, memory_repo_with};
 
 const START: usize = 8 << 20;
 const APPENDED: usize = 4 << 20;
@@ -44,12 +43,7 @@ impl BackupProgress for Grower {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_growing_while_read_is_read_to_its_size_at_the_start() {
-    let storage: DynStorage = Arc::new(MemoryStorage::new());
-    let options = InitOptions {
-        kdf: KdfParams::INSECURE_TEST,
-        ..Default::default()
-    };
-    let repo = Arc::new(Repository::init(storage, b"pw", options).await.unwrap());
+    let (_, repo) = memory_repo_with(default_options()).await;
     let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let src = base.path().join("src");
     fs::create_dir(&src).unwrap();

@@ -24,15 +24,15 @@ use std::sync::Arc;
 use common::restore_to_temp;
 use lifeboat_repo::prune::{PruneOptions, prune};
 use lifeboat_repo::{
-    BackupMode, BackupSummary, BlobType, CheckOptions, Id, Node, NodeKind, Repository, Snapshot,
-    SnapshotRecord, Time, Tree, WriteOptions, WriteSession, check,
+    BackupMode, BackupSummary, BlobType, CheckOptions, Id, Repository, Snapshot, SnapshotRecord,
+    Tree, WriteOptions, WriteSession, check,
 };
 use lifeboat_snapshot::backup::{BackupOptions, backup};
 use lifeboat_snapshot::progress::NoProgress;
 use lifeboat_snapshot::restore::{RestoreOptions, restore};
 use lifeboat_storage::{Kind, MemoryStorage, ObjectKey, Storage};
 use lifeboat_testkit::fs::assert_same_tree;
-use lifeboat_testkit::repo::{assert_check_ok, memory_repo, reopen};
+use lifeboat_testkit::repo::{assert_check_ok, dir_node, memory_repo, reopen};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -101,28 +101,6 @@ async fn regression_zero_byte_file_then_empty_directory() {
     assert_restores_contents(&repo, &second, dirs.path()).await;
 }
 
-fn dir_node(name: &str, subtree: Id) -> Node {
-    Node {
-        name: name.as_bytes().to_vec(),
-        kind: NodeKind::Dir,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        user: None,
-        group: None,
-        mtime: Time::default(),
-        ctime: Time::default(),
-        dev: 0,
-        inode: 0,
-        links: 1,
-        size: 0,
-        content: vec![],
-        subtree: Some(subtree),
-        link_target: None,
-        xattrs: vec![],
-    }
-}
-
 /// A snapshot whose root holds `broken` (a directory whose subtree id is
 /// only a data blob, as a backup by the old code left it) and `good` (a
 /// real directory with a file), written through a write session.
@@ -145,8 +123,8 @@ async fn snapshot_with_mistyped_subtree(repo: &Arc<Repository>, good: &Path) -> 
         .unwrap();
     let root = Tree {
         nodes: vec![
-            dir_node("broken", data_only),
-            dir_node("good", good_snap.record.tree),
+            dir_node("broken", Some(data_only)),
+            dir_node("good", Some(good_snap.record.tree)),
         ],
     };
     let root = session

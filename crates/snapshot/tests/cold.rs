@@ -9,8 +9,8 @@ use std::sync::Arc;
 use lifeboat_repo::prune::{PruneOptions, prune};
 use lifeboat_repo::retention::{ForgetOptions, RetentionPolicy, forget};
 use lifeboat_repo::{
-    BackupMode, BlobType, CheckOptions, ColdInit, Error, InitOptions, Node, NodeKind, Repository,
-    Snapshot, SnapshotRecord, Tier, Time, Tree, WriteOptions, WriteSession, check,
+    BackupMode, BlobType, CheckOptions, ColdInit, Error, InitOptions, Repository, Snapshot,
+    SnapshotRecord, Tier, Tree, WriteOptions, WriteSession, check,
 };
 use lifeboat_snapshot::backup::{BackupOptions, backup};
 use lifeboat_snapshot::progress::NoProgress;
@@ -19,7 +19,7 @@ use lifeboat_storage::{DynStorage, Kind, MemoryStorage, Storage};
 use lifeboat_testkit::CountingStorage;
 use lifeboat_testkit::data::pseudo_random;
 use lifeboat_testkit::fs::restored;
-use lifeboat_testkit::repo::{assert_check_ok, init_options, small_chunks};
+use lifeboat_testkit::repo::{assert_check_ok, file_node, init_options, small_chunks};
 
 mod common;
 use common::restore_to_temp;
@@ -66,6 +66,16 @@ impl Tiers {
         .await
         .unwrap();
         Arc::new(repo)
+    }
+
+    /// A new repository with [`make_source`]'s tree backed up: the
+    /// repository, the source directory and the snapshot.
+    async fn backed_up(&self) -> (Arc<Repository>, tempfile::TempDir, Snapshot) {
+        let repo = self.init().await;
+        let src = tempfile::tempdir().unwrap();
+        make_source(src.path());
+        let snap = backup_dir(&repo, src.path()).await;
+        (repo, src, snap)
     }
 
     /// Opens the repository again (as a new process would), with the
@@ -166,10 +176,7 @@ async fn a_write_session_never_mixes_tree_and_data_blobs_in_a_pack() {
 #[tokio::test]
 async fn data_packs_go_cold_and_everything_else_stays_hot() {
     let tiers = Tiers::new();
-    let repo = tiers.init().await;
-    let src = tempfile::tempdir().unwrap();
-    make_source(src.path());
-    backup_dir(&repo, src.path()).await;
+    let (repo, _src, _) = tiers.backed_up().await;
 
     // The cold tier holds packs and nothing else.
     for kind in Kind::ALL {
@@ -213,10 +220,7 @@ async fn data_packs_go_cold_and_everything_else_stays_hot() {
 #[tokio::test]
 async fn listing_ls_find_diff_forget_check_and_planning_never_read_the_cold_tier() {
     let tiers = Tiers::new();
-    let repo = tiers.init().await;
-    let src = tempfile::tempdir().unwrap();
-    make_source(src.path());
-    backup_dir(&repo, src.path()).await;
+    let (repo, src, _) = tiers.backed_up().await;
     std::fs::write(src.path().join("a/new.bin"), pseudo_random(300_000, 9)).unwrap();
     backup_dir(&repo, src.path()).await;
     drop(repo);
@@ -294,10 +298,7 @@ async fn listing_ls_find_diff_forget_check_and_planning_never_read_the_cold_tier
 #[tokio::test]
 async fn restore_reads_exactly_the_planned_cold_packs() {
     let tiers = Tiers::new();
-    let repo = tiers.init().await;
-    let src = tempfile::tempdir().unwrap();
-    make_source(src.path());
-    let snap = backup_dir(&repo, src.path()).await;
+    let (_repo, src, snap) = tiers.backed_up().await;
     let repo = tiers.open().await;
     tiers.cold.reset();
 
@@ -338,10 +339,7 @@ async fn restore_reads_exactly_the_planned_cold_packs() {
 #[tokio::test]
 async fn check_read_data_and_prune_work_across_tiers() {
     let tiers = Tiers::new();
-    let repo = tiers.init().await;
-    let src = tempfile::tempdir().unwrap();
-    make_source(src.path());
-    backup_dir(&repo, src.path()).await;
+    let (repo, src, _) = tiers.backed_up().await;
     // A second snapshot without big.bin; forgetting the first leaves the
     // big file's packs unused.
     std::fs::remove_file(src.path().join("a/big.bin")).unwrap();
@@ -413,25 +411,7 @@ async fn prune_reports_the_cold_bytes_it_downloads_to_repack() {
         .await
         .unwrap();
     let tree = Tree {
-        nodes: vec![Node {
-            name: b"f".to_vec(),
-            kind: NodeKind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            user: None,
-            group: None,
-            mtime: Time::default(),
-            ctime: Time::default(),
-            dev: 0,
-            inode: 0,
-            links: 1,
-            size: 200_000,
-            content: vec![used.id],
-            subtree: None,
-            link_target: None,
-            xattrs: vec![],
-        }],
+        nodes: vec![file_node("f", 200_000, vec![used.id])],
     };
     let tree_id = session
         .add_blob(BlobType::Tree, &tree.encode())
@@ -489,10 +469,7 @@ async fn prune_reports_the_cold_bytes_it_downloads_to_repack() {
 #[tokio::test]
 async fn the_cold_tier_is_opened_only_when_data_is_needed() {
     let tiers = Tiers::new();
-    let repo = tiers.init().await;
-    let src = tempfile::tempdir().unwrap();
-    make_source(src.path());
-    let snap = backup_dir(&repo, src.path()).await;
+    let (_repo, _src, snap) = tiers.backed_up().await;
 
     // Recorded location unreachable (nothing there): trees still list.
     let nowhere = tempfile::tempdir().unwrap();
@@ -641,10 +618,7 @@ async fn copy_into_and_out_of_a_cold_repository_keeps_the_tiers() {
 #[tokio::test]
 async fn repair_index_reads_both_tiers_and_check_names_a_pack_in_the_wrong_tier() {
     let tiers = Tiers::new();
-    let repo = tiers.init().await;
-    let src = tempfile::tempdir().unwrap();
-    make_source(src.path());
-    backup_dir(&repo, src.path()).await;
+    let (repo, _src, _) = tiers.backed_up().await;
     let before = repo.load_index().await.unwrap();
 
     // Index lost: repair rebuilds it from the trailers of both tiers.

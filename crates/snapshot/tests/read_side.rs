@@ -6,7 +6,7 @@ use lifeboat_testkit::tmpfs::Tmpfs;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -170,6 +170,15 @@ impl Fixture {
         Fixture { mem }
     }
 
+    /// A new fixture holding [`sample`] as a snapshot at second 1000, the
+    /// snapshot, and a handle that sees it.
+    async fn with_sample() -> (Self, Snapshot, Arc<Repository>) {
+        let fx = Self::new().await;
+        let snap = fx.snapshot(1000, sample()).await;
+        let repo = fx.open().await;
+        (fx, snap, repo)
+    }
+
     /// A fresh handle: the index is loaded once per handle, so reads after
     /// writes need a new one.
     async fn open(&self) -> Arc<Repository> {
@@ -273,9 +282,7 @@ fn unlock(root: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_round_trip_restores_content_and_metadata() {
-    let fx = Fixture::new().await;
-    let snap = fx.snapshot(1000, sample()).await;
-    let repo = fx.open().await;
+    let (_fx, snap, repo) = Fixture::with_sample().await;
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path().join("target");
     // The fixture must exercise reads from several packs.
@@ -403,15 +410,20 @@ async fn a_file_of_only_zero_blobs_is_created_though_no_write_opens_it() {
     assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, 0o604);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn restore_refuses_existing_files_before_writing_anything() {
-    let fx = Fixture::new().await;
-    let snap = fx.snapshot(1000, sample()).await;
-    let repo = fx.open().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path().join("target");
+/// `<dir>/target` with a file of the user's (`data/zeros.bin`, "mine")
+/// where [`sample`] restores one.
+fn target_holding_mine(dir: &Path) -> PathBuf {
+    let t = dir.join("target");
     fs::create_dir_all(t.join("data")).unwrap();
     fs::write(t.join("data/zeros.bin"), b"mine").unwrap();
+    t
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_refuses_existing_files_before_writing_anything() {
+    let (_fx, snap, repo) = Fixture::with_sample().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = target_holding_mine(tmp.path());
 
     let err = restore(&repo, &snap, &options(&t), &NoProgress)
         .await
@@ -429,13 +441,9 @@ async fn restore_refuses_existing_files_before_writing_anything() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_overwrite_replaces_files_and_never_writes_through_symlinks() {
-    let fx = Fixture::new().await;
-    let snap = fx.snapshot(1000, sample()).await;
-    let repo = fx.open().await;
+    let (_fx, snap, repo) = Fixture::with_sample().await;
     let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path().join("target");
-    fs::create_dir_all(t.join("data")).unwrap();
-    fs::write(t.join("data/zeros.bin"), b"mine").unwrap();
+    let t = target_holding_mine(tmp.path());
     let victim = tmp.path().join("victim");
     fs::write(&victim, b"keep me").unwrap();
     std::os::unix::fs::symlink(&victim, t.join("data/copy.bin")).unwrap();
@@ -463,9 +471,7 @@ async fn restore_overwrite_replaces_files_and_never_writes_through_symlinks() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_delta_skips_identical_files_and_fixes_the_others() {
-    let fx = Fixture::new().await;
-    let snap = fx.snapshot(1000, sample()).await;
-    let repo = fx.open().await;
+    let (_fx, snap, repo) = Fixture::with_sample().await;
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path().join("target");
     restore(&repo, &snap, &options(&t), &NoProgress)
@@ -502,9 +508,7 @@ async fn restore_delta_skips_identical_files_and_fixes_the_others() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_include_and_exclude_select_entries() {
-    let fx = Fixture::new().await;
-    let snap = fx.snapshot(1000, sample()).await;
-    let repo = fx.open().await;
+    let (_fx, snap, repo) = Fixture::with_sample().await;
     let tmp = tempfile::tempdir().unwrap();
 
     // A snapshot path: the directory, its contents and the parents needed.
@@ -553,9 +557,7 @@ async fn restore_include_and_exclude_select_entries() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_reports_damaged_blob_with_file_and_pack_and_restores_the_rest() {
-    let fx = Fixture::new().await;
-    let snap = fx.snapshot(1000, sample()).await;
-    let repo = fx.open().await;
+    let (fx, snap, repo) = Fixture::with_sample().await;
     // Damage the third chunk of big.bin, and only it.
     let third = &big()[2 * BIG_CHUNK..3 * BIG_CHUNK];
     let loc = repo
@@ -600,9 +602,7 @@ async fn damage(fx: &Fixture, repo: &Repository, plaintext: &[u8]) -> Id {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_removes_files_whose_data_is_damaged() {
-    let fx = Fixture::new().await;
-    let snap = fx.snapshot(1000, sample()).await;
-    let repo = fx.open().await;
+    let (fx, snap, repo) = Fixture::with_sample().await;
     let big_pack = damage(&fx, &repo, &big()[2 * BIG_CHUNK..3 * BIG_CHUNK]).await;
     // hard1 and hard2 are one file: both names go.
     let hard_pack = damage(&fx, &repo, b"two names, one file").await;
@@ -684,9 +684,7 @@ async fn restore_onto_a_full_target_stops_with_storage_full() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dump_writes_file_content_and_refuses_directories() {
-    let fx = Fixture::new().await;
-    let snap = fx.snapshot(1000, sample()).await;
-    let repo = fx.open().await;
+    let (_fx, snap, repo) = Fixture::with_sample().await;
     let mut out = Vec::new();
     let n = dump(&repo, &snap, b"/data/big.bin", &mut out)
         .await
@@ -715,9 +713,7 @@ async fn dump_writes_file_content_and_refuses_directories() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ls_lists_directories_files_and_subtrees() {
-    let fx = Fixture::new().await;
-    let snap = fx.snapshot(1000, sample()).await;
-    let repo = fx.open().await;
+    let (_fx, snap, repo) = Fixture::with_sample().await;
 
     let root = ls(&repo, &snap, b"/", false).await.unwrap();
     assert_eq!(root.len(), 1);

@@ -1,16 +1,20 @@
 //! Regression tests for bugs found by the reliability harness
 //! (docs/reliability.md), each named after what broke.
 
+mod common;
+use common::backup_snapshot;
+
 use std::fs;
 use std::sync::Arc;
 
-use lifeboat_repo::{InitOptions, KdfParams, Repository};
+use lifeboat_repo::Repository;
 use lifeboat_snapshot::backup::{BackupOptions, backup};
 use lifeboat_snapshot::progress::NoProgress;
 use lifeboat_snapshot::restore::{RestoreOptions, restore};
-use lifeboat_storage::{DynStorage, MemoryStorage};
+use lifeboat_storage::DynStorage;
 use lifeboat_testkit::data::pseudo_random;
 use lifeboat_testkit::faulty::{FaultPlan, FaultyStorage};
+use lifeboat_testkit::repo::{default_options, memory_repo_with};
 
 /// Found by `random_ops` (a restore step under short reads): a `get_range`
 /// that returned fewer bytes than asked made a restore worker panic while
@@ -18,28 +22,12 @@ use lifeboat_testkit::faulty::{FaultPlan, FaultyStorage};
 /// read is a per-file error naming the cause, and nothing wrong is written.
 #[tokio::test(flavor = "multi_thread")]
 async fn regression_restore_panicked_on_short_range_read() {
-    let mem = MemoryStorage::new();
-    let storage: DynStorage = Arc::new(mem.clone());
-    let options = InitOptions {
-        kdf: KdfParams::INSECURE_TEST,
-        ..Default::default()
-    };
-    let repo = Arc::new(Repository::init(storage, b"pw", options).await.unwrap());
+    let (mem, repo) = memory_repo_with(default_options()).await;
     let src = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     for i in 0..4 {
         fs::write(src.path().join(format!("f{i}")), pseudo_random(50_000, i)).unwrap();
     }
-    let snap = backup(
-        repo,
-        &BackupOptions {
-            paths: vec![src.path().to_path_buf()],
-            ..Default::default()
-        },
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap()
-    .snapshot;
+    let snap = backup_snapshot(&repo, src.path().to_path_buf()).await;
 
     let faulty: DynStorage = Arc::new(FaultyStorage::new(
         Arc::new(mem.clone()),
@@ -82,13 +70,7 @@ async fn regression_restore_panicked_on_short_range_read() {
 async fn regression_backup_racing_prune_failed_on_a_vanished_index_object() {
     use lifeboat_storage::{ErrorKind, Kind};
     use lifeboat_testkit::faulty::Op;
-    let mem = MemoryStorage::new();
-    let storage: DynStorage = Arc::new(mem.clone());
-    let options = InitOptions {
-        kdf: KdfParams::INSECURE_TEST,
-        ..Default::default()
-    };
-    let repo = Arc::new(Repository::init(storage, b"pw", options).await.unwrap());
+    let (mem, repo) = memory_repo_with(default_options()).await;
     let src = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     fs::write(src.path().join("f"), pseudo_random(50_000, 1)).unwrap();
     let opts = BackupOptions {
@@ -127,12 +109,7 @@ async fn regression_crafted_hard_link_group_with_different_contents() {
         BlobType, CheckOptions, Id, Node, NodeKind, Time, Tree, WriteOptions, WriteSession, check,
     };
     use lifeboat_snapshot::dump::dump;
-    let storage: DynStorage = Arc::new(MemoryStorage::new());
-    let options = InitOptions {
-        kdf: KdfParams::INSECURE_TEST,
-        ..Default::default()
-    };
-    let repo = Arc::new(Repository::init(storage, b"pw", options).await.unwrap());
+    let (_, repo) = memory_repo_with(default_options()).await;
     let session = WriteSession::start(repo.clone(), WriteOptions::default())
         .await
         .unwrap();
@@ -291,17 +268,7 @@ async fn restore_falls_back_to_another_copy(damage: Damage) {
         s.finish(record(tree)).await.unwrap();
     }
     let repo = reopen(Arc::new(mem.clone())).await;
-    let snap = backup(
-        repo.clone(),
-        &BackupOptions {
-            paths: vec![src.path().to_path_buf()],
-            ..Default::default()
-        },
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap()
-    .snapshot;
+    let snap = backup_snapshot(&repo, src.path().to_path_buf()).await;
 
     // The pack the restoring handle reads first is the one damaged (index
     // objects are merged in the order their reads finish, so another

@@ -6,17 +6,18 @@
 //! `--overwrite` and `--delta` restores run. Nothing outside the target may
 //! change: no file created there, its mode and times untouched.
 
+mod common;
+use common::backup_snapshot;
+
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use lifeboat_repo::{InitOptions, KdfParams, Repository};
-use lifeboat_snapshot::backup::{BackupOptions, backup};
 use lifeboat_snapshot::progress::NoProgress;
 use lifeboat_snapshot::restore::{RestoreOptions, restore};
-use lifeboat_storage::{DynStorage, MemoryStorage};
+use lifeboat_testkit::repo::{default_options, memory_repo_with};
 
 /// Restores per kind (plain, overwrite, delta) of the race test.
 const TRIALS: usize = 12;
@@ -88,12 +89,7 @@ impl Outside {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_never_follows_a_directory_swapped_for_a_symlink() {
-    let storage: DynStorage = Arc::new(MemoryStorage::new());
-    let options = InitOptions {
-        kdf: KdfParams::INSECURE_TEST,
-        ..Default::default()
-    };
-    let repo = Arc::new(Repository::init(storage, b"pw", options).await.unwrap());
+    let (_, repo) = memory_repo_with(default_options()).await;
     let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let src = base.path().join("src");
     // `a` stands for a directory another user owns in the target; `b` is
@@ -107,17 +103,7 @@ async fn restore_never_follows_a_directory_swapped_for_a_symlink() {
     std::os::unix::fs::symlink("f0", b.join("link")).unwrap();
     fs::hard_link(b.join("f1"), b.join("f1-again")).unwrap();
     fs::set_permissions(&b, fs::Permissions::from_mode(0o777)).unwrap();
-    let snap = backup(
-        repo.clone(),
-        &BackupOptions {
-            paths: vec![src.clone()],
-            ..Default::default()
-        },
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap()
-    .snapshot;
+    let snap = backup_snapshot(&repo, src.clone()).await;
 
     let outside = Outside::new(&base.path().join("outside"));
     let swaps = Arc::new(AtomicU64::new(0));
@@ -162,28 +148,13 @@ async fn restore_never_follows_a_directory_swapped_for_a_symlink() {
 /// outside name too. It is replaced instead.
 #[tokio::test(flavor = "multi_thread")]
 async fn delta_replaces_a_file_hard_linked_from_outside_the_target() {
-    let storage: DynStorage = Arc::new(MemoryStorage::new());
-    let options = InitOptions {
-        kdf: KdfParams::INSECURE_TEST,
-        ..Default::default()
-    };
-    let repo = Arc::new(Repository::init(storage, b"pw", options).await.unwrap());
+    let (_, repo) = memory_repo_with(default_options()).await;
     let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let src = base.path().join("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("f"), b"same bytes").unwrap();
     fs::set_permissions(src.join("f"), fs::Permissions::from_mode(0o666)).unwrap();
-    let snap = backup(
-        repo.clone(),
-        &BackupOptions {
-            paths: vec![src.clone()],
-            ..Default::default()
-        },
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap()
-    .snapshot;
+    let snap = backup_snapshot(&repo, src.clone()).await;
 
     let target = base.path().join("target");
     let in_target = target.join(src.strip_prefix("/").unwrap()).join("f");

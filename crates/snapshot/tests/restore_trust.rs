@@ -2,16 +2,18 @@
 //! `security.*` attributes only when root of a host made it
 //! (docs/security.md, "A key holder without root").
 
+mod common;
+use common::backup_snapshot;
+
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lifeboat_repo::{Creator, InitOptions, KdfParams, Repository, Snapshot};
-use lifeboat_snapshot::backup::{BackupOptions, backup};
+use lifeboat_repo::{Creator, Repository, Snapshot};
 use lifeboat_snapshot::progress::NoProgress;
 use lifeboat_snapshot::restore::{RestoreOptions, RestoreStats, restore};
-use lifeboat_storage::{DynStorage, MemoryStorage};
+use lifeboat_testkit::repo::{default_options, memory_repo_with};
 
 const CAP: &str = "security.capability";
 /// A valid `security.capability` value: revision 2, CAP_NET_RAW permitted.
@@ -44,12 +46,7 @@ struct Setup {
 /// owned by uid 1234 and a setgid directory, backed up by this (root)
 /// process.
 async fn setup() -> Setup {
-    let storage: DynStorage = Arc::new(MemoryStorage::new());
-    let options = InitOptions {
-        kdf: KdfParams::INSECURE_TEST,
-        ..Default::default()
-    };
-    let repo = Arc::new(Repository::init(storage, b"pw", options).await.unwrap());
+    let (_, repo) = memory_repo_with(default_options()).await;
     let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let src = base.path().join("src");
     fs::create_dir_all(src.join("sgid")).unwrap();
@@ -63,17 +60,7 @@ async fn setup() -> Setup {
     fs::write(src.join("owned"), b"someone's").unwrap();
     std::os::unix::fs::chown(src.join("owned"), Some(1234), Some(1234)).unwrap();
     fs::set_permissions(src.join("sgid"), fs::Permissions::from_mode(0o2755)).unwrap();
-    let snap = backup(
-        repo.clone(),
-        &BackupOptions {
-            paths: vec![src.clone()],
-            ..Default::default()
-        },
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap()
-    .snapshot;
+    let snap = backup_snapshot(&repo, src.clone()).await;
     Setup {
         repo,
         snap,

@@ -1,40 +1,25 @@
 //! `restore --verify`: reading a restored target back against the
 //! snapshot finds every kind of difference, and none after a clean restore.
 
-use std::fs;
-use std::sync::Arc;
+mod common;
+use common::backup_snapshot;
 
-use lifeboat_repo::{InitOptions, KdfParams, Repository};
-use lifeboat_snapshot::backup::{BackupOptions, backup};
+use std::fs;
+
 use lifeboat_snapshot::progress::NoProgress;
 use lifeboat_snapshot::restore::{RestoreOptions, restore, verify};
-use lifeboat_storage::{DynStorage, MemoryStorage};
 use lifeboat_testkit::data::pseudo_random;
+use lifeboat_testkit::repo::{default_options, memory_repo_with};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_finds_changed_missing_and_resized_files_after_a_restore() {
-    let storage: DynStorage = Arc::new(MemoryStorage::new());
-    let options = InitOptions {
-        kdf: KdfParams::INSECURE_TEST,
-        ..Default::default()
-    };
-    let repo = Arc::new(Repository::init(storage, b"pw", options).await.unwrap());
+    let (_, repo) = memory_repo_with(default_options()).await;
     let src = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     for i in 0..3 {
         fs::write(src.path().join(format!("f{i}")), pseudo_random(300_000, i)).unwrap();
     }
     std::os::unix::fs::symlink("f0", src.path().join("link")).unwrap();
-    let snap = backup(
-        repo.clone(),
-        &BackupOptions {
-            paths: vec![src.path().to_path_buf()],
-            ..Default::default()
-        },
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap()
-    .snapshot;
+    let snap = backup_snapshot(&repo, src.path().to_path_buf()).await;
     let target = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let options = RestoreOptions {
         target: target.path().to_path_buf(),

@@ -58,18 +58,6 @@ impl LocalStorage {
     }
 }
 
-/// The namespace directories `init` creates.
-const DIRS: [Kind; 8] = [
-    Kind::Keys,
-    Kind::Packs,
-    Kind::Index,
-    Kind::Snapshots,
-    Kind::Locks,
-    Kind::Archive,
-    Kind::Audit,
-    Kind::Protect,
-];
-
 /// Refuses to create directories under a root that is not (or no longer)
 /// an initialized location: it is gone, or holds neither the config nor a
 /// location marker (an empty mount point after an unmount).
@@ -328,7 +316,8 @@ impl Storage for LocalStorage {
 
     async fn create_root(&self) -> Result<()> {
         self.blocking(|s| {
-            for kind in DIRS {
+            // Every namespace but the config, which is a file at the root.
+            for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::Config) {
                 let dir = s.root.join(kind.dir());
                 private_dir_all(&dir)
                     .map_err(|e| Error::from_io(e, format!("creating {}", dir.display())))?;

@@ -6,7 +6,8 @@
 //!   [`services::SshServer`] on a private sshd), started in temp dirs and
 //!   killed on drop, plus [`services::require_or_skip`] for missing binaries.
 //! - [`postgres`]: throwaway PostgreSQL clusters ([`postgres::PgCluster`]).
-//! - [`cmd::run_ok`]: run a command that must succeed, for binary tests.
+//! - [`cmd::run_ok`]: run a command that must succeed, for binary tests;
+//!   [`cmd::KillOnDrop`]: a child process that cannot outlive its test.
 //! - [`data`]: reproducible pseudo-random test data.
 //! - [`fs`]: directory-tree fixtures (write, read back, compare, where a
 //!   restore puts a path).

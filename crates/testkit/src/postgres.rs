@@ -82,15 +82,8 @@ pub fn pg_tempdir() -> TempDir {
     d
 }
 
-/// A free TCP port on 127.0.0.1 (probed; a race with another process is
-/// possible but unlikely in a test run).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+/// Re-exported here for the tests that start clusters on their own ports.
+pub use crate::services::free_port;
 
 /// Settings of a new cluster.
 #[derive(Debug, Clone, Default)]

@@ -31,6 +31,16 @@ pub fn init_options() -> InitOptions {
     }
 }
 
+/// The insecure test KDF with every other setting at the repository
+/// default, for tests that want packs and chunks as a real repository
+/// lays them out.
+pub fn default_options() -> InitOptions {
+    InitOptions {
+        kdf: KdfParams::INSECURE_TEST,
+        ..Default::default()
+    }
+}
+
 /// Chunks of 16..256 KiB (64 KiB on average), so test files of a few MiB
 /// split into many blobs.
 pub fn small_chunks(seed: u64) -> ChunkerParams {
@@ -95,26 +105,45 @@ pub async fn assert_check_ok(repo: &Repository) -> CheckReport {
 /// A tree holding one empty regular file named `name`: distinct names give
 /// distinct tree blobs, for tests that need many small trees.
 pub fn one_file_tree(name: &str) -> lifeboat_repo::Tree {
-    use lifeboat_repo::{Node, NodeKind, Time, Tree};
-    Tree {
-        nodes: vec![Node {
-            name: name.as_bytes().to_vec(),
-            kind: NodeKind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            user: None,
-            group: None,
-            mtime: Time::default(),
-            ctime: Time::default(),
-            dev: 0,
-            inode: 0,
-            links: 1,
-            size: 0,
-            content: vec![],
-            subtree: None,
-            link_target: None,
-            xattrs: vec![],
-        }],
+    lifeboat_repo::Tree {
+        nodes: vec![file_node(name, 0, vec![])],
+    }
+}
+
+/// A regular file's node (mode 0644, owner 0, times zero) of `size`
+/// bytes made of the data blobs `content`, for trees a test writes by
+/// hand.
+pub fn file_node(name: &str, size: u64, content: Vec<lifeboat_repo::Id>) -> lifeboat_repo::Node {
+    lifeboat_repo::Node {
+        kind: lifeboat_repo::NodeKind::File,
+        mode: 0o644,
+        size,
+        content,
+        ..dir_node(name, None)
+    }
+}
+
+/// A directory's node (mode 0755, owner 0, times zero) whose entries are
+/// the tree `subtree`, for trees a test writes by hand.
+pub fn dir_node(name: &str, subtree: Option<lifeboat_repo::Id>) -> lifeboat_repo::Node {
+    use lifeboat_repo::{Node, NodeKind, Time};
+    Node {
+        name: name.as_bytes().to_vec(),
+        kind: NodeKind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        user: None,
+        group: None,
+        mtime: Time::default(),
+        ctime: Time::default(),
+        dev: 0,
+        inode: 0,
+        links: 1,
+        size: 0,
+        content: vec![],
+        subtree,
+        link_target: None,
+        xattrs: vec![],
     }
 }

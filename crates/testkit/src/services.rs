@@ -572,9 +572,10 @@ fn write_file(path: &Path, contents: &str) {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
-/// A port that was free a moment ago (the OS picks it; the listener is
-/// closed again before the server binds it).
-fn free_port() -> u16 {
+/// A port of 127.0.0.1 that was free a moment ago (the OS picks it; the
+/// listener is closed again before the server binds it, so a race with
+/// another process is possible but unlikely in a test run).
+pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

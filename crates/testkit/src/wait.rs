@@ -17,14 +17,31 @@ const MAX_POLL: Duration = Duration::from_millis(200);
 /// has not within `timeout`. Returns how long the wait took.
 pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
+    poll(timeout, &format!("until {what}"), || {
+        condition().then_some(())
+    });
+    started.elapsed()
+}
+
+/// Polls `probe` until it returns `Some`, and returns that value (a
+/// server's first answer, say); panics naming `what` if it has not
+/// within `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    poll(timeout, &format!("for {what}"), probe)
+}
+
+/// The loop of [`wait_until`] and [`wait_for`]; `waiting` completes
+/// "timed out … waiting" in the panic message.
+fn poll<T>(timeout: Duration, waiting: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
     let mut pause = FIRST_POLL;
     loop {
-        if condition() {
-            return started.elapsed();
+        if let Some(v) = probe() {
+            return v;
         }
         assert!(
             started.elapsed() < timeout,
-            "timed out after {timeout:?} waiting until {what}"
+            "timed out after {timeout:?} waiting {waiting}"
         );
         std::thread::sleep(pause);
         pause = (pause * 2).min(MAX_POLL);
@@ -65,6 +82,26 @@ mod tests {
             n == 3
         });
         assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn wait_for_returns_the_first_value_probed() {
+        let mut n = 0;
+        let got = wait_for(Duration::from_secs(5), "the second poll", || {
+            n += 1;
+            (n == 2).then_some(n * 10)
+        });
+        assert_eq!(got, 20);
+    }
+
+    #[test]
+    #[should_panic(expected = "waiting for a value that never comes")]
+    fn wait_for_panics_at_the_deadline() {
+        wait_for::<()>(
+            Duration::from_millis(30),
+            "a value that never comes",
+            || None,
+        );
     }
 
     #[test]

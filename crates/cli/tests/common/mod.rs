@@ -1,7 +1,9 @@
 //! Shared helpers for the CLI tests: a [`Lifeboat`] wrapper that runs the
 //! real `lifeboat` binary with a private HOME, XDG directories, repository
 //! path and password, plus the file-tree utilities of
-//! `lifeboat_testkit::fs`, re-exported.
+//! `lifeboat_testkit::fs`, re-exported; and for the operations commands a
+//! config file, `--config` runs, the daemon as a child process and a plain
+//! HTTP GET of its endpoints.
 //!
 //! Every command runs with `LIFEBOAT_INSECURE_TEST_KDF=1` (cheap Argon2) and
 //! with the `LIFEBOAT_*` variables of the calling environment removed, so a
@@ -12,7 +14,7 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use assert_cmd::Command;
@@ -23,6 +25,8 @@ use tempfile::TempDir;
 pub use lifeboat_testkit::fs::{
     Entry, assert_same_tree, copy_tree, files_under, flip_byte, restored, tree, write,
 };
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use lifeboat_testkit::{cmd::KillOnDrop, services::free_port};
 
 /// Password of the repositories the tests create.
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -176,10 +180,7 @@ impl Lifeboat {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let args: Vec<_> = args
-            .into_iter()
-            .map(|a| a.as_ref().to_os_string())
-            .collect();
+        let args = os_args(args);
         let out = self.run(&args);
         assert_ok(&out, &args);
         out
@@ -191,10 +192,7 @@ impl Lifeboat {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut args: Vec<_> = args
-            .into_iter()
-            .map(|a| a.as_ref().to_os_string())
-            .collect();
+        let mut args = os_args(args);
         args.push("--json".into());
         parse_json(&self.ok(&args))
     }
@@ -206,10 +204,7 @@ impl Lifeboat {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let args: Vec<_> = args
-            .into_iter()
-            .map(|a| a.as_ref().to_os_string())
-            .collect();
+        let args = os_args(args);
         let out = self.run(&args);
         assert_fails(&out, code, &args)
     }
@@ -222,6 +217,18 @@ impl Lifeboat {
         self.json(&args)
     }
 
+    /// `restore SNAPSHOT --target <root>/<target> FLAGS...`, which must
+    /// succeed; returns the target.
+    pub fn restore_into(&self, snapshot: &str, target: &str, flags: &[&str]) -> PathBuf {
+        let target = self.path(target);
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["restore".into(), snapshot.into(), "--target".into()];
+        args.push(target.clone().into());
+        args.extend(flags.iter().map(Into::into));
+        self.ok(&args);
+        target
+    }
+
     /// `snapshots --json`.
     pub fn snapshots(&self) -> Vec<serde_json::Value> {
         self.json(["snapshots"])
@@ -229,6 +236,165 @@ impl Lifeboat {
             .expect("snapshots array")
             .clone()
     }
+
+    /// Creates the repository `<root>/<name>` opened with the password
+    /// file `<root>/pw` (as a config file names them), writing that file
+    /// first if there is none.
+    pub fn init_with_password_file(&self, name: &str) {
+        let pw = self.path("pw");
+        if !pw.exists() {
+            fs::write(&pw, "pw\n").unwrap();
+        }
+        let out = self
+            .bare_cmd()
+            .arg("init")
+            .arg("-r")
+            .arg(self.path(name))
+            .arg("--password-file")
+            .arg(&pw)
+            .output()
+            .unwrap();
+        assert_ok(&out, "init");
+    }
+
+    /// Writes `text` as `<root>/lifeboat.toml`, with `{root}` replaced by
+    /// the temp dir; returns its path.
+    pub fn write_config(&self, text: &str) -> PathBuf {
+        let file = self.path("lifeboat.toml");
+        fs::write(
+            &file,
+            text.replace("{root}", &self.root().display().to_string()),
+        )
+        .unwrap();
+        file
+    }
+
+    /// Runs `lifeboat --config FILE ARGS...` (no repository, no password)
+    /// and returns whatever happened.
+    pub fn run_config<I, S>(&self, file: &Path, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.bare_cmd()
+            .arg("--config")
+            .arg(file)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// [`Lifeboat::run_config`] for a command that must succeed.
+    pub fn ok_config<I, S>(&self, file: &Path, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args = os_args(args);
+        let out = self.run_config(file, &args);
+        assert_ok(&out, &args);
+        out
+    }
+
+    /// Starts `lifeboat --config FILE daemon --log-format json` with
+    /// stdout discarded and stderr (its log) piped; killed on drop.
+    pub fn spawn_daemon(&self, file: &Path) -> KillOnDrop {
+        KillOnDrop(
+            self.std_bare_cmd()
+                .arg("--config")
+                .arg(file)
+                .args(["daemon", "--log-format", "json"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+/// The config of the operations tests: repository `main` at `<root>/repo`
+/// (password file `pw`, see [`Lifeboat::init_with_password_file`]), the
+/// source `src` over `<root>/src` and the plan `src` backing it up, with
+/// the `plan` lines (rpo, schedule), then `tail` (a `[daemon]` table).
+/// `{root}` is left for [`Lifeboat::write_config`].
+pub fn src_plan_config(plan: &str, tail: &str) -> String {
+    format!(
+        r#"state-dir = "state"
+[repository.main]
+location = "repo"
+password-file = "pw"
+[source.src]
+type = "files"
+paths = ["{{root}}/src"]
+[plan.src]
+source = "src"
+repositories = ["main"]
+{plan}
+{tail}"#
+    )
+}
+
+/// Sends SIGTERM to `child` (as systemd stops the daemon).
+pub fn sigterm(child: &std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -TERM {}: {status}", child.id());
+}
+
+/// Everything `child` wrote to its piped stderr (read after it exited).
+pub fn child_stderr(child: &mut std::process::Child) -> String {
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    log
+}
+
+/// Reads `child`'s piped stderr line by line until a line contains
+/// `needle`; returns the lines read and the reader. Keep the reader until
+/// the child exits: closing the pipe would fail its later writes. Panics
+/// if stderr ends first (the child exited without saying it).
+pub fn stderr_until(
+    child: &mut std::process::Child,
+    needle: &str,
+) -> (String, std::io::BufReader<std::process::ChildStderr>) {
+    let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr is piped"));
+    let mut said = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+        assert!(n > 0, "ended without saying {needle:?}: {said}");
+        said.push_str(&line);
+        if line.contains(needle) {
+            return (said, err);
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET to 127.0.0.1:`port`: status code and body;
+/// `None` while nothing listens there.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// Command-line arguments, collected to be used twice (run, then named in
+/// an assertion message).
+fn os_args<I, S>(args: I) -> Vec<std::ffi::OsString>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    args.into_iter()
+        .map(|a| a.as_ref().to_os_string())
+        .collect()
 }
 
 /// Creates the test's repository with `init --write-only-keys` and adds a

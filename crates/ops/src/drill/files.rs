@@ -17,7 +17,7 @@ use lifeboat_repo::Repository;
 use lifeboat_snapshot::progress::RestoreProgress;
 use lifeboat_snapshot::restore::{RestoreOptions, restore};
 
-use super::scratch::{Scratch, free_bytes, needed_bytes};
+use super::scratch::{Scratch, check_space, needed_bytes};
 use super::spot::{LiveSource, spot_check};
 use super::{DrillOptions, Recorder, pick_snapshot};
 use crate::config::PlanConfig;
@@ -54,25 +54,10 @@ pub(crate) async fn drill(
     rec.report.snapshot_time = Some(snap.record.time);
     let sum = &snap.record.summary;
     let needed = needed_bytes(sum.total_bytes, sum.total_files);
-    let free = free_bytes(&scratch.dir)?;
-    if free < needed {
-        rec.phase("open", true);
-        rec.fail(
-            "scratch-space",
-            format!(
-                "{} has {free} bytes free, the snapshot needs {needed} ({} files, {} bytes): free space there or set plan.{plan_name}.drill.scratch to a larger place",
-                scratch.dir.display(),
-                sum.total_files,
-                sum.total_bytes
-            ),
-        );
+    let detail = format!("{} files, {} bytes", sum.total_files, sum.total_bytes);
+    if !check_space(rec, scratch, plan_name, needed, "the snapshot", &detail)? {
         return Ok(());
     }
-    rec.check(
-        "scratch-space",
-        true,
-        format!("{free} bytes free, {needed} needed"),
-    );
     rec.phase("open", true);
 
     let target = scratch.dir.join("data");

@@ -31,7 +31,7 @@ use lifeboat_connectors::postgres::conn::{self, shell_quote};
 use lifeboat_connectors::postgres::pitr::{self, RecoveryTarget};
 use lifeboat_repo::Repository;
 
-use super::scratch::{Scratch, ServerMark, free_bytes, needed_bytes};
+use super::scratch::{Scratch, ServerMark, check_space, needed_bytes};
 use super::{DrillOptions, Recorder, pick_snapshot};
 use crate::config::{Config, PasswordSource, PlanConfig, RepositoryConfig};
 use crate::error::{Error, Result};
@@ -185,24 +185,10 @@ pub(crate) async fn drill(
         sum.total_bytes + planned.wal_segments * planned.info.wal_segment_size,
         sum.total_files,
     );
-    let free = free_bytes(&scratch.dir)?;
-    if free < needed {
-        rec.phase("open", true);
-        rec.fail(
-            "scratch-space",
-            format!(
-                "{} has {free} bytes free, the restore needs {needed} (base backup and {} WAL segments): free space there or set plan.{plan_name}.drill.scratch to a larger place",
-                scratch.dir.display(),
-                planned.wal_segments
-            ),
-        );
+    let detail = format!("base backup and {} WAL segments", planned.wal_segments);
+    if !check_space(rec, scratch, plan_name, needed, "the restore", &detail)? {
         return Ok(());
     }
-    rec.check(
-        "scratch-space",
-        true,
-        format!("{free} bytes free, {needed} needed"),
-    );
     rec.phase("open", true);
 
     let io = |path: &Path| {

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::Recorder;
 use crate::error::{Error, Result};
 use crate::state::StateDir;
 
@@ -234,6 +235,39 @@ pub(crate) fn stop_server(server: &ServerMark) -> bool {
 pub fn free_bytes(dir: &Path) -> Result<u64> {
     let st = nix::sys::statvfs::statvfs(dir).map_err(|e| io(dir)(std::io::Error::from(e)))?;
     Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
+/// The drill's `scratch-space` check: whether the filesystem holding
+/// `scratch` has the `needed` bytes free for `what` (named in the failure
+/// with its `detail`: "the snapshot", "3 files, 1200 bytes"). Without
+/// room the open phase ends and the check fails saying what to do; the
+/// answer is whether the drill may go on.
+pub(super) fn check_space(
+    rec: &mut Recorder,
+    scratch: &Scratch,
+    plan: &str,
+    needed: u64,
+    what: &str,
+    detail: &str,
+) -> Result<bool> {
+    let free = free_bytes(&scratch.dir)?;
+    if free < needed {
+        rec.phase("open", true);
+        rec.fail(
+            "scratch-space",
+            format!(
+                "{} has {free} bytes free, {what} needs {needed} ({detail}): free space there or set plan.{plan}.drill.scratch to a larger place",
+                scratch.dir.display(),
+            ),
+        );
+        return Ok(false);
+    }
+    rec.check(
+        "scratch-space",
+        true,
+        format!("{free} bytes free, {needed} needed"),
+    );
+    Ok(true)
 }
 
 /// Space a restore of `bytes` in `files` files needs: the data plus up to

@@ -50,49 +50,120 @@ impl Setup {
     }
 
     /// Writes the config (with `{root}` replaced) and parses it.
-    pub fn config(&self, template: &str) -> Config {
-        let text = template.replace("{root}", &self.root().display().to_string());
+    pub fn config(&self, template: impl AsRef<str>) -> Config {
+        let text = template
+            .as_ref()
+            .replace("{root}", &self.root().display().to_string());
         let path = self.path("lifeboat.toml");
         std::fs::write(&path, text).unwrap();
         Config::load(&path).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
+/// The text of a config for [`Setup::config`], built from the pieces the
+/// suites share, so that a test spells out only what it is about:
+/// `state-dir = "state"`, repositories on the scratch root opened with the
+/// password file `pw`, files sources below `{root}`, plans with an RPO of
+/// an hour, and any other lines as they are written.
+#[derive(Clone, Debug)]
+pub struct Toml(String);
+
+impl Default for Toml {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Toml {
+    /// `state-dir = "state"` and nothing else yet.
+    pub fn new() -> Self {
+        Toml("state-dir = \"state\"\n".into())
+    }
+
+    /// The most common shape: repository `local`, the source `files` over
+    /// [`Setup`]'s tree `{root}/src`, and the plan `files` backing it up
+    /// to `local`, with `plan_extra` lines.
+    pub fn local_files(plan_extra: &str) -> Self {
+        Self::new().repo("local", "").files("files", "src").plan(
+            "files",
+            "files",
+            &["local"],
+            plan_extra,
+        )
+    }
+
+    /// `[repository.NAME]` at `<root>/NAME`, opened
+    /// with the password file, then `extra` lines (`role = "offsite"`).
+    pub fn repo(self, name: &str, extra: &str) -> Self {
+        self.table(
+            &format!("repository.{name}"),
+            &format!("location = \"{name}\"\npassword-file = \"pw\"\n{extra}"),
+        )
+    }
+
+    /// `[source.NAME]` of type files over `{root}/<dir>`.
+    pub fn files(self, name: &str, dir: &str) -> Self {
+        self.table(
+            &format!("source.{name}"),
+            &format!("type = \"files\"\npaths = [\"{{root}}/{dir}\"]\n"),
+        )
+    }
+
+    /// `[plan.NAME]` backing up `source` to `repositories` with an RPO of
+    /// an hour, then `extra` lines (`schedule = …`, `rto = …`).
+    pub fn plan(self, name: &str, source: &str, repositories: &[&str], extra: &str) -> Self {
+        let repositories: Vec<String> = repositories.iter().map(|r| format!("\"{r}\"")).collect();
+        self.table(
+            &format!("plan.{name}"),
+            &format!(
+                "source = \"{source}\"\nrepositories = [{}]\nrpo = \"1h\"\n{extra}",
+                repositories.join(", ")
+            ),
+        )
+    }
+
+    /// `[daemon]` in UTC, then `extra` lines (`listen = …`).
+    pub fn daemon(self, extra: &str) -> Self {
+        self.table("daemon", &format!("time-zone = \"UTC\"\n{extra}"))
+    }
+
+    /// `[NAME]` and its `lines`, as written.
+    pub fn table(mut self, name: &str, lines: &str) -> Self {
+        self.0.push_str(&format!("[{name}]\n{lines}"));
+        if !self.0.ends_with('\n') {
+            self.0.push('\n');
+        }
+        self
+    }
+}
+
+impl AsRef<str> for Toml {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Toml {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Two repositories (local disk, off-site copy), a files source and one
 /// plan with copy-to, retention and verification.
-pub const TWO_REPOS: &str = r#"
-state-dir = "state"
-
-[repository.local]
-location = "local"
-password-file = "pw"
-
-[repository.offsite]
-location = "offsite"
-password-file = "pw"
-role = "offsite"
-media = "sftp"
-
-[source.files]
-type = "files"
-paths = ["{root}/src"]
-
-[plan.files]
-source = "files"
-repositories = ["local"]
-copy-to = ["offsite"]
-rpo = "1h"
-
-[plan.files.retention]
-keep-last = 2
-
-[plan.files.verify]
-schedule = "0 5 * * 0"
-read-data-subset = "100%"
-
-[daemon]
-time-zone = "UTC"
-"#;
+pub fn two_repos() -> Toml {
+    Toml::new()
+        .repo("local", "")
+        .repo("offsite", "role = \"offsite\"\nmedia = \"sftp\"")
+        .files("files", "src")
+        .plan("files", "files", &["local"], "copy-to = [\"offsite\"]")
+        .table("plan.files.retention", "keep-last = 2")
+        .table(
+            "plan.files.verify",
+            "schedule = \"0 5 * * 0\"\nread-data-subset = \"100%\"",
+        )
+        .daemon("")
+}
 
 /// A daemon a test started on a manual clock, and the ends it drives it by.
 pub struct TestDaemon {
@@ -156,6 +227,45 @@ impl Setup {
             handle,
         }
     }
+}
+
+/// When the daemon suites start their manual clocks: 05:07, between two
+/// quarter-hour slots, so a plan that never ran is caught up first.
+pub const DAEMON_START: &str = "2026-01-01T05:07:00Z";
+
+impl Setup {
+    /// Starts the daemon on `config` at [`DAEMON_START`] (seed 1, no HTTP)
+    /// with [`quick_alerts`]; returns it and the alerts, to flush.
+    pub fn start_alerting_daemon(
+        &self,
+        config: &Config,
+    ) -> (TestDaemon, lifeboat_ops::alert::Alerter) {
+        let alerts = quick_alerts(config);
+        let daemon = self.start_daemon(
+            config.clone(),
+            DAEMON_START.parse().unwrap(),
+            1,
+            false,
+            Some(alerts.clone()),
+        );
+        (daemon, alerts)
+    }
+}
+
+/// Waits for `n` Finished events (any plan; other events pass) and returns
+/// their plans and outcomes, sorted by plan.
+pub async fn finished(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<lifeboat_ops::daemon::Event>,
+    n: usize,
+) -> Vec<(String, Option<lifeboat_ops::report::Outcome>)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        if let lifeboat_ops::daemon::Event::Finished { plan, outcome, .. } = next_event(rx).await {
+            out.push((plan, outcome));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 /// Alerts for `config` that give up fast: two attempts 50 ms apart, so a

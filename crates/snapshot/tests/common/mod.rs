@@ -1,5 +1,5 @@
-//! Restore-to-a-temp-directory fixtures shared by lifeboat-snapshot's
-//! test binaries.
+//! Backup and restore-to-a-temp-directory fixtures shared by
+//! lifeboat-snapshot's test binaries.
 //!
 //! These live here rather than in lifeboat-testkit because they call this
 //! crate's `restore`: testkit depending on lifeboat-snapshot would put a
@@ -8,14 +8,31 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lifeboat_repo::{Repository, Snapshot};
+use lifeboat_snapshot::backup::{BackupOptions, backup};
 use lifeboat_snapshot::progress::NoProgress;
 use lifeboat_snapshot::restore::{RestoreOptions, restore};
 use lifeboat_testkit::fs::{assert_same_tree, restored};
 use tempfile::TempDir;
+
+/// Backs up `path` with default options, which must succeed; returns the
+/// snapshot.
+pub async fn backup_snapshot(repo: &Arc<Repository>, path: PathBuf) -> Snapshot {
+    backup(
+        repo.clone(),
+        &BackupOptions {
+            paths: vec![path],
+            ..Default::default()
+        },
+        Arc::new(NoProgress),
+    )
+    .await
+    .expect("backup")
+    .snapshot
+}
 
 /// Restores all of `snap` into a new temporary directory (under the
 /// target directory, not /tmp, which may be a small tmpfs) and returns it.

@@ -40,7 +40,7 @@ async fn one_alert_per_state_change_reminders_and_recovery_survive_a_restart() {
     let s = Setup::new();
     let http = HttpSink::start();
     let smtp = SmtpSink::start();
-    let config = s.config(&format!(
+    let config = s.config(format!(
         "{plans}
 [alert.ops]
 webhook = \"{url}/hook\"
@@ -154,7 +154,7 @@ async fn a_run_pings_alerts_a_failing_repository_and_a_dead_endpoint_does_not_fa
     s.repo("local").await;
     let http = HttpSink::start();
     let dead = dead_address();
-    let config = s.config(&format!(
+    let config = s.config(format!(
         "{plans}
 [alert.ops]
 webhook = \"{url}/hook\"
@@ -231,7 +231,7 @@ async fn an_rpo_breach_is_alerted_once_and_recovers() {
     let s = Setup::new();
     s.repo("local").await;
     let http = HttpSink::start();
-    let config = s.config(&format!(
+    let config = s.config(format!(
         "{plans}
 [alert.ops]
 webhook = \"{url}/hook\"

@@ -89,6 +89,23 @@ impl Setup {
 
     /// Every version under the repository prefix as
     /// `[key, version id, is latest, retention mode, retain-until]`.
+    /// Asserts that the bucket holds an object of each kind (a path part
+    /// such as `/keys/`) and that every version is locked in `mode`.
+    fn assert_every_kind_locked(&self, kinds: &[&str], mode: &str) {
+        let versions = self.versions();
+        for kind in kinds {
+            assert!(
+                versions
+                    .iter()
+                    .any(|v| v[0].as_str().unwrap().contains(kind)),
+                "no {kind} object in {versions:?}"
+            );
+        }
+        for v in &versions {
+            assert_eq!(v[3], mode, "not locked in {mode}: {v:?}");
+        }
+    }
+
     fn versions(&self) -> Vec<serde_json::Value> {
         let out = self.moto.python(&format!(
             "out = []\n\
@@ -206,18 +223,10 @@ fn init_object_lock_sets_the_default_retention_on_a_bucket_without_one() {
 
     let src = source(&s.lb, "src", 5);
     s.ok(&["backup", src.to_str().unwrap()]);
-    let versions = s.versions();
-    for kind in ["/config", "/keys/", "/data/", "/snapshots/", "/audit/"] {
-        assert!(
-            versions
-                .iter()
-                .any(|v| v[0].as_str().unwrap().contains(kind)),
-            "no {kind} object in {versions:?}"
-        );
-    }
-    for v in &versions {
-        assert_eq!(v[3], "GOVERNANCE", "not locked: {v:?}");
-    }
+    s.assert_every_kind_locked(
+        &["/config", "/keys/", "/data/", "/snapshots/", "/audit/"],
+        "GOVERNANCE",
+    );
     // A second init (another repository prefix in the same bucket) finds
     // the default equal and keeps it; a different one is refused.
     let other = Lifeboat::new().with_repo(
@@ -251,25 +260,17 @@ fn every_object_is_locked_and_an_attacker_cannot_destroy_a_snapshot() {
 
     // Every object written (config, key, packs, index, snapshot record,
     // audit records) carries a compliance retention about a day ahead.
-    let versions = s.versions();
-    for kind in [
-        "/config",
-        "/keys/",
-        "/data/",
-        "/index/",
-        "/snapshots/",
-        "/audit/",
-    ] {
-        assert!(
-            versions
-                .iter()
-                .any(|v| v[0].as_str().unwrap().contains(kind)),
-            "no {kind} object in {versions:?}"
-        );
-    }
-    for v in &versions {
-        assert_eq!(v[3], "COMPLIANCE", "{v:?}");
-    }
+    s.assert_every_kind_locked(
+        &[
+            "/config",
+            "/keys/",
+            "/data/",
+            "/index/",
+            "/snapshots/",
+            "/audit/",
+        ],
+        "COMPLIANCE",
+    );
 
     std::thread::sleep(Duration::from_millis(1500));
     let before_attack = jiff::Timestamp::now().to_string();

@@ -18,7 +18,7 @@ use crate::{Error, Id, Result};
 
 pub(crate) const INDEX_AAD: &[u8] = b"lifeboat index v1";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexPack {
     pub id: Id,
     pub entries: Vec<PackEntry>,
@@ -398,6 +398,13 @@ impl Index {
 
     /// The slot of the blob of this type and id.
     fn find(&self, blob_type: BlobType, id: &Id) -> Option<&Slot> {
+        self.position(blob_type, id).map(|i| &self.slots[i])
+    }
+
+    /// The blob's position among all indexed blobs (`0..blob_count()`, the
+    /// order of [`Index::blobs`]): a dense number for per-blob bookkeeping
+    /// in a bit set instead of a set of ids (prune's used blobs).
+    pub fn position(&self, blob_type: BlobType, id: &Id) -> Option<usize> {
         let (lo, hi) = if self.directory_bits == 0 {
             (0, self.slots.len())
         } else {
@@ -407,7 +414,47 @@ impl Index {
         let run = &self.slots[lo..hi];
         let key = (&id.0, blob_type == BlobType::Tree);
         let i = run.partition_point(|s| s.key() < key);
-        run.get(i).filter(|s| s.key() == key)
+        run.get(i).filter(|s| s.key() == key).map(|_| lo + i)
+    }
+
+    /// Every indexed pack with all of its indexed entries (first and
+    /// further locations), one pack at a time: packs in the order they were
+    /// first added, entries by offset. Costs four bytes per blob for the
+    /// ordering, not a second copy of the index (prune writes the index
+    /// objects of the packs it keeps from this).
+    pub fn pack_entries(&self) -> impl Iterator<Item = IndexPack> + '_ {
+        let mut order: Vec<u32> = (0..self.slots.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| {
+            let s = &self.slots[i as usize];
+            (s.pack_number(), s.offset)
+        });
+        let mut more: HashMap<u32, Vec<PackEntry>> = HashMap::new();
+        for loc in self.more.values().flatten() {
+            if let Some(&n) = self.numbers.get(&loc.pack) {
+                more.entry(n).or_default().push(loc.entry);
+            }
+        }
+        let mut numbers: Vec<u32> = self.numbers.values().copied().collect();
+        numbers.sort_unstable();
+        let mut at = 0usize;
+        numbers.into_iter().filter_map(move |n| {
+            let mut entries = Vec::new();
+            while at < order.len() && self.slots[order[at] as usize].pack_number() < n {
+                at += 1; // not numbered now (cannot happen; never loop on it)
+            }
+            while at < order.len() && self.slots[order[at] as usize].pack_number() == n {
+                entries.push(self.slots[order[at] as usize].entry());
+                at += 1;
+            }
+            if let Some(extra) = more.remove(&n) {
+                entries.extend(extra);
+                entries.sort_by_key(|e| e.offset);
+            }
+            (!entries.is_empty()).then(|| IndexPack {
+                id: self.pack_ids[n as usize],
+                entries,
+            })
+        })
     }
 
     fn location(&self, s: &Slot) -> BlobLocation {
@@ -576,6 +623,47 @@ mod tests {
         assert_eq!(index.locations(BlobType::Data, &a.id).len(), 1);
         assert!(!index.contains(BlobType::Data, &b.id));
         assert_eq!(index.retain_packs(|_| true), 0);
+    }
+
+    #[test]
+    fn positions_are_dense_and_pack_entries_give_back_every_pack_whole() {
+        let a = entry(BlobType::Data, 7, 0);
+        let t = entry(BlobType::Tree, 7, 50);
+        let b = entry(BlobType::Data, 9, 100);
+        let c = entry(BlobType::Data, 3, 30);
+        // Pack 3 holds only a second copy of `a`: it has no slot of its own
+        // and must still come back whole.
+        let packs = [
+            pack(1, vec![a, t]),
+            pack(2, vec![b, c]),
+            pack(3, vec![a]),
+            pack(1, vec![a, t]),
+        ];
+        let index = Index::from_packs(&packs);
+        let mut seen: Vec<usize> = index
+            .blobs()
+            .map(|l| index.position(l.entry.blob_type, &l.entry.id).unwrap())
+            .collect();
+        let in_order = seen.clone();
+        seen.sort();
+        assert_eq!(seen, (0..index.blob_count()).collect::<Vec<_>>());
+        assert_eq!(in_order, seen, "positions follow the order of blobs()");
+        assert_eq!(index.position(BlobType::Tree, &b.id), None);
+
+        let back: Vec<IndexPack> = index.pack_entries().collect();
+        assert_eq!(
+            back,
+            [
+                pack(1, vec![a, t]),
+                pack(2, vec![c, b]), // by offset
+                pack(3, vec![a]),
+            ]
+        );
+        // A dropped pack is not given back; the promoted copy is.
+        let mut index = index;
+        index.retain_packs(|p| *p != Id([1; 32]));
+        let back: Vec<IndexPack> = index.pack_entries().collect();
+        assert_eq!(back, [pack(2, vec![c, b]), pack(3, vec![a])]);
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! mostly unused, under the exclusive repository lock.
 //!
 //! Steps: take the exclusive lock (fails while any backup holds a shared
-//! one); read every index object and every snapshot record (any failure
-//! aborts: a record or tree that cannot be read might reference anything);
-//! walk all trees to collect the used blobs; classify packs as kept,
+//! one); merge every index object and read every snapshot record (any
+//! failure aborts: a record or tree that cannot be read might reference
+//! anything); walk all trees to mark the used blobs; classify packs as kept,
 //! deleted (no used blob), repacked (unused share above `max_unused`, up to
 //! `max_repack` bytes) or unindexed leftovers of crashed backups. Then, in
 //! this order, each step durable before the next: write new packs holding
@@ -14,6 +14,12 @@
 //! unindexed packs → delete stale locks → release the lock. No object is
 //! rewritten in place. The argument that a crash anywhere is harmless is in
 //! `docs/format.md` ("Prune").
+//!
+//! Memory: the merged index (48 bytes a blob), one bit a blob for "used",
+//! a few dozen bytes a pack, the trees in flight and, while the kept packs'
+//! index objects are written, four bytes a blob to order them by pack. No
+//! decoded index object, set of blob ids or per-pack entry list is held
+//! beside the index (docs/performance.md, "Cost at scale").
 //!
 //! With a cold tier, packs are listed in both tiers and deleted from the one
 //! they are in; repacking a data pack downloads it from the cold tier (whole,
@@ -36,7 +42,7 @@ use lifeboat_storage::{Kind, ObjectKey};
 use serde::Serialize;
 
 use crate::archive::{ArchiveRules, ExpireReport, expire_after_prune};
-use crate::index::{Index, IndexFile, IndexPack, index_batches};
+use crate::index::{Index, IndexFile, IndexPack};
 use crate::limits::get_bounded;
 use crate::lock::{LockKind, LockOptions, RepositoryLock, remove_stale_locks};
 use crate::pack::BlobType;
@@ -153,12 +159,41 @@ pub async fn prune(repo: &Arc<Repository>, options: &PruneOptions) -> Result<Pru
     Ok(stats)
 }
 
-/// One indexed pack as prune sees it.
+/// One indexed pack as prune sees it: counts only, never its entries (the
+/// merged index has those), so prune's memory beyond the index is a few
+/// dozen bytes per pack and one bit per blob.
 struct PackInfo {
-    entries: Vec<crate::PackEntry>,
+    /// Stored bytes of its blobs, as its first index object lists them.
+    blob_bytes: u64,
     size: u64,
     used_bytes: u64,
     used_blobs: usize,
+}
+
+/// One bit per indexed blob, by [`Index::position`]: prune's set of used
+/// blobs (a set of ids would cost more than the index itself).
+struct BlobBits(Vec<u64>);
+
+impl BlobBits {
+    fn new(blobs: usize) -> Self {
+        BlobBits(vec![0; blobs.div_ceil(64)])
+    }
+
+    /// Sets bit `i`; true if it was clear.
+    fn insert(&mut self, i: usize) -> bool {
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        let was_clear = self.0[word] & bit == 0;
+        self.0[word] |= bit;
+        was_clear
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        self.0[i / 64] & (1u64 << (i % 64)) != 0
+    }
+
+    fn count(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
 }
 
 async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<PruneStats> {
@@ -169,14 +204,28 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
         ..Default::default()
     };
 
-    // Everything the repository holds. Index objects are read strictly: an
-    // undecodable one could hide where used blobs live.
-    let index_files = repo.read_index_files().await.map_err(|e| {
-        Error::Damaged(format!(
-            "cannot read the index ({e}); run `lifeboat repair index` first"
-        ))
-    })?;
-    let old_index_ids: Vec<Id> = index_files.iter().map(|(id, _)| *id).collect();
+    // Everything the repository holds, merged one index object at a time.
+    // Index objects are read strictly: an undecodable one could hide where
+    // used blobs live. Packs by id (sorted, so the choice of what to repack
+    // is deterministic); a pack listed by several index objects counts once.
+    let mut packs: BTreeMap<Id, PackInfo> = BTreeMap::new();
+    let (mut index, old_index_ids) = repo
+        .load_index_visiting(|_, file| {
+            for p in &file.packs {
+                packs.entry(p.id).or_insert_with(|| PackInfo {
+                    blob_bytes: p.entries.iter().map(|e| e.length as u64).sum(),
+                    size: 0,
+                    used_bytes: 0,
+                    used_blobs: 0,
+                });
+            }
+        })
+        .await
+        .map_err(|e| {
+            Error::Damaged(format!(
+                "cannot read the index ({e}); run `lifeboat repair index` first"
+            ))
+        })?;
     let mut present: HashMap<Id, u64> = HashMap::new();
     let mut tiers: HashMap<Id, Tier> = HashMap::new();
     for (tier, info) in repo.list_packs().await? {
@@ -186,50 +235,29 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
         }
     }
     stats.packs_before = present.len();
-    // Packs by id (sorted, so the choice of a duplicated blob's copy is
-    // deterministic); a pack listed by several index objects counts once.
-    let mut packs: BTreeMap<Id, PackInfo> = BTreeMap::new();
-    for (_, file) in &index_files {
-        for p in &file.packs {
-            packs.entry(p.id).or_insert_with(|| PackInfo {
-                entries: p.entries.clone(),
-                size: 0,
-                used_bytes: 0,
-                used_blobs: 0,
-            });
-        }
-    }
     // A pack the index names but storage lacks cannot serve any blob.
     packs.retain(|id, p| match present.get(id) {
-        Some(size) => {
+        Some(size) if index.has_pack(id) => {
             p.size = *size;
             true
         }
-        None => false,
+        _ => false,
     });
-    let mut index =
-        crate::IndexBuilder::with_capacity(packs.values().map(|p| p.entries.len()).sum());
-    for (id, p) in &packs {
-        index.add_pack(&IndexPack {
-            id: *id,
-            entries: p.entries.clone(),
-        });
-    }
-    let index = index.build();
+    index.retain_packs(|id| packs.contains_key(id));
 
     let used = used_blobs(repo, &index, &mut stats).await?;
     stats.protected_snapshots = crate::protect::list(repo).await?.0.len();
-    stats.blobs_used = used.len();
+    stats.blobs_used = used.count();
 
     // Count each used blob once, in the pack the merged index chose for it.
-    for loc in index.blobs() {
-        if used.contains(&(loc.entry.blob_type, loc.entry.id)) {
+    for (i, loc) in index.blobs().enumerate() {
+        if used.contains(i) {
             let p = packs.get_mut(&loc.pack).expect("indexed pack");
             p.used_bytes += loc.entry.length as u64;
             p.used_blobs += 1;
         }
     }
-    stats.blobs_unused = index.blob_count() - used.len();
+    stats.blobs_unused = index.blob_count() - stats.blobs_used;
 
     let mut delete: Vec<Id> = Vec::new();
     let mut candidates: Vec<(Id, u64, u64)> = Vec::new(); // (pack, size, unused)
@@ -240,9 +268,8 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
         }
         // Blob bytes only: the trailer is overhead every pack has, and
         // counting it would repack small packs again and again.
-        let blob_bytes: u64 = p.entries.iter().map(|e| e.length as u64).sum();
-        let unused = blob_bytes.saturating_sub(p.used_bytes);
-        if unused as f64 > blob_bytes as f64 * options.max_unused_percent / 100.0 {
+        let unused = p.blob_bytes.saturating_sub(p.used_bytes);
+        if unused as f64 > p.blob_bytes as f64 * options.max_unused_percent / 100.0 {
             candidates.push((*id, p.size, unused));
         } else {
             stats.unused_bytes_kept += unused;
@@ -307,29 +334,25 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
     )
     .await?;
 
-    // 1. New packs with the live blobs of the packs being repacked. The
+    // 1. New packs with the live blobs of the packs being repacked: each
+    //    used blob whose chosen copy is in such a pack (by offset). The
     //    session sees only the kept packs' blobs as present, so each live
     //    blob of a repacked pack is written again exactly once.
     let dropped: HashSet<Id> = delete.iter().chain(&repack).copied().collect();
-    let mut kept_index = crate::IndexBuilder::default();
-    let mut kept_packs: Vec<IndexPack> = Vec::new();
-    for (id, p) in &packs {
-        if !dropped.contains(id) {
-            let ip = IndexPack {
-                id: *id,
-                entries: p.entries.clone(),
-            };
-            kept_index.add_pack(&ip);
-            kept_packs.push(ip);
+    let repacking: HashSet<Id> = repack.iter().copied().collect();
+    let mut rewrite: HashMap<Id, Vec<crate::PackEntry>> = HashMap::new();
+    for (i, loc) in index.blobs().enumerate() {
+        if used.contains(i) && repacking.contains(&loc.pack) {
+            rewrite.entry(loc.pack).or_default().push(loc.entry);
         }
     }
+    drop(used);
+    index.retain_packs(|id| !dropped.contains(id));
+    let kept = Arc::new(index);
     if !repack.is_empty() {
-        let session = WriteSession::start_unlocked(
-            repo.clone(),
-            WriteOptions::default(),
-            Arc::new(kept_index.build()),
-        )
-        .await?;
+        let session =
+            WriteSession::start_unlocked(repo.clone(), WriteOptions::default(), kept.clone())
+                .await?;
         let session = Arc::new(session);
         // The next packs download while this one is rewritten: at most
         // three old packs in memory, and one blob's plaintext at a time.
@@ -337,15 +360,8 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
         let reader = &reader;
         let fetched = futures::stream::iter(repack.iter().copied())
             .map(|pack| {
-                let entries: Vec<crate::PackEntry> = packs[&pack]
-                    .entries
-                    .iter()
-                    .filter(|e| {
-                        used.contains(&(e.blob_type, e.id))
-                            && index.get(e.blob_type, &e.id).map(|l| l.pack) == Some(pack)
-                    })
-                    .copied()
-                    .collect();
+                let mut entries = rewrite.remove(&pack).unwrap_or_default();
+                entries.sort_by_key(|e| e.offset);
                 let tier = tiers[&pack];
                 let size = packs[&pack].size;
                 async move {
@@ -391,16 +407,31 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
 
     // 2. Index objects for every kept old pack, superseding all old ones.
     //    (The repack session has written its own for the new packs.)
+    //    Written from the merged index a batch at a time.
     let mut written = Vec::new();
-    for chunk in index_batches(&kept_packs, PACKS_PER_INDEX) {
-        written.push(
-            repo.write_index(&IndexFile {
-                packs: chunk.to_vec(),
-                supersedes: old_index_ids.clone(),
-            })
-            .await?,
-        );
+    let mut batch: Vec<IndexPack> = Vec::new();
+    let mut batch_entries = 0usize;
+    let mut kept_packs = kept.pack_entries().peekable();
+    while let Some(p) = kept_packs.next() {
+        batch_entries += p.entries.len();
+        batch.push(p);
+        let full = kept_packs.peek().is_none_or(|next| {
+            batch.len() >= PACKS_PER_INDEX
+                || batch_entries + next.entries.len() > crate::limits::MAX_INDEX_ENTRIES
+        });
+        if full {
+            written.push(
+                repo.write_index(&IndexFile {
+                    packs: std::mem::take(&mut batch),
+                    supersedes: old_index_ids.clone(),
+                })
+                .await?,
+            );
+            batch_entries = 0;
+        }
     }
+    drop(kept_packs);
+    drop(kept);
     stats.index_files_written = written.len();
 
     // 3. Old index objects; only then 4. the packs nothing indexes any more.
@@ -446,14 +477,13 @@ async fn prune_locked(repo: &Arc<Repository>, options: &PruneOptions) -> Result<
     Ok(stats)
 }
 
-/// Every blob some snapshot needs: its trees and the data of its files.
-/// Strict: a snapshot record or tree that cannot be read aborts prune,
-/// because the blobs it references are unknown.
-async fn used_blobs(
-    repo: &Repository,
-    index: &Index,
-    stats: &mut PruneStats,
-) -> Result<HashSet<(BlobType, Id)>> {
+/// Every blob some snapshot needs: its trees and the data of its files, as
+/// bits by [`Index::position`]. Strict: a snapshot record or tree that
+/// cannot be read aborts prune, because the blobs it references are unknown.
+/// Trees are read breadth first, a level's trees several at once, and each
+/// is dropped once its entries are marked: memory is the bits, the ids of
+/// the next level's directories and the trees in flight.
+async fn used_blobs(repo: &Repository, index: &Index, stats: &mut PruneStats) -> Result<BlobBits> {
     let storage = repo.storage();
     let list = storage.list(Kind::Snapshots).await?;
     let records: Vec<SnapshotRecord> = futures::stream::iter(list)
@@ -473,17 +503,24 @@ async fn used_blobs(
             ))
         })?;
     stats.snapshots = records.len();
-    let mut used: HashSet<(BlobType, Id)> = HashSet::new();
+    let mut used = BlobBits::new(index.blob_count());
+    let tree_position = |id: &Id| {
+        index.position(BlobType::Tree, id).ok_or_else(|| {
+            Error::Damaged(format!(
+                "tree {id} is not in the index; run `lifeboat check` (prune changed nothing)"
+            ))
+        })
+    };
     let mut level: Vec<Id> = Vec::new();
     for r in &records {
-        if used.insert((BlobType::Tree, r.tree)) {
+        if used.insert(tree_position(&r.tree)?) {
             level.push(r.tree);
         }
     }
-    // Breadth first, one level of directories read in parallel at a time.
+    drop(records);
     while !level.is_empty() {
         stats.trees_read += level.len();
-        let trees: Vec<Tree> = futures::stream::iter(level)
+        let mut trees = futures::stream::iter(std::mem::take(&mut level))
             .map(|id| async move {
                 let loc = index.get(BlobType::Tree, &id).ok_or_else(|| {
                     Error::Damaged(format!(
@@ -493,35 +530,31 @@ async fn used_blobs(
                 let bytes = repo.read_tree_blob_at(&id, &loc).await?;
                 Tree::decode(&id, &bytes)
             })
-            .buffer_unordered(repo.concurrency())
-            .try_collect()
-            .await?;
-        let mut next = Vec::new();
-        for tree in trees {
-            for node in tree.nodes {
+            .buffer_unordered(repo.concurrency());
+        while let Some(tree) = trees.next().await {
+            for node in tree?.nodes {
                 match node.kind {
                     NodeKind::Dir => {
                         if let Some(sub) = node.subtree
-                            && used.insert((BlobType::Tree, sub))
+                            && used.insert(tree_position(&sub)?)
                         {
-                            next.push(sub);
+                            level.push(sub);
                         }
                     }
                     NodeKind::File => {
                         for blob in node.content {
-                            if !index.contains(BlobType::Data, &blob) {
+                            let Some(i) = index.position(BlobType::Data, &blob) else {
                                 return Err(Error::Damaged(format!(
                                     "blob {blob} of a file is not in the index; run `lifeboat check` (prune changed nothing)"
                                 )));
-                            }
-                            used.insert((BlobType::Data, blob));
+                            };
+                            used.insert(i);
                         }
                     }
                     NodeKind::Symlink => {}
                 }
             }
         }
-        level = next;
     }
     Ok(used)
 }

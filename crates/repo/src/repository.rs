@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use lifeboat_storage::{DynStorage, ErrorKind, Kind, ObjectKey};
 use lifeboat_storage::{Location, ObjectInfo, open_location};
 use serde::Serialize;
@@ -796,6 +796,17 @@ impl Repository {
     /// and its read was superseded by a prune (which writes the new index
     /// objects before deleting the old ones), so the listing is read again.
     pub async fn load_index(&self) -> Result<Index> {
+        Ok(self.load_index_visiting(|_, _| {}).await?.0)
+    }
+
+    /// [`Repository::load_index`], showing each index object to `visit` as
+    /// it is merged, and returning the ids of the index objects merged. On
+    /// a retry (an object superseded mid-read) objects are shown again, so
+    /// what `visit` keeps must not mind seeing one twice.
+    pub(crate) async fn load_index_visiting(
+        &self,
+        mut visit: impl FnMut(Id, &IndexFile),
+    ) -> Result<(Index, Vec<Id>)> {
         let mut attempt = 0;
         loop {
             let list = self.storage.list(Kind::Index).await?;
@@ -807,9 +818,14 @@ impl Repository {
             let mut index = crate::IndexBuilder::with_capacity(room as usize);
             let mut files = self.index_files(list);
             let mut failed = None;
+            let mut ids = Vec::new();
             while let Some(file) = files.next().await {
                 match file {
-                    Ok((_, file)) => file.packs.iter().for_each(|p| index.add_pack(p)),
+                    Ok((id, file)) => {
+                        file.packs.iter().for_each(|p| index.add_pack(p));
+                        visit(id, &file);
+                        ids.push(id);
+                    }
                     Err(e) => {
                         failed = Some(e);
                         break;
@@ -817,7 +833,7 @@ impl Repository {
                 }
             }
             match failed {
-                None => return Ok(index.build()),
+                None => return Ok((index.build(), ids)),
                 Some(e)
                     if attempt < 3
                         && e.storage_kind() == Some(lifeboat_storage::ErrorKind::NotFound) =>
@@ -825,25 +841,6 @@ impl Repository {
                     attempt += 1;
                 }
                 Some(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Every index object, decoded, with its id, retried as
-    /// [`Repository::load_index`] is.
-    pub async fn read_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
-        let mut attempt = 0;
-        loop {
-            let list = self.storage.list(Kind::Index).await?;
-            self.retain_cached(Kind::Index, &list);
-            match self.index_files(list).try_collect().await {
-                Err(e)
-                    if attempt < 3
-                        && e.storage_kind() == Some(lifeboat_storage::ErrorKind::NotFound) =>
-                {
-                    attempt += 1;
-                }
-                other => return other,
             }
         }
     }

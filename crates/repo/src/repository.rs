@@ -851,6 +851,7 @@ impl Repository {
         &self,
         list: Vec<ObjectInfo>,
     ) -> impl futures::Stream<Item = Result<(Id, IndexFile)>> + '_ {
+        let in_flight = index_reads_in_flight(&list, self.concurrency());
         futures::stream::iter(list)
             .map(move |info| async move {
                 let id = Id::from_hex(info.key.name())
@@ -861,7 +862,7 @@ impl Repository {
                 let file = blocking(move || IndexFile::decode(&key, &name, &bytes)).await??;
                 Ok::<_, Error>((id, file))
             })
-            .buffered(self.concurrency())
+            .buffered(in_flight)
     }
 
     /// Drops cached objects of `kind` that `listing` (the repository's,
@@ -1442,4 +1443,48 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Encoded index bytes [`Repository::load_index`] reads ahead at most: a
+/// decoded index object takes about twice its encoded size, so this bounds
+/// what loading holds beside the index being built (about 200 MiB) however
+/// large the objects are (prune writes objects of up to a million entries,
+/// about 45 MiB each).
+const INDEX_READ_AHEAD_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How many index objects of `list` to read at once: the storage's
+/// connection count, fewer when the largest object would take the
+/// read-ahead over [`INDEX_READ_AHEAD_BYTES`] (never fewer than one).
+fn index_reads_in_flight(list: &[ObjectInfo], connections: usize) -> usize {
+    let largest = list.iter().map(|i| i.size_bytes).max().unwrap_or(0).max(1);
+    let fit = (INDEX_READ_AHEAD_BYTES / largest).max(1);
+    connections.clamp(1, usize::try_from(fit).unwrap_or(usize::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_read_ahead_is_bounded_by_bytes_not_only_by_connections() {
+        let objects = |sizes: &[u64]| -> Vec<ObjectInfo> {
+            sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &size_bytes)| ObjectInfo {
+                    key: ObjectKey::new(Kind::Index, format!("{i:064x}")),
+                    size_bytes,
+                })
+                .collect()
+        };
+        // Small objects (what backups write): every connection.
+        assert_eq!(index_reads_in_flight(&objects(&[40_000, 90_000]), 16), 16);
+        // Objects of a prune's size: as many as fit the read-ahead.
+        let big = 45 * 1024 * 1024;
+        assert_eq!(index_reads_in_flight(&objects(&[1_000, big]), 16), 1);
+        assert_eq!(index_reads_in_flight(&objects(&[16 * 1024 * 1024]), 16), 4);
+        // Never none, whatever the sizes or the connection count.
+        assert_eq!(index_reads_in_flight(&objects(&[u64::MAX]), 16), 1);
+        assert_eq!(index_reads_in_flight(&objects(&[]), 0), 1);
+    }
 }

@@ -361,9 +361,11 @@ pub async fn forget(
     if !options.dry_run && !removed.is_empty() {
         // Logged before anything is deleted, with what each snapshot was:
         // a forget never removes a record without a trace.
+        let by_id: std::collections::HashMap<String, &Snapshot> =
+            snapshots.iter().map(|s| (s.id.to_hex(), s)).collect();
         let gone: Vec<&Snapshot> = removed
             .iter()
-            .filter_map(|d| snapshots.iter().find(|s| s.id.to_hex() == d.id))
+            .filter_map(|d| by_id.get(&d.id).copied())
             .collect();
         let mut entry = crate::audit::Entry::new("forget")
             .arg("policy", policy_args(policy))
@@ -444,32 +446,50 @@ pub async fn forget_records(
     Ok(names)
 }
 
-/// Deletes the snapshot records `names`, in order. When the storage
-/// refuses one (append-only credentials, a `lifeboat serve` client that
-/// may not delete, a network failure), the deletion stops there and, if
-/// the forget was logged as `record`, a `forget-refused` record naming
-/// the snapshots still there (`snapshots`), the forget record it amends
-/// (`args.forget`) and the storage's error follows it, so the log never
-/// claims a deletion the storage refused (`audit deleted` marks them).
+/// Deletes the snapshot records `names`, several at once (the
+/// repository's connection count). Every deletion is tried; when the
+/// storage refuses some (append-only credentials, a `lifeboat serve`
+/// client that may not delete, a network failure) and the forget was
+/// logged as `record`, a `forget-refused` record naming exactly the
+/// snapshots still there (`snapshots`), the forget record it amends
+/// (`args.forget`) and the storage's first error follows it, so the log
+/// never claims a deletion the storage refused (`audit deleted` marks
+/// them), and the first error is returned.
 async fn delete_records(repo: &Repository, names: &[String], record: Option<Id>) -> Result<()> {
+    use futures::StreamExt;
+    let results: Vec<(usize, std::result::Result<(), lifeboat_storage::Error>)> =
+        futures::stream::iter(names.iter().cloned().enumerate())
+            .map(|(i, name)| async move {
+                let key = ObjectKey::new(Kind::Snapshots, name);
+                (i, repo.storage().delete(&key).await)
+            })
+            .buffer_unordered(repo.concurrency())
+            .collect()
+            .await;
     let mut deleted = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let key = ObjectKey::new(Kind::Snapshots, name.clone());
-        if let Err(e) = repo.storage().delete(&key).await {
-            repo.note_snapshots_changed(&[], &deleted);
-            if let Some(record) = record {
-                let mut entry = crate::audit::Entry::new("forget-refused")
-                    .arg("forget", record.to_hex())
-                    .arg("error", e.to_string());
-                entry.snapshots = names[i..].iter().filter_map(|n| Id::from_hex(n)).collect();
-                crate::audit::append_after(repo, entry).await;
-            }
-            return Err(e.into());
+    let mut refused: Vec<(usize, lifeboat_storage::Error)> = Vec::new();
+    for (i, r) in results {
+        match r {
+            Ok(()) => deleted.extend(Id::from_hex(&names[i])),
+            Err(e) => refused.push((i, e)),
         }
-        deleted.extend(Id::from_hex(name));
     }
     repo.note_snapshots_changed(&[], &deleted);
-    Ok(())
+    refused.sort_by_key(|(i, _)| *i);
+    let Some((_, first)) = refused.first() else {
+        return Ok(());
+    };
+    if let Some(record) = record {
+        let mut entry = crate::audit::Entry::new("forget-refused")
+            .arg("forget", record.to_hex())
+            .arg("error", first.to_string());
+        entry.snapshots = refused
+            .iter()
+            .filter_map(|(i, _)| Id::from_hex(&names[*i]))
+            .collect();
+        crate::audit::append_after(repo, entry).await;
+    }
+    Err(refused.swap_remove(0).1.into())
 }
 
 #[cfg(test)]

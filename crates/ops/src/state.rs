@@ -347,6 +347,24 @@ pub(crate) fn append_line(path: &Path, value: &impl Serialize) -> Result<()> {
     f.write_all(&line).and_then(|()| f.sync_data()).map_err(err)
 }
 
+/// The state of a per-repository daemon job, saved as JSON at `path`
+/// (`<state-dir>/<job>/<repository>.json`): the default when none is
+/// saved yet or the file does not parse.
+pub(crate) fn load_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> T {
+    fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Saves what [`load_json`] reads, atomically.
+pub(crate) fn save_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    write_atomic(
+        path,
+        &serde_json::to_vec_pretty(value).expect("state serializes"),
+    )
+}
+
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().expect("has a parent");
     fs::create_dir_all(dir).map_err(StateDir::err(dir))?;

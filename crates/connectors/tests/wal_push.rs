@@ -83,11 +83,12 @@ fn is_unverifiable(e: &Error) -> bool {
 async fn a_failed_upload_removes_its_intent_so_a_file_stored_by_another_cluster_is_refused() {
     let (mem, full) = repository().await;
     let (faulty, host) = host_failing_first_upload(Arc::new(mem.clone())).await;
+    let hosts = [host];
     let dir = tempfile::tempdir().unwrap();
     let ours = wal(1);
     let seg = segment(dir.path(), &ours);
 
-    let failed = push(&[host.clone()], "set", SYSID, &seg, &PushOptions::default())
+    let failed = push(&hosts, "set", SYSID, &seg, &PushOptions::default())
         .await
         .unwrap_err();
     assert!(!is_unverifiable(&failed.error), "{}", failed.error);
@@ -106,7 +107,7 @@ async fn a_failed_upload_removes_its_intent_so_a_file_stored_by_another_cluster_
 
     // Every retry refuses it: nothing says this host stored it.
     for _ in 0..2 {
-        let retry = push(&[host.clone()], "set", SYSID, &seg, &PushOptions::default())
+        let retry = push(&hosts, "set", SYSID, &seg, &PushOptions::default())
             .await
             .unwrap_err();
         assert!(is_unverifiable(&retry.error), "{}", retry.error);

@@ -45,10 +45,7 @@ pub struct DetectState {
 }
 
 fn file(state: &StateDir, repository: &str) -> PathBuf {
-    state
-        .root()
-        .join("detect")
-        .join(format!("{repository}.json"))
+    state.job_file("detect", repository)
 }
 
 /// The saved state of `repository` (none yet: default).

@@ -55,10 +55,7 @@ pub struct LockExtendState {
 }
 
 fn file(state: &StateDir, repository: &str) -> PathBuf {
-    state
-        .root()
-        .join("lock-extend")
-        .join(format!("{repository}.json"))
+    state.job_file("lock-extend", repository)
 }
 
 /// The saved state of `repository` (none yet: default).

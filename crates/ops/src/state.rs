@@ -201,6 +201,13 @@ impl StateDir {
         &self.root
     }
 
+    /// The state file of a per-repository daemon job:
+    /// `<state-dir>/<job>/<repository>.json` (read and written with
+    /// [`load_json`] and [`save_json`]).
+    pub(crate) fn job_file(&self, job: &str, repository: &str) -> PathBuf {
+        self.root.join(job).join(format!("{repository}.json"))
+    }
+
     fn err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
         move |source| Error::State {
             path: path.to_path_buf(),

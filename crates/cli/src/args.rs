@@ -232,6 +232,25 @@ pub enum LockCommand {
     /// Extend the object-lock retention of every current object to DAYS
     /// (the repository's setting) from now; `prune` does this too.
     Extend,
+    /// Put the repository back as it was at TIME after an attacker
+    /// deleted or overwrote objects: every object deleted or overwritten
+    /// since gets its version of that time copied back on top (a new
+    /// version, locked again), and objects added since are hidden behind
+    /// a delete marker (audit records excepted). Nothing is destroyed.
+    /// Full key only.
+    Restore(LockRestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LockRestoreArgs {
+    /// The point in time to go back to (RFC 3339, e.g.
+    /// 2026-12-06T04:00:00Z): the time `--storage-as-of TIME` showed a
+    /// good repository.
+    #[arg(long, value_name = "TIME")]
+    pub as_of: String,
+    /// Only say what would change.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

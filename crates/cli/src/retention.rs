@@ -205,21 +205,88 @@ async fn prune_and_expire_wal(
     Ok((stats, deleted))
 }
 
-/// `lifeboat lock extend`.
+const NO_OBJECT_LOCK: &str = "this repository has no object lock (it is set at init: `lifeboat init --object-lock DAYS` on a lock-enabled S3 bucket)";
+
+/// `lifeboat lock extend` and `lifeboat lock restore`.
 pub async fn lock(g: &Global, a: crate::args::LockArgs) -> Result<i32> {
-    let crate::args::LockCommand::Extend = a.command;
+    match a.command {
+        crate::args::LockCommand::Extend => lock_extend(g).await,
+        crate::args::LockCommand::Restore(r) => lock_restore(g, r).await,
+    }
+}
+
+async fn lock_extend(g: &Global) -> Result<i32> {
     let repo = session::open(g).await?;
     let Some(config) = repo.config().object_lock else {
-        return Err(cli_error(
-            exit::USAGE,
-            "this repository has no object lock (it is set at init: `lifeboat init --object-lock DAYS` on a lock-enabled S3 bucket)",
-        ));
+        return Err(cli_error(exit::USAGE, NO_OBJECT_LOCK));
     };
     let stats = lifeboat_repo::objectlock::extend_repository(&repo, config).await?;
     if g.json {
         crate::output::json(&stats)?;
     } else {
         render_extend(&stats);
+    }
+    Ok(exit::OK)
+}
+
+/// `lifeboat lock restore --as-of TIME`: authenticates through the view
+/// at TIME (the current one may not even open after an attack), makes the
+/// current view equal to it, then records the restore in the audit log of
+/// the restored repository. The record comes after the change, unlike a
+/// deletion's: before it, the current view may have no readable config or
+/// log to append to, and the change destroys nothing.
+async fn lock_restore(g: &Global, a: crate::args::LockRestoreArgs) -> Result<i32> {
+    use lifeboat_repo::{Permission, Repository, objectlock};
+    if g.storage_as_of.is_some() {
+        return Err(cli_error(
+            exit::USAGE,
+            "`lock restore` writes to the current repository: give the time with its --as-of, not --storage-as-of",
+        ));
+    }
+    let at = lifeboat_storage::parse_as_of(&a.as_of)
+        .map_err(|e| cli_error(exit::USAGE, format!("--as-of: {e}")))?;
+    let target = session::target(g)?;
+    let mut then_target = session::target(g)?;
+    match &mut then_target.location {
+        lifeboat_storage::Location::S3(o) => o.as_of = Some(at),
+        _ => return Err(cli_error(exit::USAGE, NO_OBJECT_LOCK)),
+    }
+    let password = session::password(g, &target, false)?;
+    let then_storage = session::storage(&then_target).await?;
+    let config = session::require_repository(&then_storage).await?;
+    let then =
+        Repository::open_with_config(then_storage, config, &password, session::local_state())
+            .await?;
+    then.require_full_key("restore locked versions")?;
+    then.require(Permission::Full, "restore locked versions")?;
+    if then.config().object_lock.is_none() {
+        return Err(cli_error(exit::USAGE, NO_OBJECT_LOCK));
+    }
+    let storage = session::storage(&target).await?;
+    let plan = objectlock::plan_restore(&storage, at).await?;
+    let mut stats = plan.stats.clone();
+    stats.dry_run = a.dry_run;
+    if !a.dry_run {
+        objectlock::execute_restore(&storage, &plan).await?;
+        let config = session::require_repository(&storage).await?;
+        let repo = Repository::open_with_config(storage, config, &password, session::local_state())
+            .await?;
+        objectlock::record_restore(&repo, &stats).await?;
+    }
+    if g.json {
+        crate::output::json(&stats)?;
+    } else {
+        let would = if a.dry_run { "would " } else { "" };
+        outln!(
+            "as of {}: {} objects unchanged; {would}copy back {} deleted and {} overwritten              ({}); {would}hide {} added since; {} audit records added since kept",
+            stats.as_of,
+            stats.unchanged,
+            stats.undeleted,
+            stats.overwritten,
+            bytes(stats.bytes_copied),
+            stats.hidden,
+            stats.audit_records_kept
+        );
     }
     Ok(exit::OK)
 }

@@ -135,6 +135,70 @@ impl Setup {
         until
     }
 
+    /// A repository with object lock in `mode` (the bucket's default) and
+    /// one backup, every kind of object checked locked; then the attacker,
+    /// with the same credentials and a plain S3 client, tries to delete
+    /// every version for good (all refused), overwrites the packs, snapshot
+    /// records and config, adds delete markers over packs, index and keys,
+    /// and plants a fake snapshot record. Returns the source and a time
+    /// between the backup and the attack.
+    fn attacked_repository(&self, mode: &str) -> (PathBuf, String) {
+        let init = self.json(&["init", "--object-lock", "1", "--lock-mode", mode]);
+        assert_eq!(init["object_lock"]["days"], 1);
+        assert_eq!(init["object_lock"]["mode"], mode);
+        let src = source(&self.lb, "src", 0);
+        self.ok(&["backup", src.to_str().unwrap()]);
+
+        // Every object written (config, key, packs, index, snapshot record,
+        // audit records) carries a retention about a day ahead.
+        self.assert_every_kind_locked(
+            &[
+                "/config",
+                "/keys/",
+                "/data/",
+                "/index/",
+                "/snapshots/",
+                "/audit/",
+            ],
+            &mode.to_uppercase(),
+        );
+
+        std::thread::sleep(Duration::from_millis(1500));
+        let before_attack = jiff::Timestamp::now().to_string();
+        std::thread::sleep(Duration::from_millis(1500));
+
+        let attack = self.moto.python(&format!(
+            "b = '{b}'\n\
+             vs = s3.list_object_versions(Bucket=b, Prefix='{PREFIX}/').get('Versions', [])\n\
+             refused = 0\n\
+             for v in vs:\n\
+             \x20   try:\n\
+             \x20       s3.delete_object(Bucket=b, Key=v['Key'], VersionId=v['VersionId'])\n\
+             \x20   except Exception as e:\n\
+             \x20       refused += 1 if 'AccessDenied' in str(e) else 0\n\
+             overwritten = deleted = 0\n\
+             for v in vs:\n\
+             \x20   k = v['Key']\n\
+             \x20   if '/snapshots/' in k or '/data/' in k or k.endswith('/config'):\n\
+             \x20       s3.put_object(Bucket=b, Key=k, Body=b'encrypted by ransomware')\n\
+             \x20       overwritten += 1\n\
+             \x20   if '/data/' in k or '/index/' in k or '/keys/' in k:\n\
+             \x20       s3.delete_object(Bucket=b, Key=k)\n\
+             \x20       deleted += 1\n\
+             s3.put_object(Bucket=b, Key='{PREFIX}/snapshots/' + 'f' * 64, Body=b'a fake snapshot')\n\
+             print(json.dumps({{'versions': len(vs), 'refused': refused, 'overwritten': overwritten, 'deleted': deleted}}))",
+            b = self.bucket
+        ));
+        let attack: serde_json::Value = serde_json::from_str(&attack).unwrap();
+        assert_eq!(
+            attack["refused"], attack["versions"],
+            "every permanent delete of a locked version is refused: {attack}"
+        );
+        assert!(attack["overwritten"].as_u64().unwrap() >= 3, "{attack}");
+        assert!(attack["deleted"].as_u64().unwrap() >= 3, "{attack}");
+        (src, before_attack)
+    }
+
     /// Every current version that existed `before` is locked longer now.
     fn assert_extended_since(&self, before: &HashMap<String, String>) {
         for v in self.versions().into_iter().filter(|v| v[2] == true) {
@@ -252,59 +316,7 @@ fn every_object_is_locked_and_an_attacker_cannot_destroy_a_snapshot() {
     let Some(s) = Setup::start("locked", Some(("COMPLIANCE", 1))) else {
         return;
     };
-    let init = s.json(&["init", "--object-lock", "1", "--lock-mode", "compliance"]);
-    assert_eq!(init["object_lock"]["days"], 1);
-    assert_eq!(init["object_lock"]["mode"], "compliance");
-    let src = source(&s.lb, "src", 0);
-    s.ok(&["backup", src.to_str().unwrap()]);
-
-    // Every object written (config, key, packs, index, snapshot record,
-    // audit records) carries a compliance retention about a day ahead.
-    s.assert_every_kind_locked(
-        &[
-            "/config",
-            "/keys/",
-            "/data/",
-            "/index/",
-            "/snapshots/",
-            "/audit/",
-        ],
-        "COMPLIANCE",
-    );
-
-    std::thread::sleep(Duration::from_millis(1500));
-    let before_attack = jiff::Timestamp::now().to_string();
-    std::thread::sleep(Duration::from_millis(1500));
-
-    // The attacker: same credentials, plain S3 client.
-    let attack = s.moto.python(&format!(
-        "b = '{b}'\n\
-         vs = s3.list_object_versions(Bucket=b, Prefix='{PREFIX}/').get('Versions', [])\n\
-         refused = 0\n\
-         for v in vs:\n\
-         \x20   try:\n\
-         \x20       s3.delete_object(Bucket=b, Key=v['Key'], VersionId=v['VersionId'])\n\
-         \x20   except Exception as e:\n\
-         \x20       refused += 1 if 'AccessDenied' in str(e) else 0\n\
-         overwritten = deleted = 0\n\
-         for v in vs:\n\
-         \x20   k = v['Key']\n\
-         \x20   if '/snapshots/' in k or '/data/' in k or k.endswith('/config'):\n\
-         \x20       s3.put_object(Bucket=b, Key=k, Body=b'encrypted by ransomware')\n\
-         \x20       overwritten += 1\n\
-         \x20   if '/data/' in k or '/index/' in k or '/keys/' in k:\n\
-         \x20       s3.delete_object(Bucket=b, Key=k)\n\
-         \x20       deleted += 1\n\
-         print(json.dumps({{'versions': len(vs), 'refused': refused, 'overwritten': overwritten, 'deleted': deleted}}))",
-        b = s.bucket
-    ));
-    let attack: serde_json::Value = serde_json::from_str(&attack).unwrap();
-    assert_eq!(
-        attack["refused"], attack["versions"],
-        "every permanent delete of a locked version is refused: {attack}"
-    );
-    assert!(attack["overwritten"].as_u64().unwrap() >= 3, "{attack}");
-    assert!(attack["deleted"].as_u64().unwrap() >= 3, "{attack}");
+    let (src, before_attack) = s.attacked_repository("compliance");
 
     // A plain open sees the attacker's work.
     let plain = s.run(&["snapshots"]);
@@ -327,6 +339,73 @@ fn every_object_is_locked_and_an_attacker_cannot_destroy_a_snapshot() {
         !out.status.success(),
         "writes through the as-of view are refused"
     );
+}
+
+/// `lock restore --as-of` after the same attack: every deleted or
+/// overwritten object gets its version of that time back on top (a new,
+/// locked version), the planted snapshot record is hidden, and then plain
+/// commands work again without `--storage-as-of`.
+#[test]
+fn lock_restore_puts_the_locked_versions_back_after_an_attack() {
+    let Some(s) = Setup::start("lockrestore", Some(("GOVERNANCE", 1))) else {
+        return;
+    };
+    let (src, before_attack) = s.attacked_repository("governance");
+    assert!(!s.run(&["snapshots"]).status.success(), "damaged");
+
+    let dry = s.json(&["lock", "restore", "--as-of", &before_attack, "--dry-run"]);
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    assert_eq!(
+        dry["overwritten"], 2,
+        "the snapshot record and config: {dry}"
+    );
+    assert!(
+        dry["undeleted"].as_u64().unwrap() >= 3,
+        "packs (overwritten, then deleted), index and key: {dry}"
+    );
+    assert_eq!(dry["hidden"], 1, "the fake snapshot record: {dry}");
+    assert!(
+        !s.run(&["snapshots"]).status.success(),
+        "a dry run changes nothing"
+    );
+
+    let done = s.json(&["lock", "restore", "--as-of", &before_attack]);
+    assert_eq!(done["dry_run"], false, "{done}");
+    for field in ["overwritten", "undeleted", "hidden", "bytes_copied"] {
+        assert_eq!(done[field], dry[field], "{field}: {dry}\n{done}");
+    }
+
+    // Plain commands work again: one snapshot (the fake one is hidden), a
+    // byte-identical restore, a clean check.
+    let snaps = s.json(&["snapshots"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+    let back = s.restore(&[], &src);
+    assert_same_tree(&src, &back);
+    s.ok(&["check", "--read-data"]);
+
+    // The copies are locked like everything else, and `lock extend`
+    // moves every current object's retention, the copies' included.
+    s.assert_every_kind_locked(&["/config", "/keys/", "/data/", "/index/"], "GOVERNANCE");
+    let until: HashMap<String, String> = s
+        .versions()
+        .iter()
+        .filter(|v| v[2] == true)
+        .map(|v| (version_key(v), v[4].as_str().unwrap().to_string()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1100));
+    s.ok(&["lock", "extend"]);
+    s.assert_extended_since(&until);
+
+    // The restore is in the audit log, and the log verifies.
+    let log = s.json(&["audit", "log", "--op", "lock-restore"]);
+    assert_eq!(log.as_array().unwrap().len(), 1, "{log}");
+    s.ok(&["audit", "verify"]);
+
+    // Nothing is left to put back.
+    let again = s.json(&["lock", "restore", "--as-of", &before_attack, "--dry-run"]);
+    for field in ["overwritten", "undeleted", "hidden"] {
+        assert_eq!(again[field], 0, "{field}: {again}");
+    }
 }
 
 #[test]

@@ -217,3 +217,85 @@ fn a_write_only_key_pushes_wal_and_cannot_fetch_it() {
         std::fs::read(data.join("pg_wal").join(seg(0x10))).unwrap()
     );
 }
+
+/// `pg wal-push` into two repositories in one invocation, the first with
+/// a write-only key and the second with a full one (a database host that
+/// may read its off-site archive but not the shared one, or the other way
+/// round): both hold the segment, a retry after success is accepted in
+/// both (from the push marker, and after a kill between the uploads and
+/// the marker, from the intent marker and the full key's comparison),
+/// with every marker lost the write-only repository refuses and is named,
+/// and `wal-fetch` from the full one returns it byte for byte.
+#[test]
+fn wal_push_into_a_write_only_and_a_full_repository_at_once() {
+    let lb = Lifeboat::new();
+    init_with_write_only_key(&lb);
+    let write_only_pw = lb.path("write-only.pw");
+    let off = Lifeboat::init();
+    let off_pw = off.path("pw");
+    write(&off_pw, off.password.as_bytes());
+    let data = fake_pgdata(&lb);
+    let name = "000000010000000000000020";
+    let content = common::random_bytes(1 << 20, 20);
+    write(data.join("pg_wal").join(name), &content);
+    write(
+        data.join(format!("pg_wal/archive_status/{name}.ready")),
+        b"",
+    );
+    let push_output = || {
+        lb.std_bare_cmd()
+            .current_dir(&data)
+            .arg("-r")
+            .arg(&lb.repo)
+            .arg("--password-file")
+            .arg(&write_only_pw)
+            .arg("-r")
+            .arg(&off.repo)
+            .arg("--password-file")
+            .arg(&off_pw)
+            .args(["pg", "wal-push", &format!("pg_wal/{name}")])
+            .output()
+            .unwrap()
+    };
+    let push = || assert_ok(&push_output(), "wal-push into both");
+    let fetch = |env: &Lifeboat, dest: &str| {
+        let out = env
+            .cmd()
+            .current_dir(&data)
+            .args(["pg", "wal-fetch", name, &format!("pg_wal/{dest}")])
+            .output()
+            .unwrap();
+        assert_ok(&out, ("wal-fetch", dest));
+        std::fs::read(data.join("pg_wal").join(dest)).unwrap()
+    };
+
+    push();
+    // PostgreSQL asks again: the push marker for the pair answers.
+    push();
+    // Killed after both uploads, before the push marker: the intent marker
+    // (the content's hash, the marker's first word) is what is left.
+    let spool = data.join("pg_wal/lifeboat");
+    let marker = std::fs::read_to_string(spool.join("pushed").join(name)).unwrap();
+    std::fs::remove_file(spool.join("pushed").join(name)).unwrap();
+    write(
+        spool.join("pushing").join(name),
+        marker.split_whitespace().next().unwrap().as_bytes(),
+    );
+    push();
+    assert!(spool.join("pushed").join(name).exists());
+    assert!(!spool.join("pushing").join(name).exists());
+    // Every marker lost: the full key compares and accepts, the write-only
+    // key cannot, and the error names its repository (as with one, §12).
+    std::fs::remove_dir_all(&spool).unwrap();
+    let err = assert_fails(&push_output(), 14, "wal-push without markers");
+    assert!(
+        err.contains(&format!("into repository {}", lb.repo.display()))
+            && err.contains("this key is write-only, so it cannot read it back"),
+        "{err}"
+    );
+
+    // Both repositories hold it: the off-site one's full key fetches it,
+    // and so does the first repository's full key.
+    assert_eq!(fetch(&off, "FROM_OFFSITE"), content);
+    assert_eq!(fetch(&lb, "FROM_FIRST"), content);
+}

@@ -72,6 +72,9 @@ pub mod conditions {
     /// The daemon could not extend the object-lock retention of a
     /// repository (plan empty; the repository names it).
     pub const LOCK_EXTEND_FAILED: &str = "lock-extend-failed";
+    /// The daemon could not run ransomware detection on a repository
+    /// (`detect-every`; plan empty, the repository names it).
+    pub const DETECT_FAILED: &str = "detect-failed";
 }
 
 /// Whether an event starts (or continues) a problem or ends it.

@@ -186,6 +186,12 @@ pub struct RepositoryConfig {
     /// is left unprotected. Ignored for repositories without object lock.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock_extend_every: Option<Duration>,
+    /// How often the daemon runs ransomware detection (`lifeboat detect`)
+    /// over the repository's snapshots it has not checked yet; none: never.
+    /// For repositories that write-only hosts back up into (their backups
+    /// are not checked at backup time); needs a full key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detect_every: Option<Duration>,
 }
 
 /// What a plan protects. A tagged enum (`type = "..."`): MariaDB, SQLite
@@ -591,6 +597,7 @@ struct RawRepository {
     immutable: bool,
     password_copy: Option<String>,
     lock_extend_every: Option<Spanned<String>>,
+    detect_every: Option<Spanned<String>>,
 }
 
 /// Every key any source type takes, so each keeps its span (serde's
@@ -1036,8 +1043,13 @@ impl Validator<'_> {
             Some(d) => Some(self.duration(d, &key("lock-extend-every"), false)?),
             None => None,
         };
+        let detect_every = match &r.detect_every {
+            Some(d) => Some(self.duration(d, &key("detect-every"), false)?),
+            None => None,
+        };
         Ok(RepositoryConfig {
             lock_extend_every,
+            detect_every,
             location,
             password,
             role: r.role.unwrap_or(Role::Primary),

@@ -1,9 +1,10 @@
 //! `lifeboat daemon`: runs every plan on its schedule and its restore
 //! drills every `drill.every` ([`Scheduler`]), serves `/metrics`, `/healthz`,
 //! `/api/status` and `/status` over HTTP (axum), keeps `status.html`
-//! current in `communication.status-dir` when one is configured, and
+//! current in `communication.status-dir` when one is configured,
 //! extends the object-lock retention of S3 repositories
-//! ([`crate::lockextend`]).
+//! ([`crate::lockextend`]) and runs ransomware detection on repositories
+//! with `detect-every` ([`crate::detectjob`]).
 //!
 //! The clock is injected ([`Clock`]): the real one sleeps, the
 //! [`ManualClock`] of the tests moves only when told, so schedules, catch-up
@@ -121,6 +122,14 @@ pub enum Event {
     LockExtended {
         repository: String,
         not_locked: bool,
+        error: Option<String>,
+    },
+    /// Ransomware detection ran on a repository (`detect-every`): how many
+    /// snapshots it checked and which it tagged `suspect`, or why it failed.
+    Detected {
+        repository: String,
+        checked: usize,
+        suspect: Vec<String>,
         error: Option<String>,
     },
     /// `status.html` was rewritten in `communication.status-dir` (plan
@@ -279,29 +288,90 @@ enum Done {
     Drill(Result<crate::drill::DrillResult>),
     /// A lock extension (the task's name is the repository's).
     LockExtend(Result<crate::lockextend::Extended>),
+    /// A detection run (the task's name is the repository's).
+    Detect(Result<crate::detectjob::Detected>),
 }
 
-/// When each object-lock candidate repository is next due for a
-/// retention extension (`lockextend`), keeping the times already
-/// scheduled for repositories still in the config.
-fn sync_lock_extensions(
-    config: &Config,
-    due: &mut BTreeMap<String, Timestamp>,
-    running: &std::collections::BTreeSet<String>,
-    now: Timestamp,
-) {
-    let state = StateDir::new(&config.state_dir);
-    due.retain(|n, _| {
-        config
-            .repositories
-            .get(n)
-            .is_some_and(crate::lockextend::candidate)
-    });
-    for (name, r) in &config.repositories {
-        if crate::lockextend::candidate(r) && !due.contains_key(name) && !running.contains(name) {
-            let s = crate::lockextend::load(&state, name);
-            due.insert(name.clone(), crate::lockextend::next_due(r, &s, now));
+/// One kind of per-repository maintenance the daemon schedules (lock
+/// extension, detection): when each candidate repository is next due, and
+/// which are running.
+struct RepoJobs {
+    /// Whether the config's repository gets this job.
+    candidate: fn(&crate::config::RepositoryConfig) -> bool,
+    /// When it is next due, from the state directory.
+    next_due: fn(&StateDir, &str, &crate::config::RepositoryConfig, Timestamp) -> Timestamp,
+    due: BTreeMap<String, Timestamp>,
+    running: std::collections::BTreeSet<String>,
+}
+
+impl RepoJobs {
+    fn lock_extend() -> Self {
+        Self::new(crate::lockextend::candidate, |state, name, r, now| {
+            crate::lockextend::next_due(r, &crate::lockextend::load(state, name), now)
+        })
+    }
+
+    fn detect() -> Self {
+        Self::new(crate::detectjob::candidate, |state, name, r, now| {
+            crate::detectjob::next_due(r, &crate::detectjob::load(state, name), now)
+        })
+    }
+
+    fn new(
+        candidate: fn(&crate::config::RepositoryConfig) -> bool,
+        next_due: fn(&StateDir, &str, &crate::config::RepositoryConfig, Timestamp) -> Timestamp,
+    ) -> Self {
+        RepoJobs {
+            candidate,
+            next_due,
+            due: BTreeMap::new(),
+            running: Default::default(),
         }
+    }
+
+    /// Schedules every candidate repository of `config` not scheduled or
+    /// running yet, keeping the times already scheduled for repositories
+    /// still in the config.
+    fn sync(&mut self, config: &Config, now: Timestamp) {
+        let state = StateDir::new(&config.state_dir);
+        let candidate = self.candidate;
+        self.due
+            .retain(|n, _| config.repositories.get(n).is_some_and(candidate));
+        for (name, r) in &config.repositories {
+            if candidate(r) && !self.due.contains_key(name) && !self.running.contains(name) {
+                self.due
+                    .insert(name.clone(), (self.next_due)(&state, name, r, now));
+            }
+        }
+    }
+
+    /// The repositories due at `now`, marked running.
+    fn take_due(&mut self, now: Timestamp) -> Vec<String> {
+        let names: Vec<String> = self
+            .due
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &names {
+            self.due.remove(name);
+            self.running.insert(name.clone());
+        }
+        names
+    }
+
+    /// `name` finished: scheduled again from its saved state.
+    fn finished(&mut self, config: &Config, name: &str, now: Timestamp) {
+        self.running.remove(name);
+        if let Some(r) = config.repositories.get(name) {
+            let state = StateDir::new(&config.state_dir);
+            self.due
+                .insert(name.to_string(), (self.next_due)(&state, name, r, now));
+        }
+    }
+
+    fn earliest(&self, wake: Timestamp) -> Timestamp {
+        self.due.values().fold(wake, |w, t| w.min(*t))
     }
 }
 
@@ -335,30 +405,45 @@ fn finished_event(plan: String, done: Done) -> Event {
             not_locked: matches!(r, Ok(crate::lockextend::Extended::NotLocked)),
             error: r.err().map(|e| e.to_string()),
         },
+        Done::Detect(r) => {
+            let (found, error) = match r {
+                Ok(found) => (found, None),
+                Err(e) => (Default::default(), Some(e.to_string())),
+            };
+            Event::Detected {
+                repository: plan,
+                checked: found.checked,
+                suspect: found.suspect,
+                error,
+            }
+        }
     }
 }
 
-/// One lock extension of `name` as a daemon task: alerts on failure (and
-/// on recovery), abandoned on shutdown.
-fn lock_extend_task(
-    config: Arc<Config>,
+/// One per-repository job of `name` as a daemon task: `job` returns its
+/// result and the alert events it raises or ends (sent here); abandoned
+/// on shutdown.
+fn repo_job_task<T: Send + 'static>(
     name: String,
+    what: &'static str,
+    job: impl Future<Output = (Result<T>, Vec<crate::alert::Event>)> + Send + 'static,
+    done: fn(Result<T>) -> Done,
     now: Timestamp,
     alerts: Alerter,
     cancel: CancellationToken,
 ) -> Pin<Box<dyn Future<Output = (String, Done)> + Send>> {
     Box::pin(async move {
         let r = tokio::select! {
-            (r, event) = crate::lockextend::run(&config, &name, now) => {
-                alerts.notify(event, now);
+            (r, events) = job => {
+                alerts.notify_all(events, now);
                 r
             }
             _ = cancel.cancelled() => Err(Error::Drill {
                 repository: name.clone(),
-                message: "stopped: lifeboat was shut down during a lock extension".into(),
+                message: format!("stopped: lifeboat was shut down during {what}"),
             }),
         };
-        (name, Done::LockExtend(r))
+        (name, done(r))
     })
 }
 
@@ -397,9 +482,10 @@ pub async fn run_daemon(config: Config, mut o: DaemonOptions) -> Result<()> {
     let mut tasks: JoinSet<(String, Done)> = JoinSet::new();
     let runs_cancel = o.shutdown.child_token();
     let mut last_page: Option<String> = None;
-    let mut lock_due: BTreeMap<String, Timestamp> = BTreeMap::new();
-    let mut lock_running: std::collections::BTreeSet<String> = Default::default();
-    sync_lock_extensions(&config, &mut lock_due, &lock_running, o.clock.now());
+    let mut lock_jobs = RepoJobs::lock_extend();
+    let mut detect_jobs = RepoJobs::detect();
+    lock_jobs.sync(&config, o.clock.now());
+    detect_jobs.sync(&config, o.clock.now());
     loop {
         let config = shared.config.read().expect("not poisoned").clone();
         let now = o.clock.now();
@@ -465,17 +551,28 @@ pub async fn run_daemon(config: Config, mut o: DaemonOptions) -> Result<()> {
                 (due.plan, Done::Drill(r))
             });
         }
-        let due_now: Vec<String> = lock_due
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in due_now {
-            lock_due.remove(&name);
-            lock_running.insert(name.clone());
-            tasks.spawn(lock_extend_task(
-                config.clone(),
+        for name in lock_jobs.take_due(now) {
+            let (config, repository) = (config.clone(), name.clone());
+            tasks.spawn(repo_job_task(
                 name,
+                "a lock extension",
+                async move {
+                    let (r, event) = crate::lockextend::run(&config, &repository, now).await;
+                    (r, vec![event])
+                },
+                Done::LockExtend,
+                now,
+                alerts.clone(),
+                runs_cancel.clone(),
+            ));
+        }
+        for name in detect_jobs.take_due(now) {
+            let (config, repository) = (config.clone(), name.clone());
+            tasks.spawn(repo_job_task(
+                name,
+                "ransomware detection",
+                async move { crate::detectjob::run(&config, &repository, now).await },
+                Done::Detect,
                 now,
                 alerts.clone(),
                 runs_cancel.clone(),
@@ -485,7 +582,7 @@ pub async fn run_daemon(config: Config, mut o: DaemonOptions) -> Result<()> {
         let wake = scheduler
             .next_wake_after(now)
             .map_or(next_rpo_check, |t| t.min(next_rpo_check));
-        let wake = lock_due.values().fold(wake, |w, t| w.min(*t));
+        let wake = detect_jobs.earliest(lock_jobs.earliest(wake));
         let clock = o.clock.clone();
         tokio::select! {
             _ = o.shutdown.cancelled() => break,
@@ -507,17 +604,10 @@ pub async fn run_daemon(config: Config, mut o: DaemonOptions) -> Result<()> {
                         scheduler.drill_finished(&config, plan, o.clock.now())
                     }
                     Event::LockExtended { repository, .. } => {
-                        lock_running.remove(repository);
-                        if let Some(r) = config.repositories.get(repository) {
-                            let s = crate::lockextend::load(
-                                &StateDir::new(&config.state_dir),
-                                repository,
-                            );
-                            lock_due.insert(
-                                repository.clone(),
-                                crate::lockextend::next_due(r, &s, o.clock.now()),
-                            );
-                        }
+                        lock_jobs.finished(&config, repository, o.clock.now())
+                    }
+                    Event::Detected { repository, .. } => {
+                        detect_jobs.finished(&config, repository, o.clock.now())
                     }
                     _ => {}
                 }
@@ -528,7 +618,8 @@ pub async fn run_daemon(config: Config, mut o: DaemonOptions) -> Result<()> {
                     Ok(new) => {
                         scheduler.sync(&new, &load_states(&new), o.clock.now());
                         scheduler.sync_drills(&new, &last_drills(&new), o.clock.now());
-                        sync_lock_extensions(&new, &mut lock_due, &lock_running, o.clock.now());
+                        lock_jobs.sync(&new, o.clock.now());
+                        detect_jobs.sync(&new, o.clock.now());
                         alerts.reload(&new);
                         *shared.config.write().expect("not poisoned") = Arc::new(new);
                         send(&o.events, Event::Reloaded);

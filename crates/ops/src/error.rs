@@ -35,6 +35,13 @@ pub enum Error {
     },
 
     #[error("repository {repository}: {source}")]
+    Snapshot {
+        repository: String,
+        #[source]
+        source: lifeboat_snapshot::Error,
+    },
+
+    #[error("repository {repository}: {source}")]
     Storage {
         repository: String,
         #[source]
@@ -79,6 +86,7 @@ impl Error {
             Error::Password { .. } => ErrorClass::WrongPassword,
             Error::Repo { source, .. } => source.class(),
             Error::Storage { source, .. } => source.class(),
+            Error::Snapshot { source, .. } => source.class(),
             Error::State { .. } | Error::Listen { .. } => ErrorClass::Io,
             Error::AlreadyRunning { .. } => ErrorClass::Locked,
             Error::Drill { .. } | Error::Incident(_) => ErrorClass::BadInput,

@@ -11,7 +11,8 @@
 //! the API other parts of lifeboat send through), [`runbook`] (the
 //! runbook generated from the config and the repositories), [`incident`]
 //! (incident notices and their log), [`statuspage`] (`status.html`) and
-//! [`lockextend`] (the daemon's object-lock retention extensions). It sits between the connectors and the CLI: it calls the
+//! [`lockextend`] (the daemon's object-lock retention extensions) and
+//! [`detectjob`] (its ransomware detection after the fact). It sits between the connectors and the CLI: it calls the
 //! library functions of `lifeboat-snapshot`, `lifeboat-repo` and
 //! `lifeboat-connectors`, never the `lifeboat` binary. Libraries never
 //! print: everything comes back as values for the CLI to render.
@@ -19,6 +20,7 @@
 pub mod alert;
 pub mod config;
 pub mod daemon;
+pub mod detectjob;
 pub mod doctor;
 pub mod drill;
 pub mod duration;

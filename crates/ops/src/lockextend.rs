@@ -55,25 +55,16 @@ pub struct LockExtendState {
 }
 
 fn file(state: &StateDir, repository: &str) -> PathBuf {
-    state
-        .root()
-        .join("lock-extend")
-        .join(format!("{repository}.json"))
+    state.job_file("lock-extend", repository)
 }
 
 /// The saved state of `repository` (none yet: default).
 pub fn load(state: &StateDir, repository: &str) -> LockExtendState {
-    std::fs::read(file(state, repository))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+    crate::state::load_json(&file(state, repository))
 }
 
 fn save(state: &StateDir, repository: &str, s: &LockExtendState) -> Result<()> {
-    crate::state::write_atomic(
-        &file(state, repository),
-        &serde_json::to_vec_pretty(s).expect("state serializes"),
-    )
+    crate::state::save_json(&file(state, repository), s)
 }
 
 /// Every repository whose state was saved, for `/metrics`.

@@ -201,6 +201,13 @@ impl StateDir {
         &self.root
     }
 
+    /// The state file of a per-repository daemon job:
+    /// `<state-dir>/<job>/<repository>.json` (read and written with
+    /// [`load_json`] and [`save_json`]).
+    pub(crate) fn job_file(&self, job: &str, repository: &str) -> PathBuf {
+        self.root.join(job).join(format!("{repository}.json"))
+    }
+
     fn err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
         move |source| Error::State {
             path: path.to_path_buf(),
@@ -345,6 +352,24 @@ pub(crate) fn append_line(path: &Path, value: &impl Serialize) -> Result<()> {
         .open(path)
         .map_err(err)?;
     f.write_all(&line).and_then(|()| f.sync_data()).map_err(err)
+}
+
+/// The state of a per-repository daemon job, saved as JSON at `path`
+/// (`<state-dir>/<job>/<repository>.json`): the default when none is
+/// saved yet or the file does not parse.
+pub(crate) fn load_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> T {
+    fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Saves what [`load_json`] reads, atomically.
+pub(crate) fn save_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    write_atomic(
+        path,
+        &serde_json::to_vec_pretty(value).expect("state serializes"),
+    )
 }
 
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -284,24 +284,6 @@ plans = [\"files\"]
     assert_eq!(json(&got[1].body)["status"], "recovered");
 }
 
-/// `n` compressible text files, unchanged for years (stable).
-fn text_tree(dir: &std::path::Path, n: usize) {
-    let old = std::time::SystemTime::UNIX_EPOCH + StdDuration::from_secs(1_500_000_000);
-    for i in 0..n {
-        let sub = dir.join(format!("d{}", i % 5));
-        std::fs::create_dir_all(&sub).unwrap();
-        let line = format!("line of file {i}: the quick brown fox jumps over the lazy dog\n");
-        let p = sub.join(format!("f{i:03}.txt"));
-        std::fs::write(&p, line.repeat(60 + i)).unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&p)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
-    }
-}
-
 /// A plan (its extra `keys`) run over a text tree, 30% of which a
 /// script then encrypts (new extensions), and run again: the second
 /// run's report, and the alerts it sent.
@@ -315,7 +297,7 @@ async fn encrypted_between_two_runs(
     let s = Setup::new();
     s.repo("local").await;
     let http = HttpSink::start();
-    text_tree(&s.path("text"), 100);
+    common::text_tree(&s.path("text"), 100);
     let config = s.config(
         Toml::new()
             .repo("local", "")
@@ -329,14 +311,7 @@ async fn encrypted_between_two_runs(
         ..RunOptions::manual()
     };
     run_plan(&config, "text", &options).await.unwrap();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../scripts/encrypt-like-ransomware");
-    let out = std::process::Command::new(&script)
-        .arg(s.path("text"))
-        .arg("30")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    common::encrypt_like_ransomware(&s.path("text"), 30);
     let r = run_plan(&config, "text", &options).await.unwrap();
     assert!(alerts.flush(StdDuration::from_secs(60)).await);
     let sent = http

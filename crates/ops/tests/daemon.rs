@@ -582,3 +582,142 @@ async fn the_daemon_drills_each_plan_after_its_backup_and_alerts_a_failed_drill(
     shutdown.cancel();
     daemon.await.unwrap().unwrap();
 }
+
+/// A write-only host backs up into a repository (so its backups are not
+/// checked at backup time); a daemon holding the full key runs detection
+/// there every `detect-every`: the host's tree encrypted between two
+/// backups is found at the next run, the snapshot tagged `suspect`, the
+/// one before protected, `ransomware-suspected` alerted; each snapshot is
+/// checked once. The same repository configured with the write-only
+/// key's password fails and alerts `detect-failed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_detection_on_snapshots_of_write_only_hosts_once_each() {
+    use lifeboat_snapshot::backup::{BackupOptions, backup};
+    use lifeboat_snapshot::progress::NoProgress;
+
+    let s = Setup::new();
+    let storage =
+        lifeboat_storage::open_location(&lifeboat_storage::Location::Local(s.path("shared")))
+            .await
+            .unwrap();
+    let full = lifeboat_testkit::repo::init_on(
+        storage.clone(),
+        lifeboat_repo::InitOptions {
+            write_only_keys: true,
+            ..lifeboat_testkit::repo::init_options()
+        },
+    )
+    .await;
+    lifeboat_repo::keys::add_write_only(&full, b"host", lifeboat_repo::KdfParams::INSECURE_TEST)
+        .await
+        .unwrap();
+    let host = std::sync::Arc::new(
+        lifeboat_repo::Repository::open(storage.clone(), b"host")
+            .await
+            .unwrap(),
+    );
+    common::text_tree(&s.path("text"), 100);
+    let host_backup = || async {
+        let options = BackupOptions {
+            paths: vec![s.path("text")],
+            ..Default::default()
+        };
+        backup(host.clone(), &options, std::sync::Arc::new(NoProgress))
+            .await
+            .unwrap()
+            .snapshot
+    };
+    let first = host_backup().await;
+
+    let http = lifeboat_testkit::sinks::HttpSink::start();
+    // The same repository named a second time with the host's password:
+    // a write-only key cannot run detection.
+    std::fs::write(s.path("host.pw"), b"host").unwrap();
+    let config = s.config(
+        Toml::new()
+            .repo("shared", "detect-every = \"1h\"")
+            .table(
+                "repository.hostkey",
+                "location = \"shared\"\npassword-file = \"host.pw\"\ndetect-every = \"1h\"",
+            )
+            .table("alert.ops", &format!("webhook = \"{}/hook\"", http.url()))
+            .daemon(""),
+    );
+    let (mut d, alerts) = s.start_alerting_daemon(&config);
+    // One run of each repository: `shared`'s (checked, suspect), and the
+    // error of `hostkey`'s.
+    async fn runs(d: &mut common::TestDaemon) -> ((usize, Vec<String>), String) {
+        let mut shared = None;
+        let mut hostkey = None;
+        while shared.is_none() || hostkey.is_none() {
+            match d.next().await {
+                Event::Detected {
+                    repository,
+                    checked,
+                    suspect,
+                    error,
+                } if repository == "shared" => {
+                    assert_eq!(error, None);
+                    shared = Some((checked, suspect));
+                }
+                Event::Detected {
+                    repository, error, ..
+                } if repository == "hostkey" => hostkey = error,
+                other => panic!("expected Detected, got {other:?}"),
+            }
+        }
+        (shared.unwrap(), hostkey.unwrap())
+    }
+    // At start: the host's first snapshot, nothing to compare it with; the
+    // write-only key is refused.
+    let (shared, refused) = runs(&mut d).await;
+    assert_eq!(shared, (1, vec![]));
+    assert!(refused.contains("needs a full key"), "{refused}");
+
+    common::encrypt_like_ransomware(&s.path("text"), 30);
+    let second = host_backup().await;
+    assert!(
+        !second.record.tags.iter().any(|t| t == "suspect"),
+        "a write-only backup is not checked when it is taken"
+    );
+    d.clock.advance(SignedDuration::from_hours(1));
+    let ((checked, suspect), _) = runs(&mut d).await;
+    assert_eq!((checked, suspect.len()), (1, 1), "{suspect:?}");
+
+    // The full key sees the tag and the protection.
+    let admin = lifeboat_testkit::repo::reopen(storage.clone()).await;
+    let tagged = admin.find_snapshot(&suspect[0]).await.unwrap();
+    assert!(tagged.record.tags.iter().any(|t| t == "suspect"));
+    assert!(admin.find_snapshot(&second.id.to_hex()).await.is_err());
+    let (protections, _) = lifeboat_repo::protect::list(&admin).await.unwrap();
+    assert!(protections.contains_key(&first.id), "{protections:?}");
+
+    // The alert went out, naming the repository and the snapshot.
+    assert!(alerts.flush(StdDuration::from_secs(60)).await);
+    let sent: Vec<serde_json::Value> = http
+        .received()
+        .iter()
+        .map(|m| serde_json::from_str(&m.body).unwrap())
+        .filter(|p: &serde_json::Value| p["condition"] == "ransomware-suspected")
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["status"], "problem");
+    assert_eq!(sent[0]["repository"], "shared");
+    assert_eq!(sent[0]["details"]["snapshots"], suspect[0].as_str());
+    // The refused key alerted detect-failed once, for its repository.
+    let failed: Vec<serde_json::Value> = http
+        .received()
+        .iter()
+        .map(|m| serde_json::from_str(&m.body).unwrap())
+        .filter(|p: &serde_json::Value| p["condition"] == "detect-failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["repository"], "hostkey");
+
+    // An hour later nothing is checked again.
+    d.clock.advance(SignedDuration::from_hours(1));
+    assert_eq!(runs(&mut d).await.0, (0, vec![]));
+    d.shutdown.cancel();
+    assert_eq!(d.next().await, Event::Stopped);
+    d.handle.await.unwrap().unwrap();
+}

@@ -728,11 +728,20 @@ impl Witness {
     }
 
     /// Adds records seen (or written) now, keeping the newest
-    /// [`WITNESS_KEEP`].
+    /// [`WITNESS_KEEP`]. Calls from threads of one process (a daemon's
+    /// jobs on several repositories, parallel tests) take turns, and each
+    /// writes through its own temporary file: with one temporary name per
+    /// process, two witnesses written at once could each be renamed over
+    /// the other's file, so one repository's witness held another's
+    /// records (and `verify` reported a truncation that never happened).
     pub fn remember(repository: &Id, height: u64, ids: &[Id]) -> std::io::Result<()> {
+        static TURN: Mutex<()> = Mutex::new(());
         let Some(path) = Self::path(repository) else {
             return Ok(());
         };
+        let _turn = TURN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut w: Witness = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -754,7 +763,11 @@ impl Witness {
         w.records.drain(..excess);
         let dir = path.parent().expect("witness path has a directory");
         std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".tmp-{}", std::process::id()));
+        let tmp = dir.join(format!(
+            ".tmp-{}-{}",
+            repository.to_hex(),
+            std::process::id()
+        ));
         std::fs::write(
             &tmp,
             serde_json::to_vec_pretty(&w).expect("witness serializes"),

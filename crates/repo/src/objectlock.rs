@@ -313,3 +313,153 @@ pub async fn maintain(
     }
     Ok(LockMaintenance { extend, reclaim })
 }
+
+/// What [`plan_restore`] found: how the repository's current view differs
+/// from its view at a point in time, and so what [`execute_restore`] does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RestoreStats {
+    /// The point in time the current view is made equal to.
+    pub as_of: String,
+    /// Objects whose version at that time is current already.
+    pub unchanged: usize,
+    /// Objects hidden by a delete marker since: their version at that time
+    /// is copied back on top.
+    pub undeleted: usize,
+    /// Objects overwritten since (a newer version): their version at that
+    /// time is copied back on top.
+    pub overwritten: usize,
+    /// Bytes of the versions copied back (server-side, nothing is uploaded).
+    pub bytes_copied: u64,
+    /// Objects that did not exist at that time (a snapshot record, a key or
+    /// a pack written since): hidden behind a delete marker, not destroyed.
+    pub hidden: usize,
+    /// Audit records appended since that time: kept, because they are the
+    /// account of what happened since (the attack's own records included).
+    pub audit_records_kept: usize,
+    /// Nothing was changed (`--dry-run`).
+    pub dry_run: bool,
+}
+
+/// One object [`execute_restore`] changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreAction {
+    /// Copy this version (the newest at the point in time) back on top.
+    CopyBack {
+        key: lifeboat_storage::ObjectKey,
+        version_id: String,
+    },
+    /// Add a delete marker: the object did not exist at the point in time.
+    Hide { key: lifeboat_storage::ObjectKey },
+}
+
+/// The actions that make the current view equal to the view at a point in
+/// time, and their counts.
+#[derive(Debug, Clone, Default)]
+pub struct RestorePlan {
+    pub actions: Vec<RestoreAction>,
+    pub stats: RestoreStats,
+}
+
+/// Compares, for every namespace but `locks/` (locks are live state: an old
+/// lock brought back would be stale, and hiding a running backup's lock
+/// would let a prune delete under it), each object's current version with
+/// its newest version at `at` ([`lifeboat_storage::view_at`], the view
+/// `--storage-as-of` reads). Reads only.
+pub async fn plan_restore(storage: &DynStorage, at: jiff::Timestamp) -> Result<RestorePlan> {
+    let versions = versioned(storage)?;
+    let mut plan = RestorePlan {
+        stats: RestoreStats {
+            as_of: at.to_string(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::Locks) {
+        let all = versions.list_versions(kind).await?;
+        let keys: std::collections::HashMap<String, lifeboat_storage::ObjectKey> =
+            all.iter().map(|v| (v.key.path(), v.key.clone())).collect();
+        let etags: std::collections::HashMap<(String, String), String> = all
+            .iter()
+            .filter_map(|v| Some(((v.key.path(), v.version_id.clone()), v.etag.clone()?)))
+            .collect();
+        // The same content: the same version, or a copy of it (an earlier
+        // restore's), which S3 gives the same entity tag and size. Tags
+        // that differ only cost a copy that was not needed.
+        let same = |path: &String, (a, a_size): &(String, u64), (b, b_size): &(String, u64)| {
+            a == b
+                || (a_size == b_size
+                    && etags
+                        .get(&(path.clone(), a.clone()))
+                        .is_some_and(|t| etags.get(&(path.clone(), b.clone())) == Some(t)))
+        };
+        let then = lifeboat_storage::view_at(all.clone(), at);
+        let now = lifeboat_storage::view_at(all, jiff::Timestamp::MAX);
+        let mut paths: Vec<&String> = keys.keys().collect();
+        paths.sort();
+        for path in paths {
+            let key = keys[path].clone();
+            match (then.get(path), now.get(path)) {
+                (Some(was), Some(is)) if same(path, was, is) => plan.stats.unchanged += 1,
+                (Some((was, size)), current) => {
+                    if current.is_some() {
+                        plan.stats.overwritten += 1;
+                    } else {
+                        plan.stats.undeleted += 1;
+                    }
+                    plan.stats.bytes_copied += size;
+                    plan.actions.push(RestoreAction::CopyBack {
+                        key,
+                        version_id: was.clone(),
+                    });
+                }
+                (None, Some(_)) if kind == Kind::Audit => plan.stats.audit_records_kept += 1,
+                (None, Some(_)) => {
+                    plan.stats.hidden += 1;
+                    plan.actions.push(RestoreAction::Hide { key });
+                }
+                (None, None) => {}
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// Carries out [`plan_restore`]'s actions: server-side copies of the old
+/// versions (each a new version, locked by the bucket's default retention)
+/// and delete markers. Destroys nothing: every version stays in the
+/// bucket, so a restore to the wrong time is undone by another one.
+pub async fn execute_restore(storage: &DynStorage, plan: &RestorePlan) -> Result<()> {
+    let versions = versioned(storage)?;
+    // Owned actions, as in execute_reclaim.
+    let results: Vec<Result<()>> = futures::stream::iter(plan.actions.clone())
+        .map(|action| async move {
+            match action {
+                RestoreAction::CopyBack { key, version_id } => versions
+                    .copy_version_to_current(&key, &version_id)
+                    .await
+                    .map_err(Error::from),
+                RestoreAction::Hide { key } => storage.delete(&key).await.map_err(Error::from),
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// The audit record of a restore (`lock-restore`), appended to the
+/// repository once its current view is the restored one.
+pub async fn record_restore(repo: &crate::Repository, stats: &RestoreStats) -> Result<()> {
+    repo.require(crate::Permission::Full, "restore locked versions")?;
+    crate::audit::append(
+        repo,
+        crate::audit::Entry::new("lock-restore")
+            .arg("as_of", &stats.as_of)
+            .arg("undeleted", stats.undeleted)
+            .arg("overwritten", stats.overwritten)
+            .arg("hidden", stats.hidden)
+            .arg("bytes_copied", stats.bytes_copied),
+    )
+    .await
+    .map(drop)
+}

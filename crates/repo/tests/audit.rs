@@ -439,3 +439,37 @@ async fn forget_by_id_is_recorded_before_it_deletes() {
     assert_eq!(last.forgotten[0].id, first);
     assert_eq!(last.args["ids"], serde_json::json!([short]));
 }
+
+/// Witnesses of several repositories written at the same time by threads
+/// of one process (the daemon's parallel jobs; this file's tests under
+/// `cargo test`) each keep their own records: with one temporary file name
+/// per process they were renamed over each other, and `verify` then saw
+/// another repository's records as truncated ones.
+#[test]
+fn witnesses_written_at_once_by_one_process_stay_apart() {
+    state_dir();
+    let repositories: Vec<Id> = (0..8u8).map(|r| Id::of_bytes(&[b'w', r])).collect();
+    let ids = |repository: &Id, n: u64| Id::of_bytes(format!("{repository:?} {n}").as_bytes());
+    std::thread::scope(|scope| {
+        for repository in &repositories {
+            scope.spawn(move || {
+                for n in 0..40 {
+                    audit::Witness::remember(repository, n, &[ids(repository, n)]).unwrap();
+                }
+            });
+        }
+    });
+    for repository in &repositories {
+        let w = audit::Witness::load(repository).unwrap();
+        assert_eq!(w.heads.height, 39, "{}", w.source);
+        let own: Vec<Id> = (0..40).map(|n| ids(repository, n)).collect();
+        assert!(!w.heads.heads.is_empty());
+        for head in &w.heads.heads {
+            assert!(
+                own.contains(head),
+                "{} holds {head:?} of another repository",
+                w.source
+            );
+        }
+    }
+}

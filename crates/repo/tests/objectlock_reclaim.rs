@@ -98,6 +98,7 @@ impl VersionedStorage for Versioned {
                 size_bytes: i.size_bytes,
                 delete_marker: false,
                 latest: true,
+                etag: None,
             })
             .collect();
         out.extend(
@@ -150,6 +151,9 @@ impl VersionedStorage for Versioned {
             .push(format!("delete {version_id}"));
         Ok(())
     }
+    async fn copy_version_to_current(&self, _: &ObjectKey, _: &str) -> Result<()> {
+        unreachable!("a prune never copies a version back")
+    }
 }
 
 fn old_version(kind: Kind, name: &str, size: u64) -> ObjectVersion {
@@ -160,6 +164,7 @@ fn old_version(kind: Kind, name: &str, size: u64) -> ObjectVersion {
         size_bytes: size,
         delete_marker: false,
         latest: false,
+        etag: None,
     }
 }
 

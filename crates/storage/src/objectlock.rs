@@ -4,11 +4,12 @@
 //! This module owns [`VersionedStorage`] (what a backend with versions and
 //! retention offers beyond [`Storage`]), its S3 implementation's signed
 //! requests that OpenDAL does not make ([`S3LockApi`]: Get/Put
-//! `ObjectLockConfiguration`, Get/Put `ObjectRetention`), and
+//! `ObjectLockConfiguration`, Get/Put `ObjectRetention`, and CopyObject of
+//! an old version with the integrity header a locked bucket wants), and
 //! [`AsOfStorage`], a read-only [`Storage`] that serves, for every key, the
 //! newest version written at or before a given time. Versioned reads,
-//! listings and deletes by version id go through OpenDAL; only the lock
-//! calls are signed here, with the SigV4 signer OpenDAL itself uses
+//! listings and deletes by version id go through OpenDAL; only the calls
+//! above are signed here, with the SigV4 signer OpenDAL itself uses
 //! (`reqsign-aws-v4`).
 //!
 //! What Object Lock guarantees (AWS S3 user guide, "Locking objects with
@@ -93,6 +94,9 @@ pub struct ObjectVersion {
     pub delete_marker: bool,
     /// The version a plain read returns (or the marker that hides them all).
     pub latest: bool,
+    /// S3's entity tag of the version's content (the MD5 of its bytes for
+    /// a plain upload; a server-side copy keeps it), when listed.
+    pub etag: Option<String>,
 }
 
 /// The retention of one object version.
@@ -133,9 +137,16 @@ pub trait VersionedStorage: Send + Sync {
     /// Removes one version for good (a plain delete only adds a marker).
     /// Refused with [`ErrorKind::PermissionDenied`] while it is locked.
     async fn delete_version(&self, key: &ObjectKey, version_id: &str) -> Result<()>;
+    /// Makes an older version of `key` the current one again: a
+    /// server-side copy of that version onto the same key (S3 CopyObject
+    /// with `versionId` in the copy source). The copy is a new version,
+    /// locked by the bucket's default retention like any other write; the
+    /// versions in between stay as they are.
+    async fn copy_version_to_current(&self, key: &ObjectKey, version_id: &str) -> Result<()>;
 }
 
-/// Signed S3 requests for the Object Lock calls OpenDAL does not make.
+/// Signed S3 requests for the Object Lock calls OpenDAL does not make (or
+/// not with the headers a locked bucket needs).
 pub(crate) struct S3LockApi {
     client: reqwest::Client,
     signer: reqsign_core::Signer<reqsign_aws_v4::Credential>,
@@ -143,6 +154,7 @@ pub(crate) struct S3LockApi {
     bucket_url: String,
     /// Key prefix of the repository (no leading or trailing `/`).
     root: String,
+    bucket: String,
     location: String,
 }
 
@@ -187,22 +199,28 @@ impl S3LockApi {
             signer,
             bucket_url,
             root: options.root.trim_matches('/').to_string(),
+            bucket: options.bucket.clone(),
             location,
         })
     }
 
     fn object_url(&self, key: &ObjectKey) -> String {
-        let mut url = self.bucket_url.clone();
+        format!("{}{}", self.bucket_url, self.encoded_path(key))
+    }
+
+    /// `/root/key`, each segment percent-encoded.
+    fn encoded_path(&self, key: &ObjectKey) -> String {
         let path = if self.root.is_empty() {
             key.path()
         } else {
             format!("{}/{}", self.root, key.path())
         };
+        let mut out = String::new();
         for segment in path.split('/') {
-            url.push('/');
-            url.extend(percent_encoding::utf8_percent_encode(segment, S3_ENCODE));
+            out.push('/');
+            out.extend(percent_encoding::utf8_percent_encode(segment, S3_ENCODE));
         }
-        url
+        out
     }
 
     /// Sends one signed request; returns the body of a 2xx answer, `None`
@@ -213,23 +231,29 @@ impl S3LockApi {
         method: http::Method,
         url: String,
         body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
         absent_codes: &[&str],
         what: &str,
     ) -> Result<Option<(http::HeaderMap, Bytes)>> {
         let mut builder = http::Request::builder().method(method).uri(&url);
         builder = builder.header("x-amz-content-sha256", "UNSIGNED-PAYLOAD");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
         if let Some(body) = &body {
             // S3 requires an integrity header on lock configuration and
-            // retention bodies.
+            // retention bodies, and on any write into a bucket with a
+            // default retention (an empty CopyObject body's included).
             use base64::Engine as _;
             use md5::Digest as _;
             let digest = md5::Md5::digest(body);
-            builder = builder
-                .header(
-                    "content-md5",
-                    base64::engine::general_purpose::STANDARD.encode(digest),
-                )
-                .header("content-type", "application/xml");
+            builder = builder.header(
+                "content-md5",
+                base64::engine::general_purpose::STANDARD.encode(digest),
+            );
+            if !body.is_empty() {
+                builder = builder.header("content-type", "application/xml");
+            }
         }
         let (mut parts, ()) = builder
             .body(())
@@ -290,6 +314,7 @@ impl S3LockApi {
                 http::Method::GET,
                 format!("{}?object-lock", self.bucket_url),
                 None,
+                &[],
                 &["ObjectLockConfigurationNotFoundError"],
                 "reading the bucket's object lock configuration",
             )
@@ -332,6 +357,7 @@ impl S3LockApi {
             format!("{}?object-lock", self.bucket_url),
             Some(body.into_bytes()),
             &[],
+            &[],
             "setting the bucket's default retention",
         )
         .await
@@ -366,6 +392,7 @@ impl S3LockApi {
                 http::Method::HEAD,
                 url,
                 None,
+                &[],
                 &[],
                 &format!("reading the retention of {key}"),
             )
@@ -406,10 +433,52 @@ impl S3LockApi {
             self.version_query(key, "retention", version_id),
             Some(body.into_bytes()),
             &[],
+            &[],
             &format!("extending the retention of {key}"),
         )
         .await
         .map(drop)
+    }
+
+    /// CopyObject of a version of `key` onto `key` (AWS S3 API reference,
+    /// CopyObject: `x-amz-copy-source` with `?versionId=`). One request
+    /// copies up to 5 GiB, far more than a pack. A copy that fails after
+    /// S3 has answered 200 carries an `<Error>` body; that is an error too.
+    pub(crate) async fn copy_version_to_current(
+        &self,
+        key: &ObjectKey,
+        version_id: &str,
+    ) -> Result<()> {
+        let source = format!(
+            "/{}{}?versionId={}",
+            percent_encoding::utf8_percent_encode(&self.bucket, S3_ENCODE),
+            self.encoded_path(key),
+            percent_encoding::utf8_percent_encode(version_id, S3_ENCODE)
+        );
+        let what = format!("copying back version {version_id} of {key}");
+        let answer = self
+            .call(
+                http::Method::PUT,
+                self.object_url(key),
+                Some(Vec::new()),
+                &[("x-amz-copy-source", &source)],
+                &[],
+                &what,
+            )
+            .await?;
+        if let Some((_, body)) = answer
+            && body.windows(7).any(|w| w == b"<Error>")
+        {
+            let error: S3ErrorBody = quick_xml::de::from_reader(body.as_ref()).unwrap_or_default();
+            return Err(Error::new(
+                ErrorKind::Transient,
+                format!(
+                    "{what} on {}: {} ({})",
+                    self.location, error.message, error.code
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -611,6 +680,7 @@ mod tests {
             size_bytes: 10,
             delete_marker: marker,
             latest,
+            etag: None,
         }
     }
 

@@ -868,6 +868,7 @@ impl VersionedStorage for OpendalStorage {
                     size_bytes: meta.content_length(),
                     delete_marker: meta.is_deleted(),
                     latest: meta.is_current().unwrap_or(false),
+                    etag: meta.etag().map(str::to_string),
                 })
             })
             .collect())
@@ -927,6 +928,15 @@ impl VersionedStorage for OpendalStorage {
             .version(version_id)
             .await
             .map_err(|e| self.version_err(e, format!("deleting version {version_id} of"), key))
+    }
+
+    async fn copy_version_to_current(&self, key: &ObjectKey, version_id: &str) -> Result<()> {
+        // Signed here rather than through OpenDAL's copy, which sends no
+        // integrity header: a bucket with a default retention refuses
+        // writes without one (moto does for CopyObject).
+        self.lock_api()
+            .copy_version_to_current(key, version_id)
+            .await
     }
 }
 

@@ -356,7 +356,10 @@ pub struct PushFailure {
 /// after its upload and before its push marker). A stored file without
 /// such an intent is refused ([`lifeboat_repo::Error::ArchiveUnverifiable`])
 /// and the intent is removed, so PostgreSQL's retries keep refusing it
-/// until someone with a full key compares it.
+/// until someone with a full key compares it. An upload that returns an
+/// error removes the intent it wrote too, unless another repository of the
+/// push stored the file (the retry must accept that copy): an upload that
+/// failed vouches for nothing this host knows it stored.
 pub async fn push(
     repos: &[Arc<Repository>],
     set_tag: &str,
@@ -411,6 +414,15 @@ pub async fn push(
                             .map(|repo| put_wal(repo, system_identifier, &name, data.clone())),
                     )
                     .await;
+                    // An intent written by this attempt is removed when
+                    // the attempt fails and no repository said it stored
+                    // the file: the intent then vouches for nothing this
+                    // host knows it uploaded, and a file of that name
+                    // found by a retry is someone else's until a full key
+                    // compares it. One that a repository did store stays,
+                    // so the retry accepts that copy.
+                    let stored_somewhere =
+                        outcomes.iter().any(|o| matches!(o, Ok(PutOutcome::Stored)));
                     let mut out = PutOutcome::AlreadyPresent;
                     for (repository, o) in outcomes.into_iter().enumerate() {
                         match o {
@@ -421,10 +433,12 @@ pub async fn push(
                                 ..
                             })) if earlier_attempt => {}
                             Err(error) => {
-                                if matches!(
+                                let foreign = matches!(
                                     error,
                                     Error::Repo(lifeboat_repo::Error::ArchiveUnverifiable { .. })
-                                ) {
+                                );
+                                if write_only && (foreign || !(earlier_attempt || stored_somewhere))
+                                {
                                     remove_intent(&paths, &name);
                                 }
                                 return Err(PushFailure {

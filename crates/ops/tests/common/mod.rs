@@ -280,3 +280,34 @@ pub fn quick_alerts(config: &Config) -> lifeboat_ops::alert::Alerter {
         },
     )
 }
+
+/// `n` compressible text files, unchanged for years (stable).
+pub fn text_tree(dir: &std::path::Path, n: usize) {
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000);
+    for i in 0..n {
+        let sub = dir.join(format!("d{}", i % 5));
+        std::fs::create_dir_all(&sub).unwrap();
+        let line = format!("line of file {i}: the quick brown fox jumps over the lazy dog\n");
+        let p = sub.join(format!("f{i:03}.txt"));
+        std::fs::write(&p, line.repeat(60 + i)).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+}
+
+/// Encrypts `percent`% of the files under `dir` and renames them with a
+/// new extension, as ransomware does (`scripts/encrypt-like-ransomware`).
+pub fn encrypt_like_ransomware(dir: &Path, percent: u32) {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/encrypt-like-ransomware");
+    let out = std::process::Command::new(&script)
+        .arg(dir)
+        .arg(percent.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}

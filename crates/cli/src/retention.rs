@@ -278,7 +278,7 @@ async fn lock_restore(g: &Global, a: crate::args::LockRestoreArgs) -> Result<i32
     } else {
         let would = if a.dry_run { "would " } else { "" };
         outln!(
-            "as of {}: {} objects unchanged; {would}copy back {} deleted and {} overwritten              ({}); {would}hide {} added since; {} audit records added since kept",
+            "as of {}: {} objects unchanged; {would}copy back {} deleted and {} overwritten ({}); {would}hide {} added since; {} audit records added since kept",
             stats.as_of,
             stats.unchanged,
             stats.undeleted,

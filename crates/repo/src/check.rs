@@ -209,6 +209,8 @@ pub async fn check_with(
     let mut index = crate::IndexBuilder::default();
     let listing = storage.list(Kind::Index).await?;
     report.index_files = listing.len();
+    let in_flight =
+        crate::repository::index_reads_in_flight(&listing, repo.concurrency().max(workers));
     let mut files = futures::stream::iter(listing)
         .map(|info| async move {
             let name = info.key.to_string();
@@ -223,7 +225,7 @@ pub async fn check_with(
             };
             (name, file)
         })
-        .buffered(repo.concurrency().max(workers));
+        .buffered(in_flight);
     while let Some((name, file)) = files.next().await {
         match file {
             Ok(f) => f.packs.iter().for_each(|p| index.add_pack(p)),

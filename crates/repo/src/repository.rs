@@ -1445,7 +1445,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| Error::Internal(e.to_string()))
 }
 
-/// Encoded index bytes [`Repository::load_index`] reads ahead at most: a
+/// Encoded index bytes [`Repository::load_index`] (and `check`) reads ahead at most: a
 /// decoded index object takes about twice its encoded size, so this bounds
 /// what loading holds beside the index being built (about 200 MiB) however
 /// large the objects are (prune writes objects of up to a million entries,
@@ -1455,7 +1455,7 @@ const INDEX_READ_AHEAD_BYTES: u64 = 64 * 1024 * 1024;
 /// How many index objects of `list` to read at once: the storage's
 /// connection count, fewer when the largest object would take the
 /// read-ahead over [`INDEX_READ_AHEAD_BYTES`] (never fewer than one).
-fn index_reads_in_flight(list: &[ObjectInfo], connections: usize) -> usize {
+pub(crate) fn index_reads_in_flight(list: &[ObjectInfo], connections: usize) -> usize {
     let largest = list.iter().map(|i| i.size_bytes).max().unwrap_or(0).max(1);
     let fit = (INDEX_READ_AHEAD_BYTES / largest).max(1);
     connections.clamp(1, usize::try_from(fit).unwrap_or(usize::MAX))

@@ -183,8 +183,7 @@ async fn main() {
         previous = Some(own);
         roots.push(root_id);
         Arc::try_unwrap(session)
-            .ok()
-            .expect("session unshared")
+            .unwrap_or_else(|_| panic!("the write session is still shared"))
             .flush()
             .await
             .expect("flush");

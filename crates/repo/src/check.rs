@@ -207,11 +207,7 @@ pub async fn check_with(
     // (so the merged index is the same whatever finishes first) as they
     // arrive, never all decoded objects held at once.
     let listing = storage.list(Kind::Index).await?;
-    // Room for every entry up front (an entry takes at least 36 bytes of
-    // an index object), as `load_index` does: grown by doubling instead,
-    // the array peaked at up to twice the index (4.0 GiB at 50M blobs).
-    let room = listing.iter().map(|i| i.size_bytes).sum::<u64>() / 36;
-    let mut index = crate::IndexBuilder::with_capacity(room as usize);
+    let mut index = crate::repository::index_builder_for(&listing);
     report.index_files = listing.len();
     let in_flight =
         crate::repository::index_reads_in_flight(&listing, repo.concurrency().max(workers));

@@ -28,12 +28,44 @@ pub fn write_line(args: std::fmt::Arguments<'_>) {
     }
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|_| out.write_all(b"\n")) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(crate::exit::OK);
-        }
-        eprintln!("lifeboat: error: cannot write output: {e}");
-        std::process::exit(crate::exit::GENERIC);
+        drop(out);
+        write_failed(e);
     }
+}
+
+/// Buffered standard output for a command that prints a line per entry of
+/// something large (`ls` of a whole snapshot): one write per 64 KiB, not
+/// per line. Failures end the process as in [`write_line`]. Not affected
+/// by `-q` (listings are not summaries).
+pub struct Lines(std::io::BufWriter<std::io::Stdout>);
+
+impl Lines {
+    pub fn new() -> Self {
+        Lines(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ))
+    }
+
+    pub fn line(&mut self, args: std::fmt::Arguments<'_>) {
+        if let Err(e) = self.0.write_fmt(args).and_then(|_| self.0.write_all(b"\n")) {
+            write_failed(e);
+        }
+    }
+
+    pub fn finish(mut self) {
+        if let Err(e) = self.0.flush() {
+            write_failed(e);
+        }
+    }
+}
+
+fn write_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(crate::exit::OK);
+    }
+    eprintln!("lifeboat: error: cannot write output: {e}");
+    std::process::exit(crate::exit::GENERIC);
 }
 
 /// Whether `e` is, or wraps, a write to a closed pipe (stdout read by

@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use lifeboat_repo::{BlobType, Repository, Snapshot};
 use lifeboat_snapshot::diff::{Change, diff as diff_snapshots};
 use lifeboat_snapshot::find::find as find_files;
-use lifeboat_snapshot::ls::ls as ls_snapshot;
+use lifeboat_snapshot::ls::ls_each;
 use lifeboat_snapshot::nav::{rooted_at, split_query};
 use serde::Serialize;
 
@@ -16,7 +16,7 @@ use crate::args::{
     DiffArgs, FindArgs, Global, LsArgs, SnapshotFilterArgs, SnapshotsArgs, StatsArgs,
 };
 use crate::exit;
-use crate::output::{bytes, json, local_time};
+use crate::output::{Lines, bytes, json, local_time};
 use crate::session;
 
 #[derive(Serialize)]
@@ -161,17 +161,26 @@ pub async fn ls(g: &Global, a: LsArgs) -> Result<i32> {
     let repo = session::open(g).await?;
     let snap = find_snapshot(&repo, &a.snapshot, &a.filter).await?;
     let path = a.path.unwrap_or_else(|| "/".into());
-    let entries = ls_snapshot(&repo, &snap, path.as_bytes(), !a.no_recursive).await?;
+    // Entries are printed as the trees arrive (a snapshot of millions of
+    // files is never held); JSON output is the same array, one entry a line.
+    let mut out = Lines::new();
+    let mut first = true;
     if g.json {
-        return json(&entries).map(|_| exit::OK);
+        out.line(format_args!("["));
     }
-    for e in &entries {
+    ls_each(&repo, &snap, path.as_bytes(), !a.no_recursive, &mut |e| {
+        if g.json {
+            let sep = if std::mem::take(&mut first) { "" } else { "," };
+            let entry = serde_json::to_string(&e).expect("an entry serializes");
+            out.line(format_args!("{sep}{entry}"));
+            return Ok(());
+        }
         let kind = match e.kind {
             lifeboat_snapshot::ls::EntryKind::Dir => 'd',
             lifeboat_snapshot::ls::EntryKind::Symlink => 'l',
             lifeboat_snapshot::ls::EntryKind::File => '-',
         };
-        outln!(
+        out.line(format_args!(
             "{kind}{:04o} {:>8} {:>8} {:>12} {} {}{}",
             e.mode,
             e.user.clone().unwrap_or_else(|| e.uid.to_string()),
@@ -183,8 +192,14 @@ pub async fn ls(g: &Global, a: LsArgs) -> Result<i32> {
                 .as_ref()
                 .map(|t| format!(" -> {t}"))
                 .unwrap_or_default()
-        );
+        ));
+        Ok(())
+    })
+    .await?;
+    if g.json {
+        out.line(format_args!("]"));
     }
+    out.finish();
     Ok(exit::OK)
 }
 

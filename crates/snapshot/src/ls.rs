@@ -81,35 +81,171 @@ impl LsEntry {
 /// Lists `path` in `snapshot`: a directory's entries (and, when `recursive`,
 /// everything below them, each directory followed by its contents), or the
 /// single entry a file or symlink path names. `/` or an empty path is the
-/// snapshot root.
+/// snapshot root. Holds the whole listing; [`ls_each`] streams it.
 pub async fn ls(
     repo: &Repository,
     snapshot: &Snapshot,
     path: &[u8],
     recursive: bool,
 ) -> Result<Vec<LsEntry>> {
+    let mut out = Vec::new();
+    ls_each(repo, snapshot, path, recursive, &mut |e| {
+        out.push(e);
+        Ok(())
+    })
+    .await?;
+    Ok(out)
+}
+
+/// [`ls`], handing each entry to `emit` as it is found, in the same order:
+/// memory is the trees on the path being listed and a bounded read-ahead
+/// (see [`walk_streaming`]), not the listing. An error from `emit` stops
+/// the walk and is returned.
+pub async fn ls_each(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    path: &[u8],
+    recursive: bool,
+    emit: &mut dyn FnMut(LsEntry) -> Result<()>,
+) -> Result<()> {
     repo.require_full_key("ls")?;
     let base = normalize(path);
     let tree_id = match nav::lookup(repo, &snapshot.id.short(), snapshot.record.tree, path).await? {
         Found::Root(id) => id,
         Found::Node(node) => match (&node.kind, node.subtree) {
             (NodeKind::Dir, Some(id)) => id,
-            _ => return Ok(vec![LsEntry::new(&base, &node)]),
+            _ => return emit(LsEntry::new(&base, &node)),
         },
     };
-    let trees = if recursive {
-        load_trees(repo, vec![(base.clone(), tree_id)], None).await?
-    } else {
-        let mut m = HashMap::new();
-        m.insert(tree_id, Arc::new(repo.read_tree(&tree_id).await?));
-        m
-    };
-    let mut out = Vec::new();
-    walk_loaded(&trees, tree_id, &base, &mut |p, n| {
-        out.push(LsEntry::new(p, n));
-        recursive
-    });
-    Ok(out)
+    walk_streaming(repo, tree_id, &base, &mut |p, n| {
+        emit(LsEntry::new(p, n))?;
+        Ok(recursive)
+    })
+    .await
+}
+
+/// Decoded trees a [`walk_streaming`] walk holds ahead of its position.
+const READ_AHEAD_TREES: usize = 64;
+
+/// Trees read ahead of a walk: at most `connections` reads at once, at most
+/// [`READ_AHEAD_TREES`] decoded or being read.
+struct ReadAhead<'r> {
+    repo: &'r Repository,
+    connections: usize,
+    ready: HashMap<Id, Tree>,
+    reading: HashSet<Id>,
+    in_flight: futures::stream::FuturesUnordered<
+        futures::future::BoxFuture<'r, (Id, lifeboat_repo::Result<Tree>)>,
+    >,
+}
+
+impl<'r> ReadAhead<'r> {
+    fn new(repo: &'r Repository) -> Self {
+        ReadAhead {
+            repo,
+            connections: repo.concurrency().max(1),
+            ready: HashMap::new(),
+            reading: HashSet::new(),
+            in_flight: futures::stream::FuturesUnordered::new(),
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.in_flight.len() < self.connections
+            && self.ready.len() + self.in_flight.len() < READ_AHEAD_TREES
+    }
+
+    /// Starts reading `id` unless it is read or being read already.
+    fn start(&mut self, id: Id) {
+        if !self.ready.contains_key(&id) && self.reading.insert(id) {
+            let repo = self.repo;
+            self.in_flight
+                .push(Box::pin(async move { (id, repo.read_tree(&id).await) }));
+        }
+    }
+
+    /// The tree `id`, read now if it was not read ahead.
+    async fn take(&mut self, id: Id) -> Result<Tree> {
+        self.start(id);
+        loop {
+            if let Some(tree) = self.ready.remove(&id) {
+                return Ok(tree);
+            }
+            let (got, tree) = self
+                .in_flight
+                .next()
+                .await
+                .expect("the tree wanted is being read");
+            self.reading.remove(&got);
+            self.ready.insert(got, tree?);
+        }
+    }
+}
+
+/// A directory being listed by [`walk_streaming`].
+struct Frame {
+    dir: Vec<u8>,
+    tree: Tree,
+    next: usize,
+}
+
+/// Depth-first walk in name order from `tree_id` (at snapshot path
+/// `path`), calling `visit` with each entry's full path as the trees
+/// arrive, each directory right before its contents (the order of
+/// [`walk_loaded`]); `visit` returns whether to descend into a directory,
+/// or an error that stops the walk. Unlike [`load_trees`] + [`walk_loaded`]
+/// it never holds the subtree: only the trees of the directories on the
+/// current path, plus the next subdirectories to visit read ahead (each
+/// time the walk descends, so a one-directory listing reads one tree), at
+/// most [`READ_AHEAD_TREES`] of them and `repo.concurrency()` reads at a
+/// time. A tree named in two places is read at each.
+pub(crate) async fn walk_streaming(
+    repo: &Repository,
+    tree_id: Id,
+    path: &[u8],
+    visit: &mut dyn FnMut(&[u8], &Node) -> Result<bool>,
+) -> Result<()> {
+    let mut ahead = ReadAhead::new(repo);
+    let mut frames = vec![Frame {
+        dir: path.to_vec(),
+        tree: ahead.take(tree_id).await?,
+        next: 0,
+    }];
+    while let Some(top) = frames.last_mut() {
+        let Some(node) = top.tree.nodes.get(top.next) else {
+            frames.pop();
+            continue;
+        };
+        top.next += 1;
+        let child = join(&top.dir, &node.name);
+        let descend = visit(&child, node)?;
+        let sub = match (descend, &node.kind, node.subtree) {
+            (true, NodeKind::Dir, Some(sub)) => sub,
+            _ => continue,
+        };
+        // Read ahead the subdirectories visited after this one, nearest
+        // first: the rest of this directory's, then its parents'. (Only
+        // once the walk descends: a one-directory listing reads one tree.)
+        let upcoming = frames.iter().rev().flat_map(|f| {
+            f.tree.nodes[f.next..]
+                .iter()
+                .filter(|n| n.kind == NodeKind::Dir)
+                .filter_map(|n| n.subtree)
+        });
+        for id in upcoming.take(READ_AHEAD_TREES) {
+            if !ahead.has_room() {
+                break;
+            }
+            ahead.start(id);
+        }
+        let tree = ahead.take(sub).await?;
+        frames.push(Frame {
+            dir: child,
+            tree,
+            next: 0,
+        });
+    }
+    Ok(())
 }
 
 /// Trees loaded by [`load_trees`], by id.

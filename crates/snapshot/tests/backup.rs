@@ -48,6 +48,44 @@ async fn pack_bytes(mem: &MemoryStorage) -> u64 {
         .sum()
 }
 
+/// The parent trees of a directory's subdirectories are read ahead in a
+/// window (16 a directory), not all at once: with more subdirectories than
+/// that, over two levels, and one subdirectory replaced by a file
+/// (its read-ahead tree is never used), every unchanged file must still be
+/// found unchanged and nothing read again.
+#[tokio::test(flavor = "multi_thread")]
+async fn unchanged_files_are_reused_past_the_parent_tree_read_ahead() {
+    let (_mem, repo) = memory_repo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = |path: &Path| BackupOptions {
+        contents_as_root: true,
+        ..opts(path, BackupMode::Incremental)
+    };
+    let mut files = 0;
+    for a in 0..40 {
+        for b in 0..3 {
+            let d = dir.path().join(format!("d{a:02}/e{b}"));
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("f"), format!("{a}.{b}")).unwrap();
+            files += 1;
+        }
+    }
+    let first = backup_ok(&repo, &opts(dir.path())).await;
+    assert_eq!(first.snapshot.record.summary.files_new, files);
+    // d05/e1 becomes a file: its old tree is read ahead but never asked for.
+    fs::remove_dir_all(dir.path().join("d05/e1")).unwrap();
+    fs::write(dir.path().join("d05/e1"), "now a file").unwrap();
+    let second = backup_ok(&repo, &opts(dir.path())).await;
+    let s = &second.snapshot.record.summary;
+    // (A file where the parent had a directory counts as changed.)
+    assert_eq!(
+        (s.files_unchanged, s.files_new + s.files_changed),
+        (files - 1, 1),
+        "{s:?}"
+    );
+    assert_eq!(s.read_bytes, "now a file".len() as u64);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unchanged_second_backup_adds_no_pack_bytes_and_reads_nothing() {
     let (mem, repo) = memory_repo().await;

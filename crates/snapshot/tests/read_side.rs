@@ -767,6 +767,50 @@ async fn ls_lists_directories_files_and_subtrees() {
     ));
 }
 
+/// A recursive listing streams the trees with a bounded read-ahead (64
+/// trees): over more directories than that, several levels deep and with
+/// identical directories sharing one tree, it must still give every entry
+/// once, each directory right before its contents, in name order.
+#[tokio::test(flavor = "multi_thread")]
+async fn ls_streams_a_wide_deep_tree_in_order() {
+    let fx = Fixture::new().await;
+    let mut top = Vec::new();
+    let mut expected = Vec::new();
+    for a in 0..150u32 {
+        let an = format!("a{a:03}");
+        expected.push(format!("/{an}"));
+        let mut mid = Vec::new();
+        for b in 0..3u32 {
+            let bn = format!("b{b}");
+            expected.push(format!("/{an}/{bn}"));
+            // Every `b1` holds the same file: one tree shared 150 times.
+            let content = if b == 1 {
+                "same".to_string()
+            } else {
+                format!("{a}/{b}")
+            };
+            let inner = dir(b"deep", vec![file(b"f", content.as_bytes())]);
+            expected.push(format!("/{an}/{bn}/deep"));
+            expected.push(format!("/{an}/{bn}/deep/f"));
+            let here = format!("{a}.{b}");
+            expected.push(format!("/{an}/{bn}/g"));
+            mid.push(dir(bn.as_bytes(), vec![inner, file(b"g", here.as_bytes())]));
+        }
+        expected.push(format!("/{an}/z"));
+        mid.push(file(b"z", b"z"));
+        top.push(dir(an.as_bytes(), mid));
+    }
+    let snap = fx.snapshot(1000, top).await;
+    let repo = fx.open().await;
+    let all = ls(&repo, &snap, b"/", true).await.unwrap();
+    let paths: Vec<&str> = all.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, expected);
+    // Below one directory, not recursive: its entries only.
+    let one = ls(&repo, &snap, b"/a007", false).await.unwrap();
+    let paths: Vec<&str> = one.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["/a007/b0", "/a007/b1", "/a007/b2", "/a007/z"]);
+}
+
 // ---------------------------------------------------------------- diff
 
 #[tokio::test(flavor = "multi_thread")]

@@ -227,6 +227,10 @@ fn run_walk(
     roots.unwrap_or_else(|| vec![None; ctx.targets.len()])
 }
 
+/// Parent trees read ahead per directory on the walk's path (see
+/// [`Walker::prefetch`]).
+const PREFETCH_PER_DIR: usize = 16;
+
 /// A parent-snapshot tree being read ahead of the walk.
 type Prefetch = tokio::task::JoinHandle<lifeboat_repo::Result<Tree>>;
 
@@ -235,10 +239,11 @@ struct Walker<'a> {
     tx: crossbeam_channel::Sender<FileJob>,
     root: RootSlot,
     /// Parent-snapshot trees being fetched ahead of the walk, per target:
-    /// when a directory is entered, its subdirectories' old trees are
-    /// requested at once, so the walk does not wait for one tree read at a
-    /// time. Holds at most the subdirectories of the directories on the
-    /// current path.
+    /// while a directory's entries are visited, the old trees of its next
+    /// [`PREFETCH_PER_DIR`] subdirectories are being read, so the walk does
+    /// not wait for one tree read at a time. Holds at most that many trees
+    /// per directory on the current path (not every subdirectory's: a
+    /// directory of 100,000 subdirectories would hold the whole snapshot).
     prefetch: Mutex<HashMap<(usize, Id), Prefetch>>,
 }
 
@@ -321,15 +326,19 @@ impl Walker<'_> {
         entries: BTreeMap<Vec<u8>, Entry>,
         parent_trees: &[Option<Tree>],
     ) {
-        for (t, tree) in parent_trees.iter().enumerate() {
-            if let Some(tree) = tree {
-                self.prefetch_subtrees(t, tree, &entries);
-            }
-        }
+        let upcoming = self.subtrees_to_prefetch(parent_trees, &entries);
+        let mut started = 0;
         let paged_bytes = self.paged_bytes(&entries);
         for (slot, (name, entry)) in entries.into_iter().enumerate() {
             if self.ctx.cancelled() {
                 break;
+            }
+            // Keep the next PREFETCH_PER_DIR subdirectories' old trees coming.
+            let from = upcoming.partition_point(|(s, _, _)| *s < slot);
+            while started < upcoming.len() && started < from + PREFETCH_PER_DIR {
+                let (_, t, id) = upcoming[started];
+                self.prefetch_tree(t, id);
+                started += 1;
             }
             let parents: Vec<Option<&Node>> = parent_trees
                 .iter()
@@ -378,26 +387,44 @@ impl Walker<'_> {
             .sum()
     }
 
-    /// Starts reading, for target `t`, the parent trees of the directory's
-    /// subdirectories that still exist.
-    fn prefetch_subtrees(&self, t: usize, tree: &Tree, entries: &BTreeMap<Vec<u8>, Entry>) {
+    /// The parent trees of the directory's subdirectories that still exist,
+    /// in visiting order: (entry slot, target, tree id).
+    fn subtrees_to_prefetch(
+        &self,
+        parent_trees: &[Option<Tree>],
+        entries: &BTreeMap<Vec<u8>, Entry>,
+    ) -> Vec<(usize, usize, Id)> {
+        let mut out = Vec::new();
+        if parent_trees.iter().all(Option::is_none) {
+            return out;
+        }
+        for (slot, name) in entries.keys().enumerate() {
+            for (t, tree) in parent_trees.iter().enumerate() {
+                if let Some(node) = tree.as_ref().and_then(|tree| tree.find(name))
+                    && node.kind == NodeKind::Dir
+                    && let Some(id) = node.subtree
+                {
+                    out.push((slot, t, id));
+                }
+            }
+        }
+        out
+    }
+
+    /// Starts reading target `t`'s parent tree `id`, unless it is already
+    /// being read.
+    fn prefetch_tree(&self, t: usize, id: Id) {
         if !self.ctx.live(t) {
             return;
         }
         let mut prefetch = self.prefetch.lock().unwrap();
-        for node in &tree.nodes {
-            if node.kind == NodeKind::Dir
-                && let Some(id) = node.subtree
-                && entries.contains_key(&node.name)
-                && !prefetch.contains_key(&(t, id))
-            {
-                let repo = self.ctx.targets[t].session.repository().clone();
-                let task = self
-                    .ctx
-                    .handle()
-                    .spawn(async move { repo.read_tree(&id).await });
-                prefetch.insert((t, id), task);
-            }
+        if !prefetch.contains_key(&(t, id)) {
+            let repo = self.ctx.targets[t].session.repository().clone();
+            let task = self
+                .ctx
+                .handle()
+                .spawn(async move { repo.read_tree(&id).await });
+            prefetch.insert((t, id), task);
         }
     }
 

@@ -12,7 +12,9 @@
 //! snapshots and file paths that lose data because of it.
 //!
 //! Concurrency: index objects are read and decoded several at once and
-//! merged in listing order. Packs are downloaded up to the storage's
+//! merged in listing order. Snapshot trees are walked one at a time, in
+//! order, while the trees the walk needs next are read ahead several at
+//! once (`TreeWalker`). Packs are downloaded up to the storage's
 //! connection limit and verified on [`VerifyOptions::workers`] threads,
 //! while the packs held (downloaded, not yet verified) stay within a byte
 //! budget ([`VerifyOptions::memory_bytes`]); findings are sorted, so they
@@ -31,13 +33,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use lifeboat_storage::Kind;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::coverage::{self, Coverage, DEFAULT_COVERAGE_DAYS, DataSubset, Verified};
 
-use crate::index::{Index, IndexFile};
+use crate::index::{FirstPacks, Index, IndexFile};
 use crate::limits::get_bounded;
 use crate::pack::BlobType;
 use crate::packread::{FetchedRange, PackReader};
@@ -360,13 +363,8 @@ pub async fn check_with(
         }
     }
     report.snapshots = snapshots.len();
-    let mut walker = TreeWalker {
-        repo,
-        index: &index,
-        damaged_blobs: &damaged_blobs,
-        memo: HashMap::new(),
-        problems: BTreeSet::new(),
-    };
+    let mut walker = TreeWalker::new(repo, &index, &damaged_blobs);
+    walker.want(snapshots.iter().map(|s| s.record.tree));
     for snap in &snapshots {
         let walked = walker.walk(snap.record.tree).await;
         if let Some(message) = inconsistent_links(&walked.links) {
@@ -386,6 +384,7 @@ pub async fn check_with(
             });
         }
     }
+    debug_assert!(walker.pending.is_empty(), "every tree read was walked");
     report.trees_checked = walker.memo.len();
     report.errors.extend(walker.problems);
     crate::archive::check(repo, options, &mut report).await?;
@@ -406,11 +405,11 @@ struct DataRun<'a, 'p> {
 }
 
 /// What a `read_data` pass found, before it is merged into the report.
-struct DataOutcome {
+struct DataOutcome<'a> {
     /// Per pack read, sorted by pack: its verdict.
     results: Vec<PackVerdict>,
     /// Every pack's blobs, for a pack that could not be read at all.
-    by_pack: Arc<HashMap<Id, Vec<crate::PackEntry>>>,
+    by_pack: FirstPacks<'a>,
     /// Per pack read: whether it verified clean.
     verified: Vec<(Id, bool)>,
     workers: usize,
@@ -437,14 +436,11 @@ impl Held {
     }
 }
 
-impl DataRun<'_, '_> {
+impl<'a> DataRun<'a, '_> {
     /// Picks the packs (all, or a subset by [`coverage::select`]) and
     /// verifies them.
-    async fn read(&self, candidates: &[Id], verified: Option<&Verified>) -> DataOutcome {
-        let mut by_pack: HashMap<Id, Vec<crate::PackEntry>> = HashMap::new();
-        for loc in self.index.blobs() {
-            by_pack.entry(loc.pack).or_default().push(loc.entry);
-        }
+    async fn read(&self, candidates: &[Id], verified: Option<&Verified>) -> DataOutcome<'a> {
+        let by_pack = self.index.first_packs();
         let subset = self.verify.subset.or(self
             .options
             .read_data_subset_percent
@@ -458,7 +454,6 @@ impl DataRun<'_, '_> {
         let budget = self
             .verify
             .memory_bytes(self.repo.config().pack_size as u64);
-        let by_pack = Arc::new(by_pack);
         let (results, peak) = self.verify_packs(packs, &by_pack, workers, budget).await;
         DataOutcome {
             verified: results
@@ -480,7 +475,7 @@ impl DataRun<'_, '_> {
     async fn verify_packs(
         &self,
         packs: Vec<Id>,
-        by_pack: &Arc<HashMap<Id, Vec<crate::PackEntry>>>,
+        by_pack: &FirstPacks<'_>,
         workers: usize,
         budget: u64,
     ) -> (Vec<PackVerdict>, u64) {
@@ -498,7 +493,6 @@ impl DataRun<'_, '_> {
         let reader = PackReader::new(self.repo, 1);
         let mut results: Vec<PackVerdict> = futures::stream::iter(packs)
             .map(|pack| {
-                let by_pack = by_pack.clone();
                 let size = self.pack_sizes[&pack];
                 let (memory, connections, cpu, held, reader, done) =
                     (&memory, &connections, &cpu, &held, &reader, &done);
@@ -516,10 +510,8 @@ impl DataRun<'_, '_> {
                         Ok(fetched) => {
                             let len = fetched.bytes().len() as u64;
                             let _c = cpu.acquire().await.expect("never closed");
-                            let verdict = blocking(move || {
-                                verify_pack(&fetched, entries_of(&by_pack, &pack))
-                            })
-                            .await;
+                            let entries = entries_of(by_pack, &pack);
+                            let verdict = blocking(move || verify_pack(&fetched, &entries)).await;
                             (pack, len, verdict.map_err(|e| e.to_string()))
                         }
                     };
@@ -539,7 +531,7 @@ impl DataRun<'_, '_> {
     }
 }
 
-impl DataOutcome {
+impl DataOutcome<'_> {
     /// Adds the findings to the report, in pack order.
     fn apply(
         self,
@@ -572,7 +564,7 @@ impl DataOutcome {
                     // The whole pack is unreadable: all its blobs are lost.
                     damaged_blobs.extend(
                         entries_of(&self.by_pack, &pack)
-                            .iter()
+                            .into_iter()
                             .map(|e| (e.blob_type, e.id)),
                     );
                     msg
@@ -595,19 +587,18 @@ type PackVerdict = (
     std::result::Result<(bool, Vec<(BlobType, Id)>), String>,
 );
 
-/// Checks a downloaded pack: does it match its name, and which of its
-/// indexed blobs fail to decrypt or verify.
-/// The index entries whose first location is `pack`. None for a pack
-/// whose blobs all have an earlier copy elsewhere (two backups that stored
-/// the same new blobs at once): its bytes are still checked against its
-/// name, which covers every blob in it.
-fn entries_of<'a>(
-    by_pack: &'a HashMap<Id, Vec<crate::PackEntry>>,
-    pack: &Id,
-) -> &'a [crate::PackEntry] {
-    by_pack.get(pack).map_or(&[], Vec::as_slice)
+/// The index entries whose first location is `pack`, made from the
+/// index when a pack is verified (the index is not copied per pack up
+/// front: [`Index::first_packs`]). None for a pack whose blobs all have an
+/// earlier copy elsewhere (two backups that stored the same new blobs at
+/// once): its bytes are still checked against its name, which covers
+/// every blob in it.
+fn entries_of(by_pack: &FirstPacks<'_>, pack: &Id) -> Vec<crate::PackEntry> {
+    by_pack.entries(pack)
 }
 
+/// Checks a downloaded pack: does it match its name, and which of its
+/// indexed blobs fail to decrypt or verify.
 fn verify_pack(pack: &FetchedRange, entries: &[crate::PackEntry]) -> (bool, Vec<(BlobType, Id)>) {
     let name_ok = Id::of_bytes(pack.bytes()) == pack.pack();
     let bad = entries
@@ -641,20 +632,16 @@ pub struct CeilingStats {
 /// pack costs what it costs.
 pub async fn measure_ceiling(repo: &Repository, verify: &VerifyOptions) -> Result<CeilingStats> {
     let index = repo.index().await?;
-    let mut by_pack: HashMap<Id, Vec<crate::PackEntry>> = HashMap::new();
-    for loc in index.blobs() {
-        by_pack.entry(loc.pack).or_default().push(loc.entry);
-    }
+    let by_pack = index.first_packs();
     let mut packs: Vec<(Id, Tier, u64)> = Vec::new();
     for (tier, info) in repo.list_packs().await? {
-        if let Some(id) = Id::from_hex(info.key.name()).filter(|id| by_pack.contains_key(id)) {
+        if let Some(id) = Id::from_hex(info.key.name()).filter(|id| by_pack.has_entries(id)) {
             packs.push((id, tier, info.size_bytes));
         }
     }
     packs.sort();
     let workers = verify.workers();
     let budget = verify.memory_bytes(repo.config().pack_size as u64);
-    let by_pack = Arc::new(by_pack);
     let reader = PackReader::new(repo, 1);
     let mut stats = CeilingStats {
         packs: packs.len(),
@@ -686,15 +673,25 @@ pub async fn measure_ceiling(repo: &Repository, verify: &VerifyOptions) -> Resul
             .into_iter()
             .collect::<Result<_>>()?;
         stats.bytes += fetched.iter().map(|f| f.bytes().len() as u64).sum::<u64>();
-        let by_pack = by_pack.clone();
+        // Each pack's entries, made untimed, as the check makes them before
+        // it hands a pack to a verifying thread.
+        let fetched: Vec<(FetchedRange, Vec<crate::PackEntry>)> = fetched
+            .into_iter()
+            .map(|f| {
+                let entries = entries_of(&by_pack, &f.pack());
+                (f, entries)
+            })
+            .collect();
         elapsed += blocking(move || {
             let next = AtomicUsize::new(0);
             let started = std::time::Instant::now();
             std::thread::scope(|s| {
                 for _ in 0..workers {
                     s.spawn(|| {
-                        while let Some(f) = fetched.get(next.fetch_add(1, Ordering::Relaxed)) {
-                            std::hint::black_box(verify_pack(f, entries_of(&by_pack, &f.pack())));
+                        while let Some((f, entries)) =
+                            fetched.get(next.fetch_add(1, Ordering::Relaxed))
+                        {
+                            std::hint::black_box(verify_pack(f, entries));
                         }
                     });
                 }
@@ -710,13 +707,33 @@ pub async fn measure_ceiling(repo: &Repository, verify: &VerifyOptions) -> Resul
     Ok(stats)
 }
 
+/// Walks snapshot trees depth first, one tree at a time (so findings come
+/// out in the same order whatever the storage does), each shared subtree
+/// once, while reading trees ahead of the walk, several at once.
+///
+/// Read-ahead: each tree read pushes its subtrees on a stack, first child
+/// on top, so the trees read ahead are (nearly) the next ones the walk
+/// needs, in its order. At most `in_flight` reads run at once and at most
+/// `held` trees are read and not yet walked (read ahead beyond that
+/// waits); a tree the walk needs and nobody has started is read at once,
+/// beyond both bounds, so the walk never waits on the read-ahead. Memory:
+/// the per-tree results (as before), the trees on the walk's path, `held`
+/// trees and the ids waiting on the stack; never every decoded tree.
 struct TreeWalker<'a> {
     repo: &'a Repository,
     index: &'a Index,
     damaged_blobs: &'a HashSet<(BlobType, Id)>,
-    /// Per tree: what [`TreeWalker::walk`] found below it.
-    memo: HashMap<Id, Arc<Walked>>,
+    /// Per tree the walk has taken: what [`TreeWalker::walk`] found below
+    /// it (`None` while it is walked).
+    memo: HashMap<Id, Option<Arc<Walked>>>,
     problems: BTreeSet<CheckProblem>,
+    /// Trees to read ahead, the next on top.
+    wanted: Vec<Id>,
+    /// Trees being read (`None`) or read, not yet taken by the walk.
+    pending: HashMap<Id, Option<Result<Tree>>>,
+    reads: FuturesUnordered<BoxFuture<'a, (Id, Result<Tree>)>>,
+    in_flight: usize,
+    held: usize,
 }
 
 /// What is below one tree: paths (relative to it) of files that lose
@@ -755,12 +772,95 @@ fn inconsistent_links(links: &[LinkName]) -> Option<String> {
 }
 
 impl<'a> TreeWalker<'a> {
+    fn new(
+        repo: &'a Repository,
+        index: &'a Index,
+        damaged_blobs: &'a HashSet<(BlobType, Id)>,
+    ) -> Self {
+        // As many reads as the storage serves at once (prune's bound);
+        // a few times that read and waiting, so the walk rarely finds the
+        // tree it needs missing while trees it needs later fill the room.
+        let in_flight = repo.concurrency();
+        TreeWalker {
+            repo,
+            index,
+            damaged_blobs,
+            memo: HashMap::new(),
+            problems: BTreeSet::new(),
+            wanted: Vec::new(),
+            pending: HashMap::new(),
+            reads: FuturesUnordered::new(),
+            in_flight,
+            held: 4 * in_flight,
+        }
+    }
+
+    /// Trees the walk will take, in its order: read ahead first to last.
+    fn want(&mut self, trees: impl DoubleEndedIterator<Item = Id>) {
+        self.wanted.extend(trees.rev());
+        self.read_ahead();
+    }
+
+    /// Starts reads from the top of `wanted` while the bounds allow.
+    fn read_ahead(&mut self) {
+        while self.reads.len() < self.in_flight && self.pending.len() < self.held {
+            let Some(id) = self.wanted.pop() else { break };
+            if !self.memo.contains_key(&id) && !self.pending.contains_key(&id) {
+                self.start(id);
+            }
+        }
+    }
+
+    fn start(&mut self, id: Id) {
+        self.pending.insert(id, None);
+        let (repo, index, damaged) = (self.repo, self.index, self.damaged_blobs);
+        self.reads.push(Box::pin(async move {
+            (id, load(repo, index, damaged, id).await)
+        }));
+    }
+
+    /// A read finished: keep the tree for the walk, and want its subtrees.
+    fn arrived(&mut self, id: Id, tree: Result<Tree>) {
+        if let Ok(tree) = &tree {
+            let subtrees = tree.nodes.iter().filter_map(|n| match n.kind {
+                NodeKind::Dir => n.subtree.filter(|s| !self.memo.contains_key(s)),
+                _ => None,
+            });
+            let at = self.wanted.len();
+            self.wanted.extend(subtrees);
+            self.wanted[at..].reverse();
+        }
+        self.pending.insert(id, Some(tree));
+    }
+
+    /// The tree `id`, read ahead or now; the walk takes each tree once.
+    async fn take(&mut self, id: Id) -> Result<Tree> {
+        if !self.pending.contains_key(&id) {
+            self.start(id);
+        }
+        loop {
+            if let Some(Some(_)) = self.pending.get(&id) {
+                let tree = self.pending.remove(&id).flatten().expect("just seen");
+                self.read_ahead();
+                return tree;
+            }
+            let (done, tree) = self.reads.next().await.expect("`id` is being read");
+            self.arrived(done, tree);
+            self.read_ahead();
+        }
+    }
+
     fn walk(&mut self, tree_id: Id) -> BoxFuture<'_, Arc<Walked>> {
         Box::pin(async move {
-            if let Some(m) = self.memo.get(&tree_id) {
-                return m.clone();
+            match self.memo.get(&tree_id) {
+                Some(Some(m)) => return m.clone(),
+                // Only a tree below itself, which its id (a hash of its
+                // contents) rules out.
+                Some(None) => return Arc::default(),
+                None => {}
             }
-            let tree = self.load(tree_id).await;
+            self.memo.insert(tree_id, None);
+            let tree = self.take(tree_id).await;
             let mut walked = Walked::default();
             match tree {
                 Err(e) => {
@@ -828,35 +928,41 @@ impl<'a> TreeWalker<'a> {
                 }
             }
             let walked = Arc::new(walked);
-            self.memo.insert(tree_id, walked.clone());
+            self.memo.insert(tree_id, Some(walked.clone()));
             walked
         })
     }
+}
 
-    async fn load(&self, id: Id) -> Result<Tree> {
-        let Some(loc) = self.index.get(BlobType::Tree, &id) else {
-            if self.index.contains(BlobType::Data, &id) {
-                // The trace of a backup by a version that deduplicated by
-                // id alone: the tree was taken for a file chunk with the
-                // same bytes and never stored.
-                return Err(Error::corrupt(
-                    format!("tree {id}"),
-                    "not in the index as a tree (only a data blob has this id)",
-                ));
-            }
-            return Err(Error::TreeNotIndexed { id: id.to_hex() });
-        };
-        if self.damaged_blobs.contains(&(BlobType::Tree, id)) {
+/// Reads and decodes one tree for the walk, through the check's own index
+/// (built skipping damaged index objects), not the repository's, which
+/// refuses to load at all then.
+async fn load(
+    repo: &Repository,
+    index: &Index,
+    damaged_blobs: &HashSet<(BlobType, Id)>,
+    id: Id,
+) -> Result<Tree> {
+    let Some(loc) = index.get(BlobType::Tree, &id) else {
+        if index.contains(BlobType::Data, &id) {
+            // The trace of a backup by a version that deduplicated by
+            // id alone: the tree was taken for a file chunk with the
+            // same bytes and never stored.
             return Err(Error::corrupt(
                 format!("tree {id}"),
-                format!("stored in damaged pack {}", loc.pack),
+                "not in the index as a tree (only a data blob has this id)",
             ));
         }
-        // Read through the check's own index (built skipping damaged index
-        // objects), not the repository's, which refuses to load at all then.
-        let bytes = self.repo.read_tree_blob_at(&id, &loc).await?;
-        Tree::decode(&id, &bytes)
+        return Err(Error::TreeNotIndexed { id: id.to_hex() });
+    };
+    if damaged_blobs.contains(&(BlobType::Tree, id)) {
+        return Err(Error::corrupt(
+            format!("tree {id}"),
+            format!("stored in damaged pack {}", loc.pack),
+        ));
     }
+    let bytes = repo.read_tree_blob_at(&id, &loc).await?;
+    blocking(move || Tree::decode(&id, &bytes)).await?
 }
 
 fn join(name: &str, rest: &str) -> String {

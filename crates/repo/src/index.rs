@@ -457,6 +457,35 @@ impl Index {
         })
     }
 
+    /// Every blob grouped by the pack of its first location (the packs and
+    /// entries [`Index::blobs`] gives, grouped): `check --read-data`'s
+    /// per-pack lookup. Costs four bytes per blob and four per pack number,
+    /// not a second copy of the index; [`FirstPacks::entries`] makes one
+    /// pack's entries on demand. A blob's further locations are not in it.
+    pub fn first_packs(&self) -> FirstPacks<'_> {
+        // A counting sort by pack number: stable, so each pack's blobs stay
+        // in the order of `blobs()`.
+        let mut starts = vec![0u32; self.pack_ids.len() + 1];
+        for s in &self.slots {
+            starts[s.pack_number() as usize + 1] += 1;
+        }
+        for n in 1..starts.len() {
+            starts[n] += starts[n - 1];
+        }
+        let mut next = starts.clone();
+        let mut order = vec![0u32; self.slots.len()];
+        for (i, s) in self.slots.iter().enumerate() {
+            let at = &mut next[s.pack_number() as usize];
+            order[*at as usize] = i as u32;
+            *at += 1;
+        }
+        FirstPacks {
+            index: self,
+            starts,
+            order,
+        }
+    }
+
     fn location(&self, s: &Slot) -> BlobLocation {
         BlobLocation {
             pack: self.pack_ids[s.pack_number() as usize],
@@ -553,6 +582,46 @@ impl Index {
 
     pub fn blob_count_of(&self, t: BlobType) -> usize {
         self.slots.iter().filter(|s| s.blob_type() == t).count()
+    }
+}
+
+/// The blobs of an [`Index`] grouped by the pack of their first location
+/// ([`Index::first_packs`]).
+#[derive(Debug)]
+pub struct FirstPacks<'a> {
+    index: &'a Index,
+    /// By pack number: where its slots start in `order` (one more entry
+    /// than pack numbers, the last being the end).
+    starts: Vec<u32>,
+    /// Slot numbers, grouped by pack number, in slot order within a pack.
+    order: Vec<u32>,
+}
+
+impl FirstPacks<'_> {
+    /// The slot numbers of the blobs whose first location is `pack`.
+    fn run(&self, pack: &Id) -> &[u32] {
+        match self.index.numbers.get(pack) {
+            Some(&n) => {
+                let n = n as usize;
+                &self.order[self.starts[n] as usize..self.starts[n + 1] as usize]
+            }
+            None => &[],
+        }
+    }
+
+    /// The entries of the blobs whose first location is `pack`, in the
+    /// order of [`Index::blobs`]; empty for a pack not indexed, or whose
+    /// blobs all have an earlier location elsewhere.
+    pub fn entries(&self, pack: &Id) -> Vec<PackEntry> {
+        self.run(pack)
+            .iter()
+            .map(|&i| self.index.slots[i as usize].entry())
+            .collect()
+    }
+
+    /// Whether some blob's first location is `pack`.
+    pub fn has_entries(&self, pack: &Id) -> bool {
+        !self.run(pack).is_empty()
     }
 }
 
@@ -664,6 +733,75 @@ mod tests {
         index.retain_packs(|p| *p != Id([1; 32]));
         let back: Vec<IndexPack> = index.pack_entries().collect();
         assert_eq!(back, [pack(2, vec![c, b]), pack(3, vec![a])]);
+    }
+
+    #[test]
+    fn first_packs_group_blobs_as_the_naive_grouping_does() {
+        // Several packs, a blob in two packs (its first location wins), a
+        // pack listed twice, a pack holding only a second copy, and enough
+        // blobs that the directory is used.
+        let mut packs = Vec::new();
+        for p in 0..6u8 {
+            let entries = (0..40u32)
+                .map(|i| {
+                    let mut id = [0u8; 32];
+                    id[..4]
+                        .copy_from_slice(&(i.wrapping_mul(2_654_435_761) ^ p as u32).to_be_bytes());
+                    id[4] = p;
+                    PackEntry {
+                        blob_type: if i % 5 == 0 {
+                            BlobType::Tree
+                        } else {
+                            BlobType::Data
+                        },
+                        id: Id(id),
+                        offset: 1000 - i * 10,
+                        length: 1 + i,
+                        raw_length: 2 + i,
+                        compressed: i % 2 == 0,
+                    }
+                })
+                .collect();
+            packs.push(pack(p + 10, entries));
+        }
+        let dup = packs[1].entries[3];
+        packs[4].entries.push(PackEntry { offset: 7, ..dup });
+        packs.push(pack(20, vec![PackEntry { offset: 9, ..dup }]));
+        packs.push(packs[2].clone());
+        let index = Index::from_packs(&packs);
+
+        let mut naive: HashMap<Id, Vec<PackEntry>> = HashMap::new();
+        for loc in index.blobs() {
+            naive.entry(loc.pack).or_default().push(loc.entry);
+        }
+        let groups = index.first_packs();
+        let mut all = 0;
+        let ids: std::collections::BTreeSet<Id> = packs.iter().map(|p| p.id).collect();
+        for p in ids.into_iter().chain([Id([99; 32])]) {
+            let want = naive.get(&p).cloned().unwrap_or_default();
+            assert_eq!(groups.entries(&p), want, "pack {p}");
+            assert_eq!(groups.has_entries(&p), !want.is_empty());
+            all += want.len();
+        }
+        assert_eq!(all, index.blob_count());
+        // The duplicate is in its first pack only; pack 20 has none.
+        assert!(groups.entries(&Id([11; 32])).contains(&dup));
+        assert!(!groups.entries(&Id([14; 32])).iter().any(|e| e.id == dup.id));
+        assert!(!groups.has_entries(&Id([20; 32])));
+        assert_eq!(groups.entries(&Id([10; 32])).len(), 40);
+
+        // After a pack is dropped, its blobs' next copies are grouped with
+        // their pack.
+        let mut index = index;
+        index.retain_packs(|p| *p != Id([11; 32]));
+        let groups = index.first_packs();
+        assert!(groups.entries(&Id([11; 32])).is_empty());
+        assert!(
+            groups
+                .entries(&Id([14; 32]))
+                .iter()
+                .any(|e| e.id == dup.id && e.offset == 7)
+        );
     }
 
     #[test]

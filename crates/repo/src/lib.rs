@@ -56,7 +56,7 @@ pub use coverage::{Coverage, DEFAULT_COVERAGE_DAYS, DataSubset};
 pub use crypto::{MasterKey, os_random};
 pub use error::{Error, Result};
 pub use id::Id;
-pub use index::{BlobLocation, Index, IndexBuilder, IndexFile, IndexPack};
+pub use index::{BlobLocation, FirstPacks, Index, IndexBuilder, IndexFile, IndexPack};
 pub use keyfile::{KdfParams, KeyFile, KeyKind, Permission, Role};
 pub use local::LocalState;
 pub use lock::{LockKind, LockOptions, RepositoryLock};

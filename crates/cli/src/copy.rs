@@ -97,6 +97,7 @@ pub async fn run(g: &Global, a: CopyArgs) -> Result<i32> {
     let options = CopyOptions {
         snapshots: a.snapshots,
         archive: (!a.no_wal).then(lifeboat_connectors::archive_rules),
+        ..Default::default()
     };
     let stats = lifeboat_repo::copy(&source, &target, &options, &bar).await;
     bar.bar.finish();

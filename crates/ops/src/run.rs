@@ -716,6 +716,7 @@ async fn copy_one(
     let co = CopyOptions {
         snapshots: ids,
         archive: Some(lifeboat_connectors::archive_rules()),
+        ..Default::default()
     };
     match lifeboat_repo::copy(from, to, &co, &NoCopyProgress).await {
         Ok(stats) => {

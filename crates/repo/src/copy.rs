@@ -20,10 +20,25 @@
 //! session's own), so a prune cannot delete blobs between a session's flush
 //! and the record that names them.
 //!
-//! Incremental cost: the source→target id map is learnt from an earlier copy
-//! (the copy of the parent, else the latest copy of the same source) by
-//! walking both trees side by side, so unchanged directories are reused
-//! without reading their data again. The map lives only for one run.
+//! Incremental cost: each directory is walked side by side with the same
+//! path in an earlier copy (the copy of the parent, else the latest copy of
+//! the same source), so an unchanged directory is reused without being
+//! walked, and in a changed one the files the earlier copy holds are mapped
+//! to its target ids without their data being read again. Source→target
+//! tree ids are remembered for the run (an unchanged directory at another
+//! path is free too); data blob ids only for one batch (a file met again
+//! later, at another path, is read again and deduplicated by the target).
+//!
+//! Memory (issue 17: bounded by configuration and the indexes, not by the
+//! number of files or blobs copied): the two repositories' indexes; the
+//! run's source→target tree map and the set of target trees verified (tree
+//! ids only, at most the target index's trees); the trees on the walk's
+//! current path, each with up to `concurrency` subtrees read ahead and the
+//! earlier copy's two trees of the same directory; one batch
+//! ([`CopyBatch`]: its trees, its data blob ids and locations); the read
+//! budget ([`READ_BUDGET_KIB`]), [`MAX_BLOBS_IN_FLIGHT`] blobs being stored
+//! and the write session's packs (see `writer`). docs/performance.md
+//! ("Copy") gives the formula and the measured figures.
 //!
 //! Archive objects (`crate::archive`, e.g. PostgreSQL WAL) are not in
 //! snapshots: with [`CopyOptions::archive`], after the snapshots the
@@ -33,14 +48,16 @@
 //! Main items: [`copy`], [`CopyOptions`], [`CopyStats`], [`CopyProgress`].
 
 use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::{ArchiveCopyStats, ArchiveRules};
+use crate::index::{BlobLocation, Index};
 use crate::lock::{LockKind, LockOptions, RepositoryLock};
 use crate::pack::BlobType;
 use crate::packread::{PackReader, RangeLimits};
@@ -60,10 +77,12 @@ pub const COPIED_FROM: &str = "copied_from";
 const MAX_BLOBS_IN_FLIGHT: usize = 8;
 
 /// Source bytes read ahead, in KiB: the sealed ranges in flight and the
-/// plaintext opened from them, until it is stored. Several default ranges
-/// (4 MiB, at most 16 MiB of plaintext) at once keep a remote source's
-/// round trips overlapped.
-const READ_BUDGET_KIB: u32 = 64 * 1024;
+/// plaintext opened from them, until it is stored. A few default ranges
+/// (4 MiB, at most 16 MiB of plaintext; a source tree's ranges carry some
+/// 8 MiB) at once keep a remote source's round trips overlapped. 64 MiB
+/// until issue 17: half of it took 40 MiB off the peak of a copy of
+/// linux-source (docs/performance.md, "Copy").
+const READ_BUDGET_KIB: u32 = 32 * 1024;
 
 #[derive(Debug, Clone, Default)]
 pub struct CopyOptions {
@@ -73,6 +92,9 @@ pub struct CopyOptions {
     /// Also copy archive objects, by these retention rules (see
     /// [`crate::archive::copy`]); `None`: archive objects are left alone.
     pub archive: Option<ArchiveRules>,
+    /// How much of a snapshot is taken on at once (memory, see the module
+    /// doc); the default suits every repository, tests set it small.
+    pub batch: CopyBatch,
 }
 
 /// One snapshot written by a copy.
@@ -115,8 +137,9 @@ pub struct CopyStats {
 pub trait CopyProgress: Send + Sync {
     /// Copying `snapshot` (number `n` of `count`, from 1) starts.
     fn snapshot_started(&self, _snapshot: &Snapshot, _n: usize, _count: usize) {}
-    /// The snapshot needs this many data blobs (plaintext bytes) from the
-    /// source.
+    /// The snapshot needs this many more data blobs (plaintext bytes) from
+    /// the source: called once per batch, with that batch's counts (add
+    /// them up for the snapshot's).
     fn planned(&self, _blobs: u64, _bytes: u64) {}
     /// One data blob was read and stored (or found in the target).
     fn blob_copied(&self, _bytes: u64) {}
@@ -144,13 +167,44 @@ pub fn copied_from(record: &SnapshotRecord) -> Option<(Id, Id)> {
     Some((Id::from_hex(&c.repository)?, Id::from_hex(&c.snapshot)?))
 }
 
-/// Source id → target id, learnt during one run.
+/// Source tree id → target tree id, for the trees copied (or found in an
+/// earlier copy) during one run, and the target trees already read back.
+/// Both hold tree ids only, so they are bounded by the number of trees in
+/// the target's index, not by the number of files or data blobs.
 #[derive(Default)]
 struct IdMap {
-    data: HashMap<Id, Id>,
     trees: HashMap<Id, Id>,
     /// Target trees already read back and found complete.
     verified: HashSet<Id>,
+}
+
+/// How much of a snapshot one copy batch takes on (see "Memory" in the
+/// module doc): the source trees loaded since the last batch and their data
+/// blobs are held until the batch's blobs are stored in the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyBatch {
+    /// Distinct data blobs (read from the source or mapped through an
+    /// earlier copy) after which a batch is copied. At least 1.
+    pub blobs: usize,
+    /// Tree entries (files, directories, links) loaded after which a batch
+    /// is copied. At least 1.
+    pub nodes: usize,
+}
+
+impl CopyBatch {
+    /// 16,384 blobs (some 200 MiB of plaintext with the default chunker
+    /// and a source tree's typical file sizes) and 16,384 tree entries
+    /// (a few MiB of decoded trees).
+    pub const DEFAULT: CopyBatch = CopyBatch {
+        blobs: 16 * 1024,
+        nodes: 16 * 1024,
+    };
+}
+
+impl Default for CopyBatch {
+    fn default() -> Self {
+        CopyBatch::DEFAULT
+    }
 }
 
 /// Copies snapshots of `source` that `target` does not hold yet, oldest
@@ -263,18 +317,23 @@ async fn copy_locked(
     let mut map = IdMap::default();
     for (i, snap) in todo.iter().enumerate() {
         progress.snapshot_started(snap, i + 1, todo.len());
-        if let Some((a_root, b_root)) = related_copy(snap, &all, &copies)
-            && !map.trees.contains_key(&a_root)
-        {
-            learn(source, target, a_root, b_root, &mut map).await?;
-        }
+        let related = related_copy(snap, &all, &copies);
         let parent = snap
             .record
             .parent
             .and_then(|p| copies.get(&p))
             .map(|s| s.id);
         let copy = copy_snapshot(
-            source, target, snap, parent, &mut map, &mut stats, progress, lock,
+            source,
+            target,
+            snap,
+            parent,
+            related,
+            options.batch,
+            &mut map,
+            &mut stats,
+            progress,
+            lock,
         )
         .await?;
         progress.snapshot_finished(snap, &copy.id);
@@ -315,188 +374,380 @@ fn related_copy(
         .or_else(|| earlier().find_map(pair))
 }
 
-/// Walks a source tree and its copy side by side, recording which target id
-/// each source tree and data blob got. Pairs that do not line up (which a
-/// copy made by this code never produces) are skipped, not trusted.
-async fn learn(
-    source: &Arc<Repository>,
-    target: &Arc<Repository>,
-    a_root: Id,
-    b_root: Id,
-    map: &mut IdMap,
-) -> Result<()> {
-    let mut level = vec![(a_root, b_root)];
-    let mut queued: HashSet<Id> = HashSet::from([a_root]);
-    while !level.is_empty() {
-        let concurrency = source.concurrency().max(target.concurrency());
-        let pairs: Vec<(Id, Tree, Id, Tree)> = futures::stream::iter(level)
-            .map(|(a, b)| async move {
-                let (ta, tb) = futures::try_join!(source.read_tree(&a), target.read_tree(&b))?;
-                Ok::<_, Error>((a, ta, b, tb))
-            })
-            .buffer_unordered(concurrency)
-            .try_collect()
-            .await?;
-        let mut next = Vec::new();
-        for (a, ta, b, tb) in pairs {
-            let aligned = ta.nodes.len() == tb.nodes.len()
-                && ta.nodes.iter().zip(&tb.nodes).all(|(x, y)| {
-                    x.name == y.name
-                        && x.kind == y.kind
-                        && x.content.len() == y.content.len()
-                        && x.subtree.is_some() == y.subtree.is_some()
-                });
-            if !aligned {
-                continue;
+/// The same directory in an earlier copy: its source tree and the target
+/// tree it was copied to, entry by entry alike.
+struct OldPair {
+    source: Tree,
+    target: Tree,
+}
+
+impl OldPair {
+    /// The pair, if `target` lines up with `source` entry by entry (a copy
+    /// made by this code always does; anything else is not trusted).
+    fn new(source: Tree, target: Tree) -> Option<OldPair> {
+        let aligned = source.nodes.len() == target.nodes.len()
+            && source.nodes.iter().zip(&target.nodes).all(|(x, y)| {
+                x.name == y.name
+                    && x.kind == y.kind
+                    && x.content.len() == y.content.len()
+                    && x.subtree.is_some() == y.subtree.is_some()
+            });
+        aligned.then_some(OldPair { source, target })
+    }
+
+    /// The subtree named `name` in the old source tree and its copy.
+    fn subtree(&self, name: &[u8]) -> Option<(Id, Id)> {
+        let i = self
+            .source
+            .nodes
+            .binary_search_by(|n| n.name.as_slice().cmp(name))
+            .ok()?;
+        Some((self.source.nodes[i].subtree?, self.target.nodes[i].subtree?))
+    }
+
+    /// Source data blob id → target id, for every blob the old pair names.
+    fn data_ids(&self) -> HashMap<Id, Id> {
+        let mut out = HashMap::new();
+        for (x, y) in self.source.nodes.iter().zip(&self.target.nodes) {
+            for (a, b) in x.content.iter().zip(&y.content) {
+                out.entry(*a).or_insert(*b);
             }
-            map.trees.insert(a, b);
-            for (x, y) in ta.nodes.iter().zip(&tb.nodes) {
-                for (ca, cb) in x.content.iter().zip(&y.content) {
-                    map.data.entry(*ca).or_insert(*cb);
+        }
+        out
+    }
+}
+
+/// A source tree to copy, with the same directory of an earlier copy.
+struct Loaded {
+    id: Id,
+    tree: Tree,
+    old: Option<OldPair>,
+}
+
+/// Reads source tree `id` and, when given, the earlier copy's pair of trees
+/// at the same path (source and target ids).
+async fn load(
+    source: Arc<Repository>,
+    target: Arc<Repository>,
+    id: Id,
+    old: Option<(Id, Id)>,
+) -> Result<Loaded> {
+    let old_pair = async {
+        let Some((a, b)) = old else {
+            return Ok::<_, Error>(None);
+        };
+        let (ta, tb) = futures::try_join!(source.read_tree(&a), target.read_tree(&b))?;
+        Ok(OldPair::new(ta, tb))
+    };
+    let (tree, old) = futures::try_join!(source.read_tree(&id), old_pair)?;
+    Ok(Loaded { id, tree, old })
+}
+
+/// The subtrees of a tree on the walk's path, loaded in order, a few ahead.
+type Children = Pin<Box<dyn Stream<Item = Result<Loaded>> + Send>>;
+
+/// A source tree on the walk's path (its subtrees are being copied).
+struct Frame {
+    id: Id,
+    tree: Tree,
+    /// Its data blob ids are the target's already (the batch that queued
+    /// them is copied).
+    translated: bool,
+    children: Children,
+}
+
+/// A source tree whose subtrees are all copied, waiting for the batch of
+/// its data blobs (or for a tree finished before it) to be written.
+struct Finished {
+    id: Id,
+    tree: Tree,
+    translated: bool,
+}
+
+/// One snapshot's copy in progress: a depth-first walk of the source trees
+/// the target lacks, copying data blobs in bounded batches and writing each
+/// tree once its subtrees and the batch of its data blobs are copied.
+///
+/// What it holds: the trees on the current path (each with up to
+/// `concurrency` subtrees loaded ahead, and the earlier copy's pair of the
+/// same directory), the trees loaded since the last batch, and the batch's
+/// data blob ids and locations; all bounded by [`CopyBatch`] and the
+/// depth of the snapshot, not by its size.
+struct Walk<'a> {
+    source: &'a Arc<Repository>,
+    target: &'a Arc<Repository>,
+    source_index: Arc<Index>,
+    session: Arc<WriteSession>,
+    limits: CopyBatch,
+    map: &'a mut IdMap,
+    stats: &'a mut CopyStats,
+    progress: &'a dyn CopyProgress,
+    stack: Vec<Frame>,
+    finished: Vec<Finished>,
+    /// This batch's data blobs: source id → target id (`None`: to be read).
+    blobs: HashMap<Id, Option<Id>>,
+    /// Source locations of the blobs to read.
+    needed: Vec<BlobLocation>,
+    /// Tree entries loaded in this batch.
+    nodes: usize,
+}
+
+impl Walk<'_> {
+    /// The target's copy of source tree `a`, if known and still there.
+    fn mapped_tree(&self, a: &Id) -> Option<Id> {
+        self.map
+            .trees
+            .get(a)
+            .filter(|b| self.session.has_blob(BlobType::Tree, b))
+            .copied()
+    }
+
+    /// Walks the trees under `root` (which the target lacks) and copies
+    /// them and their data blobs.
+    async fn run(&mut self, root: Loaded) -> Result<()> {
+        self.enter(root).await?;
+        while let Some(top) = self.stack.last_mut() {
+            match top.children.next().await {
+                Some(loaded) => {
+                    let loaded = loaded?;
+                    // The same directory may have been copied meanwhile
+                    // (at another path).
+                    if self.mapped_tree(&loaded.id).is_none() {
+                        self.enter(loaded).await?;
+                    }
                 }
-                if let (Some(sa), Some(sb)) = (x.subtree, y.subtree)
-                    && !map.trees.contains_key(&sa)
-                    && queued.insert(sa)
-                {
-                    next.push((sa, sb));
+                None => {
+                    let f = self.stack.pop().expect("the stack has a top");
+                    if f.translated && self.finished.is_empty() {
+                        self.write_tree(f.id, f.tree).await?;
+                    } else {
+                        self.finished.push(Finished {
+                            id: f.id,
+                            tree: f.tree,
+                            translated: f.translated,
+                        });
+                    }
                 }
             }
         }
-        level = next;
+        self.copy_batch().await
+    }
+
+    /// Takes on a loaded source tree: queues its data blobs the target may
+    /// lack (those the earlier copy's pair names are mapped without being
+    /// read), starts loading its subtrees the target lacks, and copies the
+    /// batch when it is full.
+    async fn enter(&mut self, loaded: Loaded) -> Result<()> {
+        let Loaded { id, tree, old } = loaded;
+        let known = old.as_ref().map(OldPair::data_ids).unwrap_or_default();
+        for n in &tree.nodes {
+            for a in &n.content {
+                if self.blobs.contains_key(a) {
+                    continue;
+                }
+                match known
+                    .get(a)
+                    .filter(|b| self.session.has_blob(BlobType::Data, b))
+                {
+                    Some(b) => {
+                        self.blobs.insert(*a, Some(*b));
+                    }
+                    None => {
+                        let loc = self
+                            .source_index
+                            .get(BlobType::Data, a)
+                            .ok_or_else(|| Error::BlobNotIndexed { id: a.to_hex() })?;
+                        self.blobs.insert(*a, None);
+                        self.needed.push(loc);
+                    }
+                }
+            }
+        }
+        drop(known);
+        self.nodes += tree.nodes.len();
+
+        let mut children = Vec::new();
+        for n in &tree.nodes {
+            let Some(s) = n.subtree else { continue };
+            if self.mapped_tree(&s).is_some() {
+                continue;
+            }
+            let before = old.as_ref().and_then(|o| o.subtree(&n.name));
+            if let Some((a, b)) = before
+                && a == s
+                && self.session.has_blob(BlobType::Tree, &b)
+            {
+                // Unchanged since the earlier copy: reused, not walked.
+                self.map.trees.insert(s, b);
+                continue;
+            }
+            children.push((s, before));
+        }
+        drop(old);
+        let (source, target) = (self.source.clone(), self.target.clone());
+        let ahead = source.concurrency();
+        // Each read is a task of its own: a read left waiting while the
+        // walk is deeper down must not hold up another (two reads of one
+        // tree pack share its fetch).
+        let children: Children = Box::pin(
+            futures::stream::iter(children)
+                .map(move |(s, before)| {
+                    let read = tokio::spawn(load(source.clone(), target.clone(), s, before));
+                    async move { read.await.map_err(|e| Error::Internal(e.to_string()))? }
+                })
+                .buffered(ahead),
+        );
+        self.stack.push(Frame {
+            id,
+            tree,
+            translated: false,
+            children,
+        });
+        if self.blobs.len() >= self.limits.blobs || self.nodes >= self.limits.nodes {
+            self.copy_batch().await?;
+        }
+        Ok(())
+    }
+
+    /// Copies the batch's data blobs the target may lack, then gives the
+    /// trees loaded in this batch their target ids and writes the finished
+    /// ones, children first.
+    async fn copy_batch(&mut self) -> Result<()> {
+        let needed = std::mem::take(&mut self.needed);
+        if !needed.is_empty() {
+            let bytes = needed.iter().map(|l| l.entry.raw_length as u64).sum();
+            self.progress.planned(needed.len() as u64, bytes);
+            // Read batched by pack (neighbouring blobs in one ranged read,
+            // under a memory budget), then each blob is its own task so
+            // compression and encryption for the target spread over the
+            // runtime's threads; the session's bounded upload queue is the
+            // backpressure.
+            let source: &Repository = self.source;
+            let reader = PackReader::new(source, READ_BUDGET_KIB);
+            let mut copied = reader
+                .read_blobs(needed, RangeLimits::RESTORE)
+                .map(|blob| {
+                    let session = self.session.clone();
+                    tokio::spawn(async move {
+                        let a_id = blob.location.entry.id;
+                        let plain = blob.data?;
+                        let added = session.add_blob(BlobType::Data, &plain).await?;
+                        Ok::<_, Error>((a_id, added.id, plain.len() as u64))
+                    })
+                })
+                .buffer_unordered(MAX_BLOBS_IN_FLIGHT);
+            while let Some(joined) = copied.next().await {
+                let (a_id, b_id, raw) = joined.map_err(|e| Error::Internal(e.to_string()))??;
+                self.blobs.insert(a_id, Some(b_id));
+                self.stats.blobs_read += 1;
+                self.stats.read_bytes += raw;
+                self.progress.blob_copied(raw);
+            }
+        }
+        let blobs = std::mem::take(&mut self.blobs);
+        for f in &mut self.stack {
+            if !f.translated {
+                translate(&mut f.tree, &blobs)?;
+                f.translated = true;
+            }
+        }
+        for f in &mut self.finished {
+            if !f.translated {
+                translate(&mut f.tree, &blobs)?;
+                f.translated = true;
+            }
+        }
+        drop(blobs);
+        for f in std::mem::take(&mut self.finished) {
+            self.write_tree(f.id, f.tree).await?;
+        }
+        self.nodes = 0;
+        Ok(())
+    }
+
+    /// Writes a translated tree with its subtrees' target ids.
+    async fn write_tree(&mut self, id: Id, mut tree: Tree) -> Result<()> {
+        for n in &mut tree.nodes {
+            if let Some(s) = &mut n.subtree {
+                *s = *self
+                    .map
+                    .trees
+                    .get(s)
+                    .ok_or_else(|| Error::Internal(format!("tree {s} was not copied")))?;
+            }
+        }
+        let added = self
+            .session
+            .add_blob(BlobType::Tree, &tree.encode())
+            .await?;
+        self.map.trees.insert(id, added.id);
+        self.stats.trees_written += 1;
+        Ok(())
+    }
+}
+
+/// Replaces a tree's data blob ids by the target's.
+fn translate(tree: &mut Tree, blobs: &HashMap<Id, Option<Id>>) -> Result<()> {
+    for n in &mut tree.nodes {
+        for c in &mut n.content {
+            *c = blobs
+                .get(c)
+                .copied()
+                .flatten()
+                .ok_or_else(|| Error::Internal(format!("data blob {c} was not copied")))?;
+        }
     }
     Ok(())
 }
 
-/// Reads trees from `repo`, `concurrency` at a time.
-async fn read_trees(repo: &Repository, ids: Vec<Id>) -> Result<Vec<(Id, Tree)>> {
-    futures::stream::iter(ids)
-        .map(|id| async move { Ok::<_, Error>((id, repo.read_tree(&id).await?)) })
-        .buffer_unordered(repo.concurrency())
-        .try_collect()
-        .await
-}
-
 /// Copies one snapshot's blobs and trees, verifies them in the target and
-/// writes the record. Returns the target's snapshot.
+/// writes the record. Returns the target's snapshot. `related` is the
+/// (source, target) root pair of an earlier copy to map unchanged
+/// directories and files through.
 #[allow(clippy::too_many_arguments)]
 async fn copy_snapshot(
     source: &Arc<Repository>,
     target: &Arc<Repository>,
     snap: &Snapshot,
     parent: Option<Id>,
+    related: Option<(Id, Id)>,
+    limits: CopyBatch,
     map: &mut IdMap,
     stats: &mut CopyStats,
     progress: &dyn CopyProgress,
     lock: &RepositoryLock,
 ) -> Result<Snapshot> {
     let session = Arc::new(WriteSession::start(target.clone(), WriteOptions::default()).await?);
-    // A mapping is usable only while the target still holds the blob.
-    let mapped_tree = |map: &IdMap, a: &Id| {
-        map.trees
-            .get(a)
-            .filter(|b| session.has_blob(BlobType::Tree, b))
-            .copied()
-    };
-
-    // 1. The source trees whose copy the target lacks, level by level.
     let root = snap.record.tree;
-    let mut trees: HashMap<Id, Tree> = HashMap::new();
-    let mut queued: HashSet<Id> = HashSet::new();
-    let mut level = Vec::new();
-    if mapped_tree(map, &root).is_none() {
-        queued.insert(root);
-        level.push(root);
+    if let Some((a, b)) = related
+        && a == root
+        && session.has_blob(BlobType::Tree, &b)
+    {
+        map.trees.insert(a, b);
     }
-    while !level.is_empty() {
-        let mut next = Vec::new();
-        for (id, tree) in read_trees(source, level).await? {
-            for n in &tree.nodes {
-                if let Some(sub) = n.subtree
-                    && mapped_tree(map, &sub).is_none()
-                    && queued.insert(sub)
-                {
-                    next.push(sub);
-                }
-            }
-            trees.insert(id, tree);
-        }
-        level = next;
+    let mut walk = Walk {
+        source,
+        target,
+        source_index: source.index().await?,
+        session: session.clone(),
+        limits: CopyBatch {
+            blobs: limits.blobs.max(1),
+            nodes: limits.nodes.max(1),
+        },
+        map,
+        stats,
+        progress,
+        stack: Vec::new(),
+        finished: Vec::new(),
+        blobs: HashMap::new(),
+        needed: Vec::new(),
+        nodes: 0,
+    };
+    if walk.mapped_tree(&root).is_none() {
+        let loaded = load(source.clone(), target.clone(), root, related).await?;
+        walk.run(loaded).await?;
     }
-
-    // 2. Their data blobs the target may lack, in source pack order so reads
-    // stay sequential within each pack.
-    let source_index = source.index().await?;
-    let mut seen = HashSet::new();
-    let mut needed = Vec::new();
-    for tree in trees.values() {
-        for n in &tree.nodes {
-            for id in &n.content {
-                let known = map
-                    .data
-                    .get(id)
-                    .is_some_and(|b| session.has_blob(BlobType::Data, b));
-                if !known && seen.insert(*id) {
-                    let loc = source_index
-                        .get(BlobType::Data, id)
-                        .ok_or_else(|| Error::BlobNotIndexed { id: id.to_hex() })?;
-                    needed.push((*id, loc));
-                }
-            }
-        }
-    }
-    drop(seen);
-    needed.sort_by_key(|(_, l)| (l.pack, l.entry.offset));
-    let planned_bytes = needed.iter().map(|(_, l)| l.entry.raw_length as u64).sum();
-    progress.planned(needed.len() as u64, planned_bytes);
-
-    // 3. Copy them: read batched by pack (neighbouring blobs in one ranged
-    // read, under a memory budget), then each blob is its own task so
-    // compression and encryption for the target spread over the runtime's
-    // threads; the session's bounded upload queue is the backpressure.
-    let reader = PackReader::new(source, READ_BUDGET_KIB);
-    let locations = needed.into_iter().map(|(_, loc)| loc).collect();
-    let mut copied = reader
-        .read_blobs(locations, RangeLimits::RESTORE)
-        .map(|blob| {
-            let session = session.clone();
-            tokio::spawn(async move {
-                let a_id = blob.location.entry.id;
-                let plain = blob.data?;
-                let added = session.add_blob(BlobType::Data, &plain).await?;
-                Ok::<_, Error>((a_id, added.id, plain.len() as u64))
-            })
-        })
-        .buffer_unordered(MAX_BLOBS_IN_FLIGHT);
-    while let Some(joined) = copied.next().await {
-        let (a_id, b_id, raw) = joined.map_err(|e| Error::Internal(e.to_string()))??;
-        map.data.insert(a_id, b_id);
-        stats.blobs_read += 1;
-        stats.read_bytes += raw;
-        progress.blob_copied(raw);
-    }
-    drop(copied);
-
-    // 4. Re-encode the trees with the target's ids, children first.
-    for a in post_order(root, &trees) {
-        let mut tree = trees.remove(&a).expect("post_order yields loaded trees");
-        for n in &mut tree.nodes {
-            for c in &mut n.content {
-                *c = *map
-                    .data
-                    .get(c)
-                    .ok_or_else(|| Error::Internal(format!("data blob {c} was not copied")))?;
-            }
-            if let Some(s) = &mut n.subtree {
-                *s = *map
-                    .trees
-                    .get(s)
-                    .ok_or_else(|| Error::Internal(format!("tree {s} was not copied")))?;
-            }
-        }
-        let added = session.add_blob(BlobType::Tree, &tree.encode()).await?;
-        map.trees.insert(a, added.id);
-        stats.trees_written += 1;
-    }
+    drop(walk);
     let b_root = *map
         .trees
         .get(&root)
@@ -510,7 +761,7 @@ async fn copy_snapshot(
     stats.added_bytes += s.added_bytes.load(Ordering::Relaxed);
     session.flush().await?;
 
-    // 5. Read the new snapshot back from the target before making it visible.
+    // Read the new snapshot back from the target before making it visible.
     verify(target, b_root, &mut map.verified).await?;
 
     let mut record = snap.record.clone();
@@ -529,36 +780,10 @@ async fn copy_snapshot(
     Ok(Snapshot { id, record })
 }
 
-/// Tree ids of `trees` reachable from `root`, every tree after its subtrees.
-fn post_order(root: Id, trees: &HashMap<Id, Tree>) -> Vec<Id> {
-    let mut out = Vec::new();
-    let mut expanded = HashSet::new();
-    let mut stack = vec![(root, false)];
-    while let Some((id, children_done)) = stack.pop() {
-        let Some(tree) = trees.get(&id) else { continue };
-        if children_done {
-            out.push(id);
-            continue;
-        }
-        if !expanded.insert(id) {
-            continue;
-        }
-        stack.push((id, true));
-        for n in &tree.nodes {
-            if let Some(s) = n.subtree
-                && trees.contains_key(&s)
-                && !expanded.contains(&s)
-            {
-                stack.push((s, false));
-            }
-        }
-    }
-    out
-}
-
 /// Reads every tree under `root` from the target (decrypting and verifying
 /// it) and requires every blob it names to be indexed there. Trees in
 /// `verified` were checked earlier in this run and are not read again.
+/// Holds one level's tree ids and the trees being read, not the trees.
 async fn verify(target: &Arc<Repository>, root: Id, verified: &mut HashSet<Id>) -> Result<()> {
     let index = target.index().await?;
     let mut level = Vec::new();
@@ -567,7 +792,11 @@ async fn verify(target: &Arc<Repository>, root: Id, verified: &mut HashSet<Id>) 
     }
     while !level.is_empty() {
         let mut next = Vec::new();
-        for (id, tree) in read_trees(target, level).await? {
+        let mut trees = futures::stream::iter(level)
+            .map(|id| async move { Ok::<_, Error>((id, target.read_tree(&id).await?)) })
+            .buffer_unordered(target.concurrency());
+        while let Some(read) = trees.next().await {
+            let (id, tree) = read?;
             for n in &tree.nodes {
                 if let Some(c) = n
                     .content

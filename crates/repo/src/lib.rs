@@ -50,7 +50,7 @@ pub use check::{
 pub use chunker::{Chunker, Cut, paged_block_size};
 pub use config::{ChunkerParams, ColdTierConfig, Config, FORMAT_VERSION, WriteOnlyConfig};
 pub use copy::{
-    COPIED_FROM, CopiedSnapshot, CopyOptions, CopyProgress, CopyStats, copied_from, copy,
+    COPIED_FROM, CopiedSnapshot, CopyBatch, CopyOptions, CopyProgress, CopyStats, copied_from, copy,
 };
 pub use coverage::{Coverage, DEFAULT_COVERAGE_DAYS, DataSubset};
 pub use crypto::{MasterKey, os_random};

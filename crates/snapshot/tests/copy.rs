@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use common::assert_restores;
 use lifeboat_repo::{
-    COPIED_FROM, CopyOptions, CopyStats, InitOptions, Repository, Snapshot, copied_from, copy,
+    COPIED_FROM, CopyBatch, CopyOptions, CopyStats, InitOptions, Repository, Snapshot, copied_from,
+    copy,
 };
 use lifeboat_snapshot::backup::{BackupOptions, backup};
 use lifeboat_snapshot::progress::NoProgress;
@@ -290,4 +291,89 @@ async fn copied_chunker_params_chunk_alike() {
     assert!(sa.len() > 10);
     assert_eq!(sa, sb, "same chunker parameters, same boundaries");
     assert_ne!(sa, so, "a different seed cuts elsewhere");
+}
+
+/// A deeper, wider tree than `make_source`: nested directories, files of
+/// one and many chunks, the same file and the same directory at several
+/// paths (so a batch meets blobs and trees it or an earlier batch already
+/// copied).
+fn make_wide_source(dir: &Path) {
+    for d in 0..4u64 {
+        for e in 0..3u64 {
+            let sub = dir.join(format!("d{d}/e{e}/f"));
+            std::fs::create_dir_all(&sub).unwrap();
+            std::fs::write(
+                dir.join(format!("d{d}/e{e}/small.txt")),
+                format!("{d}/{e}\n"),
+            )
+            .unwrap();
+            std::fs::write(sub.join("chunks.bin"), pseudo_random(300_000, 10 * d + e)).unwrap();
+            // The same bytes in every directory.
+            std::fs::write(sub.join("same.bin"), pseudo_random(200_000, 99)).unwrap();
+        }
+        // The same directory content at two paths.
+        for twin in ["t1", "t2"] {
+            let t = dir.join(format!("d{d}/{twin}"));
+            std::fs::create_dir_all(&t).unwrap();
+            std::fs::write(t.join("twin.bin"), pseudo_random(100_000, 77)).unwrap();
+        }
+    }
+    std::fs::write(dir.join("top.bin"), pseudo_random(500_000, 5)).unwrap();
+}
+
+#[tokio::test]
+async fn copy_in_tiny_batches_loses_and_duplicates_nothing() {
+    let src = tempfile::tempdir().unwrap();
+    make_wide_source(src.path());
+    let a = new_repo(Arc::new(MemoryStorage::new()), b"pw-a", 11).await;
+    let first = backup_dir(&a, src.path()).await;
+
+    // Reference: one batch takes the whole snapshot.
+    let whole = new_repo(Arc::new(MemoryStorage::new()), b"pw-b", 22).await;
+    let one = copy_all(&a, &whole).await;
+
+    // Batches of a few blobs and tree entries: dozens of batches, trees
+    // waiting for their batch, and batches ending inside a directory.
+    let tiny = CopyOptions {
+        batch: CopyBatch { blobs: 3, nodes: 2 },
+        ..Default::default()
+    };
+    let b = new_repo(Arc::new(MemoryStorage::new()), b"pw-b", 22).await;
+    let many = copy(&a, &b, &tiny, &()).await.unwrap();
+    assert_eq!(many.snapshots_copied, 1);
+    assert!(one.blobs_read > 20, "{one:?}");
+    // Every blob is read at least once (a blob met again in a later batch
+    // is read again, never stored twice).
+    assert!(many.blobs_read >= one.blobs_read, "{many:?} vs {one:?}");
+    // The same blobs and trees end up in the target, each stored once.
+    assert_eq!(many.blobs_added, one.blobs_added, "{many:?} vs {one:?}");
+    assert_eq!(many.added_raw_bytes, one.added_raw_bytes);
+    let b = reopen(b.storage().clone(), b"pw-b").await;
+    let copies = b.snapshots().await.unwrap();
+    assert_restores(&b, &copies[0], src.path()).await;
+    assert_check_ok(&b).await;
+
+    // An incremental copy in tiny batches: changed files in a few
+    // directories, a new directory, the rest mapped through the first copy.
+    std::fs::write(src.path().join("d1/e2/small.txt"), b"changed\n").unwrap();
+    std::fs::create_dir_all(src.path().join("d3/new")).unwrap();
+    std::fs::write(
+        src.path().join("d3/new/n.bin"),
+        pseudo_random(250_000, 1234),
+    )
+    .unwrap();
+    let second = backup_dir(&a, src.path()).await;
+    assert_eq!(second.record.parent, Some(first.id));
+    let b = reopen(b.storage().clone(), b"pw-b").await;
+    let inc = copy(&a, &b, &tiny, &()).await.unwrap();
+    assert_eq!((inc.snapshots_copied, inc.snapshots_skipped), (1, 1));
+    // Only the changed and new files' blobs are read.
+    assert!(
+        inc.blobs_read >= 2 && inc.blobs_read * 4 < many.blobs_read,
+        "{inc:?}"
+    );
+    let copies = b.snapshots().await.unwrap();
+    assert_eq!(copies.len(), 2);
+    assert_restores(&b, &copies[1], src.path()).await;
+    assert_check_ok(&b).await;
 }

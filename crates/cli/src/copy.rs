@@ -71,6 +71,7 @@ impl CopyProgress for CopyBar {
 }
 
 pub async fn run(g: &Global, a: CopyArgs) -> Result<i32> {
+    crate::release_freed_memory_at_once();
     let source = open_source(g, &a.from, a.from_password_file.as_deref()).await?;
     let t = match &a.to {
         Some(to) => session::target_at(to, 0)?,

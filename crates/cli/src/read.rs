@@ -163,14 +163,17 @@ pub async fn ls(g: &Global, a: LsArgs) -> Result<i32> {
     let path = a.path.unwrap_or_else(|| "/".into());
     // Entries are printed as the trees arrive (a snapshot of millions of
     // files is never held); JSON output is the same array, one entry a line.
+    // "[" is written with the first entry, so a path that is not there
+    // prints nothing on stdout.
     let mut out = Lines::new();
     let mut first = true;
-    if g.json {
-        out.line(format_args!("["));
-    }
     ls_each(&repo, &snap, path.as_bytes(), !a.no_recursive, &mut |e| {
         if g.json {
-            let sep = if std::mem::take(&mut first) { "" } else { "," };
+            let sep = if std::mem::take(&mut first) {
+                "[\n"
+            } else {
+                ","
+            };
             let entry = serde_json::to_string(&e).expect("an entry serializes");
             out.line(format_args!("{sep}{entry}"));
             return Ok(());
@@ -197,7 +200,7 @@ pub async fn ls(g: &Global, a: LsArgs) -> Result<i32> {
     })
     .await?;
     if g.json {
-        out.line(format_args!("]"));
+        out.line(format_args!("{}]", if first { "[" } else { "" }));
     }
     out.finish();
     Ok(exit::OK)

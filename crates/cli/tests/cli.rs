@@ -800,6 +800,18 @@ fn snapshot_or_path_not_found_exits_16() {
     let err = lb.fail(["restore", "deadbeef", "--target", "t"], code::NOT_FOUND);
     assert!(err.contains("deadbeef"), "{err}");
     lb.fail(["ls", "deadbeef"], code::NOT_FOUND);
+    // ls streams its JSON array: a path that is not there must still print
+    // nothing (not a half-open array) and exit 16; an entry, one array.
+    let missing_dir = format!("{}/no-such-dir", snap_path(&src));
+    let out = lb.run(["ls", "latest", &missing_dir, "--json"]);
+    assert_eq!(out.status.code(), Some(code::NOT_FOUND), "{out:?}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let one = lb.json(["ls", "latest", &snap_path(&src), "--no-recursive"]);
+    assert!(one.as_array().is_some_and(|a| !a.is_empty()), "{one}");
     lb.fail(["dump", "deadbeef", "/x"], code::NOT_FOUND);
     lb.fail(["diff", "latest", "deadbeef"], code::NOT_FOUND);
     let missing = format!("{}/no-such-file", snap_path(&src));

@@ -193,13 +193,13 @@ fn run_walk(
     contents_as_root: bool,
 ) -> Vec<Option<Id>> {
     let root_slot: RootSlot = Arc::new(Mutex::new(None));
-    let (tx, rx) = crossbeam_channel::bounded::<FileJob>(threads * 4);
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<FileJob>>(threads * 4);
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let rx = rx.clone();
             let root_slot = root_slot.clone();
             scope.spawn(move || {
-                for job in rx.iter() {
+                for job in rx.iter().flatten() {
                     if ctx.cancelled() {
                         continue;
                     }
@@ -213,6 +213,7 @@ fn run_walk(
         let walker = Walker {
             ctx,
             tx,
+            batch: std::cell::RefCell::new(Batch::default()),
             root: root_slot.clone(),
             prefetch: Mutex::new(HashMap::new()),
         };
@@ -221,10 +222,26 @@ fn run_walk(
         } else {
             walker.walk_roots(roots, parent_trees);
         }
+        walker.flush();
         // Dropping the walker closes the queue; the scope joins the workers.
     });
     let roots = root_slot.lock().unwrap().take();
     roots.unwrap_or_else(|| vec![None; ctx.targets.len()])
+}
+
+/// Files handed to a reader at once: up to this many, or
+/// [`BATCH_BYTES`] of them. One hand-over per small file cost a thread
+/// wake-up each, which on a busy machine waits for a time slice: 1M files
+/// of 56 bytes took 101-118 s where restic took 45-54 s (docs/performance.md,
+/// "Many files in one snapshot").
+const BATCH_FILES: usize = 64;
+const BATCH_BYTES: u64 = 1 << 20;
+
+/// Files the walker has queued but not yet handed to the readers.
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<FileJob>,
+    bytes: u64,
 }
 
 /// Parent trees read ahead per directory on the walk's path (see
@@ -236,7 +253,9 @@ type Prefetch = tokio::task::JoinHandle<lifeboat_repo::Result<Tree>>;
 
 struct Walker<'a> {
     ctx: &'a Arc<Ctx>,
-    tx: crossbeam_channel::Sender<FileJob>,
+    tx: crossbeam_channel::Sender<Vec<FileJob>>,
+    /// Files waiting to be handed to the readers together (see [`Batch`]).
+    batch: std::cell::RefCell<Batch>,
     root: RootSlot,
     /// Parent-snapshot trees being fetched ahead of the walk, per target:
     /// while a directory's entries are visited, the old trees of its next
@@ -248,6 +267,24 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
+    /// Queues a file for the readers; hands the batch over when it is full.
+    /// False once the readers are gone.
+    fn queue(&self, job: FileJob) -> bool {
+        let full = {
+            let mut b = self.batch.borrow_mut();
+            b.bytes += job.meta.len();
+            b.jobs.push(job);
+            b.jobs.len() >= BATCH_FILES || b.bytes >= BATCH_BYTES
+        };
+        !full || self.flush()
+    }
+
+    /// Hands the queued files to the readers. False once they are gone.
+    fn flush(&self) -> bool {
+        let jobs = std::mem::take(&mut *self.batch.borrow_mut()).jobs;
+        jobs.is_empty() || self.tx.send(jobs).is_ok()
+    }
+
     fn walk_roots(&self, roots: Vec<PathBuf>, parent_trees: Vec<Option<Tree>>) {
         if roots.iter().any(|r| r == Path::new("/")) {
             self.walk_root_dir(Path::new("/"), parent_trees);
@@ -579,7 +616,7 @@ impl Walker<'_> {
                 slot,
                 cut,
             };
-            if self.tx.send(job).is_err() {
+            if !self.queue(job) {
                 return Some(None);
             }
             None

@@ -18,7 +18,11 @@
 //! connection limit and verified on [`VerifyOptions::workers`] threads,
 //! while the packs held (downloaded, not yet verified) stay within a byte
 //! budget ([`VerifyOptions::memory_bytes`]); findings are sorted, so they
-//! do not depend on which pack finished first.
+//! do not depend on which pack finished first. With `read_data` the tree
+//! walk runs while the packs are verified (it waits on small reads, the
+//! verification on the cores); if the verification finds damage the walk
+//! did not know of, the snapshots are walked again with all of it, so the
+//! report is the same as walking after the verification.
 //!
 //! Coverage: with local state, the packs each run verified are recorded
 //! (`crate::coverage`); a subset run reads the least recently verified
@@ -301,7 +305,24 @@ pub async fn check_with(
     let now = verify.now.unwrap_or_else(jiff::Timestamp::now);
     let local = repo.local_state();
     let mut verified = local.map(|(l, config)| Verified::load(l, config));
-    if options.read_data {
+
+    // The snapshots' trees are walked while the packs are verified: the
+    // walk waits on small reads, verification keeps the cores busy. The
+    // walk can only know the damage found so far (by the index and the
+    // pack listing); if verification finds more, the snapshots are walked
+    // again with all of it, so the files named are the same as walking
+    // after verification (a healthy repository, the usual case, is walked
+    // once).
+    let damaged_before = damaged_blobs.len();
+    let walk_first = async {
+        let snapshots = load_snapshots(repo).await?;
+        let walked = walk_snapshots(repo, &index, &damaged_blobs, &snapshots.snapshots).await;
+        Ok::<_, Error>((snapshots, walked))
+    };
+    let data = async {
+        if !options.read_data {
+            return None;
+        }
         let run = DataRun {
             repo,
             options,
@@ -311,7 +332,11 @@ pub async fn check_with(
             tiers: &tiers,
             progress,
         };
-        let outcome = run.read(&candidates, verified.as_ref()).await;
+        Some(run.read(&candidates, verified.as_ref()).await)
+    };
+    let (walked, outcome) = futures::join!(walk_first, data);
+    let (snapshots, mut walked) = walked?;
+    if let Some(outcome) = outcome {
         if let (Some(v), Some((l, config))) = (verified.as_mut(), local) {
             for (pack, ok) in &outcome.verified {
                 if *ok {
@@ -328,6 +353,9 @@ pub async fn check_with(
         }
         outcome.apply(&mut report, &mut damaged_blobs, &mut damaged_packs, &tiers);
     }
+    if damaged_blobs.len() > damaged_before {
+        walked = walk_snapshots(repo, &index, &damaged_blobs, &snapshots.snapshots).await;
+    }
     if let Some(v) = &verified {
         let sized: Vec<(Id, u64)> = candidates.iter().map(|p| (*p, pack_sizes[p])).collect();
         report.coverage = Some(coverage::coverage(
@@ -339,8 +367,34 @@ pub async fn check_with(
     }
     report.damaged_packs = damaged_packs.iter().map(|p| p.to_hex()).collect();
 
-    // Snapshots and their trees.
-    let mut snapshots: Vec<Snapshot> = Vec::new();
+    report.snapshots = snapshots.snapshots.len();
+    report.errors.extend(snapshots.errors);
+    report.damaged_snapshots.extend(snapshots.damaged);
+    report.damaged_snapshots.extend(walked.damaged_snapshots);
+    report.affected_files.extend(walked.affected_files);
+    report.trees_checked = walked.trees_checked;
+    report.errors.extend(walked.errors);
+    crate::archive::check(repo, options, &mut report).await?;
+    report.errors.sort();
+    report.errors.dedup();
+    Ok(report)
+}
+
+/// The snapshot records, and those that could not be read.
+struct LoadedSnapshots {
+    snapshots: Vec<Snapshot>,
+    errors: Vec<CheckProblem>,
+    /// Ids of records that could not be read or decoded.
+    damaged: Vec<String>,
+}
+
+async fn load_snapshots(repo: &Repository) -> Result<LoadedSnapshots> {
+    let storage = repo.storage();
+    let mut out = LoadedSnapshots {
+        snapshots: Vec::new(),
+        errors: Vec::new(),
+        damaged: Vec::new(),
+    };
     for info in storage.list(Kind::Snapshots).await? {
         let r = async {
             let bytes = get_bounded(storage, &info.key, Some(info.size_bytes)).await?;
@@ -353,44 +407,65 @@ pub async fn check_with(
         }
         .await;
         match r {
-            Ok(s) => snapshots.push(s),
+            Ok(s) => out.snapshots.push(s),
             // Forgotten by a `forget` running at the same time.
             Err(e) if e.storage_kind() == Some(lifeboat_storage::ErrorKind::NotFound) => {}
             Err(e) => {
-                report.errors.push(problem(&info.key.to_string(), &e));
-                report.damaged_snapshots.push(info.key.name().to_string());
+                out.errors.push(problem(&info.key.to_string(), &e));
+                out.damaged.push(info.key.name().to_string());
             }
         }
     }
-    report.snapshots = snapshots.len();
-    let mut walker = TreeWalker::new(repo, &index, &damaged_blobs);
+    Ok(out)
+}
+
+/// What walking the snapshots' trees found.
+struct WalkedSnapshots {
+    errors: Vec<CheckProblem>,
+    damaged_snapshots: Vec<String>,
+    affected_files: Vec<AffectedFile>,
+    trees_checked: usize,
+}
+
+/// Walks every snapshot's trees, each shared tree once, naming the files
+/// that lose data to `damaged_blobs` or to blobs the index lacks.
+async fn walk_snapshots(
+    repo: &Repository,
+    index: &Index,
+    damaged_blobs: &HashSet<(BlobType, Id)>,
+    snapshots: &[Snapshot],
+) -> WalkedSnapshots {
+    let mut out = WalkedSnapshots {
+        errors: Vec::new(),
+        damaged_snapshots: Vec::new(),
+        affected_files: Vec::new(),
+        trees_checked: 0,
+    };
+    let mut walker = TreeWalker::new(repo, index, damaged_blobs);
     walker.want(snapshots.iter().map(|s| s.record.tree));
-    for snap in &snapshots {
+    for snap in snapshots {
         let walked = walker.walk(snap.record.tree).await;
         if let Some(message) = inconsistent_links(&walked.links) {
-            report.errors.push(CheckProblem {
+            out.errors.push(CheckProblem {
                 object: format!("snapshot {}", snap.id),
                 message,
             });
         }
         let lost = &walked.lost;
         if !lost.is_empty() {
-            report.damaged_snapshots.push(snap.id.to_hex());
+            out.damaged_snapshots.push(snap.id.to_hex());
         }
         for path in lost.iter() {
-            report.affected_files.push(AffectedFile {
+            out.affected_files.push(AffectedFile {
                 snapshot: snap.id.short(),
                 path: format!("/{path}"),
             });
         }
     }
     debug_assert!(walker.pending.is_empty(), "every tree read was walked");
-    report.trees_checked = walker.memo.len();
-    report.errors.extend(walker.problems);
-    crate::archive::check(repo, options, &mut report).await?;
-    report.errors.sort();
-    report.errors.dedup();
-    Ok(report)
+    out.trees_checked = walker.memo.len();
+    out.errors.extend(walker.problems);
+    out
 }
 
 /// One `read_data` pass: what it needs from the structure check.

@@ -31,9 +31,11 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Makes jemalloc hand freed pages back to the system at once instead of
 /// after its default 10 s decay, for every arena, for the rest of the
-/// process. `copy` calls it: it frees a pack-sized buffer per pack read and
-/// written, and with the decay kept a linux-source copy peaked at 289 MiB,
-/// without it 114 MiB (restic: 124). Not for every command: backup and
+/// process. `copy` and prune (`prune`, `forget --prune`) call it: they free
+/// a pack-sized buffer per pack read and written, and with the decay kept a
+/// linux-source copy peaked at 289 MiB, without it 114 MiB (restic: 124);
+/// `bench/prune`'s prune 176 MiB, without it 115 MiB (restic: 135). Not
+/// for every command: backup and
 /// `check --read-data` ran 25-40% slower with it (docs/performance.md,
 /// "Copy"). A failure only costs memory, so it is ignored.
 pub(crate) fn release_freed_memory_at_once() {

@@ -196,6 +196,7 @@ async fn prune_and_expire_wal(
     repo: &std::sync::Arc<lifeboat_repo::Repository>,
     options: &PruneOptions,
 ) -> Result<(PruneStats, usize)> {
+    crate::release_freed_memory_at_once();
     let options = PruneOptions {
         archive: Some(lifeboat_connectors::archive_rules()),
         ..options.clone()

@@ -17,6 +17,11 @@ use crate::output::{bytes, duration_ms, outln};
 use crate::session;
 
 pub async fn forget(g: &Global, a: ForgetArgs) -> Result<i32> {
+    if a.prune && !a.dry_run {
+        // Before the repository is opened: memory freed before the
+        // setting (the key derivation's 64 MiB) stays resident otherwise.
+        crate::release_freed_memory_at_once();
+    }
     if !a.ids.is_empty() {
         return forget_ids(g, a).await;
     }
@@ -142,6 +147,8 @@ fn render_forget(r: &ForgetReport, pruning: bool) {
 }
 
 pub async fn prune(g: &Global, a: PruneArgs) -> Result<i32> {
+    // Before the repository is opened (see `forget`).
+    crate::release_freed_memory_at_once();
     let max_unused: f64 = a
         .max_unused
         .trim_end_matches('%')
@@ -196,7 +203,6 @@ async fn prune_and_expire_wal(
     repo: &std::sync::Arc<lifeboat_repo::Repository>,
     options: &PruneOptions,
 ) -> Result<(PruneStats, usize)> {
-    crate::release_freed_memory_at_once();
     let options = PruneOptions {
         archive: Some(lifeboat_connectors::archive_rules()),
         ..options.clone()

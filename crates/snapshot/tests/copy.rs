@@ -377,3 +377,52 @@ async fn copy_in_tiny_batches_loses_and_duplicates_nothing() {
     assert_restores(&b, &copies[1], src.path()).await;
     assert_check_ok(&b).await;
 }
+
+/// Directories whose files share blobs with the neighbouring directories
+/// (walked next, so in the next batch or the one after), with every
+/// third one and with all of them.
+fn make_shared_source(dir: &Path) {
+    for d in 0..10u64 {
+        let p = dir.join(format!("p{d}"));
+        std::fs::create_dir_all(p.join("sub")).unwrap();
+        std::fs::write(p.join("own.bin"), pseudo_random(150_000, 100 + d)).unwrap();
+        std::fs::write(p.join("pair.bin"), pseudo_random(150_000, 200 + d / 2)).unwrap();
+        std::fs::write(p.join("same.bin"), pseudo_random(120_000, 300)).unwrap();
+        std::fs::write(p.join("sub/deep.bin"), pseudo_random(100_000, 400 + d % 3)).unwrap();
+        std::fs::write(p.join("sub/tiny.txt"), format!("{d}\n")).unwrap();
+    }
+    std::fs::write(dir.join("top.bin"), pseudo_random(300_000, 500)).unwrap();
+}
+
+#[tokio::test]
+async fn copy_with_a_batch_in_flight_keeps_blobs_shared_across_batches() {
+    let src = tempfile::tempdir().unwrap();
+    make_shared_source(src.path());
+    let a = new_repo(Arc::new(MemoryStorage::new()), b"pw-a", 11).await;
+    backup_dir(&a, src.path()).await;
+    let whole = new_repo(Arc::new(MemoryStorage::new()), b"pw-b", 22).await;
+    let one = copy_all(&a, &whole).await;
+    assert!(one.blobs_read > 30, "{one:?}");
+
+    // While one batch is read and stored, the walk collects the next: a
+    // blob met again in it (pair.bin, same.bin, deep.bin) may still be in
+    // flight, or stored by the batch before.
+    for (blobs, nodes) in [(1, 1), (2, 1), (3, 2), (4, 3), (7, 5), (16, 64)] {
+        let opts = CopyOptions {
+            batch: CopyBatch { blobs, nodes },
+            ..Default::default()
+        };
+        let b = new_repo(Arc::new(MemoryStorage::new()), b"pw-b", 22).await;
+        let stats = copy(&a, &b, &opts, &()).await.unwrap();
+        let what = format!("batch {blobs}/{nodes}: {stats:?} vs {one:?}");
+        assert_eq!(stats.snapshots_copied, 1, "{what}");
+        assert!(stats.blobs_read >= one.blobs_read, "{what}");
+        assert_eq!(stats.blobs_added, one.blobs_added, "{what}");
+        assert_eq!(stats.added_raw_bytes, one.added_raw_bytes, "{what}");
+        let b = reopen(b.storage().clone(), b"pw-b").await;
+        let copies = b.snapshots().await.unwrap();
+        assert_eq!(copies.len(), 1, "{what}");
+        assert_restores(&b, &copies[0], src.path()).await;
+        assert_check_ok(&b).await;
+    }
+}

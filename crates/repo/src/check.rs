@@ -584,22 +584,9 @@ impl<'a> DataRun<'a, '_> {
                         Err(e) => (pack, 0, Err(format!("cannot be read: {e}"))),
                         Ok(fetched) => {
                             let len = fetched.bytes().len() as u64;
-                            let entries = Arc::new(entries_of(by_pack, &pack));
-                            let fetched = Arc::new(fetched);
-                            // Each piece takes a verifying thread of its
-                            // own, so the threads share a pack's work.
-                            let runs = pieces(&entries).into_iter().map(|piece| {
-                                let (fetched, entries) = (fetched.clone(), entries.clone());
-                                async move {
-                                    let _c = cpu.acquire().await.expect("never closed");
-                                    blocking(move || run_piece(&fetched, &entries, &piece)).await
-                                }
-                            });
-                            let verdict = futures::future::join_all(runs)
-                                .await
-                                .into_iter()
-                                .collect::<Result<Vec<_>>>()
-                                .map(merge_pieces);
+                            let _c = cpu.acquire().await.expect("never closed");
+                            let entries = entries_of(by_pack, &pack);
+                            let verdict = blocking(move || verify_pack(&fetched, &entries)).await;
                             (pack, len, verdict.map_err(|e| e.to_string()))
                         }
                     };
@@ -685,70 +672,15 @@ fn entries_of(by_pack: &FirstPacks<'_>, pack: &Id) -> Vec<crate::PackEntry> {
     by_pack.entries(pack)
 }
 
-/// Stored bytes of blobs a verifying thread takes at a time. A pack is
-/// verified in pieces (its hash, and its blobs in runs of about this many
-/// bytes), so that every thread has work until the last pack is done and
-/// the first pack is not verified on one thread while the others wait for
-/// the next download.
-const PIECE_BYTES: u64 = 2 << 20;
-
-/// One piece of a downloaded pack's verification (see [`PIECE_BYTES`]).
-enum Piece {
-    /// Do the pack's bytes match its name (their BLAKE3)?
-    Name,
-    /// Do these indexed blobs (positions in the pack's entries) decrypt,
-    /// decompress and match their ids?
-    Blobs(std::ops::Range<usize>),
-}
-
-/// What one [`Piece`] found.
-enum PieceFound {
-    Name(bool),
-    Damaged(Vec<(BlobType, Id)>),
-}
-
-/// The pieces of verifying a pack with `entries`: its name, then its blobs
-/// in runs of about [`PIECE_BYTES`].
-fn pieces(entries: &[crate::PackEntry]) -> Vec<Piece> {
-    let mut out = vec![Piece::Name];
-    let (mut start, mut bytes) = (0, 0u64);
-    for (i, e) in entries.iter().enumerate() {
-        bytes += e.length as u64;
-        if bytes >= PIECE_BYTES {
-            out.push(Piece::Blobs(start..i + 1));
-            (start, bytes) = (i + 1, 0);
-        }
-    }
-    if start < entries.len() {
-        out.push(Piece::Blobs(start..entries.len()));
-    }
-    out
-}
-
-fn run_piece(pack: &FetchedRange, entries: &[crate::PackEntry], piece: &Piece) -> PieceFound {
-    match piece {
-        Piece::Name => PieceFound::Name(Id::of_bytes(pack.bytes()) == pack.pack()),
-        Piece::Blobs(range) => PieceFound::Damaged(
-            entries[range.clone()]
-                .iter()
-                .filter(|e| pack.open(e).is_err())
-                .map(|e| (e.blob_type, e.id))
-                .collect(),
-        ),
-    }
-}
-
-/// A pack's verdict from its pieces' findings, in piece order: (name
-/// matches, damaged blobs in index order).
-fn merge_pieces(found: Vec<PieceFound>) -> (bool, Vec<(BlobType, Id)>) {
-    let mut name_ok = true;
-    let mut bad = Vec::new();
-    for f in found {
-        match f {
-            PieceFound::Name(ok) => name_ok &= ok,
-            PieceFound::Damaged(b) => bad.extend(b),
-        }
-    }
+/// Checks a downloaded pack: does it match its name, and which of its
+/// indexed blobs fail to decrypt or verify.
+fn verify_pack(pack: &FetchedRange, entries: &[crate::PackEntry]) -> (bool, Vec<(BlobType, Id)>) {
+    let name_ok = Id::of_bytes(pack.bytes()) == pack.pack();
+    let bad = entries
+        .iter()
+        .filter(|e| pack.open(e).is_err())
+        .map(|e| (e.blob_type, e.id))
+        .collect();
     (name_ok, bad)
 }
 
@@ -768,8 +700,8 @@ pub struct CeilingStats {
 }
 
 /// The machine's ceiling for `check --read-data` (bench/ prints it beside
-/// the check's time): the same per-pack work as the check, in the same
-/// pieces (see [`pieces`]), on `verify.workers()` threads, timed without the
+/// the check's time): the same per-pack work as the check (see
+/// `verify_pack`) on `verify.workers()` threads, timed without the
 /// storage reads, which happen in untimed batches of at most
 /// `verify.memory_bytes()` before each timed one. No findings: a damaged
 /// pack costs what it costs.
@@ -816,8 +748,8 @@ pub async fn measure_ceiling(repo: &Repository, verify: &VerifyOptions) -> Resul
             .into_iter()
             .collect::<Result<_>>()?;
         stats.bytes += fetched.iter().map(|f| f.bytes().len() as u64).sum::<u64>();
-        // Each pack's entries and pieces, made untimed, as the check makes
-        // them before it hands a pack's pieces to the verifying threads.
+        // Each pack's entries, made untimed, as the check makes them before
+        // it hands a pack to a verifying thread.
         let fetched: Vec<(FetchedRange, Vec<crate::PackEntry>)> = fetched
             .into_iter()
             .map(|f| {
@@ -825,21 +757,16 @@ pub async fn measure_ceiling(repo: &Repository, verify: &VerifyOptions) -> Resul
                 (f, entries)
             })
             .collect();
-        let work: Vec<(usize, Piece)> = fetched
-            .iter()
-            .enumerate()
-            .flat_map(|(i, (_, entries))| pieces(entries).into_iter().map(move |p| (i, p)))
-            .collect();
         elapsed += blocking(move || {
             let next = AtomicUsize::new(0);
             let started = std::time::Instant::now();
             std::thread::scope(|s| {
                 for _ in 0..workers {
                     s.spawn(|| {
-                        while let Some((i, piece)) = work.get(next.fetch_add(1, Ordering::Relaxed))
+                        while let Some((f, entries)) =
+                            fetched.get(next.fetch_add(1, Ordering::Relaxed))
                         {
-                            let (f, entries) = &fetched[*i];
-                            std::hint::black_box(run_piece(f, entries, piece));
+                            std::hint::black_box(verify_pack(f, entries));
                         }
                     });
                 }
@@ -1125,72 +1052,5 @@ fn problem(object: &str, e: &Error) -> CheckProblem {
     CheckProblem {
         object: object.to_string(),
         message: e.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(n: u8, length: u32) -> crate::PackEntry {
-        crate::PackEntry {
-            blob_type: BlobType::Data,
-            id: Id([n; 32]),
-            offset: 0,
-            length,
-            raw_length: length,
-            compressed: false,
-        }
-    }
-
-    /// The pieces name the pack once and cover every entry exactly once,
-    /// in order, in runs of at least `PIECE_BYTES` (but the last).
-    #[test]
-    fn pieces_cover_every_entry_once_in_order() {
-        let mib = 1u32 << 20;
-        let lengths = [mib / 2, mib, mib, 3 * mib, 1, 1, mib + mib / 2, 7];
-        let entries: Vec<_> = lengths
-            .iter()
-            .enumerate()
-            .map(|(i, l)| entry(i as u8, *l))
-            .collect();
-        let ps = pieces(&entries);
-        assert!(matches!(ps[0], Piece::Name));
-        assert_eq!(ps.iter().filter(|p| matches!(p, Piece::Name)).count(), 1);
-        let runs: Vec<_> = ps[1..]
-            .iter()
-            .map(|p| match p {
-                Piece::Blobs(r) => r.clone(),
-                Piece::Name => unreachable!("one name piece, first"),
-            })
-            .collect();
-        assert_eq!(runs, vec![0..3, 3..4, 4..8]);
-        let covered: Vec<usize> = runs.iter().flat_map(|r| r.clone()).collect();
-        assert_eq!(covered, (0..entries.len()).collect::<Vec<_>>());
-        for r in &runs[..runs.len() - 1] {
-            let bytes: u64 = entries[r.clone()].iter().map(|e| e.length as u64).sum();
-            assert!(bytes >= PIECE_BYTES, "{r:?}: {bytes}");
-        }
-        assert_eq!(pieces(&[]).len(), 1, "an entry-less pack is still hashed");
-    }
-
-    /// Findings merge in piece order: damaged blobs keep the index's order
-    /// and one wrong name makes the pack's name wrong.
-    #[test]
-    fn merged_pieces_keep_order_and_the_name_verdict() {
-        let (a, b, c) = (
-            (BlobType::Data, Id([1; 32])),
-            (BlobType::Tree, Id([2; 32])),
-            (BlobType::Data, Id([3; 32])),
-        );
-        let found = vec![
-            PieceFound::Name(true),
-            PieceFound::Damaged(vec![a, b]),
-            PieceFound::Damaged(vec![]),
-            PieceFound::Damaged(vec![c]),
-        ];
-        assert_eq!(merge_pieces(found), (true, vec![a, b, c]));
-        let found = vec![PieceFound::Damaged(vec![c]), PieceFound::Name(false)];
-        assert_eq!(merge_pieces(found), (false, vec![c]));
     }
 }

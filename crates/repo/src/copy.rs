@@ -26,29 +26,19 @@
 //! walked, and in a changed one the files the earlier copy holds are mapped
 //! to its target ids without their data being read again. Source→target
 //! tree ids are remembered for the run (an unchanged directory at another
-//! path is free too); data blob ids only for the last few batches (a file
-//! met again later, at another path, is read again and deduplicated by the
-//! target).
-//!
-//! Pipelined: a full batch's data blobs are read and stored by a task of
-//! its own while the walk collects the next batch (tree reads included);
-//! at most one batch is in flight, the walk waits for it before handing
-//! over the next. A tree is written only once its subtrees are written and
-//! the batch of its data blobs is stored, children first; the record only
-//! after the session is flushed and the trees are read back (`verify`).
+//! path is free too); data blob ids only for one batch (a file met again
+//! later, at another path, is read again and deduplicated by the target).
 //!
 //! Memory (issue 17: bounded by configuration and the indexes, not by the
 //! number of files or blobs copied): the two repositories' indexes; the
 //! run's source→target tree map and the set of target trees verified (tree
 //! ids only, at most the target index's trees); the trees on the walk's
 //! current path, each with up to `concurrency` subtrees read ahead and the
-//! earlier copy's two trees of the same directory; two batches
-//! ([`CopyBatch`]: the one being collected and the one in flight, their
-//! trees, data blob ids and locations) and the last done batch's blob ids;
-//! the read budget ([`READ_BUDGET_KIB`], the batch in flight's),
-//! [`MAX_BLOBS_IN_FLIGHT`] blobs being stored and the write session's packs
-//! (see `writer`). docs/performance.md ("Copy") gives the formula and the
-//! measured figures.
+//! earlier copy's two trees of the same directory; one batch
+//! ([`CopyBatch`]: its trees, its data blob ids and locations); the read
+//! budget ([`READ_BUDGET_KIB`]), [`MAX_BLOBS_IN_FLIGHT`] blobs being stored
+//! and the write session's packs (see `writer`). docs/performance.md
+//! ("Copy") gives the formula and the measured figures.
 //!
 //! Archive objects (`crate::archive`, e.g. PostgreSQL WAL) are not in
 //! snapshots: with [`CopyOptions::archive`], after the snapshots the
@@ -65,8 +55,6 @@ use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::archive::{ArchiveCopyStats, ArchiveRules};
 use crate::index::{BlobLocation, Index};
@@ -462,9 +450,9 @@ type Children = Pin<Box<dyn Stream<Item = Result<Loaded>> + Send>>;
 struct Frame {
     id: Id,
     tree: Tree,
-    /// The batch that queued its data blobs; once that batch is done
-    /// (`batch <= Walk::done`) they are the target's ids.
-    batch: u64,
+    /// Its data blob ids are the target's already (the batch that queued
+    /// them is copied).
+    translated: bool,
     children: Children,
 }
 
@@ -473,65 +461,18 @@ struct Frame {
 struct Finished {
     id: Id,
     tree: Tree,
-    batch: u64,
-}
-
-/// The batch being collected: data blobs of the trees entered since the
-/// last batch was handed over.
-#[derive(Default)]
-struct Batch {
-    /// Source id → target id (`None`: to be read). A blob that the batch in
-    /// flight holds is not queued again (see [`Walk::enter`]).
-    blobs: HashMap<Id, Option<Id>>,
-    /// Source locations of the blobs to read.
-    needed: Vec<BlobLocation>,
-    /// Tree entries loaded in this batch.
-    nodes: usize,
-}
-
-/// A batch whose blobs a task of its own reads from the source and stores
-/// in the target while the walk collects the next batch.
-struct InFlight {
-    number: u64,
-    /// Its blobs, filled in with target ids as they are stored.
-    blobs: HashMap<Id, Option<Id>>,
-    /// (source id, target id, plaintext bytes) of each blob stored.
-    copied: mpsc::UnboundedReceiver<(Id, Id, u64)>,
-    task: JoinHandle<Result<()>>,
-}
-
-impl Drop for InFlight {
-    /// A walk that fails stops its batch's reads (blobs already handed to
-    /// the write session are stored or dropped with the session).
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    translated: bool,
 }
 
 /// One snapshot's copy in progress: a depth-first walk of the source trees
 /// the target lacks, copying data blobs in bounded batches and writing each
 /// tree once its subtrees and the batch of its data blobs are copied.
 ///
-/// Pipelined: when a batch is full it is handed to a task of its own
-/// ([`Walk::hand_over`]) and the walk goes on collecting the next one
-/// (tree reads included); when that one is full too, the walk first waits
-/// for the batch in flight, gives its trees their target ids and writes
-/// those that are finished, children first. So at most one batch is in
-/// flight and one is being collected.
-///
-/// A data blob met again while the batch holding it is in flight is not
-/// queued again: the tree naming it takes its target id from that batch
-/// when its own batch is done (the batch before is always done by then,
-/// and its ids are kept one batch longer, `prev`). A blob of an earlier
-/// batch still in `prev` is mapped at once; one met again later than that
-/// is read again and deduplicated by the write session (stored once).
-///
 /// What it holds: the trees on the current path (each with up to
 /// `concurrency` subtrees loaded ahead, and the earlier copy's pair of the
-/// same directory), the trees loaded since the batch before the one in
-/// flight, and two batches' data blob ids (plus the last done batch's ids)
-/// and one batch's locations; all bounded by [`CopyBatch`] and the depth of
-/// the snapshot, not by its size.
+/// same directory), the trees loaded since the last batch, and the batch's
+/// data blob ids and locations; all bounded by [`CopyBatch`] and the
+/// depth of the snapshot, not by its size.
 struct Walk<'a> {
     source: &'a Arc<Repository>,
     target: &'a Arc<Repository>,
@@ -543,14 +484,12 @@ struct Walk<'a> {
     progress: &'a dyn CopyProgress,
     stack: Vec<Frame>,
     finished: Vec<Finished>,
-    /// The batch being collected, and its number (from 1).
-    batch: Batch,
-    number: u64,
-    /// The batch before it, being read and stored.
-    in_flight: Option<InFlight>,
-    /// The last batch done (0: none yet) and its blobs' target ids.
-    done: u64,
-    prev: HashMap<Id, Option<Id>>,
+    /// This batch's data blobs: source id → target id (`None`: to be read).
+    blobs: HashMap<Id, Option<Id>>,
+    /// Source locations of the blobs to read.
+    needed: Vec<BlobLocation>,
+    /// Tree entries loaded in this batch.
+    nodes: usize,
 }
 
 impl Walk<'_> {
@@ -568,9 +507,7 @@ impl Walk<'_> {
     async fn run(&mut self, root: Loaded) -> Result<()> {
         self.enter(root).await?;
         while let Some(top) = self.stack.last_mut() {
-            let next = top.children.next().await;
-            self.take_copied();
-            match next {
+            match top.children.next().await {
                 Some(loaded) => {
                     let loaded = loaded?;
                     // The same directory may have been copied meanwhile
@@ -581,63 +518,53 @@ impl Walk<'_> {
                 }
                 None => {
                     let f = self.stack.pop().expect("the stack has a top");
-                    if f.batch <= self.done && self.finished.is_empty() {
+                    if f.translated && self.finished.is_empty() {
                         self.write_tree(f.id, f.tree).await?;
                     } else {
                         self.finished.push(Finished {
                             id: f.id,
                             tree: f.tree,
-                            batch: f.batch,
+                            translated: f.translated,
                         });
                     }
                 }
             }
         }
-        self.hand_over().await?;
-        if let Some(f) = self.in_flight.take() {
-            self.complete(f).await?;
-        }
-        if !self.finished.is_empty() {
-            return Err(Error::Internal("copy left trees unwritten".into()));
-        }
-        Ok(())
+        self.copy_batch().await
     }
 
     /// Takes on a loaded source tree: queues its data blobs the target may
     /// lack (those the earlier copy's pair names are mapped without being
-    /// read), starts loading its subtrees the target lacks, and hands the
-    /// batch over when it is full.
+    /// read), starts loading its subtrees the target lacks, and copies the
+    /// batch when it is full.
     async fn enter(&mut self, loaded: Loaded) -> Result<()> {
         let Loaded { id, tree, old } = loaded;
         let known = old.as_ref().map(OldPair::data_ids).unwrap_or_default();
-        let in_flight = self.in_flight.as_ref().map(|f| &f.blobs);
         for n in &tree.nodes {
             for a in &n.content {
-                if self.batch.blobs.contains_key(a) || in_flight.is_some_and(|f| f.contains_key(a))
-                {
-                    // Queued already, in this batch or the one in flight
-                    // (whose ids `prev` holds when this batch is done).
+                if self.blobs.contains_key(a) {
                     continue;
                 }
-                let b = match self.prev.get(a) {
-                    Some(b) => *b,
-                    None => known
-                        .get(a)
-                        .filter(|b| self.session.has_blob(BlobType::Data, b))
-                        .copied(),
-                };
-                if b.is_none() {
-                    let loc = self
-                        .source_index
-                        .get(BlobType::Data, a)
-                        .ok_or_else(|| Error::BlobNotIndexed { id: a.to_hex() })?;
-                    self.batch.needed.push(loc);
+                match known
+                    .get(a)
+                    .filter(|b| self.session.has_blob(BlobType::Data, b))
+                {
+                    Some(b) => {
+                        self.blobs.insert(*a, Some(*b));
+                    }
+                    None => {
+                        let loc = self
+                            .source_index
+                            .get(BlobType::Data, a)
+                            .ok_or_else(|| Error::BlobNotIndexed { id: a.to_hex() })?;
+                        self.blobs.insert(*a, None);
+                        self.needed.push(loc);
+                    }
                 }
-                self.batch.blobs.insert(*a, b);
             }
         }
         drop(known);
-        self.batch.nodes += tree.nodes.len();
+        self.nodes += tree.nodes.len();
 
         let mut children = Vec::new();
         for n in &tree.nodes {
@@ -673,43 +600,34 @@ impl Walk<'_> {
         self.stack.push(Frame {
             id,
             tree,
-            batch: self.number,
+            translated: false,
             children,
         });
-        if self.batch.blobs.len() >= self.limits.blobs || self.batch.nodes >= self.limits.nodes {
-            self.hand_over().await?;
+        if self.blobs.len() >= self.limits.blobs || self.nodes >= self.limits.nodes {
+            self.copy_batch().await?;
         }
         Ok(())
     }
 
-    /// Hands the batch being collected to a task that reads its data blobs
-    /// the target may lack and stores them, after waiting for the batch
-    /// already in flight (at most one is).
-    async fn hand_over(&mut self) -> Result<()> {
-        if let Some(f) = self.in_flight.take() {
-            self.complete(f).await?;
-        }
-        let Batch { blobs, needed, .. } = std::mem::take(&mut self.batch);
+    /// Copies the batch's data blobs the target may lack, then gives the
+    /// trees loaded in this batch their target ids and writes the finished
+    /// ones, children first.
+    async fn copy_batch(&mut self) -> Result<()> {
+        let needed = std::mem::take(&mut self.needed);
         if !needed.is_empty() {
             let bytes = needed.iter().map(|l| l.entry.raw_length as u64).sum();
             self.progress.planned(needed.len() as u64, bytes);
-        }
-        let (tx, copied) = mpsc::unbounded_channel();
-        let (source, session) = (self.source.clone(), self.session.clone());
-        let task = tokio::spawn(async move {
-            if needed.is_empty() {
-                return Ok(());
-            }
             // Read batched by pack (neighbouring blobs in one ranged read,
             // under a memory budget), then each blob is its own task so
             // compression and encryption for the target spread over the
             // runtime's threads; the session's bounded upload queue is the
             // backpressure.
-            let reader = PackReader::new(&source, READ_BUDGET_KIB);
-            let mut stored = reader
+            let source: &Repository = self.source;
+            let reader = PackReader::new(source, READ_BUDGET_KIB);
+            let mut copied = reader
                 .read_blobs(needed, RangeLimits::RESTORE)
                 .map(|blob| {
-                    let session = session.clone();
+                    let session = self.session.clone();
                     tokio::spawn(async move {
                         let a_id = blob.location.entry.id;
                         let plain = blob.data?;
@@ -718,68 +636,32 @@ impl Walk<'_> {
                     })
                 })
                 .buffer_unordered(MAX_BLOBS_IN_FLIGHT);
-            while let Some(joined) = stored.next().await {
-                let copied = joined.map_err(|e| Error::Internal(e.to_string()))??;
-                // The walk may be gone (it failed): nothing to tell then.
-                let _ = tx.send(copied);
+            while let Some(joined) = copied.next().await {
+                let (a_id, b_id, raw) = joined.map_err(|e| Error::Internal(e.to_string()))??;
+                self.blobs.insert(a_id, Some(b_id));
+                self.stats.blobs_read += 1;
+                self.stats.read_bytes += raw;
+                self.progress.blob_copied(raw);
             }
-            Ok(())
-        });
-        self.in_flight = Some(InFlight {
-            number: self.number,
-            blobs,
-            copied,
-            task,
-        });
-        self.number += 1;
-        Ok(())
-    }
-
-    /// Records the blobs the batch in flight has stored so far (progress
-    /// without waiting for the batch).
-    fn take_copied(&mut self) {
-        let Some(f) = &mut self.in_flight else { return };
-        while let Ok((a, b, raw)) = f.copied.try_recv() {
-            f.blobs.insert(a, Some(b));
-            self.stats.blobs_read += 1;
-            self.stats.read_bytes += raw;
-            self.progress.blob_copied(raw);
         }
-    }
-
-    /// Waits for batch `f` to be stored, gives the trees it queued their
-    /// target ids, and writes the finished trees that are ready, children
-    /// first.
-    async fn complete(&mut self, mut f: InFlight) -> Result<()> {
-        while let Some((a, b, raw)) = f.copied.recv().await {
-            f.blobs.insert(a, Some(b));
-            self.stats.blobs_read += 1;
-            self.stats.read_bytes += raw;
-            self.progress.blob_copied(raw);
+        let blobs = std::mem::take(&mut self.blobs);
+        for f in &mut self.stack {
+            if !f.translated {
+                translate(&mut f.tree, &blobs)?;
+                f.translated = true;
+            }
         }
-        (&mut f.task)
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
-        let blobs = std::mem::take(&mut f.blobs);
-        for t in self.stack.iter_mut().filter(|t| t.batch == f.number) {
-            translate(&mut t.tree, &blobs, &self.prev)?;
+        for f in &mut self.finished {
+            if !f.translated {
+                translate(&mut f.tree, &blobs)?;
+                f.translated = true;
+            }
         }
-        for t in self.finished.iter_mut().filter(|t| t.batch == f.number) {
-            translate(&mut t.tree, &blobs, &self.prev)?;
+        drop(blobs);
+        for f in std::mem::take(&mut self.finished) {
+            self.write_tree(f.id, f.tree).await?;
         }
-        // Its ids stay one batch longer: the next batch's trees may name
-        // blobs that were in flight here.
-        self.prev = blobs;
-        self.done = f.number;
-        let ready = self
-            .finished
-            .iter()
-            .take_while(|t| t.batch <= self.done)
-            .count();
-        let rest = self.finished.split_off(ready);
-        for t in std::mem::replace(&mut self.finished, rest) {
-            self.write_tree(t.id, t.tree).await?;
-        }
+        self.nodes = 0;
         Ok(())
     }
 
@@ -804,19 +686,12 @@ impl Walk<'_> {
     }
 }
 
-/// Replaces a tree's data blob ids by the target's: those of its batch
-/// (`blobs`), else of the batch before it (`prev`), which was in flight
-/// when the tree was entered.
-fn translate(
-    tree: &mut Tree,
-    blobs: &HashMap<Id, Option<Id>>,
-    prev: &HashMap<Id, Option<Id>>,
-) -> Result<()> {
+/// Replaces a tree's data blob ids by the target's.
+fn translate(tree: &mut Tree, blobs: &HashMap<Id, Option<Id>>) -> Result<()> {
     for n in &mut tree.nodes {
         for c in &mut n.content {
             *c = blobs
                 .get(c)
-                .or_else(|| prev.get(c))
                 .copied()
                 .flatten()
                 .ok_or_else(|| Error::Internal(format!("data blob {c} was not copied")))?;
@@ -864,11 +739,9 @@ async fn copy_snapshot(
         progress,
         stack: Vec::new(),
         finished: Vec::new(),
-        batch: Batch::default(),
-        number: 1,
-        in_flight: None,
-        done: 0,
-        prev: HashMap::new(),
+        blobs: HashMap::new(),
+        needed: Vec::new(),
+        nodes: 0,
     };
     if walk.mapped_tree(&root).is_none() {
         let loaded = load(source.clone(), target.clone(), root, related).await?;

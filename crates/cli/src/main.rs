@@ -34,8 +34,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// process. `copy` and prune (`prune`, `forget --prune`) call it: they free
 /// a pack-sized buffer per pack read and written, and with the decay kept a
 /// linux-source copy peaked at 289 MiB, without it 114 MiB (restic: 124);
-/// `bench/prune`'s prune 176 MiB, without it 115 MiB (restic: 135). Not
-/// for every command: backup and
+/// `bench/prune`'s prune 193.9 MiB (restic: 135.3), with it 122.0 MiB
+/// (restic: 138.3). Not for every command: backup and
 /// `check --read-data` ran 25-40% slower with it (docs/performance.md,
 /// "Copy"). A failure only costs memory, so it is ignored.
 pub(crate) fn release_freed_memory_at_once() {

@@ -675,13 +675,24 @@ fn entries_of(by_pack: &FirstPacks<'_>, pack: &Id) -> Vec<crate::PackEntry> {
 /// Checks a downloaded pack: does it match its name, and which of its
 /// indexed blobs fail to decrypt or verify.
 fn verify_pack(pack: &FetchedRange, entries: &[crate::PackEntry]) -> (bool, Vec<(BlobType, Id)>) {
-    let name_ok = Id::of_bytes(pack.bytes()) == pack.pack();
-    let bad = entries
-        .iter()
-        .filter(|e| pack.open(e).is_err())
+    let bad = damaged(pack, entries)
         .map(|e| (e.blob_type, e.id))
         .collect();
-    (name_ok, bad)
+    (name_matches(pack), bad)
+}
+
+/// Do a downloaded pack's bytes match its name (their BLAKE3)?
+fn name_matches(pack: &FetchedRange) -> bool {
+    Id::of_bytes(pack.bytes()) == pack.pack()
+}
+
+/// The `entries` of `pack` that fail to decrypt, decompress or match
+/// their ids.
+fn damaged<'e>(
+    pack: &FetchedRange,
+    entries: &'e [crate::PackEntry],
+) -> impl Iterator<Item = &'e crate::PackEntry> {
+    entries.iter().filter(|e| pack.open(e).is_err())
 }
 
 /// Stored bytes of blobs a thread of [`measure_ceiling`] takes at a time.
@@ -723,11 +734,8 @@ fn pieces(entries: &[crate::PackEntry]) -> Vec<Piece> {
 /// wrong name counts one, each damaged blob one).
 fn run_piece(pack: &FetchedRange, entries: &[crate::PackEntry], piece: &Piece) -> usize {
     match piece {
-        Piece::Name => usize::from(Id::of_bytes(pack.bytes()) != pack.pack()),
-        Piece::Blobs(range) => entries[range.clone()]
-            .iter()
-            .filter(|e| pack.open(e).is_err())
-            .count(),
+        Piece::Name => usize::from(!name_matches(pack)),
+        Piece::Blobs(range) => damaged(pack, &entries[range.clone()]).count(),
     }
 }
 
@@ -747,8 +755,9 @@ pub struct CeilingStats {
 }
 
 /// The machine's ceiling for `check --read-data` (bench/ prints it beside
-/// the check's time): the same per-pack work as the check (see
-/// `verify_pack`), split finer ([`pieces`]), on `verify.workers()` threads, timed without the
+/// the check's time): the same per-pack work as the check
+/// (`name_matches` and `damaged`, as `verify_pack` calls them), split
+/// finer ([`pieces`]), on `verify.workers()` threads, timed without the
 /// storage reads, which happen in untimed batches of at most
 /// `verify.memory_bytes()` before each timed one. No findings: a damaged
 /// pack costs what it costs.
@@ -795,8 +804,8 @@ pub async fn measure_ceiling(repo: &Repository, verify: &VerifyOptions) -> Resul
             .into_iter()
             .collect::<Result<_>>()?;
         stats.bytes += fetched.iter().map(|f| f.bytes().len() as u64).sum::<u64>();
-        // Each pack's entries and pieces, made untimed, as the check makes
-        // them before it hands a pack's pieces to the verifying threads.
+        // Each pack's entries, made untimed, as the check makes them before
+        // it hands a pack to a verifying thread, and its pieces.
         let fetched: Vec<(FetchedRange, Vec<crate::PackEntry>)> = fetched
             .into_iter()
             .map(|f| {

@@ -46,6 +46,7 @@ use super::base::{
     create_data_dir, source_name,
 };
 use super::conn::ServerFacts;
+use super::walname::{Segment, parse_lsn};
 use crate::{Error, Result};
 
 /// Directories whose contents a base backup leaves out (relative to the
@@ -214,11 +215,20 @@ pub(super) async fn backup(
     };
     // The page size relation files are arrays of (8192 unless the server
     // was compiled otherwise).
-    let page: i32 = client
-        .query_one("SELECT current_setting('block_size')::int", &[])
-        .await?
-        .get(0);
+    let facts_row = client
+        .query_one(
+            "SELECT current_setting('block_size')::int, pg_is_in_recovery()",
+            &[],
+        )
+        .await?;
+    let page: i32 = facts_row.get(0);
+    let standby: bool = facts_row.get(1);
+    let clock = std::time::Instant::now();
     client.query_one(start, &[&label, &fast]).await?;
+    tracing::debug!(
+        "pg backup: backup start (checkpoint) took {:?}",
+        clock.elapsed()
+    );
     let read = BackupOptions {
         paths: vec![data_dir.to_path_buf()],
         excludes: excludes(dir),
@@ -238,8 +248,13 @@ pub(super) async fn backup(
     // On any error from here the connection is dropped with the pending
     // snapshot, which ends the backup on the server and leaves only
     // unreferenced blobs in the repository.
+    let clock = std::time::Instant::now();
     let mut pending =
         backup_pending(repo.clone(), &read, Arc::new(BytesProgress(on_bytes))).await?;
+    tracing::debug!(
+        "pg backup: reading the data directory took {:?}",
+        clock.elapsed()
+    );
     if pending.record().partial {
         let first: Vec<&str> = pending
             .warnings()
@@ -252,16 +267,35 @@ pub(super) async fn backup(
             first.join("; ")
         )));
     }
+    // A primary's stop does not wait for archiving: the server would
+    // check for it once a second (PostgreSQL 15's do_pg_backup_stop sleeps
+    // 1 s between checks), so the backup waits itself, at a finer step
+    // (as pgBackRest does, with its archive check). A standby's stop waits
+    // as before: only the server knows when a standby archives.
+    let wait = standby;
     let stop = if modern {
-        "SELECT labelfile, spcmapfile FROM pg_backup_stop(true)"
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop($1)"
     } else {
-        "SELECT labelfile, spcmapfile FROM pg_stop_backup(false, true)"
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, $1)"
     };
-    let row = client.query_one(stop, &[]).await?;
+    let clock = std::time::Instant::now();
+    let row = client.query_one(stop, &[&wait]).await?;
+    let backup_label: String = row.get(1);
+    if !wait {
+        let stop_lsn = parse_lsn(&row.get::<_, String>(0)).unwrap_or_default();
+        let needed =
+            needed_wal(&backup_label, stop_lsn, facts.wal_segment_size).ok_or_else(|| {
+                Error::Internal(format!("cannot read the backup label: {backup_label:?}"))
+            })?;
+        wait_archived(&client, data_dir, &needed).await?;
+    }
     drop(client);
+    tracing::debug!(
+        "pg backup: backup stop (WAL archived) took {:?}",
+        clock.elapsed()
+    );
     let stop_time = jiff::Timestamp::now();
-    let backup_label: String = row.get(0);
-    let tablespace_map: Option<String> = row.get(1);
+    let tablespace_map: Option<String> = row.get(2);
     pending
         .add_root_file("backup_label", backup_label.as_bytes(), 0o600)
         .await?;
@@ -270,11 +304,80 @@ pub(super) async fn backup(
             .add_root_file("tablespace_map", map.as_bytes(), 0o600)
             .await?;
     }
+    let clock = std::time::Instant::now();
     let positions = archived_positions(&repo, &facts, &history_before).await?;
     let mut info = BaseBackupInfo::new(&facts, positions, start_time, stop_time);
     info.layout = Layout::Files;
     let outcome = pending.commit(info.extra()).await?;
+    tracing::debug!(
+        "pg backup: recording the snapshot took {:?}",
+        clock.elapsed()
+    );
     Ok((outcome.snapshot, info))
+}
+
+/// The WAL files a backup needs archived before it is restorable, from its
+/// backup label (`START WAL LOCATION: 0/2000028 (file 000000010000000000000002)`,
+/// `START TIMELINE: 1`) and its stop position: the backup history file
+/// the stop writes (named after the start segment and offset) and the
+/// segment holding the stop position's last byte. These are the two files
+/// PostgreSQL's own stop waits for.
+fn needed_wal(label: &str, stop_lsn: u64, segment_size: u64) -> Option<[String; 2]> {
+    let field = |name: &str| {
+        label
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let start = parse_lsn(field("START WAL LOCATION:")?.split_whitespace().next()?)?;
+    let timeline: u32 = field("START TIMELINE:")?.parse().ok()?;
+    if segment_size == 0 || stop_lsn < start {
+        return None;
+    }
+    let history = format!(
+        "{}.{:08X}.backup",
+        Segment::of_lsn(timeline, start, segment_size).name(segment_size),
+        start % segment_size
+    );
+    let last = Segment::before_lsn(timeline, stop_lsn, segment_size).name(segment_size);
+    Some([history, last])
+}
+
+/// Waits until the server has archived every file of `names`, by the
+/// archiver's status files (`pg_wal/archive_status/NAME.done`), read as
+/// PostgreSQL's own stop reads them: a file is still to be archived while
+/// it has no `.done` and either its `.ready` or the file itself is there.
+/// Checks every 10 ms; after a minute it warns once with the archiver's
+/// last failure, and goes on waiting, as the server would.
+async fn wait_archived(client: &Client, data_dir: &Path, names: &[String]) -> Result<()> {
+    let wal = data_dir.join("pg_wal");
+    let status = wal.join("archive_status");
+    let busy = |name: &String| {
+        !status.join(format!("{name}.done")).exists()
+            && (status.join(format!("{name}.ready")).exists() || wal.join(name).exists())
+    };
+    let started = std::time::Instant::now();
+    let mut warned = false;
+    while names.iter().any(busy) {
+        if !warned && started.elapsed() > std::time::Duration::from_secs(60) {
+            warned = true;
+            let row = client
+                .query_one(
+                    "SELECT coalesce(last_failed_wal, ''), coalesce(last_failed_time::text, '') \
+                     FROM pg_stat_archiver",
+                    &[],
+                )
+                .await?;
+            let (failed, when): (String, String) = (row.get(0), row.get(1));
+            tracing::warn!(
+                "still waiting for the server to archive {} after a minute (last failure: \
+                 {failed:?} at {when:?}); check archive_command and the server's log",
+                names.join(" and ")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Ok(())
 }
 
 /// Restores a files base backup into `dir` (absent or empty): the files in
@@ -316,6 +419,23 @@ pub(super) async fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn needed_wal_is_the_history_file_and_the_stop_segment() {
+        let label = "START WAL LOCATION: 0/5000028 (file 000000010000000000000005)\n\
+                     CHECKPOINT LOCATION: 0/5000060\nBACKUP METHOD: streamed\n\
+                     BACKUP FROM: primary\nSTART TIME: 2026-12-06 23:00:00 UTC\n\
+                     LABEL: x\nSTART TIMELINE: 3\n";
+        let seg = 16 << 20;
+        let [history, last] = needed_wal(label, 0x700_0100, seg).unwrap();
+        assert_eq!(history, "000000030000000000000005.00000028.backup");
+        assert_eq!(last, "000000030000000000000007");
+        // A stop on a segment boundary needs the segment before it.
+        let [_, last] = needed_wal(label, 0x800_0000, seg).unwrap();
+        assert_eq!(last, "000000030000000000000007");
+        assert!(needed_wal("LABEL: x\n", 0x700_0100, seg).is_none());
+        assert!(needed_wal(label, 0x100, seg).is_none());
+    }
 
     #[test]
     fn postmaster_pid_must_describe_the_connected_server() {

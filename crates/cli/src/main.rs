@@ -29,6 +29,34 @@ mod session;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, which it reads before `main` (its `malloc_conf`
+/// global; `_RJEM_MALLOC_CONF` in the environment still overrides them).
+/// Requests of 1 MiB and more (packs, chunks, decompressed blobs) come
+/// from jemalloc's arena for oversize requests, which does not cache
+/// freed extents for reuse, instead of the per-thread arenas, where a
+/// buffer freed by one thread sat unused for the 10 s decay while another
+/// thread's arena mapped fresh pages. Peak RSS on linux-source (by hand,
+/// loaded machine, default 8 MiB against 1 MiB): backup 103-122 -> 82 MiB,
+/// restore 134-136 -> 82 MiB, `check --read-data` 104-118 -> 82 MiB, at
+/// the same wall time; 82 MiB is the key derivation's 64 MiB plus the
+/// binary, which every command that opens a repository reaches
+/// (docs/performance.md, "One allocator setting for every command").
+/// 512 KiB gave about the same (`check` 87 MiB), 2 MiB a little more
+/// (90 MiB), 4 MiB most of it back (101 MiB).
+///
+/// The one unsafe item of product code (docs/architecture.md, "Unsafe
+/// code"): jemalloc reads its options only from this symbol or the
+/// environment, before any Rust code runs, and has no setting for this
+/// option afterwards.
+// SAFETY: the symbol is jemalloc's weak `malloc_conf` (prefixed, as
+// tikv-jemalloc-sys builds it), a `const char *` it only reads; nothing
+// else in the binary defines it, and the value is a pointer to a static,
+// NUL-terminated string (the type is a reference to its first byte, which
+// has a C pointer's layout).
+#[allow(unsafe_code)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static JEMALLOC_OPTIONS: &u8 = &b"oversize_threshold:1048576\0"[0];
+
 /// Makes jemalloc hand freed pages back to the system at once instead of
 /// after its default 10 s decay, for every arena, for the rest of the
 /// process. `copy` and prune (`prune`, `forget --prune`) call it: they free
@@ -309,5 +337,23 @@ async fn run(cli: args::Cli) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => exit::report(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The options symbol reaches jemalloc: a misspelt symbol name (or a
+    /// jemalloc built with another prefix) would silently leave the
+    /// default 8 MiB threshold and bring back the per-command peaks that
+    /// [`super::JEMALLOC_OPTIONS`] removed.
+    #[test]
+    fn jemalloc_reads_the_oversize_threshold_from_the_binary() {
+        use tikv_jemalloc_ctl::{Access, AsName};
+        // (`_RJEM_MALLOC_CONF` in the environment would override it.)
+        let threshold: usize = b"opt.oversize_threshold\0"
+            .name()
+            .read()
+            .expect("jemalloc answers");
+        assert_eq!(threshold, 1 << 20);
     }
 }

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
 use serde::{Deserialize, Serialize};
@@ -167,9 +167,27 @@ impl MasterKey {
     /// write-only key. A full key of a repository that takes write-only
     /// keys also opens what write-only keys sealed.
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        self.open_into(sealed, aad, &mut out).then_some(out)
+    }
+
+    /// [`MasterKey::open`] into `out` (replacing what it held, reusing its
+    /// memory); false when it does not open, and `out` then holds nothing
+    /// to use.
+    pub fn open_into(&self, sealed: &[u8], aad: &[u8], out: &mut Vec<u8>) -> bool {
+        match self.open_other(sealed, aad, out) {
+            Some(()) => true,
+            None => {
+                out.clear();
+                false
+            }
+        }
+    }
+
+    fn open_other(&self, sealed: &[u8], aad: &[u8], out: &mut Vec<u8>) -> Option<()> {
         let encrypt = self.encrypt.as_ref()?;
-        if let Some(plain) = open_with(encrypt, sealed, aad) {
-            return Some(plain);
+        if open_with_into(encrypt, sealed, aad, out) {
+            return Some(());
         }
         let parts = self.write_only.as_ref()?;
         let secret = parts.secret.as_ref()?;
@@ -192,7 +210,7 @@ impl MasterKey {
                 k
             }
         };
-        open_with(&session, rest, aad)
+        open_with_into(&session, rest, aad, out).then_some(())
     }
 
     /// The repository's shared key: a function of the master key for a
@@ -422,15 +440,36 @@ pub(crate) fn seal_with(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Vec<u8>
 }
 
 pub(crate) fn open_with(key: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    open_with_into(key, sealed, aad, &mut out).then_some(out)
+}
+
+/// [`open_with`] into `out`, reusing its memory: the ciphertext is copied
+/// there and decrypted in place once its tag checks out (what the AEAD
+/// crate's allocating `decrypt` does, into a fresh vector).
+fn open_with_into(key: &[u8; 32], sealed: &[u8], aad: &[u8], out: &mut Vec<u8>) -> bool {
     if sealed.len() < SEAL_OVERHEAD {
-        return None;
+        return false;
     }
-    let (nonce, ct) = sealed.split_at(NONCE_LEN);
-    let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
+    let (nonce, rest) = sealed.split_at(NONCE_LEN);
+    let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+    let (Ok(nonce), Ok(tag)) = (
+        <[u8; NONCE_LEN]>::try_from(nonce),
+        <[u8; TAG_LEN]>::try_from(tag),
+    ) else {
+        return false;
+    };
+    out.clear();
+    out.extend_from_slice(ct);
     let cipher = XChaCha20Poly1305::new(key.into());
     cipher
-        .decrypt(&XNonce::from(nonce), Payload { msg: ct, aad })
-        .ok()
+        .decrypt_inout_detached(
+            &XNonce::from(nonce),
+            aad,
+            out.as_mut_slice().into(),
+            &tag.into(),
+        )
+        .is_ok()
 }
 
 pub(crate) mod hex_32 {

@@ -60,7 +60,7 @@ pub use index::{BlobLocation, FirstPacks, Index, IndexBuilder, IndexFile, IndexP
 pub use keyfile::{KdfParams, KeyFile, KeyKind, Permission, Role};
 pub use local::LocalState;
 pub use lock::{LockKind, LockOptions, RepositoryLock};
-pub use pack::{BlobType, PackEntry};
+pub use pack::{BlobScratch, BlobType, PackEntry};
 pub use packread::{
     FetchedRange, MemoryPermit, OpenedBlob, PackRange, PackReader, RangeLimits,
     another_copy_may_help, pack_object_path, plan_ranges,

@@ -31,7 +31,7 @@ use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 
 use crate::crypto::MasterKey;
 use crate::index::BlobLocation;
-use crate::pack::{PackEntry, open_blob};
+use crate::pack::{BlobScratch, PackEntry, open_blob, open_blob_in};
 use crate::repository::{Repository, Tier, blocking};
 use crate::{Error, Id, Result};
 
@@ -459,6 +459,18 @@ impl FetchedRange {
     /// [`Error::Corrupt`]: the blob is damaged, or lies outside the bytes
     /// read (the pack is shorter than its index says).
     pub fn open(&self, entry: &PackEntry) -> Result<Vec<u8>> {
+        open_blob(&self.key, entry, self.sealed(entry)?)
+    }
+
+    /// [`FetchedRange::open`] into `scratch`, for a caller that uses each
+    /// plaintext before opening the next (`check --read-data`, restore):
+    /// it is borrowed from `scratch`, whose buffers the next blob reuses.
+    pub fn open_in<'s>(&self, entry: &PackEntry, scratch: &'s mut BlobScratch) -> Result<&'s [u8]> {
+        open_blob_in(&self.key, entry, self.sealed(entry)?, scratch)
+    }
+
+    /// The sealed bytes of `entry` within the range.
+    fn sealed(&self, entry: &PackEntry) -> Result<&[u8]> {
         if !self.contains(entry) {
             return Err(Error::corrupt(
                 format!("pack {}", self.pack),
@@ -466,11 +478,7 @@ impl FetchedRange {
             ));
         }
         let at = (entry.offset as u64 - self.start) as usize;
-        open_blob(
-            &self.key,
-            entry,
-            &self.bytes[at..at + entry.length as usize],
-        )
+        Ok(&self.bytes[at..at + entry.length as usize])
     }
 }
 

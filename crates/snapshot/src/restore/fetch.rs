@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 use lifeboat_repo::{
-    BlobLocation, BlobType, FetchedRange, Id, Index, PackEntry, PackRange, PackReader, RangeLimits,
-    Repository, another_copy_may_help, plan_ranges,
+    BlobLocation, BlobScratch, BlobType, FetchedRange, Id, Index, PackEntry, PackRange, PackReader,
+    RangeLimits, Repository, another_copy_may_help, plan_ranges,
 };
 
 use super::handles::{self, Dirs};
@@ -447,6 +447,9 @@ fn write_range(
     let mut out = RangeOutcome::default();
     let pack = pass.packs[range.pack as usize];
     let mut handle: Handle = None;
+    // Each blob is written where it belongs and dropped, so all of them
+    // are opened into the same two buffers.
+    let mut scratch = BlobScratch::default();
     let mut first = range.items.start;
     for blob in pass.writes[range.items.clone()].chunk_by(same_blob) {
         let at = first;
@@ -467,7 +470,7 @@ fn write_range(
                 )
             })?;
             let plain = fetched
-                .open(entry)
+                .open_in(entry, &mut scratch)
                 .map_err(|e| (format!("damaged data in pack {pack}: {e}"), true))?;
             let zero = plain.iter().all(|b| *b == 0);
             Ok::<_, (String, bool)>((plain, zero))

@@ -48,7 +48,6 @@ pub async fn run(g: &Global, a: PgArgs) -> Result<i32> {
             spread_checkpoint,
             method,
         } => {
-            let repo = session::open(g).await?;
             let options = base::BaseBackupOptions {
                 conn: db.conn(),
                 mode: mode(m),
@@ -62,7 +61,12 @@ pub async fn run(g: &Global, a: PgArgs) -> Result<i32> {
                     MethodArg::Stream => base::BackupMethod::Stream,
                 },
             };
-            let (snap, info) = base::base_backup(repo, &options, Arc::new(|_| {})).await?;
+            // The repository opens (its key derivation) while the server
+            // checkpoints for the backup's start; a repository that does
+            // not open drops the started backup, which ends it.
+            let (repo, started) = tokio::join!(session::open(g), base::start(&options));
+            let (repo, started) = (repo?, started?);
+            let (snap, info) = base::finish(repo, &options, started, Arc::new(|_| {})).await?;
             let s = &snap.record.summary;
             if g.json {
                 crate::output::json(&serde_json::json!({

@@ -148,12 +148,34 @@ pub struct BaseBackupOptions {
     pub method: BackupMethod,
 }
 
-/// Runs a base backup into a new snapshot.
+/// Runs a base backup into a new snapshot: [`start`], then [`finish`].
 pub async fn base_backup(
     repo: Arc<Repository>,
     options: &BaseBackupOptions,
     on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<(Snapshot, BaseBackupInfo)> {
+    let started = start(options).await?;
+    finish(repo, options, started, on_bytes).await
+}
+
+/// A base backup begun on the server and not yet tied to a repository
+/// ([`start`]). Dropping it closes its connection, which ends a files
+/// backup on the server.
+pub struct Started(StartedKind);
+
+enum StartedKind {
+    /// `pg_backup_start` has returned on a held connection.
+    Files(Box<super::files::Begun>),
+    /// `pg_basebackup` runs in [`finish`].
+    Stream(conn::ServerFacts),
+}
+
+/// The part of a base backup that needs no repository: connecting, the
+/// server's facts and the method, and for the files method
+/// `pg_backup_start` with its checkpoint. A caller may open the repository
+/// meanwhile (`lifeboat pg backup` does: the key derivation and the
+/// checkpoint then overlap) and pass it to [`finish`].
+pub async fn start(options: &BaseBackupOptions) -> Result<Started> {
     let client = options.conn.connect().await?;
     let facts = server_facts(&client).await?;
     refuse_tablespaces(&client).await?;
@@ -168,10 +190,34 @@ pub async fn base_backup(
             }
         },
     };
-    if let Some(data_dir) = local {
-        return super::files::backup(repo, options, client, facts, &data_dir, on_bytes).await;
+    Ok(Started(match local {
+        Some(data_dir) => StartedKind::Files(Box::new(
+            super::files::begin(options, client, facts, &data_dir).await?,
+        )),
+        None => StartedKind::Stream(facts),
+    }))
+}
+
+/// Reads a [`start`]ed base backup into `repo` and records its snapshot.
+pub async fn finish(
+    repo: Arc<Repository>,
+    options: &BaseBackupOptions,
+    started: Started,
+    on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<(Snapshot, BaseBackupInfo)> {
+    match started.0 {
+        StartedKind::Files(begun) => super::files::backup(repo, options, *begun, on_bytes).await,
+        StartedKind::Stream(facts) => stream_backup(repo, options, facts, on_bytes).await,
     }
-    drop(client);
+}
+
+/// The stream method: `pg_basebackup`'s tar into one file of a snapshot.
+async fn stream_backup(
+    repo: Arc<Repository>,
+    options: &BaseBackupOptions,
+    facts: conn::ServerFacts,
+    on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<(Snapshot, BaseBackupInfo)> {
     let archiving = facts.archive_mode != "off";
     let major = facts.server_version_num / 10000;
     let mut cmd = tokio::process::Command::new(conn::tool("pg_basebackup", Some(major)));

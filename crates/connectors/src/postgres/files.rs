@@ -190,20 +190,32 @@ fn postmaster_matches(text: &str, dir: &str, started: i64, port: &str) -> bool {
         && lines.get(3) == Some(&port.trim())
 }
 
-/// Runs a files backup of `data_dir` (found by [`local_data_dir`]) on the
-/// open connection `client`.
-pub(super) async fn backup(
-    repo: Arc<Repository>,
+/// A files backup begun on the server: `pg_backup_start` has returned on
+/// `client`, which must stay open until the stop.
+pub(super) struct Begun {
+    client: Client,
+    facts: ServerFacts,
+    data_dir: PathBuf,
+    page: usize,
+    standby: bool,
+    start_time: jiff::Timestamp,
+}
+
+/// Begins a files backup of `data_dir` (found by [`local_data_dir`]) on
+/// the open connection `client`: `pg_backup_start`, an immediate
+/// checkpoint unless the options ask for a spread one. Needs no
+/// repository, so the caller may open one meanwhile.
+pub(super) async fn begin(
     options: &BaseBackupOptions,
     client: Client,
     facts: ServerFacts,
     data_dir: &Path,
-    on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
-) -> Result<(Snapshot, BaseBackupInfo)> {
-    let dir = data_dir
-        .to_str()
-        .ok_or_else(|| Error::BadInput(format!("data directory {data_dir:?} is not UTF-8")))?;
-    let history_before = backup_history_files(&repo, facts.system_identifier).await?;
+) -> Result<Begun> {
+    if data_dir.to_str().is_none() {
+        return Err(Error::BadInput(format!(
+            "data directory {data_dir:?} is not UTF-8"
+        )));
+    }
     let modern = facts.server_version_num >= 150000;
     let fast = !options.spread_checkpoint;
     let label = format!("lifeboat {}", jiff::Timestamp::now());
@@ -229,6 +241,38 @@ pub(super) async fn backup(
         "pg backup: backup start (checkpoint) took {:?}",
         clock.elapsed()
     );
+    Ok(Begun {
+        client,
+        facts,
+        data_dir: data_dir.to_path_buf(),
+        page: usize::try_from(page).unwrap_or(8192).max(512),
+        standby,
+        start_time,
+    })
+}
+
+/// Reads the data directory of a [`Begun`] backup into `repo`, stops the
+/// backup, waits for its WAL and records the snapshot.
+pub(super) async fn backup(
+    repo: Arc<Repository>,
+    options: &BaseBackupOptions,
+    begun: Begun,
+    on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<(Snapshot, BaseBackupInfo)> {
+    let Begun {
+        client,
+        facts,
+        data_dir,
+        page,
+        standby,
+        start_time,
+    } = begun;
+    let data_dir = data_dir.as_path();
+    let dir = data_dir.to_str().expect("checked by begin");
+    // Listed after the start: the backup's own history file appears only
+    // at its stop.
+    let history_before = backup_history_files(&repo, facts.system_identifier).await?;
+    let modern = facts.server_version_num >= 150000;
     let read = BackupOptions {
         paths: vec![data_dir.to_path_buf()],
         excludes: excludes(dir),
@@ -240,7 +284,7 @@ pub(super) async fn backup(
         contents_as_root: true,
         live: true,
         paged: Some(PagedFiles {
-            page_size: usize::try_from(page).unwrap_or(8192).max(512),
+            page_size: page,
             matches: is_relation_file,
         }),
         ..Default::default()

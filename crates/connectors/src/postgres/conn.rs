@@ -155,6 +155,11 @@ pub struct ServerFacts {
     pub archive_mode: String,
     pub archive_command: String,
     pub archive_timeout_s: u64,
+    /// The page size relation files are arrays of (8192 unless the server
+    /// was compiled otherwise).
+    pub block_size: u32,
+    /// The server is a standby (in recovery).
+    pub standby: bool,
 }
 
 pub async fn server_facts(client: &Client) -> Result<ServerFacts> {
@@ -167,7 +172,8 @@ pub async fn server_facts(client: &Client) -> Result<ServerFacts> {
                     (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), \
                     current_setting('wal_level'), current_setting('archive_mode'), \
                     current_setting('archive_command'), \
-                    (SELECT setting::bigint FROM pg_settings WHERE name = 'archive_timeout')",
+                    (SELECT setting::bigint FROM pg_settings WHERE name = 'archive_timeout'), \
+                    current_setting('block_size')::int, pg_is_in_recovery()",
             &[],
         )
         .await?;
@@ -184,6 +190,8 @@ pub async fn server_facts(client: &Client) -> Result<ServerFacts> {
         archive_mode: row.get(6),
         archive_command: row.get(7),
         archive_timeout_s: row.get::<_, i64>(8) as u64,
+        block_size: row.get::<_, i32>(9) as u32,
+        standby: row.get(10),
     })
 }
 

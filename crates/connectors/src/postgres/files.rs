@@ -196,8 +196,6 @@ pub(super) struct Begun {
     client: Client,
     facts: ServerFacts,
     data_dir: PathBuf,
-    page: usize,
-    standby: bool,
     start_time: jiff::Timestamp,
 }
 
@@ -225,16 +223,6 @@ pub(super) async fn begin(
     } else {
         "SELECT pg_start_backup($1, $2, false)::text"
     };
-    // The page size relation files are arrays of (8192 unless the server
-    // was compiled otherwise).
-    let facts_row = client
-        .query_one(
-            "SELECT current_setting('block_size')::int, pg_is_in_recovery()",
-            &[],
-        )
-        .await?;
-    let page: i32 = facts_row.get(0);
-    let standby: bool = facts_row.get(1);
     let clock = std::time::Instant::now();
     client.query_one(start, &[&label, &fast]).await?;
     tracing::debug!(
@@ -245,8 +233,6 @@ pub(super) async fn begin(
         client,
         facts,
         data_dir: data_dir.to_path_buf(),
-        page: usize::try_from(page).unwrap_or(8192).max(512),
-        standby,
         start_time,
     })
 }
@@ -263,8 +249,6 @@ pub(super) async fn backup(
         client,
         facts,
         data_dir,
-        page,
-        standby,
         start_time,
     } = begun;
     let data_dir = data_dir.as_path();
@@ -284,7 +268,7 @@ pub(super) async fn backup(
         contents_as_root: true,
         live: true,
         paged: Some(PagedFiles {
-            page_size: page,
+            page_size: usize::try_from(facts.block_size).unwrap_or(8192).max(512),
             matches: is_relation_file,
         }),
         ..Default::default()
@@ -316,7 +300,7 @@ pub(super) async fn backup(
     // 1 s between checks), so the backup waits itself, at a finer step
     // (as pgBackRest does, with its archive check). A standby's stop waits
     // as before: only the server knows when a standby archives.
-    let wait = standby;
+    let wait = facts.standby;
     let stop = if modern {
         "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop($1)"
     } else {

@@ -27,6 +27,7 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<i32> {
         owner: nix::unistd::geteuid().is_root(),
         trust_snapshot_owner: a.trust_snapshot_owner,
         sync_each_file: false,
+        batch_files: 0,
     };
     // With a cold tier, say what will be fetched before fetching it: the
     // plan reads only trees and the index.

@@ -20,7 +20,7 @@ use lifeboat_snapshot::diff::{Change, diff};
 use lifeboat_snapshot::dump::dump;
 use lifeboat_snapshot::find::{FindChange, find};
 use lifeboat_snapshot::ls::{EntryKind, ls};
-use lifeboat_snapshot::progress::NoProgress;
+use lifeboat_snapshot::progress::{NoProgress, RestoreProgress};
 use lifeboat_snapshot::restore::{RestoreOptions, RestoreStats, restore};
 use lifeboat_storage::{DynStorage, Kind, MemoryStorage, ObjectKey};
 
@@ -282,6 +282,19 @@ fn unlock(root: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_round_trip_restores_content_and_metadata() {
+    round_trip(0).await;
+}
+
+/// The same in batches of one file (see [`RestoreOptions::batch_files`]): hard2 links to hard1 made
+/// in an earlier batch, copy.bin and repeat.bin share a blob read in two
+/// batches, and `data/sub`'s contents come in a later batch than the
+/// directory while its metadata is still set last.
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_round_trip_restores_content_and_metadata_in_batches_of_one_file() {
+    round_trip(1).await;
+}
+
+async fn round_trip(batch_files: usize) {
     let (_fx, snap, repo) = Fixture::with_sample().await;
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path().join("target");
@@ -301,6 +314,7 @@ async fn restore_round_trip_restores_content_and_metadata() {
 
     let o = RestoreOptions {
         owner: true,
+        batch_files,
         ..options(&t)
     };
     let stats = restore(&repo, &snap, &o, &NoProgress).await.unwrap();
@@ -421,13 +435,26 @@ fn target_holding_mine(dir: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_refuses_existing_files_before_writing_anything() {
+    refuses_existing(0).await;
+}
+
+/// The same in batches of one file (see [`RestoreOptions::batch_files`]): the
+/// conflict is found before the first batch is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_refuses_existing_files_before_writing_anything_in_batches_of_one_file() {
+    refuses_existing(1).await;
+}
+
+async fn refuses_existing(batch_files: usize) {
     let (_fx, snap, repo) = Fixture::with_sample().await;
     let tmp = tempfile::tempdir().unwrap();
     let t = target_holding_mine(tmp.path());
 
-    let err = restore(&repo, &snap, &options(&t), &NoProgress)
-        .await
-        .unwrap_err();
+    let o = RestoreOptions {
+        batch_files,
+        ..options(&t)
+    };
+    let err = restore(&repo, &snap, &o, &NoProgress).await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::BadInput(_)), "{err:?}");
     assert!(msg.contains("data/zeros.bin"), "{msg}");
@@ -471,6 +498,17 @@ async fn restore_overwrite_replaces_files_and_never_writes_through_symlinks() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_delta_skips_identical_files_and_fixes_the_others() {
+    delta(0).await;
+}
+
+/// The same in batches of one file (see [`RestoreOptions::batch_files`]): the
+/// identical files are found once, before the first batch.
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_delta_skips_identical_files_and_fixes_the_others_in_batches_of_one_file() {
+    delta(1).await;
+}
+
+async fn delta(batch_files: usize) {
     let (_fx, snap, repo) = Fixture::with_sample().await;
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path().join("target");
@@ -490,6 +528,7 @@ async fn restore_delta_skips_identical_files_and_fixes_the_others() {
 
     let o = RestoreOptions {
         delta: true,
+        batch_files,
         ..options(&t)
     };
     let stats = restore(&repo, &snap, &o, &NoProgress).await.unwrap();
@@ -602,6 +641,17 @@ async fn damage(fx: &Fixture, repo: &Repository, plaintext: &[u8]) -> Id {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_removes_files_whose_data_is_damaged() {
+    removes_damaged(0).await;
+}
+
+/// The same in batches of one file (see [`RestoreOptions::batch_files`]): hard2,
+/// in a later batch than hard1, is not linked to the removed hard1.
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_removes_files_whose_data_is_damaged_in_batches_of_one_file() {
+    removes_damaged(1).await;
+}
+
+async fn removes_damaged(batch_files: usize) {
     let (fx, snap, repo) = Fixture::with_sample().await;
     let big_pack = damage(&fx, &repo, &big()[2 * BIG_CHUNK..3 * BIG_CHUNK]).await;
     // hard1 and hard2 are one file: both names go.
@@ -609,9 +659,11 @@ async fn restore_removes_files_whose_data_is_damaged() {
 
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path().join("target");
-    let stats = restore(&repo, &snap, &options(&t), &NoProgress)
-        .await
-        .unwrap();
+    let o = RestoreOptions {
+        batch_files,
+        ..options(&t)
+    };
+    let stats = restore(&repo, &snap, &o, &NoProgress).await.unwrap();
     unlock(&t);
     let d = t.join("data");
     for name in ["big.bin", "hard1", "hard2"] {
@@ -641,6 +693,67 @@ async fn restore_removes_files_whose_data_is_damaged() {
     assert_eq!(
         fs::read(d.join("sub/inner.txt")).unwrap(),
         b"inside a read-only dir"
+    );
+}
+
+/// A progress sink that records every call: `('p', files, bytes)` for
+/// [`RestoreProgress::planned`], `('r', ..)` for
+/// [`RestoreProgress::restored`].
+#[derive(Default)]
+struct Recorder {
+    calls: std::sync::Mutex<Vec<(char, u64, u64)>>,
+}
+
+impl RestoreProgress for Recorder {
+    fn planned(&self, files: u64, bytes: u64) {
+        self.calls.lock().unwrap().push(('p', files, bytes));
+    }
+    fn restored(&self, files: u64, bytes: u64) {
+        self.calls.lock().unwrap().push(('r', files, bytes));
+    }
+}
+
+/// In batches of one file, progress is what a restore in one batch says:
+/// the totals once, before anything is said restored, then running totals
+/// (two batches add to them at once) that never go back and end at the
+/// stats.
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_in_batches_says_the_totals_once_and_running_totals_that_end_at_the_stats() {
+    let (_fx, snap, repo) = Fixture::with_sample().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("target");
+    let o = RestoreOptions {
+        batch_files: 1,
+        ..options(&t)
+    };
+    let rec = Recorder::default();
+    let stats = restore(&repo, &snap, &o, &rec).await.unwrap();
+    unlock(&t);
+    assert_eq!(stats.errors, Vec::<String>::new());
+    assert_eq!(stats.files_restored, 8);
+    let calls = rec.calls.into_inner().unwrap();
+    let planned: Vec<_> = calls.iter().filter(|c| c.0 == 'p').collect();
+    assert_eq!(
+        planned,
+        [&('p', stats.files_restored, stats.bytes_written)],
+        "{calls:?}"
+    );
+    assert_eq!(calls[0].0, 'p', "{calls:?}");
+    let restored: Vec<(u64, u64)> = calls
+        .iter()
+        .filter(|c| c.0 == 'r')
+        .map(|c| (c.1, c.2))
+        .collect();
+    assert!(
+        restored
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1),
+        "{restored:?}"
+    );
+    assert_eq!(
+        restored.last(),
+        Some(&(stats.files_restored, stats.bytes_written)),
+        "{restored:?}"
     );
 }
 
@@ -677,6 +790,55 @@ async fn restore_onto_a_full_target_stops_with_storage_full() {
         fs::symlink_metadata(t.join("data/huge.bin")).is_err(),
         "the unfinished file is left in the target"
     );
+    drop(mnt);
+}
+
+/// The same in batches of one file, each file read in several ranges:
+/// whichever batch meets the full target, the other batch in flight stops
+/// too, and no file is left with part of its data.
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_in_batches_onto_a_full_target_leaves_no_partial_file() {
+    let fx = Fixture::new().await;
+    let data: Vec<Vec<u8>> = (0..12).map(|i| pseudo_random(1_000_000, 100 + i)).collect();
+    let files = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| file(format!("f{i:02}").as_bytes(), d).chunk(BIG_CHUNK))
+        .collect();
+    let snap = fx.snapshot(1000, vec![dir(b"data", files)]).await;
+    let repo = fx.open().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(mnt) = Tmpfs::mount(
+        &tmp.path().join("mnt"),
+        "4m",
+        "restore_in_batches_onto_a_full_target",
+    ) else {
+        return;
+    };
+    let t = mnt.path().join("target");
+    let o = RestoreOptions {
+        batch_files: 1,
+        ..options(&t)
+    };
+    let err = restore(&repo, &snap, &o, &NoProgress).await.unwrap_err();
+    match &err {
+        Error::Io { source, .. } => {
+            assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{err}");
+        }
+        other => panic!("expected a typed I/O error, got {other:?}"),
+    }
+    let mut left = Vec::new();
+    for entry in fs::read_dir(t.join("data")).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        let i: usize = name[1..].parse().unwrap();
+        assert!(
+            fs::read(entry.path()).unwrap() == data[i],
+            "{name} is left in the target with part of its data"
+        );
+        left.push(i);
+    }
+    assert!(left.len() < data.len(), "{left:?}");
     drop(mnt);
 }
 

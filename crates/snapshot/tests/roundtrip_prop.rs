@@ -7,8 +7,10 @@
 //!
 //! The tree is built from a list of generated operations (make a directory,
 //! a file, a symlink or a hard link under an earlier directory) so shrinking
-//! removes operations and a failure comes down to a few entries. Cases are
-//! few and heavy (a few contain multi-MiB sparse files): 16 by default,
+//! removes operations and a failure comes down to a few entries. Half the
+//! cases restore in batches of a few files (`RestoreOptions::batch_files`),
+//! so hard links, directories and shared blobs fall across batches. Cases
+//! are few and heavy (a few contain multi-MiB sparse files): 16 by default,
 //! `PROPTEST_CASES` overrides.
 
 use lifeboat_testkit::data::pseudo_random;
@@ -516,7 +518,7 @@ fn differences(src: &Scan, out: &Scan) -> Vec<String> {
 
 // -------------------------------------------------------------------- test
 
-async fn round_trip(ops: &[Op], root_meta: &Meta) -> Result<(), TestCaseError> {
+async fn round_trip(ops: &[Op], root_meta: &Meta, batch_files: usize) -> Result<(), TestCaseError> {
     // Not under /tmp: the snapshot records the source's ancestors, and a
     // shared /tmp changes under a running test.
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -560,6 +562,7 @@ async fn round_trip(ops: &[Op], root_meta: &Meta) -> Result<(), TestCaseError> {
         &RestoreOptions {
             target: target.clone(),
             owner: is_root(),
+            batch_files,
             ..Default::default()
         },
         &NoProgress,
@@ -610,9 +613,11 @@ fn random_trees_survive_backup_and_restore() {
         .enable_all()
         .build()
         .unwrap();
-    let strategy = (ops_strategy(), meta_strategy());
-    let result = runner.run(&strategy, |(ops, root_meta)| {
-        rt.block_on(round_trip(&ops, &root_meta))
+    // Half the cases restore in batches of one to three files.
+    let batch_files = prop_oneof![Just(0usize), 1usize..4];
+    let strategy = (ops_strategy(), meta_strategy(), batch_files);
+    let result = runner.run(&strategy, |(ops, root_meta, batch_files)| {
+        rt.block_on(round_trip(&ops, &root_meta, batch_files))
     });
     if let Err(e) = result {
         panic!("{e}");

@@ -18,8 +18,8 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures::StreamExt;
 use lifeboat_repo::{
@@ -92,10 +92,11 @@ struct Deferred {
 /// it: what is unfinished is removed and the error returned.
 pub(super) async fn write_data(
     repo: &Repository,
-    exec: Exec,
+    fetcher: &Fetcher<'_>,
+    exec: Arc<Exec>,
     mut pass: Pass,
     progress: &dyn RestoreProgress,
-    stats: &mut RestoreStats,
+    stats: &Mutex<RestoreStats>,
 ) -> Result<()> {
     let tier = repo.tier_of(BlobType::Data);
     if !pass.writes.is_empty() {
@@ -105,9 +106,9 @@ pub(super) async fn write_data(
         // every file.
         repo.tier_storage(tier).await?;
     }
-    let exec = Arc::new(exec);
-    let reader = PackReader::new(repo, MEMORY_BUDGET_KIB);
-    let writers = Writers::start()?;
+    let reader = &fetcher.reader;
+    let writers = &fetcher.writers;
+    let slots = &fetcher.slots;
     let mut fatal = None;
     // Each pass moves every deferred blob one location further down its
     // index entry, so there are at most as many passes as a blob has
@@ -120,12 +121,15 @@ pub(super) async fn write_data(
             .map(|range| {
                 let exec = exec.clone();
                 let this = this.clone();
-                let reader = &reader;
-                let writers = &writers;
                 async move {
                     if exec.abort.load(Ordering::Acquire) {
                         return Ok(RangeOutcome::default());
                     }
+                    // First come, first served: the earlier batch's ranges
+                    // go first.
+                    let Ok(_slot) = slots.acquire().await else {
+                        return Ok(RangeOutcome::default());
+                    };
                     let permit = reader.reserve(range.memory()).await;
                     if exec.abort.load(Ordering::Acquire) {
                         return Ok(RangeOutcome::default());
@@ -150,10 +154,13 @@ pub(super) async fn write_data(
                 fatal = out.fatal.take();
             }
             deferred.append(&mut out.deferred);
-            stats.files_restored += out.files_done;
-            stats.bytes_written += out.bytes;
-            report(progress, stats, &mut out.problems);
-            progress.restored(stats.files_restored, stats.bytes_written);
+            {
+                let mut stats = lock(stats);
+                stats.files_restored += out.files_done;
+                stats.bytes_written += out.bytes;
+                report(progress, &mut stats, &mut out.problems);
+                progress.restored(stats.files_restored, stats.bytes_written);
+            }
         }
         drop(results);
         if fatal.is_some() {
@@ -161,20 +168,48 @@ pub(super) async fn write_data(
         }
         let mut warnings = Vec::new();
         pass = exec.next_pass(&this, deferred, &mut warnings);
-        report(progress, stats, &mut warnings);
+        report(progress, &mut lock(stats), &mut warnings);
     }
-    drop(writers);
     if let Some(err) = fatal {
         // Every range has returned: what is unfinished stays unfinished.
         let mut left = blocking(move || remove_unfinished(&exec)).await?;
-        report(progress, stats, &mut left);
+        report(progress, &mut lock(stats), &mut left);
         return Err(err);
     }
     Ok(())
 }
 
+/// The restore's stats, shared by the batches in flight (never held
+/// across an await).
+pub(super) fn lock(stats: &Mutex<RestoreStats>) -> MutexGuard<'_, RestoreStats> {
+    stats.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the batches of one restore fetch through: one reader (so one
+/// memory budget, however many batches are in flight), one set of writer
+/// threads, and as many ranges in flight as the storage takes connections
+/// (as a restore in one batch has), not that many per batch: two batches'
+/// worth of reads spread the buffers over more threads, and the allocator
+/// kept 15-45 MiB more of them on linux-source.
+pub(super) struct Fetcher<'a> {
+    reader: PackReader<'a>,
+    writers: Threads,
+    slots: tokio::sync::Semaphore,
+}
+
+impl<'a> Fetcher<'a> {
+    pub(super) fn new(repo: &'a Repository) -> Result<Self> {
+        Ok(Fetcher {
+            reader: PackReader::new(repo, MEMORY_BUDGET_KIB),
+            writers: Threads::writers()?,
+            slots: tokio::sync::Semaphore::new(repo.concurrency()),
+        })
+    }
+}
+
 /// State shared by the range writers.
 pub(super) struct Exec {
+    /// The batch's files.
     pub(super) files: Vec<FileState>,
     /// Where else each blob is, for reading it from another pack when its
     /// first one is missing or damaged.
@@ -182,7 +217,8 @@ pub(super) struct Exec {
     /// See [`super::prepare::Prepared::links`].
     pub(super) links: HashMap<u32, Vec<(u32, Span)>>,
     pub(super) dirs: Arc<Dirs>,
-    pub(super) names: Vec<u8>,
+    /// The selection's names (see [`super::select::Selection::names`]).
+    pub(super) names: Arc<Vec<u8>>,
     pub(super) owner: bool,
     /// See [`RestoreOptions::sync_each_file`].
     pub(super) sync_each: bool,
@@ -370,7 +406,7 @@ pub(super) fn remove_partial(
 }
 
 /// After the restore was stopped: removes every file not finished.
-fn remove_unfinished(exec: &Exec) -> Vec<Problem> {
+pub(super) fn remove_unfinished(exec: &Exec) -> Vec<Problem> {
     let mut problems = Vec::new();
     for (f, st) in exec.files.iter().enumerate() {
         if st.remaining.load(Ordering::Acquire) > 0 {
@@ -389,24 +425,34 @@ fn remove_unfinished(exec: &Exec) -> Vec<Problem> {
     problems
 }
 
-/// The threads that open fetched blobs and write them. A few dedicated
-/// threads rather than the shared blocking pool: glibc gives each thread
-/// that allocates its own heap arena and keeps freed buffers there, so
-/// plaintext passing through every pool thread in turn cost several times
-/// the memory budget in resident memory. Writes are mostly page-cache
-/// copies and syscalls, so a few threads keep up with the fetches.
-struct Writers {
+/// Dedicated threads that run jobs sent to them: the writers that open
+/// fetched blobs and write them (a few), and the one that creates each
+/// batch's entries and plans its writes (see `super::restore`). Dedicated
+/// rather than the shared blocking pool: an allocator keeps freed memory
+/// per arena, and a thread keeps its arena (glibc gives each thread that
+/// allocates its own; jemalloc spreads threads over a few), so plaintext
+/// passing through every pool thread in turn cost several times the memory
+/// budget in resident memory, and batch plans made on whichever pool
+/// thread was free each left their freed pages in another arena. Writes
+/// are mostly page-cache copies and syscalls, so a few threads keep up
+/// with the fetches.
+pub(super) struct Threads {
     jobs: crossbeam_channel::Sender<Box<dyn FnOnce() + Send>>,
 }
 
-impl Writers {
-    fn start() -> Result<Self> {
+impl Threads {
+    /// The writers: as many as there are cores, 2 to 4.
+    fn writers() -> Result<Self> {
         let n = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+        Threads::start("lifeboat-restore", n)
+    }
+
+    pub(super) fn start(name: &str, n: usize) -> Result<Self> {
         let (jobs, queue) = crossbeam_channel::unbounded::<Box<dyn FnOnce() + Send>>();
         for _ in 0..n {
             let queue = queue.clone();
             std::thread::Builder::new()
-                .name("lifeboat-restore".into())
+                .name(name.into())
                 .spawn(move || {
                     // Ends when the restore drops its sender and the queue
                     // is empty.
@@ -416,10 +462,13 @@ impl Writers {
                 })
                 .map_err(|e| Error::Repo(lifeboat_repo::Error::Internal(e.to_string())))?;
         }
-        Ok(Writers { jobs })
+        Ok(Threads { jobs })
     }
 
-    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    pub(super) async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job = Box::new(move || {
             // The receiver is gone only if the restore was dropped.
@@ -427,7 +476,7 @@ impl Writers {
         });
         let lost = || {
             Error::Repo(lifeboat_repo::Error::Internal(
-                "a restore writer thread failed".into(),
+                "a restore thread failed".into(),
             ))
         };
         self.jobs.send(job).map_err(|_| lost())?;

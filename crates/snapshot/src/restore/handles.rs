@@ -31,7 +31,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
@@ -54,9 +54,11 @@ pub(super) struct Dirs {
     pub(super) paths: Arc<Vec<PathBuf>>,
     /// Parent directory number of each directory (the target's is 0).
     parent: Vec<u32>,
-    /// What each directory must be when opened; `None` until the restore
-    /// has created it or looked at it.
-    idents: Vec<Option<Ident>>,
+    /// What each directory must be when opened; unset until the restore
+    /// has created it or looked at it. Set once (a later open is checked
+    /// against it), so the handles can be shared with the writers while
+    /// the next batch of entries is created.
+    idents: Vec<OnceLock<Ident>>,
     target: Arc<File>,
     cache: Mutex<Cache>,
 }
@@ -122,8 +124,8 @@ impl Dirs {
         )
         .map_err(errno)?;
         let target = File::from(fd);
-        let mut idents = vec![None; paths.len()];
-        idents[0] = Some(ident(&fstat(&target).map_err(errno)?));
+        let idents: Vec<OnceLock<Ident>> = (0..paths.len()).map(|_| OnceLock::new()).collect();
+        let _ = idents[0].set(ident(&fstat(&target).map_err(errno)?));
         Ok(Dirs {
             paths,
             parent,
@@ -143,8 +145,10 @@ impl Dirs {
     }
 
     /// Records what directory `d` is (after creating or looking at it).
-    pub(super) fn set_ident(&mut self, d: u32, id: Ident) {
-        self.idents[d as usize] = Some(id);
+    /// A directory already recorded keeps what it was: every open checks
+    /// against that, so a different one is refused there.
+    pub(super) fn set_ident(&self, d: u32, id: Ident) {
+        let _ = self.idents[d as usize].set(id);
     }
 
     /// The handle of directory `d`, opened (without following symlinks,
@@ -194,7 +198,7 @@ impl Dirs {
         })?;
         let file = File::from(fd);
         let id = ident(&fstat(&file).map_err(errno)?);
-        if let Some(want) = self.idents[d as usize]
+        if let Some(&want) = self.idents[d as usize].get()
             && want != id
         {
             return Err(replaced());
@@ -205,7 +209,7 @@ impl Dirs {
     /// Creates directory `d` (mode 0700 until its metadata is set at the
     /// end, so no one else can put anything in it meanwhile), or opens it
     /// if `exists`, and records what it is.
-    pub(super) fn make(&mut self, d: u32, exists: bool) -> io::Result<()> {
+    pub(super) fn make(&self, d: u32, exists: bool) -> io::Result<()> {
         let parent = self.get(self.parent[d as usize])?;
         if !exists {
             mkdirat(&*parent, self.name(d)?, Mode::from_bits_truncate(0o700)).map_err(errno)?;

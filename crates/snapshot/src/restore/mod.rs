@@ -4,14 +4,21 @@
 //! include/exclude patterns of [`RestoreOptions`], reading the snapshot's
 //! trees breadth first (several in flight) and keeping of each entry only
 //! what restoring it needs, so a tree is dropped as soon as it has been
-//! read; it *prepares* the target — refusing, before anything is written, to
-//! replace existing files unless asked to, skipping files already identical
-//! (`delta`), creating directories, empty files of the right length,
-//! symlinks and hard links; it *fetches* data grouped by pack, each pack's
-//! needed blobs read with as few ranged reads as possible, several ranges in
-//! parallel under a memory budget, every blob verified (on a few dedicated
-//! writer threads) before its bytes are written at their offsets in every
-//! file that uses them; and it sets
+//! read; it looks at the whole target once, refusing, before anything is
+//! written, to replace existing files unless asked to, and finding files
+//! already identical (`delta`). Then it works through the selection in
+//! *batches* of files ([`RestoreOptions::batch_files`]): it *prepares* a
+//! batch — creating its directories, empty files of the right length,
+//! symlinks and hard links (to a first name made in the same or an earlier
+//! batch) — and *fetches* the batch's data grouped by pack, each pack's
+//! needed blobs read with as few ranged reads as possible, several ranges
+//! in parallel under a memory budget, every blob verified (on a few
+//! dedicated writer threads) before its bytes are written at their offsets
+//! in every file of the batch that uses them. The batches overlap: the
+//! next batch is prepared while the data of the one before is fetched, and
+//! its reads start before that one's last reads end, so the reads and the
+//! writers never drain between batches; at most two batches are held at
+//! once. A blob used by files of two batches is read once in each. It sets
 //! *directory metadata last*, deepest first, so creating entries does not
 //! disturb a directory's mtime and a read-only directory can still be
 //! filled. A file's own metadata is set when its last blob has been written;
@@ -24,10 +31,23 @@
 //! (never pack data, so never the cold tier) and writes nothing, which is
 //! what `restore --plan-only` prints for a repository with a cold tier.
 //!
-//! Memory stays flat whatever the snapshot's size: the plan holds a few
-//! dozen bytes per file and per blob in a handful of large buffers (no tree
-//! nodes, no allocation per entry), and the data path holds at most
-//! `fetch::MEMORY_BUDGET_KIB` of sealed bytes and plaintext.
+//! Memory: the selection holds about 120 bytes per selected file (its
+//! metadata, name and blob ids, in a handful of large buffers, no tree
+//! nodes), plus the target path and metadata of every directory, an entry
+//! per hard-linked file, and (only when the target is not empty) what is
+//! at each existing place; that still grows with the number of files.
+//! What the plan adds on top — each file's write state and each blob
+//! write, about 100 and 64 bytes — is held for at most two batches at a
+//! time: 2 × (100 B × `batch_files` + 64 B × 4 × `batch_files`), about
+//! 2 × 6 MiB at the default 16,384 files (every batch is built on one
+//! dedicated thread, so the allocator reuses a freed batch's memory for
+//! the next), and the data path, shared by both batches, holds at most
+//! `fetch::MEMORY_BUDGET_KIB` of sealed bytes and plaintext. The
+//! selection's entries and blob ids are freed once the last batch is made.
+//! Streaming the selection itself (walking the trees batch by batch) is
+//! not done: the conflict refusal and `delta` look at the whole selection
+//! first. Resident memory is mostly not this but freed memory the
+//! allocator keeps per arena (docs/performance.md, "Restore in batches").
 //!
 //! Problems with one file (a damaged blob, a permission error) are recorded
 //! in [`RestoreStats::errors`] and the others are restored anyway; a file
@@ -40,8 +60,9 @@
 //! database data directory is the connectors' business, not this module's.
 //!
 //! The steps live in one module each: `select` (patterns, the breadth-first
-//! tree walk, the compact plan), `prepare` (target scan, conflicts, `delta`,
-//! creating everything but file content, planning the blob writes), `fetch`
+//! tree walk, the compact selection), `prepare` (target scan, conflicts,
+//! `delta`, then per batch creating everything but file content and
+//! planning the blob writes), `fetch`
 //! (ranged reads through [`lifeboat_repo::PackReader`] and the writer
 //! threads), `metadata` (setting metadata, directories last, and the final
 //! sync), `plan` (the [`RestorePlan`] of `--plan-only`) and `verify`
@@ -57,9 +78,11 @@ mod select;
 mod verify;
 
 use std::ffi::OsString;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use lifeboat_repo::{Repository, Snapshot};
@@ -112,6 +135,15 @@ pub struct RestoreOptions {
     /// pays for; per-file fsyncs are slower for many small files. For a
     /// few large files (a database's data directory), set this.
     pub sync_each_file: bool,
+    /// Files whose data is planned and fetched together (0: 16,384). A
+    /// restore holds the plans of at most two batches at a time (one
+    /// being fetched while the next is prepared, or both being fetched),
+    /// so its memory does not grow with the number of files beyond the
+    /// selection itself; a blob used by files of two batches is read once
+    /// per batch. A batch also ends at four blob writes per file of this,
+    /// and before another name of a hard-linked file whose data a batch
+    /// still in flight is writing.
+    pub batch_files: usize,
 }
 
 /// The outcome of a restore.
@@ -168,48 +200,127 @@ pub async fn restore(
     let index = repo.index().await?;
     let key = repo.key().clone();
     let opts = options.clone();
-    let (prepared, dirs) =
-        blocking(move || prepare::prepare(selection, &opts, &index, &key, untrusted)).await??;
-    let dirs = Arc::new(dirs);
+    let setup = index.clone();
+    // One thread makes every batch (and looks at the target first), so
+    // every batch's plan comes from one allocator arena, which the next
+    // batches reuse once a batch is freed, rather than from whichever
+    // blocking thread (and arena) was free.
+    let planner = fetch::Threads::start("lifeboat-restore-plan", 1)?;
+    let mut preparer = planner
+        .run(move || prepare::start(selection, &opts, &setup, &key, untrusted))
+        .await??;
+    let mut stats = std::mem::take(&mut preparer.stats);
+    let mut problems = std::mem::take(&mut preparer.problems);
+    problems.extend(damaged_dirs);
+    report(progress, &mut stats, &mut problems);
+    let planned = (preparer.planned_files, preparer.planned_bytes);
+    let dirs = preparer.dirs.clone();
+    let names = preparer.sel.names.clone();
+    let fetcher = fetch::Fetcher::new(repo)?;
+    let stats = Mutex::new(stats);
+    let owner = options.owner && !untrusted;
+    // Entries are created and file data fetched a batch at a time, the next
+    // batch prepared while the data of the one before is fetched, and its
+    // fetch started before that one's ends (so the reads and writers never
+    // drain between batches): at most two batches are held.
+    let mut flight: Option<Flight<'_>> = None;
+    let mut batches = 0u32;
+    loop {
+        let for_batch = index.clone();
+        let prep = planner.run(move || {
+            let batch = preparer.batch(&for_batch);
+            (preparer, batch)
+        });
+        let (back, batch) = match drive(prep, flight.as_mut()).await {
+            Ok(made) => made,
+            Err(err) => return Err(abort(flight, err, progress, &stats).await),
+        };
+        preparer = back;
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(err) => return Err(abort(flight, err, progress, &stats).await),
+        };
+        let mut next = None;
+        if let Some(p) = batch {
+            batches += 1;
+            if batches == 1 {
+                // Said once the first batch is made, where a restore in one
+                // batch said it (the drill times its steps by it).
+                progress.planned(planned.0, planned.1);
+            }
+            tracing::debug!(
+                "restore: batch {batches}: {} files to write, created by {:?}",
+                p.files.len(),
+                started.elapsed()
+            );
+            let prepare::Prepared {
+                files,
+                writes,
+                packs,
+                links,
+                firsts,
+                stats: made,
+                mut problems,
+            } = p;
+            {
+                let mut stats = fetch::lock(&stats);
+                stats.files_restored += made.files_restored;
+                stats.files_skipped_identical += made.files_skipped_identical;
+                stats.symlinks += made.symlinks;
+                stats.hardlinks += made.hardlinks;
+                report(progress, &mut stats, &mut problems);
+                progress.restored(stats.files_restored, stats.bytes_written);
+            }
+            let exec = Arc::new(fetch::Exec {
+                files,
+                index: index.clone(),
+                links,
+                dirs: dirs.clone(),
+                names: names.clone(),
+                owner,
+                sync_each: options.sync_each_file,
+                abort: AtomicBool::new(false),
+            });
+            let pass = fetch::Pass { writes, packs };
+            let data = fetch::write_data(repo, &fetcher, exec.clone(), pass, progress, &stats);
+            next = Some(Flight {
+                exec,
+                firsts,
+                data: Box::pin(data),
+                done: None,
+            });
+        }
+        if let Some(mut old) = flight.take() {
+            // The batch before ends (the new one's reads already under
+            // way) before the one after is prepared.
+            let done = match old.done.take() {
+                Some(done) => done,
+                None => drive(old.data.as_mut(), next.as_mut()).await,
+            };
+            if let Err(err) = done {
+                return Err(abort(next, err, progress, &stats).await);
+            }
+            preparer.fetched(&old.firsts, &old.exec.files);
+        }
+        match next {
+            Some(n) => flight = Some(n),
+            None => break,
+        }
+    }
+    if batches == 0 {
+        progress.planned(planned.0, planned.1);
+    }
     tracing::debug!(
-        "restore: {} files to write, created by {:?}",
-        prepared.files.len(),
+        "restore: file data written in {batches} batches by {:?}",
         started.elapsed()
     );
-    let prepare::Prepared {
-        files,
-        writes,
-        packs,
-        links,
-        names,
-        dirs: dir_meta,
-        planned_bytes,
-        mut stats,
-        mut problems,
-    } = prepared;
-    problems.extend(damaged_dirs);
-    progress.planned(
-        files.len() as u64 + stats.files_restored,
-        planned_bytes + stats.bytes_written,
-    );
-    report(progress, &mut stats, &mut problems);
-    progress.restored(stats.files_restored, stats.bytes_written);
+    drop(flight);
+    drop(fetcher);
+    drop(planner);
+    let mut stats = stats.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let dir_meta = std::mem::take(&mut preparer.dir_meta);
+    drop(preparer);
 
-    let exec = fetch::Exec {
-        files,
-        index: repo.index().await?,
-        links,
-        dirs: dirs.clone(),
-        names,
-        owner: options.owner && !untrusted,
-        sync_each: options.sync_each_file,
-        abort: AtomicBool::new(false),
-    };
-    let pass = fetch::Pass { writes, packs };
-    fetch::write_data(repo, exec, pass, progress, &mut stats).await?;
-    tracing::debug!("restore: file data written by {:?}", started.elapsed());
-
-    let owner = options.owner && !untrusted;
     let sync_each = options.sync_each_file;
     let finishing = dirs.clone();
     let (dir_meta, dir_count, mut dir_problems) = blocking(move || {
@@ -242,6 +353,58 @@ pub async fn restore(
         started.elapsed()
     );
     Ok(stats)
+}
+
+/// A batch whose data is being fetched and written.
+struct Flight<'a> {
+    exec: Arc<fetch::Exec>,
+    /// See [`prepare::Prepared::firsts`].
+    firsts: Vec<u32>,
+    data: Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>,
+    /// How `data` ended, if it did while something else was awaited.
+    done: Option<Result<()>>,
+}
+
+/// Awaits `work` while the batch in flight (if any, and not yet done) goes
+/// on fetching; records how that batch ended if it ends first.
+async fn drive<T>(work: impl Future<Output = T>, flight: Option<&mut Flight<'_>>) -> T {
+    let mut work = std::pin::pin!(work);
+    if let Some(f) = flight
+        && f.done.is_none()
+    {
+        match futures::future::select(work.as_mut(), f.data.as_mut()).await {
+            futures::future::Either::Left((out, _)) => return out,
+            futures::future::Either::Right((ended, _)) => f.done = Some(ended),
+        }
+    }
+    work.await
+}
+
+/// Stops the batch in flight after `err` elsewhere stopped the restore:
+/// its writers stop where they are, and what it left unfinished is
+/// removed. Returns `err`.
+async fn abort(
+    flight: Option<Flight<'_>>,
+    err: Error,
+    progress: &dyn RestoreProgress,
+    stats: &Mutex<RestoreStats>,
+) -> Error {
+    let Some(mut f) = flight else {
+        return err;
+    };
+    f.exec.abort.store(true, Ordering::Release);
+    let ended = match f.done.take() {
+        Some(ended) => ended,
+        None => f.data.await,
+    };
+    if ended.is_ok() {
+        // (A batch that failed by itself removed its unfinished files.)
+        let exec = f.exec;
+        if let Ok(mut left) = blocking(move || fetch::remove_unfinished(&exec)).await {
+            report(progress, &mut fetch::lock(stats), &mut left);
+        }
+    }
+    err
 }
 
 /// Whether to withhold the snapshot's owners, set-id bits and `security.*`

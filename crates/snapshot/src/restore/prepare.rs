@@ -1,19 +1,20 @@
 //! Preparing the target of a restore.
 //!
-//! Owns everything between the [`Selection`] and the first byte of file
-//! data: looking at what is already in the target, refusing (before
-//! anything is written) to replace existing files unless asked to, finding
-//! files already identical for `delta`, creating directories, empty files,
-//! symlinks and hard links, and planning every blob write of the files
-//! that need data ([`Prepared`]). Files with data are created lazily by
-//! the writers (`fetch`); this module only creates those that must exist
-//! first (empty ones, and those other names link to). It does not read
-//! pack data and does not set directory metadata (`metadata`). Every call
-//! below the target goes through the directory handles of `handles`, never
-//! a path.
+//! Owns everything between the [`Selection`] and each batch's first byte
+//! of file data: looking at what is already in the target, refusing
+//! (before anything is written) to replace existing files unless asked
+//! to, finding files already identical for `delta` (all in [`start`], over
+//! the whole selection), then, batch by batch ([`Preparer::batch`]),
+//! creating directories, empty files, symlinks and hard links, and
+//! planning every blob write of the batch's files that need data
+//! ([`Prepared`]). Files with data are created lazily by the writers
+//! (`fetch`); this module only creates those that must exist first (empty
+//! ones, and those other names link to). It does not read pack data and
+//! does not set directory metadata (`metadata`). Every call below the
+//! target goes through the directory handles of `handles`, never a path.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
@@ -64,18 +65,22 @@ impl Existing {
     }
 }
 
+/// What is in the target at the places of kept items, by item number:
+/// only the places where something is (a restore into a new directory
+/// holds nothing here).
+pub(super) type Found = HashMap<u32, Existing>;
+
 /// Looks at each kept item's place in the target, through the handles of
 /// the directories above it (recording what each existing directory is).
 /// Nothing is below a directory that does not exist (or is not a
 /// directory), so a restore into a new directory costs no lookups.
-pub(super) fn scan_target(sel: &Selection, dirs: &mut Dirs) -> Result<Vec<Option<Existing>>> {
+pub(super) fn scan_target(sel: &Selection, dirs: &Dirs) -> Result<Found> {
     // Directory number -> whether it is a directory in the target now.
     let mut present = vec![false; dirs.paths.len()];
     present[0] = true;
-    let mut out = Vec::with_capacity(sel.items.len());
-    for item in &sel.items {
+    let mut out = Found::new();
+    for (i, item) in sel.items.iter().enumerate() {
         if !item.keep || !present[item.parent as usize] {
-            out.push(None);
             continue;
         }
         let name = OsStr::from_bytes(item.name.of(&sel.names));
@@ -90,7 +95,9 @@ pub(super) fn scan_target(sel: &Selection, dirs: &mut Dirs) -> Result<Vec<Option
             present[*d as usize] = true;
             dirs.set_ident(*d, m.ident);
         }
-        out.push(old);
+        if let Some(m) = old {
+            out.insert(i as u32, m);
+        }
     }
     Ok(out)
 }
@@ -122,20 +129,22 @@ pub(super) struct FileState {
     pub(super) created: Created,
 }
 
+/// One batch of a restore: the files whose data is fetched together, and
+/// what creating the batch's entries gave.
 #[derive(Default)]
 pub(super) struct Prepared {
     pub(super) files: Vec<FileState>,
     pub(super) writes: Vec<Write>,
     pub(super) packs: Vec<Id>,
     /// File number -> the other names (directory, name) of a hard-linked
-    /// file, removed with it if its data cannot be written.
+    /// file created in this batch, removed with it if its data cannot be
+    /// written.
     pub(super) links: HashMap<u32, Vec<(u32, Span)>>,
-    /// File names (see [`FileState::name`]).
-    pub(super) names: Vec<u8>,
-    /// Directories (number and metadata), parents first.
-    pub(super) dirs: Vec<(u32, Meta)>,
-    /// Bytes of the files in `files`.
-    pub(super) planned_bytes: u64,
+    /// Items whose first name (see [`FirstName`]) is a file of this batch
+    /// being written, for [`Preparer::fetched`].
+    pub(super) firsts: Vec<u32>,
+    /// Counts of what was finished while creating (empty files, identical
+    /// files, symlinks, hard links).
     pub(super) stats: RestoreStats,
     pub(super) problems: Vec<Problem>,
 }
@@ -150,20 +159,69 @@ pub(super) struct FirstName {
     pub(super) name: Span,
     /// What it is, once restored (none if it could not be).
     pub(super) ident: Option<Ident>,
-    /// Its number in the file list, while its data is being written.
+    /// Its number in the batch's file list, while its data is being
+    /// written (none once its batch is done).
     pub(super) file: Option<u32>,
+    /// The number of the batch that made it.
+    pub(super) batch: u32,
 }
 
-/// Checks the target for conflicts, then creates everything but file
-/// content, and plans the blob writes. Runs on a blocking thread. Returns
-/// the plan and the target's directory handles.
-pub(super) fn prepare(
+/// How many files (and blob writes) one batch plans and fetches at once,
+/// when [`RestoreOptions::batch_files`] is 0. What a batch holds is about
+/// 100 bytes per file and 64 per blob write, so about 6 MiB. Smaller
+/// batches read a pack holding files of several batches more often;
+/// larger ones hold more, and the allocator keeps freed batches per
+/// arena for a while (65,536 files measured 220 MiB at 500,000 tiny
+/// files, as much as planning every file at once).
+pub(super) const BATCH_FILES: usize = 16_384;
+
+/// A batch is also closed at this many blob writes per file of
+/// [`RestoreOptions::batch_files`] (a file with more blobs than that is a
+/// batch by itself).
+const WRITES_PER_FILE: usize = 4;
+
+/// Works through the selection batch by batch: [`start`] looks at the whole
+/// target once (the conflict refusal and `delta`'s comparisons, before
+/// anything is written), then each [`Preparer::batch`] creates the entries
+/// of the next stretch of the selection and plans the data of its files.
+pub(super) struct Preparer {
+    pub(super) sel: Selection,
+    pub(super) dirs: Arc<Dirs>,
+    /// What was found in the target, by item; taken as each item is made.
+    existing: Found,
+    /// Items `delta` found identical in the target.
+    identical: HashSet<u32>,
+    options: RestoreOptions,
+    /// First names of hard-linked files, by item, for their other names.
+    firsts: HashMap<u32, FirstName>,
+    /// Batches made so far.
+    batches: u32,
+    /// The next item to make.
+    next: usize,
+    /// Files (and blob writes) per batch.
+    batch_files: usize,
+    /// Directories made (number and metadata), parents first: their
+    /// metadata is set after everything else.
+    pub(super) dir_meta: Vec<(u32, Meta)>,
+    /// Files that will be written (not identical, each hard-linked file
+    /// once) and their bytes, for the progress display.
+    pub(super) planned_files: u64,
+    pub(super) planned_bytes: u64,
+    /// What the start found to say (stripped set-id bits and attributes).
+    pub(super) stats: RestoreStats,
+    pub(super) problems: Vec<Problem>,
+}
+
+/// Opens the target, checks it for conflicts and (for `delta`) finds the
+/// identical files: everything a restore decides from the whole selection
+/// before it writes anything. Runs on a blocking thread.
+pub(super) fn start(
     mut sel: Selection,
     options: &RestoreOptions,
     index: &Index,
     key: &MasterKey,
     untrusted: bool,
-) -> Result<(Prepared, Dirs)> {
+) -> Result<Preparer> {
     let mut parent = vec![0u32; sel.dirs.len()];
     for item in &sel.items {
         if let ItemKind::Dir(d) = item.kind {
@@ -171,7 +229,7 @@ pub(super) fn prepare(
         }
     }
     let paths = Arc::new(sel.dirs.clone());
-    let mut dirs = Dirs::open(paths, parent).map_err(|e| Error::io(&options.target, e))?;
+    let dirs = Dirs::open(paths, parent).map_err(|e| Error::io(&options.target, e))?;
     let mut stripped = Vec::new();
     let mut options = options.clone();
     if untrusted {
@@ -182,17 +240,12 @@ pub(super) fn prepare(
             }
         }
     }
-    let options = &options;
-    let existing = scan_target(&sel, &mut dirs)?;
+    let existing = scan_target(&sel, &dirs)?;
     if !(options.overwrite || options.delta) {
-        let conflict = sel
-            .items
+        let conflict = existing
             .iter()
-            .zip(&existing)
-            .find(|(item, old)| match old {
-                None => false,
-                Some(m) => !(matches!(item.kind, ItemKind::Dir(_)) && m.is_dir()),
-            });
+            .map(|(&i, m)| (&sel.items[i as usize], m))
+            .find(|(item, m)| !(matches!(item.kind, ItemKind::Dir(_)) && m.is_dir()));
         if let Some((item, _)) = conflict {
             return Err(Error::BadInput(format!(
                 "{} already exists in the restore target; nothing was written. Use --overwrite to replace \
@@ -204,54 +257,145 @@ pub(super) fn prepare(
     let identical = if options.delta {
         find_identical(&sel, &dirs, &existing, index, key)
     } else {
-        Vec::new()
+        HashSet::new()
     };
-
-    // Sized up front: the plan's vectors are its largest part, and growing
-    // them by doubling would hold up to twice that.
-    let (mut files, mut blobs) = (0, 0);
-    for item in &sel.items {
+    let (mut planned_files, mut planned_bytes) = (0, 0);
+    for (i, item) in sel.items.iter().enumerate() {
         if let ItemKind::File {
-            content,
+            size,
             link_to: None,
             ..
         } = item.kind
+            && item.keep
+            && !identical.contains(&(i as u32))
         {
-            files += 1;
-            blobs += content.len as usize;
+            planned_files += 1;
+            planned_bytes += size;
         }
     }
-    let mut p = Prepared {
-        files: Vec::with_capacity(files),
-        writes: Vec::with_capacity(blobs),
-        ..Prepared::default()
+    let mut stats = RestoreStats {
+        untrusted_snapshot: untrusted,
+        ..RestoreStats::default()
     };
-    p.stats.untrusted_snapshot = untrusted;
+    let mut problems = Vec::new();
     for path in stripped {
-        p.problems.push(Problem {
+        problems.push(Problem {
             message: "set-id bits and security.* attributes not restored (the snapshot was not made by root of a host)".into(),
             error: false,
             path: path.clone(),
         });
-        p.stats.stripped.push(path.display().to_string());
+        stats.stripped.push(path.display().to_string());
     }
-    let created = create_all(
-        &mut p, &sel, &mut dirs, existing, &identical, options, index,
-    );
-    p.names = std::mem::take(&mut sel.names);
-    if let Err(err) = created {
-        // Only a full target stops here: the files created for data are
-        // all unfinished.
-        let mut problems = Vec::new();
-        for (f, st) in p.files.iter().enumerate() {
-            let others = p.links.get(&(f as u32)).map_or(&[][..], Vec::as_slice);
-            remove_partial(&dirs, &p.names, st.dir, st.name, others, &mut problems);
-        }
-        return Err(err);
-    }
-    Ok((p, dirs))
+    let batch_files = match options.batch_files {
+        0 => BATCH_FILES,
+        n => n,
+    };
+    Ok(Preparer {
+        sel,
+        dirs: Arc::new(dirs),
+        existing,
+        identical,
+        options,
+        firsts: HashMap::new(),
+        batches: 0,
+        next: 0,
+        batch_files,
+        dir_meta: Vec::new(),
+        planned_files,
+        planned_bytes,
+        stats,
+        problems,
+    })
 }
 
+impl Preparer {
+    /// Creates the entries of the next batch (everything but file content,
+    /// in selection order: parents first) and plans the blob writes of its
+    /// files; `None` when the whole selection has been made. A full target
+    /// is an error, after the batch's unfinished files are removed.
+    pub(super) fn batch(&mut self, index: &Index) -> Result<Option<Prepared>> {
+        if self.next >= self.sel.items.len() {
+            return Ok(None);
+        }
+        self.batches += 1;
+        // Sized up front: the files and writes are most of a batch, and
+        // growing them by doubling would leave up to as much again freed
+        // behind (the allocator keeps it resident for a while).
+        let (files, writes) = self.extent();
+        let mut p = Prepared {
+            files: Vec::with_capacity(files),
+            writes: Vec::with_capacity(writes),
+            ..Prepared::default()
+        };
+        let made = self.create_batch(&mut p, index);
+        if self.next >= self.sel.items.len() {
+            // Everything is made: what only making needed goes now, not
+            // after the last batches' data is fetched.
+            self.sel.items = Vec::new();
+            self.sel.content = Vec::new();
+            self.existing = Found::new();
+            self.identical = HashSet::new();
+            self.firsts = HashMap::new();
+        }
+        if let Err(err) = made {
+            // Only a full target stops here: the files created for data
+            // are all unfinished.
+            let mut problems = Vec::new();
+            for (f, st) in p.files.iter().enumerate() {
+                let others = p.links.get(&(f as u32)).map_or(&[][..], Vec::as_slice);
+                remove_partial(
+                    &self.dirs,
+                    &self.sel.names,
+                    st.dir,
+                    st.name,
+                    others,
+                    &mut problems,
+                );
+            }
+            return Err(err);
+        }
+        Ok(Some(p))
+    }
+
+    /// How many files and blob writes the next batch plans at most (fewer
+    /// if a file cannot be planned, or the batch ends before another name
+    /// of a file still being written).
+    fn extent(&self) -> (usize, usize) {
+        let (mut files, mut writes) = (0, 0);
+        for (i, item) in self.sel.items.iter().enumerate().skip(self.next) {
+            if files >= self.batch_files || writes >= self.batch_files * WRITES_PER_FILE {
+                break;
+            }
+            if let ItemKind::File {
+                content,
+                link_to: None,
+                ..
+            } = item.kind
+                && item.keep
+                && content.len > 0
+                && !self.identical.contains(&(i as u32))
+            {
+                files += 1;
+                writes += content.len as usize;
+            }
+        }
+        (files, writes)
+    }
+
+    /// After a batch's data has been written (`firsts` and `files` are its
+    /// [`Prepared::firsts`] and files): a hard-linked file whose data
+    /// failed was removed, so names of it in later batches are not linked.
+    pub(super) fn fetched(&mut self, firsts: &[u32], files: &[FileState]) {
+        for &i in firsts {
+            if let Some(first) = self.firsts.get_mut(&i)
+                && let Some(f) = first.file.take()
+                && files[f as usize].failed.load(Ordering::Acquire)
+            {
+                first.ident = None;
+            }
+        }
+    }
+}
 /// Takes set-id bits and `security.*` attributes off an entry of an
 /// untrusted snapshot; says whether it had any.
 pub(super) fn strip(meta: &mut Meta) -> bool {
@@ -275,218 +419,252 @@ pub(super) fn storage_full(path: &std::path::Path, err: io::Error) -> Result<io:
     }
 }
 
-/// Creates every kept item but file content, in order (parents first).
-/// Item metadata moves into the plan (the items are left without it).
-pub(super) fn create_all(
-    p: &mut Prepared,
-    sel: &Selection,
-    dirs: &mut Dirs,
-    existing: Vec<Option<Existing>>,
-    identical: &[bool],
-    options: &RestoreOptions,
-    index: &Index,
-) -> Result<()> {
-    let mut packs: HashMap<Id, u32> = HashMap::new();
-    let mut firsts: HashMap<u32, FirstName> = HashMap::new();
-    for (i, (item, old)) in sel.items.iter().zip(existing).enumerate() {
-        if !item.keep {
-            continue;
-        }
-        let path = sel.path(item);
-        let name = OsStr::from_bytes(item.name.of(&sel.names));
-        let old = old.as_ref();
-        if let ItemKind::Dir(d) = item.kind {
-            let exists = old.is_some_and(Existing::is_dir);
-            let made = dirs
-                .get(item.parent)
-                .and_then(|parent| {
-                    if exists {
-                        Ok(())
-                    } else {
-                        clear(&parent, name, old)
+impl Preparer {
+    /// Creates the kept items of the next batch but file content, in order
+    /// (parents first), until the batch has its files or blob writes.
+    fn create_batch(&mut self, p: &mut Prepared, index: &Index) -> Result<()> {
+        let Preparer {
+            sel,
+            dirs,
+            existing,
+            identical,
+            options,
+            firsts,
+            batches,
+            next,
+            batch_files,
+            dir_meta,
+            ..
+        } = self;
+        let mut packs: HashMap<Id, u32> = HashMap::new();
+        while *next < sel.items.len()
+            && p.files.len() < *batch_files
+            && p.writes.len() < *batch_files * WRITES_PER_FILE
+        {
+            let i = *next;
+            let item = &sel.items[i];
+            if let ItemKind::File {
+                link_to: Some(j), ..
+            } = item.kind
+                && item.keep
+                && firsts
+                    .get(&j)
+                    .is_some_and(|f| f.file.is_some() && f.batch != *batches)
+            {
+                // Another name of a file whose data an earlier batch, still
+                // in flight, is writing: the batch ends here, and the name
+                // is made once that data is written (or has failed, and the
+                // file was removed), so a failed file's names are never
+                // left behind with partial data.
+                break;
+            }
+            *next += 1;
+            if !item.keep {
+                continue;
+            }
+            let path = sel.path(item);
+            let name = OsStr::from_bytes(item.name.of(&sel.names));
+            let old = existing.remove(&(i as u32));
+            let old = old.as_ref();
+            if let ItemKind::Dir(d) = item.kind {
+                let exists = old.is_some_and(Existing::is_dir);
+                let made = dirs
+                    .get(item.parent)
+                    .and_then(|parent| {
+                        if exists {
+                            Ok(())
+                        } else {
+                            clear(&parent, name, old)
+                        }
+                    })
+                    .and_then(|()| dirs.make(d, exists));
+                match made {
+                    Ok(()) => dir_meta.push((d, item.meta.clone())),
+                    Err(err) => {
+                        let err = storage_full(&path, err)?;
+                        p.problems.push(Problem::error(
+                            &path,
+                            format!("cannot create directory: {err}"),
+                        ));
                     }
-                })
-                .and_then(|()| dirs.make(d, exists));
-            match made {
-                Ok(()) => p.dirs.push((d, item.meta.clone())),
+                }
+                continue;
+            }
+            // Everything else is made in its directory's handle; a directory
+            // that could not be created or opened fails its entries.
+            let dir = match dirs.get(item.parent) {
+                Ok(dir) => dir,
                 Err(err) => {
                     let err = storage_full(&path, err)?;
                     p.problems.push(Problem::error(
                         &path,
-                        format!("cannot create directory: {err}"),
+                        format!("not restored: its directory cannot be opened: {err}"),
                     ));
-                }
-            }
-            continue;
-        }
-        // Everything else is made in its directory's handle; a directory
-        // that could not be created or opened fails its entries.
-        let dir = match dirs.get(item.parent) {
-            Ok(dir) => dir,
-            Err(err) => {
-                let err = storage_full(&path, err)?;
-                p.problems.push(Problem::error(
-                    &path,
-                    format!("not restored: its directory cannot be opened: {err}"),
-                ));
-                if let ItemKind::File { linked: true, .. } = item.kind {
-                    firsts.insert(
-                        i as u32,
-                        FirstName {
-                            dir: item.parent,
-                            name: item.name,
-                            ident: None,
-                            file: None,
-                        },
-                    );
-                }
-                continue;
-            }
-        };
-        match item.kind {
-            ItemKind::Dir(_) => unreachable!("handled above"),
-            ItemKind::Symlink(target) => {
-                let target = OsStr::from_bytes(target.of(&sel.names));
-                let same = options.delta
-                    && old.is_some_and(Existing::is_symlink)
-                    && handles::read_link(&dir, name).is_ok_and(|t| t.as_os_str() == target);
-                let made = if same {
-                    Ok(())
-                } else {
-                    clear(&dir, name, old).and_then(|_| handles::symlink(target, &dir, name))
-                };
-                let made = made.and_then(|_| {
-                    set_symlink_metadata(
-                        &dir,
-                        name,
-                        &path,
-                        &item.meta,
-                        options.owner,
-                        &mut p.problems,
-                    )
-                });
-                match made {
-                    Ok(()) => p.stats.symlinks += 1,
-                    Err(err) => {
-                        let err = storage_full(&path, err)?;
-                        p.problems.push(Problem::error(
-                            &path,
-                            format!("cannot restore symlink: {err}"),
-                        ));
+                    if let ItemKind::File { linked: true, .. } = item.kind {
+                        firsts.insert(
+                            i as u32,
+                            FirstName {
+                                dir: item.parent,
+                                name: item.name,
+                                ident: None,
+                                file: None,
+                                batch: *batches,
+                            },
+                        );
                     }
-                }
-            }
-            ItemKind::File {
-                link_to: Some(j), ..
-            } => {
-                let first = &firsts[&j];
-                let first_path = dirs
-                    .path(first.dir)
-                    .join(OsStr::from_bytes(first.name.of(&sel.names)));
-                let Some(want) = first.ident else {
-                    let first = first_path.display();
-                    p.problems.push(Problem::error(
-                        &path,
-                        format!("not linked: its other name {first} could not be restored"),
-                    ));
                     continue;
-                };
-                let same = options.delta && old.is_some_and(|m| m.ident == want);
-                let made = if same {
-                    Ok(())
-                } else {
-                    let first_name = OsStr::from_bytes(first.name.of(&sel.names));
-                    clear(&dir, name, old).and_then(|_| {
-                        let from = dirs.get(first.dir)?;
-                        handles::hard_link(&from, first_name, &dir, name, want)
-                    })
-                };
-                match made {
-                    Ok(()) => {
-                        p.stats.hardlinks += 1;
-                        if let Some(file) = first.file {
-                            p.links
-                                .entry(file)
-                                .or_default()
-                                .push((item.parent, item.name));
+                }
+            };
+            match item.kind {
+                ItemKind::Dir(_) => unreachable!("handled above"),
+                ItemKind::Symlink(target) => {
+                    let target = OsStr::from_bytes(target.of(&sel.names));
+                    let same = options.delta
+                        && old.is_some_and(Existing::is_symlink)
+                        && handles::read_link(&dir, name).is_ok_and(|t| t.as_os_str() == target);
+                    let made = if same {
+                        Ok(())
+                    } else {
+                        clear(&dir, name, old).and_then(|_| handles::symlink(target, &dir, name))
+                    };
+                    let made = made.and_then(|_| {
+                        set_symlink_metadata(
+                            &dir,
+                            name,
+                            &path,
+                            &item.meta,
+                            options.owner,
+                            &mut p.problems,
+                        )
+                    });
+                    match made {
+                        Ok(()) => p.stats.symlinks += 1,
+                        Err(err) => {
+                            let err = storage_full(&path, err)?;
+                            p.problems.push(Problem::error(
+                                &path,
+                                format!("cannot restore symlink: {err}"),
+                            ));
                         }
                     }
-                    Err(err) => {
-                        let err = storage_full(&path, err)?;
+                }
+                ItemKind::File {
+                    link_to: Some(j), ..
+                } => {
+                    let first = &firsts[&j];
+                    let first_path = dirs
+                        .path(first.dir)
+                        .join(OsStr::from_bytes(first.name.of(&sel.names)));
+                    let Some(want) = first.ident else {
                         let first = first_path.display();
                         p.problems.push(Problem::error(
                             &path,
-                            format!("cannot create hard link to {first}: {err}"),
+                            format!(
+                                "not restored: another name of {first}, which could not be restored"
+                            ),
                         ));
-                    }
-                }
-            }
-            ItemKind::File {
-                size,
-                content,
-                link_to: None,
-                linked,
-            } => {
-                let outcome = match (identical.get(i).copied().unwrap_or(false), old) {
-                    (true, Some(m)) => {
-                        // Opened again by handle, and only if still the
-                        // inode that was compared.
-                        let done = handles::open_file(&dir, name, false, Some(m.ident)).and_then(
-                            |(file, _)| {
-                                set_file_metadata(
-                                    &file,
-                                    &path,
-                                    &item.meta,
-                                    options.owner,
-                                    &mut p.problems,
-                                )
-                            },
-                        );
-                        match done {
-                            Ok(()) => {
-                                p.stats.files_skipped_identical += 1;
-                                Ok((None, Some(m.ident)))
+                        continue;
+                    };
+                    let same = options.delta && old.is_some_and(|m| m.ident == want);
+                    let made = if same {
+                        Ok(())
+                    } else {
+                        let first_name = OsStr::from_bytes(first.name.of(&sel.names));
+                        clear(&dir, name, old).and_then(|_| {
+                            let from = dirs.get(first.dir)?;
+                            handles::hard_link(&from, first_name, &dir, name, want)
+                        })
+                    };
+                    match made {
+                        Ok(()) => {
+                            p.stats.hardlinks += 1;
+                            if let Some(file) = first.file {
+                                p.links
+                                    .entry(file)
+                                    .or_default()
+                                    .push((item.parent, item.name));
                             }
-                            Err(err) => Err(format!("cannot set metadata: {err}")),
+                        }
+                        Err(err) => {
+                            let err = storage_full(&path, err)?;
+                            let first = first_path.display();
+                            p.problems.push(Problem::error(
+                                &path,
+                                format!("cannot create hard link to {first}: {err}"),
+                            ));
                         }
                     }
-                    _ => {
-                        let new = NewFile {
-                            dir: &dir,
-                            dir_number: item.parent,
-                            name,
-                            path: &path,
-                            item,
-                            size,
-                            content: content.of(&sel.content),
-                            old,
-                            linked,
-                        };
-                        plan_file(p, &mut packs, new, index, options.owner)?
+                }
+                ItemKind::File {
+                    size,
+                    content,
+                    link_to: None,
+                    linked,
+                } => {
+                    let outcome = match (identical.contains(&(i as u32)), old) {
+                        (true, Some(m)) => {
+                            // Opened again by handle, and only if still the
+                            // inode that was compared.
+                            let done = handles::open_file(&dir, name, false, Some(m.ident))
+                                .and_then(|(file, _)| {
+                                    set_file_metadata(
+                                        &file,
+                                        &path,
+                                        &item.meta,
+                                        options.owner,
+                                        &mut p.problems,
+                                    )
+                                });
+                            match done {
+                                Ok(()) => {
+                                    p.stats.files_skipped_identical += 1;
+                                    Ok((None, Some(m.ident)))
+                                }
+                                Err(err) => Err(format!("cannot set metadata: {err}")),
+                            }
+                        }
+                        _ => {
+                            let new = NewFile {
+                                dir: &dir,
+                                dir_number: item.parent,
+                                name,
+                                path: &path,
+                                item,
+                                size,
+                                content: content.of(&sel.content),
+                                old,
+                                linked,
+                            };
+                            plan_file(p, &mut packs, new, index, options.owner)?
+                        }
+                    };
+                    let (ident, file) = match outcome {
+                        Ok((file, ident)) => (ident, file),
+                        Err(msg) => {
+                            p.problems.push(Problem::error(&path, msg));
+                            (None, None)
+                        }
+                    };
+                    if linked {
+                        if file.is_some() {
+                            p.firsts.push(i as u32);
+                        }
+                        firsts.insert(
+                            i as u32,
+                            FirstName {
+                                dir: item.parent,
+                                name: item.name,
+                                ident,
+                                file,
+                                batch: *batches,
+                            },
+                        );
                     }
-                };
-                let (ident, file) = match outcome {
-                    Ok((file, ident)) => (ident, file),
-                    Err(msg) => {
-                        p.problems.push(Problem::error(&path, msg));
-                        (None, None)
-                    }
-                };
-                if linked {
-                    firsts.insert(
-                        i as u32,
-                        FirstName {
-                            dir: item.parent,
-                            name: item.name,
-                            ident,
-                            file,
-                        },
-                    );
                 }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// A file about to be created.
@@ -577,7 +755,6 @@ pub(super) fn plan_file(
         });
         at += loc.entry.raw_length as u64;
     }
-    p.planned_bytes += new.size;
     p.files.push(FileState {
         meta: new.item.meta.clone(),
         name: new.item.name,
@@ -638,12 +815,13 @@ pub(super) fn clear(dir: &File, name: &OsStr, old: Option<&Existing>) -> io::Res
 pub(super) fn find_identical(
     sel: &Selection,
     dirs: &Dirs,
-    existing: &[Option<Existing>],
+    existing: &Found,
     index: &Index,
     key: &MasterKey,
-) -> Vec<bool> {
+) -> HashSet<u32> {
     // First name of a hard-linked file -> the selected names it should
     // have, and whether the target's other names are all that inode.
+    let ident_of = |i: usize| existing.get(&(i as u32)).map(|m| m.ident);
     let mut groups: HashMap<usize, (u64, bool)> = HashMap::new();
     for (i, item) in sel.items.iter().enumerate() {
         if let ItemKind::File {
@@ -652,34 +830,31 @@ pub(super) fn find_identical(
             && item.keep
         {
             let j = j as usize;
-            let first = existing[j].map(|m| m.ident);
+            let first = ident_of(j);
             let g = groups.entry(j).or_insert((1, true));
             g.0 += 1;
-            g.1 &= first.is_some() && existing[i].map(|m| m.ident) == first;
+            g.1 &= first.is_some() && ident_of(i) == first;
         }
     }
-    let candidates: Vec<(usize, Span, Ident)> = sel
-        .items
+    let candidates: Vec<(usize, Span, Ident)> = existing
         .iter()
-        .zip(existing)
-        .enumerate()
-        .filter_map(|(i, (item, old))| match (&item.kind, old) {
-            (
+        .filter_map(|(&i, m)| {
+            let i = i as usize;
+            let item = &sel.items[i];
+            match &item.kind {
                 ItemKind::File {
                     size,
                     content,
                     link_to: None,
                     ..
-                },
-                Some(m),
-            ) if item.keep && m.is_file() && m.len == *size => {
-                let (names, all) = groups.get(&i).copied().unwrap_or((1, true));
-                (all && m.nlink == names).then_some((i, *content, m.ident))
+                } if item.keep && m.is_file() && m.len == *size => {
+                    let (names, all) = groups.get(&i).copied().unwrap_or((1, true));
+                    (all && m.nlink == names).then_some((i, *content, m.ident))
+                }
+                _ => None,
             }
-            _ => None,
         })
         .collect();
-    let mut out = vec![false; sel.items.len()];
     let results: Vec<AtomicBool> = candidates.iter().map(|_| AtomicBool::new(false)).collect();
     let next = AtomicUsize::new(0);
     let threads = std::thread::available_parallelism()
@@ -707,10 +882,12 @@ pub(super) fn find_identical(
             });
         }
     });
-    for (k, &(i, _, _)) in candidates.iter().enumerate() {
-        out[i] = results[k].load(Ordering::Relaxed);
-    }
-    out
+    candidates
+        .iter()
+        .zip(&results)
+        .filter(|(_, same)| same.load(Ordering::Relaxed))
+        .map(|(&(i, _, _), _)| i as u32)
+        .collect()
 }
 
 /// Cuts the existing file at the snapshot's blob boundaries and compares

@@ -21,6 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
@@ -117,7 +118,8 @@ pub(super) struct Selection {
     pub(super) items: Vec<Item>,
     /// Target path of every directory, by number; 0 is the target.
     pub(super) dirs: Vec<PathBuf>,
-    pub(super) names: Vec<u8>,
+    /// Shared with the writers of every batch (see `fetch::Exec`).
+    pub(super) names: Arc<Vec<u8>>,
     pub(super) content: Vec<Id>,
     /// Selected directories whose tree was damaged, left empty.
     pub(super) problems: Vec<Problem>,
@@ -155,10 +157,11 @@ pub(super) async fn select(
     let mut sel = Selection {
         items: Vec::new(),
         dirs: vec![target.to_path_buf()],
-        names: Vec::new(),
+        names: Arc::default(),
         content: Vec::new(),
         problems: Vec::new(),
     };
+    let mut names = Vec::new();
     // Directory number -> its item (none for the target).
     let mut dir_items: Vec<u32> = vec![u32::MAX];
     // Files with more than one link, by device and inode at backup time:
@@ -265,7 +268,7 @@ pub(super) async fn select(
                 }
                 NodeKind::Symlink => {
                     let target = node.link_target.as_deref().unwrap_or_default();
-                    ItemKind::Symlink(append(&mut sel.names, target)?)
+                    ItemKind::Symlink(append(&mut names, target)?)
                 }
             };
             let xattrs = (!node.xattrs.is_empty()).then(|| Box::new(node.xattrs));
@@ -278,7 +281,7 @@ pub(super) async fn select(
                     mtime_secs: node.mtime.secs,
                     xattrs,
                 },
-                name: append(&mut sel.names, &node.name)?,
+                name: append(&mut names, &node.name)?,
                 parent: pending.dir,
                 kind,
                 keep: false,
@@ -288,6 +291,13 @@ pub(super) async fn select(
             }
         }
     }
+    // The buffers grew by doubling: give back the unused half (they are
+    // held for the whole restore).
+    sel.items.shrink_to_fit();
+    sel.content.shrink_to_fit();
+    sel.dirs.shrink_to_fit();
+    names.shrink_to_fit();
+    sel.names = Arc::new(names);
     Ok(sel)
 }
 

@@ -1103,7 +1103,8 @@ async fn load(
         ));
     }
     let bytes = repo.read_tree_blob_at(&id, &loc).await?;
-    blocking(move || Tree::decode(&id, &bytes)).await?
+    crate::packread::open_off_thread_if_large(bytes.len(), move || Tree::decode(&id, &bytes))
+        .await?
 }
 
 fn join(name: &str, rest: &str) -> String {

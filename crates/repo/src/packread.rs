@@ -493,7 +493,9 @@ pub(crate) const TREE_PACK_CACHE_BYTES: u64 = 32 << 20;
 /// `ls`, `find`, `check`) costs one request per tree pack instead of one
 /// per tree: on object storage each request is a round trip (the
 /// object-storage diagnosis in docs/performance.md counted 380 ranged reads
-/// for 380 trees held in one 344 KB pack).
+/// for 380 trees held in one 344 KB pack), and on a local disk each is a
+/// hand-off to the blocking pool and back (a `check` of linux-source's
+/// trees spent a quarter of its CPU waking threads for them).
 ///
 /// A tree pack holds trees only (the writer keeps one open pack per blob
 /// type), and packs are immutable and named by their content, so a cached
@@ -587,15 +589,12 @@ impl Repository {
     /// Reads, decrypts and verifies one tree blob at a known location,
     /// from its whole pack kept in memory (see [`TreePacks`]).
     pub(crate) async fn read_tree_blob_at(&self, id: &Id, loc: &BlobLocation) -> Result<Bytes> {
-        // Whole packs pay off where each request is a round trip; on a
-        // local disk a small ranged read is cheaper than reading the pack.
-        if !TreePacks::applies(self.config().pack_size)
-            || !self
-                .tier_storage(Tier::Hot)
-                .await?
-                .capabilities()
-                .round_trips
-        {
+        // Whole packs pay off on every storage: on object storage each
+        // request is a round trip, and on a local disk each ranged read is
+        // a hand-off to the blocking pool, which cost a tree walk more than
+        // reading the few MiB of its packs once (docs/performance.md,
+        // "Trees without thread hand-offs").
+        if !TreePacks::applies(self.config().pack_size) {
             return self.read_blob_at(id, loc).await;
         }
         let loc = *loc;

@@ -566,9 +566,14 @@ impl Repository {
                 )));
             }
             Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Unreachable) => {
+                // Gone, or the storage itself unreachable: say which.
+                let why = match e.kind() {
+                    ErrorKind::NotFound => "its config is gone".to_string(),
+                    _ => format!("reading its config failed: {e}"),
+                };
                 return Err(Error::Unreachable(format!(
                     "the repository at {} is unreachable (unmounted or moved during this \
-                     run?): its config is gone; no snapshot was saved",
+                     run?): {why}; no snapshot was saved",
                     self.storage.location()
                 )));
             }

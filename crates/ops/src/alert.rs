@@ -31,22 +31,26 @@
 //!   (taken under a lock, so `lifeboat run` and the daemon share it), so a
 //!   restart neither repeats nor forgets an alert;
 //! - **off the backup path**: [`Alerter::notify`] and [`Alerter::ping`]
-//!   return at once; each message is delivered by its own task with a
-//!   bounded number of attempts and a timeout per attempt ([`Retry`]). A
-//!   dead endpoint never blocks or fails a backup; giving up is logged
-//!   (warning) and counted ([`Alerter::stats`]).
+//!   return at once; messages are delivered by tasks with a bounded
+//!   number of attempts and a timeout per attempt ([`Retry`]). A dead
+//!   endpoint never blocks or fails a backup; giving up is logged
+//!   (warning) and counted ([`Alerter::stats`]);
+//! - **in order per destination**: one task per alert channel (an alert's
+//!   webhook, Slack hook, email, ping URL) sends its messages in the order
+//!   they were queued, each after the one before was delivered or given
+//!   up, so a receiver never sees a recovery before the problem it ends.
 //!
 //! Payloads are documented in docs/operations.md ("Alerts").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration as StdDuration;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{AlertConfig, Config, PlanConfig};
 use crate::report::{Outcome, RunReport, StepKind};
@@ -291,6 +295,9 @@ struct Inner {
     pending: watch::Sender<usize>,
     delivered: AtomicU64,
     gave_up: AtomicU64,
+    /// The queue of each destination (alert name, channel) whose task is
+    /// running (see [`send_in_order`]).
+    queues: Mutex<HashMap<(String, &'static str), mpsc::UnboundedSender<Message>>>,
 }
 
 /// The sender of alerts. Cheap to clone; needs a tokio runtime.
@@ -332,6 +339,7 @@ impl Alerter {
                 pending: watch::Sender::new(0),
                 delivered: AtomicU64::new(0),
                 gave_up: AtomicU64::new(0),
+                queues: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -572,42 +580,76 @@ impl Alerter {
         Ok(out)
     }
 
+    /// Queues `msg` for the destination (`alert`, `channel`): its task
+    /// (started on first use) sends the destination's messages one at a
+    /// time, in the order queued.
     fn deliver(&self, alert: &str, channel: &'static str, msg: Message) {
-        let inner = self.inner.clone();
-        inner.pending.send_modify(|n| *n += 1);
-        let alert = alert.to_string();
-        self.inner.runtime.spawn(async move {
-            let retry = inner.retry;
-            let mut wait = retry.backoff;
-            let mut last = String::new();
-            let mut ok = false;
-            for attempt in 1..=retry.attempts.max(1) {
-                if attempt > 1 {
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
-                match tokio::time::timeout(retry.timeout, msg.send(&inner.client)).await {
-                    Ok(Ok(())) => {
-                        ok = true;
-                        break;
-                    }
-                    Ok(Err(e)) => last = e,
-                    Err(_) => last = format!("no answer within {:?}", retry.timeout),
-                }
+        self.inner.pending.send_modify(|n| *n += 1);
+        let mut queues = self.inner.queues.lock().expect("not poisoned");
+        let tx = queues
+            .entry((alert.to_string(), channel))
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let inner = Arc::downgrade(&self.inner);
+                let task = send_in_order(inner, alert.to_string(), channel, rx);
+                self.inner.runtime.spawn(task);
+                tx
+            });
+        if let Err(mpsc::error::SendError(_)) = tx.send(msg) {
+            // Its task is gone (the runtime shutting down): not sent.
+            queues.remove(&(alert.to_string(), channel));
+            self.inner.gave_up.fetch_add(1, Ordering::Relaxed);
+            self.inner.pending.send_modify(|n| *n -= 1);
+        }
+    }
+}
+
+/// Sends the messages of one destination as they are queued, each after
+/// the one before was delivered or given up. Ends when the alerter is
+/// dropped (the queue's sender goes with it).
+async fn send_in_order(
+    inner: Weak<Inner>,
+    alert: String,
+    channel: &'static str,
+    mut queue: mpsc::UnboundedReceiver<Message>,
+) {
+    while let Some(msg) = queue.recv().await {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        inner.send_with_retries(&alert, channel, &msg).await;
+        inner.pending.send_modify(|n| *n -= 1);
+    }
+}
+
+impl Inner {
+    /// Sends `msg` with [`Retry`]'s attempts and timeout; counts and logs
+    /// the outcome.
+    async fn send_with_retries(&self, alert: &str, channel: &'static str, msg: &Message) {
+        let retry = self.retry;
+        let mut wait = retry.backoff;
+        let mut last = String::new();
+        for attempt in 1..=retry.attempts.max(1) {
+            if attempt > 1 {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
             }
-            if ok {
-                inner.delivered.fetch_add(1, Ordering::Relaxed);
-            } else {
-                inner.gave_up.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    alert = %alert,
-                    channel,
-                    "alert not delivered, gave up after {} attempts: {last}",
-                    retry.attempts.max(1)
-                );
+            match tokio::time::timeout(retry.timeout, msg.send(&self.client)).await {
+                Ok(Ok(())) => {
+                    self.delivered.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Ok(Err(e)) => last = e,
+                Err(_) => last = format!("no answer within {:?}", retry.timeout),
             }
-            inner.pending.send_modify(|n| *n -= 1);
-        });
+        }
+        self.gave_up.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            alert = %alert,
+            channel,
+            "alert not delivered, gave up after {} attempts: {last}",
+            retry.attempts.max(1)
+        );
     }
 }
 

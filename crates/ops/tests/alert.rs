@@ -369,3 +369,48 @@ async fn a_plan_s_own_thresholds_decide_and_detection_can_be_switched_off() {
         assert!(sent.is_empty(), "{keys}: {sent:?}");
     }
 }
+
+/// A receiver sees each destination's messages in the order they were
+/// sent: a condition that flips between problem and recovery many times
+/// in a row arrives alternating, never a recovery before its problem
+/// (every message had its own task before, and two of them could race;
+/// the drill alert test caught one such swap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_destination_gets_its_messages_in_the_order_sent() {
+    let s = Setup::new();
+    let http = HttpSink::start();
+    let config = s.config(format!(
+        "{plans}
+[alert.ops]
+webhook = \"{url}/hook\"
+",
+        plans = plans(),
+        url = http.url()
+    ));
+    let a = common::quick_alerts(&config);
+    let t0 = ts("2026-03-01T10:00:00Z");
+    let flips = 40;
+    for i in 0..flips {
+        let ev = if i % 2 == 0 {
+            Event::problem(
+                conditions::RUN_FAILED,
+                "files",
+                "local",
+                format!("failed {i}"),
+            )
+        } else {
+            Event::recovered(conditions::RUN_FAILED, "files", "local", format!("ok {i}"))
+        };
+        a.notify(ev, t0);
+    }
+    assert!(a.flush(StdDuration::from_secs(60)).await);
+    let got = http.wait_for(flips);
+    let statuses: Vec<String> = got
+        .iter()
+        .map(|r| json(&r.body)["status"].as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = (0..flips)
+        .map(|i| if i % 2 == 0 { "problem" } else { "recovered" }.to_string())
+        .collect();
+    assert_eq!(statuses, expected);
+}

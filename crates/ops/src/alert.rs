@@ -45,7 +45,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration as StdDuration;
 
 use jiff::Timestamp;
@@ -289,15 +289,21 @@ struct Inner {
     alerts: RwLock<Arc<BTreeMap<String, AlertConfig>>>,
     state_dir: PathBuf,
     host: String,
+    runtime: tokio::runtime::Handle,
+    delivery: Arc<Delivery>,
+    /// The queue of each destination (alert name, channel) whose task is
+    /// running (see [`send_in_order`]). Dropped with the alerter: each
+    /// task then sends what is still queued and ends.
+    queues: Mutex<HashMap<(String, &'static str), mpsc::UnboundedSender<Message>>>,
+}
+
+/// What the destinations' tasks share with the alerter.
+struct Delivery {
     retry: Retry,
     client: reqwest::Client,
-    runtime: tokio::runtime::Handle,
     pending: watch::Sender<usize>,
     delivered: AtomicU64,
     gave_up: AtomicU64,
-    /// The queue of each destination (alert name, channel) whose task is
-    /// running (see [`send_in_order`]).
-    queues: Mutex<HashMap<(String, &'static str), mpsc::UnboundedSender<Message>>>,
 }
 
 /// The sender of alerts. Cheap to clone; needs a tokio runtime.
@@ -333,12 +339,14 @@ impl Alerter {
                 alerts: RwLock::new(Arc::new(config.alerts.clone())),
                 state_dir: config.state_dir.clone(),
                 host: crate::run::host(),
-                retry,
-                client,
                 runtime: tokio::runtime::Handle::current(),
-                pending: watch::Sender::new(0),
-                delivered: AtomicU64::new(0),
-                gave_up: AtomicU64::new(0),
+                delivery: Arc::new(Delivery {
+                    retry,
+                    client,
+                    pending: watch::Sender::new(0),
+                    delivered: AtomicU64::new(0),
+                    gave_up: AtomicU64::new(0),
+                }),
                 queues: Mutex::new(HashMap::new()),
             }),
         }
@@ -374,8 +382,8 @@ impl Alerter {
 
     pub fn stats(&self) -> Stats {
         Stats {
-            delivered: self.inner.delivered.load(Ordering::Relaxed),
-            gave_up: self.inner.gave_up.load(Ordering::Relaxed),
+            delivered: self.inner.delivery.delivered.load(Ordering::Relaxed),
+            gave_up: self.inner.delivery.gave_up.load(Ordering::Relaxed),
         }
     }
 
@@ -484,13 +492,13 @@ impl Alerter {
     /// Waits until every message queued so far is delivered or given up,
     /// at most `timeout`; returns whether all were.
     pub async fn flush(&self, timeout: StdDuration) -> bool {
-        let mut rx = self.inner.pending.subscribe();
+        let mut rx = self.inner.delivery.pending.subscribe();
         let done = tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0)).await;
         let ok = matches!(done, Ok(Ok(_)));
         if !ok {
             tracing::warn!(
                 "{} alert messages still undelivered after {timeout:?}; not waiting longer",
-                *self.inner.pending.borrow()
+                *self.inner.delivery.pending.borrow()
             );
         }
         ok
@@ -584,45 +592,42 @@ impl Alerter {
     /// (started on first use) sends the destination's messages one at a
     /// time, in the order queued.
     fn deliver(&self, alert: &str, channel: &'static str, msg: Message) {
-        self.inner.pending.send_modify(|n| *n += 1);
+        self.inner.delivery.pending.send_modify(|n| *n += 1);
         let mut queues = self.inner.queues.lock().expect("not poisoned");
         let tx = queues
             .entry((alert.to_string(), channel))
             .or_insert_with(|| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                let inner = Arc::downgrade(&self.inner);
-                let task = send_in_order(inner, alert.to_string(), channel, rx);
+                let delivery = self.inner.delivery.clone();
+                let task = send_in_order(delivery, alert.to_string(), channel, rx);
                 self.inner.runtime.spawn(task);
                 tx
             });
         if let Err(mpsc::error::SendError(_)) = tx.send(msg) {
             // Its task is gone (the runtime shutting down): not sent.
             queues.remove(&(alert.to_string(), channel));
-            self.inner.gave_up.fetch_add(1, Ordering::Relaxed);
-            self.inner.pending.send_modify(|n| *n -= 1);
+            self.inner.delivery.gave_up.fetch_add(1, Ordering::Relaxed);
+            self.inner.delivery.pending.send_modify(|n| *n -= 1);
         }
     }
 }
 
 /// Sends the messages of one destination as they are queued, each after
-/// the one before was delivered or given up. Ends when the alerter is
-/// dropped (the queue's sender goes with it).
+/// the one before was delivered or given up. Ends once the alerter is
+/// dropped (the queue's sender goes with it) and the queue is empty.
 async fn send_in_order(
-    inner: Weak<Inner>,
+    delivery: Arc<Delivery>,
     alert: String,
     channel: &'static str,
     mut queue: mpsc::UnboundedReceiver<Message>,
 ) {
     while let Some(msg) = queue.recv().await {
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        inner.send_with_retries(&alert, channel, &msg).await;
-        inner.pending.send_modify(|n| *n -= 1);
+        delivery.send_with_retries(&alert, channel, &msg).await;
+        delivery.pending.send_modify(|n| *n -= 1);
     }
 }
 
-impl Inner {
+impl Delivery {
     /// Sends `msg` with [`Retry`]'s attempts and timeout; counts and logs
     /// the outcome.
     async fn send_with_retries(&self, alert: &str, channel: &'static str, msg: &Message) {

@@ -611,7 +611,8 @@ impl Repository {
             ));
         }
         let key = self.key().clone();
-        let plain = open_off_thread_if_large(len, move || {
+        let work = len.max(loc.entry.raw_length as usize);
+        let plain = open_off_thread_if_large(work, move || {
             open_blob(&key, &loc.entry, &pack[start..start + len])
         })
         .await?
@@ -620,9 +621,9 @@ impl Repository {
     }
 }
 
-/// Stored blobs up to this size are opened (decrypted, decompressed,
-/// verified) on the task that asked for them; larger ones on the blocking
-/// pool. Handing work to the pool and back wakes two threads, which cost
+/// Blobs up to this size (stored and plaintext) are opened (decrypted,
+/// decompressed, verified) on the task that asked for them, and trees up
+/// to it decoded there; larger ones on the blocking pool. Handing work to the pool and back wakes two threads, which cost
 /// more than opening a small blob: a directory's tree of a few dozen
 /// entries is a few KiB, opened in microseconds, and a walk of a
 /// snapshot's trees reads thousands of them (`check` spent ~40% of its
@@ -630,14 +631,16 @@ impl Repository {
 /// tokio's ~100 µs between awaits.
 pub(crate) const OPEN_ON_TASK_BYTES: usize = 16 * 1024;
 
-/// Runs `open`, the opening of a blob (or decoding of a tree) of `stored`
-/// bytes, here if it is at most [`OPEN_ON_TASK_BYTES`], else on the
-/// blocking pool.
+/// Runs `open` here if the work is at most [`OPEN_ON_TASK_BYTES`], else
+/// on the blocking pool. `bytes`: for opening a blob, the larger of its
+/// stored and plaintext lengths (a small stored blob of a very
+/// compressible chunk decompresses to megabytes; opening never makes more
+/// plaintext than the index's length); for decoding a tree, its plaintext.
 pub(crate) async fn open_off_thread_if_large<T: Send + 'static>(
-    stored: usize,
+    bytes: usize,
     open: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T> {
-    if stored <= OPEN_ON_TASK_BYTES {
+    if bytes <= OPEN_ON_TASK_BYTES {
         Ok(open())
     } else {
         blocking(open).await
@@ -660,10 +663,10 @@ impl Repository {
             )
             .await
             .map_err(|e| in_pack_read(e, loc.pack, id))?;
-        let plain =
-            open_off_thread_if_large(loc.entry.length as usize, move || fetched.open(&loc.entry))
-                .await?
-                .map_err(|e| in_pack(e, loc.pack))?;
+        let work = loc.entry.length.max(loc.entry.raw_length) as usize;
+        let plain = open_off_thread_if_large(work, move || fetched.open(&loc.entry))
+            .await?
+            .map_err(|e| in_pack(e, loc.pack))?;
         Ok(Bytes::from(plain))
     }
 }

@@ -38,8 +38,8 @@
 //! at each existing place; that still grows with the number of files.
 //! What the plan adds on top — each file's write state and each blob
 //! write, about 100 and 64 bytes — is held for at most two batches at a
-//! time: 2 × (100 B × `batch_files` + 64 B × 4 × `batch_files`), about
-//! 2 × 6 MiB at the default 16,384 files (every batch is built on one
+//! time: 2 × (100 B × `batch_files` + 64 B × 4 × `batch_files`), at most
+//! 2 × 45 MiB at the default 131,072 files (every batch is built on one
 //! dedicated thread, so the allocator reuses a freed batch's memory for
 //! the next), and the data path, shared by both batches, holds at most
 //! `fetch::MEMORY_BUDGET_KIB` of sealed bytes and plaintext. The
@@ -135,7 +135,7 @@ pub struct RestoreOptions {
     /// pays for; per-file fsyncs are slower for many small files. For a
     /// few large files (a database's data directory), set this.
     pub sync_each_file: bool,
-    /// Files whose data is planned and fetched together (0: 16,384). A
+    /// Files whose data is planned and fetched together (0: 131,072). A
     /// restore holds the plans of at most two batches at a time (one
     /// being fetched while the next is prepared, or both being fetched),
     /// so its memory does not grow with the number of files beyond the

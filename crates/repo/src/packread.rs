@@ -623,8 +623,9 @@ impl Repository {
 
 /// Blobs up to this size (stored and plaintext) are opened (decrypted,
 /// decompressed, verified) on the task that asked for them, and trees up
-/// to it decoded there; larger ones on the blocking pool. Handing work to the pool and back wakes two threads, which cost
-/// more than opening a small blob: a directory's tree of a few dozen
+/// to it decoded there; larger ones on the blocking pool. Handing work
+/// to the pool and back wakes two threads, which cost more than opening
+/// a small blob: a directory's tree of a few dozen
 /// entries is a few KiB, opened in microseconds, and a walk of a
 /// snapshot's trees reads thousands of them (`check` spent ~40% of its
 /// CPU in those wake-ups on a 2-core VM). 16 KiB opens in well under

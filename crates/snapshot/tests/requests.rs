@@ -7,11 +7,15 @@
 use std::fs;
 use std::sync::Arc;
 
-use lifeboat_repo::{InitOptions, KdfParams, Repository};
+use std::collections::BTreeSet;
+
+use lifeboat_repo::{BlobType, InitOptions, KdfParams, Repository, pack_object_path};
 use lifeboat_snapshot::backup::{BackupOptions, backup};
 use lifeboat_snapshot::progress::NoProgress;
+use lifeboat_snapshot::restore::{RestoreOptions, restore};
 use lifeboat_storage::{DynStorage, Kind, MemoryStorage};
 use lifeboat_testkit::CountingStorage;
+use lifeboat_testkit::data::pseudo_random;
 
 /// Opens the repository as a command does: config first (one read), then
 /// the key, with the metadata cache under `cache`.
@@ -87,4 +91,104 @@ async fn a_no_change_backup_reads_the_config_twice_and_nothing_it_already_holds(
     }
     assert_eq!(calls("stat", Kind::Snapshots), 0, "requests:\n{log}");
     assert_eq!(counting.counts().total(), 14, "requests:\n{log}");
+}
+
+/// A restore in batches reads a data pack again only where a batch
+/// boundary falls inside it: batches follow the data's order in the
+/// packs, not the snapshot's breadth-first order. Here a backup (depth
+/// first) packs each top directory's eight nested files together, while a
+/// breadth-first walk meets them a level at a time, so batches of eight
+/// files cut in the walk's order each read from every pack (32 reads of 4
+/// packs); in pack order each file's pack is read by at most one batch
+/// more than the packs, boundaries included: packs + batches - 1 reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_in_batches_reads_each_data_pack_once_but_at_batch_boundaries() {
+    let mem = MemoryStorage::new().with_round_trips();
+    let counting = Arc::new(CountingStorage::new(Arc::new(mem)));
+    let storage: DynStorage = counting.clone();
+    let cache = tempfile::tempdir().unwrap();
+    let source = tempfile::tempdir().unwrap();
+    // 64 files of 60 KiB (one blob each, incompressible) in 1 MiB packs.
+    let mut contents = Vec::new();
+    for d in 0..8u64 {
+        let mut dir = source.path().join(format!("d{d}"));
+        for level in 0..8u64 {
+            fs::create_dir_all(&dir).unwrap();
+            let data = pseudo_random(60 * 1024, d * 8 + level);
+            fs::write(dir.join("f"), &data).unwrap();
+            contents.push(data);
+            dir = dir.join("s");
+        }
+    }
+    Repository::init(
+        storage.clone(),
+        b"pw",
+        InitOptions {
+            kdf: KdfParams::INSECURE_TEST,
+            pack_size: 1024 * 1024,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let options = BackupOptions {
+        paths: vec![source.path().to_path_buf()],
+        contents_as_root: true,
+        ..Default::default()
+    };
+    let repo = open(&storage, cache.path()).await;
+    let made = backup(repo.clone(), &options, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let mut packs = BTreeSet::new();
+    for data in &contents {
+        let id = repo.key().blob_id(data);
+        let loc = repo.locate(BlobType::Data, &id).await.unwrap();
+        packs.insert(pack_object_path(&loc.pack));
+    }
+    assert!(packs.len() >= 3, "the files lie in {} pack(s)", packs.len());
+
+    let target = tempfile::tempdir().unwrap();
+    let restored = target.path().join("r");
+    counting.reset();
+    let repo = open(&storage, cache.path()).await;
+    let batch_files = 8;
+    let stats = restore(
+        &repo,
+        &made.snapshot,
+        &RestoreOptions {
+            target: restored.clone(),
+            batch_files,
+            ..Default::default()
+        },
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(stats.errors, Vec::<String>::new());
+    assert_eq!(stats.files_restored, 64);
+    let log = counting.call_log();
+    let data_reads: u64 = counting
+        .reads_by_object()
+        .iter()
+        .filter(|(key, _)| packs.contains(&key.to_string()))
+        .map(|(_, n)| n)
+        .sum();
+    let batches = contents.len().div_ceil(batch_files) as u64;
+    let most = packs.len() as u64 + batches - 1;
+    assert!(
+        data_reads <= most,
+        "{data_reads} reads of {} data packs in {batches} batches (at most {most}); requests:\n{log}",
+        packs.len()
+    );
+    // And the restore is whole (one backup path is the snapshot's root).
+    let mut k = 0;
+    for d in 0..8 {
+        let mut dir = restored.join(format!("d{d}"));
+        for _ in 0..8 {
+            assert_eq!(fs::read(dir.join("f")).unwrap(), contents[k]);
+            k += 1;
+            dir = dir.join("s");
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! wraps and remembers which objects were read, so a test can prove that an
 //! operation never touched a storage (the cold tier of a repository).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -46,7 +46,8 @@ struct Counters {
 pub struct CountingStorage {
     inner: DynStorage,
     counters: Counters,
-    read_keys: Mutex<BTreeSet<ObjectKey>>,
+    /// Reads (of content) by object.
+    read_keys: Mutex<BTreeMap<ObjectKey, u64>>,
     /// Every call as (operation, object kind), in order.
     calls: Mutex<Vec<(&'static str, Kind)>>,
 }
@@ -56,7 +57,7 @@ impl CountingStorage {
         CountingStorage {
             inner,
             counters: Counters::default(),
-            read_keys: Mutex::new(BTreeSet::new()),
+            read_keys: Mutex::new(BTreeMap::new()),
             calls: Mutex::new(Vec::new()),
         }
     }
@@ -75,6 +76,11 @@ impl CountingStorage {
 
     /// Objects whose content was read (by `get` or `get_range`).
     pub fn read_keys(&self) -> BTreeSet<ObjectKey> {
+        self.read_keys.lock().unwrap().keys().cloned().collect()
+    }
+
+    /// How many reads (`get` or `get_range`) each object had.
+    pub fn reads_by_object(&self) -> BTreeMap<ObjectKey, u64> {
         self.read_keys.lock().unwrap().clone()
     }
 
@@ -117,7 +123,12 @@ impl CountingStorage {
     fn read(&self, key: &ObjectKey, bytes: u64) {
         self.counters.reads.fetch_add(1, Ordering::SeqCst);
         self.counters.read_bytes.fetch_add(bytes, Ordering::SeqCst);
-        self.read_keys.lock().unwrap().insert(key.clone());
+        *self
+            .read_keys
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default() += 1;
     }
 }
 

@@ -214,8 +214,6 @@ pub(super) struct Exec {
     /// Where else each blob is, for reading it from another pack when its
     /// first one is missing or damaged.
     pub(super) index: Arc<Index>,
-    /// See [`super::prepare::Prepared::links`].
-    pub(super) links: HashMap<u32, Vec<(u32, Span)>>,
     pub(super) dirs: Arc<Dirs>,
     /// The selection's names (see [`super::select::Selection::names`]).
     pub(super) names: Arc<Vec<u8>>,
@@ -340,32 +338,14 @@ impl Exec {
     }
 
     /// Called by whoever did the file's last write: sets its metadata, or
-    /// removes it (and its other names) if some data could not be written.
+    /// removes it if some data could not be written (its other names, if
+    /// it has any, are made only after every batch's data is written).
     fn finish(&self, f: u32, handle: &mut Handle, out: &mut RangeOutcome) {
         let st = &self.files[f as usize];
         let path = self.path(f);
         if st.failed.load(Ordering::Acquire) {
             *handle = None;
-            let others = self.links.get(&f).map_or(&[][..], Vec::as_slice);
-            remove_partial(
-                &self.dirs,
-                &self.names,
-                st.dir,
-                st.name,
-                others,
-                &mut out.problems,
-            );
-            for (d, name) in others {
-                let message = format!(
-                    "not restored: another name of {}, whose data could not be restored",
-                    path.display()
-                );
-                let other = self
-                    .dirs
-                    .path(*d)
-                    .join(OsStr::from_bytes(name.of(&self.names)));
-                out.problems.push(Problem::error(&other, message));
-            }
+            remove_partial(&self.dirs, &self.names, st.dir, st.name, &mut out.problems);
             return;
         }
         let done = self.open(handle, f).and_then(|file| {
@@ -383,43 +363,30 @@ impl Exec {
     }
 }
 
-/// Removes a file whose data could not all be written, and its other names
-/// (each a directory number and a name), so no file is left at its real
-/// name with missing data. Names are removed in their directory's handle.
+/// Removes a file whose data could not all be written (in its directory's
+/// handle), so no file is left at its real name with missing data.
 pub(super) fn remove_partial(
     dirs: &Dirs,
     names: &[u8],
     dir: u32,
     name: Span,
-    others: &[(u32, Span)],
     problems: &mut Vec<Problem>,
 ) {
-    for &(d, n) in std::iter::once(&(dir, name)).chain(others) {
-        let name = OsStr::from_bytes(n.of(names));
-        if let Err(e) = dirs.get(d).and_then(|dir| handles::remove(&dir, name)) {
-            problems.push(Problem::error(
-                &dirs.path(d).join(name),
-                format!("cannot remove the partially restored file: {e}"),
-            ));
-        }
+    let name = OsStr::from_bytes(name.of(names));
+    if let Err(e) = dirs.get(dir).and_then(|d| handles::remove(&d, name)) {
+        problems.push(Problem::error(
+            &dirs.path(dir).join(name),
+            format!("cannot remove the partially restored file: {e}"),
+        ));
     }
 }
 
 /// After the restore was stopped: removes every file not finished.
 pub(super) fn remove_unfinished(exec: &Exec) -> Vec<Problem> {
     let mut problems = Vec::new();
-    for (f, st) in exec.files.iter().enumerate() {
+    for st in &exec.files {
         if st.remaining.load(Ordering::Acquire) > 0 {
-            let f = f as u32;
-            let others = exec.links.get(&f).map_or(&[][..], Vec::as_slice);
-            remove_partial(
-                &exec.dirs,
-                &exec.names,
-                st.dir,
-                st.name,
-                others,
-                &mut problems,
-            );
+            remove_partial(&exec.dirs, &exec.names, st.dir, st.name, &mut problems);
         }
     }
     problems

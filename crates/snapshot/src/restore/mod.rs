@@ -6,11 +6,13 @@
 //! what restoring it needs, so a tree is dropped as soon as it has been
 //! read; it looks at the whole target once, refusing, before anything is
 //! written, to replace existing files unless asked to, and finding files
-//! already identical (`delta`). Then it works through the selection in
-//! *batches* of files ([`RestoreOptions::batch_files`]): it *prepares* a
-//! batch — creating its directories, empty files of the right length,
-//! symlinks and hard links (to a first name made in the same or an earlier
-//! batch) — and *fetches* the batch's data grouped by pack, each pack's
+//! already identical (`delta`). It creates every entry that needs no data
+//! (directories, parents first, symlinks, empty and identical files) and
+//! puts the files with data in the order of their first blob's pack and
+//! offset. Then it works through those files in *batches*
+//! ([`RestoreOptions::batch_files`]): it *prepares* a batch — creating
+//! empty files of the right length where they must exist before their
+//! data — and *fetches* the batch's data grouped by pack, each pack's
 //! needed blobs read with as few ranged reads as possible, several ranges
 //! in parallel under a memory budget, every blob verified (on a few
 //! dedicated writer threads) before its bytes are written at their offsets
@@ -18,7 +20,12 @@
 //! next batch is prepared while the data of the one before is fetched, and
 //! its reads start before that one's last reads end, so the reads and the
 //! writers never drain between batches; at most two batches are held at
-//! once. A blob used by files of two batches is read once in each. It sets
+//! once. Cut in pack order, batches read a pack twice only where one ends
+//! inside it (and a blob used by files of two batches once in each), not
+//! once per batch as batches cut in the selection's breadth-first order
+//! did. Once every batch's data is written, it makes the *other names of
+//! hard-linked files* (none for a file whose data failed, which was
+//! removed). It sets
 //! *directory metadata last*, deepest first, so creating entries does not
 //! disturb a directory's mtime and a read-only directory can still be
 //! filled. A file's own metadata is set when its last blob has been written;
@@ -34,8 +41,10 @@
 //! Memory: the selection holds about 120 bytes per selected file (its
 //! metadata, name and blob ids, in a handful of large buffers, no tree
 //! nodes), plus the target path and metadata of every directory, an entry
-//! per hard-linked file, and (only when the target is not empty) what is
-//! at each existing place; that still grows with the number of files.
+//! per hard-linked file, the pack order of the files with data (4 bytes a
+//! file; 12 while it is sorted), and (only when the target is not empty)
+//! what is at each existing place; that still grows with the number of
+//! files.
 //! What the plan adds on top — each file's write state and each blob
 //! write, about 100 and 64 bytes — is held for at most two batches at a
 //! time: 2 × (100 B × `batch_files` + 64 B × 4 × `batch_files`), at most
@@ -139,10 +148,10 @@ pub struct RestoreOptions {
     /// restore holds the plans of at most two batches at a time (one
     /// being fetched while the next is prepared, or both being fetched),
     /// so its memory does not grow with the number of files beyond the
-    /// selection itself; a blob used by files of two batches is read once
-    /// per batch. A batch also ends at four blob writes per file of this,
-    /// and before another name of a hard-linked file whose data a batch
-    /// still in flight is writing.
+    /// selection itself. Batches follow the order of the files' first
+    /// blobs in the packs, so a pack is read again only where a batch ends
+    /// inside it, and a blob used by files of two batches once per batch.
+    /// A batch also ends at four blob writes per file of this.
     pub batch_files: usize,
 }
 
@@ -257,7 +266,6 @@ pub async fn restore(
                 files,
                 writes,
                 packs,
-                links,
                 firsts,
                 stats: made,
                 mut problems,
@@ -274,7 +282,6 @@ pub async fn restore(
             let exec = Arc::new(fetch::Exec {
                 files,
                 index: index.clone(),
-                links,
                 dirs: dirs.clone(),
                 names: names.clone(),
                 owner,
@@ -316,8 +323,20 @@ pub async fn restore(
     );
     drop(flight);
     drop(fetcher);
+    // Every batch's data is written: the other names of hard-linked files
+    // whose data was restored can be made.
+    let (back, linked) = planner
+        .run(move || {
+            let linked = preparer.link_names();
+            (preparer, linked)
+        })
+        .await?;
+    preparer = back;
     drop(planner);
     let mut stats = stats.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let mut linked = linked?;
+    stats.hardlinks += linked.stats.hardlinks;
+    report(progress, &mut stats, &mut linked.problems);
     let dir_meta = std::mem::take(&mut preparer.dir_meta);
     drop(preparer);
 

@@ -136,10 +136,6 @@ pub(super) struct Prepared {
     pub(super) files: Vec<FileState>,
     pub(super) writes: Vec<Write>,
     pub(super) packs: Vec<Id>,
-    /// File number -> the other names (directory, name) of a hard-linked
-    /// file created in this batch, removed with it if its data cannot be
-    /// written.
-    pub(super) links: HashMap<u32, Vec<(u32, Span)>>,
     /// Items whose first name (see [`FirstName`]) is a file of this batch
     /// being written, for [`Preparer::fetched`].
     pub(super) firsts: Vec<u32>,
@@ -162,19 +158,29 @@ pub(super) struct FirstName {
     /// Its number in the batch's file list, while its data is being
     /// written (none once its batch is done).
     pub(super) file: Option<u32>,
-    /// The number of the batch that made it.
-    pub(super) batch: u32,
+}
+
+/// Another name of a hard-linked file, linked to its first name once
+/// every batch's data is written ([`Preparer::link_names`]).
+struct LinkName {
+    item: u32,
+    /// Its directory and name.
+    dir: u32,
+    name: Span,
+    /// The item of the first name.
+    first: u32,
 }
 
 /// How many files (and blob writes) one batch plans and fetches at once,
 /// when [`RestoreOptions::batch_files`] is 0. What a batch holds is about
 /// 100 bytes per file and 64 per blob write: about 20 MiB for files of one
 /// blob, 45 MiB at the most (four writes a file). Batches are cut in the
-/// selection's order, not the order of the data in the packs, so a pack
-/// holding files of several batches is read once per batch: at 16,384
-/// files a batch, a restore of linux-source (78,579 files, five batches)
-/// from S3 made 435 requests and downloaded 378 MiB, where one batch made
-/// 103 and downloaded 246 MiB. Larger batches hold more: at
+/// order of each file's first blob in the packs, so a pack is read by
+/// more than one batch only where a batch ends inside it (or for a blob
+/// files of two batches share). Cut in the selection's order instead, at
+/// 16,384 files a batch, a restore of linux-source (78,579 files, five
+/// batches) from S3 made 435 requests and downloaded 378 MiB, where one
+/// batch made 103 and downloaded 246 MiB. Larger batches hold more: at
 /// 500,000 tiny files this peaked at 181 MiB against 129 MiB at 16,384
 /// (docs/performance.md, "Restore in batches").
 pub(super) const BATCH_FILES: usize = 131_072;
@@ -186,8 +192,12 @@ const WRITES_PER_FILE: usize = 4;
 
 /// Works through the selection batch by batch: [`start`] looks at the whole
 /// target once (the conflict refusal and `delta`'s comparisons, before
-/// anything is written), then each [`Preparer::batch`] creates the entries
-/// of the next stretch of the selection and plans the data of its files.
+/// anything is written); the first [`Preparer::batch`] creates every entry
+/// that needs no data (directories, symlinks, empty and identical files)
+/// and puts the files with data in the order of their data in the packs;
+/// each later batch creates the next stretch of those files and plans
+/// their data; once all data is written, [`Preparer::link_names`] makes
+/// the other names of hard-linked files.
 pub(super) struct Preparer {
     pub(super) sel: Selection,
     pub(super) dirs: Arc<Dirs>,
@@ -198,10 +208,15 @@ pub(super) struct Preparer {
     options: RestoreOptions,
     /// First names of hard-linked files, by item, for their other names.
     firsts: HashMap<u32, FirstName>,
-    /// Batches made so far.
-    batches: u32,
-    /// The next item to make.
+    /// Whether the first batch (the entries without data) is made.
+    entries_made: bool,
+    /// Items of the files with data to fetch, in the order of their first
+    /// blob's pack and offset (made with the first batch): 4 bytes a file.
+    order: Vec<u32>,
+    /// The next file of `order` to make.
     next: usize,
+    /// Other names of hard-linked files, made last.
+    links: Vec<LinkName>,
     /// Files (and blob writes) per batch.
     batch_files: usize,
     /// Directories made (number and metadata), parents first: their
@@ -301,8 +316,10 @@ pub(super) fn start(
         identical,
         options,
         firsts: HashMap::new(),
-        batches: 0,
+        entries_made: false,
+        order: Vec::new(),
         next: 0,
+        links: Vec::new(),
         batch_files,
         dir_meta: Vec::new(),
         planned_files,
@@ -313,15 +330,24 @@ pub(super) fn start(
 }
 
 impl Preparer {
-    /// Creates the entries of the next batch (everything but file content,
-    /// in selection order: parents first) and plans the blob writes of its
-    /// files; `None` when the whole selection has been made. A full target
-    /// is an error, after the batch's unfinished files are removed.
+    /// Makes the next batch; `None` when every file has been made (the
+    /// other names of hard-linked files are then still to be made, by
+    /// [`Preparer::link_names`] once every batch's data is written). The
+    /// first batch creates the entries that need no data (see
+    /// [`Preparer::make_entries`]); each later one creates the next
+    /// stretch of files with data, in pack order, and plans their blob
+    /// writes. A full target is an error, after the batch's unfinished
+    /// files are removed.
     pub(super) fn batch(&mut self, index: &Index) -> Result<Option<Prepared>> {
-        if self.next >= self.sel.items.len() {
+        if !self.entries_made {
+            self.entries_made = true;
+            let mut p = Prepared::default();
+            self.make_entries(&mut p, index)?;
+            return Ok(Some(p));
+        }
+        if self.next >= self.order.len() {
             return Ok(None);
         }
-        self.batches += 1;
         // Sized up front: the files and writes are most of a batch, and
         // growing them by doubling would leave up to as much again freed
         // behind (the allocator keeps it resident for a while).
@@ -331,30 +357,21 @@ impl Preparer {
             writes: Vec::with_capacity(writes),
             ..Prepared::default()
         };
-        let made = self.create_batch(&mut p, index);
-        if self.next >= self.sel.items.len() {
-            // Everything is made: what only making needed goes now, not
-            // after the last batches' data is fetched.
+        let made = self.make_files(&mut p, index);
+        if self.next >= self.order.len() {
+            // Every file is made: what only making them needed goes now,
+            // not after the last batches' data is fetched.
             self.sel.items = Vec::new();
             self.sel.content = Vec::new();
-            self.existing = Found::new();
+            self.order = Vec::new();
             self.identical = HashSet::new();
-            self.firsts = HashMap::new();
         }
         if let Err(err) = made {
             // Only a full target stops here: the files created for data
-            // are all unfinished.
+            // are all unfinished (no other name of them is made yet).
             let mut problems = Vec::new();
-            for (f, st) in p.files.iter().enumerate() {
-                let others = p.links.get(&(f as u32)).map_or(&[][..], Vec::as_slice);
-                remove_partial(
-                    &self.dirs,
-                    &self.sel.names,
-                    st.dir,
-                    st.name,
-                    others,
-                    &mut problems,
-                );
+            for st in &p.files {
+                remove_partial(&self.dirs, &self.sel.names, st.dir, st.name, &mut problems);
             }
             return Err(err);
         }
@@ -362,23 +379,14 @@ impl Preparer {
     }
 
     /// How many files and blob writes the next batch plans at most (fewer
-    /// if a file cannot be planned, or the batch ends before another name
-    /// of a file still being written).
+    /// if a file cannot be planned).
     fn extent(&self) -> (usize, usize) {
         let (mut files, mut writes) = (0, 0);
-        for (i, item) in self.sel.items.iter().enumerate().skip(self.next) {
+        for &i in &self.order[self.next..] {
             if files >= self.batch_files || writes >= self.batch_files * WRITES_PER_FILE {
                 break;
             }
-            if let ItemKind::File {
-                content,
-                link_to: None,
-                ..
-            } = item.kind
-                && item.keep
-                && content.len > 0
-                && !self.identical.contains(&(i as u32))
-            {
+            if let ItemKind::File { content, .. } = self.sel.items[i as usize].kind {
                 files += 1;
                 writes += content.len as usize;
             }
@@ -388,7 +396,7 @@ impl Preparer {
 
     /// After a batch's data has been written (`firsts` and `files` are its
     /// [`Prepared::firsts`] and files): a hard-linked file whose data
-    /// failed was removed, so names of it in later batches are not linked.
+    /// failed was removed, so its other names are not linked.
     pub(super) fn fetched(&mut self, firsts: &[u32], files: &[FileState]) {
         for &i in firsts {
             if let Some(first) = self.firsts.get_mut(&i)
@@ -400,6 +408,7 @@ impl Preparer {
         }
     }
 }
+
 /// Takes set-id bits and `security.*` attributes off an entry of an
 /// untrusted snapshot; says whether it had any.
 pub(super) fn strip(meta: &mut Meta) -> bool {
@@ -424,9 +433,89 @@ pub(super) fn storage_full(path: &std::path::Path, err: io::Error) -> Result<io:
 }
 
 impl Preparer {
-    /// Creates the kept items of the next batch but file content, in order
-    /// (parents first), until the batch has its files or blob writes.
-    fn create_batch(&mut self, p: &mut Prepared, index: &Index) -> Result<()> {
+    /// The first batch: creates, in the selection's order (parents first),
+    /// every kept entry that needs no data fetched — directories, symlinks,
+    /// empty files and files `delta` found identical — then puts the files
+    /// with data in the order of their first blob's pack and offset (the
+    /// later batches' order), and notes the other names of hard-linked
+    /// files for [`Preparer::link_names`].
+    fn make_entries(&mut self, p: &mut Prepared, index: &Index) -> Result<()> {
+        // (pack, in the order first seen; offset; item): 12 bytes a file
+        // while sorting, 4 once sorted.
+        let mut keys: Vec<(u32, u32, u32)> = Vec::new();
+        let mut numbers: HashMap<Id, u32> = HashMap::new();
+        let mut packs: HashMap<Id, u32> = HashMap::new();
+        for i in 0..self.sel.items.len() {
+            let item = &self.sel.items[i];
+            if !item.keep {
+                continue;
+            }
+            let n = fits(i)?;
+            match item.kind {
+                ItemKind::File {
+                    link_to: Some(first),
+                    ..
+                } => {
+                    self.links.push(LinkName {
+                        item: n,
+                        dir: item.parent,
+                        name: item.name,
+                        first,
+                    });
+                    continue;
+                }
+                ItemKind::File {
+                    content,
+                    link_to: None,
+                    ..
+                } if content.len > 0 && !self.identical.contains(&n) => {
+                    let first = &content.of(&self.sel.content)[0];
+                    let at = match index.get(BlobType::Data, first) {
+                        Some(loc) => {
+                            let seen = fits(numbers.len())?;
+                            (*numbers.entry(loc.pack).or_insert(seen), loc.entry.offset)
+                        }
+                        // Not indexed: reported when its batch plans it.
+                        None => (u32::MAX, 0),
+                    };
+                    keys.push((at.0, at.1, n));
+                    continue;
+                }
+                _ => {}
+            }
+            self.make(i, p, &mut packs, index)?;
+        }
+        keys.sort_unstable();
+        self.order = Vec::with_capacity(keys.len());
+        self.order.extend(keys.iter().map(|k| k.2));
+        Ok(())
+    }
+
+    /// Creates the next files of the pack order and plans their data,
+    /// until the batch has its files or blob writes.
+    fn make_files(&mut self, p: &mut Prepared, index: &Index) -> Result<()> {
+        let mut packs: HashMap<Id, u32> = HashMap::new();
+        while self.next < self.order.len()
+            && p.files.len() < self.batch_files
+            && p.writes.len() < self.batch_files * WRITES_PER_FILE
+        {
+            let i = self.order[self.next] as usize;
+            self.next += 1;
+            self.make(i, p, &mut packs, index)?;
+        }
+        Ok(())
+    }
+
+    /// Creates kept item `i` but its file content: a directory, a symlink
+    /// or a file (whose blob writes go into `p`, see [`plan_file`]); never
+    /// another name of a hard-linked file ([`Preparer::link_names`]).
+    fn make(
+        &mut self,
+        i: usize,
+        p: &mut Prepared,
+        packs: &mut HashMap<Id, u32>,
+        index: &Index,
+    ) -> Result<()> {
         let Preparer {
             sel,
             dirs,
@@ -434,69 +523,191 @@ impl Preparer {
             identical,
             options,
             firsts,
-            batches,
-            next,
-            batch_files,
             dir_meta,
             ..
         } = self;
-        let mut packs: HashMap<Id, u32> = HashMap::new();
-        while *next < sel.items.len()
-            && p.files.len() < *batch_files
-            && p.writes.len() < *batch_files * WRITES_PER_FILE
-        {
-            let i = *next;
-            let item = &sel.items[i];
-            if let ItemKind::File {
-                link_to: Some(j), ..
-            } = item.kind
-                && item.keep
-                && firsts
-                    .get(&j)
-                    .is_some_and(|f| f.file.is_some() && f.batch != *batches)
-            {
-                // Another name of a file whose data an earlier batch, still
-                // in flight, is writing: the batch ends here, and the name
-                // is made once that data is written (or has failed, and the
-                // file was removed), so a failed file's names are never
-                // left behind with partial data.
-                break;
+        let item = &sel.items[i];
+        let path = sel.path(item);
+        let name = OsStr::from_bytes(item.name.of(&sel.names));
+        let old = existing.remove(&(i as u32));
+        let old = old.as_ref();
+        if let ItemKind::Dir(d) = item.kind {
+            let exists = old.is_some_and(Existing::is_dir);
+            let made = dirs
+                .get(item.parent)
+                .and_then(|parent| {
+                    if exists {
+                        Ok(())
+                    } else {
+                        clear(&parent, name, old)
+                    }
+                })
+                .and_then(|()| dirs.make(d, exists));
+            match made {
+                Ok(()) => dir_meta.push((d, item.meta.clone())),
+                Err(err) => {
+                    let err = storage_full(&path, err)?;
+                    p.problems.push(Problem::error(
+                        &path,
+                        format!("cannot create directory: {err}"),
+                    ));
+                }
             }
-            *next += 1;
-            if !item.keep {
-                continue;
+            return Ok(());
+        }
+        // Everything else is made in its directory's handle; a directory
+        // that could not be created or opened fails its entries.
+        let dir = match dirs.get(item.parent) {
+            Ok(dir) => dir,
+            Err(err) => {
+                let err = storage_full(&path, err)?;
+                p.problems.push(Problem::error(
+                    &path,
+                    format!("not restored: its directory cannot be opened: {err}"),
+                ));
+                if let ItemKind::File { linked: true, .. } = item.kind {
+                    firsts.insert(
+                        i as u32,
+                        FirstName {
+                            dir: item.parent,
+                            name: item.name,
+                            ident: None,
+                            file: None,
+                        },
+                    );
+                }
+                return Ok(());
             }
-            let path = sel.path(item);
-            let name = OsStr::from_bytes(item.name.of(&sel.names));
-            let old = existing.remove(&(i as u32));
-            let old = old.as_ref();
-            if let ItemKind::Dir(d) = item.kind {
-                let exists = old.is_some_and(Existing::is_dir);
-                let made = dirs
-                    .get(item.parent)
-                    .and_then(|parent| {
-                        if exists {
-                            Ok(())
-                        } else {
-                            clear(&parent, name, old)
-                        }
-                    })
-                    .and_then(|()| dirs.make(d, exists));
+        };
+        match item.kind {
+            ItemKind::Dir(_) => unreachable!("handled above"),
+            ItemKind::Symlink(target) => {
+                let target = OsStr::from_bytes(target.of(&sel.names));
+                let same = options.delta
+                    && old.is_some_and(Existing::is_symlink)
+                    && handles::read_link(&dir, name).is_ok_and(|t| t.as_os_str() == target);
+                let made = if same {
+                    Ok(())
+                } else {
+                    clear(&dir, name, old).and_then(|_| handles::symlink(target, &dir, name))
+                };
+                let made = made.and_then(|_| {
+                    set_symlink_metadata(
+                        &dir,
+                        name,
+                        &path,
+                        &item.meta,
+                        options.owner,
+                        &mut p.problems,
+                    )
+                });
                 match made {
-                    Ok(()) => dir_meta.push((d, item.meta.clone())),
+                    Ok(()) => p.stats.symlinks += 1,
                     Err(err) => {
                         let err = storage_full(&path, err)?;
                         p.problems.push(Problem::error(
                             &path,
-                            format!("cannot create directory: {err}"),
+                            format!("cannot restore symlink: {err}"),
                         ));
                     }
                 }
-                continue;
             }
-            // Everything else is made in its directory's handle; a directory
-            // that could not be created or opened fails its entries.
-            let dir = match dirs.get(item.parent) {
+            ItemKind::File {
+                link_to: Some(_), ..
+            } => unreachable!("other names are made by link_names"),
+            ItemKind::File {
+                size,
+                content,
+                link_to: None,
+                linked,
+            } => {
+                let outcome = match (identical.contains(&(i as u32)), old) {
+                    (true, Some(m)) => {
+                        // Opened again by handle, and only if still the
+                        // inode that was compared.
+                        let done = handles::open_file(&dir, name, false, Some(m.ident)).and_then(
+                            |(file, _)| {
+                                set_file_metadata(
+                                    &file,
+                                    &path,
+                                    &item.meta,
+                                    options.owner,
+                                    &mut p.problems,
+                                )
+                            },
+                        );
+                        match done {
+                            Ok(()) => {
+                                p.stats.files_skipped_identical += 1;
+                                Ok((None, Some(m.ident)))
+                            }
+                            Err(err) => Err(format!("cannot set metadata: {err}")),
+                        }
+                    }
+                    _ => {
+                        let new = NewFile {
+                            dir: &dir,
+                            dir_number: item.parent,
+                            name,
+                            path: &path,
+                            item,
+                            size,
+                            content: content.of(&sel.content),
+                            old,
+                            linked,
+                        };
+                        plan_file(p, packs, new, index, options.owner)?
+                    }
+                };
+                let (ident, file) = match outcome {
+                    Ok((file, ident)) => (ident, file),
+                    Err(msg) => {
+                        p.problems.push(Problem::error(&path, msg));
+                        (None, None)
+                    }
+                };
+                if linked {
+                    if file.is_some() {
+                        p.firsts.push(i as u32);
+                    }
+                    firsts.insert(
+                        i as u32,
+                        FirstName {
+                            dir: item.parent,
+                            name: item.name,
+                            ident,
+                            file,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the other names of hard-linked files, once every batch's data
+    /// is written (and [`Preparer::fetched`] has been told of each batch),
+    /// so a name is never left behind for a file whose data failed: such a
+    /// file was removed, and its other names are reported instead. What it
+    /// made and found is in the [`Prepared`] it returns (no files). A full
+    /// target is an error.
+    pub(super) fn link_names(&mut self) -> Result<Prepared> {
+        let mut p = Prepared::default();
+        let links = std::mem::take(&mut self.links);
+        let Preparer {
+            sel,
+            dirs,
+            existing,
+            options,
+            firsts,
+            ..
+        } = self;
+        for link in &links {
+            let name = OsStr::from_bytes(link.name.of(&sel.names));
+            let path = dirs.path(link.dir).join(name);
+            let old = existing.remove(&link.item);
+            let old = old.as_ref();
+            let dir = match dirs.get(link.dir) {
                 Ok(dir) => dir,
                 Err(err) => {
                     let err = storage_full(&path, err)?;
@@ -504,170 +715,44 @@ impl Preparer {
                         &path,
                         format!("not restored: its directory cannot be opened: {err}"),
                     ));
-                    if let ItemKind::File { linked: true, .. } = item.kind {
-                        firsts.insert(
-                            i as u32,
-                            FirstName {
-                                dir: item.parent,
-                                name: item.name,
-                                ident: None,
-                                file: None,
-                                batch: *batches,
-                            },
-                        );
-                    }
                     continue;
                 }
             };
-            match item.kind {
-                ItemKind::Dir(_) => unreachable!("handled above"),
-                ItemKind::Symlink(target) => {
-                    let target = OsStr::from_bytes(target.of(&sel.names));
-                    let same = options.delta
-                        && old.is_some_and(Existing::is_symlink)
-                        && handles::read_link(&dir, name).is_ok_and(|t| t.as_os_str() == target);
-                    let made = if same {
-                        Ok(())
-                    } else {
-                        clear(&dir, name, old).and_then(|_| handles::symlink(target, &dir, name))
-                    };
-                    let made = made.and_then(|_| {
-                        set_symlink_metadata(
-                            &dir,
-                            name,
-                            &path,
-                            &item.meta,
-                            options.owner,
-                            &mut p.problems,
-                        )
-                    });
-                    match made {
-                        Ok(()) => p.stats.symlinks += 1,
-                        Err(err) => {
-                            let err = storage_full(&path, err)?;
-                            p.problems.push(Problem::error(
-                                &path,
-                                format!("cannot restore symlink: {err}"),
-                            ));
-                        }
-                    }
-                }
-                ItemKind::File {
-                    link_to: Some(j), ..
-                } => {
-                    let first = &firsts[&j];
-                    let first_path = dirs
-                        .path(first.dir)
-                        .join(OsStr::from_bytes(first.name.of(&sel.names)));
-                    let Some(want) = first.ident else {
-                        let first = first_path.display();
-                        p.problems.push(Problem::error(
-                            &path,
-                            format!(
-                                "not restored: another name of {first}, which could not be restored"
-                            ),
-                        ));
-                        continue;
-                    };
-                    let same = options.delta && old.is_some_and(|m| m.ident == want);
-                    let made = if same {
-                        Ok(())
-                    } else {
-                        let first_name = OsStr::from_bytes(first.name.of(&sel.names));
-                        clear(&dir, name, old).and_then(|_| {
-                            let from = dirs.get(first.dir)?;
-                            handles::hard_link(&from, first_name, &dir, name, want)
-                        })
-                    };
-                    match made {
-                        Ok(()) => {
-                            p.stats.hardlinks += 1;
-                            if let Some(file) = first.file {
-                                p.links
-                                    .entry(file)
-                                    .or_default()
-                                    .push((item.parent, item.name));
-                            }
-                        }
-                        Err(err) => {
-                            let err = storage_full(&path, err)?;
-                            let first = first_path.display();
-                            p.problems.push(Problem::error(
-                                &path,
-                                format!("cannot create hard link to {first}: {err}"),
-                            ));
-                        }
-                    }
-                }
-                ItemKind::File {
-                    size,
-                    content,
-                    link_to: None,
-                    linked,
-                } => {
-                    let outcome = match (identical.contains(&(i as u32)), old) {
-                        (true, Some(m)) => {
-                            // Opened again by handle, and only if still the
-                            // inode that was compared.
-                            let done = handles::open_file(&dir, name, false, Some(m.ident))
-                                .and_then(|(file, _)| {
-                                    set_file_metadata(
-                                        &file,
-                                        &path,
-                                        &item.meta,
-                                        options.owner,
-                                        &mut p.problems,
-                                    )
-                                });
-                            match done {
-                                Ok(()) => {
-                                    p.stats.files_skipped_identical += 1;
-                                    Ok((None, Some(m.ident)))
-                                }
-                                Err(err) => Err(format!("cannot set metadata: {err}")),
-                            }
-                        }
-                        _ => {
-                            let new = NewFile {
-                                dir: &dir,
-                                dir_number: item.parent,
-                                name,
-                                path: &path,
-                                item,
-                                size,
-                                content: content.of(&sel.content),
-                                old,
-                                linked,
-                            };
-                            plan_file(p, &mut packs, new, index, options.owner)?
-                        }
-                    };
-                    let (ident, file) = match outcome {
-                        Ok((file, ident)) => (ident, file),
-                        Err(msg) => {
-                            p.problems.push(Problem::error(&path, msg));
-                            (None, None)
-                        }
-                    };
-                    if linked {
-                        if file.is_some() {
-                            p.firsts.push(i as u32);
-                        }
-                        firsts.insert(
-                            i as u32,
-                            FirstName {
-                                dir: item.parent,
-                                name: item.name,
-                                ident,
-                                file,
-                                batch: *batches,
-                            },
-                        );
-                    }
+            let first = &firsts[&link.first];
+            let first_name = OsStr::from_bytes(first.name.of(&sel.names));
+            let first_path = dirs.path(first.dir).join(first_name);
+            let Some(want) = first.ident else {
+                let first = first_path.display();
+                p.problems.push(Problem::error(
+                    &path,
+                    format!("not restored: another name of {first}, which could not be restored"),
+                ));
+                continue;
+            };
+            let same = options.delta && old.is_some_and(|m| m.ident == want);
+            let made = if same {
+                Ok(())
+            } else {
+                clear(&dir, name, old).and_then(|_| {
+                    let from = dirs.get(first.dir)?;
+                    handles::hard_link(&from, first_name, &dir, name, want)
+                })
+            };
+            match made {
+                Ok(()) => p.stats.hardlinks += 1,
+                Err(err) => {
+                    let err = storage_full(&path, err)?;
+                    let first = first_path.display();
+                    p.problems.push(Problem::error(
+                        &path,
+                        format!("cannot create hard link to {first}: {err}"),
+                    ));
                 }
             }
         }
-        Ok(())
+        self.existing = Found::new();
+        self.firsts = HashMap::new();
+        Ok(p)
     }
 }
 

@@ -490,7 +490,7 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub trust_snapshot_owner: bool,
     /// Files whose data is planned and fetched together (default
-    /// 131,072). At most two batches are held, about 2 x 356 bytes a
+    /// 32,768). At most two batches are held, about 2 x 356 bytes a
     /// file, on top of about 120 bytes per selected file: lower it to
     /// restore a tree of many millions of files in less memory. Batches
     /// follow the order of the data in the packs, so a smaller one costs

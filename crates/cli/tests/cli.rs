@@ -6,7 +6,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -15,6 +15,7 @@ use serde_json::Value;
 
 /// Exit codes documented in crates/cli/src/exit.rs (and the README).
 mod code {
+    pub const USAGE: i32 = 2;
     pub const PARTIAL: i32 = 3;
     pub const NO_REPOSITORY: i32 = 10;
     pub const WRONG_PASSWORD: i32 = 11;
@@ -1806,4 +1807,35 @@ fn latest_respects_host_tag_and_path_filters() {
     // Nothing allowed: not found (16), naming the filter.
     let err = lb.fail(["ls", "latest", "--tag", "nope"], code::NOT_FOUND);
     assert!(err.contains("tag nope"), "{err}");
+}
+
+/// `restore --batch-files 1`: every file's data is its own batch, hard
+/// links among them are made after the data, and the tree comes back as a
+/// restore in one batch gives it; a batch of no files is refused as usage.
+#[test]
+fn restore_in_batches_of_one_file_restores_the_tree_and_its_hard_links() {
+    let lb = Lifeboat::init();
+    let src = make_source(&lb, "src");
+    for d in 0..4 {
+        write(
+            src.join(format!("deep/d{d}/s/file")),
+            random_bytes(30_000, 10 + d),
+        );
+    }
+    fs::hard_link(src.join("sub/data.bin"), src.join("deep/also-data.bin")).unwrap();
+    lb.backup(&[&src], &[]);
+    let target = lb.restore_into("latest", "target", &["--batch-files", "1"]);
+    let back = restored(&target, &src);
+    assert_same_tree(&src, &back);
+    let first = fs::metadata(back.join("sub/data.bin")).unwrap();
+    let other = fs::metadata(back.join("deep/also-data.bin")).unwrap();
+    assert_eq!(first.ino(), other.ino(), "the hard link was not restored");
+    assert_eq!(first.nlink(), 2);
+    let out = lb
+        .cmd()
+        .args(["restore", "latest", "--target", "t0", "--batch-files", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(code::USAGE), "{}", describe(&out));
+    assert!(stderr(&out).contains("--batch-files"), "{}", describe(&out));
 }

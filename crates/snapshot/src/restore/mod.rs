@@ -48,14 +48,14 @@
 //! What the plan adds on top — each file's write state and each blob
 //! write, about 100 and 64 bytes — is held for at most two batches at a
 //! time: 2 × (100 B × `batch_files` + 64 B × 4 × `batch_files`), at most
-//! 2 × 45 MiB at the default 131,072 files (every batch is built on one
+//! 2 × 11 MiB at the default 32,768 files (every batch is built on one
 //! dedicated thread, so the allocator reuses a freed batch's memory for
 //! the next), and the data path, shared by both batches, holds at most
 //! `fetch::MEMORY_BUDGET_KIB` of sealed bytes and plaintext. The
 //! selection's entries and blob ids are freed once the last batch is made.
 //! Streaming the selection itself (walking the trees batch by batch) is
 //! not done: the conflict refusal and `delta` look at the whole selection
-//! first. Resident memory is mostly not this but freed memory the
+//! first, and the pack order needs every file. Resident memory is mostly not this but freed memory the
 //! allocator keeps per arena (docs/performance.md, "Restore in batches").
 //!
 //! Problems with one file (a damaged blob, a permission error) are recorded
@@ -144,7 +144,7 @@ pub struct RestoreOptions {
     /// pays for; per-file fsyncs are slower for many small files. For a
     /// few large files (a database's data directory), set this.
     pub sync_each_file: bool,
-    /// Files whose data is planned and fetched together (0: 131,072). A
+    /// Files whose data is planned and fetched together (0: 32,768). A
     /// restore holds the plans of at most two batches at a time (one
     /// being fetched while the next is prepared, or both being fetched),
     /// so its memory does not grow with the number of files beyond the

@@ -173,17 +173,16 @@ struct LinkName {
 
 /// How many files (and blob writes) one batch plans and fetches at once,
 /// when [`RestoreOptions::batch_files`] is 0. What a batch holds is about
-/// 100 bytes per file and 64 per blob write: about 20 MiB for files of one
-/// blob, 45 MiB at the most (four writes a file). Batches are cut in the
+/// 100 bytes per file and 64 per blob write: about 5 MiB for files of one
+/// blob, 11 MiB at the most (four writes a file). Batches are cut in the
 /// order of each file's first blob in the packs, so a pack is read by
 /// more than one batch only where a batch ends inside it (or for a blob
-/// files of two batches share). Cut in the selection's order instead, at
-/// 16,384 files a batch, a restore of linux-source (78,579 files, five
-/// batches) from S3 made 435 requests and downloaded 378 MiB, where one
-/// batch made 103 and downloaded 246 MiB. Larger batches hold more: at
-/// 500,000 tiny files this peaked at 181 MiB against 129 MiB at 16,384
-/// (docs/performance.md, "Restore in batches").
-pub(super) const BATCH_FILES: usize = 131_072;
+/// files of two batches share): a restore of linux-source (78,579 files)
+/// from S3 made 104 requests in batches of 16,384 and 103 in one batch,
+/// where batches of 16,384 cut in the selection's order had made 435.
+/// Larger batches hold more: 500,000 tiny files peaked at 146 MiB at this
+/// size, 186 MiB at 131,072 (docs/performance.md, "Restore in batches").
+pub(super) const BATCH_FILES: usize = 32_768;
 
 /// A batch is also closed at this many blob writes per file of
 /// [`RestoreOptions::batch_files`] (a file with more blobs than that is a
@@ -442,7 +441,8 @@ impl Preparer {
     fn make_entries(&mut self, p: &mut Prepared, index: &Index) -> Result<()> {
         // (pack, in the order first seen; offset; item): 12 bytes a file
         // while sorting, 4 once sorted.
-        let mut keys: Vec<(u32, u32, u32)> = Vec::new();
+        // (At most the planned files: sized once, not by doubling.)
+        let mut keys: Vec<(u32, u32, u32)> = Vec::with_capacity(self.planned_files as usize);
         let mut numbers: HashMap<Id, u32> = HashMap::new();
         let mut packs: HashMap<Id, u32> = HashMap::new();
         for i in 0..self.sel.items.len() {
@@ -788,47 +788,18 @@ pub(super) fn plan_file(
     index: &Index,
     owner: bool,
 ) -> Result<Planned> {
-    // Check every blob is indexed first, so a file with a missing blob is
-    // not created half-planned.
-    if let Some(id) = new
-        .content
-        .iter()
-        .find(|id| !index.contains(BlobType::Data, id))
-    {
-        return Ok(Err(format!(
-            "blob {id} is not in the repository index (run `lifeboat check`); file not restored"
-        )));
-    }
-    let now = new.content.is_empty() || new.linked;
-    let created = clear(new.dir, new.name, new.old).and_then(|_| {
-        if now {
-            create_sized(new.dir, new.name, new.size).map(Some)
-        } else {
-            Ok(None)
-        }
-    });
-    let file = match created {
-        Ok(file) => file,
-        Err(err) => {
-            let err = storage_full(new.path, err)?;
-            return Ok(Err(format!("cannot create file: {err}")));
-        }
-    };
-    let made = file.as_ref().map(|(_, id)| *id);
-    if let (Some((file, _)), true) = (&file, new.content.is_empty()) {
-        let done = set_file_metadata(file, new.path, &new.item.meta, owner, &mut p.problems);
-        return Ok(match done {
-            Ok(()) => {
-                p.stats.files_restored += 1;
-                Ok((None, made))
-            }
-            Err(err) => Err(format!("cannot set metadata: {err}")),
-        });
-    }
+    // Plan every blob write first (one index lookup a blob), so a file
+    // with a blob not indexed is neither created nor half-planned.
     let number = fits(p.files.len())?;
+    let planned = p.writes.len();
     let mut at = 0u64;
     for id in new.content {
-        let loc = index.get(BlobType::Data, id).expect("checked above");
+        let Some(loc) = index.get(BlobType::Data, id) else {
+            p.writes.truncate(planned);
+            return Ok(Err(format!(
+                "blob {id} is not in the repository index (run `lifeboat check`); file not restored"
+            )));
+        };
         let pack = match packs.entry(loc.pack) {
             Entry::Occupied(e) => *e.get(),
             Entry::Vacant(e) => {
@@ -843,6 +814,33 @@ pub(super) fn plan_file(
             at,
         });
         at += loc.entry.raw_length as u64;
+    }
+    let now = new.content.is_empty() || new.linked;
+    let created = clear(new.dir, new.name, new.old).and_then(|_| {
+        if now {
+            create_sized(new.dir, new.name, new.size).map(Some)
+        } else {
+            Ok(None)
+        }
+    });
+    let file = match created {
+        Ok(file) => file,
+        Err(err) => {
+            p.writes.truncate(planned);
+            let err = storage_full(new.path, err)?;
+            return Ok(Err(format!("cannot create file: {err}")));
+        }
+    };
+    let made = file.as_ref().map(|(_, id)| *id);
+    if let (Some((file, _)), true) = (&file, new.content.is_empty()) {
+        let done = set_file_metadata(file, new.path, &new.item.meta, owner, &mut p.problems);
+        return Ok(match done {
+            Ok(()) => {
+                p.stats.files_restored += 1;
+                Ok((None, made))
+            }
+            Err(err) => Err(format!("cannot set metadata: {err}")),
+        });
     }
     p.files.push(FileState {
         meta: new.item.meta.clone(),

@@ -114,6 +114,44 @@ pub fn seal_blob(
     }
 }
 
+/// Seals a blob whose zstd payload is already made (`payload`, a frame
+/// that decompresses to the `raw_length` bytes whose id is `id`): what
+/// `copy` does with a blob the source stored compressed, so the target
+/// re-encrypts the source's compressed bytes instead of compressing the
+/// plaintext again (a third of a copy's CPU). The caller has decompressed
+/// the payload and checked the plaintext against its id.
+pub fn seal_precompressed(
+    key: &MasterKey,
+    blob_type: BlobType,
+    id: Id,
+    raw_length: u32,
+    payload: &[u8],
+) -> SealedBlob {
+    SealedBlob {
+        blob_type,
+        id,
+        raw_length,
+        compressed: true,
+        bytes: key.seal(payload, &blob_aad(blob_type, true, &id)),
+    }
+}
+
+/// [`open_blob`], also giving back the decrypted zstd payload of a blob
+/// stored compressed (none for one stored as it is).
+pub(crate) fn open_blob_keeping_payload(
+    key: &MasterKey,
+    entry: &PackEntry,
+    sealed: &[u8],
+) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+    let mut scratch = BlobScratch::default();
+    open_blob_in(key, entry, sealed, &mut scratch)?;
+    Ok(if entry.compressed {
+        (scratch.plain, Some(scratch.payload))
+    } else {
+        (scratch.payload, None)
+    })
+}
+
 /// Opens one sealed blob and checks that its plaintext hashes to its id.
 pub(crate) fn open_blob(key: &MasterKey, entry: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {
     let mut scratch = BlobScratch::default();

@@ -31,7 +31,7 @@ use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 
 use crate::crypto::MasterKey;
 use crate::index::BlobLocation;
-use crate::pack::{BlobScratch, PackEntry, open_blob, open_blob_in};
+use crate::pack::{BlobScratch, PackEntry, open_blob, open_blob_in, open_blob_keeping_payload};
 use crate::repository::{Repository, Tier, blocking};
 use crate::{Error, Id, Result};
 
@@ -270,9 +270,12 @@ impl<'a> PackReader<'a> {
     /// from the tier its blob type lives in. Yields every wanted blob once,
     /// opened and verified, or with the error that kept it from being read
     /// (a damaged blob, or its range's failed read); no order is promised.
+    /// A blob stored compressed comes with its decrypted zstd payload too
+    /// ([`OpenedBlob::payload`]), which `copy` seals again as it is.
     ///
-    /// Memory: a range's sealed bytes and all its plaintext count against
-    /// the budget until the last of its yielded blobs is dropped.
+    /// Memory: a range's sealed bytes, its payloads (at most as many bytes
+    /// again) and all its plaintext count against the budget until the
+    /// last of its yielded blobs is dropped.
     pub fn read_blobs(
         &'a self,
         mut wanted: Vec<BlobLocation>,
@@ -299,7 +302,7 @@ impl<'a> PackReader<'a> {
                 async move {
                     let locations = &wanted[range.items.clone()];
                     let tier = self.repo.tier_of(locations[0].entry.blob_type);
-                    let permit = self.reserve(range.len + range.raw).await;
+                    let permit = self.reserve(2 * range.len + range.raw).await;
                     let fetched = self
                         .read(tier, pack, range.start, range.len, permit)
                         .await
@@ -313,6 +316,7 @@ impl<'a> PackReader<'a> {
                             .map(|l| OpenedBlob {
                                 location: *l,
                                 data: Err(copy_error(&e)),
+                                payload: None,
                                 _range: None,
                             })
                             .collect(),
@@ -335,6 +339,7 @@ fn open_all(fetched: Result<FetchedRange>, locations: &[BlobLocation]) -> Vec<Op
                 .map(|l| OpenedBlob {
                     location: *l,
                     data: Err(copy_error(&e)),
+                    payload: None,
                     _range: None,
                 })
                 .collect();
@@ -346,16 +351,18 @@ fn open_all(fetched: Result<FetchedRange>, locations: &[BlobLocation]) -> Vec<Op
     };
     for group in locations.chunk_by(same) {
         let opened = fetched
-            .open(&group[0].entry)
-            .map(Bytes::from)
+            .open_keeping_payload(&group[0].entry)
+            .map(|(plain, payload)| (Bytes::from(plain), payload.map(Bytes::from)))
             .map_err(|e| in_pack(e, fetched.pack));
         for l in group {
+            let (data, payload) = match &opened {
+                Ok((plain, payload)) => (Ok(plain.clone()), payload.clone()),
+                Err(e) => (Err(copy_error(e)), None),
+            };
             out.push(OpenedBlob {
                 location: *l,
-                data: match &opened {
-                    Ok(b) => Ok(b.clone()),
-                    Err(e) => Err(copy_error(e)),
-                },
+                data,
+                payload,
                 _range: Some(fetched.clone()),
             });
         }
@@ -421,6 +428,9 @@ pub struct OpenedBlob {
     pub location: BlobLocation,
     /// The verified plaintext, or why it could not be read.
     pub data: Result<Bytes>,
+    /// For a blob stored compressed: its decrypted zstd payload, which
+    /// decompresses to `data` (checked).
+    pub payload: Option<Bytes>,
     /// Holds the range's memory permit until its last blob is dropped.
     _range: Option<Arc<FetchedRange>>,
 }
@@ -460,6 +470,12 @@ impl FetchedRange {
     /// read (the pack is shorter than its index says).
     pub fn open(&self, entry: &PackEntry) -> Result<Vec<u8>> {
         open_blob(&self.key, entry, self.sealed(entry)?)
+    }
+
+    /// [`FetchedRange::open`], also giving back the decrypted zstd payload
+    /// of a blob stored compressed (see [`crate::pack::seal_precompressed`]).
+    pub fn open_keeping_payload(&self, entry: &PackEntry) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+        open_blob_keeping_payload(&self.key, entry, self.sealed(entry)?)
     }
 
     /// [`FetchedRange::open`] into `scratch`, for a caller that uses each

@@ -50,7 +50,9 @@ use tokio::task::JoinHandle;
 use crate::index::{Index, IndexFile, IndexPack, index_batches};
 use crate::limits::MAX_BLOB_LEN;
 use crate::lock::{LockKind, LockOptions, RepositoryLock};
-use crate::pack::{BlobType, FinishedPack, MAX_PACK_ENTRIES, PackBuilder, seal_blob};
+use crate::pack::{
+    BlobType, FinishedPack, MAX_PACK_ENTRIES, PackBuilder, seal_blob, seal_precompressed,
+};
 use crate::packread::pack_key;
 use crate::record::SnapshotRecord;
 use crate::repository::{Repository, put_idempotent};
@@ -287,7 +289,7 @@ impl WriteSession {
     /// Adds a blob from a blocking thread (never from async code: it blocks
     /// when the upload queue is full, which is the backpressure).
     pub fn add_blob_blocking(&self, blob_type: BlobType, data: &[u8]) -> Result<AddedBlob> {
-        let (added, full) = self.add_inner(blob_type, data)?;
+        let (added, full) = self.add_inner(blob_type, data, None)?;
         if let Some(pack) = full {
             self.tx
                 .blocking_send(pack)
@@ -298,7 +300,22 @@ impl WriteSession {
 
     /// Adds a blob from async code.
     pub async fn add_blob(&self, blob_type: BlobType, data: &[u8]) -> Result<AddedBlob> {
-        let (added, full) = self.add_inner(blob_type, data)?;
+        self.add_blob_precompressed(blob_type, data, None).await
+    }
+
+    /// [`WriteSession::add_blob`] of a blob whose zstd payload is already
+    /// made (`zstd`: a frame that decompresses to `data`, checked by the
+    /// caller, as `copy` has it from the source): sealed as it is instead
+    /// of compressing `data` again, when this repository compresses and
+    /// the payload is the shorter. The blob is then stored at the source's
+    /// compression level, not this session's.
+    pub async fn add_blob_precompressed(
+        &self,
+        blob_type: BlobType,
+        data: &[u8],
+        zstd: Option<&[u8]>,
+    ) -> Result<AddedBlob> {
+        let (added, full) = self.add_inner(blob_type, data, zstd)?;
         if let Some(pack) = full {
             self.tx
                 .send(pack)
@@ -312,6 +329,7 @@ impl WriteSession {
         &self,
         blob_type: BlobType,
         data: &[u8],
+        zstd: Option<&[u8]>,
     ) -> Result<(AddedBlob, Option<FinishedPack>)> {
         if self.uploader.is_finished() {
             return Err(self.shared.upload_error());
@@ -328,13 +346,13 @@ impl WriteSession {
         if self.has_blob(blob_type, &id) {
             return Ok((AddedBlob { id, new: false }, None));
         }
-        let sealed = seal_blob(
-            self.shared.repo.key(),
-            blob_type,
-            id,
-            data,
-            self.shared.level,
-        );
+        let key = self.shared.repo.key();
+        let sealed = match zstd {
+            Some(z) if self.shared.level > 0 && z.len() < data.len() => {
+                seal_precompressed(key, blob_type, id, data.len() as u32, z)
+            }
+            _ => seal_blob(key, blob_type, id, data, self.shared.level),
+        };
         let stored = sealed.bytes.len() as u64;
         let full = {
             let mut st = self.shared.state.lock().unwrap();

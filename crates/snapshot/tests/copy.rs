@@ -377,3 +377,62 @@ async fn copy_in_tiny_batches_loses_and_duplicates_nothing() {
     assert_restores(&b, &copies[1], src.path()).await;
     assert_check_ok(&b).await;
 }
+
+/// A blob the source stored compressed is sealed again as it is, not
+/// compressed again at the target's level (a third of a copy's CPU): with
+/// the source at zstd level 19 and the target at 1, every data blob keeps
+/// its stored length, and the target restores byte for byte and checks.
+#[tokio::test]
+async fn copy_keeps_the_sources_compressed_bytes() {
+    let src = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    for i in 0..40_000u32 {
+        text.push_str(&format!(
+            "line {i}: the quick brown fox {} jumps over {} lazy dogs\n",
+            i % 97,
+            i * 7 % 13
+        ));
+    }
+    std::fs::write(src.path().join("text.txt"), &text).unwrap();
+    std::fs::write(src.path().join("noise.bin"), pseudo_random(300_000, 9)).unwrap();
+    let at_level = |seed, level| InitOptions {
+        compression_level: level,
+        ..options(seed)
+    };
+    let a = Arc::new(
+        Repository::init(Arc::new(MemoryStorage::new()), b"pw-a", at_level(11, 19))
+            .await
+            .unwrap(),
+    );
+    let mem_b = MemoryStorage::new();
+    let b = Arc::new(
+        Repository::init(Arc::new(mem_b.clone()), b"pw-b", at_level(22, 1))
+            .await
+            .unwrap(),
+    );
+    backup_dir(&a, src.path()).await;
+    copy_all(&a, &b).await;
+    let b = reopen(Arc::new(mem_b), b"pw-b").await;
+
+    // (plaintext length, stored length, compressed) of every data blob.
+    let stored = |repo: Arc<Repository>| async move {
+        let index = repo.index().await.unwrap();
+        let mut out: Vec<(u32, u32, bool)> = index
+            .blobs()
+            .filter(|l| l.entry.blob_type == lifeboat_repo::BlobType::Data)
+            .map(|l| (l.entry.raw_length, l.entry.length, l.entry.compressed))
+            .collect();
+        out.sort();
+        out
+    };
+    let (in_a, in_b) = (stored(a.clone()).await, stored(b.clone()).await);
+    assert!(
+        in_a.iter().filter(|(_, _, c)| *c).count() >= 3,
+        "the text should make several compressed blobs: {in_a:?}"
+    );
+    assert_eq!(in_a, in_b, "the target compressed blobs again");
+    let snaps = b.snapshots().await.unwrap();
+    assert_eq!(snaps.len(), 1);
+    assert_restores(&b, &snaps[0], src.path()).await;
+    assert_check_ok(&b).await;
+}

@@ -629,7 +629,7 @@ impl Walk<'_> {
             let source: &Repository = self.source;
             let reader = PackReader::new(source, READ_BUDGET_KIB);
             let mut copied = reader
-                .read_blobs(needed, RangeLimits::RESTORE)
+                .read_blobs(needed, RangeLimits::COPY)
                 .map(|blob| {
                     let session = self.session.clone();
                     tokio::spawn(async move {

@@ -81,6 +81,19 @@ impl RangeLimits {
         max_len: 4 * 1024 * 1024,
         max_raw: 16 * 1024 * 1024,
     };
+
+    /// The limits `copy` reads its source with: a quarter of restore's,
+    /// so that several ranges fit `copy`'s read budget at once (each holds
+    /// its sealed bytes, their payloads and their plaintext until the
+    /// target has them). With restore's limits one range of compressible
+    /// data took the whole 32 MiB budget, and a copy between two buckets
+    /// 20 ms away read one range at a time, its reads waiting on its own
+    /// sealing and the sealing on the next read.
+    pub const COPY: RangeLimits = RangeLimits {
+        gap: 256 * 1024,
+        max_len: 1024 * 1024,
+        max_raw: 4 * 1024 * 1024,
+    };
 }
 
 impl Default for RangeLimits {

@@ -25,10 +25,10 @@
 //! once per batch as batches cut in the selection's breadth-first order
 //! did. Once every batch's data is written, it makes the *other names of
 //! hard-linked files* (none for a file whose data failed, which was
-//! removed). It sets
-//! *directory metadata last*, deepest first, so creating entries does not
-//! disturb a directory's mtime and a read-only directory can still be
-//! filled. A file's own metadata is set when its last blob has been written;
+//! removed). It sets *directory metadata last*, deepest first, so
+//! creating entries does not disturb a directory's mtime and a read-only
+//! directory can still be filled. A file's own metadata is set when its
+//! last blob has been written;
 //! one `syncfs` of the target at the end makes the whole restore durable
 //! before it is reported done (or, with [`RestoreOptions::sync_each_file`],
 //! an fsync of each file as it completes and of each directory at the end).
@@ -55,8 +55,9 @@
 //! selection's entries and blob ids are freed once the last batch is made.
 //! Streaming the selection itself (walking the trees batch by batch) is
 //! not done: the conflict refusal and `delta` look at the whole selection
-//! first, and the pack order needs every file. Resident memory is mostly not this but freed memory the
-//! allocator keeps per arena (docs/performance.md, "Restore in batches").
+//! first, and the pack order needs every file. Resident memory is mostly
+//! not this but freed memory the allocator keeps per arena
+//! (docs/performance.md, "Restore in batches").
 //!
 //! Problems with one file (a damaged blob, a permission error) are recorded
 //! in [`RestoreStats::errors`] and the others are restored anyway; a file

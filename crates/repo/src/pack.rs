@@ -154,13 +154,7 @@ pub(crate) fn open_blob_keeping_payload(
 
 /// Opens one sealed blob and checks that its plaintext hashes to its id.
 pub(crate) fn open_blob(key: &MasterKey, entry: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {
-    let mut scratch = BlobScratch::default();
-    open_blob_in(key, entry, sealed, &mut scratch)?;
-    Ok(if entry.compressed {
-        scratch.plain
-    } else {
-        scratch.payload
-    })
+    open_blob_keeping_payload(key, entry, sealed).map(|(plain, _)| plain)
 }
 
 /// The buffers [`open_blob_in`] decrypts and decompresses into, kept

@@ -480,9 +480,9 @@ async fn release(lock: Option<RepositoryLock>) {
 
 /// Bytes of finished packs a session uploads at once: 4 packs of the
 /// default 16 MiB. Enough to keep a disk or a remote connection busy
-/// (restic uploads over 5 connections by default); more only queued packs
-/// in memory while the storage was slower than the packing (a copy to
-/// s3s-fs peaked between 116 and 146 MiB from run to run).
+/// (restic uploads over 5 connections by default); beyond that, packs
+/// only wait in memory whenever the storage is slower than the packing
+/// (16 uploads and 16 queued on S3 before this bound).
 pub(crate) const UPLOAD_BUDGET_BYTES: u64 = 64 << 20;
 
 /// Packs a session uploads at once: as many as [`UPLOAD_BUDGET_BYTES`]

@@ -47,7 +47,7 @@ pub struct CountingStorage {
     inner: DynStorage,
     counters: Counters,
     /// Reads (of content) by object.
-    read_keys: Mutex<BTreeMap<ObjectKey, u64>>,
+    reads_by_object: Mutex<BTreeMap<ObjectKey, u64>>,
     /// Every call as (operation, object kind), in order.
     calls: Mutex<Vec<(&'static str, Kind)>>,
 }
@@ -57,7 +57,7 @@ impl CountingStorage {
         CountingStorage {
             inner,
             counters: Counters::default(),
-            read_keys: Mutex::new(BTreeMap::new()),
+            reads_by_object: Mutex::new(BTreeMap::new()),
             calls: Mutex::new(Vec::new()),
         }
     }
@@ -76,12 +76,17 @@ impl CountingStorage {
 
     /// Objects whose content was read (by `get` or `get_range`).
     pub fn read_keys(&self) -> BTreeSet<ObjectKey> {
-        self.read_keys.lock().unwrap().keys().cloned().collect()
+        self.reads_by_object
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// How many reads (`get` or `get_range`) each object had.
     pub fn reads_by_object(&self) -> BTreeMap<ObjectKey, u64> {
-        self.read_keys.lock().unwrap().clone()
+        self.reads_by_object.lock().unwrap().clone()
     }
 
     /// How many calls of `op` ("put", "get" for whole or bounded reads,
@@ -116,7 +121,7 @@ impl CountingStorage {
         for n in [&c.put, &c.reads, &c.read_bytes, &c.stat, &c.list, &c.delete] {
             n.store(0, Ordering::SeqCst);
         }
-        self.read_keys.lock().unwrap().clear();
+        self.reads_by_object.lock().unwrap().clear();
         self.calls.lock().unwrap().clear();
     }
 
@@ -124,7 +129,7 @@ impl CountingStorage {
         self.counters.reads.fetch_add(1, Ordering::SeqCst);
         self.counters.read_bytes.fetch_add(bytes, Ordering::SeqCst);
         *self
-            .read_keys
+            .reads_by_object
             .lock()
             .unwrap()
             .entry(key.clone())

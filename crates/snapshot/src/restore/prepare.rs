@@ -421,6 +421,28 @@ pub(super) fn strip(meta: &mut Meta) -> bool {
     had
 }
 
+/// The handle of directory `d`, to make the entry at `path` in it; `None`
+/// (the entry is not restored, and `problems` says why) when the directory
+/// could not be created or opened. A full target is an error.
+fn entry_dir(
+    dirs: &Dirs,
+    d: u32,
+    path: &std::path::Path,
+    problems: &mut Vec<Problem>,
+) -> Result<Option<Arc<File>>> {
+    match dirs.get(d) {
+        Ok(dir) => Ok(Some(dir)),
+        Err(err) => {
+            let err = storage_full(path, err)?;
+            problems.push(Problem::error(
+                path,
+                format!("not restored: its directory cannot be opened: {err}"),
+            ));
+            Ok(None)
+        }
+    }
+}
+
 /// An I/O error that stops the whole restore (a full target) as an
 /// [`Error`]; any other is given back, to be reported for its entry.
 pub(super) fn storage_full(path: &std::path::Path, err: io::Error) -> Result<io::Error> {
@@ -557,27 +579,19 @@ impl Preparer {
         }
         // Everything else is made in its directory's handle; a directory
         // that could not be created or opened fails its entries.
-        let dir = match dirs.get(item.parent) {
-            Ok(dir) => dir,
-            Err(err) => {
-                let err = storage_full(&path, err)?;
-                p.problems.push(Problem::error(
-                    &path,
-                    format!("not restored: its directory cannot be opened: {err}"),
-                ));
-                if let ItemKind::File { linked: true, .. } = item.kind {
-                    firsts.insert(
-                        i as u32,
-                        FirstName {
-                            dir: item.parent,
-                            name: item.name,
-                            ident: None,
-                            file: None,
-                        },
-                    );
-                }
-                return Ok(());
+        let Some(dir) = entry_dir(dirs, item.parent, &path, &mut p.problems)? else {
+            if let ItemKind::File { linked: true, .. } = item.kind {
+                firsts.insert(
+                    i as u32,
+                    FirstName {
+                        dir: item.parent,
+                        name: item.name,
+                        ident: None,
+                        file: None,
+                    },
+                );
             }
+            return Ok(());
         };
         match item.kind {
             ItemKind::Dir(_) => unreachable!("handled above"),
@@ -707,16 +721,8 @@ impl Preparer {
             let path = dirs.path(link.dir).join(name);
             let old = existing.remove(&link.item);
             let old = old.as_ref();
-            let dir = match dirs.get(link.dir) {
-                Ok(dir) => dir,
-                Err(err) => {
-                    let err = storage_full(&path, err)?;
-                    p.problems.push(Problem::error(
-                        &path,
-                        format!("not restored: its directory cannot be opened: {err}"),
-                    ));
-                    continue;
-                }
+            let Some(dir) = entry_dir(dirs, link.dir, &path, &mut p.problems)? else {
+                continue;
             };
             let first = &firsts[&link.first];
             let first_name = OsStr::from_bytes(first.name.of(&sel.names));

@@ -76,10 +76,22 @@ async fn s3_storage_conforms() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let storage = OpendalStorage::s3(server.s3_options("repo")).await.unwrap();
     // s3s-fs refuses If-None-Match writes over existing objects but checks
     // before writing, so racing writers all win; the probe must notice.
-    assert!(!storage.capabilities().atomic_create, "{storage:?}");
+    // It can only catch a racy server, never prove an atomic one: racers
+    // that happen to arrive one after another (a loaded machine) miss it.
+    // This test failed once in 0.19 s in a whole-suite run (its output
+    // was not kept; the probe is its one nondeterministic step), so each
+    // open probes again and one of five must catch it.
+    let mut caught = None;
+    for _ in 0..5 {
+        let storage = OpendalStorage::s3(server.s3_options("repo")).await.unwrap();
+        if !storage.capabilities().atomic_create {
+            caught = Some(storage);
+            break;
+        }
+    }
+    let storage = caught.expect("five probes never caught s3s-fs's racy conditional writes");
     run_all(Arc::new(storage)).await;
 }
 

@@ -14,7 +14,7 @@
 //! the KDF. Version 1 files (whose fields are unauthenticated) are still
 //! read, with a warning, and `key passwd` replaces them with version 2.
 //! Both versions are refused before any KDF runs when their parameters are
-//! below [`KdfParams::DEFAULT`] or their `wrapped` field is not exactly the
+//! below [`KdfParams::MINIMUM`] or their `wrapped` field is not exactly the
 //! hex of one sealed master key.
 //!
 //! Version 3 is version 2 plus a [`Role`] (`append-only`, `read-only`),
@@ -94,14 +94,23 @@ pub struct KdfParams {
 }
 
 impl KdfParams {
-    /// The default: 64 MiB, 3 passes, 1 lane — RFC 9106's second recommended
-    /// memory and pass counts (with one lane instead of four, so the cost
-    /// does not depend on the cores of the machine that opens the
-    /// repository), about a quarter of a second on a current core. Also the
-    /// minimum a key file read from storage may ask for: a planted key file
-    /// with cheaper parameters would let a storage writer test password
-    /// guesses cheaply.
+    /// The default for new key files: 64 MiB, 3 passes, 4 lanes, RFC
+    /// 9106's second recommended option. The lanes are computed on
+    /// parallel threads (the argon2 crate's `parallel` feature), so a
+    /// 2-core machine derives the key in about half the wall time of one
+    /// lane; one core does the same work as with one lane, and a password
+    /// guess costs an attacker the same memory and passes either way.
     pub const DEFAULT: KdfParams = KdfParams {
+        memory_kib: 64 * 1024,
+        iterations: 3,
+        parallelism: 4,
+    };
+
+    /// The least a key file read from storage may ask for: a planted key
+    /// file with cheaper parameters would let a storage writer test
+    /// password guesses cheaply. One lane, so key files written before
+    /// [`KdfParams::DEFAULT`] had four still open.
+    pub const MINIMUM: KdfParams = KdfParams {
         memory_kib: 64 * 1024,
         iterations: 3,
         parallelism: 1,
@@ -125,7 +134,7 @@ impl KdfParams {
     }
 
     /// Whether a key file read from storage may use these parameters: none
-    /// below [`KdfParams::DEFAULT`] (and none above the reader's caps).
+    /// below [`KdfParams::MINIMUM`] (and none above the reader's caps).
     fn check_on_read(self, object: &str) -> Result<()> {
         if self.memory_kib > MAX_MEMORY_KIB
             || self.iterations > MAX_ITERATIONS
@@ -133,7 +142,7 @@ impl KdfParams {
         {
             return Err(Error::corrupt(object, "KDF parameters out of range"));
         }
-        let d = Self::DEFAULT;
+        let d = Self::MINIMUM;
         let weak = self.memory_kib < d.memory_kib
             || self.iterations < d.iterations
             || self.parallelism < d.parallelism;
@@ -300,7 +309,7 @@ impl KeyFile {
 
     /// Parses and checks a key file read from storage, before any password
     /// is tried: known version and KDF, parameters within
-    /// [`KdfParams::DEFAULT`] and the caps, `wrapped` exactly one sealed
+    /// [`KdfParams::MINIMUM`] and the caps, `wrapped` exactly one sealed
     /// master key in lowercase hex.
     pub fn decode(object: &str, bytes: &[u8]) -> Result<Self> {
         let kf: KeyFile = serde_json::from_slice(bytes).map_err(|e| Error::corrupt(object, e))?;

@@ -167,3 +167,25 @@ async fn an_open_tries_a_bounded_number_of_key_files_the_last_one_used_first() {
         .unwrap();
     assert_eq!(opened.key_id(), repo.key_id());
 }
+
+/// New key files use four lanes (RFC 9106's second option); key files
+/// that builds before that wrote with one lane, the minimum, still open.
+/// Both at the real costs, so this runs the 64 MiB KDF four times.
+#[test]
+fn new_key_files_use_four_lanes_and_one_lane_files_still_open() {
+    assert_eq!(KdfParams::DEFAULT.parallelism, 4);
+    assert_eq!(KdfParams::MINIMUM.parallelism, 1);
+    let master = MasterKey::generate();
+    for params in [KdfParams::DEFAULT, KdfParams::MINIMUM] {
+        let kf = KeyFile::create(&master, PASSWORD, params).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&kf.encode()).unwrap();
+        assert_eq!(json["kdf"]["parallelism"], params.parallelism);
+        let read = KeyFile::decode("keys/x", &kf.encode()).unwrap();
+        let opened = read
+            .unwrap_key(PASSWORD)
+            .unwrap()
+            .expect("the password opens it");
+        assert_eq!(opened.blob_id(b"probe"), master.blob_id(b"probe"));
+        assert!(read.unwrap_key(b"wrong").unwrap().is_none());
+    }
+}

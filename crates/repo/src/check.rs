@@ -32,8 +32,8 @@
 //! module only calls that step.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -46,7 +46,7 @@ use crate::coverage::{self, Coverage, DEFAULT_COVERAGE_DAYS, DataSubset, Verifie
 
 use crate::index::{FirstPacks, Index, IndexFile};
 use crate::limits::get_bounded;
-use crate::pack::BlobType;
+use crate::pack::{BlobScratch, BlobType};
 use crate::packread::{FetchedRange, PackReader};
 use crate::record::{Snapshot, SnapshotRecord};
 use crate::repository::{Repository, Tier, blocking};
@@ -509,6 +509,79 @@ impl Held {
     fn sub(&self, n: u64) {
         self.now.fetch_sub(n, Ordering::SeqCst);
     }
+
+    fn now(&self) -> u64 {
+        self.now.load(Ordering::SeqCst)
+    }
+}
+
+/// Pack buffers `check --read-data` reads into again once their pack is
+/// verified. A pack's buffer is as large as the pack (16 MiB by default),
+/// and the allocator maps a request that large afresh (see the CLI's
+/// `oversize_threshold`): page faults, zeroing and unmapping for every
+/// pack took about 5.5% of a check's CPU (docs/performance.md). Memory:
+/// idle buffers count against the read budget with the packs held, so
+/// packs held plus idle buffers stay within it; a buffer is reused only
+/// for a pack of at least 8/9 of its capacity, so a buffer in use holds
+/// at most 1/8 more than the pack bytes the budget counts.
+struct PackBuffers {
+    budget: u64,
+    idle: Mutex<IdleBuffers>,
+}
+
+#[derive(Default)]
+struct IdleBuffers {
+    buffers: Vec<Vec<u8>>,
+    bytes: u64,
+}
+
+impl PackBuffers {
+    fn new(budget: u64) -> Self {
+        PackBuffers {
+            budget,
+            idle: Mutex::default(),
+        }
+    }
+
+    /// A buffer for a pack of `size` bytes, with `held` pack bytes held
+    /// (this pack's included): the smallest idle buffer that fits it
+    /// within 1/8, or an empty one after freeing idle buffers until the
+    /// packs held and the idle buffers fit the budget.
+    fn take(&self, size: u64, held: u64) -> Vec<u8> {
+        let mut idle = self.idle.lock().unwrap();
+        let fits = |b: &Vec<u8>| {
+            let cap = b.capacity() as u64;
+            cap >= size && cap <= size + size / 8
+        };
+        let best = (idle.buffers.iter().enumerate())
+            .filter(|(_, b)| fits(b))
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            let buf = idle.buffers.swap_remove(i);
+            idle.bytes -= buf.capacity() as u64;
+            return buf;
+        }
+        while held + idle.bytes > self.budget {
+            let Some(freed) = idle.buffers.pop() else {
+                break;
+            };
+            idle.bytes -= freed.capacity() as u64;
+        }
+        Vec::new()
+    }
+
+    /// Keeps `buf` for a later pack if the `held` pack bytes (its own
+    /// pack's no longer counted), the idle buffers and it fit the budget;
+    /// frees it otherwise.
+    fn give(&self, buf: Vec<u8>, held: u64) {
+        let mut idle = self.idle.lock().unwrap();
+        let cap = buf.capacity() as u64;
+        if cap > 0 && held + idle.bytes + cap <= self.budget {
+            idle.bytes += cap;
+            idle.buffers.push(buf);
+        }
+    }
 }
 
 impl<'a> DataRun<'a, '_> {
@@ -563,22 +636,35 @@ impl<'a> DataRun<'a, '_> {
         let connections = Semaphore::new(self.repo.concurrency());
         let cpu = Semaphore::new(workers);
         let held = Held::default();
+        let buffers = PackBuffers::new(budget);
+        let scratches: Mutex<Vec<BlobScratch>> = Mutex::default();
         // The reader's own budget is not used: `memory` is given back
         // only after `held` is lowered, so the peak is exact.
         let reader = PackReader::new(self.repo, 1);
         let mut results: Vec<PackVerdict> = futures::stream::iter(packs)
             .map(|pack| {
                 let size = self.pack_sizes[&pack];
-                let (memory, connections, cpu, held, reader, done) =
-                    (&memory, &connections, &cpu, &held, &reader, &done);
+                let (memory, connections, cpu, held, reader, done, buffers, scratches) = (
+                    &memory,
+                    &connections,
+                    &cpu,
+                    &held,
+                    &reader,
+                    &done,
+                    &buffers,
+                    &scratches,
+                );
                 async move {
                     let kib = size.div_ceil(1024).min(budget_kib as u64) as u32;
                     let mem = memory.acquire_many(kib).await.expect("never closed");
                     held.add(size);
                     let fetched = {
                         let _c = connections.acquire().await.expect("never closed");
+                        let buf = buffers.take(size, held.now());
                         let none = reader.reserve(0).await;
-                        reader.read_whole(self.tiers[&pack], pack, none).await
+                        reader
+                            .read_whole_into(self.tiers[&pack], pack, buf, none)
+                            .await
                     };
                     let r = match fetched {
                         Err(e) => (pack, 0, Err(format!("cannot be read: {e}"))),
@@ -586,8 +672,22 @@ impl<'a> DataRun<'a, '_> {
                             let len = fetched.bytes().len() as u64;
                             let _c = cpu.acquire().await.expect("never closed");
                             let entries = entries_of(by_pack, &pack);
-                            let verdict = blocking(move || verify_pack(&fetched, &entries)).await;
-                            (pack, len, verdict.map_err(|e| e.to_string()))
+                            let mut scratch = scratches.lock().unwrap().pop().unwrap_or_default();
+                            let verified = blocking(move || {
+                                let verdict = verify_pack(&fetched, &entries, &mut scratch);
+                                (verdict, fetched, scratch)
+                            })
+                            .await;
+                            match verified {
+                                Ok((verdict, fetched, scratch)) => {
+                                    scratches.lock().unwrap().push(scratch);
+                                    if let Some(buf) = fetched.into_buffer() {
+                                        buffers.give(buf, held.now() - size);
+                                    }
+                                    (pack, len, Ok(verdict))
+                                }
+                                Err(e) => (pack, len, Err(e.to_string())),
+                            }
                         }
                     };
                     held.sub(size);
@@ -674,8 +774,12 @@ fn entries_of(by_pack: &FirstPacks<'_>, pack: &Id) -> Vec<crate::PackEntry> {
 
 /// Checks a downloaded pack: does it match its name, and which of its
 /// indexed blobs fail to decrypt or verify.
-fn verify_pack(pack: &FetchedRange, entries: &[crate::PackEntry]) -> (bool, Vec<(BlobType, Id)>) {
-    let bad = damaged(pack, entries)
+fn verify_pack(
+    pack: &FetchedRange,
+    entries: &[crate::PackEntry],
+    scratch: &mut BlobScratch,
+) -> (bool, Vec<(BlobType, Id)>) {
+    let bad = damaged(pack, entries, scratch)
         .map(|e| (e.blob_type, e.id))
         .collect();
     (name_matches(pack), bad)
@@ -687,17 +791,20 @@ fn name_matches(pack: &FetchedRange) -> bool {
 }
 
 /// The `entries` of `pack` that fail to decrypt, decompress or match
-/// their ids. Each is opened into the same two buffers, which nothing
-/// keeps: allocating two per blob (about 1 MiB each) cost page faults
-/// for every blob.
-fn damaged<'e>(
-    pack: &FetchedRange,
+/// their ids. Each is opened into the same two buffers (`scratch`, which
+/// callers keep from pack to pack): allocating two per blob (about 1 MiB
+/// each) cost page faults for every blob.
+fn damaged<'e, 's>(
+    pack: &'s FetchedRange,
     entries: &'e [crate::PackEntry],
-) -> impl Iterator<Item = &'e crate::PackEntry> {
-    let mut scratch = crate::pack::BlobScratch::default();
+    scratch: &'s mut BlobScratch,
+) -> impl Iterator<Item = &'e crate::PackEntry> + 's
+where
+    'e: 's,
+{
     entries
         .iter()
-        .filter(move |e| pack.open_in(e, &mut scratch).is_err())
+        .filter(move |e| pack.open_in(e, scratch).is_err())
 }
 
 /// Stored bytes of blobs a thread of [`measure_ceiling`] takes at a time.
@@ -737,10 +844,15 @@ fn pieces(entries: &[crate::PackEntry]) -> Vec<Piece> {
 
 /// Does one piece of a pack's verification; how many checks failed (a
 /// wrong name counts one, each damaged blob one).
-fn run_piece(pack: &FetchedRange, entries: &[crate::PackEntry], piece: &Piece) -> usize {
+fn run_piece(
+    pack: &FetchedRange,
+    entries: &[crate::PackEntry],
+    piece: &Piece,
+    scratch: &mut BlobScratch,
+) -> usize {
     match piece {
         Piece::Name => usize::from(!name_matches(pack)),
-        Piece::Blobs(range) => damaged(pack, &entries[range.clone()]).count(),
+        Piece::Blobs(range) => damaged(pack, &entries[range.clone()], scratch).count(),
     }
 }
 
@@ -829,10 +941,12 @@ pub async fn measure_ceiling(repo: &Repository, verify: &VerifyOptions) -> Resul
             std::thread::scope(|s| {
                 for _ in 0..workers {
                     s.spawn(|| {
+                        // Per thread, as the check keeps one per worker.
+                        let mut scratch = BlobScratch::default();
                         while let Some((i, piece)) = work.get(next.fetch_add(1, Ordering::Relaxed))
                         {
                             let (f, entries) = &fetched[*i];
-                            std::hint::black_box(run_piece(f, entries, piece));
+                            std::hint::black_box(run_piece(f, entries, piece, &mut scratch));
                         }
                     });
                 }
@@ -1135,6 +1249,41 @@ mod tests {
             raw_length: length,
             compressed: false,
         }
+    }
+
+    /// Idle pack buffers are reused only for a pack they fit within 1/8,
+    /// and packs held plus idle buffers never exceed the budget: a buffer
+    /// given back past it is freed, and taking a fresh one frees idle ones
+    /// until the packs held fit beside them.
+    #[test]
+    fn pack_buffers_fit_their_pack_and_stay_within_the_budget() {
+        let mib = 1u64 << 20;
+        let buffers = PackBuffers::new(48 * mib);
+        let idle = |b: &PackBuffers| b.idle.lock().unwrap().bytes;
+        let sized = |n: u64| Vec::<u8>::with_capacity(n as usize);
+        // Two 16 MiB buffers come back while nothing else is held.
+        buffers.give(sized(16 * mib), 0);
+        buffers.give(sized(16 * mib), 0);
+        assert_eq!(idle(&buffers), 32 * mib);
+        // A third does not fit beside them and a 20 MiB pack held.
+        buffers.give(sized(16 * mib), 20 * mib);
+        assert_eq!(idle(&buffers), 32 * mib);
+        // A 15 MiB pack reuses one (16 is within 1/8 of 15).
+        let b = buffers.take(15 * mib, 15 * mib);
+        assert_eq!(b.capacity() as u64, 16 * mib);
+        assert_eq!(idle(&buffers), 16 * mib);
+        // A 1 MiB pack does not: a 16 MiB buffer would hold 16x its bytes.
+        assert_eq!(buffers.take(mib, 16 * mib).capacity(), 0);
+        assert_eq!(idle(&buffers), 16 * mib);
+        // A pack larger than every idle buffer gets a fresh one, and the
+        // idle buffer goes when held packs and it pass the budget.
+        assert_eq!(buffers.take(17 * mib, 17 * mib).capacity(), 0);
+        assert_eq!(idle(&buffers), 16 * mib);
+        assert_eq!(buffers.take(17 * mib, 40 * mib).capacity(), 0);
+        assert_eq!(idle(&buffers), 0);
+        // An empty buffer is never kept.
+        buffers.give(Vec::new(), 0);
+        assert!(buffers.idle.lock().unwrap().buffers.is_empty());
     }
 
     /// The pieces name the pack once and cover every entry exactly once,

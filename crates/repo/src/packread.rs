@@ -267,6 +267,22 @@ impl<'a> PackReader<'a> {
         Ok(self.fetched(pack, 0, bytes, permit))
     }
 
+    /// [`PackReader::read_whole`] into `buf`
+    /// ([`lifeboat_storage::Storage::get_into`]): a
+    /// caller reading many packs hands back the buffer of the last one
+    /// ([`FetchedRange::into_buffer`]).
+    pub async fn read_whole_into(
+        &self,
+        tier: Tier,
+        pack: Id,
+        buf: Vec<u8>,
+        permit: MemoryPermit,
+    ) -> Result<FetchedRange> {
+        let storage = self.repo.tier_storage(tier).await?;
+        let bytes = storage.get_into(&pack_key(&pack), buf).await?;
+        Ok(self.fetched(pack, 0, Bytes::from(bytes), permit))
+    }
+
     fn fetched(&self, pack: Id, start: u64, bytes: Bytes, permit: MemoryPermit) -> FetchedRange {
         FetchedRange {
             pack,
@@ -466,6 +482,12 @@ impl FetchedRange {
     /// The bytes read (all of the pack for [`PackReader::read_whole`]).
     pub fn bytes(&self) -> &Bytes {
         &self.bytes
+    }
+
+    /// The buffer the bytes were read into, for the next read, if nothing
+    /// else holds them (`None` otherwise). Its length is unspecified.
+    pub fn into_buffer(self) -> Option<Vec<u8>> {
+        self.bytes.try_into_mut().ok().map(Vec::from)
     }
 
     /// Whether `entry` lies inside the bytes read.

@@ -110,6 +110,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     async fn put(&self, key: &ObjectKey, data: Bytes) -> Result<()>;
     async fn get(&self, key: &ObjectKey) -> Result<Bytes>;
     async fn get_range(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Bytes>;
+    /// [`Storage::get`] into `buf`, whose allocation the bytes may reuse:
+    /// a caller reading many objects of about one size (packs, in
+    /// `check --read-data`) hands back the buffer of the last one instead
+    /// of having fresh pages mapped and zeroed for each. Returns the
+    /// object's bytes, and only them (`buf`'s old contents are gone). The
+    /// default is `get`, which drops `buf`; the local backend reads into it.
+    async fn get_into(&self, key: &ObjectKey, buf: Vec<u8>) -> Result<Vec<u8>> {
+        drop(buf);
+        Ok(Vec::from(self.get(key).await?))
+    }
     /// Reads the object whole if it holds at most `max` bytes, without ever
     /// holding much more than `max` bytes of it: objects anyone with write
     /// access may have planted are read this way (a missing key fails with

@@ -210,6 +210,21 @@ impl Storage for LocalStorage {
         .await
     }
 
+    async fn get_into(&self, key: &ObjectKey, mut buf: Vec<u8>) -> Result<Vec<u8>> {
+        let key = key.clone();
+        self.blocking(move |s| {
+            let path = s.path(&key);
+            let io = |e: std::io::Error| Error::from_io(e, format!("reading {}", path.display()));
+            let mut f = File::open(&path).map_err(|e| not_found_or(e, &key, &path))?;
+            let size = f.metadata().map_err(io)?.len();
+            buf.clear();
+            buf.reserve(size as usize);
+            f.read_to_end(&mut buf).map_err(io)?;
+            Ok(buf)
+        })
+        .await
+    }
+
     async fn get_at_most(&self, key: &ObjectKey, max: u64) -> Result<BoundedGet> {
         let key = key.clone();
         self.blocking(move |s| {

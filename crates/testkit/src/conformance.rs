@@ -94,8 +94,8 @@ pub fn capabilities_are_sane(s: &dyn Storage) {
     assert!(caps.max_connections >= 1, "{}: {caps:?}", s.location());
 }
 
-/// Every kind round-trips bytes through `put`/`get`, and `stat` reports the
-/// size.
+/// Every kind round-trips bytes through `put`/`get` (and `get_into`), and
+/// `stat` reports the size.
 pub async fn put_get_round_trip(s: &dyn Storage) {
     let loc = s.location();
     for (i, kind) in Kind::ALL.into_iter().enumerate() {
@@ -104,6 +104,12 @@ pub async fn put_get_round_trip(s: &dyn Storage) {
         ok(&loc, "put", s.put(&k, data.clone()).await);
         let got = ok(&loc, "get", s.get(&k).await);
         assert!(got == data, "{loc}: get({k}) returned different bytes");
+        // Into a buffer that holds other bytes, longer and shorter than
+        // the object: only the object's bytes come back.
+        for old in [vec![0xee; 5000], vec![0xee; 3]] {
+            let got = ok(&loc, "get_into", s.get_into(&k, old).await);
+            assert!(got == data, "{loc}: get_into({k}) returned different bytes");
+        }
         let size = ok(&loc, "stat", s.stat(&k).await);
         assert_eq!(size, Some(data.len() as u64), "{loc}: stat({k})");
         ok(&loc, "delete", s.delete(&k).await);
@@ -134,7 +140,7 @@ pub async fn put_never_overwrites(s: &dyn Storage) {
     }
 }
 
-/// `get`/`get_range` of a missing key fail with `NotFound` (permanent),
+/// `get`/`get_range`/`get_into` of a missing key fail with `NotFound` (permanent),
 /// `stat` says `None`.
 pub async fn missing_objects_are_not_found(s: &dyn Storage) {
     let loc = s.location();
@@ -155,6 +161,11 @@ pub async fn missing_objects_are_not_found(s: &dyn Storage) {
             .get_at_most(&k, 1024)
             .await
             .expect_err(&format!("{loc}: get_at_most of missing {k}"));
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{loc}: {err}");
+        let err = s
+            .get_into(&k, vec![1, 2, 3])
+            .await
+            .expect_err(&format!("{loc}: get_into of missing {k}"));
         assert_eq!(err.kind(), ErrorKind::NotFound, "{loc}: {err}");
         assert_eq!(ok(&loc, "stat", s.stat(&k).await), None, "{loc}: stat({k})");
     }

@@ -515,6 +515,11 @@ impl Held {
     }
 }
 
+/// Most bytes of each blob buffer `check --read-data` keeps for the next
+/// pack: twice the chunker's average blob. A pack that held a larger blob
+/// (up to the chunker's 8 MiB maximum) leaves its buffers to be freed.
+const SCRATCH_KEPT_BYTES: usize = 2 << 20;
+
 /// Pack buffers `check --read-data` reads into again once their pack is
 /// verified. A pack's buffer is as large as the pack (16 MiB by default),
 /// and the allocator maps a request that large afresh (see the CLI's
@@ -679,7 +684,8 @@ impl<'a> DataRun<'a, '_> {
                             })
                             .await;
                             match verified {
-                                Ok((verdict, fetched, scratch)) => {
+                                Ok((verdict, fetched, mut scratch)) => {
+                                    scratch.trim(SCRATCH_KEPT_BYTES);
                                     scratches.lock().unwrap().push(scratch);
                                     if let Some(buf) = fetched.into_buffer() {
                                         buffers.give(buf, held.now() - size);

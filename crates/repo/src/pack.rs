@@ -167,6 +167,19 @@ pub struct BlobScratch {
     plain: Vec<u8>,
 }
 
+impl BlobScratch {
+    /// Frees either buffer whose capacity is over `bytes`: a caller that
+    /// keeps the buffers between packs keeps the usual blob's worth, not
+    /// the largest blob's (up to the chunker's maximum) for good.
+    pub fn trim(&mut self, bytes: usize) {
+        for buf in [&mut self.payload, &mut self.plain] {
+            if buf.capacity() > bytes {
+                *buf = Vec::new();
+            }
+        }
+    }
+}
+
 /// [`open_blob`] into `scratch`: the blob's plaintext, borrowed from it.
 pub(crate) fn open_blob_in<'s>(
     key: &MasterKey,
@@ -342,6 +355,18 @@ pub(crate) fn parse_pack(key: &MasterKey, pack: &Id, bytes: &[u8]) -> Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Trimming frees only the buffers over the limit.
+    #[test]
+    fn trim_frees_only_buffers_over_the_limit() {
+        let mut scratch = BlobScratch {
+            payload: Vec::with_capacity(4 << 20),
+            plain: Vec::with_capacity(1 << 20),
+        };
+        scratch.trim(2 << 20);
+        assert_eq!(scratch.payload.capacity(), 0);
+        assert_eq!(scratch.plain.capacity(), 1 << 20);
+    }
 
     #[test]
     fn pack_round_trip_and_damage() {

@@ -731,6 +731,36 @@ mod tests {
     const KIB: u32 = 1024;
     const MIB: u32 = 1024 * 1024;
 
+    fn fetched_from(bytes: Bytes) -> FetchedRange {
+        FetchedRange {
+            pack: Id([7; 32]),
+            start: 0,
+            bytes,
+            key: MasterKey::generate(),
+            _permit: MemoryPermit { _held: None },
+        }
+    }
+
+    /// `into_buffer` hands back the very allocation the bytes were read
+    /// into (what `check --read-data` recycles), whether the read filled
+    /// the buffer exactly or left room, and nothing while another handle
+    /// to the bytes lives.
+    #[test]
+    fn into_buffer_gives_back_the_same_allocation() {
+        for (len, cap) in [(4096, 4096), (4000, 8192)] {
+            let mut buf = Vec::with_capacity(cap);
+            buf.resize(len, 0xab);
+            let at = buf.as_ptr();
+            let back = fetched_from(Bytes::from(buf)).into_buffer().unwrap();
+            assert_eq!(back.as_ptr(), at, "len {len}, capacity {cap}");
+            assert!(back.capacity() >= len);
+        }
+        let shared = Bytes::from(vec![1u8; 4096]);
+        let other = shared.clone();
+        assert!(fetched_from(shared).into_buffer().is_none());
+        drop(other);
+    }
+
     fn entry(offset: u32, length: u32, raw_length: u32, n: u8) -> PackEntry {
         PackEntry {
             blob_type: BlobType::Data,

@@ -513,6 +513,10 @@ impl Held {
     fn now(&self) -> u64 {
         self.now.load(Ordering::SeqCst)
     }
+
+    fn peak(&self) -> u64 {
+        self.peak.load(Ordering::SeqCst)
+    }
 }
 
 /// Most bytes of each blob buffer `check --read-data` keeps for the next
@@ -524,69 +528,113 @@ const SCRATCH_KEPT_BYTES: usize = 2 << 20;
 /// verified. A pack's buffer is as large as the pack (16 MiB by default),
 /// and the allocator maps a request that large afresh (see the CLI's
 /// `oversize_threshold`): page faults, zeroing and unmapping for every
-/// pack took about 5.5% of a check's CPU (docs/performance.md). Memory:
-/// idle buffers count against the read budget with the packs held, so
-/// packs held plus idle buffers stay within it; a buffer is reused only
-/// for a pack of at least 8/9 of its capacity, so a buffer in use holds
-/// at most 1/8 more than the pack bytes the budget counts.
+/// pack took about 5.5% of a check's CPU (docs/performance.md).
+///
+/// Memory: recycling must not hold more than fresh buffers would, which
+/// hold exactly the packs being read and verified. So a buffer is kept
+/// only for a pack waiting for the read budget, which takes it as soon as
+/// it starts (idle buffers no pack waits for are freed), and the capacity
+/// of every buffer, in use or idle, stays within the most pack bytes held
+/// at once so far (`Held::peak`), not within the budget. Idle buffers
+/// kept up to the budget made the check's peak 5-10 MiB higher: a budget
+/// of three 16 MiB packs holds only two packs a little over 16 MiB, and
+/// a buffer too small for the big packs sat idle beside them
+/// (docs/performance.md, "Idle pack buffers within the peak"). A buffer
+/// is reused only for a pack of at least 8/9 of its capacity.
+#[derive(Default)]
 struct PackBuffers {
-    budget: u64,
-    idle: Mutex<IdleBuffers>,
+    state: Mutex<BufferState>,
 }
 
 #[derive(Default)]
-struct IdleBuffers {
-    buffers: Vec<Vec<u8>>,
-    bytes: u64,
+struct BufferState {
+    idle: Vec<Vec<u8>>,
+    /// The capacity of the idle buffers.
+    idle_bytes: u64,
+    /// The capacity of buffers in use beyond their packs' bytes.
+    slack: u64,
+}
+
+impl BufferState {
+    /// Pack bytes `held` plus what the buffers hold beyond them.
+    fn total(&self, held: u64) -> u64 {
+        held + self.slack + self.idle_bytes
+    }
 }
 
 impl PackBuffers {
-    fn new(budget: u64) -> Self {
-        PackBuffers {
-            budget,
-            idle: Mutex::default(),
-        }
-    }
-
     /// A buffer for a pack of `size` bytes, with `held` pack bytes held
-    /// (this pack's included): the smallest idle buffer that fits it
-    /// within 1/8, or an empty one after freeing idle buffers until the
-    /// packs held and the idle buffers fit the budget.
-    fn take(&self, size: u64, held: u64) -> Vec<u8> {
-        let mut idle = self.idle.lock().unwrap();
-        let fits = |b: &Vec<u8>| {
-            let cap = b.capacity() as u64;
-            cap >= size && cap <= size + size / 8
-        };
-        let best = (idle.buffers.iter().enumerate())
-            .filter(|(_, b)| fits(b))
+    /// (this pack's included), at most `limit` ever held at once and
+    /// `waiting` packs waiting to start: the smallest idle buffer that
+    /// fits it within 1/8, or a fresh one with room up to the next MiB;
+    /// then frees idle buffers until all of them fit `limit` and no more
+    /// are idle than packs wait.
+    fn take(&self, size: u64, held: u64, limit: u64, waiting: usize) -> Vec<u8> {
+        let mut state = self.state.lock().unwrap();
+        let best = (state.idle.iter().enumerate())
+            .filter(|(_, b)| fits(b.capacity() as u64, size))
             .min_by_key(|(_, b)| b.capacity())
             .map(|(i, _)| i);
-        if let Some(i) = best {
-            let buf = idle.buffers.swap_remove(i);
-            idle.bytes -= buf.capacity() as u64;
-            return buf;
-        }
-        while held + idle.bytes > self.budget {
-            let Some(freed) = idle.buffers.pop() else {
+        let buf = match best {
+            Some(i) => {
+                let buf = state.idle.swap_remove(i);
+                let cap = buf.capacity() as u64;
+                state.idle_bytes -= cap;
+                state.slack += cap - size;
+                buf
+            }
+            None => {
+                // Packs of one size differ by a few KiB (a pack closes
+                // past its target size): room for the next MiB lets the
+                // buffer serve the next pack too. The pages a pack never
+                // reaches are not touched, so they cost no memory, but
+                // they are counted as if they did.
+                let cap = if size < 1 << 20 {
+                    size
+                } else {
+                    size.next_multiple_of(1 << 20)
+                };
+                state.slack += cap - size;
+                Vec::with_capacity(cap as usize)
+            }
+        };
+        // `held` counts the pack's bytes, whichever buffer holds them.
+        while state.total(held) > limit || state.idle.len() > waiting {
+            let Some(freed) = state.idle.pop() else {
                 break;
             };
-            idle.bytes -= freed.capacity() as u64;
+            state.idle_bytes -= freed.capacity() as u64;
         }
-        Vec::new()
+        buf
     }
 
-    /// Keeps `buf` for a later pack if the `held` pack bytes (its own
-    /// pack's no longer counted), the idle buffers and it fit the budget;
-    /// frees it otherwise.
-    fn give(&self, buf: Vec<u8>, held: u64) {
-        let mut idle = self.idle.lock().unwrap();
+    /// Takes back what `take` gave with `slack` bytes beyond its pack,
+    /// once its pack is done: keeps the buffer (if the pack's bytes handed
+    /// it back) for the first of the `waiting` packs (their sizes, in the
+    /// order they will start) that no idle buffer is kept for, if it fits
+    /// that pack and the `held` pack bytes (its own pack's no longer
+    /// counted), the other buffers and it fit `limit` (the most pack bytes
+    /// held at once so far); frees it otherwise.
+    fn give(&self, buf: Option<Vec<u8>>, slack: u64, held: u64, limit: u64, waiting: &[u64]) {
+        let mut state = self.state.lock().unwrap();
+        state.slack -= slack;
+        let Some(buf) = buf else {
+            return;
+        };
         let cap = buf.capacity() as u64;
-        if cap > 0 && held + idle.bytes + cap <= self.budget {
-            idle.bytes += cap;
-            idle.buffers.push(buf);
+        let wanted =
+            (waiting.get(state.idle.len())).is_some_and(|&size| cap > 0 && fits(cap, size));
+        if wanted && state.total(held) + cap <= limit {
+            state.idle_bytes += cap;
+            state.idle.push(buf);
         }
     }
+}
+
+/// Whether a buffer of `cap` bytes may hold a pack of `size`: it is large
+/// enough and not more than 1/8 larger.
+fn fits(cap: u64, size: u64) -> bool {
+    cap >= size && cap <= size + size / 8
 }
 
 impl<'a> DataRun<'a, '_> {
@@ -641,7 +689,17 @@ impl<'a> DataRun<'a, '_> {
         let connections = Semaphore::new(self.repo.concurrency());
         let cpu = Semaphore::new(workers);
         let held = Held::default();
-        let buffers = PackBuffers::new(budget);
+        let buffers = PackBuffers::default();
+        // The packs' sizes in the order they start (`memory` is fair, so
+        // they acquire it in order), the packs started and those waiting
+        // for `memory`, which a pack's buffer is kept for.
+        let sizes: Vec<u64> = packs.iter().map(|p| self.pack_sizes[p]).collect();
+        let (started, waiting) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let waiting_sizes = || {
+            let from = started.load(Ordering::SeqCst).min(sizes.len());
+            let n = waiting.load(Ordering::SeqCst);
+            &sizes[from..(from + n).min(sizes.len())]
+        };
         let scratches: Mutex<Vec<BlobScratch>> = Mutex::default();
         // The reader's own budget is not used: `memory` is given back
         // only after `held` is lowered, so the peak is exact.
@@ -659,18 +717,25 @@ impl<'a> DataRun<'a, '_> {
                     &buffers,
                     &scratches,
                 );
+                let (started, waiting, waiting_sizes) = (&started, &waiting, &waiting_sizes);
                 async move {
                     let kib = size.div_ceil(1024).min(budget_kib as u64) as u32;
+                    waiting.fetch_add(1, Ordering::SeqCst);
                     let mem = memory.acquire_many(kib).await.expect("never closed");
+                    started.fetch_add(1, Ordering::SeqCst);
+                    waiting.fetch_sub(1, Ordering::SeqCst);
                     held.add(size);
-                    let fetched = {
+                    let (fetched, slack) = {
                         let _c = connections.acquire().await.expect("never closed");
-                        let buf = buffers.take(size, held.now());
+                        let waits = waiting.load(Ordering::SeqCst);
+                        let buf = buffers.take(size, held.now(), held.peak(), waits);
+                        let slack = (buf.capacity() as u64).saturating_sub(size);
                         let none = reader.reserve(0).await;
-                        reader
-                            .read_whole_into(self.tiers[&pack], pack, buf, none)
-                            .await
+                        let read = reader.read_whole_into(self.tiers[&pack], pack, buf, none);
+                        (read.await, slack)
                     };
+                    // The pack's buffer, for the next pack, once verified.
+                    let mut back = None;
                     let r = match fetched {
                         Err(e) => (pack, 0, Err(format!("cannot be read: {e}"))),
                         Ok(fetched) => {
@@ -687,15 +752,14 @@ impl<'a> DataRun<'a, '_> {
                                 Ok((verdict, fetched, mut scratch)) => {
                                     scratch.trim(SCRATCH_KEPT_BYTES);
                                     scratches.lock().unwrap().push(scratch);
-                                    if let Some(buf) = fetched.into_buffer() {
-                                        buffers.give(buf, held.now() - size);
-                                    }
+                                    back = fetched.into_buffer();
                                     (pack, len, Ok(verdict))
                                 }
                                 Err(e) => (pack, len, Err(e.to_string())),
                             }
                         }
                     };
+                    buffers.give(back, slack, held.now() - size, held.peak(), waiting_sizes());
                     held.sub(size);
                     drop(mem);
                     (self.progress)(done.fetch_add(1, Ordering::Relaxed) + 1, total);
@@ -708,7 +772,7 @@ impl<'a> DataRun<'a, '_> {
             .collect()
             .await;
         results.sort_by_key(|(pack, _, _)| *pack);
-        (results, held.peak.load(Ordering::SeqCst))
+        (results, held.peak())
     }
 }
 
@@ -1257,39 +1321,80 @@ mod tests {
         }
     }
 
-    /// Idle pack buffers are reused only for a pack they fit within 1/8,
-    /// and packs held plus idle buffers never exceed the budget: a buffer
-    /// given back past it is freed, and taking a fresh one frees idle ones
-    /// until the packs held fit beside them.
+    /// Idle pack buffers are kept only for packs waiting to start that
+    /// they fit within 1/8, and all buffers (the packs held, what buffers
+    /// hold beyond their packs, the idle ones) never exceed the limit, the
+    /// most pack bytes held at once so far: a buffer given back past
+    /// either is freed, and taking one frees idle ones until the rest fit
+    /// both.
     #[test]
-    fn pack_buffers_fit_their_pack_and_stay_within_the_budget() {
+    fn pack_buffers_wait_for_a_pack_and_stay_within_the_limit() {
         let mib = 1u64 << 20;
-        let buffers = PackBuffers::new(48 * mib);
-        let idle = |b: &PackBuffers| b.idle.lock().unwrap().bytes;
-        let sized = |n: u64| Vec::<u8>::with_capacity(n as usize);
-        // Two 16 MiB buffers come back while nothing else is held.
-        buffers.give(sized(16 * mib), 0);
-        buffers.give(sized(16 * mib), 0);
-        assert_eq!(idle(&buffers), 32 * mib);
-        // A third does not fit beside them and a 20 MiB pack held.
-        buffers.give(sized(16 * mib), 20 * mib);
-        assert_eq!(idle(&buffers), 32 * mib);
-        // A 15 MiB pack reuses one (16 is within 1/8 of 15).
-        let b = buffers.take(15 * mib, 15 * mib);
+        let buffers = PackBuffers::default();
+        let state = |b: &PackBuffers| {
+            let s = b.state.lock().unwrap();
+            (s.idle.len(), s.idle_bytes / mib, s.slack / mib)
+        };
+        let sized = |n: u64| Some(Vec::<u8>::with_capacity((n * mib) as usize));
+        // Two packs of 16 MiB were held at once: the limit is 32 MiB. With
+        // no pack waiting, a buffer given back is freed.
+        buffers.give(sized(16), 0, 16 * mib, 32 * mib, &[]);
+        assert_eq!(state(&buffers), (0, 0, 0));
+        // Nor is one kept that does not fit the next pack to start.
+        buffers.give(sized(16), 0, 16 * mib, 32 * mib, &[5 * mib, 16 * mib]);
+        buffers.give(sized(5), 0, 16 * mib, 32 * mib, &[16 * mib, 5 * mib]);
+        assert_eq!(state(&buffers), (0, 0, 0));
+        // With three 15 MiB packs waiting, two are kept; a third does not
+        // fit beside them, whatever the budget: fresh buffers never held
+        // 48 MiB.
+        let next = [15 * mib; 3];
+        buffers.give(sized(16), 0, 16 * mib, 32 * mib, &next);
+        buffers.give(sized(16), 0, 0, 32 * mib, &next);
+        assert_eq!(state(&buffers), (2, 32, 0));
+        buffers.give(sized(16), 0, 0, 32 * mib, &next);
+        assert_eq!(state(&buffers), (2, 32, 0));
+        // A 15 MiB pack reuses one (16 is within 1/8 of 15); the extra
+        // MiB is slack. One pack still waits, so the other stays.
+        let b = buffers.take(15 * mib, 15 * mib, 32 * mib, 1);
         assert_eq!(b.capacity() as u64, 16 * mib);
-        assert_eq!(idle(&buffers), 16 * mib);
-        // A 1 MiB pack does not: a 16 MiB buffer would hold 16x its bytes.
-        assert_eq!(buffers.take(mib, 16 * mib).capacity(), 0);
-        assert_eq!(idle(&buffers), 16 * mib);
-        // A pack larger than every idle buffer gets a fresh one, and the
-        // idle buffer goes when held packs and it pass the budget.
-        assert_eq!(buffers.take(17 * mib, 17 * mib).capacity(), 0);
-        assert_eq!(idle(&buffers), 16 * mib);
-        assert_eq!(buffers.take(17 * mib, 40 * mib).capacity(), 0);
-        assert_eq!(idle(&buffers), 0);
+        assert_eq!(state(&buffers), (1, 16, 1));
+        // A 1 MiB pack does not: a 16 MiB buffer would hold 16x its
+        // bytes. Its fresh buffer, the 15 MiB pack's and the idle one
+        // would pass the limit (1 + 16 + 16 MiB): the idle one goes.
+        assert_eq!(
+            buffers.take(mib, 16 * mib, 32 * mib, 1).capacity() as u64,
+            mib
+        );
+        assert_eq!(state(&buffers), (0, 0, 1));
+        // The 15 MiB pack's buffer comes back beside the 1 MiB pack (17
+        // MiB in all) and is kept for a waiting pack; its slack is no
+        // longer counted.
+        buffers.give(Some(b), mib, mib, 32 * mib, &next[..1]);
+        assert_eq!(state(&buffers), (1, 16, 0));
+        // A pack that takes a fresh buffer frees idle ones no pack waits
+        // for, though they fit the limit.
+        assert_eq!(
+            buffers.take(mib, 2 * mib, 32 * mib, 0).capacity() as u64,
+            mib
+        );
+        assert_eq!(state(&buffers), (0, 0, 0));
+        // A fresh buffer has room up to the next MiB, counted as slack.
+        let b = buffers.take(15 * mib + 5, 15 * mib + 5, 32 * mib, 0);
+        assert_eq!(b.capacity() as u64, 16 * mib);
+        assert_eq!(buffers.state.lock().unwrap().slack, mib - 5);
+        buffers.give(Some(b), mib - 5, 0, 32 * mib, &[]);
+        assert_eq!(state(&buffers), (0, 0, 0));
+        // A pack whose bytes did not hand its buffer back (a failed read
+        // or verification) gives back its slack alone.
+        buffers.give(sized(16), 0, 0, 32 * mib, &next[..1]);
+        let b = buffers.take(15 * mib, 15 * mib, 32 * mib, 0);
+        assert_eq!(state(&buffers), (0, 0, 1));
+        drop(b);
+        buffers.give(None, mib, 0, 32 * mib, &next);
+        assert_eq!(state(&buffers), (0, 0, 0));
         // An empty buffer is never kept.
-        buffers.give(Vec::new(), 0);
-        assert!(buffers.idle.lock().unwrap().buffers.is_empty());
+        buffers.give(Some(Vec::new()), 0, 0, 32 * mib, &[0]);
+        assert_eq!(state(&buffers), (0, 0, 0));
     }
 
     /// The pieces name the pack once and cover every entry exactly once,

@@ -533,6 +533,14 @@ impl Index {
         before - self.numbers.len()
     }
 
+    /// The first merged location of the blob at `position` (a number
+    /// [`Index::position`] gave for this index): a lookup by number, for
+    /// callers that keep four-byte positions instead of 32-byte ids (the
+    /// restore's selection). Panics past [`Index::blob_count`].
+    pub fn at(&self, position: usize) -> BlobLocation {
+        self.location(&self.slots[position])
+    }
+
     /// The first merged location of the blob of this type and id.
     pub fn get(&self, blob_type: BlobType, id: &Id) -> Option<BlobLocation> {
         self.find(blob_type, id).map(|s| self.location(s))
@@ -718,6 +726,11 @@ mod tests {
         assert_eq!(seen, (0..index.blob_count()).collect::<Vec<_>>());
         assert_eq!(in_order, seen, "positions follow the order of blobs()");
         assert_eq!(index.position(BlobType::Tree, &b.id), None);
+        // A position gives back the blob's first location.
+        for l in [a, t, b, c] {
+            let at = index.position(l.blob_type, &l.id).unwrap();
+            assert_eq!(index.at(at), index.get(l.blob_type, &l.id).unwrap());
+        }
 
         let back: Vec<IndexPack> = index.pack_entries().collect();
         assert_eq!(

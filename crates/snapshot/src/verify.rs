@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use lifeboat_repo::{Id, NodeKind, Repository, Snapshot};
+use lifeboat_repo::{BlobType, Id, NodeKind, Repository, Snapshot};
 use serde::Serialize;
 
 use crate::Result;
@@ -117,7 +117,13 @@ pub async fn verify_restored(
                         let path = restored_path(&target, p);
                         let problem = match std::fs::File::open(&path) {
                             Err(e) => Some(format!("{}: {e}", lossy(p))),
-                            Ok(f) => match same_content(f, content, &index, &key) {
+                            Ok(f) => match same_content(
+                                f,
+                                content
+                                    .iter()
+                                    .map(|id| index.get(BlobType::Data, id).ok_or(*id)),
+                                &key,
+                            ) {
                                 Ok(true) => None,
                                 Ok(false) => Some(format!(
                                     "{}: restored content differs from the snapshot",

@@ -38,9 +38,9 @@
 //! (never pack data, so never the cold tier) and writes nothing, which is
 //! what `restore --plan-only` prints for a repository with a cold tier.
 //!
-//! Memory: the selection holds about 120 bytes per selected file (its
-//! metadata, name and blob ids, in a handful of large buffers, no tree
-//! nodes), plus the target path and metadata of every directory, an entry
+//! Memory: the selection holds about 90 bytes per selected file of one
+//! blob (its entry, 80 bytes; its name; 4 bytes per blob, the blob's
+//! position in the index rather than its id), plus the target path and metadata of every directory, an entry
 //! per hard-linked file, the pack order of the files with data (4 bytes a
 //! file; 12 while it is sorted), and (only when the target is not empty)
 //! what is at each existing place; that still grows with the number of
@@ -52,7 +52,8 @@
 //! dedicated thread, so the allocator reuses a freed batch's memory for
 //! the next), and the data path, shared by both batches, holds at most
 //! `fetch::MEMORY_BUDGET_KIB` of sealed bytes and plaintext. The
-//! selection's entries and blob ids are freed once the last batch is made.
+//! selection's entries and blob numbers are freed once the last batch is
+//! made.
 //! Streaming the selection itself (walking the trees batch by batch) is
 //! not done: the conflict refusal and `delta` look at the whole selection
 //! first, and the pack order needs every file. Resident memory is mostly
@@ -197,7 +198,9 @@ pub async fn restore(
     repo.require_full_key("restore")?;
     let started = Instant::now();
     let untrusted = untrusted(snapshot, options, progress);
-    let mut selection = select::select(repo, snapshot.record.tree, options).await?;
+    // The selection numbers blobs by their position in this index.
+    let index = repo.index().await?;
+    let mut selection = select::select(repo, &index, snapshot.record.tree, options).await?;
     let damaged_dirs = std::mem::take(&mut selection.problems);
     tracing::debug!("restore: selected in {:?}", started.elapsed());
     if repo.has_cold_tier() {
@@ -207,7 +210,6 @@ pub async fn restore(
         repo.tier_storage(lifeboat_repo::Tier::Cold).await?;
     }
 
-    let index = repo.index().await?;
     let key = repo.key().clone();
     let opts = options.clone();
     let setup = index.clone();

@@ -64,8 +64,8 @@ pub async fn plan(
     snapshot: &Snapshot,
     options: &RestoreOptions,
 ) -> Result<RestorePlan> {
-    let sel = select(repo, snapshot.record.tree, options).await?;
     let index = repo.index().await?;
+    let sel = select(repo, &index, snapshot.record.tree, options).await?;
     let mut out = RestorePlan {
         damaged_trees: sel.problems.len() as u64,
         ..RestorePlan::default()
@@ -88,8 +88,8 @@ pub async fn plan(
         }
         out.files += 1;
         out.file_bytes += size;
-        for id in content.of(&sel.content) {
-            let Some(loc) = index.get(BlobType::Data, id) else {
+        for loc in sel.blobs(content).locations(&index) {
+            let Ok(loc) = loc else {
                 out.missing_blobs += 1;
                 continue;
             };

@@ -23,13 +23,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use lifeboat_repo::{BlobType, Id, Index, MasterKey};
+use lifeboat_repo::{BlobLocation, Id, Index, MasterKey};
 use nix::libc;
 
 use super::fetch::{Write, remove_partial};
 use super::handles::{self, Dirs, Ident, ident};
 use super::metadata::{Meta, set_file_metadata, set_symlink_metadata};
-use super::select::{Item, ItemKind, Selection, Span, fits};
+use super::select::{Blobs, Item, ItemKind, Selection, Span, fits};
 use super::{Problem, RestoreOptions, RestoreStats};
 use crate::{Error, Result};
 
@@ -491,14 +491,14 @@ impl Preparer {
                     link_to: None,
                     ..
                 } if content.len > 0 && !self.identical.contains(&n) => {
-                    let first = &content.of(&self.sel.content)[0];
-                    let at = match index.get(BlobType::Data, first) {
-                        Some(loc) => {
+                    let first = self.sel.blobs(content).locations(index).next();
+                    let at = match first {
+                        Some(Ok(loc)) => {
                             let seen = fits(numbers.len())?;
                             (*numbers.entry(loc.pack).or_insert(seen), loc.entry.offset)
                         }
                         // Not indexed: reported when its batch plans it.
-                        None => (u32::MAX, 0),
+                        _ => (u32::MAX, 0),
                     };
                     keys.push((at.0, at.1, n));
                     continue;
@@ -666,7 +666,7 @@ impl Preparer {
                             path: &path,
                             item,
                             size,
-                            content: content.of(&sel.content),
+                            content: sel.blobs(content),
                             old,
                             linked,
                         };
@@ -772,7 +772,7 @@ pub(super) struct NewFile<'a> {
     pub(super) path: &'a std::path::Path,
     pub(super) item: &'a Item,
     pub(super) size: u64,
-    pub(super) content: &'a [Id],
+    pub(super) content: Blobs<'a>,
     pub(super) old: Option<&'a Existing>,
     /// Other names will be hard links to it: it must exist before they do.
     pub(super) linked: bool,
@@ -799,8 +799,9 @@ pub(super) fn plan_file(
     let number = fits(p.files.len())?;
     let planned = p.writes.len();
     let mut at = 0u64;
-    for id in new.content {
-        let Some(loc) = index.get(BlobType::Data, id) else {
+    for loc in new.content.locations(index) {
+        let Ok(loc) = loc else {
+            let id = loc.unwrap_err();
             p.writes.truncate(planned);
             return Ok(Err(format!(
                 "blob {id} is not in the repository index (run `lifeboat check`); file not restored"
@@ -967,7 +968,7 @@ pub(super) fn find_identical(
                         .get(item.parent)
                         .and_then(|dir| handles::open_file(&dir, name, false, Some(want)))
                         .and_then(|(file, _)| {
-                            same_content(file, content.of(&sel.content), index, key)
+                            same_content(file, sel.blobs(content).locations(index), key)
                         })
                         .unwrap_or(false);
                     results[k].store(same, Ordering::Relaxed);
@@ -984,16 +985,17 @@ pub(super) fn find_identical(
 }
 
 /// Cuts the existing file at the snapshot's blob boundaries and compares
-/// each piece's keyed id with the snapshot's blob id.
+/// each piece's keyed id with the snapshot's blob id. `content` is the
+/// file's blobs' locations in order (`Err`: a blob not indexed, which
+/// makes the file differ).
 pub(crate) fn same_content(
     mut file: File,
-    content: &[Id],
-    index: &Index,
+    content: impl IntoIterator<Item = std::result::Result<BlobLocation, Id>>,
     key: &MasterKey,
 ) -> io::Result<bool> {
     let mut buf = Vec::new();
-    for id in content {
-        let Some(loc) = index.get(BlobType::Data, id) else {
+    for loc in content {
+        let Ok(loc) = loc else {
             return Ok(false);
         };
         buf.resize(loc.entry.raw_length as usize, 0);
@@ -1001,7 +1003,7 @@ pub(crate) fn same_content(
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
             r => r?,
         }
-        if key.blob_id(&buf) != *id {
+        if key.blob_id(&buf) != loc.entry.id {
             return Ok(false);
         }
     }

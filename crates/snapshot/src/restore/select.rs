@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use lifeboat_repo::{Id, NodeKind, Repository};
+use lifeboat_repo::{BlobLocation, BlobType, Id, Index, NodeKind, Repository};
 use lifeboat_storage::ErrorClass;
 
 use super::metadata::Meta;
@@ -35,7 +35,7 @@ use crate::pathmatch::join;
 use crate::{Error, Result};
 
 /// Bytes in a shared buffer (names and link targets in
-/// [`Selection::names`], blob ids in [`Selection::content`]): one buffer
+/// [`Selection::names`], blob numbers in [`Selection::content`]): one buffer
 /// instead of an allocation per entry keeps the plan small and lets the
 /// allocator give it back whole.
 #[derive(Clone, Copy)]
@@ -50,8 +50,8 @@ impl Span {
     }
 }
 
-/// Whether item `first` (a file) has this size and content.
-fn same_file(sel: &Selection, first: u32, size: u64, content: &[Id]) -> bool {
+/// Whether item `first` (a file) has this size and content (blob numbers).
+fn same_file(sel: &Selection, first: u32, size: u64, content: &[u32]) -> bool {
     match &sel.items[first as usize].kind {
         ItemKind::File {
             size: s,
@@ -120,7 +120,11 @@ pub(super) struct Selection {
     pub(super) dirs: Vec<PathBuf>,
     /// Shared with the writers of every batch (see `fetch::Exec`).
     pub(super) names: Arc<Vec<u8>>,
-    pub(super) content: Vec<Id>,
+    /// Every selected file's blobs, by number (see [`Blobs`]): 4 bytes a
+    /// blob where its 32-byte id was.
+    pub(super) content: Vec<u32>,
+    /// The blobs not in the index, numbered from the index's blob count.
+    pub(super) missing: Vec<Id>,
     /// Selected directories whose tree was damaged, left empty.
     pub(super) problems: Vec<Problem>,
 }
@@ -129,6 +133,67 @@ impl Selection {
     pub(super) fn path(&self, item: &Item) -> PathBuf {
         self.dirs[item.parent as usize].join(OsStr::from_bytes(item.name.of(&self.names)))
     }
+
+    /// A file's blobs, its `content` span.
+    pub(super) fn blobs(&self, content: Span) -> Blobs<'_> {
+        Blobs {
+            numbers: content.of(&self.content),
+            missing: &self.missing,
+        }
+    }
+}
+
+/// A file's blobs by number: a number below the index's blob count is the
+/// blob's position in the index ([`Index::position`], the index the
+/// selection was made with), one past it a blob the index does not have
+/// (`missing`, by its id). Looking a blob up by position needs no search.
+#[derive(Clone, Copy)]
+pub(super) struct Blobs<'a> {
+    pub(super) numbers: &'a [u32],
+    missing: &'a [Id],
+}
+
+impl<'a> Blobs<'a> {
+    pub(super) fn len(&self) -> usize {
+        self.numbers.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.numbers.is_empty()
+    }
+
+    /// Each blob's first location, or the id of a blob not in `index`.
+    pub(super) fn locations(
+        self,
+        index: &'a Index,
+    ) -> impl Iterator<Item = std::result::Result<BlobLocation, Id>> + 'a {
+        let indexed = index.blob_count();
+        self.numbers.iter().map(move |&n| {
+            let n = n as usize;
+            match n.checked_sub(indexed) {
+                None => Ok(index.at(n)),
+                Some(k) => Err(self.missing[k]),
+            }
+        })
+    }
+}
+
+/// The number of the data blob `id` (see [`Blobs`]): its position in
+/// `index`, or past the index a number in `missing` (one per id).
+fn blob_number(
+    index: &Index,
+    missing: &mut Vec<Id>,
+    missing_numbers: &mut HashMap<Id, u32>,
+    id: &Id,
+) -> Result<u32> {
+    if let Some(at) = index.position(BlobType::Data, id) {
+        return fits(at);
+    }
+    let n = fits(index.blob_count() + missing.len())?;
+    Ok(*missing_numbers.entry(*id).or_insert_with(|| {
+        missing.push(*id);
+        n
+    }))
 }
 
 /// A directory whose tree is still to be read.
@@ -148,6 +213,7 @@ pub(super) struct Pending {
 /// target are the options' (a bad pattern is an error before any read).
 pub(super) async fn select(
     repo: &Repository,
+    index: &Index,
     root: Id,
     options: &RestoreOptions,
 ) -> Result<Selection> {
@@ -159,9 +225,13 @@ pub(super) async fn select(
         dirs: vec![target.to_path_buf()],
         names: Arc::default(),
         content: Vec::new(),
+        missing: Vec::new(),
         problems: Vec::new(),
     };
     let mut names = Vec::new();
+    let mut missing_numbers = HashMap::new();
+    // One file's blob numbers, before they are appended.
+    let mut numbers: Vec<u32> = Vec::new();
     // Directory number -> its item (none for the target).
     let mut dir_items: Vec<u32> = vec![u32::MAX];
     // Files with more than one link, by device and inode at backup time:
@@ -228,6 +298,11 @@ pub(super) async fn select(
                 }
                 _ if !included => continue,
                 NodeKind::File => {
+                    numbers.clear();
+                    for id in &node.content {
+                        let n = blob_number(index, &mut sel.missing, &mut missing_numbers, id)?;
+                        numbers.push(n);
+                    }
                     let (link_to, linked) = if node.links > 1 {
                         match first_names.entry((node.dev, node.inode)) {
                             // A name is linked to the first only when the
@@ -237,7 +312,7 @@ pub(super) async fn select(
                             // own bytes (what `dump` gives for each name;
                             // `check` reports the group).
                             Entry::Occupied(e)
-                                if !same_file(&sel, *e.get(), node.size, &node.content) =>
+                                if !same_file(&sel, *e.get(), node.size, &numbers) =>
                             {
                                 sel.problems.push(Problem {
                                     path: sel.dirs[pending.dir as usize]
@@ -261,7 +336,7 @@ pub(super) async fn select(
                     };
                     ItemKind::File {
                         size: node.size,
-                        content: append(&mut sel.content, &node.content)?,
+                        content: append(&mut sel.content, &numbers)?,
                         link_to,
                         linked,
                     }
@@ -295,6 +370,7 @@ pub(super) async fn select(
     // held for the whole restore).
     sel.items.shrink_to_fit();
     sel.content.shrink_to_fit();
+    sel.missing.shrink_to_fit();
     sel.dirs.shrink_to_fit();
     names.shrink_to_fit();
     sel.names = Arc::new(names);

@@ -43,8 +43,8 @@ pub async fn verify(
     options: &RestoreOptions,
 ) -> Result<VerifyReport> {
     repo.require_full_key("restore --verify")?;
-    let sel = select(repo, snapshot.record.tree, options).await?;
     let index = repo.index().await?;
+    let sel = select(repo, &index, snapshot.record.tree, options).await?;
     let key = repo.key().clone();
     super::blocking(move || {
         let mut report = VerifyReport::default();
@@ -97,7 +97,7 @@ pub async fn verify(
                         }
                     }
                     report.bytes_checked += size;
-                    match same_content(file, content.of(&sel.content), &index, &key) {
+                    match same_content(file, sel.blobs(*content).locations(&index), &key) {
                         Ok(true) => {}
                         Ok(false) => report
                             .differences

@@ -3,27 +3,10 @@
 # $WORK/corpus) and the lifeboat release build.
 #
 # The caller sets: ROOT, WORK, TOOLS, QUICK, RUSTIC_VERSION.
-# This sets: CORPUS, CORPUS_DESC, LIFEBOAT, LIFEBOAT_OK, and log/die/apt_install/
-# evict_programs.
+# This sets: CORPUS, CORPUS_DESC, LIFEBOAT, LIFEBOAT_OK, and log/die/apt_install.
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
-
-# Drops the page cache of each named program's file (a name on PATH or a
-# path), so every tool starts from the same state. A program's peak RSS
-# includes the pages of its file it maps, and on this kernel (6.18) that
-# depended on how the file got into the page cache: lifeboat's
-# `snapshots` peaked at 78-80 MiB run from a binary read back from disk
-# and at 82-84 MiB from one just copied (file-backed RSS 11.5-12.5
-# against 14-16 MiB; docs/performance.md, "Idle pack buffers within the
-# peak"). `iflag=nocache count=0` asks the kernel to drop the whole file.
-evict_programs() {
-    local p f
-    for p in "$@"; do
-        f=$(command -v "$p" 2>/dev/null) || continue
-        dd if="$f" iflag=nocache count=0 status=none 2>/dev/null || true
-    done
-}
 
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)

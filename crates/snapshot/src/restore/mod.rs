@@ -38,8 +38,8 @@
 //! (never pack data, so never the cold tier) and writes nothing, which is
 //! what `restore --plan-only` prints for a repository with a cold tier.
 //!
-//! Memory: the selection holds about 90 bytes per selected file of one
-//! blob (its entry, 80 bytes; its name; 4 bytes per blob, the blob's
+//! Memory: the selection holds about 81 bytes per selected file of one
+//! blob (its entry, 72 bytes; its name; 4 bytes per blob, the blob's
 //! position in the index rather than its id), plus the target path and metadata of every directory, an entry
 //! per hard-linked file, the pack order of the files with data (4 bytes a
 //! file; 12 while it is sorted), and (only when the target is not empty)

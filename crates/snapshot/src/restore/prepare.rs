@@ -482,7 +482,7 @@ impl Preparer {
                         item: n,
                         dir: item.parent,
                         name: item.name,
-                        first,
+                        first: first.item(),
                     });
                     continue;
                 }
@@ -923,7 +923,7 @@ pub(super) fn find_identical(
         } = item.kind
             && item.keep
         {
-            let j = j as usize;
+            let j = j.item() as usize;
             let first = ident_of(j);
             let g = groups.entry(j).or_insert((1, true));
             g.0 += 1;

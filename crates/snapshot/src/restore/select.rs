@@ -19,6 +19,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
+use std::num::NonZeroU32;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -105,12 +106,33 @@ pub(super) enum ItemKind {
         content: Span,
         /// For another name of a hard-linked file: the item holding the
         /// first selected name, which is restored and linked to.
-        link_to: Option<u32>,
+        link_to: Option<LinkTo>,
         /// Whether this is the first selected name of a hard-linked file.
         linked: bool,
     },
     /// The link target.
     Symlink(Span),
+}
+
+// An entry per selected file, held for the whole restore: 72 bytes (80
+// while `link_to` was an `Option<u32>`, 8 bytes with its tag).
+const _: () = assert!(std::mem::size_of::<Item>() == 72);
+
+/// The item holding a hard-linked file's first selected name, stored as
+/// its number plus one so that `Option<LinkTo>` takes four bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct LinkTo(NonZeroU32);
+
+impl LinkTo {
+    /// None only for item `u32::MAX`, which the selection never reaches
+    /// (its count is a `u32`).
+    fn new(item: u32) -> Option<LinkTo> {
+        item.checked_add(1).and_then(NonZeroU32::new).map(LinkTo)
+    }
+
+    pub(super) fn item(self) -> u32 {
+        self.0.get() - 1
+    }
 }
 
 pub(super) struct Selection {
@@ -325,7 +347,7 @@ pub(super) async fn select(
                                 });
                                 (None, false)
                             }
-                            Entry::Occupied(e) => (Some(*e.get()), false),
+                            Entry::Occupied(e) => (LinkTo::new(*e.get()), false),
                             Entry::Vacant(e) => {
                                 e.insert(i);
                                 (None, true)

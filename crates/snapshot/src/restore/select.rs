@@ -171,7 +171,7 @@ impl Selection {
 /// (`missing`, by its id). Looking a blob up by position needs no search.
 #[derive(Clone, Copy)]
 pub(super) struct Blobs<'a> {
-    pub(super) numbers: &'a [u32],
+    numbers: &'a [u32],
     missing: &'a [Id],
 }
 

@@ -105,7 +105,7 @@ async fn regression_backup_racing_prune_failed_on_a_vanished_index_object() {
 /// gives each name its own contents, as `dump` does.
 #[tokio::test(flavor = "multi_thread")]
 async fn regression_crafted_hard_link_group_with_different_contents() {
-    use lifeboat_repo::{BlobType, CheckOptions, Id, Tree, WriteOptions, WriteSession, check};
+    use lifeboat_repo::{BlobType, CheckOptions, Id, WriteOptions, WriteSession, check};
     use lifeboat_snapshot::dump::dump;
     let (_, repo) = memory_repo_with(default_options()).await;
     let session = WriteSession::start(repo.clone(), WriteOptions::default())
@@ -116,16 +116,8 @@ async fn regression_crafted_hard_link_group_with_different_contents() {
     let file = |name: &str, content: Id, size: usize| file_node(name, vec![content], size, 42, 2);
     let a = session.add_blob(BlobType::Data, &first).await.unwrap().id;
     let b = session.add_blob(BlobType::Data, &second).await.unwrap().id;
-    let tree = Tree {
-        nodes: vec![file("a", a, first.len()), file("b", b, second.len())],
-    };
-    let tree = session
-        .add_blob(BlobType::Tree, &tree.encode())
-        .await
-        .unwrap()
-        .id;
-    let id = session.finish(record(tree)).await.unwrap();
-    let snap = repo.find_snapshot(&id.to_hex()).await.unwrap();
+    let nodes = vec![file("a", a, first.len()), file("b", b, second.len())];
+    let snap = finish_crafted(&repo, session, nodes).await;
 
     let report = check(
         &repo,
@@ -215,7 +207,7 @@ fn file_node(
 /// (not "other contents").
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_names_blobs_the_index_does_not_have() {
-    use lifeboat_repo::{BlobType, Id, Tree, WriteOptions, WriteSession};
+    use lifeboat_repo::{BlobType, Id, WriteOptions, WriteSession};
     let (_, repo) = memory_repo_with(default_options()).await;
     let session = WriteSession::start(repo.clone(), WriteOptions::default())
         .await
@@ -223,22 +215,14 @@ async fn restore_names_blobs_the_index_does_not_have() {
     let kept = b"bytes the index has\n".to_vec();
     let a = session.add_blob(BlobType::Data, &kept).await.unwrap().id;
     let gone = Id([0xab; 32]);
-    let tree = Tree {
-        nodes: vec![
-            file_node("h1", vec![gone], 10, 50, 2),
-            file_node("h2", vec![gone], 10, 50, 2),
-            file_node("lost1", vec![a, gone], kept.len() + 10, 51, 1),
-            file_node("lost2", vec![gone], 10, 52, 1),
-            file_node("ok", vec![a], kept.len(), 53, 1),
-        ],
-    };
-    let tree = session
-        .add_blob(BlobType::Tree, &tree.encode())
-        .await
-        .unwrap()
-        .id;
-    let id = session.finish(record(tree)).await.unwrap();
-    let snap = repo.find_snapshot(&id.to_hex()).await.unwrap();
+    let nodes = vec![
+        file_node("h1", vec![gone], 10, 50, 2),
+        file_node("h2", vec![gone], 10, 50, 2),
+        file_node("lost1", vec![a, gone], kept.len() + 10, 51, 1),
+        file_node("lost2", vec![gone], 10, 52, 1),
+        file_node("ok", vec![a], kept.len(), 53, 1),
+    ];
+    let snap = finish_crafted(&repo, session, nodes).await;
 
     let target = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let options = RestoreOptions {
@@ -274,6 +258,23 @@ async fn restore_names_blobs_the_index_does_not_have() {
         !warned.iter().any(|w| w.contains("other contents")),
         "{warned:?}"
     );
+}
+
+/// Finishes `session` with a snapshot whose root tree holds `nodes` (a
+/// crafted tree, written through the library) and returns the snapshot.
+async fn finish_crafted(
+    repo: &Arc<Repository>,
+    session: lifeboat_repo::WriteSession,
+    nodes: Vec<lifeboat_repo::Node>,
+) -> lifeboat_repo::Snapshot {
+    let tree = lifeboat_repo::Tree { nodes }.encode();
+    let tree = session
+        .add_blob(lifeboat_repo::BlobType::Tree, &tree)
+        .await
+        .unwrap()
+        .id;
+    let id = session.finish(record(tree)).await.unwrap();
+    repo.find_snapshot(&id.to_hex()).await.unwrap()
 }
 
 /// A snapshot record of `tree`, for snapshots written through the library.

@@ -491,12 +491,17 @@ pub struct RestoreArgs {
     pub trust_snapshot_owner: bool,
     /// Files whose data is planned and fetched together (default
     /// 32,768). At most two batches are held, about 2 x 356 bytes a
-    /// file, on top of about 120 bytes per selected file: lower it to
-    /// restore a tree of many millions of files in less memory. Batches
-    /// follow the order of the data in the packs, so a smaller one costs
-    /// few extra reads.
+    /// file. Batches follow the order of the data in the packs, so a
+    /// smaller one costs few extra reads.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_files: Option<u32>,
+    /// Entries (files, directories, symlinks) selected and held at a time
+    /// (default 131,072, about 81 bytes each): the snapshot is walked a
+    /// part at a time, so a restore's memory does not grow with the
+    /// number of files. A pack holding files of several parts is read
+    /// once per part (only the blobs each part needs).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub part_entries: Option<u32>,
 }
 
 #[derive(Debug, Args)]

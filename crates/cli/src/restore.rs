@@ -28,6 +28,7 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<i32> {
         trust_snapshot_owner: a.trust_snapshot_owner,
         sync_each_file: false,
         batch_files: a.batch_files.map_or(0, |n| n as usize),
+        part_entries: a.part_entries.map_or(0, |n| n as usize),
     };
     // With a cold tier, say what will be fetched before fetching it: the
     // plan reads only trees and the index.

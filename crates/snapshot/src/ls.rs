@@ -125,14 +125,14 @@ pub async fn ls_each(
 }
 
 /// Decoded trees a [`walk_streaming`] walk holds ahead of its position.
-const READ_AHEAD_TREES: usize = 64;
+pub(crate) const READ_AHEAD_TREES: usize = 64;
 
 /// Trees read ahead of a walk: at most `connections` reads at once, at most
 /// [`READ_AHEAD_TREES`] decoded or being read.
-struct ReadAhead<'r> {
+pub(crate) struct ReadAhead<'r> {
     repo: &'r Repository,
     connections: usize,
-    ready: HashMap<Id, Tree>,
+    ready: HashMap<Id, lifeboat_repo::Result<Tree>>,
     reading: HashSet<Id>,
     in_flight: futures::stream::FuturesUnordered<
         futures::future::BoxFuture<'r, (Id, lifeboat_repo::Result<Tree>)>,
@@ -140,7 +140,7 @@ struct ReadAhead<'r> {
 }
 
 impl<'r> ReadAhead<'r> {
-    fn new(repo: &'r Repository) -> Self {
+    pub(crate) fn new(repo: &'r Repository) -> Self {
         ReadAhead {
             repo,
             connections: repo.concurrency().max(1),
@@ -150,13 +150,13 @@ impl<'r> ReadAhead<'r> {
         }
     }
 
-    fn has_room(&self) -> bool {
+    pub(crate) fn has_room(&self) -> bool {
         self.in_flight.len() < self.connections
             && self.ready.len() + self.in_flight.len() < READ_AHEAD_TREES
     }
 
     /// Starts reading `id` unless it is read or being read already.
-    fn start(&mut self, id: Id) {
+    pub(crate) fn start(&mut self, id: Id) {
         if !self.ready.contains_key(&id) && self.reading.insert(id) {
             let repo = self.repo;
             self.in_flight
@@ -164,12 +164,14 @@ impl<'r> ReadAhead<'r> {
         }
     }
 
-    /// The tree `id`, read now if it was not read ahead.
-    async fn take(&mut self, id: Id) -> Result<Tree> {
+    /// The tree `id`, read now if it was not read ahead. A read's error
+    /// is kept for its own tree: waiting for one tree never fails because
+    /// another one read ahead of it did not read.
+    pub(crate) async fn take(&mut self, id: Id) -> lifeboat_repo::Result<Tree> {
         self.start(id);
         loop {
             if let Some(tree) = self.ready.remove(&id) {
-                return Ok(tree);
+                return tree;
             }
             let (got, tree) = self
                 .in_flight
@@ -177,7 +179,7 @@ impl<'r> ReadAhead<'r> {
                 .await
                 .expect("the tree wanted is being read");
             self.reading.remove(&got);
-            self.ready.insert(got, tree?);
+            self.ready.insert(got, tree);
         }
     }
 }

@@ -17,7 +17,10 @@ pub trait BackupProgress: Send + Sync {
 
 /// Events of a restore.
 pub trait RestoreProgress: Send + Sync {
-    /// Totals once the plan is known.
+    /// Totals of files and bytes to write, once the plan of the first
+    /// part is known; a restore in several parts (its trees are walked a
+    /// part at a time) says them again, larger, as each later part adds
+    /// to them.
     fn planned(&self, _files: u64, _bytes: u64) {}
     /// Files and bytes restored so far: running totals, not increments.
     fn restored(&self, _files: u64, _bytes: u64) {}

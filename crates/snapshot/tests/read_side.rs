@@ -285,10 +285,12 @@ async fn restore_round_trip_restores_content_and_metadata() {
     round_trip(0).await;
 }
 
-/// The same in batches of one file (see [`RestoreOptions::batch_files`]): hard2 links to hard1 made
-/// in an earlier batch, copy.bin and repeat.bin share a blob read in two
-/// batches, and `data/sub`'s contents come in a later batch than the
-/// directory while its metadata is still set last.
+/// The same in batches of one file (see [`RestoreOptions::batch_files`])
+/// and parts of two entries ([`RestoreOptions::part_entries`]): hard2
+/// links to hard1 made in an earlier batch, copy.bin and repeat.bin share
+/// a blob read in two batches, and `data/sub`'s contents come in a later
+/// batch and part than the directory while its metadata is still set
+/// last.
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_round_trip_restores_content_and_metadata_in_batches_of_one_file() {
     round_trip(1).await;
@@ -315,6 +317,7 @@ async fn round_trip(batch_files: usize) {
     let o = RestoreOptions {
         owner: true,
         batch_files,
+        part_entries: 2 * batch_files,
         ..options(&t)
     };
     let stats = restore(&repo, &snap, &o, &NoProgress).await.unwrap();
@@ -438,8 +441,10 @@ async fn restore_refuses_existing_files_before_writing_anything() {
     refuses_existing(0).await;
 }
 
-/// The same in batches of one file (see [`RestoreOptions::batch_files`]): the
-/// conflict is found before the first batch is written.
+/// The same in batches of one file (see [`RestoreOptions::batch_files`])
+/// and parts of two entries: the conflict is found before the first
+/// batch is written, by the walk of the whole selection that a target
+/// with something in it gets first.
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_refuses_existing_files_before_writing_anything_in_batches_of_one_file() {
     refuses_existing(1).await;
@@ -452,6 +457,7 @@ async fn refuses_existing(batch_files: usize) {
 
     let o = RestoreOptions {
         batch_files,
+        part_entries: 2 * batch_files,
         ..options(&t)
     };
     let err = restore(&repo, &snap, &o, &NoProgress).await.unwrap_err();
@@ -501,8 +507,8 @@ async fn restore_delta_skips_identical_files_and_fixes_the_others() {
     delta(0).await;
 }
 
-/// The same in batches of one file (see [`RestoreOptions::batch_files`]): the
-/// identical files are found once, before the first batch.
+/// The same in batches of one file (see [`RestoreOptions::batch_files`])
+/// and parts of two entries: the identical files are found part by part.
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_delta_skips_identical_files_and_fixes_the_others_in_batches_of_one_file() {
     delta(1).await;
@@ -529,6 +535,7 @@ async fn delta(batch_files: usize) {
     let o = RestoreOptions {
         delta: true,
         batch_files,
+        part_entries: 2 * batch_files,
         ..options(&t)
     };
     let stats = restore(&repo, &snap, &o, &NoProgress).await.unwrap();
@@ -547,8 +554,24 @@ async fn delta(batch_files: usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_include_and_exclude_select_entries() {
+    include_exclude(0).await;
+}
+
+/// The same in parts of one entry ([`RestoreOptions::part_entries`]): a
+/// directory is selected (and made) in the part of the first entry below
+/// it that is included, parents first.
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_include_and_exclude_select_entries_in_parts_of_one_entry() {
+    include_exclude(1).await;
+}
+
+async fn include_exclude(part_entries: usize) {
     let (_fx, snap, repo) = Fixture::with_sample().await;
     let tmp = tempfile::tempdir().unwrap();
+    let options = |t: &Path| RestoreOptions {
+        part_entries,
+        ..options(t)
+    };
 
     // A snapshot path: the directory, its contents and the parents needed.
     let t1 = tmp.path().join("one");
@@ -644,8 +667,9 @@ async fn restore_removes_files_whose_data_is_damaged() {
     removes_damaged(0).await;
 }
 
-/// The same in batches of one file (see [`RestoreOptions::batch_files`]): hard2,
-/// in a later batch than hard1, is not linked to the removed hard1.
+/// The same in batches of one file (see [`RestoreOptions::batch_files`])
+/// and parts of two entries: hard2, in a later batch than hard1, is not
+/// linked to the removed hard1.
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_removes_files_whose_data_is_damaged_in_batches_of_one_file() {
     removes_damaged(1).await;
@@ -661,6 +685,7 @@ async fn removes_damaged(batch_files: usize) {
     let t = tmp.path().join("target");
     let o = RestoreOptions {
         batch_files,
+        part_entries: 2 * batch_files,
         ..options(&t)
     };
     let stats = restore(&repo, &snap, &o, &NoProgress).await.unwrap();
@@ -739,6 +764,61 @@ async fn restore_in_batches_says_the_totals_once_and_running_totals_that_end_at_
         "{calls:?}"
     );
     assert_eq!(calls[0].0, 'p', "{calls:?}");
+    let restored: Vec<(u64, u64)> = calls
+        .iter()
+        .filter(|c| c.0 == 'r')
+        .map(|c| (c.1, c.2))
+        .collect();
+    assert!(
+        restored
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1),
+        "{restored:?}"
+    );
+    assert_eq!(
+        restored.last(),
+        Some(&(stats.files_restored, stats.bytes_written)),
+        "{restored:?}"
+    );
+}
+
+/// In parts of two entries, the totals are said again for each part that
+/// adds to them: growing, the first before anything is said restored, the
+/// last the stats'; running totals never go back.
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_in_parts_says_growing_totals_that_end_at_the_stats() {
+    let (_fx, snap, repo) = Fixture::with_sample().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("target");
+    let o = RestoreOptions {
+        batch_files: 1,
+        part_entries: 2,
+        ..options(&t)
+    };
+    let rec = Recorder::default();
+    let stats = restore(&repo, &snap, &o, &rec).await.unwrap();
+    unlock(&t);
+    assert_eq!(stats.errors, Vec::<String>::new());
+    assert_eq!(stats.files_restored, 8);
+    let calls = rec.calls.into_inner().unwrap();
+    assert_eq!(calls[0].0, 'p', "{calls:?}");
+    let planned: Vec<(u64, u64)> = calls
+        .iter()
+        .filter(|c| c.0 == 'p')
+        .map(|c| (c.1, c.2))
+        .collect();
+    assert!(planned.len() > 1, "{calls:?}");
+    assert!(
+        planned
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1 && w[0] != w[1]),
+        "{calls:?}"
+    );
+    assert_eq!(
+        planned.last(),
+        Some(&(stats.files_restored, stats.bytes_written)),
+        "{calls:?}"
+    );
     let restored: Vec<(u64, u64)> = calls
         .iter()
         .filter(|c| c.0 == 'r')

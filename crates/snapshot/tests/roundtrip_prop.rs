@@ -8,8 +8,9 @@
 //! The tree is built from a list of generated operations (make a directory,
 //! a file, a symlink or a hard link under an earlier directory) so shrinking
 //! removes operations and a failure comes down to a few entries. Half the
-//! cases restore in batches of a few files (`RestoreOptions::batch_files`),
-//! so hard links, directories and shared blobs fall across batches. Cases
+//! cases restore in batches of a few files (`RestoreOptions::batch_files`)
+//! and parts of a few entries (`RestoreOptions::part_entries`), so hard
+//! links, directories and shared blobs fall across batches and parts. Cases
 //! are few and heavy (a few contain multi-MiB sparse files): 16 by default,
 //! `PROPTEST_CASES` overrides.
 
@@ -563,6 +564,7 @@ async fn round_trip(ops: &[Op], root_meta: &Meta, batch_files: usize) -> Result<
             target: target.clone(),
             owner: is_root(),
             batch_files,
+            part_entries: 2 * batch_files,
             ..Default::default()
         },
         &NoProgress,
@@ -613,7 +615,9 @@ fn random_trees_survive_backup_and_restore() {
         .enable_all()
         .build()
         .unwrap();
-    // Half the cases restore in batches of one to three files.
+    // Half the cases restore in batches of one to three files, and parts
+    // of twice as many entries (so directories, hard links and batches
+    // cross parts).
     let batch_files = prop_oneof![Just(0usize), 1usize..4];
     let strategy = (ops_strategy(), meta_strategy(), batch_files);
     let result = runner.run(&strategy, |(ops, root_meta, batch_files)| {

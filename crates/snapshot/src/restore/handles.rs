@@ -31,7 +31,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
@@ -48,10 +48,19 @@ pub(super) fn ident(st: &FileStat) -> Ident {
     (st.st_dev, st.st_ino)
 }
 
-/// Directory handles by directory number (0 is the target).
+/// Directory handles by directory number (0 is the target). Directories
+/// are added part by part as the restore selects them ([`Dirs::add`]),
+/// while the writers of earlier parts go on using the handles.
 pub(super) struct Dirs {
-    /// Target path of every directory (for messages only).
-    pub(super) paths: Arc<Vec<PathBuf>>,
+    table: RwLock<Table>,
+    target: Arc<File>,
+    cache: Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Table {
+    /// Target path of every directory (for messages and names).
+    paths: Vec<PathBuf>,
     /// Parent directory number of each directory (the target's is 0).
     parent: Vec<u32>,
     /// What each directory must be when opened; unset until the restore
@@ -59,8 +68,9 @@ pub(super) struct Dirs {
     /// against it), so the handles can be shared with the writers while
     /// the next batch of entries is created.
     idents: Vec<OnceLock<Ident>>,
-    target: Arc<File>,
-    cache: Mutex<Cache>,
+    /// Whether it was a directory in the target before the restore (so
+    /// something may be in the way of its entries).
+    found: Vec<bool>,
 }
 
 #[derive(Default)]
@@ -112,43 +122,78 @@ pub(super) fn check_name(name: &OsStr) -> io::Result<&OsStr> {
 
 impl Dirs {
     /// Creates the target if missing (following the path the user gave)
-    /// and opens it. `parent` gives each directory's parent number.
-    pub(super) fn open(paths: Arc<Vec<PathBuf>>, parent: Vec<u32>) -> io::Result<Self> {
-        let target = &paths[0];
+    /// and opens it.
+    pub(super) fn open(target: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(target)?;
         let fd = openat(
             nix::fcntl::AT_FDCWD,
-            target.as_path(),
+            target,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
         .map_err(errno)?;
-        let target = File::from(fd);
-        let idents: Vec<OnceLock<Ident>> = (0..paths.len()).map(|_| OnceLock::new()).collect();
-        let _ = idents[0].set(ident(&fstat(&target).map_err(errno)?));
+        let file = File::from(fd);
+        let me = OnceLock::new();
+        let _ = me.set(ident(&fstat(&file).map_err(errno)?));
         Ok(Dirs {
-            paths,
-            parent,
-            idents,
-            target: Arc::new(target),
+            table: RwLock::new(Table {
+                paths: vec![target.to_path_buf()],
+                parent: vec![0],
+                idents: vec![me],
+                found: vec![true],
+            }),
+            target: Arc::new(file),
             cache: Mutex::default(),
         })
     }
 
-    pub(super) fn path(&self, d: u32) -> &Path {
-        &self.paths[d as usize]
+    fn table(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds directories `first`, `first + 1`, ...: each one's target path
+    /// and its parent's number (an earlier directory).
+    pub(super) fn add(&self, first: u32, new: &[(PathBuf, u32)]) {
+        let mut t = self.table.write().unwrap_or_else(PoisonError::into_inner);
+        assert_eq!(t.paths.len(), first as usize, "directories added in order");
+        for (path, parent) in new {
+            assert!((*parent as usize) < t.paths.len(), "a parent comes first");
+            t.paths.push(path.clone());
+            t.parent.push(*parent);
+            t.idents.push(OnceLock::new());
+            t.found.push(false);
+        }
+    }
+
+    pub(super) fn path(&self, d: u32) -> PathBuf {
+        self.table().paths[d as usize].clone()
     }
 
     /// A directory's own name (none for the target).
-    fn name(&self, d: u32) -> io::Result<&OsStr> {
-        check_name(self.paths[d as usize].file_name().unwrap_or_default())
+    fn name(&self, d: u32) -> io::Result<std::ffi::OsString> {
+        let t = self.table();
+        check_name(t.paths[d as usize].file_name().unwrap_or_default()).map(OsStr::to_os_string)
+    }
+
+    /// Whether directory `d` was a directory in the target before the
+    /// restore (see [`Dirs::set_found`]).
+    pub(super) fn found(&self, d: u32) -> bool {
+        self.table().found[d as usize]
+    }
+
+    /// Records that directory `d` is a directory in the target already,
+    /// and what it is.
+    pub(super) fn set_found(&self, d: u32, id: Ident) {
+        self.set_ident(d, id);
+        let mut t = self.table.write().unwrap_or_else(PoisonError::into_inner);
+        t.found[d as usize] = true;
     }
 
     /// Records what directory `d` is (after creating or looking at it).
     /// A directory already recorded keeps what it was: every open checks
     /// against that, so a different one is refused there.
     pub(super) fn set_ident(&self, d: u32, id: Ident) {
-        let _ = self.idents[d as usize].set(id);
+        let _ = self.table().idents[d as usize].set(id);
     }
 
     /// The handle of directory `d`, opened (without following symlinks,
@@ -169,7 +214,7 @@ impl Dirs {
                     break f;
                 }
                 chain.push(cur);
-                cur = self.parent[cur as usize];
+                cur = self.table().parent[cur as usize];
             }
         };
         for &c in chain.iter().rev() {
@@ -185,7 +230,7 @@ impl Dirs {
     fn open_child(&self, parent: &File, d: u32) -> io::Result<File> {
         let fd = openat(
             parent,
-            self.name(d)?,
+            self.name(d)?.as_os_str(),
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
@@ -198,7 +243,7 @@ impl Dirs {
         })?;
         let file = File::from(fd);
         let id = ident(&fstat(&file).map_err(errno)?);
-        if let Some(&want) = self.idents[d as usize].get()
+        if let Some(&want) = self.table().idents[d as usize].get()
             && want != id
         {
             return Err(replaced());
@@ -210,9 +255,14 @@ impl Dirs {
     /// end, so no one else can put anything in it meanwhile), or opens it
     /// if `exists`, and records what it is.
     pub(super) fn make(&self, d: u32, exists: bool) -> io::Result<()> {
-        let parent = self.get(self.parent[d as usize])?;
+        let parent = self.get(self.table().parent[d as usize])?;
         if !exists {
-            mkdirat(&*parent, self.name(d)?, Mode::from_bits_truncate(0o700)).map_err(errno)?;
+            mkdirat(
+                &*parent,
+                self.name(d)?.as_os_str(),
+                Mode::from_bits_truncate(0o700),
+            )
+            .map_err(errno)?;
         }
         let file = self.open_child(&parent, d)?;
         self.set_ident(d, ident(&fstat(&file).map_err(errno)?));

@@ -120,11 +120,11 @@ pub(super) fn finish_dirs(
         let path = dirs.path(*d);
         let r = dirs
             .get(*d)
-            .and_then(|dir| set_file_metadata(&dir, path, meta, owner, &mut problems));
+            .and_then(|dir| set_file_metadata(&dir, &path, meta, owner, &mut problems));
         match r {
             Ok(()) => done += 1,
             Err(e) => problems.push(Problem::error(
-                path,
+                &path,
                 format!("cannot set directory metadata: {e}"),
             )),
         }

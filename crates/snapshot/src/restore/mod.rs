@@ -1,34 +1,41 @@
 //! Restoring a snapshot (or part of it) into a directory.
 //!
-//! [`restore`] works in four steps. It *selects* entries by the
-//! include/exclude patterns of [`RestoreOptions`], reading the snapshot's
-//! trees breadth first (several in flight) and keeping of each entry only
-//! what restoring it needs, so a tree is dropped as soon as it has been
-//! read; it looks at the whole target once, refusing, before anything is
-//! written, to replace existing files unless asked to, and finding files
-//! already identical (`delta`). It creates every entry that needs no data
-//! (directories, parents first, symlinks, empty and identical files) and
-//! puts the files with data in the order of their first blob's pack and
-//! offset. Then it works through those files in *batches*
+//! [`restore`] works in four steps, a *part* of the snapshot at a time. It
+//! *selects* entries by the include/exclude patterns of
+//! [`RestoreOptions`], walking the snapshot's trees depth first (read
+//! ahead, several in flight) and keeping of each entry only what restoring
+//! it needs, a part of [`RestoreOptions::part_entries`] entries at a time
+//! (`select::Walker`); only the directories on the walk's path and the
+//! trees read ahead are held between parts. For each part it looks at the
+//! target (a target that already held something was checked whole first,
+//! so a restore it refuses writes nothing: see `check_target`), finding
+//! files already identical (`delta`); it creates every entry that needs no
+//! data (directories, parents first, symlinks, empty and identical files)
+//! and puts the files with data in the order of their first blob's pack
+//! and offset. Then it works through those files in *batches*
 //! ([`RestoreOptions::batch_files`]): it *prepares* a batch — creating
 //! empty files of the right length where they must exist before their
 //! data — and *fetches* the batch's data grouped by pack, each pack's
 //! needed blobs read with as few ranged reads as possible, several ranges
 //! in parallel under a memory budget, every blob verified (on a few
 //! dedicated writer threads) before its bytes are written at their offsets
-//! in every file of the batch that uses them. The batches overlap: the
-//! next batch is prepared while the data of the one before is fetched, and
-//! its reads start before that one's last reads end, so the reads and the
-//! writers never drain between batches; at most two batches are held at
-//! once. Cut in pack order, batches read a pack twice only where one ends
-//! inside it (and a blob used by files of two batches once in each), not
-//! once per batch as batches cut in the selection's breadth-first order
-//! did. Once every batch's data is written, it makes the *other names of
-//! hard-linked files* (none for a file whose data failed, which was
-//! removed). It sets *directory metadata last*, deepest first, so
-//! creating entries does not disturb a directory's mtime and a read-only
-//! directory can still be filled. A file's own metadata is set when its
-//! last blob has been written;
+//! in every file of the batch that uses them. The batches overlap, across
+//! parts too: the next batch is prepared (and the next part walked) while
+//! the data of the one before is fetched, and its reads start before that
+//! one's last reads end, so the reads and the writers never drain between
+//! batches; at most two batches are held at once. Cut in pack order,
+//! batches read a pack twice only where one ends inside it (and a blob
+//! used by files of two batches once in each); a part is a stretch of the
+//! walk, which is the order a backup packed the files in, so a pack is
+//! read again mostly where a part ends inside it (or, for a snapshot whose
+//! unchanged files point into older backups' packs, once per part that
+//! needs blobs of it). Every name of a hard-linked file is held apart and
+//! restored in the last part; once its data is written, it makes the
+//! *other names of hard-linked files* (none for a file whose data failed,
+//! which was removed). It sets *directory metadata last*, deepest first,
+//! so creating entries does not disturb a directory's mtime and a
+//! read-only directory can still be filled. A file's own metadata is set
+//! when its last blob has been written;
 //! one `syncfs` of the target at the end makes the whole restore durable
 //! before it is reported done (or, with [`RestoreOptions::sync_each_file`],
 //! an fsync of each file as it completes and of each directory at the end).
@@ -38,27 +45,25 @@
 //! (never pack data, so never the cold tier) and writes nothing, which is
 //! what `restore --plan-only` prints for a repository with a cold tier.
 //!
-//! Memory: the selection holds about 81 bytes per selected file of one
-//! blob (its entry, 72 bytes; its name; 4 bytes per blob, the blob's
-//! position in the index rather than its id), plus the target path and metadata of every directory, an entry
-//! per hard-linked file, the pack order of the files with data (4 bytes a
-//! file; 12 while it is sorted), and (only when the target is not empty)
-//! what is at each existing place; that still grows with the number of
-//! files.
-//! What the plan adds on top — each file's write state and each blob
-//! write, about 100 and 64 bytes — is held for at most two batches at a
-//! time: 2 × (100 B × `batch_files` + 64 B × 4 × `batch_files`), at most
-//! 2 × 11 MiB at the default 32,768 files (every batch is built on one
-//! dedicated thread, so the allocator reuses a freed batch's memory for
-//! the next), and the data path, shared by both batches, holds at most
-//! `fetch::MEMORY_BUDGET_KIB` of sealed bytes and plaintext. The
-//! selection's entries and blob numbers are freed once the last batch is
-//! made.
-//! Streaming the selection itself (walking the trees batch by batch) is
-//! not done: the conflict refusal and `delta` look at the whole selection
-//! first, and the pack order needs every file. Resident memory is mostly
-//! not this but freed memory the allocator keeps per arena
-//! (docs/performance.md, "Restore in batches").
+//! Memory is bounded by the options, not by the number of files, beyond
+//! the index, the directories and the hard-linked files: a part's entries,
+//! about 81 bytes per entry of one blob (its entry, 72 bytes; its name; 4
+//! bytes per blob, the blob's position in the index rather than its id),
+//! the pack order of its files with data (4 bytes a file; 12 while it is
+//! sorted) and (only where the target already holds something) what is at
+//! each existing place, held while the part's batches are made (about
+//! 10 MiB at the default 131,072 entries); plus, for the whole restore,
+//! the target path, parent and metadata of every restored directory and
+//! every name of the hard-linked files. What the plan adds on top — each
+//! file's write state and each blob write, about 100 and 64 bytes — is
+//! held for at most two batches at a time: 2 × (100 B × `batch_files` +
+//! 64 B × 4 × `batch_files`), at most 2 × 11 MiB at the default 32,768
+//! files (every batch is built on one dedicated thread, so the allocator
+//! reuses a freed batch's memory for the next), and the data path, shared
+//! by both batches, holds at most `fetch::MEMORY_BUDGET_KIB` of sealed
+//! bytes and plaintext. Resident memory is mostly not this but freed
+//! memory the allocator keeps per arena (docs/performance.md, "Restore in
+//! batches").
 //!
 //! Problems with one file (a damaged blob, a permission error) are recorded
 //! in [`RestoreStats::errors`] and the others are restored anyway; a file
@@ -70,10 +75,10 @@
 //! after which the files not finished are removed. Restoring into a
 //! database data directory is the connectors' business, not this module's.
 //!
-//! The steps live in one module each: `select` (patterns, the breadth-first
-//! tree walk, the compact selection), `prepare` (target scan, conflicts,
-//! `delta`, then per batch creating everything but file content and
-//! planning the blob writes), `fetch`
+//! The steps live in one module each: `select` (patterns, the depth-first
+//! tree walk in parts, the compact selection), `prepare` (per part target
+//! scan, conflicts, `delta`, then per batch creating everything but file
+//! content and planning the blob writes), `fetch`
 //! (ranged reads through [`lifeboat_repo::PackReader`] and the writer
 //! threads), `metadata` (setting metadata, directories last, and the final
 //! sync), `plan` (the [`RestorePlan`] of `--plan-only`) and `verify`
@@ -155,6 +160,15 @@ pub struct RestoreOptions {
     /// inside it, and a blob used by files of two batches once per batch.
     /// A batch also ends at four blob writes per file of this.
     pub batch_files: usize,
+    /// Entries (files, directories, symlinks) selected per part (0:
+    /// 131,072). The snapshot's trees are walked a part at a time, depth
+    /// first (see `select::Walker`), and a part's entries are held only
+    /// while its batches are made, so a restore's memory does not grow
+    /// with the number of files; the names of hard-linked files are held
+    /// apart for a last part, so that part grows with them. Batches follow
+    /// the pack order within a part; across parts, the walk's order, which
+    /// is the order a backup packed the files in.
+    pub part_entries: usize,
 }
 
 /// The outcome of a restore.
@@ -200,41 +214,67 @@ pub async fn restore(
     let untrusted = untrusted(snapshot, options, progress);
     // The selection numbers blobs by their position in this index.
     let index = repo.index().await?;
-    let mut selection = select::select(repo, &index, snapshot.record.tree, options).await?;
-    let damaged_dirs = std::mem::take(&mut selection.problems);
-    tracing::debug!("restore: selected in {:?}", started.elapsed());
+    let root = snapshot.record.tree;
+    // A bad pattern or a damaged root tree stops the restore here, before
+    // the target is touched.
+    let mut walker = select::Walker::new(repo, &index, root, options).await?;
     if repo.has_cold_tier() {
         // Checked before anything is written to the target: an unmounted
         // or moved cold tier stops the restore here ("cold tier
         // unreachable"), not file by file half-way through.
         repo.tier_storage(lifeboat_repo::Tier::Cold).await?;
     }
+    check_target(repo, &index, root, options).await?;
+    let target = options.target.clone();
+    let dirs = Arc::new(
+        blocking(move || handles::Dirs::open(&target))
+            .await?
+            .map_err(|e| Error::io(&options.target, e))?,
+    );
+    let part_items = part_items(options);
+    let first = match walker.next(part_items).await? {
+        Some(sel) => sel,
+        None => walker.empty(),
+    };
+    tracing::debug!("restore: first part selected in {:?}", started.elapsed());
 
     let key = repo.key().clone();
     let opts = options.clone();
-    let setup = index.clone();
     // One thread makes every batch (and looks at the target first), so
     // every batch's plan comes from one allocator arena, which the next
     // batches reuse once a batch is freed, rather than from whichever
     // blocking thread (and arena) was free.
     let planner = fetch::Threads::start("lifeboat-restore-plan", 1)?;
-    let mut preparer = planner
-        .run(move || prepare::start(selection, &opts, &setup, &key, untrusted))
-        .await??;
+    let starting = Starting {
+        dirs: dirs.clone(),
+        options: opts,
+        index: index.clone(),
+        key,
+        untrusted,
+    };
+    let (back, made) = planner
+        .run(move || {
+            let made = starting.part(first, true);
+            (starting, made)
+        })
+        .await?;
+    let mut starting = back;
+    let mut preparer = made?;
     let mut stats = std::mem::take(&mut preparer.stats);
     let mut problems = std::mem::take(&mut preparer.problems);
-    problems.extend(damaged_dirs);
     report(progress, &mut stats, &mut problems);
-    let planned = (preparer.planned_files, preparer.planned_bytes);
-    let dirs = preparer.dirs.clone();
-    let names = preparer.sel.names.clone();
+    let mut planned = (preparer.planned_files, preparer.planned_bytes);
+    let mut said = None;
+    let mut dir_meta = Vec::new();
     let fetcher = fetch::Fetcher::new(repo)?;
     let stats = Mutex::new(stats);
     let owner = options.owner && !untrusted;
     // Entries are created and file data fetched a batch at a time, the next
     // batch prepared while the data of the one before is fetched, and its
     // fetch started before that one's ends (so the reads and writers never
-    // drain between batches): at most two batches are held.
+    // drain between batches): at most two batches are held. A part of the
+    // selection is walked and started once the one before has made its
+    // last batch, while that batch is fetched.
     let mut flight: Option<Flight<'_>> = None;
     let mut batches = 0u32;
     loop {
@@ -255,10 +295,12 @@ pub async fn restore(
         let mut next = None;
         if let Some(p) = batch {
             batches += 1;
-            if batches == 1 {
-                // Said once the first batch is made, where a restore in one
-                // batch said it (the drill times its steps by it).
+            if said != Some(planned) {
+                // Said when a part's first batch is made: once for a
+                // restore of one part (the drill times its steps by the
+                // first), and again with larger totals for each later part.
                 progress.planned(planned.0, planned.1);
+                said = Some(planned);
             }
             tracing::debug!(
                 "restore: batch {batches}: {} files to write, created by {:?}",
@@ -286,7 +328,7 @@ pub async fn restore(
                 files,
                 index: index.clone(),
                 dirs: dirs.clone(),
-                names: names.clone(),
+                names: preparer.sel.names.clone(),
                 owner,
                 sync_each: options.sync_each_file,
                 abort: AtomicBool::new(false),
@@ -299,6 +341,39 @@ pub async fn restore(
                 data: Box::pin(data),
                 done: None,
             });
+        } else {
+            // This part is made; the next one, if any, is walked and
+            // started while the last batch is fetched.
+            let walked = drive(walker.next(part_items), flight.as_mut()).await;
+            let sel = match walked {
+                Ok(sel) => sel,
+                Err(err) => return Err(abort(flight, err, progress, &stats).await),
+            };
+            if let Some(sel) = sel {
+                dir_meta.append(&mut preparer.dir_meta);
+                // Only the last part (the hard-linked files) has other
+                // names to link once its data is written.
+                debug_assert!(preparer.has_no_links());
+                let started_part = planner.run(move || {
+                    let made = starting.part(sel, false);
+                    (starting, made)
+                });
+                let (back, made) = match drive(started_part, flight.as_mut()).await {
+                    Ok(made) => made,
+                    Err(err) => return Err(abort(flight, err, progress, &stats).await),
+                };
+                starting = back;
+                preparer = match made {
+                    Ok(p) => p,
+                    Err(err) => return Err(abort(flight, err, progress, &stats).await),
+                };
+                planned.0 += preparer.planned_files;
+                planned.1 += preparer.planned_bytes;
+                let mut stats = fetch::lock(&stats);
+                stats.stripped.append(&mut preparer.stats.stripped);
+                report(progress, &mut stats, &mut preparer.problems);
+                continue;
+            }
         }
         if let Some(mut old) = flight.take() {
             // The batch before ends (the new one's reads already under
@@ -317,7 +392,7 @@ pub async fn restore(
             None => break,
         }
     }
-    if batches == 0 {
+    if said.is_none() {
         progress.planned(planned.0, planned.1);
     }
     tracing::debug!(
@@ -340,8 +415,9 @@ pub async fn restore(
     let mut linked = linked?;
     stats.hardlinks += linked.stats.hardlinks;
     report(progress, &mut stats, &mut linked.problems);
-    let dir_meta = std::mem::take(&mut preparer.dir_meta);
+    dir_meta.append(&mut preparer.dir_meta);
     drop(preparer);
+    drop(starting);
 
     let sync_each = options.sync_each_file;
     let finishing = dirs.clone();
@@ -517,4 +593,86 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Repo(lifeboat_repo::Error::Internal(e.to_string())))
+}
+
+/// Entries in a part of the selection when [`RestoreOptions::part_entries`]
+/// is 0: four batches' worth of files at the default batch size. A part's
+/// entries are about 81 bytes a file of one blob, about 10 MiB here.
+const PART_ENTRIES: usize = 131_072;
+
+/// Entries in a part of the selection (see [`select::Walker`]).
+fn part_items(options: &RestoreOptions) -> usize {
+    match options.part_entries {
+        0 => PART_ENTRIES,
+        n => n,
+    }
+}
+
+/// What starting each part of the selection needs, on the planner thread.
+struct Starting {
+    dirs: Arc<handles::Dirs>,
+    options: RestoreOptions,
+    index: Arc<lifeboat_repo::Index>,
+    key: lifeboat_repo::MasterKey,
+    untrusted: bool,
+}
+
+impl Starting {
+    /// Starts part `sel` (`first`: the first, before which nothing was
+    /// written): see [`prepare::start`].
+    fn part(&self, sel: select::Selection, first: bool) -> Result<prepare::Preparer> {
+        prepare::start(
+            sel,
+            &self.dirs,
+            &self.options,
+            &self.index,
+            &self.key,
+            self.untrusted,
+            first,
+        )
+    }
+}
+
+/// Before anything is written into a target that already holds
+/// something, unless `overwrite` or `delta` allow replacing what is
+/// there: walks the whole selection once, a part at a time, and refuses
+/// the restore if a selected entry's place is taken (a directory at a
+/// directory's place is fine), so a refused restore writes nothing. A new
+/// or empty target needs no such walk: nothing can be in the way there
+/// but what the restore itself makes.
+async fn check_target(
+    repo: &Repository,
+    index: &lifeboat_repo::Index,
+    root: lifeboat_repo::Id,
+    options: &RestoreOptions,
+) -> Result<()> {
+    if options.overwrite || options.delta {
+        return Ok(());
+    }
+    let target = options.target.clone();
+    let empty = blocking(move || match std::fs::read_dir(&target) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    })
+    .await?;
+    if empty {
+        return Ok(());
+    }
+    let target = options.target.clone();
+    let dirs = Arc::new(
+        blocking(move || handles::Dirs::open(&target))
+            .await?
+            .map_err(|e| Error::io(&options.target, e))?,
+    );
+    let mut walker = select::Walker::new(repo, index, root, options).await?;
+    while let Some(sel) = walker.next(part_items(options)).await? {
+        let dirs = dirs.clone();
+        blocking(move || {
+            dirs.add(sel.first_dir, &sel.new_dirs);
+            let existing = prepare::scan_target(&sel, &dirs)?;
+            prepare::refuse_conflicts(&sel, &dirs, &existing, true)
+        })
+        .await??;
+    }
+    Ok(())
 }

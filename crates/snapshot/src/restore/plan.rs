@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::RestoreOptions;
 use super::fetch::{Write, build_ranges};
-use super::select::{ItemKind, fits, select};
+use super::select::{ItemKind, Walker, fits};
 use crate::Result;
 
 /// What restoring a snapshot (with the same include/exclude patterns) will
@@ -65,50 +65,50 @@ pub async fn plan(
     options: &RestoreOptions,
 ) -> Result<RestorePlan> {
     let index = repo.index().await?;
-    let sel = select(repo, &index, snapshot.record.tree, options).await?;
-    let mut out = RestorePlan {
-        damaged_trees: sel.problems.len() as u64,
-        ..RestorePlan::default()
-    };
+    let mut walker = Walker::new(repo, &index, snapshot.record.tree, options).await?;
+    let mut out = RestorePlan::default();
     let mut packs: Vec<Id> = Vec::new();
     let mut numbers: HashMap<Id, u32> = HashMap::new();
     let mut writes: Vec<Write> = Vec::new();
-    for item in sel.items.iter().filter(|i| i.keep) {
-        let ItemKind::File {
-            size,
-            content,
-            link_to: None,
-            ..
-        } = item.kind
-        else {
-            continue;
-        };
-        if content.len == 0 {
-            continue;
-        }
-        out.files += 1;
-        out.file_bytes += size;
-        for loc in sel.blobs(content).locations(&index) {
-            let Ok(loc) = loc else {
-                out.missing_blobs += 1;
+    while let Some(sel) = walker.next(super::part_items(options)).await? {
+        // (Its other problems are warnings about hard-link groups.)
+        out.damaged_trees += sel.problems.iter().filter(|p| p.error).count() as u64;
+        for item in &sel.items {
+            let ItemKind::File {
+                size,
+                content,
+                link_to: None,
+                ..
+            } = item.kind
+            else {
                 continue;
             };
-            let pack = match numbers.entry(loc.pack) {
-                Entry::Occupied(e) => *e.get(),
-                Entry::Vacant(e) => {
-                    packs.push(loc.pack);
-                    *e.insert(fits(packs.len() - 1)?)
-                }
-            };
-            writes.push(Write {
-                entry: loc.entry,
-                pack,
-                file: 0,
-                at: 0,
-            });
+            if content.len == 0 {
+                continue;
+            }
+            out.files += 1;
+            out.file_bytes += size;
+            for loc in sel.blobs(content).locations(&index) {
+                let Ok(loc) = loc else {
+                    out.missing_blobs += 1;
+                    continue;
+                };
+                let pack = match numbers.entry(loc.pack) {
+                    Entry::Occupied(e) => *e.get(),
+                    Entry::Vacant(e) => {
+                        packs.push(loc.pack);
+                        *e.insert(fits(packs.len() - 1)?)
+                    }
+                };
+                writes.push(Write {
+                    entry: loc.entry,
+                    pack,
+                    file: 0,
+                    at: 0,
+                });
+            }
         }
     }
-    drop(sel);
     // The same ranges the restore will fetch.
     let ranges = build_ranges(&mut writes);
     let tier = repo.tier_of(BlobType::Data);

@@ -1,10 +1,10 @@
 //! Preparing the target of a restore.
 //!
-//! Owns everything between the [`Selection`] and each batch's first byte
-//! of file data: looking at what is already in the target, refusing
-//! (before anything is written) to replace existing files unless asked
-//! to, finding files already identical for `delta` (all in [`start`], over
-//! the whole selection), then, batch by batch ([`Preparer::batch`]),
+//! Owns everything between a part of the [`Selection`] and each batch's
+//! first byte of file data: looking at what is already in the target,
+//! refusing to replace existing files unless asked to, finding files
+//! already identical for `delta` (all in [`start`], over the part), then,
+//! batch by batch ([`Preparer::batch`]),
 //! creating directories, empty files, symlinks and hard links, and
 //! planning every blob write of the batch's files that need data
 //! ([`Prepared`]). Files with data are created lazily by the writers
@@ -70,36 +70,38 @@ impl Existing {
 /// holds nothing here).
 pub(super) type Found = HashMap<u32, Existing>;
 
-/// Looks at each kept item's place in the target, through the handles of
-/// the directories above it (recording what each existing directory is).
-/// Nothing is below a directory that does not exist (or is not a
-/// directory), so a restore into a new directory costs no lookups.
+/// Looks at each item's place in the target, through the handles of the
+/// directories above it (recording what each existing directory is).
+/// Nothing is below a directory that was not in the target before (or is
+/// not a directory), so a restore into a new directory costs no lookups.
 pub(super) fn scan_target(sel: &Selection, dirs: &Dirs) -> Result<Found> {
-    // Directory number -> whether it is a directory in the target now.
-    let mut present = vec![false; dirs.paths.len()];
-    present[0] = true;
     let mut out = Found::new();
     for (i, item) in sel.items.iter().enumerate() {
-        if !item.keep || !present[item.parent as usize] {
+        if !dirs.found(item.parent) {
             continue;
         }
         let name = OsStr::from_bytes(item.name.of(&sel.names));
         let old = dirs
             .get(item.parent)
             .and_then(|dir| handles::lookup(&dir, name))
-            .map_err(|e| Error::io(sel.path(item), e))?
+            .map_err(|e| Error::io(item_path(dirs, sel, item), e))?
             .map(|st| Existing::of(&st));
         if let (ItemKind::Dir(d), Some(m)) = (&item.kind, &old)
             && m.is_dir()
         {
-            present[*d as usize] = true;
-            dirs.set_ident(*d, m.ident);
+            dirs.set_found(*d, m.ident);
         }
         if let Some(m) = old {
             out.insert(i as u32, m);
         }
     }
     Ok(out)
+}
+
+/// An item's path in the target.
+pub(super) fn item_path(dirs: &Dirs, sel: &Selection, item: &Item) -> PathBuf {
+    dirs.path(item.parent)
+        .join(OsStr::from_bytes(item.name.of(&sel.names)))
 }
 
 /// How a file's data goes in: not created yet, created (the inode every
@@ -189,14 +191,15 @@ pub(super) const BATCH_FILES: usize = 32_768;
 /// batch by itself).
 const WRITES_PER_FILE: usize = 4;
 
-/// Works through the selection batch by batch: [`start`] looks at the whole
-/// target once (the conflict refusal and `delta`'s comparisons, before
-/// anything is written); the first [`Preparer::batch`] creates every entry
+/// Works through one part of the selection batch by batch: [`start`]
+/// looks at the part's places in the target (the conflict refusal and
+/// `delta`'s comparisons, before any of the part is written); the first
+/// [`Preparer::batch`] creates every entry
 /// that needs no data (directories, symlinks, empty and identical files)
 /// and puts the files with data in the order of their data in the packs;
 /// each later batch creates the next stretch of those files and plans
 /// their data; once all data is written, [`Preparer::link_names`] makes
-/// the other names of hard-linked files.
+/// the other names of hard-linked files (all in the last part).
 pub(super) struct Preparer {
     pub(super) sel: Selection,
     pub(super) dirs: Arc<Dirs>,
@@ -230,50 +233,38 @@ pub(super) struct Preparer {
     pub(super) problems: Vec<Problem>,
 }
 
-/// Opens the target, checks it for conflicts and (for `delta`) finds the
-/// identical files: everything a restore decides from the whole selection
-/// before it writes anything. Runs on a blocking thread.
+/// Starts a part of the selection: adds its directories to `dirs`, checks
+/// the target for conflicts and (for `delta`) finds the identical files:
+/// everything a restore decides from a part before it writes any of it.
+/// `first` says whether it is the first part (before which nothing was
+/// written). Runs on a blocking thread.
 pub(super) fn start(
     mut sel: Selection,
+    dirs: &Arc<Dirs>,
     options: &RestoreOptions,
     index: &Index,
     key: &MasterKey,
     untrusted: bool,
+    first: bool,
 ) -> Result<Preparer> {
-    let mut parent = vec![0u32; sel.dirs.len()];
-    for item in &sel.items {
-        if let ItemKind::Dir(d) = item.kind {
-            parent[d as usize] = item.parent;
-        }
-    }
-    let paths = Arc::new(sel.dirs.clone());
-    let dirs = Dirs::open(paths, parent).map_err(|e| Error::io(&options.target, e))?;
+    dirs.add(sel.first_dir, &sel.new_dirs);
+    sel.new_dirs = Vec::new();
     let mut stripped = Vec::new();
     let mut options = options.clone();
     if untrusted {
         options.owner = false;
         for i in 0..sel.items.len() {
-            if sel.items[i].keep && strip(&mut sel.items[i].meta) {
-                stripped.push(sel.path(&sel.items[i]));
+            if strip(&mut sel.items[i].meta) {
+                stripped.push(item_path(dirs, &sel, &sel.items[i]));
             }
         }
     }
-    let existing = scan_target(&sel, &dirs)?;
+    let existing = scan_target(&sel, dirs)?;
     if !(options.overwrite || options.delta) {
-        let conflict = existing
-            .iter()
-            .map(|(&i, m)| (&sel.items[i as usize], m))
-            .find(|(item, m)| !(matches!(item.kind, ItemKind::Dir(_)) && m.is_dir()));
-        if let Some((item, _)) = conflict {
-            return Err(Error::BadInput(format!(
-                "{} already exists in the restore target; nothing was written. Use --overwrite to replace \
-                 existing files, or --delta to keep identical files and replace the others",
-                sel.path(item).display()
-            )));
-        }
+        refuse_conflicts(&sel, dirs, &existing, first)?;
     }
     let identical = if options.delta {
-        find_identical(&sel, &dirs, &existing, index, key)
+        find_identical(&sel, dirs, &existing, index, key)
     } else {
         HashSet::new()
     };
@@ -284,7 +275,6 @@ pub(super) fn start(
             link_to: None,
             ..
         } = item.kind
-            && item.keep
             && !identical.contains(&(i as u32))
         {
             planned_files += 1;
@@ -304,13 +294,14 @@ pub(super) fn start(
         });
         stats.stripped.push(path.display().to_string());
     }
+    problems.append(&mut sel.problems);
     let batch_files = match options.batch_files {
         0 => BATCH_FILES,
         n => n,
     };
     Ok(Preparer {
         sel,
-        dirs: Arc::new(dirs),
+        dirs: dirs.clone(),
         existing,
         identical,
         options,
@@ -326,6 +317,37 @@ pub(super) fn start(
         stats,
         problems,
     })
+}
+
+/// Refuses the restore if something other than a directory is at a place
+/// `existing` found for an item of `sel` (a directory at a directory's
+/// place is fine). `first`: whether nothing was written yet.
+pub(super) fn refuse_conflicts(
+    sel: &Selection,
+    dirs: &Dirs,
+    existing: &Found,
+    first: bool,
+) -> Result<()> {
+    let conflict = existing
+        .iter()
+        .map(|(&i, m)| (&sel.items[i as usize], m))
+        .find(|(item, m)| !(matches!(item.kind, ItemKind::Dir(_)) && m.is_dir()));
+    let Some((item, _)) = conflict else {
+        return Ok(());
+    };
+    // (Later parts meet only what appeared during the restore: a target
+    // with something in it was checked whole before the first part, see
+    // `super::check_target`.)
+    let written = if first {
+        "nothing was written"
+    } else {
+        "the restore stopped there"
+    };
+    Err(Error::BadInput(format!(
+        "{} already exists in the restore target; {written}. Use --overwrite to replace \
+         existing files, or --delta to keep identical files and replace the others",
+        item_path(dirs, sel, item).display()
+    )))
 }
 
 impl Preparer {
@@ -391,6 +413,12 @@ impl Preparer {
             }
         }
         (files, writes)
+    }
+
+    /// Whether this part has no other names of hard-linked files to link
+    /// (every part but the last, the hard-linked files').
+    pub(super) fn has_no_links(&self) -> bool {
+        self.links.is_empty() && self.firsts.is_empty()
     }
 
     /// After a batch's data has been written (`firsts` and `files` are its
@@ -469,9 +497,6 @@ impl Preparer {
         let mut packs: HashMap<Id, u32> = HashMap::new();
         for i in 0..self.sel.items.len() {
             let item = &self.sel.items[i];
-            if !item.keep {
-                continue;
-            }
             let n = fits(i)?;
             match item.kind {
                 ItemKind::File {
@@ -549,7 +574,7 @@ impl Preparer {
             ..
         } = self;
         let item = &sel.items[i];
-        let path = sel.path(item);
+        let path = item_path(dirs, sel, item);
         let name = OsStr::from_bytes(item.name.of(&sel.names));
         let old = existing.remove(&(i as u32));
         let old = old.as_ref();
@@ -921,7 +946,6 @@ pub(super) fn find_identical(
         if let ItemKind::File {
             link_to: Some(j), ..
         } = item.kind
-            && item.keep
         {
             let j = j.item() as usize;
             let first = ident_of(j);
@@ -941,7 +965,7 @@ pub(super) fn find_identical(
                     content,
                     link_to: None,
                     ..
-                } if item.keep && m.is_file() && m.len == *size => {
+                } if m.is_file() && m.len == *size => {
                     let (names, all) = groups.get(&i).copied().unwrap_or((1, true));
                     (all && m.nlink == names).then_some((i, *content, m.ident))
                 }

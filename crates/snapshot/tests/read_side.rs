@@ -744,41 +744,12 @@ impl RestoreProgress for Recorder {
 /// stats.
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_in_batches_says_the_totals_once_and_running_totals_that_end_at_the_stats() {
-    let (_fx, snap, repo) = Fixture::with_sample().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path().join("target");
-    let o = RestoreOptions {
-        batch_files: 1,
-        ..options(&t)
-    };
-    let rec = Recorder::default();
-    let stats = restore(&repo, &snap, &o, &rec).await.unwrap();
-    unlock(&t);
-    assert_eq!(stats.errors, Vec::<String>::new());
-    assert_eq!(stats.files_restored, 8);
-    let calls = rec.calls.into_inner().unwrap();
+    let (calls, stats) = restore_recorded(0).await;
     let planned: Vec<_> = calls.iter().filter(|c| c.0 == 'p').collect();
     assert_eq!(
         planned,
         [&('p', stats.files_restored, stats.bytes_written)],
         "{calls:?}"
-    );
-    assert_eq!(calls[0].0, 'p', "{calls:?}");
-    let restored: Vec<(u64, u64)> = calls
-        .iter()
-        .filter(|c| c.0 == 'r')
-        .map(|c| (c.1, c.2))
-        .collect();
-    assert!(
-        restored
-            .windows(2)
-            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1),
-        "{restored:?}"
-    );
-    assert_eq!(
-        restored.last(),
-        Some(&(stats.files_restored, stats.bytes_written)),
-        "{restored:?}"
     );
 }
 
@@ -787,21 +758,7 @@ async fn restore_in_batches_says_the_totals_once_and_running_totals_that_end_at_
 /// last the stats'; running totals never go back.
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_in_parts_says_growing_totals_that_end_at_the_stats() {
-    let (_fx, snap, repo) = Fixture::with_sample().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path().join("target");
-    let o = RestoreOptions {
-        batch_files: 1,
-        part_entries: 2,
-        ..options(&t)
-    };
-    let rec = Recorder::default();
-    let stats = restore(&repo, &snap, &o, &rec).await.unwrap();
-    unlock(&t);
-    assert_eq!(stats.errors, Vec::<String>::new());
-    assert_eq!(stats.files_restored, 8);
-    let calls = rec.calls.into_inner().unwrap();
-    assert_eq!(calls[0].0, 'p', "{calls:?}");
+    let (calls, stats) = restore_recorded(2).await;
     let planned: Vec<(u64, u64)> = calls
         .iter()
         .filter(|c| c.0 == 'p')
@@ -819,6 +776,28 @@ async fn restore_in_parts_says_growing_totals_that_end_at_the_stats() {
         Some(&(stats.files_restored, stats.bytes_written)),
         "{calls:?}"
     );
+}
+
+/// Restores the sample in batches of one file (and parts of
+/// `part_entries`, 0 for the default) with a [`Recorder`]; checks what
+/// every such restore says: totals first, then running totals that never
+/// go back and end at the stats. Returns the calls and the stats.
+async fn restore_recorded(part_entries: usize) -> (Vec<(char, u64, u64)>, RestoreStats) {
+    let (_fx, snap, repo) = Fixture::with_sample().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("target");
+    let o = RestoreOptions {
+        batch_files: 1,
+        part_entries,
+        ..options(&t)
+    };
+    let rec = Recorder::default();
+    let stats = restore(&repo, &snap, &o, &rec).await.unwrap();
+    unlock(&t);
+    assert_eq!(stats.errors, Vec::<String>::new());
+    assert_eq!(stats.files_restored, 8);
+    let calls = rec.calls.into_inner().unwrap();
+    assert_eq!(calls[0].0, 'p', "{calls:?}");
     let restored: Vec<(u64, u64)> = calls
         .iter()
         .filter(|c| c.0 == 'r')
@@ -835,6 +814,7 @@ async fn restore_in_parts_says_growing_totals_that_end_at_the_stats() {
         Some(&(stats.files_restored, stats.bytes_written)),
         "{restored:?}"
     );
+    (calls, stats)
 }
 
 #[tokio::test(flavor = "multi_thread")]

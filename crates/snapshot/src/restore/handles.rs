@@ -255,7 +255,10 @@ impl Dirs {
     /// end, so no one else can put anything in it meanwhile), or opens it
     /// if `exists`, and records what it is.
     pub(super) fn make(&self, d: u32, exists: bool) -> io::Result<()> {
-        let parent = self.get(self.table().parent[d as usize])?;
+        // (The table's guard is let go before `get` takes it again: a
+        // read lock taken twice can wait forever behind a waiting writer.)
+        let up = self.table().parent[d as usize];
+        let parent = self.get(up)?;
         if !exists {
             mkdirat(
                 &*parent,

@@ -125,7 +125,7 @@ pub async fn ls_each(
 }
 
 /// Decoded trees a [`walk_streaming`] walk holds ahead of its position.
-pub(crate) const READ_AHEAD_TREES: usize = 64;
+const READ_AHEAD_TREES: usize = 64;
 
 /// Trees read ahead of a walk: at most `connections` reads at once, at most
 /// [`READ_AHEAD_TREES`] decoded or being read.
@@ -150,17 +150,28 @@ impl<'r> ReadAhead<'r> {
         }
     }
 
-    pub(crate) fn has_room(&self) -> bool {
+    fn has_room(&self) -> bool {
         self.in_flight.len() < self.connections
             && self.ready.len() + self.in_flight.len() < READ_AHEAD_TREES
     }
 
     /// Starts reading `id` unless it is read or being read already.
-    pub(crate) fn start(&mut self, id: Id) {
+    fn start(&mut self, id: Id) {
         if !self.ready.contains_key(&id) && self.reading.insert(id) {
             let repo = self.repo;
             self.in_flight
                 .push(Box::pin(async move { (id, repo.read_tree(&id).await) }));
+        }
+    }
+
+    /// Starts reading the trees a walk will visit next, nearest first, as
+    /// many as there is room for.
+    pub(crate) fn start_upcoming(&mut self, upcoming: impl Iterator<Item = Id>) {
+        for id in upcoming.take(READ_AHEAD_TREES) {
+            if !self.has_room() {
+                break;
+            }
+            self.start(id);
         }
     }
 
@@ -228,18 +239,12 @@ pub(crate) async fn walk_streaming(
         // Read ahead the subdirectories visited after this one, nearest
         // first: the rest of this directory's, then its parents'. (Only
         // once the walk descends: a one-directory listing reads one tree.)
-        let upcoming = frames.iter().rev().flat_map(|f| {
+        ahead.start_upcoming(frames.iter().rev().flat_map(|f| {
             f.tree.nodes[f.next..]
                 .iter()
                 .filter(|n| n.kind == NodeKind::Dir)
                 .filter_map(|n| n.subtree)
-        });
-        for id in upcoming.take(READ_AHEAD_TREES) {
-            if !ahead.has_room() {
-                break;
-            }
-            ahead.start(id);
-        }
+        }));
         let tree = ahead.take(sub).await?;
         frames.push(Frame {
             dir: child,

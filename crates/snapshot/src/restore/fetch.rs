@@ -375,7 +375,7 @@ pub(super) fn remove_partial(
     let name = OsStr::from_bytes(name.of(names));
     if let Err(e) = dirs.get(dir).and_then(|d| handles::remove(&d, name)) {
         problems.push(Problem::error(
-            &dirs.path(dir).join(name),
+            &dirs.join(dir, name),
             format!("cannot remove the partially restored file: {e}"),
         ));
     }

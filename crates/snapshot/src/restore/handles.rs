@@ -169,6 +169,11 @@ impl Dirs {
         self.table().paths[d as usize].clone()
     }
 
+    /// The target path of `name` in directory `d` (for messages).
+    pub(super) fn join(&self, d: u32, name: &OsStr) -> PathBuf {
+        self.table().paths[d as usize].join(name)
+    }
+
     /// A directory's own name (none for the target).
     fn name(&self, d: u32) -> io::Result<std::ffi::OsString> {
         let t = self.table();

@@ -225,12 +225,7 @@ pub async fn restore(
         repo.tier_storage(lifeboat_repo::Tier::Cold).await?;
     }
     check_target(repo, &index, root, options).await?;
-    let target = options.target.clone();
-    let dirs = Arc::new(
-        blocking(move || handles::Dirs::open(&target))
-            .await?
-            .map_err(|e| Error::io(&options.target, e))?,
-    );
+    let dirs = open_dirs(options).await?;
     let part_items = part_items(options);
     let first = match walker.next(part_items).await? {
         Some(sel) => sel,
@@ -608,6 +603,15 @@ fn part_items(options: &RestoreOptions) -> usize {
     }
 }
 
+/// Opens (creating it if missing) the restore's target.
+async fn open_dirs(options: &RestoreOptions) -> Result<Arc<handles::Dirs>> {
+    let target = options.target.clone();
+    let dirs = blocking(move || handles::Dirs::open(&target))
+        .await?
+        .map_err(|e| Error::io(&options.target, e))?;
+    Ok(Arc::new(dirs))
+}
+
 /// What starting each part of the selection needs, on the planner thread.
 struct Starting {
     dirs: Arc<handles::Dirs>,
@@ -658,12 +662,7 @@ async fn check_target(
     if empty {
         return Ok(());
     }
-    let target = options.target.clone();
-    let dirs = Arc::new(
-        blocking(move || handles::Dirs::open(&target))
-            .await?
-            .map_err(|e| Error::io(&options.target, e))?,
-    );
+    let dirs = open_dirs(options).await?;
     let mut walker = select::Walker::new(repo, index, root, options).await?;
     while let Some(sel) = walker.next(part_items(options)).await? {
         let dirs = dirs.clone();

@@ -100,8 +100,7 @@ pub(super) fn scan_target(sel: &Selection, dirs: &Dirs) -> Result<Found> {
 
 /// An item's path in the target.
 pub(super) fn item_path(dirs: &Dirs, sel: &Selection, item: &Item) -> PathBuf {
-    dirs.path(item.parent)
-        .join(OsStr::from_bytes(item.name.of(&sel.names)))
+    dirs.join(item.parent, OsStr::from_bytes(item.name.of(&sel.names)))
 }
 
 /// How a file's data goes in: not created yet, created (the inode every
@@ -148,7 +147,7 @@ pub(super) struct Prepared {
 }
 
 pub(super) fn file_path(dirs: &Dirs, names: &[u8], st: &FileState) -> PathBuf {
-    dirs.path(st.dir).join(OsStr::from_bytes(st.name.of(names)))
+    dirs.join(st.dir, OsStr::from_bytes(st.name.of(names)))
 }
 
 /// A hard-linked file's first name, as the other names find it.
@@ -743,7 +742,7 @@ impl Preparer {
         } = self;
         for link in &links {
             let name = OsStr::from_bytes(link.name.of(&sel.names));
-            let path = dirs.path(link.dir).join(name);
+            let path = dirs.join(link.dir, name);
             let old = existing.remove(&link.item);
             let old = old.as_ref();
             let Some(dir) = entry_dir(dirs, link.dir, &path, &mut p.problems)? else {
@@ -751,7 +750,7 @@ impl Preparer {
             };
             let first = &firsts[&link.first];
             let first_name = OsStr::from_bytes(first.name.of(&sel.names));
-            let first_path = dirs.path(first.dir).join(first_name);
+            let first_path = dirs.join(first.dir, first_name);
             let Some(want) = first.ident else {
                 let first = first_path.display();
                 p.problems.push(Problem::error(

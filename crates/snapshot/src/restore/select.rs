@@ -31,7 +31,7 @@ use lifeboat_storage::ErrorClass;
 
 use super::metadata::Meta;
 use super::{Problem, RestoreOptions};
-use crate::ls::{READ_AHEAD_TREES, ReadAhead};
+use crate::ls::ReadAhead;
 use crate::pathmatch::PathMatcher;
 use crate::pathmatch::join;
 use crate::{Error, Result};
@@ -470,23 +470,14 @@ impl<'r> Walker<'r> {
         };
         // Read ahead the subdirectories visited after this one, nearest
         // first: the rest of this directory's, then its parents'.
-        let upcoming = self.frames.iter().rev().flat_map(|f| {
-            f.nodes
-                .as_slice()
-                .iter()
-                .filter(|n| n.kind == NodeKind::Dir)
-                .filter_map(|n| n.subtree)
-        });
-        let mut start = Vec::new();
-        for id in upcoming.take(READ_AHEAD_TREES) {
-            start.push(id);
-        }
-        for id in start {
-            if !self.ahead.has_room() {
-                break;
-            }
-            self.ahead.start(id);
-        }
+        self.ahead
+            .start_upcoming(self.frames.iter().rev().flat_map(|f| {
+                f.nodes
+                    .as_slice()
+                    .iter()
+                    .filter(|n| n.kind == NodeKind::Dir)
+                    .filter_map(|n| n.subtree)
+            }));
         match self.ahead.take(sub).await {
             Ok(tree) => {
                 let top = self.frames.last_mut().expect("pushed above");

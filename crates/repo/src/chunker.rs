@@ -2,7 +2,7 @@
 
 use std::io::Read;
 
-use fastcdc::v2020::{Normalization, StreamCDC};
+use fastcdc::v2020::Normalization;
 
 use crate::ChunkerParams;
 
@@ -22,24 +22,216 @@ impl Chunker {
         self.params.min_size as usize
     }
 
-    /// Iterates over the chunks of `source`; each item is the chunk's bytes or
-    /// the read error that stopped it.
-    pub fn chunks<R: Read>(&self, source: R) -> impl Iterator<Item = std::io::Result<Vec<u8>>> {
+    /// The chunks of `source` cut as `cut` says, read through `buffer`
+    /// (any vector: its memory is reused, and [`Chunks::into_buffer`]
+    /// gives it back for the next stream). Blocks are never larger than
+    /// the repository's `max_size` (rounded down to a multiple of `page`):
+    /// a block size above it is lowered, and a repository whose
+    /// `max_size` is below one page cuts by content.
+    pub fn chunks<R: Read>(&self, source: R, cut: Cut, buffer: Vec<u8>) -> Chunks<R> {
         let p = self.params;
-        StreamCDC::with_level_and_seed(
+        let max = p.max_size as usize;
+        let how = match cut {
+            Cut::Blocks { block, page } if block > 0 && max - max % page.max(1) > 0 => {
+                How::Blocks(block.min(max - max % page.max(1)))
+            }
+            _ => {
+                let (mask_s, mask_l) =
+                    fastcdc::v2020::select_masks(p.avg_size as usize, Normalization::Level1);
+                let (gear, gear_ls) = fastcdc::v2020::get_gear_with_seed(p.seed);
+                How::Content(Box::new(Cdc {
+                    min: p.min_size as usize,
+                    avg: p.avg_size as usize,
+                    max,
+                    mask_s,
+                    mask_l,
+                    gear,
+                    gear_ls,
+                }))
+            }
+        };
+        Chunks {
             source,
-            p.min_size as usize,
-            p.avg_size as usize,
-            p.max_size as usize,
-            Normalization::Level1,
-            p.seed,
-        )
-        .map(|r| {
-            r.map(|c| c.data).map_err(|e| match e {
-                fastcdc::v2020::Error::IoError(io) => io,
-                other => std::io::Error::other(other.to_string()),
-            })
+            buf: buffer,
+            start: 0,
+            end: 0,
+            eof: false,
+            how,
+        }
+    }
+
+    /// [`Chunker::chunks`] as owned vectors, one fresh allocation each:
+    /// for a caller that hands chunks to other threads.
+    pub fn cut<'a, R: Read + 'a>(
+        &'a self,
+        source: R,
+        cut: Cut,
+    ) -> impl Iterator<Item = std::io::Result<Vec<u8>>> + 'a {
+        let mut chunks = self.chunks(source, cut, Vec::new());
+        let mut done = false;
+        std::iter::from_fn(move || {
+            if done {
+                return None;
+            }
+            match chunks.next_chunk() {
+                Ok(Some(c)) => Some(Ok(c.to_vec())),
+                Ok(None) => None,
+                Err(e) => {
+                    done = true;
+                    Some(Err(e))
+                }
+            }
         })
+    }
+}
+
+/// The content-defined cut's parameters: FastCDC 2020 at normalization
+/// level 1, with the repository's sizes and seed (the masks and gear
+/// tables the fastcdc crate's own `StreamCDC` derives from them, so the
+/// cut points are the same as that iterator's, which the repository used
+/// before; a test holds them equal).
+struct Cdc {
+    min: usize,
+    avg: usize,
+    max: usize,
+    mask_s: u64,
+    mask_l: u64,
+    gear: std::borrow::Cow<'static, [u64]>,
+    gear_ls: std::borrow::Cow<'static, [u64]>,
+}
+
+enum How {
+    Content(Box<Cdc>),
+    Blocks(usize),
+}
+
+impl How {
+    /// The longest chunk: a cut point depends on no byte past it.
+    fn longest(&self) -> usize {
+        match self {
+            How::Content(c) => c.max,
+            How::Blocks(b) => *b,
+        }
+    }
+
+    /// The length of the chunk at the front of `ahead`, or `None` when it
+    /// cannot be told without more bytes (`ended`: the stream has no
+    /// more). A content-defined cut that FastCDC finds before the end of
+    /// what is there is the cut it would find with more bytes: it scans
+    /// from the front, and with fewer bytes it tests a prefix of the same
+    /// positions under the same masks (fewer than `avg` bytes only move
+    /// the switch from the strict to the relaxed mask past the end). With
+    /// no cut found before the end, it needs the next bytes, up to
+    /// `max_size`.
+    fn cut(&self, ahead: &[u8], ended: bool) -> Option<usize> {
+        match self {
+            How::Blocks(block) => (ended || ahead.len() >= *block).then(|| ahead.len().min(*block)),
+            How::Content(c) => {
+                let (_, len) = fastcdc::v2020::cut_gear(
+                    ahead,
+                    c.min,
+                    c.avg,
+                    c.max,
+                    c.mask_s,
+                    c.mask_l,
+                    c.mask_s << 1,
+                    c.mask_l << 1,
+                    &c.gear,
+                    &c.gear_ls,
+                );
+                (ended || len < ahead.len() || ahead.len() >= c.max).then_some(len)
+            }
+        }
+    }
+}
+
+/// Room in a chunk buffer beyond the longest chunk: what one read adds
+/// at the least, so that small blocks (a PostgreSQL file's 8 KiB) are
+/// still read in large reads, and how far the buffer may fill before the
+/// bytes not yet cut are moved to its front.
+const READ_ROOM: usize = 1 << 20;
+
+/// One stream's chunks, borrowed from one buffer in turn
+/// ([`Chunker::chunks`]). The buffer holds the longest chunk and
+/// [`READ_ROOM`] (9 MiB with the default sizes), is filled in large
+/// reads, and a chunk is cut from the bytes ahead as soon as its end is
+/// known; the bytes not yet cut (part of one chunk) are moved to the
+/// front only when less than [`READ_ROOM`] is left behind them, about
+/// once per 8 MiB read. (The fastcdc crate's `StreamCDC`, which the
+/// repository used before and whose cut points these are, moved
+/// everything after each chunk to the front, about 7 MiB per 1 MiB
+/// chunk with the default sizes, and copied each chunk into a vector of
+/// its own.)
+pub struct Chunks<R> {
+    source: R,
+    buf: Vec<u8>,
+    /// The first byte not yet handed out.
+    start: usize,
+    /// The end of what was read.
+    end: usize,
+    eof: bool,
+    how: How,
+}
+
+impl<R: Read> Chunks<R> {
+    /// The next chunk, `None` at the end of the stream (never an empty
+    /// chunk), or the read error that stopped it (and ends the stream).
+    pub fn next_chunk(&mut self) -> std::io::Result<Option<&[u8]>> {
+        let len = loop {
+            let ahead = &self.buf[self.start..self.end];
+            if ahead.is_empty() && self.eof {
+                return Ok(None);
+            }
+            if !ahead.is_empty()
+                && let Some(len) = self.how.cut(ahead, self.eof)
+            {
+                break len;
+            }
+            self.read_more()?;
+        };
+        // cut_gear gives 0 only for an empty source, ruled out above.
+        debug_assert!(len > 0);
+        let chunk = &self.buf[self.start..self.start + len];
+        self.start += len;
+        Ok(Some(chunk))
+    }
+
+    /// One read into the room behind the bytes ahead (moved to the front
+    /// first when that room is short), or the end of the stream.
+    fn read_more(&mut self) -> std::io::Result<()> {
+        let room = self.how.longest() + READ_ROOM;
+        if self.buf.len() < room {
+            // Zeroed by the allocator (fresh pages are not touched until
+            // read into), not by a loop over the whole buffer.
+            let mut bigger = vec![0u8; room];
+            bigger[..self.end - self.start].copy_from_slice(&self.buf[self.start..self.end]);
+            self.buf = bigger;
+            self.end -= self.start;
+            self.start = 0;
+        } else if self.buf.len() - self.end < READ_ROOM {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        loop {
+            match self.source.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // The stream ends with its error.
+                    self.eof = true;
+                    self.start = self.end;
+                    return Err(e);
+                }
+            }
+            return Ok(());
+        }
+    }
+
+    /// The buffer, for the next stream's [`Chunker::chunks`].
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
     }
 }
 
@@ -55,63 +247,6 @@ pub enum Cut {
     /// block keeps its id. `page` is the page size, which a lowered block
     /// size stays a multiple of. See [`paged_block_size`].
     Blocks { block: usize, page: usize },
-}
-
-impl Chunker {
-    /// Iterates over the chunks of `source` cut as `cut` says. Blocks are
-    /// never larger than the repository's `max_size` (rounded down to a
-    /// multiple of `page`): a block size above it is lowered, and a
-    /// repository whose `max_size` is below one page cuts by content.
-    pub fn cut<'a, R: Read + 'a>(
-        &'a self,
-        source: R,
-        cut: Cut,
-    ) -> Box<dyn Iterator<Item = std::io::Result<Vec<u8>>> + 'a> {
-        match cut {
-            Cut::Blocks { block, page } => {
-                let max = self.params.max_size as usize;
-                let cap = max - max % page.max(1);
-                if cap == 0 || block == 0 {
-                    Box::new(self.chunks(source))
-                } else {
-                    Box::new(blocks(source, block.min(cap)))
-                }
-            }
-            Cut::ContentDefined => Box::new(self.chunks(source)),
-        }
-    }
-}
-
-/// Cuts `source` into blocks of exactly `block` bytes (the last one
-/// shorter, none empty).
-pub fn blocks<R: Read>(
-    mut source: R,
-    block: usize,
-) -> impl Iterator<Item = std::io::Result<Vec<u8>>> {
-    let mut done = false;
-    std::iter::from_fn(move || {
-        if done {
-            return None;
-        }
-        let mut buf = vec![0u8; block];
-        let mut filled = 0;
-        while filled < block {
-            match source.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    done = true;
-                    return Some(Err(e));
-                }
-            }
-        }
-        if filled < block {
-            done = true;
-            buf.truncate(filled);
-        }
-        (!buf.is_empty()).then_some(Ok(buf))
-    })
 }
 
 /// Blocks a paged file may be cut into before its blocks grow: 32,768
@@ -199,6 +334,85 @@ mod tests {
             }
             prop_assert_eq!(chunks.len(), len.div_ceil(page * pages));
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Content-defined chunks are cut where the fastcdc crate's own
+        /// `StreamCDC` cuts them (with the same sizes, normalization and
+        /// seed), however the reader splits its reads and whatever buffer
+        /// the chunks are read through: a repository's existing chunks
+        /// keep deduplicating against new backups.
+        #[test]
+        fn content_chunks_are_the_stream_chunkers(
+            len in prop_oneof![0usize..60_000, Just(1024), Just(2048), Just(2049)],
+            max_pow in 10u32..14,
+            seed in any::<u64>(),
+            step in 1usize..30_000,
+            reused in 0usize..3_000_000,
+            fill in any::<u8>(),
+        ) {
+            let mut state = u64::from(fill) | 1;
+            let data: Vec<u8> = (0..len)
+                .map(|i| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    // Runs of one byte now and then: cuts at max_size.
+                    if (i / 3000) % 5 == 4 { fill } else { (state >> 33) as u8 }
+                })
+                .collect();
+            let p = ChunkerParams { min_size: 64, avg_size: 256, max_size: 1 << max_pow, seed };
+            let expected: Vec<Vec<u8>> = fastcdc::v2020::StreamCDC::with_level_and_seed(
+                &data[..], 64, 256, 1 << max_pow, Normalization::Level1, seed,
+            )
+            .map(|c| c.unwrap().data)
+            .collect();
+            let mut chunks = Chunker::new(p).chunks(Trickle(&data, step), Cut::ContentDefined, vec![7u8; reused]);
+            let mut got = Vec::new();
+            while let Some(c) = chunks.next_chunk().unwrap() {
+                got.push(c.to_vec());
+            }
+            prop_assert_eq!(got, expected);
+        }
+    }
+
+    /// A read error ends the stream with that error, and the buffer given
+    /// back serves the next stream.
+    #[test]
+    fn a_read_error_ends_the_stream_and_the_buffer_is_reused() {
+        struct Failing(usize);
+        impl Read for Failing {
+            fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(std::io::Error::other("disk gone"));
+                }
+                let n = out.len().min(self.0);
+                out[..n].fill(1);
+                self.0 -= n;
+                Ok(n)
+            }
+        }
+        let chunker = Chunker::new(params(4096));
+        let mut chunks = chunker.chunks(Failing(10_000), Cut::ContentDefined, Vec::new());
+        let err = loop {
+            match chunks.next_chunk() {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the stream ended without its error"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.to_string(), "disk gone");
+        assert!(chunks.next_chunk().unwrap().is_none());
+        let buffer = chunks.into_buffer();
+        let ptr = buffer.as_ptr();
+        let data = vec![9u8; 5000];
+        let mut chunks = chunker.chunks(&data[..], Cut::ContentDefined, buffer);
+        let mut total = 0;
+        while let Some(c) = chunks.next_chunk().unwrap() {
+            total += c.len();
+        }
+        assert_eq!(total, 5000);
+        let buffer = chunks.into_buffer();
+        assert_eq!(buffer.as_ptr(), ptr);
     }
 
     #[test]

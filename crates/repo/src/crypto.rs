@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload};
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
 use serde::{Deserialize, Serialize};
@@ -148,15 +148,22 @@ impl MasterKey {
     /// under this handle's session key, prefixed by that key sealed to the
     /// repository's public key: `header (80) || seal(session, p, aad)`.
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MAX_SEAL_OVERHEAD + plaintext.len());
+        self.seal_into(plaintext, aad, &mut out);
+        out
+    }
+
+    /// [`MasterKey::seal`] appended to `out`: the plaintext is copied there
+    /// and encrypted in place, so a caller that keeps `out` between
+    /// blobs allocates nothing per blob.
+    pub fn seal_into(&self, plaintext: &[u8], aad: &[u8], out: &mut Vec<u8>) {
         match (&self.encrypt, &self.write_only) {
-            (Some(k), _) => seal_with(k, plaintext, aad),
+            (Some(k), _) => seal_with_into(k, plaintext, aad, out),
             (None, Some(parts)) => {
                 let (header, session) = parts.session.get_or_init(|| new_session(&parts.public));
-                let mut out =
-                    Vec::with_capacity(SESSION_HEADER_LEN + plaintext.len() + SEAL_OVERHEAD);
+                out.reserve(SESSION_HEADER_LEN + SEAL_OVERHEAD + plaintext.len());
                 out.extend_from_slice(header);
-                out.extend_from_slice(&seal_with(session, plaintext, aad));
-                out
+                seal_with_into(session, plaintext, aad, out);
             }
             (None, None) => unreachable!("a write-only key always has its public key"),
         }
@@ -421,22 +428,25 @@ fn open_session(
 }
 
 pub(crate) fn seal_with(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
+    seal_with_into(key, plaintext, aad, &mut out);
+    out
+}
+
+/// `nonce || ciphertext || tag` appended to `out`, the plaintext copied
+/// there and encrypted in place (what the AEAD crate's allocating
+/// `encrypt` does, into a fresh vector).
+fn seal_with_into(key: &[u8; 32], plaintext: &[u8], aad: &[u8], out: &mut Vec<u8>) {
     let cipher = XChaCha20Poly1305::new(key.into());
     let nonce_bytes: [u8; NONCE_LEN] = os_random();
-    let nonce = XNonce::from(nonce_bytes);
-    let ct = cipher
-        .encrypt(
-            &nonce,
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
-    let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+    out.reserve(SEAL_OVERHEAD + plaintext.len());
     out.extend_from_slice(&nonce_bytes);
-    out.extend_from_slice(&ct);
-    out
+    let start = out.len();
+    out.extend_from_slice(plaintext);
+    let tag = cipher
+        .encrypt_inout_detached(&XNonce::from(nonce_bytes), aad, (&mut out[start..]).into())
+        .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
+    out.extend_from_slice(&tag);
 }
 
 pub(crate) fn open_with(key: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {

@@ -47,7 +47,7 @@ pub use check::{
     CeilingStats, CheckOptions, CheckProblem, CheckReport, VerifyOptions, check, check_with,
     measure_ceiling,
 };
-pub use chunker::{Chunker, Cut, paged_block_size};
+pub use chunker::{Chunker, Chunks, Cut, paged_block_size};
 pub use config::{ChunkerParams, ColdTierConfig, Config, FORMAT_VERSION, WriteOnlyConfig};
 pub use copy::{
     COPIED_FROM, CopiedSnapshot, CopyBatch, CopyOptions, CopyProgress, CopyStats, copied_from, copy,

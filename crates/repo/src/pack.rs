@@ -79,61 +79,78 @@ impl PackEntry {
     }
 }
 
-/// A blob compressed and sealed, ready to be appended to a pack.
+/// A blob compressed and sealed, ready to be appended to a pack; its
+/// bytes are borrowed from the sealing thread's buffer ([`seal_blob`]).
 #[derive(Debug)]
-pub struct SealedBlob {
+pub struct SealedBlob<'a> {
     pub blob_type: BlobType,
     pub id: Id,
     pub raw_length: u32,
     pub compressed: bool,
-    pub bytes: Vec<u8>,
+    pub bytes: &'a [u8],
 }
 
-/// Compresses (if it helps) and seals one blob. `level` 0 disables compression.
-pub fn seal_blob(
+/// Per thread, the buffers one blob is compressed and then sealed into,
+/// kept between blobs: a blob costs no allocation of its own (chunks of
+/// 1 MiB and more would each take fresh pages from the system, see the
+/// allocator's `oversize_threshold` in the binary's main.rs).
+#[derive(Default)]
+struct SealBuffers {
+    compressed: Vec<u8>,
+    sealed: Vec<u8>,
+}
+
+thread_local! {
+    static SEAL_BUFFERS: std::cell::RefCell<SealBuffers> =
+        std::cell::RefCell::new(SealBuffers::default());
+}
+
+/// Compresses (if it helps; `level` 0 disables compression) and seals one
+/// blob whose plaintext is `data` and whose id is `id`, and hands it to
+/// `then` (which appends it to a pack or lets it go).
+///
+/// `zstd` is a payload already made, a frame that decompresses to `data`
+/// (checked by the caller): what `copy` has of a blob the source stored
+/// compressed. Where this repository compresses and that payload is the
+/// shorter, it is sealed as it is instead of compressing `data` again (a
+/// third of a copy's CPU), and the blob keeps the source's level.
+pub fn seal_blob<T>(
     key: &MasterKey,
     blob_type: BlobType,
     id: Id,
     data: &[u8],
     level: i32,
-) -> SealedBlob {
-    let compressed = if level > 0 {
-        compress(data, level).filter(|c| c.len() < data.len())
-    } else {
-        None
-    };
-    let is_compressed = compressed.is_some();
-    let payload = compressed.as_deref().unwrap_or(data);
-    let bytes = key.seal(payload, &blob_aad(blob_type, is_compressed, &id));
-    SealedBlob {
-        blob_type,
-        id,
-        raw_length: data.len() as u32,
-        compressed: is_compressed,
-        bytes,
-    }
-}
-
-/// Seals a blob whose zstd payload is already made (`payload`, a frame
-/// that decompresses to the `raw_length` bytes whose id is `id`): what
-/// `copy` does with a blob the source stored compressed, so the target
-/// re-encrypts the source's compressed bytes instead of compressing the
-/// plaintext again (a third of a copy's CPU). The caller has decompressed
-/// the payload and checked the plaintext against its id.
-pub fn seal_precompressed(
-    key: &MasterKey,
-    blob_type: BlobType,
-    id: Id,
-    raw_length: u32,
-    payload: &[u8],
-) -> SealedBlob {
-    SealedBlob {
-        blob_type,
-        id,
-        raw_length,
-        compressed: true,
-        bytes: key.seal(payload, &blob_aad(blob_type, true, &id)),
-    }
+    zstd: Option<&[u8]>,
+    then: impl FnOnce(&SealedBlob<'_>) -> T,
+) -> T {
+    SEAL_BUFFERS.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let SealBuffers { compressed, sealed } = &mut *guard;
+        let payload = match zstd {
+            Some(z) if level > 0 && z.len() < data.len() => Some(z),
+            _ if level > 0
+                && compress_into(data, level, compressed)
+                && compressed.len() < data.len() =>
+            {
+                Some(&compressed[..])
+            }
+            _ => None,
+        };
+        let is_compressed = payload.is_some();
+        sealed.clear();
+        key.seal_into(
+            payload.unwrap_or(data),
+            &blob_aad(blob_type, is_compressed, &id),
+            sealed,
+        );
+        then(&SealedBlob {
+            blob_type,
+            id,
+            raw_length: data.len() as u32,
+            compressed: is_compressed,
+            bytes: sealed,
+        })
+    })
 }
 
 /// [`open_blob`], also giving back the decrypted zstd payload of a blob
@@ -218,14 +235,26 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+/// Compresses `data` into `out` (replacing what it held); false when zstd
+/// failed (the blob is then stored as it is).
+fn compress_into(data: &[u8], level: i32, out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let bound = zstd::zstd_safe::compress_bound(data.len());
+    if out.capacity() < bound {
+        // A fresh vector, not `reserve`: growing would copy the old
+        // buffer's bytes for nothing.
+        *out = Vec::with_capacity(bound);
+    }
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+            match zstd::bulk::Compressor::new(level) {
+                Ok(c) => *slot = Some((level, c)),
+                Err(_) => return false,
+            }
         }
         let (_, c) = slot.as_mut().expect("set above");
-        c.compress(data).ok()
+        c.compress_to_buffer(data, out).is_ok()
     })
 }
 
@@ -277,7 +306,14 @@ impl PackBuilder {
         self.entries.len()
     }
 
-    pub fn push(&mut self, blob: SealedBlob) {
+    /// Appends one sealed blob. The first blob of a pack reserves
+    /// `reserve` bytes (what the pack will hold when the writer closes
+    /// it), so the pack is not copied into ever larger buffers as it
+    /// grows; pages reserved and never written cost no memory.
+    pub fn push(&mut self, blob: &SealedBlob<'_>, reserve: usize) {
+        if self.bytes.capacity() == 0 {
+            self.bytes.reserve(reserve.max(blob.bytes.len()));
+        }
         self.entries.push(PackEntry {
             blob_type: blob.blob_type,
             id: blob.id,
@@ -286,7 +322,7 @@ impl PackBuilder {
             raw_length: blob.raw_length,
             compressed: blob.compressed,
         });
-        self.bytes.extend_from_slice(&blob.bytes);
+        self.bytes.extend_from_slice(blob.bytes);
     }
 
     pub fn finish(mut self, key: &MasterKey) -> FinishedPack {
@@ -374,7 +410,9 @@ mod tests {
         let mut b = PackBuilder::default();
         let datas: Vec<Vec<u8>> = vec![vec![0u8; 10000], b"hello".to_vec(), (0..255u8).collect()];
         for d in &datas {
-            b.push(seal_blob(&k, BlobType::Data, k.blob_id(d), d, 3));
+            seal_blob(&k, BlobType::Data, k.blob_id(d), d, 3, None, |s| {
+                b.push(s, 0)
+            });
         }
         let p = b.finish(&k);
         let entries = parse_pack(&k, &p.id, &p.bytes).unwrap();
@@ -412,7 +450,9 @@ mod tests {
         ];
         let mut b = PackBuilder::default();
         for d in &datas {
-            b.push(seal_blob(&k, BlobType::Data, k.blob_id(d), d, 3));
+            seal_blob(&k, BlobType::Data, k.blob_id(d), d, 3, None, |s| {
+                b.push(s, 0)
+            });
         }
         let p = b.finish(&k);
         let entries = parse_pack(&k, &p.id, &p.bytes).unwrap();

@@ -50,9 +50,7 @@ use tokio::task::JoinHandle;
 use crate::index::{Index, IndexFile, IndexPack, index_batches};
 use crate::limits::MAX_BLOB_LEN;
 use crate::lock::{LockKind, LockOptions, RepositoryLock};
-use crate::pack::{
-    BlobType, FinishedPack, MAX_PACK_ENTRIES, PackBuilder, seal_blob, seal_precompressed,
-};
+use crate::pack::{BlobType, FinishedPack, MAX_PACK_ENTRIES, PackBuilder, seal_blob};
 use crate::packread::pack_key;
 use crate::record::SnapshotRecord;
 use crate::repository::{Repository, put_idempotent};
@@ -347,33 +345,31 @@ impl WriteSession {
             return Ok((AddedBlob { id, new: false }, None));
         }
         let key = self.shared.repo.key();
-        let sealed = match zstd {
-            Some(z) if self.shared.level > 0 && z.len() < data.len() => {
-                seal_precompressed(key, blob_type, id, data.len() as u32, z)
-            }
-            _ => seal_blob(key, blob_type, id, data, self.shared.level),
-        };
-        let stored = sealed.bytes.len() as u64;
-        let full = {
+        let level = self.shared.level;
+        // Sealed into this thread's buffer, outside the lock; only the
+        // copy into the open pack happens under it.
+        let (stored, full) = seal_blob(key, blob_type, id, data, level, zstd, |sealed| {
+            let stored = sealed.bytes.len() as u64;
             let mut st = self.shared.state.lock().unwrap();
-            // Re-check under the lock: another thread may have added the same
-            // blob while we were compressing.
+            // Re-check under the lock: another thread may have added the
+            // same blob while we were compressing.
             if !st.seen.insert((blob_type, id)) {
-                return Ok((AddedBlob { id, new: false }, None));
+                return (None, None);
             }
             if self.shared.dry_run {
-                None
-            } else {
-                let pack = &mut st.packs[slot(blob_type)];
-                pack.push(sealed);
-                if pack.len() >= self.shared.repo.config().pack_size as usize
-                    || pack.entry_count() >= MAX_PACK_ENTRIES
-                {
-                    Some(std::mem::take(pack))
-                } else {
-                    None
-                }
+                return (Some(stored), None);
             }
+            let pack_size = self.shared.repo.config().pack_size as usize;
+            let pack = &mut st.packs[slot(blob_type)];
+            // Room for the blob that takes the pack past its size and
+            // the trailer: growing would copy the pack into fresh pages.
+            pack.push(sealed, pack_size + pack_size / 2);
+            let full = (pack.len() >= pack_size || pack.entry_count() >= MAX_PACK_ENTRIES)
+                .then(|| std::mem::take(pack));
+            (Some(stored), full)
+        });
+        let Some(stored) = stored else {
+            return Ok((AddedBlob { id, new: false }, None));
         };
         let s = &self.shared.stats;
         s.blobs_added.fetch_add(1, Ordering::Relaxed);

@@ -80,20 +80,38 @@ fn chunk_group(
     }
     let mut stored: GroupContent = members.iter().map(|t| (*t, Vec::new())).collect();
     let mut size = 0u64;
-    for chunk in ctx.targets[members[0]].chunker.cut(reader, cut) {
+    let buffer = CHUNK_BUFFER.take();
+    let mut chunks = ctx.targets[members[0]].chunker.chunks(reader, cut, buffer);
+    let result = loop {
         if ctx.cancelled() {
-            return Err(ReadFail::Stopped);
+            break Err(ReadFail::Stopped);
         }
-        let chunk = chunk.map_err(ReadFail::Io)?;
+        let chunk = match chunks.next_chunk() {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break Ok((stored, size)),
+            Err(e) => break Err(ReadFail::Io(e)),
+        };
         size += chunk.len() as u64;
-        if !store_chunk(ctx, &mut stored, &chunk) {
-            return Err(ReadFail::Stopped);
+        if !store_chunk(ctx, &mut stored, chunk) {
+            break Err(ReadFail::Stopped);
         }
         if count_progress {
             ctx.progress().processed(0, chunk.len() as u64);
         }
-    }
-    Ok((stored, size))
+    };
+    CHUNK_BUFFER.set(chunks.into_buffer());
+    result
+}
+
+thread_local! {
+    /// The buffer a reader thread cuts files into chunks through, kept
+    /// between its files ([`lifeboat_repo::Chunks`]): the longest chunk
+    /// and 1 MiB (9 MiB with the default sizes) at most, per reader
+    /// thread, of which only the pages its largest file so far reached
+    /// are touched. A fresh buffer per file costs page faults on every
+    /// file of 1 MiB and more, whose buffer the allocator takes from the
+    /// system and gives back each time (main.rs, `oversize_threshold`).
+    static CHUNK_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// [`chunk_group`] with the chunks stored by `workers` threads: this

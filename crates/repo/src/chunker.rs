@@ -29,6 +29,19 @@ impl Chunker {
     /// a block size above it is lowered, and a repository whose
     /// `max_size` is below one page cuts by content.
     pub fn chunks<R: Read>(&self, source: R, cut: Cut, buffer: Vec<u8>) -> Chunks<R> {
+        self.chunks_with_room(source, cut, buffer, READ_ROOM)
+    }
+
+    /// [`Chunker::chunks`] with `read_room` beyond the longest chunk
+    /// (tests use a little, so that streams of a few KiB move and cut
+    /// across the buffer's end as large files do).
+    fn chunks_with_room<R: Read>(
+        &self,
+        source: R,
+        cut: Cut,
+        buffer: Vec<u8>,
+        read_room: usize,
+    ) -> Chunks<R> {
         let p = self.params;
         let max = p.max_size as usize;
         let how = match cut {
@@ -57,6 +70,7 @@ impl Chunker {
             end: 0,
             eof: false,
             how,
+            read_room: read_room.max(1),
         }
     }
 
@@ -171,6 +185,8 @@ pub struct Chunks<R> {
     end: usize,
     eof: bool,
     how: How,
+    /// [`READ_ROOM`], but in tests.
+    read_room: usize,
 }
 
 impl<R: Read> Chunks<R> {
@@ -196,10 +212,13 @@ impl<R: Read> Chunks<R> {
         Ok(Some(chunk))
     }
 
-    /// One read into the room behind the bytes ahead (moved to the front
-    /// first when that room is short), or the end of the stream.
+    /// Fills the room behind the bytes ahead (moved to the front first
+    /// when that room is short), or reads to the end of the stream. Whole:
+    /// a source that gives a little per read (a pipe, the backup's
+    /// fan-out to several chunkers) would otherwise have the unfinished
+    /// chunk scanned again after each read.
     fn read_more(&mut self) -> std::io::Result<()> {
-        let room = self.how.longest() + READ_ROOM;
+        let room = self.how.longest() + self.read_room;
         if self.buf.len() < room {
             // Zeroed by the allocator (fresh pages are not touched until
             // read into), not by a loop over the whole buffer.
@@ -208,16 +227,19 @@ impl<R: Read> Chunks<R> {
             self.buf = bigger;
             self.end -= self.start;
             self.start = 0;
-        } else if self.buf.len() - self.end < READ_ROOM {
+        } else if self.buf.len() - self.end < self.read_room {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        loop {
+        while self.end < self.buf.len() {
             match self.source.read(&mut self.buf[self.end..]) {
-                Ok(0) => self.eof = true,
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
                 Ok(n) => self.end += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // The stream ends with its error.
                     self.eof = true;
@@ -225,8 +247,8 @@ impl<R: Read> Chunks<R> {
                     return Err(e);
                 }
             }
-            return Ok(());
         }
+        Ok(())
     }
 
     /// The buffer, for the next stream's [`Chunker::chunks`].
@@ -318,15 +340,22 @@ mod tests {
             page_pow in 9u32..14,
             pages in 1usize..5,
             step in 1usize..20_000,
+            read_room in 1usize..40_000,
             fill in any::<u8>(),
         ) {
             let page = 1usize << page_pow;
             let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31) ^ fill ^ (i >> 9) as u8).collect();
             let chunker = Chunker::new(params(1 << 20));
-            let chunks: Vec<Vec<u8>> = chunker
-                .cut(Trickle(&data, step), Cut::Blocks { block: page * pages, page })
-                .collect::<std::io::Result<_>>()
-                .unwrap();
+            let mut cut = chunker.chunks_with_room(
+                Trickle(&data, step),
+                Cut::Blocks { block: page * pages, page },
+                Vec::new(),
+                read_room,
+            );
+            let mut chunks: Vec<Vec<u8>> = Vec::new();
+            while let Some(c) = cut.next_chunk().unwrap() {
+                chunks.push(c.to_vec());
+            }
             prop_assert_eq!(chunks.concat(), data.clone());
             prop_assert!(chunks.iter().all(|c| !c.is_empty()));
             if let Some((_last, full)) = chunks.split_last() {
@@ -349,7 +378,8 @@ mod tests {
             max_pow in 10u32..14,
             seed in any::<u64>(),
             step in 1usize..30_000,
-            reused in 0usize..3_000_000,
+            reused in 0usize..20_000,
+            read_room in 1usize..5_000,
             fill in any::<u8>(),
         ) {
             let mut state = u64::from(fill) | 1;
@@ -366,7 +396,12 @@ mod tests {
             )
             .map(|c| c.unwrap().data)
             .collect();
-            let mut chunks = Chunker::new(p).chunks(Trickle(&data, step), Cut::ContentDefined, vec![7u8; reused]);
+            let mut chunks = Chunker::new(p).chunks_with_room(
+                Trickle(&data, step),
+                Cut::ContentDefined,
+                vec![7u8; reused],
+                read_room,
+            );
             let mut got = Vec::new();
             while let Some(c) = chunks.next_chunk().unwrap() {
                 got.push(c.to_vec());

@@ -93,12 +93,18 @@ pub struct SealedBlob<'a> {
 /// Per thread, the buffers one blob is compressed and then sealed into,
 /// kept between blobs: a blob costs no allocation of its own (chunks of
 /// 1 MiB and more would each take fresh pages from the system, see the
-/// allocator's `oversize_threshold` in the binary's main.rs).
+/// allocator's `oversize_threshold` in the binary's main.rs). A buffer
+/// larger than [`SEAL_BUFFER_KEEP`] (a directory listing can be a
+/// 256 MiB blob) is let go after its blob.
 #[derive(Default)]
 struct SealBuffers {
     compressed: Vec<u8>,
     sealed: Vec<u8>,
 }
+
+/// The largest seal buffer a thread keeps: room for a chunk of the
+/// chunker's default 8 MiB maximum, compressed or sealed, twice over.
+const SEAL_BUFFER_KEEP: usize = 16 << 20;
 
 thread_local! {
     static SEAL_BUFFERS: std::cell::RefCell<SealBuffers> =
@@ -143,13 +149,19 @@ pub fn seal_blob<T>(
             &blob_aad(blob_type, is_compressed, &id),
             sealed,
         );
-        then(&SealedBlob {
+        let result = then(&SealedBlob {
             blob_type,
             id,
             raw_length: data.len() as u32,
             compressed: is_compressed,
             bytes: sealed,
-        })
+        });
+        for buf in [compressed, sealed] {
+            if buf.capacity() > SEAL_BUFFER_KEEP {
+                *buf = Vec::new();
+            }
+        }
+        result
     })
 }
 
@@ -428,6 +440,45 @@ mod tests {
         // Any truncation is an error, not a panic.
         for n in 0..p.bytes.len().min(64) {
             assert!(parse_pack(&k, &p.id, &p.bytes[..n]).is_err());
+        }
+    }
+
+    /// A blob larger than the seal buffers a thread keeps (a directory
+    /// listing can be one) is sealed as any other and its buffers are let
+    /// go after it; a usual blob's are kept for the next.
+    #[test]
+    fn seal_buffers_keep_a_chunks_worth_not_a_huge_blobs() {
+        let k = MasterKey::generate();
+        let capacities = || {
+            SEAL_BUFFERS.with(|c| {
+                let c = c.borrow();
+                (c.compressed.capacity(), c.sealed.capacity())
+            })
+        };
+        let huge = vec![3u8; SEAL_BUFFER_KEEP + 1];
+        let small: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut b = PackBuilder::default();
+        seal_blob(&k, BlobType::Tree, k.blob_id(&huge), &huge, 3, None, |s| {
+            b.push(s, 0)
+        });
+        // Compressed, its sealed copy is small; its compression room was not.
+        assert_eq!(capacities().0, 0);
+        seal_blob(
+            &k,
+            BlobType::Tree,
+            k.blob_id(&small),
+            &small,
+            3,
+            None,
+            |s| b.push(s, 0),
+        );
+        let (compressed, sealed) = capacities();
+        assert!(compressed >= zstd::zstd_safe::compress_bound(small.len()) && sealed > 0);
+        let p = b.finish(&k);
+        let entries = parse_pack(&k, &p.id, &p.bytes).unwrap();
+        for (e, d) in entries.iter().zip([&huge, &small]) {
+            let s = &p.bytes[e.offset as usize..(e.offset + e.length) as usize];
+            assert_eq!(&open_blob(&k, e, s).unwrap(), d);
         }
     }
 

@@ -156,11 +156,7 @@ pub fn seal_blob<T>(
             compressed: is_compressed,
             bytes: sealed,
         });
-        for buf in [compressed, sealed] {
-            if buf.capacity() > SEAL_BUFFER_KEEP {
-                *buf = Vec::new();
-            }
-        }
+        free_over(SEAL_BUFFER_KEEP, [compressed, sealed]);
         result
     })
 }
@@ -201,10 +197,16 @@ impl BlobScratch {
     /// keeps the buffers between packs keeps the usual blob's worth, not
     /// the largest blob's (up to the chunker's maximum) for good.
     pub fn trim(&mut self, bytes: usize) {
-        for buf in [&mut self.payload, &mut self.plain] {
-            if buf.capacity() > bytes {
-                *buf = Vec::new();
-            }
+        free_over(bytes, [&mut self.payload, &mut self.plain]);
+    }
+}
+
+/// Frees each of `bufs` whose capacity is over `bytes` (buffers kept
+/// between blobs keep the usual blob's worth, not the largest's).
+fn free_over(bytes: usize, bufs: [&mut Vec<u8>; 2]) {
+    for buf in bufs {
+        if buf.capacity() > bytes {
+            *buf = Vec::new();
         }
     }
 }

@@ -8,9 +8,14 @@
 //! session lock. Full packs go through a bounded channel to one uploader task
 //! that runs a few uploads at once ([`uploads_at_once`]: as many packs as
 //! [`UPLOAD_BUDGET_BYTES`] holds, at most the storage's connections) — the
-//! bound is what keeps memory flat: at most that many packs upload and one
-//! more waits, however slow the storage (on S3, 16 connections let 32 full
-//! packs queue before issue 17).
+//! bound is what keeps memory flat: at most that many packs upload, one
+//! waits in the channel and one in the hands of the caller that finished
+//! it, however slow the storage (on S3, 16 connections let 32 full packs
+//! queue before issue 17). While a caller waits to hand a pack over, the
+//! others wait before their next blob ([`WriteSession`]'s `handover`), so
+//! they do not fill further packs meanwhile: without that, each adding
+//! thread could come to hold a finished pack of its own (copy adds 8 blobs
+//! at once).
 //!
 //! Deduplication is by blob type and id: a blob's id hashes its plaintext
 //! alone, so a file whose bytes equal a directory listing has that tree's
@@ -124,6 +129,10 @@ impl Shared {
 pub struct WriteSession {
     shared: Arc<Shared>,
     tx: mpsc::Sender<FinishedPack>,
+    /// Held by a caller while it waits to hand a finished pack to the
+    /// uploader; every caller passes it before adding a blob (see the
+    /// module doc).
+    handover: tokio::sync::Mutex<()>,
     uploader: JoinHandle<Result<()>>,
     /// The shared lock; `None` for prune's own session, which runs under
     /// the exclusive lock.
@@ -239,6 +248,7 @@ impl WriteSession {
         Ok(WriteSession {
             shared,
             tx,
+            handover: tokio::sync::Mutex::new(()),
             uploader,
             lock: None,
         })
@@ -287,8 +297,10 @@ impl WriteSession {
     /// Adds a blob from a blocking thread (never from async code: it blocks
     /// when the upload queue is full, which is the backpressure).
     pub fn add_blob_blocking(&self, blob_type: BlobType, data: &[u8]) -> Result<AddedBlob> {
+        drop(self.handover.blocking_lock());
         let (added, full) = self.add_inner(blob_type, data, None)?;
         if let Some(pack) = full {
+            let _turn = self.handover.blocking_lock();
             self.tx
                 .blocking_send(pack)
                 .map_err(|_| self.shared.upload_error())?;
@@ -313,8 +325,10 @@ impl WriteSession {
         data: &[u8],
         zstd: Option<&[u8]>,
     ) -> Result<AddedBlob> {
+        drop(self.handover.lock().await);
         let (added, full) = self.add_inner(blob_type, data, zstd)?;
         if let Some(pack) = full {
+            let _turn = self.handover.lock().await;
             self.tx
                 .send(pack)
                 .await
@@ -396,6 +410,7 @@ impl WriteSession {
             tx,
             uploader,
             lock,
+            ..
         } = self;
         let open = std::mem::take(&mut shared.state.lock().unwrap().packs);
         for last in open {
@@ -483,8 +498,9 @@ pub(crate) const UPLOAD_BUDGET_BYTES: u64 = 64 << 20;
 
 /// Packs a session uploads at once: as many as [`UPLOAD_BUDGET_BYTES`]
 /// holds at the repository's pack size, at least one, at most the
-/// storage's connections. One more finished pack waits in the channel;
-/// the callers that fill the next block until it is taken.
+/// storage's connections. One more finished pack waits in the channel
+/// and one in its caller's hands; the other callers wait before their
+/// next blob until it is taken (the module doc).
 pub(crate) fn uploads_at_once(pack_size: u64, connections: usize) -> usize {
     let fit = (UPLOAD_BUDGET_BYTES / pack_size.max(1)).max(1);
     (fit as usize).min(connections.max(1))

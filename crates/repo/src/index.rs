@@ -174,11 +174,15 @@ pub struct BlobLocation {
     pub entry: PackEntry,
 }
 
-/// One indexed blob in memory: 48 bytes (issue 17's bound per indexed
-/// blob). Its pack is a number into [`Index::pack_ids`]; the blob type and
-/// the compressed flag ride in that number's top bits.
+/// One indexed blob, decoded. In memory an [`Index`] keeps it in 47 bytes
+/// (issue 17's bound is 48 per indexed blob, directory and pack table
+/// included): its id without the first byte, which the directory's
+/// bucket gives, then its pack as a number into [`Index::pack_ids`] (the
+/// blob type and the compressed flag ride in that number's top bits),
+/// offset, length and raw length, four bytes each, little-endian. An
+/// [`IndexBuilder`] keeps the whole id (48 bytes) until the index is
+/// sorted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(C)]
 struct Slot {
     id: [u8; 32],
     /// Pack number (bits 0..30), compressed (bit 30), tree (bit 31).
@@ -192,7 +196,33 @@ const TREE_BIT: u32 = 1 << 31;
 const COMPRESSED_BIT: u32 = 1 << 30;
 const PACK_BITS: u32 = COMPRESSED_BIT - 1;
 
-const _: () = assert!(std::mem::size_of::<Slot>() == 48);
+/// Bytes of a slot in an [`IndexBuilder`]: the whole id, then the fields.
+const FULL: usize = 48;
+/// Bytes of a slot in an [`Index`]: the id without its first byte, then
+/// the fields.
+const SLOT: usize = FULL - 1;
+/// Bytes of the fields after the id, at the end of both encodings.
+const FIELDS: usize = 16;
+
+/// The directory narrows lookups by the ids' leading bits, at least the
+/// first byte's: which is why a slot need not keep that byte.
+const MIN_DIRECTORY_BITS: u32 = 8;
+const MAX_DIRECTORY_BITS: u32 = 20;
+
+fn le(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The packed pack number of an encoded slot (either encoding).
+fn packed_number(b: &[u8]) -> u32 {
+    le(b, b.len() - FIELDS)
+}
+
+/// The order of the index, of an encoded slot: the id (or its tail),
+/// then the type (data first).
+fn sort_key(b: &[u8]) -> (&[u8], bool) {
+    (&b[..b.len() - FIELDS], packed_number(b) & TREE_BIT != 0)
+}
 
 impl Slot {
     fn new(pack: u32, e: &PackEntry) -> Slot {
@@ -212,6 +242,46 @@ impl Slot {
         }
     }
 
+    /// Appends the builder's encoding (whole id).
+    fn push_full(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.id);
+        for v in [self.pack, self.offset, self.length, self.raw_length] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    /// Writes the index's encoding (the id without its first byte).
+    fn write(&self, out: &mut [u8]) {
+        out[..31].copy_from_slice(&self.id[1..]);
+        for (i, v) in [self.pack, self.offset, self.length, self.raw_length]
+            .into_iter()
+            .enumerate()
+        {
+            out[31 + 4 * i..35 + 4 * i].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    /// Decodes either encoding; `first` is the id's first byte when `b`
+    /// lacks it.
+    fn decode(first: Option<u8>, b: &[u8]) -> Slot {
+        let mut id = [0u8; 32];
+        match first {
+            Some(f) => {
+                id[0] = f;
+                id[1..].copy_from_slice(&b[..31]);
+            }
+            None => id.copy_from_slice(&b[..32]),
+        }
+        let f = b.len() - FIELDS;
+        Slot {
+            id,
+            pack: le(b, f),
+            offset: le(b, f + 4),
+            length: le(b, f + 8),
+            raw_length: le(b, f + 12),
+        }
+    }
+
     fn pack_number(&self) -> u32 {
         self.pack & PACK_BITS
     }
@@ -222,11 +292,6 @@ impl Slot {
         } else {
             BlobType::Data
         }
-    }
-
-    /// The order of the index: by id, then type (data first).
-    fn key(&self) -> (&[u8; 32], bool) {
-        (&self.id, self.pack & TREE_BIT != 0)
     }
 
     fn entry(&self) -> PackEntry {
@@ -247,7 +312,8 @@ impl Slot {
 pub struct IndexBuilder {
     pack_ids: Vec<Id>,
     numbers: HashMap<Id, u32>,
-    slots: Vec<Slot>,
+    /// Slots of [`FULL`] bytes, in the order added.
+    slots: Vec<u8>,
 }
 
 impl IndexBuilder {
@@ -255,7 +321,7 @@ impl IndexBuilder {
     /// of a known size allocates it once.
     pub fn with_capacity(blobs: usize) -> Self {
         IndexBuilder {
-            slots: Vec::with_capacity(blobs),
+            slots: Vec::with_capacity(blobs * FULL),
             ..Default::default()
         }
     }
@@ -267,12 +333,16 @@ impl IndexBuilder {
             self.pack_ids.push(pack.id);
             next
         });
-        self.slots
-            .extend(pack.entries.iter().map(|e| Slot::new(number, e)));
+        self.slots.reserve(pack.entries.len() * FULL);
+        for e in &pack.entries {
+            Slot::new(number, e).push_full(&mut self.slots);
+        }
     }
 
     /// Sorts the entries and keeps one slot per blob: its first location
-    /// (the one added first), the others apart in `more`.
+    /// (the one added first), the others apart in `more`. Then drops each
+    /// id's first byte, in place: the index never holds more than the
+    /// builder's 48 bytes a blob.
     pub fn build(self) -> Index {
         let IndexBuilder {
             pack_ids,
@@ -281,42 +351,88 @@ impl IndexBuilder {
         } = self;
         // Pack numbers grow in the order packs were added, so sorting by
         // (id, type, pack number) puts a blob's first location first.
-        slots.sort_unstable_by(|a, b| {
-            a.key()
-                .cmp(&b.key())
-                .then(a.pack_number().cmp(&b.pack_number()))
+        slots.as_chunks_mut::<FULL>().0.sort_unstable_by(|a, b| {
+            sort_key(a)
+                .cmp(&sort_key(b))
+                .then((packed_number(a) & PACK_BITS).cmp(&(packed_number(b) & PACK_BITS)))
         });
         let mut more: HashMap<(BlobType, Id), Vec<BlobLocation>> = HashMap::new();
-        slots.dedup_by(|later, kept| {
-            if later.key() != kept.key() {
-                return false;
-            }
-            // The same pack listed by two index objects is one location,
-            // not two.
-            if later.pack_number() != kept.pack_number() {
-                let locs = more.entry((later.blob_type(), Id(later.id))).or_default();
-                let pack = pack_ids[later.pack_number() as usize];
-                if !locs.iter().any(|l| l.pack == pack) {
-                    locs.push(BlobLocation {
-                        pack,
-                        entry: later.entry(),
-                    });
+        let mut kept = 0usize;
+        for i in 0..slots.len() / FULL {
+            let at = i * FULL;
+            if kept > 0 {
+                let last = (kept - 1) * FULL;
+                if sort_key(&slots[at..at + FULL]) == sort_key(&slots[last..last + FULL]) {
+                    // The same pack listed by two index objects is one
+                    // location, not two.
+                    let later = Slot::decode(None, &slots[at..at + FULL]);
+                    let first = Slot::decode(None, &slots[last..last + FULL]);
+                    if later.pack_number() != first.pack_number() {
+                        let locs = more.entry((later.blob_type(), Id(later.id))).or_default();
+                        let pack = pack_ids[later.pack_number() as usize];
+                        if !locs.iter().any(|l| l.pack == pack) {
+                            locs.push(BlobLocation {
+                                pack,
+                                entry: later.entry(),
+                            });
+                        }
+                    }
+                    continue;
                 }
             }
-            true
-        });
+            slots.copy_within(at..at + FULL, kept * FULL);
+            kept += 1;
+        }
+        let bits = directory_bits(kept);
+        let directory = directory_of(kept, bits, |i| prefix_of(&slots[i * FULL..i * FULL + 4]));
+        // Each slot loses its id's first byte: moved down in place, so no
+        // second copy of the index is made.
+        for i in 0..kept {
+            slots.copy_within(i * FULL + 1..(i + 1) * FULL, i * SLOT);
+        }
+        slots.truncate(kept * SLOT);
         slots.shrink_to_fit();
-        let mut index = Index {
+        Index {
             slots,
-            directory: Vec::new(),
-            directory_bits: 0,
+            directory,
+            directory_bits: bits,
             more,
             pack_ids,
             numbers,
-        };
-        index.build_directory();
-        index
+        }
     }
+}
+
+/// The directory's bits for an index of `n` blobs: about sixteen slots
+/// per entry (a quarter of a byte per blob), at least the first byte's
+/// 256 entries (1 KiB), at most 2^20 (4 MiB); none for an empty index.
+fn directory_bits(n: usize) -> u32 {
+    if n == 0 {
+        return 0;
+    }
+    (usize::BITS - 1 - n.leading_zeros())
+        .saturating_sub(4)
+        .clamp(MIN_DIRECTORY_BITS, MAX_DIRECTORY_BITS)
+}
+
+/// `directory[p]` is the first of `n` sorted slots whose id's leading
+/// `bits` bits are at least `p`; `prefix(i)` is slot `i`'s id's first four
+/// bytes.
+fn directory_of(n: usize, bits: u32, prefix: impl Fn(usize) -> u32) -> Vec<u32> {
+    if bits == 0 {
+        return Vec::new();
+    }
+    let buckets = 1usize << bits;
+    let mut directory = Vec::with_capacity(buckets + 1);
+    let mut at = 0usize;
+    for p in 0..buckets {
+        while at < n && (prefix(at) >> (32 - bits)) < p as u32 {
+            at += 1;
+        }
+        directory.push(at as u32);
+    }
+    directory.push(n as u32);
+    directory
 }
 
 /// The merged in-memory index.
@@ -333,18 +449,21 @@ impl IndexBuilder {
 /// merged, [`Index::locations`] all of them, for a reader that falls back
 /// on another copy when one pack is missing or damaged.
 ///
-/// Memory: 48 bytes per blob (a sorted array of [`Slot`]s, no per-entry
-/// allocation or hash-table slack), plus a directory of the ids' leading
-/// bits (about one `u32` per sixteen blobs, at most 4 MiB) that narrows
-/// each lookup to a handful of slots, plus each pack's id once, plus the rare
-/// second locations (docs/performance.md, "Cost at scale").
+/// Memory: 47 bytes per blob (a sorted array of encoded [`Slot`]s, no
+/// per-entry allocation or hash-table slack), plus a directory of the
+/// ids' leading bits (about one `u32` per sixteen blobs, at least 1 KiB,
+/// at most 4 MiB) that narrows each lookup to a handful of slots and
+/// gives each slot its id's first byte, plus each pack's id once, plus the
+/// rare second locations (docs/performance.md, "Cost at scale").
 #[derive(Debug, Default, Clone)]
 pub struct Index {
-    /// One per blob (its first location), sorted by [`Slot::key`].
-    slots: Vec<Slot>,
+    /// One slot of [`SLOT`] bytes per blob (its first location), sorted by
+    /// id and type.
+    slots: Vec<u8>,
     /// `directory[p]` is the first slot whose id's leading
     /// `directory_bits` bits are at least `p` (`2^bits + 1` entries; empty
-    /// when `directory_bits` is 0).
+    /// for an empty index). `directory_bits` is at least 8, so the bucket
+    /// of a slot gives its id's first byte.
     directory: Vec<u32>,
     directory_bits: u32,
     /// Further locations of blobs that are in more than one pack (rare, so
@@ -367,54 +486,50 @@ impl Index {
         b.build()
     }
 
-    fn build_directory(&mut self) {
-        let n = self.slots.len();
-        // About sixteen slots per directory entry (a quarter of a byte per
-        // blob), at most 2^20 entries.
-        let bits = if n < 128 {
-            0
-        } else {
-            (usize::BITS - 1 - n.leading_zeros())
-                .saturating_sub(4)
-                .min(20)
-        };
-        self.directory_bits = bits;
-        self.directory.clear();
-        if bits == 0 {
-            self.directory.shrink_to_fit();
-            return;
-        }
-        let buckets = 1usize << bits;
-        self.directory.reserve_exact(buckets + 1);
-        let mut at = 0usize;
-        for p in 0..buckets {
-            while at < n && (prefix(&self.slots[at].id) >> (32 - bits)) < p as u32 {
-                at += 1;
-            }
-            self.directory.push(at as u32);
-        }
-        self.directory.push(n as u32);
+    /// The encoded slot `i`.
+    fn raw(&self, i: usize) -> &[u8] {
+        &self.slots[i * SLOT..(i + 1) * SLOT]
     }
 
-    /// The slot of the blob of this type and id.
-    fn find(&self, blob_type: BlobType, id: &Id) -> Option<&Slot> {
-        self.position(blob_type, id).map(|i| &self.slots[i])
+    /// The first byte of slot `i`'s id: the directory's first-byte bucket
+    /// that holds it (a binary search of 8 steps).
+    fn first_byte(&self, i: usize) -> u8 {
+        let shift = self.directory_bits - MIN_DIRECTORY_BITS;
+        let start = |b: usize| self.directory[b << shift] as usize;
+        // start(lo) <= i < start(hi)
+        let (mut lo, mut hi) = (0usize, 256usize);
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if start(mid) <= i {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo as u8
+    }
+
+    /// Slot `i`, decoded.
+    fn slot(&self, i: usize) -> Slot {
+        Slot::decode(Some(self.first_byte(i)), self.raw(i))
     }
 
     /// The blob's position among all indexed blobs (`0..blob_count()`, the
     /// order of [`Index::blobs`]): a dense number for per-blob bookkeeping
     /// in a bit set instead of a set of ids (prune's used blobs).
     pub fn position(&self, blob_type: BlobType, id: &Id) -> Option<usize> {
-        let (lo, hi) = if self.directory_bits == 0 {
-            (0, self.slots.len())
-        } else {
-            let p = (prefix(&id.0) >> (32 - self.directory_bits)) as usize;
-            (self.directory[p] as usize, self.directory[p + 1] as usize)
-        };
-        let run = &self.slots[lo..hi];
-        let key = (&id.0, blob_type == BlobType::Tree);
-        let i = run.partition_point(|s| s.key() < key);
-        run.get(i).filter(|s| s.key() == key).map(|_| lo + i)
+        if self.directory.is_empty() {
+            return None;
+        }
+        let p = (prefix_of(&id.0) >> (32 - self.directory_bits)) as usize;
+        let (lo, hi) = (self.directory[p] as usize, self.directory[p + 1] as usize);
+        // Every slot of a bucket shares the id's first byte: the tails
+        // decide.
+        let key: (&[u8], bool) = (&id.0[1..], blob_type == BlobType::Tree);
+        let run = &self.slots[lo * SLOT..hi * SLOT];
+        let run = run.as_chunks::<SLOT>().0;
+        let i = run.partition_point(|s| sort_key(s) < key);
+        run.get(i).filter(|s| sort_key(*s) == key).map(|_| lo + i)
     }
 
     /// Every indexed pack with all of its indexed entries (first and
@@ -423,10 +538,10 @@ impl Index {
     /// ordering, not a second copy of the index (prune writes the index
     /// objects of the packs it keeps from this).
     pub fn pack_entries(&self) -> impl Iterator<Item = IndexPack> + '_ {
-        let mut order: Vec<u32> = (0..self.slots.len() as u32).collect();
+        let mut order: Vec<u32> = (0..self.blob_count() as u32).collect();
         order.sort_unstable_by_key(|&i| {
-            let s = &self.slots[i as usize];
-            (s.pack_number(), s.offset)
+            let s = self.raw(i as usize);
+            (packed_number(s) & PACK_BITS, le(s, SLOT - FIELDS + 4))
         });
         let mut more: HashMap<u32, Vec<PackEntry>> = HashMap::new();
         for loc in self.more.values().flatten() {
@@ -436,14 +551,15 @@ impl Index {
         }
         let mut numbers: Vec<u32> = self.numbers.values().copied().collect();
         numbers.sort_unstable();
+        let number_of = |i: u32| packed_number(self.raw(i as usize)) & PACK_BITS;
         let mut at = 0usize;
         numbers.into_iter().filter_map(move |n| {
             let mut entries = Vec::new();
-            while at < order.len() && self.slots[order[at] as usize].pack_number() < n {
+            while at < order.len() && number_of(order[at]) < n {
                 at += 1; // not numbered now (cannot happen; never loop on it)
             }
-            while at < order.len() && self.slots[order[at] as usize].pack_number() == n {
-                entries.push(self.slots[order[at] as usize].entry());
+            while at < order.len() && number_of(order[at]) == n {
+                entries.push(self.slot(order[at] as usize).entry());
                 at += 1;
             }
             if let Some(extra) = more.remove(&n) {
@@ -465,17 +581,18 @@ impl Index {
     pub fn first_packs(&self) -> FirstPacks<'_> {
         // A counting sort by pack number: stable, so each pack's blobs stay
         // in the order of `blobs()`.
+        let number = |i: usize| (packed_number(self.raw(i)) & PACK_BITS) as usize;
         let mut starts = vec![0u32; self.pack_ids.len() + 1];
-        for s in &self.slots {
-            starts[s.pack_number() as usize + 1] += 1;
+        for i in 0..self.blob_count() {
+            starts[number(i) + 1] += 1;
         }
         for n in 1..starts.len() {
             starts[n] += starts[n - 1];
         }
         let mut next = starts.clone();
-        let mut order = vec![0u32; self.slots.len()];
-        for (i, s) in self.slots.iter().enumerate() {
-            let at = &mut next[s.pack_number() as usize];
+        let mut order = vec![0u32; self.blob_count()];
+        for i in 0..self.blob_count() {
+            let at = &mut next[number(i)];
             order[*at as usize] = i as u32;
             *at += 1;
         }
@@ -504,32 +621,55 @@ impl Index {
         }
         let numbers = &self.numbers;
         let pack_ids = &self.pack_ids;
-        let live = |s: &Slot| numbers.contains_key(&pack_ids[s.pack_number() as usize]);
         let more = &mut self.more;
         more.retain(|_, locs| {
             locs.retain(|l| numbers.contains_key(&l.pack));
             !locs.is_empty()
         });
-        self.slots.retain_mut(|s| {
-            if live(s) {
-                return true;
-            }
-            // Promote another copy, if one is left.
-            let key = (s.blob_type(), Id(s.id));
-            match more.get_mut(&key) {
-                Some(locs) => {
+        // Slots are kept in order, moved down in place; the directory at
+        // the old bits counts the slots kept before each bucket.
+        let bits = self.directory_bits;
+        let mut directory = Vec::with_capacity(self.directory.len());
+        let mut kept = 0usize;
+        for p in 0..self.directory.len().saturating_sub(1) {
+            directory.push(kept as u32);
+            let first = (p >> (bits - MIN_DIRECTORY_BITS)) as u8;
+            for i in self.directory[p] as usize..self.directory[p + 1] as usize {
+                let at = i * SLOT;
+                let s = Slot::decode(Some(first), &self.slots[at..at + SLOT]);
+                if numbers.contains_key(&pack_ids[s.pack_number() as usize]) {
+                    self.slots.copy_within(at..at + SLOT, kept * SLOT);
+                    kept += 1;
+                    continue;
+                }
+                // Promote another copy, if one is left.
+                let key = (s.blob_type(), Id(s.id));
+                if let Some(locs) = more.get_mut(&key) {
                     let loc = locs.remove(0);
                     if locs.is_empty() {
                         more.remove(&key);
                     }
-                    *s = Slot::new(numbers[&loc.pack], &loc.entry);
-                    true
+                    Slot::new(numbers[&loc.pack], &loc.entry)
+                        .write(&mut self.slots[kept * SLOT..(kept + 1) * SLOT]);
+                    kept += 1;
                 }
-                None => false,
             }
-        });
+        }
+        directory.push(kept as u32);
+        self.slots.truncate(kept * SLOT);
         self.slots.shrink_to_fit();
-        self.build_directory();
+        // Fewer blobs may want fewer bits: a coarser bucket starts where
+        // its first finer bucket did.
+        let new_bits = directory_bits(kept);
+        self.directory = if new_bits == 0 {
+            Vec::new()
+        } else {
+            let step = 1usize << (bits - new_bits);
+            (0..=1usize << new_bits)
+                .map(|q| directory[q * step])
+                .collect()
+        };
+        self.directory_bits = new_bits;
         before - self.numbers.len()
     }
 
@@ -538,12 +678,15 @@ impl Index {
     /// callers that keep four-byte positions instead of 32-byte ids (the
     /// restore's selection). Panics past [`Index::blob_count`].
     pub fn at(&self, position: usize) -> BlobLocation {
-        self.location(&self.slots[position])
+        assert!(position < self.blob_count(), "no blob at {position}");
+        self.location(&self.slot(position))
     }
 
     /// The first merged location of the blob of this type and id.
     pub fn get(&self, blob_type: BlobType, id: &Id) -> Option<BlobLocation> {
-        self.find(blob_type, id).map(|s| self.location(s))
+        // The id's first byte is known here: no directory search for it.
+        self.position(blob_type, id)
+            .map(|i| self.location(&Slot::decode(Some(id.0[0]), self.raw(i))))
     }
 
     /// Every indexed location of the blob, the one [`Index::get`] gives
@@ -560,7 +703,7 @@ impl Index {
     }
 
     pub fn contains(&self, blob_type: BlobType, id: &Id) -> bool {
-        self.find(blob_type, id).is_some()
+        self.position(blob_type, id).is_some()
     }
 
     pub fn has_pack(&self, id: &Id) -> bool {
@@ -574,7 +717,7 @@ impl Index {
     /// Every indexed blob once (its first location), in id order; the type
     /// is in `location.entry.blob_type`.
     pub fn blobs(&self) -> impl Iterator<Item = BlobLocation> + '_ {
-        self.slots.iter().map(|s| self.location(s))
+        (0..self.blob_count()).map(|i| self.at(i))
     }
 
     /// Every location of every blob (a blob in two packs twice).
@@ -585,11 +728,17 @@ impl Index {
     /// Number of indexed blobs (a data blob and a tree blob with the same
     /// id count twice: they are different blobs).
     pub fn blob_count(&self) -> usize {
-        self.slots.len()
+        self.slots.len() / SLOT
     }
 
     pub fn blob_count_of(&self, t: BlobType) -> usize {
-        self.slots.iter().filter(|s| s.blob_type() == t).count()
+        let tree = t == BlobType::Tree;
+        self.slots
+            .as_chunks::<SLOT>()
+            .0
+            .iter()
+            .filter(|s| (packed_number(s.as_slice()) & TREE_BIT != 0) == tree)
+            .count()
     }
 }
 
@@ -623,7 +772,7 @@ impl FirstPacks<'_> {
     pub fn entries(&self, pack: &Id) -> Vec<PackEntry> {
         self.run(pack)
             .iter()
-            .map(|&i| self.index.slots[i as usize].entry())
+            .map(|&i| self.index.slot(i as usize).entry())
             .collect()
     }
 
@@ -634,7 +783,7 @@ impl FirstPacks<'_> {
 }
 
 /// An id's first four bytes, big-endian: the directory's key.
-fn prefix(id: &[u8; 32]) -> u32 {
+fn prefix_of(id: &[u8]) -> u32 {
     u32::from_be_bytes([id[0], id[1], id[2], id[3]])
 }
 
@@ -815,6 +964,100 @@ mod tests {
                 .iter()
                 .any(|e| e.id == dup.id && e.offset == 7)
         );
+    }
+
+    /// Ids whose first bytes take every value, several times each, so
+    /// every first-byte bucket is used, and blobs in two packs.
+    fn spread_packs(per_pack: u32, packs: u8) -> Vec<IndexPack> {
+        (0..packs)
+            .map(|p| {
+                let entries = (0..per_pack)
+                    .map(|i| {
+                        let mut id = [0u8; 32];
+                        let x = (i * packs as u32 + p as u32).wrapping_mul(2_654_435_761);
+                        id[..4].copy_from_slice(&x.to_be_bytes());
+                        id[31] = p;
+                        PackEntry {
+                            blob_type: if i % 7 == 0 {
+                                BlobType::Tree
+                            } else {
+                                BlobType::Data
+                            },
+                            id: Id(id),
+                            offset: i * 100,
+                            length: 1 + i,
+                            raw_length: 3 + i,
+                            compressed: i % 3 == 0,
+                        }
+                    })
+                    .collect();
+                pack(p, entries)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_slot_keeps_47_bytes_and_its_id_whole() {
+        let mut packs = spread_packs(300, 8);
+        // A blob in two packs, its second copy in a later pack.
+        let dup = packs[2].entries[5];
+        packs[6].entries.push(PackEntry { offset: 77, ..dup });
+        let index = Index::from_packs(&packs);
+        let n = index.blob_count();
+        assert_eq!(n, 300 * 8);
+        // 47 bytes a blob, no spare capacity left by the build's 48.
+        assert_eq!(index.slots.len(), n * SLOT);
+        assert_eq!(index.slots.capacity(), n * SLOT);
+        let mut firsts = std::collections::BTreeSet::new();
+        for (i, loc) in index.blobs().enumerate() {
+            // Each blob comes back whole (its id's first byte from the
+            // directory), at its position, from its own pack.
+            let want = packs
+                .iter()
+                .find(|p| p.entries.contains(&loc.entry))
+                .expect("an added entry");
+            assert_eq!(loc.pack, want.id);
+            assert_eq!(index.position(loc.entry.blob_type, &loc.entry.id), Some(i));
+            assert_eq!(index.get(loc.entry.blob_type, &loc.entry.id), Some(loc));
+            firsts.insert(loc.entry.id.0[0]);
+        }
+        assert_eq!(firsts.len(), 256, "every first byte is used");
+        assert_eq!(index.locations(BlobType::Data, &dup.id).len(), 2);
+    }
+
+    #[test]
+    fn dropping_most_packs_keeps_every_other_blob_findable() {
+        // From 40,000 blobs (a directory of 2^11 buckets) down to one
+        // pack's 5,001 (2^8) and then to none: the directory is rebuilt at
+        // fewer bits, and the kept slots and the promoted copy are found.
+        let mut packs = spread_packs(5000, 8);
+        let dup = packs[1].entries[9];
+        packs[7].entries.push(PackEntry { offset: 99, ..dup });
+        let mut index = Index::from_packs(&packs);
+        assert_eq!(index.directory_bits, 11);
+        assert_eq!(index.retain_packs(|p| *p == Id([7; 32])), 7);
+        assert_eq!(index.directory_bits, 8);
+        assert_eq!(index.blob_count(), 5001);
+        assert_eq!(index.slots.len(), 5001 * SLOT);
+        for e in &packs[7].entries {
+            let loc = index.get(e.blob_type, &e.id).unwrap();
+            assert_eq!((loc.pack, loc.entry), (Id([7; 32]), *e));
+        }
+        for e in &packs[0].entries {
+            assert!(!index.contains(e.blob_type, &e.id));
+        }
+        let positions: Vec<usize> = index
+            .blobs()
+            .map(|l| index.position(l.entry.blob_type, &l.entry.id).unwrap())
+            .collect();
+        assert_eq!(positions, (0..5001).collect::<Vec<_>>());
+
+        let mut lone = Index::from_packs(&[pack(1, vec![entry(BlobType::Data, 5, 0)])]);
+        assert_eq!(lone.retain_packs(|_| false), 1);
+        assert_eq!(lone.blob_count(), 0);
+        assert!(!lone.contains(BlobType::Data, &entry(BlobType::Data, 5, 0).id));
+        assert_eq!(lone.blobs().count(), 0);
+        assert_eq!(Index::default().get(BlobType::Data, &Id([0; 32])), None);
     }
 
     #[test]

@@ -28,6 +28,23 @@ fn main() {
         "cargo:rustc-env=LIFEBOAT_TARGET={}",
         std::env::var("TARGET").unwrap_or_default()
     );
-    // No rerun-if-changed: cargo then reruns this whenever a file of the
-    // crate changes, so the commit stays current while developing.
+    // Rerun when the commit or the tree changes, not only when this
+    // crate's files do (cargo's default without these lines): a commit
+    // that touched only another crate kept the previous commit's stamp,
+    // and benchmarks name their binary by it. HEAD, the branch it names,
+    // packed refs and the index (commits, checkouts, adds), wherever git
+    // keeps them (a worktree's HEAD is not under `.git/`), and every
+    // crate's sources (the `-dirty` mark).
+    let mut watched = vec!["HEAD".to_string(), "index".into(), "packed-refs".into()];
+    if let Some(branch) = output("git", &["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(branch);
+    }
+    for name in watched {
+        if let Some(path) = output("git", &["rev-parse", "--git-path", &name]) {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    for path in ["../../crates", "../../Cargo.toml", "../../Cargo.lock", "build.rs"] {
+        println!("cargo:rerun-if-changed={path}");
+    }
 }

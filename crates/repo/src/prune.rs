@@ -15,7 +15,7 @@
 //! rewritten in place. The argument that a crash anywhere is harmless is in
 //! `docs/format.md` ("Prune").
 //!
-//! Memory: the merged index (48 bytes a blob), one bit a blob for "used",
+//! Memory: the merged index (47 bytes a blob), one bit a blob for "used",
 //! a few dozen bytes a pack, the trees in flight and, while the kept packs'
 //! index objects are written, four bytes a blob to order them by pack. No
 //! decoded index object, set of blob ids or per-pack entry list is held

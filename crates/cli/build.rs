@@ -44,7 +44,12 @@ fn main() {
             println!("cargo:rerun-if-changed={path}");
         }
     }
-    for path in ["../../crates", "../../Cargo.toml", "../../Cargo.lock", "build.rs"] {
+    for path in [
+        "../../crates",
+        "../../Cargo.toml",
+        "../../Cargo.lock",
+        "build.rs",
+    ] {
         println!("cargo:rerun-if-changed={path}");
     }
 }

@@ -87,15 +87,7 @@ impl Storage for HeldUploads {
 
 /// Distinct, incompressible bytes for caller `c`'s blob `i`.
 fn blob(c: usize, i: usize) -> Vec<u8> {
-    let mut x = ((c * 1000 + i) as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (0..BLOB)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    lifeboat_testkit::data::pseudo_random(BLOB, (c * 1000 + i) as u64)
 }
 
 struct Setup {

@@ -44,12 +44,8 @@ fn main() {
             println!("cargo:rerun-if-changed={path}");
         }
     }
-    for path in [
-        "../../crates",
-        "../../Cargo.toml",
-        "../../Cargo.lock",
-        "build.rs",
-    ] {
+    // `crates` holds this build script too.
+    for path in ["../../crates", "../../Cargo.toml", "../../Cargo.lock"] {
         println!("cargo:rerun-if-changed={path}");
     }
 }

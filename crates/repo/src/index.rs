@@ -218,6 +218,11 @@ fn packed_number(b: &[u8]) -> u32 {
     le(b, b.len() - FIELDS)
 }
 
+/// The pack number of an encoded slot, without the flag bits.
+fn pack_number_of(b: &[u8]) -> u32 {
+    packed_number(b) & PACK_BITS
+}
+
 /// The order of the index, of an encoded slot: the id (or its tail),
 /// then the type (data first).
 fn sort_key(b: &[u8]) -> (&[u8], bool) {
@@ -242,23 +247,18 @@ impl Slot {
         }
     }
 
-    /// Appends the builder's encoding (whole id).
-    fn push_full(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.id);
-        for v in [self.pack, self.offset, self.length, self.raw_length] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-
-    /// Writes the index's encoding (the id without its first byte).
-    fn write(&self, out: &mut [u8]) {
-        out[..31].copy_from_slice(&self.id[1..]);
+    /// The builder's encoding (whole id); the index's is the same
+    /// without the first byte.
+    fn encode(&self) -> [u8; FULL] {
+        let mut out = [0u8; FULL];
+        out[..32].copy_from_slice(&self.id);
         for (i, v) in [self.pack, self.offset, self.length, self.raw_length]
             .into_iter()
             .enumerate()
         {
-            out[31 + 4 * i..35 + 4 * i].copy_from_slice(&v.to_le_bytes());
+            out[32 + 4 * i..36 + 4 * i].copy_from_slice(&v.to_le_bytes());
         }
+        out
     }
 
     /// Decodes either encoding; `first` is the id's first byte when `b`
@@ -335,7 +335,7 @@ impl IndexBuilder {
         });
         self.slots.reserve(pack.entries.len() * FULL);
         for e in &pack.entries {
-            Slot::new(number, e).push_full(&mut self.slots);
+            self.slots.extend_from_slice(&Slot::new(number, e).encode());
         }
     }
 
@@ -354,7 +354,7 @@ impl IndexBuilder {
         slots.as_chunks_mut::<FULL>().0.sort_unstable_by(|a, b| {
             sort_key(a)
                 .cmp(&sort_key(b))
-                .then((packed_number(a) & PACK_BITS).cmp(&(packed_number(b) & PACK_BITS)))
+                .then(pack_number_of(a).cmp(&pack_number_of(b)))
         });
         let mut more: HashMap<(BlobType, Id), Vec<BlobLocation>> = HashMap::new();
         let mut kept = 0usize;
@@ -366,8 +366,7 @@ impl IndexBuilder {
                     // The same pack listed by two index objects is one
                     // location, not two.
                     let later = Slot::decode(None, &slots[at..at + FULL]);
-                    let first = Slot::decode(None, &slots[last..last + FULL]);
-                    if later.pack_number() != first.pack_number() {
+                    if later.pack_number() != pack_number_of(&slots[last..last + FULL]) {
                         let locs = more.entry((later.blob_type(), Id(later.id))).or_default();
                         let pack = pack_ids[later.pack_number() as usize];
                         if !locs.iter().any(|l| l.pack == pack) {
@@ -541,7 +540,7 @@ impl Index {
         let mut order: Vec<u32> = (0..self.blob_count() as u32).collect();
         order.sort_unstable_by_key(|&i| {
             let s = self.raw(i as usize);
-            (packed_number(s) & PACK_BITS, le(s, SLOT - FIELDS + 4))
+            (pack_number_of(s), le(s, SLOT - FIELDS + 4))
         });
         let mut more: HashMap<u32, Vec<PackEntry>> = HashMap::new();
         for loc in self.more.values().flatten() {
@@ -551,7 +550,7 @@ impl Index {
         }
         let mut numbers: Vec<u32> = self.numbers.values().copied().collect();
         numbers.sort_unstable();
-        let number_of = |i: u32| packed_number(self.raw(i as usize)) & PACK_BITS;
+        let number_of = |i: u32| pack_number_of(self.raw(i as usize));
         let mut at = 0usize;
         numbers.into_iter().filter_map(move |n| {
             let mut entries = Vec::new();
@@ -581,7 +580,7 @@ impl Index {
     pub fn first_packs(&self) -> FirstPacks<'_> {
         // A counting sort by pack number: stable, so each pack's blobs stay
         // in the order of `blobs()`.
-        let number = |i: usize| (packed_number(self.raw(i)) & PACK_BITS) as usize;
+        let number = |i: usize| pack_number_of(self.raw(i)) as usize;
         let mut starts = vec![0u32; self.pack_ids.len() + 1];
         for i in 0..self.blob_count() {
             starts[number(i) + 1] += 1;
@@ -649,8 +648,8 @@ impl Index {
                     if locs.is_empty() {
                         more.remove(&key);
                     }
-                    Slot::new(numbers[&loc.pack], &loc.entry)
-                        .write(&mut self.slots[kept * SLOT..(kept + 1) * SLOT]);
+                    self.slots[kept * SLOT..(kept + 1) * SLOT]
+                        .copy_from_slice(&Slot::new(numbers[&loc.pack], &loc.entry).encode()[1..]);
                     kept += 1;
                 }
             }

@@ -15,7 +15,10 @@
 //! others wait before their next blob ([`WriteSession`]'s `handover`), so
 //! they do not fill further packs meanwhile: without that, each adding
 //! thread could come to hold a finished pack of its own (copy adds 8 blobs
-//! at once).
+//! at once). Callers that passed the gate just before a hand-over began
+//! add one blob each; should those fill the open pack, its finisher waits
+//! at the gate with it: one more pack at most, and only when blobs are
+//! large beside the pack size.
 //!
 //! Deduplication is by blob type and id: a blob's id hashes its plaintext
 //! alone, so a file whose bytes equal a directory listing has that tree's
@@ -499,8 +502,8 @@ pub(crate) const UPLOAD_BUDGET_BYTES: u64 = 64 << 20;
 /// Packs a session uploads at once: as many as [`UPLOAD_BUDGET_BYTES`]
 /// holds at the repository's pack size, at least one, at most the
 /// storage's connections. One more finished pack waits in the channel
-/// and one in its caller's hands; the other callers wait before their
-/// next blob until it is taken (the module doc).
+/// and one (rarely two) in callers' hands; the other callers wait before
+/// their next blob until it is taken (the module doc).
 pub(crate) fn uploads_at_once(pack_size: u64, connections: usize) -> usize {
     let fit = (UPLOAD_BUDGET_BYTES / pack_size.max(1)).max(1);
     (fit as usize).min(connections.max(1))
